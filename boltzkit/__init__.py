@@ -1,0 +1,30 @@
+"""boltzkit: neural samplers and free-energy estimators for hard distributions.
+
+    import boltzkit as bk
+    res = bk.sample(bk.energies.Ising(L=16, beta=0.4407))
+    res.samples, res.log_z, res.log_z_stderr, res.ess
+"""
+
+__version__ = "0.1.0"
+
+from . import domains, energies, errors, estimators  # noqa: E402
+from ._api import sample  # noqa: E402
+from ._registry import Choice, explain, register, registry, select  # noqa: E402
+from .result import Result  # noqa: E402
+
+
+def load(path) -> Result:
+    """Load a :class:`Result` saved with ``Result.save``."""
+    return Result.load(path)
+
+
+def __getattr__(name):  # lazy: samplers import torch machinery that plain users may not need
+    if name == "samplers":
+        import importlib
+
+        return importlib.import_module(".samplers", __name__)
+    raise AttributeError(f"module 'boltzkit' has no attribute {name!r}")
+
+
+__all__ = ["sample", "select", "explain", "register", "registry", "Choice", "Result", "load",
+           "domains", "energies", "estimators", "errors", "samplers", "__version__"]

@@ -1,0 +1,37 @@
+"""The one call: ``bk.sample(target)``."""
+
+from __future__ import annotations
+
+from ._registry import registry, select
+from .errors import ConfigError
+from .result import Result
+
+
+def sample(target, method: "str | None" = None, *, n_samples: int = 10_000,
+           n_steps: "int | None" = None, seed: "int | None" = None, device="auto",
+           progress: "bool | None" = None, checkpoint=None, **options) -> Result:
+    """Sample ``target`` and estimate its free energy.
+
+    Parameters
+    ----------
+    target : an :class:`~boltzkit.energies.Energy` (or another boltzkit target).
+    method : registry name (``bk.explain(target)`` lists them); None picks the default.
+    n_samples : number of samples to return.
+    n_steps : training steps (neural samplers) or sweeps / annealing steps (MCMC, AIS);
+        None uses the method's default.
+    seed : int for reproducible runs; None draws fresh entropy (recorded in the Result).
+    device : "auto" (CUDA when available), "cpu" or "cuda".
+    progress : show a progress bar; None = when stderr is a terminal and CI is unset.
+    checkpoint : path of a training checkpoint (neural samplers resume from it).
+    **options : method options (the method's Config fields); unknown names are an error.
+    """
+    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 2:
+        raise ConfigError(f"n_samples must be an integer >= 2, got {n_samples!r}")
+    choice = select(target, method)
+    cls = registry()[choice.name].cls
+    sampler = cls(device=device, seed=seed, progress=progress, **options)
+    fit_kw = {"n_steps": n_steps}
+    if checkpoint is not None:
+        fit_kw["checkpoint"] = checkpoint
+    sampler.fit(target, **fit_kw)
+    return sampler.sample(n_samples)

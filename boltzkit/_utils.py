@@ -1,0 +1,131 @@
+"""Small shared utilities: devices, seeds, progress bars, atomic files."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+SeedLike = "int | np.random.SeedSequence | None"
+
+
+# ---------------------------------------------------------------------------- devices
+def resolve_device(device: "str | torch.device | None" = "auto") -> torch.device:
+    """``"auto"`` (or None) means CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from .errors import ConfigError
+
+        raise ConfigError(f"device={str(device)!r} was requested but CUDA is not available; "
+                          "use device='cpu' or device='auto'")
+    return dev
+
+
+# ---------------------------------------------------------------------------- seeds
+def resolve_seed(seed: "int | None") -> int:
+    """Return a concrete integer seed; None draws fresh entropy (which is then recorded)."""
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (2**63))
+    if isinstance(seed, (bool, float)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        from .errors import ConfigError
+
+        raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return int(seed)
+
+
+def torch_generator(seed: int, device: "torch.device | str" = "cpu") -> torch.Generator:
+    gen = torch.Generator(device=torch.device(device))
+    gen.manual_seed(int(seed) % (2**63))
+    return gen
+
+
+def spawn_generators(seed: int, names: "list[str] | tuple[str, ...]",
+                     device: "torch.device | str" = "cpu") -> dict[str, torch.Generator]:
+    """Independent torch generators, one per named stream (init, train, sample, ...).
+
+    Streams are derived with numpy's ``SeedSequence.spawn`` keyed by position, so adding a
+    new stream at the end never shifts the existing ones.
+    """
+    children = np.random.SeedSequence(int(seed)).spawn(len(names))
+    return {name: torch_generator(int(child.generate_state(1, np.uint64)[0]) % (2**63), device)
+            for name, child in zip(names, children)}
+
+
+# ---------------------------------------------------------------------------- progress
+def progress_enabled(progress: "bool | None") -> bool:
+    """None means: on when stderr is a terminal and the CI variable is unset."""
+    if progress is None:
+        return sys.stderr.isatty() and not os.environ.get("CI")
+    return bool(progress)
+
+
+class _NoBar:
+    def __init__(self, iterable=None, **_):
+        self._it = iterable
+
+    def __iter__(self):
+        return iter(self._it)
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, *a, **k):
+        pass
+
+    def set_description(self, *a, **k):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def progress_bar(iterable=None, *, total=None, desc=None, enabled: "bool | None" = None, **kw):
+    """A tqdm bar, or a silent stand-in with the same methods when disabled."""
+    if not progress_enabled(enabled):
+        return _NoBar(iterable)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False, **kw)
+
+
+# ---------------------------------------------------------------------------- files
+@contextmanager
+def atomic_path(path: "str | os.PathLike", suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path in the destination folder; on success move it over ``path``.
+
+    A crash in the body leaves the previous file untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def versions() -> dict[str, str]:
+    from . import __version__
+
+    return {"boltzkit": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": sys.version.split()[0]}

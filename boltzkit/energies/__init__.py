@@ -1,0 +1,7 @@
+"""Targets defined by an energy in units of kT."""
+
+from .base import Energy, FunctionEnergy, check_energy_values, validate_target
+from .lattice import BETA_C_ISING, Ising, Potts, potts_beta_c
+
+__all__ = ["Energy", "FunctionEnergy", "check_energy_values", "validate_target", "Ising", "Potts",
+           "BETA_C_ISING", "potts_beta_c"]

@@ -1,0 +1,245 @@
+"""The one result type returned by every sampler and estimator."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from ._utils import atomic_path, versions
+from .errors import BoltzkitError, TargetError
+from .estimators.importance import normalized_weights, self_normalized_expectation
+
+FORMAT_VERSION = 1
+
+
+def _jsonable(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else repr(v)  # 'nan', 'inf' survive the round trip
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return _jsonable(obj.item())
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, torch.device):
+        return str(obj)
+    return repr(obj)
+
+
+def _unjson(obj):
+    if isinstance(obj, dict):
+        return {k: _unjson(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unjson(v) for v in obj]
+    if obj in ("nan", "inf", "-inf"):
+        return float(obj)
+    return obj
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    """Samples, weights and a free-energy estimate from one run.
+
+    Attributes
+    ----------
+    samples : Tensor (n, *event_shape), on CPU, in the target domain's physical representation.
+    log_weights : float64 Tensor (n,) of unnormalized log importance weights, or None (MCMC).
+    log_z, log_z_stderr : log normalizing constant and its standard error, or None; then
+        ``diagnostics["log_z_unavailable"]`` says why.
+    ess : effective sample size (Kish for weighted samples, n / (2 tau_int) for MCMC).
+    diagnostics : method-specific numbers (ess_frac, pareto_k, acceptance, tau_int, ...).
+    history : training or chain curves, name -> 1-D array.
+    """
+
+    samples: torch.Tensor
+    log_weights: "torch.Tensor | None" = None
+    log_z: "float | None" = None
+    log_z_stderr: "float | None" = None
+    ess: float = float("nan")
+    diagnostics: Mapping[str, Any] = field(default_factory=dict)
+    history: Mapping[str, np.ndarray] = field(default_factory=dict)
+    method: str = ""
+    target: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    seed: "int | None" = None
+    device: str = "cpu"
+    versions: Mapping[str, str] = field(default_factory=versions)
+
+    def __post_init__(self):
+        if not isinstance(self.samples, torch.Tensor):
+            object.__setattr__(self, "samples", torch.as_tensor(np.asarray(self.samples)))
+        object.__setattr__(self, "samples", self.samples.detach().cpu())
+        if self.log_weights is not None:
+            lw = torch.as_tensor(self.log_weights).detach().to("cpu", torch.float64).reshape(-1)
+            if lw.numel() != self.samples.shape[0]:
+                raise TargetError(f"{lw.numel()} log-weights for {self.samples.shape[0]} samples")
+            object.__setattr__(self, "log_weights", lw)
+        if self.log_z is None and "log_z_unavailable" not in self.diagnostics:
+            raise BoltzkitError("a Result without log_z must say why in diagnostics['log_z_unavailable']")
+        object.__setattr__(self, "history", {k: np.asarray(v) for k, v in self.history.items()})
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def n_samples(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def free_energy(self) -> "float | None":
+        """-log Z, in kT."""
+        return None if self.log_z is None else -self.log_z
+
+    @property
+    def reliable(self) -> bool:
+        return bool(self.diagnostics.get("reliable", True))
+
+    def weights(self) -> np.ndarray:
+        """Self-normalized weights (uniform for unweighted samples)."""
+        if self.log_weights is None:
+            return np.full(self.n_samples, 1.0 / self.n_samples)
+        return normalized_weights(self.log_weights)
+
+    def _inflation(self) -> float:
+        """Variance inflation of unweighted correlated samples, n / ESS (= 2 tau_int)."""
+        if self.log_weights is None and math.isfinite(self.ess) and self.ess > 0:
+            return max(self.n_samples / self.ess, 1.0)
+        return 1.0
+
+    def resample(self, n: int, *, seed: "int | None" = None) -> torch.Tensor:
+        """Multinomial resampling by weight: n (approximately) unweighted samples of the target."""
+        gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        idx = torch.multinomial(torch.as_tensor(self.weights()), int(n), replacement=True, generator=gen)
+        return self.samples[idx]
+
+    def expectation(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "tuple[float, float]":
+        """E_target[fn(x)] and its Monte-Carlo standard error.
+
+        Weighted samples use self-normalized importance sampling (delta-method error);
+        MCMC samples use sd / sqrt(ESS).
+        """
+        vals = torch.as_tensor(fn(self.samples)).detach().to("cpu", torch.float64).reshape(-1)
+        if vals.numel() != self.n_samples:
+            raise TargetError(f"fn returned {vals.numel()} values for {self.n_samples} samples; "
+                              "it must return one value per sample")
+        if self.log_weights is None:
+            v = vals.numpy()
+            return float(v.mean()), float(v.std(ddof=1) / math.sqrt(max(self.ess, 1.0)))
+        return self_normalized_expectation(vals, self.log_weights)
+
+    def free_energy_difference(self, in_a, in_b) -> "tuple[float, float]":
+        """Delta F = F_b - F_a = -log(P(B) / P(A)) in kT, with its standard error.
+
+        ``in_a`` and ``in_b`` are boolean masks (n,) or callables mapping samples to masks.
+        """
+        a = torch.as_tensor(in_a(self.samples) if callable(in_a) else in_a).reshape(-1).double().numpy()
+        b = torch.as_tensor(in_b(self.samples) if callable(in_b) else in_b).reshape(-1).double().numpy()
+        for nm, m in (("in_a", a), ("in_b", b)):
+            if m.size != self.n_samples:
+                raise TargetError(f"{nm} selects from {m.size} entries but there are {self.n_samples} samples")
+        w = self.weights()
+        pa, pb = float(np.sum(w * a)), float(np.sum(w * b))
+        if pa == 0 or pb == 0:
+            which = "in_a" if pa == 0 else "in_b"
+            raise TargetError(f"no sample falls in {which}: the free-energy difference is not "
+                              "estimable; draw more samples or widen the state definition")
+        g = b / pb - a / pa
+        se = math.sqrt(float(np.sum(w * w * g * g)) * self._inflation())
+        return -math.log(pb / pa), se
+
+    # ------------------------------------------------------------------ text
+    def summary(self) -> str:
+        lines = [f"boltzkit Result: method={self.method!r}, target={self.target.get('name', '?')}, "
+                 f"n_samples={self.n_samples}, device={self.device}, seed={self.seed}"]
+        if self.log_z is not None:
+            lines.append(f"  log Z = {self.log_z:.6f} +- {self.log_z_stderr:.2g}")
+        else:
+            lines.append(f"  log Z unavailable: {self.diagnostics.get('log_z_unavailable')}")
+        exact = self.diagnostics.get("exact_log_z")
+        if exact is not None:
+            lines.append(f"  exact log Z = {exact:.6f}  (error {self.log_z - exact:+.2e})"
+                         if self.log_z is not None else f"  exact log Z = {exact:.6f}")
+        lines.append(f"  ESS = {self.ess:.1f} ({self.ess / self.n_samples:.3f} of n)")
+        keys = [k for k in self.diagnostics if k not in ("exact_log_z", "log_z_unavailable")]
+        for k in keys:
+            v = self.diagnostics[k]
+            lines.append(f"  {k} = {v:.4g}" if isinstance(v, float) else f"  {k} = {v}")
+        if not self.reliable:
+            lines.append("  WARNING: weights are degenerate; the log Z error bar is not reliable")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        lz = "None" if self.log_z is None else f"{self.log_z:.5f}+-{self.log_z_stderr:.2g}"
+        return (f"Result(method={self.method!r}, n_samples={self.n_samples}, log_z={lz}, "
+                f"ess={self.ess:.1f})")
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: "str | os.PathLike") -> Path:
+        """Write one ``.npz`` file (arrays + a JSON header). Atomic; no pickle."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        meta = {k: _jsonable(getattr(self, k)) for k in
+                ("log_z", "log_z_stderr", "ess", "diagnostics", "method", "target", "config",
+                 "seed", "device", "versions")}
+        meta["format_version"] = FORMAT_VERSION
+        meta["history_keys"] = list(self.history)
+        arrays = {"samples": self.samples.numpy(), "__meta__": np.array(json.dumps(meta))}
+        if self.log_weights is not None:
+            arrays["log_weights"] = self.log_weights.numpy()
+        for i, (k, v) in enumerate(self.history.items()):
+            arrays[f"history_{i}"] = np.asarray(v)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: "str | os.PathLike") -> "Result":
+        """Read a file written by :meth:`save` (never unpickles)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no result file at {path}")
+        with np.load(path, allow_pickle=False) as data:
+            if "__meta__" not in data:
+                raise BoltzkitError(f"{path} is not a boltzkit result file (no __meta__ entry)")
+            meta = _unjson(json.loads(str(data["__meta__"])))
+            if meta.get("format_version", 0) > FORMAT_VERSION:
+                raise BoltzkitError(f"{path} was written by a newer boltzkit; upgrade to read it")
+            samples = torch.from_numpy(data["samples"].copy())
+            lw = torch.from_numpy(data["log_weights"].copy()) if "log_weights" in data else None
+            history = {k: data[f"history_{i}"].copy() for i, k in enumerate(meta["history_keys"])}
+        kw = {f.name: meta[f.name] for f in fields(cls) if f.name in meta}
+        return cls(samples=samples, log_weights=lw, history=history, **kw)
+
+    # ------------------------------------------------------------------ plots
+    def plot(self, path: "str | os.PathLike | None" = None, *, target=None):
+        """Standard figure: sample histogram, log-weight histogram, training curves."""
+        from .plot import plot_result
+
+        return plot_result(self, path=path, target=target)
+
+
+def result_from_log_weights(samples, log_weights, *, log_z0: float = 0.0, exact_log_z=None,
+                            warn: bool = True, **kw) -> Result:
+    """Build a :class:`Result` from weighted samples with the shared IS estimator."""
+    from .estimators.importance import log_z_from_log_weights
+
+    est = log_z_from_log_weights(log_weights, log_z0=log_z0, warn=warn)
+    diag = {**est.diagnostics(), **kw.pop("diagnostics", {})}
+    if exact_log_z is not None:
+        diag["exact_log_z"] = float(exact_log_z)
+    return Result(samples=samples, log_weights=log_weights, log_z=est.log_z,
+                  log_z_stderr=est.stderr, ess=est.ess, diagnostics=diag, **kw)

@@ -1,0 +1,1 @@
+"""Machinery shared by the neural samplers: EMA, networks, integrators, buffers."""

@@ -1,0 +1,187 @@
+"""Sampler base classes.
+
+``Sampler``: configuration (a frozen dataclass per method, validated, unknown names listed),
+device and seed handling, ``fit`` then ``sample``.
+
+``TrainableSampler``: the shared training loop of neural samplers -- progress bar, history,
+divergence check, atomic checkpoints and resume-to-total-steps. A subclass implements
+``_setup(target)``, ``train_step() -> dict``, ``_state_dict()``, ``_load_state_dict(d)`` and
+``sample(n)``, so its module reads as the paper's objective plus little else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from .._utils import (atomic_path, progress_bar, progress_enabled, resolve_device, resolve_seed,
+                      spawn_generators)
+from ..energies.base import validate_target
+from ..errors import ConfigError, TrainingDivergedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerConfig:
+    """Options shared by every sampler (subclasses add their own)."""
+
+    def __post_init__(self):
+        pass
+
+
+class Sampler:
+    name: ClassVar[str] = "sampler"
+    Config: ClassVar[type] = SamplerConfig
+    needs_grad: ClassVar[bool] = False
+    streams: ClassVar[tuple] = ("init", "train", "sample")
+
+    def __init__(self, config: "Any | None" = None, /, *, device="auto", seed: "int | None" = None,
+                 progress: "bool | None" = None, **options):
+        self.config = self.make_config(config, **options)
+        self.device = resolve_device(device)
+        self.seed = resolve_seed(seed)
+        self.progress = progress
+        self.target = None
+        self.gens = spawn_generators(self.seed, self.streams, self.device)
+
+    @classmethod
+    def make_config(cls, config=None, **options):
+        valid = [f.name for f in dataclasses.fields(cls.Config)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown} for {cls.name!r}; valid options: "
+                              f"{', '.join(valid) or 'none'}")
+        base = config if config is not None else cls.Config()
+        if not isinstance(base, cls.Config):
+            raise ConfigError(f"config must be a {cls.Config.__name__}, got {type(base).__name__}")
+        try:
+            return dataclasses.replace(base, **options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid option for {cls.name!r}: {exc}") from exc
+
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+    def _attach(self, target):
+        validate_target(target, needs_grad=self.needs_grad, device="cpu")
+        self.target = target.to(self.device) if isinstance(target, torch.nn.Module) else target
+        return self.target
+
+    def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None) -> "Sampler":
+        """Prepare the sampler for ``target`` (train it, for neural samplers)."""
+        self._attach(target)
+        return self
+
+    def sample(self, n_samples: int):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _result_kwargs(self) -> dict:
+        tgt = self.target
+        return {"method": self.name, "target": tgt.to_config() if hasattr(tgt, "to_config") else {},
+                "config": self.config_dict(), "seed": self.seed, "device": str(self.device)}
+
+    def _require_fit(self):
+        if self.target is None:
+            raise ConfigError(f"{type(self).__name__}.sample() called before fit(target)")
+
+
+def _check_positive(name, value, *, allow_none=False):
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+class TrainableSampler(Sampler):
+    """Neural samplers: a shared training loop with checkpoints and history."""
+
+    def __init__(self, config=None, /, **kw):
+        super().__init__(config, **kw)
+        self.step = 0
+        self.history: dict[str, list] = {}
+
+    # -- to implement
+    def _setup(self, target) -> None:  # build networks and optimizers
+        raise NotImplementedError
+
+    def train_step(self) -> dict:  # one optimizer step; returns metrics (floats)
+        raise NotImplementedError
+
+    def _state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def _load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def default_n_steps(self) -> int:
+        return int(getattr(self.config, "n_steps", 1000))
+
+    # -- shared
+    def state_dict(self) -> dict:
+        return {"method": self.name, "step": self.step, "config": self.config_dict(),
+                "seed": self.seed, "history": {k: list(map(float, v)) for k, v in self.history.items()},
+                "generators": {k: g.get_state() for k, g in self.gens.items()},
+                "sampler": self._state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("method") != self.name:
+            raise ConfigError(f"checkpoint is for method {state.get('method')!r}, not {self.name!r}")
+        self.step = int(state["step"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        for k, s in state["generators"].items():
+            if k in self.gens:
+                self.gens[k].set_state(s)
+        self._load_state_dict(state["sampler"])
+
+    def save_checkpoint(self, path) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(self.state_dict(), tmp)
+
+    def load_checkpoint(self, path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("generators"):  # generator states must live on CPU
+            state["generators"] = {k: v.cpu() for k, v in state["generators"].items()}
+        self.load_state_dict(state)
+
+    def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None,
+            checkpoint_every: int = 100) -> "TrainableSampler":
+        """Train until ``n_steps`` total steps (resuming from ``checkpoint`` if it exists)."""
+        n_steps = self.default_n_steps() if n_steps is None else n_steps
+        _check_positive("n_steps", n_steps)
+        if self.target is None or self.target is not target:
+            self._attach(target)
+            self._setup(self.target)
+        if checkpoint is not None and Path(checkpoint).exists():
+            self.load_checkpoint(checkpoint)
+        bar = progress_bar(total=n_steps, initial=self.step, desc=f"{self.name} training",
+                           enabled=self.progress) if progress_enabled(self.progress) else progress_bar(enabled=False)
+        try:
+            while self.step < n_steps:
+                metrics = self.train_step()
+                self.step += 1
+                for k, v in metrics.items():
+                    v = float(v)
+                    if k == "loss" and not math.isfinite(v):
+                        raise TrainingDivergedError(
+                            f"{self.name} training diverged at step {self.step}: loss = {v}. "
+                            "Lower the learning rate (lr=...) or use a smaller step size.")
+                    self.history.setdefault(k, []).append(v)
+                bar.update(1)
+                if self.step % 10 == 0 or self.step == n_steps:
+                    bar.set_postfix({k: f"{float(v):.4g}" for k, v in metrics.items()})
+                if checkpoint is not None and (self.step % checkpoint_every == 0 or self.step == n_steps):
+                    self.save_checkpoint(checkpoint)
+        finally:
+            bar.close()
+        return self
+
+    def _result_kwargs(self) -> dict:
+        kw = super()._result_kwargs()
+        kw["history"] = {k: np.asarray(v, dtype=np.float64) for k, v in self.history.items()}
+        return kw
