@@ -11,6 +11,7 @@ from . import domains, energies, errors, estimators  # noqa: E402
 from ._api import sample  # noqa: E402
 from ._registry import Choice, explain, register, registry, select  # noqa: E402
 from .result import Result  # noqa: E402
+from .constraints import constrain  # noqa: E402
 
 
 def load(path) -> Result:

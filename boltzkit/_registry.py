@@ -70,6 +70,11 @@ class Choice:
 
 def select(target, method: "str | None" = None) -> Choice:
     """Pick the sampler for ``target`` (a pure function of the target's metadata)."""
+    if getattr(target, "kind", None) is None or not hasattr(target, "domain"):
+        from .errors import TargetError
+
+        raise TargetError(f"{type(target).__name__} is not a boltzkit target: it needs a `domain` and a "
+                          "`kind`. Wrap a callable with bk.energies.Energy.from_function(fn, domain=...)")
     reg = registry()
     if method is not None:
         if method not in reg:

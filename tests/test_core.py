@@ -70,7 +70,7 @@ def test_ising_and_potts_energy_match_explicit_loops():
     y = potts.domain.reference(3, generator=g)
     for b in range(3):
         s = y[b].numpy()
-        n_eq = sum((s[i, j] == s[(i + 1) % 4, j]) + (s[i, j] == s[i, (j + 1) % 4])
+        n_eq = sum(int(s[i, j] == s[(i + 1) % 4, j]) + int(s[i, j] == s[i, (j + 1) % 4])
                    for i in range(4) for j in range(4))
         assert math.isclose(float(potts.energy(y)[b]), -0.8 * n_eq, rel_tol=1e-6)
 

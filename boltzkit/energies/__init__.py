@@ -2,6 +2,10 @@
 
 from .base import Energy, FunctionEnergy, check_energy_values, validate_target
 from .lattice import BETA_C_ISING, Ising, Potts, potts_beta_c
+from . import exact  # exact log Z and distributions of lattice models
+from .exact import enumerate_states, exact_marginal_pmf
+from .continuous import Gaussian, GaussianMixture, ManyWell
 
 __all__ = ["Energy", "FunctionEnergy", "check_energy_values", "validate_target", "Ising", "Potts",
-           "BETA_C_ISING", "potts_beta_c"]
+           "BETA_C_ISING", "potts_beta_c", "Gaussian", "GaussianMixture", "ManyWell"]
+__all__ += ["exact", "enumerate_states", "exact_marginal_pmf"]

@@ -1,6 +1,7 @@
 """Lattice models on periodic L x L square lattices: :class:`Ising` and :class:`Potts`.
 
-Every nearest-neighbour bond is counted once (2 L^2 bonds on the torus, L >= 3).
+Every nearest-neighbour bond is counted once (2 L^2 bonds on the torus, L >= 3). Energies are
+returned in float64: the bond sums are exact integers, so U is exact to double precision.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ class Ising(_LatticeEnergy, Energy):
 
     def energy(self, x):
         s = x.to(torch.float32) if not x.dtype.is_floating_point else x
-        inter = self._bond_sum(s, lambda a, b: a * b)
-        return -self.beta * (self.J * inter + self.h * s.flatten(1).sum(1))
+        inter = self._bond_sum(s, lambda a, b: a * b).double()  # integer-valued: exact
+        return -self.beta * (self.J * inter + self.h * s.flatten(1).sum(1).double())
 
     def with_beta(self, beta: float) -> "Ising":
         return Ising(self.L, beta, self.J, self.h)
@@ -97,7 +98,7 @@ class Potts(_LatticeEnergy, Energy):
         self.L, self.q, self.beta, self.J = int(L), int(q), float(beta), float(J)
 
     def energy(self, x):
-        inter = self._bond_sum(x, lambda a, b: (a == b).to(torch.float32))
+        inter = self._bond_sum(x, lambda a, b: (a == b).to(torch.float32)).double()  # exact count
         return -self.beta * self.J * inter
 
     def with_beta(self, beta: float) -> "Potts":

@@ -175,8 +175,9 @@ def integrated_autocorr_time(x, *, c: float = 5.0, min_steps_per_tau: float = MI
     >>> x = np.zeros((20_000, 4))
     >>> for t in range(1, len(x)):
     ...     x[t] = 0.5 * x[t - 1] + rng.standard_normal(4)
-    >>> round(integrated_autocorr_time(x), 1)   # exact: (1 + 0.5) / (1 - 0.5) = 3
-    3.0
+    >>> tau = integrated_autocorr_time(x)   # exact: (1 + 0.5) / (1 - 0.5) = 3
+    >>> bool(abs(tau - 3.0) < 0.3)
+    True
     """
     return autocorr_estimate(x, c=c, min_steps_per_tau=min_steps_per_tau, warn=warn).tau
 

@@ -1,0 +1,91 @@
+"""Batched linear algebra of constraint surfaces, shared by the constrained samplers.
+
+Conventions: states are flat, ``x`` has shape (B, D); a stack of ``P`` constraint values is
+``c`` with shape (B, P); its Jacobian ``J`` has shape (B, P, D) (row ``i`` is the gradient of
+``c_i``). A boolean ``mask`` (B, P) marks which constraints are active for each state;
+inactive rows of ``J`` are zero and their Gram block is replaced by the identity, so every
+state solves its own active system inside one batched call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def batched_jacobian(c: torch.Tensor, x: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:
+    """Jacobian of rowwise constraints: ``c`` (B, P) computed from ``x`` (B, D) -> (B, P, D).
+
+    One vectorized backward pass over the P constraint outputs (``is_grads_batched``): no
+    Python loop over samples or constraints. Rows of ``c`` must depend only on the same row of
+    ``x`` (every batched constraint does).
+    """
+    b, p = c.shape
+    if p == 0 or not c.requires_grad:  # no constraints, or constants (e.g. the Hessian of a linear map)
+        return x.new_zeros(b, p, x.shape[1])
+    eye = torch.eye(p, dtype=c.dtype, device=c.device).unsqueeze(1).expand(p, b, p)
+    (jt,) = torch.autograd.grad(c, x, grad_outputs=eye, is_grads_batched=True,
+                                create_graph=create_graph, retain_graph=True, allow_unused=True)
+    if jt is None:  # constant constraints
+        return x.new_zeros(b, p, x.shape[1])
+    return jt.transpose(0, 1)
+
+
+class GramSolver:
+    """Factor ``G = J J^T + damp I`` (identity on inactive rows) once; solve many right-hand sides.
+
+    Falls back to the pseudo-inverse for states whose Gram matrix is singular (gradients
+    linearly dependent: the LICQ condition fails there).
+    """
+
+    def __init__(self, jac: torch.Tensor, mask: "torch.Tensor | None" = None, damp: float = 0.0):
+        b, p, _ = jac.shape
+        self.p = p
+        if p == 0:
+            return
+        gram = jac @ jac.transpose(1, 2)
+        eye = torch.eye(p, dtype=jac.dtype, device=jac.device)
+        if mask is not None:
+            gram = gram + torch.diag_embed((~mask).to(jac.dtype))
+        if damp > 0:
+            gram = gram + damp * eye
+        chol, info = torch.linalg.cholesky_ex(gram)
+        self.chol = chol
+        self.bad = info > 0
+        self.n_singular = int(self.bad.sum())
+        self.pinv = torch.linalg.pinv(gram[self.bad], hermitian=True) if self.n_singular else None
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """G^{-1} rhs for rhs of shape (B, P) or (B, P, K)."""
+        if self.p == 0:
+            return rhs
+        vec = rhs.ndim == 2
+        r = rhs.unsqueeze(-1) if vec else rhs
+        out = torch.cholesky_solve(r, self.chol)
+        if self.n_singular:
+            out = out.clone()
+            out[self.bad] = self.pinv @ r[self.bad]
+        return out.squeeze(-1) if vec else out
+
+
+def normal_component(jac: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """``J^T coef``: (B, P, D), (B, P) -> (B, D)."""
+    return torch.einsum("bp,bpd->bd", coef, jac)
+
+
+def project_tangent(v: torch.Tensor, jac: torch.Tensor, solver: GramSolver) -> torch.Tensor:
+    """``Pi v = v - J^T G^{-1} J v`` for v (B, D) or (B, K, D) (K vectors per state)."""
+    if jac.shape[1] == 0:
+        return v
+    if v.ndim == 2:
+        return v - normal_component(jac, solver.solve(torch.einsum("bpd,bd->bp", jac, v)))
+    jv = torch.einsum("bpd,bkd->bpk", jac, v)
+    return v - torch.einsum("bpk,bpd->bkd", solver.solve(jv), jac)
+
+
+def tangent_projector(jac: torch.Tensor, solver: GramSolver) -> torch.Tensor:
+    """The explicit projector Pi (B, D, D); O(D^2) memory per state, for small D only."""
+    b, p, d = jac.shape
+    eye = torch.eye(d, dtype=jac.dtype, device=jac.device).expand(b, d, d)
+    if p == 0:
+        return eye.clone()
+    return eye - jac.transpose(1, 2) @ solver.solve(jac)

@@ -1,0 +1,200 @@
+"""Networks for categorical domains (lattices and fixed-length sequences).
+
+Every network here maps a batch of *token* configurations to per-site logits::
+
+    net(tokens) -> logits,   tokens: int64 (B, D) in [0, q],   logits: (B, D, q)
+
+where D = number of sites (the domain's event shape, flattened row-major), the values
+``0..q-1`` are the site's states and the extra token ``q`` means "masked / unknown". The
+logits cover the q real values only, so the mask value can never be produced. The networks
+take no time input: for a masked diffusion the optimal denoiser depends on the partially
+revealed configuration only.
+
+Two families, both translation-aware and periodic on periodic lattices:
+
+* :class:`SiteTransformer` (default) -- a pre-LayerNorm transformer with one token per site
+  and a learned per-head *relative position bias* indexed by the displacement between two
+  sites, taken modulo the lattice size on periodic axes. Without absolute positions the network
+  is exactly equivariant to lattice translations (a symmetry of Ising/Potts targets, so it
+  need not be learned), and every layer sees the whole lattice (a conditional of a masked site
+  can depend on any revealed site, which matters at criticality). For non-periodic domains
+  (``Sequence``, open lattices) the displacement is signed and absolute position embeddings
+  are added, so site-dependent targets can be represented.
+* :class:`SiteCNN` -- a residual CNN with circular padding (zero padding on open axes) whose
+  receptive field is made to cover the lattice. Cheaper per site for large lattices, but it
+  needs about L/4 residual blocks to see the whole L x L torus.
+
+Measured on a 2-core CPU (MDNS on Ising 6 x 6 at beta_c, WDCE, batch 256, same wall-clock
+budget) the transformer reached a clearly higher ESS than a CNN of similar cost; see
+``boltzkit/samplers/mdns.py`` for the numbers. The output layer is zero-initialized, so an
+untrained network proposes the uniform distribution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ...errors import ConfigError
+
+__all__ = ["SiteTransformer", "SiteCNN", "make_discrete_net", "relative_position_index"]
+
+
+def relative_position_index(shape: "tuple[int, ...]", periodic: bool) -> "tuple[torch.Tensor, int]":
+    """Index of the displacement between every pair of sites of a grid.
+
+    Parameters
+    ----------
+    shape : grid shape, e.g. ``(L, L)`` or ``(n,)``; sites are numbered row-major.
+    periodic : if True displacements are taken modulo the size of each axis (a torus), so
+        the index depends only on the translation-invariant displacement.
+
+    Returns
+    -------
+    index : int64 tensor (D, D), ``index[i, j]`` in ``[0, n_index)``.
+    n_index : number of distinct displacements (prod L on a torus, prod (2L - 1) otherwise).
+    """
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij"), -1)
+    coords = coords.reshape(-1, len(shape))  # (D, ndim)
+    diff = coords[:, None, :] - coords[None, :, :]  # (D, D, ndim)
+    index = torch.zeros(diff.shape[:2], dtype=torch.long)
+    n_index = 1
+    for axis, n in enumerate(shape):
+        if periodic:
+            d, size = diff[..., axis] % n, n
+        else:
+            d, size = diff[..., axis] + n - 1, 2 * n - 1
+        index = index * size + d
+        n_index *= size
+    return index, n_index
+
+
+class _Block(nn.Module):
+    """Pre-LN transformer block whose attention logits carry a relative position bias."""
+
+    def __init__(self, hidden: int, n_heads: int, mlp_ratio: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1 = nn.LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden, mlp_ratio * hidden), nn.GELU(),
+                                 nn.Linear(mlp_ratio * hidden, hidden))
+
+    def forward(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, d, c = h.shape
+        qkv = self.qkv(self.norm1(h)).view(b, d, 3, self.n_heads, c // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, D, c/H)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        h = h + self.proj(att.transpose(1, 2).reshape(b, d, c))
+        return h + self.mlp(self.norm2(h))
+
+
+class SiteTransformer(nn.Module):
+    """Transformer over sites with a (periodic) relative position bias.
+
+    Parameters
+    ----------
+    shape : event shape of the domain, e.g. ``(L, L)`` for a lattice or ``(n,)`` for a sequence.
+    q : number of values per site; the token ``q`` is the mask.
+    hidden, n_layers, n_heads, mlp_ratio : transformer size.
+    periodic : displacements modulo the lattice size (torus); else signed displacements.
+    absolute_positions : add learned absolute position embeddings. ``None`` means: only when
+        the domain is not periodic. Turn it on for periodic lattices whose energy is not
+        translation invariant (random fields, spin glasses).
+    """
+
+    def __init__(self, shape, q: int, *, hidden: int = 64, n_layers: int = 3, n_heads: int = 4,
+                 mlp_ratio: int = 4, periodic: bool = True, absolute_positions: "bool | None" = None):
+        super().__init__()
+        if hidden % n_heads:
+            raise ConfigError(f"hidden ({hidden}) must be a multiple of n_heads ({n_heads})")
+        self.shape, self.q = tuple(int(s) for s in shape), int(q)
+        self.n_sites = int(math.prod(self.shape))
+        index, n_index = relative_position_index(self.shape, periodic)
+        self.register_buffer("rel_index", index, persistent=False)
+        self.rel_bias = nn.Parameter(torch.zeros(n_layers, n_heads, n_index))
+        self.embed = nn.Embedding(self.q + 1, hidden)
+        use_abs = (not periodic) if absolute_positions is None else bool(absolute_positions)
+        self.pos = nn.Parameter(torch.zeros(self.n_sites, hidden)) if use_abs else None
+        self.blocks = nn.ModuleList(_Block(hidden, n_heads, mlp_ratio) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, self.q)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens)
+        if self.pos is not None:
+            h = h + self.pos
+        for layer, block in enumerate(self.blocks):
+            bias = self.rel_bias[layer][:, self.rel_index].to(h.dtype)  # (H, D, D)
+            h = block(h, bias)
+        return self.head(self.norm(h))
+
+
+class _ConvBlock(nn.Module):
+    def __init__(self, conv, channels: int, pad_mode: str):
+        super().__init__()
+        self.c1 = conv(channels, channels, 3, padding=1, padding_mode=pad_mode)
+        self.c2 = conv(channels, channels, 3, padding=1, padding_mode=pad_mode)
+
+    def forward(self, h):
+        return h + self.c2(F.gelu(self.c1(F.gelu(h))))
+
+
+class SiteCNN(nn.Module):
+    """Residual CNN with circular padding on periodic axes (1-D, 2-D or 3-D grids).
+
+    ``n_blocks=None`` picks the smallest number of residual blocks (two 3-wide convolutions
+    each) whose receptive field covers the largest axis.
+    """
+
+    def __init__(self, shape, q: int, *, hidden: int = 64, n_blocks: "int | None" = None,
+                 periodic: bool = True):
+        super().__init__()
+        self.shape, self.q = tuple(int(s) for s in shape), int(q)
+        if len(self.shape) > 3:
+            raise ConfigError(f"SiteCNN supports 1-3 dimensional grids, got shape {self.shape}; "
+                              "use net='transformer'")
+        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(self.shape)]
+        pad = "circular" if periodic else "zeros"
+        if n_blocks is None:
+            n_blocks = max(1, math.ceil((max(self.shape) - 1) / 4))
+        self.embed = nn.Embedding(self.q + 1, hidden)
+        self.blocks = nn.Sequential(*[_ConvBlock(conv, hidden, pad) for _ in range(n_blocks)])
+        self.head = conv(hidden, self.q, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b = tokens.shape[0]
+        h = self.embed(tokens).transpose(1, 2).reshape(b, -1, *self.shape)
+        out = self.head(F.gelu(self.blocks(h)))
+        return out.reshape(b, self.q, -1).transpose(1, 2)
+
+
+def make_discrete_net(domain, kind: str = "transformer", **kw) -> nn.Module:
+    """Build a network for a :class:`~boltzkit.domains.Categorical` domain.
+
+    Parameters
+    ----------
+    domain : the target's categorical domain (its ``event_shape`` and ``q`` are used; a
+        ``Lattice`` is periodic unless built with ``periodic=False``, a ``Sequence`` is open).
+    kind : ``"transformer"`` (:class:`SiteTransformer`) or ``"cnn"`` (:class:`SiteCNN`).
+    **kw : size options passed to the network.
+    """
+    periodic = bool(getattr(domain, "periodic", False))
+    if kind == "transformer":
+        return SiteTransformer(domain.event_shape, domain.q, periodic=periodic, **kw)
+    if kind == "cnn":
+        kw.pop("n_heads", None)
+        kw.pop("absolute_positions", None)
+        if "n_layers" in kw:
+            kw["n_blocks"] = kw.pop("n_layers")
+        return SiteCNN(domain.event_shape, domain.q, periodic=periodic, **kw)
+    raise ConfigError(f"unknown network {kind!r}; choose 'transformer' or 'cnn'")

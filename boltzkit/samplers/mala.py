@@ -1,0 +1,348 @@
+r"""Metropolis-adjusted Langevin (MALA) and Hamiltonian Monte Carlo kernels for ``Reals`` targets.
+
+Papers
+------
+* Roberts & Tweedie, "Exponential convergence of Langevin distributions and their discrete
+  approximations", Bernoulli 2(4), 341-363 (1996) -- MALA.
+* Roberts & Rosenthal, "Optimal scaling of discrete approximations to Langevin diffusions",
+  J. R. Stat. Soc. B 60, 255-268 (1998) -- the 0.574 target acceptance rate.
+* Duane, Kennedy, Pendleton & Roweth, "Hybrid Monte Carlo", Phys. Lett. B 195, 216 (1987);
+  Neal, "MCMC using Hamiltonian dynamics", arXiv:1206.1901 -- HMC.
+
+Objective
+---------
+Leave p(x) = exp(-U(x)) / Z invariant. MALA proposes
+``y = x - h grad U(x) + sqrt(2 h) xi`` and accepts with probability
+``min(1, exp(-U(y) + U(x)) q(x | y) / q(y | x))``, ``q(y | x) = N(y; x - h grad U(x), 2 h I)``.
+During burn-in (``fit``) one global step size h is adapted toward ``target_accept`` from the
+mean acceptance of all chains (Robbins-Monro on log h); it is then frozen, so the kernel used
+by ``sample`` is exactly invariant.
+
+Returns
+-------
+A :class:`~boltzkit.result.Result` of unweighted, correlated samples ordered step-major
+(sample ``t * n_chains + c`` is chain ``c`` at recorded step ``t``); ``log_z = None`` (MCMC gives
+no normalizing constant; use ``method="ais"``); ``ess = N / tau_int`` with tau_int the largest
+of the integrated autocorrelation times of every coordinate and of the energy
+(:mod:`boltzkit.estimators.diagnostics` convention).
+
+Failure modes
+-------------
+* Multimodal targets: chains stay in the mode they started near; the mode weights of the
+  samples are then wrong, and nothing in the output flags it except, at best, a long tau_int.
+* Stiff or badly scaled targets force a small global step size and slow mixing in the wide
+  directions (no preconditioning).
+* Energies with super-quadratic growth (e.g. x^4) make large steps overshoot; rejections then
+  dominate until the step size shrinks.
+
+Pure kernels
+------------
+:func:`mala_step` and :func:`hmc_step` are stateless one-step kernels (reused by AIS);
+:func:`mala_move` and :func:`hmc_move` are the same kernels on a cached ``state`` so the
+energy and gradient at the current point are not recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .._registry import register
+from .._utils import progress_bar
+from ..domains import Reals
+from ..errors import ConfigError, TargetError
+from ..estimators.diagnostics import autocorr_estimate
+from ..result import Result
+from .base import Sampler, SamplerConfig, _check_positive
+
+LOG_Z_UNAVAILABLE = ("MALA is an MCMC sampler: it draws correlated, unweighted samples and no "
+                     "normalizing constant; use method='ais' for log Z")
+
+# A potential maps a batch y (B, d) to (U(y), grad U(y), *extras): every tensor has batch
+# dimension B and is carried along with the accepted states (extras hold, e.g., the raw target
+# energy and gradient when the potential is an annealing mixture).
+Potential = Callable[[torch.Tensor], "tuple[torch.Tensor, ...]"]
+
+
+def _per_chain(step_size, x: torch.Tensor) -> torch.Tensor:
+    """Step size as a (B, 1) tensor (a scalar, or one value per chain)."""
+    h = torch.as_tensor(step_size, dtype=x.dtype, device=x.device)
+    if h.numel() not in (1, x.shape[0]):
+        raise ConfigError(f"step_size must be a number or have one entry per chain "
+                          f"({x.shape[0]}), got {h.numel()} entries")
+    if not bool(torch.isfinite(h).all()) or bool((h <= 0).any()):
+        raise ConfigError(f"step_size must be finite and > 0, got {step_size!r}")
+    return h.reshape(-1, 1).expand(x.shape[0], 1)
+
+
+def _accept(log_alpha: torch.Tensor, generator) -> torch.Tensor:
+    """Metropolis decision; NaN ratios (from non-finite proposals) are rejections."""
+    log_alpha = torch.nan_to_num(log_alpha.double(), nan=-math.inf)
+    log_u = torch.rand(log_alpha.shape, generator=generator, device=log_alpha.device,
+                       dtype=torch.float64).log()
+    return log_u < log_alpha
+
+
+def _select(accept: torch.Tensor, new: tuple, old: tuple) -> tuple:
+    out = []
+    for a, b in zip(new, old):
+        mask = accept.view(-1, *([1] * (a.ndim - 1)))
+        out.append(torch.where(mask, a, b))
+    return tuple(out)
+
+
+def mala_move(potential: Potential, x: torch.Tensor, state: tuple, step_size,
+              generator: "torch.Generator | None" = None):
+    """One MALA transition on a cached state.
+
+    Parameters
+    ----------
+    potential : callable
+        ``y -> (U(y), grad U(y), *extras)``, batched.
+    x : Tensor (B, d)
+        Current points.
+    state : tuple
+        ``potential(x)``, the cached values at ``x``.
+    step_size : float or Tensor (B,)
+        Langevin step h (proposal ``x - h grad U + sqrt(2h) xi``).
+    generator : torch.Generator
+        Source of every random draw.
+
+    Returns
+    -------
+    x_new, state_new, accepted : Tensor (B, d), tuple, bool Tensor (B,)
+    """
+    h = _per_chain(step_size, x)
+    u, g = state[0], state[1]
+    xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    y = x - h * g + torch.sqrt(2 * h) * xi
+    new = potential(y)
+    uy, gy = new[0], new[1]
+    back = (x - y + h * gy) / torch.sqrt(2 * h)  # standardized reverse-move noise
+    log_alpha = (u - uy) - 0.5 * (back * back).sum(-1) + 0.5 * (xi * xi).sum(-1)
+    acc = _accept(log_alpha, generator) & torch.isfinite(y).all(-1)
+    x_new, *state_new = _select(acc, (y, *new), (x, *state))
+    return x_new, tuple(state_new), acc
+
+
+def hmc_move(potential: Potential, x: torch.Tensor, state: tuple, step_size, n_leapfrog: int,
+             generator: "torch.Generator | None" = None):
+    """One HMC transition (unit mass, ``n_leapfrog`` leapfrog steps of size ``step_size``).
+
+    Same arguments and returns as :func:`mala_move`.
+    """
+    if int(n_leapfrog) != n_leapfrog or n_leapfrog < 1:
+        raise ConfigError(f"n_leapfrog must be a positive integer, got {n_leapfrog!r}")
+    h = _per_chain(step_size, x)
+    p0 = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    q, new = x, state
+    p = p0 - 0.5 * h * state[1]
+    for i in range(int(n_leapfrog)):
+        q = q + h * p
+        new = potential(q)
+        p = p - (h if i < n_leapfrog - 1 else 0.5 * h) * new[1]
+    log_alpha = (state[0] - new[0]) + 0.5 * (p0 * p0).sum(-1) - 0.5 * (p * p).sum(-1)
+    acc = _accept(log_alpha, generator) & torch.isfinite(q).all(-1)
+    x_new, *state_new = _select(acc, (q, *new), (x, *state))
+    return x_new, tuple(state_new), acc
+
+
+def _potential(energy_fn, grad_fn) -> Potential:
+    return lambda y: (energy_fn(y), grad_fn(y))
+
+
+def mala_step(energy_fn, grad_fn, x: torch.Tensor, step_size,
+              generator: "torch.Generator | None" = None):
+    """One MALA step targeting exp(-energy_fn).
+
+    Parameters
+    ----------
+    energy_fn, grad_fn : callable
+        Batched ``(B, d) -> (B,)`` energy and ``(B, d) -> (B, d)`` gradient.
+    x : Tensor (B, d)
+    step_size : float or Tensor (B,)
+    generator : torch.Generator
+
+    Returns
+    -------
+    x_new : Tensor (B, d)
+    accepted : bool Tensor (B,)
+    """
+    pot = _potential(energy_fn, grad_fn)
+    x_new, _, acc = mala_move(pot, x, pot(x), step_size, generator)
+    return x_new, acc
+
+
+def hmc_step(energy_fn, grad_fn, x: torch.Tensor, step_size, n_leapfrog: int = 10,
+             generator: "torch.Generator | None" = None):
+    """One HMC step targeting exp(-energy_fn); returns ``(x_new, accepted)`` like :func:`mala_step`."""
+    pot = _potential(energy_fn, grad_fn)
+    x_new, _, acc = hmc_move(pot, x, pot(x), step_size, n_leapfrog, generator)
+    return x_new, acc
+
+
+def adapt_log_step(log_step: float, acceptance: float, target: float, gain: float) -> float:
+    """Robbins-Monro update of log h toward an acceptance rate, clipped to |change| <= 1."""
+    return log_step + float(np.clip(gain * (acceptance - target), -1.0, 1.0))
+
+
+def default_step_size(kernel: str, dim: int, scale: float = 1.0) -> float:
+    """A starting step size for a roughly N(0, scale^2 I) target in ``dim`` dimensions."""
+    if kernel == "mala":
+        return 0.5 * scale ** 2 * dim ** (-1.0 / 3.0)
+    return 0.5 * scale * dim ** (-0.25)
+
+
+# ============================================================================ sampler
+@dataclass(frozen=True, kw_only=True)
+class MALAConfig(SamplerConfig):
+    """Options of the MALA sampler.
+
+    n_chains : chains run in parallel.
+    burn_in : steps run by ``fit`` while the step size adapts (``fit(n_steps=...)`` overrides).
+    thin : steps between recorded states.
+    step_size : initial step size h; None picks 0.5 * init_std^2 * d^(-1/3).
+    target_accept : acceptance rate the burn-in adapts toward (0.574, Roberts-Rosenthal).
+    adapt : adapt the step size during burn-in (it is always frozen afterwards).
+    init_std : chains start from N(0, init_std^2 I).
+    """
+
+    n_chains: int = 64
+    burn_in: int = 1000
+    thin: int = 1
+    step_size: "float | None" = None
+    target_accept: float = 0.574
+    adapt: bool = True
+    init_std: float = 1.0
+
+    def __post_init__(self):
+        _check_positive("n_chains", self.n_chains)
+        _check_positive("thin", self.thin)
+        if not isinstance(self.burn_in, (int, np.integer)) or isinstance(self.burn_in, bool) \
+                or self.burn_in < 0:
+            raise ConfigError(f"burn_in must be a non-negative integer (steps), got {self.burn_in!r}")
+        if self.step_size is not None and not (isinstance(self.step_size, (int, float))
+                                               and math.isfinite(self.step_size) and self.step_size > 0):
+            raise ConfigError(f"step_size must be a positive number or None, got {self.step_size!r}")
+        if not (isinstance(self.target_accept, (int, float)) and 0 < self.target_accept < 1):
+            raise ConfigError(f"target_accept must be in (0, 1), got {self.target_accept!r}")
+        if not (isinstance(self.init_std, (int, float)) and math.isfinite(self.init_std)
+                and self.init_std > 0):
+            raise ConfigError(f"init_std must be a positive number, got {self.init_std!r}")
+
+
+@register("mala", domains=(Reals,), priority=1, provides_log_z=False,
+          paper="Roberts & Tweedie 1996 (MALA)",
+          description="Metropolis-adjusted Langevin chains with burn-in step-size adaptation")
+class MALA(Sampler):
+    """Metropolis-adjusted Langevin MCMC for continuous energies (no log Z)."""
+
+    Config = MALAConfig
+    needs_grad = True
+    streams = ("init", "train", "sample")
+
+    def __init__(self, config=None, /, **kw):
+        super().__init__(config, **kw)
+        self.x = self.state = None
+        self.log_step = math.nan
+        self.n_total = 0
+        self.history = {"acceptance": [], "step_size": [], "mean_energy": []}
+
+    @property
+    def step_size(self) -> float:
+        return math.exp(self.log_step)
+
+    def _potential(self, y):
+        return self.target.energy(y), self.target.grad_energy(y)
+
+    def _step(self, generator) -> torch.Tensor:
+        with torch.no_grad():
+            self.x, self.state, acc = mala_move(self._potential, self.x, self.state,
+                                                self.step_size, generator)
+        self.n_total += 1
+        rate = float(acc.double().mean())
+        self.history["acceptance"].append(rate)
+        self.history["step_size"].append(self.step_size)
+        self.history["mean_energy"].append(float(self.state[0].double().mean()))
+        return acc
+
+    def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None) -> "MALA":
+        """Attach ``target``, start the chains and run ``n_steps`` (default ``burn_in``) adapting steps."""
+        if checkpoint is not None:
+            raise ConfigError("'mala' keeps no checkpoints (it does not train); leave checkpoint=None")
+        burn_in = self.config.burn_in if n_steps is None else n_steps
+        if not isinstance(burn_in, (int, np.integer)) or isinstance(burn_in, bool) or burn_in < 0:
+            raise ConfigError(f"n_steps (burn-in steps) must be a non-negative integer, got {n_steps!r}")
+        self._attach(target)
+        cfg = self.config
+        dim = self.target.domain.dim
+        self.x = cfg.init_std * torch.randn(cfg.n_chains, dim, generator=self.gens["init"],
+                                            device=self.device)
+        with torch.no_grad():
+            self.state = self._potential(self.x)
+        if not bool(torch.isfinite(self.state[0]).all()):
+            raise TargetError(f"{self.target.name}.energy is not finite at some starting points "
+                              f"drawn from N(0, {cfg.init_std:g}^2 I); change init_std")
+        h0 = cfg.step_size if cfg.step_size is not None else default_step_size("mala", dim, cfg.init_std)
+        self.log_step = math.log(h0)
+        bar = progress_bar(total=int(burn_in), desc="mala burn-in", enabled=self.progress)
+        for t in range(int(burn_in)):
+            acc = self._step(self.gens["train"])
+            if cfg.adapt:
+                self.log_step = adapt_log_step(self.log_step, float(acc.double().mean()),
+                                               cfg.target_accept, gain=1.0 / math.sqrt(1.0 + t / 10.0))
+            bar.update(1)
+            if t % 50 == 0:
+                bar.set_postfix({"acc": f"{self.history['acceptance'][-1]:.2f}",
+                                 "h": f"{self.step_size:.3g}"})
+        bar.close()
+        self.burn_in = int(burn_in)
+        return self
+
+    def sample(self, n_samples: int) -> Result:
+        """Continue the chains with the frozen step size and return ``n_samples`` states."""
+        self._require_fit()
+        _check_positive("n_samples", n_samples)
+        t0 = time.perf_counter()
+        C, thin = self.config.n_chains, self.config.thin
+        n_rec = -(-int(n_samples) // C)
+        states, energies, accs = [], [], []
+        bar = progress_bar(total=n_rec * thin, desc="mala", enabled=self.progress)
+        for _ in range(n_rec):
+            acc = 0.0
+            for _ in range(thin):
+                acc = acc + self._step(self.gens["sample"]).double()
+                bar.update(1)
+            states.append(self.x.cpu())
+            energies.append(self.state[0].detach().cpu())
+            accs.append(acc / thin)
+        bar.close()
+        wall = time.perf_counter() - t0
+        chain = torch.stack(states)  # (n_rec, C, d)
+        samples = chain.flatten(0, 1)[:n_samples]
+        diag = {"log_z_unavailable": LOG_Z_UNAVAILABLE, "n_chains": C, "steps_per_chain": n_rec,
+                "thin": thin, "burn_in": self.burn_in, "total_steps": self.n_total,
+                "step_size": self.step_size, "acceptance": float(torch.stack(accs).mean()),
+                "wall_time_s": wall}
+        if n_rec >= 2:
+            # the slowest observable among the coordinates and the energy sets the ESS
+            observables = [chain[:, :, j] for j in range(chain.shape[2])] + [torch.stack(energies)]
+            ests = [autocorr_estimate(o, warn=False) for o in observables]
+            worst = max(ests, key=lambda e: e.tau)
+            ess = n_samples / worst.tau
+            diag.update({"tau_int": worst.tau, "tau_int_stderr": worst.stderr,
+                         "tau_int_energy": ests[-1].tau, "tau_converged": worst.converged})
+            if not worst.converged:
+                autocorr_estimate(observables[ests.index(worst)])  # emits the ConvergenceWarning
+        else:  # one state per chain: independent draws given burn-in
+            ess = float(n_samples)
+            diag.update({"tau_int": float("nan"), "tau_converged": False})
+        kw = self._result_kwargs()
+        kw["history"] = {k: np.asarray(v, dtype=np.float64) for k, v in self.history.items()}
+        return Result(samples=samples, log_weights=None, log_z=None, log_z_stderr=None, ess=ess,
+                      diagnostics=diag, **kw)

@@ -1,0 +1,542 @@
+"""OLLA: Overdamped Langevin with LAnding, and two projection-based baselines.
+
+Paper
+-----
+K. Jeon, M. Muehlebach and M. Tao, "Fast Non-Log-Concave Sampling under Nonconvex Equality
+and Inequality Constraints with Landing", NeurIPS 2025, arXiv:2510.22044.
+
+Target
+------
+rho(dx) ~ exp(-f(x)) sigma_Sigma(dx) on Sigma = {h(x) = 0, g(x) <= 0}, sigma_Sigma the surface
+measure of {h = 0} restricted to {g <= 0} (a :class:`~boltzkit.constraints.ConstrainedTarget`).
+
+Dynamics (Ito), with the active constraints c = [h, g_A + eps] (A = {j : g_j(x) >= 0}),
+J = dc/dx (rows = gradients), G = J J^T, Pi = I - J^T G^{-1} J:
+
+    dX = [ -Pi grad f  -  alpha J^T G^{-1} c  -  J^T G^{-1} tau ] dt + sqrt(2) Pi dW,
+    tau_i = tr(Pi Hess c_i)   (Ito / mean-curvature correction).
+
+With the correction, dc = -alpha c dt exactly: the process *lands* on Sigma at rate alpha and
+then moves as the reversible diffusion whose invariant law is rho. Inside {g < 0} an
+inequality is inactive; on crossing the boundary it joins the active set and is driven back
+to g = -eps. Euler-Maruyama, no projection, no rejection, many chains in parallel.
+``curvature="exact"`` forms tau from full Hessians (small d), ``"hutchinson"`` from
+Rademacher probes and Hessian-vector products, ``"none"`` drops it (biased: the chains sit
+off the manifold, on S^{d-1} at E h ~ (d - 1) / alpha).
+
+Baselines
+---------
+``projected_langevin``: Euler proposal y = x - dt grad f + sqrt(2 dt) xi, then Newton
+iterations for lambda with h(y + J(x)^T lambda) = 0 (projection along the old normals,
+Lelievre-Rousset-Stoltz / Zappa-Holmes-Cerfon-Goodman); a step whose projection fails, or
+that leaves {g <= 0}, is rejected (the chain stays put).
+``slack_langevin``: the same on (x, s) with each inequality turned into g_j(x) + s_j^2 = 0.
+By default a log-det correction of the energy makes the x-marginal exactly rho (without it,
+``slack_correction=False``, the law piles up at the boundary as 1 / sqrt(-g)).
+
+Returns
+-------
+A :class:`~boltzkit.Result` with unweighted samples (n, *event_shape) in float64,
+``log_z=None`` (these are MCMC samplers: no normalizing constant; the reason is in
+``diagnostics["log_z_unavailable"]``), ESS = n / tau_int (max over the energy and up to 16
+coordinates), constraint violations (mean/max, fraction infeasible), ESS per second, and the
+violation per step in ``history``.
+
+Failure modes
+-------------
+Unadjusted: O(step_size) bias, and an O(sqrt(step_size)) boundary layer where inequalities
+are slightly violated. alpha * step_size must be < 1 (it is checked); near 1 the landing
+overshoots. Where constraint gradients become linearly dependent (LICQ fails) the Gram
+matrix is singular and a pseudo-inverse is used. Exact curvature costs O(p d^2) per state.
+Mixing between well-separated modes is as slow as for any Langevin chain.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .._registry import register
+from ..constraints.base import Constrained
+from ..constraints._geometry import (GramSolver, batched_jacobian, normal_component,
+                                     project_tangent, tangent_projector)
+from ..errors import (ConfigError, ConvergenceWarning, DomainError, IncompatibleMethodError,
+                      InfeasibleConstraintError, TrainingDivergedError)
+from ..estimators.diagnostics import autocorr_estimate
+from ..result import Result
+from .base import Sampler, SamplerConfig
+
+LOG_Z_UNAVAILABLE = ("{name} is an (unadjusted) MCMC sampler of a constrained target: it returns "
+                     "samples, not the normalizing constant of exp(-f) on the constraint set")
+_MAX_TAU_COORDS = 16
+
+
+def _pos_int(name, v, *, allow_zero=False):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if allow_zero else 1):
+        raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, "
+                          f"got {v!r}")
+
+
+def _pos_float(name, v, *, allow_zero=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+            v < 0 or (v == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, "
+                          f"got {v!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConstrainedLangevinConfig(SamplerConfig):
+    """Options shared by the constrained Langevin samplers.
+
+    step_size : Euler-Maruyama step dt.
+    n_chains : chains run in parallel.
+    n_burnin : default burn-in steps of ``fit`` (its ``n_steps``).
+    thin : steps between kept states in ``sample``.
+    land_start : move the start points onto the set with Gauss-Newton steps before the burn-in
+        (False: start from the raw points and let the dynamics land them; feasibility is then
+        checked after the burn-in).
+    """
+
+    step_size: float = 1e-3
+    n_chains: int = 256
+    n_burnin: int = 2000
+    thin: int = 10
+    land_start: bool = True
+
+    def __post_init__(self):
+        _pos_float("step_size", self.step_size)
+        _pos_int("n_chains", self.n_chains)
+        _pos_int("n_burnin", self.n_burnin, allow_zero=True)
+        _pos_int("thin", self.thin)
+        if not isinstance(self.land_start, bool):
+            raise ConfigError(f"land_start must be True or False, got {self.land_start!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OLLAConfig(ConstrainedLangevinConfig):
+    """OLLA options (defaults from the paper's 2-D experiments: alpha * dt = 0.1).
+
+    alpha : landing rate; alpha * step_size must be < 1.
+    epsilon : inequality margin: an active inequality is driven to g = -epsilon.
+    proj_damp : Tikhonov damping delta of the Gram matrix J J^T + delta I.
+    curvature : "exact" (Hessians), "hutchinson" (n_hutchinson probes), "none", or "auto"
+        (exact up to ``exact_max_dim`` coordinates, Hutchinson above).
+    """
+
+    alpha: float = 100.0
+    epsilon: float = 1.0
+    proj_damp: float = 0.0
+    curvature: str = "auto"
+    n_hutchinson: int = 5
+    exact_max_dim: int = 64
+
+    def __post_init__(self):
+        super().__post_init__()
+        _pos_float("alpha", self.alpha)
+        _pos_float("epsilon", self.epsilon, allow_zero=True)
+        _pos_float("proj_damp", self.proj_damp, allow_zero=True)
+        if self.curvature not in ("auto", "exact", "hutchinson", "none"):
+            raise ConfigError(f"curvature must be 'auto', 'exact', 'hutchinson' or 'none', "
+                              f"got {self.curvature!r}")
+        _pos_int("n_hutchinson", self.n_hutchinson)
+        _pos_int("exact_max_dim", self.exact_max_dim)
+        if self.alpha * self.step_size >= 1:
+            raise ConfigError(f"alpha * step_size = {self.alpha * self.step_size:g} must be < 1 for "
+                              "stable landing (0.05 - 0.5 works well); lower alpha or step_size")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProjectedLangevinConfig(ConstrainedLangevinConfig):
+    """Projection baseline options.
+
+    proj_iters : Newton iterations of the projection; a step that does not converge is rejected.
+    proj_tol : convergence tolerance on max |h|.
+    """
+
+    proj_iters: int = 20
+    proj_tol: float = 1e-9
+
+    def __post_init__(self):
+        super().__post_init__()
+        _pos_int("proj_iters", self.proj_iters)
+        _pos_float("proj_tol", self.proj_tol)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlackLangevinConfig(ProjectedLangevinConfig):
+    """slack_correction : add the log-det term that makes the x-marginal exactly the target."""
+
+    slack_correction: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.slack_correction, bool):
+            raise ConfigError(f"slack_correction must be True or False, got {self.slack_correction!r}")
+
+
+class _ConstrainedLangevin(Sampler):
+    """Shared driver: feasible starts, burn-in, thinned sampling, diagnostics and the Result."""
+
+    Config = ConstrainedLangevinConfig
+    needs_grad = True
+
+    # -- to implement: one step of every chain
+    def _init_state(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _positions(self, state: torch.Tensor) -> torch.Tensor:
+        return state
+
+    def _step(self, state: torch.Tensor, gen: torch.Generator):
+        """Advance all chains; return (new_state, violation (B,) of the old state, {stat: scalar})."""
+        raise NotImplementedError
+
+    # -- fit / sample
+    def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None,
+            x0: "torch.Tensor | None" = None) -> "_ConstrainedLangevin":
+        """Attach ``target``, start the chains on the constraint set and burn them in.
+
+        Parameters
+        ----------
+        target : ConstrainedTarget
+        n_steps : burn-in steps (default ``config.n_burnin``).
+        checkpoint : not supported (MCMC chains are cheap to rerun); must be None.
+        x0 : optional start states (1 or n_chains, *event_shape); by default the domain's
+            reference draws. Starts are moved onto the set by Gauss-Newton steps first; one
+            that cannot reach it raises InfeasibleConstraintError.
+        """
+        if checkpoint is not None:
+            raise ConfigError(f"{self.name} does not write checkpoints; rerun it with the same seed")
+        dom = getattr(target, "domain", None)
+        if not isinstance(dom, Constrained):
+            raise IncompatibleMethodError(
+                f"{self.name} samples constrained targets (domain Constrained), got a domain of type "
+                f"{type(dom).__name__}; build one with bk.constrain(energy, equalities=..., inequalities=...)")
+        n_steps = self.config.n_burnin if n_steps is None else n_steps
+        _pos_int("n_steps", n_steps, allow_zero=True)
+        self._attach(target)
+        self.domain = dom
+        self._setup()
+        self.history = {}
+        self.state = self._init_state(self._initial_points(x0))
+        self.n_burnin_done = int(n_steps)
+        self.state, _ = self._run(self.state, int(n_steps), self.gens["train"])
+        if not self.config.land_start:
+            ok = dom.contains(dom.unflatten(self._positions(self.state)))
+            if not bool(ok.any()):
+                raise InfeasibleConstraintError(
+                    f"no chain reached the constraint set within the {n_steps} burn-in steps (tol = "
+                    f"{dom.tol:g}); burn in longer, start closer to the set, use land_start=True, or "
+                    "check that the set is not empty (g(x) <= 0 means feasible)")
+        return self
+
+    def _setup(self) -> None:
+        pass
+
+    def sample(self, n_samples: int) -> Result:
+        """Continue the chains and return ``n_samples`` states, every ``thin``-th step of each chain."""
+        self._require_fit()
+        _pos_int("n_samples", n_samples)
+        cfg, dom = self.config, self.domain
+        n_keep = max(2, math.ceil(n_samples / cfg.n_chains))
+        t0 = time.perf_counter()
+        self.state, kept = self._run(self.state, n_keep * cfg.thin, self.gens["sample"], keep_every=cfg.thin)
+        wall = time.perf_counter() - t0
+        kept = torch.stack(kept)  # (n_keep, B, D)
+        samples = kept.reshape(-1, kept.shape[-1])[:n_samples]
+        with torch.no_grad():
+            energies = self.target.energy(dom.unflatten(kept.reshape(-1, kept.shape[-1])))
+        energies = energies.reshape(n_keep, -1).to(torch.float64)
+        if not bool(torch.isfinite(kept).all()) or not bool(torch.isfinite(energies).all()):
+            raise TrainingDivergedError(
+                f"{self.name} chains produced NaN/inf states; lower step_size (now {cfg.step_size:g})"
+                + (f" or alpha (now {cfg.alpha:g})" if hasattr(cfg, "alpha") else ""))
+        ess, tau, reliable = self._ess(kept, energies, n_samples)
+        if not reliable:
+            warnings.warn(f"{self.name}: the chains are short compared with their autocorrelation "
+                          f"time (tau_int = {tau:.3g} kept steps); the ESS is a rough estimate. Draw more "
+                          "samples per chain (fewer n_chains or more n_samples) or a larger step_size.",
+                          ConvergenceWarning, stacklevel=2)
+        n_steps_run = n_keep * cfg.thin
+        with torch.no_grad():
+            c_all = dom.values_flat(samples)
+        viol = dom.violation_from_values(c_all)
+        h, g = c_all[:, :dom.n_eq], c_all[:, dom.n_eq:]
+        diag = {
+            "log_z_unavailable": LOG_Z_UNAVAILABLE.format(name=self.name),
+            "violation_mean": float(viol.mean()), "violation_max": float(viol.max()),
+            "eq_violation_mean": float(h.abs().mean()) if dom.n_eq else 0.0,
+            "ineq_violation_mean": float(g.clamp_min(0).amax(1).mean()) if dom.n_ineq else 0.0,
+            "fraction_infeasible": float((viol > dom.tol).double().mean()),
+            "tau_int": tau, "tau_int_reliable": reliable,
+            "ess_per_second": ess / wall if wall > 0 else float("inf"),
+            "seconds_per_step": wall / n_steps_run, "n_chains": cfg.n_chains,
+            "n_burnin_steps": self.n_burnin_done, "n_sampling_steps": n_steps_run,
+            "step_size": cfg.step_size,
+        }
+        n_burn = self.n_burnin_done
+        for k in getattr(self, "_stat_keys", ()):
+            v = self.history[k]
+            diag[k] = float(np.mean(v[n_burn:])) if len(v) > n_burn else float("nan")
+        return Result(samples=dom.unflatten(samples), log_weights=None, log_z=None, ess=ess,
+                      diagnostics=diag, history={k: np.asarray(v) for k, v in self.history.items()},
+                      **self._result_kwargs())
+
+    # -- internals
+    def _initial_points(self, x0) -> torch.Tensor:
+        dom, b = self.domain, self.config.n_chains
+        if not self.config.land_start:
+            if x0 is None:
+                x0 = dom.base.reference(b, generator=self.gens["init"], device=self.device)
+            x0 = self._check_x0(x0)
+            return dom.flatten(x0.expand(b, *dom.event_shape).clone())
+        if x0 is None:
+            x = dom.reference(b, generator=self.gens["init"], device=self.device)
+            ok = dom.contains(x)
+            if not bool(ok.any()):
+                viol = dom.violation(x)
+                raise InfeasibleConstraintError(
+                    f"no feasible point found: {b} random starts moved by {dom.n_land} Gauss-Newton steps "
+                    f"all still violate the constraints (smallest violation {float(viol.min()):.3g} > "
+                    f"tol = {dom.tol:g}), so the set {{h(x) = 0, g(x) <= 0}} appears empty. Check the "
+                    "constants and the signs (g(x) <= 0 means feasible), or give start points with "
+                    "fit(target, x0=...)")
+            if not bool(ok.all()):  # restart the few stuck chains from feasible ones
+                good = ok.nonzero().flatten()
+                bad = (~ok).nonzero().flatten()
+                x[bad] = x[good[torch.arange(bad.numel(), device=x.device) % good.numel()]]
+            return dom.flatten(x)
+        x0 = self._check_x0(x0)
+        x = dom.land(x0)
+        ok = dom.contains(x)
+        if not bool(ok.all()):
+            bad = (~ok).nonzero().flatten()
+            viol = dom.violation(x)
+            raise InfeasibleConstraintError(
+                f"{bad.numel()} of {x0.shape[0]} start points cannot reach the constraint set: after "
+                f"{dom.n_land} Gauss-Newton steps the violation is still {float(viol[bad].max()):.3g} > "
+                f"tol = {dom.tol:g} (first bad index {int(bad[0])}). Start closer to the set, or check "
+                "that it is not empty (g(x) <= 0 means feasible)")
+        return dom.flatten(x.expand(b, *dom.event_shape).clone())
+
+    def _check_x0(self, x0) -> torch.Tensor:
+        dom, b = self.domain, self.config.n_chains
+        x0 = torch.as_tensor(x0).to(self.device, torch.float64)
+        if x0.ndim != len(dom.event_shape) + 1 or tuple(x0.shape[1:]) != tuple(dom.event_shape):
+            raise DomainError(f"x0 has shape {tuple(x0.shape)}; expected (k, "
+                              f"{', '.join(map(str, dom.event_shape))}) with k = 1 or n_chains = {b}")
+        if x0.shape[0] not in (1, b):
+            raise ConfigError(f"x0 holds {x0.shape[0]} states; give 1 (shared) or n_chains = {b}")
+        if not bool(torch.isfinite(x0).all()):
+            raise DomainError("x0 contains NaN or inf")
+        return x0
+
+    def _run(self, state, n_steps: int, gen, keep_every: "int | None" = None):
+        viol_mean, viol_max, infeas, stats, kept = [], [], [], {}, []
+        tol = self.domain.tol
+        for i in range(n_steps):
+            state, viol, st = self._step(state, gen)
+            viol_mean.append(viol.mean())
+            viol_max.append(viol.max())
+            infeas.append((viol > tol).double().mean())
+            for k, v in st.items():
+                stats.setdefault(k, []).append(v)
+            if keep_every is not None and (i + 1) % keep_every == 0:
+                kept.append(self._positions(state).detach().clone())
+        if n_steps:
+            if not bool(torch.isfinite(state).all()):
+                raise TrainingDivergedError(
+                    f"{self.name} chains left the finite range (NaN/inf states); lower step_size "
+                    f"(now {self.config.step_size:g})")
+            new = {"violation_mean": viol_mean, "violation_max": viol_max, "fraction_infeasible": infeas}
+            new.update(stats)
+            self._stat_keys = tuple(stats)
+            for k, v in new.items():
+                vals = torch.stack([torch.as_tensor(t, dtype=torch.float64) for t in v]).cpu().numpy()
+                self.history[k] = np.concatenate([self.history.get(k, np.zeros(0)), vals])
+        return state, kept
+
+    def _ess(self, kept, energies, n_samples):
+        """ESS = n / tau_int, tau_int the largest over the energy and up to 16 coordinates."""
+        d = kept.shape[-1]
+        coords = torch.linspace(0, d - 1, min(d, _MAX_TAU_COORDS)).round().long().unique()
+        obs = [energies] + [kept[:, :, j] for j in coords.tolist()]
+        taus, reliable = [], True
+        for o in obs:
+            est = autocorr_estimate(o.cpu(), warn=False)
+            taus.append(est.tau)
+            reliable = reliable and est.converged
+        tau = float(max(taus))
+        return n_samples / tau, tau, reliable
+
+    def _grad_energy(self, xr: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        (gf,) = torch.autograd.grad(u.sum(), xr, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(xr) if gf is None else gf
+
+    def _noise(self, like: torch.Tensor, gen) -> torch.Tensor:
+        return torch.randn(like.shape, generator=gen, device=like.device, dtype=like.dtype)
+
+
+# ============================================================================ OLLA
+@register("olla", kinds=("energy",), domains=(Constrained,), priority=10, provides_log_z=False,
+          paper="Jeon, Muehlebach & Tao, NeurIPS 2025, arXiv:2510.22044")
+class OLLA(_ConstrainedLangevin):
+    """Overdamped Langevin with landing (Jeon et al. 2025): constrained sampling without projections."""
+
+    Config = OLLAConfig
+
+    def _setup(self):
+        cfg = self.config
+        mode = cfg.curvature
+        if mode == "auto":
+            mode = "exact" if self.domain.event_numel <= cfg.exact_max_dim else "hutchinson"
+        self.curvature_mode = mode
+
+    def _curvature(self, xr, jac, solver, gen):
+        """tau_i = tr(Pi Hess c_i), (B, P); ``jac`` still carries its graph."""
+        b, p, d = jac.shape
+        if self.curvature_mode == "none" or p == 0:
+            return jac.new_zeros(b, p)
+        if self.curvature_mode == "exact":
+            hess = batched_jacobian(jac.reshape(b, p * d), xr).reshape(b, p, d, d)
+            proj = tangent_projector(jac.detach(), solver)
+            return torch.einsum("bij,bpij->bp", proj, hess)
+        n = self.config.n_hutchinson
+        v = torch.randint(0, 2, (b, n, d), generator=gen, device=xr.device).to(xr.dtype) * 2 - 1
+        jv = torch.einsum("bpd,bnd->bnp", jac, v).reshape(b, n * p)
+        hv = batched_jacobian(jv, xr).reshape(b, n, p, d)  # rows Hess c_i v
+        pv = project_tangent(v, jac.detach(), solver)
+        return torch.einsum("bnpd,bnd->bp", hv, pv) / n
+
+    def _step(self, x, gen):
+        cfg, dom = self.config, self.domain
+        dt = cfg.step_size
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            u = self.target.energy(dom.unflatten(xr))
+            c_all = dom.values_flat(xr)
+            c, mask = dom.active_system(c_all, cfg.epsilon)
+            gf = self._grad_energy(xr, u)
+            jac = batched_jacobian(c, xr, create_graph=self.curvature_mode != "none")
+            solver = GramSolver(jac.detach(), mask, cfg.proj_damp)
+            tau = self._curvature(xr, jac, solver, gen)
+        jac, gf, c, tau = jac.detach(), gf.detach(), c.detach(), tau.detach()
+        xi = self._noise(x, gen)
+        if jac.shape[1] == 0:  # no active constraint anywhere: plain Langevin
+            x_new = x - dt * gf + math.sqrt(2 * dt) * xi
+        else:
+            rhs = torch.stack([(cfg.alpha * c + tau) * mask, torch.einsum("bpd,bd->bp", jac, gf),
+                               torch.einsum("bpd,bd->bp", jac, xi)], dim=-1)
+            sol = solver.solve(rhs)
+            pi_gf = gf - normal_component(jac, sol[..., 1])
+            pi_xi = xi - normal_component(jac, sol[..., 2])
+            x_new = x - dt * (pi_gf + normal_component(jac, sol[..., 0])) + math.sqrt(2 * dt) * pi_xi
+        viol = dom.violation_from_values(c_all.detach())
+        boundary = mask[:, dom.n_eq:].any(dim=1).double().mean() if mask.shape[1] > dom.n_eq \
+            else x.new_zeros((), dtype=torch.float64)
+        return x_new.detach(), viol, {"boundary_fraction": boundary}
+
+
+# ============================================================================ baselines
+@register("projected_langevin", kinds=("energy",), domains=(Constrained,), priority=0,
+          provides_log_z=False, paper="constrained Langevin with Newton projection (OLLA's baseline)")
+class ProjectedLangevin(_ConstrainedLangevin):
+    """Constrained Langevin: Euler proposal, Newton projection onto {h = 0}, reject if g > 0."""
+
+    Config = ProjectedLangevinConfig
+
+    # functions of the (possibly augmented) state
+    def _eq(self, z):
+        return self.domain._stack(self.domain.equalities, z)
+
+    def _ineq(self, z):
+        return self.domain._stack(self.domain.inequalities, z)
+
+    def _energy(self, z):
+        return self.target.energy(self.domain.unflatten(z))
+
+    def _step(self, z, gen):
+        cfg = self.config
+        dt = cfg.step_size
+        with torch.no_grad():
+            viol = self.domain.violation_from_values(self.domain.values_flat(self._positions(z)))
+        with torch.enable_grad():
+            zr = z.detach().requires_grad_(True)
+            gf = self._grad_energy(zr, self._energy(zr))
+            jac0 = batched_jacobian(self._eq(zr), zr).detach()
+        y = z - dt * gf.detach() + math.sqrt(2 * dt) * self._noise(z, gen)
+        m = jac0.shape[1]
+        if m == 0:
+            w, conv = y, torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+        else:
+            lam = y.new_zeros(y.shape[0], m)
+            for _ in range(cfg.proj_iters + 1):
+                with torch.enable_grad():
+                    wr = (y + normal_component(jac0, lam)).requires_grad_(True)
+                    r = self._eq(wr)
+                    conv = (r.detach().abs().amax(1) <= cfg.proj_tol) & torch.isfinite(r.detach()).all(1)
+                    if bool(conv.all()):
+                        break
+                    jw = batched_jacobian(r, wr).detach()
+                delta, info = torch.linalg.solve_ex(jw @ jac0.transpose(1, 2), r.detach())
+                ok = (info == 0)[:, None] & torch.isfinite(delta)
+                lam = torch.where(conv[:, None] | ~ok, lam, lam - delta)
+            w = wr.detach()
+        accept = conv & torch.isfinite(w).all(1)
+        if self.domain.n_ineq and self._has_ineq():
+            with torch.no_grad():
+                accept &= (self._ineq(w) <= 0).all(1)
+        z_new = torch.where(accept[:, None], w, z)
+        return z_new.detach(), viol, {"rejection_rate": 1.0 - accept.double().mean()}
+
+    def _has_ineq(self) -> bool:
+        return True
+
+
+@register("slack_langevin", kinds=("energy",), domains=(Constrained,), priority=0,
+          provides_log_z=False, paper="projection Langevin with squared slack variables (OLLA's baseline)")
+class SlackLangevin(ProjectedLangevin):
+    """Projection Langevin on (x, s) with inequalities as equalities g(x) + s^2 = 0."""
+
+    Config = SlackLangevinConfig
+
+    def _setup(self):
+        self._d = self.domain.event_numel
+
+    def _has_ineq(self) -> bool:
+        return False
+
+    def _positions(self, z):
+        return z[:, :self._d]
+
+    def _init_state(self, x):
+        with torch.no_grad():
+            g = self.domain._stack(self.domain.inequalities, x)
+        sign = torch.randint(0, 2, g.shape, generator=self.gens["init"], device=x.device).to(x.dtype) * 2 - 1
+        return torch.cat([x, sign * torch.sqrt((-g).clamp_min(1e-12))], dim=1)
+
+    def _eq(self, z):
+        dom = self.domain
+        x, s = z[:, :self._d], z[:, self._d:]
+        return torch.cat([dom._stack(dom.equalities, x), dom._stack(dom.inequalities, x) + s * s], dim=1)
+
+    def _energy(self, z):
+        u = self.target.energy(self.domain.unflatten(z[:, :self._d]))
+        if not self.config.slack_correction or self.domain.n_ineq == 0:
+            return u
+        # exp(-phi) = sqrt(det G_h) prod|s| / sqrt(det G_aug) turns the surface measure of the
+        # augmented manifold into sigma_Sigma on the x-marginal (co-area formula)
+        dom = self.domain
+        jac_aug = batched_jacobian(self._eq(z), z, create_graph=True)
+        logdet_aug = torch.linalg.slogdet(jac_aug @ jac_aug.transpose(1, 2))[1]
+        logdet_h = 0.0
+        if dom.n_eq:
+            jac_h = jac_aug[:, :dom.n_eq, :self._d]
+            logdet_h = torch.linalg.slogdet(jac_h @ jac_h.transpose(1, 2))[1]
+        s = z[:, self._d:]
+        return u + 0.5 * logdet_aug - 0.5 * logdet_h - 0.5 * torch.log(s * s + 1e-300).sum(1)
