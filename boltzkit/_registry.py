@@ -14,11 +14,16 @@ class SamplerSpec:
     cls: type
     kinds: frozenset
     domains: tuple
-    priority: int = 0
+    priority: "int | dict" = 0  # an int, or {DomainType: int} for per-domain priorities
     provides_log_z: bool = True
     paper: str = ""
     description: str = ""
     supports: "Callable | None" = None  # target -> None if fine, else the reason it is not
+
+    def priority_for(self, target) -> int:
+        if isinstance(self.priority, dict):
+            return max((p for d, p in self.priority.items() if isinstance(target.domain, d)), default=0)
+        return int(self.priority)
 
     def incompatibility(self, target) -> "str | None":
         kind = getattr(target, "kind", None)
@@ -86,12 +91,12 @@ def select(target, method: "str | None" = None) -> Choice:
                                           f"Methods that can: {', '.join(ok) or 'none'}")
         return Choice(method, "requested with method=", ())
     ok = sorted((s for s in reg.values() if s.incompatibility(target) is None),
-                key=lambda s: (-s.priority, s.name))
+                key=lambda s: (-s.priority_for(target), s.name))
     if not ok:
         raise IncompatibleMethodError(f"no registered method can sample {_describe(target)}")
     best = ok[0]
     reason = (f"{_describe(target)} is a {target.kind} target on {type(target.domain).__name__}; "
-              f"{best.name!r} has the highest priority ({best.priority}) among compatible methods"
+              f"{best.name!r} has the highest priority ({best.priority_for(target)}) among compatible methods"
               + (f" ({best.paper})" if best.paper else ""))
     return Choice(best.name, reason, tuple(s.name for s in ok[1:]))
 
@@ -105,10 +110,10 @@ def explain(target, *, file=None) -> str:
     choice = select(target)
     rows = [f"boltzkit would use {choice.name!r}: {choice.reason}", "",
             f"{'method':<16} {'priority':>8}  {'log Z':<5}  status"]
-    for spec in sorted(registry().values(), key=lambda s: (-s.priority, s.name)):
+    for spec in sorted(registry().values(), key=lambda s: (-s.priority_for(target), s.name)):
         why = spec.incompatibility(target)
         status = "compatible" if why is None else f"no: {why}"
-        rows.append(f"{spec.name:<16} {spec.priority:>8}  {'yes' if spec.provides_log_z else 'no':<5}  {status}")
+        rows.append(f"{spec.name:<16} {spec.priority_for(target):>8}  {'yes' if spec.provides_log_z else 'no':<5}  {status}")
     text = "\n".join(rows)
     print(text, file=file)
     return text

@@ -11,12 +11,21 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import integrate, special, stats
+from scipy import integrate
 
 from _stats import assert_consistent, assert_rejects, chi2_gof_pvalue
 from boltzkit.energies import Energy, Gaussian, GaussianMixture, ManyWell
 from boltzkit.energies.continuous import GMM40_MEANS, GMM40_STD
 from boltzkit.errors import TargetError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small batched tensors: one intra-op thread is much faster on a shared, loaded CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def grid_log_z(energy, lo, hi, h):

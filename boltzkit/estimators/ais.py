@@ -52,7 +52,6 @@ Failure modes
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -74,6 +73,7 @@ DISCRETE_KERNELS = ("heat_bath", "metropolis")
 GEOMETRIC_LAMBDA_MIN = 1e-3
 SIGMOID_SHARPNESS = 4.0
 _STEP_GAIN = 1.0
+HMC_JITTER = 0.2  # per-chain U(0.8, 1.2) step-size factor, see hmc_move
 
 
 def annealing_schedule(n_steps: int, schedule="geometric") -> np.ndarray:
@@ -234,8 +234,9 @@ def metropolis_sweep(energy, x: torch.Tensor, *, generator: torch.Generator, sca
 class _Annealer:
     """Shared level loop for continuous targets: AIS (MH-corrected) and Jarzynski (ULA).
 
-    ``move(potential, x, state, k) -> (x, state, accepted)`` performs the transitions of level
-    k on gamma_k; ``potential(y) = (U_k(y), grad U_k(y), U(y), grad U(y))``.
+    ``move(potential, x, state, k) -> (x, state, acceptance_rate)`` performs the transitions of
+    level k on gamma_k; ``potential(y) = (U_k(y), grad U_k(y), U(y), grad U(y))`` with
+    ``U_k = (1 - lambda_k) |y|^2 / (2 s0^2) + lambda_k U`` and ``state = potential(x)``.
     """
 
     def __init__(self, target, init_std: float):
@@ -284,7 +285,7 @@ class _Annealer:
         return x, logw + self.log_z0, np.asarray(acc_hist, dtype=np.float64)
 
 
-@register("ais", kinds=("energy",), domains=(Reals, Categorical), priority=0,
+@register("ais", kinds=("energy",), domains=(Reals, Categorical), priority={Reals: 5, Categorical: 0},
           paper="Neal 2001, arXiv:physics/9803008",
           description="Annealed importance sampling: weighted samples and log Z (MALA/HMC or lattice sweeps)")
 class AIS(Sampler):
@@ -297,9 +298,10 @@ class AIS(Sampler):
         """Check ``target`` and the options (AIS has nothing to train); ``n_steps`` sets K."""
         if checkpoint is not None:
             raise ConfigError("'ais' keeps no checkpoints (it does not train); leave checkpoint=None")
-        if n_steps is not None:
+        if n_steps is not None and n_steps != self.config.n_steps:
             if not isinstance(self.config.schedule, str):
-                raise ConfigError("n_steps cannot be combined with an explicit schedule")
+                raise ConfigError(f"n_steps={n_steps} conflicts with the explicit schedule of "
+                                  f"{self.config.n_steps} levels; drop one of them")
             self.config = self.make_config(self.config, n_steps=n_steps)
         dom = getattr(target, "domain", None)
         if not isinstance(dom, (Reals, Categorical)):
@@ -357,7 +359,8 @@ class AIS(Sampler):
                 if self.kernel == "mala":
                     x, state, acc = mala_move(pot, x, state, h, gen)
                 else:
-                    x, state, acc = hmc_move(pot, x, state, h, cfg.n_leapfrog, gen)
+                    x, state, acc = hmc_move(pot, x, state, h, cfg.n_leapfrog, gen,
+                                              jitter=HMC_JITTER)
                 acc_sum += float(acc.double().mean())
             rate = acc_sum / cfg.n_mcmc
             if cfg.adapt_step_size:

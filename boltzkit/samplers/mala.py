@@ -131,14 +131,22 @@ def mala_move(potential: Potential, x: torch.Tensor, state: tuple, step_size,
 
 
 def hmc_move(potential: Potential, x: torch.Tensor, state: tuple, step_size, n_leapfrog: int,
-             generator: "torch.Generator | None" = None):
+             generator: "torch.Generator | None" = None, *, jitter: float = 0.0):
     """One HMC transition (unit mass, ``n_leapfrog`` leapfrog steps of size ``step_size``).
 
-    Same arguments and returns as :func:`mala_move`.
+    Same arguments and returns as :func:`mala_move`. ``jitter`` > 0 multiplies each chain's
+    step size by an independent U(1 - jitter, 1 + jitter) draw; the draw does not depend on
+    the state, so the kernel stays exactly invariant, and it breaks the resonances of a fixed
+    trajectory length (a trajectory close to a full period of some mode barely moves).
     """
     if int(n_leapfrog) != n_leapfrog or n_leapfrog < 1:
         raise ConfigError(f"n_leapfrog must be a positive integer, got {n_leapfrog!r}")
+    if not 0.0 <= jitter < 1.0:
+        raise ConfigError(f"jitter must be in [0, 1), got {jitter!r}")
     h = _per_chain(step_size, x)
+    if jitter > 0:
+        u = torch.rand(x.shape[0], 1, generator=generator, device=x.device, dtype=x.dtype)
+        h = h * (1.0 + jitter * (2.0 * u - 1.0))
     p0 = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     q, new = x, state
     p = p0 - 0.5 * h * state[1]
