@@ -60,7 +60,8 @@ class Result:
     log_weights : float64 Tensor (n,) of unnormalized log importance weights, or None (MCMC).
     log_z, log_z_stderr : log normalizing constant and its standard error, or None; then
         ``diagnostics["log_z_unavailable"]`` says why.
-    ess : effective sample size (Kish for weighted samples, n / (2 tau_int) for MCMC).
+    ess : effective sample size (Kish for weighted samples; n / tau_int for MCMC, with
+        tau_int = 1 + 2 sum_t rho(t)).
     diagnostics : method-specific numbers (ess_frac, pareto_k, acceptance, tau_int, ...).
     history : training or chain curves, name -> 1-D array.
     """
@@ -113,7 +114,7 @@ class Result:
         return normalized_weights(self.log_weights)
 
     def _inflation(self) -> float:
-        """Variance inflation of unweighted correlated samples, n / ESS (= 2 tau_int)."""
+        """Variance inflation of unweighted correlated samples, n / ESS (= tau_int)."""
         if self.log_weights is None and math.isfinite(self.ess) and self.ess > 0:
             return max(self.n_samples / self.ess, 1.0)
         return 1.0

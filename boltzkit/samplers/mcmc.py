@@ -116,35 +116,52 @@ def _check_states(model: LatticeModel, x: torch.Tensor) -> None:
                           f"dtype {x.dtype}; convert with x.long()")
 
 
-def _scale(scale, batch: int, device) -> "float | torch.Tensor":
-    """A python float, or a (batch, 1, 1) float64 tensor for per-chain scales."""
+def _scale(scale, batch: int, device) -> torch.Tensor:
+    """The inverse-temperature multiplier as a float64 tensor (1, 1) or, per chain, (batch, 1)."""
     if isinstance(scale, torch.Tensor) and scale.numel() > 1:
         if scale.ndim != 1 or scale.shape[0] != batch:
             raise ConfigError(f"scale must be a number or a tensor of shape ({batch},), one per "
                               f"chain; got shape {tuple(scale.shape)}")
         if bool((scale < 0).any()) or not bool(torch.isfinite(scale).all()):
             raise ConfigError("scale must be finite and >= 0 (0 = uniform, 1 = target)")
-        return scale.to(device=device, dtype=torch.float64).view(batch, 1, 1)
-    s = float(scale)
-    if not math.isfinite(s) or s < 0:
+        return scale.to(device=device, dtype=torch.float64).view(batch, 1)
+    value = float(scale)
+    if not math.isfinite(value) or value < 0:
         raise ConfigError(f"scale must be finite and >= 0 (0 = uniform, 1 = target), got {scale!r}")
-    return s
+    return torch.full((1, 1), value, dtype=torch.float64, device=device)
 
 
 # ============================================================================ local updates
+# A site's update depends only on its own value and its neighbours' (at most 4 aligned
+# neighbours), so acceptance probabilities are read from small precomputed tables of
+# Boltzmann factors -- one row per chain when the scale differs between chains.
+
+
+def _lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """table (1 or B, K) indexed by idx (B, ...) in [0, K): returns float64 (B, ...)."""
+    flat = idx.reshape(idx.shape[0], -1)
+    return table.expand(idx.shape[0], -1).gather(1, flat).view(idx.shape)
+
+
 @functools.lru_cache(maxsize=None)
 def _colour_classes(L: int) -> tuple:
     """Partition the periodic L x L lattice into classes with no two neighbours in one class.
 
-    Greedy colouring in row-major order: a checkerboard (2 classes) for even L, 3 classes for
-    odd L, where the periodic wrap joins two sites of equal parity.
+    With a proper colouring a(i) of the ring of L sites (alternating 0, 1, plus colour 2 on
+    the last site when L is odd), c(i, j) = (a(i) + a(j)) mod k is a proper colouring of the
+    torus: a checkerboard (k = 2) for even L, three classes for odd L.
     """
-    colour = -np.ones((L, L), dtype=np.int64)
-    for i in range(L):
-        for j in range(L):
-            taken = {colour[(i + di) % L, (j + dj) % L] for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1))}
-            colour[i, j] = next(c for c in range(5) if c not in taken)
-    return tuple(colour == c for c in range(int(colour.max()) + 1))
+    a = np.arange(L) % 2
+    k = 2
+    if L % 2:
+        a[-1], k = 2, 3
+    colour = (a[:, None] + a[None, :]) % k
+    return tuple(colour == c for c in range(k))
+
+
+@functools.lru_cache(maxsize=None)
+def _colour_masks(L: int, device: torch.device) -> tuple:
+    return tuple(torch.as_tensor(m, device=device) for m in _colour_classes(L))
 
 
 def _neighbour_sum(t: torch.Tensor) -> torch.Tensor:
@@ -181,15 +198,12 @@ def checkerboard_sweep(energy, x: torch.Tensor, *, generator: torch.Generator, s
     _check_states(model, x)
     B = x.shape[0]
     s = _scale(scale, B, x.device)
+    update = _ising_site_update if model.kind == "ising" else _potts_site_update
     x = x.clone()
     changed = torch.zeros(B, device=x.device, dtype=torch.float64)
-    for mask_np in _colour_classes(model.L):
-        mask = torch.as_tensor(mask_np, device=x.device)
+    for mask in _colour_masks(model.L, x.device):
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float64)
-        if model.kind == "ising":
-            new = _ising_site_update(model, x, u, s, rule, generator)
-        else:
-            new = _potts_site_update(model, x, u, s, rule, generator)
+        new = update(model, x, u, s, rule, generator)
         upd = mask & (new != x)
         x = torch.where(upd, new, x)
         changed += upd.flatten(1).sum(1)
@@ -197,28 +211,32 @@ def checkerboard_sweep(energy, x: torch.Tensor, *, generator: torch.Generator, s
 
 
 def _ising_site_update(model, x, u, s, rule, generator):
-    spins = x.to(torch.float64)
-    field = model.beta * (model.J * _neighbour_sum(spins) + model.h)  # -dU/ds_i
+    n_up = ((_neighbour_sum(x) + 4) / 2).long()            # aligned-up neighbours, 0..4
+    field = model.beta * (model.J * (2.0 * torch.arange(5, dtype=torch.float64, device=x.device) - 4.0)
+                          + model.h)                      # -dU/ds_i for each n_up
     if rule == "metropolis":
-        d_u = 2.0 * spins * field * s  # energy change of flipping s_i
-        flip = u < torch.exp(-d_u)
+        # flipping s_i changes U by 2 s_i field: row 0 for s_i = -1, row 1 for s_i = +1
+        table = torch.exp(-s * 2.0 * torch.cat([-field, field]))      # (1 or B, 10)
+        flip = u < _lookup(table, (x > 0).long() * 5 + n_up)
         return torch.where(flip, -x, x)
-    p_up = torch.sigmoid(2.0 * s * field)
+    p_up = _lookup(torch.sigmoid(2.0 * s * field), n_up)
     return torch.where(u < p_up, torch.ones_like(x), -torch.ones_like(x))
 
 
 def _potts_site_update(model, x, u, s, rule, generator):
-    counts = _neighbour_sum(torch.nn.functional.one_hot(x, model.q).to(torch.float64))  # (B,L,L,q)
+    counts = _neighbour_sum(torch.nn.functional.one_hot(x, model.q))  # (B, L, L, q), 0..4
     k = model.beta * model.J
     if rule == "metropolis":
         shift = torch.randint(1, model.q, x.shape, generator=generator, device=x.device)
         prop = (x + shift) % model.q
         gain = (counts.gather(-1, prop[..., None]) - counts.gather(-1, x[..., None]))[..., 0]
-        accept = u < torch.exp(s * k * gain)  # dU = -beta J (n_new - n_old)
+        gains = torch.arange(-4, 5, dtype=torch.float64, device=x.device)
+        accept = u < _lookup(torch.exp(s * k * gains), gain + 4)  # dU = -beta J (n_new - n_old)
         return torch.where(accept, prop, x)
-    logits = k * counts * (s[..., None] if isinstance(s, torch.Tensor) else s)
-    cdf = torch.softmax(logits, dim=-1).cumsum(-1)
-    return (u[..., None] > cdf).sum(-1).clamp_(max=model.q - 1)
+    logits = s * k * torch.arange(5, dtype=torch.float64, device=x.device)
+    weights = _lookup(torch.exp(logits - logits.max(1, keepdim=True).values), counts)
+    cdf = weights.cumsum(-1)
+    return (u[..., None] * cdf[..., -1:] > cdf).sum(-1).clamp_(max=model.q - 1)
 
 
 # ============================================================================ cluster updates
@@ -237,7 +255,7 @@ def fk_clusters(energy, x: torch.Tensor, *, generator: torch.Generator, scale=1.
     B, L = x.shape[0], model.L
     s = _scale(scale, B, x.device)
     coupling = (2.0 if model.kind == "ising" else 1.0) * model.beta * model.J
-    p_bond = -torch.expm1(-coupling * torch.as_tensor(s, dtype=torch.float64, device=x.device))
+    p_bond = -torch.expm1(-coupling * s).view(-1, 1, 1)
     u = torch.rand((2, B, L, L), generator=generator, device=x.device, dtype=torch.float64)
     bond_right = (x == torch.roll(x, -1, 2)) & (u[0] < p_bond)
     bond_down = (x == torch.roll(x, -1, 1)) & (u[1] < p_bond)
@@ -265,13 +283,13 @@ def swendsen_wang_update(energy, x: torch.Tensor, *, generator: torch.Generator,
     """
     model = lattice_model(energy)
     labels = fk_clusters(energy, x, generator=generator, scale=scale)
-    n = labels.numel()
+    n, flat = labels.numel(), labels.view(-1)  # gather, not fancy indexing: no threaded kernel
     if model.kind == "ising":
-        flip = torch.rand(n, generator=generator, device=x.device) < 0.5
-        new = torch.where(flip[labels], -x, x)
+        flip = (torch.rand(n, generator=generator, device=x.device) < 0.5).gather(0, flat)
+        new = torch.where(flip.view_as(x), -x, x)
     else:
         colour = torch.randint(0, model.q, (n,), generator=generator, device=x.device)
-        new = colour[labels]
+        new = colour.gather(0, flat).view_as(x)
     return new, (new != x).flatten(1).double().mean(1)
 
 
@@ -308,19 +326,21 @@ def order_parameter(model: LatticeModel, x: torch.Tensor) -> torch.Tensor:
     if model.kind == "ising":
         return x.flatten(1).to(torch.float64).mean(1).abs()
     frac = torch.nn.functional.one_hot(x.flatten(1), model.q).to(torch.float64).mean(1)
-    return (model.q * frac.max(1).values - 1.0) / (model.q - 1)
+    return (model.q * frac.amax(1) - 1.0) / (model.q - 1)
 
 
 @dataclass(frozen=True, kw_only=True)
 class LatticeMCMCConfig(SamplerConfig):
     """Options of the lattice MCMC samplers.
 
-    n_chains : independent chains run in parallel (batch dimension).
+    n_chains : independent chains run in parallel (batch dimension). The default keeps
+        chains long (n_samples / n_chains steps) so that tau_int can be checked; raise it
+        on a GPU or for large n_samples.
     burn_in : sweeps discarded by ``fit`` (``fit(n_steps=...)`` overrides it).
     thin : sweeps between recorded states.
     """
 
-    n_chains: int = 64
+    n_chains: int = 16
     burn_in: int = 500
     thin: int = 1
 
@@ -371,8 +391,9 @@ class LatticeMCMC(Sampler):
         with torch.no_grad():
             self._last_energy = self.target.energy(self.x).to(torch.float64)
         self._last_acc = acc
-        self.history["mean_energy"].append(float(self._last_energy.mean()))
-        self.history["acceptance"].append(float(acc.mean()))
+        # kept as device tensors (no host sync per sweep); converted in sample()
+        self.history["mean_energy"].append(self._last_energy.mean())
+        self.history["acceptance"].append(acc.mean())
 
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None) -> "LatticeMCMC":
         """Attach ``target``, draw random initial states and run ``n_steps`` burn-in sweeps.
@@ -391,6 +412,8 @@ class LatticeMCMC(Sampler):
                                           f"{getattr(target, 'name', type(target).__name__)}: it {why}")
         self._attach(target)
         self.model = lattice_model(self.target)
+        self.n_sweeps = 0
+        self.history = {"mean_energy": [], "acceptance": []}
         self.x = self.target.domain.reference(self.config.n_chains, generator=self.gens["init"],
                                               device=self.device)
         self.burn_in = int(burn_in)
@@ -447,7 +470,7 @@ class LatticeMCMC(Sampler):
         diag["ess_per_second"] = ess / wall if wall > 0 else float("inf")
         diag.update(self._extra_diagnostics())
         kw = self._result_kwargs()
-        kw["history"] = {k: np.asarray(v, dtype=np.float64) for k, v in self.history.items()}
+        kw["history"] = {k: torch.stack(v).cpu().double().numpy() for k, v in self.history.items()}
         return Result(samples=samples, log_weights=None, log_z=None, log_z_stderr=None, ess=ess,
                       diagnostics=diag, **kw)
 
@@ -493,7 +516,12 @@ class SwendsenWang(LatticeMCMC):
 @register("wolff", domains=_LATTICE_DOMAINS, priority=3, provides_log_z=False,
           paper="Wolff, Phys. Rev. Lett. 62, 361 (1989)", supports=_cluster_incompatibility)
 class Wolff(LatticeMCMC):
-    """Wolff single-cluster updates for Ising (h = 0) and Potts lattices."""
+    """Wolff single-cluster updates for Ising (h = 0) and Potts lattices.
+
+    One step (the unit of burn_in, thin and tau_int here) is ``n_flips`` cluster flips per
+    chain; ``diagnostics["mean_cluster_fraction"]`` converts it to sweeps
+    (sweeps per step = n_flips * mean_cluster_fraction). "acceptance" is the flipped fraction.
+    """
 
     Config = WolffConfig
     _incompatibility = staticmethod(_cluster_incompatibility)
