@@ -1,0 +1,214 @@
+"""Alanine dipeptide (ff96, vacuum, 300 K): neural samplers vs MD/MALA vs the shipped reference.
+
+For every method: the Ramachandran map, the free energies of alpha_R and C7ax relative to
+C7eq (jackknife error bars; basins as in :mod:`boltzkit.analysis`), the Jensen-Shannon
+divergence of the (phi, psi) histogram (36 x 36 bins) from the reference, the potential-energy
+histogram, the number of energy(+force) evaluations and the wall time.
+
+Methods
+-------
+* ``naas`` (and ``pdns`` when registered; skipped with a message otherwise): trained on the
+  target in coordinates relative to the shipped structure (``target.shifted()``), so the
+  Gaussian prior is a blurred molecule; weighted samples.
+* ``mala``: boltzkit's MALA chains started at the structure, with the same number of
+  energy+gradient evaluations as the neural sampler used (or ``--budget``).
+* ``md``: one OpenMM Langevin trajectory (LangevinMiddle, 1 fs, 1/ps, no constraints) with
+  the same number of force evaluations (integration steps).
+
+The reference is the shipped enhanced-sampling file (``benchmarks/alanine_reference.py``).
+Writes ``benchmarks/results/alanine_dipeptide.json`` and ``.png``. Not run by pytest.
+
+Usage: ``python benchmarks/alanine_dipeptide.py [--naas-steps 100 --budget 200000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import boltzkit as bk  # noqa: E402
+from boltzkit.analysis import (basin_free_energies, load_alanine_reference,  # noqa: E402
+                               plot_ramachandran, ramachandran_histogram)
+from boltzkit.energies.molecular import AlanineDipeptide, alanine_dipeptide_system  # noqa: E402
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence (nats) between two histograms."""
+    from scipy.spatial.distance import jensenshannon
+
+    return float(jensenshannon(p.ravel(), q.ravel(), base=math.e) ** 2)
+
+
+def summarize(name, phi, psi, energy_kT, log_weights, ref_hist, n_eval, wall, n_blocks=10, extra=None):
+    dfs = basin_free_energies(phi, psi, log_weights, n_blocks=n_blocks)
+    h, _ = ramachandran_histogram(phi, psi, log_weights, bins=36)
+    out = {"method": name, "n_energy_evaluations": int(n_eval), "wall_time_s": wall,
+           "n_samples": int(np.size(phi)), "delta_f_kT": {b: list(v) for b, v in dfs.items()},
+           "js_divergence_36x36": js_divergence(h, ref_hist),
+           "visited_C7ax_fraction_unweighted": float(np.mean((np.degrees(phi) > 0) & (np.degrees(phi) < 120)))}
+    if extra:
+        out.update(extra)
+    print(f"{name:>6}: evals {n_eval:>9,d}  wall {wall:7.1f} s  dF(alpha_R) "
+          f"{dfs['alpha_R'][0]:6.2f} +- {dfs['alpha_R'][1]:.2f}  dF(C7ax) {dfs['C7ax'][0]:6.2f} +- "
+          f"{dfs['C7ax'][1]:.2f} kT  JS {out['js_divergence_36x36']:.3f}", flush=True)
+    return out, (phi, psi, energy_kT, log_weights)
+
+
+def run_md(n_steps: int, seed: int, stride: int = 1000):
+    import openmm as mm
+    import openmm.unit as u
+
+    system, _, pos = alanine_dipeptide_system("vacuum")
+    integ = mm.LangevinMiddleIntegrator(300 * u.kelvin, 1.0 / u.picosecond, 0.001 * u.picosecond)
+    integ.setRandomNumberSeed(seed)
+    ctx = mm.Context(system, integ, mm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(pos)
+    ctx.setVelocitiesToTemperature(300 * u.kelvin, seed)
+    frames, energies = [], []
+    t0 = time.time()
+    for _ in range(max(1, n_steps // stride)):
+        integ.step(stride)
+        st = ctx.getState(getPositions=True, getEnergy=True)
+        frames.append(st.getPositions(asNumpy=True)._value.copy())
+        energies.append(st.getPotentialEnergy()._value)
+    return np.stack(frames), np.array(energies), time.time() - t0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--naas-steps", type=int, default=100)
+    p.add_argument("--naas-batch", type=int, default=32)
+    p.add_argument("--naas-time-steps", type=int, default=32)
+    p.add_argument("--prior-std", type=float, default=0.02)
+    p.add_argument("--n-samples", type=int, default=2048)
+    p.add_argument("--budget", type=int, default=None,
+                   help="energy evaluations of MALA/MD (default: what the neural sampler used)")
+    p.add_argument("--mala-chains", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore", bk.errors.ConvergenceWarning)
+
+    target = AlanineDipeptide("vacuum", energy_cut=1e4)
+    shifted = target.shifted()
+    kT = target.kT
+    ref = load_alanine_reference()
+    ref_hist, _ = ramachandran_histogram(ref["phi"], ref["psi"], ref["log_weight"], bins=36)
+    rows, data = [], {}
+    rows_ref, data["reference"] = summarize("ref", ref["phi"], ref["psi"], ref["energy"], ref["log_weight"],
+                                            ref_hist, 0, float(ref["meta"]["cpu_seconds"]),
+                                            n_blocks=20)
+    rows.append(rows_ref)
+
+    # ---------------------------------------------------------------- neural samplers
+    reg = bk.registry()
+    if "naas" not in reg:
+        try:
+            import boltzkit.samplers.naas  # noqa: F401  (registers 'naas' if not yet exported)
+            reg = bk.registry()
+        except Exception as exc:  # pragma: no cover - depends on the checkout
+            print(f"naas: cannot import ({exc}); skipped")
+    budget = args.budget
+    for method in ("naas", "pdns"):
+        if method not in reg:
+            print(f"{method}: not registered in this checkout; skipped")
+            continue
+        opts = {"naas": dict(n_time_steps=args.naas_time_steps, batch_size=args.naas_batch,
+                             prior_std=args.prior_std, target_scale=0.003, grad_clip=1e4,
+                             prior_time_steps=16, sample_batch_size=512),
+                "pdns": {}}[method]
+        target.n_evaluations = 0
+        t0 = time.time()
+        try:
+            res = bk.sample(shifted, method=method, n_samples=args.n_samples, n_steps=args.naas_steps,
+                            seed=args.seed, progress=False, **opts)
+        except Exception as exc:
+            print(f"{method}: failed with {type(exc).__name__}: {exc}")
+            rows.append({"method": method, "error": f"{type(exc).__name__}: {exc}",
+                         "n_energy_evaluations": target.n_evaluations, "wall_time_s": time.time() - t0})
+            continue
+        wall = time.time() - t0
+        n_eval = target.n_evaluations
+        x = shifted.to_absolute(res.samples.double())
+        phi, psi = target.phi_psi(x)
+        e = target.openmm_energy(x) / kT
+        lw = None if res.log_weights is None else res.log_weights.double().numpy()
+        row, data[method] = summarize(method, phi, psi, e, lw, ref_hist, n_eval, wall,
+                                      extra={"log_z": res.log_z, "ess": res.ess,
+                                             "options": opts, "n_steps": args.naas_steps,
+                                             "all_L": bool(target.is_l(x).all())})
+        rows.append(row)
+        budget = budget or n_eval
+    budget = budget or 200_000
+
+    # ---------------------------------------------------------------- MALA at equal evaluations
+    target.n_evaluations = 0
+    C = args.mala_chains
+    total_steps = max(2, budget // C)
+    burn = total_steps // 4
+    t0 = time.time()
+    res = bk.sample(shifted, method="mala", n_samples=C * (total_steps - burn), n_steps=burn,
+                    n_chains=C, init_std=0.003, seed=args.seed, progress=False)
+    wall = time.time() - t0
+    x = shifted.to_absolute(res.samples.double())
+    keep = slice(None, None, max(1, x.shape[0] // 20000))  # analysis subsample
+    x = x[keep]
+    phi, psi = target.phi_psi(x)
+    row, data["mala"] = summarize("mala", phi, psi, target.openmm_energy(x) / kT, None, ref_hist,
+                                  target.n_evaluations, wall,
+                                  extra={"acceptance": res.diagnostics["acceptance"],
+                                         "step_size": res.diagnostics["step_size"],
+                                         "all_L": bool(target.is_l(x).all())})
+    rows.append(row)
+
+    # ---------------------------------------------------------------- plain MD
+    frames, e_md, wall = run_md(budget, args.seed + 1)
+    xm = torch.from_numpy(frames.reshape(len(frames), -1))
+    phi, psi = target.phi_psi(xm)
+    row, data["md"] = summarize("md", phi, psi, e_md / kT, None, ref_hist, budget, wall,
+                                n_blocks=min(10, len(frames)))
+    rows.append(row)
+
+    # ---------------------------------------------------------------- outputs
+    out_dir = os.path.join(HERE, "results")
+    os.makedirs(out_dir, exist_ok=True)
+    summary = {"target": target.to_config(), "budget_evaluations": budget, "args": vars(args),
+               "reference_meta": {k: ref["meta"][k] for k in ("delta_f_kT", "method", "n_frames")},
+               "results": rows, "versions": {"torch": torch.__version__}}
+    with open(os.path.join(out_dir, "alanine_dipeptide.json"), "w") as fh:
+        json.dump(summary, fh, indent=1, default=float)
+
+    from boltzkit.plot import _plt
+
+    plt = _plt()
+    names = list(data)
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(4.3 * (len(names) + 1), 3.8))
+    for ax, name in zip(axes, names):
+        phi, psi, _, lw = data[name]
+        plot_ramachandran(phi, psi, lw, ax=ax, bins=36, title=name)
+    ax = axes[-1]
+    bins = np.linspace(-45, 15, 61)
+    for name in names:
+        _, _, e, lw = data[name]
+        w = None if lw is None else np.exp(np.asarray(lw) - np.max(lw))
+        ax.hist(np.asarray(e), bins=bins, weights=w, density=True, histtype="step", label=name)
+    ax.set(xlabel="potential energy (kT)", ylabel="density", title="energy histogram")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "alanine_dipeptide.png"), dpi=110)
+    print(f"wrote {out_dir}/alanine_dipeptide.json and .png")
+
+
+if __name__ == "__main__":
+    main()
