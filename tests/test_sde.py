@@ -88,16 +88,24 @@ def test_linear_sde_path_weight_equals_log_z_exactly():
 
 
 @pytest.mark.parametrize("domain", [None, ParticleCloud(4, 3)])
-def test_brownian_reference_equal_to_target_gives_constant_weights(domain):
-    # Brownian motion from the origin with g = s: time-1 law N(0, s^2) = target => log w = log Z
-    s, n = 1.7, 200
+@pytest.mark.parametrize("schedule", ["constant", "variance_exploding"])
+def test_brownian_reference_equal_to_target_gives_constant_weights(domain, schedule):
+    # Brownian motion from the origin whose time-1 law N(0, s^2) is the target => log w = log Z.
+    # Variance-exploding noise (g^2 = v', v(t) = s^2 (1 - r^-2t) / (1 - r^-2)) telescopes exactly
+    # when each Euler step uses the exact variance increment v(t_{k+1}) - v(t_k).
+    s, n, r = 1.7, 200, 100.0
     dim = 5 if domain is None else domain.event_numel
     project, n_dof = (None, dim) if domain is None else state_space(domain)
     ts = time_grid(10)
+    if schedule == "constant":
+        var, noise_var = (lambda t: s * s * t), None
+    else:
+        var = lambda t: s * s * (1 - r ** (-2 * t)) / (1 - r ** -2)  # noqa: E731
+        noise_var = lambda t, t1: var(t1) - var(t)  # noqa: E731
     x0 = torch.zeros(n, dim, dtype=F64)
     path = euler_maruyama(lambda t, x: torch.zeros_like(x), lambda t: s, x0, ts, generator=gen(3),
-                          project=project, n_dof=n_dof,
-                          backward=brownian_bridge_kernel(lambda t: s * s * t))
+                          project=project, n_dof=n_dof, noise_var=noise_var,
+                          backward=brownian_bridge_kernel(var))
     if domain is not None:  # stays on the zero-centre-of-mass subspace
         assert float(domain.center_of_mass(path.x).abs().max()) < 1e-12
     lw = path_log_weight(-0.5 * (path.x ** 2).sum(-1) / s ** 2, path)
@@ -106,6 +114,13 @@ def test_brownian_reference_equal_to_target_gives_constant_weights(domain):
     # negative control: counting all n*dim coordinates on the subspace shifts log Z
     if domain is not None:
         assert abs(0.5 * dim * math.log(2 * math.pi * s * s) - float(lw[0])) > 1.0
+    # negative control: plain Euler variances g(t_k)^2 h with the VE bridge do not telescope
+    if schedule == "variance_exploding":
+        g = lambda t: math.sqrt(s * s * 2 * math.log(r) * r ** (-2 * t) / (1 - r ** -2))  # noqa: E731
+        p2 = euler_maruyama(lambda t, x: torch.zeros_like(x), g, x0, ts, generator=gen(3),
+                            project=project, n_dof=n_dof, backward=brownian_bridge_kernel(var))
+        lw2 = path_log_weight(-0.5 * (p2.x ** 2).sum(-1) / s ** 2, p2)
+        assert float(lw2.std()) > 0.1
 
 
 def test_brownian_weight_matches_girsanov_closed_form():

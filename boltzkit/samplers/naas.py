@@ -18,54 +18,71 @@ An annealed Langevin reference along ``U_t = (1 - beta_t) U_0 + beta_t E`` with
 learned by adjoint matching on a replay buffer: ``v(t_k, x_k) ~ -sigma_{t_k} a_k``, where ``a``
 is the lean adjoint of the Jarzynski work (terminal condition 0). The initial law that makes
 the terminal law exactly ``exp(-E)/Z`` is ``exp(-U_0 - V_0)``, with ``V_0`` the value function
-at ``t = 0``; a second, memoryless **prior stage** (Brownian motion from the origin with
-``g = s_0``, whose time-1 law is ``N(0, s_0^2) = pi_0``) learns to produce it by reciprocal
-adjoint matching with terminal-cost gradient ``grad V_0 = -v(0, .) / sigma_0`` read off the
-annealed network. The two stages alternate inside every training step.
+at ``t = 0``; a second, memoryless **prior stage** (a variance-exploding Brownian motion from
+the origin whose time-1 law is ``N(0, s_0^2) = pi_0``) learns to produce it by reciprocal
+adjoint matching (Adjoint Sampling's RAM) with terminal-cost gradient ``grad V_0``. The two
+stages alternate inside every training step.
 
 Returns
 -------
 :meth:`NAAS.sample` returns a :class:`~boltzkit.result.Result` of weighted samples. The log
 importance weight of each sample is the exact discrete-time path weight of the whole chain
 (prior stage + annealed stage, brief section 5): Brownian-bridge backward kernels on the prior
-stage and reverse annealed-Langevin (ULA) kernels on the annealed stage, so ``E[w] = Z``
-exactly for any step count and any control; ``log_z``, its standard error and the ESS come from
-:func:`boltzkit.result.result_from_log_weights`. With zero control the weight is the AIS /
-Jarzynski weight of the annealed Langevin chain.
+stage (whose Euler steps use the exact noise variance, so they telescope exactly) and reverse
+annealed-Langevin (ULA) kernels on the annealed stage, so ``E[w] = Z`` exactly for any step
+count and any control; ``log_z``, its standard error and the ESS come from
+:func:`boltzkit.result.result_from_log_weights`. With zero controls the weight is the AIS /
+Jarzynski weight of the annealed Langevin chain started from ``pi_0``. ``history`` holds the
+loss, the ESS fraction and log Z of each step's fresh trajectories, and a running log Z.
 
-Choices made where the brief leaves NAAS open
----------------------------------------------
-* Path ``beta_t = t^beta_power`` (default linear), grid uniform (``refine_end`` refines it
-  near ``t = 1``).
+Choices made where the brief leaves NAAS open (each chosen to pass the exact-truth tests)
+-------------------------------------------------------------------------------------------
+* Path ``beta_t = t^beta_power`` (default linear; powers > 1 keep the early levels smooth for
+  widely spread modes), uniform grid (``refine_end`` refines it near ``t = 1``).
 * Diffusion ``sigma_t^2 = 2 relaxation / L_t`` with ``L_t = (1 - beta_t)/s_0^2 + beta_t/s_1^2``
   (``s_1 = target_scale``): the reference relaxes ``relaxation`` e-folds per unit time at
   every level whatever the curvature, and the ULA step ``h sigma_t^2 L_t / 2 = h relaxation``
   stays small at the stiff end of the path (brief pitfall 5). A fixed ``sigma`` overrides it.
-* Paper form ``sigma_t v`` for the control (the network outputs ``v``; it is O(1) under the
-  schedule above), regression target ``-sigma_t a``.
+* Paper form ``sigma_t v`` for the annealed control (the network outputs ``v``, O(1) under the
+  schedule above); regression target ``-sigma_t a``.
 * Running cost in discrete time: the exact AIS work increments
   ``c_k(x_{k+1}) = (beta_{k+1} - beta_k)(E - U_0)(x_{k+1})``; the adjoint is the exact
   discrete derivative of the future work with noise and control held fixed
   (:func:`~boltzkit.samplers._shared.sde.lean_adjoint`), so it matches autograd through the
-  unrolled chain.
-* Prior stage: Adjoint-Sampling-type (Dirac start, Brownian reference with ``g = s_0``, so
-  ``U_0 + log p^base_1`` is constant and the terminal-cost gradient is ``grad V_0`` alone);
-  the target ``grad V_0`` comes from the current annealed network at ``t = 0``.
+  unrolled chain (tested).
+* Adjoint clipping (``adjoint_clip``, default 10): after each backward step every adjoint is
+  scaled down to at most ``adjoint_clip`` times the batch median norm. Pathwise derivatives
+  of the work explode for trajectories that linger near saddles between modes (the
+  linearized Langevin flow is expanding there); unclipped, these rare targets destabilized
+  training on every mixture tried. Clipping biases the regression target, never the weights.
+* Prior stage: Adjoint-Sampling type -- Dirac start, variance-exploding noise with
+  ``v(s) = s_0^2 (1 - r^{-2s}) / (1 - r^{-2})`` (``r = prior_noise_ratio``) so the time-1 law is
+  exactly ``pi_0``, ``U_0 + log p^base_1`` is constant and the terminal-cost gradient is
+  ``grad V_0`` alone. Control in code form ``g^2 c`` with the network output scaled by
+  ``1 / sqrt(v(1) - v(s) + s_1^2)`` (the size of the optimal control), which keeps the stiff
+  early steps stable. The regression target ``-grad V_0(x_0)`` is the clipped per-trajectory
+  adjoint ``-a_0`` of the annealed stage (brief 4.4, second option): reading ``grad V_0`` off
+  the annealed network instead made the prior run away to regions where that network
+  extrapolates.
 * Energy gradients may be clipped (``grad_clip``; per particle on particle systems, per
   sample otherwise). The clipped gradient defines the reference drift *and* its backward
-  kernels, so the weights stay exact; only the regression target is affected.
+  kernels, so the weights stay exact.
 
 Failure modes
 -------------
 * Cost: every fresh trajectory needs ``K + 1`` energy gradients forward and ``K`` Hessian-vector
-  products backward (the replay buffer amortizes them over ``updates_per_step`` updates).
-* Geometric annealing can separate modes before the reference reaches them; the control must
-  then learn the transport early (large ``sigma_t``), and mode weights still rely on the
-  importance weights (check ``ess_frac`` and ``pareto_k``).
+  products backward (the replay buffer amortizes them over ``updates_per_step`` updates). At
+  equal energy evaluations, plain AIS with MALA moves beat NAAS on GMM-40 in the CPU benchmark
+  (``benchmarks/naas_continuous.py``).
+* Mode weights: geometric annealing fixes the mode proportions of the reference when the
+  modes separate (broad modes are favoured); the clipped pathwise adjoint carries little
+  information across barriers, so the unweighted mode proportions stay biased and the
+  correction rests on the importance weights (check ``ess_frac`` and ``pareto_k``).
 * A too large ``relaxation * h`` or a stiff energy (Lennard-Jones) makes explicit Euler
-  unstable: raise ``n_time_steps``, lower ``relaxation`` or set ``grad_clip``.
-* ``prior_std`` must cover the target (for GMM-40, means in [-40, 40]^2, use ``prior_std``
-  around 20); ``target_scale`` should be the width of the narrowest well.
+  unstable (``TrainingDivergedError``): raise ``n_time_steps``, lower ``relaxation`` or set
+  ``grad_clip``.
+* ``prior_std`` must cover the target (GMM-40, means in [-40, 40]^2: ``prior_std`` about 25);
+  ``target_scale`` should be the width of the narrowest well.
 """
 
 from __future__ import annotations
@@ -110,10 +127,12 @@ class NAASConfig(SamplerConfig):
 
     Path and reference
         prior_std (s_0), target_scale (s_1), relaxation, sigma (fixed diffusion, overrides the
-        schedule), beta_power, n_time_steps (K), refine_end, grad_clip.
+        schedule), beta_power, n_time_steps (K), refine_end, grad_clip, adjoint_clip
+        (relative to the batch median; None disables).
     Prior stage
         prior_stage (False: start from pi_0 = N(0, s_0^2) directly), prior_time_steps,
-        prior_updates_per_step, prior_buffer_size, prior_lr.
+        prior_noise_ratio (sigma_max / sigma_min of its VE noise), prior_updates_per_step,
+        prior_buffer_size, prior_lr.
     Training
         n_steps (training iterations), batch_size (fresh trajectories per iteration),
         updates_per_step (Adam steps per iteration), train_batch_size, buffer_size (rows),
@@ -124,7 +143,7 @@ class NAASConfig(SamplerConfig):
         sample_batch_size.
     """
 
-    n_steps: int = 300
+    n_steps: int = 200
     n_time_steps: int = 64
     prior_std: float = 1.0
     target_scale: float = 1.0
@@ -133,9 +152,11 @@ class NAASConfig(SamplerConfig):
     beta_power: float = 1.0
     refine_end: float = 1.0
     grad_clip: "float | None" = None
+    adjoint_clip: "float | None" = 10.0
     prior_stage: bool = True
-    prior_time_steps: int = 16
-    prior_updates_per_step: int = 10
+    prior_time_steps: int = 32
+    prior_noise_ratio: float = 1000.0
+    prior_updates_per_step: int = 20
     prior_buffer_size: int = 10_000
     prior_lr: float = 1e-3
     batch_size: int = 256
@@ -160,8 +181,13 @@ class NAASConfig(SamplerConfig):
             _pos_int("n_layers", self.n_layers)
         for nm in ("prior_std", "target_scale", "relaxation", "beta_power", "lr", "prior_lr"):
             _pos_float(nm, getattr(self, nm))
+        _pos_float("prior_noise_ratio", self.prior_noise_ratio)
+        if self.prior_noise_ratio <= 1.0:
+            raise ConfigError(f"prior_noise_ratio (sigma_max / sigma_min of the prior stage) must "
+                              f"be > 1, got {self.prior_noise_ratio!r}")
         _pos_float("sigma", self.sigma, allow_none=True)
         _pos_float("grad_clip", self.grad_clip, allow_none=True)
+        _pos_float("adjoint_clip", self.adjoint_clip, allow_none=True)
         if not (isinstance(self.refine_end, (int, float)) and self.refine_end >= 1):
             raise ConfigError(f"refine_end must be >= 1 (1 = uniform grid), got {self.refine_end!r}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
@@ -231,16 +257,22 @@ class AnnealedLangevin:
     def grad_u0(self, x):
         return x / self.s0 ** 2
 
-    def _clip(self, g):
-        if self.grad_clip is None:
-            return g
+    def clip_norm(self, g, limit: float, relative: bool = False):
+        """Scale ``g`` down to norm ``limit``: per particle on particle systems, per sample
+        otherwise (then re-projected). ``relative``: the limit is ``limit`` times the batch
+        median of the norms."""
         if isinstance(self.domain, ParticleCloud):
             p = self.domain.as_particles(g)
             n = p.norm(dim=-1, keepdim=True)
-            p = p * (self.grad_clip / n.clamp_min(self.grad_clip))
-            return self.domain.flatten(p)
+            lim = limit * n.median() if relative else limit
+            p = p * (lim / n.clamp_min(lim)).nan_to_num(1.0)
+            return self._proj(self.domain.flatten(p))
         n = g.norm(dim=-1, keepdim=True)
-        return g * (self.grad_clip / n.clamp_min(self.grad_clip))
+        lim = limit * n.median() if relative else limit
+        return g * (lim / n.clamp_min(lim)).nan_to_num(1.0)
+
+    def _clip(self, g):
+        return g if self.grad_clip is None else self.clip_norm(g, self.grad_clip)
 
     def _proj(self, v):
         return v if self.project is None else self.project(v)
@@ -280,6 +312,38 @@ class AnnealedLangevin:
         return (self.beta(t_next) - self.beta(t)) * (self.grad_energy(x) - self.grad_u0(x))
 
 
+class VEPriorSchedule:
+    r"""Noise schedule of the prior stage: variance-exploding Brownian motion from the origin,
+    ``g(s)^2 = v'(s)`` with ``v(s) = s_0^2 (1 - r^{-2s}) / (1 - r^{-2})`` on ``s`` in [0, 1].
+
+    The time-1 law is exactly ``N(0, s_0^2) = pi_0``; the noise decays geometrically by the
+    factor ``r`` (``prior_noise_ratio``) so that the controlled endpoint can be sharp.
+    """
+
+    def __init__(self, prior_std: float, ratio: float):
+        self.s0, self.r = float(prior_std), float(ratio)
+        self._c = 1.0 - self.r ** -2.0
+
+    def variance(self, s: float) -> float:
+        return self.s0 ** 2 * (1.0 - self.r ** (-2.0 * float(s))) / self._c
+
+    def diffusion(self, s: float) -> float:
+        return self.s0 * math.sqrt(2.0 * math.log(self.r) * self.r ** (-2.0 * float(s)) / self._c)
+
+    def step_variance(self, s: float, s_next: float) -> float:
+        """``v(s_next) - v(s)``: the exact noise variance of a step (used by the integrator)."""
+        return self.variance(s_next) - self.variance(s)
+
+    def variance_tensor(self, s: torch.Tensor) -> torch.Tensor:
+        return self.s0 ** 2 * (1.0 - self.r ** (-2.0 * s)) / self._c
+
+    def control_scale(self, s, target_scale: float):
+        """``1 / sqrt(v(1) - v(s) + s_1^2)``: the natural size of the optimal control at ``s``
+        (the score of the remaining Gaussian smoothing); the network output is multiplied by it."""
+        v = self.variance_tensor(s) if isinstance(s, torch.Tensor) else self.variance(s)
+        return (self.s0 ** 2 - v + target_scale ** 2) ** -0.5
+
+
 @register("naas", kinds=("energy",), domains=(Reals, ParticleCloud), priority=10,
           paper="Choi et al. 2025, arXiv 2506.18165")
 class NAAS(TrainableSampler):
@@ -290,11 +354,15 @@ class NAAS(TrainableSampler):
     streams = ("init", "train", "sample")
 
     # ------------------------------------------------------------------ setup
-    def _setup(self, target) -> None:
-        if not isinstance(target.domain, (Reals, ParticleCloud)):
+    def _attach(self, target):
+        dom = getattr(target, "domain", None)
+        if dom is not None and not isinstance(dom, (Reals, ParticleCloud)):
             raise IncompatibleMethodError(
-                f"NAAS samples continuous energies on Reals or ParticleCloud, got {target.domain!r}; "
-                "use a discrete sampler for lattices and sequences")
+                f"NAAS samples continuous energies on Reals or ParticleCloud, got {dom!r}; "
+                "use a discrete sampler for lattices and sequences (bk.explain(target) lists them)")
+        return super()._attach(target)
+
+    def _setup(self, target) -> None:
         c = self.config
         self.ref = AnnealedLangevin(target, prior_std=c.prior_std, target_scale=c.target_scale,
                                     relaxation=c.relaxation, sigma=c.sigma,
@@ -303,6 +371,12 @@ class NAAS(TrainableSampler):
         self.dim = target.domain.event_numel
         self.ts = time_grid(c.n_time_steps, refine_end=float(c.refine_end))
         self.prior_ts = time_grid(c.prior_time_steps)
+        self.prior_sched = VEPriorSchedule(c.prior_std, c.prior_noise_ratio)
+        pt = self.prior_ts.tolist()
+        # drift coefficient of the prior network output: (step-averaged g^2) x control scale
+        self._prior_g2 = {a: self.prior_sched.step_variance(a, b) / (b - a)
+                          * self.prior_sched.control_scale(a, c.target_scale)
+                          for a, b in zip(pt, pt[1:])}
         self._sigmas = torch.tensor([self.ref.sigma(float(t)) for t in self.ts[:-1]],
                                     device=self.device)
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=self.gens["init"],
@@ -323,8 +397,9 @@ class NAAS(TrainableSampler):
 
     # ------------------------------------------------------------------ simulation
     def _prior_drift(self, net):
-        s0 = self.config.prior_std
-        return lambda s, y: s0 * net(s, y)
+        # code form g^2 c, with g^2 averaged over the step (matches the exact step variance)
+        g2 = self._prior_g2
+        return lambda s, y: g2[s] * net(s, y)
 
     def _annealed_drift(self, net):
         ref = self.ref
@@ -336,11 +411,12 @@ class NAAS(TrainableSampler):
         c = self.config
         ref = self.ref
         if c.prior_stage:
-            s0 = c.prior_std
+            sched = self.prior_sched
             y0 = torch.zeros(n, self.dim, device=self.device)
-            ppath = euler_maruyama(self._prior_drift(prior_net), lambda s: s0, y0, self.prior_ts,
+            ppath = euler_maruyama(self._prior_drift(prior_net), None, y0, self.prior_ts,
                                    generator=generator, project=self.project, n_dof=self.n_dof,
-                                   backward=brownian_bridge_kernel(lambda s: s0 * s0 * s))
+                                   noise_var=sched.step_variance,
+                                   backward=brownian_bridge_kernel(sched.variance))
             x0 = ppath.x
             lw_start = ppath.log_bwd - ppath.log_fwd  # Dirac source cancels the first bridge
         else:
@@ -364,8 +440,10 @@ class NAAS(TrainableSampler):
     def adjoint(self, xs: torch.Tensor) -> torch.Tensor:
         """Lean adjoint ``a`` of the annealed stage along stored states ``xs`` (K + 1, B, D)."""
         ref, ts = self.ref, self.ts
+        clip = self.config.adjoint_clip
         return lean_adjoint(
             xs, ts, ref.drift_vjp,
+            transform=None if clip is None else (lambda a: ref.clip_norm(a, clip, relative=True)),
             cost_grad=lambda k, x: ref.work_grad(float(ts[k]), float(ts[k + 1]), x))
 
     # ------------------------------------------------------------------ training
@@ -407,7 +485,7 @@ class NAAS(TrainableSampler):
         metrics = {"loss": loss}
         # prior stage: reciprocal adjoint matching towards exp(-U_0 - V_0)
         if c.prior_stage:
-            metrics["prior_loss"] = self._prior_updates(path.xs[0], gen)
+            metrics["prior_loss"] = self._prior_updates(path.xs[0], -adj[0], gen)
         # diagnostics of the fresh, current-model trajectories
         est = log_z_from_log_weights(lw, warn=False)
         self._recent_lw.append(lw.detach().cpu())
@@ -417,26 +495,23 @@ class NAAS(TrainableSampler):
                        energy_hvps=float(self.ref.n_hvp))
         return metrics
 
-    def _prior_updates(self, x0: torch.Tensor, gen) -> float:
+    def _prior_updates(self, x0: torch.Tensor, target0: torch.Tensor, gen) -> float:
         c = self.config
-        s0 = c.prior_std
-        self.prior_buffer.add(y=x0)
-        self.prior_net.train()
-        sig0 = self.ref.sigma(0.0)
+        self.prior_buffer.add(y=x0, target=target0)
+        var1 = c.prior_std ** 2
         total = 0.0
         for _ in range(c.prior_updates_per_step):
-            y = self.prior_buffer.sample(c.train_batch_size, generator=gen)["y"]
+            batch = self.prior_buffer.sample(c.train_batch_size, generator=gen)
+            y, target = batch["y"], batch["target"]
             n = y.shape[0]
             s = torch.rand(n, 1, generator=gen, device=gen.device).to(self.device)
             xi = torch.randn(y.shape, generator=gen, device=gen.device).to(self.device)
             if self.project is not None:
                 xi = self.project(xi)
-            ys = s * y + s0 * torch.sqrt(s * (1.0 - s)) * xi
-            with torch.no_grad():
-                # code-form target -grad V_0(y) = v(0, y) / sigma_0; paper form multiplies by s0
-                target = (s0 / sig0) * self.net(torch.zeros(n, device=self.device), y)
+            v = self.prior_sched.variance_tensor(s)  # bridge from the origin to y
+            ys = (v / var1) * y + torch.sqrt((v * (var1 - v) / var1).clamp_min(0.0)) * xi
             out = self.prior_net(s.squeeze(1), ys)
-            lval = (out - target).pow(2).mean()
+            lval = (out - target / self.prior_sched.control_scale(s, c.target_scale)).pow(2).mean()
             self.prior_opt.zero_grad(set_to_none=True)
             lval.backward()
             self.prior_opt.step()

@@ -8,7 +8,8 @@ Euler--Maruyama on a grid ``t_0 < ... < t_K``:
 
     x_{k+1} = x_k + h_k f(t_k, x_k) + g(t_k) sqrt(h_k) eps_k,    eps_k ~ N(0, I),
 
-where ``f`` is the full drift the caller passes. On a mean-free particle domain the drift and
+where ``f`` is the full drift the caller passes (optionally with the exact step variance
+``int g^2`` in place of ``g(t_k)^2 h_k``). On a mean-free particle domain the drift and
 the noise are projected onto the zero-centre-of-mass subspace, and every Gaussian density is
 taken on that subspace (``n_dof = (n - 1) * dim`` degrees of freedom).
 
@@ -129,13 +130,15 @@ def _check_grid(ts: torch.Tensor) -> torch.Tensor:
 def euler_maruyama(drift: Drift, diffusion: Diffusion, x0: torch.Tensor, ts: torch.Tensor, *,
                    generator: torch.Generator, project: "Callable | None" = None,
                    n_dof: "int | None" = None, backward: "Backward | None" = None,
+                   noise_var: "Callable[[float, float], float] | None" = None,
                    record: bool = False, record_noise: bool = False) -> SDEPath:
     """Simulate ``x_{k+1} = x_k + h_k f(t_k, x_k) + g(t_k) sqrt(h_k) eps_k`` for a batch.
 
     Parameters
     ----------
     drift : ``f(t, x) -> (B, D)``, the full drift (reference plus control), ``t`` a float.
-    diffusion : ``g(t) -> float``, a scalar diffusion coefficient.
+    diffusion : ``g(t) -> float``, a scalar diffusion coefficient (the step's noise variance
+        is ``g(t_k)^2 h_k``). May be None when ``noise_var`` is given.
     x0 : ``(B, D)`` initial states; the simulation runs in their dtype and device.
     ts : ``(K + 1,)`` strictly increasing time grid.
     generator : torch generator of the noise (on ``x0``'s device).
@@ -145,6 +148,9 @@ def euler_maruyama(drift: Drift, diffusion: Diffusion, x0: torch.Tensor, ts: tor
     backward : optional backward kernels ``(t_k, t_{k+1}, x_k, x_{k+1}) -> (shift, var)``
         meaning ``B_k = N(x_{k+1} + shift, var I)``; ``var = 0`` denotes a Dirac that the
         caller cancels against a Dirac source (it contributes 0).
+    noise_var : optional ``(t_k, t_{k+1}) -> variance`` of the step's noise, replacing
+        ``g(t_k)^2 h_k``; pass ``int_{t_k}^{t_{k+1}} g^2`` to make a drift-free reference's
+        steps exact (then :func:`brownian_bridge_kernel` telescopes exactly).
     record, record_noise : keep all states / all noise increments.
 
     Returns
@@ -165,21 +171,21 @@ def euler_maruyama(drift: Drift, diffusion: Diffusion, x0: torch.Tensor, ts: tor
     for k in range(n_steps):
         t, t_next = float(ts_cpu[k]), float(ts_cpu[k + 1])
         h = t_next - t
-        g = float(diffusion(t))
-        if not g > 0:
-            raise ConfigError(f"diffusion(t) must be positive, got {g!r} at t = {t:g}")
+        var = float(noise_var(t, t_next)) if noise_var is not None else float(diffusion(t)) ** 2 * h
+        if not var > 0:
+            raise ConfigError(f"the diffusion must be positive, got step variance {var!r} at t = {t:g}")
         f = drift(t, x)
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         if project is not None:
             f, eps = project(f), project(eps)
-        x_next = x + h * f + (g * math.sqrt(h)) * eps
+        x_next = x + h * f + math.sqrt(var) * eps
         # density of x_next under q_k: the standardized residual is eps itself
-        log_fwd += gaussian_log_prob(eps, 1.0, n_dof) - 0.5 * n_dof * math.log(g * g * h)
+        log_fwd += gaussian_log_prob(eps, 1.0, n_dof) - 0.5 * n_dof * math.log(var)
         if backward is not None:
-            shift, var = backward(t, t_next, x, x_next)
-            if var > 0:
+            shift, back_var = backward(t, t_next, x, x_next)
+            if back_var > 0:
                 resid = (x.to(torch.float64) - x_next.to(torch.float64)) - shift.to(torch.float64)
-                log_bwd += gaussian_log_prob(resid, var, n_dof)
+                log_bwd += gaussian_log_prob(resid, back_var, n_dof)
         x = x_next
         if record:
             xs.append(x)
@@ -266,7 +272,8 @@ def grad_and_hvp(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
 def lean_adjoint(xs: torch.Tensor, ts: torch.Tensor,
                  drift_vjp: Callable[[float, torch.Tensor, torch.Tensor], torch.Tensor], *,
                  cost_grad: "Callable[[int, torch.Tensor], torch.Tensor] | None" = None,
-                 terminal_grad: "Callable[[torch.Tensor], torch.Tensor] | None" = None) -> torch.Tensor:
+                 terminal_grad: "Callable[[torch.Tensor], torch.Tensor] | None" = None,
+                 transform: "Callable[[torch.Tensor], torch.Tensor] | None" = None) -> torch.Tensor:
     """Lean adjoint along a stored trajectory (no graph is built across steps).
 
     Parameters
@@ -277,6 +284,9 @@ def lean_adjoint(xs: torch.Tensor, ts: torch.Tensor,
     cost_grad : ``(k, x_{k+1}) -> grad c_k(x_{k+1})``, the running cost paid on arriving at
         ``x_{k+1}`` (None for no running cost).
     terminal_grad : ``x_K -> grad G(x_K)`` (None for ``G = 0``).
+    transform : optional map applied to ``a[k]`` after each backward step (e.g. norm
+        clipping, which stops rare exploding pathwise derivatives from propagating); with a
+        transform the result is no longer the exact derivative.
 
     Returns
     -------
@@ -294,5 +304,7 @@ def lean_adjoint(xs: torch.Tensor, ts: torch.Tensor,
         t, h = float(ts[k]), float(ts[k + 1] - ts[k])
         full = a if cost_grad is None else a + cost_grad(k, xs[k + 1])
         a = full + h * drift_vjp(t, xs[k], full)
+        if transform is not None:
+            a = transform(a)
         out[k] = a
     return out
