@@ -30,6 +30,15 @@ class Domain:
     def event_numel(self) -> int:
         return int(math.prod(self.event_shape))
 
+    @property
+    def n_dof(self) -> int:
+        """Degrees of freedom (smaller than event_numel on constrained subspaces)."""
+        return self.event_numel
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Project onto the domain's linear subspace (identity unless overridden)."""
+        return x
+
     def reference(self, n: int, *, generator: "torch.Generator | None" = None,
                   device: "torch.device | str" = "cpu") -> torch.Tensor:
         raise NotImplementedError

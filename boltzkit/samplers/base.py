@@ -91,11 +91,13 @@ class Sampler:
             raise ConfigError(f"{type(self).__name__}.sample() called before fit(target)")
 
 
-def _check_positive(name, value, *, allow_none=False):
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+def _check_count(name, value, *, minimum=1):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_positive(name, value):
+    _check_count(name, value, minimum=1)
 
 
 class TrainableSampler(Sampler):
@@ -151,9 +153,13 @@ class TrainableSampler(Sampler):
 
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None,
             checkpoint_every: int = 100) -> "TrainableSampler":
-        """Train until ``n_steps`` total steps (resuming from ``checkpoint`` if it exists)."""
+        """Train until ``n_steps`` total steps (resuming from ``checkpoint`` if it exists).
+
+        ``n_steps=0`` attaches the target without training (the untrained sampler's weights
+        are still exact, only noisier).
+        """
         n_steps = self.default_n_steps() if n_steps is None else n_steps
-        _check_positive("n_steps", n_steps)
+        _check_count("n_steps", n_steps, minimum=0)
         if self.target is None or self.target is not target:
             self._attach(target)
             self._setup(self.target)
