@@ -12,6 +12,7 @@ from ._api import sample  # noqa: E402
 from ._registry import Choice, explain, register, registry, select  # noqa: E402
 from .result import Result  # noqa: E402
 from .constraints import constrain  # noqa: E402
+from . import datasets  # noqa: E402  (cheap: anndata/scanpy load only inside its readers)
 
 
 def load(path) -> Result:
@@ -28,4 +29,5 @@ def __getattr__(name):  # lazy: samplers import torch machinery that plain users
 
 
 __all__ = ["sample", "select", "explain", "register", "registry", "Choice", "Result", "load",
-           "domains", "energies", "estimators", "errors", "samplers", "__version__"]
+           "constrain", "domains", "energies", "estimators", "errors", "samplers", "datasets",
+           "__version__"]

@@ -109,11 +109,11 @@ def explain(target, *, file=None) -> str:
     """Say which method ``bk.sample`` would choose for ``target`` and why; print the table."""
     choice = select(target)
     rows = [f"boltzkit would use {choice.name!r}: {choice.reason}", "",
-            f"{'method':<16} {'priority':>8}  {'log Z':<5}  status"]
+            f"{'method':<20} {'priority':>8}  {'log Z':<5}  status"]
     for spec in sorted(registry().values(), key=lambda s: (-s.priority_for(target), s.name)):
         why = spec.incompatibility(target)
         status = "compatible" if why is None else f"no: {why}"
-        rows.append(f"{spec.name:<16} {spec.priority_for(target):>8}  {'yes' if spec.provides_log_z else 'no':<5}  {status}")
+        rows.append(f"{spec.name:<20} {spec.priority_for(target):>8}  {'yes' if spec.provides_log_z else 'no':<5}  {status}")
     text = "\n".join(rows)
     print(text, file=file)
     return text

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+RTOL = 1e-10  # relative pivot size below which a Gram matrix counts as singular
+
 
 def batched_jacobian(c: torch.Tensor, x: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:
     """Jacobian of rowwise constraints: ``c`` (B, P) computed from ``x`` (B, D) -> (B, P, D).
@@ -31,7 +33,7 @@ def batched_jacobian(c: torch.Tensor, x: torch.Tensor, *, create_graph: bool = F
 
 
 class GramSolver:
-    """Factor ``G = J J^T + damp I`` (identity on inactive rows) once; solve many right-hand sides.
+    """Invert ``G = J J^T + damp I`` (identity on inactive rows) once; solve many right-hand sides.
 
     Falls back to the pseudo-inverse for states whose Gram matrix is singular (gradients
     linearly dependent: the LICQ condition fails there).
@@ -48,23 +50,32 @@ class GramSolver:
             gram = gram + torch.diag_embed((~mask).to(jac.dtype))
         if damp > 0:
             gram = gram + damp * eye
+        if p == 1:  # one active constraint: G is a scalar (the pseudo-inverse of 0 is 0)
+            g = gram[:, 0, 0]
+            ok = g > 0
+            safe = torch.where(ok, g, torch.ones_like(g))
+            self.scalar_inv = torch.where(ok, 1.0 / safe, torch.zeros_like(g))
+            self.n_singular = int((~ok).sum())
+            return
         chol, info = torch.linalg.cholesky_ex(gram)
-        self.chol = chol
-        self.bad = info > 0
+        # singular or numerically singular (a pivot below RTOL of the largest diagonal entry)
+        pivots = torch.diagonal(chol, dim1=1, dim2=2) ** 2
+        scale = torch.diagonal(gram, dim1=1, dim2=2).amax(1)
+        self.bad = (info > 0) | ~(pivots.amin(1) > RTOL * scale)
         self.n_singular = int(self.bad.sum())
-        self.pinv = torch.linalg.pinv(gram[self.bad], hermitian=True) if self.n_singular else None
+        self.inv = torch.linalg.inv_ex(gram)[0]  # small P: one inverse, reused for every rhs
+        if self.n_singular:
+            self.inv[self.bad] = torch.linalg.pinv(gram[self.bad], hermitian=True, rtol=RTOL)
 
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
         """G^{-1} rhs for rhs of shape (B, P) or (B, P, K)."""
         if self.p == 0:
             return rhs
-        vec = rhs.ndim == 2
-        r = rhs.unsqueeze(-1) if vec else rhs
-        out = torch.cholesky_solve(r, self.chol)
-        if self.n_singular:
-            out = out.clone()
-            out[self.bad] = self.pinv @ r[self.bad]
-        return out.squeeze(-1) if vec else out
+        if self.p == 1:
+            return rhs * (self.scalar_inv[:, None] if rhs.ndim == 2 else self.scalar_inv[:, None, None])
+        if rhs.ndim == 2:
+            return torch.einsum("bpq,bq->bp", self.inv, rhs)
+        return self.inv @ rhs
 
 
 def normal_component(jac: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 from .._utils import torch_generator
 from ..domains.base import Domain, Reals
 from ..energies.base import Energy
-from ..errors import DomainError, InfeasibleConstraintError, TargetError
+from ..errors import DomainError, TargetError
 from ._geometry import GramSolver, batched_jacobian, normal_component
 
 ConstraintFn = Callable[[torch.Tensor], torch.Tensor]
@@ -186,29 +186,47 @@ class Constrained(Domain):
                 "(max(|h(x)|, max(g(x), 0)) <= tol)")
 
     # ------------------------------------------------------------------ landing
-    def active_system(self, c_all: torch.Tensor, margin: float = 0.0):
-        """Active constraints of each state, the landing targets of OLLA.
+    def active_system(self, xf: torch.Tensor, margin: float = 0.0):
+        """Evaluate the constraints and select the active ones, the landing targets of OLLA.
 
         Equalities are always active (value h). An inequality is active where g >= 0 (violated
         or on the boundary), with value ``g + margin`` so that landing aims slightly inside.
-        Only inequality columns active for at least one state are kept.
+        Only inequality columns active for at least one state are kept, and only they are
+        evaluated with autograd (inactive inequalities cost one forward pass, no backward).
+
+        Parameters
+        ----------
+        xf : (B, D) flat float64 states (may require grad).
+        margin : float
 
         Returns
         -------
-        c : (B, P) active values (zero where inactive), differentiable if ``c_all`` is.
+        c : (B, P) active values (zero where inactive), differentiable in ``xf``.
         mask : bool (B, P), which entries are active.
+        cols : long (P,), the columns of ``values_flat`` that ``c`` holds.
+        c_all : (B, m + l) detached values of every constraint.
         """
         m = self.n_eq
-        h, g = c_all[:, :m], c_all[:, m:]
-        act = g.detach() >= 0
+        h = self._stack(self.equalities, xf)
+        with torch.no_grad():
+            g0 = self._stack(self.inequalities, xf)
+        act = g0 >= 0
         keep = act.any(dim=0)
-        if bool(keep.all()):
-            g_act, a = g, act
+        cols = torch.cat([torch.arange(m, device=xf.device), m + keep.nonzero().flatten()])
+        a = act[:, keep]
+        if bool(keep.any()):
+            g_act = self._stack(self.inequalities, xf)[:, keep]
         else:
-            g_act, a = g[:, keep], act[:, keep]
+            g_act = xf.new_zeros(xf.shape[0], 0)
         c = torch.cat([h, torch.where(a, g_act + margin, torch.zeros_like(g_act))], dim=1)
         mask = torch.cat([torch.ones_like(h, dtype=torch.bool), a], dim=1)
-        return c, mask
+        return c, mask, cols, torch.cat([h.detach(), g0], dim=1)
+
+    def values_cols(self, xf: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Constraint values at ``cols`` of ``values_flat`` (inequalities only evaluated if needed)."""
+        if cols.numel() == 0 or int(cols.max()) < self.n_eq:
+            return self._stack(self.equalities, xf)[:, cols]
+        return self.values_flat(xf)[:, cols]
 
     def land(self, x: torch.Tensor, *, n_iter: "int | None" = None, margin: "float | None" = None,
              damp: float = 0.0) -> torch.Tensor:
@@ -226,10 +244,9 @@ class Constrained(Domain):
         for _ in range(n_iter):
             with torch.enable_grad():
                 xr = xf.requires_grad_(True)
-                c_all = self.values_flat(xr)
-                if bool((self.violation_from_values(c_all.detach()) <= 1e-6 * self.tol).all()):
+                c, mask, _, c_all = self.active_system(xr, margin)
+                if bool((self.violation_from_values(c_all) <= 1e-6 * self.tol).all()):
                     break
-                c, mask = self.active_system(c_all, margin)
                 jac = batched_jacobian(c, xr) * mask[..., None]
             xf = xf.detach()
             step = normal_component(jac, GramSolver(jac, mask, damp).solve(c.detach() * mask))
@@ -378,11 +395,14 @@ def constrain(energy=None, *sets, equalities: Iterable[ConstraintFn] = (),
         if s.dim is not None:
             dims[s.name] = s.dim
     if base_domain is None:
-        cand = set(dims.values()) | ({int(dim)} if dim is not None else set())
-        if len(cand) != 1:
-            raise TargetError("cannot tell the ambient dimension: pass dim=d (or an Energy on Reals(d), "
-                              f"or a constraint set with a dimension); got {sorted(cand) or 'none'}")
-        base_domain = Reals(cand.pop())
+        claims = {**dims, **({"dim=": int(dim)} if dim is not None else {})}
+        if not claims:
+            raise TargetError("cannot tell the ambient dimension: pass dim=d, an Energy on Reals(d), "
+                              "or a constraint set with a dimension such as sphere(3)")
+        if len(set(claims.values())) > 1:
+            raise TargetError("the dimensions disagree: " + ", ".join(f"{k} has dimension {v}"
+                                                                    for k, v in claims.items()))
+        base_domain = Reals(next(iter(claims.values())))
     numel = base_domain.event_numel
     for nm, d in dims.items():
         if d != numel:

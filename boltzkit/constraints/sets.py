@@ -145,13 +145,17 @@ def stiefel(n: int, k: int) -> ConstraintSet:
     n, k = _check_dim(n), _check_dim(k)
     if k > n:
         raise TargetError(f"the Stiefel manifold V(n, k) needs k <= n, got n={n}, k={k}")
-    iu = torch.triu_indices(k, k)
-    half = torch.where(iu[0] == iu[1], 0.5, 1.0).to(torch.float64)
+    pairs = [(i, j) for i in range(k) for j in range(i, k)]
 
     def h(x):
         m = x.reshape(x.shape[0], n, k)
-        gram = m.transpose(1, 2) @ m - torch.eye(k, dtype=x.dtype, device=x.device)
-        return gram[:, iu[0], iu[1]] * half.to(x)
+        # upper triangle of X^T X - I, diagonal halved (unit gradients); elementwise products
+        # keep the batched second derivatives cheap (a batched matmul's double backward is not)
+        cols = []
+        for i, j in pairs:
+            dot = (m[:, :, i] * m[:, :, j]).sum(1)
+            cols.append(0.5 * (dot - 1.0) if i == j else dot)
+        return torch.stack(cols, dim=1)
 
     return ConstraintSet(f"stiefel({n}, {k})", n * k, (_named(h, "stiefel"),))
 

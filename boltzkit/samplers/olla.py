@@ -20,9 +20,17 @@ With the correction, dc = -alpha c dt exactly: the process *lands* on Sigma at r
 then moves as the reversible diffusion whose invariant law is rho. Inside {g < 0} an
 inequality is inactive; on crossing the boundary it joins the active set and is driven back
 to g = -eps. Euler-Maruyama, no projection, no rejection, many chains in parallel.
-``curvature="exact"`` forms tau from full Hessians (small d), ``"hutchinson"`` from
-Rademacher probes and Hessian-vector products, ``"none"`` drops it (biased: the chains sit
+``curvature="exact"`` forms tau from d Hessian-vector products per state (small d),
+``"hutchinson"`` from a few Rademacher probes, ``"none"`` drops it (biased: the chains sit
 off the manifold, on S^{d-1} at E h ~ (d - 1) / alpha).
+
+Inequality margin (a boltzkit choice): the paper drives an active inequality to g = -eps with a
+fixed eps (1.0 in its experiments). At fixed alpha * dt the inward kick alpha dt eps / |grad g|
+then does not shrink with dt and leaves a depleted layer at the boundary, while a small eps
+makes the boundary sticky (c decays geometrically towards 0 and re-entry takes many steps).
+The default ``epsilon="auto"`` sets the kick to 1.7 noise standard deviations, sqrt(2 dt):
+in 1-D simulations this cancels the first-order boundary-layer bias for alpha dt in
+[0.05, 0.3]; pass ``epsilon=1.0`` for the paper's setting.
 
 Baselines
 ---------
@@ -31,8 +39,10 @@ iterations for lambda with h(y + J(x)^T lambda) = 0 (projection along the old no
 Lelievre-Rousset-Stoltz / Zappa-Holmes-Cerfon-Goodman); a step whose projection fails, or
 that leaves {g <= 0}, is rejected (the chain stays put).
 ``slack_langevin``: the same on (x, s) with each inequality turned into g_j(x) + s_j^2 = 0.
-By default a log-det correction of the energy makes the x-marginal exactly rho (without it,
-``slack_correction=False``, the law piles up at the boundary as 1 / sqrt(-g)).
+As in the paper's baseline the slack state is uniform on the augmented manifold, so the
+x-marginal is *not* rho: it piles up at the boundary as 1 / sqrt(-g). ``slack_correction=True``
+adds the log-det energy term (co-area formula) that makes the x-marginal exactly rho, but its
+drift 1/s is singular at the boundary and the unadjusted chain is then unstable there.
 
 Returns
 -------
@@ -47,7 +57,8 @@ Failure modes
 Unadjusted: O(step_size) bias, and an O(sqrt(step_size)) boundary layer where inequalities
 are slightly violated. alpha * step_size must be < 1 (it is checked); near 1 the landing
 overshoots. Where constraint gradients become linearly dependent (LICQ fails) the Gram
-matrix is singular and a pseudo-inverse is used. Exact curvature costs O(p d^2) per state.
+matrix is singular and a pseudo-inverse is used. Exact curvature costs d Hessian-vector
+products per state (O(p d^2)); use Hutchinson (the default above d = 64) in high dimension.
 Mixing between well-separated modes is as slow as for any Langevin chain.
 """
 
@@ -60,13 +71,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from .._registry import register
 from ..constraints.base import Constrained
 from ..constraints._geometry import (GramSolver, batched_jacobian, normal_component,
                                      project_tangent, tangent_projector)
 from ..errors import (ConfigError, ConvergenceWarning, DomainError, IncompatibleMethodError,
-                      InfeasibleConstraintError, TrainingDivergedError)
+                      InfeasibleConstraintError, TargetError, TrainingDivergedError)
 from ..estimators.diagnostics import autocorr_estimate
 from ..result import Result
 from .base import Sampler, SamplerConfig
@@ -74,6 +86,7 @@ from .base import Sampler, SamplerConfig
 LOG_Z_UNAVAILABLE = ("{name} is an (unadjusted) MCMC sampler of a constrained target: it returns "
                      "samples, not the normalizing constant of exp(-f) on the constraint set")
 _MAX_TAU_COORDS = 16
+EPS_KICK = 1.7  # inward landing kick of an active inequality, in noise standard deviations
 
 
 def _pos_int(name, v, *, allow_zero=False):
@@ -122,14 +135,18 @@ class OLLAConfig(ConstrainedLangevinConfig):
     """OLLA options (defaults from the paper's 2-D experiments: alpha * dt = 0.1).
 
     alpha : landing rate; alpha * step_size must be < 1.
-    epsilon : inequality margin: an active inequality is driven to g = -epsilon.
+    epsilon : inequality margin: an active inequality is driven to g = -epsilon (units of g).
+        "auto" (boltzkit's default) uses epsilon_j = EPS_KICK * sqrt(2 dt) |grad g_j| / (alpha dt),
+        so the landing kick of an active inequality is EPS_KICK = 1.7 noise standard deviations;
+        this cancels the first-order boundary-layer bias (see the module notes). The paper's
+        experiments use epsilon = 1.0.
     proj_damp : Tikhonov damping delta of the Gram matrix J J^T + delta I.
     curvature : "exact" (Hessians), "hutchinson" (n_hutchinson probes), "none", or "auto"
         (exact up to ``exact_max_dim`` coordinates, Hutchinson above).
     """
 
     alpha: float = 100.0
-    epsilon: float = 1.0
+    epsilon: "float | str" = "auto"
     proj_damp: float = 0.0
     curvature: str = "auto"
     n_hutchinson: int = 5
@@ -138,7 +155,8 @@ class OLLAConfig(ConstrainedLangevinConfig):
     def __post_init__(self):
         super().__post_init__()
         _pos_float("alpha", self.alpha)
-        _pos_float("epsilon", self.epsilon, allow_zero=True)
+        if self.epsilon != "auto":
+            _pos_float("epsilon", self.epsilon, allow_zero=True)
         _pos_float("proj_damp", self.proj_damp, allow_zero=True)
         if self.curvature not in ("auto", "exact", "hutchinson", "none"):
             raise ConfigError(f"curvature must be 'auto', 'exact', 'hutchinson' or 'none', "
@@ -169,9 +187,11 @@ class ProjectedLangevinConfig(ConstrainedLangevinConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class SlackLangevinConfig(ProjectedLangevinConfig):
-    """slack_correction : add the log-det term that makes the x-marginal exactly the target."""
+    """slack_correction : add the log-det term that makes the x-marginal exactly the target
+    (off by default, as in the paper's baseline: its drift is singular at s = 0, which makes
+    the unadjusted chain unstable near the boundary)."""
 
-    slack_correction: bool = True
+    slack_correction: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -216,7 +236,8 @@ class _ConstrainedLangevin(Sampler):
         if not isinstance(dom, Constrained):
             raise IncompatibleMethodError(
                 f"{self.name} samples constrained targets (domain Constrained), got a domain of type "
-                f"{type(dom).__name__}; build one with bk.constrain(energy, equalities=..., inequalities=...)")
+                f"{type(dom).__name__}; build one with "
+                "bk.constrain(energy, equalities=..., inequalities=...)")
         n_steps = self.config.n_burnin if n_steps is None else n_steps
         _pos_int("n_steps", n_steps, allow_zero=True)
         self._attach(target)
@@ -367,8 +388,8 @@ class _ConstrainedLangevin(Sampler):
         coords = torch.linspace(0, d - 1, min(d, _MAX_TAU_COORDS)).round().long().unique()
         obs = [energies] + [kept[:, :, j] for j in coords.tolist()]
         taus, reliable = [], True
-        for o in obs:
-            est = autocorr_estimate(o.cpu(), warn=False)
+        for o in obs:  # many independent chains: 10 tau per chain is enough for a usable estimate
+            est = autocorr_estimate(o.cpu(), min_steps_per_tau=10, warn=False)
             taus.append(est.tau)
             reliable = reliable and est.converged
         tau = float(max(taus))
@@ -396,22 +417,79 @@ class OLLA(_ConstrainedLangevin):
         if mode == "auto":
             mode = "exact" if self.domain.event_numel <= cfg.exact_max_dim else "hutchinson"
         self.curvature_mode = mode
+        self._hvp_mode = "reverse" if self.domain.event_numel <= cfg.exact_max_dim else "forward"
 
-    def _curvature(self, xr, jac, solver, gen):
-        """tau_i = tr(Pi Hess c_i), (B, P); ``jac`` still carries its graph."""
+    def _curvature(self, x, cols, jac, mask, solver, gen):
+        """tau_i = tr(Pi Hess c_i) of the active constraints, (B, P).
+
+        Exact: sum over the D directions e_k of (Pi e_k)^T Hess c_i e_k. Hutchinson: mean over
+        Rademacher probes v of (Pi v)^T Hess c_i v (see :meth:`_bilinear`).
+        """
         b, p, d = jac.shape
         if self.curvature_mode == "none" or p == 0:
             return jac.new_zeros(b, p)
         if self.curvature_mode == "exact":
-            hess = batched_jacobian(jac.reshape(b, p * d), xr).reshape(b, p, d, d)
-            proj = tangent_projector(jac.detach(), solver)
-            return torch.einsum("bij,bpij->bp", proj, hess)
-        n = self.config.n_hutchinson
-        v = torch.randint(0, 2, (b, n, d), generator=gen, device=xr.device).to(xr.dtype) * 2 - 1
-        jv = torch.einsum("bpd,bnd->bnp", jac, v).reshape(b, n * p)
-        hv = batched_jacobian(jv, xr).reshape(b, n, p, d)  # rows Hess c_i v
-        pv = project_tangent(v, jac.detach(), solver)
-        return torch.einsum("bnpd,bnd->bp", hv, pv) / n
+            v = torch.eye(d, dtype=x.dtype, device=x.device).expand(b, d, d)
+            u = tangent_projector(jac, solver)  # symmetric: row k is Pi e_k
+        else:
+            n = self.config.n_hutchinson
+            v = torch.randint(0, 2, (b, n, d), generator=gen, device=x.device).to(x.dtype) * 2 - 1
+            u = project_tangent(v, jac, solver)
+        k = v.shape[1]
+        quad = self._bilinear(x, cols, u, v).reshape(b, k, p)
+        tau = quad.sum(1) if self.curvature_mode == "exact" else quad.mean(1)
+        return tau * mask
+
+    def _bilinear(self, x, cols, u, v):
+        """u_k^T Hess c_i(x) v_k for directions u, v of shape (B, K, D) -> (B * K, P).
+
+        Each state is repeated K times, so one batched backward pass over the P constraints
+        gives every Hessian-vector product. Small D: J v by reverse mode, then its gradient
+        (double backward). Large D: J v by forward mode, then its gradient (much cheaper
+        there: the double backward of large matrix products is slow). If an operation lacks
+        the chosen kind of derivative, the other one is used from then on.
+        """
+        b, k, d = v.shape
+        xk = x.detach().repeat_interleave(k, dim=0).requires_grad_(True)
+        uk, vk = u.reshape(b * k, d), v.reshape(b * k, d)
+        dom = self.domain
+        err = None
+        for _ in range(2):
+            try:
+                with torch.enable_grad():
+                    if self._hvp_mode == "forward":
+                        with fwAD.dual_level(), warnings.catch_warnings():
+                            # torch scripts its forward-AD decompositions on first use (its warning)
+                            warnings.filterwarnings("ignore", message=".*torch.jit.script.*",
+                                                    category=DeprecationWarning)
+                            out = dom.values_cols(fwAD.make_dual(xk, vk), cols)
+                            jv = fwAD.unpack_dual(out).tangent
+                        if jv is None:  # constant constraints
+                            jv = torch.zeros_like(out)
+                    else:
+                        c = dom.values_cols(xk, cols)
+                        jac = batched_jacobian(c, xk, create_graph=True)
+                        jv = torch.einsum("npd,nd->np", jac, vk)
+                    hv = batched_jacobian(jv, xk)  # (B K, P, D): rows Hess c_i v_k
+                return torch.einsum("npd,nd->np", hv, uk)
+            except (RuntimeError, NotImplementedError) as exc:
+                err = exc
+                self._hvp_mode = "reverse" if self._hvp_mode == "forward" else "forward"
+        raise TargetError("cannot differentiate the constraints twice (one of their operations supports "
+                          "neither forward-over-reverse nor double backward); use curvature='none'") from err
+
+    def _margins(self, jac, mask):
+        """Landing margins epsilon of the active inequality rows (constants, zero elsewhere)."""
+        cfg, m = self.config, self.domain.n_eq
+        eps = torch.zeros_like(mask, dtype=jac.dtype)
+        if mask.shape[1] == m:
+            return eps
+        if cfg.epsilon == "auto":
+            scale = EPS_KICK * math.sqrt(2 * cfg.step_size) / (cfg.alpha * cfg.step_size)
+            eps[:, m:] = scale * jac[:, m:].norm(dim=-1)
+        else:
+            eps[:, m:] = float(cfg.epsilon)
+        return eps * mask
 
     def _step(self, x, gen):
         cfg, dom = self.config, self.domain
@@ -419,13 +497,13 @@ class OLLA(_ConstrainedLangevin):
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
             u = self.target.energy(dom.unflatten(xr))
-            c_all = dom.values_flat(xr)
-            c, mask = dom.active_system(c_all, cfg.epsilon)
+            c, mask, cols, c_all = dom.active_system(xr, 0.0)
             gf = self._grad_energy(xr, u)
-            jac = batched_jacobian(c, xr, create_graph=self.curvature_mode != "none")
-            solver = GramSolver(jac.detach(), mask, cfg.proj_damp)
-            tau = self._curvature(xr, jac, solver, gen)
-        jac, gf, c, tau = jac.detach(), gf.detach(), c.detach(), tau.detach()
+            jac = batched_jacobian(c, xr)
+        jac, gf, c = jac.detach(), gf.detach(), c.detach()
+        solver = GramSolver(jac, mask, cfg.proj_damp)
+        tau = self._curvature(x, cols, jac, mask, solver, gen)
+        c = c + self._margins(jac, mask)
         xi = self._noise(x, gen)
         if jac.shape[1] == 0:  # no active constraint anywhere: plain Langevin
             x_new = x - dt * gf + math.sqrt(2 * dt) * xi
@@ -436,7 +514,7 @@ class OLLA(_ConstrainedLangevin):
             pi_gf = gf - normal_component(jac, sol[..., 1])
             pi_xi = xi - normal_component(jac, sol[..., 2])
             x_new = x - dt * (pi_gf + normal_component(jac, sol[..., 0])) + math.sqrt(2 * dt) * pi_xi
-        viol = dom.violation_from_values(c_all.detach())
+        viol = dom.violation_from_values(c_all)
         boundary = mask[:, dom.n_eq:].any(dim=1).double().mean() if mask.shape[1] > dom.n_eq \
             else x.new_zeros((), dtype=torch.float64)
         return x_new.detach(), viol, {"boundary_fraction": boundary}
@@ -449,6 +527,7 @@ class ProjectedLangevin(_ConstrainedLangevin):
     """Constrained Langevin: Euler proposal, Newton projection onto {h = 0}, reject if g > 0."""
 
     Config = ProjectedLangevinConfig
+    rejects_infeasible = True  # inequalities: reject proposals that leave {g <= 0}
 
     # functions of the (possibly augmented) state
     def _eq(self, z):
@@ -488,14 +567,11 @@ class ProjectedLangevin(_ConstrainedLangevin):
                 lam = torch.where(conv[:, None] | ~ok, lam, lam - delta)
             w = wr.detach()
         accept = conv & torch.isfinite(w).all(1)
-        if self.domain.n_ineq and self._has_ineq():
+        if self.domain.n_ineq and self.rejects_infeasible:
             with torch.no_grad():
                 accept &= (self._ineq(w) <= 0).all(1)
         z_new = torch.where(accept[:, None], w, z)
         return z_new.detach(), viol, {"rejection_rate": 1.0 - accept.double().mean()}
-
-    def _has_ineq(self) -> bool:
-        return True
 
 
 @register("slack_langevin", kinds=("energy",), domains=(Constrained,), priority=0,
@@ -504,12 +580,10 @@ class SlackLangevin(ProjectedLangevin):
     """Projection Langevin on (x, s) with inequalities as equalities g(x) + s^2 = 0."""
 
     Config = SlackLangevinConfig
+    rejects_infeasible = False  # the slack equalities g + s^2 = 0 keep g <= 0
 
     def _setup(self):
         self._d = self.domain.event_numel
-
-    def _has_ineq(self) -> bool:
-        return False
 
     def _positions(self, z):
         return z[:, :self._d]
