@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -141,6 +142,8 @@ def cmd_demo(a) -> int:
         res_z = res
     exact = target.exact_log_z()
     err = res_z.log_z - exact
+    if res.log_z is not None:  # the summary and the plot then show the exact value too
+        res = dataclasses.replace(res, diagnostics={**res.diagnostics, "exact_log_z": exact})
     print(res.summary())
     print(f"\nlog Z estimate = {res_z.log_z:.5f} +- {res_z.log_z_stderr:.2g} ({res_z.method})")
     print(f"log Z exact    = {exact:.5f}  (Kaufman's closed form)")
