@@ -25,6 +25,18 @@ def __getattr__(name):  # lazy: samplers import torch machinery that plain users
         import importlib
 
         return importlib.import_module(".samplers", __name__)
+    if name in ("models", "rewards"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    if name == "MaskedDiffusion":
+        from .models import MaskedDiffusion
+
+        return MaskedDiffusion
+    if name == "RewardTarget":
+        from .rewards import RewardTarget
+
+        return RewardTarget
     raise AttributeError(f"module 'boltzkit' has no attribute {name!r}")
 
 

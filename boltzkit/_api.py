@@ -7,7 +7,7 @@ from .errors import ConfigError
 from .result import Result
 
 
-def sample(target, method: "str | None" = None, *, n_samples: int = 10_000,
+def sample(target, method: "str | None" = None, *, n_samples: "int | None" = None,
            n_steps: "int | None" = None, seed: "int | None" = None, device="auto",
            progress: "bool | None" = None, checkpoint=None, **options) -> Result:
     """Sample ``target`` and estimate its free energy.
@@ -16,7 +16,8 @@ def sample(target, method: "str | None" = None, *, n_samples: int = 10_000,
     ----------
     target : an :class:`~boltzkit.energies.Energy` (or another boltzkit target).
     method : registry name (``bk.explain(target)`` lists them); None picks the default.
-    n_samples : number of samples to return.
+    n_samples : number of samples to return (None: the method's ``default_n_samples``,
+        10 000 unless the method says otherwise, e.g. samples per spot for Stem).
     n_steps : training steps (neural samplers) or sweeps / annealing steps (MCMC, AIS);
         None uses the method's default.
     seed : int for reproducible runs; None draws fresh entropy (recorded in the Result).
@@ -25,10 +26,16 @@ def sample(target, method: "str | None" = None, *, n_samples: int = 10_000,
     checkpoint : path of a training checkpoint (neural samplers resume from it).
     **options : method options (the method's Config fields); unknown names are an error.
     """
-    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 2:
-        raise ConfigError(f"n_samples must be an integer >= 2, got {n_samples!r}")
+    if type(target).__name__ == "AnnData":  # single-cell data: AnnData in, AnnData out
+        from .datasets.single_cell import as_target
+
+        target = as_target(target, label_key=options.get("label_key"), layer=options.pop("layer", None))
     choice = select(target, method)
     cls = registry()[choice.name].cls
+    if n_samples is None:
+        n_samples = int(getattr(cls, "default_n_samples", 10_000))
+    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
+        raise ConfigError(f"n_samples must be a positive integer, got {n_samples!r}")
     sampler = cls(device=device, seed=seed, progress=progress, **options)
     fit_kw = {"n_steps": n_steps}
     if checkpoint is not None:

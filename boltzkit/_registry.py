@@ -14,13 +14,15 @@ class SamplerSpec:
     cls: type
     kinds: frozenset
     domains: tuple
-    priority: "int | dict" = 0  # an int, or {DomainType: int} for per-domain priorities
+    priority: "int | dict | Callable" = 0  # int, {DomainType: int}, or target -> int
     provides_log_z: bool = True
     paper: str = ""
     description: str = ""
     supports: "Callable | None" = None  # target -> None if fine, else the reason it is not
 
     def priority_for(self, target) -> int:
+        if callable(self.priority):
+            return int(self.priority(target))
         if isinstance(self.priority, dict):
             return max((p for d, p in self.priority.items() if isinstance(target.domain, d)), default=0)
         return int(self.priority)

@@ -114,7 +114,7 @@ def cmd_explain(a) -> int:
 def cmd_methods(a) -> int:
     from ._registry import registry
 
-    for spec in sorted(registry().values(), key=lambda s: (-max(s.priority.values()) if isinstance(s.priority, dict) else -s.priority, s.name)):
+    for spec in sorted(registry().values(), key=lambda s: (-max(s.priority.values()) if isinstance(s.priority, dict) else -s.priority if isinstance(s.priority, int) else 0, s.name)):
         doms = ",".join(d.__name__ for d in spec.domains)
         print(f"{spec.name:<15} {'/'.join(sorted(spec.kinds)):<8} {doms:<28} log Z: "
               f"{'yes' if spec.provides_log_z else 'no ':<4} {spec.paper or spec.description}")

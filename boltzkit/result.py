@@ -225,6 +225,14 @@ class Result:
         kw = {f.name: meta[f.name] for f in fields(cls) if f.name in meta}
         return cls(samples=samples, log_weights=lw, history=history, **kw)
 
+    def to_anndata(self, **kw):
+        """AnnData view of a dataset-model result (spatial or single-cell); needs boltzkit[bio]."""
+        if self.diagnostics.get("anndata_kind") == "single_cell" or self.method == "sc_diffusion":
+            from .datasets.single_cell import result_to_anndata
+        else:
+            from .datasets.spatial import result_to_anndata
+        return result_to_anndata(self, **kw)
+
     # ------------------------------------------------------------------ plots
     def plot(self, path: "str | os.PathLike | None" = None, *, target=None):
         """Standard figure: sample histogram, log-weight histogram, training curves."""

@@ -123,7 +123,7 @@ def test_unknown_option_lists_valid_names():
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['bogus'\] for 'ais'; valid options:"):
         bk.sample(Ising(L=3, beta=0.3), "ais", n_samples=16, bogus=1)
     with pytest.raises(ConfigError, match="n_samples"):
-        bk.sample(Ising(L=3, beta=0.3), "ais", n_samples=1)
+        bk.sample(Ising(L=3, beta=0.3), "ais", n_samples=0)
     with pytest.raises(ConfigError, match="seed"):
         bk.sample(Ising(L=3, beta=0.3), "ais", n_samples=16, seed=-3)
 

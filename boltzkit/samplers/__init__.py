@@ -3,11 +3,21 @@
 from .base import Sampler, SamplerConfig, TrainableSampler
 from .mcmc import HeatBath, Metropolis, SwendsenWang, Wolff
 from .mdns import MDNS, MDNSConfig
+from .discrete_asbs import DiscreteASBS, DiscreteASBSConfig
 from .mala import MALA, hmc_step, mala_step
 from .olla import OLLA, ProjectedLangevin, SlackLangevin
+from .stem import Stem, StemConfig
+from .single_cell import SCDiffusion, SCDiffusionConfig
 from .naas import NAAS, NAASConfig
+from .pdns import PDNS, PDNSConfig
+from .tr2d2 import TR2D2, TR2D2Config
 from ..estimators import ais as _ais, jarzynski as _jarzynski  # noqa: F401  (register 'ais', 'jarzynski')
 
 __all__ = ["Sampler", "SamplerConfig", "TrainableSampler", "Metropolis", "HeatBath", "SwendsenWang", "Wolff", "MDNS", "MDNSConfig", "MALA"]
+__all__ += ["Stem", "StemConfig"]
+__all__ += ["SCDiffusion", "SCDiffusionConfig"]
 __all__ += ["NAAS", "NAASConfig"]
+__all__ += ["DiscreteASBS", "DiscreteASBSConfig"]
 __all__ += ["OLLA", "ProjectedLangevin", "SlackLangevin"]
+__all__ += ["PDNS", "PDNSConfig"]
+__all__ += ["TR2D2", "TR2D2Config"]

@@ -1,0 +1,257 @@
+r"""Baselines for cell-type-conditional single-cell generation (compare with ``"sc_diffusion"``).
+
+* :class:`GaussianPCABaseline` -- per type a multivariate Gaussian on the top principal axes of
+  the (log-scale) training cells, decoded to genes with an independent Gaussian residual per gene;
+* :class:`NegativeBinomialBaseline` -- per type and gene an independent negative binomial on
+  counts with a per-cell size factor (no gene-gene correlation);
+* :class:`ConditionalVAEBaseline` -- a small conditional VAE with a negative-binomial decoder
+  (scVI-like): sample ``z ~ N(0, I)``, decode with the label, draw NB counts.
+
+Every baseline has ``fit(dataset)`` (a :class:`~boltzkit.datasets.single_cell.CellDataset`) and
+``generate(cells_per_label) -> (x, labels)`` with ``x`` in the dataset's representation. The
+count models need counts: a counts dataset, or a log-normalised one with ``size_factors``
+(counts are then rebuilt as ``round(expm1(x) * size_factor / 1e4)``, exact for
+:func:`~boltzkit.datasets.single_cell.pbmc68k`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..datasets.single_cell import TARGET_SUM, CellDataset, PCABasis, log_normalize
+from ..errors import ConfigError, DatasetError, TrainingDivergedError
+
+__all__ = ["GaussianPCABaseline", "NegativeBinomialBaseline", "ConditionalVAEBaseline"]
+
+
+def _check(ds):
+    if not isinstance(ds, CellDataset):
+        raise DatasetError(f"baselines fit a CellDataset, got {type(ds).__name__}; build one with "
+                           "bk.datasets.single_cell.as_target(adata, label_key=...)")
+
+
+def _per_label(spec, categories) -> np.ndarray:
+    if isinstance(spec, Mapping):
+        unknown = [k for k in spec if k not in set(categories)]
+        if unknown:
+            raise ConfigError(f"unknown label(s) {unknown}; the labels are {list(categories)}")
+        return np.array([int(spec.get(c, 0)) for c in categories], dtype=np.int64)
+    arr = np.asarray(spec, dtype=np.int64)
+    if arr.shape != (len(categories),):
+        raise ConfigError(f"give cells per label as a dict or an array of {len(categories)} counts")
+    return arr
+
+
+def _counts_and_size(ds: CellDataset):
+    """(counts (n, G), library of the modelled genes (n,), size factor used for normalisation (n,))."""
+    if ds.representation == "counts":
+        c = ds.x.astype(np.float64)
+        lib = c.sum(1)
+        return c, lib, (lib if ds.size_factors is None else ds.size_factors)
+    if ds.size_factors is None:
+        raise DatasetError("count baselines need counts: pass a counts dataset (layer='counts') or a "
+                           "log-normalised one with size factors (obs['n_counts'])")
+    c = np.round(np.expm1(ds.x.astype(np.float64)) * ds.size_factors[:, None] / TARGET_SUM)
+    return c, c.sum(1), ds.size_factors
+
+
+def _to_representation(ds, counts, size):
+    return counts if ds.representation == "counts" else log_normalize(counts, size)
+
+
+class GaussianPCABaseline:
+    """Per-type Gaussian on principal axes of the log-scale cells (``log1p(counts)`` for counts).
+
+    Parameters
+    ----------
+    n_pcs : int
+    shrinkage : float
+        Covariance ``(1 - s) C + s diag(C)`` (stabilises small types).
+    seed : int
+    """
+
+    name = "gaussian_pca"
+
+    def __init__(self, n_pcs: int = 50, shrinkage: float = 0.1, seed: int = 0):
+        self.n_pcs, self.shrinkage, self.seed = int(n_pcs), float(shrinkage), int(seed)
+
+    def fit(self, ds: CellDataset) -> "GaussianPCABaseline":
+        _check(ds)
+        self.ds_info = (ds.categories, ds.representation)
+        y = ds.log1p()
+        self.basis = PCABasis(y, self.n_pcs)
+        z = self.basis.transform(y)
+        self.means, self.chols = [], []
+        for c in range(len(ds.categories)):
+            zc = z[ds.codes == c]
+            mu = zc.mean(0)
+            cov = np.cov(zc.T) if zc.shape[0] > 1 else np.zeros((z.shape[1], z.shape[1]))
+            cov = np.atleast_2d(cov)
+            cov = (1 - self.shrinkage) * cov + self.shrinkage * np.diag(np.diag(cov))
+            w, v = np.linalg.eigh(cov)
+            self.means.append(mu)
+            self.chols.append(v * np.sqrt(np.clip(w, 0, None)))
+        return self
+
+    def generate(self, cells_per_label) -> "tuple[np.ndarray, np.ndarray]":
+        cats, rep = self.ds_info
+        n = _per_label(cells_per_label, cats)
+        rng = np.random.default_rng(self.seed)
+        codes = np.repeat(np.arange(len(cats)), n)
+        z = np.concatenate([self.means[c] + rng.standard_normal((k, self.means[c].size)) @ self.chols[c].T
+                            for c, k in enumerate(n)]) if n.sum() else np.zeros((0, self.basis.n_components))
+        y = self.basis.inverse(z) + rng.standard_normal((z.shape[0], self.basis.mean.size)) * np.sqrt(
+            self.basis.residual_variance)
+        y = np.clip(y, 0, None)
+        x = np.round(np.expm1(y)) if rep == "counts" else y
+        return x, np.asarray(cats, dtype=object)[codes]
+
+
+class NegativeBinomialBaseline:
+    """Per type and gene ``counts ~ NB(s * rho, theta)``, genes independent given the type.
+
+    ``rho[t, g]`` is the maximum-likelihood rate per unit size factor, ``theta[t, g]`` a
+    method-of-moments inverse dispersion (clipped to [1e-2, 1e4]); ``s`` is drawn with the
+    cell's normalisation factor from the training cells of the type (bootstrap).
+    """
+
+    name = "negative_binomial"
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+
+    def fit(self, ds: CellDataset) -> "NegativeBinomialBaseline":
+        _check(ds)
+        self.ds = ds
+        counts, lib, size = _counts_and_size(ds)
+        self.size = size
+        T = len(ds.categories)
+        self.rho = np.zeros((T, ds.n_genes))
+        self.theta = np.full((T, ds.n_genes), 1e4)
+        for c in range(T):
+            sel = ds.codes == c
+            x, s = counts[sel], size[sel]
+            rho = x.sum(0) / s.sum()
+            mu = s[:, None] * rho
+            excess = ((x - mu) ** 2 - mu).sum(0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                theta = np.where(excess > 0, (mu ** 2).sum(0) / excess, 1e4)
+            self.rho[c], self.theta[c] = rho, np.clip(theta, 1e-2, 1e4)
+        return self
+
+    def generate(self, cells_per_label) -> "tuple[np.ndarray, np.ndarray]":
+        ds = self.ds
+        n = _per_label(cells_per_label, ds.categories)
+        rng = np.random.default_rng(self.seed)
+        codes = np.repeat(np.arange(len(ds.categories)), n)
+        pick = np.concatenate([rng.choice(np.flatnonzero(ds.codes == c), k) for c, k in enumerate(n)]
+                              ).astype(np.int64) if n.sum() else np.zeros(0, np.int64)
+        s = self.size[pick]
+        mu = s[:, None] * self.rho[codes]
+        theta = self.theta[codes]
+        lam = rng.gamma(theta, np.where(mu > 0, mu / theta, 0.0))
+        counts = rng.poisson(lam).astype(np.float64)
+        return _to_representation(ds, counts, s), np.asarray(ds.categories, dtype=object)[codes]
+
+
+class _CVAE(nn.Module):
+    def __init__(self, n_genes, n_labels, hidden, latent):
+        super().__init__()
+        self.n_labels = n_labels
+        self.enc = nn.Sequential(nn.Linear(n_genes + n_labels, hidden), nn.LayerNorm(hidden), nn.SiLU(),
+                                 nn.Linear(hidden, 2 * latent))
+        self.dec = nn.Sequential(nn.Linear(latent + n_labels, hidden), nn.LayerNorm(hidden), nn.SiLU(),
+                                 nn.Linear(hidden, n_genes))
+        self.log_theta = nn.Parameter(torch.zeros(n_genes))
+
+    def decode(self, z, onehot):
+        return torch.softmax(self.dec(torch.cat([z, onehot], -1)), -1)
+
+
+def _nb_log_prob(x, mu, theta):
+    eps = 1e-8
+    return (torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)
+            + theta * (torch.log(theta + eps) - torch.log(theta + mu + eps))
+            + x * (torch.log(mu + eps) - torch.log(theta + mu + eps)))
+
+
+class ConditionalVAEBaseline:
+    """A small conditional VAE with a negative-binomial decoder (scVI-like sampling).
+
+    Encoder ``q(z | log1p(counts), y)``, decoder ``rho(z, y)`` (softmax over genes); counts
+    ``~ NB(l * rho, theta_g)`` with ``l`` the cell's library of the modelled genes. Trained on
+    the ELBO (KL weight warmed up over the first third of the steps) with Adam. Generation:
+    ``z ~ N(0, I)``, ``l`` and the normalisation factor bootstrapped from cells of the type.
+
+    Parameters
+    ----------
+    latent, hidden : int
+    n_steps, batch_size, lr : training
+    seed : int
+    device : str
+    """
+
+    name = "conditional_vae"
+
+    def __init__(self, latent: int = 10, hidden: int = 128, n_steps: int = 2000, batch_size: int = 128,
+                 lr: float = 1e-3, seed: int = 0, device: str = "cpu"):
+        self.latent, self.hidden, self.n_steps = int(latent), int(hidden), int(n_steps)
+        self.batch_size, self.lr, self.seed, self.device = int(batch_size), float(lr), int(seed), device
+
+    def fit(self, ds: CellDataset) -> "ConditionalVAEBaseline":
+        _check(ds)
+        self.ds = ds
+        counts, lib, size = _counts_and_size(ds)
+        self.lib, self.size = lib, size
+        dev = torch.device(self.device)
+        gen = torch.Generator(device=dev).manual_seed(self.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.net = _CVAE(ds.n_genes, len(ds.categories), self.hidden, self.latent).to(dev)
+        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        x = torch.as_tensor(counts, dtype=torch.float32, device=dev)
+        logx = torch.log1p(x)
+        onehot = nn.functional.one_hot(torch.as_tensor(ds.codes, device=dev), len(ds.categories)).float()
+        l = torch.as_tensor(lib, dtype=torch.float32, device=dev)
+        self.history = []
+        for step in range(self.n_steps):
+            idx = torch.randint(0, x.shape[0], (self.batch_size,), generator=gen, device=dev)
+            h = self.net.enc(torch.cat([logx[idx], onehot[idx]], -1))
+            m, logv = h.chunk(2, -1)
+            logv = logv.clamp(-10, 10)
+            z = m + torch.exp(0.5 * logv) * torch.randn(m.shape, generator=gen, device=dev)
+            mu = l[idx, None] * self.net.decode(z, onehot[idx])
+            rec = _nb_log_prob(x[idx], mu, torch.exp(self.net.log_theta)).sum(-1)
+            kl = 0.5 * (torch.exp(logv) + m ** 2 - 1 - logv).sum(-1)
+            beta = min(1.0, (step + 1) / max(self.n_steps / 3, 1))
+            loss = (-rec + beta * kl).mean()
+            if not math.isfinite(float(loss.detach())):
+                raise TrainingDivergedError(f"conditional VAE diverged at step {step}; lower lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            self.history.append(float(loss.detach()))
+        return self
+
+    @torch.no_grad()
+    def generate(self, cells_per_label) -> "tuple[np.ndarray, np.ndarray]":
+        ds = self.ds
+        n = _per_label(cells_per_label, ds.categories)
+        rng = np.random.default_rng(self.seed)
+        dev = torch.device(self.device)
+        gen = torch.Generator(device=dev).manual_seed(self.seed + 1)
+        codes = np.repeat(np.arange(len(ds.categories)), n)
+        pick = np.concatenate([rng.choice(np.flatnonzero(ds.codes == c), k) for c, k in enumerate(n)]
+                              ).astype(np.int64) if n.sum() else np.zeros(0, np.int64)
+        onehot = nn.functional.one_hot(torch.as_tensor(codes, device=dev), len(ds.categories)).float()
+        z = torch.randn(codes.size, self.latent, generator=gen, device=dev)
+        mu = torch.as_tensor(self.lib[pick], dtype=torch.float32, device=dev)[:, None] * self.net.decode(z, onehot)
+        theta = torch.exp(self.net.log_theta)
+        lam = torch._standard_gamma(theta.expand_as(mu).contiguous(), generator=gen) * mu / theta
+        counts = torch.poisson(lam, generator=gen).cpu().numpy().astype(np.float64)
+        return _to_representation(ds, counts, self.size[pick]), np.asarray(ds.categories, dtype=object)[codes]
