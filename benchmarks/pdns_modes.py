@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -211,12 +212,15 @@ def plot(rows, summary, path):
                 ax.set_title(t)
     text = ["Paper (arXiv 2510.03824, via the brief;", "other scale, GPU):", ""]
     for k, v in PAPER.items():
-        text.append(f"{k}: " + ", ".join(f"{a}={b}" for a, b in v.items() if a not in ("note",)))
+        line = f"{k}: " + ", ".join(f"{a}={b}" for a, b in v.items() if a not in ("note",))
+        text += textwrap.wrap(line, 64, subsequent_indent="    ")
     text += ["", "Ours (mean over seeds):"]
     for t in summary:
         for m, s in summary[t].items():
-            text.append(f"{t}/{m}: |dlogZ|={s['mean_abs_log_z_err']:.3f} TV={s['mean_mode_tv']:.3f} "
-                        f"collapsed {s['collapsed_runs']}/{s['n_runs']} t={s['mean_wall_time_s']:.0f}s")
+            text.append(f"{t}/{m}:")
+            text.append(f"    |dlogZ|={s['mean_abs_log_z_err']:.3f} TV={s['mean_mode_tv']:.3f} "
+                        f"ESS={s['mean_ess_frac']:.3f} collapsed {s['collapsed_runs']}/{s['n_runs']} "
+                        f"t={s['mean_wall_time_s']:.0f}s")
     for i in range(3):
         axes[i, -1].axis("off")
     axes[0, -1].text(0, 1, "\n".join(text), va="top", ha="left", fontsize=6.5, family="monospace",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import warnings
 
-import numpy as np
 import torch
 
 import boltzkit as bk

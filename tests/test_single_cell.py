@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import boltzkit as bk
-from boltzkit.datasets.single_cell import (CellDataset, SyntheticCellLaw, allocate, as_target,
-                                           log_normalize, pbmc68k, result_to_anndata)
+from boltzkit.datasets.single_cell import (SyntheticCellLaw, allocate, as_target, log_normalize,
+                                           pbmc68k, result_to_anndata)
 from boltzkit.errors import ConfigError, DatasetError, TargetError
 from boltzkit.samplers.single_cell import SCDiffusion
 from _stats import assert_consistent, assert_rejects, consistent
@@ -238,20 +238,22 @@ def test_anndata_round_trip(law, generated, tmp_path):
                     device="cpu", hidden=16, depth=1, n_steps=3, sampling_steps=3)
     gen = result_to_anndata(res)
     assert "counts" in gen.layers and res.config["representation"] == "counts"
-    if hasattr(bk.Result, "to_anndata"):
-        assert np.array_equal(res.to_anndata().X, gen.X)
+    assert np.array_equal(res.to_anndata().X, gen.X)
     with pytest.raises(DatasetError, match="no generated cells"):
         result_to_anndata(bk.Result(samples=torch.zeros(3, 2), diagnostics={"log_z_unavailable": "x"}))
 
 
 def test_bk_sample_accepts_anndata(law):
     adata = law.to_anndata(200, seed=4)
-    try:
-        res = bk.sample(adata, label_key="cell_type", n_samples=10, seed=0, device="cpu",
-                        condition="type1", hidden=16, depth=1, n_steps=3, sampling_steps=3)
-    except TargetError:
-        pytest.skip("bk.sample has no AnnData hook yet (see as_target)")
+    res = bk.sample(adata, label_key="cell_type", n_samples=10, seed=0, device="cpu",
+                    condition="type1", hidden=16, depth=1, n_steps=3, sampling_steps=3)
     assert res.config["labels"] == ["type1"] * 10 and res.config["label_key"] == "cell_type"
+    out = res.to_anndata()
+    assert list(out.obs["cell_type"]) == ["type1"] * 10 and list(out.var_names) == law.gene_names
+    with pytest.raises(DatasetError, match="obs columns are"):
+        bk.sample(adata, label_key="celltype", n_samples=4)
+    with pytest.raises(ConfigError, match="labels are"):
+        bk.sample(adata, label_key="cell_type", n_samples=4, condition="T cell")
 
 
 def test_bad_input_fails_before_training(law):

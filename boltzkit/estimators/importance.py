@@ -73,7 +73,8 @@ def pareto_k(log_weights) -> float:
     theta = 1.0 / x[-1] + (1.0 - np.sqrt(mgrid / (j - 0.5))) / (prior * xstar)
     kk = np.array([np.mean(np.log1p(-t * x)) for t in theta])
     ll = nm * (np.log(-theta / kk) - kk - 1.0)
-    wt = 1.0 / np.exp(ll - ll[:, None]).sum(axis=1)
+    with np.errstate(over="ignore"):  # overflow -> inf -> weight 0, which is the right limit
+        wt = 1.0 / np.exp(ll - ll[:, None]).sum(axis=1)
     theta_hat = float(np.sum(theta * wt))
     k = float(np.mean(np.log1p(-theta_hat * x)))
     # weakly informative shrinkage toward 0.5 (Vehtari et al. 2024, eq. 8)

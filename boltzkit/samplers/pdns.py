@@ -111,7 +111,7 @@ from ._shared.continuous_nets import make_control_net
 from ._shared.ctmc import masked_rollout, unmask_schedule, wdce_loss
 from ._shared.discrete_nets import make_discrete_net
 from ._shared.ema import EMA
-from ._shared.proximal import ANCHORS, SCHEDULES, ProximalSchedule, ess_fraction, tilted_kl
+from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
 from ._shared.sde import brownian_bridge_kernel, euler_maruyama, gaussian_log_prob, state_space, time_grid
 from .base import SamplerConfig, TrainableSampler
 from .naas import VEPriorSchedule
@@ -297,10 +297,12 @@ class _BrownianBridge:
         ts = self.ts.tolist()
         self.v1 = self.sched.variance(1.0)
         # drift coefficient of the network output at each grid time: (step variance / h) / sqrt(v1 - v_t)
-        self._coef = {a: self.sched.step_variance(a, b) / (b - a) / math.sqrt(self.v1 - self.sched.variance(a))
-                      for a, b in zip(ts, ts[1:])}
+        self._coef = {a: self.sched.step_variance(a, b) / (b - a)
+                      / math.sqrt(self.v1 - self.sched.variance(a)) for a, b in zip(ts, ts[1:])}
         self._t = torch.tensor(ts[:-1], dtype=torch.float32, device=device)
-        self._v = torch.tensor([self.sched.variance(a) for a in ts[:-1]], dtype=torch.float32, device=device)
+        # remaining reference variance v1 - v_t at each grid time (float64 before the cast)
+        self._rem = torch.tensor([self.v1 - self.sched.variance(a) for a in ts[:-1]],
+                                 dtype=torch.float32, device=device)
 
     def make_net(self):
         cfg = self.cfg
@@ -331,14 +333,16 @@ class _BrownianBridge:
         return x, log_w, reward
 
     def loss(self, net, x1, weights, generator):
-        """Weighted bridge matching: ``sum_b w_b mean_r |n_theta(t, X_t) - (X_1 - X_t)/sqrt(v1 - v_t)|^2 / n_dof``."""
+        """Weighted bridge matching,
+        ``sum_b w_b mean_r |n_theta(t, X_t) - (X_1 - X_t) / sqrt(v1 - v_t)|^2 / n_dof``."""
         r = self.cfg.n_replicates
         x1 = x1.repeat_interleave(r, 0)
         k = torch.randint(0, self._t.numel(), (x1.shape[0],), generator=generator,
                           device=generator.device).to(self.device)
-        v = self._v[k].unsqueeze(1)
-        xt = (v / self.v1) * x1 + torch.sqrt(v * (self.v1 - v) / self.v1) * self._noise(x1.shape, generator)
-        target = (x1 - xt) / torch.sqrt(self.v1 - v)
+        rem = self._rem[k].unsqueeze(1)  # the bridge: X_t ~ N((1 - rem/v1) X_1, (v1 - rem) rem/v1 I)
+        noise = self._noise(x1.shape, generator)
+        xt = (1.0 - rem / self.v1) * x1 + torch.sqrt((self.v1 - rem) * rem / self.v1) * noise
+        target = (x1 - xt) / torch.sqrt(rem)
         per_row = (net(self._t[k], xt) - target).pow(2).sum(-1) / self.n_dof
         w = weights.to(per_row.dtype).repeat_interleave(r) / r
         return (w * per_row).sum()

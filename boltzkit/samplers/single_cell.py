@@ -62,7 +62,7 @@ from ._shared.ema import EMA
 from ._shared.gaussian_diffusion import PARAMETRIZATIONS, SCHEDULES, VARIANCES, GaussianDiffusion
 from ._shared.time_embedding import SinusoidalTimeEmbedding
 from .base import SamplerConfig, TrainableSampler
-from .stem import GeneTokenDiT, _seeded_global_rng
+from .stem import GeneTokenDiT
 
 __all__ = ["SCDiffusion", "SCDiffusionConfig", "ConditionalMLP"]
 
@@ -307,14 +307,13 @@ class SCDiffusion(TrainableSampler):
         return super().fit(target, n_steps=n_steps, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
 
     # ------------------------------------------------------------------ setup
-    def _seeded(self):
-        seed = int(torch.randint(0, 2**62, (1,), generator=self.gens["init"], device=self.device))
-        return _seeded_global_rng(seed)
-
     def _build(self, dim: int, n_labels: int) -> None:
         cfg = self.config
         learn = cfg.variance == "learned_range"
-        with self._seeded():
+        # initialise the network from the 'init' stream, leaving torch's global RNG untouched
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.gens["init"], device=self.device))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             if cfg.network == "mlp":
                 net = ConditionalMLP(dim, n_labels, cfg.hidden, cfg.depth, cfg.mlp_ratio, learn)
             else:
@@ -322,8 +321,7 @@ class SCDiffusion(TrainableSampler):
                                  heads=cfg.heads, mlp_ratio=cfg.mlp_ratio)
         self.model = net.to(self.device)
         self.ema = EMA(self.model, cfg.ema_decay)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                     foreach=True)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.diffusion = GaussianDiffusion.from_schedule(cfg.schedule, cfg.n_timesteps,
                                                          parametrization=cfg.parametrization,
                                                          variance=cfg.variance)
