@@ -31,8 +31,8 @@ where ``DCE`` is the denoising loss of the instantiation (below), whose minimize
 target. Both anchors coincide with exact sub-solves; they differ in how fitting errors
 propagate. With the model anchor an imbalance between symmetric modes picked up by the fitted
 sampler is kept with weight ``1 - a_k`` in the next stage target; measured on Ising 3 x 3 at
-beta = 0.7 (8 seeds, batch 128): model anchor 5/8 runs with both modes, path anchor 8/8,
-plain WDCE 2/8. Hence the default. ``schedule="none"`` (``a = 1``, ``lam = 0``) is the
+beta = 0.7 (8 seeds, batch 128, 160 steps): model anchor 5/8 runs with both modes, path
+anchor 8/8, plain WDCE 1/8. Hence the default. ``schedule="none"`` (``a = 1``, ``lam = 0``) is the
 non-proximal baseline with the same network and budget. For the masked CTMC (uniform ``nu``)
 the path-anchored stages are a temperature annealing of the energy, ``-(1 - lam) U``: MDNS's
 adaptive warm-up is this iteration with an ESS criterion (``ess_target``).

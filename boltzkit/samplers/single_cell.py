@@ -59,7 +59,8 @@ from ..datasets.single_cell import ANNDATA_KIND, CellDataset, CellExpressionDoma
 from ..errors import ConfigError, DatasetError, TargetError
 from ..result import Result
 from ._shared.ema import EMA
-from ._shared.gaussian_diffusion import PARAMETRIZATIONS, SCHEDULES, VARIANCES, GaussianDiffusion
+from ._shared.gaussian_diffusion import (PARAMETRIZATIONS, SCHEDULES, VARIANCES, GaussianDiffusion,
+                                         check_diffusion_options)
 from ._shared.time_embedding import SinusoidalTimeEmbedding
 from .base import SamplerConfig, TrainableSampler
 from .stem import GeneTokenDiT
@@ -239,20 +240,7 @@ class SCDiffusionConfig(SamplerConfig):
             raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout!r}")
         if self.guidance > 0 and self.cond_dropout == 0:
             raise ConfigError("guidance > 0 needs an unconditional model: set cond_dropout > 0 (e.g. 0.1)")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.parametrization not in PARAMETRIZATIONS:
-            raise ConfigError(f"parametrization must be one of {PARAMETRIZATIONS}, got {self.parametrization!r}")
-        if self.variance not in VARIANCES:
-            raise ConfigError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
-        if self.sampler not in ("ancestral", "ddim"):
-            raise ConfigError(f"sampler must be 'ancestral' or 'ddim', got {self.sampler!r}")
-        if not self.ddim_eta >= 0:
-            raise ConfigError(f"ddim_eta must be >= 0, got {self.ddim_eta!r}")
+        check_diffusion_options(self)
         _check_condition_type(self.condition)
 
 

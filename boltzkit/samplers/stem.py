@@ -85,7 +85,7 @@ from ..datasets.spatial import SCALE, ExpressionDomain, SpatialDataset
 from ..errors import ConfigError, DatasetError, TargetError
 from ..result import Result
 from ._shared.ema import EMA
-from ._shared.gaussian_diffusion import (PARAMETRIZATIONS, SCHEDULES, VARIANCES,
+from ._shared.gaussian_diffusion import (PARAMETRIZATIONS, SCHEDULES, VARIANCES, check_diffusion_options,
                                          GaussianDiffusion)
 from ._shared.time_embedding import SinusoidalTimeEmbedding
 from .base import SamplerConfig, TrainableSampler
@@ -258,20 +258,7 @@ class StemConfig(SamplerConfig):
                               f"({self.n_timesteps})")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.parametrization not in PARAMETRIZATIONS:
-            raise ConfigError(f"parametrization must be one of {PARAMETRIZATIONS}, got {self.parametrization!r}")
-        if self.variance not in VARIANCES:
-            raise ConfigError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
-        if self.sampler not in ("ancestral", "ddim"):
-            raise ConfigError(f"sampler must be 'ancestral' or 'ddim', got {self.sampler!r}")
-        if not self.ddim_eta >= 0:
-            raise ConfigError(f"ddim_eta must be >= 0, got {self.ddim_eta!r}")
+        check_diffusion_options(self)
         if isinstance(self.encoder, str) and self.encoder not in _ENCODER_NAMES:
             raise ConfigError(f"encoder must be one of {_ENCODER_NAMES} or an ImageEncoder object, "
                               f"got {self.encoder!r}")

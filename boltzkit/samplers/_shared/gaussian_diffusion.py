@@ -49,6 +49,25 @@ PARAMETRIZATIONS = ("eps", "x0", "v")
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 SCHEDULES = ("linear", "cosine")
 
+
+def check_diffusion_options(cfg) -> None:
+    """Validate the diffusion fields shared by the dataset models' configs (Stem, single cell)."""
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
+    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
+        raise ConfigError(f"grad_clip must be positive or None, got {cfg.grad_clip!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    if cfg.parametrization not in PARAMETRIZATIONS:
+        raise ConfigError(f"parametrization must be one of {PARAMETRIZATIONS}, got {cfg.parametrization!r}")
+    if cfg.variance not in VARIANCES:
+        raise ConfigError(f"variance must be one of {VARIANCES}, got {cfg.variance!r}")
+    if cfg.sampler not in ("ancestral", "ddim"):
+        raise ConfigError(f"sampler must be 'ancestral' or 'ddim', got {cfg.sampler!r}")
+    if not cfg.ddim_eta >= 0:
+        raise ConfigError(f"ddim_eta must be >= 0, got {cfg.ddim_eta!r}")
+
+
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
