@@ -69,9 +69,16 @@ KL from the sampler to the stage target estimated on the batch) rather than a fi
 weighting (default) or multinomial resampling of the stage batch (``weighting``); time points
 uniform on the simulation grid.
 
-Selection. ``bk.sample`` prefers MDNS / NAAS by default. A target that declares itself
-multimodal with high barriers -- ``target.multimodal = True`` (any energy; read with
-``getattr``) -- should get PDNS: :func:`pdns_priority` gives the priority for that.
+Measured (``benchmarks/pdns_modes.py``, 2-core CPU): on Ising 3 x 3 at beta 0.7 (8 seeds,
+batch 256, 300 steps) PDNS kept both ordered states in 8/8 runs (|log Z error| 0.002, ESS
+0.97) where MDNS without warm-up lost one in 5/8; on a 4-mode 2-D mixture and ManyWell d = 6
+(1500 steps) PDNS reached ESS 0.47 / 0.22 where plain WDCE reached 0.30 / 0.002; the cost per
+step equals MDNS's.
+
+Selection. ``bk.sample`` prefers MDNS / NAAS by default (PDNS has priority 3). A target that
+declares itself multimodal with high barriers -- ``target.multimodal = True`` (any energy;
+read with ``getattr``) -- gets PDNS: its registry priority is :func:`pdns_priority`, 12, above
+MDNS and NAAS (10), so ``bk.explain`` and ``bk.sample`` pick it.
 
 Known failure modes.
 
