@@ -15,7 +15,8 @@ n_children``): ``pretrained``; ``best_of_n`` (N = that budget of pretrained samp
 paper's); ``tr2d2_all`` (search="mcts", buffer="all").
 
 Metrics per run: fine-tune / evaluation oracle reward (mean, median) and their gap, the ELBO under
-the pretrained model (mean, median), diversity (unique fraction, mean pairwise Hamming), novelty
+the pretrained model (mean, median, and per residue: padded peptides get a higher ELBO the
+shorter they are, so the raw ELBO confounds length with likelihood), the mean length, diversity (unique fraction, mean pairwise Hamming), novelty
 against the training data, ESS fraction of the final importance weights for p*, wall time.
 
 Usage::
@@ -84,7 +85,11 @@ def evaluate(x, model, ft, ev, data, *, seed, n_elbo=128):
     with torch.no_grad():
         rf, re = ft(x).double(), ev(x).double()
         elbo = model.elbo(x[:n_elbo], n_mc=1, seed=seed)
+    # residues = non-pad positions; the ELBO of padded sequences grows as they get shorter
+    res = (x[:n_elbo] != model.domain.alphabet.index(model.pad)).sum(1).double() if model.pad else \
+        torch.full((min(n_elbo, x.shape[0]),), float(x.shape[1]), dtype=torch.float64)
     return {"ft_mean": float(rf.mean()), "ft_median": float(rf.median()),
+            "mean_length": float(res.mean()), "elbo_per_residue_mean": float((elbo / res.clamp_min(1)).mean()),
             "eval_mean": float(re.mean()), "eval_median": float(re.median()),
             "gap_mean": float(rf.mean() - re.mean()),
             "elbo_mean": float(elbo.mean()), "elbo_median": float(elbo.median()),
@@ -155,8 +160,9 @@ def summarize(runs):
     for (method, alpha), rs in groups.items():
         row = {"method": method, "alpha": alpha, "n_seeds": len(rs)}
         for k in ("ft_mean", "eval_mean", "eval_median", "gap_mean", "elbo_mean", "elbo_median",
-                  "unique_fraction", "mean_hamming", "novelty", "wall_s"):
-            v = np.array([r[k] for r in rs], dtype=float)
+                  "mean_length", "elbo_per_residue_mean", "unique_fraction", "mean_hamming", "novelty",
+                  "wall_s"):
+            v = np.array([r.get(k, np.nan) for r in rs], dtype=float)
             row[k] = float(v.mean())
             row[k + "_sd"] = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
         if "ess_frac_final" in rs[0]:

@@ -176,6 +176,8 @@ class Result:
         keys = [k for k in self.diagnostics if k not in ("exact_log_z", "log_z_unavailable")]
         for k in keys:
             v = self.diagnostics[k]
+            if isinstance(v, (list, tuple)) and len(v) > 6:  # per-sample lists: abbreviate
+                v = f"[{len(v)} values: {', '.join(map(str, v[:3]))}, ...]"
             lines.append(f"  {k} = {v:.4g}" if isinstance(v, float) else f"  {k} = {v}")
         if not self.reliable:
             lines.append("  WARNING: weights are degenerate; the log Z error bar is not reliable")
