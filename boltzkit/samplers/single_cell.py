@@ -59,8 +59,7 @@ from ..datasets.single_cell import ANNDATA_KIND, CellDataset, CellExpressionDoma
 from ..errors import ConfigError, DatasetError, TargetError
 from ..result import Result
 from ._shared.ema import EMA
-from ._shared.gaussian_diffusion import (PARAMETRIZATIONS, SCHEDULES, VARIANCES, GaussianDiffusion,
-                                         check_diffusion_options)
+from ._shared.gaussian_diffusion import GaussianDiffusion, check_diffusion_options, optimize_denoiser
 from ._shared.time_embedding import SinusoidalTimeEmbedding
 from .base import SamplerConfig, TrainableSampler
 from .stem import GeneTokenDiT
@@ -368,22 +367,14 @@ class SCDiffusion(TrainableSampler):
         if cfg.cond_dropout > 0:
             drop = torch.rand(cfg.batch_size, generator=g, device=dev) < cfg.cond_dropout
             y = torch.where(drop, torch.full_like(y, len(self.info["categories"])), y)
-        t = self.diffusion.sample_timesteps(cfg.batch_size, generator=g, device=dev)
-        noise = torch.randn(x0.shape, generator=g, device=dev)
-        net = self.model
-        losses = self.diffusion.training_losses(lambda x, s: net(x, s, y), x0, t, noise)
-        loss = losses["loss"].mean()
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        if math.isfinite(float(loss.detach())):
-            self.opt.step()
-            self.ema.update(self.model)
+        net = self.model
+        metrics = optimize_denoiser(self.diffusion, lambda x, s: net(x, s, y), x0, generator=g,
+                                    optimizer=self.opt, model=self.model, ema=self.ema,
+                                    grad_clip=cfg.grad_clip)
         self.info["train_wall_s"] = self.info.get("train_wall_s", 0.0) + time.perf_counter() - t0
-        return {k: float(v.detach().mean()) for k, v in losses.items()}
+        return metrics
 
     # ------------------------------------------------------------------ sampling
     def _require_model(self):

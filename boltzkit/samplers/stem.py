@@ -85,8 +85,7 @@ from ..datasets.spatial import SCALE, ExpressionDomain, SpatialDataset
 from ..errors import ConfigError, DatasetError, TargetError
 from ..result import Result
 from ._shared.ema import EMA
-from ._shared.gaussian_diffusion import (PARAMETRIZATIONS, SCHEDULES, VARIANCES, check_diffusion_options,
-                                         GaussianDiffusion)
+from ._shared.gaussian_diffusion import GaussianDiffusion, check_diffusion_options, optimize_denoiser
 from ._shared.time_embedding import SinusoidalTimeEmbedding
 from .base import SamplerConfig, TrainableSampler
 
@@ -444,20 +443,12 @@ class Stem(TrainableSampler):
         idx = torch.randint(0, self._x0.shape[0], (cfg.batch_size,), generator=g, device=self.device)
         cond = self._train_cond(idx)
         x0 = self._x0[idx]
-        t = self.diffusion.sample_timesteps(cfg.batch_size, generator=g, device=self.device)
-        noise = torch.randn(x0.shape, generator=g, device=self.device)
         net = self.model["net"]
-        losses = self.diffusion.training_losses(lambda x, s: net(x, s, cond), x0, t, noise)
-        loss = losses["loss"].mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        if math.isfinite(float(loss.detach())):
-            self.opt.step()
-            self.ema.update(self.model)
+        metrics = optimize_denoiser(self.diffusion, lambda x, s: net(x, s, cond), x0, generator=g,
+                                    optimizer=self.opt, model=self.model, ema=self.ema,
+                                    grad_clip=cfg.grad_clip)
         self.info["train_wall_s"] = self.info.get("train_wall_s", 0.0) + time.perf_counter() - t0
-        return {k: float(v.detach().mean()) for k, v in losses.items()}
+        return metrics
 
     # ------------------------------------------------------------------ sampling
     def _require_model(self):

@@ -50,6 +50,27 @@ VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 SCHEDULES = ("linear", "cosine")
 
 
+def optimize_denoiser(diffusion, denoise, x0: torch.Tensor, *, generator, optimizer, model, ema,
+                      grad_clip: "float | None" = None) -> dict:
+    """One optimizer step of the diffusion training loss for a conditional denoiser.
+
+    ``denoise(x_t, t)`` closes over the condition. A non-finite loss skips the update (the
+    shared training loop then reports the divergence). Returns the mean of each loss term.
+    """
+    t = diffusion.sample_timesteps(x0.shape[0], generator=generator, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+    losses = diffusion.training_losses(denoise, x0, t, noise)
+    loss = losses["loss"].mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if math.isfinite(float(loss.detach())):
+        optimizer.step()
+        ema.update(model)
+    return {k: float(v.detach().mean()) for k, v in losses.items()}
+
+
 def check_diffusion_options(cfg) -> None:
     """Validate the diffusion fields shared by the dataset models' configs (Stem, single cell)."""
     if not 0.0 <= cfg.ema_decay < 1.0:
