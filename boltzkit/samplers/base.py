@@ -91,7 +91,10 @@ class Sampler:
             raise ConfigError(f"{type(self).__name__}.sample() called before fit(target)")
 
 
-def _check_count(name, value, *, minimum=1):
+def _check_count(name, value, *, minimum=1, allow_none=False):
+    """Raise ConfigError unless ``value`` is an integer >= minimum (or None when allowed)."""
+    if value is None and allow_none:
+        return
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 

@@ -148,7 +148,7 @@ from ._shared.cyclic import (CyclicPath, cyclic_rollout, log_c, make_noise, samp
 from ._shared.discrete_nets import SiteCNN, SiteTransformer, make_discrete_net
 from ._shared.ema import EMA
 from ._shared.time_embedding import SinusoidalTimeEmbedding
-from .base import SamplerConfig, TrainableSampler
+from .base import SamplerConfig, TrainableSampler, _check_count
 
 __all__ = ["DiscreteASBS", "DiscreteASBSConfig", "TimeConditionedSiteNet", "log_discrete_score",
            "bregman_divergence", "controller_tm_target", "corrector_tm_target"]
@@ -315,11 +315,7 @@ class TimeConditionedSiteNet(nn.Module):
 
 
 # ============================================================================ config
-def _int_option(name, value, *, minimum=1, allow_none=False):
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+_int_option = _check_count  # the shared integer-option check
 
 
 def _float_option(name, value, lo, hi, *, lo_open=True, hi_open=True):

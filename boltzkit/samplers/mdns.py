@@ -116,7 +116,7 @@ from ._shared.ctmc import (MaskedPath, backward_path_log_prob, masked_rollout, u
                            wdce_loss)
 from ._shared.discrete_nets import make_discrete_net
 from ._shared.ema import EMA
-from .base import SamplerConfig, TrainableSampler
+from .base import SamplerConfig, TrainableSampler, _check_count
 
 __all__ = ["MDNS", "MDNSConfig", "LOSSES"]
 
@@ -124,11 +124,7 @@ LOSSES = ("wdce", "lv", "rerf", "ce")
 REFINEMENTS = (None, "resample", "mcmc")
 
 
-def _int_option(name, value, *, minimum=1, allow_none=False):
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+_int_option = _check_count  # the shared integer-option check
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -120,7 +120,7 @@ from ._shared.discrete_nets import make_discrete_net
 from ._shared.ema import EMA
 from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
 from ._shared.sde import brownian_bridge_kernel, euler_maruyama, gaussian_log_prob, state_space, time_grid
-from .base import SamplerConfig, TrainableSampler
+from .base import SamplerConfig, TrainableSampler, _check_count
 from .naas import VEPriorSchedule
 
 __all__ = ["PDNS", "PDNSConfig", "pdns_priority"]
@@ -138,11 +138,7 @@ def pdns_priority(target) -> int:
     return MULTIMODAL_PRIORITY if getattr(target, "multimodal", False) is True else DEFAULT_PRIORITY
 
 
-def _int_option(name, value, *, minimum=1, allow_none=False):
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+_int_option = _check_count  # the shared integer-option check
 
 
 def _pos_float(name, value, *, allow_none=False):

@@ -105,7 +105,7 @@ from ._shared.buffers import ReplayBuffer
 from ._shared.ctmc import MaskedPath, _block_logp, masked_rollout, path_log_prob, unmask_schedule, wdce_loss
 from ._shared.discrete_nets import make_discrete_net
 from ._shared.ema import EMA
-from .base import SamplerConfig, TrainableSampler
+from .base import SamplerConfig, TrainableSampler, _check_count
 
 __all__ = ["TR2D2", "TR2D2Config", "TopKBuffer", "ParetoArchive", "dominated", "pareto_mask"]
 
@@ -185,11 +185,7 @@ class ParetoArchive(ReplayBuffer):
 
 
 # ---------------------------------------------------------------------------- config
-def _int_option(name, value, *, minimum=1, allow_none=False):
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+_int_option = _check_count  # the shared integer-option check
 
 
 @dataclass(frozen=True, kw_only=True)
