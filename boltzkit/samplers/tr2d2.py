@@ -102,7 +102,7 @@ from ..domains import Sequence
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..result import result_from_log_weights
 from ._shared.buffers import ReplayBuffer
-from ._shared.ctmc import MaskedPath, _block_logp, masked_rollout, path_log_prob, unmask_schedule, wdce_loss
+from ._shared.ctmc import MaskedPath, site_log_probs, masked_rollout, path_log_prob, unmask_schedule, wdce_loss
 from ._shared.discrete_nets import make_discrete_net
 from ._shared.ema import EMA
 from .base import SamplerConfig, TrainableSampler, _check_count
@@ -440,7 +440,7 @@ class TR2D2(TrainableSampler):
             rows = active.nonzero().flatten()
             sites = order[rows, self.starts[k]:self.starts[k + 1]]
             pol, ref = self._both(net, x[rows])
-            lp_pol, lp_ref = _block_logp(pol, sites), _block_logp(ref, sites)  # (m, n_k, q)
+            lp_pol, lp_ref = site_log_probs(pol, sites), site_log_probs(ref, sites)  # (m, n_k, q)
             values = torch.multinomial(lp_pol.exp().reshape(-1, self.q), 1,
                                        generator=generator).view(sites.shape)
             log_pi[rows, k] = lp_pol.gather(-1, values.unsqueeze(-1)).squeeze(-1).sum(-1)

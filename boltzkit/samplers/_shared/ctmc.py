@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from ...errors import ConfigError
 
-__all__ = ["unmask_schedule", "MaskedPath", "masked_rollout", "path_log_prob",
+__all__ = ["unmask_schedule", "site_log_probs", "MaskedPath", "masked_rollout", "path_log_prob",
            "backward_path_log_prob", "remask", "wdce_loss"]
 
 
@@ -75,7 +75,7 @@ class MaskedPath:
         return int(self.x.shape[0])
 
 
-def _block_logp(logits: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
+def site_log_probs(logits: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
     """float64 log-probabilities (B, k, q) of the rows of ``logits`` at ``sites`` (B, k)."""
     rows = logits.gather(1, sites.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
     return F.log_softmax(rows.double(), dim=-1)
@@ -104,7 +104,7 @@ def masked_rollout(net: Callable, n: int, n_sites: int, q: int, *, generator: to
     start = 0
     for k in blocks:
         sites = order[:, start:start + k]
-        logp = _block_logp(net(x), sites)  # (n, k, q)
+        logp = site_log_probs(net(x), sites)  # (n, k, q)
         values = torch.multinomial(logp.exp().reshape(-1, q), 1, generator=generator).view(n, k)
         log_q += logp.gather(-1, values.unsqueeze(-1)).squeeze(-1).sum(-1)
         x.scatter_(1, sites, values)
