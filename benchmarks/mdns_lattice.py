@@ -94,7 +94,7 @@ def run_target(name: str, args) -> dict:
     batch = 256 if name == "ising4_paper" else args.batch_size
     print(f"== {target.name}: {steps} steps, batch {batch}", flush=True)
     sampler = MDNS(device=args.device, seed=args.seed, progress=args.progress, batch_size=batch,
-                   lr=args.lr, hidden=args.hidden)
+                   lr=args.lr, hidden=args.hidden, train_unmask_steps=args.train_unmask_steps)
     sampler.fit(target, n_steps=steps)
     res = sampler.sample(args.samples)
     exact = target.exact_log_z()
@@ -172,6 +172,8 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--samples", type=int, default=10_000, help="MDNS samples")
+    ap.add_argument("--train-unmask-steps", type=int, default=None,
+                    help="network passes per training rollout (default: one site per pass)")
     ap.add_argument("--sites-per-pass", type=int, default=4, help="fast-mode sampling: sites per pass")
     ap.add_argument("--sw-samples", type=int, default=40_000, help="Swendsen-Wang reference samples")
     ap.add_argument("--sw-chains", type=int, default=16)
