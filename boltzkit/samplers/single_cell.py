@@ -61,7 +61,7 @@ from ..result import Result
 from ._shared.ema import EMA
 from ._shared.gaussian_diffusion import GaussianDiffusion, check_diffusion_options, optimize_denoiser
 from ._shared.time_embedding import SinusoidalTimeEmbedding
-from .base import SamplerConfig, TrainableSampler
+from .base import SamplerConfig, TrainableSampler, _check_count
 from .stem import GeneTokenDiT
 
 __all__ = ["SCDiffusion", "SCDiffusionConfig", "ConditionalMLP"]
@@ -153,13 +153,6 @@ class _DiTLabels(nn.Module):
 
 
 # ---------------------------------------------------------------------------- config
-def _pos_int(name, v, allow_none=False):
-    if v is None and allow_none:
-        return
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-
-
 @dataclass(frozen=True, kw_only=True)
 class SCDiffusionConfig(SamplerConfig):
     """Options of :class:`SCDiffusion`.
@@ -224,8 +217,8 @@ class SCDiffusionConfig(SamplerConfig):
             raise ConfigError(f"network must be 'mlp' or 'dit', got {self.network!r}")
         for name in ("n_pcs", "hidden", "depth", "heads", "n_steps", "batch_size", "n_timesteps",
                      "sample_batch_size"):
-            _pos_int(name, getattr(self, name))
-        _pos_int("sampling_steps", self.sampling_steps, allow_none=True)
+            _check_count(name, getattr(self, name))
+        _check_count("sampling_steps", self.sampling_steps, allow_none=True)
         if self.sampling_steps is not None and self.sampling_steps > self.n_timesteps:
             raise ConfigError(f"sampling_steps ({self.sampling_steps}) cannot exceed n_timesteps "
                               f"({self.n_timesteps})")
@@ -401,7 +394,7 @@ class SCDiffusion(TrainableSampler):
         spec = self._resolve_condition(condition, cats)
         if isinstance(spec, np.ndarray):
             return spec
-        _pos_int("n_samples", n_samples)
+        _check_count("n_samples", n_samples)
         if spec is None:
             return allocate(int(n_samples), self.info["proportions"])
         out = np.zeros(len(cats), dtype=np.int64)

@@ -87,7 +87,7 @@ from ..result import Result
 from ._shared.ema import EMA
 from ._shared.gaussian_diffusion import GaussianDiffusion, check_diffusion_options, optimize_denoiser
 from ._shared.time_embedding import SinusoidalTimeEmbedding
-from .base import SamplerConfig, TrainableSampler
+from .base import SamplerConfig, TrainableSampler, _check_count
 
 __all__ = ["Stem", "StemConfig", "GeneTokenDiT", "SIZES"]
 
@@ -184,13 +184,6 @@ class GeneTokenDiT(nn.Module):
 
 
 # ---------------------------------------------------------------------------- config
-def _pos_int(name, v, allow_none=False):
-    if v is None and allow_none:
-        return
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-
-
 @dataclass(frozen=True, kw_only=True)
 class StemConfig(SamplerConfig):
     """Options of :class:`Stem`.
@@ -249,9 +242,9 @@ class StemConfig(SamplerConfig):
         if self.size not in SIZES:
             raise ConfigError(f"size must be one of {sorted(SIZES)}, got {self.size!r}")
         for name in ("n_steps", "batch_size", "cnn_dim", "n_timesteps", "sample_batch_size"):
-            _pos_int(name, getattr(self, name))
+            _check_count(name, getattr(self, name))
         for name in ("hidden", "depth", "heads", "sampling_steps"):
-            _pos_int(name, getattr(self, name), allow_none=True)
+            _check_count(name, getattr(self, name), allow_none=True)
         if self.sampling_steps is not None and self.sampling_steps > self.n_timesteps:
             raise ConfigError(f"sampling_steps ({self.sampling_steps}) cannot exceed n_timesteps "
                               f"({self.n_timesteps})")
@@ -490,7 +483,7 @@ class Stem(TrainableSampler):
         """
         self._require_model()
         k = self.default_n_samples if n_samples is None else n_samples
-        _pos_int("n_samples (samples per spot)", k)
+        _check_count("n_samples (samples per spot)", k)
         if condition is None:
             condition = self.config.condition if self.config.condition is not None else self.target
         if condition is None:
