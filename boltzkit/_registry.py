@@ -97,7 +97,8 @@ def select(target, method: "str | None" = None) -> Choice:
     if not ok:
         raise IncompatibleMethodError(f"no registered method can sample {_describe(target)}")
     best = ok[0]
-    reason = (f"{_describe(target)} is a {target.kind} target on {type(target.domain).__name__}; "
+    article = "an" if str(target.kind)[:1] in "aeiou" else "a"
+    reason = (f"{_describe(target)} is {article} {target.kind} target on {type(target.domain).__name__}; "
               f"{best.name!r} has the highest priority ({best.priority_for(target)}) among compatible methods"
               + (f" ({best.paper})" if best.paper else ""))
     return Choice(best.name, reason, tuple(s.name for s in ok[1:]))
@@ -107,8 +108,19 @@ def _describe(target) -> str:
     return getattr(target, "name", type(target).__name__)
 
 
-def explain(target, *, file=None) -> str:
-    """Say which method ``bk.sample`` would choose for ``target`` and why; print the table."""
+class Explanation(str):
+    """The text of :func:`explain`; shows as the table itself in a REPL or notebook."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def explain(target, *, file=None) -> Explanation:
+    """Say which method ``bk.sample`` would choose for ``target`` and why, with the table of methods.
+
+    Returns the text (it displays as the table in a REPL); ``file`` also writes it there
+    (e.g. ``file=sys.stdout``).
+    """
     choice = select(target)
     rows = [f"boltzkit would use {choice.name!r}: {choice.reason}", "",
             f"{'method':<20} {'priority':>8}  {'log Z':<5}  status"]
@@ -116,6 +128,7 @@ def explain(target, *, file=None) -> str:
         why = spec.incompatibility(target)
         status = "compatible" if why is None else f"no: {why}"
         rows.append(f"{spec.name:<20} {spec.priority_for(target):>8}  {'yes' if spec.provides_log_z else 'no':<5}  {status}")
-    text = "\n".join(rows)
-    print(text, file=file)
+    text = Explanation("\n".join(rows))
+    if file is not None:
+        print(text, file=file)
     return text

@@ -107,7 +107,7 @@ def cmd_info(a) -> int:
 def cmd_explain(a) -> int:
     from . import explain
 
-    explain(_targets()[a.target](a))
+    print(explain(_targets()[a.target](a)))
     return 0
 
 

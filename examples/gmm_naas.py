@@ -28,7 +28,7 @@ def main():
     means = [[-4.0, 0.0], [4.0, 0.0], [0.0, 4.0], [0.0, -4.0]]
     weights = np.array([1.0, 0.75, 0.5, 0.25])
     target = GaussianMixture(means, stds=[0.5, 0.7, 0.6, 0.5], weights=weights)
-    bk.explain(target)  # prints which method bk.sample picks and why
+    print(bk.explain(target))  # which method bk.sample picks and why
 
     res = bk.sample(target, n_samples=5000, n_steps=args.steps, seed=0,
                     prior_std=4.0, target_scale=0.5)  # NAAS options: prior width, narrowest well

@@ -23,7 +23,7 @@ opts = dict(n_chains=100, step_size=2.5e-3, alpha=40.0, thin=20, n_steps=1000)
 # von Mises-Fisher on S^2 with mean direction e3: E[x3] = coth(kappa) - 1/kappa
 kappa = 4.0
 vmf = bk.constrain(lambda x: -kappa * x[:, 2], sphere(3), name="vMF(kappa=4)")
-bk.explain(vmf)
+print(bk.explain(vmf))
 res = bk.sample(vmf, n_samples=10_000, seed=0, **opts)
 mean, se = res.expectation(lambda x: x[:, 2])
 print(f"\nvMF: E[x3] = {mean:.4f} +- {se:.4f}   exact {1 / math.tanh(kappa) - 1 / kappa:.4f}")
