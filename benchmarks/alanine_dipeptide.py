@@ -7,18 +7,29 @@ histogram, the number of energy(+force) evaluations and the wall time.
 
 Methods
 -------
-* ``naas`` (and ``pdns`` when registered; skipped with a message otherwise): trained on the
-  target in coordinates relative to the shipped structure (``target.shifted()``), so the
-  Gaussian prior is a blurred molecule; weighted samples.
-* ``mala``: boltzkit's MALA chains started at the structure, with the same number of
-  energy+gradient evaluations as the neural sampler used (or ``--budget``).
+Every sampler runs on the target itself, in its own Cartesian coordinates: the target's
+``prior_hint()`` (the harmonic frame of its minimized structure) centres and whitens the
+Gaussian prior / reference / chain start of each continuous sampler, which returns samples in
+nm.
+
+* ``naas``: the default of ``bk.sample(AlanineDipeptide())``; weighted samples, log Z.
+* ``naas0``: the same sampler untrained (``n_steps=0``, zero control): its uncontrolled
+  annealed-Langevin (ULA-AIS) chain from the harmonic prior, the baseline the training has
+  to beat.
+* ``pdns``: continuous PDNS (Brownian reference from the minimized structure); one energy
+  evaluation per trajectory, so it is run with its own (smaller) budget and the count is
+  reported.
+* ``ais``: annealed importance sampling with MALA moves from the harmonic frame, at the
+  NAAS budget (particles x levels).
+* ``mala``: MALA chains (preconditioned by the frame) with the same number of energy+gradient
+  evaluations as NAAS used (or ``--budget``).
 * ``md``: one OpenMM Langevin trajectory (LangevinMiddle, 1 fs, 1/ps, no constraints) with
   the same number of force evaluations (integration steps).
 
 The reference is the shipped enhanced-sampling file (``benchmarks/alanine_reference.py``).
 Writes ``benchmarks/results/alanine_dipeptide.json`` and ``.png``. Not run by pytest.
 
-Usage: ``python benchmarks/alanine_dipeptide.py [--naas-steps 100 --budget 200000]``
+Usage: ``python benchmarks/alanine_dipeptide.py [--naas-steps 100 --budget 2000000]``
 """
 
 from __future__ import annotations
@@ -88,21 +99,26 @@ def run_md(n_steps: int, seed: int, stride: int = 1000):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--naas-steps", type=int, default=100)
-    p.add_argument("--naas-batch", type=int, default=32)
-    p.add_argument("--naas-time-steps", type=int, default=32)
-    p.add_argument("--prior-std", type=float, default=0.02)
-    p.add_argument("--n-samples", type=int, default=2048)
+    p.add_argument("--naas-batch", type=int, default=64)
+    p.add_argument("--naas-time-steps", type=int, default=64)
+    p.add_argument("--pdns-steps", type=int, default=3000)
+    p.add_argument("--pdns-batch", type=int, default=256)
+    p.add_argument("--n-samples", type=int, default=4096)
     p.add_argument("--budget", type=int, default=None,
-                   help="energy evaluations of MALA/MD (default: what the neural sampler used)")
-    p.add_argument("--mala-chains", type=int, default=32)
+                   help="energy evaluations of AIS/MALA/MD (default: what NAAS used)")
+    p.add_argument("--mala-chains", type=int, default=64)
+    p.add_argument("--methods", default="naas,naas0,pdns,ais,mala,md")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", bk.errors.ConvergenceWarning)
+    methods = args.methods.split(",")
 
-    target = AlanineDipeptide("vacuum", energy_cut=1e4)
-    shifted = target.shifted()
+    target = AlanineDipeptide("vacuum")
     kT = target.kT
+    t0 = time.time()
+    target.prior_hint()  # computed once (minimization + finite-difference Hessian), cached
+    hint_s, hint_evals = time.time() - t0, target.n_evaluations
     ref = load_alanine_reference()
     ref_hist, _ = ramachandran_histogram(ref["phi"], ref["psi"], ref["log_weight"], bins=36)
     rows, data = [], {}
@@ -111,79 +127,97 @@ def main(argv=None):
                                             n_blocks=20)
     rows.append(rows_ref)
 
-    # ---------------------------------------------------------------- neural samplers
-    reg = bk.registry()
-    if "naas" not in reg:
-        try:
-            import boltzkit.samplers.naas  # noqa: F401  (registers 'naas' if not yet exported)
-            reg = bk.registry()
-        except Exception as exc:  # pragma: no cover - depends on the checkout
-            print(f"naas: cannot import ({exc}); skipped")
-    budget = args.budget
-    for method in ("naas", "pdns"):
-        if method not in reg:
-            print(f"{method}: not registered in this checkout; skipped")
-            continue
-        opts = {"naas": dict(n_time_steps=args.naas_time_steps, batch_size=args.naas_batch,
-                             prior_std=args.prior_std, target_scale=0.003, grad_clip=1e4,
-                             prior_time_steps=16, sample_batch_size=512),
-                "pdns": {}}[method]
-        target.n_evaluations = 0
-        t0 = time.time()
-        try:
-            res = bk.sample(shifted, method=method, n_samples=args.n_samples, n_steps=args.naas_steps,
-                            seed=args.seed, progress=False, **opts)
-        except Exception as exc:
-            print(f"{method}: failed with {type(exc).__name__}: {exc}")
-            rows.append({"method": method, "error": f"{type(exc).__name__}: {exc}",
-                         "n_energy_evaluations": target.n_evaluations, "wall_time_s": time.time() - t0})
-            continue
-        wall = time.time() - t0
-        n_eval = target.n_evaluations
-        x = shifted.to_absolute(res.samples.double())
+    def weighted(name, res, wall, n_eval, extra):
+        x = res.samples.double()
         phi, psi = target.phi_psi(x)
         e = target.openmm_energy(x) / kT
         lw = None if res.log_weights is None else res.log_weights.double().numpy()
-        row, data[method] = summarize(method, phi, psi, e, lw, ref_hist, n_eval, wall,
-                                      extra={"log_z": res.log_z, "ess": res.ess,
-                                             "options": opts, "n_steps": args.naas_steps,
-                                             "all_L": bool(target.is_l(x).all())})
+        row, data[name] = summarize(name, phi, psi, e, lw, ref_hist, n_eval, wall,
+                                    extra={"log_z": res.log_z, "log_z_stderr": res.log_z_stderr,
+                                           "ess": res.ess, "pareto_k": res.diagnostics.get("pareto_k"),
+                                           "all_L": bool(target.is_l(x).all()),
+                                           "energy_median_kT": float(np.median(e)), **extra})
         rows.append(row)
-        budget = budget or n_eval
-    budget = budget or 200_000
+
+    # ---------------------------------------------------------------- neural samplers
+    budget = args.budget
+    neural = {"naas": dict(n_steps=args.naas_steps, batch_size=args.naas_batch,
+                           n_time_steps=args.naas_time_steps),
+              "pdns": dict(n_steps=args.pdns_steps, batch_size=args.pdns_batch)}
+    neural["naas0"] = {**neural["naas"], "n_steps": 0}
+    for name in ("naas", "naas0", "pdns"):
+        if name not in methods:
+            continue
+        method = name.rstrip("0")
+        opts = dict(neural[name])
+        n_steps = opts.pop("n_steps")
+        target.n_evaluations = 0
+        t0 = time.time()
+        try:
+            res = bk.sample(target, method=method, n_samples=args.n_samples, n_steps=n_steps,
+                            seed=args.seed, progress=False, **opts)
+        except Exception as exc:
+            print(f"{method}: failed with {type(exc).__name__}: {exc}")
+            rows.append({"method": name, "error": f"{type(exc).__name__}: {exc}",
+                         "n_energy_evaluations": target.n_evaluations, "wall_time_s": time.time() - t0})
+            continue
+        wall, n_eval = time.time() - t0, target.n_evaluations
+        h = res.history
+        weighted(name, res, wall, n_eval,
+                 {"options": opts, "n_steps": n_steps,
+                  "train_ess_frac_last10": float(np.mean(h["ess_frac"][-10:])) if "ess_frac" in h else None})
+        if name == "naas":
+            budget = budget or n_eval
+    budget = budget or 2_000_000
+
+    # ---------------------------------------------------------------- AIS at equal evaluations
+    if "ais" in methods:
+        n_part = 1024
+        levels = max(2, budget // n_part)
+        target.n_evaluations = 0
+        t0 = time.time()
+        res = bk.sample(target, method="ais", n_samples=n_part, n_steps=levels, seed=args.seed,
+                        progress=False)
+        weighted("ais", res, time.time() - t0, target.n_evaluations,
+                 {"n_levels": levels, "acceptance": res.diagnostics["acceptance"]})
 
     # ---------------------------------------------------------------- MALA at equal evaluations
-    target.n_evaluations = 0
-    C = args.mala_chains
-    total_steps = max(2, budget // C)
-    burn = total_steps // 4
-    t0 = time.time()
-    res = bk.sample(shifted, method="mala", n_samples=C * (total_steps - burn), n_steps=burn,
-                    n_chains=C, init_std=0.003, seed=args.seed, progress=False)
-    wall = time.time() - t0
-    x = shifted.to_absolute(res.samples.double())
-    keep = slice(None, None, max(1, x.shape[0] // 20000))  # analysis subsample
-    x = x[keep]
-    phi, psi = target.phi_psi(x)
-    row, data["mala"] = summarize("mala", phi, psi, target.openmm_energy(x) / kT, None, ref_hist,
-                                  target.n_evaluations, wall,
-                                  extra={"acceptance": res.diagnostics["acceptance"],
-                                         "step_size": res.diagnostics["step_size"],
-                                         "all_L": bool(target.is_l(x).all())})
-    rows.append(row)
+    if "mala" in methods:
+        target.n_evaluations = 0
+        C = args.mala_chains
+        total_steps = max(2, budget // C)
+        burn = total_steps // 4
+        t0 = time.time()
+        res = bk.sample(target, method="mala", n_samples=C * (total_steps - burn), n_steps=burn,
+                        n_chains=C, seed=args.seed, progress=False)
+        wall = time.time() - t0
+        x = res.samples.double()
+        keep = slice(None, None, max(1, x.shape[0] // 20000))  # analysis subsample
+        x = x[keep]
+        phi, psi = target.phi_psi(x)
+        row, data["mala"] = summarize("mala", phi, psi, target.openmm_energy(x) / kT, None, ref_hist,
+                                      target.n_evaluations, wall,
+                                      extra={"acceptance": res.diagnostics["acceptance"],
+                                             "step_size": res.diagnostics["step_size"],
+                                             "all_L": bool(target.is_l(x).all())})
+        rows.append(row)
 
     # ---------------------------------------------------------------- plain MD
-    frames, e_md, wall = run_md(budget, args.seed + 1)
-    xm = torch.from_numpy(frames.reshape(len(frames), -1))
-    phi, psi = target.phi_psi(xm)
-    row, data["md"] = summarize("md", phi, psi, e_md / kT, None, ref_hist, budget, wall,
-                                n_blocks=min(10, len(frames)))
-    rows.append(row)
+    if "md" in methods:
+        frames, e_md, wall = run_md(budget, args.seed + 1)
+        xm = torch.from_numpy(frames.reshape(len(frames), -1))
+        phi, psi = target.phi_psi(xm)
+        row, data["md"] = summarize("md", phi, psi, e_md / kT, None, ref_hist, budget, wall,
+                                    n_blocks=min(10, len(frames)))
+        rows.append(row)
 
     # ---------------------------------------------------------------- outputs
     out_dir = os.path.join(HERE, "results")
     os.makedirs(out_dir, exist_ok=True)
     summary = {"target": target.to_config(), "budget_evaluations": budget, "args": vars(args),
+               "prior_hint": {"seconds": hint_s, "energy_evaluations": hint_evals,
+                              "log_det": target.prior_hint().log_det,
+                              "max_std_nm": target.hint_max_std},
                "reference_meta": {k: ref["meta"][k] for k in ("delta_f_kT", "method", "n_frames")},
                "results": rows, "versions": {"torch": torch.__version__}}
     with open(os.path.join(out_dir, "alanine_dipeptide.json"), "w") as fh:

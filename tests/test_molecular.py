@@ -244,18 +244,69 @@ def test_chirality_l_and_mirror_d(vac):
 
 
 def test_short_mala_run_near_structure(vac):
-    shifted = vac.shifted()
+    # no shift needed: MALA starts from and is preconditioned by the target's prior hint
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bk.errors.ConvergenceWarning)
-        res = bk.sample(shifted, method="mala", n_samples=8 * 20, n_steps=150, n_chains=8,
-                        init_std=0.003, seed=0)
-    x = shifted.to_absolute(res.samples.double())
+        res = bk.sample(vac, method="mala", n_samples=8 * 20, n_steps=150, n_chains=8, seed=0)
+    x = res.samples.double()
     u = vac.energy(x)
     assert bool(torch.isfinite(u).all()) and float(u.max()) < 20.0  # no clashes, near the minimum
     assert bool(vac.is_l(x).all())
     assert 0.2 < res.diagnostics["acceptance"] < 0.9
     # energy fluctuations of a thermal state of 63 internal dof: mean > minimum + a few kT
     assert float(u.mean() - u.min()) > 1.0
+    # the old workaround (coordinates relative to the structure) still works
+    shifted = vac.shifted()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bk.errors.ConvergenceWarning)
+        res = bk.sample(shifted, method="mala", n_samples=8 * 5, n_steps=20, n_chains=8,
+                        init_std=0.003, seed=0)
+    assert bool(vac.is_l(shifted.to_absolute(res.samples.double())).all())
+
+
+def test_prior_hint_is_the_harmonic_frame_of_a_minimum(vac):
+    hint = vac.prior_hint()
+    assert hint is vac.prior_hint()  # cached
+    xm = hint.loc[None]
+    assert float(vac.energy(xm)) < float(vac.energy(vac.reference_state().double())) - 5.0
+    assert float(vac.grad_energy(xm).abs().max()) < 1e-2  # a stationary point ...
+    # ... and, in the frame, the curvature is the identity except along the capped flat
+    # directions (3 rotations and the softest torsional modes), where it is below 1
+    fe = bk.energies.base.FramedEnergy(vac, hint)
+    eye = torch.eye(66, dtype=torch.float64)
+    h = 1e-3
+    hz = (fe.grad_energy(h * eye) - fe.grad_energy(-h * eye)) / (2 * h)
+    ev = torch.linalg.eigvalsh(0.5 * (hz + hz.T))
+    lam = torch.linalg.eigvalsh(vac.hessian(xm))
+    n_capped = int((lam.abs() < 1.0 / vac.hint_max_std ** 2).sum())
+    assert 3 <= n_capped <= 10
+    assert float(ev.max()) < 1.01 and float(ev.min()) > -0.05
+    assert int(((ev - 1.0).abs() < 0.01).sum()) == 66 - n_capped
+    # harmonic draws are L-alanine conformations near the C5/C7eq basin, without clashes
+    z = torch.randn(256, 66, generator=torch.Generator().manual_seed(0))
+    x = hint.to_x(z)
+    assert bool(vac.is_l(x).all()) and float(vac.energy(x).max()) < 1e3
+    assert bk.energies.molecular.OpenMMEnergy.prior_hint is not bk.energies.base.Energy.prior_hint
+
+
+def test_bk_sample_alanine_dipeptide_end_to_end(vac):
+    # the default method, in the target's own coordinates: finite energies, L chirality,
+    # finite log-weights and a log Z estimate; a few training steps only
+    choice = bk.select(vac)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = bk.sample(vac, n_steps=2, n_samples=128, seed=0, batch_size=32)
+    assert res.method == choice.name in ("naas", "pdns")
+    x = res.samples.double()
+    assert x.shape == (128, 66)
+    u = vac.energy(x)
+    assert bool(torch.isfinite(u).all()) and float(u.median()) < 0.0  # thermal, not clashing
+    assert bool(vac.is_l(x).all())
+    assert bool(torch.isfinite(res.log_weights).all()) and math.isfinite(res.log_z)
+    assert res.diagnostics["prior_hint"] is True
+    phi, psi = vac.phi_psi(x)
+    dfs = basin_free_energies(phi, psi, res.log_weights.numpy(), n_blocks=4)
+    assert dfs["C7eq"] == (0.0, 0.0)
 
 
 def test_basin_labels_and_histogram():

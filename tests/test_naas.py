@@ -63,8 +63,8 @@ def test_gaussian_log_z_and_moments():
 
 def test_one_dimensional_gaussian():
     tgt = Gaussian([2.0], std=0.5)
-    res = naas(prior_std=2.0, target_scale=0.5).fit(tgt, n_steps=6).sample(3000)
-    assert res.samples.shape == (3000, 1)
+    res = naas(prior_std=2.0, target_scale=0.5).fit(tgt, n_steps=6).sample(10000)
+    assert res.samples.shape == (10000, 1)
     assert_consistent(res.log_z, res.log_z_stderr, tgt.exact_log_z(), bias=res.log_z_stderr ** 2)
     assert_rejects(res.log_z, res.log_z_stderr, tgt.exact_log_z() - 0.1, bias=res.log_z_stderr ** 2)
 

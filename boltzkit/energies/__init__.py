@@ -23,3 +23,8 @@ def __getattr__(name):
 
         return getattr(molecular, name)
     raise AttributeError(f"module 'boltzkit.energies' has no attribute {name!r}")
+
+# prior hints: the natural frame a continuous target may declare for the samplers
+from .base import FramedEnergy, PriorHint, scale_from_hessian  # noqa: E402
+
+__all__ += ["FramedEnergy", "PriorHint", "scale_from_hessian"]

@@ -2,10 +2,19 @@
 
 ``U`` is in units of kT (temperature folded in, pymbar's reduced potential). Every energy
 is batched: ``energy(x)`` maps ``(B, *event_shape)`` to ``(B,)``.
+
+Prior hints. A continuous target may say where its mass sits and how wide it is by
+overriding :meth:`Energy.prior_hint` to return a :class:`PriorHint` ``(loc, scale)``; the
+continuous samplers (NAAS, PDNS, MALA, AIS) then centre and scale their Gaussian prior,
+reference or chain start on it and work in the standardized coordinates
+``z = scale^{-1} (x - loc)`` (:class:`FramedEnergy`), returning samples and weights in the
+target's own coordinates. Molecules (:class:`~boltzkit.energies.molecular.OpenMMEnergy`)
+give the harmonic frame of their minimized structure.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -55,6 +64,22 @@ class Energy(torch.nn.Module):
         """Exact log normalizing constant, or None where none is known."""
         return None
 
+    def prior_hint(self) -> "PriorHint | None":
+        """The natural frame of a continuous target, or None (the default: no hint).
+
+        A target on ``Reals(d)`` may return a :class:`PriorHint` ``(loc, scale)``: where its
+        mass sits and how wide it is along each direction (e.g. a molecule's minimized
+        structure and the inverse square root of its Hessian there). Continuous samplers that
+        honour hints (NAAS, PDNS, MALA, AIS; option ``use_prior_hint=True`` by default) then
+        work in the standardized coordinates ``z = scale^{-1} (x - loc)``: their Gaussian
+        prior / reference / chain start ``N(0, s^2 I)`` in ``z`` is ``N(loc, s^2 scale
+        scale^T)`` in ``x``, their length options (``prior_std``, ``init_std``,
+        ``reference_std``, ``target_scale``) are in units of the hint's scale, and they return
+        samples, log-weights and log Z in the target's own coordinates ``x``. See
+        :class:`PriorHint` and :class:`FramedEnergy`.
+        """
+        return None
+
     def to_config(self) -> dict:
         """JSON-able description, stored in Result.config."""
         return {"name": self.name, "domain": self.domain.to_config()}
@@ -76,6 +101,149 @@ class Energy(torch.nn.Module):
 
     def __repr__(self):
         return f"{self.name}(domain={self.domain!r})"
+
+
+class PriorHint:
+    r"""An affine frame ``x = loc + scale z`` declared by a target (:meth:`Energy.prior_hint`).
+
+    Parameters
+    ----------
+    loc : Tensor ``(d,)`` (or anything of ``d`` numbers)
+        Where the target's mass sits (a reference structure, a mode, the mean).
+    scale : float, Tensor ``(d,)`` or Tensor ``(d, d)``
+        Its width: a number (isotropic), per-coordinate standard deviations, or an invertible
+        matrix ``S`` whose ``S S^T`` is a covariance of the target's main basin (for example
+        the inverse Hessian at a minimum, :func:`scale_from_hessian`).
+
+    The map has the constant Jacobian ``|det S|``, so a density ``q_z`` in ``z`` is
+    ``q_z(z) / |det S|`` in ``x``; for importance weights ``log w_x = log w_z + log|det S|``
+    and ``log Z_x = log Z_z + log|det S|`` (:attr:`log_det`).
+    """
+
+    def __init__(self, loc, scale=1.0):
+        loc = torch.as_tensor(loc, dtype=torch.float64).detach().reshape(-1).cpu()
+        d = loc.numel()
+        if d < 1 or not bool(torch.isfinite(loc).all()):
+            raise TargetError("PriorHint.loc must be a non-empty vector of finite numbers")
+        sc = torch.as_tensor(scale, dtype=torch.float64).detach().cpu()
+        if sc.ndim == 0:
+            sc = sc.reshape(1).expand(d).clone()
+        if sc.ndim == 1:
+            if sc.numel() != d or not bool(torch.isfinite(sc).all()) or not bool((sc > 0).all()):
+                raise TargetError(f"PriorHint.scale must be a positive number, {d} positive numbers "
+                                  f"or a ({d}, {d}) invertible matrix, got shape {tuple(sc.shape)}")
+            log_det = float(sc.log().sum())
+        elif sc.shape == (d, d) and bool(torch.isfinite(sc).all()):
+            sign, log_det = torch.linalg.slogdet(sc)
+            if float(sign) == 0.0 or not math.isfinite(float(log_det)):
+                raise TargetError("PriorHint.scale matrix is singular; floor its small eigenvalues")
+            log_det = float(log_det)
+        else:
+            raise TargetError(f"PriorHint.scale must be a number, a ({d},) vector or a ({d}, {d}) "
+                              f"matrix, got shape {tuple(sc.shape)}")
+        self.loc, self.scale, self.dim, self.log_det = loc, sc, d, log_det
+
+    @property
+    def is_diagonal(self) -> bool:
+        return self.scale.ndim == 1
+
+    def to_x(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardized states ``z`` (B, d) -> target coordinates ``x = loc + S z``."""
+        loc, s = self.loc.to(z), self.scale.to(z)
+        return loc + (z * s if s.ndim == 1 else z @ s.T)
+
+    def to_z(self, x: torch.Tensor) -> torch.Tensor:
+        """Target coordinates ``x`` (B, d) -> ``z = S^{-1} (x - loc)``."""
+        r = (x - self.loc.to(x)).to(torch.float64)
+        s = self.scale.to(r.device)
+        z = r / s if s.ndim == 1 else torch.linalg.solve(s, r.T).T
+        return z.to(x.dtype)
+
+    def grad_to_z(self, g_x: torch.Tensor) -> torch.Tensor:
+        """A gradient in ``x`` -> the gradient in ``z`` (``S^T g``), batched (B, d)."""
+        s = self.scale.to(g_x)
+        return g_x * s if s.ndim == 1 else g_x @ s
+
+    def to_config(self) -> dict:
+        return {"dim": self.dim, "log_det": self.log_det,
+                "scale": "diagonal" if self.is_diagonal else "matrix"}
+
+
+def scale_from_hessian(hessian, *, max_std: float, min_std: float = 0.0) -> torch.Tensor:
+    """``S = V diag(lambda)^{-1/2}`` from a symmetric Hessian ``H = V diag(lambda) V^T``.
+
+    ``S S^T`` is the harmonic (Laplace) covariance ``H^{-1}``; eigenvalues are taken in
+    absolute value and clipped to ``[1/max_std^2, 1/min_std^2]`` so that flat or unstable
+    directions (rotations of a molecule, saddles) get the finite width ``max_std``.
+
+    Returns
+    -------
+    Tensor ``(d, d)`` float64, usable as :class:`PriorHint` ``scale``.
+    """
+    h = torch.as_tensor(hessian, dtype=torch.float64)
+    h = 0.5 * (h + h.T)
+    lam, vec = torch.linalg.eigh(h)
+    lo = 1.0 / float(max_std) ** 2
+    hi = math.inf if not min_std else 1.0 / float(min_std) ** 2
+    lam = lam.abs().clamp(lo, hi)
+    return vec * lam.rsqrt()[None, :]
+
+
+class FramedEnergy(Energy):
+    """A target seen in the standardized coordinates of a :class:`PriorHint`:
+    ``u_z(z) = u(loc + S z)``.
+
+    Used by the continuous samplers; energies and gradients are those of ``base`` (one base
+    evaluation each; ``energy(z)`` then ``grad_energy(z)`` on the same tensor reuses the base
+    target's cache), differentiable twice where ``base`` is. ``exact_log_z`` is
+    ``log Z - log|det S|``.
+    """
+
+    def __init__(self, base: Energy, hint: PriorHint):
+        dom = getattr(base, "domain", None)
+        if not isinstance(dom, Domain) or dom.is_discrete or getattr(dom, "dim", None) != hint.dim:
+            raise TargetError(f"a PriorHint of dimension {hint.dim} needs a continuous target of "
+                              f"the same dimension, got {dom!r}")
+        super().__init__(dom, name=getattr(base, "name", type(base).__name__))
+        self.base, self.hint = base, hint
+        self._last = None
+
+    def _x(self, z):
+        last = self._last  # the same z tensor maps to the same x tensor (base caches survive)
+        if last is not None and last[0] is z and last[1] == z._version:
+            return last[2]
+        x = self.hint.to_x(z)
+        self._last = (z, z._version, x)
+        return x
+
+    def energy(self, z):
+        if torch.is_grad_enabled() and z.requires_grad:
+            return self.base.energy(self.hint.to_x(z))
+        return self.base.energy(self._x(z))
+
+    def grad_energy(self, z):
+        return self.hint.grad_to_z(self.base.grad_energy(self._x(z)))
+
+    def exact_log_z(self):
+        lz = self.base.exact_log_z()
+        return None if lz is None else lz - self.hint.log_det
+
+    def to_config(self):
+        cfg = self.base.to_config() if hasattr(self.base, "to_config") else {}
+        return {**cfg, "frame": self.hint.to_config()}
+
+
+def framed(target, use_hint: bool = True) -> "tuple[Energy, PriorHint | None]":
+    """``(target in its hint's frame, hint)``, or ``(target, None)`` when ``use_hint`` is False
+    or the target gives no hint (the helper continuous samplers call)."""
+    hint_fn = getattr(target, "prior_hint", None)
+    hint = hint_fn() if (use_hint and callable(hint_fn)) else None
+    if hint is None:
+        return target, None
+    if not isinstance(hint, PriorHint):
+        raise TargetError(f"{getattr(target, 'name', target)}.prior_hint() must return a PriorHint "
+                          f"or None, got {type(hint).__name__}")
+    return FramedEnergy(target, hint), hint
 
 
 class FunctionEnergy(Energy):

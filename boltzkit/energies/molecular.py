@@ -399,6 +399,61 @@ class OpenMMEnergy(_NumpyBackedEnergy):
             raise TargetError(f"{self.name} has no reference positions; pass positions=...")
         return self.positions.reshape(1, -1).float()
 
+    #: widest standard deviation (nm) of the harmonic prior hint along flat directions (the
+    #: rotations of a molecule in vacuum, which leave the energy unchanged)
+    hint_max_std: float = 0.05
+
+    def minimized_state(self) -> torch.Tensor:
+        """The reference structure relaxed to the nearest local minimum of ``u`` (``(1, 3N)``
+        float64), by BFGS (scipy) on the target's own energy and gradient; cached."""
+        if getattr(self, "_minimized", None) is None:
+            from scipy.optimize import minimize
+
+            x0 = self.reference_state().double().reshape(-1)
+
+            def fun(v):
+                u, g = self.energy_and_grad(torch.from_numpy(v)[None])
+                return float(u[0]), g[0].numpy().astype(np.float64)
+
+            res = minimize(fun, x0.numpy(), jac=True, method="BFGS",
+                           options={"maxiter": 5000, "gtol": 1e-4})
+            xm = torch.from_numpy(np.asarray(res.x, dtype=np.float64))[None]
+            if not math.isfinite(float(res.fun)) or float(res.fun) > float(self.energy(x0[None])[0]):
+                xm = x0[None].clone()  # never worse than the shipped structure
+            self._minimized = xm
+        return self._minimized.clone()
+
+    def hessian(self, x, step: float = 1e-5) -> torch.Tensor:
+        """Hessian ``(3N, 3N)`` float64 of ``u`` at one state ``x``, by central differences of
+        the gradient (``6N`` gradient evaluations, one batch), symmetrized."""
+        x = self._flat(torch.as_tensor(x)).double()[:1]
+        d = x.shape[1]
+        eye = torch.eye(d, dtype=torch.float64)
+        g = self.grad_energy(torch.cat([x + step * eye, x - step * eye]))
+        h = (g[:d] - g[d:]) / (2.0 * step)
+        return 0.5 * (h + h.T)
+
+    def prior_hint(self):
+        """Harmonic (Laplace) frame of the reference structure, or None without positions.
+
+        ``loc`` is :meth:`minimized_state`, ``scale`` the inverse square root of the Hessian
+        there (:func:`~boltzkit.energies.base.scale_from_hessian`, flat directions such as
+        rotations widened to ``hint_max_std`` nm), so the standard normal in the sampler's
+        coordinates is the harmonic approximation of the basin of the reference structure:
+        bond, angle and torsion directions all get their own width (about 0.001 nm for C-H
+        stretches; soft collective modes are capped at ``hint_max_std`` = 0.05 nm, beyond
+        which their linearization distorts bonds). Computed once and cached.
+        """
+        if self.positions is None:
+            return None
+        if getattr(self, "_hint", None) is None:
+            from .base import PriorHint, scale_from_hessian
+
+            xm = self.minimized_state()
+            scale = scale_from_hessian(self.hessian(xm), max_std=self.hint_max_std)
+            self._hint = PriorHint(xm.reshape(-1), scale)
+        return self._hint
+
     def shifted(self, origin=None) -> "ShiftedEnergy":
         """The same target in coordinates relative to ``origin`` (default: the reference
         structure), ``x -> u(origin + x)``.

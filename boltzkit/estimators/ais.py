@@ -21,7 +21,9 @@ the target ``p~ = exp(-U)``::
 
 ``E[exp(log w)] = Z / Z_0`` exactly, because every T_k is Metropolis-Hastings corrected.
 
-* ``Reals``: pi_0 = N(0, init_std^2 I), log Z_0 is folded into the weights; T_k is MALA or HMC
+* ``Reals``: pi_0 = N(0, init_std^2 I) (in the standardized frame of the target's
+  :meth:`~boltzkit.energies.Energy.prior_hint` when it gives one: N(loc, init_std^2 S S^T)
+  in ``x``), log Z_0 is folded into the weights; T_k is MALA or HMC
   (:mod:`boltzkit.samplers.mala`) on gamma_k. The step size of level k is set from the mean
   acceptance of level k-1 (Robbins-Monro on log h toward ``target_accept``). Like any
   population-adapted SMC kernel this couples the particles through the past, an O(1/N) effect
@@ -61,7 +63,7 @@ import torch
 from .._registry import register
 from .._utils import progress_bar
 from ..domains import Categorical, Reals
-from ..energies.base import validate_target
+from ..energies.base import framed, validate_target
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..result import result_from_log_weights
 from ..samplers.base import Sampler, SamplerConfig, _check_positive
@@ -127,6 +129,9 @@ class AISConfig(SamplerConfig):
     target_accept : acceptance rate the step size follows; None = 0.574 (MALA), 0.65 (HMC).
     adapt_step_size : adapt the step size level by level from the previous level's acceptance.
     n_leapfrog : leapfrog steps per HMC transition.
+    use_prior_hint : (Reals) when the target gives a :meth:`~boltzkit.energies.Energy.prior_hint`
+        ``x = loc + S z``, anneal in ``z`` from N(0, init_std^2 I), i.e. from
+        N(loc, init_std^2 S S^T) in ``x``; samples, weights and log Z are returned in ``x``.
     """
 
     n_steps: int = 200
@@ -138,8 +143,11 @@ class AISConfig(SamplerConfig):
     target_accept: "float | None" = None
     adapt_step_size: bool = True
     n_leapfrog: int = 5
+    use_prior_hint: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.use_prior_hint, bool):
+            raise ConfigError(f"use_prior_hint must be True or False, got {self.use_prior_hint!r}")
         if not isinstance(self.schedule, str):
             object.__setattr__(self, "schedule", tuple(float(v) for v in self.schedule))
             annealing_schedule(None, self.schedule)
@@ -343,7 +351,8 @@ class AIS(Sampler):
     # ----------------------------------------------------------------- continuous
     def _run_reals(self, n, lambdas, gen, bar):
         cfg = self.config
-        ann = _Annealer(self.target, cfg.init_std)
+        work, frame = framed(self.target, cfg.use_prior_hint)
+        ann = _Annealer(work, cfg.init_std)
         target_acc = cfg.target_accept if cfg.target_accept is not None else \
             (0.574 if self.kernel == "mala" else 0.65)
         h0 = cfg.step_size if cfg.step_size is not None else \
@@ -368,9 +377,11 @@ class AIS(Sampler):
             return x, state, rate
 
         x, lw, acc = ann.run(n, lambdas, move, gen, bar=bar, device=self.device)
+        if frame is not None:  # back to the target's coordinates (constant Jacobian |det S|)
+            x, lw = frame.to_x(x), lw + frame.log_det
         return x, lw, {"acceptance": acc, "step_size": np.asarray(steps),
                        "diag": {"log_z0": ann.log_z0, "init_std": cfg.init_std,
-                                "final_step_size": steps[-1]}}
+                                "final_step_size": steps[-1], "prior_hint": frame is not None}}
 
     # ----------------------------------------------------------------- categorical
     def _run_categorical(self, n, lambdas, gen, bar):

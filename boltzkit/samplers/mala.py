@@ -21,7 +21,9 @@ by ``sample`` is exactly invariant.
 Returns
 -------
 A :class:`~boltzkit.result.Result` of unweighted, correlated samples ordered step-major
-(sample ``t * n_chains + c`` is chain ``c`` at recorded step ``t``); ``log_z = None`` (MCMC gives
+(sample ``t * n_chains + c`` is chain ``c`` at recorded step ``t``), in the target's own
+coordinates (with a prior hint the chains run in its standardized frame, which is MALA with
+the preconditioner ``S S^T``; the autocorrelation times are measured there); ``log_z = None`` (MCMC gives
 no normalizing constant; use ``method="ais"``); ``ess = N / tau_int`` with tau_int the largest
 of the integrated autocorrelation times of every coordinate and of the energy
 (:mod:`boltzkit.estimators.diagnostics` convention).
@@ -55,6 +57,7 @@ import torch
 from .._registry import register
 from .._utils import progress_bar
 from ..domains import Reals
+from ..energies.base import framed
 from ..errors import ConfigError, TargetError
 from ..estimators.diagnostics import autocorr_estimate
 from ..result import Result
@@ -217,7 +220,10 @@ class MALAConfig(SamplerConfig):
     step_size : initial step size h; None picks 0.5 * init_std^2 * d^(-1/3).
     target_accept : acceptance rate the burn-in adapts toward (0.574, Roberts-Rosenthal).
     adapt : adapt the step size during burn-in (it is always frozen afterwards).
-    init_std : chains start from N(0, init_std^2 I).
+    init_std : chains start from N(0, init_std^2 I) (in the hint's frame, see below).
+    use_prior_hint : when the target gives a :meth:`~boltzkit.energies.Energy.prior_hint`
+        ``x = loc + S z``, run the chains in ``z`` (MALA preconditioned by ``S S^T``; chains
+        start at ``loc + init_std S xi``) and return states in ``x``.
     """
 
     n_chains: int = 64
@@ -227,9 +233,12 @@ class MALAConfig(SamplerConfig):
     target_accept: float = 0.574
     adapt: bool = True
     init_std: float = 1.0
+    use_prior_hint: bool = True
 
     def __post_init__(self):
         _check_positive("n_chains", self.n_chains)
+        if not isinstance(self.use_prior_hint, bool):
+            raise ConfigError(f"use_prior_hint must be True or False, got {self.use_prior_hint!r}")
         _check_positive("thin", self.thin)
         if not isinstance(self.burn_in, (int, np.integer)) or isinstance(self.burn_in, bool) \
                 or self.burn_in < 0:
@@ -266,7 +275,7 @@ class MALA(Sampler):
         return math.exp(self.log_step)
 
     def _potential(self, y):
-        return self.target.energy(y), self.target.grad_energy(y)
+        return self.work.energy(y), self.work.grad_energy(y)
 
     def _step(self, generator) -> torch.Tensor:
         with torch.no_grad():
@@ -288,14 +297,16 @@ class MALA(Sampler):
             raise ConfigError(f"n_steps (burn-in steps) must be a non-negative integer, got {n_steps!r}")
         self._attach(target)
         cfg = self.config
+        self.work, self.frame = framed(self.target, cfg.use_prior_hint)
         dim = self.target.domain.dim
         self.x = cfg.init_std * torch.randn(cfg.n_chains, dim, generator=self.gens["init"],
                                             device=self.device)
         with torch.no_grad():
             self.state = self._potential(self.x)
         if not bool(torch.isfinite(self.state[0]).all()):
+            where = "" if self.frame is None else " in the frame of its prior_hint()"
             raise TargetError(f"{self.target.name}.energy is not finite at some starting points "
-                              f"drawn from N(0, {cfg.init_std:g}^2 I); change init_std")
+                              f"drawn from N(0, {cfg.init_std:g}^2 I){where}; change init_std")
         h0 = cfg.step_size if cfg.step_size is not None else default_step_size("mala", dim, cfg.init_std)
         self.log_step = math.log(h0)
         bar = progress_bar(total=int(burn_in), desc="mala burn-in", enabled=self.progress)
@@ -331,8 +342,10 @@ class MALA(Sampler):
             accs.append(acc / thin)
         bar.close()
         wall = time.perf_counter() - t0
-        chain = torch.stack(states)  # (n_rec, C, d)
+        chain = torch.stack(states)  # (n_rec, C, d), in the sampler's coordinates
         samples = chain.flatten(0, 1)[:n_samples]
+        if self.frame is not None:
+            samples = self.frame.to_x(samples)
         diag = {"log_z_unavailable": LOG_Z_UNAVAILABLE, "n_chains": C, "steps_per_chain": n_rec,
                 "thin": thin, "burn_in": self.burn_in, "total_steps": self.n_total,
                 "step_size": self.step_size, "acceptance": float(torch.stack(accs).mean()),

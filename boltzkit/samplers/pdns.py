@@ -110,7 +110,7 @@ import torch
 from .._registry import register
 from ..domains import Categorical, Reals
 from ..domains.particles import ParticleCloud
-from ..energies.base import check_energy_values
+from ..energies.base import check_energy_values, framed
 from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError, TrainingDivergedError
 from ..estimators.importance import log_z_from_log_weights
 from ..result import Result, result_from_log_weights
@@ -119,9 +119,9 @@ from ._shared.ctmc import masked_rollout, unmask_schedule, wdce_loss
 from ._shared.discrete_nets import make_discrete_net
 from ._shared.ema import EMA
 from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
-from ._shared.sde import brownian_bridge_kernel, euler_maruyama, gaussian_log_prob, state_space, time_grid
+from ._shared.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
+                          state_space, time_grid)
 from .base import SamplerConfig, TrainableSampler, _check_count
-from .naas import VEPriorSchedule
 
 __all__ = ["PDNS", "PDNSConfig", "pdns_priority"]
 
@@ -172,7 +172,10 @@ class PDNSConfig(SamplerConfig):
         train_unmask_steps (the same for training rollouts; None = n_unmask_steps).
     Continuous (Brownian reference from the origin)
         reference_std (std of the reference's terminal law nu; must cover the target),
-        noise_ratio (largest / smallest noise level of the schedule, > 1), n_time_steps.
+        noise_ratio (largest / smallest noise level of the schedule, > 1), n_time_steps,
+        use_prior_hint (when the target gives a ``prior_hint()`` ``x = loc + S z``, run in ``z``:
+        the reference starts at ``loc`` and ends at ``N(loc, reference_std^2 S S^T)``; samples
+        and weights are returned in ``x``).
     Sampling
         sample_batch_size.
     """
@@ -205,6 +208,7 @@ class PDNSConfig(SamplerConfig):
     reference_std: float = 1.0
     noise_ratio: float = 100.0
     n_time_steps: int = 100
+    use_prior_hint: bool = True
     sample_batch_size: int = 1024
 
     def __post_init__(self):
@@ -227,6 +231,8 @@ class PDNSConfig(SamplerConfig):
         if isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float)) \
                 or not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not isinstance(self.use_prior_hint, bool):
+            raise ConfigError(f"use_prior_hint must be True or False, got {self.use_prior_hint!r}")
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if self.mask_mode not in ("lambda", "count"):
@@ -288,10 +294,13 @@ class _MaskedCTMC:
 
 class _BrownianBridge:
     """Continuous instantiation: ``dX = g^2 c_theta dt + g dW`` from the origin, the reference
-    being the variance-exploding Brownian motion of :class:`~boltzkit.samplers.naas.VEPriorSchedule`."""
+    being the variance-exploding Brownian motion of :class:`~boltzkit.samplers._shared.sde.VEPriorSchedule`."""
 
     def __init__(self, target, cfg: PDNSConfig, device):
-        self.target, self.cfg, self.device = target, cfg, device
+        # in the standardized frame of the target's prior hint when it gives one (Reals only)
+        self.target, self.frame = framed(target, cfg.use_prior_hint and isinstance(target.domain, Reals))
+        self.log_det = 0.0 if self.frame is None else self.frame.log_det
+        self.cfg, self.device = cfg, device
         self.domain = target.domain
         self.project, self.n_dof = state_space(self.domain)
         self.dim = self.domain.event_numel
@@ -331,7 +340,8 @@ class _BrownianBridge:
             raise TrainingDivergedError("PDNS produced non-finite states; lower lr, raise "
                                         "n_time_steps or lower noise_ratio")
         u = check_energy_values(self.target.energy(x), n, name=f"{self.target.name}.energy").to(torch.float64)
-        log_w = -u + path.log_bwd - path.log_fwd  # the Dirac source cancels the first (Dirac) bridge kernel
+        # the Dirac source cancels the first (Dirac) bridge kernel; log|det S| maps z to x
+        log_w = -u + path.log_bwd - path.log_fwd + self.log_det
         reward = -u - gaussian_log_prob(x, self.v1, self.n_dof)
         return x, log_w, reward
 
@@ -351,10 +361,11 @@ class _BrownianBridge:
         return (w * per_row).sum()
 
     def decode(self, x):
-        return x
+        return x if self.frame is None else self.frame.to_x(x)
 
     def diagnostics(self):
-        return {"n_time_steps": self.cfg.n_time_steps, "nfe_per_sample": self.cfg.n_time_steps}
+        return {"n_time_steps": self.cfg.n_time_steps, "nfe_per_sample": self.cfg.n_time_steps,
+                "prior_hint": self.frame is not None}
 
 
 # ---------------------------------------------------------------------------- the sampler

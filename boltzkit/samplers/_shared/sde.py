@@ -28,6 +28,11 @@ kernels are Gaussian, ``B_k = N(x_{k+1} + shift, var I)``; two standard choices 
 AIS-style weights) and :func:`brownian_bridge_kernel` (the exact reversal of a drift-free
 reference started from a point, as in Adjoint Sampling).
 
+Prior-stage noise
+-----------------
+:class:`VEPriorSchedule` is the variance-exploding Brownian motion from a point used by NAAS's
+prior stage and by PDNS's continuous reference (its time-1 law is ``N(0, s_0^2 I)``).
+
 Lean adjoint
 ------------
 :func:`lean_adjoint` integrates, backward along a stored trajectory, the exact discrete
@@ -48,7 +53,7 @@ import torch
 
 from ...errors import ConfigError
 
-__all__ = ["SDEPath", "state_space", "time_grid", "gaussian_log_prob", "euler_maruyama",
+__all__ = ["SDEPath", "VEPriorSchedule", "state_space", "time_grid", "gaussian_log_prob", "euler_maruyama",
            "reversed_reference_kernel", "brownian_bridge_kernel", "path_log_weight",
            "lean_adjoint", "vjp", "grad_and_hvp"]
 
@@ -308,3 +313,35 @@ def lean_adjoint(xs: torch.Tensor, ts: torch.Tensor,
             a = transform(a)
         out[k] = a
     return out
+
+
+class VEPriorSchedule:
+    r"""Noise schedule of the prior stage: variance-exploding Brownian motion from the origin,
+    ``g(s)^2 = v'(s)`` with ``v(s) = s_0^2 (1 - r^{-2s}) / (1 - r^{-2})`` on ``s`` in [0, 1].
+
+    The time-1 law is exactly ``N(0, s_0^2) = pi_0``; the noise decays geometrically by the
+    factor ``r`` (``prior_noise_ratio``) so that the controlled endpoint can be sharp.
+    """
+
+    def __init__(self, prior_std: float, ratio: float):
+        self.s0, self.r = float(prior_std), float(ratio)
+        self._c = 1.0 - self.r ** -2.0
+
+    def variance(self, s: float) -> float:
+        return self.s0 ** 2 * (1.0 - self.r ** (-2.0 * float(s))) / self._c
+
+    def diffusion(self, s: float) -> float:
+        return self.s0 * math.sqrt(2.0 * math.log(self.r) * self.r ** (-2.0 * float(s)) / self._c)
+
+    def step_variance(self, s: float, s_next: float) -> float:
+        """``v(s_next) - v(s)``: the exact noise variance of a step (used by the integrator)."""
+        return self.variance(s_next) - self.variance(s)
+
+    def variance_tensor(self, s: torch.Tensor) -> torch.Tensor:
+        return self.s0 ** 2 * (1.0 - self.r ** (-2.0 * s)) / self._c
+
+    def control_scale(self, s, target_scale: float):
+        """``1 / sqrt(v(1) - v(s) + s_1^2)``: the natural size of the optimal control at ``s``
+        (the score of the remaining Gaussian smoothing); the network output is multiplied by it."""
+        v = self.variance_tensor(s) if isinstance(s, torch.Tensor) else self.variance(s)
+        return (self.s0 ** 2 - v + target_scale ** 2) ** -0.5
