@@ -25,10 +25,21 @@ The paper's figures (brief ``discrete_samplers.md`` 2.8, [paper-2nd]) are stored
 its per-cell tables were not available. Writes ``benchmarks/results/discrete_asbs_lattice_<tag>.json``
 and ``.png``.
 
+Variants (``--variants``): ``dasbs`` (boltzkit defaults: delta source, ``alpha = 0.5`` and the
+closed-form corrector on these shift-invariant targets), ``dasbs_uniform`` (the previous
+default: uniform source, ``alpha = 0.05``, no corrector), ``dasbs_alternating`` (uniform source,
+corrector TM alternation) and ``dasbs_delta_paper`` (the paper's critical-temperature recipe:
+delta source, ``alpha = 0.5``, corrector DM alternation).
+
 Examples::
 
     # small CPU configuration (~20 min on 2 busy cores)
     python benchmarks/discrete_asbs_lattice.py --L 4 --potts-L 3 --targets ising_c potts_c --steps 600
+    # the larger CPU runs (~12 min each, one thread; run the two side by side)
+    python benchmarks/discrete_asbs_lattice.py --targets ising_c --L 6 --steps 600 \
+        --variants dasbs dasbs_uniform --threads 1 --max-time-factor 2 --tag cpu_ising6
+    python benchmarks/discrete_asbs_lattice.py --targets potts_c --L 4 --potts-L 4 --steps 600 \
+        --variants dasbs dasbs_uniform --threads 1 --max-time-factor 2 --tag cpu_potts4
     # paper-like sizes (GPU)
     python benchmarks/discrete_asbs_lattice.py --L 16 --steps 20000 --device cuda --time-steps 100
 """
@@ -49,8 +60,8 @@ import torch
 import boltzkit as bk
 from boltzkit.energies.exact import enumerate_states, state_to_index
 from boltzkit.estimators.importance import log_z_from_log_weights
-from boltzkit.samplers._shared.cyclic import cyclic_rollout, make_noise
-from boltzkit.samplers.discrete_asbs import DiscreteASBS
+from boltzkit.samplers._shared.cyclic import cyclic_rollout, make_noise, sample_source
+from boltzkit.samplers.discrete_asbs import DiscreteASBS, resolve_source
 from boltzkit.samplers.mcmc import lattice_model, order_parameter
 from boltzkit.samplers.mdns import MDNS
 
@@ -68,14 +79,34 @@ PAPER_DASBS = {
     "settings": "Ising 24x24 (beta 0.28 / 0.4407 / 0.6) and Potts q=4 16x16 (beta 0.9 / 1.0986 / 1.3); "
                 "metrics: magnetization error, two-point correlation error, energy W2 vs reference "
                 "samples; ESS / log Z tables [unverified]",
+    # [code] training budgets from the two repositories' configs (brief 1.4 and 2.6)
+    "training_steps": {
+        "dasbs_ising24_beta_c": "5 stages x (400 controller + 200 corrector) = 3000 steps, batch 64 x 2 GPUs, "
+                                "200 tau-leaping steps, lr 5e-4, delta source, corrector DM",
+        "dasbs_ising24_beta_0.28": "5 x (400 + 200) = 3000 steps (summary: ~3.75k steps, ~0.5 h)",
+        "mdns_ising16": "20k warm-up (beta 0.28) + 50k steps, batch 128, WDCE with 8 replicates",
+        "mdns_potts16_q3": "30k warm-up (beta 0.5) + 50k steps, batch 256",
+        "leaps_ising24_beta_0.28": "30k steps, ~8.4 h (from the DASBS summary)",
+    },
 }
 
 VARIANTS = {
-    # boltzkit defaults: controller only (the corrector's fixed point is ~0 for the default,
-    # nearly memoryless reference), importance-weighted losses, temperature warm-up
+    # boltzkit defaults: on Ising (h = 0) and Potts the delta source (uniform over the q constant
+    # configurations; the paper's beta_init = inf) with the paper's reference schedule
+    # (alpha = 0.5, Gamma = log 3) and the closed-form corrector (exact for these shift-invariant
+    # targets), controller only, importance-weighted losses, temperature warm-up
     "dasbs": dict(n_stages=1000, controller_steps=200),
+    # the previous default: uniform source, nearly memoryless reference (alpha = 0.05,
+    # Gamma = log 21), no corrector
+    "dasbs_uniform": dict(source="uniform", noise_alpha=0.05, corrector_loss="none", n_stages=1000,
+                          controller_steps=200),
+    # the paper's critical / low-temperature recipe: delta source, a reference with memory
+    # (alpha = 0.5, Gamma = log 3) and the corrector fitted by denoising matching
+    "dasbs_delta_paper": dict(source="delta", noise_alpha=0.5, corrector_loss="dm", n_stages=1000,
+                              controller_steps=200, corrector_steps=100),
     # the paper's alternation (controller TM + corrector TM) on the same schedule
-    "dasbs_alternating": dict(corrector_loss="tm", n_stages=1000, controller_steps=200, corrector_steps=100),
+    "dasbs_alternating": dict(source="uniform", noise_alpha=0.05, corrector_loss="tm", n_stages=1000,
+                              controller_steps=200, corrector_steps=100),
 }
 
 
@@ -101,21 +132,37 @@ def exact_reference(target, sampler_cfg: dict, n_opt: int, seed: int) -> "dict |
     w = torch.as_tensor(pi)
     out = {"abs_m": float(w @ order_parameter(model, x)),
            "corr": (w @ correlations(target, x)).tolist(), "log_z": en.log_z}
+    out.update(_ceilings(target, en, sampler_cfg, n_opt, seed))
+    out["_pmf"], out["_en"] = pi, en
+    return out
+
+
+def _ceilings(target, en, sampler_cfg: dict, n_opt: int, seed: int) -> dict:
+    """ESS ceilings of the exact path weights for one reference schedule and source."""
+    dom = target.domain
+    pi = en.log_probs.exp().numpy()
     q, d = dom.q, dom.n_sites
     noise = make_noise(sampler_cfg["noise"], sampler_cfg["noise_scale"], sampler_cfg["noise_alpha"])
-    t0 = sampler_cfg["t0"]
+    t0, source = sampler_cfg["t0"], sampler_cfg.get("source", "uniform")
     gamma = float(noise.integral(t0, 1.0))
     e = math.exp(-gamma)
-    # Schrödinger bridge between uniform and pi: P*(x0, x1) = a(x0) K(x0, x1) b(x1)
-    mu = np.full_like(pi, 1.0 / pi.size)
-    a, b = np.ones_like(pi), np.ones_like(pi)
+    if source == "uniform":
+        mu = np.full_like(pi, 1.0 / pi.size)
+    else:  # uniform over the q constant configurations, flat index c (q^D - 1) / (q - 1)
+        mu = np.zeros_like(pi)
+        mu[np.arange(q) * ((q**d - 1) // (q - 1))] = 1.0 / q
+    p1 = _apply_kernel(mu, q, d, e)  # reference terminal law (the kernel is symmetric)
+    # Schrödinger bridge between mu and pi: P*(x0, x1) = a(x0) K(x0, x1) b(x1) (a absorbs mu)
+    a, b = mu.copy(), np.ones_like(pi)
     for _ in range(500):
         a = mu / _apply_kernel(b, q, d, e)
         b = pi / _apply_kernel(a, q, d, e)
-    # w = Z pi(x1) / (a(x0) b(x1)) under P*: ESS = 1 / E[(w/Z)^2]
-    out["ess_ceiling_bridge"] = float(1.0 / np.dot(pi**2 / b, _apply_kernel(1.0 / a, q, d, e)))
-    h0 = _apply_kernel(pi, q, d, e)  # no corrector: w ~ h_0(x0), x0 uniform
-    out["ess_ceiling_no_corrector"] = float(h0.mean() ** 2 / (h0**2).mean())
+    # w / Z = pi(x1) mu(x0) / (p1(x1) a(x0) b(x1)) under P*: ESS = 1 / E[(w/Z)^2]
+    kb = _apply_kernel(b, q, d, e)
+    out = {"source": source,
+           "ess_ceiling_bridge": float(1.0 / np.dot(pi**2 / (p1**2 * b), _apply_kernel(mu * kb, q, d, e)))}
+    h0 = _apply_kernel(pi, q, d, e)  # no corrector: w ~ h_0(x0) / p1(x1), E[w / Z] = 1
+    out["ess_ceiling_no_corrector"] = float(1.0 / np.dot(pi / p1**2, _apply_kernel(mu * h0, q, d, e)))
     out["reference_total_noise"] = gamma
     # exact bridge controller log phi_t(x)_{d,n} = log h_t(x^{d<-n}) - log h_t(x), h_t = K_{t,1} b
     times = torch.linspace(t0, 1.0, sampler_cfg["n_time_steps"] + 1, dtype=torch.float64)
@@ -131,13 +178,13 @@ def exact_reference(target, sampler_cfg: dict, n_opt: int, seed: int) -> "dict |
         return logh[k][shifted] - logh[k][idx][:, None, None]
 
     gen = torch.Generator().manual_seed(seed)
-    x0 = torch.randint(0, q, (n_opt, d), generator=gen)
+    x0 = sample_source(source, n_opt, d, q, generator=gen)
     path = cyclic_rollout(controller, x0, times, noise, q, generator=gen, max_jump=sampler_cfg["max_jump"])
-    lw = en.log_probs[state_to_index(path.x1, q)] + en.log_z + dom.log_size() + path.log_ratio
+    idx1 = state_to_index(path.x1, q)
+    lw = en.log_probs[idx1] + en.log_z - torch.as_tensor(np.log(p1))[idx1] + path.log_ratio
     est = log_z_from_log_weights(lw, warn=False)
     out["ess_ceiling_optimal_controller_tau_leaping"] = est.ess_frac
     out["optimal_controller_log_z_err"] = est.log_z - en.log_z
-    out["_pmf"] = pi
     return out
 
 
@@ -211,13 +258,20 @@ def run_dasbs(target, variant: str, args, ref, budget_time: float, budget_evals:
                       f"{points[name]['log_z_err']}, ESS {points[name]['ess_frac']:.3f}", flush=True)
         if len(points) == 2 or sampler.train_time >= limit_time:
             break
-    return {"points": points, "curve": curve, "config": sampler.config_dict()}
+    out = {"points": points, "curve": curve, "config": sampler.config_dict()}
+    if ref is not None and "_en" in ref:  # ESS ceilings for this variant's source and schedule
+        cfg = {**dataclasses.asdict(sampler.config), "source": sampler.source,
+               "noise_alpha": sampler.noise_alpha}
+        out["ceilings"] = _ceilings(target, ref["_en"], cfg, args.opt_samples, args.seed)
+    return out
 
 
 def run_target(name: str, args) -> dict:
     target = make_target(name, args.L, args.potts_L)
     print(f"== {target.name}", flush=True)
     cfg = dataclasses.asdict(DiscreteASBS.make_config(n_time_steps=args.time_steps))
+    cfg["source"], cfg["noise_alpha"] = resolve_source(target, cfg["source"], cfg["corrector_loss"],
+                                                       cfg["noise_alpha"])
     t0 = time.perf_counter()
     ref = exact_reference(target, cfg, args.opt_samples, args.seed)
     if ref is None and not (getattr(target, "h", 0.0) != 0.0):
@@ -251,9 +305,9 @@ def plot(results: dict, path: Path) -> None:
         for v in (k for k in VARIANTS if k in r):
             c = r[v]["curve"]
             ax.plot([p["train_wall_s"] for p in c], [p["ess_frac"] for p in c], lw=0.8, label=v)
-        if "reference" in r:
-            ax.axhline(r["reference"]["ess_ceiling_optimal_controller_tau_leaping"], ls=":", c="k",
-                       lw=0.8, label="exact controller (tau-leaping)")
+        ceiling = r.get("reference", {}).get("ess_ceiling_optimal_controller_tau_leaping")
+        if ceiling is not None:  # enumerable lattices only
+            ax.axhline(ceiling, ls=":", c="k", lw=0.8, label="exact controller (tau-leaping)")
         ax.axvline(m["train_wall_s"], c="gray", lw=0.5)
         ax.set(title=r["target"].get("name", name), xlabel="training wall time (s)",
                ylabel="batch ESS fraction", ylim=(0, 1.02))

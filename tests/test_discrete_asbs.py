@@ -19,10 +19,11 @@ from boltzkit.energies import Energy, Gaussian, Ising, Potts
 from boltzkit.energies.exact import enumerate_states, exact_marginal_pmf
 from boltzkit.errors import ConfigError, IncompatibleMethodError, TrainingDivergedError
 from boltzkit.samplers._shared.cyclic import (bridge_probs, cyclic_rollout, make_noise, sample_bridge,
-                                              shift_index, step_probs, tau_leap_step,
+                                              sample_source, shift_index, source_log_terminal,
+                                              source_log_terminal_score, step_probs, tau_leap_step,
                                               transition_log_prob)
 from boltzkit.samplers.discrete_asbs import (DiscreteASBS, bregman_divergence, controller_tm_target,
-                                             corrector_tm_target, log_discrete_score)
+                                             corrector_tm_target, log_discrete_score, resolve_source)
 
 from _stats import assert_consistent, assert_rejects, chi2_gof_pvalue, z_limit
 
@@ -219,7 +220,7 @@ def test_phi_one_is_the_reference_and_weight_is_exact():
     assert path.n_capped == 0 and float(path.n_jumps.mean()) > 1.0
     assert float(path.log_ratio.abs().max()) < 1e-12
     # the untrained sampler's controller is exactly the reference
-    fresh = DiscreteASBS(device="cpu", seed=3, progress=False, **FAST)
+    fresh = DiscreteASBS(device="cpu", seed=3, progress=False, source="uniform", **FAST)
     fresh._attach(target)
     fresh._setup(fresh.target)
     p, lw = fresh.sample_paths(300)
@@ -241,13 +242,13 @@ def test_weights_unbiased_for_random_network():
     """E[w] = Z exactly for an untrained, randomly perturbed controller network."""
     target = Ising(L=3, beta=0.1)
     sampler = DiscreteASBS(device="cpu", seed=0, progress=False, n_time_steps=6, net="transformer",
-                           hidden=16, n_layers=1, sample_batch_size=6000)
+                           hidden=16, n_layers=1, sample_batch_size=6000, source="uniform")
     sampler._attach(target)
     sampler._setup(sampler.target)
     net = sampler.ema_controller.shadow
     gen = torch.Generator().manual_seed(2)
     with torch.no_grad():  # random output layer and time modulation
-        for p in list(net.backbone.head.parameters()) + list(net.film.parameters()):
+        for p in list(net.net.head.parameters()) + list(net.net.time.film.parameters()):
             p.add_(0.1 * torch.randn(p.shape, generator=gen))
     path, lw = sampler.sample_paths(12_000)
     assert float(path.log_ratio.std()) > 0.3, "the proposal is too close to the reference"
@@ -271,6 +272,137 @@ def test_weights_unbiased_with_capped_rows():
     assert path.n_capped > 0.2 * n * 9, "too few capped rows to test the capping"
     lw = -target.energy(path.x1.view(n, 3, 3)).double() + 9 * math.log(3) + path.log_ratio
     _z_ratio_checks(lw, target.exact_log_z(), 9 * math.log(3), "Z_hat / Z (capped rows)")
+
+
+# ---------------------------------------------------------------------------- delta source
+@pytest.mark.parametrize("q", [2, 3])
+def test_delta_source_terminal_law_matches_matrix_exponential(q):
+    """p^r_1 from the delta source = mixture over constant x_0 of the kron(expm) kernel rows."""
+    d, g, alpha, t0 = 3, 1.0, 0.5, 0.01
+    gamma = _rate_integral(g, alpha, t0, 1.0)
+    k = linalg.expm(gamma * _generator(q))
+    k3 = np.kron(np.kron(k, k), k)
+    const = [c * (q**2 + q + 1) for c in range(q)]  # flat indices of (c, c, c)
+    brute = k3[const].mean(0)
+    states = torch.cartesian_prod(*[torch.arange(q)] * d)
+    ours = source_log_terminal("delta", states, make_noise("log_linear", g, alpha).integral(t0, 1.0), q)
+    np.testing.assert_allclose(ours.exp().numpy(), brute, rtol=1e-12)
+    uniform = source_log_terminal("uniform", states, gamma, q)
+    np.testing.assert_allclose(uniform.exp().numpy(), q**-d, rtol=1e-14)
+    assert float((ours.exp() - uniform.exp()).abs().max()) > 0.01  # the two laws differ here
+    x0 = sample_source("delta", 3000, d, q, generator=torch.Generator().manual_seed(0))
+    assert bool((x0 == x0[:, :1]).all())  # constant configurations
+    assert chi2_gof_pvalue(np.bincount(x0[:, 0].numpy(), minlength=q), np.full(q, 1 / q)) > 1e-4
+
+
+def test_source_resolution():
+    assert resolve_source(Ising(L=3, beta=0.4)) == ("delta", 0.5)
+    assert resolve_source(Ising(L=3, beta=0.4, h=0.1)) == ("uniform", 0.05)
+    assert resolve_source(Potts(L=3, q=3, beta=1.0)) == ("delta", 0.5)
+    assert resolve_source(Potts(L=3, q=3, beta=1.0), corrector_loss="tm") == ("uniform", 0.05)
+    generic = Energy.from_function(lambda x: x.double().sum(1), Sequence(4, "AC"), name="lin")
+    assert resolve_source(generic) == ("uniform", 0.05)
+    assert resolve_source(generic, "delta", noise_alpha=0.2) == ("delta", 0.2)
+
+
+def test_delta_source_terminal_score_matches_differences():
+    q, d, gamma = 3, 5, torch.tensor(0.9, dtype=torch.float64)
+    x = torch.randint(0, q, (6, d), generator=torch.Generator().manual_seed(1))
+    score = source_log_terminal_score("delta", x, gamma, q)
+    base = source_log_terminal("delta", x, gamma, q)
+    for site in range(d):
+        for n in range(q):
+            y = x.clone()
+            y[:, site] = n
+            np.testing.assert_allclose(score[:, site, n].numpy(),
+                                       (source_log_terminal("delta", y, gamma, q) - base).numpy(), atol=1e-12)
+    assert float(score.abs().max()) > 0.1
+    assert float(source_log_terminal_score("uniform", x, gamma, q).abs().max()) == 0.0
+
+
+def test_closed_form_corrector_is_the_exact_bridge_for_the_delta_source():
+    """Delta source + a target invariant under x -> x + c: the h-transform of the reference
+    with terminal h_1 = pi / p^r_1 (controller target = score of pi minus score of p^r_1) ends
+    exactly at pi, with constant path weights. Negative controls: h_1 = pi (no corrector), and
+    a target with a field (not shift invariant)."""
+    q, d, g, alpha = 3, 3, 1.0, 0.5
+    gamma = _rate_integral(g, alpha, 0.0, 1.0)
+    k = linalg.expm(gamma * _generator(q))
+    k3 = np.kron(np.kron(k, k), k)
+    states = torch.cartesian_prod(*[torch.arange(q)] * d)
+    p1 = source_log_terminal("delta", states, torch.tensor(gamma, dtype=torch.float64), q).exp().numpy()
+    const = [c * (q**2 + q + 1) for c in range(q)]
+
+    def end_law(pi, h1):
+        h0 = k3[const] @ h1  # h_0 at the q source states
+        return (k3[const] / h0[:, None]).mean(0) * h1, h0
+
+    ring = (states == torch.roll(states, 1, 1)).double().sum(1).numpy()  # Potts ring, shift invariant
+    field = 0.7 * (states == 0).double().sum(1).numpy()
+    for log_pi, invariant in ((0.9 * ring, True), (0.9 * ring + field, False)):
+        pi = np.exp(log_pi) / np.exp(log_pi).sum()
+        law, h0 = end_law(pi, pi / p1)
+        if invariant:
+            np.testing.assert_allclose(law, pi, rtol=1e-10)
+            np.testing.assert_allclose(h0, h0[0], rtol=1e-12)  # constant weights h_0(x_0)
+            wrong, _ = end_law(pi, pi)
+            assert float(np.abs(wrong - pi).max()) > 1e-2
+        else:
+            assert float(np.abs(law - pi).max()) > 1e-3
+
+
+def test_delta_source_weights_unbiased_for_random_network():
+    """E[w] = Z for an untrained, randomly perturbed controller started from the delta source;
+    the uniform source's normalizer (D log q) in its place is rejected."""
+    target = Potts(L=3, q=3, beta=0.3)
+    sampler = DiscreteASBS(device="cpu", seed=0, progress=False, n_time_steps=6, net="cnn", hidden=16,
+                           n_layers=1, sample_batch_size=6000, source="delta", noise_alpha=0.5)
+    sampler._attach(target)
+    sampler._setup(sampler.target)
+    net = sampler.ema_controller.shadow
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in list(net.net.head.parameters()) + list(net.net.time.film.parameters()):
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    path, lw = sampler.sample_paths(12_000)
+    assert bool((path.x0 == path.x0[:, :1]).all())
+    assert float(path.log_ratio.std()) > 0.3, "the proposal is too close to the reference"
+    exact = target.exact_log_z()
+    _z_ratio_checks(lw, exact, 9 * math.log(3), "Z_hat / Z (delta source)")
+    gamma = sampler.noise.integral(0.0, 1.0)
+    log_p1 = source_log_terminal("delta", path.x1, gamma, 3)
+    wrong = torch.exp(lw + log_p1 + 9 * math.log(3) - exact).numpy()  # uniform normalizer instead
+    assert_rejects(wrong.mean(), wrong.std(ddof=1) / math.sqrt(wrong.size), 1.0,
+                   what="Z_hat / Z with the uniform source's p^r_1")
+
+
+DELTA_RECIPES = {
+    # the paper's ordered-phase setting: reference with memory, corrector by denoising matching
+    "dm": dict(n_stages=2, controller_steps=120, corrector_steps=30, corrector_loss="dm"),
+    # the closed-form corrector (exact for this shift-invariant target), controller only
+    "closed_form": dict(controller_steps=300, corrector_loss="closed_form"),
+}
+
+
+@pytest.fixture(scope="module", params=list(DELTA_RECIPES))
+def ising3_delta(request):
+    target = Ising(L=3, beta=0.6)
+    sampler = _fit(target, source="delta", noise_alpha=0.5, warmup_steps=100, **DELTA_RECIPES[request.param])
+    return target, sampler, sampler.sample(6000)
+
+
+def test_delta_source_trained_log_z_and_modes(ising3_delta):
+    target, sampler, res = ising3_delta
+    exact = target.exact_log_z()
+    assert res.diagnostics["source"] == "delta" and sampler.step == 300
+    _check_log_z(res, exact, exact - math.log(2), "Ising 3x3 beta=0.6 log Z, delta source (one mode)")
+    _check_log_z(res, exact, Ising(L=3, beta=0.63).exact_log_z(), "Ising 3x3 log Z (delta) vs beta=0.63")
+    # the reference remembers x_0 here (Gamma = log 3), which caps the ESS of exact weights well
+    # below 1 even at the exact bridge; still far above the untrained proposal's
+    assert res.ess / res.n_samples > max(0.15, 20 * _uniform_ess_frac(target))
+    frac_up, se = res.expectation(lambda x: (x.flatten(1).sum(1) > 0).double())
+    assert_consistent(frac_up, se, 0.5, what="P(M > 0), delta source")
+    assert_rejects(frac_up, se, 0.75, what="P(M > 0), delta source")
 
 
 # ---------------------------------------------------------------------------- target pieces
@@ -332,13 +464,13 @@ def _check_histogram(res, target, statistic, wrong_target, what, seed=0):
 @pytest.fixture(scope="module")
 def ising3():
     target = Ising(L=3, beta=0.6)  # ordered phase: two modes
-    sampler = _fit(target, controller_steps=200, warmup_steps=100)
+    sampler = _fit(target, controller_steps=200, warmup_steps=100, source="uniform")
     return target, sampler, sampler.sample(6000)
 
 
 @pytest.fixture(scope="module")
 def potts3():
-    target = Potts(L=3, q=3, beta=0.8)
+    target = Potts(L=3, q=3, beta=0.8)  # defaults: delta source, closed-form corrector
     sampler = _fit(target, controller_steps=200, warmup_steps=100)
     return target, sampler, sampler.sample(6000)
 
@@ -371,7 +503,8 @@ def test_ising3_magnetization_histogram(ising3):
 
 
 def test_potts3_log_z_and_energy_histogram(potts3):
-    target, _, res = potts3
+    target, sampler, res = potts3
+    assert sampler.source == "delta" and sampler.noise_alpha == 0.5
     exact = target.exact_log_z()
     _check_log_z(res, exact, Potts(L=3, q=3, beta=0.85).exact_log_z(), "Potts 3x3 log Z")
     assert res.ess / res.n_samples > max(0.25, 20 * _uniform_ess_frac(target))
@@ -470,6 +603,12 @@ def test_bad_inputs():
         DiscreteASBS(t0=1.0)
     with pytest.raises(ConfigError, match="max_jump"):
         DiscreteASBS(max_jump=1.0)
+    with pytest.raises(ConfigError, match="source"):
+        DiscreteASBS(source="dirac")
+    with pytest.raises(ConfigError, match="corrector_loss='closed_form'"):
+        DiscreteASBS(source="delta", corrector_loss="tm")
+    with pytest.raises(ConfigError, match="closed_form"):
+        DiscreteASBS(corrector_loss="exact")
     with pytest.raises(IncompatibleMethodError):
         bk.sample(Gaussian([0.0, 0.0]), method="discrete_asbs", n_samples=10)
     sampler = DiscreteASBS(device="cpu", seed=0, progress=False, **TINY)

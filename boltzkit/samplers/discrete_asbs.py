@@ -10,7 +10,8 @@ cyclic group Z_q^D. A uniform reference CTMC (every site jumps to each other val
 group, so adjoint matching carries over from continuous space. A time-conditioned
 *controller* ``log phi_t(x)`` (B, D, q) multiplies the reference rates; a time-free
 *corrector* ``log phihat(x)`` is the terminal Schrödinger-bridge potential ratio. Starting
-from x_0 ~ uniform, the controlled chain should end at x_1 ~ pi = exp(-U) / Z.
+from x_0 drawn from a source (uniform on Z_q^D, or uniform over the q constant
+configurations), the controlled chain should end at x_1 ~ pi = exp(-U) / Z.
 
 Objective (Bregman ``D_F(a || b) = a log(a/b) - a + b`` on rates, F = t log t), fitted on a
 replay buffer of EMA-controller trajectories (x_0, x_1) with bridge states x_t:
@@ -19,7 +20,8 @@ replay buffer of EMA-controller trajectories (x_0, x_1) with bridge states x_t:
         D_F( phi_1^tgt(x_1)_{d, (n + x_1^d - x_t^d) mod q} || phi_t(x_t)_{d, n} ),
         log phi_1^tgt(x) = [U(x) - U(x^{d <- n})] - log phihat(x)_{d, n};
     corrector:  min E w(x_0, x_1) sum_{d, n != x_1^d} D_F( 1 / phi_{t_0}(x_0)_{d, (n + x_0^d - x_1^d) mod q}
-        || phihat(x_1)_{d, n} )   (uniform source, so its discrete score is 0),
+        || phihat(x_1)_{d, n} )   (uniform source, so its discrete score is 0;
+        ``corrector_loss="dm"`` for the delta source),
 
 with w = B softmax(log w) over the batch (``use_weights``) or 1. The controller target is the
 exact discrete score of the target (minus the corrector) read at the group-translated value,
@@ -27,15 +29,19 @@ so no gradient or kernel score of the reference is needed. ASBS alternates the t
 (``n_stages`` x (``controller_steps`` + ``corrector_steps``), a fresh buffer per phase, each
 network set to its EMA at the end of its phase); ``controller_loss="dm"`` /
 ``corrector_loss="dm"`` select the denoising-matching variants (targets ``p^r_{1|t}`` ratios,
-``t <= 1 - dm_eps``), and ``corrector_loss="none"`` (default, see below) keeps the corrector at 0.
+``t <= 1 - dm_eps``), ``corrector_loss="none"`` keeps the corrector at 0 and
+``corrector_loss="closed_form"`` (default, see below) fixes it to the discrete score of the
+reference's terminal law, exact for the delta source on shift-invariant targets.
 
 Returns. :meth:`DiscreteASBS.sample` returns a :class:`~boltzkit.result.Result` with samples
 in the domain's physical representation and the *exact* float64 path log-weights
 
-    log w = -U(x_1) + D log q + sum_k [log p^r_{k+1|k}(x_{k+1} | x_k) - log p^u_{k+1|k}(x_{k+1} | x_k)],
+    log w = -U(x_1) - log p^r_1(x_1)
+            + sum_k [log p^r_{k+1|k}(x_{k+1} | x_k) - log p^u_{k+1|k}(x_{k+1} | x_k)],
 
-for which ``E[w] = Z`` whatever the controller and the step count (the reference's uniform
-law is stationary, so ``p^r_1 = q^-D``; brief section 2.4), so log Z +- stderr and the ESS come
+for which ``E[w] = Z`` whatever the controller and the step count (``p^r_1 = q^-D`` for the
+uniform source, which is stationary; closed form for the delta source; brief section 2.4),
+so log Z +- stderr and the ESS come
 from :func:`boltzkit.result.result_from_log_weights` exactly as for MDNS. Diagnostics include
 the network evaluations per sample, the fraction of capped tau-leaping rows, jumps per site,
 energy and discrete-score evaluation counts and wall times.
@@ -49,20 +55,38 @@ Choices where the paper / brief leave details open (and why)
   ``log w = -U(x_1) + D log q``). Rows whose jump probability would exceed ``max_jump`` are
   scaled down (and counted) rather than frozen: the step stays a valid kernel with full
   support, so the weights stay exact (freezing, as in the reference code, biases them).
-* Default noise: log-linear with ``g = 1`` and ``alpha = 0.05`` (total noise ``Gamma(0, 1) =
-  log 21 = 3.04``), not the paper's ``alpha = 0.5`` (``Gamma = log 3``). The exact weights
-  compare the sampler with the reference bridge *backwards from x_1*, so when x_1 remembers
-  x_0 even the exact Schrödinger bridge has ESS < 1. Computed by Sinkhorn on the full state
-  space (``benchmarks/discrete_asbs_lattice.py``), this ceiling is 0.89 / 0.51 / 0.39 on 4x4
-  Ising at beta = 0.28 / 0.4407 / 0.6 with ``Gamma = log 3`` and above 0.999 with ``Gamma = 3``.
-* Corrector off by default (``corrector_loss="none"``, one stage). With ``Gamma = 3`` the
-  exact corrector is within ``O(e^-Gamma)`` of 0 and the ESS ceilings of the exact bridge and
-  of the no-corrector fixed point agree to 4 digits, so training it only adds noise to the
-  controller's target. Measured (2-core CPU, Ising 3x3 beta = 0.6, 300 controller steps, K =
-  20): ESS 0.56 without the corrector vs 0.12 with 2 x (150 + 30) alternation; on 4x4 Ising
+* Default source, reference and corrector (chosen by :func:`resolve_source`). On Ising
+  without field and Potts (targets invariant under the global shift ``x -> x + c``): the
+  delta source, the paper's log-linear schedule (``g = 1``, ``alpha = 0.5``, total noise
+  ``Gamma(0, 1) = log 3``) and the *closed-form corrector* ``corrector_loss="closed_form"``.
+  For a delta source and a shift-invariant target the Schrödinger-bridge potential on the q
+  source states is constant, so the corrector ``phihat = K^T a`` is proportional to the
+  reference's terminal law ``p^r_1``, known in closed form: no corrector network, no
+  alternation, and the controller's fixed point *is* the bridge, whose exact weights are then
+  constant (ESS ceiling 1 for any noise level; with the corrector left at 0 instead, the
+  ceiling is 0.21 on 4x4 Ising and 0.31 on 3x3 Potts q=3 at beta_c). With less total noise
+  the optimal rates are closer to the reference, so tau-leaping is more accurate: with the
+  exact controller and K = 50 steps, the ESS is 0.98 (delta, ``Gamma = log 3``) vs 0.89
+  (uniform, ``Gamma = log 21``) on 4x4 Ising and 0.98 vs 0.88 on 3x3 Potts q=3 at beta_c
+  (Sinkhorn on the full state space). Measured after 600 steps (2-core CPU, batch
+  128, K = 50, 10^4 samples, seed 0): ESS 0.93 vs 0.75 on 4x4 Ising beta_c, 0.91 vs 0.61 on
+  3x3 Potts q=3 beta_c, against the previous default (uniform source, ``alpha = 0.05``, no
+  corrector). ``alpha = 1`` gave 0.94 / 0.95 there but 0.65 vs 0.81 on 6x6 Ising, so the
+  paper's 0.5 stays.
+* Other targets (fields, generic energies, sequences): the uniform source with
+  ``alpha = 0.05`` (``Gamma = log 21 = 3.04``). The exact weights compare the sampler with
+  the reference bridge *backwards from x_1*, so with a uniform source and an x_1 that
+  remembers x_0, even the exact Schrödinger bridge has ESS < 1. Computed by Sinkhorn on the
+  full state space (``benchmarks/discrete_asbs_lattice.py``), this ceiling is 0.89 / 0.51 /
+  0.39 on 4x4 Ising at beta = 0.28 / 0.4407 / 0.6 with ``Gamma = log 3`` and above 0.999 with
+  ``Gamma = 3`` (measured: uniform source with ``alpha = 0.5`` reached ESS 0.42 on 4x4 Ising
+  beta_c). With ``Gamma = 3`` the exact corrector is within ``O(e^-Gamma)`` of 0, which
+  ``"closed_form"`` (0 for the uniform source) uses; training a corrector only adds noise to
+  the controller's target. Measured (2-core CPU, Ising 3x3 beta = 0.6, 300 controller steps, K
+  = 20): ESS 0.56 without the corrector vs 0.12 with 2 x (150 + 30) alternation; on 4x4 Ising
   beta = 0.28 (unweighted losses) 0.84 vs 0.78 at 600 controller steps. Use
-  ``corrector_loss="tm"``, ``n_stages > 1`` with a reference that has memory (``noise_alpha=0.5``)
-  to run the paper's alternation (its unweighted x_1 marginal needs the corrector there).
+  ``corrector_loss="tm"`` or ``"dm"`` with ``n_stages > 1`` to run the paper's alternation
+  (``"dm"`` with the delta source, as the paper does at critical and low temperature).
 * Importance-weighted losses by default (``use_weights=True``; the paper's default is
   unweighted) and a temperature warm-up (``warmup_steps=200`` from 0.3): on cold targets the
   unweighted adjoint-matching fixed-point iteration is unstable. Targets computed on
@@ -71,15 +95,21 @@ Choices where the paper / brief leave details open (and why)
   50 steps on Ising 3x3 beta = 0.6, and a log Z estimate 30 nats low with batch 256 x 16
   replicates). Self-normalized weights make the regression target the target path measure's
   conditional mean; the warm-up keeps them informative while the controller catches up.
-* Controller network: the shared site networks as backbone (``net="auto"``: the residual
+* Controller network: the shared site networks (``net="auto"``: the residual
   :class:`~boltzkit.samplers._shared.discrete_nets.SiteCNN` on periodic lattices, else the
-  :class:`~boltzkit.samplers._shared.discrete_nets.SiteTransformer`). Time enters through the
-  shared :class:`~boltzkit.samplers._shared.time_embedding.SinusoidalTimeEmbedding` (t scaled
-  by 1000, as in the paper), added to the token embedding and to the residual stream before every block,
-  plus an adaLN-style shift/scale before the output head. Outputs are soft-clamped to
-  ``log_phi_max * tanh(. / log_phi_max)`` (float32 exp cannot overflow; brief pitfall 2.9).
-* Uniform source only (``beta_init = 0`` in the paper): the delta source needs corr-DM and a
-  different ``p^r_1``; not implemented.
+  :class:`~boltzkit.samplers._shared.discrete_nets.SiteTransformer`) built with their
+  optional time input (``time_conditioned=True``): a sinusoidal embedding of t (scaled by
+  1000, as in the paper) added to the token embedding and to the residual stream before every
+  block, plus an adaLN-style shift/scale before the output head
+  (:class:`~boltzkit.samplers._shared.time_embedding.TimeFiLM`). The corrector is the same
+  network without time. Outputs are soft-clamped to ``log_phi_max * tanh(. / log_phi_max)``
+  (float32 exp cannot overflow; brief pitfall 2.9).
+* Source (``source=``): ``"uniform"`` (the paper's ``beta_init = 0``), ``"delta"``, uniform
+  over the q constant configurations (``beta_init = inf``, used by the paper at critical and
+  low temperature), or ``"auto"`` (see above). With the delta source the exact weights divide
+  by the closed-form reference terminal law ``p^r_1(x_1) = q^-1 sum_c B^{n_c} A^{D - n_c}``
+  (n_c = number of sites equal to c) instead of ``q^-D``, so they stay unbiased. Its
+  discrete score is infinite, so corr-TM is refused.
 * The uniform kernel only asks whether a site changed, so it is invariant under every
   permutation of a site's values: any bijection sending x_t^d to n gives a valid target (the
   exact fixed-point test finds the cyclic translation and its reflection equally right). We use
@@ -88,31 +118,55 @@ Choices where the paper / brief leave details open (and why)
 
 Measured
 --------
-``benchmarks/discrete_asbs_lattice.py`` (2 shared CPU cores, 1 thread, defaults, 10^4
-samples; MDNS with its defaults for 600 steps sets the wall-time and energy budgets):
+``benchmarks/discrete_asbs_lattice.py`` (2 shared CPU cores, 1 thread, seed 0, 10^4 samples,
+DASBS batch 128 and K = 50; MDNS with its defaults for 600 steps sets the wall-time and
+energy budgets; errors are estimate - exact with the estimator's own stderr):
 
-=========================  =============  =====================  =====================
-target (exact log Z)        MDNS           DASBS, equal time      DASBS, equal evals
-=========================  =============  =====================  =====================
-Ising 4x4 beta_c (15.5219)  ESS 0.954      ESS 0.767 (1120 st.)   ESS 0.778 (1200 st.)
-                            err -0.0025    err +0.0021 +- 0.0055  err -0.0002 +- 0.0053
-Potts q=3 3x3 beta_c        ESS 0.963      ESS 0.516 (780 st.)    ESS 0.543 (1200 st.)
-(19.6889)                   err +0.0008    err -0.0043 +- 0.0097  err +0.0005 +- 0.0092
-=========================  =============  =====================  =====================
+==========================  ================  ======================  ======================
+target (exact log Z)        MDNS              DASBS, equal time       DASBS, equal evals
+==========================  ================  ======================  ======================
+Ising 6x6 beta_c (34.1115)  ESS 0.942         ESS 0.823 (2820 st.)    ESS 0.764 (1200 st.)
+                            err +.002+-.002   err -.0005+-.0046       err -.004+-.006
+  previous default                            ESS 0.724, -.015+-.006  ESS 0.641, +.004+-.007
+Potts q=3 4x4 beta_c        ESS 0.884         ESS 0.826 (940 st.)     ESS 0.770 (1200 st.)
+(34.1726)                   err -.008+-.004   err -.008+-.005         err +.004+-.005
+  previous default                            ESS 0.271, +.027+-.016  ESS 0.308, -.001+-.015
+Ising 4x4 beta_c (15.5219)  ESS 0.954         ESS 0.932 (960 st.)     ESS 0.919 (1200 st.)
+                            err -.003+-.002   err -.005+-.003         err +.001+-.003
+  previous default                            ESS 0.751, +.001+-.006  ESS 0.778, -.000+-.005
+Potts q=3 3x3 beta_c        ESS 0.963         ESS 0.930 (820 st.)     ESS 0.956 (1200 st.)
+(19.6889)                   err +.001+-.002   err +.000+-.003         err -.003+-.002
+  previous default                            ESS 0.600, +.007+-.008  ESS 0.544, +.001+-.009
+==========================  ================  ======================  ======================
 
-With the exact bridge controller, tau-leaping with K = 50 steps reaches ESS 0.89 / 0.88 on
-these two targets (the discretization ceiling); the paper's alternation (corrector on) reached
-0.62 / 0.47 at equal time. Sampling costs K = 50 network passes per sample against D for
-MDNS (16 and 9 here; DASBS becomes the cheaper sampler once D > K).
+MDNS trained 217 s (Ising 6x6), 48 s (Potts 4x4), 24 s (Ising 4x4) and 14 s (Potts 3x3);
+<|m|> and G(r) of every run agree with a long Swendsen-Wang reference (6x6, 4x4 Potts) or
+exact enumeration within about one of their standard errors (|m| errors 3e-4 to 5e-3), and
+on the enumerable lattices the weighted-histogram TV to the exact pmf is the same for both
+methods (0.15 / 0.12, dominated by the 10^4-sample noise). So at equal training cost discrete
+ASBS reaches log Z and observables of the same accuracy; its ESS is close to MDNS's on the
+small lattices (0.92-0.96 vs 0.95-0.96) but lower at the larger sizes (0.82-0.83 vs
+0.88-0.94), i.e. it needs more samples there for the same error bar. The training curves
+(batch ESS, ``*_cpu_ising6.png``) show the paper's effect only early on: on Ising 6x6 DASBS's
+batch ESS passes 0.85 after about 35 s where MDNS needs about 90 s, but it then fluctuates
+(0.2-0.95 between refreshes of 128 paths) while MDNS keeps improving, so by MDNS's budget it
+does not train cheaper than MDNS. Sampling costs K = 50 network passes
+per sample against D for MDNS (36 and 16 here), so DASBS is also the slower sampler below
+D = 50. The previous default (uniform source, ``alpha = 0.05``) is shown for comparison.
 
 Known failure modes (brief 2.9)
 -------------------------------
 * Too few time steps: near t = 1 the optimal rates approach ``exp(beta * max local dE)`` (e^8beta
   for an Ising spin surrounded by opposite spins); capped rows (``capped_frac``) and a falling
   ESS mean ``n_time_steps`` should grow. The weights stay unbiased, only noisier.
-* With a weak total noise (paper default ``alpha = 0.5``) x_1 remembers x_0 and the exact
+* Uniform source with a weak total noise (``alpha = 0.5``): x_1 remembers x_0 and the exact
   weights have an ESS ceiling below 1 even at the exact bridge, which shrinks exponentially
-  with D: raise ``noise_scale`` or lower ``noise_alpha``.
+  with D: raise ``noise_scale`` or lower ``noise_alpha`` (the ``"auto"`` default does).
+* Delta source on a target that is *not* shift invariant (a field, a generic energy, forced
+  with ``source="delta"``): the closed-form corrector is then only approximate, the q source
+  states reach the target with different potentials ``h_0(c)``, and the weights (still exact)
+  vary with x_0: the ESS can drop by up to a factor q. Use the uniform source (``"auto"``
+  does) or a trained corrector (``corrector_loss="dm"``, ``n_stages > 1``).
 * Mode collapse at low temperature (one of the two Ising ordered states) still gives a high
   self-normalized ESS; log Z is then low by about log 2. Compare with an exact value.
 * Training is slow and noisy compared with MDNS at equal cost: each regression target is one
@@ -143,17 +197,18 @@ from ..errors import ConfigError, IncompatibleMethodError
 from ..estimators.importance import log_z_from_log_weights
 from ..result import Result, result_from_log_weights
 from ._shared.buffers import ReplayBuffer
-from ._shared.cyclic import (CyclicPath, cyclic_rollout, log_c, make_noise, sample_bridge,
-                             shift_index)
-from ._shared.discrete_nets import SiteCNN, SiteTransformer, make_discrete_net
+from ._shared.cyclic import (SOURCES, CyclicPath, cyclic_rollout, log_c, make_noise, sample_bridge,
+                             sample_source, shift_index, source_log_terminal,
+                             source_log_terminal_score)
+from ._shared.discrete_nets import make_discrete_net
 from ._shared.ema import EMA
-from ._shared.time_embedding import SinusoidalTimeEmbedding
 from .base import SamplerConfig, TrainableSampler, _check_count
 
-__all__ = ["DiscreteASBS", "DiscreteASBSConfig", "TimeConditionedSiteNet", "log_discrete_score",
-           "bregman_divergence", "controller_tm_target", "corrector_tm_target"]
+__all__ = ["DiscreteASBS", "DiscreteASBSConfig", "log_discrete_score", "bregman_divergence",
+           "controller_tm_target", "corrector_tm_target", "resolve_source", "shift_invariant"]
 
 BREGMAN = ("tlogt", "-logt", "t2")
+CORRECTOR_LOSSES = ("tm", "dm", "none", "closed_form")
 
 
 # ============================================================================ target pieces
@@ -247,71 +302,42 @@ def corrector_tm_target(log_phi0: torch.Tensor, x0: torch.Tensor, x1: torch.Tens
     return (-log_phi0).gather(-1, shift_index(x1, x0, q))
 
 
+def shift_invariant(energy) -> bool:
+    """True for targets known to be invariant under the global shift ``x -> x + c`` (mod q):
+    ``Ising`` without field and ``Potts`` (exact types; other energies are not inspected)."""
+    return (type(energy) is Ising and energy.h == 0.0) or type(energy) is Potts
+
+
+def resolve_source(energy, source: str = "auto", corrector_loss: str = "closed_form",
+                   noise_alpha: "float | None" = None) -> "tuple[str, float]":
+    """The (source, noise_alpha) that :class:`DiscreteASBS` uses for ``energy``.
+
+    ``source="auto"`` picks ``"delta"`` for shift-invariant targets (:func:`shift_invariant`),
+    where the closed-form corrector is the exact one, unless ``corrector_loss="tm"`` (which needs
+    a finite source score); otherwise ``"uniform"``. ``noise_alpha=None`` picks 0.5 (total
+    noise ``log 3``, the paper's) for the delta source and 0.05 (``log 21``, nearly
+    memoryless) for the uniform source, whose exact weights lose ESS when x_1 remembers x_0.
+    """
+    if source == "auto":
+        source = "delta" if shift_invariant(energy) and corrector_loss != "tm" else "uniform"
+    if noise_alpha is None:
+        noise_alpha = 0.5 if source == "delta" else 0.05
+    return source, float(noise_alpha)
+
+
 # ============================================================================ networks
 class _SoftClamp(nn.Module):
-    """``m * tanh(net(x) / m)``: smooth bound on log-rates (float32 exp never overflows)."""
+    """``m * tanh(net(x, ...) / m)``: smooth bound on log-rates (float32 exp never overflows).
+
+    Extra positional arguments (the time of a time-conditioned site network) are passed on.
+    """
 
     def __init__(self, net: nn.Module, bound: float):
         super().__init__()
         self.net, self.bound = net, float(bound)
 
-    def forward(self, x):
-        return self.bound * torch.tanh(self.net(x) / self.bound)
-
-
-class TimeConditionedSiteNet(nn.Module):
-    """``log phi_t(x)`` (B, D, q): a shared site network made time-dependent.
-
-    Composes the shared backbones of :mod:`boltzkit.samplers._shared.discrete_nets` with the
-    shared :class:`SinusoidalTimeEmbedding`: the time embedding is added to the token
-    embedding and (through one zero-initialized projection per block) to the residual stream
-    before every block, and an adaLN-style shift/scale (zero-initialized) modulates the
-    features before the backbone's output head. The head is zero-initialized by the
-    backbone, so an untrained network returns ``log phi = 0`` (the reference process).
-
-    Parameters
-    ----------
-    backbone : a :class:`SiteTransformer` or :class:`SiteCNN`.
-    hidden : its width.
-    bound : soft clamp of the output, ``bound * tanh(out / bound)``.
-    """
-
-    def __init__(self, backbone: nn.Module, hidden: int, bound: float = 30.0):
-        super().__init__()
-        if not isinstance(backbone, (SiteTransformer, SiteCNN)):
-            raise ConfigError(f"backbone must be a SiteTransformer or SiteCNN, got {type(backbone).__name__}")
-        self.backbone, self.bound = backbone, float(bound)
-        self.time = SinusoidalTimeEmbedding(out_dim=hidden, n_freq=max(hidden // 2, 8), scale=1000.0)
-        n_blocks = len(backbone.blocks)
-        self.inject = nn.Linear(hidden, hidden * n_blocks)
-        self.film = nn.Linear(hidden, 2 * hidden)
-        for lin in (self.inject, self.film):
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        bb = self.backbone
-        c = self.time(t, batch=x.shape[0])  # (B, hidden)
-        inj = self.inject(F.silu(c)).chunk(len(bb.blocks), dim=-1)
-        shift, scale = self.film(F.silu(c)).chunk(2, dim=-1)
-        h = bb.embed(x) + c.unsqueeze(1)  # (B, D, hidden)
-        if isinstance(bb, SiteTransformer):
-            if bb.pos is not None:
-                h = h + bb.pos
-            for layer, block in enumerate(bb.blocks):
-                bias = bb.rel_bias[layer][:, bb.rel_index].to(h.dtype)
-                h = block(h + inj[layer].unsqueeze(1), bias)
-            h = bb.norm(h) * (1.0 + scale.unsqueeze(1)) + shift.unsqueeze(1)
-            out = bb.head(h)
-        else:  # SiteCNN: channels first on the grid
-            b = x.shape[0]
-            spatial = (1,) * len(bb.shape)
-            h = h.transpose(1, 2).reshape(b, -1, *bb.shape)
-            for layer, block in enumerate(bb.blocks):
-                h = block(h + inj[layer].view(b, -1, *spatial))
-            h = F.gelu(h) * (1.0 + scale.view(b, -1, *spatial)) + shift.view(b, -1, *spatial)
-            out = bb.head(h).reshape(b, bb.q, -1).transpose(1, 2)
-        return self.bound * torch.tanh(out / self.bound)
+    def forward(self, x, *args):
+        return self.bound * torch.tanh(self.net(x, *args) / self.bound)
 
 
 # ============================================================================ config
@@ -344,10 +370,22 @@ class DiscreteASBSConfig(SamplerConfig):
     resample_every : optimizer steps between EMA-controller refreshes of the buffer.
     n_time_steps : tau-leaping steps K (network evaluations per trajectory).
     noise, noise_scale, noise_alpha : reference schedule, ``"log_linear"`` (rate
-        ``g / (alpha + t)``) or ``"const"`` (rate ``g``).
+        ``g / (alpha + t)``) or ``"const"`` (rate ``g``). ``noise_alpha=None``: 0.5 with the
+        delta source, 0.05 with the uniform source (:func:`resolve_source`).
     t0 : start time of the grid (the paper's memoryless runs use 0.01 with alpha = 0.01).
+    source : law of x_0: ``"uniform"`` on Z_q^D (the paper's ``beta_init = 0``), ``"delta"``,
+        uniform over the q constant configurations (``beta_init = inf``), or ``"auto"``
+        (default): delta for Ising without field and Potts, else uniform
+        (:func:`resolve_source`). The delta source has an infinite discrete score, so it
+        cannot be used with ``corrector_loss="tm"``.
     controller_loss : ``"tm"`` (adjoint / target matching, default) or ``"dm"``.
-    corrector_loss : ``"tm"`` (default), ``"dm"`` or ``"none"`` (corrector fixed at 0).
+    corrector_loss : ``"tm"``, ``"dm"``, ``"none"`` (corrector fixed at 0) or
+        ``"closed_form"`` (default): no corrector network; the controller's terminal target subtracts the
+        discrete score of the reference's terminal law ``p^r_1`` (:func:`~boltzkit.samplers.
+        _shared.cyclic.source_log_terminal_score`). That is 0 for the uniform source, and for
+        the delta source it is the exact Schrödinger-bridge corrector of any target invariant
+        under the global shift ``x -> x + c`` (Ising without field, Potts); on other targets
+        it is an approximation (the weights stay exact).
     bregman : ``"tlogt"`` (default), ``"-logt"`` or ``"t2"``.
     dm_eps : DM losses draw ``t`` in ``[t0, 1 - dm_eps (1 - t0)]``.
     use_weights : weight each pair's loss by ``B softmax(log w)`` (the paper's ``use_log_rnd``).
@@ -377,10 +415,11 @@ class DiscreteASBSConfig(SamplerConfig):
     n_time_steps: int = 50
     noise: str = "log_linear"
     noise_scale: float = 1.0
-    noise_alpha: float = 0.05
+    noise_alpha: "float | None" = None
     t0: float = 0.0
+    source: str = "auto"
     controller_loss: str = "tm"
-    corrector_loss: str = "none"
+    corrector_loss: str = "closed_form"
     bregman: str = "tlogt"
     dm_eps: float = 0.01
     use_weights: bool = True
@@ -414,12 +453,19 @@ class DiscreteASBSConfig(SamplerConfig):
         if self.noise not in ("log_linear", "const"):
             raise ConfigError(f"noise must be 'log_linear' or 'const', got {self.noise!r}")
         _float_option("noise_scale", self.noise_scale, 0.0, math.inf)
-        _float_option("noise_alpha", self.noise_alpha, 0.0, math.inf)
+        if self.noise_alpha is not None:
+            _float_option("noise_alpha", self.noise_alpha, 0.0, math.inf)
         _float_option("t0", self.t0, 0.0, 1.0, lo_open=False)
         if self.controller_loss not in ("tm", "dm"):
             raise ConfigError(f"controller_loss must be 'tm' or 'dm', got {self.controller_loss!r}")
-        if self.corrector_loss not in ("tm", "dm", "none"):
-            raise ConfigError(f"corrector_loss must be 'tm', 'dm' or 'none', got {self.corrector_loss!r}")
+        if self.corrector_loss not in CORRECTOR_LOSSES:
+            raise ConfigError(f"corrector_loss must be one of {CORRECTOR_LOSSES}, "
+                              f"got {self.corrector_loss!r}")
+        if self.source not in ("auto",) + SOURCES:
+            raise ConfigError(f"source must be one of {('auto',) + SOURCES}, got {self.source!r}")
+        if self.source == "delta" and self.corrector_loss == "tm":
+            raise ConfigError("source='delta' has an infinite discrete score, so the corrector's target "
+                              "matching is undefined; use corrector_loss='closed_form', 'dm' or 'none'")
         if self.bregman not in BREGMAN:
             raise ConfigError(f"bregman must be one of {BREGMAN}, got {self.bregman!r}")
         _float_option("dm_eps", self.dm_eps, 0.0, 1.0)
@@ -438,7 +484,8 @@ class DiscreteASBSConfig(SamplerConfig):
     @property
     def phase_lengths(self) -> "tuple[int, int]":
         """(controller, corrector) steps per stage; the corrector phase is empty for 'none'."""
-        return self.controller_steps, (0 if self.corrector_loss == "none" else self.corrector_steps)
+        trained = self.corrector_loss in ("tm", "dm")
+        return self.controller_steps, (self.corrector_steps if trained else 0)
 
 
 # ============================================================================ sampler
@@ -470,7 +517,9 @@ class DiscreteASBS(TrainableSampler):
                                           f"got {type(dom).__name__}; use a continuous sampler instead")
         cfg = self.config
         self.domain, self.n_sites, self.q = dom, dom.n_sites, dom.q
-        self.noise = make_noise(cfg.noise, cfg.noise_scale, cfg.noise_alpha)
+        self.source, self.noise_alpha = resolve_source(target, cfg.source, cfg.corrector_loss,
+                                                       cfg.noise_alpha)
+        self.noise = make_noise(cfg.noise, cfg.noise_scale, self.noise_alpha)
         self.times = torch.linspace(cfg.t0, 1.0, cfg.n_time_steps + 1, dtype=torch.float64,
                                     device=self.device)
         init = self.gens["init"]
@@ -480,8 +529,8 @@ class DiscreteASBS(TrainableSampler):
             kw["n_layers"] = cfg.n_layers
         with torch.random.fork_rng(devices=[]):  # network init from the sampler's own stream
             torch.manual_seed(seed)
-            self.controller = TimeConditionedSiteNet(make_discrete_net(dom, cfg.net, **kw), cfg.hidden,
-                                                     cfg.log_phi_max)
+            self.controller = _SoftClamp(make_discrete_net(dom, cfg.net, time_conditioned=True, **kw),
+                                         cfg.log_phi_max)
             self.corrector = _SoftClamp(make_discrete_net(dom, cfg.net, **kw), cfg.log_phi_max)
         self.controller.to(self.device)
         self.corrector.to(self.device)
@@ -512,19 +561,19 @@ class DiscreteASBS(TrainableSampler):
             return 1.0
         return cfg.warmup_start + (1.0 - cfg.warmup_start) * step / cfg.warmup_steps
 
-    def _uniform(self, n: int, generator) -> torch.Tensor:
-        return torch.randint(0, self.q, (n, self.n_sites), generator=generator, device=self.device)
-
     def rollout(self, controller, n: int, *, generator, scale: float = 1.0
                 ) -> "tuple[CyclicPath, torch.Tensor]":
-        """``n`` trajectories of ``controller`` from uniform x_0: (CyclicPath, float64 log w).
+        """``n`` trajectories of ``controller`` from the source: (CyclicPath, float64 log w).
 
         ``scale`` multiplies the energy (temperature warm-up); the weights target
-        ``exp(-scale U)``.
+        ``exp(-scale U)``: ``log w = -scale U(x_1) - log p^r_1(x_1) + log p^r(path) - log p^u(path)``.
         """
-        path = cyclic_rollout(controller, self._uniform(n, generator), self.times, self.noise, self.q,
-                              generator=generator, max_jump=self.config.max_jump)
-        lw = -scale * _energy(self.target, path.x1) + self.domain.log_size() + path.log_ratio
+        cfg = self.config
+        x0 = sample_source(self.source, n, self.n_sites, self.q, generator=generator, device=self.device)
+        path = cyclic_rollout(controller, x0, self.times, self.noise, self.q, generator=generator,
+                              max_jump=cfg.max_jump)
+        log_p1 = source_log_terminal(self.source, path.x1, self.noise.integral(cfg.t0, 1.0), self.q)
+        lw = -scale * _energy(self.target, path.x1) - log_p1 + path.log_ratio
         return path, lw
 
     def _refill(self, phase: str, gen) -> None:
@@ -576,9 +625,12 @@ class DiscreteASBS(TrainableSampler):
         xt, gt1 = self._bridge(x0, x1, t, gen)
         if cfg.controller_loss == "tm":
             target1 = batch["score"]  # (B, D, q)
-            if cfg.corrector_loss != "none":
+            if cfg.corrector_loss in ("tm", "dm"):
                 with torch.no_grad():
                     target1 = target1 - self.corrector(batch["samples"])
+            elif cfg.corrector_loss == "closed_form":
+                target1 = target1 - source_log_terminal_score(
+                    self.source, batch["samples"], self.noise.integral(cfg.t0, 1.0), q).float()
             target = controller_tm_target(target1.repeat_interleave(r, 0), x1, xt, q)
         else:  # log p^r_{1|t}(x1 | xt^{d<-n}) - log p^r_{1|t}(x1 | xt)
             n = torch.arange(q, device=self.device)
@@ -705,6 +757,7 @@ class DiscreteASBS(TrainableSampler):
                 "train_energy_evals": self.n_energy_evals, "train_score_evals": self.n_score_evals,
                 "capped_frac": path.n_capped / (n_samples * self.n_sites * k),
                 "jumps_per_site": float(path.n_jumps.mean()) / self.n_sites,
-                "reference_total_noise": float(self.noise.integral(self.config.t0, 1.0))}
+                "reference_total_noise": float(self.noise.integral(self.config.t0, 1.0)),
+                "source": self.source, "noise_alpha": self.noise_alpha}
         samples = self.domain.decode(path.x1.view(n_samples, *self.domain.event_shape))
         return result_from_log_weights(samples, lw, diagnostics=diag, **self._result_kwargs())

@@ -28,12 +28,23 @@ phi = 1 reproduces the reference kernel exactly. When a row would leave less tha
 (and counted): the kernel stays a valid distribution with full support, and since the
 probabilities actually used are returned, path likelihoods stay exact.
 
-Exact importance weights. Draw x_0 uniform and simulate K steps. The law
-``Q(path) = P^r(path) pi(x_1) / p^r_1(x_1)`` has x_1-marginal pi, and p^r_1 = q^-D, so
+Sources (:func:`sample_source`). ``"uniform"``: x_0 uniform on Z_q^D (the paper's
+``beta_init = 0``). ``"delta"``: x_0 uniform over the q constant configurations (c, ..., c),
+the zero-temperature ground states of a field-free ferromagnet (the paper's
+``beta_init = inf``, a mixture of q Dirac masses).
 
-    log w = -U(x_1) + D log q + sum_k [log p^r_{k+1|k}(x_{k+1} | x_k) - log p^u_{k+1|k}(x_{k+1} | x_k)]
+Exact importance weights. Draw x_0 from the source and simulate K steps. The law
+``Q(path) = P^r(path) pi(x_1) / p^r_1(x_1)`` has x_1-marginal pi, so
 
-satisfies E[w] = Z exactly for any controller (:func:`cyclic_rollout` returns the sum).
+    log w = -U(x_1) - log p^r_1(x_1) + sum_k [log p^r_{k+1|k}(x_{k+1} | x_k) - log p^u_{k+1|k}(x_{k+1} | x_k)]
+
+satisfies E[w] = Z exactly for any controller (:func:`cyclic_rollout` returns the sum). The
+reference terminal law is closed-form (:func:`source_log_terminal`): ``p^r_1 = q^-D`` for the
+uniform source (it is stationary), and for the delta source, with ``n_c(x)`` the number of
+sites equal to c and A, B the move / stay probabilities over [t_0, 1],
+
+    p^r_1(x) = (1 / q) sum_c B^{n_c(x)} A^{D - n_c(x)}.
+
 Per site the step ratio is ``log B_k - log(stay prob)`` for a site that stayed and
 ``-log phi_{d,n}`` for a site that moved to n.
 """
@@ -51,7 +62,9 @@ from ...errors import ConfigError, TrainingDivergedError
 __all__ = ["NoiseSchedule", "ConstNoise", "LogLinearNoise", "make_noise", "move_stay_log_probs",
            "transition_log_prob", "bridge_probs", "sample_bridge", "sample_categorical",
            "shift_index", "step_probs", "tau_leap_step", "CyclicPath", "cyclic_rollout",
-           "log_c"]
+           "log_c", "SOURCES", "sample_source", "source_log_terminal", "source_log_terminal_score"]
+
+SOURCES = ("uniform", "delta")
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -198,6 +211,75 @@ def shift_index(x_from: torch.Tensor, x_to: torch.Tensor, q: int) -> torch.Tenso
     return torch.remainder(n + (x_to - x_from).unsqueeze(-1), q)
 
 
+# ---------------------------------------------------------------------------- sources
+def _check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise ConfigError(f"unknown source {source!r}; choose one of {', '.join(map(repr, SOURCES))}")
+
+
+def sample_source(source: str, n: int, d: int, q: int, *, generator: torch.Generator,
+                  device=None) -> torch.Tensor:
+    """``n`` initial states (int64 (n, d)) from the ``"uniform"`` or ``"delta"`` source."""
+    _check_source(source)
+    if source == "uniform":
+        return torch.randint(0, q, (n, d), generator=generator, device=device)
+    c = torch.randint(0, q, (n, 1), generator=generator, device=device)
+    return c.expand(n, d).contiguous()
+
+
+def source_log_terminal(source: str, x1: torch.Tensor, gamma_total, q: int) -> torch.Tensor:
+    """float64 ``log p^r_1(x_1)`` (B,): the reference's terminal law started from ``source``.
+
+    Parameters
+    ----------
+    source : ``"uniform"`` or ``"delta"`` (see the module docstring).
+    x1 : int64 (B, D) terminal states.
+    gamma_total : integrated reference rate over the whole time grid, ``Gamma(t_0, 1)``.
+    q : number of values per site.
+    """
+    _check_source(source)
+    b, d = x1.shape
+    if source == "uniform":
+        return torch.full((b,), -d * math.log(q), dtype=torch.float64, device=x1.device)
+    log_a, log_b = move_stay_log_probs(torch.as_tensor(gamma_total, dtype=torch.float64), q)
+    counts = torch.nn.functional.one_hot(x1, q).sum(1).to(torch.float64)  # (B, q): n_c(x1)
+    log_a, log_b = log_a.to(x1.device), log_b.to(x1.device)
+    return torch.logsumexp(counts * log_b + (d - counts) * log_a, dim=-1) - math.log(q)
+
+
+def source_log_terminal_score(source: str, x: torch.Tensor, gamma_total, q: int) -> torch.Tensor:
+    """Discrete score of the reference terminal law, ``log p^r_1(x^{d <- n}) - log p^r_1(x)``.
+
+    Zero for the uniform source. For the delta source, and a target invariant under the global
+    translation ``x -> x + c`` (Ising without field, Potts), the Schrödinger-bridge corrector
+    is exactly this score: the bridge potential on the source is the same at every constant
+    configuration, so ``phihat = K^T a`` is proportional to ``p^r_1``.
+
+    Parameters
+    ----------
+    x : int64 (B, D) states.
+    gamma_total : integrated reference rate ``Gamma(t_0, 1)``.
+
+    Returns
+    -------
+    float64 (B, D, q); zero at each site's current value.
+    """
+    _check_source(source)
+    b, d = x.shape
+    if source == "uniform":
+        return torch.zeros(b, d, q, dtype=torch.float64, device=x.device)
+    log_a, log_b = move_stay_log_probs(torch.as_tensor(gamma_total, dtype=torch.float64), q)
+    log_a, log_b = log_a.to(x.device), log_b.to(x.device)
+    eye = torch.eye(q, dtype=torch.float64, device=x.device)
+    counts = eye[x].sum(1)  # (B, q): n_c(x)
+    moved = counts[:, None, None, :] - eye[x][:, :, None, :] + eye[None, None, :, :]  # (B, D, n, c)
+
+    def log_p(n_c):  # log p^r_1 up to the common -log q, from the counts over the last axis
+        return torch.logsumexp(n_c * log_b + (d - n_c) * log_a, dim=-1)
+
+    return log_p(moved) - log_p(counts)[:, None, None]
+
+
 # ---------------------------------------------------------------------------- tau-leaping
 def step_probs(x: torch.Tensor, log_phi: torch.Tensor, gamma_bar, q: int, *,
                max_jump: float = 0.99) -> "tuple[torch.Tensor, torch.Tensor]":
@@ -258,7 +340,7 @@ class CyclicPath:
     ----------
     x0, x1 : int64 (B, D) start and end states.
     log_ratio : float64 (B,), ``log p^r(path) - log p^u(path)`` summed over the K steps
-        (the initial states have the same uniform law under both).
+        (the initial states have the same law, the source, under both).
     n_capped : number of (site, step) rows whose jump probability was capped.
     n_jumps : float64 (B,), number of site changes along each path.
     """
@@ -283,7 +365,7 @@ def cyclic_rollout(controller: Callable, x0: torch.Tensor, times: torch.Tensor,
     ----------
     controller : callable ``(x (B, D) int64, t (B,) float) -> log phi (B, D, q)``; evaluated
         at the left end of every step.
-    x0 : int64 (B, D) initial states (uniform draws for an exact weight).
+    x0 : int64 (B, D) initial states (draws from the source, see :func:`sample_source`).
     times : increasing 1-D tensor of K + 1 times.
     noise : the reference schedule.
 

@@ -6,9 +6,22 @@ Every network here maps a batch of *token* configurations to per-site logits::
 
 where D = number of sites (the domain's event shape, flattened row-major), the values
 ``0..q-1`` are the site's states and the extra token ``q`` means "masked / unknown". The
-logits cover the q real values only, so the mask value can never be produced. The networks
-take no time input: for a masked diffusion the optimal denoiser depends on the partially
-revealed configuration only.
+logits cover the q real values only, so the mask value can never be produced. By default
+the networks take no time input: for a masked diffusion (MDNS, PDNS) the optimal denoiser
+depends on the partially revealed configuration only.
+
+Time conditioning (optional). Built with ``time_conditioned=True``, a network also takes a
+time ``t`` (a float or a (B,) tensor)::
+
+    net(tokens, t) -> logits
+
+through a :class:`~boltzkit.samplers._shared.time_embedding.TimeFiLM`: a sinusoidal
+embedding of ``t`` (scaled by 1000) is added to the token embedding, a zero-initialized
+projection of it to the residual stream before every block, and a zero-initialized FiLM
+shift/scale modulates the features before the output head. The extra parameters are created
+after all the others and only when asked for, so a network built without the option is
+unchanged: same parameters, same initialization from the same seed, same state-dict keys,
+and its forward pass is the original one. Used by discrete ASBS (time-dependent CTMC rates).
 
 Two families, both translation-aware and periodic on periodic lattices:
 
@@ -41,6 +54,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import ConfigError
+from .time_embedding import TimeFiLM
 
 __all__ = ["SiteTransformer", "SiteCNN", "make_discrete_net", "relative_position_index"]
 
@@ -117,10 +131,12 @@ class SiteTransformer(nn.Module):
     absolute_positions : add learned absolute position embeddings. ``None`` means: only when
         the domain is not periodic. Turn it on for periodic lattices whose energy is not
         translation invariant (random fields, spin glasses).
+    time_conditioned : take a time input, ``forward(tokens, t)`` (see the module docstring).
     """
 
     def __init__(self, shape, q: int, *, hidden: int = 32, n_layers: int = 2, n_heads: int = 2,
-                 mlp_ratio: int = 4, periodic: bool = True, absolute_positions: "bool | None" = None):
+                 mlp_ratio: int = 4, periodic: bool = True, absolute_positions: "bool | None" = None,
+                 time_conditioned: bool = False):
         super().__init__()
         if hidden % n_heads:
             raise ConfigError(f"hidden ({hidden}) must be a multiple of n_heads ({n_heads})")
@@ -139,15 +155,23 @@ class SiteTransformer(nn.Module):
         self.head = nn.Linear(hidden, self.q)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.time = TimeFiLM(hidden, n_layers) if time_conditioned else None  # created last
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, t=None) -> torch.Tensor:
+        """Logits (B, D, q) of int64 ``tokens`` (B, D); ``t`` only for time-conditioned nets."""
+        cond = _time_inputs(self.time, t, tokens.shape[0])
         h = self.embed(tokens)
+        if cond is not None:
+            h = h + cond[0].unsqueeze(1)
         if self.pos is not None:
             h = h + self.pos
         for layer, block in enumerate(self.blocks):
             bias = self.rel_bias[layer][:, self.rel_index].to(h.dtype)  # (H, D, D)
-            h = block(h, bias)
-        return self.head(self.norm(h))
+            h = block(h if cond is None else h + cond[1][layer].unsqueeze(1), bias)
+        h = self.norm(h)
+        if cond is not None:
+            h = h * (1.0 + cond[3].unsqueeze(1)) + cond[2].unsqueeze(1)
+        return self.head(h)
 
 
 class _ConvBlock(nn.Module):
@@ -164,11 +188,12 @@ class SiteCNN(nn.Module):
     """Residual CNN with circular padding on periodic axes (1-D, 2-D or 3-D grids).
 
     ``n_blocks=None`` picks the smallest number of residual blocks (two 3-wide convolutions
-    each) whose receptive field covers the largest axis.
+    each) whose receptive field covers the largest axis. ``time_conditioned=True`` adds a
+    time input, ``forward(tokens, t)`` (see the module docstring).
     """
 
     def __init__(self, shape, q: int, *, hidden: int = 32, n_blocks: "int | None" = None,
-                 periodic: bool = True):
+                 periodic: bool = True, time_conditioned: bool = False):
         super().__init__()
         self.shape, self.q = tuple(int(s) for s in shape), int(q)
         if len(self.shape) > 3:
@@ -183,12 +208,35 @@ class SiteCNN(nn.Module):
         self.head = conv(hidden, self.q, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.time = TimeFiLM(hidden, n_blocks) if time_conditioned else None  # created last
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, t=None) -> torch.Tensor:
+        """Logits (B, D, q) of int64 ``tokens`` (B, D); ``t`` only for time-conditioned nets."""
         b = tokens.shape[0]
-        h = self.embed(tokens).transpose(1, 2).reshape(b, -1, *self.shape)
-        out = self.head(F.gelu(self.blocks(h)))
-        return out.reshape(b, self.q, -1).transpose(1, 2)
+        cond = _time_inputs(self.time, t, b)
+        if cond is None:
+            h = self.embed(tokens).transpose(1, 2).reshape(b, -1, *self.shape)
+            out = self.head(F.gelu(self.blocks(h)))
+            return out.reshape(b, self.q, -1).transpose(1, 2)
+        emb, injections, shift, scale = cond
+        grid = (b, -1) + (1,) * len(self.shape)  # a (B, hidden) vector broadcast over the grid
+        h = (self.embed(tokens) + emb.unsqueeze(1)).transpose(1, 2).reshape(b, -1, *self.shape)
+        for block, inj in zip(self.blocks, injections):
+            h = block(h + inj.view(grid))
+        h = F.gelu(h) * (1.0 + scale.view(grid)) + shift.view(grid)
+        return self.head(h).reshape(b, self.q, -1).transpose(1, 2)
+
+
+def _time_inputs(film: "TimeFiLM | None", t, batch: int):
+    """The FiLM inputs for time ``t``, or None for a network without time conditioning."""
+    if film is None:
+        if t is not None:
+            raise ConfigError("this network takes no time input; build it with time_conditioned=True "
+                              "to pass t")
+        return None
+    if t is None:
+        raise ConfigError("this network is time-conditioned: call it as net(tokens, t)")
+    return film(t, batch)
 
 
 def make_discrete_net(domain, kind: str = "auto", **kw) -> nn.Module:
@@ -203,7 +251,8 @@ def make_discrete_net(domain, kind: str = "auto", **kw) -> nn.Module:
         (with absolute positions, so site-dependent targets can be represented).
     **kw : size options (``hidden``, ``n_layers``, ``n_heads``, ``absolute_positions``); the
         CNN ignores the transformer-only ones and reads ``n_layers`` as its number of
-        residual blocks (None = enough to cover the lattice).
+        residual blocks (None = enough to cover the lattice). ``time_conditioned=True``
+        (both kinds) adds the optional time input ``net(tokens, t)``.
     """
     periodic = bool(getattr(domain, "periodic", False))
     if kind == "auto":

@@ -5,8 +5,10 @@
   FourierMLP embedding of the PIS / Adjoint Sampling lineage), then a small MLP.
 * :class:`SinusoidalTimeEmbedding` -- the fixed transformer / DDPM embedding with
   geometrically spaced frequencies, then an optional MLP.
+* :class:`TimeFiLM` -- a sinusoidal embedding plus zero-initialized per-block injections and
+  a FiLM shift/scale, the time-conditioning hook of the shared discrete site networks.
 
-Both accept ``t`` as a Python float, a 0-d tensor, or a tensor of shape ``(B,)`` / ``(B, 1)``,
+The embeddings accept ``t`` as a Python float, a 0-d tensor, or a tensor of shape ``(B,)`` / ``(B, 1)``,
 and return ``(B, out_dim)`` (``B = 1`` for a scalar unless ``batch`` is given).
 """
 
@@ -17,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["FourierTimeEmbedding", "SinusoidalTimeEmbedding", "as_time_column"]
+__all__ = ["FourierTimeEmbedding", "SinusoidalTimeEmbedding", "TimeFiLM", "as_time_column"]
 
 
 def as_time_column(t, batch: "int | None" = None, *, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -92,3 +94,48 @@ class SinusoidalTimeEmbedding(nn.Module):
         arg = self.freq * t
         emb = torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
         return emb if self.mlp is None else self.mlp(emb)
+
+
+class TimeFiLM(nn.Module):
+    """Time conditioning for a residual network of ``n_blocks`` blocks of width ``hidden``.
+
+    One call returns everything a backbone needs to become time-dependent:
+
+    * ``embedding`` (B, hidden): :class:`SinusoidalTimeEmbedding` of ``t`` (scaled by
+      ``scale``), to be added to the input features;
+    * ``injections``: ``n_blocks`` tensors (B, hidden), added to the residual stream before
+      each block;
+    * ``shift``, ``scale`` (B, hidden): a FiLM / adaLN-style modulation
+      ``h * (1 + scale) + shift`` of the features before the output head.
+
+    The injection and FiLM projections are zero-initialized, so at initialization only the
+    embedding added to the input depends on ``t``.
+
+    Parameters
+    ----------
+    hidden : int
+        Feature width of the backbone.
+    n_blocks : int
+        Number of residual blocks that receive an injection.
+    scale : float
+        Multiplies ``t`` before the sinusoidal features (1000 makes ``t`` in [0, 1] look like
+        diffusion step indices).
+    """
+
+    def __init__(self, hidden: int, n_blocks: int, *, scale: float = 1000.0):
+        super().__init__()
+        self.embed = SinusoidalTimeEmbedding(out_dim=hidden, n_freq=max(hidden // 2, 8), scale=scale)
+        self.inject = nn.Linear(hidden, hidden * n_blocks)
+        self.film = nn.Linear(hidden, 2 * hidden)
+        for lin in (self.inject, self.film):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.n_blocks = int(n_blocks)
+
+    def forward(self, t, batch: "int | None" = None):
+        """Returns ``(embedding, injections, shift, scale)`` for times ``t`` (see the class)."""
+        c = self.embed(t, batch)
+        act = nn.functional.silu(c)
+        injections = self.inject(act).chunk(self.n_blocks, dim=-1)
+        shift, scale = self.film(act).chunk(2, dim=-1)
+        return c, injections, shift, scale

@@ -1,0 +1,89 @@
+"""Tests of the shared discrete site networks' optional time conditioning.
+
+The time input is an addition for discrete ASBS; networks built without it (MDNS, PDNS,
+TR2-D2, the masked-diffusion model) must be exactly what they were: same parameters from the
+same seed, same state-dict keys, no time argument accepted.
+"""
+
+import pytest
+import torch
+
+from boltzkit.domains import Lattice, Sequence
+from boltzkit.errors import ConfigError
+from boltzkit.samplers._shared.discrete_nets import make_discrete_net
+
+CASES = [(Lattice((4, 4), 3), "cnn"), (Lattice((4, 4), 2), "transformer"), (Sequence(5, "ACG"), "auto")]
+
+
+def _build(dom, kind, seed=0, **kw):
+    torch.manual_seed(seed)
+    return make_discrete_net(dom, kind, hidden=16, **kw)
+
+
+def _perturb(net, seed=1, scale=0.2):
+    """Random weights everywhere (the heads and FiLM projections start at zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return net
+
+
+@pytest.mark.parametrize("dom,kind", CASES)
+def test_time_parameters_are_added_last(dom, kind):
+    """Without the option nothing changes; with it, the original parameters are initialized
+    identically from the same seed and the extra ones live under ``time.``."""
+    plain, timed = _build(dom, kind), _build(dom, kind, time_conditioned=True)
+    assert plain.time is None
+    plain_sd, timed_sd = plain.state_dict(), timed.state_dict()
+    extra = [k for k in timed_sd if k not in plain_sd]
+    assert extra and all(k.startswith("time.") for k in extra)
+    assert not any(k.startswith("time.") for k in plain_sd)
+    for k, v in plain_sd.items():
+        assert torch.equal(v, timed_sd[k]), k
+    # the global RNG after construction differs only by the extra draws, not before them
+    x = torch.randint(0, dom.q + 1, (6, dom.n_sites), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(plain(x), _build(dom, kind)(x))
+
+
+@pytest.mark.parametrize("dom,kind", CASES)
+def test_time_input_is_checked(dom, kind):
+    x = torch.randint(0, dom.q, (3, dom.n_sites))
+    with pytest.raises(ConfigError, match="time_conditioned=True"):
+        _build(dom, kind)(x, torch.rand(3))
+    with pytest.raises(ConfigError, match=r"net\(tokens, t\)"):
+        _build(dom, kind, time_conditioned=True)(x)
+
+
+@pytest.mark.parametrize("dom,kind", CASES)
+def test_time_conditioning_is_per_row(dom, kind):
+    """Zero output at initialization (zero head), a real dependence on t once trained, and a
+    batch with one time per row equals the rows evaluated one by one."""
+    net = _build(dom, kind, time_conditioned=True)
+    x = torch.randint(0, dom.q, (5, dom.n_sites), generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])
+    assert float(net(x, t).detach().abs().max()) == 0.0
+    _perturb(net)
+    with torch.no_grad():
+        out = net(x, t)
+        rows = torch.cat([net(x[i:i + 1], float(t[i])) for i in range(5)])
+        torch.testing.assert_close(out, rows, rtol=1e-4, atol=1e-4)
+        same_x = net(x[:1].expand(5, -1), t)
+        assert float((same_x[1:] - same_x[:1]).abs().amax(dim=(1, 2)).min()) > 1e-3  # t matters
+        torch.testing.assert_close(net(x, 0.5), net(x, torch.full((5,), 0.5)))
+
+
+def test_time_conditioned_cnn_is_translation_equivariant():
+    """Time enters as a per-sample constant, so the periodic CNN stays equivariant to lattice
+    translations; the transformer's relative bias likewise (negative control: a non-periodic
+    shift by a different amount in the output breaks the identity)."""
+    for kind in ("cnn", "transformer"):
+        dom = Lattice((4, 4), 3)
+        net = _perturb(_build(dom, kind, time_conditioned=True))
+        x = torch.randint(0, 3, (4, 4, 4), generator=torch.Generator().manual_seed(5))
+        t = torch.rand(4, generator=torch.Generator().manual_seed(6))
+        with torch.no_grad():
+            out = net(x.flatten(1), t).view(4, 4, 4, 3)
+            shifted = net(torch.roll(x, (1, 2), (1, 2)).flatten(1), t).view(4, 4, 4, 3)
+        torch.testing.assert_close(shifted, torch.roll(out, (1, 2), (1, 2)), rtol=1e-4, atol=1e-5)
+        assert float((shifted - torch.roll(out, (2, 1), (1, 2))).abs().max()) > 1e-3
