@@ -254,3 +254,18 @@ def result_from_log_weights(samples, log_weights, *, log_z0: float = 0.0, exact_
         diag["exact_log_z"] = float(exact_log_z)
     return Result(samples=samples, log_weights=log_weights, log_z=est.log_z,
                   log_z_stderr=est.stderr, ess=est.ess, diagnostics=diag, **kw)
+
+
+def iter_shards(path):
+    """Yield ``(samples, log_weights or None)`` numpy chunks of a folder written by
+    :meth:`boltzkit.samplers.base.Sampler.sample_to`, one shard at a time (no pickle)."""
+    import json
+
+    folder = Path(path)
+    index_file = folder / "index.json"
+    if not index_file.exists():
+        raise FileNotFoundError(f"{folder} has no index.json: it is not a finished sample_to() folder")
+    index = json.loads(index_file.read_text())
+    for shard in index["shards"]:
+        with np.load(folder / shard["file"], allow_pickle=False) as data:
+            yield data["samples"], (data["log_weights"] if "log_weights" in data.files else None)

@@ -2,11 +2,11 @@
 
 from .diagnostics import (AutocorrEstimate, autocorr_estimate, autocorr_function, ess_mcmc,
                           integrated_autocorr_time)
-from .importance import (LogZEstimate, ess_kish, log_z_from_log_weights, normalized_weights,
+from .importance import (LogWeightAccumulator, LogZEstimate, ess_kish, log_z_from_log_weights, normalized_weights,
                          pareto_k, self_normalized_expectation)
 
 __all__ = ["AutocorrEstimate", "autocorr_estimate", "autocorr_function", "ess_mcmc",
-           "integrated_autocorr_time", "LogZEstimate", "ess_kish", "log_z_from_log_weights", "normalized_weights",
+           "integrated_autocorr_time", "LogWeightAccumulator", "LogZEstimate", "ess_kish", "log_z_from_log_weights", "normalized_weights",
            "pareto_k", "self_normalized_expectation",
            "ais", "annealing_schedule", "jarzynski", "annealed_langevin"]
 

@@ -53,9 +53,18 @@ def pareto_k(log_weights) -> float:
     Fits a generalized Pareto distribution to the M = min(N/5, 3 sqrt N) largest weights.
     Returns NaN when there are too few weights to fit.
     """
-    lw = np.sort(_as_f64(log_weights))
-    n = lw.size
-    m = int(min(n / 5.0, 3.0 * math.sqrt(n)))
+    lw = _as_f64(log_weights)
+    return _pareto_k_of_tail(np.sort(lw), lw.size)
+
+
+def _tail_size(n: int) -> int:
+    """M = min(N/5, 3 sqrt N): how many of the largest weights the Pareto fit uses."""
+    return int(min(n / 5.0, 3.0 * math.sqrt(n)))
+
+
+def _pareto_k_of_tail(lw: np.ndarray, n: int) -> float:
+    """k-hat from the sorted largest log-weights ``lw`` (at least M + 1 of them) of ``n``."""
+    m = _tail_size(n)
     if m < 5:
         return float("nan")
     w = np.exp(lw - lw[-1])
@@ -129,6 +138,71 @@ def log_z_from_log_weights(log_weights, *, log_z0: float = 0.0, warn: bool = Tru
                       f"{est.pareto_k:.2f}); the log Z error bar {stderr:.3g} is not reliable. "
                       "Train longer or draw more samples.", UnreliableEstimateWarning, stacklevel=2)
     return est
+
+
+class LogWeightAccumulator:
+    """Streaming version of :func:`log_z_from_log_weights`: feed log-weights chunk by chunk.
+
+    Memory is constant: running float64 sums of ``w`` and ``w^2`` (rescaled to the running
+    maximum) and the ``tail_capacity`` largest log-weights for the Pareto fit, which is exact
+    while ``N <= (tail_capacity / 3)^2`` (10^6 weights for the default 3001). The estimate
+    equals the in-memory one on the concatenated weights to rounding.
+
+    Examples
+    --------
+    >>> acc = LogWeightAccumulator()
+    >>> for chunk in (np.zeros(100), np.zeros(50)):
+    ...     acc.update(chunk)
+    >>> round(acc.estimate().ess)
+    150
+    """
+
+    def __init__(self, tail_capacity: int = 3001):
+        self.tail_capacity = int(tail_capacity)
+        self.n, self.max = 0, -math.inf
+        self._s1 = self._s2 = 0.0
+        self._tail = np.empty(0)
+
+    def update(self, log_weights) -> None:
+        lw = _as_f64(log_weights)
+        if lw.size == 0:
+            return
+        if np.isnan(lw).any():
+            bad = np.flatnonzero(np.isnan(lw))
+            raise TargetError(f"{bad.size} log-weights of this chunk are NaN (first at index "
+                              f"{bad[0]}); the target or the sampler produced NaN energies or densities")
+        new_max = max(self.max, float(lw.max()))
+        if math.isfinite(new_max):
+            shift = math.exp(self.max - new_max) if math.isfinite(self.max) else 0.0
+            d = np.exp(lw - new_max)
+            self._s1 = self._s1 * shift + float(d.sum())
+            self._s2 = self._s2 * shift * shift + float(np.sum(d * d))
+            self.max = new_max
+        self.n += lw.size
+        tail = np.concatenate([self._tail, lw])
+        if tail.size > self.tail_capacity:
+            tail = np.partition(tail, tail.size - self.tail_capacity)[-self.tail_capacity:]
+        self._tail = tail
+
+    def estimate(self, *, log_z0: float = 0.0, warn: bool = True) -> LogZEstimate:
+        """The :class:`LogZEstimate` of all weights fed so far."""
+        n = self.n
+        if n == 0:
+            raise TargetError("no log-weights were given; draw at least two samples")
+        if not math.isfinite(self.max):
+            raise TargetError("every log-weight is -inf: no sample has positive target density")
+        log_z = self.max + math.log(self._s1) - math.log(n) + log_z0
+        ess = self._s1 * self._s1 / self._s2
+        stderr = math.sqrt(max(n / ess - 1.0, 0.0) / max(n - 1, 1)) if n > 1 else float("inf")
+        k = (_pareto_k_of_tail(np.sort(self._tail), n) if _tail_size(n) + 1 <= self._tail.size
+             else float("nan"))
+        est = LogZEstimate(log_z=log_z, stderr=stderr, ess=ess, n=n, pareto_k=k,
+                           max_weight=1.0 / self._s1)
+        if warn and not est.reliable:
+            warnings.warn(f"importance weights are degenerate (ESS {ess:.1f} of {n}, Pareto k "
+                          f"{k:.2f}); the log Z error bar {stderr:.3g} is not reliable.",
+                          UnreliableEstimateWarning, stacklevel=2)
+        return est
 
 
 def self_normalized_expectation(values, log_weights) -> "tuple[float, float]":

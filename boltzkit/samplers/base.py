@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +25,7 @@ import torch
 from .._utils import (atomic_path, progress_bar, progress_enabled, resolve_device, resolve_seed,
                       spawn_generators)
 from ..energies.base import validate_target
-from ..errors import ConfigError, TrainingDivergedError
+from ..errors import ConfigError, TrainingDivergedError, UnreliableEstimateWarning
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +81,67 @@ class Sampler:
 
     def sample(self, n_samples: int):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def sample_to(self, path, n_samples: int, *, batch_size: int = 100_000) -> dict:
+        """Draw ``n_samples`` in chunks of ``batch_size`` and stream them to the folder ``path``.
+
+        Memory stays that of one chunk: each chunk is written as ``shard_00000.npz``
+        (``samples``, and ``log_weights`` where the method gives them) and its log-weights feed a
+        :class:`~boltzkit.estimators.importance.LogWeightAccumulator`, so log Z, its standard
+        error and the ESS are those of the whole sample. ``index.json`` (written last, atomically)
+        lists the shards and the pooled estimate; read them back with
+        :func:`boltzkit.result.iter_shards`. Chunks come from consecutive draws of the sampler's
+        own random stream, so the same seed gives the same shards.
+
+        Returns
+        -------
+        dict : the index (also in ``index.json``).
+        """
+        import json
+
+        from ..estimators.importance import LogWeightAccumulator
+
+        self._require_fit()
+        _check_count("n_samples", n_samples)
+        _check_count("batch_size", batch_size)
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        acc, shards, has_weights = LogWeightAccumulator(), [], None
+        bar = progress_bar(total=n_samples, desc=f"{self.name} sampling to {folder.name}",
+                           enabled=self.progress)
+        try:
+            done = 0
+            while done < n_samples:
+                k = min(batch_size, n_samples - done)
+                with warnings.catch_warnings():  # a chunk's own reliability says little;
+                    warnings.simplefilter("ignore", UnreliableEstimateWarning)  # the pooled one warns
+                    res = self.sample(k)
+                arrays = {"samples": res.samples.detach().cpu().numpy()}
+                if res.log_weights is not None:
+                    lw = np.asarray(res.log_weights.detach().cpu() if torch.is_tensor(res.log_weights)
+                                    else res.log_weights, dtype=np.float64)
+                    arrays["log_weights"] = lw
+                    acc.update(lw)
+                has_weights = "log_weights" in arrays
+                name = f"shard_{len(shards):05d}.npz"
+                with atomic_path(folder / name, suffix=".npz") as tmp:
+                    np.savez(tmp, **arrays)
+                shards.append({"file": name, "n": int(k)})
+                done += k
+                bar.update(k)
+        finally:
+            bar.close()
+        index = {"method": self.name, "n_samples": int(n_samples), "shards": shards,
+                 "seed": self.seed, "config": self.config_dict()}
+        tgt = self.target
+        index["target"] = tgt.to_config() if hasattr(tgt, "to_config") else {}
+        if has_weights:
+            est = acc.estimate()
+            index.update(log_z=est.log_z, log_z_stderr=est.stderr, ess=est.ess,
+                         pareto_k=est.pareto_k, reliable=est.reliable)
+        with atomic_path(folder / "index.json") as tmp:
+            tmp.write_text(json.dumps(index, indent=1, default=str))
+        return index
 
     def _result_kwargs(self) -> dict:
         tgt = self.target
