@@ -41,4 +41,6 @@ def sample(target, method: "str | None" = None, *, n_samples: "int | None" = Non
     if checkpoint is not None:
         fit_kw["checkpoint"] = checkpoint
     sampler.fit(target, **fit_kw)
-    return sampler.sample(n_samples)
+    from . import distributed
+
+    return distributed.sample_across_ranks(sampler, n_samples)  # pooled under torchrun

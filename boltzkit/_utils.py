@@ -59,6 +59,29 @@ def spawn_generators(seed: int, names: "list[str] | tuple[str, ...]",
             for name, child in zip(names, children)}
 
 
+def rank_generators(seed: int, names: "list[str] | tuple[str, ...]", device: "torch.device | str" = "cpu",
+                    *, rank: int = 0, shared: "tuple[str, ...]" = ("init",),
+                    salt: int = 0) -> dict[str, torch.Generator]:
+    """:func:`spawn_generators` for one rank of a data-parallel run.
+
+    Streams named in ``shared`` are the same on every rank (networks start identical). Rank 0
+    with ``salt=0`` gets exactly the single-process streams; the other streams of rank r >= 1
+    come from the SeedSequence child keyed ``(position, r)`` (``(position, r, salt)`` when
+    ``salt`` is non-zero, e.g. the step at which a run resumes on more ranks than it saved),
+    so every rank draws independent numbers from the one seed.
+    """
+    gens = spawn_generators(seed, names, device)
+    if rank == 0 and salt == 0:
+        return gens
+    for i, name in enumerate(names):
+        if name in shared:
+            continue
+        key = (i, int(rank)) if salt == 0 else (i, int(rank), int(salt))
+        child = np.random.SeedSequence(int(seed), spawn_key=key)
+        gens[name] = torch_generator(int(child.generate_state(1, np.uint64)[0]) % (2**63), device)
+    return gens
+
+
 # ---------------------------------------------------------------------------- progress
 def progress_enabled(progress: "bool | None") -> bool:
     """None means: on when stderr is a terminal and the CI variable is unset."""

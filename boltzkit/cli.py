@@ -1,4 +1,8 @@
-"""Command line: ``boltzkit sample|info|explain|methods|demo``."""
+"""Command line: ``boltzkit sample|info|explain|methods|demo``.
+
+``torchrun --nproc_per_node=N -m boltzkit sample ...`` takes the same arguments: the sampler
+trains data-parallel on N processes and rank 0 prints the pooled result and writes ``--out``.
+"""
 
 from __future__ import annotations
 
@@ -70,13 +74,35 @@ def _exact(target):
         return None
 
 
+def _sample_across_ranks(target, a):
+    """``bk.sample`` under torchrun: train data-parallel, split the sample over the ranks and
+    pool it (every rank returns the pooled Result)."""
+    from . import distributed as dist
+    from ._registry import registry, select
+
+    cls = registry()[select(target, a.method).name].cls
+    sampler = cls(device=a.device, seed=a.seed, progress=not a.quiet, **_options(a.option))
+    fit_kw = {"n_steps": a.n_steps}
+    if a.checkpoint is not None:
+        fit_kw["checkpoint"] = a.checkpoint
+    sampler.fit(target, **fit_kw)
+    return dist.sample_across_ranks(sampler, a.n_samples)
+
+
 def cmd_sample(a) -> int:
+    from . import distributed as dist
     from . import sample
 
     target = _targets()[a.target](a)
     t0 = time.perf_counter()
-    res = sample(target, a.method, n_samples=a.n_samples, n_steps=a.n_steps, seed=a.seed,
-                 device=a.device, progress=not a.quiet, checkpoint=a.checkpoint, **_options(a.option))
+    if dist.init():  # launched by torchrun with several processes
+        res = _sample_across_ranks(target, a)
+        if not dist.is_main():  # rank 0 alone prints and writes
+            return 0
+    else:
+        res = sample(target, a.method, n_samples=a.n_samples, n_steps=a.n_steps, seed=a.seed,
+                     device=a.device, progress=not a.quiet, checkpoint=a.checkpoint,
+                     **_options(a.option))
     print(res.summary())
     exact = _exact(target)
     if exact is not None and res.log_z is not None:
@@ -205,6 +231,10 @@ def main(argv=None) -> int:
     except BoltzkitError as exc:
         print(f"boltzkit: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        from . import distributed
+
+        distributed.shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

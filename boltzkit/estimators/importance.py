@@ -184,6 +184,24 @@ class LogWeightAccumulator:
             tail = np.partition(tail, tail.size - self.tail_capacity)[-self.tail_capacity:]
         self._tail = tail
 
+    def merge(self, other: "LogWeightAccumulator") -> None:
+        """Add the weights fed to ``other`` (e.g. another rank's), as if fed here."""
+        if other.n == 0:
+            return
+        new_max = max(self.max, other.max)
+        if math.isfinite(new_max):
+            a = math.exp(self.max - new_max) if math.isfinite(self.max) else 0.0
+            b = math.exp(other.max - new_max) if math.isfinite(other.max) else 0.0
+            self._s1 = self._s1 * a + other._s1 * b
+            self._s2 = self._s2 * a * a + other._s2 * b * b
+            self.max = new_max
+        self.n += other.n
+        tail = np.concatenate([self._tail, other._tail])
+        cap = max(self.tail_capacity, other.tail_capacity)
+        if tail.size > cap:
+            tail = np.partition(tail, tail.size - cap)[-cap:]
+        self._tail, self.tail_capacity = tail, cap
+
     def estimate(self, *, log_z0: float = 0.0, warn: bool = True) -> LogZEstimate:
         """The :class:`LogZEstimate` of all weights fed so far."""
         n = self.n

@@ -4,7 +4,8 @@
 device and seed handling, ``fit`` then ``sample``.
 
 ``TrainableSampler``: the shared training loop of neural samplers -- progress bar, history,
-divergence check, atomic checkpoints and resume-to-total-steps. A subclass implements
+divergence check, atomic checkpoints and resume-to-total-steps, and data-parallel training
+under ``torchrun`` with no change to the sampler (:mod:`boltzkit.distributed`). A subclass implements
 ``_setup(target)``, ``train_step() -> dict``, ``_state_dict()``, ``_load_state_dict(d)`` and
 ``sample(n)``, so its module reads as the paper's objective plus little else.
 """
@@ -22,8 +23,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .._utils import (atomic_path, progress_bar, progress_enabled, resolve_device, resolve_seed,
-                      spawn_generators)
+from .. import distributed as dist
+from .._utils import (atomic_path, progress_bar, progress_enabled, rank_generators, resolve_device,
+                      resolve_seed)
 from ..energies.base import validate_target
 from ..errors import ConfigError, TrainingDivergedError, UnreliableEstimateWarning
 
@@ -45,11 +47,14 @@ class Sampler:
     def __init__(self, config: "Any | None" = None, /, *, device="auto", seed: "int | None" = None,
                  progress: "bool | None" = None, **options):
         self.config = self.make_config(config, **options)
-        self.device = resolve_device(device)
+        dist.init()  # under torchrun: join the process group (no-op on one process)
+        self.device = dist.device_for_rank(resolve_device(device))
         self.seed = resolve_seed(seed)
-        self.progress = progress
+        if seed is None and dist.is_distributed():  # every rank must use rank 0's fresh seed
+            self.seed = dist.broadcast_int(self.seed)
+        self.progress = progress if dist.is_main() else False
         self.target = None
-        self.gens = spawn_generators(self.seed, self.streams, self.device)
+        self.gens = rank_generators(self.seed, self.streams, self.device, rank=dist.rank())
 
     @classmethod
     def make_config(cls, config=None, **options):
@@ -93,6 +98,11 @@ class Sampler:
         :func:`boltzkit.result.iter_shards`. Chunks come from consecutive draws of the sampler's
         own random stream, so the same seed gives the same shards.
 
+        Under ``torchrun`` every rank draws its share of ``n_samples`` and writes its own
+        shards (``shard_r001_00000.npz``, ...) into the same folder (a shared file system
+        across nodes); the accumulators are merged and rank 0 writes the one index, whose
+        estimate is that of all the ranks' weights together.
+
         Returns
         -------
         dict : the index (also in ``index.json``).
@@ -107,12 +117,15 @@ class Sampler:
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         acc, shards, has_weights = LogWeightAccumulator(), [], None
-        bar = progress_bar(total=n_samples, desc=f"{self.name} sampling to {folder.name}",
+        n_here, prefix = dist.local_count(n_samples), "shard_"
+        if dist.is_distributed():
+            prefix = f"shard_r{dist.rank():03d}_"
+        bar = progress_bar(total=n_here, desc=f"{self.name} sampling to {folder.name}",
                            enabled=self.progress)
         try:
             done = 0
-            while done < n_samples:
-                k = min(batch_size, n_samples - done)
+            while done < n_here:
+                k = min(batch_size, n_here - done)
                 with warnings.catch_warnings():  # a chunk's own reliability says little;
                     warnings.simplefilter("ignore", UnreliableEstimateWarning)  # the pooled one warns
                     res = self.sample(k)
@@ -123,7 +136,7 @@ class Sampler:
                     arrays["log_weights"] = lw
                     acc.update(lw)
                 has_weights = "log_weights" in arrays
-                name = f"shard_{len(shards):05d}.npz"
+                name = f"{prefix}{len(shards):05d}.npz"
                 with atomic_path(folder / name, suffix=".npz") as tmp:
                     np.savez(tmp, **arrays)
                 shards.append({"file": name, "n": int(k)})
@@ -131,16 +144,25 @@ class Sampler:
                 bar.update(k)
         finally:
             bar.close()
+        if dist.is_distributed():  # pool the ranks' shard lists and accumulators in rank order
+            parts = [None] * dist.world_size()
+            torch.distributed.all_gather_object(parts, (shards, acc, has_weights))
+            shards, acc, has_weights = [], LogWeightAccumulator(), parts[0][2]
+            for rank_shards, rank_acc, _ in parts:
+                shards += rank_shards
+                acc.merge(rank_acc)
         index = {"method": self.name, "n_samples": int(n_samples), "shards": shards,
-                 "seed": self.seed, "config": self.config_dict()}
+                 "seed": self.seed, "config": self.config_dict(), "world_size": dist.world_size()}
         tgt = self.target
         index["target"] = tgt.to_config() if hasattr(tgt, "to_config") else {}
         if has_weights:
             est = acc.estimate()
             index.update(log_z=est.log_z, log_z_stderr=est.stderr, ess=est.ess,
                          pareto_k=est.pareto_k, reliable=est.reliable)
-        with atomic_path(folder / "index.json") as tmp:
-            tmp.write_text(json.dumps(index, indent=1, default=str))
+        if dist.is_main():
+            with atomic_path(folder / "index.json") as tmp:
+                tmp.write_text(json.dumps(index, indent=1, default=str))
+        dist.barrier()
         return index
 
     def _result_kwargs(self) -> dict:
@@ -191,30 +213,84 @@ class TrainableSampler(Sampler):
 
     # -- shared
     def state_dict(self) -> dict:
-        return {"method": self.name, "step": self.step, "config": self.config_dict(),
-                "seed": self.seed, "history": {k: list(map(float, v)) for k, v in self.history.items()},
-                "generators": {k: g.get_state() for k, g in self.gens.items()},
-                "sampler": self._state_dict()}
+        """Everything needed to resume; under a process group this is a collective call
+        (the per-rank generator states are gathered into ``rank_generators``)."""
+        gens = {k: g.get_state() for k, g in self.gens.items()}
+        state = {"method": self.name, "step": self.step, "config": self.config_dict(),
+                 "seed": self.seed, "history": {k: list(map(float, v)) for k, v in self.history.items()},
+                 "generators": gens, "world_size": dist.world_size(),
+                 "sampler": self._state_dict()}
+        if dist.is_distributed():
+            peers = [None] * dist.world_size()
+            torch.distributed.all_gather_object(peers, {k: v.cpu() for k, v in gens.items()})
+            state["rank_generators"] = peers
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("method") != self.name:
             raise ConfigError(f"checkpoint is for method {state.get('method')!r}, not {self.name!r}")
         self.step = int(state["step"])
         self.history = {k: list(v) for k, v in state["history"].items()}
-        for k, s in state["generators"].items():
+        for k, s in self._generator_states(state).items():
             if k in self.gens:
                 self.gens[k].set_state(s)
         self._load_state_dict(state["sampler"])
 
+    def _generator_states(self, state: dict) -> dict:
+        """This rank's generator states in a checkpoint written with any number of ranks.
+
+        Rank 0 (and every shared stream) takes the saved rank-0 states. Rank r >= 1 takes its
+        own saved states when the checkpoint has them, else fresh streams derived from the seed
+        keyed by (rank, step), so that no two ranks ever replay the same numbers.
+        """
+        r, saved = dist.rank(), state["generators"]
+        if r == 0:
+            return saved
+        peers = state.get("rank_generators") or []
+        if r < len(peers):
+            own = peers[r]
+        else:
+            fresh = rank_generators(self.seed, self.streams, "cpu", rank=r, salt=max(self.step, 1))
+            own = {k: g.get_state() for k, g in fresh.items()}
+        return {**saved, **own, **({"init": saved["init"]} if "init" in saved else {})}
+
     def save_checkpoint(self, path) -> None:
-        with atomic_path(path) as tmp:
-            torch.save(self.state_dict(), tmp)
+        """Write the checkpoint atomically. Under a process group every rank must call it:
+        the generator states are gathered and rank 0 alone writes the file."""
+        state = self.state_dict()
+        if dist.is_main():
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
+        dist.barrier()  # the file exists for every rank once this returns
 
     def load_checkpoint(self, path) -> None:
+        """Resume from a checkpoint written with any number of ranks (see ``_generator_states``)."""
         state = torch.load(path, map_location=self.device, weights_only=True)
-        if state.get("generators"):  # generator states must live on CPU
-            state["generators"] = {k: v.cpu() for k, v in state["generators"].items()}
+        for key in ("generators",):  # generator states must live on CPU
+            if state.get(key):
+                state[key] = {k: v.cpu() for k, v in state[key].items()}
+        if state.get("rank_generators"):
+            state["rank_generators"] = [{k: v.cpu() for k, v in g.items()} for g in state["rank_generators"]]
         self.load_state_dict(state)
+
+    def _distribute(self) -> None:
+        """Under a process group: start every rank from rank 0's networks and make every
+        optimizer of the sampler average its gradients over the ranks before each step."""
+        if not dist.is_distributed():
+            return
+        modules, optimizers = [], []
+        for name, value in vars(self).items():
+            if name == "target":
+                continue
+            if isinstance(value, torch.nn.Module):
+                modules.append(value)
+            elif isinstance(value, torch.optim.Optimizer):
+                optimizers.append(value)
+            elif isinstance(getattr(value, "shadow", None), torch.nn.Module):  # an EMA copy
+                modules.append(value.shadow)
+        dist.broadcast_modules(modules)
+        for opt in optimizers:
+            dist.attach_gradient_sync(opt)
 
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None,
             checkpoint_every: int = 100) -> "TrainableSampler":
@@ -222,12 +298,19 @@ class TrainableSampler(Sampler):
 
         ``n_steps=0`` attaches the target without training (the untrained sampler's weights
         are still exact, only noisier).
+
+        Under ``torchrun`` (a process group with several ranks) the same call trains
+        data-parallel: every rank runs ``train_step`` on its own batch (``batch_size`` is per
+        rank) with its own random streams, the gradients are averaged over the ranks before
+        each optimizer step, the history holds rank-averaged metrics, and rank 0 alone writes
+        the checkpoint (see :mod:`boltzkit.distributed`).
         """
         n_steps = self.default_n_steps() if n_steps is None else n_steps
         _check_count("n_steps", n_steps, minimum=0)
         if self.target is None or self.target is not target:
             self._attach(target)
             self._setup(self.target)
+            self._distribute()
         if checkpoint is not None and Path(checkpoint).exists():
             self.load_checkpoint(checkpoint)
         bar = progress_bar(total=n_steps, initial=self.step, desc=f"{self.name} training",
@@ -236,6 +319,8 @@ class TrainableSampler(Sampler):
             while self.step < n_steps:
                 metrics = self.train_step()
                 self.step += 1
+                if dist.is_distributed():  # history (and the divergence check) see the rank mean
+                    metrics = dist.all_reduce_mean({k: float(v) for k, v in metrics.items()})
                 for k, v in metrics.items():
                     v = float(v)
                     if k == "loss" and not math.isfinite(v):

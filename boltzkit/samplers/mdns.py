@@ -110,6 +110,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import distributed as dist
 from .._registry import register
 from ..domains import Categorical
 from ..energies.base import check_energy_values
@@ -291,6 +292,7 @@ class MDNS(TrainableSampler):
         ``warmup_ess`` (bisection on the batch's weights ``-s U - log q``; never decreases).
         """
         cfg = self.config
+        u, log_q = dist.all_gather_tensor(u), dist.all_gather_tensor(log_q)  # one factor for all ranks
         if cfg.warmup == "linear":
             self.scale = min(1.0, cfg.warmup_start + (1.0 - cfg.warmup_start) * self.step / cfg.warmup_steps)
         elif cfg.warmup == "adaptive" and self.scale < 1.0:
@@ -328,7 +330,7 @@ class MDNS(TrainableSampler):
                 self.buffer.add(path.x, lw)
                 self._batch_stats = self._stats(-u - path.log_q)
             batch = self.buffer.sample(cfg.batch_size, generator=gen)
-            weights = torch.softmax(batch["log_weights"], 0)
+            weights = dist.softmax_across_ranks(batch["log_weights"])  # softmax on one process
             loss = wdce_loss(self.model, batch["samples"], weights, self.q, cfg.n_replicates,
                              generator=gen, mode=cfg.mask_mode)
             loss.backward()
@@ -341,6 +343,7 @@ class MDNS(TrainableSampler):
             coeffs, loss_value = self._path_loss(lw)
             backward_path_log_prob(self.model, path, self.q, coeffs)
         if cfg.grad_clip is not None:
+            dist.sync_gradients(self.optimizer)  # clip the rank-averaged gradient (no-op on one process)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.ema.update(self.model)

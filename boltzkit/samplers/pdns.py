@@ -107,6 +107,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import distributed as dist
 from .._registry import register
 from ..domains import Categorical, Reals
 from ..domains.particles import ParticleCloud
@@ -423,15 +424,15 @@ class PDNS(TrainableSampler):
         if new_stage:
             self.proposal.load_state_dict(self.ema.shadow.state_dict())
         x, log_w, reward = self.inst.rollout(self.proposal, cfg.batch_size, generator, train=True)
-        if new_stage:
-            self.schedule.advance(log_w, reward)
+        if new_stage:  # one schedule for all ranks: advance it on the pooled batch
+            self.schedule.advance(dist.all_gather_tensor(log_w), dist.all_gather_tensor(reward))
         s = self.schedule.tilt(log_w, reward)
         if cfg.weighting == "resample":
             idx = torch.multinomial(torch.softmax(s, 0), cfg.batch_size, replacement=True,
                                     generator=generator)
             x, weights = x[idx], torch.full((cfg.batch_size,), 1.0 / cfg.batch_size, device=x.device)
         else:
-            weights = torch.softmax(s, 0)
+            weights = dist.softmax_across_ranks(s)  # softmax(s) on one process
         self.batch = (x, weights)
         est = log_z_from_log_weights(log_w, warn=False)
         sch = self.schedule
@@ -450,6 +451,7 @@ class PDNS(TrainableSampler):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
+            dist.sync_gradients(self.optimizer)  # clip the rank-averaged gradient (no-op on one process)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.ema.update(self.model)

@@ -97,6 +97,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import distributed as dist
 from .._registry import register
 from ..domains import Sequence
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
@@ -561,13 +562,14 @@ class TR2D2(TrainableSampler):
         data = self.buffer.get()
         if not torch.isfinite(data["log_weights"]).all():
             raise TargetError("non-finite path log-weights in the buffer: check the reward and the model")
-        weights = torch.softmax(data["log_weights"], 0)
+        weights = dist.softmax_across_ranks(data["log_weights"])  # softmax on one process
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss = wdce_loss(lambda t: self.policy_logits(t, self.net), data["samples"], weights, self.q,
                          cfg.n_replicates, generator=gen, mode=cfg.mask_mode)
         loss.backward()
         if cfg.grad_clip is not None:
+            dist.sync_gradients(self.optimizer)  # clip the rank-averaged gradient (no-op on one process)
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
         self.optimizer.step()
         if self.ema is not None:
