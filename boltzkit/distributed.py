@@ -199,6 +199,17 @@ def all_reduce_mean(values: "dict[str, float]") -> "dict[str, float]":
     return dict(zip(keys, map(float, t)))
 
 
+def all_true(flag: bool) -> bool:
+    """True on every rank iff ``flag`` is true on every rank (one tiny all-reduce; no-op on one
+    process). Use it before a local decision that changes which collectives follow (skipping an
+    optimizer step, raising on divergence), so that no rank waits for a peer that left."""
+    if not is_distributed():
+        return bool(flag)
+    t = torch.tensor([0.0 if flag else 1.0], dtype=torch.float64, device=_comm_device())
+    torch.distributed.all_reduce(t)
+    return float(t) == 0.0
+
+
 def softmax_across_ranks(log_weights: torch.Tensor) -> torch.Tensor:
     """Self-normalized weights of this rank's batch, normalized over every rank's batch.
 

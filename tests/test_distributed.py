@@ -142,6 +142,28 @@ def _tiny(name):
     raise KeyError(name)
 
 
+def _denoiser_steps(poison_rank):
+    """Three denoiser steps with gradient clipping; in the second, the loss of rank
+    ``poison_rank`` is NaN. Returns the flattened parameters after each step."""
+    from boltzkit.samplers._shared.ema import EMA
+    from boltzkit.samplers._shared.gaussian_diffusion import GaussianDiffusion, optimize_denoiser
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    dist.attach_gradient_sync(opt)
+    ema, diff = EMA(model, 0.9), GaussianDiffusion(np.linspace(1e-3, 0.2, 10))
+    gen = torch.Generator().manual_seed(dist.rank())
+    out = []
+    for step in range(3):
+        poison = step == 1 and dist.rank() == poison_rank
+        x0 = torch.randn(16, 3, generator=gen) * (float("nan") if poison else 1.0)
+        optimize_denoiser(diff, lambda x, t: model(x), x0, generator=gen, optimizer=opt,
+                          model=model, ema=ema, grad_clip=0.5)
+        out.append(_flat_params(model))
+    return out
+
+
 OTHERS = ("discrete_asbs", "naas", "pdns", "tr2d2", "sc_diffusion", "stem")
 
 
@@ -194,6 +216,9 @@ def _worker(rank, port, out):
             other.fit(tgt) if n is None else other.fit(tgt, n_steps=n)
             rec[name] = {"before": before, "after": _all_params(other), "step": other.step,
                          "loss": list(other.history.get("loss", []))}
+        # 8. a local non-finite loss: every rank skips the step together (no hang, replicas equal)
+        rec["all_true"] = [dist.all_true(rank == 1), dist.all_true(True)]
+        rec["denoiser"] = _denoiser_steps(poison_rank=1)
         torch.save(rec, os.path.join(out, f"rank{rank}.pt"))
     finally:
         # Free every tensor still tied to gloo work before tearing it down: without this, about
@@ -338,6 +363,17 @@ def test_sample_to_on_two_ranks_writes_one_pooled_index(ranks):
     assert idx["log_z"] == pytest.approx(est.log_z, abs=1e-12)
     assert idx["log_z_stderr"] == pytest.approx(est.stderr, rel=1e-10)
     assert idx["ess"] == pytest.approx(est.ess, rel=1e-10)
+
+
+def test_a_non_finite_loss_on_one_rank_skips_the_step_on_every_rank(ranks):
+    recs, _ = ranks
+    assert recs[0]["all_true"] == recs[1]["all_true"] == [False, True]
+    a, b = recs[0]["denoiser"], recs[1]["denoiser"]
+    for pa, pb in zip(a, b):  # the replicas stay identical through the skipped step
+        np.testing.assert_array_equal(pa, pb)
+    np.testing.assert_array_equal(a[1], a[0])  # step 2 was skipped on both ranks
+    assert not np.array_equal(a[2], a[1])  # and training went on afterwards
+    assert dist.all_true(True) and not dist.all_true(False)  # one process: the flag itself
 
 
 def test_accumulators_merge_like_concatenation():

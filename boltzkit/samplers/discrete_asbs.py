@@ -189,6 +189,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import distributed as dist
 from .._registry import register
 from ..domains import Categorical
 from ..energies.base import check_energy_values
@@ -612,7 +613,8 @@ class DiscreteASBS(TrainableSampler):
         if not self.config.use_weights:
             return None
         lw = batch["log_weights"]
-        w = lw.shape[0] * torch.softmax(lw, 0)
+        # normalized over every rank's batch (one process: B softmax(lw))
+        w = lw.shape[0] * dist.softmax_across_ranks(lw)
         return w.float().repeat_interleave(n_rep)
 
     def controller_loss(self, batch: dict, gen) -> torch.Tensor:
@@ -686,6 +688,7 @@ class DiscreteASBS(TrainableSampler):
         loss = loss_fn(self.buffer.sample(cfg.batch_size, generator=gen), gen)
         loss.backward()
         if cfg.grad_clip is not None:
+            dist.sync_gradients(opt)  # clip the rank-averaged gradient, as on one process
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
         ema.update(net)

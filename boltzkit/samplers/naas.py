@@ -115,6 +115,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import distributed as dist
 from .._registry import register
 from ..domains import Reals
 from ..energies.base import framed
@@ -475,10 +476,11 @@ class NAAS(TrainableSampler):
     def train_step(self) -> dict:
         c, gen = self.config, self.gens["train"]
         x, lw, path = self._simulate(c.batch_size, self.net, self.prior_net, gen, record=True)
-        if lw is None or not bool(torch.isfinite(lw).all()):
+        # checks agree across ranks (dist.all_true), so no rank is left waiting for a peer
+        if not dist.all_true(lw is not None and bool(torch.isfinite(lw).all())):
             self._diverged("non-finite states or importance weights in fresh trajectories")
         adj = self.adjoint(path.xs)
-        if not bool(torch.isfinite(adj).all()):
+        if not dist.all_true(bool(torch.isfinite(adj).all())):
             self._diverged("non-finite adjoint")
         # push (t_k, x_k, -sigma_k a_k) at random time indices k < K of each trajectory
         K, B = c.n_time_steps, c.batch_size

@@ -337,7 +337,8 @@ class _BrownianBridge:
                               noise_var=self.sched.step_variance,
                               backward=brownian_bridge_kernel(self.sched.variance))
         x = path.x
-        if not bool(torch.isfinite(x).all()):
+        finite = bool(torch.isfinite(x).all())
+        if not (dist.all_true(finite) if train else finite):  # training: agree across ranks
             raise TrainingDivergedError("PDNS produced non-finite states; lower lr, raise "
                                         "n_time_steps or lower noise_ratio")
         u = check_energy_values(self.target.energy(x), n, name=f"{self.target.name}.energy").to(torch.float64)

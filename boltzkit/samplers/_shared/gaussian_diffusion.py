@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ... import distributed as dist
 from ...errors import ConfigError
 
 __all__ = ["GaussianDiffusion", "beta_schedule", "space_timesteps", "PARAMETRIZATIONS",
@@ -63,9 +64,11 @@ def optimize_denoiser(diffusion, denoise, x0: torch.Tensor, *, generator, optimi
     loss = losses["loss"].mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if math.isfinite(float(loss.detach())):
+    # under torchrun every rank must take the same branch, or the gradient all-reduce hangs
+    if dist.all_true(math.isfinite(float(loss.detach()))):
+        if grad_clip is not None:
+            dist.sync_gradients(optimizer)  # clip the rank-averaged gradient, as on one process
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         ema.update(model)
     return {k: float(v.detach().mean()) for k, v in losses.items()}
