@@ -144,3 +144,17 @@ def test_importance_estimator_bad_weights():
     # +inf work is allowed: a zero weight
     est = jarzynski([0.0, float("inf"), 0.0, 0.0])
     assert est.log_z == pytest.approx(math.log(3 / 4))
+
+
+def test_power_for_ess_tempers_to_the_requested_ess():
+    """Lognormal weights with log-sd s: Kish ESS fraction of w^a is exp(-(a s)^2) in the
+    large-N limit, so the power that keeps a fraction f is sqrt(-log f) / s."""
+    from boltzkit.estimators.importance import ess_kish, power_for_ess
+
+    lw = np.random.default_rng(0).normal(0.0, 3.0, 200_000)
+    a = power_for_ess(lw, 0.2)
+    assert a == pytest.approx(math.sqrt(-math.log(0.2)) / 3.0, rel=0.03)
+    assert ess_kish(a * lw) / lw.size >= 0.2 > ess_kish((a + 0.02) * lw) / lw.size
+    assert power_for_ess(lw, 0.2) != pytest.approx(math.sqrt(-math.log(0.1)) / 3.0, rel=0.03)  # negative control
+    assert power_for_ess(0.01 * lw, 0.2) == 1.0  # nearly uniform weights are kept whole
+    assert power_for_ess(lw, 0.0) == 1.0 and power_for_ess(lw, 1.0) < 1e-2

@@ -47,6 +47,28 @@ def ess_kish(log_weights) -> float:
     return float(1.0 / np.sum(w * w))
 
 
+def power_for_ess(log_weights, min_ess_frac: float, *, tol: float = 1e-3) -> float:
+    """The largest power ``a`` in [0, 1] at which the tempered weights ``w^a`` keep a Kish ESS
+    fraction of at least ``min_ess_frac`` (bisection; ``a = 1`` when the weights already do).
+
+    Tempering ``w -> w^a`` interpolates between uniform weights (a = 0) and the full
+    importance weights (a = 1), as in adaptive sequential Monte Carlo.
+    """
+    lw = _as_f64(log_weights)
+    n = lw.size
+
+    def ok(a):
+        return ess_kish(a * lw) >= min_ess_frac * n
+
+    if ok(1.0):
+        return 1.0
+    lo, hi = 0.0, 1.0
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
 def pareto_k(log_weights) -> float:
     """Tail shape k-hat of the largest weights (Zhang & Stephens 2009 estimator).
 
