@@ -101,6 +101,7 @@ from .. import distributed as dist
 from .._registry import register
 from ..domains import Sequence
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
+from ..estimators.importance import ess_kish
 from ..result import result_from_log_weights
 from ._shared.buffers import ReplayBuffer
 from ._shared.ctmc import MaskedPath, site_log_probs, masked_rollout, path_log_prob, unmask_schedule, wdce_loss
@@ -563,6 +564,7 @@ class TR2D2(TrainableSampler):
         if not torch.isfinite(data["log_weights"]).all():
             raise TargetError("non-finite path log-weights in the buffer: check the reward and the model")
         weights = dist.softmax_across_ranks(data["log_weights"])  # softmax on one process
+        pooled_lw = dist.all_gather_tensor(data["log_weights"].detach())
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss = wdce_loss(lambda t: self.policy_logits(t, self.net), data["samples"], weights, self.q,
@@ -576,7 +578,7 @@ class TR2D2(TrainableSampler):
             self.ema.update(self.net)
         self.train_time += time.perf_counter() - t0
         return {"loss": float(loss.detach()), "buffer_mean_reward": float(data["reward"].mean()),
-                "buffer_ess_frac": float(1.0 / (weights * weights).sum()) / weights.numel(),
+                "buffer_ess_frac": ess_kish(pooled_lw) / pooled_lw.numel(),  # of every rank's buffer
                 "buffer_size": float(weights.numel()), "reward_calls": float(self.reward_calls),
                 **self._refresh_stats}
 
