@@ -158,3 +158,18 @@ def test_power_for_ess_tempers_to_the_requested_ess():
     assert power_for_ess(lw, 0.2) != pytest.approx(math.sqrt(-math.log(0.1)) / 3.0, rel=0.03)  # negative control
     assert power_for_ess(0.01 * lw, 0.2) == 1.0  # nearly uniform weights are kept whole
     assert power_for_ess(lw, 0.0) == 1.0 and power_for_ess(lw, 1.0) < 1e-2
+
+
+def test_pareto_k_is_not_fitted_to_a_tail_of_repeated_values():
+    """Near-uniform weights over a few repeated values (a discrete target sampled almost
+    perfectly) once read k-hat = 2.5 and were flagged unreliable; now k-hat is not estimated."""
+    from boltzkit.estimators.importance import pareto_k
+
+    rng = np.random.default_rng(0)
+    vals = np.array([-0.025, -0.0218, -0.0122, -0.0119, 0.0002, 0.0124])
+    lw = rng.choice(vals, size=4000, p=[0.414, 0.005, 0.54, 0.018, 0.022, 0.001])
+    est = log_z_from_log_weights(lw, warn=False)
+    assert est.ess_frac > 0.99 and math.isnan(est.pareto_k) and est.reliable
+    # negative control: continuous heavy-tailed weights (lognormal, sd 3) are still flagged
+    heavy = log_z_from_log_weights(rng.normal(0.0, 3.0, 4000), warn=False)
+    assert pareto_k(rng.normal(0.0, 3.0, 4000)) > 0.7 and not heavy.reliable

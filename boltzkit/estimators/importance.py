@@ -26,6 +26,7 @@ from ..errors import TargetError, UnreliableEstimateWarning
 
 PARETO_K_LIMIT = 0.7
 ESS_FRAC_LIMIT = 0.01
+MIN_DISTINCT_TAIL = 5  # fewer distinct tail exceedances: k-hat is not estimated (NaN)
 
 
 def _as_f64(lw) -> np.ndarray:
@@ -73,7 +74,8 @@ def pareto_k(log_weights) -> float:
     """Tail shape k-hat of the largest weights (Zhang & Stephens 2009 estimator).
 
     Fits a generalized Pareto distribution to the M = min(N/5, 3 sqrt N) largest weights.
-    Returns NaN when there are too few weights to fit.
+    Returns NaN when there are too few weights, or too few distinct values among the largest
+    ones (a discrete target's repeated states), to fit.
     """
     lw = _as_f64(log_weights)
     return _pareto_k_of_tail(np.sort(lw), lw.size)
@@ -94,6 +96,11 @@ def _pareto_k_of_tail(lw: np.ndarray, n: int) -> float:
     x = tail - cutoff
     if np.all(x <= 0) or x[-1] <= 0:
         return 0.0
+    if np.unique(x[x > 0]).size < MIN_DISTINCT_TAIL:
+        # a tail of a few repeated values (a discrete target sampled repeatedly in a few
+        # states): a generalized Pareto fit to it is meaningless and read k = 2-3 on
+        # near-uniform weights; the weights of a finite space are bounded anyway
+        return float("nan")
     # Zhang-Stephens profile-likelihood grid over theta = -k/sigma
     nm = x.size
     prior = 3.0
