@@ -444,3 +444,33 @@ def test_alanine_prior_hint_scales(ala_ic):
     assert float(s[zm.find_torsion(ala.PSI_ATOMS)]) > 0.1
     # loc is the minimized structure's canonical q
     assert torch.allclose(hint.loc, ic.to_internal(ala.minimized_state())[0])
+
+
+def test_alanine_full_hint_spreads_the_soft_torsions(ala_ic):
+    """``AlanineDipeptide.internal()``: phi, psi and the three methyl rotors are soft (phi is
+    given; the others are found by their rigid scans, which stay below 20 kT); the full hint
+    keeps the stiff couplings (its covariance of the stiff block is the inverse of the stiff
+    Hessian block) and draws phi > 0 (C7ax / alpha_L side) often, the diagonal hint never."""
+    ala, _ = ala_ic
+    ic = ala.internal()
+    hint = ic.prior_hint()
+    zm = ic.zmatrix
+    expect = {zm.find_torsion(q) for q in ((4, 6, 8, 14), (6, 8, 14, 16), (0, 1, 4, 6),
+                                           (6, 8, 10, 11), (14, 16, 18, 19))}
+    assert set(ic.soft_index) == expect
+    cov = hint.scale @ hint.scale.T
+    soft = sorted(expect)
+    stiff = [i for i in range(cov.shape[0]) if i not in expect]
+    np.testing.assert_allclose(cov[soft][:, soft], np.eye(5) * 1.5 ** 2, atol=1e-9)
+    assert float(cov[soft][:, stiff].abs().max()) < 1e-9
+    h = ic.hessian(hint.loc[None])
+    np.testing.assert_allclose(cov[stiff][:, stiff], torch.linalg.inv(h[stiff][:, stiff]),
+                               rtol=1e-6, atol=1e-12)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, hint.dim, generator=g, dtype=torch.float64)
+    phi = {}
+    for name, hh in (("full", hint), ("diagonal", ala_ic[1].prior_hint())):
+        phi[name], _ = ala.phi_psi(ic.to_cartesian(hh.to_x(z)))
+    frac = float((phi["full"] > 0).mean())
+    assert 0.1 < frac < 0.4  # a circle-spread N(-1.45, 1.5^2) puts ~0.17 of its mass at phi > 0
+    assert float((phi["diagonal"] > 0).mean()) < 0.01  # negative control: the local frame stays put

@@ -559,6 +559,16 @@ class InternalCoordinateEnergy(Energy):
         Evaluate ``u_x`` at the centred structure (default True; see above).
     hessian_step : float
         Finite-difference step of the curvatures in :meth:`prior_hint`.
+    hint : "diagonal" or "full"
+        Form of :meth:`prior_hint` (per-coordinate widths, or the full harmonic frame with
+        soft dihedrals spread over the circle).
+    soft_torsions : sequence of atom quadruples
+        Dihedrals to treat as soft in the full hint (e.g. a peptide's phi and psi).
+    soft_barrier : float or None
+        Dihedrals whose rigid scan stays below this many kT are soft too (None: only the
+        given ones).
+    soft_std : float
+        Width (rad) of the soft dihedrals in the full hint.
 
     Notes
     -----
@@ -572,7 +582,8 @@ class InternalCoordinateEnergy(Energy):
                  reference=None, torsion_window: float = 0.5, angle_window: float = 0.1,
                  bond_window: float = 0.01, torsion_center="reference", torsion_std: float = 1.0,
                  max_std: float = 0.5, center: bool = True, hessian_step: float = 1e-5,
-                 name: "str | None" = None):
+                 hint: str = "diagonal", soft_torsions=(), soft_barrier: "float | None" = 20.0,
+                 soft_std: float = 1.5, name: "str | None" = None):
         if not isinstance(cartesian_energy, Energy) or not isinstance(cartesian_energy.domain, Reals) \
                 or cartesian_energy.domain.dim % 3 != 0:
             raise TargetError("InternalCoordinateEnergy needs a Cartesian Energy on Reals(3N), got "
@@ -595,6 +606,11 @@ class InternalCoordinateEnergy(Energy):
         self.torsion_std = _check_width("torsion_std", torsion_std)
         self.max_std = _check_width("max_std", max_std)
         self.hessian_step = _check_width("hessian_step", hessian_step)
+        if hint not in ("diagonal", "full"):
+            raise ConfigError(f"hint must be 'diagonal' or 'full', got {hint!r}")
+        self.hint = hint
+        self.soft_std = _check_width("soft_std", soft_std)
+        self.soft_barrier = None if soft_barrier is None else _check_width("soft_barrier", soft_barrier)
         super().__init__(Reals(zmatrix.n_dof),
                          name=name or f"InternalCoordinates({cartesian_energy.name})")
         self.cartesian_energy = cartesian_energy
@@ -626,6 +642,13 @@ class InternalCoordinateEnergy(Energy):
                 raise ConfigError(f"torsion_center must have {nt} finite values (one per dihedral), "
                                   f"got shape {tuple(tc.shape)}")
         self.torsion_center = tc.clone()
+        self._soft_given = []
+        for quad in soft_torsions:
+            pos = zmatrix.find_torsion(quad)
+            if pos is None:
+                raise ConfigError(f"soft torsion {tuple(quad)} is not a dihedral coordinate of the "
+                                  "Z-matrix; pass four atoms i-j-k-l of one of zmatrix.torsion_atoms")
+            self._soft_given.append(pos)
 
     # -- coordinate maps
     def _q64(self, q) -> torch.Tensor:
@@ -738,19 +761,78 @@ class InternalCoordinateEnergy(Energy):
         g = self.grad_energy(torch.cat([q0 + h * eye, q0 - h * eye])).to(torch.float64)
         return (g[:d] - g[d:]).diagonal() / (2.0 * h)
 
-    def prior_hint(self) -> "PriorHint | None":
-        r"""Diagonal frame of the reference structure in internal coordinates (cached).
+    def hessian(self, q0: torch.Tensor) -> torch.Tensor:
+        """Hessian ``(d, d)`` float64 of ``u_q`` at one state ``q0``, by central differences of
+        the gradient (``2 d`` gradient evaluations in one batch), symmetrized."""
+        q0 = self._q64(q0)[:1]
+        d, h = q0.shape[1], self.hessian_step
+        eye = torch.eye(d, dtype=torch.float64)
+        g = self.grad_energy(torch.cat([q0 + h * eye, q0 - h * eye])).to(torch.float64)
+        hess = (g[:d] - g[d:]) / (2.0 * h)
+        return 0.5 * (hess + hess.T)
 
-        ``loc`` = canonical ``q`` of :meth:`reference_structure`; ``scale``: bonds and angles
-        ``1 / sqrt(H_ii)`` with ``H_ii`` the curvature of ``u_q`` along the coordinate
-        (:meth:`curvature`), capped at ``max_std`` (also where ``H_ii <= 0``); dihedrals
-        ``min(torsion_std, 1 / sqrt(H_ii))``. None when there is no reference structure.
+    def soft_torsions(self, q0: "torch.Tensor | None" = None) -> "list[int]":
+        """Positions in ``q`` of the soft dihedrals: those given as ``soft_torsions`` and those
+        whose rigid scan (the dihedral alone turned through 72 angles, every other coordinate
+        at ``q0``) stays below ``soft_barrier`` kT above the reference -- free rotors such as
+        methyl groups. A rigid scan misses torsions that need other coordinates to move
+        along (a peptide's phi clashes when turned alone), hence ``soft_torsions``."""
+        if q0 is None:
+            ref = self.reference_structure()
+            if ref is None:
+                return sorted(set(self._soft_given))
+            q0 = self.zmatrix.to_internal(ref)
+        q0 = self._q64(q0)[:1]
+        found = set(self._soft_given)
+        if self.soft_barrier is not None:
+            grid = torch.linspace(-math.pi, math.pi, 73, dtype=torch.float64)[:-1]
+            tors = [int(t) for t in self.zmatrix.torsion_index]
+            qs = q0.repeat(len(tors) * grid.numel(), 1)
+            for a, t in enumerate(tors):
+                qs[a * grid.numel():(a + 1) * grid.numel(), t] += grid
+            with torch.no_grad():
+                u = self.energy(qs).to(torch.float64).reshape(len(tors), -1)
+                u0 = self.energy(q0).to(torch.float64)
+            barrier = torch.nan_to_num(u - u0, nan=math.inf).max(1).values
+            found |= {t for t, b in zip(tors, barrier.tolist()) if b < self.soft_barrier}
+        return sorted(found)
+
+    def prior_hint(self) -> "PriorHint | None":
+        r"""Harmonic frame of the reference structure in internal coordinates (cached).
+
+        ``loc`` = canonical ``q`` of :meth:`reference_structure`.
+
+        ``hint="diagonal"``: ``scale`` per coordinate, bonds and angles ``1 / sqrt(H_ii)`` with
+        ``H_ii`` the curvature of ``u_q`` along the coordinate (:meth:`curvature`), capped at
+        ``max_std`` (also where ``H_ii <= 0``); dihedrals ``min(torsion_std, 1 / sqrt(H_ii))``.
+
+        ``hint="full"``: the Gaussian with precision ``P`` = the full Hessian ``H`` of ``u_q``
+        (:meth:`hessian`), except that each soft dihedral (:meth:`soft_torsions`) is decoupled
+        from the rest and given the width ``soft_std``: ``P_ts = 0``, ``P_tt = 1/soft_std^2``.
+        Bonds and angles keep their couplings (a methyl group's three H-C-H angles move
+        together), and the backbone and rotor torsions are spread over their circle so that a
+        sampler started from this frame meets the other basins. Flat directions are capped at
+        ``max(max_std, soft_std)`` (:func:`~boltzkit.energies.base.scale_from_hessian`).
+
+        None when there is no reference structure.
         """
         if self._hint is None:
             ref = self.reference_structure()
             if ref is None:
                 return None
             q0 = self.zmatrix.to_internal(ref)
+            if self.hint == "full":
+                from .base import scale_from_hessian
+
+                prec = self.hessian(q0)
+                soft = self.soft_torsions(q0)
+                prec[soft, :] = 0.0
+                prec[:, soft] = 0.0
+                prec[soft, soft] = self.soft_std ** -2
+                scale = scale_from_hessian(prec, max_std=max(self.max_std, self.soft_std))
+                self._hint = PriorHint(q0.reshape(-1), scale)
+                self.soft_index = soft
+                return self._hint
             hdiag = self.curvature(q0)
             pos = hdiag > 0
             std = torch.where(pos, hdiag.clamp_min(1e-300).rsqrt(), torch.full_like(hdiag, math.inf))
@@ -766,4 +848,6 @@ class InternalCoordinateEnergy(Energy):
                 "zmatrix": self.zmatrix.to_config(), "torsion_window": self.torsion_window,
                 "angle_window": self.angle_window, "bond_window": self.bond_window,
                 "torsion_center": self.torsion_center.tolist(), "torsion_std": self.torsion_std,
-                "max_std": self.max_std, "center": self.center}
+                "max_std": self.max_std, "center": self.center, "hint": self.hint,
+                "soft_torsions": sorted(self._soft_given), "soft_barrier": self.soft_barrier,
+                "soft_std": self.soft_std}

@@ -623,6 +623,22 @@ class AlanineDipeptide(OpenMMEnergy):
         return {**super().to_config(), "type": "AlanineDipeptide", "solvent": self.solvent}
 
     # -- analysis
+    def internal(self, **kw):
+        """This molecule in internal coordinates
+        (:class:`~boltzkit.energies.internal.InternalCoordinateEnergy`, on ``Reals(60)``), with
+        the full harmonic prior hint in which phi, psi and the three methyl rotors are spread
+        over their circle (``soft_std`` 1.5 rad), so samplers started from it reach C7ax and
+        alpha_R. Map samples back with ``.to_cartesian(q)`` (then :meth:`phi_psi`).
+
+        >>> ic = AlanineDipeptide().internal()          # doctest: +SKIP
+        >>> res = bk.sample(ic, n_time_steps=256)        # doctest: +SKIP
+        >>> phi, psi = ic.cartesian_energy.phi_psi(ic.to_cartesian(res.samples))  # doctest: +SKIP
+        """
+        from .internal import InternalCoordinateEnergy
+
+        opts = {"hint": "full", "soft_torsions": (self.PHI_ATOMS, self.PSI_ATOMS), **kw}
+        return InternalCoordinateEnergy(self, **opts)
+
     def phi_psi(self, x) -> "tuple[np.ndarray, np.ndarray]":
         """Backbone dihedrals (radians, ``(-pi, pi]``) of the states ``x`` computed by mdtraj.
 
