@@ -474,3 +474,19 @@ def test_alanine_full_hint_spreads_the_soft_torsions(ala_ic):
     frac = float((phi["full"] > 0).mean())
     assert 0.1 < frac < 0.4  # a circle-spread N(-1.45, 1.5^2) puts ~0.17 of its mass at phi > 0
     assert float((phi["diagonal"] > 0).mean()) < 0.01  # negative control: the local frame stays put
+
+
+def test_naas_in_internal_coordinates_returns_valid_conformations(ala_ic):
+    """A short NAAS run on ``AlanineDipeptide.internal()``: finite weights, L-chiral
+    structures with finite energies once mapped back to Cartesian coordinates."""
+    import boltzkit as bk
+
+    ala, _ = ala_ic
+    ic = ala.internal()
+    res = bk.sample(ic, method="naas", n_samples=64, n_steps=1, n_time_steps=8, batch_size=16,
+                    prior_time_steps=4, updates_per_step=2, prior_updates_per_step=2, seed=0,
+                    progress=False)
+    assert res.samples.shape == (64, 60) and np.isfinite(res.log_weights.numpy()).all()
+    x = ic.to_cartesian(res.samples)
+    assert bool(ala.is_l(x).all())
+    assert np.isfinite(ala.openmm_energy(x)).all()
