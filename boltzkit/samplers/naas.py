@@ -604,9 +604,11 @@ class NAAS(TrainableSampler):
         self.prior_net.load_state_dict(state["prior_net"])
         self.opt.load_state_dict(state["opt"])
         self.prior_opt.load_state_dict(state["prior_opt"])
-        if len(state["buffer"]["store"]):
+        # buffers of checkpoints written before the weighted regression (no "w" rows) are
+        # dropped: they are refilled by the next step's fresh trajectories
+        if "w" in state["buffer"]["store"]:
             self.buffer.load_state_dict(state["buffer"])
-        if state.get("prior_buffer"):
+        if state.get("prior_buffer") and "w" in state["prior_buffer"]["store"]:
             self.prior_buffer.load_state_dict(state["prior_buffer"])
         self._recent_lw = deque(state["recent_lw"], maxlen=self.config.running_window)
         self.ref.n_grad, self.ref.n_hvp = int(state["n_grad"]), int(state["n_hvp"])
