@@ -25,11 +25,22 @@ def sample(target, method: "str | None" = None, *, n_samples: "int | None" = Non
     progress : show a progress bar; None = when stderr is a terminal and CI is unset.
     checkpoint : path of a training checkpoint (neural samplers resume from it).
     **options : method options (the method's Config fields); unknown names are an error.
+
+    A target may ask to be sampled in other coordinates (:meth:`Energy.sampling_view`, e.g.
+    :class:`~boltzkit.energies.AlanineDipeptide` in internal coordinates); the method then
+    runs there and the Result is mapped back to the target's own states.
     """
     if type(target).__name__ == "AnnData":  # single-cell data: AnnData in, AnnData out
         from .datasets.single_cell import as_target
 
         target = as_target(target, label_key=options.get("label_key"), layer=options.pop("layer", None))
+    view = target.sampling_view() if callable(getattr(target, "sampling_view", None)) else None
+    if view is not None:  # e.g. a molecule sampled in internal coordinates, returned in Cartesian
+        choice = select(view.target, method)
+        options = {**view.method_options.get(choice.name, {}), **options}
+        res = sample(view.target, choice.name, n_samples=n_samples, n_steps=n_steps, seed=seed,
+                     device=device, progress=progress, checkpoint=checkpoint, **options)
+        return view.pull_back(res, target)
     choice = select(target, method)
     cls = registry()[choice.name].cls
     if n_samples is None:

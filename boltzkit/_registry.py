@@ -121,8 +121,13 @@ def explain(target, *, file=None) -> Explanation:
     Returns the text (it displays as the table in a REPL); ``file`` also writes it there
     (e.g. ``file=sys.stdout``).
     """
+    view = target.sampling_view() if callable(getattr(target, "sampling_view", None)) else None
+    head = []
+    if view is not None:
+        head = [f"{_describe(target)} is sampled in other coordinates: {view.description}"]
+        target = view.target
     choice = select(target)
-    rows = [f"boltzkit would use {choice.name!r}: {choice.reason}", "",
+    rows = head + [f"boltzkit would use {choice.name!r}: {choice.reason}", "",
             f"{'method':<20} {'priority':>8}  {'log Z':<5}  status"]
     for spec in sorted(registry().values(), key=lambda s: (-s.priority_for(target), s.name)):
         why = spec.incompatibility(target)

@@ -32,7 +32,9 @@ KT300 = 2.494338785  # kJ/mol, R * 300 K
 
 @pytest.fixture(scope="module")
 def vac():
-    return AlanineDipeptide("vacuum")
+    """Sampled in its Cartesian harmonic frame (the tests of that frame); the default,
+    internal coordinates, is tested in test_internal_coordinates.py and below."""
+    return AlanineDipeptide("vacuum", coordinates="cartesian")
 
 
 @pytest.fixture(scope="module")
@@ -289,14 +291,20 @@ def test_prior_hint_is_the_harmonic_frame_of_a_minimum(vac):
     assert bk.energies.molecular.OpenMMEnergy.prior_hint is not bk.energies.base.Energy.prior_hint
 
 
-def test_bk_sample_alanine_dipeptide_end_to_end(vac):
-    # the default method, in the target's own coordinates: finite energies, L chirality,
-    # finite log-weights and a log Z estimate; a few training steps only
-    choice = bk.select(vac)
+@pytest.mark.parametrize("coordinates", ["internal", "cartesian"])
+def test_bk_sample_alanine_dipeptide_end_to_end(vac, coordinates):
+    # the default method, in internal coordinates (the default) or the Cartesian frame:
+    # Cartesian states with finite energies, L chirality, finite log-weights and a log Z
+    # estimate; a few training steps only
+    target = vac if coordinates == "cartesian" else AlanineDipeptide("vacuum")
+    view = target.sampling_view()
+    choice = bk.select(vac if view is None else view.target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = bk.sample(vac, n_steps=2, n_samples=128, seed=0, batch_size=32)
+        res = bk.sample(target, n_steps=2, n_samples=128, seed=0, batch_size=32,
+                        n_time_steps=32)
     assert res.method == choice.name in ("naas", "pdns")
+    assert ("internal" in res.diagnostics.get("coordinates", "")) == (coordinates == "internal")
     x = res.samples.double()
     assert x.shape == (128, 66)
     u = vac.energy(x)

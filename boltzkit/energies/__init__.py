@@ -25,6 +25,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'boltzkit.energies' has no attribute {name!r}")
 
 # prior hints: the natural frame a continuous target may declare for the samplers
-from .base import FramedEnergy, PriorHint, scale_from_hessian  # noqa: E402
+from .base import FramedEnergy, PriorHint, SamplingView, scale_from_hessian  # noqa: E402
 
-__all__ += ["FramedEnergy", "PriorHint", "scale_from_hessian"]
+__all__ += ["FramedEnergy", "PriorHint", "SamplingView", "scale_from_hessian"]

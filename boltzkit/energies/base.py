@@ -15,6 +15,7 @@ give the harmonic frame of their minimized structure.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -80,6 +81,17 @@ class Energy(torch.nn.Module):
         """
         return None
 
+    def sampling_view(self) -> "SamplingView | None":
+        """Other coordinates in which :func:`boltzkit.sample` should sample this target, or
+        None (the default: sample it as it is).
+
+        A target whose natural sampling coordinates differ from its states (a molecule: bonds,
+        angles and dihedrals instead of Cartesian positions) returns a :class:`SamplingView`;
+        ``bk.sample`` then chooses and runs the method on ``view.target`` and maps the result
+        back (:meth:`SamplingView.pull_back`), so the caller still gets this target's states.
+        """
+        return None
+
     def to_config(self) -> dict:
         """JSON-able description, stored in Result.config."""
         return {"name": self.name, "domain": self.domain.to_config()}
@@ -101,6 +113,59 @@ class Energy(torch.nn.Module):
 
     def __repr__(self):
         return f"{self.name}(domain={self.domain!r})"
+
+
+@dataclass(frozen=True)
+class SamplingView:
+    """The coordinates in which ``bk.sample`` samples a target (:meth:`Energy.sampling_view`).
+
+    Attributes
+    ----------
+    target : Energy
+        The same distribution in the sampling coordinates.
+    to_target : callable
+        Maps a batch of samples of ``target`` to states of the original target.
+    log_z_to_target : callable or None
+        Maps ``log Z`` of ``target`` to ``log Z`` of the original target; None where the
+        original has none (the pulled-back Result then reports ``log_z = None`` and keeps the
+        view's value in ``diagnostics["log_z_view"]``).
+    method_options : dict
+        Default options per method name in these coordinates (the caller's options win).
+    description : str
+        One line for ``bk.explain`` and ``Result.diagnostics["coordinates"]``.
+
+    Samples pulled back this way are weighted samples of the original target for every
+    statistic that the map preserves (for internal coordinates: everything invariant under
+    rigid motions); the log-weights are those of the view.
+    """
+
+    target: "Energy"
+    to_target: Callable
+    log_z_to_target: "Callable | None" = None
+    method_options: dict = field(default_factory=dict)
+    description: str = ""
+
+    def pull_back(self, res, original):
+        """The :class:`~boltzkit.result.Result` ``res`` of ``self.target`` as one of
+        ``original``: samples mapped by ``to_target``, log Z converted (or None), the view's
+        own log Z and its coordinates in ``diagnostics``."""
+        import dataclasses
+
+        with torch.no_grad():
+            x = self.to_target(res.samples)
+        x = torch.as_tensor(x).detach().to("cpu", res.samples.dtype)
+        log_z = None
+        if res.log_z is not None and self.log_z_to_target is not None:
+            log_z = self.log_z_to_target(res.log_z)
+        log_z_se = None if log_z is None else res.log_z_stderr
+        diag = {**res.diagnostics, "coordinates": self.description, "log_z_view": res.log_z}
+        if log_z is None and "log_z_unavailable" not in diag:
+            diag["log_z_unavailable"] = ("the target's own coordinates have no finite normalizing "
+                                         "constant; diagnostics['log_z_view'] is log Z in the "
+                                         "sampling coordinates")
+        target = original.to_config() if hasattr(original, "to_config") else res.target
+        return dataclasses.replace(res, samples=x, log_z=log_z, log_z_stderr=log_z_se,
+                                   diagnostics=diag, target=target)
 
 
 class PriorHint:

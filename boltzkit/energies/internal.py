@@ -568,7 +568,10 @@ class InternalCoordinateEnergy(Energy):
         Dihedrals whose rigid scan stays below this many kT are soft too (None: only the
         given ones).
     soft_std : float
-        Width (rad) of the soft dihedrals in the full hint.
+        Width (rad) of the soft dihedrals in the full hint. The default 1 rad puts about an
+        eighth of a backbone dihedral's prior mass across its barrier; on alanine dipeptide,
+        untrained NAAS (K = 256) from it has ESS 53/2048, against 4-11 at 1.5 rad (too many
+        clashes) and 12 at 0.7 rad (too few crossings).
 
     Notes
     -----
@@ -583,7 +586,7 @@ class InternalCoordinateEnergy(Energy):
                  bond_window: float = 0.01, torsion_center="reference", torsion_std: float = 1.0,
                  max_std: float = 0.5, center: bool = True, hessian_step: float = 1e-5,
                  hint: str = "diagonal", soft_torsions=(), soft_barrier: "float | None" = 20.0,
-                 soft_std: float = 1.5, name: "str | None" = None):
+                 soft_std: float = 1.0, name: "str | None" = None):
         if not isinstance(cartesian_energy, Energy) or not isinstance(cartesian_energy.domain, Reals) \
                 or cartesian_energy.domain.dim % 3 != 0:
             raise TargetError("InternalCoordinateEnergy needs a Cartesian Energy on Reals(3N), got "

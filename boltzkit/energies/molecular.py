@@ -582,6 +582,12 @@ class AlanineDipeptide(OpenMMEnergy):
         translation-invariant density). It does not change any internal-coordinate statistic.
     energy_cut : float or None
         Lin-log regularization of clash energies above this value (kT).
+    coordinates : {"internal", "cartesian"}
+        Where :func:`boltzkit.sample` samples the molecule (:meth:`sampling_view`).
+        "internal" (default): in bonds, angles and dihedrals (:meth:`internal`), with the
+        result mapped back to Cartesian states in the canonical frame and log Z converted to
+        this target's (COM-restrained) Cartesian one. "cartesian": in the Cartesian harmonic
+        frame of :meth:`prior_hint`. The energy itself is the same either way.
 
     Attributes
     ----------
@@ -598,6 +604,12 @@ class AlanineDipeptide(OpenMMEnergy):
     energies in vacuum at 300 K ships with the package
     (:func:`boltzkit.analysis.load_alanine_reference`). Plain MD at 300 K never visits
     phi > 0 (C7ax) in 150 ns in ff96; it is the standard mode-collapse test.
+
+    Samplers started from the Cartesian harmonic frame (:meth:`prior_hint`) stay in C7eq /
+    alpha_R; :meth:`internal` gives the same molecule in internal coordinates with phi, psi
+    and the methyl rotors spread over their circle, from which NAAS and AIS visit C7ax and
+    estimate log Z far better (``benchmarks/alanine_dipeptide.py``, methods ``*_ic``), so
+    ``bk.sample`` samples there by default (``coordinates``).
     """
 
     PHI_ATOMS = (4, 6, 8, 14)
@@ -608,9 +620,11 @@ class AlanineDipeptide(OpenMMEnergy):
     def __init__(self, solvent: str = "vacuum", temperature: float = 300.0, *,
                  platform: str = "auto", platform_properties: "dict | None" = None,
                  com_restraint: "float | None" = 0.1, energy_cut: "float | None" = None,
-                 hvp_step: float = 1e-4):
+                 hvp_step: float = 1e-4, coordinates: str = "internal"):
         if solvent not in ("vacuum", "implicit"):
             raise TargetError(f"solvent must be 'vacuum' or 'implicit', got {solvent!r}")
+        if coordinates not in ("internal", "cartesian"):
+            raise TargetError(f"coordinates must be 'internal' or 'cartesian', got {coordinates!r}")
         system, topology, positions = alanine_dipeptide_system(solvent)
         positions = positions - positions.mean(0)
         super().__init__(system, temperature, platform=platform,
@@ -618,16 +632,37 @@ class AlanineDipeptide(OpenMMEnergy):
                          topology=topology, com_restraint=com_restraint, energy_cut=energy_cut,
                          hvp_step=hvp_step, name=f"AlanineDipeptide({solvent}, {temperature:g} K)")
         self.solvent = solvent
+        self.coordinates = coordinates
+        self._view = None
 
     def to_config(self):
-        return {**super().to_config(), "type": "AlanineDipeptide", "solvent": self.solvent}
+        return {**super().to_config(), "type": "AlanineDipeptide", "solvent": self.solvent,
+                "coordinates": self.coordinates}
+
+    def sampling_view(self):
+        """With ``coordinates="internal"``: sample :meth:`internal` (built once) and return
+        Cartesian states (``to_cartesian``: canonical frame, centred) with the Cartesian log Z
+        (``cartesian_log_z``); NAAS defaults to ``n_time_steps=256`` there. None with
+        ``coordinates="cartesian"``."""
+        from .base import SamplingView
+
+        if self.coordinates == "cartesian":
+            return None
+        if self._view is None:
+            ic = self.internal()
+            log_z = None if self.com_restraint is None else ic.cartesian_log_z
+            self._view = SamplingView(
+                ic, ic.to_cartesian, log_z, method_options={"naas": {"n_time_steps": 256}},
+                description="internal coordinates (bonds, angles, dihedrals; phi, psi and the "
+                            "methyl rotors spread over their circle), mapped back to Cartesian")
+        return self._view
 
     # -- analysis
     def internal(self, **kw):
         """This molecule in internal coordinates
         (:class:`~boltzkit.energies.internal.InternalCoordinateEnergy`, on ``Reals(60)``), with
         the full harmonic prior hint in which phi, psi and the three methyl rotors are spread
-        over their circle (``soft_std`` 1.5 rad), so samplers started from it reach C7ax and
+        over their circle (``soft_std`` 1 rad), so samplers started from it reach C7ax and
         alpha_R. Map samples back with ``.to_cartesian(q)`` (then :meth:`phi_psi`).
 
         >>> ic = AlanineDipeptide().internal()          # doctest: +SKIP
