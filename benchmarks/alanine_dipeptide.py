@@ -7,12 +7,13 @@ histogram, the number of energy(+force) evaluations and the wall time.
 
 Methods
 -------
-Every sampler runs on the target itself, in its own Cartesian coordinates: the target's
-``prior_hint()`` (the harmonic frame of its minimized structure) centres and whitens the
-Gaussian prior / reference / chain start of each continuous sampler, which returns samples in
-nm.
+The methods without a suffix run in Cartesian coordinates
+(``AlanineDipeptide(coordinates="cartesian")``): the target's ``prior_hint()`` (the harmonic
+frame of its minimized structure) centres and whitens the Gaussian prior / reference / chain
+start of each continuous sampler, which returns samples in nm. The ``_ic`` methods run in
+internal coordinates, where ``bk.sample(AlanineDipeptide())`` samples by default.
 
-* ``naas``: the default of ``bk.sample(AlanineDipeptide())``; weighted samples, log Z.
+* ``naas``: NAAS in the Cartesian frame; weighted samples, log Z.
 * ``naas0``: the same sampler untrained (``n_steps=0``, zero control): its uncontrolled
   annealed-Langevin (ULA-AIS) chain from the harmonic prior, the baseline the training has
   to beat.
@@ -23,6 +24,11 @@ nm.
   NAAS budget (particles x levels).
 * ``mala``: MALA chains (preconditioned by the frame) with the same number of energy+gradient
   evaluations as NAAS used (or ``--budget``).
+* ``naas_ic`` / ``naas0_ic``: NAAS trained / untrained in internal coordinates (the default
+  of ``bk.sample(AlanineDipeptide())``; ``AlanineDipeptide.internal()``: bonds, angles and dihedrals, the full harmonic frame with
+  phi, psi and the methyl rotors spread over their circle), K = 256; samples mapped back to
+  Cartesian coordinates for the analysis.
+* ``ais_ic``: AIS with MALA moves from the same internal-coordinate frame, at the NAAS budget.
 * ``md``: one OpenMM Langevin trajectory (LangevinMiddle, 1 fs, 1/ps, no constraints) with
   the same number of force evaluations (integration steps).
 
@@ -107,14 +113,16 @@ def main(argv=None):
     p.add_argument("--budget", type=int, default=None,
                    help="energy evaluations of AIS/MALA/MD (default: what NAAS used)")
     p.add_argument("--mala-chains", type=int, default=64)
-    p.add_argument("--methods", default="naas,naas0,pdns,ais,mala,md")
+    p.add_argument("--ic-steps", type=int, default=40)
+    p.add_argument("--ic-time-steps", type=int, default=256)
+    p.add_argument("--methods", default="naas,naas0,pdns,ais,mala,md,naas_ic,naas0_ic,ais_ic")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", bk.errors.ConvergenceWarning)
     methods = args.methods.split(",")
 
-    target = AlanineDipeptide("vacuum")
+    target = AlanineDipeptide("vacuum", coordinates="cartesian")
     kT = target.kT
     t0 = time.time()
     target.prior_hint()  # computed once (minimization + finite-difference Hessian), cached
@@ -127,8 +135,8 @@ def main(argv=None):
                                             n_blocks=20)
     rows.append(rows_ref)
 
-    def weighted(name, res, wall, n_eval, extra):
-        x = res.samples.double()
+    def weighted(name, res, wall, n_eval, extra, x=None):
+        x = res.samples.double() if x is None else x
         phi, psi = target.phi_psi(x)
         e = target.openmm_energy(x) / kT
         lw = None if res.log_weights is None else res.log_weights.double().numpy()
@@ -170,16 +178,41 @@ def main(argv=None):
             budget = budget or n_eval
     budget = budget or 2_000_000
 
+    # ---------------------------------------------------------------- internal coordinates
+    ic = target.internal()
+    for name in ("naas_ic", "naas0_ic"):
+        if name not in methods:
+            continue
+        n_steps = 0 if name == "naas0_ic" else args.ic_steps
+        opts = dict(batch_size=args.naas_batch, n_time_steps=args.ic_time_steps, lr=3e-4)
+        target.n_evaluations = 0
+        t0 = time.time()
+        res = bk.sample(ic, method="naas", n_samples=args.n_samples, n_steps=n_steps,
+                        seed=args.seed, progress=False, **opts)
+        wall, n_eval = time.time() - t0, target.n_evaluations
+        h = res.history
+        weighted(name, res, wall, n_eval,
+                 {"options": opts, "n_steps": n_steps, "coordinates": "internal (full hint)",
+                  "soft_torsions": [int(i) for i in ic.soft_index],
+                  "train_ess_frac_last10": float(np.mean(h["ess_frac"][-10:])) if "ess_frac" in h else None},
+                 x=ic.to_cartesian(res.samples))
+
     # ---------------------------------------------------------------- AIS at equal evaluations
-    if "ais" in methods:
+    # (ais_ic: the same frame and path family as naas_ic, MALA moves instead of a control)
+    for name, tgt, to_x in (("ais_ic", ic, ic.to_cartesian), ("ais", target, None)):
+        if name not in methods:
+            continue
         n_part = 1024
         levels = max(2, budget // n_part)
         target.n_evaluations = 0
         t0 = time.time()
-        res = bk.sample(target, method="ais", n_samples=n_part, n_steps=levels, seed=args.seed,
+        res = bk.sample(tgt, method="ais", n_samples=n_part, n_steps=levels, seed=args.seed,
                         progress=False)
-        weighted("ais", res, time.time() - t0, target.n_evaluations,
-                 {"n_levels": levels, "acceptance": res.diagnostics["acceptance"]})
+        extra = {"n_levels": levels, "acceptance": res.diagnostics["acceptance"]}
+        if to_x is not None:
+            extra["coordinates"] = "internal (full hint)"
+        weighted(name, res, time.time() - t0, target.n_evaluations, extra,
+                 x=None if to_x is None else to_x(res.samples))
 
     # ---------------------------------------------------------------- MALA at equal evaluations
     if "mala" in methods:
