@@ -29,7 +29,13 @@ def _targets():
 
         return ManyWell(a.dim)
 
+    def alanine(a):
+        from .energies.molecular import AlanineDipeptide
+
+        return AlanineDipeptide(a.solvent, coordinates=a.coordinates)
+
     return {
+        "alanine": alanine,
         "ising": lambda a: energies.Ising(L=a.L, beta=a.beta if a.beta is not None else energies.BETA_C_ISING,
                                           J=a.J, h=a.h),
         "potts": lambda a: energies.Potts(L=a.L, q=a.q, beta=a.beta, J=a.J),
@@ -65,6 +71,9 @@ def _add_target_args(p):
     p.add_argument("--h", type=float, default=0.0, help="field (ising)")
     p.add_argument("--q", type=int, default=3, help="number of Potts states")
     p.add_argument("--dim", type=int, default=32, help="dimension (manywell)")
+    p.add_argument("--solvent", choices=("vacuum", "implicit"), default="vacuum", help="alanine")
+    p.add_argument("--coordinates", choices=("internal", "cartesian"), default="internal",
+                   help="where alanine is sampled (states are returned in Cartesian nm)")
 
 
 def _exact(target):

@@ -34,3 +34,17 @@ def test_cli_errors_are_messages_not_tracebacks(capsys):
     assert "unknown option(s) ['bogus']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["sample", "no-such-target"])
+
+
+def test_cli_samples_alanine_in_internal_coordinates(tmp_path, capsys):
+    pytest.importorskip("openmm")
+    pytest.importorskip("mdtraj")
+    out = tmp_path / "ala.npz"
+    rc = main(["sample", "alanine", "--method", "ais", "--n-samples", "32", "--n-steps", "5",
+               "--seed", "0", "--quiet", "--out", str(out)])
+    assert rc == 0
+    res = Result.load(out)
+    assert res.samples.shape == (32, 66) and "internal" in res.diagnostics["coordinates"]
+    assert res.target["coordinates"] == "internal" and res.log_z is not None
+    assert main(["explain", "alanine", "--coordinates", "cartesian"]) == 0
+    assert "other coordinates" not in capsys.readouterr().out
