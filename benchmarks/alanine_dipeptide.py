@@ -28,6 +28,7 @@ internal coordinates, where ``bk.sample(AlanineDipeptide())`` samples by default
   of ``bk.sample(AlanineDipeptide())``; ``AlanineDipeptide.internal()``: bonds, angles and dihedrals, the full harmonic frame with
   phi, psi and the methyl rotors spread over their circle), K = 256; samples mapped back to
   Cartesian coordinates for the analysis.
+* ``pdns_ic``: PDNS in the same internal coordinates, with the Cartesian run's options.
 * ``ais_ic``: AIS with MALA moves from the same internal-coordinate frame, at the NAAS budget.
 * ``md``: one OpenMM Langevin trajectory (LangevinMiddle, 1 fs, 1/ps, no constraints) with
   the same number of force evaluations (integration steps).
@@ -115,7 +116,7 @@ def main(argv=None):
     p.add_argument("--mala-chains", type=int, default=64)
     p.add_argument("--ic-steps", type=int, default=40)
     p.add_argument("--ic-time-steps", type=int, default=256)
-    p.add_argument("--methods", default="naas,naas0,pdns,ais,mala,md,naas_ic,naas0_ic,ais_ic")
+    p.add_argument("--methods", default="naas,naas0,pdns,ais,mala,md,naas_ic,naas0_ic,pdns_ic,ais_ic")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -180,19 +181,21 @@ def main(argv=None):
 
     # ---------------------------------------------------------------- internal coordinates
     ic = target.internal()
-    for name in ("naas_ic", "naas0_ic"):
+    naas_ic = dict(batch_size=args.naas_batch, n_time_steps=args.ic_time_steps, lr=3e-4)
+    ic_runs = {"naas_ic": ("naas", args.ic_steps, naas_ic), "naas0_ic": ("naas", 0, naas_ic),
+               "pdns_ic": ("pdns", args.pdns_steps, dict(batch_size=args.pdns_batch))}
+    for name, (method, n_steps, opts) in ic_runs.items():
         if name not in methods:
             continue
-        n_steps = 0 if name == "naas0_ic" else args.ic_steps
-        opts = dict(batch_size=args.naas_batch, n_time_steps=args.ic_time_steps, lr=3e-4)
         target.n_evaluations = 0
         t0 = time.time()
-        res = bk.sample(ic, method="naas", n_samples=args.n_samples, n_steps=n_steps,
+        res = bk.sample(ic, method=method, n_samples=args.n_samples, n_steps=n_steps,
                         seed=args.seed, progress=False, **opts)
         wall, n_eval = time.time() - t0, target.n_evaluations
         h = res.history
         weighted(name, res, wall, n_eval,
                  {"options": opts, "n_steps": n_steps, "coordinates": "internal (full hint)",
+                  "log_z_cartesian": ic.cartesian_log_z(res.log_z),
                   "soft_torsions": [int(i) for i in ic.soft_index],
                   "train_ess_frac_last10": float(np.mean(h["ess_frac"][-10:])) if "ess_frac" in h else None},
                  x=ic.to_cartesian(res.samples))
@@ -210,7 +213,7 @@ def main(argv=None):
                         progress=False)
         extra = {"n_levels": levels, "acceptance": res.diagnostics["acceptance"]}
         if to_x is not None:
-            extra["coordinates"] = "internal (full hint)"
+            extra.update(coordinates="internal (full hint)", log_z_cartesian=ic.cartesian_log_z(res.log_z))
         weighted(name, res, time.time() - t0, target.n_evaluations, extra,
                  x=None if to_x is None else to_x(res.samples))
 
@@ -260,11 +263,16 @@ def main(argv=None):
 
     plt = _plt()
     names = list(data)
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(4.3 * (len(names) + 1), 3.8))
+    ncol = min(4, len(names) + 1)
+    nrow = -(-(len(names) + 1) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.3 * ncol, 3.8 * nrow), squeeze=False)
+    axes = axes.ravel()
     for ax, name in zip(axes, names):
         phi, psi, _, lw = data[name]
         plot_ramachandran(phi, psi, lw, ax=ax, bins=36, title=name)
-    ax = axes[-1]
+    for ax in axes[len(names) + 1:]:
+        ax.set_axis_off()
+    ax = axes[len(names)]
     bins = np.linspace(-45, 15, 61)
     for name in names:
         _, _, e, lw = data[name]
