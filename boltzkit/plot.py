@@ -22,8 +22,9 @@ def _plt():
 def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
     """One figure summarising a :class:`~boltzkit.Result`.
 
-    Panels: the samples (lattice snapshots and the magnetization histogram for lattices, a
-    2-D histogram for continuous targets), the log-weight histogram, and the training curves.
+    Panels: the samples (lattice snapshots and the magnetization histogram for lattices, the
+    Ramachandran map for alanine dipeptide, a 2-D histogram of the first two coordinates for
+    other continuous targets), the log-weight histogram, and the training curves.
     Returns the matplotlib Figure; writes it to ``path`` when given.
     """
     plt = _plt()
@@ -50,7 +51,14 @@ def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
             ax.set_title(f"{k} samples")
             ax.axis("off")
         elif panel == "samples":
-            if lattice:
+            if result.target.get("type") == "AlanineDipeptide":  # the Ramachandran map
+                from .analysis import dihedral, plot_ramachandran
+                from .energies.molecular import AlanineDipeptide as ala
+
+                ang = dihedral(x.double(), [ala.PHI_ATOMS, ala.PSI_ATOMS]).numpy()
+                lw = None if result.log_weights is None else result.log_weights.numpy()
+                plot_ramachandran(ang[:, 0], ang[:, 1], lw, ax=ax, bins=36)
+            elif lattice:
                 vals = x.float().numpy().reshape(x.shape[0], -1)
                 if result.target.get("type") == "Potts":
                     q = int(result.target["q"])
@@ -75,8 +83,10 @@ def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
             ax.set_title(f"{result.method}: samples")
         elif panel == "weights":
             lw = result.log_weights.numpy()
-            ax.hist(lw - lw.max(), bins=60, color="C1")
-            ax.set_xlabel("log w - max log w")
+            rel = lw - lw.max()
+            far = int((rel < -50).sum())  # e.g. clashes: off the scale, counted instead
+            ax.hist(rel[rel >= -50], bins=60, color="C1")
+            ax.set_xlabel("log w - max log w" + (f" ({far} below -50 not shown)" if far else ""))
             ax.set_title(f"log-weights (ESS {result.ess / result.n_samples:.2f} of n)")
         else:
             key = panel.split(":", 1)[1]

@@ -41,8 +41,10 @@ def test_cli_samples_alanine_in_internal_coordinates(tmp_path, capsys):
     pytest.importorskip("mdtraj")
     out = tmp_path / "ala.npz"
     rc = main(["sample", "alanine", "--method", "ais", "--n-samples", "32", "--n-steps", "5",
-               "--seed", "0", "--quiet", "--out", str(out)])
+               "--seed", "0", "--quiet", "--out", str(out), "--plot", str(tmp_path / "ala.png")])
     assert rc == 0
+    fig = Result.load(out).plot()
+    assert fig.axes[0].get_xlabel() == "phi (deg)"  # the Ramachandran map, not x[0] vs x[1]
     res = Result.load(out)
     assert res.samples.shape == (32, 66) and "internal" in res.diagnostics["coordinates"]
     assert res.target["coordinates"] == "internal" and res.log_z is not None
