@@ -33,6 +33,7 @@ import torch
 from .errors import DatasetError, TargetError
 
 __all__ = ["dihedral", "signed_volume", "ALANINE_BASINS", "alanine_basin", "basin_populations",
+           "basin_ess",
            "basin_free_energies", "ramachandran_histogram", "plot_ramachandran",
            "load_alanine_reference", "ALANINE_REFERENCE_FILE"]
 
@@ -158,12 +159,28 @@ def basin_populations(phi, psi, log_weights=None, *, n_blocks: int = 10) -> dict
     return {b: (float(full[i]), float(se[i])) for i, b in enumerate(ALANINE_BASINS)}
 
 
+def basin_ess(phi, psi, log_weights=None) -> dict:
+    """Effective number of samples in each basin: Kish's ``(sum w)^2 / sum w^2`` over the
+    samples that fall in it (the count of samples when unweighted; 0 when none does)."""
+    lab = alanine_basin(phi, psi).ravel()
+    w = _weights(lab.size, log_weights)
+    out = {}
+    for i, b in enumerate(ALANINE_BASINS):
+        wb = w[lab == i]
+        s2 = float((wb * wb).sum())
+        out[b] = float(wb.sum()) ** 2 / s2 if s2 > 0 else 0.0
+    return out
+
+
 def basin_free_energies(phi, psi, log_weights=None, *, reference: str = "C7eq",
-                        n_blocks: int = 10) -> dict:
+                        n_blocks: int = 10, min_ess: float = 10.0) -> dict:
     """Free energies ``dF(A) = -log(P_A / P_reference)`` (kT) of the basins, with jackknife errors.
 
     A basin that no sample visits gets ``(inf, nan)``; one that appears in only some blocks
     gets a finite value whose error bar is infinite when a delete-one-block estimate is.
+    With importance weights, a basin whose effective number of samples (:func:`basin_ess`)
+    is below ``min_ess`` raises an :class:`~boltzkit.errors.UnreliableEstimateWarning`: its
+    free energy then rests on a few weights and the jackknife error bar understates the error.
 
     Returns
     -------
@@ -176,6 +193,18 @@ def basin_free_energies(phi, psi, log_weights=None, *, reference: str = "C7eq",
     s = _block_sums(lab, _weights(lab.size, log_weights), n_blocks)
     tot = s.sum(0)
     r = ALANINE_BASINS.index(reference)
+    if log_weights is not None:
+        ess = basin_ess(phi, psi, log_weights)
+        few = {b: e for b, e in ess.items() if 0 < e < min_ess}
+        if few:
+            import warnings
+
+            from .errors import UnreliableEstimateWarning
+
+            warnings.warn("basin free energies rest on few effective samples ("
+                          + ", ".join(f"{b}: {e:.1f}" for b, e in few.items())
+                          + f" < {min_ess:g}); the error bars understate the error. Draw more "
+                          "samples or improve the sampler", UnreliableEstimateWarning, stacklevel=2)
     out = {}
     with np.errstate(divide="ignore", invalid="ignore"):
         full = -np.log(tot / tot[r])

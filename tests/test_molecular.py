@@ -22,7 +22,7 @@ unit = pytest.importorskip("openmm.unit")
 md = pytest.importorskip("mdtraj")
 
 import boltzkit as bk  # noqa: E402
-from boltzkit.analysis import (ALANINE_BASINS, alanine_basin, basin_free_energies,  # noqa: E402
+from boltzkit.analysis import (ALANINE_BASINS, alanine_basin, basin_ess, basin_free_energies,  # noqa: E402
                                basin_populations, dihedral, load_alanine_reference,
                                ramachandran_histogram)
 from boltzkit.energies.molecular import AlanineDipeptide, alanine_dipeptide_files  # noqa: E402
@@ -352,6 +352,19 @@ def test_basin_free_energies_against_exact_populations():
     dfw = basin_free_energies(phi, psi, lw, n_blocks=20)
     assert_consistent(*dfw["C7ax"], 0.0, what="reweighted dF(C7ax)")
     assert_rejects(*dfw["C7ax"], 1.0, what="reweighted dF(C7ax)")
+    # weights constant within a basin: its effective sample count is its sample count
+    ess = basin_ess(phi, psi, lw)
+    for i, b in enumerate(ALANINE_BASINS):
+        assert ess[b] == pytest.approx(float((lab == i).sum()), rel=1e-9)
+    # one C7ax sample carrying nearly all of its basin's weight: the dF is flagged
+    lw_bad = lw.copy()
+    lw_bad[np.flatnonzero(lab == 2)[0]] += 12.0
+    assert basin_ess(phi, psi, lw_bad)["C7ax"] < 2.0
+    with pytest.warns(bk.errors.UnreliableEstimateWarning, match="C7ax"):
+        basin_free_energies(phi, psi, lw_bad, n_blocks=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        basin_free_energies(phi, psi, lw, n_blocks=20)  # well-spread weights: no warning
 
 
 def test_dihedral_torch_matches_mdtraj_convention():
