@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ._utils import atomic_path, versions
-from .errors import BoltzkitError, TargetError
+from .errors import BoltzkitError, TargetError, UnreliableEstimateWarning
 from .estimators.importance import normalized_weights, self_normalized_expectation
 
 FORMAT_VERSION = 1
@@ -140,10 +140,14 @@ class Result:
             return float(v.mean()), float(v.std(ddof=1) / math.sqrt(max(self.ess, 1.0)))
         return self_normalized_expectation(vals, self.log_weights)
 
+    MIN_STATE_ESS = 10.0
+
     def free_energy_difference(self, in_a, in_b) -> "tuple[float, float]":
         """Delta F = F_b - F_a = -log(P(B) / P(A)) in kT, with its standard error.
 
         ``in_a`` and ``in_b`` are boolean masks (n,) or callables mapping samples to masks.
+        With importance weights, a state whose effective number of samples (Kish, over the
+        samples in it) is below ``MIN_STATE_ESS`` raises an ``UnreliableEstimateWarning``.
         """
         a = torch.as_tensor(in_a(self.samples) if callable(in_a) else in_a).reshape(-1).double().numpy()
         b = torch.as_tensor(in_b(self.samples) if callable(in_b) else in_b).reshape(-1).double().numpy()
@@ -156,6 +160,16 @@ class Result:
             which = "in_a" if pa == 0 else "in_b"
             raise TargetError(f"no sample falls in {which}: the free-energy difference is not "
                               "estimable; draw more samples or widen the state definition")
+        if self.log_weights is not None:  # few effective samples in a state: the error bar lies
+            few = {nm: pm ** 2 / float(np.sum((w * m) ** 2)) for nm, m, pm in (("in_a", a, pa), ("in_b", b, pb))}
+            few = {nm: e for nm, e in few.items() if e < self.MIN_STATE_ESS}
+            if few:
+                import warnings
+
+                warnings.warn("the free-energy difference rests on few effective samples ("
+                              + ", ".join(f"{nm}: {e:.1f}" for nm, e in few.items())
+                              + f" < {self.MIN_STATE_ESS:g}); its error bar understates the error",
+                              UnreliableEstimateWarning, stacklevel=2)
         g = b / pb - a / pa
         se = math.sqrt(float(np.sum(w * w * g * g)) * self._inflation())
         return -math.log(pb / pa), se

@@ -1,6 +1,7 @@
 """Domains, energies' input validation, Result persistence and estimates, registry and options."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from scipy import stats
 import boltzkit as bk
 from boltzkit.domains import Lattice, Reals, Sequence
 from boltzkit.energies import Energy, Ising, Potts
-from boltzkit.errors import (ConfigError, DomainError, IncompatibleMethodError, TargetError)
+from boltzkit.errors import (ConfigError, DomainError, IncompatibleMethodError, TargetError,
+                             UnreliableEstimateWarning)
 from boltzkit.result import Result, result_from_log_weights
 
 from _stats import assert_consistent, assert_rejects
@@ -152,6 +154,12 @@ def test_result_log_z_expectation_and_free_energy_difference():
     assert_rejects(df, se, exact + 0.15, what="Delta F")
     with pytest.raises(TargetError, match="no sample falls in in_b"):
         res.free_energy_difference(lambda x: x[:, 0] < 0, lambda x: x[:, 0] > 100)
+    # a state reached by a handful of samples: the estimate comes with a warning, a broad one without
+    with pytest.warns(UnreliableEstimateWarning, match="in_b"):
+        res.free_energy_difference(lambda x: x[:, 0] < 0, lambda x: x[:, 0] > 6.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res.free_energy_difference(lambda x: x[:, 0] < 0, lambda x: x[:, 0] > 1)
 
 
 def test_result_save_load_roundtrip(tmp_path):
