@@ -56,7 +56,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import boltzkit as bk  # noqa: E402
-from boltzkit.analysis import (basin_free_energies, load_alanine_reference,  # noqa: E402
+from boltzkit.analysis import (basin_ess, basin_free_energies, load_alanine_reference,  # noqa: E402
                                plot_ramachandran, ramachandran_histogram)
 from boltzkit.energies.molecular import AlanineDipeptide, alanine_dipeptide_system  # noqa: E402
 
@@ -75,6 +75,8 @@ def summarize(name, phi, psi, energy_kT, log_weights, ref_hist, n_eval, wall, n_
            "n_samples": int(np.size(phi)), "delta_f_kT": {b: list(v) for b, v in dfs.items()},
            "js_divergence_36x36": js_divergence(h, ref_hist),
            "visited_C7ax_fraction_unweighted": float(np.mean((np.degrees(phi) > 0) & (np.degrees(phi) < 120)))}
+    if log_weights is not None:  # how many effective samples each basin's dF rests on
+        out["basin_ess"] = basin_ess(phi, psi, log_weights)
     if extra:
         out.update(extra)
     print(f"{name:>6}: evals {n_eval:>9,d}  wall {wall:7.1f} s  dF(alpha_R) "
