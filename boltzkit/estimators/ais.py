@@ -21,6 +21,12 @@ the target ``p~ = exp(-U)``::
 
 ``E[exp(log w)] = Z / Z_0`` exactly, because every T_k is Metropolis-Hastings corrected.
 
+With ``resample_ess`` it is an SMC sampler (Del Moral, Doucet & Jasra, JRSS B 68, 411 (2006)):
+the particles are split into ``n_islands`` independent islands, and an island whose ESS drops
+below ``resample_ess`` times its size is resampled (systematic), its mean weight carried into
+its running log Z. Each island's Z estimate stays unbiased; log Z and its error bar come from
+the spread of the independent islands.
+
 * ``Reals``: pi_0 = N(0, init_std^2 I) (in the standardized frame of the target's
   :meth:`~boltzkit.energies.Energy.prior_hint` when it gives one: N(loc, init_std^2 S S^T)
   in ``x``), log Z_0 is folded into the weights; T_k is MALA or HMC
@@ -132,6 +138,12 @@ class AISConfig(SamplerConfig):
     use_prior_hint : (Reals) when the target gives a :meth:`~boltzkit.energies.Energy.prior_hint`
         ``x = loc + S z``, anneal in ``z`` from N(0, init_std^2 I), i.e. from
         N(loc, init_std^2 S S^T) in ``x``; samples, weights and log Z are returned in ``x``.
+    resample_ess : (Reals) None (plain AIS) or a fraction in (0, 1]: an SMC sampler that
+        resamples an island (systematic resampling) whenever its ESS falls below this fraction
+        of the island size.
+    n_islands : (with ``resample_ess``) number of independent particle islands; particles
+        are resampled only within their island, so the islands' log Z are independent and
+        give the error bar, and the samples are stored island by island (contiguous blocks).
     """
 
     n_steps: int = 200
@@ -144,10 +156,16 @@ class AISConfig(SamplerConfig):
     adapt_step_size: bool = True
     n_leapfrog: int = 5
     use_prior_hint: bool = True
+    resample_ess: "float | None" = None
+    n_islands: int = 16
 
     def __post_init__(self):
         if not isinstance(self.use_prior_hint, bool):
             raise ConfigError(f"use_prior_hint must be True or False, got {self.use_prior_hint!r}")
+        if self.resample_ess is not None and not (isinstance(self.resample_ess, (int, float))
+                                                  and 0 < self.resample_ess <= 1):
+            raise ConfigError(f"resample_ess must be None or a fraction in (0, 1], got {self.resample_ess!r}")
+        _check_positive("n_islands", self.n_islands)
         if not isinstance(self.schedule, str):
             object.__setattr__(self, "schedule", tuple(float(v) for v in self.schedule))
             annealing_schedule(None, self.schedule)
@@ -268,8 +286,10 @@ class _Annealer:
             return (*self.mix(lam, y, u, g), u, g)
         return pot
 
-    def run(self, n: int, lambdas: np.ndarray, move, generator, *, bar=None, device="cpu"):
-        """Returns x (n, d), log-weights (float64, log Z_0 included), acceptance per level."""
+    def run(self, n: int, lambdas: np.ndarray, move, generator, *, bar=None, device="cpu",
+            resample_ess=None, n_islands: int = 1):
+        """Returns x (n, d), log-weights (float64, log Z_0 included), acceptance per level, and
+        (with ``resample_ess``) the islands' log Z and the number of resampling events."""
         x = math.sqrt(self.s2) * torch.randn(n, self.dim, generator=generator, device=device)
         u, g = self.raw(x)
         bad = ~torch.isfinite(u)
@@ -277,10 +297,17 @@ class _Annealer:
             raise TargetError(f"{self.target.name}.energy is not finite at {int(bad.sum())} of {n} "
                               f"reference draws from N(0, {math.sqrt(self.s2):g}^2 I); change init_std")
         logw = torch.zeros(n, dtype=torch.float64, device=device)
+        islands = n_islands if resample_ess is not None else 1
+        log_acc = torch.zeros(islands, dtype=torch.float64, device=device)  # log Z so far, per island
+        n_events = 0
         acc_hist = []
         for k in range(1, lambdas.size):
             lam, dlam = float(lambdas[k]), float(lambdas[k] - lambdas[k - 1])
             logw += dlam * (self.u0(x).double() - u.double())
+            if resample_ess is not None:
+                x, u, g, logw, log_acc, events = _resample_islands(x, u, g, logw, log_acc, resample_ess,
+                                                                   generator)
+                n_events += events
             state = (*self.mix(lam, x, u, g), u, g)
             x, state, acc = move(self.potential(lam), x, state, k)
             u, g = state[2], state[3]
@@ -290,7 +317,37 @@ class _Annealer:
                 if k % 20 == 0 or k == lambdas.size - 1:
                     lz = self.log_z0 + float(torch.logsumexp(logw, 0)) - math.log(n)
                     bar.set_postfix({"acc": f"{acc:.2f}", "logZ_k": f"{lz:.4g}"})
-        return x, logw + self.log_z0, np.asarray(acc_hist, dtype=np.float64)
+        m = n // islands
+        island_log_z = log_acc + torch.logsumexp(logw.view(islands, m), 1) - math.log(m) + self.log_z0
+        logw = logw + log_acc.repeat_interleave(m)
+        if resample_ess is None:
+            return x, logw + self.log_z0, np.asarray(acc_hist, dtype=np.float64)
+        return (x, logw + self.log_z0, np.asarray(acc_hist, dtype=np.float64), island_log_z.cpu(),
+                n_events)
+
+
+def _resample_islands(x, u, g, logw, log_acc, frac: float, generator):
+    """Systematic resampling, within each island (contiguous blocks of ``logw``) whose ESS is
+    below ``frac`` times its size; a resampled island's mean weight moves into ``log_acc``
+    and its weights restart at 0, so ``log_acc + logmeanexp(logw)`` stays its log Z."""
+    islands = log_acc.numel()
+    m = logw.numel() // islands
+    lw = logw.view(islands, m)
+    ess = torch.exp(2 * torch.logsumexp(lw, 1) - torch.logsumexp(2 * lw, 1))
+    need = ess < frac * m
+    if not bool(need.any()):
+        return x, u, g, logw, log_acc, 0
+    log_acc = log_acc + torch.where(need, torch.logsumexp(lw, 1) - math.log(m), torch.zeros_like(log_acc))
+    cdf = torch.cumsum(torch.softmax(lw, 1), 1)
+    cdf[:, -1] = 1.0
+    pos = (torch.rand(islands, 1, generator=generator, dtype=torch.float64, device=logw.device)
+           + torch.arange(m, dtype=torch.float64, device=logw.device)) / m
+    idx = torch.searchsorted(cdf, pos).clamp_(max=m - 1)
+    keep = torch.arange(m, device=logw.device).expand(islands, m)
+    idx = torch.where(need[:, None], idx, keep) + m * torch.arange(islands, device=logw.device)[:, None]
+    idx = idx.reshape(-1)
+    logw = torch.where(need.repeat_interleave(m), torch.zeros_like(logw), logw[idx])
+    return x[idx], u[idx], g[idx], logw, log_acc, int(need.sum())
 
 
 @register("ais", kinds=("energy",), domains=(Reals, Categorical), priority={Reals: 5, Categorical: 0},
@@ -315,6 +372,9 @@ class AIS(Sampler):
         if not isinstance(dom, (Reals, Categorical)):
             raise IncompatibleMethodError(f"AIS handles Reals and categorical domains, got "
                                           f"{type(dom).__name__}")
+        if self.config.resample_ess is not None and not isinstance(dom, Reals):
+            raise ConfigError("resample_ess (SMC) is implemented for continuous targets only; "
+                              "leave it None for lattice and sequence targets")
         validate_target(target, needs_grad=isinstance(dom, Reals), device="cpu")
         self.kernel = _resolve_kernel(target, self.config.kernel)
         self.target = target.to(self.device) if isinstance(target, torch.nn.Module) else target
@@ -340,13 +400,26 @@ class AIS(Sampler):
         exact = None
         if isinstance(self.target.domain, Reals):
             exact = self.target.exact_log_z()
+        smc = extra.pop("smc", None)
         diag = {"kernel": self.kernel, "n_levels": int(lambdas.size - 1), "n_mcmc": cfg.n_mcmc,
                 "acceptance": float(np.mean(extra["acceptance"])),
                 "log_weight_std": float(lw.std()), **extra.pop("diag", {})}
         history = {"lambda": lambdas[1:], **extra}
         kw = self._result_kwargs()
-        return result_from_log_weights(x, lw, exact_log_z=exact, diagnostics=diag,
-                                       history=history, **kw)
+        if not smc:
+            return result_from_log_weights(x, lw, exact_log_z=exact, diagnostics=diag,
+                                           history=history, **kw)
+        # SMC: particles of one island share ancestors, so the error bar comes from the
+        # independent islands' log Z (the same log Z as the pooled weights)
+        from dataclasses import replace
+
+        from .importance import log_z_from_log_weights
+
+        est = log_z_from_log_weights(smc["island_log_z"], warn=False)
+        diag.update(n_islands=cfg.n_islands, resample_events=smc["resample_events"],
+                    log_z_stderr_from="between islands")
+        res = result_from_log_weights(x, lw, exact_log_z=exact, diagnostics=diag, history=history, **kw)
+        return replace(res, log_z_stderr=est.stderr)
 
     # ----------------------------------------------------------------- continuous
     def _run_reals(self, n, lambdas, gen, bar):
@@ -376,10 +449,22 @@ class AIS(Sampler):
                 log_h[0] = adapt_log_step(log_h[0], rate, target_acc, _STEP_GAIN)
             return x, state, rate
 
-        x, lw, acc = ann.run(n, lambdas, move, gen, bar=bar, device=self.device)
+        smc = {}
+        if cfg.resample_ess is None:
+            x, lw, acc = ann.run(n, lambdas, move, gen, bar=bar, device=self.device)
+        else:
+            if n % cfg.n_islands or n // cfg.n_islands < 2:
+                raise ConfigError(f"n_samples={n} must be a multiple of n_islands={cfg.n_islands} "
+                                  "with at least 2 particles per island")
+            x, lw, acc, island_log_z, events = ann.run(n, lambdas, move, gen, bar=bar, device=self.device,
+                                                       resample_ess=cfg.resample_ess,
+                                                       n_islands=cfg.n_islands)
+            smc = {"island_log_z": island_log_z, "resample_events": events}
         if frame is not None:  # back to the target's coordinates (constant Jacobian |det S|)
             x, lw = frame.to_x(x), lw + frame.log_det
-        return x, lw, {"acceptance": acc, "step_size": np.asarray(steps),
+            if smc:
+                smc["island_log_z"] = smc["island_log_z"] + frame.log_det
+        return x, lw, {"acceptance": acc, "step_size": np.asarray(steps), "smc": smc,
                        "diag": {"log_z0": ann.log_z0, "init_std": cfg.init_std,
                                 "final_step_size": steps[-1], "prior_hint": frame is not None}}
 
@@ -438,7 +523,7 @@ def ais(target, *, n_samples: int = 1024, n_steps: int = 200, kernel: str = "aut
         As in :func:`boltzkit.sample`.
     **options :
         Further :class:`AISConfig` fields: ``init_std``, ``step_size``, ``target_accept``,
-        ``adapt_step_size``, ``n_leapfrog``.
+        ``adapt_step_size``, ``n_leapfrog``, ``resample_ess``, ``n_islands`` (SMC).
 
     Returns
     -------
