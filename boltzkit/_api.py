@@ -37,7 +37,10 @@ def sample(target, method: "str | None" = None, *, n_samples: "int | None" = Non
     view = target.sampling_view() if callable(getattr(target, "sampling_view", None)) else None
     if view is not None:  # e.g. a molecule sampled in internal coordinates, returned in Cartesian
         choice = select(view.target, method)
-        options = {**view.method_options.get(choice.name, {}), **options}
+        defaults = dict(view.method_options.get(choice.name, {}))
+        view_steps = defaults.pop("n_steps", None)
+        n_steps = view_steps if n_steps is None else n_steps
+        options = {**defaults, **options}
         res = sample(view.target, choice.name, n_samples=n_samples, n_steps=n_steps, seed=seed,
                      device=device, progress=progress, checkpoint=checkpoint, **options)
         return view.pull_back(res, target)

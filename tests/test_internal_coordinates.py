@@ -485,7 +485,7 @@ def test_naas_in_internal_coordinates_returns_valid_conformations(ala_ic):
     ala, _ = ala_ic
     assert "internal coordinates" in bk.explain(ala)
     opts = dict(n_samples=64, n_steps=1, n_time_steps=8, batch_size=16, prior_time_steps=4,
-                updates_per_step=2, prior_updates_per_step=2, seed=0, progress=False)
+                updates_per_step=2, prior_updates_per_step=2, lr=3e-4, seed=0, progress=False)
     res = bk.sample(ala, method="naas", **opts)
     assert res.samples.shape == (64, 66) and np.isfinite(res.log_weights.numpy()).all()
     assert res.target["type"] == "AlanineDipeptide" and "internal" in res.diagnostics["coordinates"]

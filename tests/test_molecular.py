@@ -301,8 +301,7 @@ def test_bk_sample_alanine_dipeptide_end_to_end(vac, coordinates):
     choice = bk.select(vac if view is None else view.target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = bk.sample(target, n_steps=2, n_samples=128, seed=0, batch_size=32,
-                        n_time_steps=32)
+        res = bk.sample(target, n_steps=2, n_samples=128, seed=0, batch_size=16, n_time_steps=128)
     assert res.method == choice.name in ("naas", "pdns")
     assert ("internal" in res.diagnostics.get("coordinates", "")) == (coordinates == "internal")
     x = res.samples.double()
