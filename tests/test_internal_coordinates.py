@@ -556,3 +556,37 @@ def test_bk_sample_through_a_sampling_view_returns_cartesian_states_and_their_lo
     res2 = bk.sample(cart, method="ais", n_samples=200, n_steps=10, seed=0, progress=False)
     assert res2.log_z is None and res2.diagnostics["log_z_view"] is not None
     assert "log_z_unavailable" in res2.diagnostics
+
+
+def test_alanine_basin_energy_confines_phi_psi(ala_ic):
+    """``AlanineDipeptide.basin(b)``: the torsion coordinates read as mdtraj's phi/psi, the
+    prior hint sits in the basin, the energy is the molecule's inside the box and rises by the
+    flat-bottom wall outside, with the wall's gradient matching finite differences."""
+    from boltzkit.analysis import ALANINE_BASINS, alanine_basin
+
+    ala, _ = ala_ic
+    g = torch.Generator().manual_seed(5)
+    for k, name in enumerate(ALANINE_BASINS):
+        be = ala.basin(name)
+        hint = be.prior_hint()
+        q = hint.to_x(torch.randn(64, hint.dim, generator=g, dtype=torch.float64))
+        phi, psi = ala.phi_psi(be.to_cartesian(q))
+        mine = [a.numpy() for a in be.angles(q)]
+        for ours, theirs in zip(mine, (phi, psi)):
+            np.testing.assert_allclose(np.angle(np.exp(1j * (ours - theirs))), 0.0, atol=1e-5)
+        lab = alanine_basin(phi, psi)
+        assert alanine_basin(*[a.numpy() for a in be.angles(hint.loc[None])])[0] == k
+        out = be.outside(q)
+        assert bool(((out == 0) == torch.as_tensor(lab == k)).all())  # the wall is off exactly inside
+        u, u0 = be.energy(q), be.ic.energy(q)
+        assert torch.allclose(u[out == 0], u0[out == 0]) and bool((u[out > 0] > u0[out > 0]).all())
+        # the wall's gradient against central differences, away from the box edges
+        sel = (out > 0.05).nonzero().ravel()[:4]
+        if sel.numel():
+            v = torch.randn(sel.numel(), hint.dim, generator=g, dtype=torch.float64)
+            h = 1e-6
+            fd = (be.wall(q[sel] + h * v) - be.wall(q[sel] - h * v)) / (2 * h)
+            gw = be.grad_energy(q[sel]) - be.ic.grad_energy(q[sel])
+            np.testing.assert_allclose((gw * v).sum(1).numpy(), fd.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(TargetError, match="basin must be one of"):
+        ala.basin("beta")

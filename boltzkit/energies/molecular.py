@@ -676,6 +676,26 @@ class AlanineDipeptide(OpenMMEnergy):
         opts = {"hint": "full", "soft_torsions": (self.PHI_ATOMS, self.PSI_ATOMS), **kw}
         return InternalCoordinateEnergy(self, **opts)
 
+    BASIN_CENTRES_DEG = {"alpha_R": (-75.0, -25.0), "C7ax": (70.0, -60.0)}  # C7eq: the minimum
+
+    def basin(self, name: str, *, wall: float = 1e4) -> "BasinEnergy":
+        """This molecule confined to one Ramachandran basin (the boxes of
+        :func:`boltzkit.analysis.alanine_basin`), in internal coordinates.
+
+        ``u_q + wall / 2 * d^2`` with ``d`` the (phi, psi) distance (rad) outside the basin, and
+        a prior hint whose phi and psi sit in the basin. Its log Z is the basin's (up to the thin
+        layer the wall lets through), so basin free energies follow from one sampler run per
+        basin, ``dF(A) = -(log Z_A - log Z_C7eq)``, without ever crossing a barrier:
+
+        >>> z = {b: bk.sample(ala.basin(b), method="ais", n_steps=1000, resample_ess=0.5,
+        ...                   n_samples=2048).log_z for b in ("C7eq", "C7ax")}  # doctest: +SKIP
+        """
+        from ..analysis import ALANINE_BASINS
+
+        if name not in ALANINE_BASINS:
+            raise TargetError(f"basin must be one of {ALANINE_BASINS}, got {name!r}")
+        return BasinEnergy(self.internal(), name, wall=wall)
+
     def phi_psi(self, x) -> "tuple[np.ndarray, np.ndarray]":
         """Backbone dihedrals (radians, ``(-pi, pi]``) of the states ``x`` computed by mdtraj.
 
@@ -707,6 +727,86 @@ class AlanineDipeptide(OpenMMEnergy):
 
         phi, psi = self.phi_psi(x)
         return plot_ramachandran(phi, psi, log_weights, **kw)
+
+
+def _wrap(a):
+    return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
+
+
+def _outside_arc(a, lo: float, hi: float):
+    """How far (rad) the angles ``a`` lie outside the arc ``[lo, hi]`` (0 inside)."""
+    c, h = 0.5 * (lo + hi), 0.5 * (hi - lo)
+    return torch.clamp(_wrap(a - c).abs() - h, min=0.0)
+
+
+class BasinEnergy(Energy):
+    """Alanine dipeptide in internal coordinates confined to one basin by a flat-bottom wall on
+    (phi, psi); see :meth:`AlanineDipeptide.basin`. The basin boxes are those of
+    :func:`boltzkit.analysis.alanine_basin` (C7eq is everything outside alpha_R and C7ax)."""
+
+    def __init__(self, ic, basin: str, *, wall: float = 1e4):
+        if not (isinstance(wall, (int, float)) and math.isfinite(wall) and wall > 0):
+            raise TargetError(f"wall must be a positive number (kT/rad^2), got {wall!r}")
+        super().__init__(ic.domain, name=f"{ic.cartesian_energy.name}[{basin}]")
+        self.ic, self.basin, self.wall_k = ic, basin, float(wall)
+        ala, zm = ic.cartesian_energy, ic.zmatrix
+        self.index = (zm.find_torsion(ala.PHI_ATOMS), zm.find_torsion(ala.PSI_ATOMS))
+        hint = ic.prior_hint()
+        loc = hint.loc.clone()
+        # the torsion coordinates are the backbone angles up to sign and offset: read them off
+        self.sign, self.offset = [], []
+        for k, i in enumerate(self.index):
+            q = torch.stack([loc, loc]).clone()
+            q[1, i] += 0.1
+            a = ala.phi_psi_torch(ic.to_cartesian(q))[k]
+            sign = 1.0 if float(_wrap(a[1] - a[0])) > 0 else -1.0
+            self.sign.append(sign)
+            self.offset.append(float(a[0]) - sign * float(loc[i]))
+        centre = AlanineDipeptide.BASIN_CENTRES_DEG.get(basin)
+        if centre is not None:
+            now = self.angles(loc[None])
+            for k, i in enumerate(self.index):
+                loc[i] += self.sign[k] * float(_wrap(torch.tensor(math.radians(centre[k])) - now[k][0]))
+        self._hint = type(hint)(loc, hint.scale)
+
+    def angles(self, q):
+        """(phi, psi) in radians, ``(-pi, pi]``, of internal-coordinate states ``q``."""
+        return tuple(_wrap(self.sign[k] * q[:, i] + self.offset[k]) for k, i in enumerate(self.index))
+
+    def outside(self, q):
+        """Distance (rad) of each state's (phi, psi) outside the basin box."""
+        phi, psi = self.angles(q)
+        d120, d0 = math.radians(120), 0.0
+        if self.basin == "C7ax":
+            return _outside_arc(phi, d0, d120)
+        if self.basin == "alpha_R":
+            return torch.hypot(_outside_arc(phi, -d120, d0), _outside_arc(psi, -d120, math.radians(50)))
+        # C7eq: depth inside the C7ax arc, plus the smaller depth inside the alpha_R box
+        depth = lambda a, lo, hi: torch.clamp(0.5 * (hi - lo) - _wrap(a - 0.5 * (lo + hi)).abs(), min=0.0)  # noqa: E731
+        return depth(phi, d0, d120) + torch.minimum(depth(phi, -d120, d0),
+                                                    depth(psi, -d120, math.radians(50)))
+
+    def wall(self, q):
+        return 0.5 * self.wall_k * self.outside(q.double()) ** 2
+
+    def energy(self, q):
+        return self.ic.energy(q) + self.wall(q).to(q.dtype)
+
+    def grad_energy(self, q):
+        with torch.enable_grad():
+            qq = q.detach().double().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.wall(qq).sum(), qq)
+        return self.ic.grad_energy(q) + g.to(q.dtype)
+
+    def prior_hint(self):
+        return self._hint
+
+    def to_cartesian(self, q):
+        return self.ic.to_cartesian(q)
+
+    def to_config(self):
+        return {**self.ic.to_config(), "type": "AlanineDipeptideBasin", "basin": self.basin,
+                "wall": self.wall_k}
 
 
 def alanine_dipeptide_system(solvent: str = "vacuum"):
