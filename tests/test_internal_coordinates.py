@@ -588,5 +588,18 @@ def test_alanine_basin_energy_confines_phi_psi(ala_ic):
             fd = (be.wall(q[sel] + h * v) - be.wall(q[sel] - h * v)) / (2 * h)
             gw = be.grad_energy(q[sel]) - be.ic.grad_energy(q[sel])
             np.testing.assert_allclose((gw * v).sum(1).numpy(), fd.numpy(), rtol=1e-5, atol=1e-6)
+    # the phi/psi windows (partitions of unity) are centred on the basin, so the whole box lies
+    # on one copy of the circle: the window is 1 over the box (not so for the reference-centred
+    # windows, where part of alpha_R sits across the seam)
+    be, ic0 = ala.basin("alpha_R"), ala.internal()
+    corners = torch.tensor([(a, b) for a in (-119.0, -1.0) for b in (-119.0, 49.0)]) * math.pi / 180
+    q = be.prior_hint().loc.repeat(len(corners), 1)
+    for k, i in enumerate(be.index):
+        q[:, i] = q[:, i] + be.sign[k] * (corners[:, k] - be.angles(q[:1])[k][0])
+    assert bool(be.outside(q).abs().max() < 1e-9)
+    lw = lambda e: e.zmatrix.log_window(q, torsion_window=e.torsion_window, angle_window=e.angle_window,  # noqa: E731
+                                        bond_window=e.bond_window, torsion_center=e.torsion_center)
+    assert float(lw(be.ic).min()) > -0.01  # (bond and angle windows add ~1e-3)
+    assert float(lw(ic0).min()) < -1.0
     with pytest.raises(TargetError, match="basin must be one of"):
         ala.basin("beta")

@@ -694,7 +694,17 @@ class AlanineDipeptide(OpenMMEnergy):
 
         if name not in ALANINE_BASINS:
             raise TargetError(f"basin must be one of {ALANINE_BASINS}, got {name!r}")
-        return BasinEnergy(self.internal(), name, wall=wall)
+        ic = self.internal()
+        be = BasinEnergy(ic, name, wall=wall)
+        if name in self.BASIN_CENTRES_DEG:
+            # centre the phi/psi windows (partitions of unity) on the basin: otherwise a basin
+            # across the window's seam is split between two copies 2 pi apart and half missed
+            tc = ic.torsion_center.clone()
+            first = int(ic.zmatrix.torsion_index[0])
+            for i in be.index:
+                tc[i - first] = be.prior_hint().loc[i]
+            be = BasinEnergy(self.internal(torsion_center=tc), name, wall=wall)
+        return be
 
     def phi_psi(self, x) -> "tuple[np.ndarray, np.ndarray]":
         """Backbone dihedrals (radians, ``(-pi, pi]``) of the states ``x`` computed by mdtraj.
