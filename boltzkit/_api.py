@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._registry import registry, select
+from ._registry import registry, sampling_view_of, select
 from .errors import ConfigError
 from .result import Result
 
@@ -34,7 +34,7 @@ def sample(target, method: "str | None" = None, *, n_samples: "int | None" = Non
         from .datasets.single_cell import as_target
 
         target = as_target(target, label_key=options.get("label_key"), layer=options.pop("layer", None))
-    view = target.sampling_view() if callable(getattr(target, "sampling_view", None)) else None
+    view = sampling_view_of(target)
     if view is not None:  # e.g. a molecule sampled in internal coordinates, returned in Cartesian
         choice = select(view.target, method)
         defaults = dict(view.method_options.get(choice.name, {}))

@@ -104,6 +104,12 @@ def select(target, method: "str | None" = None) -> Choice:
     return Choice(best.name, reason, tuple(s.name for s in ok[1:]))
 
 
+def sampling_view_of(target):
+    """``target.sampling_view()`` where the target has one (:meth:`Energy.sampling_view`), else None."""
+    fn = getattr(target, "sampling_view", None)
+    return fn() if callable(fn) else None
+
+
 def _describe(target) -> str:
     return getattr(target, "name", type(target).__name__)
 
@@ -121,7 +127,7 @@ def explain(target, *, file=None) -> Explanation:
     Returns the text (it displays as the table in a REPL); ``file`` also writes it there
     (e.g. ``file=sys.stdout``).
     """
-    view = target.sampling_view() if callable(getattr(target, "sampling_view", None)) else None
+    view = sampling_view_of(target)
     head = []
     if view is not None:
         head = [f"{_describe(target)} is sampled in other coordinates: {view.description}"]

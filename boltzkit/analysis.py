@@ -162,14 +162,11 @@ def basin_populations(phi, psi, log_weights=None, *, n_blocks: int = 10) -> dict
 def basin_ess(phi, psi, log_weights=None) -> dict:
     """Effective number of samples in each basin: Kish's ``(sum w)^2 / sum w^2`` over the
     samples that fall in it (the count of samples when unweighted; 0 when none does)."""
+    from .estimators.importance import ess_kish_of_subset
+
     lab = alanine_basin(phi, psi).ravel()
     w = _weights(lab.size, log_weights)
-    out = {}
-    for i, b in enumerate(ALANINE_BASINS):
-        wb = w[lab == i]
-        s2 = float((wb * wb).sum())
-        out[b] = float(wb.sum()) ** 2 / s2 if s2 > 0 else 0.0
-    return out
+    return {b: ess_kish_of_subset(w, lab == i) for i, b in enumerate(ALANINE_BASINS)}
 
 
 def basin_free_energies(phi, psi, log_weights=None, *, reference: str = "C7eq",

@@ -161,7 +161,9 @@ class Result:
             raise TargetError(f"no sample falls in {which}: the free-energy difference is not "
                               "estimable; draw more samples or widen the state definition")
         if self.log_weights is not None:  # few effective samples in a state: the error bar lies
-            few = {nm: pm ** 2 / float(np.sum((w * m) ** 2)) for nm, m, pm in (("in_a", a, pa), ("in_b", b, pb))}
+            from .estimators.importance import ess_kish_of_subset
+
+            few = {nm: ess_kish_of_subset(w, m) for nm, m in (("in_a", a), ("in_b", b))}
             few = {nm: e for nm, e in few.items() if e < self.MIN_STATE_ESS}
             if few:
                 import warnings

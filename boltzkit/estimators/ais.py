@@ -289,7 +289,8 @@ class _Annealer:
     def run(self, n: int, lambdas: np.ndarray, move, generator, *, bar=None, device="cpu",
             resample_ess=None, n_islands: int = 1):
         """Returns x (n, d), log-weights (float64, log Z_0 included), acceptance per level, and
-        (with ``resample_ess``) the islands' log Z and the number of resampling events."""
+        None, or with ``resample_ess`` a dict of the islands' log Z (``island_log_z``) and the
+        number of resampling events (``resample_events``)."""
         x = math.sqrt(self.s2) * torch.randn(n, self.dim, generator=generator, device=device)
         u, g = self.raw(x)
         bad = ~torch.isfinite(u)
@@ -317,13 +318,14 @@ class _Annealer:
                 if k % 20 == 0 or k == lambdas.size - 1:
                     lz = self.log_z0 + float(torch.logsumexp(logw, 0)) - math.log(n)
                     bar.set_postfix({"acc": f"{acc:.2f}", "logZ_k": f"{lz:.4g}"})
+        acc_hist = np.asarray(acc_hist, dtype=np.float64)
+        if resample_ess is None:
+            return x, logw + self.log_z0, acc_hist, None
         m = n // islands
         island_log_z = log_acc + torch.logsumexp(logw.view(islands, m), 1) - math.log(m) + self.log_z0
         logw = logw + log_acc.repeat_interleave(m)
-        if resample_ess is None:
-            return x, logw + self.log_z0, np.asarray(acc_hist, dtype=np.float64)
-        return (x, logw + self.log_z0, np.asarray(acc_hist, dtype=np.float64), island_log_z.cpu(),
-                n_events)
+        return (x, logw + self.log_z0, acc_hist,
+                {"island_log_z": island_log_z.cpu(), "resample_events": n_events})
 
 
 def _resample_islands(x, u, g, logw, log_acc, frac: float, generator):
@@ -449,17 +451,11 @@ class AIS(Sampler):
                 log_h[0] = adapt_log_step(log_h[0], rate, target_acc, _STEP_GAIN)
             return x, state, rate
 
-        smc = {}
-        if cfg.resample_ess is None:
-            x, lw, acc = ann.run(n, lambdas, move, gen, bar=bar, device=self.device)
-        else:
-            if n % cfg.n_islands or n // cfg.n_islands < 2:
-                raise ConfigError(f"n_samples={n} must be a multiple of n_islands={cfg.n_islands} "
-                                  "with at least 2 particles per island")
-            x, lw, acc, island_log_z, events = ann.run(n, lambdas, move, gen, bar=bar, device=self.device,
-                                                       resample_ess=cfg.resample_ess,
-                                                       n_islands=cfg.n_islands)
-            smc = {"island_log_z": island_log_z, "resample_events": events}
+        if cfg.resample_ess is not None and (n % cfg.n_islands or n // cfg.n_islands < 2):
+            raise ConfigError(f"n_samples={n} must be a multiple of n_islands={cfg.n_islands} "
+                              "with at least 2 particles per island")
+        x, lw, acc, smc = ann.run(n, lambdas, move, gen, bar=bar, device=self.device,
+                                  resample_ess=cfg.resample_ess, n_islands=cfg.n_islands)
         if frame is not None:  # back to the target's coordinates (constant Jacobian |det S|)
             x, lw = frame.to_x(x), lw + frame.log_det
             if smc:

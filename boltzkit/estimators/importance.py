@@ -48,6 +48,15 @@ def ess_kish(log_weights) -> float:
     return float(1.0 / np.sum(w * w))
 
 
+def ess_kish_of_subset(weights, mask) -> float:
+    """Kish ESS ``(sum w m)^2 / sum (w m)^2`` of the samples selected by ``mask`` (boolean or
+    0/1), with ``weights`` on one scale for all samples (e.g. ``exp(lw - max lw)``); 0 when no
+    selected weight is positive (none selected, or all underflow on that scale)."""
+    wm = np.asarray(weights, dtype=np.float64) * np.asarray(mask, dtype=np.float64)
+    s2 = float(np.sum(wm * wm))
+    return float(np.sum(wm)) ** 2 / s2 if s2 > 0 else 0.0
+
+
 def power_for_ess(log_weights, min_ess_frac: float, *, tol: float = 1e-3) -> float:
     """The largest power ``a`` in [0, 1] at which the tempered weights ``w^a`` keep a Kish ESS
     fraction of at least ``min_ess_frac`` (bisection; ``a = 1`` when the weights already do).

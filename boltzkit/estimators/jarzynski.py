@@ -165,7 +165,7 @@ class Jarzynski(Sampler):
         bar = progress_bar(total=lambdas.size - 1, desc="jarzynski", enabled=self.progress)
         try:
             with torch.no_grad():
-                x, lw, _ = ann.run(int(n_samples), lambdas, ula, gen, bar=bar, device=self.device)
+                x, lw, _, _ = ann.run(int(n_samples), lambdas, ula, gen, bar=bar, device=self.device)
         finally:
             bar.close()
         work = ann.log_z0 - lw
