@@ -38,6 +38,9 @@ __all__ = ["dihedral", "signed_volume", "ALANINE_BASINS", "alanine_basin", "basi
            "load_alanine_reference", "ALANINE_REFERENCE_FILE"]
 
 ALANINE_BASINS = ("C7eq", "alpha_R", "C7ax")
+# the boxes, in degrees: alpha_R = phi in (-120, 0], psi in (-120, 50); C7ax = phi in (0, 120);
+# C7eq = everything else
+ALPHA_R_PHI, ALPHA_R_PSI, C7AX_PHI = (-120.0, 0.0), (-120.0, 50.0), (0.0, 120.0)
 ALANINE_REFERENCE_FILE = "alanine_dipeptide_reference.npz"
 
 
@@ -102,8 +105,9 @@ def alanine_basin(phi, psi) -> np.ndarray:
     if phi_d.shape != psi_d.shape:
         raise TargetError(f"phi and psi must have the same shape, got {phi_d.shape} and {psi_d.shape}")
     lab = np.zeros(phi_d.shape, dtype=np.int64)
-    lab[(phi_d > -120) & (phi_d <= 0) & (psi_d > -120) & (psi_d < 50)] = 1
-    lab[(phi_d > 0) & (phi_d < 120)] = 2
+    (p0, p1), (s0, s1), (c0, c1) = ALPHA_R_PHI, ALPHA_R_PSI, C7AX_PHI
+    lab[(phi_d > p0) & (phi_d <= p1) & (psi_d > s0) & (psi_d < s1)] = 1
+    lab[(phi_d > c0) & (phi_d < c1)] = 2
     return lab
 
 
@@ -264,10 +268,11 @@ def plot_ramachandran(phi, psi, log_weights=None, *, ax=None, bins: int = 72, ti
     ax.figure.colorbar(mesh, ax=ax, label="free energy (kT)")
     if basins:
         style = dict(color="0.3", lw=0.8, ls="--")
-        ax.axvline(0, **style)
-        ax.axvline(120, **style)
-        ax.plot([-120, -120, 0], [-120, 50, 50], **style)
-        ax.plot([-120, 0], [-120, -120], **style)
+        (p0, p1), (s0, s1) = ALPHA_R_PHI, ALPHA_R_PSI
+        for v in C7AX_PHI:
+            ax.axvline(v, **style)
+        ax.plot([p0, p0, p1], [s0, s1, s1], **style)
+        ax.plot([p0, p1], [s0, s0], **style)
     ax.set(xlim=(-180, 180), ylim=(-180, 180), xlabel="phi (deg)", ylabel="psi (deg)",
            xticks=range(-180, 181, 90), yticks=range(-180, 181, 90))
     if title:

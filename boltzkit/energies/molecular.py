@@ -654,7 +654,8 @@ class AlanineDipeptide(OpenMMEnergy):
             ic = self.internal()
             log_z = None if self.com_restraint is None else ic.cartesian_log_z
             self._view = SamplingView(
-                ic, ic.to_cartesian, log_z, method_options={"naas": {"n_time_steps": 256, "n_steps": 40, "batch_size": 64, "lr": 3e-4}},
+                ic, ic.to_cartesian, log_z,
+                method_options={"naas": {"n_time_steps": 256, "n_steps": 40, "batch_size": 64, "lr": 3e-4}},
                 description="internal coordinates (bonds, angles, dihedrals; phi, psi and the "
                             "methyl rotors spread over their circle), mapped back to Cartesian")
         return self._view
@@ -743,10 +744,11 @@ def _wrap(a):
     return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
 
 
-def _outside_arc(a, lo: float, hi: float):
-    """How far (rad) the angles ``a`` lie outside the arc ``[lo, hi]`` (0 inside)."""
-    c, h = 0.5 * (lo + hi), 0.5 * (hi - lo)
-    return torch.clamp(_wrap(a - c).abs() - h, min=0.0)
+def _arc_offset(a, arc_deg):
+    """Signed distance (rad) of the angles ``a`` from the arc ``arc_deg = (lo, hi)`` (degrees):
+    positive outside (how far out), negative inside (how deep in)."""
+    lo, hi = (math.radians(v) for v in arc_deg)
+    return _wrap(a - 0.5 * (lo + hi)).abs() - 0.5 * (hi - lo)
 
 
 class BasinEnergy(Energy):
@@ -785,16 +787,18 @@ class BasinEnergy(Energy):
 
     def outside(self, q):
         """Distance (rad) of each state's (phi, psi) outside the basin box."""
+        from ..analysis import ALPHA_R_PHI, ALPHA_R_PSI, C7AX_PHI
+
         phi, psi = self.angles(q)
-        d120, d0 = math.radians(120), 0.0
+        ax_phi, r_phi, r_psi = (_arc_offset(phi, C7AX_PHI), _arc_offset(phi, ALPHA_R_PHI),
+                                _arc_offset(psi, ALPHA_R_PSI))
         if self.basin == "C7ax":
-            return _outside_arc(phi, d0, d120)
+            return ax_phi.clamp(min=0.0)
         if self.basin == "alpha_R":
-            return torch.hypot(_outside_arc(phi, -d120, d0), _outside_arc(psi, -d120, math.radians(50)))
+            return torch.hypot(r_phi.clamp(min=0.0), r_psi.clamp(min=0.0))
         # C7eq: depth inside the C7ax arc, plus the smaller depth inside the alpha_R box
-        depth = lambda a, lo, hi: torch.clamp(0.5 * (hi - lo) - _wrap(a - 0.5 * (lo + hi)).abs(), min=0.0)  # noqa: E731
-        return depth(phi, d0, d120) + torch.minimum(depth(phi, -d120, d0),
-                                                    depth(psi, -d120, math.radians(50)))
+        return (-ax_phi).clamp(min=0.0) + torch.minimum((-r_phi).clamp(min=0.0),
+                                                        (-r_psi).clamp(min=0.0))
 
     def wall(self, q):
         return 0.5 * self.wall_k * self.outside(q.double()) ** 2
