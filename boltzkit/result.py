@@ -142,6 +142,35 @@ class Result:
 
     MIN_STATE_ESS = 10.0
 
+    def _masks(self, what: str, **regions) -> "list[np.ndarray]":
+        """Float 0/1 arrays ``(n,)`` of the named regions (masks or callables on the samples);
+        raises when a region holds no weight and warns when it rests on fewer than
+        ``MIN_STATE_ESS`` effective samples."""
+        out = []
+        for nm, r in regions.items():
+            m = torch.as_tensor(r(self.samples) if callable(r) else r).reshape(-1).double().numpy()
+            if m.size != self.n_samples:
+                raise TargetError(f"{nm} selects from {m.size} entries but there are {self.n_samples} samples")
+            out.append(m)
+        w = self.weights()
+        for nm, m in zip(regions, out):
+            if float(np.sum(w * m)) == 0:
+                raise TargetError(f"no sample falls in {nm}: the {what} is not estimable; draw "
+                                  "more samples or widen the state definition")
+        if self.log_weights is not None:  # few effective samples in a state: the error bar lies
+            from .estimators.importance import ess_kish_of_subset
+
+            few = {nm: ess_kish_of_subset(w, m) for nm, m in zip(regions, out)}
+            few = {nm: e for nm, e in few.items() if e < self.MIN_STATE_ESS}
+            if few:
+                import warnings
+
+                warnings.warn(f"the {what} rests on few effective samples ("
+                              + ", ".join(f"{nm}: {e:.1f}" for nm, e in few.items())
+                              + f" < {self.MIN_STATE_ESS:g}); its error bar understates the error",
+                              UnreliableEstimateWarning, stacklevel=3)
+        return out
+
     def free_energy_difference(self, in_a, in_b) -> "tuple[float, float]":
         """Delta F = F_b - F_a = -log(P(B) / P(A)) in kT, with its standard error.
 
@@ -149,32 +178,30 @@ class Result:
         With importance weights, a state whose effective number of samples (Kish, over the
         samples in it) is below ``MIN_STATE_ESS`` raises an ``UnreliableEstimateWarning``.
         """
-        a = torch.as_tensor(in_a(self.samples) if callable(in_a) else in_a).reshape(-1).double().numpy()
-        b = torch.as_tensor(in_b(self.samples) if callable(in_b) else in_b).reshape(-1).double().numpy()
-        for nm, m in (("in_a", a), ("in_b", b)):
-            if m.size != self.n_samples:
-                raise TargetError(f"{nm} selects from {m.size} entries but there are {self.n_samples} samples")
+        a, b = self._masks("free-energy difference", in_a=in_a, in_b=in_b)
         w = self.weights()
         pa, pb = float(np.sum(w * a)), float(np.sum(w * b))
-        if pa == 0 or pb == 0:
-            which = "in_a" if pa == 0 else "in_b"
-            raise TargetError(f"no sample falls in {which}: the free-energy difference is not "
-                              "estimable; draw more samples or widen the state definition")
-        if self.log_weights is not None:  # few effective samples in a state: the error bar lies
-            from .estimators.importance import ess_kish_of_subset
-
-            few = {nm: ess_kish_of_subset(w, m) for nm, m in (("in_a", a), ("in_b", b))}
-            few = {nm: e for nm, e in few.items() if e < self.MIN_STATE_ESS}
-            if few:
-                import warnings
-
-                warnings.warn("the free-energy difference rests on few effective samples ("
-                              + ", ".join(f"{nm}: {e:.1f}" for nm, e in few.items())
-                              + f" < {self.MIN_STATE_ESS:g}); its error bar understates the error",
-                              UnreliableEstimateWarning, stacklevel=2)
         g = b / pb - a / pa
         se = math.sqrt(float(np.sum(w * w * g * g)) * self._inflation())
         return -math.log(pb / pa), se
+
+    def log_z_of(self, region) -> "tuple[float, float]":
+        """``(log Z_A, stderr)``: the log normalizer of the target restricted to a region,
+        ``log Z + log P(A)``, with ``region`` a boolean mask (n,) or a callable on the samples.
+
+        The error bar adds the one of ``log Z`` and the delta-method one of ``log P(A)`` in
+        quadrature (with importance weights both come from the same weights, so it is
+        conservative when A holds most of the mass). Warns like
+        :meth:`free_energy_difference` when A rests on few effective samples.
+        """
+        if self.log_z is None:
+            raise TargetError(f"this result has no log Z ({self.diagnostics.get('log_z_unavailable')}); "
+                              "use a method that estimates one")
+        (a,) = self._masks("restricted log Z", region=region)
+        w = self.weights()
+        pa = float(np.sum(w * a))
+        se_p = math.sqrt(float(np.sum(w * w * (a / pa - 1.0) ** 2)) * self._inflation())
+        return self.log_z + math.log(pa), math.hypot(self.log_z_stderr or 0.0, se_p)
 
     # ------------------------------------------------------------------ text
     def summary(self) -> str:

@@ -162,6 +162,25 @@ def test_result_log_z_expectation_and_free_energy_difference():
         res.free_energy_difference(lambda x: x[:, 0] < 0, lambda x: x[:, 0] > 1)
 
 
+def test_result_log_z_of_region():
+    """log Z of the target restricted to a region, against the normal tail; the MCMC-style
+    result without log Z refuses."""
+    res = _gaussian_is()
+    for cut in (-1.0, 1.0):
+        lz, se = res.log_z_of(lambda x: x[:, 0] > cut)
+        truth = 0.5 * math.log(2 * math.pi) + math.log(stats.norm.sf(cut))
+        assert_consistent(lz, se, truth, what="log Z_A")
+        assert_rejects(lz, se, truth + 0.1, what="log Z_A")
+    with pytest.raises(TargetError, match="no sample falls in region"):
+        res.log_z_of(lambda x: x[:, 0] > 100)
+    with pytest.warns(UnreliableEstimateWarning, match="restricted log Z"):
+        res.log_z_of(lambda x: x[:, 0] > 6.5)
+    nolz = Result(samples=res.samples, log_weights=None, log_z=None, log_z_stderr=None, ess=10.0,
+                  diagnostics={"log_z_unavailable": "MCMC"}, method="mcmc", target={}, config={}, seed=0)
+    with pytest.raises(TargetError, match="no log Z"):
+        nolz.log_z_of(lambda x: x[:, 0] > 0)
+
+
 def test_result_save_load_roundtrip(tmp_path):
     res = _gaussian_is(n=500)
     res = Result(**{**{f: getattr(res, f) for f in ("samples", "log_weights", "log_z", "log_z_stderr", "ess",

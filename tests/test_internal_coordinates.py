@@ -560,14 +560,24 @@ def test_bk_sample_through_a_sampling_view_returns_cartesian_states_and_their_lo
 
 def test_alanine_basin_energy_confines_phi_psi(ala_ic):
     """``AlanineDipeptide.basin(b)``: the torsion coordinates read as mdtraj's phi/psi, the
-    prior hint sits in the basin, the energy is the molecule's inside the box and rises by the
-    flat-bottom wall outside, with the wall's gradient matching finite differences."""
+    prior hint sits in the basin (at the basin's own structure: phi/psi held at the centre, the
+    rest relaxed, L-chiral), the energy is the molecule's inside the box and rises by the
+    flat-bottom wall outside, with the wall's gradient matching finite differences and bounded
+    by its slope (so explicit Langevin steps stay stable)."""
     from boltzkit.analysis import ALANINE_BASINS, alanine_basin
 
     ala, _ = ala_ic
     g = torch.Generator().manual_seed(5)
     for k, name in enumerate(ALANINE_BASINS):
         be = ala.basin(name)
+        xb = ala.basin_structure(name)
+        assert bool(ala.is_l(xb)[0]) and float(ala.energy(xb)[0]) < float(ala.energy(ala.reference_state())[0])
+        if name in ala.BASIN_CENTRES_DEG:
+            np.testing.assert_allclose(np.degrees([a[0] for a in ala.phi_psi(xb)]),
+                                       ala.BASIN_CENTRES_DEG[name], atol=1e-3)
+        far = be.prior_hint().to_x(3 * torch.randn(256, be.domain.dim, generator=g, dtype=torch.float64))
+        gw = be.grad_energy(far) - be.ic.grad_energy(far)
+        assert float(gw.norm(dim=1).max()) <= 2 * be.wall_k + 1e-6
         hint = be.prior_hint()
         q = hint.to_x(torch.randn(64, hint.dim, generator=g, dtype=torch.float64))
         phi, psi = ala.phi_psi(be.to_cartesian(q))

@@ -677,35 +677,70 @@ class AlanineDipeptide(OpenMMEnergy):
         opts = {"hint": "full", "soft_torsions": (self.PHI_ATOMS, self.PSI_ATOMS), **kw}
         return InternalCoordinateEnergy(self, **opts)
 
-    BASIN_CENTRES_DEG = {"alpha_R": (-75.0, -25.0), "C7ax": (70.0, -60.0)}  # C7eq: the minimum
+    BASIN_CENTRES_DEG = {"alpha_R": (-75.0, -25.0), "C7ax": (70.0, -60.0)}  # C7eq: minimized_state
 
-    def basin(self, name: str, *, wall: float = 1e4) -> "BasinEnergy":
+    def basin(self, name: str, *, wall: float = 50.0, wall_width: float = 0.2) -> "BasinEnergy":
         """This molecule confined to one Ramachandran basin (the boxes of
         :func:`boltzkit.analysis.alanine_basin`), in internal coordinates.
 
-        ``u_q + wall / 2 * d^2`` with ``d`` the (phi, psi) distance (rad) outside the basin, and
-        a prior hint whose phi and psi sit in the basin. Its log Z is the basin's (up to the thin
-        layer the wall lets through), so basin free energies follow from one sampler run per
-        basin, ``dF(A) = -(log Z_A - log Z_C7eq)``, without ever crossing a barrier:
+        ``u_q`` plus a wall on the (phi, psi) distance outside the basin (:class:`BasinEnergy`:
+        slope ``wall`` kT/rad beyond ``wall_width`` rad, quadratic within).
+        The internal coordinates are built around the basin's own structure
+        (:meth:`basin_structure`): the prior hint is the harmonic frame there and the dihedral
+        windows are centred on it (a basin across a window's seam would be split between two
+        copies 2 pi apart and half missed). The energy's log Z is the basin's plus the thin
+        layer the wall lets through; :meth:`BasinEnergy.log_z_inside` removes that layer
+        exactly, so basin free energies follow from one sampler run per basin,
+        ``dF(A) = -(log Z_A - log Z_C7eq)``, without ever crossing a barrier:
 
-        >>> z = {b: bk.sample(ala.basin(b), method="ais", n_steps=1000, resample_ess=0.5,
-        ...                   n_samples=2048).log_z for b in ("C7eq", "C7ax")}  # doctest: +SKIP
+        >>> be = ala.basin("C7ax")                                           # doctest: +SKIP
+        >>> res = bk.sample(be, method="ais", n_steps=1000, resample_ess=0.5)  # doctest: +SKIP
+        >>> log_z, err = be.log_z_inside(res)                                # doctest: +SKIP
         """
         from ..analysis import ALANINE_BASINS
 
         if name not in ALANINE_BASINS:
             raise TargetError(f"basin must be one of {ALANINE_BASINS}, got {name!r}")
-        ic = self.internal()
-        be = BasinEnergy(ic, name, wall=wall)
-        if name in self.BASIN_CENTRES_DEG:
-            # centre the phi/psi windows (partitions of unity) on the basin: otherwise a basin
-            # across the window's seam is split between two copies 2 pi apart and half missed
-            tc = ic.torsion_center.clone()
-            first = int(ic.zmatrix.torsion_index[0])
-            for i in be.index:
-                tc[i - first] = be.prior_hint().loc[i]
-            be = BasinEnergy(self.internal(torsion_center=tc), name, wall=wall)
-        return be
+        return BasinEnergy(self.internal(reference=self.basin_structure(name)), name, wall=wall,
+                           wall_width=wall_width)
+
+    def basin_structure(self, name: str) -> torch.Tensor:
+        """A representative structure of a Ramachandran basin (``(1, 3N)`` float64, cached):
+        :meth:`minimized_state` for C7eq; for the others the structure minimized (BFGS in
+        internal coordinates) with phi and psi held at the basin centre
+        (``BASIN_CENTRES_DEG``). Held rather than free, because a basin need not hold a
+        local minimum of its own (in vacuum, alpha_R relaxes towards C7eq)."""
+        cache = self.__dict__.setdefault("_basin_structures", {})
+        if name not in cache:
+            if name not in self.BASIN_CENTRES_DEG:
+                cache[name] = self.minimized_state()
+            else:
+                cache[name] = self._held_minimum(self.BASIN_CENTRES_DEG[name])
+        return cache[name].clone()
+
+    def _held_minimum(self, phi_psi_deg) -> torch.Tensor:
+        from scipy.optimize import minimize
+
+        ic = self.internal(hint="diagonal", soft_barrier=None)
+        q = ic.to_internal(self.minimized_state()).double()
+        idx = [ic.zmatrix.find_torsion(a) for a in (self.PHI_ATOMS, self.PSI_ATOMS)]
+        for k, i in enumerate(idx):  # turn the coordinate until the backbone angle is on target
+            for _ in range(3):
+                now = self.phi_psi_torch(ic.to_cartesian(q))[k][0]
+                q[0, i] -= float(_wrap(now - math.radians(phi_psi_deg[k])))
+        free = torch.ones(q.shape[1], dtype=torch.bool)
+        free[idx] = False
+
+        def fun(v):
+            qq = q.clone()
+            qq[0, free] = torch.from_numpy(v)
+            u, g = ic.energy_and_grad(qq)
+            return float(u[0]), g[0, free].numpy().astype(np.float64)
+
+        res = minimize(fun, q[0, free].numpy(), jac=True, method="BFGS",
+                       options={"maxiter": 5000, "gtol": 1e-4})
+        q[0, free] = torch.from_numpy(np.asarray(res.x, dtype=np.float64))
+        return ic.to_cartesian(q).reshape(1, -1)
 
     def phi_psi(self, x) -> "tuple[np.ndarray, np.ndarray]":
         """Backbone dihedrals (radians, ``(-pi, pi]``) of the states ``x`` computed by mdtraj.
@@ -752,19 +787,27 @@ def _arc_offset(a, arc_deg):
 
 
 class BasinEnergy(Energy):
-    """Alanine dipeptide in internal coordinates confined to one basin by a flat-bottom wall on
+    r"""Alanine dipeptide in internal coordinates confined to one basin by a flat-bottom wall on
     (phi, psi); see :meth:`AlanineDipeptide.basin`. The basin boxes are those of
-    :func:`boltzkit.analysis.alanine_basin` (C7eq is everything outside alpha_R and C7ax)."""
+    :func:`boltzkit.analysis.alanine_basin` (C7eq is everything outside alpha_R and C7ax).
 
-    def __init__(self, ic, basin: str, *, wall: float = 1e4):
-        if not (isinstance(wall, (int, float)) and math.isfinite(wall) and wall > 0):
-            raise TargetError(f"wall must be a positive number (kT/rad^2), got {wall!r}")
+    The wall is ``k (sqrt(d^2 + w^2) - w)`` with ``d`` the (phi, psi) distance (rad) outside
+    the box, ``k = wall`` (kT/rad) and ``w = wall_width`` (rad): quadratic (stiffness
+    ``k / w``) within ``w`` of the box, linear beyond. A bounded slope keeps explicit
+    (unadjusted) Langevin steps stable where a stiff quadratic wall makes them explode; the
+    layer the wall lets through is removed exactly by :meth:`log_z_inside`.
+    """
+
+    def __init__(self, ic, basin: str, *, wall: float = 50.0, wall_width: float = 0.2):
+        for nm, v in (("wall", wall), ("wall_width", wall_width)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise TargetError(f"{nm} must be a positive number, got {v!r}")
         super().__init__(ic.domain, name=f"{ic.cartesian_energy.name}[{basin}]")
-        self.ic, self.basin, self.wall_k = ic, basin, float(wall)
+        self.ic, self.basin = ic, basin
+        self.wall_k, self.wall_width = float(wall), float(wall_width)
         ala, zm = ic.cartesian_energy, ic.zmatrix
         self.index = (zm.find_torsion(ala.PHI_ATOMS), zm.find_torsion(ala.PSI_ATOMS))
-        hint = ic.prior_hint()
-        loc = hint.loc.clone()
+        loc = ic.prior_hint().loc
         # the torsion coordinates are the backbone angles up to sign and offset: read them off
         self.sign, self.offset = [], []
         for k, i in enumerate(self.index):
@@ -774,12 +817,6 @@ class BasinEnergy(Energy):
             sign = 1.0 if float(_wrap(a[1] - a[0])) > 0 else -1.0
             self.sign.append(sign)
             self.offset.append(float(a[0]) - sign * float(loc[i]))
-        centre = AlanineDipeptide.BASIN_CENTRES_DEG.get(basin)
-        if centre is not None:
-            now = self.angles(loc[None])
-            for k, i in enumerate(self.index):
-                loc[i] += self.sign[k] * float(_wrap(torch.tensor(math.radians(centre[k])) - now[k][0]))
-        self._hint = type(hint)(loc, hint.scale)
 
     def angles(self, q):
         """(phi, psi) in radians, ``(-pi, pi]``, of internal-coordinate states ``q``."""
@@ -800,8 +837,19 @@ class BasinEnergy(Energy):
         return (-ax_phi).clamp(min=0.0) + torch.minimum((-r_phi).clamp(min=0.0),
                                                         (-r_psi).clamp(min=0.0))
 
+    def inside(self, q) -> torch.Tensor:
+        """Boolean ``(B,)``: the states in the basin box (where the wall is off)."""
+        return self.outside(torch.as_tensor(q).double()) == 0
+
     def wall(self, q):
-        return 0.5 * self.wall_k * self.outside(q.double()) ** 2
+        d, w = self.outside(q.double()), self.wall_width
+        return self.wall_k * (torch.sqrt(d * d + w * w) - w)
+
+    def log_z_inside(self, result) -> "tuple[float, float]":
+        """``(log Z_A, stderr)`` of the basin itself from a sampler's ``result`` on this
+        energy: its log Z plus the log of the weighted fraction of samples inside the box
+        (:meth:`~boltzkit.result.Result.log_z_of`), which removes the layer beyond the wall."""
+        return result.log_z_of(self.inside)
 
     def energy(self, q):
         return self.ic.energy(q) + self.wall(q).to(q.dtype)
@@ -813,14 +861,14 @@ class BasinEnergy(Energy):
         return self.ic.grad_energy(q) + g.to(q.dtype)
 
     def prior_hint(self):
-        return self._hint
+        return self.ic.prior_hint()
 
     def to_cartesian(self, q):
         return self.ic.to_cartesian(q)
 
     def to_config(self):
         return {**self.ic.to_config(), "type": "AlanineDipeptideBasin", "basin": self.basin,
-                "wall": self.wall_k}
+                "wall": self.wall_k, "wall_width": self.wall_width}
 
 
 def alanine_dipeptide_system(solvent: str = "vacuum"):
