@@ -142,10 +142,10 @@ class Result:
 
     MIN_STATE_ESS = 10.0
 
-    def _masks(self, what: str, **regions) -> "list[np.ndarray]":
-        """Float 0/1 arrays ``(n,)`` of the named regions (masks or callables on the samples);
-        raises when a region holds no weight and warns when it rests on fewer than
-        ``MIN_STATE_ESS`` effective samples."""
+    def _masks(self, what: str, **regions) -> "tuple[np.ndarray, list[np.ndarray]]":
+        """The normalized weights and float 0/1 arrays ``(n,)`` of the named regions (masks or
+        callables on the samples); raises when a region holds no weight and warns when it
+        rests on fewer than ``MIN_STATE_ESS`` effective samples."""
         out = []
         for nm, r in regions.items():
             m = torch.as_tensor(r(self.samples) if callable(r) else r).reshape(-1).double().numpy()
@@ -169,7 +169,7 @@ class Result:
                               + ", ".join(f"{nm}: {e:.1f}" for nm, e in few.items())
                               + f" < {self.MIN_STATE_ESS:g}); its error bar understates the error",
                               UnreliableEstimateWarning, stacklevel=3)
-        return out
+        return w, out
 
     def free_energy_difference(self, in_a, in_b) -> "tuple[float, float]":
         """Delta F = F_b - F_a = -log(P(B) / P(A)) in kT, with its standard error.
@@ -178,8 +178,7 @@ class Result:
         With importance weights, a state whose effective number of samples (Kish, over the
         samples in it) is below ``MIN_STATE_ESS`` raises an ``UnreliableEstimateWarning``.
         """
-        a, b = self._masks("free-energy difference", in_a=in_a, in_b=in_b)
-        w = self.weights()
+        w, (a, b) = self._masks("free-energy difference", in_a=in_a, in_b=in_b)
         pa, pb = float(np.sum(w * a)), float(np.sum(w * b))
         g = b / pb - a / pa
         se = math.sqrt(float(np.sum(w * w * g * g)) * self._inflation())
@@ -197,8 +196,7 @@ class Result:
         if self.log_z is None:
             raise TargetError(f"this result has no log Z ({self.diagnostics.get('log_z_unavailable')}); "
                               "use a method that estimates one")
-        (a,) = self._masks("restricted log Z", region=region)
-        w = self.weights()
+        w, (a,) = self._masks("restricted log Z", region=region)
         pa = float(np.sum(w * a))
         se_p = math.sqrt(float(np.sum(w * w * (a / pa - 1.0) ** 2)) * self._inflation())
         return self.log_z + math.log(pa), math.hypot(self.log_z_stderr or 0.0, se_p)

@@ -723,13 +723,11 @@ class AlanineDipeptide(OpenMMEnergy):
 
         ic = self.internal(hint="diagonal", soft_barrier=None)
         q = ic.to_internal(self.minimized_state()).double()
-        idx = [ic.zmatrix.find_torsion(a) for a in (self.PHI_ATOMS, self.PSI_ATOMS)]
-        for k, i in enumerate(idx):  # turn the coordinate until the backbone angle is on target
-            for _ in range(3):
-                now = self.phi_psi_torch(ic.to_cartesian(q))[k][0]
-                q[0, i] -= float(_wrap(now - math.radians(phi_psi_deg[k])))
+        idx, sign, offset = _backbone_torsions(ic, q[0])
+        for i, s, o, target in zip(idx, sign, offset, phi_psi_deg):  # backbone angle = target
+            q[0, i] = s * (math.radians(target) - o)
         free = torch.ones(q.shape[1], dtype=torch.bool)
-        free[idx] = False
+        free[list(idx)] = False
 
         def fun(v):
             qq = q.clone()
@@ -779,6 +777,24 @@ def _wrap(a):
     return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
 
 
+def _backbone_torsions(ic, q0):
+    """Where phi and psi sit in the internal coordinates ``q`` of ``ic`` (an
+    :meth:`AlanineDipeptide.internal`) and how they read: ``(index, sign, offset)``, each a pair,
+    with ``phi = sign[0] q[index[0]] + offset[0]`` (mod 2 pi), likewise psi. Read off by
+    turning each coordinate a little at the state ``q0`` (``(n_dof,)``)."""
+    ala = ic.cartesian_energy
+    index = tuple(ic.zmatrix.find_torsion(a) for a in (ala.PHI_ATOMS, ala.PSI_ATOMS))
+    sign, offset = [], []
+    for k, i in enumerate(index):
+        q = torch.stack([q0, q0]).clone()
+        q[1, i] += 0.1
+        a = ala.phi_psi_torch(ic.to_cartesian(q))[k]
+        s = 1.0 if float(_wrap(a[1] - a[0])) > 0 else -1.0
+        sign.append(s)
+        offset.append(float(a[0]) - s * float(q0[i]))
+    return index, sign, offset
+
+
 def _arc_offset(a, arc_deg):
     """Signed distance (rad) of the angles ``a`` from the arc ``arc_deg = (lo, hi)`` (degrees):
     positive outside (how far out), negative inside (how deep in)."""
@@ -805,18 +821,7 @@ class BasinEnergy(Energy):
         super().__init__(ic.domain, name=f"{ic.cartesian_energy.name}[{basin}]")
         self.ic, self.basin = ic, basin
         self.wall_k, self.wall_width = float(wall), float(wall_width)
-        ala, zm = ic.cartesian_energy, ic.zmatrix
-        self.index = (zm.find_torsion(ala.PHI_ATOMS), zm.find_torsion(ala.PSI_ATOMS))
-        loc = ic.prior_hint().loc
-        # the torsion coordinates are the backbone angles up to sign and offset: read them off
-        self.sign, self.offset = [], []
-        for k, i in enumerate(self.index):
-            q = torch.stack([loc, loc]).clone()
-            q[1, i] += 0.1
-            a = ala.phi_psi_torch(ic.to_cartesian(q))[k]
-            sign = 1.0 if float(_wrap(a[1] - a[0])) > 0 else -1.0
-            self.sign.append(sign)
-            self.offset.append(float(a[0]) - sign * float(loc[i]))
+        self.index, self.sign, self.offset = _backbone_torsions(ic, ic.prior_hint().loc)
 
     def angles(self, q):
         """(phi, psi) in radians, ``(-pi, pi]``, of internal-coordinate states ``q``."""
