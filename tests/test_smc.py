@@ -168,3 +168,50 @@ def test_smc_bad_options_raise_before_work():
     with pytest.raises(IncompatibleMethodError, match="metropolis"):
         smc(Energy.from_function(lambda x: x.sum(-1).double(), __import__("boltzkit").domains.Sequence(4, "ab")),
             kernel="heat_bath")
+
+
+# ------------------------------------------------------------------------------ budget-aware choice
+def test_select_is_budget_and_device_aware():
+    """A pure function of target, profile and budget: 16 x 16 Ising on a CPU-like profile goes
+    to SMC (MDNS would need hours), on a fast (GPU-like) profile to MDNS; a 4 x 4 lattice
+    still goes to MDNS on the CPU; without a profile the priority rule is unchanged."""
+    import boltzkit as bk
+    from boltzkit._registry import DeviceProfile, estimate_seconds, registry, select
+
+    cpu = DeviceProfile("cpu", energy_s=1.5e-6, net_s=650e-9)
+    gpu = DeviceProfile("cuda", energy_s=2e-8, net_s=2e-11)
+    big, small = Ising(16, 0.4407), Ising(4, 0.4407)
+    c = select(big, profile=cpu, budget=600)
+    assert c.name == "smc" and "'mdns' would need" in c.reason
+    assert select(big, profile=cpu, budget=600) == c  # pure
+    assert select(big, profile=gpu, budget=600).name == "mdns"
+    assert select(small, profile=cpu, budget=600).name == "mdns"
+    assert select(big).name == "mdns"  # priority alone
+    assert select(big, "mdns", profile=cpu, budget=600).name == "mdns"  # method= always wins
+    # the neural estimate grows with the lattice: n_sites^2 per step, steps ~ n_sites
+    mdns = registry()["mdns"]
+    assert estimate_seconds(mdns, big, cpu) > 1000 * estimate_seconds(mdns, small, cpu)
+    assert select(big, profile=cpu, budget=1e-3).name == "smc"  # none fits: the fastest, said so
+    assert "no method fits" in select(big, profile=cpu, budget=1e-3).reason
+    text = bk.explain(big, device="cpu")
+    assert text.startswith("boltzkit would use 'smc'") and "estimate" in text and "fits the budget" in text
+
+
+def test_budget_is_honoured_within_the_stated_factor():
+    """bk.sample(target, budget=b) sizes SMC to the budget: the wall time (probe included)
+    stays within BUDGET_FACTOR x b, and a smaller budget gives fewer particles."""
+    import time
+
+    import boltzkit as bk
+    from boltzkit._registry import BUDGET_FACTOR
+
+    m = Ising(8, 0.4407)
+    t0 = time.perf_counter()
+    res = bk.sample(m, budget=6.0, seed=0, device="cpu")
+    wall = time.perf_counter() - t0
+    assert res.method == "smc" and wall <= BUDGET_FACTOR * 6.0, wall
+    assert_consistent(res.log_z, res.log_z_stderr, m.exact_log_z(), bias=res.log_z_stderr ** 2)
+    tiny = bk.sample(m, budget=0.5, seed=0, device="cpu")
+    assert tiny.n_samples <= res.n_samples and tiny.n_samples >= 512
+    with pytest.raises(Exception, match="budget"):
+        bk.sample(m, budget=-1)

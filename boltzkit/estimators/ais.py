@@ -403,6 +403,24 @@ class AIS(Sampler):
     Config = AISConfig
     streams = ("init", "train", "sample")
 
+    @classmethod
+    def estimate_seconds(cls, target, profile, n_samples: "int | None" = None, config=None) -> float:
+        """Wall time with default options from the device profile (:func:`boltzkit._registry.probe`):
+        n_samples x levels x transitions, a MALA step ~ 3 energy evaluations (energy and
+        gradient), an HMC step n_leapfrog of them, a lattice sweep ~ SWEEP_PER_ENERGY, a Metropolis sweep
+        ~ n_sites."""
+        cfg = config or cls.Config()
+        n = n_samples or 10_000
+        e = profile.energy_s if math.isfinite(profile.energy_s) else 1e-5
+        dom = target.domain
+        if isinstance(dom, Reals):
+            per = 3.0 * (cfg.n_leapfrog if cfg.kernel == "hmc" else 1)
+        else:
+            from ..samplers.smc import SWEEP_PER_ENERGY, _local_moves
+
+            per = SWEEP_PER_ENERGY if _local_moves(target) else 1.3 * dom.n_sites
+        return float(n * cfg.n_steps * (cfg.n_mcmc * per + 1.0) * e)
+
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None) -> "AIS":
         """Check ``target`` and the options (AIS has nothing to train); ``n_steps`` sets K."""
         if checkpoint is not None:
@@ -417,8 +435,9 @@ class AIS(Sampler):
             raise IncompatibleMethodError(f"AIS handles Reals and categorical domains, got "
                                           f"{type(dom).__name__}")
         if self.config.resample_ess is not None and not isinstance(dom, Reals):
-            raise ConfigError("resample_ess (SMC) is implemented for continuous targets only; "
-                              "leave it None for lattice and sequence targets")
+            raise ConfigError("resample_ess (SMC) is implemented for continuous targets only in 'ais'; "
+                              "for lattice and sequence targets use method='smc' (adaptive ladder, "
+                              "island resampling)")
         validate_target(target, needs_grad=isinstance(dom, Reals), device="cpu")
         self.kernel = _resolve_kernel(target, self.config.kernel)
         self.target = target.to(self.device) if isinstance(target, torch.nn.Module) else target

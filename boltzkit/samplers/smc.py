@@ -69,6 +69,8 @@ from .base import Sampler, SamplerConfig, _check_positive
 
 KERNELS = ("auto", "heat_bath", "metropolis", "swendsen_wang")
 MIN_ISLAND = 32          # particles per island, at least
+LEVELS_PER_SQRT_SITE = 2.5  # adaptive ladder at cess 0.9: 38 levels for 16 x 16 Ising at beta_c, 20 for 8 x 8
+SWEEP_PER_ENERGY = 30.0     # a checkerboard heat-bath sweep: 10-100 energy evaluations measured (batch-size dependent)
 MAX_ISLANDS = 32
 ISLAND_SPREAD_LIMIT = 1.0  # islands' log Z standard deviation above this: not reliable
 
@@ -177,7 +179,13 @@ def next_lambda(logw, u, lam: float, cess: float, n_islands: int, *, iters: int 
     return lam + max(lo, 1e-12)
 
 
-@register("smc", kinds=("energy",), domains=(Categorical,), priority=0,
+def _local_moves(target) -> bool:
+    from . import mcmc
+
+    return mcmc._local_incompatibility(target) is None
+
+
+@register("smc", kinds=("energy",), domains=(Categorical,), priority=1,
           paper="Del Moral, Doucet & Jasra 2006; Zhou, Johansen & Aston 2016",
           description="SMC over inverse temperature: adaptive ladder, island resampling, "
                       "heat-bath / cluster / Metropolis moves; log Z with an island error bar")
@@ -187,6 +195,31 @@ class SMC(Sampler):
     Config = SMCConfig
     streams = ("init", "train", "sample")
     default_n_samples = 4096
+
+    @classmethod
+    def estimate_seconds(cls, target, profile, n_samples: "int | None" = None, config=None) -> float:
+        """Wall time with default options: n_samples x levels x (sweeps x sweep + one energy
+        evaluation), levels ~ LEVELS_PER_SQRT_SITE sqrt(n_sites) (adaptive ladder), a sweep ~
+        SWEEP_PER_ENERGY energy evaluations (heat bath) or n_sites of them (Metropolis)."""
+        cfg = config or cls.Config()
+        n = n_samples or cls.default_n_samples
+        sites = target.domain.n_sites
+        levels = len(cfg.schedule) - 1 if cfg.schedule else LEVELS_PER_SQRT_SITE * math.sqrt(sites) \
+            * math.sqrt(math.log(0.9) / math.log(cfg.cess))
+        per_sweep = SWEEP_PER_ENERGY if _local_moves(target) else 1.3 * sites
+        sweeps = cfg.n_sweeps or default_n_sweeps(target)
+        e = profile.energy_s if math.isfinite(profile.energy_s) else 1e-5
+        return float(n * levels * (sweeps * per_sweep + 1.0) * e)
+
+    @classmethod
+    def n_samples_for_budget(cls, target, profile, budget: float, options=None) -> int:
+        """The most particles, up to ``default_n_samples`` and down to 512 (powers of 2), whose
+        estimated time is within ``budget`` / 3 (the estimates' stated accuracy)."""
+        cfg = cls.Config(**(options or {}))
+        n = cls.default_n_samples
+        while n > 512 and cls.estimate_seconds(target, profile, n, cfg) > budget / 3.0:
+            n //= 2
+        return n
 
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None) -> "SMC":
         """Check ``target`` and the options (nothing to train); ``n_steps`` sets ``n_sweeps``."""
