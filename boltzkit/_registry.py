@@ -1,7 +1,17 @@
-"""Sampler registry and the rule that picks a sampler for a target."""
+"""Sampler registry and the rule that picks a sampler for a target.
+
+Choice by priority alone (``select(target)``), or within a time budget (``select(target,
+profile=probe(target), budget=600)``): each compatible method's time on this device is
+estimated from a :class:`DeviceProfile` (one timed energy evaluation and one timed network
+pass, :func:`probe`), the target's size and the method's known scaling
+(:func:`estimate_seconds`), and the highest-priority method that gives log Z within the budget
+is chosen. ``select`` stays a pure function of the target's metadata, the profile and the budget.
+"""
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -75,8 +85,119 @@ class Choice:
     alternatives: tuple = field(default=())
 
 
-def select(target, method: "str | None" = None) -> Choice:
-    """Pick the sampler for ``target`` (a pure function of the target's metadata)."""
+# ------------------------------------------------------------------------ time estimates
+PROBE_BATCH = 1024
+NET_WIDTH = 64
+# Neural samplers on a categorical target: one training step costs about
+# NEURAL_STEP_FACTOR * batch * n_sites^2 reference network passes per state-site (rollouts unmask
+# one site per pass, each pass touches every site). Fitted to MDNS on a 2-core CPU (reference
+# pass 650 ns per row): 6 x 6 Ising 0.24 s / step, 16 x 16 about 10 s / step (README).
+NEURAL_STEP_FACTOR = 1.1
+PROBE_ROWS = 4096
+NEURAL_STEPS_PER_SITE = 14      # 6 x 6 Ising: ~500 steps reach ESS 0.9 (README, MDNS)
+NEURAL_STEPS_RANGE = (100, 20_000)
+BUDGET_FACTOR = 3.0             # stated accuracy of the estimates: actual / estimated within 3x
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Measured speed of this device for one target (:func:`probe`).
+
+    device : "cpu" or "cuda".
+    energy_s : seconds per state of one batched energy evaluation (batch ``PROBE_BATCH``).
+    net_s : seconds per row of a reference network pass (two ``NET_WIDTH``-wide layers on
+        ``PROBE_ROWS`` rows: a state-site of a per-site network).
+    """
+
+    device: str
+    energy_s: float
+    net_s: float
+
+
+def probe(target, device="auto") -> DeviceProfile:
+    """Time one batched energy evaluation of ``target`` and one reference network pass on
+    ``device`` (a fraction of a second; the target's reference draws are its states)."""
+    import torch
+
+    from ._utils import resolve_device
+
+    dev = resolve_device(device)
+    dom = target.domain
+    def timed(fn, reps=5):  # the median: a loaded machine is slower for the whole run too
+        fn()
+        times = []
+        for _ in range(reps):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[reps // 2]
+
+    gen = torch.Generator(device=dev).manual_seed(0)
+    try:
+        x = dom.reference(PROBE_BATCH, generator=gen, device=dev)
+        t = target.to(dev) if isinstance(target, torch.nn.Module) else target
+        with torch.no_grad():
+            energy_s = timed(lambda: t.energy(x)) / PROBE_BATCH
+    except Exception:  # a target without reference draws: no energy timing
+        energy_s = float("nan")
+    h = torch.randn(PROBE_ROWS, NET_WIDTH, generator=gen, device=dev)
+    w1 = torch.randn(NET_WIDTH, NET_WIDTH, generator=gen, device=dev)
+    w2 = torch.randn(NET_WIDTH, NET_WIDTH, generator=gen, device=dev)
+    with torch.no_grad():
+        net_s = timed(lambda: torch.relu(h @ w1) @ w2) / h.shape[0]
+    return DeviceProfile(dev.type, float(energy_s), float(net_s))
+
+
+def default_training_steps(target, cls) -> "int | None":
+    """Training steps for a neural sampler on a categorical energy: NEURAL_STEPS_PER_SITE per
+    site (within NEURAL_STEPS_RANGE; 504 for 6 x 6, 3584 for 16 x 16). None (the method's own
+    default) for other targets or where the method has no ``n_steps`` option."""
+    import dataclasses
+
+    sites = getattr(getattr(target, "domain", None), "n_sites", None)
+    names = {f.name for f in dataclasses.fields(cls.Config)}
+    if "n_steps" not in names or sites is None or getattr(target, "kind", None) != "energy":
+        return None
+    lo, hi = NEURAL_STEPS_RANGE
+    return int(min(hi, max(lo, NEURAL_STEPS_PER_SITE * sites)))
+
+
+def estimate_seconds(spec: SamplerSpec, target, profile: DeviceProfile,
+                     n_samples: "int | None" = None) -> "float | None":
+    """Estimated wall time of ``spec`` on ``target`` with its default options (None: unknown).
+
+    A sampler class may provide ``estimate_seconds(target, profile, n_samples)``; neural
+    samplers (``TrainableSampler``) on categorical targets use the scaling in this module.
+    """
+    hook = getattr(spec.cls, "estimate_seconds", None)
+    if callable(hook):
+        return hook(target, profile, n_samples)
+    from .samplers.base import TrainableSampler
+
+    sites = getattr(target.domain, "n_sites", None)
+    if issubclass(spec.cls, TrainableSampler) and sites is not None and math.isfinite(profile.net_s):
+        steps = default_training_steps(target, spec.cls) or 500
+        batch = int(getattr(spec.cls.Config(), "batch_size", 256))
+        per_step = NEURAL_STEP_FACTOR * batch * sites ** 2 * profile.net_s
+        if math.isfinite(profile.energy_s):
+            per_step += batch * profile.energy_s
+        return float(steps * per_step)
+    return None
+
+
+def select(target, method: "str | None" = None, *, profile: "DeviceProfile | None" = None,
+           budget: "float | None" = None) -> Choice:
+    """Pick the sampler for ``target``: a pure function of the target's metadata and, when
+    given, the device ``profile`` (:func:`probe`) and the time ``budget`` in seconds.
+
+    Without a profile or budget: the compatible method of highest priority. With both: the
+    highest-priority method whose estimated time fits the budget, among the methods that give
+    log Z when any compatible one does (a method without an estimate counts as fitting); when
+    none fits, the fastest."""
     if getattr(target, "kind", None) is None or not hasattr(target, "domain"):
         from .errors import TargetError
 
@@ -98,10 +219,38 @@ def select(target, method: "str | None" = None) -> Choice:
         raise IncompatibleMethodError(f"no registered method can sample {_describe(target)}")
     best = ok[0]
     article = "an" if str(target.kind)[:1] in "aeiou" else "a"
-    reason = (f"{_describe(target)} is {article} {target.kind} target on {type(target.domain).__name__}; "
-              f"{best.name!r} has the highest priority ({best.priority_for(target)}) among compatible methods"
-              + (f" ({best.paper})" if best.paper else ""))
-    return Choice(best.name, reason, tuple(s.name for s in ok[1:]))
+    head = f"{_describe(target)} is {article} {target.kind} target on {type(target.domain).__name__}; "
+    paper = f" ({best.paper})" if best.paper else ""
+    if profile is None or budget is None:
+        reason = (head + f"{best.name!r} has the highest priority ({best.priority_for(target)}) among "
+                  "compatible methods" + paper)
+        return Choice(best.name, reason, tuple(s.name for s in ok[1:]))
+    pool = [s for s in ok if s.provides_log_z] or ok
+    est = {s.name: estimate_seconds(s, target, profile) for s in pool}
+    fits = [s for s in pool if est[s.name] is None or est[s.name] <= budget]
+    skipped = [s for s in pool[:pool.index(fits[0])]] if fits else pool
+    if fits:
+        best = fits[0]
+        why = (f"{best.name!r} is the highest-priority method giving log Z that fits the budget of "
+               f"{budget:g} s on {profile.device}" + (f" (estimated {_fmt_s(est[best.name])})"
+                                                     if est[best.name] is not None else ""))
+    else:
+        best = min(pool, key=lambda s: est[s.name])
+        why = (f"no method fits the budget of {budget:g} s on {profile.device}; {best.name!r} is the "
+               f"fastest (estimated {_fmt_s(est[best.name])}): expect to wait, or raise the budget")
+    if fits and skipped:
+        why += "; " + ", ".join(f"{s.name!r} would need {_fmt_s(est[s.name])}" for s in skipped)
+    best_spec = best
+    return Choice(best_spec.name, head + why + (f" ({best_spec.paper})" if best_spec.paper else ""),
+                  tuple(s.name for s in ok if s is not best_spec))
+
+
+def _fmt_s(sec: float) -> str:
+    if sec < 120:
+        return f"{sec:.3g} s"
+    if sec < 7200:
+        return f"{sec / 60:.3g} min"
+    return f"{sec / 3600:.3g} h"
 
 
 def sampling_view_of(target):
@@ -121,8 +270,12 @@ class Explanation(str):
         return str(self)
 
 
-def explain(target, *, file=None) -> Explanation:
-    """Say which method ``bk.sample`` would choose for ``target`` and why, with the table of methods.
+DEFAULT_BUDGET = 600.0
+
+
+def explain(target, *, budget: float = DEFAULT_BUDGET, device="auto", file=None) -> Explanation:
+    """Say which method ``bk.sample(target, budget=budget)`` would choose and why, with the table
+    of methods and each compatible method's estimated time on this device (:func:`probe`).
 
     Returns the text (it displays as the table in a REPL); ``file`` also writes it there
     (e.g. ``file=sys.stdout``).
@@ -132,13 +285,22 @@ def explain(target, *, file=None) -> Explanation:
     if view is not None:
         head = [f"{_describe(target)} is sampled in other coordinates: {view.description}"]
         target = view.target
-    choice = select(target)
+    profile = probe(target, device)
+    choice = select(target, profile=profile, budget=budget)
     rows = head + [f"boltzkit would use {choice.name!r}: {choice.reason}", "",
-            f"{'method':<20} {'priority':>8}  {'log Z':<5}  status"]
+                   f"device {profile.device}: energy {profile.energy_s * 1e6:.3g} us/state, reference "
+                   f"network pass {profile.net_s * 1e9:.3g} ns/state-site; estimates are good to a "
+                   f"factor ~{BUDGET_FACTOR:g}", "",
+                   f"{'method':<20} {'priority':>8}  {'log Z':<5}  {'estimate':>9}  status"]
     for spec in sorted(registry().values(), key=lambda s: (-s.priority_for(target), s.name)):
         why = spec.incompatibility(target)
         status = "compatible" if why is None else f"no: {why}"
-        rows.append(f"{spec.name:<20} {spec.priority_for(target):>8}  {'yes' if spec.provides_log_z else 'no':<5}  {status}")
+        sec = estimate_seconds(spec, target, profile) if why is None else None
+        est = "-" if sec is None else _fmt_s(sec)
+        if sec is not None:
+            status += ", fits the budget" if sec <= budget else ", over the budget"
+        rows.append(f"{spec.name:<20} {spec.priority_for(target):>8}  "
+                    f"{'yes' if spec.provides_log_z else 'no':<5}  {est:>9}  {status}")
     text = Explanation("\n".join(rows))
     if file is not None:
         print(text, file=file)
