@@ -69,7 +69,7 @@ import torch
 
 from .errors import ConfigError, TargetError
 
-__all__ = ["ScaleProbe", "probe_scale", "minimize", "hessian_fd"]
+__all__ = ["ScaleProbe", "probe_scale", "probe_frame", "minimize", "hessian_fd"]
 
 DEFAULT_RADII = (0.1, 100.0)
 
@@ -377,7 +377,8 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
     lo_l, hi_l = 1.0 / max_width ** 2, 1.0 / min_width ** 2
 
     def randn(*shape):
-        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dev, dtype)
+        return torch.randn(*shape, generator=generator, dtype=torch.float64,
+                           device=generator.device).to(dev, dtype)
 
     found_x, found_u, found_gamma = [], [], []
     total_starts = total_conv = 0
@@ -400,7 +401,8 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
             lo_b, hi_b = reps.min(0).values, reps.max(0).values
             loc_w = metric_cov.diagonal().sqrt() if full else metric_cov.sqrt()
             mid, half = 0.5 * (lo_b + hi_b), 0.5 * widen * (hi_b - lo_b) + 3.0 * loc_w
-            uni = torch.rand(n_starts - n1, d, generator=generator, dtype=torch.float64).to(dev, dtype)
+            uni = torch.rand(n_starts - n1, d, generator=generator, dtype=torch.float64,
+                             device=generator.device).to(dev, dtype)
             x0 = torch.cat([c + widen * (z @ sq.T if full else z * sq), mid + half * (2 * uni - 1)])
         u0, _ = fn(x0)
         fin = torch.isfinite(u0)
@@ -537,3 +539,18 @@ def _distinct(x, u, local_cov, full, radius: float = 0.5):
         keep[i] = not bool((close[i] & keep).any())
     idx = keep.nonzero().flatten().to(x.device)
     return x[idx].clone(), u[idx].clone()
+
+
+def probe_frame(target, *, generator: "torch.Generator | None" = None, **options):
+    """The helper the continuous samplers call when the user gave no scale: probe ``target``
+    and return ``(target in the probe's frame, the frame as a PriorHint, the ScaleProbe)``.
+
+    ``options`` go to :func:`probe_scale`. The framed target is a
+    :class:`~boltzkit.energies.base.FramedEnergy`, the same object a target-given hint
+    produces, so samples, weights and log Z map back to ``x`` exactly as with a hint.
+    """
+    from .energies.base import FramedEnergy
+
+    pr = probe_scale(target, generator=generator, **options)
+    hint = pr.hint()
+    return FramedEnergy(target, hint), hint, pr

@@ -1,0 +1,84 @@
+"""Continuous samplers with default options on targets far from unit scale (scale probe)."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import boltzkit as bk
+from boltzkit.energies import Gaussian, GaussianMixture
+from boltzkit.energies.base import PriorHint
+from boltzkit.estimators.ais import ais
+
+from _stats import assert_consistent, assert_rejects
+
+
+
+def jensen_bias(se):
+    """log of an unbiased Z estimate is low by about se^2 / 2; allow twice that."""
+    return se * se
+
+
+ANISO_STD = np.logspace(-2, 1, 15)  # widths 1e-2 .. 10
+ANISO_MEAN = np.linspace(-30.0, 30.0, 15)
+
+
+def aniso():
+    return Gaussian(ANISO_MEAN, std=ANISO_STD)
+
+
+def test_ais_defaults_anisotropic_gaussian_exact():
+    g = aniso()
+    res = bk.sample(g, method="ais", n_samples=512, n_steps=20, seed=0, device="cpu")
+    probe = res.diagnostics["scale_probe"]
+    assert probe["n_evaluations"] > 0 and probe["n_minima"] == 1
+    # the probe's frame is the target itself, so every weight is log Z (up to rounding)
+    assert_consistent(res.log_z, res.log_z_stderr, g.exact_log_z(), bias=1e-5)
+    # negative control: the former default (init_std = 1 in x, an explicit option, which
+    # wins over the probe) is far off with the same budget
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        old = ais(g, n_samples=512, n_steps=20, init_std=1.0, seed=0, device="cpu")
+    assert "scale_probe" not in old.diagnostics
+    assert_rejects(old.log_z, old.log_z_stderr, g.exact_log_z(), bias=jensen_bias(old.log_z_stderr))
+
+
+def test_ais_defaults_fab_gmm40_all_modes():
+    g = GaussianMixture.gmm40()
+    res = ais(g, n_samples=2000, seed=0, device="cpu")
+    assert res.diagnostics["reliable"]
+    assert abs(res.log_z) < 0.05
+    assert_consistent(res.log_z, res.log_z_stderr, 0.0, bias=jensen_bias(res.log_z_stderr))
+    assert_rejects(res.log_z, res.log_z_stderr, math.log(36 / 40))  # four modes lost
+    covered = torch.unique(g.mode_assignment(res.resample(4000, seed=0)))
+    assert covered.numel() == 40
+
+
+def test_ais_target_hint_wins_over_the_probe():
+    class Hinted(Gaussian):
+        def prior_hint(self):
+            return PriorHint(torch.tensor(ANISO_MEAN[:3]), torch.tensor(ANISO_STD[:3]))
+
+    g = Hinted(ANISO_MEAN[:3], std=ANISO_STD[:3])
+    res = ais(g, n_samples=64, n_steps=5, seed=0, device="cpu")
+    assert "scale_probe" not in res.diagnostics and res.diagnostics["prior_hint"]
+    assert res.log_z == pytest.approx(g.exact_log_z(), abs=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_ais_defaults_openmm_harmonic_oscillator_array():
+    testsystems = pytest.importorskip("openmmtools.testsystems")
+    unit = pytest.importorskip("openmm.unit")
+    from boltzkit.energies import OpenMMEnergy
+
+    ho = testsystems.HarmonicOscillatorArray()
+    e = OpenMMEnergy(ho.system, temperature=300.0)  # no positions, so no prior hint
+    kt = unit.MOLAR_GAS_CONSTANT_R * 300.0 * unit.kelvin
+    var = (kt / ho.K).value_in_unit(unit.nanometer ** 2)
+    exact = 1.5 * ho.N * math.log(2 * math.pi * var)  # -58.38 for the default array
+    res = bk.sample(e, method="ais", n_samples=128, n_steps=10, seed=0, device="cpu")
+    assert res.diagnostics["scale_probe"]["n_minima"] == 1
+    assert_consistent(res.log_z, res.log_z_stderr, exact, bias=1e-4)
+    assert_rejects(res.log_z, res.log_z_stderr, exact + 0.5)
