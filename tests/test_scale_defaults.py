@@ -105,3 +105,31 @@ def test_mala_defaults_anisotropic_gaussian():
                         init_std=1.0)
     assert "scale_probe" not in old.diagnostics
     assert np.abs(_std_ratio(old, ANISO_STD) - 1).max() > 0.5
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_naas_defaults_widths_1e_3_to_1e2_without_hint():
+    # widths 1e-3 .. 1e2 around a mode at 30: the annealed Langevin reference in the probe's
+    # frame is stable and its exact path weights give log Z (untrained, n_steps=0)
+    g = Gaussian(np.full(10, 30.0), std=np.logspace(-3, 2, 10))
+    res = bk.sample(g, method="naas", n_samples=512, n_steps=0, seed=0, device="cpu",
+                    n_time_steps=32)
+    assert res.diagnostics["scale_probe"]["n_minima"] == 1
+    assert_consistent(res.log_z, res.log_z_stderr, g.exact_log_z(), bias=jensen_bias(res.log_z_stderr))
+    assert_rejects(res.log_z, res.log_z_stderr, g.exact_log_z() + 0.1)
+    # an explicit prior width wins: no probe
+    from boltzkit.samplers.naas import NAAS
+
+    s = NAAS(seed=0, device="cpu", prior_std=2.0, n_time_steps=4).fit(
+        Gaussian(np.zeros(2), std=1.0), n_steps=0)
+    assert s.scale_probe is None and s.prior_std == 2.0 and s.target_scale == 1.0
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_naas_defaults_fab_gmm40_untrained_covers_all_modes():
+    g = GaussianMixture.gmm40()
+    res = bk.sample(g, method="naas", n_samples=2048, n_steps=0, seed=0, device="cpu")
+    assert res.diagnostics["scale_probe"]["narrowest_width"] < 0.1
+    assert_consistent(res.log_z, res.log_z_stderr, 0.0, bias=jensen_bias(res.log_z_stderr))
+    covered = torch.unique(g.mode_assignment(res.resample(4000, seed=0)))
+    assert covered.numel() == 40
