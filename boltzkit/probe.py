@@ -25,6 +25,18 @@ continuous samplers use it exactly as a target-given hint. In the frame the narr
 width is :attr:`ScaleProbe.narrowest_width` (NAAS ``target_scale``; PDNS would use it the same
 way), and :attr:`ScaleProbe.mala_step_size` is a MALA step for it.
 
+Use by the samplers
+-------------------
+Where the user gives no scale (``init_std`` / ``prior_std`` / ``target_scale`` left at None)
+and the target gives no :meth:`~boltzkit.energies.Energy.prior_hint`, AIS/SMC, MALA and NAAS
+call :func:`probe_frame` and run in its frame with a unit-width reference (AIS ``init_std``,
+MALA start), MALA's step :attr:`ScaleProbe.mala_step_size`, NAAS ``target_scale`` =
+:attr:`ScaleProbe.narrowest_width` (its diffusion schedule and Euler steps follow from the two
+widths). A target's hint or any explicit option wins. PDNS (continuous) needs the same three
+numbers: run it on ``probe_frame(target)[0]`` (samples map back with ``hint.to_x`` and
+``log Z_x = log Z_z + hint.log_det``) with ``reference_std = 1``; its noise schedule's smallest
+level should be about ``narrowest_width`` (``noise_ratio ~ 1 / narrowest_width``).
+
 Starts
 ------
 * Without a hint: round 1 draws ``x0 = r xi``, ``xi ~ N(0, I)``, with radii ``r`` log-spaced
