@@ -71,7 +71,7 @@ def test_ais_narrow_reference_misses_a_far_mode():
                    bias=jensen_bias(res.log_z_stderr))
 
 
-@pytest.mark.parametrize("kernel, n_samples, n_steps", [("mala", 2000, 100), ("hmc", 1000, 40)])
+@pytest.mark.parametrize("kernel, n_samples, n_steps", [("mala", 2000, 100), ("hmc", 2000, 40)])
 def test_ais_gmm40_log_z_and_mode_coverage(kernel, n_samples, n_steps):
     g = GaussianMixture.gmm40()
     res = ais(g, n_samples=n_samples, n_steps=n_steps, kernel=kernel, init_std=30.0,

@@ -62,10 +62,19 @@ def test_mixture_log_z_matches_quadrature_with_unnormalized_weights():
     assert abs(grid_log_z(gmm, -16, 16, 0.1) - math.log(4.3)) < 1e-8
 
 
-def test_gmm40_table_recipe_and_log_z():
-    # the literal table is what the documented recipe produces
-    recipe = np.random.default_rng(40).uniform(-40.0, 40.0, size=(40, 2)).round(4)
-    np.testing.assert_array_equal(np.asarray(GMM40_MEANS), recipe)
+def test_gmm40_table_is_fabs_instance_and_log_z():
+    # the literal table is FAB's instance: fab-torch seeds the global torch RNG with 0 and then
+    # draws locs = (torch.rand((n_mixes, dim)) - 0.5) * 2 * loc_scaling (float32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fab = (torch.rand((40, 2)) - 0.5) * 2 * 40.0
+    assert torch.equal(torch.tensor(GMM40_MEANS, dtype=torch.float32), fab)
+    assert torch.equal(torch.tensor(GMM40_MEANS, dtype=torch.float64), fab.double())  # exact literals
+    # negative control: another seed (or the former numpy table) is a different instance
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        other = (torch.rand((40, 2)) - 0.5) * 2 * 40.0
+    assert not torch.allclose(torch.tensor(GMM40_MEANS, dtype=torch.float32), other)
     g = GaussianMixture.gmm40()
     assert g.n_components == 40 and g.dim == 2
     assert GMM40_STD == pytest.approx(math.log(1 + math.e)) and GMM40_STD == pytest.approx(1.3132617, abs=1e-7)

@@ -94,12 +94,13 @@ def test_naas_in_hint_frame():
                     prior_updates_per_step=8)
     assert res.diagnostics["prior_hint"] is True
     _check_gaussian_result(res, "naas")
-    # the option is honoured: without the hint the prior sits at the origin, 47 units away,
-    # and the weights collapse (effective sample size of a few)
+    # the option is honoured: without the hint and with an explicit unit prior (which turns
+    # the scale probe off) the prior sits at the origin, 47 units away, and the weights
+    # collapse (effective sample size of a few)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         off = bk.sample(tgt, method="naas", n_samples=1000, n_steps=0, seed=0, device="cpu",
-                        n_time_steps=24, use_prior_hint=False, grad_clip=100.0)
+                        n_time_steps=24, use_prior_hint=False, grad_clip=100.0, prior_std=1.0)
     assert off.diagnostics["prior_hint"] is False and off.ess < 20
 
 

@@ -133,7 +133,10 @@ class AISConfig(SamplerConfig):
         "metropolis" (any categorical energy). "auto" = MALA / heat bath / Metropolis.
     n_mcmc : transitions (MCMC steps or lattice sweeps) per level.
     schedule : "geometric", "sigmoid", "linear", or an explicit tuple of lambdas from 0 to 1.
-    init_std : standard deviation of the Gaussian reference pi_0 (Reals).
+    init_std : standard deviation of the Gaussian reference pi_0 (Reals). None (default): 1 in
+        the frame of the target's prior hint, or, without a hint, 1 in the frame of the scale
+        probe (:func:`boltzkit.probe.probe_frame`: pi_0 = N(c, C) covering every minimum it
+        found, with the local widths; its evaluations are in ``diagnostics["scale_probe"]``).
     step_size : initial MALA/HMC step size; None = 0.5 init_std^2 d^(-1/3) (MALA) or
         0.5 init_std d^(-1/4) (HMC).
     target_accept : acceptance rate the step size follows; None = 0.574 (MALA), 0.65 (HMC).
@@ -154,7 +157,7 @@ class AISConfig(SamplerConfig):
     kernel: str = "auto"
     n_mcmc: int = 1
     schedule: "str | tuple" = "geometric"
-    init_std: float = 1.0
+    init_std: "float | None" = None
     step_size: "float | None" = None
     target_accept: "float | None" = None
     adapt_step_size: bool = True
@@ -181,9 +184,9 @@ class AISConfig(SamplerConfig):
         if self.kernel not in ("auto",) + REAL_KERNELS + DISCRETE_KERNELS:
             raise ConfigError(f"unknown kernel {self.kernel!r}; use 'auto', 'mala' or 'hmc' "
                               "(continuous), 'heat_bath' or 'metropolis' (categorical)")
-        if not (isinstance(self.init_std, (int, float)) and math.isfinite(self.init_std)
-                and self.init_std > 0):
-            raise ConfigError(f"init_std must be a positive number, got {self.init_std!r}")
+        if self.init_std is not None and not (isinstance(self.init_std, (int, float))
+                                              and math.isfinite(self.init_std) and self.init_std > 0):
+            raise ConfigError(f"init_std must be a positive number or None, got {self.init_std!r}")
         if self.step_size is not None and not (isinstance(self.step_size, (int, float))
                                                and math.isfinite(self.step_size) and self.step_size > 0):
             raise ConfigError(f"step_size must be a positive number or None, got {self.step_size!r}")
@@ -488,11 +491,19 @@ class AIS(Sampler):
     def _run_reals(self, n, lambdas, gen, bar):
         cfg = self.config
         work, frame = framed(self.target, cfg.use_prior_hint)
-        ann = _Annealer(work, cfg.init_std)
+        init_std, probe = cfg.init_std, {}
+        if init_std is None:  # no scale given: the hint's frame, else the scale probe's
+            init_std = 1.0
+            if frame is None:
+                from ..probe import probe_frame
+
+                work, frame, pr = probe_frame(self.target, generator=self.gens["init"])
+                probe = {"scale_probe": pr.summary()}
+        ann = _Annealer(work, init_std)
         target_acc = cfg.target_accept if cfg.target_accept is not None else \
             (0.574 if self.kernel == "mala" else 0.65)
         h0 = cfg.step_size if cfg.step_size is not None else \
-            default_step_size(self.kernel, ann.dim, cfg.init_std)
+            default_step_size(self.kernel, ann.dim, init_std)
         log_h = [math.log(h0)]
         steps = []
 
@@ -524,8 +535,8 @@ class AIS(Sampler):
             if smc:
                 smc["island_log_z"] = smc["island_log_z"] + frame.log_det
         return x, lw, {"acceptance": acc, "step_size": np.asarray(steps), "smc": smc, "running": running,
-                       "diag": {"log_z0": ann.log_z0, "init_std": cfg.init_std,
-                                "final_step_size": steps[-1], "prior_hint": frame is not None}}
+                       "diag": {"log_z0": ann.log_z0, "init_std": init_std,
+                                "final_step_size": steps[-1], "prior_hint": frame is not None, **probe}}
 
     # ----------------------------------------------------------------- categorical
     def _run_categorical(self, n, lambdas, gen, bar):

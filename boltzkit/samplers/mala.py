@@ -217,10 +217,14 @@ class MALAConfig(SamplerConfig):
     n_chains : chains run in parallel.
     burn_in : steps run by ``fit`` while the step size adapts (``fit(n_steps=...)`` overrides).
     thin : steps between recorded states.
-    step_size : initial step size h; None picks 0.5 * init_std^2 * d^(-1/3).
+    step_size : initial step size h; None picks the scale probe's step where the probe ran,
+        else 0.5 * init_std^2 * d^(-1/3).
     target_accept : acceptance rate the burn-in adapts toward (0.574, Roberts-Rosenthal).
     adapt : adapt the step size during burn-in (it is always frozen afterwards).
-    init_std : chains start from N(0, init_std^2 I) (in the hint's frame, see below).
+    init_std : chains start from N(0, init_std^2 I) (in the hint's frame, see below). None
+        (default): 1 in the hint's frame, or without a hint 1 in the frame of the scale probe
+        (:func:`boltzkit.probe.probe_frame`; the chains then run preconditioned by its
+        covering covariance and start spread over every minimum it found).
     use_prior_hint : when the target gives a :meth:`~boltzkit.energies.Energy.prior_hint`
         ``x = loc + S z``, run the chains in ``z`` (MALA preconditioned by ``S S^T``; chains
         start at ``loc + init_std S xi``) and return states in ``x``.
@@ -232,7 +236,7 @@ class MALAConfig(SamplerConfig):
     step_size: "float | None" = None
     target_accept: float = 0.574
     adapt: bool = True
-    init_std: float = 1.0
+    init_std: "float | None" = None
     use_prior_hint: bool = True
 
     def __post_init__(self):
@@ -248,9 +252,9 @@ class MALAConfig(SamplerConfig):
             raise ConfigError(f"step_size must be a positive number or None, got {self.step_size!r}")
         if not (isinstance(self.target_accept, (int, float)) and 0 < self.target_accept < 1):
             raise ConfigError(f"target_accept must be in (0, 1), got {self.target_accept!r}")
-        if not (isinstance(self.init_std, (int, float)) and math.isfinite(self.init_std)
-                and self.init_std > 0):
-            raise ConfigError(f"init_std must be a positive number, got {self.init_std!r}")
+        if self.init_std is not None and not (isinstance(self.init_std, (int, float))
+                                              and math.isfinite(self.init_std) and self.init_std > 0):
+            raise ConfigError(f"init_std must be a positive number or None, got {self.init_std!r}")
 
 
 @register("mala", domains=(Reals,), priority=1, provides_log_z=False,
@@ -298,16 +302,25 @@ class MALA(Sampler):
         self._attach(target)
         cfg = self.config
         self.work, self.frame = framed(self.target, cfg.use_prior_hint)
+        init_std, h_probe, self.scale_probe = cfg.init_std, None, None
+        if init_std is None:  # no scale given: the hint's frame, else the scale probe's
+            init_std = 1.0
+            if self.frame is None:
+                from ..probe import probe_frame
+
+                self.work, self.frame, pr = probe_frame(self.target, generator=self.gens["init"])
+                h_probe, self.scale_probe = pr.mala_step_size, pr.summary()
         dim = self.target.domain.dim
-        self.x = cfg.init_std * torch.randn(cfg.n_chains, dim, generator=self.gens["init"],
+        self.x = init_std * torch.randn(cfg.n_chains, dim, generator=self.gens["init"],
                                             device=self.device)
         with torch.no_grad():
             self.state = self._potential(self.x)
         if not bool(torch.isfinite(self.state[0]).all()):
             where = "" if self.frame is None else " in the frame of its prior_hint()"
             raise TargetError(f"{self.target.name}.energy is not finite at some starting points "
-                              f"drawn from N(0, {cfg.init_std:g}^2 I){where}; change init_std")
-        h0 = cfg.step_size if cfg.step_size is not None else default_step_size("mala", dim, cfg.init_std)
+                              f"drawn from N(0, {init_std:g}^2 I){where}; change init_std")
+        h0 = cfg.step_size if cfg.step_size is not None else \
+            h_probe if h_probe is not None else default_step_size("mala", dim, init_std)
         self.log_step = math.log(h0)
         bar = progress_bar(total=int(burn_in), desc="mala burn-in", enabled=self.progress)
         for t in range(int(burn_in)):
@@ -350,6 +363,8 @@ class MALA(Sampler):
                 "thin": thin, "burn_in": self.burn_in, "total_steps": self.n_total,
                 "step_size": self.step_size, "acceptance": float(torch.stack(accs).mean()),
                 "wall_time_s": wall}
+        if self.scale_probe is not None:
+            diag["scale_probe"] = self.scale_probe
         if n_rec >= 2:
             # the slowest observable among the coordinates and the energy sets the ESS
             observables = [chain[:, :, j] for j in range(chain.shape[2])] + [torch.stack(energies)]

@@ -123,8 +123,10 @@ Failure modes
 * A too large ``relaxation * h`` or a stiff energy (Lennard-Jones) makes explicit Euler
   unstable (``TrainingDivergedError``): raise ``n_time_steps``, lower ``relaxation`` or set
   ``grad_clip``.
-* ``prior_std`` must cover the target (GMM-40, means in [-40, 40]^2: ``prior_std`` about 25);
-  ``target_scale`` should be the width of the narrowest well.
+* ``prior_std`` must cover the target and ``target_scale`` should be the width of the
+  narrowest well. Left at None (default) they come from the target's prior hint or, without
+  one, from the scale probe (:mod:`boltzkit.probe`); the probe can miss a narrow mode far
+  from wide ones, and then the prior does not cover it.
 """
 
 from __future__ import annotations
@@ -173,7 +175,10 @@ class NAASConfig(SamplerConfig):
     """Options of :class:`NAAS` (defaults: a 2-D mixture trains in about a minute on CPU).
 
     Path and reference
-        prior_std (s_0), target_scale (s_1), relaxation, sigma (fixed diffusion, overrides the
+        prior_std (s_0), target_scale (s_1) (both None by default: 1 and 1 in the frame of the
+        target's prior hint, or, without a hint, 1 and the narrowest harmonic width in the
+        frame of the scale probe, :func:`boltzkit.probe.probe_frame`; giving either one turns
+        the probe off and leaves the other at 1), relaxation, sigma (fixed diffusion, overrides the
         schedule), beta_power, n_time_steps (K), refine_end, grad_clip, adjoint_clip
         (relative to the batch median; None disables).
     Prior stage
@@ -203,8 +208,8 @@ class NAASConfig(SamplerConfig):
 
     n_steps: int = 200
     n_time_steps: int = 64
-    prior_std: float = 1.0
-    target_scale: float = 1.0
+    prior_std: "float | None" = None
+    target_scale: "float | None" = None
     relaxation: float = 3.0
     sigma: "float | None" = None
     beta_power: float = 1.0
@@ -241,8 +246,10 @@ class NAASConfig(SamplerConfig):
         for nm in ("n_layers", "buffer_size"):
             if getattr(self, nm) is not None:
                 _pos_int(nm, getattr(self, nm))
-        for nm in ("prior_std", "target_scale", "relaxation", "beta_power", "lr", "prior_lr"):
+        for nm in ("relaxation", "beta_power", "lr", "prior_lr"):
             _pos_float(nm, getattr(self, nm))
+        for nm in ("prior_std", "target_scale"):
+            _pos_float(nm, getattr(self, nm), allow_none=True)
         _pos_float("prior_noise_ratio", self.prior_noise_ratio)
         if self.prior_noise_ratio <= 1.0:
             raise ConfigError(f"prior_noise_ratio (sigma_max / sigma_min of the prior stage) must "
@@ -402,19 +409,28 @@ class NAAS(TrainableSampler):
         # the sampler works on `self.work`: the target itself, or the target in the
         # standardized frame of its prior hint (samples are mapped back in `sample`)
         self.work, self.frame = framed(target, c.use_prior_hint and isinstance(target.domain, Reals))
+        self.prior_std, self.target_scale, self.scale_probe = c.prior_std, c.target_scale, None
+        if (self.frame is None and isinstance(target.domain, Reals) and c.prior_std is None
+                and c.target_scale is None):  # no scale given: the scale probe's frame
+            from ..probe import probe_frame
+
+            self.work, self.frame, pr = probe_frame(target, seed=self.seed)
+            self.target_scale, self.scale_probe = pr.narrowest_width, pr.summary()
+        self.prior_std = 1.0 if self.prior_std is None else float(self.prior_std)
+        self.target_scale = 1.0 if self.target_scale is None else float(self.target_scale)
         self._log_det = 0.0 if self.frame is None else self.frame.log_det
-        self.ref = AnnealedLangevin(self.work, prior_std=c.prior_std, target_scale=c.target_scale,
+        self.ref = AnnealedLangevin(self.work, prior_std=self.prior_std, target_scale=self.target_scale,
                                     relaxation=c.relaxation, sigma=c.sigma,
                                     beta_power=c.beta_power, grad_clip=self._grad_clip())
         self.project, self.n_dof = self.ref.project, self.ref.n_dof
         self.dim = target.domain.event_numel
         self.ts = time_grid(c.n_time_steps, refine_end=float(c.refine_end))
         self.prior_ts = time_grid(c.prior_time_steps)
-        self.prior_sched = VEPriorSchedule(c.prior_std, c.prior_noise_ratio)
+        self.prior_sched = VEPriorSchedule(self.prior_std, c.prior_noise_ratio)
         pt = self.prior_ts.tolist()
         # drift coefficient of the prior network output: (step-averaged g^2) x control scale
         self._prior_g2 = {a: self.prior_sched.step_variance(a, b) / (b - a)
-                          * self.prior_sched.control_scale(a, c.target_scale)
+                          * self.prior_sched.control_scale(a, self.target_scale)
                           for a, b in zip(pt, pt[1:])}
         self._sigmas = torch.tensor([self.ref.sigma(float(t)) for t in self.ts[:-1]],
                                     device=self.device)
@@ -423,9 +439,9 @@ class NAAS(TrainableSampler):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.net = make_control_net(target.domain, hidden=c.hidden, n_layers=c.n_layers,
-                                        input_scale=c.prior_std).to(self.device)
+                                        input_scale=self.prior_std).to(self.device)
             self.prior_net = make_control_net(target.domain, hidden=c.hidden, n_layers=c.n_layers,
-                                              input_scale=c.prior_std).to(self.device)
+                                              input_scale=self.prior_std).to(self.device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=c.lr)
         self.prior_opt = torch.optim.Adam(self.prior_net.parameters(), lr=c.prior_lr)
         self.ema = EMA(self.net, c.ema_decay) if c.ema_decay is not None else None
@@ -444,7 +460,8 @@ class NAAS(TrainableSampler):
             return c.grad_clip
         if self.frame is None:
             return None
-        return AUTO_CLIP * math.sqrt(state_space(self.target.domain)[1])
+        # the equilibrium gradient norm in the frame is about sqrt(n_dof) / target_scale
+        return AUTO_CLIP * math.sqrt(state_space(self.target.domain)[1]) / self.target_scale
 
     # ------------------------------------------------------------------ simulation
     def _prior_drift(self, net):
@@ -471,7 +488,7 @@ class NAAS(TrainableSampler):
             x0 = ppath.x
             lw_start = ppath.log_bwd - ppath.log_fwd  # Dirac source cancels the first bridge
         else:
-            x0 = c.prior_std * self._reference_draw(n, generator)
+            x0 = self.prior_std * self._reference_draw(n, generator)
             lw_start = -ref.log_prior(x0)
         path = euler_maruyama(self._annealed_drift(net), ref.sigma, x0, self.ts,
                               generator=generator, project=self.project, n_dof=self.n_dof,
@@ -565,7 +582,7 @@ class NAAS(TrainableSampler):
     def _prior_updates(self, x0: torch.Tensor, target0: torch.Tensor, w: torch.Tensor, gen) -> float:
         c = self.config
         self.prior_buffer.add(y=x0, target=target0, w=w)
-        var1 = c.prior_std ** 2
+        var1 = self.prior_std ** 2
         total = 0.0
         for _ in range(c.prior_updates_per_step):
             batch = self.prior_buffer.sample(c.train_batch_size, generator=gen)
@@ -578,7 +595,7 @@ class NAAS(TrainableSampler):
             v = self.prior_sched.variance_tensor(s)  # bridge from the origin to y
             ys = (v / var1) * y + torch.sqrt((v * (var1 - v) / var1).clamp_min(0.0)) * xi
             out = self.prior_net(s.squeeze(1), ys)
-            resid = out - target / self.prior_sched.control_scale(s, c.target_scale)
+            resid = out - target / self.prior_sched.control_scale(s, self.target_scale)
             lval = (batch["w"] * resid.pow(2).mean(-1)).mean()
             self.prior_opt.zero_grad(set_to_none=True)
             lval.backward()
@@ -649,5 +666,7 @@ class NAAS(TrainableSampler):
                 "sampling_energy_grads": int(self.ref.n_grad - grads0),
                 "training_energy_grads": int(self.history.get("energy_grads", [0])[-1]),
                 "training_energy_hvps": int(self.history.get("energy_hvps", [0])[-1])}
+        if self.scale_probe is not None:
+            diag["scale_probe"] = self.scale_probe
         return result_from_log_weights(x, lw, exact_log_z=self.target.exact_log_z(),
                                        diagnostics=diag, **self._result_kwargs())
