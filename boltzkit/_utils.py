@@ -126,22 +126,56 @@ def progress_bar(iterable=None, *, total=None, desc=None, enabled: "bool | None"
 
 
 # ---------------------------------------------------------------------------- files
+def _new_file_mode(path: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would give: the existing file's, else 0666 & ~umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        pass
+    mask = os.umask(0)  # read the umask (the only portable way), then put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: "str | os.PathLike", suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the destination folder; on success move it over ``path``.
 
-    A crash in the body leaves the previous file untouched.
+    A crash in the body leaves the previous file untouched. The new file gets the mode of the
+    file it replaces, or the umask's default for a new file (``mkstemp`` alone would make it
+    0600, unreadable to collaborators). An ``OSError`` (folder not writable, disk full) is
+    raised as :class:`~boltzkit.errors.FileAccessError` naming ``path``, not the temporary file;
+    other exceptions of the body pass through unchanged.
     """
+    from .errors import FileAccessError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
+
+    def failed(exc: OSError) -> FileAccessError:
+        why = exc.strerror or str(exc)
+        return FileAccessError(f"could not write {path}: {why}"
+                               + ("; choose a folder you can write to" if isinstance(exc, PermissionError)
+                                  else ""))
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise failed(exc) from exc
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+        except OSError as exc:
+            raise failed(exc) from exc
+        try:
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp_path, _new_file_mode(path))
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            raise failed(exc) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
