@@ -156,3 +156,43 @@ def test_failed_save_leaves_the_earlier_file_intact(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert str(info.value) == f"could not write {path}: No space left on device"
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.npz"]
+
+
+# ----------------------------------------------------------------------------- progress
+def _fast_reports(monkeypatch):
+    from boltzkit import _utils
+
+    monkeypatch.setattr(_utils, "PROGRESS_MIN_INTERVAL_S", 0.0)
+    monkeypatch.setattr(_utils, "LONG_RUN_S", 0.0)
+    monkeypatch.setattr(_utils, "ESTIMATE_AFTER_S", 0.0)
+
+
+def test_progress_goes_to_logs_when_stderr_is_not_a_terminal(monkeypatch, capsys):
+    _fast_reports(monkeypatch)
+    target = bk.energies.Ising(L=4, beta=0.3)
+    bk.sample(target, "ais", n_samples=64, n_steps=40, seed=0)  # progress=None, stderr captured
+    err = capsys.readouterr().err.strip().splitlines()
+    steps = [ln for ln in err if "step " in ln and "ETA" in ln]
+    assert len(steps) >= 9, err  # a line every 10 %
+    assert all(ln.startswith("boltzkit | ais") for ln in steps)
+    assert "acc=" in steps[-1]  # the metrics
+    assert sum("will take about" in ln for ln in err) == 1  # the estimate, once
+    assert "done in" in err[-1]
+    bk.sample(target, "ais", n_samples=64, n_steps=40, seed=0, progress=False)
+    assert capsys.readouterr().err == ""  # progress=False silences (the negative control)
+
+
+def test_progress_is_quiet_for_short_runs_and_a_bar_in_notebooks(monkeypatch, capsys):
+    from boltzkit import _utils
+
+    bar = _utils.progress_bar(total=5, desc="short", enabled=None)
+    for _ in range(5):
+        bar.update(1)
+    bar.close()
+    assert capsys.readouterr().err == ""  # seconds-long work prints nothing
+    monkeypatch.setattr(_utils, "_in_notebook", lambda: True)
+    assert _utils.progress_mode(None) == "bar" and _utils.progress_mode(False) == "off"
+    bar = _utils.progress_bar(total=3, desc="nb", enabled=True)
+    assert bar.bar is not None  # tqdm.auto: a widget in Jupyter
+    bar.close()
+    assert _utils.format_duration(3725) == "1 h 02 min" and _utils.format_duration(75) == "1 min 15 s"
