@@ -196,3 +196,55 @@ def test_progress_is_quiet_for_short_runs_and_a_bar_in_notebooks(monkeypatch, ca
     assert bar.bar is not None  # tqdm.auto: a widget in Jupyter
     bar.close()
     assert _utils.format_duration(3725) == "1 h 02 min" and _utils.format_duration(75) == "1 min 15 s"
+
+
+# ----------------------------------------------------------------------------- NaN during sampling
+class LateNaN(bk.energies.Energy):
+    """A standard normal whose energy gains sqrt(1.5 - x0) after ``after`` evaluations: NaN (with
+    NaN gradients) on the region x0 > 1.5 that the 8-state pre-check and the first steps miss."""
+
+    def __init__(self, after):
+        super().__init__(bk.domains.Reals(2), "LateNaN")
+        self.after, self.calls = after, 0
+
+    def energy(self, x):
+        self.calls += 1
+        u = 0.5 * (x * x).sum(-1)
+        if self.calls > self.after:
+            u = u + torch.sqrt(1.5 - x[:, 0]) - 1.5 ** 0.5
+        return u
+
+
+_RUNS = {  # method -> (options, words naming where in the run)
+    "naas": (dict(n_steps=4, batch_size=64, n_time_steps=16, prior_time_steps=8, hidden=16,
+                  train_batch_size=64, sample_batch_size=256), "naas training step"),
+    "mala": (dict(n_steps=60, n_chains=64), "mala step"),
+    "ais": (dict(n_steps=60), "annealing level"),
+}
+
+
+@pytest.mark.parametrize("method", sorted(_RUNS))
+def test_nan_late_in_a_run_is_named_not_dropped_or_called_divergence(method):
+    opts, where = _RUNS[method]
+    with pytest.raises(bk.errors.NonFiniteEnergyError) as info:
+        bk.sample(LateNaN(after=30), method, n_samples=256, seed=0, progress=False, **opts)
+    msg = str(info.value)
+    assert "LateNaN.energy returned" in msg and "NaN" in msg, msg  # names the non-finite values
+    assert where in msg and "x[0] in [" in msg, msg  # the step and the states' range
+    assert "diverged" not in msg and not isinstance(info.value, bk.errors.TrainingDivergedError)
+    lo = float(msg.split("x[0] in [")[1].split(",")[0])
+    assert lo > 1.5  # the NaN states are exactly those with x0 > 1.5
+    # negative control: the same target with the NaN region never switched on runs through
+    res = bk.sample(LateNaN(after=10**9), method, n_samples=256, seed=0, progress=False, **opts)
+    assert torch.isfinite(res.samples).all()
+
+
+def test_plus_inf_is_zero_density_not_an_error():
+    from boltzkit._finite import check_energies
+
+    x = torch.tensor([[0.0, 0.0], [1.0, 2.0], [3.0, 0.5]])
+    check_energies(torch.tensor([0.0, float("inf"), 1.0]), x, name="E")  # +inf: fine
+    with pytest.raises(bk.errors.NonFiniteEnergyError, match=r"1 NaN and 1 -inf energies out of 3 states here"):
+        check_energies(torch.tensor([float("nan"), float("-inf"), 1.0]), x, name="E", where="here")
+    with pytest.raises(bk.errors.NonFiniteEnergyError, match="non-finite gradients"):
+        check_energies(torch.zeros(3), x, grad=torch.tensor([[0.0, float("nan")], [0, 0], [0, 0]]), name="E")
