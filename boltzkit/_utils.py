@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -83,11 +84,53 @@ def rank_generators(seed: int, names: "list[str] | tuple[str, ...]", device: "to
 
 
 # ---------------------------------------------------------------------------- progress
+# Where there is no terminal (batch jobs, log files, CI), progress goes out as log lines on
+# stderr: one at every PROGRESS_LOG_PERCENT of the run if PROGRESS_MIN_INTERVAL_S have passed
+# since the last line, and one at least every PROGRESS_LOG_EVERY_S. A run that ends within
+# PROGRESS_MIN_INTERVAL_S prints nothing. Before any run projected to last LONG_RUN_S or more,
+# an estimate from its first steps is printed once (in every mode but progress=False).
+PROGRESS_LOG_PERCENT = 10
+PROGRESS_MIN_INTERVAL_S = 5.0
+PROGRESS_LOG_EVERY_S = 60.0
+LONG_RUN_S = 60.0
+ESTIMATE_AFTER_S = 2.0
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (where tqdm.auto draws a widget)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # pragma: no cover - a broken IPython install
+        return False
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def progress_mode(progress: "bool | None") -> str:
+    """``"off"`` for ``progress=False``; otherwise ``"bar"`` (a tqdm bar, or a widget in a
+    notebook) when stderr is a terminal or a notebook runs the code, else ``"log"`` lines."""
+    if progress is not None and not progress:
+        return "off"
+    return "bar" if (_in_notebook() or sys.stderr.isatty()) else "log"
+
+
 def progress_enabled(progress: "bool | None") -> bool:
-    """None means: on when stderr is a terminal and the CI variable is unset."""
-    if progress is None:
-        return sys.stderr.isatty() and not os.environ.get("CI")
-    return bool(progress)
+    """Whether any progress is reported: everything but ``progress=False``."""
+    return progress_mode(progress) != "off"
+
+
+def format_duration(seconds: float) -> str:
+    """``"250 ms"``, ``"42 s"``, ``"3 min 05 s"``, ``"1 h 12 min"``."""
+    s = max(0.0, float(seconds))
+    if s < 1:
+        return f"{1000 * s:.0f} ms"
+    if s < 60:
+        return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
 
 
 class _NoBar:
@@ -116,32 +159,157 @@ class _NoBar:
         return False
 
 
-def progress_bar(iterable=None, *, total=None, desc=None, enabled: "bool | None" = None, **kw):
-    """A tqdm bar, or a silent stand-in with the same methods when disabled."""
-    if not progress_enabled(enabled):
-        return _NoBar(iterable)
-    from tqdm.auto import tqdm
+class _Progress(_NoBar):
+    """Progress of one loop: a tqdm bar (``mode="bar"``) or log lines on stderr (``"log"``),
+    and in both the one-time estimate of a long run from its first steps."""
 
-    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False, **kw)
+    def __init__(self, iterable=None, *, total=None, desc=None, initial=0, mode="log", **kw):
+        super().__init__(iterable)
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.desc, self.n = total, desc or "boltzkit", int(initial)
+        self.n0, self.postfix = self.n, {}
+        self.t0 = self.t_last = time.monotonic()
+        self.bucket, self.printed, self.estimated, self.closed = -1, False, False, False
+        self.bar = None
+        if mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, initial=initial, dynamic_ncols=True, leave=False, **kw)
+
+    def __iter__(self):
+        for item in self._it:
+            yield item
+            self.update(1)
+
+    def _say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def update(self, n=1):
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+        now = time.monotonic()
+        done, elapsed = self.n - self.n0, now - self.t0
+        if not self.estimated and self.total and done > 0 and (
+                elapsed >= ESTIMATE_AFTER_S or done >= max(1, (self.total - self.n0) // 20)):
+            self.estimated = True
+            left = elapsed / done * max(self.total - self.n, 0)
+            if elapsed + left >= LONG_RUN_S:
+                self._say(f"boltzkit | {self.desc}: this run will take about {format_duration(elapsed + left)} "
+                          f"({self.total - self.n0} steps at {format_duration(elapsed / done)} per step, "
+                          f"measured over the first {done}); progress=False silences these reports")
+        if self.bar is None:
+            bucket = -1 if not self.total else int(100 * self.n / self.total) // PROGRESS_LOG_PERCENT
+            since = now - self.t_last
+            if (bucket > self.bucket and since >= PROGRESS_MIN_INTERVAL_S) or since >= PROGRESS_LOG_EVERY_S:
+                self.bucket = bucket
+                self._line(now)
+
+    def _line(self, now, final=False):
+        self.t_last, self.printed = now, True
+        elapsed, done = now - self.t0, self.n - self.n0
+        if self.total:
+            head = f"step {self.n}/{self.total} ({100 * self.n / self.total:.0f}%)"
+        else:
+            head = f"step {self.n}"
+        if final:
+            tail = f"done in {format_duration(elapsed)}"
+        else:
+            tail = f"{format_duration(elapsed)} elapsed"
+            if self.total and done > 0:
+                tail += f", ETA {format_duration(elapsed / done * max(self.total - self.n, 0))}"
+        metrics = " ".join(f"{k}={v}" for k, v in self.postfix.items())
+        self._say(f"boltzkit | {self.desc}: {head}, {tail}" + (f" | {metrics}" if metrics else ""))
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kw):
+        self.postfix = {**dict(ordered_dict or {}), **kw}
+        if self.bar is not None:
+            self.bar.set_postfix(self.postfix, refresh=refresh)
+
+    def set_description(self, desc=None, refresh=True):
+        self.desc = desc or self.desc
+        if self.bar is not None:
+            self.bar.set_description(desc, refresh=refresh)
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        if self.bar is not None:
+            self.bar.close()
+        elif self.printed or time.monotonic() - self.t0 >= PROGRESS_MIN_INTERVAL_S:
+            self._line(time.monotonic(), final=True)
+
+
+def progress_bar(iterable=None, *, total=None, desc=None, enabled: "bool | None" = None, **kw):
+    """Progress of a loop, with the methods of a tqdm bar (``update``, ``set_postfix``, ``close``).
+
+    ``enabled`` is the user's ``progress`` argument: False is silent; True or None report, as a
+    tqdm bar on a terminal and in notebooks (``tqdm.auto``), as log lines on stderr elsewhere
+    (step, metrics, elapsed time and ETA; see ``PROGRESS_*`` above). Every mode but False
+    prints, once, how long a run will take when its first steps project a minute or more.
+    """
+    mode = progress_mode(enabled)
+    if mode == "off":
+        return _NoBar(iterable)
+    return _Progress(iterable, total=total, desc=desc, mode=mode, **kw)
 
 
 # ---------------------------------------------------------------------------- files
+def _new_file_mode(path: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would give: the existing file's, else 0666 & ~umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        pass
+    mask = os.umask(0)  # read the umask (the only portable way), then put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: "str | os.PathLike", suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the destination folder; on success move it over ``path``.
 
-    A crash in the body leaves the previous file untouched.
+    A crash in the body leaves the previous file untouched. The new file gets the mode of the
+    file it replaces, or the umask's default for a new file (``mkstemp`` alone would make it
+    0600, unreadable to collaborators). An ``OSError`` (folder not writable, disk full) is
+    raised as :class:`~boltzkit.errors.FileAccessError` naming ``path``, not the temporary file;
+    other exceptions of the body pass through unchanged.
     """
+    from .errors import FileAccessError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
+
+    def failed(exc: OSError) -> FileAccessError:
+        why = exc.strerror or str(exc)
+        return FileAccessError(f"could not write {path}: {why}"
+                               + ("; choose a folder you can write to" if isinstance(exc, PermissionError)
+                                  else ""))
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise failed(exc) from exc
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+        except OSError as exc:
+            raise failed(exc) from exc
+        try:
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp_path, _new_file_mode(path))
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            raise failed(exc) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -41,6 +41,28 @@ class TrainingDivergedError(BoltzkitError, RuntimeError):
     """Training produced non-finite losses or weights."""
 
 
+class NonFiniteEnergyError(TargetError):
+    """The target returned NaN (or -inf) energies, or non-finite gradients, during sampling.
+
+    Not a divergence of the sampler: the message counts the bad values, names the step and
+    the range of the states where they appeared, so the energy can be fixed there."""
+
+
+class ResultFileError(BoltzkitError, ValueError):
+    """A file could not be read as a boltzkit result: truncated, not an npz, unsupported
+    content (object arrays, which would need pickle) or a newer format version. The message
+    names the file."""
+
+
+class FileAccessError(BoltzkitError, OSError):
+    """A file or folder could not be read or written (missing, a folder, permission denied,
+    disk full). The message names the path the user gave, never a temporary file."""
+
+
+class MissingFileError(FileAccessError, FileNotFoundError):
+    """The file does not exist."""
+
+
 class MissingDependencyError(BoltzkitError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 

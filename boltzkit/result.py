@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -13,7 +16,8 @@ import numpy as np
 import torch
 
 from ._utils import atomic_path, versions
-from .errors import BoltzkitError, TargetError, UnreliableEstimateWarning
+from .errors import (BoltzkitError, FileAccessError, MissingFileError, ResultFileError, TargetError,
+                     UnreliableEstimateWarning)
 from .estimators.importance import normalized_weights, self_normalized_expectation
 
 FORMAT_VERSION = 1
@@ -48,6 +52,41 @@ def _unjson(obj):
     if obj in ("nan", "inf", "-inf"):
         return float(obj)
     return obj
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+@contextmanager
+def _open_result_file(path: Path):
+    """``np.load`` of ``path`` (no pickle), with every access failure named as a boltzkit error."""
+    if path.is_dir():
+        hint = ("; it is a sample_to() folder: read it with boltzkit.result.iter_shards(path)"
+                if (path / "index.json").exists() else "")
+        raise FileAccessError(f"{path} is a folder, not a result file{hint}")
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError as exc:
+        raise MissingFileError(f"no result file at {path}") from exc
+    except PermissionError as exc:
+        raise FileAccessError(f"cannot read {path}: permission denied") from exc
+    except OSError as exc:
+        raise FileAccessError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    with fh:
+        head = fh.read(4)
+        if not head:
+            raise ResultFileError(f"{path} is empty (0 bytes): the save was interrupted or the copy failed")
+        if head != _ZIP_MAGIC:
+            raise ResultFileError(f"{path} is not an npz file (it starts with {head!r}, not a zip "
+                                  "header); boltzkit results are written by Result.save")
+        fh.seek(0)
+        try:
+            data = np.load(fh, allow_pickle=False)
+        except (zipfile.BadZipFile, EOFError, zlib.error, OSError, ValueError) as exc:
+            raise ResultFileError(f"{path} is truncated or corrupt (an npz whose zip directory "
+                                  f"cannot be read: {exc}); save or copy it again") from exc
+        with data:
+            yield data
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,19 +291,50 @@ class Result:
 
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "Result":
-        """Read a file written by :meth:`save` (never unpickles)."""
+        """Read a file written by :meth:`save` (never unpickles).
+
+        Every failure is a :class:`~boltzkit.errors.BoltzkitError` naming the file and the
+        problem: :class:`~boltzkit.errors.MissingFileError` / ``FileAccessError`` (no such file,
+        a folder, not readable) or :class:`~boltzkit.errors.ResultFileError` (empty, truncated,
+        not an npz, object arrays or other unsupported content, a newer format version).
+        """
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no result file at {path}")
-        with np.load(path, allow_pickle=False) as data:
-            if "__meta__" not in data:
-                raise BoltzkitError(f"{path} is not a boltzkit result file (no __meta__ entry)")
-            meta = _unjson(json.loads(str(data["__meta__"])))
-            if meta.get("format_version", 0) > FORMAT_VERSION:
-                raise BoltzkitError(f"{path} was written by a newer boltzkit; upgrade to read it")
-            samples = torch.from_numpy(data["samples"].copy())
-            lw = torch.from_numpy(data["log_weights"].copy()) if "log_weights" in data else None
-            history = {k: data[f"history_{i}"].copy() for i, k in enumerate(meta["history_keys"])}
+        with _open_result_file(path) as data:
+            try:
+                return cls._from_npz(data, path)
+            except BoltzkitError as exc:
+                if isinstance(exc, (ResultFileError, FileAccessError)):
+                    raise
+                raise ResultFileError(f"{path} holds an invalid result: {exc}") from exc
+            except ValueError as exc:
+                if "pickle" in str(exc):
+                    raise ResultFileError(
+                        f"{path} holds object arrays (pickled Python objects); boltzkit never "
+                        "unpickles, since loading pickles can run arbitrary code. Only files "
+                        "written by Result.save can be read") from exc
+                raise ResultFileError(f"{path} is not a readable boltzkit result: {exc}") from exc
+            except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
+                raise ResultFileError(f"{path} is truncated or corrupt ({exc}); "
+                                      "save or copy it again") from exc
+            except (KeyError, TypeError, AttributeError) as exc:
+                raise ResultFileError(f"{path} is not a readable boltzkit result "
+                                      f"(unexpected content: {exc!r})") from exc
+
+    @classmethod
+    def _from_npz(cls, data, path: Path) -> "Result":
+        if "__meta__" not in data.files or "samples" not in data.files:
+            raise ResultFileError(f"{path} is an npz file but not a boltzkit result "
+                                  f"(entries {sorted(data.files)[:6]}; a result has __meta__ and samples)")
+        meta = _unjson(json.loads(str(data["__meta__"])))
+        if not isinstance(meta, dict):
+            raise ResultFileError(f"{path} has a malformed header (not a JSON object)")
+        version = meta.get("format_version", 0)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ResultFileError(f"{path} uses result format version {version!r}, newer than this "
+                                  f"boltzkit reads ({FORMAT_VERSION}); upgrade boltzkit to read it")
+        samples = torch.from_numpy(data["samples"].copy())
+        lw = torch.from_numpy(data["log_weights"].copy()) if "log_weights" in data.files else None
+        history = {k: data[f"history_{i}"].copy() for i, k in enumerate(meta.get("history_keys", []))}
         kw = {f.name: meta[f.name] for f in fields(cls) if f.name in meta}
         return cls(samples=samples, log_weights=lw, history=history, **kw)
 
@@ -299,14 +369,35 @@ def result_from_log_weights(samples, log_weights, *, log_z0: float = 0.0, exact_
 
 def iter_shards(path):
     """Yield ``(samples, log_weights or None)`` numpy chunks of a folder written by
-    :meth:`boltzkit.samplers.base.Sampler.sample_to`, one shard at a time (no pickle)."""
-    import json
+    :meth:`boltzkit.samplers.base.Sampler.sample_to`, one shard at a time (no pickle).
 
+    A missing, unreadable or unfinished folder, or a damaged shard, raises a boltzkit error
+    naming the folder or the shard file."""
     folder = Path(path)
     index_file = folder / "index.json"
-    if not index_file.exists():
-        raise FileNotFoundError(f"{folder} has no index.json: it is not a finished sample_to() folder")
-    index = json.loads(index_file.read_text())
-    for shard in index["shards"]:
-        with np.load(folder / shard["file"], allow_pickle=False) as data:
-            yield data["samples"], (data["log_weights"] if "log_weights" in data.files else None)
+    try:
+        text = index_file.read_text()
+    except FileNotFoundError as exc:
+        what = " (the folder does not exist)" if not folder.exists() else ""
+        raise MissingFileError(f"{folder} has no index.json: it is not a finished sample_to() "
+                               f"folder{what}") from exc
+    except PermissionError as exc:
+        raise FileAccessError(f"cannot read {index_file}: permission denied") from exc
+    except OSError as exc:
+        raise FileAccessError(f"cannot read {index_file}: {exc.strerror or exc}") from exc
+    try:
+        index = json.loads(text)
+        shards = [folder / s["file"] for s in index["shards"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ResultFileError(f"{index_file} is not a valid sample_to() index ({exc!r})") from exc
+    for shard in shards:
+        with _open_result_file(shard) as data:
+            try:
+                yield data["samples"], (data["log_weights"] if "log_weights" in data.files else None)
+            except KeyError as exc:
+                raise ResultFileError(f"shard {shard} has no samples entry") from exc
+            except ValueError as exc:
+                raise ResultFileError(f"shard {shard} holds object arrays, which boltzkit never "
+                                      "unpickles") from exc
+            except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
+                raise ResultFileError(f"shard {shard} is truncated or corrupt ({exc})") from exc

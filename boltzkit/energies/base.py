@@ -340,7 +340,9 @@ def check_energy_values(u: torch.Tensor, batch: int, *, name: str = "energy",
     if bool(bad.any()):
         idx = bad.nonzero().flatten()
         kind = "NaN" if allow_inf else "NaN or infinite"
-        raise TargetError(f"{name} returned {int(idx.numel())} {kind} values out of {batch} "
+        from ..errors import NonFiniteEnergyError
+
+        raise NonFiniteEnergyError(f"{name} returned {int(idx.numel())} {kind} values out of {batch} "
                           f"(first at batch index {int(idx[0])}); the energy must be finite on "
                           "the domain. Check for overflow or log of non-positive numbers.")
     return u

@@ -70,6 +70,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._finite import check_energies
 from .._registry import register
 from .._utils import progress_bar
 from ..domains import Categorical, Reals
@@ -255,6 +256,7 @@ def metropolis_sweep(energy, x: torch.Tensor, *, generator: torch.Generator, sca
         prop = idx.clone()
         prop[rows, site] = (idx[rows, site] + shift) % q
         u_prop = energy.energy(dom.decode(prop.reshape(B, *dom.event_shape))).double()
+        check_energies(u_prop, prop, name=f"{energy.name}.energy", where="in a Metropolis proposal")
         log_u = torch.rand(B, generator=generator, device=x.device, dtype=torch.float64).log()
         acc = log_u < -scale * (u_prop - u)
         idx = torch.where(acc[:, None], prop, idx)
@@ -277,9 +279,12 @@ class _Annealer:
         self.s2 = float(init_std) ** 2
         self.dim = target.domain.dim
         self.log_z0 = 0.5 * self.dim * math.log(2.0 * math.pi * self.s2)
+        self.where = "at the reference draws"
 
     def raw(self, y):
-        return self.target.energy(y), self.target.grad_energy(y)
+        u, g = self.target.energy(y), self.target.grad_energy(y)
+        check_energies(u, y, grad=g, name=f"{self.target.name}.energy", where=self.where)
+        return u, g
 
     def u0(self, y):
         return 0.5 * (y * y).sum(-1) / self.s2
@@ -313,6 +318,7 @@ class _Annealer:
         running = [(zero + self.log_z0, zero)]
         for k in range(1, lambdas.size):
             lam, dlam = float(lambdas[k]), float(lambdas[k] - lambdas[k - 1])
+            self.where = f"at annealing level {k} of {lambdas.size - 1}"
             logw += dlam * (self.u0(x).double() - u.double())
             running.append(running_log_z(logw, log_acc, self.log_z0))
             if resample_ess is not None:
@@ -558,6 +564,7 @@ class AIS(Sampler):
         for k in range(1, lambdas.size):
             lam, dlam = float(lambdas[k]), float(lambdas[k] - lambdas[k - 1])
             u = self.target.energy(x).double()
+            check_energies(u, x, name=f"{self.target.name}.energy", where=f"at ais level {k} of {lambdas.size - 1}")
             logw -= dlam * u
             running.append(running_log_z(logw, one, log_z0))
             rate = 0.0

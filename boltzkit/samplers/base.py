@@ -27,7 +27,8 @@ from .. import distributed as dist
 from .._utils import (atomic_path, progress_bar, progress_enabled, rank_generators, resolve_device,
                       resolve_seed)
 from ..energies.base import validate_target
-from ..errors import ConfigError, TrainingDivergedError, UnreliableEstimateWarning
+from .._finite import at_step
+from ..errors import ConfigError, NonFiniteEnergyError, TrainingDivergedError, UnreliableEstimateWarning
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -317,7 +318,10 @@ class TrainableSampler(Sampler):
                            enabled=self.progress) if progress_enabled(self.progress) else progress_bar(enabled=False)
         try:
             while self.step < n_steps:
-                metrics = self.train_step()
+                try:
+                    metrics = self.train_step()
+                except NonFiniteEnergyError as exc:  # the energy's fault, with the step added
+                    raise at_step(exc, f"{self.name} training step {self.step + 1} of {n_steps}") from None
                 self.step += 1
                 if dist.is_distributed():  # history (and the divergence check) see the rank mean
                     metrics = dist.all_reduce_mean({k: float(v) for k, v in metrics.items()})

@@ -54,6 +54,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .._finite import check_energies
 from .._registry import register
 from .._utils import progress_bar
 from ..domains import Reals
@@ -279,7 +280,10 @@ class MALA(Sampler):
         return math.exp(self.log_step)
 
     def _potential(self, y):
-        return self.work.energy(y), self.work.grad_energy(y)
+        u, g = self.work.energy(y), self.work.grad_energy(y)
+        where = f"at mala step {self.n_total + 1}" if self.state is not None else "at mala's starting states"
+        check_energies(u, y, grad=g, name=f"{self.target.name}.energy", where=where)  # never a silent rejection
+        return u, g
 
     def _step(self, generator) -> torch.Tensor:
         with torch.no_grad():

@@ -138,6 +138,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import distributed as dist
+from .._finite import check_energies
 from .._registry import register
 from ..domains import Reals
 from ..energies.base import framed
@@ -355,7 +356,9 @@ class AnnealedLangevin:
         """Clipped, projected ``grad E(x)``, cached for the last state tensor seen."""
         g = self._cache.get(x)
         if g is None:
-            g = self._proj(self._clip(self.energy.grad_energy(x.detach())))
+            g = self.energy.grad_energy(x.detach())
+            check_energies(None, x, grad=g, name=f"{self.energy.name}.energy", energy_fn=self.energy.energy)
+            g = self._proj(self._clip(g))
             self.n_grad += x.shape[0]
             self._cache.put(x, g)
         return g
@@ -374,6 +377,7 @@ class AnnealedLangevin:
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self.energy.energy(xg).sum(), xg, create_graph=True)
+            check_energies(None, x, grad=g, name=f"{self.energy.name}.energy", energy_fn=self.energy.energy)
             gc = self._proj(self._clip(g))
             (hv,) = torch.autograd.grad(gc, xg, grad_outputs=a.detach())
         self.n_grad += x.shape[0]
@@ -497,7 +501,9 @@ class NAAS(TrainableSampler):
         x = path.x
         if not bool(torch.isfinite(x).all()):
             return x, None, path
-        log_gamma = -self.work.energy(x).to(torch.float64)
+        u = self.work.energy(x)
+        check_energies(u, x, name=f"{self.work.name}.energy", where="at the trajectories' end states")
+        log_gamma = -u.to(torch.float64)
         lw = log_gamma + path.log_bwd - path.log_fwd + lw_start + self._log_det
         return x, lw, path
 

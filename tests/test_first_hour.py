@@ -1,0 +1,250 @@
+"""A new user's first hour: named errors on result files and non-finite energies, progress
+reports that reach logs and notebooks, exact log Z where cheap, and results that say first
+whether they can be trusted."""
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+import boltzkit as bk
+from boltzkit.cli import main
+from boltzkit.errors import BoltzkitError, FileAccessError, MissingFileError, ResultFileError
+from boltzkit.result import Result, iter_shards
+
+
+def _result(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return Result(samples=x, log_weights=torch.zeros(n, dtype=torch.float64), log_z=0.0,
+                  log_z_stderr=0.01, ess=float(n), method="ais", target={"name": "toy"})
+
+
+# ----------------------------------------------------------------------------- result files
+def _bad_files(tmp_path):
+    good = _result().save(tmp_path / "good.npz")
+    blob = good.read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(blob[: len(blob) // 2])
+    (tmp_path / "text.npz").write_text("samples,log_z\n1,2\n")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.savez(tmp_path / "objects.npz", samples=np.zeros((2, 2)),
+             __meta__=np.array([{"x": 1}], dtype=object))
+    np.savez(tmp_path / "foreign.npz", a=np.zeros(3))
+    meta = json.loads(str(np.load(good)["__meta__"]))
+    meta["format_version"] = 99
+    np.savez(tmp_path / "newer.npz", samples=np.zeros((2, 2)), __meta__=np.array(json.dumps(meta)))
+    (tmp_path / "folder").mkdir()
+    return {  # file -> words the message must contain
+        "truncated.npz": "truncated",
+        "text.npz": "not an npz",
+        "empty.npz": "empty",
+        "objects.npz": "object arrays",
+        "foreign.npz": "not a boltzkit result",
+        "newer.npz": "newer",
+        "folder": "folder",
+    }
+
+
+def test_every_load_failure_is_a_named_boltzkit_error(tmp_path):
+    cases = _bad_files(tmp_path)
+    for name, words in cases.items():
+        with pytest.raises(BoltzkitError) as info:
+            Result.load(tmp_path / name)
+        msg = str(info.value)
+        assert str(tmp_path / name) in msg, msg  # names the file
+        assert words in msg, msg  # and the problem
+        assert ".tmp" not in msg
+    with pytest.raises(MissingFileError, match="no result file at"):
+        Result.load(tmp_path / "missing.npz")
+    with pytest.raises(FileNotFoundError):  # still a FileNotFoundError for ordinary except clauses
+        Result.load(tmp_path / "missing.npz")
+    with pytest.raises(ResultFileError):  # and a ValueError for the content errors
+        Result.load(tmp_path / "objects.npz")
+    # negative control: the good file loads
+    assert Result.load(tmp_path / "good.npz").n_samples == 64
+
+
+def test_load_never_unpickles(tmp_path, monkeypatch):
+    np.savez(tmp_path / "objects.npz", samples=np.zeros((2, 2)),
+             __meta__=np.array([{"x": 1}], dtype=object))
+    import pickle
+
+    def forbidden(*a, **k):
+        raise AssertionError("pickle.load was called")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    with pytest.raises(ResultFileError, match="object arrays"):
+        Result.load(tmp_path / "objects.npz")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions, not root")
+def test_unreadable_file_and_folder_are_named(tmp_path):
+    path = _result().save(tmp_path / "r.npz")
+    path.chmod(0)
+    try:
+        with pytest.raises(FileAccessError, match=f"cannot read {path}: permission denied"):
+            Result.load(path)
+    finally:
+        path.chmod(0o644)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "index.json").write_text("{}")
+    folder.chmod(0)
+    try:
+        with pytest.raises(FileAccessError, match="permission denied") as info:
+            next(iter_shards(folder))
+        assert str(folder) in str(info.value)
+    finally:
+        folder.chmod(0o755)
+    with pytest.raises(ResultFileError, match=f"{folder}.*not a valid sample_to"):
+        next(iter_shards(folder))
+
+
+def test_cli_info_prints_one_line_not_a_traceback(tmp_path, capsys):
+    cases = _bad_files(tmp_path)
+    for name in ("truncated.npz", "text.npz", "objects.npz", "folder"):
+        assert main(["info", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and str(tmp_path / name) in err and "Traceback" not in err
+    assert main(["info", str(tmp_path / "missing.npz")]) == 2
+    assert "no result file" in capsys.readouterr().err
+    assert len(cases) == 7
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_saved_files_honour_the_umask_and_failures_name_the_target(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = _result().save(tmp_path / "shared.npz")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.umask(0o077)
+        private = _result().save(tmp_path / "private.npz")
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+    # overwriting keeps the mode the file had
+    path.chmod(0o664)
+    _result(seed=1).save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            with pytest.raises(FileAccessError) as info:
+                _result().save(ro / "r.npz")
+            assert f"could not write {ro / 'r.npz'}" in str(info.value)
+            assert ".tmp" not in str(info.value)
+        finally:
+            ro.chmod(0o755)
+
+
+def test_failed_save_leaves_the_earlier_file_intact(tmp_path, monkeypatch):
+    path = _result().save(tmp_path / "r.npz")
+    before = path.read_bytes()
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device", str(tmp_path / ".r.npz.x.tmp"))
+
+    monkeypatch.setattr(np, "savez_compressed", full)
+    with pytest.raises(FileAccessError) as info:
+        _result(seed=3).save(path)
+    monkeypatch.undo()
+    assert str(info.value) == f"could not write {path}: No space left on device"
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.npz"]
+
+
+# ----------------------------------------------------------------------------- progress
+def _fast_reports(monkeypatch):
+    from boltzkit import _utils
+
+    monkeypatch.setattr(_utils, "PROGRESS_MIN_INTERVAL_S", 0.0)
+    monkeypatch.setattr(_utils, "LONG_RUN_S", 0.0)
+    monkeypatch.setattr(_utils, "ESTIMATE_AFTER_S", 0.0)
+
+
+def test_progress_goes_to_logs_when_stderr_is_not_a_terminal(monkeypatch, capsys):
+    _fast_reports(monkeypatch)
+    target = bk.energies.Ising(L=4, beta=0.3)
+    bk.sample(target, "ais", n_samples=64, n_steps=40, seed=0)  # progress=None, stderr captured
+    err = capsys.readouterr().err.strip().splitlines()
+    steps = [ln for ln in err if "step " in ln and "ETA" in ln]
+    assert len(steps) >= 9, err  # a line every 10 %
+    assert all(ln.startswith("boltzkit | ais") for ln in steps)
+    assert "acc=" in steps[-1]  # the metrics
+    assert sum("will take about" in ln for ln in err) == 1  # the estimate, once
+    assert "done in" in err[-1]
+    bk.sample(target, "ais", n_samples=64, n_steps=40, seed=0, progress=False)
+    assert capsys.readouterr().err == ""  # progress=False silences (the negative control)
+
+
+def test_progress_is_quiet_for_short_runs_and_a_bar_in_notebooks(monkeypatch, capsys):
+    from boltzkit import _utils
+
+    bar = _utils.progress_bar(total=5, desc="short", enabled=None)
+    for _ in range(5):
+        bar.update(1)
+    bar.close()
+    assert capsys.readouterr().err == ""  # seconds-long work prints nothing
+    monkeypatch.setattr(_utils, "_in_notebook", lambda: True)
+    assert _utils.progress_mode(None) == "bar" and _utils.progress_mode(False) == "off"
+    bar = _utils.progress_bar(total=3, desc="nb", enabled=True)
+    assert bar.bar is not None  # tqdm.auto: a widget in Jupyter
+    bar.close()
+    assert _utils.format_duration(3725) == "1 h 02 min" and _utils.format_duration(75) == "1 min 15 s"
+
+
+# ----------------------------------------------------------------------------- NaN during sampling
+class LateNaN(bk.energies.Energy):
+    """A standard normal whose energy gains sqrt(1.5 - x0) after ``after`` evaluations: NaN (with
+    NaN gradients) on the region x0 > 1.5 that the 8-state pre-check and the first steps miss."""
+
+    def __init__(self, after):
+        super().__init__(bk.domains.Reals(2), "LateNaN")
+        self.after, self.calls = after, 0
+
+    def energy(self, x):
+        self.calls += 1
+        u = 0.5 * (x * x).sum(-1)
+        if self.calls > self.after:
+            u = u + torch.sqrt(1.5 - x[:, 0]) - 1.5 ** 0.5
+        return u
+
+
+_RUNS = {  # method -> (options, words naming where in the run)
+    "naas": (dict(n_steps=4, batch_size=64, n_time_steps=16, prior_time_steps=8, hidden=16,
+                  train_batch_size=64, sample_batch_size=256), "naas training step"),
+    "mala": (dict(n_steps=60, n_chains=64), "mala step"),
+    "ais": (dict(n_steps=60), "annealing level"),
+}
+
+
+@pytest.mark.parametrize("method", sorted(_RUNS))
+def test_nan_late_in_a_run_is_named_not_dropped_or_called_divergence(method):
+    opts, where = _RUNS[method]
+    with pytest.raises(bk.errors.NonFiniteEnergyError) as info:
+        bk.sample(LateNaN(after=30), method, n_samples=256, seed=0, progress=False, **opts)
+    msg = str(info.value)
+    assert "LateNaN.energy returned" in msg and "NaN" in msg, msg  # names the non-finite values
+    assert where in msg and "x[0] in [" in msg, msg  # the step and the states' range
+    assert "diverged" not in msg and not isinstance(info.value, bk.errors.TrainingDivergedError)
+    lo = float(msg.split("x[0] in [")[1].split(",")[0])
+    assert lo > 1.5  # the NaN states are exactly those with x0 > 1.5
+    # negative control: the same target with the NaN region never switched on runs through
+    res = bk.sample(LateNaN(after=10**9), method, n_samples=256, seed=0, progress=False, **opts)
+    assert torch.isfinite(res.samples).all()
+
+
+def test_plus_inf_is_zero_density_not_an_error():
+    from boltzkit._finite import check_energies
+
+    x = torch.tensor([[0.0, 0.0], [1.0, 2.0], [3.0, 0.5]])
+    check_energies(torch.tensor([0.0, float("inf"), 1.0]), x, name="E")  # +inf: fine
+    with pytest.raises(bk.errors.NonFiniteEnergyError, match=r"1 NaN and 1 -inf energies out of 3 states here"):
+        check_energies(torch.tensor([float("nan"), float("-inf"), 1.0]), x, name="E", where="here")
+    with pytest.raises(bk.errors.NonFiniteEnergyError, match="non-finite gradients"):
+        check_energies(torch.zeros(3), x, grad=torch.tensor([[0.0, float("nan")], [0, 0], [0, 0]]), name="E")
