@@ -1,0 +1,150 @@
+"""BAR / MBAR through pymbar, profiles and thermodynamic curves, against exact truths.
+
+Harmonic oscillators ``u_k(x) = k |x|^2 / 2`` in d dimensions: ``F_k = -(d/2) log(2 pi / k)``,
+so ``F_b - F_a = (d/2) log(k_b / k_a)`` and ``E_k[|x|^2] = d / k``. Exact draws make the
+samples; every check uses the estimator's own error bar and has a negative control.
+"""
+
+import math
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from _stats import assert_consistent, assert_rejects
+import boltzkit as bk
+from boltzkit.energies import Energy, Gaussian
+from boltzkit.domains import Reals
+from boltzkit.errors import MissingDependencyError, TargetError
+from boltzkit.result import Result, result_from_log_weights
+
+pymbar = pytest.importorskip("pymbar")
+
+D = 2
+KS = (1.0, 2.0, 4.0)
+
+
+def oscillator(k, d=D):
+    return Gaussian(mean=np.zeros(d), std=1.0 / math.sqrt(k))
+
+
+def exact_result(k, n, seed, d=D):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) / math.sqrt(k)
+    return Result(samples=x, ess=float(n), diagnostics={"log_z_unavailable": "exact draws"},
+                  method="exact", target=oscillator(k, d).to_config())
+
+
+def df_exact(ka, kb, d=D):
+    return 0.5 * d * math.log(kb / ka)
+
+
+# ----------------------------------------------------------------------------- BAR
+def test_bar_harmonic_oscillators_analytic_and_negative_control():
+    ra, rb = exact_result(1.0, 2000, 1), exact_result(4.0, 2000, 2)
+    est = bk.free_energy_difference(ra, rb, targets=(oscillator(1.0), oscillator(4.0)))
+    truth = df_exact(1.0, 4.0)
+    assert est.method == "BAR" and est.n_samples == (2000, 2000) and 0 < est.overlap <= 1
+    assert_consistent(est.value, est.stderr, truth, what="BAR Delta F")
+    assert_rejects(est.value, est.stderr, truth + 0.15, what="BAR Delta F")
+    dF, se = est  # unpacks
+    assert dF == est.value and "BAR" in repr(est) and "kT" in repr(est)
+
+
+def test_bar_agrees_with_pymbar_called_directly():
+    ra, rb = exact_result(1.0, 500, 3), exact_result(2.0, 400, 4)
+    ta, tb = oscillator(1.0), oscillator(2.0)
+    est = bk.free_energy_difference(ra, rb, targets=(ta, tb))
+    xa, xb = ra.samples, rb.samples
+    w_f = (tb.energy(xa) - ta.energy(xa)).numpy()
+    w_r = (ta.energy(xb) - tb.energy(xb)).numpy()
+    ref = pymbar.other_estimators.bar(w_f, w_r)
+    assert est.value == pytest.approx(ref["Delta_f"], abs=1e-10)
+    assert est.stderr == pytest.approx(ref["dDelta_f"], rel=1e-8)
+
+
+def test_bar_from_weighted_and_correlated_results():
+    # state a from importance sampling (proposal N(0, 1.5^2)): resampled to its ESS;
+    # state b from a "chain" that repeats every draw 4 times (ESS = n/4): thinned
+    g = torch.Generator().manual_seed(5)
+    xq = 1.5 * torch.randn(4000, D, generator=g, dtype=torch.float64)
+    lw = -oscillator(1.0).energy(xq) - (-0.5 * (xq / 1.5).pow(2).sum(-1))
+    ra = result_from_log_weights(xq, lw, warn=False)
+    xb = exact_result(4.0, 1000, 6).samples.repeat_interleave(4, 0)
+    rb = Result(samples=xb, ess=1000.0, diagnostics={"log_z_unavailable": "chain"})
+    est = bk.free_energy_difference(ra, rb, targets=(oscillator(1.0), oscillator(4.0)))
+    assert est.n_samples[1] == 1000 and est.n_samples[0] == math.floor(ra.ess + 1e-9)
+    assert_consistent(est.value, est.stderr, df_exact(1.0, 4.0), what="BAR Delta F (weighted)")
+    assert_rejects(est.value, est.stderr, df_exact(1.0, 4.0) + 0.2, what="BAR Delta F (weighted)")
+
+
+# ----------------------------------------------------------------------------- MBAR
+def test_mbar_harmonic_oscillators_all_pairs_and_reweighting():
+    res = [exact_result(k, 1500, 10 + i) for i, k in enumerate(KS)]
+    tg = [oscillator(k) for k in KS]
+    m = bk.mbar(res, tg)
+    assert m.delta_f.shape == (3, 3) and m.covariance.shape == (3, 3)
+    for i, ki in enumerate(KS):
+        for j, kj in enumerate(KS):
+            if i != j:
+                assert_consistent(m.delta_f[i, j], m.stderr[i, j], df_exact(ki, kj), what=f"MBAR dF[{i},{j}]")
+    assert_rejects(m.delta_f[0, 2], m.stderr[0, 2], df_exact(1.0, 4.0) + 0.1, what="MBAR dF")
+    # stderr is the covariance's difference form
+    th = m.covariance
+    assert m.stderr[0, 2] == pytest.approx(math.sqrt(th[0, 0] + th[2, 2] - 2 * th[0, 2]), rel=1e-6)
+    # reweighting <|x|^2> to a sampled state and to a state that was not sampled (k = 3)
+    r2 = lambda x: x.pow(2).sum(-1)  # noqa: E731
+    mu, se = m.expectation(r2, state=1)
+    assert_consistent(mu, se, D / 2.0, what="<|x|^2> at k=2")
+    mu3, se3 = m.expectation(r2, state=oscillator(3.0))
+    assert_consistent(mu3, se3, D / 3.0, what="<|x|^2> at k=3 (reweighted)")
+    assert_rejects(mu3, se3, D / 3.0 * 1.1, what="<|x|^2> at k=3 (reweighted)")
+    f3 = m.free_energy(oscillator(3.0))
+    assert_consistent(f3.value, f3.stderr, df_exact(1.0, 3.0), what="F(k=3) - F(k=1)")
+    assert "MBAR over 3 states" in repr(m)
+
+
+def test_mbar_agrees_with_pymbar_called_directly():
+    res = [exact_result(k, 300, 20 + i) for i, k in enumerate(KS)]
+    tg = [oscillator(k) for k in KS]
+    m = bk.mbar(res, tg)
+    x = torch.cat([r.samples for r in res])
+    u = np.stack([t.energy(x).numpy() for t in tg])
+    ref = pymbar.MBAR(u, np.array([300, 300, 300])).compute_free_energy_differences()
+    np.testing.assert_allclose(m.delta_f, ref["Delta_f"], atol=1e-7)
+    np.testing.assert_allclose(m.stderr, ref["dDelta_f"], rtol=1e-5, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- validation
+def test_bad_inputs_raise_clear_errors(monkeypatch):
+    ra, rb = exact_result(1.0, 50, 1), exact_result(2.0, 50, 2)
+    with pytest.raises(TargetError, match="targets explicitly"):
+        bk.free_energy_difference(ra, rb)
+    with pytest.raises(TargetError, match="one domain"):
+        bk.free_energy_difference(ra, rb, targets=(oscillator(1.0), oscillator(2.0, d=3)))
+    r3 = exact_result(2.0, 50, 2, d=3)
+    with pytest.raises(TargetError, match="order of the results|does not hold"):
+        bk.free_energy_difference(ra, r3, targets=(oscillator(1.0), oscillator(2.0)))
+    empty = Result(samples=torch.zeros(0, D), diagnostics={"log_z_unavailable": "none"})
+    with pytest.raises(TargetError, match="no samples"):
+        bk.free_energy_difference(ra, empty, targets=(oscillator(1.0), oscillator(2.0)))
+    wall = Energy.from_function(lambda x: torch.where(x[:, 0] > 0, 0.5 * x.pow(2).sum(-1),
+                                                      torch.full_like(x[:, 0], math.inf)),
+                                domain=Reals(D), name="half-space")
+    with pytest.raises(TargetError, match="not finite"):
+        bk.mbar([ra, rb], [wall, oscillator(2.0)])
+    with pytest.raises(TargetError, match="at least two"):
+        bk.mbar([ra], [oscillator(1.0)])
+    monkeypatch.setitem(sys.modules, "pymbar", None)
+    with pytest.raises(MissingDependencyError, match="free_energy"):
+        bk.free_energy_difference(ra, rb, targets=(oscillator(1.0), oscillator(2.0)))
+
+
+def test_poor_overlap_warns():
+    from boltzkit.errors import UnreliableEstimateWarning
+
+    ra, rb = exact_result(1.0, 200, 1), exact_result(2000.0, 200, 2)
+    with pytest.warns(UnreliableEstimateWarning, match="overlap"):
+        bk.free_energy_difference(ra, rb, targets=(oscillator(1.0), oscillator(2000.0)))
