@@ -41,6 +41,7 @@ Failure modes
 
 from __future__ import annotations
 
+import builtins
 import logging
 import math
 import warnings
@@ -279,6 +280,13 @@ class MultistateFreeEnergies:
                                     (self.states[ref], getattr(state, "name", "new state")),
                                     (int(self.n_samples.sum()), 0), self.overlap)
 
+    def free_energy_profile(self, cv, bins=50, *, state=0, range=None) -> "FreeEnergyProfile":
+        """``F(s)`` (kT, lowest bin 0) of one state (an index or any energy target on the domain)
+        from all pooled samples, through pymbar's histogram FES with analytic error bars
+        (of the difference to the lowest bin). ``cv``, ``bins`` and ``range`` as in
+        :meth:`boltzkit.result.Result.free_energy_profile`."""
+        return _mbar_profile(self, cv, bins, state=state, range=range)
+
     def __repr__(self):
         w = max(len(s) for s in self.states)
         rows = [f"MBAR over {len(self.states)} states ({int(self.n_samples.sum())} draws; "
@@ -370,3 +378,293 @@ def mbar(results: Sequence, targets: Sequence, *, seed: int = 0,
     return MultistateFreeEnergies(np.asarray(out["Delta_f"]), np.asarray(out["dDelta_f"]),
                                   np.asarray(out["Theta"]), tuple(names), n_k, overlap,
                                   m, x, u, tuple(targets))
+
+
+# ----------------------------------------------------------------------------- profiles
+PROFILE_REFERENCE = ("F(s) = -log p(s) + c in kT, with p(s) the probability density of the collective "
+                     "variable and c chosen so that the lowest bin has F = 0; error bars are those of "
+                     "the difference F(s) - F(lowest bin), hence 0 at that bin")
+
+
+@dataclass(frozen=True, eq=False)
+class FreeEnergyProfile:
+    """A free-energy profile ``F(s)`` (kT) on a histogram grid of a collective variable.
+
+    Attributes
+    ----------
+    edges : tuple of ndarrays, the bin edges along each CV dimension (radians for angles)
+    f : ndarray ``(b,)`` or ``(b1, b2)``, F in kT relative to the lowest bin; NaN where no
+        sample falls
+    stderr : same shape, standard error of ``f`` (of the difference to the lowest bin)
+    names, periodic : of the CV dimensions
+    method : how ``f`` and ``stderr`` were computed
+    reference : the reference state, in words
+    n_samples : samples used
+    state : the state the profile belongs to
+    """
+
+    edges: tuple
+    f: np.ndarray
+    stderr: np.ndarray
+    names: tuple
+    periodic: tuple
+    method: str
+    n_samples: int
+    state: str = ""
+    reference: str = PROFILE_REFERENCE
+
+    @property
+    def centers(self) -> tuple:
+        return tuple(0.5 * (e[1:] + e[:-1]) for e in self.edges)
+
+    def _axis(self, d: int):
+        c, lab = self.centers[d], self.names[d]
+        if self.periodic[d]:
+            return np.degrees(c), f"{lab} (deg)"
+        return c, lab
+
+    def table(self) -> list:
+        """One dict per bin: CV values at the bin centre (degrees for angles), F, stderr."""
+        grids = np.meshgrid(*[self._axis(d)[0] for d in range(len(self.names))], indexing="ij")
+        rows = []
+        for idx in np.ndindex(self.f.shape):
+            row = {self.names[d] + ("_deg" if self.periodic[d] else ""): float(grids[d][idx])
+                   for d in range(len(self.names))}
+            row.update(F_kT=float(self.f[idx]), stderr_kT=float(self.stderr[idx]))
+            rows.append(row)
+        return rows
+
+    def to_csv(self, path) -> "str":
+        rows = self.table()
+        keys = list(rows[0])
+        lines = [",".join(keys)] + [",".join(f"{r[k]:.8g}" for k in keys) for r in rows]
+        with open(path, "w") as fh:
+            fh.write(f"# {self.reference}; method: {self.method}; state: {self.state}\n")
+            fh.write("\n".join(lines) + "\n")
+        return str(path)
+
+    def to_json(self, path) -> "str":
+        import json
+
+        doc = {"names": list(self.names), "periodic": list(self.periodic), "method": self.method,
+               "reference": self.reference, "state": self.state, "n_samples": self.n_samples,
+               "edges": [e.tolist() for e in self.edges],
+               "F_kT": np.where(np.isfinite(self.f), self.f, None).tolist(),
+               "stderr_kT": np.where(np.isfinite(self.stderr), self.stderr, None).tolist()}
+        with open(path, "w") as fh:
+            json.dump(doc, fh, indent=1)
+        return str(path)
+
+    def plot(self, path=None, *, ax=None, max_kT: "float | None" = None, contours: bool = True,
+             exact=None, label=None):
+        """1-D: F with a +-1 stderr band (and ``exact``, an array of F at the centres, dashed);
+        2-D: a map of F clipped at ``max_kT`` with contour lines every 1 kT (Ramachandran style)."""
+        from .plot import _plt
+
+        plt = _plt()
+        if ax is None:
+            _, ax = plt.subplots(figsize=(4.6, 3.6) if len(self.names) == 1 else (4.8, 4.0))
+        if len(self.names) == 1:
+            x, xl = self._axis(0)
+            lo, hi = self.f - self.stderr, self.f + self.stderr
+            ax.plot(x, self.f, color="C0", label=label or "estimate")
+            ax.fill_between(x, lo, hi, color="C0", alpha=0.3, lw=0, label="+-1 stderr")
+            if exact is not None:
+                ax.plot(x, exact, "k--", lw=1, label="exact")
+            ax.set(xlabel=xl, ylabel="F (kT)")
+            if max_kT is not None:
+                ax.set_ylim(top=max_kT)
+            ax.legend(frameon=False, fontsize=8)
+        elif len(self.names) == 2:
+            ex = [np.degrees(e) if p else e for e, p in zip(self.edges, self.periodic)]
+            top = float(np.nanmax(self.f)) if max_kT is None else float(max_kT)
+            fm = np.ma.masked_invalid(np.minimum(self.f, top))
+            mesh = ax.pcolormesh(ex[0], ex[1], fm.T, cmap="viridis", vmin=0.0, vmax=top, shading="flat")
+            ax.figure.colorbar(mesh, ax=ax, label="F (kT)")
+            if contours and np.isfinite(self.f).sum() > 3:
+                cx, cy = self._axis(0)[0], self._axis(1)[0]
+                levels = np.arange(1.0, max(top, 1.0) + 1e-9, 1.0)
+                ax.contour(cx, cy, fm.T, levels=levels, colors="w", linewidths=0.5, alpha=0.8)
+            ax.set(xlabel=self._axis(0)[1], ylabel=self._axis(1)[1])
+            if all(self.periodic):
+                ax.set(xticks=range(-180, 181, 90), yticks=range(-180, 181, 90))
+        else:
+            raise TargetError("only 1-D and 2-D profiles can be plotted")
+        ax.set_title(label or f"free-energy profile ({self.state})" if self.state else "free-energy profile",
+                     fontsize=9)
+        if path is not None:
+            ax.figure.tight_layout()
+            ax.figure.savefig(path, dpi=130)
+        return ax
+
+    def __repr__(self):
+        ok = np.isfinite(self.f)
+        return (f"FreeEnergyProfile({', '.join(self.names)}; {'x'.join(map(str, self.f.shape))} bins, "
+                f"{int(ok.sum())} filled; F from 0 to {np.nanmax(self.f):.2f} kT; median stderr "
+                f"{np.nanmedian(self.stderr[ok]) if ok.any() else float('nan'):.2g} kT; {self.method})")
+
+
+def _edges(values: np.ndarray, bins, range_, periodic, w) -> tuple:
+    dims = values.shape[1]
+    if np.ndim(bins) == 0 or (np.ndim(bins) == 1 and len(bins) == dims and dims > 1
+                              and all(np.ndim(b) == 0 for b in bins)):
+        counts = [int(bins)] * dims if np.ndim(bins) == 0 else [int(b) for b in bins]
+        if any(c < 1 for c in counts):
+            raise TargetError(f"bins must be positive, got {bins!r}")
+        out = []
+        for d in range(dims):
+            if range_ is not None:
+                lo, hi = (range_[d] if dims > 1 else (range_[0] if np.ndim(range_[0]) else range_))
+            elif periodic[d]:
+                lo, hi = -math.pi, math.pi
+            else:
+                v = values[w > 0, d]
+                lo, hi = float(v.min()), float(v.max())
+                hi = hi if hi > lo else lo + 1.0
+                hi = float(np.nextafter(hi, np.inf))
+            if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+                raise TargetError(f"the range of {d}-th CV dimension must be finite with hi > lo, got {(lo, hi)}")
+            out.append(np.linspace(lo, hi, counts[d] + 1))
+        return tuple(out)
+    edges = [np.asarray(bins, float)] if dims == 1 and np.ndim(bins[0]) == 0 else [np.asarray(b, float) for b in bins]
+    if len(edges) != dims or any(e.ndim != 1 or e.size < 2 or not (np.diff(e) > 0).all() for e in edges):
+        raise TargetError(f"bins must be a number of bins or, per CV dimension, increasing edges; got {bins!r}")
+    return tuple(edges)
+
+
+def _bin_index(values: np.ndarray, edges: tuple) -> np.ndarray:
+    """Flat bin index of each row of ``values`` (C order over the grid), -1 outside."""
+    idx = []
+    ok = np.ones(values.shape[0], bool)
+    for d, e in enumerate(edges):
+        i = np.searchsorted(e, values[:, d], side="right") - 1
+        i[values[:, d] == e[-1]] = e.size - 2            # the last edge belongs to the last bin
+        ok &= (i >= 0) & (i < e.size - 1)
+        idx.append(np.clip(i, 0, e.size - 2))
+    flat = np.ravel_multi_index(idx, [e.size - 1 for e in edges])
+    return np.where(ok, flat, -1)
+
+
+def histogram_profile(values, weights, bins=50, *, range=None, periodic=None, names=None,
+                      n_bootstrap: int = 200, block: int = 1, seed: int = 0,
+                      state: str = "") -> FreeEnergyProfile:
+    """``F(s) = -log p(s)`` (kT, lowest bin 0) of weighted samples of a collective variable,
+    with bootstrap standard errors.
+
+    Parameters
+    ----------
+    values : array ``(n,)`` or ``(n, m)``, the CV of each sample
+    weights : array ``(n,)`` of non-negative sample weights (self-normalized importance
+        weights, or equal weights)
+    bins : number of bins per dimension, or the edges (per dimension)
+    range : ``(lo, hi)`` (per dimension); default: the samples' range, ``(-pi, pi)`` for angles
+    periodic : per dimension, whether it is an angle (default: none)
+    n_bootstrap : bootstrap replicates (pairs ``(s_i, w_i)`` resampled with replacement)
+    block : block length of a moving-block bootstrap (the statistical inefficiency of
+        correlated MCMC samples; 1 for independent samples)
+
+    The error bar of bin i is the delta-method one of ``log p_i - log p_j`` (j the lowest bin)
+    with the bootstrap covariance of the bin probabilities.
+    """
+    v = np.asarray(values, np.float64)
+    v = v[:, None] if v.ndim == 1 else v
+    n, dims = v.shape
+    w = np.asarray(weights, np.float64).reshape(-1)
+    if w.size != n:
+        raise TargetError(f"{w.size} weights for {n} samples")
+    if n < 2 or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise TargetError("a profile needs at least 2 samples with finite non-negative weights, not all 0")
+    periodic = tuple(periodic) if periodic is not None else (False,) * dims
+    names = tuple(names) if names is not None else tuple(f"s{d}" for d in builtins.range(dims))
+    edges = _edges(v, bins, range, periodic, w)
+    shape = tuple(e.size - 1 for e in edges)
+    nb = int(np.prod(shape))
+    idx = _bin_index(v, edges)
+    inside = idx >= 0
+    p = np.bincount(idx[inside], weights=w[inside], minlength=nb) / w.sum()
+    vol = np.ones(shape)
+    for d, e in enumerate(edges):
+        vol = vol * np.diff(e).reshape([-1 if k == d else 1 for k in builtins.range(dims)])
+    vol = vol.reshape(-1)
+    with np.errstate(divide="ignore"):
+        f_abs = -np.log(p / vol)
+    if not np.isfinite(f_abs).any():
+        raise TargetError("no sample falls inside the histogram range; widen range or bins")
+    j = int(np.nanargmin(np.where(np.isfinite(f_abs), f_abs, np.nan)))
+    # bootstrap covariance of the bin probabilities (only the filled bins)
+    filled = np.flatnonzero(p > 0)
+    rng = np.random.default_rng(seed)
+    block = max(1, int(block))
+    reps = []
+    chunk = max(1, int(2e7 // max(n, 1)))
+    for s in builtins.range(0, int(n_bootstrap), chunk):
+        b = min(chunk, int(n_bootstrap) - s)
+        if block == 1:
+            draw = rng.integers(0, n, size=(b, n))
+        else:
+            nblk = -(-n // block)
+            starts = rng.integers(0, max(n - block, 0) + 1, size=(b, nblk))
+            draw = (starts[:, :, None] + np.arange(block)).reshape(b, -1)[:, :n]
+        wb, ib = w[draw], idx[draw]
+        tot = wb.sum(1, keepdims=True)
+        off = (np.arange(b)[:, None] * nb + ib)[ib >= 0]
+        h = np.bincount(off, weights=wb[ib >= 0], minlength=b * nb).reshape(b, nb) / tot
+        reps.append(h[:, filled])
+    se = np.full(nb, np.nan)
+    if reps:
+        pb = np.concatenate(reps)
+        cov = np.cov(pb, rowvar=False, ddof=1).reshape(filled.size, filled.size)
+        pf = p[filled]
+        jj = int(np.flatnonzero(filled == j)[0])
+        var = (np.diag(cov) / pf**2 + cov[jj, jj] / pf[jj] ** 2 - 2.0 * cov[:, jj] / (pf * pf[jj]))
+        se[filled] = np.sqrt(np.maximum(var, 0.0))
+    f = f_abs - f_abs[j]
+    f[~np.isfinite(f)] = np.nan
+    method = (f"weighted histogram; {int(n_bootstrap)} bootstrap replicates"
+              + (f" in blocks of {block}" if block > 1 else ""))
+    return FreeEnergyProfile(edges, f.reshape(shape), se.reshape(shape), names, periodic, method,
+                             int(n), state)
+
+
+
+def profile_of_result(res, cv, bins=50, *, range=None, n_bootstrap: int = 200,
+                      seed: int = 0) -> FreeEnergyProfile:
+    """:meth:`boltzkit.result.Result.free_energy_profile` (weights respected; MCMC samples
+    bootstrapped in blocks of their statistical inefficiency)."""
+    from .cv import as_cv
+
+    cv = as_cv(cv, res.samples)
+    vals = cv(res.samples)
+    block = 1 if res.log_weights is not None else math.ceil(res._inflation() - 1e-9)
+    return histogram_profile(vals, res.weights(), bins, range=range, periodic=cv.periodic,
+                             names=cv.names, n_bootstrap=n_bootstrap, block=block, seed=seed,
+                             state=str(res.target.get("name", res.method)))
+
+
+def _mbar_profile(self: MultistateFreeEnergies, cv, bins=50, *, state=0, range=None) -> FreeEnergyProfile:
+    from .cv import as_cv
+
+    cv = as_cv(cv, self._x)
+    vals = cv(self._x)
+    k, u = self._state_u(state)
+    u_n = self._u_kn[k] if u is None else u[0]
+    edges = _edges(vals, bins, range, cv.periodic, np.ones(vals.shape[0]))
+    pm = pymbar_module()
+    fes = pm.FES(self._u_kn, self.n_samples, mbar_options={"initial_f_k": self._mbar.f_k})
+    fes.generate_fes(u_n, vals if vals.shape[1] > 1 else vals[:, 0], fes_type="histogram",
+                     histogram_parameters={"bin_edges": [e.copy() for e in edges]})
+    centers = np.stack([g.reshape(-1) for g in np.meshgrid(*[0.5 * (e[1:] + e[:-1]) for e in edges],
+                                                           indexing="ij")], 1)
+    out = fes.get_fes(centers if vals.shape[1] > 1 else centers[:, 0], reference_point="from-lowest",
+                      uncertainty_method="analytical")
+    shape = tuple(e.size - 1 for e in edges)
+    vol = np.ones(shape)
+    for d, e in enumerate(edges):
+        vol = vol * np.diff(e).reshape([-1 if q == d else 1 for q in builtins.range(len(edges))])
+    f = np.asarray(out["f_i"], float) + np.log(vol.reshape(-1))     # per probability density
+    f = f - np.nanmin(f)
+    name = self.states[k] if u is None else getattr(state, "name", "new state")
+    return FreeEnergyProfile(edges, f.reshape(shape), np.asarray(out["df_i"], float).reshape(shape),
+                             cv.names, cv.periodic, "MBAR histogram (pymbar FES, analytic errors)",
+                             int(self.n_samples.sum()), name)
+

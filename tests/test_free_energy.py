@@ -148,3 +148,95 @@ def test_poor_overlap_warns():
     ra, rb = exact_result(1.0, 200, 1), exact_result(2000.0, 200, 2)
     with pytest.warns(UnreliableEstimateWarning, match="overlap"):
         bk.free_energy_difference(ra, rb, targets=(oscillator(1.0), oscillator(2000.0)))
+
+
+# ----------------------------------------------------------------------------- profiles
+A_DW = 2.0  # u(x) = a (x^2 - 1)^2: barrier a kT at x = 0
+
+
+def double_well(a=A_DW):
+    return Energy.from_function(lambda x: a * (x[:, 0] ** 2 - 1.0) ** 2, domain=Reals(1),
+                                name=f"double well a={a}")
+
+
+def is_result(a, n, seed, s=1.2):
+    """Importance-sampling Result of the double well from N(0, s^2): weighted samples."""
+    g = torch.Generator().manual_seed(seed)
+    x = s * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    lw = -double_well(a).energy(x) + 0.5 * (x[:, 0] / s) ** 2
+    return result_from_log_weights(x, lw, warn=False, target=double_well(a).to_config())
+
+
+def exact_profile(edges, a=A_DW):
+    from scipy import integrate
+
+    mass = np.array([integrate.quad(lambda t: math.exp(-a * (t * t - 1) ** 2), lo, hi)[0]
+                     for lo, hi in zip(edges[:-1], edges[1:])])
+    return -np.log(mass / np.diff(edges))  # up to a constant
+
+
+def _max_z(prof, exact):
+    f, se = prof.f, prof.stderr
+    j = int(np.nanargmin(f))
+    d = (f - (exact - exact[j]))
+    ok = np.isfinite(d) & (se > 0)
+    return float(np.max(np.abs(d[ok]) / se[ok]))
+
+
+def test_profile_double_well_against_quadrature_with_negative_control():
+    from _stats import z_limit
+
+    res = is_result(A_DW, 20000, 0)
+    prof = res.free_energy_profile(bk.cv.coordinate(0), bins=24, range=(-1.8, 1.8))
+    assert prof.f.shape == (24,) and np.nanmin(prof.f) == 0.0 and "lowest bin" in prof.reference
+    ex = exact_profile(prof.edges[0])
+    lim = z_limit(1e-4 / 24)  # Bonferroni over the bins
+    assert _max_z(prof, ex) < lim, (_max_z(prof, ex), lim)
+    assert _max_z(prof, exact_profile(prof.edges[0], a=2.4)) > lim  # negative control: wrong barrier
+    # the weights matter: the unweighted proposal histogram is rejected
+    raw = Result(samples=res.samples, ess=float(res.n_samples), diagnostics={"log_z_unavailable": "x"})
+    assert _max_z(raw.free_energy_profile("x0", bins=24, range=(-1.8, 1.8)), ex) > lim
+
+
+def test_mbar_profile_of_several_results_against_quadrature():
+    from _stats import z_limit
+
+    res = [is_result(A_DW, 6000, 1), is_result(1.0, 6000, 2)]
+    m = bk.mbar(res, [double_well(A_DW), double_well(1.0)])
+    prof = m.free_energy_profile("x0", bins=16, range=(-1.6, 1.6), state=0)
+    assert "MBAR" in prof.method and np.nanmin(prof.f) == 0.0
+    lim = z_limit(1e-4 / 16)
+    assert _max_z(prof, exact_profile(prof.edges[0])) < lim
+    assert _max_z(prof, exact_profile(prof.edges[0], a=1.0)) > lim  # the other state's profile
+
+
+def test_profile_2d_ramachandran_plot_and_tables(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    ang = torch.remainder(torch.randn(4000, 2, generator=g) * 0.8 + math.pi, 2 * math.pi) - math.pi
+    cv = bk.cv.CollectiveVariable(lambda x: x, ("phi", "psi"), (True, True))
+    res = Result(samples=ang, ess=4000.0, diagnostics={"log_z_unavailable": "x"})
+    prof = res.free_energy_profile(cv, bins=18, n_bootstrap=50)
+    assert prof.f.shape == (18, 18) and prof.edges[0][0] == pytest.approx(-math.pi)
+    prof.plot(tmp_path / "rama.png", max_kT=6)
+    assert (tmp_path / "rama.png").stat().st_size > 1000
+    prof.to_csv(tmp_path / "p.csv")
+    prof.to_json(tmp_path / "p.json")
+    head = (tmp_path / "p.csv").read_text().splitlines()[1]
+    assert head == "phi_deg,psi_deg,F_kT,stderr_kT"
+
+
+def test_collective_variables():
+    from boltzkit.analysis import dihedral
+
+    x = torch.randn(5, 22, 3, dtype=torch.float64)
+    v = bk.cv.phi_psi()(x)
+    np.testing.assert_allclose(v[:, 0], dihedral(x, (4, 6, 8, 14)).numpy())
+    s = torch.tensor([[[1.0, 1.0], [1.0, -1.0]]])
+    assert bk.cv.magnetization()(s)[0, 0] == pytest.approx(0.5)
+    p = torch.tensor([[[0, 0], [0, 2]]])
+    assert bk.cv.magnetization(q=3)(p)[0, 0] == pytest.approx((3 * 0.75 - 1) / 2)
+    ising = bk.energies.Ising(L=3, beta=0.5)
+    up = torch.ones(1, 3, 3)
+    assert bk.cv.energy_per_site(ising)(up)[0, 0] == pytest.approx(-0.5 * 18 / 9)
+    with pytest.raises(TargetError, match="unknown collective variable"):
+        bk.cv.from_spec("chi1")
