@@ -45,7 +45,11 @@ Returns
 A :class:`~boltzkit.result.Result` with the final particles as ``samples``, float64
 ``log_weights`` that include log Z_0 (so ``logmeanexp(log_weights)`` is log Z_hat), ``log_z``
 +- ``log_z_stderr`` (delta method, :func:`~boltzkit.estimators.importance.log_z_from_log_weights`),
-Kish ESS, Pareto k, and the acceptance / step size per level in ``history``.
+Kish ESS, Pareto k, and in ``history``: ``lambda`` (levels 0..K; for a lattice at inverse
+temperature beta, level k is the lattice at lambda_k beta), ``log_z_running`` +-
+``log_z_running_stderr`` (float64: the running estimate of log Z_k of gamma_k at every level,
+from the weights after level k's increment; with islands, from their spread; level 0 is the
+exact log Z_0), and the acceptance / step size per level (levels 1..K).
 
 Failure modes
 -------------
@@ -302,9 +306,12 @@ class _Annealer:
         log_acc = torch.zeros(islands, dtype=torch.float64, device=device)  # log Z so far, per island
         n_events = 0
         acc_hist = []
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        running = [(zero + self.log_z0, zero)]
         for k in range(1, lambdas.size):
             lam, dlam = float(lambdas[k]), float(lambdas[k] - lambdas[k - 1])
             logw += dlam * (self.u0(x).double() - u.double())
+            running.append(running_log_z(logw, log_acc, self.log_z0))
             if resample_ess is not None:
                 x, u, g, logw, log_acc, events = _resample_islands(x, u, g, logw, log_acc, resample_ess,
                                                                    generator)
@@ -319,6 +326,7 @@ class _Annealer:
                     lz = self.log_z0 + float(torch.logsumexp(logw, 0)) - math.log(n)
                     bar.set_postfix({"acc": f"{acc:.2f}", "logZ_k": f"{lz:.4g}"})
         acc_hist = np.asarray(acc_hist, dtype=np.float64)
+        self.running = running_history(lambdas, running)
         if resample_ess is None:
             return x, logw + self.log_z0, acc_hist, None
         m = n // islands
@@ -350,6 +358,37 @@ def _resample_islands(x, u, g, logw, log_acc, frac: float, generator):
     idx = idx.reshape(-1)
     logw = torch.where(need.repeat_interleave(m), torch.zeros_like(logw), logw[idx])
     return x[idx], u[idx], g[idx], logw, log_acc, int(need.sum())
+
+
+def running_log_z(logw: torch.Tensor, log_acc: torch.Tensor, log_z0: float):
+    """Running estimate of log Z_k of the current intermediate target and its standard error.
+
+    ``logw`` (float64, n) are the particles' log-weights after the incremental weight of level
+    k, in ``log_acc.numel()`` contiguous islands whose resampled mass sits in ``log_acc``.
+    One island: delta-method stderr of the pooled weights (as
+    :func:`~boltzkit.estimators.importance.log_z_from_log_weights`); several: the same
+    formula applied to the independent islands' Z estimates (their spread). Returns two 0-d
+    float64 tensors (no host sync), ``(log Z_k, stderr)``.
+    """
+    M = log_acc.numel()
+    m = logw.numel() // M
+    isl = log_acc + torch.logsumexp(logw.view(M, m), 1) - math.log(m)
+    a = logw if M == 1 else isl
+    n = a.numel()
+    log_z = torch.logsumexp(isl, 0) - math.log(M) + log_z0
+    if n < 2:
+        return log_z, torch.full_like(log_z, float("nan"))
+    ess = torch.exp(2 * torch.logsumexp(a, 0) - torch.logsumexp(2 * a, 0))
+    return log_z, torch.sqrt(((n / ess - 1.0) / (n - 1)).clamp_min(0.0))
+
+
+def running_history(lambdas, running) -> dict:
+    """History keys shared by AIS and SMC: ``lambda`` (levels 0..K, lambda_0 = 0), and
+    ``log_z_running`` / ``log_z_running_stderr`` (log Z_k of gamma_k at every level, float64;
+    level 0 is the exact reference)."""
+    lz, se = (torch.stack(v).cpu().double().numpy() for v in zip(*running))
+    return {"lambda": np.asarray(lambdas, dtype=np.float64), "log_z_running": lz,
+            "log_z_running_stderr": se}
 
 
 @register("ais", kinds=("energy",), domains=(Reals, Categorical), priority={Reals: 5, Categorical: 0},
@@ -406,7 +445,7 @@ class AIS(Sampler):
         diag = {"kernel": self.kernel, "n_levels": int(lambdas.size - 1), "n_mcmc": cfg.n_mcmc,
                 "acceptance": float(np.mean(extra["acceptance"])),
                 "log_weight_std": float(lw.std()), **extra.pop("diag", {})}
-        history = {"lambda": lambdas[1:], **extra}
+        history = {**extra.pop("running"), **extra}
         kw = self._result_kwargs()
         if not smc:
             return result_from_log_weights(x, lw, exact_log_z=exact, diagnostics=diag,
@@ -456,11 +495,13 @@ class AIS(Sampler):
                               "with at least 2 particles per island")
         x, lw, acc, smc = ann.run(n, lambdas, move, gen, bar=bar, device=self.device,
                                   resample_ess=cfg.resample_ess, n_islands=cfg.n_islands)
+        running = ann.running
         if frame is not None:  # back to the target's coordinates (constant Jacobian |det S|)
             x, lw = frame.to_x(x), lw + frame.log_det
+            running["log_z_running"] = running["log_z_running"] + frame.log_det
             if smc:
                 smc["island_log_z"] = smc["island_log_z"] + frame.log_det
-        return x, lw, {"acceptance": acc, "step_size": np.asarray(steps), "smc": smc,
+        return x, lw, {"acceptance": acc, "step_size": np.asarray(steps), "smc": smc, "running": running,
                        "diag": {"log_z0": ann.log_z0, "init_std": cfg.init_std,
                                 "final_step_size": steps[-1], "prior_hint": frame is not None}}
 
@@ -478,11 +519,14 @@ class AIS(Sampler):
         log_z0 = dom.log_size()
         x = dom.reference(n, generator=gen, device=self.device)
         logw = torch.zeros(n, dtype=torch.float64, device=self.device)
+        one = torch.zeros(1, dtype=torch.float64, device=self.device)
+        running = [(one[0] + log_z0, one[0])]
         acc_hist = []
         for k in range(1, lambdas.size):
             lam, dlam = float(lambdas[k]), float(lambdas[k] - lambdas[k - 1])
             u = self.target.energy(x).double()
             logw -= dlam * u
+            running.append(running_log_z(logw, one, log_z0))
             rate = 0.0
             for _ in range(self.config.n_mcmc):
                 x, acc = sweep(x, lam)
@@ -493,7 +537,8 @@ class AIS(Sampler):
                 bar.set_postfix({"acc": f"{acc_hist[-1]:.2f}"})
         if not bool(torch.isfinite(logw).any()):
             raise TargetError(f"{self.target.name}.energy returned non-finite values along the path")
-        return x, logw + log_z0, {"acceptance": np.asarray(acc_hist), "diag": {"log_z0": log_z0}}
+        return x, logw + log_z0, {"acceptance": np.asarray(acc_hist), "diag": {"log_z0": log_z0},
+                                  "running": running_history(lambdas, running)}
 
 
 def ais(target, *, n_samples: int = 1024, n_steps: int = 200, kernel: str = "auto",
