@@ -216,6 +216,23 @@ class Result:
 
         return profile_of_result(self, cv, bins, range=range, n_bootstrap=n_bootstrap, seed=seed)
 
+    @property
+    def log_z_path(self):
+        """Per-level ``(beta or lambda, log Z, stderr)`` of an annealing (AIS/SMC) run, as a
+        :class:`boltzkit.free_energy.LogZPath` (``beta`` for lattice runs, where level lambda is
+        the target at ``lambda beta``). Raises when the run recorded no path."""
+        from .free_energy import log_z_path_of
+
+        return log_z_path_of(self)
+
+    def thermo_curves(self, *, window: "int | None" = None):
+        """Energy and heat capacity per site over beta, ``U(beta)/N`` and ``C(beta)/N`` with
+        error bars, from the log Z path of a lattice annealing run
+        (:func:`boltzkit.free_energy.thermo_curves_from_path`)."""
+        from .free_energy import thermo_curves_of
+
+        return thermo_curves_of(self, window=window)
+
     # ------------------------------------------------------------------ text
     def summary(self) -> str:
         lines = [f"boltzkit Result: method={self.method!r}, target={self.target.get('name', '?')}, "

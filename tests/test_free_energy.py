@@ -240,3 +240,61 @@ def test_collective_variables():
     assert bk.cv.energy_per_site(ising)(up)[0, 0] == pytest.approx(-0.5 * 18 / 9)
     with pytest.raises(TargetError, match="unknown collective variable"):
         bk.cv.from_spec("chi1")
+
+
+# ----------------------------------------------------------------------------- curves over beta
+def test_exact_curves_against_enumeration():
+    from boltzkit.energies import exact as ex
+
+    b = np.array([0.0, 0.05, 0.3, ex.K_C_ISING, 0.6, 1.0])
+    k, e = ex.ising_curve(4, b), ex.ising_curve_enumerate(4, b)
+    np.testing.assert_allclose(k.log_z, e.log_z, atol=1e-12)
+    np.testing.assert_allclose(k.energy, e.energy, atol=1e-9)
+    np.testing.assert_allclose(k.heat_capacity, e.heat_capacity, atol=1e-8)
+    # q = 2 Potts at 2K is the Ising model at K (same heat capacity; energy shifted by J/2 per bond)
+    p = ex.potts_curve(4, 2, 2 * b)
+    np.testing.assert_allclose(p.heat_capacity, k.heat_capacity, atol=1e-8)
+    np.testing.assert_allclose(p.energy, 0.5 * (k.energy - 2.0), atol=1e-9)
+    assert not np.allclose(ex.ising_curve(5, b).heat_capacity, k.heat_capacity, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def ising4_ais():
+    import warnings
+
+    from boltzkit.errors import UnreliableEstimateWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableEstimateWarning)
+        return bk.sample(bk.energies.Ising(L=4, beta=0.7), method="ais", n_samples=256, n_steps=600,
+                         schedule="linear", seed=1, progress=False)
+
+
+def test_log_z_path_of_lattice_run(ising4_ais):
+    from boltzkit.energies import exact as ex
+
+    path = ising4_ais.log_z_path
+    beta, lz, se = path
+    assert len(path) == 601 and beta[0] == 0 and beta[-1] == pytest.approx(0.7)
+    assert lz[0] == pytest.approx(16 * math.log(2))
+    for k in (150, 300, 600):
+        assert_consistent(lz[k], se[k], ex.ising_log_z(4, 4, beta[k]), bias=se[k] ** 2, what=f"log Z_{k}")
+    with pytest.raises(TargetError, match="no per-level log Z path"):
+        exact_result(1.0, 10, 0).log_z_path
+
+
+def test_thermo_curves_4x4_ising_against_enumeration_with_negative_control(ising4_ais):
+    from _stats import z_limit
+    from boltzkit.energies import exact as ex
+
+    cur = ising4_ais.thermo_curves()
+    idx = np.linspace(0, cur.beta.size - 1, 12).astype(int)  # well-separated points
+    lim = z_limit(1e-4 / (2 * idx.size))
+    sub = bk.free_energy.ThermoCurveEstimate(cur.beta[idx], cur.energy[idx], cur.energy_stderr[idx],
+                                             cur.heat_capacity[idx], cur.heat_capacity_stderr[idx],
+                                             16, cur.method)
+    dev = sub.deviation(ex.ising_curve_enumerate(4, sub.beta))
+    assert dev["energy_max_z"] < lim and dev["heat_capacity_max_z"] < lim, dev
+    # negative controls: a 5 % different coupling (U) and an 8 x 8 lattice (C) are rejected
+    assert sub.deviation(ex.ising_curve_enumerate(4, 1.05 * sub.beta))["energy_max_z"] > lim
+    assert sub.deviation(ex.ising_curve(8, sub.beta))["heat_capacity_max_z"] > lim
