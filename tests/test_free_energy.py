@@ -298,3 +298,24 @@ def test_thermo_curves_4x4_ising_against_enumeration_with_negative_control(ising
     # negative controls: a 5 % different coupling (U) and an 8 x 8 lattice (C) are rejected
     assert sub.deviation(ex.ising_curve_enumerate(4, 1.05 * sub.beta))["energy_max_z"] > lim
     assert sub.deviation(ex.ising_curve(8, sub.beta))["heat_capacity_max_z"] > lim
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_profile_and_curve(tmp_path, capsys):
+    import json
+
+    from boltzkit.cli import main
+
+    run = tmp_path / "sw.npz"
+    assert main(["sample", "ising", "--L", "4", "--beta", "0.44", "--method", "swendsen_wang",
+                 "--n-samples", "500", "--seed", "0", "--quiet", "--out", str(run)]) == 0
+    assert main(["profile", str(run), "--cv", "m", "--bins", "17", "--n-bootstrap", "50",
+                 "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p.png").exists() and (tmp_path / "p.csv").read_text().startswith("# F(s)")
+    assert main(["curve", "ising", "--L", "4", "--beta", "0.2:0.5", "--n-samples", "64", "--n-steps",
+                 "200", "--quiet", "--format", "json", "--out", str(tmp_path / "c")]) == 0
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["deviation"] is not None and 0.2 <= doc["table"][0]["beta"] and doc["table"][-1]["beta"] <= 0.5
+    assert "exact_heat_capacity_per_site" in doc["table"][0] and (tmp_path / "c.png").exists()
+    assert "vs exact" in capsys.readouterr().out
+    assert main(["curve", "ising", "--beta", "0.5:0.2", "--quiet"]) == 2
