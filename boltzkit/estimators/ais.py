@@ -313,8 +313,8 @@ class _Annealer:
             logw += dlam * (self.u0(x).double() - u.double())
             running.append(running_log_z(logw, log_acc, self.log_z0))
             if resample_ess is not None:
-                x, u, g, logw, log_acc, events = _resample_islands(x, u, g, logw, log_acc, resample_ess,
-                                                                   generator)
+                (x, u, g), logw, log_acc, events = resample_islands((x, u, g), logw, log_acc,
+                                                                    resample_ess, generator)
                 n_events += events
             state = (*self.mix(lam, x, u, g), u, g)
             x, state, acc = move(self.potential(lam), x, state, k)
@@ -336,17 +336,20 @@ class _Annealer:
                 {"island_log_z": island_log_z.cpu(), "resample_events": n_events})
 
 
-def _resample_islands(x, u, g, logw, log_acc, frac: float, generator):
+def resample_islands(tensors: tuple, logw, log_acc, frac: float, generator):
     """Systematic resampling, within each island (contiguous blocks of ``logw``) whose ESS is
     below ``frac`` times its size; a resampled island's mean weight moves into ``log_acc``
-    and its weights restart at 0, so ``log_acc + logmeanexp(logw)`` stays its log Z."""
+    and its weights restart at 0, so ``log_acc + logmeanexp(logw)`` stays its log Z.
+
+    ``tensors`` (each indexed by particle along dim 0) are reordered with the particles.
+    Returns ``(tensors, logw, log_acc, number of islands resampled)``."""
     islands = log_acc.numel()
     m = logw.numel() // islands
     lw = logw.view(islands, m)
     ess = torch.exp(2 * torch.logsumexp(lw, 1) - torch.logsumexp(2 * lw, 1))
     need = ess < frac * m
     if not bool(need.any()):
-        return x, u, g, logw, log_acc, 0
+        return tensors, logw, log_acc, 0
     log_acc = log_acc + torch.where(need, torch.logsumexp(lw, 1) - math.log(m), torch.zeros_like(log_acc))
     cdf = torch.cumsum(torch.softmax(lw, 1), 1)
     cdf[:, -1] = 1.0
@@ -357,7 +360,7 @@ def _resample_islands(x, u, g, logw, log_acc, frac: float, generator):
     idx = torch.where(need[:, None], idx, keep) + m * torch.arange(islands, device=logw.device)[:, None]
     idx = idx.reshape(-1)
     logw = torch.where(need.repeat_interleave(m), torch.zeros_like(logw), logw[idx])
-    return x[idx], u[idx], g[idx], logw, log_acc, int(need.sum())
+    return tuple(t[idx] for t in tensors), logw, log_acc, int(need.sum())
 
 
 def running_log_z(logw: torch.Tensor, log_acc: torch.Tensor, log_z0: float):

@@ -11,6 +11,7 @@ from .single_cell import SCDiffusion, SCDiffusionConfig
 from .naas import NAAS, NAASConfig
 from .pdns import PDNS, PDNSConfig
 from .tr2d2 import TR2D2, TR2D2Config
+from .smc import SMC, SMCConfig
 from ..estimators import ais as _ais, jarzynski as _jarzynski  # noqa: F401  (register 'ais', 'jarzynski')
 
 __all__ = ["Sampler", "SamplerConfig", "TrainableSampler", "Metropolis", "HeatBath", "SwendsenWang", "Wolff", "MDNS", "MDNSConfig", "MALA"]
@@ -21,3 +22,4 @@ __all__ += ["DiscreteASBS", "DiscreteASBSConfig"]
 __all__ += ["OLLA", "ProjectedLangevin", "SlackLangevin"]
 __all__ += ["PDNS", "PDNSConfig"]
 __all__ += ["TR2D2", "TR2D2Config"]
+__all__ += ["SMC", "SMCConfig"]
