@@ -244,12 +244,13 @@ def cmd_curve(a) -> int:
         target = energies.Ising(L=a.L, beta=top, J=a.J)
     else:
         target = energies.Potts(L=a.L, q=a.q, beta=top, J=a.J)
-    opts = {"schedule": "linear"} if a.method == "ais" else {}
+    # SMC: a fine adaptive ladder (conditional ESS a.cess between levels); AIS: a.n_steps
+    # evenly spaced levels. Either records log Z at every level (Result.log_z_path).
+    opts = {"cess": a.cess} if a.method == "smc" else {"schedule": "linear", "n_steps": a.n_steps}
     t0 = time.perf_counter()
     with warnings.catch_warnings():  # the final-level weights are not what the curves use
         warnings.simplefilter("ignore", UnreliableEstimateWarning)
-        res = sample(target, a.method, n_samples=a.n_samples, n_steps=a.n_steps, seed=a.seed,
-                     progress=not a.quiet, **opts)
+        res = sample(target, a.method, n_samples=a.n_samples, seed=a.seed, progress=not a.quiet, **opts)
     cur = res.thermo_curves(window=a.window)
     keep = (cur.beta >= lo) & (cur.beta <= hi)
     if not keep.any():
@@ -306,9 +307,11 @@ def _add_free_energy_commands(sub) -> None:
     cu.add_argument("--q", type=int, default=3, help="Potts states")
     cu.add_argument("--J", type=float, default=1.0)
     cu.add_argument("--beta", default="0.2:0.6", help="LO:HI; the run anneals from 0 to 1.1 HI")
-    cu.add_argument("--method", default="ais", help="annealing method that records the log Z path")
-    cu.add_argument("--n-samples", type=int, default=512)
-    cu.add_argument("--n-steps", type=int, default=1000, help="annealing levels")
+    cu.add_argument("--method", choices=("smc", "ais"), default="smc",
+                    help="annealing run that records the log Z path")
+    cu.add_argument("--n-samples", type=int, default=1024)
+    cu.add_argument("--cess", type=float, default=0.999, help="smc: conditional ESS kept between levels")
+    cu.add_argument("--n-steps", type=int, default=1000, help="ais: number of (evenly spaced) levels")
     cu.add_argument("--window", type=int, default=None, help="half-width (levels) of the local fits")
     cu.add_argument("--seed", type=int, default=0)
     cu.add_argument("--format", choices=("csv", "json"), default="csv")

@@ -312,8 +312,8 @@ def test_cli_profile_and_curve(tmp_path, capsys):
     assert main(["profile", str(run), "--cv", "m", "--bins", "17", "--n-bootstrap", "50",
                  "--out", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p.png").exists() and (tmp_path / "p.csv").read_text().startswith("# F(s)")
-    assert main(["curve", "ising", "--L", "4", "--beta", "0.2:0.5", "--n-samples", "64", "--n-steps",
-                 "200", "--quiet", "--format", "json", "--out", str(tmp_path / "c")]) == 0
+    assert main(["curve", "ising", "--L", "4", "--beta", "0.2:0.5", "--n-samples", "64", "--cess", "0.998",
+                 "--quiet", "--format", "json", "--out", str(tmp_path / "c")]) == 0
     doc = json.loads((tmp_path / "c.json").read_text())
     assert doc["deviation"] is not None and 0.2 <= doc["table"][0]["beta"] and doc["table"][-1]["beta"] <= 0.5
     assert "exact_heat_capacity_per_site" in doc["table"][0] and (tmp_path / "c.png").exists()
