@@ -194,6 +194,132 @@ def cmd_demo(a) -> int:
     return 0 if ok else 1
 
 
+# ============================================================================ free energies
+# (profile, curve): kept in this block so that the other subcommands can change independently
+CURVE_MARGIN = 1.1  # `boltzkit curve` anneals to 1.1 HI and reports LO..HI
+
+
+def _beta_range(text: str) -> "tuple[float, float]":
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"--beta takes LO:HI (e.g. 0.2:0.6), got {text!r}") from None
+    if not (0.0 <= lo < hi):
+        raise ConfigError(f"--beta LO:HI needs 0 <= LO < HI, got {text!r}")
+    return lo, hi
+
+
+def cmd_profile(a) -> int:
+    """Free-energy profile of a saved Result along a collective variable: figure + table."""
+    from pathlib import Path
+
+    from .cv import from_spec
+    from .result import Result
+
+    res = Result.load(a.path)
+    prof = res.free_energy_profile(from_spec(a.cv), a.bins, n_bootstrap=a.n_bootstrap, seed=a.seed)
+    out = a.out or str(Path(a.path).with_suffix("")) + "_profile_" + a.cv.replace(",", "_")
+    prof.plot(f"{out}.png", max_kT=a.max_kt)
+    getattr(prof, f"to_{a.format}")(f"{out}.{a.format}")
+    print(prof)
+    print(f"  reference: {prof.reference}")
+    print(f"wrote {out}.png and {out}.{a.format}")
+    return 0
+
+
+def cmd_curve(a) -> int:
+    """U(beta) and C(beta) of a lattice from one annealing run, with the exact finite-lattice
+    curves where they are tractable: figure + table."""
+    import warnings
+
+    import numpy as np
+
+    from . import energies, sample
+    from .energies import exact as ex
+    from .errors import UnreliableEstimateWarning
+
+    lo, hi = _beta_range(a.beta)
+    top = CURVE_MARGIN * hi  # the local fits are one-sided (and dropped) near the last level
+    if a.target == "ising":
+        target = energies.Ising(L=a.L, beta=top, J=a.J)
+    else:
+        target = energies.Potts(L=a.L, q=a.q, beta=top, J=a.J)
+    # SMC: a fine adaptive ladder (conditional ESS a.cess between levels); AIS: a.n_steps
+    # evenly spaced levels. Either records log Z at every level (Result.log_z_path).
+    opts = {"cess": a.cess} if a.method == "smc" else {"schedule": "linear", "n_steps": a.n_steps}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():  # the final-level weights are not what the curves use
+        warnings.simplefilter("ignore", UnreliableEstimateWarning)
+        res = sample(target, a.method, n_samples=a.n_samples, seed=a.seed, progress=not a.quiet, **opts)
+    cur = res.thermo_curves(window=a.window)
+    keep = (cur.beta >= lo) & (cur.beta <= hi)
+    if not keep.any():
+        raise ConfigError(f"no annealing level falls in beta {lo}:{hi}; widen the range or add levels")
+    cur = dataclasses.replace(cur, **{f: getattr(cur, f)[keep] for f in
+                                      ("beta", "energy", "energy_stderr", "heat_capacity",
+                                       "heat_capacity_stderr")})
+    try:
+        exact = (ex.ising_curve(a.L, cur.beta, a.J) if a.target == "ising"
+                 else ex.potts_curve(a.L, a.q, cur.beta, a.J))
+    except BoltzkitError:
+        exact = None
+    out = a.out or f"curve_{a.target}_L{a.L}"
+    cur.plot(f"{out}.png", exact=exact, label=f"{res.method} path ({len(res.log_z_path) - 1} levels)")
+    rows = cur.table()
+    if exact is not None:
+        for r, e, c in zip(rows, exact.energy, exact.heat_capacity):
+            r.update(exact_energy_per_site=float(e), exact_heat_capacity_per_site=float(c))
+    doc = {"target": target.to_config(), "method": res.method, "n_samples": a.n_samples,
+           "estimator": cur.method, "units": "per site; energy in J, heat capacity in k_B",
+           "deviation": cur.deviation(exact) if exact is not None else None, "table": rows}
+    if a.format == "json":
+        with open(f"{out}.json", "w") as fh:
+            json.dump(doc, fh, indent=1)
+    else:
+        keys = list(rows[0])
+        with open(f"{out}.csv", "w") as fh:
+            fh.write(f"# {target.name}, {res.method}; {cur.method}; {doc['units']}\n" + ",".join(keys) + "\n")
+            fh.write("\n".join(",".join(f"{r[k]:.8g}" for k in keys) for r in rows) + "\n")
+    print(cur)
+    if exact is not None:
+        d = doc["deviation"]
+        print(f"  vs exact: U max {d['energy_max_z']:.2f} stderr (rms {d['energy_rms_z']:.2f}), "
+              f"C max {d['heat_capacity_max_z']:.2f} stderr (rms {d['heat_capacity_rms_z']:.2f})")
+    print(f"  wall time {time.perf_counter() - t0:.1f} s; wrote {out}.png and {out}.{a.format}")
+    return 0
+
+
+def _add_free_energy_commands(sub) -> None:
+    pr = sub.add_parser("profile", help="free-energy profile F(s) of a saved result along a CV")
+    pr.add_argument("path", help="a Result saved with --out / Result.save (.npz)")
+    pr.add_argument("--cv", default="phi,psi", help="phi,psi | phi | psi | m | |m| | potts_m:Q | x0, x1, ...")
+    pr.add_argument("--bins", type=int, default=60, help="bins per CV dimension")
+    pr.add_argument("--n-bootstrap", type=int, default=200)
+    pr.add_argument("--max-kt", type=float, default=None, help="colour / axis ceiling in kT")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--format", choices=("csv", "json"), default="csv")
+    pr.add_argument("--out", default=None, help="prefix of the .png and table written")
+    pr.set_defaults(func=cmd_profile)
+
+    cu = sub.add_parser("curve", help="U(beta), C(beta) of a lattice from one annealing run vs exact")
+    cu.add_argument("target", choices=("ising", "potts"))
+    cu.add_argument("--L", type=int, default=8)
+    cu.add_argument("--q", type=int, default=3, help="Potts states")
+    cu.add_argument("--J", type=float, default=1.0)
+    cu.add_argument("--beta", default="0.2:0.6", help="LO:HI; the run anneals from 0 to 1.1 HI")
+    cu.add_argument("--method", choices=("smc", "ais"), default="smc",
+                    help="annealing run that records the log Z path")
+    cu.add_argument("--n-samples", type=int, default=1024)
+    cu.add_argument("--cess", type=float, default=0.999, help="smc: conditional ESS kept between levels")
+    cu.add_argument("--n-steps", type=int, default=1000, help="ais: number of (evenly spaced) levels")
+    cu.add_argument("--window", type=int, default=None, help="half-width (levels) of the local fits")
+    cu.add_argument("--seed", type=int, default=0)
+    cu.add_argument("--format", choices=("csv", "json"), default="csv")
+    cu.add_argument("--out", default=None, help="prefix of the .png and table written")
+    cu.add_argument("--quiet", action="store_true")
+    cu.set_defaults(func=cmd_curve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="boltzkit", description="Neural samplers and free-energy estimation")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -230,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="boltzkit_demo", help="prefix of the .npz and .png written")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+    _add_free_energy_commands(sub)
     return p
 
 

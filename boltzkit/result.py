@@ -240,6 +240,38 @@ class Result:
         se_p = math.sqrt(float(np.sum(w * w * (a / pa - 1.0) ** 2)) * self._inflation())
         return self.log_z + math.log(pa), math.hypot(self.log_z_stderr or 0.0, se_p)
 
+    def free_energy_profile(self, cv, bins=50, *, range=None, n_bootstrap: int = 200,
+                            seed: int = 0):
+        """Free-energy profile ``F(s) = -log p(s)`` (kT) along a collective variable.
+
+        ``cv`` is a :class:`boltzkit.cv.CollectiveVariable` (``bk.cv.phi_psi()``,
+        ``bk.cv.magnetization()``, ``bk.cv.coordinate(0)``, ...), a spec string (``"phi,psi"``)
+        or a callable ``x -> (n,)`` / ``(n, m)``. Importance weights are respected; error bars
+        come from a bootstrap over samples (in blocks of ``n / ESS`` for MCMC samples). The
+        lowest bin is the reference (F = 0 there, see ``profile.reference``). Returns a
+        :class:`boltzkit.free_energy.FreeEnergyProfile` (``.plot()``, ``.table()``, ``.to_csv()``).
+        """
+        from .free_energy import profile_of_result
+
+        return profile_of_result(self, cv, bins, range=range, n_bootstrap=n_bootstrap, seed=seed)
+
+    @property
+    def log_z_path(self):
+        """Per-level ``(beta or lambda, log Z, stderr)`` of an annealing (AIS/SMC) run, as a
+        :class:`boltzkit.free_energy.LogZPath` (``beta`` for lattice runs, where level lambda is
+        the target at ``lambda beta``). Raises when the run recorded no path."""
+        from .free_energy import log_z_path_of
+
+        return log_z_path_of(self)
+
+    def thermo_curves(self, *, window: "int | None" = None):
+        """Energy and heat capacity per site over beta, ``U(beta)/N`` and ``C(beta)/N`` with
+        error bars, from the log Z path of a lattice annealing run
+        (:func:`boltzkit.free_energy.thermo_curves_from_path`)."""
+        from .free_energy import thermo_curves_of
+
+        return thermo_curves_of(self, window=window)
+
     # ------------------------------------------------------------------ text
     def summary(self) -> str:
         lines = [f"boltzkit Result: method={self.method!r}, target={self.target.get('name', '?')}, "

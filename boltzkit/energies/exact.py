@@ -688,3 +688,104 @@ def _group_logsumexp(a: torch.Tensor, group: torch.Tensor, n: int) -> torch.Tens
     mx = torch.full((n,), -math.inf, dtype=a.dtype).scatter_reduce(0, group, a, "amax")
     s = torch.zeros(n, dtype=a.dtype).index_add_(0, group, torch.exp(a - mx[group]))
     return torch.log(s) + mx
+
+
+# ---------------------------------------------------------------------------- curves over beta
+class ThermoCurve(NamedTuple):
+    """Exact finite-lattice thermodynamic curves at inverse temperatures ``beta``.
+
+    ``energy``: mean energy per site ``<E>/N`` in units of J (``E = -J sum_<ij> s_i s_j`` for
+    Ising, ``-J sum_<ij> delta`` for Potts; the reduced energy ``Energy.energy`` is ``beta E``);
+    ``heat_capacity``: ``C/N = beta^2 Var(E) / N`` (k_B = 1); ``log_z``: natural log Z.
+    """
+
+    beta: np.ndarray
+    log_z: np.ndarray
+    energy: np.ndarray
+    heat_capacity: np.ndarray
+
+
+_CURVE_H = 1e-3  # step in K of the Richardson difference of the analytic d log Z / dK
+
+
+def _second_derivative(f1, K: float, h: float = _CURVE_H) -> float:
+    """d^2 log Z / dK^2 from the first derivative ``f1``: 4th-order central differences, or a
+    2nd-order forward stencil near K = 0 (where f1 is not evaluated at negative K)."""
+    if K >= 2.0 * h:
+        return (8.0 * (f1(K + h) - f1(K - h)) - (f1(K + 2 * h) - f1(K - 2 * h))) / (12.0 * h)
+    return (-3.0 * f1(K) + 4.0 * f1(K + h) - f1(K + 2 * h)) / (2.0 * h)
+
+
+def _curve(betas, J, n_sites, log_z_fn, f1) -> ThermoCurve:
+    b = np.atleast_1d(np.asarray(betas, dtype=np.float64))
+    if not np.isfinite(b).all() or (b < 0).any():
+        raise TargetError("betas must be finite and >= 0")
+    J = _check_real("J", J)
+    if J <= 0:
+        raise TargetError(f"J must be > 0 (ferromagnet) for the exact curves, got {J}")
+    lz, e, c = (np.empty_like(b) for _ in range(3))
+    for i, beta in enumerate(b):
+        K = beta * J
+        lz[i] = log_z_fn(K)
+        e[i] = -J * f1(K) / n_sites
+        c[i] = K * K * _second_derivative(f1, K) / n_sites
+    return ThermoCurve(b, lz, e, c)
+
+
+def ising_curve(L: int, betas, J: float = 1.0, M: "int | None" = None) -> ThermoCurve:
+    """Exact ``log Z``, energy and heat capacity per site of the zero-field Ising torus
+    ``L x M`` (default square) over ``betas``: the analytic ``d log Z / dK`` of Kaufman's
+    formula and its Richardson-extrapolated central difference (4th order, step 1e-3 in K;
+    relative error below 1e-8 on the lattices tested)."""
+    L, M = _check_size(L, L if M is None else M)
+
+    def f1(K):
+        return 0.0 if K == 0.0 else _kaufman_dlogz_dk(L, M, K)
+
+    return _curve(betas, J, L * M, lambda K: ising_log_z_kaufman(L, M, K), f1)
+
+
+def potts_curve(L: int, q: int, betas, J: float = 1.0, M: "int | None" = None) -> ThermoCurve:
+    """Exact curves of the q-state Potts torus (``E = -J sum delta``): transfer matrix
+    (Hellmann-Feynman derivative) when ``q ** min(L, M) <= 4096``, Kaufman through the
+    ``q = 2`` identity otherwise; raises when neither applies."""
+    L, M = _check_size(L, L if M is None else M)
+    q = _check_q(q)
+    if q ** min(L, M) <= MAX_TRANSFER_DIM:
+        gens = _potts_generators(q, min(L, M))
+
+        def f1(K):
+            return _transfer_log_z(gens, [K], max(L, M), grad=True)[1][0]
+
+        return _curve(betas, J, L * M, lambda K: potts_log_z_transfer(L, M, q, K), f1)
+    if q == 2:  # Z_P(K) = exp(K N_b / 2) Z_I(K / 2)
+        nb = 2 * L * M
+
+        def f1(K):
+            return 0.5 * nb + (0.0 if K == 0 else 0.5 * _kaufman_dlogz_dk(L, M, 0.5 * K))
+
+        return _curve(betas, J, L * M, lambda K: 0.5 * K * nb + ising_log_z_kaufman(L, M, 0.5 * K), f1)
+    raise TargetError(f"no exact Potts curve for q = {q} on {L} x {M}: the transfer matrix needs "
+                      f"q**min(L, M) <= {MAX_TRANSFER_DIM}")
+
+
+def ising_curve_enumerate(L: int, betas, J: float = 1.0, M: "int | None" = None) -> ThermoCurve:
+    """The same curves by brute-force enumeration of the density of states (tests, <= 5 x 5)."""
+    L, M = _check_size(L, L if M is None else M)
+    bvals, _, counts = _ising_dos(L, M)
+    c = counts.sum(1)
+    nz = c > 0
+    b = np.atleast_1d(np.asarray(betas, dtype=np.float64))
+    lz, e, cap = (np.empty_like(b) for _ in range(3))
+    for i, beta in enumerate(b):
+        logw = np.log(c[nz]) + beta * J * bvals[nz]
+        lz[i] = special.logsumexp(logw)
+        p = np.exp(logw - lz[i])
+        m1 = p @ bvals[nz]
+        var = p @ (bvals[nz] - m1) ** 2
+        e[i] = -J * m1 / (L * M)
+        cap[i] = (beta * J) ** 2 * var / (L * M)
+    return ThermoCurve(b, lz, e, cap)
+
+
+__all__ += ["ThermoCurve", "ising_curve", "potts_curve", "ising_curve_enumerate"]
