@@ -34,10 +34,9 @@ def sample(target, method: "str | None" = None, *, n_samples: "int | None" = Non
     :class:`~boltzkit.energies.AlanineDipeptide` in internal coordinates); the method then
     runs there and the Result is mapped back to the target's own states.
     """
-    if type(target).__name__ == "AnnData":  # single-cell data: AnnData in, AnnData out
-        from .datasets.single_cell import as_target
+    from .adapters import adapt  # e.g. an AnnData becomes a CellDataset (boltzkit.adapters)
 
-        target = as_target(target, label_key=options.get("label_key"), layer=options.pop("layer", None))
+    target, n_samples, options = adapt(target, n_samples, options)
     view = sampling_view_of(target)
     if view is not None:  # e.g. a molecule sampled in internal coordinates, returned in Cartesian
         vt = view.target

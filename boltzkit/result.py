@@ -372,11 +372,9 @@ class Result:
 
     def to_anndata(self, **kw):
         """AnnData view of a dataset-model result (spatial or single-cell); needs boltzkit[bio]."""
-        if self.diagnostics.get("anndata_kind") == "single_cell" or self.method == "sc_diffusion":
-            from .datasets.single_cell import result_to_anndata
-        else:
-            from .datasets.spatial import result_to_anndata
-        return result_to_anndata(self, **kw)
+        from .adapters import anndata_writer  # by diagnostics["anndata_kind"], set by the method
+
+        return anndata_writer(self.diagnostics.get("anndata_kind"))(self, **kw)
 
     # ------------------------------------------------------------------ plots
     def plot(self, path: "str | os.PathLike | None" = None, *, target=None):

@@ -179,12 +179,16 @@ def test_conditions_select_labels_and_proportions(model, train):
 
 
 def test_same_seed_same_cells_and_selection(train):
-    kw = dict(hidden=16, depth=1, sampling_steps=5, n_steps=5)
+    kw = dict(hidden=16, depth=1, sampling_steps=5, n_steps=5, method="sc_diffusion")
     a = bk.sample(train, n_samples=20, seed=3, device="cpu", **kw)
     b = bk.sample(train, n_samples=20, seed=3, device="cpu", **kw)
     assert a.method == "sc_diffusion"
     assert torch.equal(a.samples, b.samples)
-    assert bk.select(train).name == "sc_diffusion"
+    assert bk.select(train).name == "sc_latent"  # the count model is the default for counts
+    lognormal = train.subset(np.arange(50))
+    lognormal = type(train)(log_normalize(lognormal.x), lognormal.labels, gene_names=train.gene_names,
+                            representation="log1p")
+    assert bk.select(lognormal).name == "sc_diffusion"  # ... and cannot take log-normalised data
     c = bk.sample(train, n_samples=20, seed=4, device="cpu", **kw)
     assert not torch.equal(a.samples, c.samples)
 
@@ -221,31 +225,32 @@ def test_anndata_round_trip(law, generated, tmp_path):
     assert list(out.var_names) == law.gene_names
     assert list(out.obs["cell_type"].cat.categories) == law.categories
     assert out.obs["cell_type"].value_counts().to_dict() == {c: N_GEN for c in law.categories}
-    assert np.array_equal(out.X, generated.samples.numpy())
+    # counts (sparse) in layers["counts"], scanpy's log-normalised values (sparse) in X
+    assert np.array_equal(out.layers["counts"].toarray(), generated.samples.numpy())
+    assert np.allclose(out.X.toarray(), log_normalize(generated.samples.numpy()), atol=1e-5)
+    assert (out.obs["boltzkit_origin"] == "generated").all()
     # a saved and reloaded Result converts the same way
     back = result_to_anndata(bk.load(generated.save(tmp_path / "gen.npz")))
-    assert np.array_equal(back.X, out.X) and back.obs["cell_type"].equals(out.obs["cell_type"])
-    # ready for scanpy: normalise, log, PCA, markers
-    sc.pp.normalize_total(out, target_sum=1e4)
-    sc.pp.log1p(out)
+    assert (back.X != out.X).nnz == 0 and back.obs["cell_type"].equals(out.obs["cell_type"])
+    # ready for scanpy: PCA, markers
     sc.pp.pca(out, n_comps=4)
     sc.tl.rank_genes_groups(out, "cell_type", method="wilcoxon")
     assert out.obsm["X_pca"].shape == (3 * N_GEN, 4)
     # a layer round trip: train on a named layer, get cells back in that layer
     adata.layers["counts"] = adata.X.copy()
     adata.X = log_normalize(adata.X)
-    res = bk.sample(as_target(adata, label_key="cell_type", layer="counts"), n_samples=6, seed=0,
+    res = bk.sample(as_target(adata, label_key="cell_type", layer="counts"), "sc_diffusion", n_samples=6, seed=0,
                     device="cpu", hidden=16, depth=1, n_steps=3, sampling_steps=3)
     gen = result_to_anndata(res)
     assert "counts" in gen.layers and res.config["representation"] == "counts"
-    assert np.array_equal(res.to_anndata().X, gen.X)
+    assert (res.to_anndata().X != gen.X).nnz == 0
     with pytest.raises(DatasetError, match="no generated cells"):
         result_to_anndata(bk.Result(samples=torch.zeros(3, 2), diagnostics={"log_z_unavailable": "x"}))
 
 
 def test_bk_sample_accepts_anndata(law):
     adata = law.to_anndata(200, seed=4)
-    res = bk.sample(adata, label_key="cell_type", n_samples=10, seed=0, device="cpu",
+    res = bk.sample(adata, "sc_diffusion", label_key="cell_type", n_samples=10, seed=0, device="cpu",
                     condition="type1", hidden=16, depth=1, n_steps=3, sampling_steps=3)
     assert res.config["labels"] == ["type1"] * 10 and res.config["label_key"] == "cell_type"
     out = res.to_anndata()
@@ -296,21 +301,26 @@ def test_pbmc_counts_are_integers_and_reproduce_the_stored_values():
         warnings.simplefilter("ignore")
         raw_file = sc.datasets.pbmc68k_reduced()
     a = pbmc68k(raw_file)
-    counts = a.layers["counts"]
+    from scipy import sparse
+
+    assert sparse.issparse(a.X) and sparse.issparse(a.layers["counts"])  # kept sparse, as in the file
+    counts = a.layers["counts"].toarray()
     assert a.shape == (700, 765) and a.obs["bulk_labels"].nunique() == 10
     assert np.all(counts == np.round(counts)) and counts.min() == 0 and counts.max() == 259
     stored = raw_file.raw.X.toarray()
+    x = a.X.toarray()
     # the file stores log1p(counts / n_counts * 1e4) rounded to 3 decimals
-    assert np.abs(a.X - stored).max() <= 5e-4 + 1e-5
-    assert np.abs(a.X - stored).max() > 1e-4  # (the values were rounded: not a copy)
+    assert np.abs(x - stored).max() <= 5e-4 + 1e-5
+    assert np.abs(x - stored).max() > 1e-4  # (the values were rounded: not a copy)
     assert "scaled" in a.layers and a.layers["scaled"].min() < 0
     # the scanpy >= 1.13 layout (counts in a layer, no raw) gives the same result
-    new = ad.AnnData(X=a.X.copy(), obs=raw_file.obs.copy(), var=raw_file.var.copy())
-    new.layers["counts"] = counts.copy()
+    new = ad.AnnData(X=x.copy(), obs=raw_file.obs.copy(), var=raw_file.var.copy())
+    new.layers["counts"] = sparse.csr_matrix(counts)
     b = pbmc68k(new)
-    assert np.array_equal(b.layers["counts"], counts) and np.allclose(b.X, a.X, atol=1e-6)
+    assert np.array_equal(b.layers["counts"].toarray(), counts) and np.allclose(b.X.toarray(), x, atol=1e-6)
     ds = as_target(a, label_key="bulk_labels")
-    assert ds.representation == "log1p" and ds.size_factors is not None
+    assert ds.representation == "log1p" and ds.size_factors is not None and ds.is_sparse
+    assert as_target(a, label_key="bulk_labels", layer="auto").representation == "counts"
     with pytest.raises(DatasetError, match="negative values"):
         as_target(a, label_key="bulk_labels", layer="scaled")
 

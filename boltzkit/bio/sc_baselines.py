@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..datasets.single_cell import TARGET_SUM, CellDataset, PCABasis, log_normalize
+from ..datasets.single_cell import TARGET_SUM, CellDataset, PCABasis, dense_rows, log_normalize, row_sums
 from ..errors import ConfigError, DatasetError, TrainingDivergedError
 
-__all__ = ["GaussianPCABaseline", "NegativeBinomialBaseline", "ConditionalVAEBaseline"]
+__all__ = ["GaussianPCABaseline", "NegativeBinomialBaseline", "ConditionalVAEBaseline", "ScVIBaseline"]
 
 
 def _check(ds):
@@ -50,13 +50,13 @@ def _per_label(spec, categories) -> np.ndarray:
 def _counts_and_size(ds: CellDataset):
     """(counts (n, G), library of the modelled genes (n,), size factor used for normalisation (n,))."""
     if ds.representation == "counts":
-        c = ds.x.astype(np.float64)
-        lib = c.sum(1)
+        c = ds.x.astype(np.float64)  # stays sparse when the dataset is sparse
+        lib = row_sums(c)
         return c, lib, (lib if ds.size_factors is None else ds.size_factors)
     if ds.size_factors is None:
         raise DatasetError("count baselines need counts: pass a counts dataset (layer='counts') or a "
                            "log-normalised one with size factors (obs['n_counts'])")
-    c = np.round(np.expm1(ds.x.astype(np.float64)) * ds.size_factors[:, None] / TARGET_SUM)
+    c = np.round(np.expm1(ds.rows()) * ds.size_factors[:, None] / TARGET_SUM)
     return c, c.sum(1), ds.size_factors
 
 
@@ -133,14 +133,17 @@ class NegativeBinomialBaseline:
         T = len(ds.categories)
         self.rho = np.zeros((T, ds.n_genes))
         self.theta = np.full((T, ds.n_genes), 1e4)
-        for c in range(T):
-            sel = ds.codes == c
+        for c in range(T):  # sums of x, s x and x^2 only: a sparse matrix stays sparse
+            sel = np.flatnonzero(ds.codes == c)
             x, s = counts[sel], size[sel]
-            rho = x.sum(0) / s.sum()
-            mu = s[:, None] * rho
-            excess = ((x - mu) ** 2 - mu).sum(0)
+            sx = np.asarray(x.sum(0)).reshape(-1)
+            rho = sx / s.sum()
+            sx2 = np.asarray(x.multiply(x).sum(0) if hasattr(x, "multiply") else (x * x).sum(0)).reshape(-1)
+            sxs = np.asarray(x.T @ s).reshape(-1)
+            mu2 = (s ** 2).sum() * rho ** 2  # sum_i mu_ig^2
+            excess = sx2 - 2 * rho * sxs + mu2 - s.sum() * rho  # sum_i (x - mu)^2 - mu
             with np.errstate(divide="ignore", invalid="ignore"):
-                theta = np.where(excess > 0, (mu ** 2).sum(0) / excess, 1e4)
+                theta = np.where(excess > 0, mu2 / excess, 1e4)
             self.rho[c], self.theta[c] = rho, np.clip(theta, 1e-2, 1e4)
         return self
 
@@ -207,6 +210,7 @@ class ConditionalVAEBaseline:
         _check(ds)
         self.ds = ds
         counts, lib, size = _counts_and_size(ds)
+        counts = dense_rows(counts)  # (small data: the VAE trains on the dense matrix)
         self.lib, self.size = lib, size
         dev = torch.device(self.device)
         gen = torch.Generator(device=dev).manual_seed(self.seed)
@@ -254,4 +258,77 @@ class ConditionalVAEBaseline:
         theta = torch.exp(self.net.log_theta)
         lam = torch._standard_gamma(theta.expand_as(mu).contiguous(), generator=gen) * mu / theta
         counts = torch.poisson(lam, generator=gen).cpu().numpy().astype(np.float64)
+        return _to_representation(ds, counts, self.size[pick]), np.asarray(ds.categories, dtype=object)[codes]
+
+
+class ScVIBaseline:
+    """scVI (scvi-tools) as a label-conditioned generator: the cell type is scVI's batch
+    covariate (the decoder is conditioned on it); generation draws ``z ~ N(0, I)``, the log
+    library from training cells of the type (bootstrap), and counts from the decoder's ZINB.
+
+    Needs the optional ``scvi-tools`` package (``pip install scvi-tools``). Lopez et al.,
+    "Deep generative modeling for single-cell transcriptomics", Nature Methods 15 (2018).
+
+    Parameters
+    ----------
+    n_latent : int
+    max_epochs : int
+    seed : int
+    """
+
+    name = "scvi"
+
+    def __init__(self, n_latent: int = 10, max_epochs: int = 200, seed: int = 0):
+        self.n_latent, self.max_epochs, self.seed = int(n_latent), int(max_epochs), int(seed)
+
+    def fit(self, ds: CellDataset) -> "ScVIBaseline":
+        _check(ds)
+        try:
+            import scvi
+        except ImportError as exc:  # optional: scvi-tools is not a boltzkit dependency
+            from ..errors import MissingDependencyError
+
+            raise MissingDependencyError("the scVI baseline needs scvi-tools: pip install scvi-tools") from exc
+        import logging
+        import warnings
+
+        import anndata as ad
+        import pandas as pd
+
+        counts, lib, size = _counts_and_size(ds)
+        self.ds, self.size, self.lib = ds, size, lib
+        counts = dense_rows(counts)
+        a = ad.AnnData(X=np.asarray(counts, dtype=np.float32))
+        a.obs["label"] = pd.Categorical(np.asarray(ds.categories, dtype=object)[ds.codes],
+                                        categories=list(ds.categories))
+        threads = torch.get_num_threads()
+        logging.getLogger("scvi").setLevel(logging.ERROR)
+        logging.getLogger("lightning").setLevel(logging.ERROR)
+        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scvi.settings.seed = self.seed
+            scvi.model.SCVI.setup_anndata(a, batch_key="label")
+            self.model = scvi.model.SCVI(a, n_latent=self.n_latent)
+            self.model.train(max_epochs=self.max_epochs, accelerator="cpu", devices=1,
+                             enable_progress_bar=False, check_val_every_n_epoch=None, train_size=1.0)
+        torch.set_num_threads(threads)
+        return self
+
+    @torch.no_grad()
+    def generate(self, cells_per_label) -> "tuple[np.ndarray, np.ndarray]":
+        ds = self.ds
+        n = _per_label(cells_per_label, ds.categories)
+        rng = np.random.default_rng(self.seed)
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        codes = np.repeat(np.arange(len(ds.categories)), n)
+        pick = np.concatenate([rng.choice(np.flatnonzero(ds.codes == c), k) for c, k in enumerate(n)]
+                              ).astype(np.int64) if n.sum() else np.zeros(0, np.int64)
+        module = self.model.module.eval()
+        z = torch.randn(codes.size, self.n_latent, generator=gen)
+        library = torch.log(torch.as_tensor(self.lib[pick], dtype=torch.float32))[:, None]
+        batch = torch.as_tensor(codes, dtype=torch.long)[:, None]
+        px = module.generative(z=z, library=library, batch_index=batch)["px"]
+        torch.manual_seed(self.seed + 2)  # scvi's distributions draw from the global generator
+        counts = px.sample().cpu().numpy().astype(np.float64)
         return _to_representation(ds, counts, self.size[pick]), np.asarray(ds.categories, dtype=object)[codes]

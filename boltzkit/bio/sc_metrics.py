@@ -1,8 +1,9 @@
 r"""Metrics for generated single cells, each with a real-vs-real noise floor.
 
 All distribution metrics compare a *candidate* set (generated cells) with a *reference* set
-(held-out real cells) on a fixed representation fitted on real training cells only
-(:class:`CellEmbedding`: log-normalised expression -> highly variable genes -> PCA):
+(held-out real cells) on a PCA fitted on the two sets pooled (:class:`CellEmbedding`:
+log-normalised expression -> highly variable genes -> PCA); the type classifier of the label
+fidelity is fitted on other real cells:
 
 * :func:`mmd2` -- unbiased MMD^2 with a sum of RBF kernels (bandwidths {1/4, 1/2, 1, 2, 4} x
   the median pairwise squared distance) and a permutation p-value;
@@ -18,7 +19,8 @@ All distribution metrics compare a *candidate* set (generated cells) with a *ref
 * :func:`marker_overlap` -- per type, Jaccard overlap of the top-20 markers from
   ``scanpy.tl.rank_genes_groups`` (Wilcoxon) run on each set;
 * :func:`correlation_error` -- Frobenius norm of the difference of the gene-gene correlation
-  matrices of the top-50 most variable genes.
+  matrices of the top-50 most variable genes; :func:`within_type_correlation_error` -- the same
+  within each type (what a per-gene independent model cannot carry).
 
 :func:`evaluate` computes all of them for one candidate; :func:`evaluate_with_floor` also
 computes them for other held-out real cells against the same reference (the noise floor: a
@@ -40,7 +42,7 @@ from .metrics import energy_distance as _energy_distance_rows
 
 __all__ = ["CellEmbedding", "mmd2", "wasserstein2", "sliced_wasserstein", "energy_distance",
            "classifier_auc", "label_fidelity", "moment_correlations", "marker_overlap",
-           "correlation_error", "evaluate", "evaluate_with_floor"]
+           "correlation_error", "within_type_correlation_error", "evaluate", "evaluate_with_floor"]
 
 
 def _as2d(a, what="x") -> np.ndarray:
@@ -215,11 +217,19 @@ def _corr(a, b, fn):
     return float(fn(a[ok], b[ok])[0])
 
 
+def _log_dispersion(a):
+    """Per-gene log(variance / mean) (scanpy's dispersion), NaN where the mean is 0."""
+    m, v = a.mean(0), a.var(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((m > 0) & (v > 0), np.log(v / m), np.nan)
+
+
 def moment_correlations(ref, ref_labels, cand, cand_labels, *, min_cells: int = 10) -> dict:
     """Per type (with >= ``min_cells`` cells in both sets): Pearson and Spearman correlation
-    across genes of per-gene means and of per-gene variances; also their averages over types
-    (keys ``mean_pearson``, ``mean_spearman``, ``var_pearson``, ``var_spearman``) and the same
-    on all cells pooled (``*_all``)."""
+    across genes of per-gene means and of per-gene variances, and Pearson correlation of the
+    per-gene log dispersions ``log(var / mean)``; also their averages over types (keys
+    ``mean_pearson``, ``mean_spearman``, ``var_pearson``, ``var_spearman``, ``disp_pearson``) and
+    the mean / variance correlations on all cells pooled (``*_all``)."""
     ref, cand = _as2d(ref, "ref"), _as2d(cand, "cand")
     rl, cl = np.asarray(ref_labels).astype(str), np.asarray(cand_labels).astype(str)
     out, per = {}, {}
@@ -228,8 +238,9 @@ def moment_correlations(ref, ref_labels, cand, cand_labels, *, min_cells: int = 
         per[t] = {"mean_pearson": _corr(a.mean(0), b.mean(0), pearsonr),
                   "mean_spearman": _corr(a.mean(0), b.mean(0), spearmanr),
                   "var_pearson": _corr(a.var(0), b.var(0), pearsonr),
-                  "var_spearman": _corr(a.var(0), b.var(0), spearmanr)}
-    for key in ("mean_pearson", "mean_spearman", "var_pearson", "var_spearman"):
+                  "var_spearman": _corr(a.var(0), b.var(0), spearmanr),
+                  "disp_pearson": _corr(_log_dispersion(a), _log_dispersion(b), pearsonr)}
+    for key in ("mean_pearson", "mean_spearman", "var_pearson", "var_spearman", "disp_pearson"):
         vals = [v[key] for v in per.values()]
         out[key] = float(np.nanmean(vals)) if vals else float("nan")
     out["mean_pearson_all"] = _corr(ref.mean(0), cand.mean(0), pearsonr)
@@ -289,31 +300,52 @@ def correlation_error(ref, cand, *, n_genes: int = 50) -> float:
     return float(np.linalg.norm(corr(cand) - corr(ref)))
 
 
+def within_type_correlation_error(ref, ref_labels, cand, cand_labels, *, n_genes: int = 50,
+                                  min_cells: int = 10) -> dict:
+    """Per type (>= ``min_cells`` cells in both sets), :func:`correlation_error` over the
+    ``n_genes`` genes most variable *within that type* in the reference: the gene-gene
+    covariance a per-gene independent model cannot carry. Keys ``corr_error_within`` (mean over
+    types) and ``per_type``. Finite samples put a floor under it: compare two real sets."""
+    ref, cand = _as2d(ref, "ref"), _as2d(cand, "cand")
+    rl, cl = np.asarray(ref_labels).astype(str), np.asarray(cand_labels).astype(str)
+    per = {t: correlation_error(ref[rl == t], cand[cl == t], n_genes=n_genes)
+           for t in _types(rl, cl, min_cells)}
+    return {"corr_error_within": float(np.mean(list(per.values()))) if per else float("nan"),
+            "per_type": per}
+
+
 # ---------------------------------------------------------------------------- all together
 def evaluate(train_x, train_labels, ref_x, ref_labels, cand_x, cand_labels, genes, *,
              n_pcs: int = 50, n_hvg: "int | None" = None, n_perm: int = 200, min_cells: int = 10,
              markers: bool = True, seed: int = 0, embedding: "CellEmbedding | None" = None) -> dict:
     """Every metric of this module for one candidate set against a reference set.
 
-    All inputs are log-normalised (cells x genes). ``train_*`` (real training cells) fit the
-    PCA representation and the type classifier. Distribution metrics are computed on the PCA
-    coordinates; moment, marker and correlation metrics on genes.
+    All inputs are log-normalised (cells x genes). Distribution metrics (MMD^2, W2, energy,
+    classifier AUCs) are computed on a PCA fitted on the *pooled* reference and candidate cells
+    (as scDiffusion's evaluation does: a PCA fitted on one side alone fits that side's noise and
+    biases the comparison). ``train_*`` (real cells, disjoint from both sets) fit the type
+    classifier of :func:`label_fidelity`, on the PCA ``embedding`` of the training cells
+    (default: fitted on them). Moment, marker and correlation metrics are computed on genes.
     """
     emb = embedding or CellEmbedding(train_x, n_pcs, n_hvg)
-    zr, zc = emb(ref_x), emb(cand_x)
+    pooled = CellEmbedding(np.concatenate([np.asarray(ref_x, np.float64), np.asarray(cand_x, np.float64)]),
+                           n_pcs, n_hvg)
+    zr, zc = pooled(ref_x), pooled(cand_x)
     mmd, p = mmd2(zc, zr, n_perm=n_perm, seed=seed)
     out = {"mmd2": mmd, "mmd2_pvalue": p, "w2": wasserstein2(zc, zr, seed=seed),
            "sliced_w2": sliced_wasserstein(zc, zr, seed=seed),
            "energy_distance": energy_distance(zc, zr),
            "auc_knn": classifier_auc(zc, zr, method="knn", seed=seed),
            "auc_logreg": classifier_auc(zc, zr, method="logreg", seed=seed)}
-    out.update(label_fidelity(emb(train_x), train_labels, zc, cand_labels, seed=seed))
+    out.update(label_fidelity(emb(train_x), train_labels, emb(cand_x), cand_labels, seed=seed))
     mc = moment_correlations(ref_x, ref_labels, cand_x, cand_labels, min_cells=min_cells)
     out.update({k: v for k, v in mc.items() if k != "per_type"})
     if markers:
         out["marker_jaccard"] = marker_overlap(ref_x, ref_labels, cand_x, cand_labels, genes,
                                                min_cells=min_cells)["marker_jaccard"]
     out["corr_error"] = correlation_error(ref_x, cand_x)
+    out["corr_error_within"] = within_type_correlation_error(ref_x, ref_labels, cand_x, cand_labels,
+                                                             min_cells=min_cells)["corr_error_within"]
     return out
 
 

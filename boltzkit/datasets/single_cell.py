@@ -38,7 +38,8 @@ from ..errors import ConfigError, DatasetError, TargetError, require
 
 __all__ = ["CellDataset", "CellExpressionDomain", "SyntheticCellLaw", "pbmc68k", "as_target",
            "is_anndata", "result_to_anndata", "log_normalize", "PCABasis", "allocate",
-           "REPRESENTATIONS", "ANNDATA_KIND"]
+           "REPRESENTATIONS", "ANNDATA_KIND", "generated_anndata", "dense_rows", "row_sums",
+           "ORIGIN_KEY", "var_to_json"]
 
 REPRESENTATIONS = ("counts", "log1p")
 ANNDATA_KIND = "single_cell"  # Result.diagnostics["anndata_kind"] of generated cells
@@ -50,12 +51,50 @@ def _dense(m) -> np.ndarray:
     return np.asarray(m.toarray() if hasattr(m, "toarray") else m, dtype=np.float64)
 
 
-def log_normalize(counts, size_factors=None, target_sum: float = TARGET_SUM) -> np.ndarray:
-    """``log1p(counts / size_factor * target_sum)`` (scanpy ``normalize_total`` + ``log1p``).
+def _issparse(m) -> bool:
+    from scipy import sparse
 
-    ``size_factors`` default to the row sums; rows whose size factor is 0 stay 0.
+    return sparse.issparse(m)
+
+
+def _as_matrix(m):
+    """float32 CSR for sparse input (never densified), float32 ndarray otherwise."""
+    if _issparse(m):
+        from scipy import sparse
+
+        return sparse.csr_matrix(m, dtype=np.float32)
+    return np.asarray(m, dtype=np.float32)
+
+
+def dense_rows(x, idx=None, dtype=np.float64) -> np.ndarray:
+    """Rows ``idx`` (all rows when None) of a dense or sparse matrix as a dense array: the one
+    place where mini-batches of a sparse matrix are densified."""
+    sub = x if idx is None else x[np.asarray(idx)]
+    return np.asarray(sub.toarray() if hasattr(sub, "toarray") else sub, dtype=dtype)
+
+
+def row_sums(x) -> np.ndarray:
+    """Row sums of a dense or sparse matrix (float64, no densification)."""
+    return np.asarray(x.sum(1), dtype=np.float64).reshape(-1)
+
+
+def _values(x) -> np.ndarray:
+    """The stored values (the non-zeros of a sparse matrix; every entry of a dense one)."""
+    return x.data if _issparse(x) else np.asarray(x).reshape(-1)
+
+
+def is_integer_valued(x) -> bool:
+    v = _values(x)
+    return bool(np.all(v == np.round(v)))
+
+
+def log_normalize(counts, size_factors=None, target_sum: float = TARGET_SUM) -> np.ndarray:
+    """``log1p(counts / size_factor * target_sum)`` (scanpy ``normalize_total`` + ``log1p``), dense.
+
+    ``size_factors`` default to the row sums; rows whose size factor is 0 stay 0. A sparse
+    ``counts`` is densified: pass mini-batches of rows.
     """
-    c = np.asarray(counts, dtype=np.float64)
+    c = dense_rows(counts)
     s = c.sum(1) if size_factors is None else np.asarray(size_factors, dtype=np.float64).reshape(-1)
     if s.shape[0] != c.shape[0]:
         raise DatasetError(f"{s.shape[0]} size factors for {c.shape[0]} cells")
@@ -187,8 +226,8 @@ class CellDataset:
     def __init__(self, x, labels, *, gene_names, label_key: str = "label",
                  representation: str = "log1p", categories=None, obs_names=None,
                  layer: "str | None" = None, size_factors=None, name: str = "cells",
-                 provenance: str = "user data", uns_log1p: bool = False):
-        x = np.asarray(x, dtype=np.float32)
+                 provenance: str = "user data", uns_log1p: bool = False, var=None):
+        x = _as_matrix(x)
         if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
             raise DatasetError(f"the expression matrix is empty or not 2-D (shape {x.shape}); "
                                "a cell dataset needs at least one cell and one gene")
@@ -202,6 +241,9 @@ class CellDataset:
             raise DatasetError(f"{labels.size} labels for {x.shape[0]} cells")
         present = sorted(set(labels))
         cats = present if categories is None else [str(c) for c in categories if str(c) in set(present)]
+        # declared categories without a single cell (e.g. after subsetting): not generable
+        self.empty_categories = ([] if categories is None else
+                                 [str(c) for c in categories if str(c) not in set(present)])
         missing = sorted(set(present) - set(cats))
         if missing:
             raise DatasetError(f"labels {missing[:5]} are not among the categories {cats}")
@@ -224,6 +266,20 @@ class CellDataset:
             self.size_factors = s
         self.name, self.provenance = str(name), str(provenance)
         self.uns_log1p = bool(uns_log1p)
+        self.var = None if var is None else var.copy()  # AnnData var (a DataFrame), kept for the output
+
+    @property
+    def is_sparse(self) -> bool:
+        return _issparse(self.x)
+
+    def rows(self, idx=None, dtype=np.float64) -> np.ndarray:
+        """Dense rows ``idx`` of the matrix (all rows when None; for a sparse matrix only the
+        rows asked for are densified)."""
+        return dense_rows(self.x, idx, dtype)
+
+    def library_sizes(self) -> np.ndarray:
+        """Row sums of the matrix (the library over the modelled genes, for counts)."""
+        return row_sums(self.x)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -250,15 +306,20 @@ class CellDataset:
         return {c: int(n) for c, n in zip(self.categories, np.bincount(self.codes, minlength=len(self.categories)))}
 
     def log1p(self) -> np.ndarray:
-        """The matrix on a log scale: ``log1p(counts)`` for counts (no library normalisation, so
-        it inverts exactly), the values themselves for log-normalised data."""
-        return np.log1p(self.x.astype(np.float64)) if self.representation == "counts" else self.x.astype(np.float64)
+        """The matrix on a log scale, dense: ``log1p(counts)`` for counts (no library
+        normalisation, so it inverts exactly), the values themselves for log-normalised data.
+        (Densifies the whole matrix: gene-space models and small data only.)"""
+        x = self.rows()
+        return np.log1p(x) if self.representation == "counts" else x
 
-    def log_normalized(self, target_sum: float = TARGET_SUM) -> np.ndarray:
-        """log1p(normalize_total) values, the representation metrics are computed on."""
+    def log_normalized(self, target_sum: float = TARGET_SUM, *, size_factors=None) -> np.ndarray:
+        """log1p(normalize_total) values (dense), the representation metrics are computed on.
+        For counts the size factors are ``size_factors`` if given, else the dataset's, else
+        the row sums."""
         if self.representation == "log1p":
-            return self.x.astype(np.float64)
-        return log_normalize(self.x, self.size_factors, target_sum)
+            return self.rows()
+        sf = self.size_factors if size_factors is None else size_factors
+        return log_normalize(self.rows(), sf, target_sum)
 
     def subset(self, idx, *, name: "str | None" = None) -> "CellDataset":
         """The cells ``idx`` (indices or boolean mask); categories keep their order."""
@@ -270,7 +331,8 @@ class CellDataset:
                            categories=self.categories, obs_names=[self.obs_names[i] for i in idx],
                            layer=self.layer,
                            size_factors=None if self.size_factors is None else self.size_factors[idx],
-                           name=name or self.name, provenance=self.provenance, uns_log1p=self.uns_log1p)
+                           name=name or self.name, provenance=self.provenance, uns_log1p=self.uns_log1p,
+                           var=self.var)
 
     def split(self, test_fraction: float = 0.2, *, seed: int = 0) -> "tuple[CellDataset, CellDataset]":
         """Stratified (train, test) split: each label keeps ``test_fraction`` of its cells in test
@@ -348,14 +410,14 @@ class CellDataset:
         else:
             raise DatasetError(f"adata.layers has no {layer!r}; layers are {list(adata.layers)}. "
                                "Pass layer=None to use adata.X")
-        x = _dense(mat)
+        x = _as_matrix(mat)  # sparse stays sparse (CSR); nothing is densified here
         genes = [str(g) for g in adata.var_names]
         where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
-        _check_values(x, genes, None, where=where)
-        if representation == "auto":
-            representation = "counts" if np.all(x == np.round(x)) else "log1p"
-        if representation not in REPRESENTATIONS:
+        if representation not in ("auto", *REPRESENTATIONS):
             raise DatasetError(f"representation must be 'auto', 'counts' or 'log1p', got {representation!r}")
+        _check_values(x, genes, None if representation == "auto" else representation, where=where)
+        if representation == "auto":
+            representation = "counts" if is_integer_valued(x) else "log1p"
         lab = adata.obs[label_key]
         if lab.isna().any():
             raise DatasetError(f"obs[{label_key!r}] has {int(lab.isna().sum())} missing labels; drop "
@@ -375,7 +437,7 @@ class CellDataset:
                    representation=representation, categories=cats,
                    obs_names=[str(o) for o in adata.obs_names], layer=layer, size_factors=sf,
                    name=name or "adata", provenance=provenance,
-                   uns_log1p="log1p" in adata.uns)
+                   uns_log1p="log1p" in adata.uns, var=adata.var)
 
     def to_anndata(self):
         """The cells as AnnData (matrix in ``X``, and in ``layers[layer]`` if it came from one)."""
@@ -384,32 +446,51 @@ class CellDataset:
                              {"provenance": self.provenance, "source": "real"})
 
 
+def _bad_columns(x, mask_values) -> np.ndarray:
+    """Gene indices holding a flagged stored value (``mask_values`` over :func:`_values`)."""
+    if _issparse(x):
+        return np.unique(x.indices[mask_values])
+    return np.flatnonzero(mask_values.reshape(x.shape).any(0))
+
+
 def _check_values(x, genes, representation, where="the matrix"):
-    bad = ~np.isfinite(x)
+    v = _values(x)
+    bad = ~np.isfinite(v)
     if bad.any():
-        cols = np.flatnonzero(bad.any(0))
+        cols = _bad_columns(x, bad)
         names = [genes[i] for i in cols[:5]]
         raise DatasetError(f"{where} has NaN or infinite values in {cols.size} gene(s), e.g. {names}; "
                            "remove those genes (adata = adata[:, ~mask].copy()) or fix the values")
-    neg = x < 0
+    neg = v < 0
     if neg.any():
-        cols = np.flatnonzero(neg.any(0))
+        cols = _bad_columns(x, neg)
         names = [genes[i] for i in cols[:5]]
-        ints = np.all(x == np.round(x))
+        ints = np.all(v == np.round(v))
         what = "negative counts" if (representation == "counts" or ints) else "negative values"
         raise DatasetError(
-            f"{where} has {what} in {cols.size} gene(s), e.g. {names} (min {x.min():.3g}). Cells are "
+            f"{where} has {what} in {cols.size} gene(s), e.g. {names} (min {v.min():.3g}). Cells are "
             "generated as counts or log-normalised expression, both non-negative; scaled or centred "
             "data (sc.pp.scale) cannot be used. Pass layer='counts' or the log-normalised layer "
             "(bk.datasets.pbmc68k() stores log-normalised values in X and counts in layers['counts'])")
+    if representation == "counts":
+        frac = v != np.round(v)
+        if frac.any():
+            cols = _bad_columns(x, frac)
+            raise DatasetError(
+                f"{where} should hold counts but has non-integer values in {cols.size} gene(s), e.g. "
+                f"{[genes[i] for i in cols[:5]]}; pass the raw UMI counts (often layer='counts'), "
+                "not normalised or log-transformed values")
 
 
 def as_target(obj, label_key: "str | None" = None, layer: "str | None" = None, **kw) -> CellDataset:
     """Turn an AnnData (with ``label_key``) into a :class:`CellDataset`; pass a CellDataset through.
 
-    Used by ``bk.sample(adata, label_key=...)``. Other keyword arguments go to
+    Used by ``bk.sample(adata, label_key=...)`` (with ``layer="auto"``: ``layers["counts"]``
+    when the AnnData has it, else ``X``). Other keyword arguments go to
     :meth:`CellDataset.from_anndata`.
     """
+    if layer == "auto":  # the field's convention: raw counts in layers["counts"] when present
+        layer = "counts" if is_anndata(obj) and "counts" in obj.layers else None
     if isinstance(obj, CellDataset):
         if label_key is not None and label_key != obj.label_key:
             raise ConfigError(f"label_key={label_key!r} but the dataset is labelled by "
@@ -426,7 +507,7 @@ def _make_anndata(x, labels, categories, label_key, genes, obs_names, layer, rep
                   uns_log1p, info):
     ad = require("anndata", "bio")
     pd = require("pandas", "bio")
-    a = ad.AnnData(X=np.asarray(x, dtype=np.float32))
+    a = ad.AnnData(X=_as_matrix(x))
     a.obs_names = list(obs_names)
     a.var_names = list(genes)
     a.obs[label_key] = pd.Categorical(list(labels), categories=list(categories))
@@ -439,26 +520,95 @@ def _make_anndata(x, labels, categories, label_key, genes, obs_names, layer, rep
 
 
 # ---------------------------------------------------------------------------- results
-def result_to_anndata(result):
-    """Generated cells of a single-cell :class:`~boltzkit.result.Result` as AnnData.
+ORIGIN_KEY = "boltzkit_origin"  # obs column of generated AnnData: "generated"
 
-    ``X`` holds the cells in the representation of the training data (counts or log-normalised;
-    also in ``layers[layer]`` when training read a layer), ``obs[label_key]`` the label each cell
-    was generated for (categorical, the training categories), ``var_names`` the training genes in
-    order, and ``uns["boltzkit"]`` the method, seed and provenance.
+
+def var_to_json(var) -> "dict | None":
+    """An AnnData ``var`` DataFrame as ``{column: list}`` (JSON-able; categories become str),
+    so that a :class:`~boltzkit.result.Result` can carry it through save/load."""
+    if var is None or len(var.columns) == 0:
+        return None
+    out = {}
+    for col in var.columns:
+        v = var[col]
+        if v.dtype.kind in "biuf":
+            vals = v.to_numpy()
+            out[str(col)] = [bool(a) for a in vals] if v.dtype.kind == "b" else vals.astype(float).tolist()
+        else:
+            out[str(col)] = [None if a is None else str(a) for a in v.tolist()]
+    return out
+
+
+def generated_anndata(x, labels, *, categories, label_key, gene_names, representation="counts",
+                      layer=None, uns_log1p=False, var=None, info=None, obs_prefix="gen"):
+    """Generated cells as an AnnData laid out the way scanpy users keep their data.
+
+    * ``representation="counts"``: ``layers["counts"]`` holds the integer counts (CSR) and ``X``
+      the log-normalised values computed by scanpy itself (``sc.pp.normalize_total(target_sum=
+      1e4)`` then ``sc.pp.log1p``, sparse), so ``sc.pp.pca`` / ``neighbors`` / ``tl.umap`` run
+      on the output directly; ``layers[layer]`` too when training read another layer.
+    * ``representation="log1p"``: ``X`` holds the values (CSR), and ``layers[layer]`` when
+      training read one.
+
+    ``obs[label_key]`` is categorical over ``categories``, ``obs["boltzkit_origin"]`` is
+    "generated"; ``var`` (a DataFrame or the dict of :func:`var_to_json`) is restored.
     """
+    ad = require("anndata", "bio")
+    pd = require("pandas", "bio")
+    from scipy import sparse
+
+    m = sparse.csr_matrix(x, dtype=np.float32)
+    m.eliminate_zeros()
+    n = m.shape[0]
+    if isinstance(var, dict):
+        var = pd.DataFrame(var, index=list(gene_names))
+    elif var is not None:
+        var = var.copy()
+        var.index = list(gene_names)
+    a = ad.AnnData(X=m.copy(), var=var)
+    a.obs_names = [f"{obs_prefix}{i}" for i in range(n)]
+    a.var_names = list(gene_names)
+    a.obs[label_key] = pd.Categorical(list(labels), categories=list(categories))
+    a.obs[ORIGIN_KEY] = pd.Categorical(["generated"] * n, categories=["real", "generated"])
+    if representation == "counts":
+        sc = require("scanpy", "bio")
+        a.layers["counts"] = m
+        if layer not in (None, "counts"):
+            a.layers[layer] = m.copy()
+        threads = torch.get_num_threads()  # scanpy's numba kernels reset the shared OpenMP pool
+        try:
+            sc.pp.normalize_total(a, target_sum=TARGET_SUM)
+            sc.pp.log1p(a)
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        if layer is not None:
+            a.layers[layer] = m.copy()
+        if uns_log1p:
+            a.uns["log1p"] = {"base": None}
+    a.uns["boltzkit"] = {**(info or {}), "representation": representation, "source": "generated"}
+    return a
+
+
+def result_to_anndata(result):
+    """Generated cells of a single-cell :class:`~boltzkit.result.Result` as AnnData
+    (:func:`generated_anndata`): counts in ``layers["counts"]`` and scanpy's log-normalised
+    values in ``X`` for count models, the values in ``X`` for log-normalised ones; sparse;
+    ``obs[label_key]`` the label each cell was generated for (the training categories),
+    ``obs["boltzkit_origin"] = "generated"``, ``var`` of the training AnnData, and
+    ``uns["boltzkit"]`` the method, seed and provenance."""
     cfg = result.config
     need = ("gene_names", "label_key", "labels", "label_categories", "representation")
     if result.diagnostics.get("anndata_kind") != ANNDATA_KIND or any(k not in cfg for k in need):
         raise DatasetError("this Result holds no generated cells (it lacks the gene names and labels "
                            "of a single-cell generator such as 'sc_diffusion')")
-    x = result.samples.detach().cpu().numpy()
-    n = x.shape[0]
-    return _make_anndata(x, cfg["labels"], cfg["label_categories"], cfg["label_key"],
-                         cfg["gene_names"], [f"gen{i}" for i in range(n)], cfg.get("layer"),
-                         cfg["representation"], bool(cfg.get("uns_log1p", False)),
-                         {"source": "generated", "method": result.method, "seed": result.seed,
-                          "provenance": str(result.target.get("provenance", ""))})
+    return generated_anndata(result.samples.detach().cpu().numpy(), cfg["labels"],
+                             categories=cfg["label_categories"], label_key=cfg["label_key"],
+                             gene_names=cfg["gene_names"], representation=cfg["representation"],
+                             layer=cfg.get("layer"), uns_log1p=bool(cfg.get("uns_log1p", False)),
+                             var=cfg.get("var"),
+                             info={"method": result.method, "seed": result.seed,
+                                   "provenance": str(result.target.get("provenance", ""))})
 
 
 # ---------------------------------------------------------------------------- PBMC
@@ -467,8 +617,8 @@ def pbmc68k(adata=None, *, target_sum: float = TARGET_SUM):
 
     Returns a new AnnData with
 
-    * ``layers["counts"]`` -- UMI counts of the 765 genes (integers, float32);
-    * ``X`` -- log-normalised values ``log1p(counts / n_counts * target_sum)``, with
+    * ``layers["counts"]`` -- UMI counts of the 765 genes (integers, float32, sparse CSR);
+    * ``X`` -- log-normalised values (sparse CSR) ``log1p(counts / n_counts * target_sum)``, with
       ``obs["n_counts"]`` the library size over *all* genes that passed the original filtering
       (so rows of the counts sum to less than ``n_counts``); ``uns["log1p"]`` is set;
     * ``layers["scaled"]`` -- the file's z-scored ``X``, when it has one (do not generate in it);
@@ -497,10 +647,12 @@ def pbmc68k(adata=None, *, target_sum: float = TARGET_SUM):
         size = np.asarray(adata.obs["n_counts"], dtype=np.float64)
     else:
         size = None
+    from scipy import sparse
+
     if "counts" in adata.layers:
         layout = "counts layer (scanpy >= 1.13)"
-        counts = _dense(adata.layers["counts"])
-        if not np.all(counts == np.round(counts)) or (counts < 0).any():
+        counts = sparse.csr_matrix(adata.layers["counts"], dtype=np.float64)
+        if not is_integer_valued(counts) or (counts.data < 0).any():
             raise DatasetError("layers['counts'] does not hold non-negative integer counts")
     elif adata.raw is not None:
         layout = "raw log-normalised (scanpy <= 1.12)"
@@ -510,10 +662,13 @@ def pbmc68k(adata=None, *, target_sum: float = TARGET_SUM):
         pos = {g: i for i, g in enumerate(raw_genes)}
         if any(g not in pos for g in genes):
             raise DatasetError("raw.var_names do not contain all of var_names; not a pbmc68k_reduced file")
-        logn = _dense(adata.raw.X)[:, [pos[g] for g in genes]]
-        exact = np.expm1(logn) * size[:, None] / target_sum
-        counts = np.round(exact)
-        resid = float(np.abs(exact - counts).max())
+        logn = sparse.csr_matrix(adata.raw.X, dtype=np.float64)[:, [pos[g] for g in genes]]
+        rows = np.repeat(np.arange(logn.shape[0]), np.diff(logn.indptr))
+        exact = np.expm1(logn.data) * size[rows] / target_sum  # on the non-zeros only
+        counts = logn.copy()
+        counts.data = np.round(exact)
+        counts.eliminate_zeros()
+        resid = float(np.abs(exact - np.round(exact)).max()) if exact.size else 0.0
         if resid > 0.25:
             raise DatasetError(f"raw.X is not log1p(counts / n_counts * {target_sum:g}): rebuilt counts "
                                f"are {resid:.2f} away from integers")
@@ -521,9 +676,10 @@ def pbmc68k(adata=None, *, target_sum: float = TARGET_SUM):
         raise DatasetError("this AnnData has neither layers['counts'] nor raw.X; it is not a "
                            "pbmc68k_reduced file")
     if size is None:
-        size = counts.sum(1)
-    out = ad.AnnData(X=log_normalize(counts, size, target_sum).astype(np.float32),
-                     obs=adata.obs.copy(), var=adata.var.copy())
+        size = row_sums(counts)
+    lognorm = counts.multiply((target_sum / size)[:, None]).tocsr()
+    lognorm.data = np.log1p(lognorm.data)
+    out = ad.AnnData(X=lognorm.astype(np.float32), obs=adata.obs.copy(), var=adata.var.copy())
     out.layers["counts"] = counts.astype(np.float32)
     x0 = adata.X
     if x0 is not None:

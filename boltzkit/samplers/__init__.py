@@ -8,6 +8,7 @@ from .mala import MALA, hmc_step, mala_step
 from .olla import OLLA, ProjectedLangevin, SlackLangevin
 from .stem import Stem, StemConfig
 from .single_cell import SCDiffusion, SCDiffusionConfig
+from .sc_latent import SCLatentDiffusion, SCLatentDiffusionConfig
 from .naas import NAAS, NAASConfig
 from .pdns import PDNS, PDNSConfig
 from .tr2d2 import TR2D2, TR2D2Config
@@ -16,7 +17,7 @@ from ..estimators import ais as _ais, jarzynski as _jarzynski  # noqa: F401  (re
 
 __all__ = ["Sampler", "SamplerConfig", "TrainableSampler", "Metropolis", "HeatBath", "SwendsenWang", "Wolff", "MDNS", "MDNSConfig", "MALA"]
 __all__ += ["Stem", "StemConfig"]
-__all__ += ["SCDiffusion", "SCDiffusionConfig"]
+__all__ += ["SCDiffusion", "SCDiffusionConfig", "SCLatentDiffusion", "SCLatentDiffusionConfig"]
 __all__ += ["NAAS", "NAASConfig"]
 __all__ += ["DiscreteASBS", "DiscreteASBSConfig"]
 __all__ += ["OLLA", "ProjectedLangevin", "SlackLangevin"]

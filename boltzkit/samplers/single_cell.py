@@ -55,7 +55,8 @@ import torch
 from torch import nn
 
 from .._registry import register
-from ..datasets.single_cell import ANNDATA_KIND, CellDataset, CellExpressionDomain, PCABasis, allocate
+from ..datasets.single_cell import (ANNDATA_KIND, CellDataset, CellExpressionDomain, PCABasis, allocate,
+                                    var_to_json)
 from ..errors import ConfigError, DatasetError, TargetError
 from ..result import Result
 from ._shared.ema import EMA
@@ -313,7 +314,8 @@ class SCDiffusion(TrainableSampler):
                               "build one with bk.datasets.single_cell.as_target(adata, label_key=...)")
         if target.n_cells < 2:
             raise DatasetError(f"dataset {target.name!r} has {target.n_cells} cell(s); need >= 2")
-        self._resolve_condition(self.config.condition, target.categories)  # bad labels fail here
+        self._resolve_condition(self.config.condition, target.categories,  # bad labels fail here
+                                getattr(target, "empty_categories", ()))
         cfg = self.config
         y = target.log1p()  # (n, G) on the log scale the model works on
         if cfg.network == "dit" and cfg.space == "pca":
@@ -332,7 +334,9 @@ class SCDiffusion(TrainableSampler):
                      "proportions": [float(p) for p in np.bincount(target.codes, minlength=len(target.categories))
                                      / target.n_cells],
                      "train_target": target.to_config(), "provenance": target.provenance,
-                     "train_wall_s": 0.0, "dim": int(z.shape[1]), "max_value": float(y.max())}
+                     "train_wall_s": 0.0, "dim": int(z.shape[1]), "max_value": float(y.max()),
+                     "empty_categories": list(getattr(target, "empty_categories", [])),
+                     "var": var_to_json(getattr(target, "var", None))}
         dev = self.device
         self.z_mean = torch.as_tensor(mean, dtype=torch.float32, device=dev)
         self.z_std = torch.as_tensor(std, dtype=torch.float32, device=dev)
@@ -375,13 +379,20 @@ class SCDiffusion(TrainableSampler):
             raise ConfigError("SCDiffusion has no trained model: call fit(dataset) or SCDiffusion.load(path)")
 
     @staticmethod
-    def _resolve_condition(condition, categories) -> "np.ndarray | str | None":
+    def _resolve_condition(condition, categories, empty=()) -> "np.ndarray | str | None":
         """Per-label cell counts (array) for a dict, the label for a str, None for None;
-        unknown labels raise, listing the known ones."""
+        unknown labels raise, listing the known ones; a label with no training cells
+        (``empty``: declared categories without cells) raises saying so."""
         _check_condition_type(condition)
         if condition is None:
             return None
         names = [condition] if isinstance(condition, str) else list(condition)
+        hollow = [c for c in names if c in set(empty) and (isinstance(condition, str) or condition[c] > 0)]
+        if hollow:
+            raise ConfigError(f"cell type(s) {hollow} have no cells in the training data, so no cells "
+                              "can be generated for them; drop them from the request or add cells of "
+                              "those types")
+        names = [c for c in names if c not in set(empty)]
         unknown = [c for c in names if c not in set(categories)]
         if unknown:
             raise ConfigError(f"unknown condition label(s) {unknown}; the labels are {list(categories)}")
@@ -391,7 +402,7 @@ class SCDiffusion(TrainableSampler):
 
     def _label_counts(self, condition, n_samples) -> np.ndarray:
         cats = self.info["categories"]
-        spec = self._resolve_condition(condition, cats)
+        spec = self._resolve_condition(condition, cats, self.info.get("empty_categories", ()))
         if isinstance(spec, np.ndarray):
             return spec
         _check_count("n_samples", n_samples)
@@ -476,7 +487,8 @@ class SCDiffusion(TrainableSampler):
         diagnostics = {"log_z_unavailable": _NO_LOG_Z, "anndata_kind": ANNDATA_KIND,
                        "n_cells": int(samples.shape[0]), "n_genes": int(samples.shape[1]),
                        "cells_per_label": {c: int(n) for c, n in zip(cats, counts)},
-                       "representation": self.info["representation"], "space": cfg.space,
+                       "representation": self.info["representation"],
+                       "space": getattr(cfg, "space", "latent"),
                        "guidance": float(cfg.guidance), "sampler": cfg.sampler,
                        "sampling_steps": cfg.sampling_steps or cfg.n_timesteps,
                        "train_steps": int(self.step), "train_wall_s": float(self.info.get("train_wall_s", 0.0)),
@@ -489,7 +501,8 @@ class SCDiffusion(TrainableSampler):
                         "gene_names": list(self.info["gene_names"]),
                         "label_key": self.info["label_key"], "label_categories": list(cats),
                         "labels": [cats[i] for i in codes], "representation": self.info["representation"],
-                        "layer": self.info["layer"], "uns_log1p": bool(self.info["uns_log1p"])}
+                        "layer": self.info["layer"], "uns_log1p": bool(self.info["uns_log1p"]),
+                        "var": self.info.get("var")}
         return Result(samples=samples, log_z=None, diagnostics=diagnostics, **kw)
 
     # ------------------------------------------------------------------ persistence

@@ -1,0 +1,445 @@
+r"""Count-aware latent diffusion for single cells: a negative-binomial autoencoder with a
+cell-type-conditional diffusion prior in its latent space.
+
+Papers: A. Palma, T. Richter, et al., "Generating multi-modal and multi-attribute single-cell
+counts with CFGen" (ICLR 2025) -- a generative model in the latent space of an autoencoder
+with a negative-binomial count decoder and library-size handling; E. Luo et al., scDiffusion
+(Bioinformatics 2024) -- latent diffusion for cells; scLDM (arXiv 2511.02986) -- classifier-free
+guidance for cell attributes; J. Ho, T. Salimans, arXiv 2207.12598 -- classifier-free guidance.
+
+Model. Stage 1, the autoencoder, on raw counts ``x`` (genes ``g``) with library ``l = sum_g x_g``::
+
+    z ~ q(z | log1p(1e4 x / l)) = N(m(x), diag s(x)^2),   rho(z) = softmax(D(z)),
+    x_g | z, l ~ NB(mean l rho_g(z), inverse dispersion theta_g)
+    L_AE = E_q[-log NB(x | l rho(z), theta)] + beta KL(q || N(0, I))       (beta small)
+
+Stage 2, the prior, on ``u = standardise([m(x), log l])`` (the encoder means and the log
+library, jointly, so a type's library sizes and states stay coupled)::
+
+    L = E_{t, (u_0, y), eps} || eps - eps_phi(sqrt(abar_t) u_0 + sqrt(1 - abar_t) eps, t, y) ||^2
+
+with ``y`` the cell type, replaced by a null label with probability ``cond_dropout``.
+Sampling: ``eps = (1 + w) eps_phi(u, t, y) - w eps_phi(u, t, null)`` (guidance ``w``), then
+``z, l`` from ``u``, then integer counts ``x_g ~ NB(l rho_g(z), theta_g)`` (a gamma-Poisson
+draw). The diffusion core is :class:`~boltzkit.samplers._shared.gaussian_diffusion.
+GaussianDiffusion` with the denoiser :class:`~boltzkit.samplers.single_cell.ConditionalMLP`.
+
+Defaults (latent 16, 1500 autoencoder steps, 3000 prior steps, guidance 0) were chosen by
+measurement on pbmc68k_reduced (``benchmarks/single_cell.py --tune``), not from the papers.
+
+Data. Counts in, counts out: a counts :class:`~boltzkit.datasets.single_cell.CellDataset`
+(from ``bk.sample(adata, label_key=...)``, which reads ``layers["counts"]`` when present);
+a sparse matrix stays sparse -- only mini-batches of rows are densified.
+
+Known failure modes.
+
+* Rare types (a handful of cells) are learned poorly by the prior; their cells drift towards
+  neighbouring types. Judge per-type metrics only for types with enough cells.
+* The decoder's NB has one dispersion per gene: genes whose overdispersion differs strongly
+  between types get the wrong per-type variance (visible in the dispersion correlation).
+* Guidance ``w > 0`` makes cells too typical (label fidelity above that of real held-out
+  cells) and shrinks within-type spread; the default 0 was the measured best.
+* Too few autoencoder steps leave the decoder blurry (means of types too close); too large a
+  latent leaves the prior with too few cells per dimension. Check ``result.history``.
+* No likelihood or log Z: evaluate against held-out cells (:mod:`boltzkit.bio.sc_metrics`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._registry import register
+from ..datasets.single_cell import (ANNDATA_KIND, TARGET_SUM, CellDataset, CellExpressionDomain,
+                                    dense_rows, var_to_json)
+from ..errors import ConfigError, DatasetError, TargetError
+from ..result import Result
+from ._shared.ema import EMA
+from ._shared.gaussian_diffusion import GaussianDiffusion, check_diffusion_options, optimize_denoiser
+from .base import SamplerConfig, TrainableSampler, _check_count
+from .single_cell import ConditionalMLP, SCDiffusion, _check_condition_type, _jsonable_condition
+
+__all__ = ["SCLatentDiffusion", "SCLatentDiffusionConfig", "NBAutoencoder", "nb_log_prob", "sample_nb"]
+
+_NO_LOG_Z = ("sc_latent is a conditional generative model of data: there is no energy and no "
+             "normalizing constant to estimate")
+
+
+def nb_log_prob(x, mu, theta, eps: float = 1e-8):
+    """log NB(x; mean ``mu``, inverse dispersion ``theta``), elementwise (torch)."""
+    log_t_mu = torch.log(theta + mu + eps)
+    return (torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)
+            + theta * (torch.log(theta + eps) - log_t_mu) + x * (torch.log(mu + eps) - log_t_mu))
+
+
+def sample_nb(mu, theta, generator=None):
+    """Integer draws of NB(mean ``mu``, inverse dispersion ``theta``) as gamma-Poisson."""
+    theta = theta.expand_as(mu).contiguous()
+    lam = torch._standard_gamma(theta, generator=generator) * mu / theta
+    return torch.poisson(lam, generator=generator)
+
+
+class NBAutoencoder(nn.Module):
+    """Encoder ``log1p(1e4 x / l) -> (mean, log variance)`` of a ``latent``-d Gaussian; decoder
+    ``z -> softmax`` over genes; per-gene log inverse dispersion ``log_theta``."""
+
+    def __init__(self, n_genes: int, latent: int, hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Dropout(dropout), nn.Linear(n_genes, hidden), nn.LayerNorm(hidden),
+                                 nn.SiLU(), nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.SiLU(),
+                                 nn.Linear(hidden, 2 * latent))
+        self.dec = nn.Sequential(nn.Linear(latent, hidden), nn.LayerNorm(hidden), nn.SiLU(),
+                                 nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.SiLU(),
+                                 nn.Linear(hidden, n_genes))
+        self.log_theta = nn.Parameter(torch.zeros(n_genes))
+
+    @staticmethod
+    def normalise(x, lib):
+        return torch.log1p(x * (TARGET_SUM / lib.clamp_min(1.0))[:, None])
+
+    def encode(self, x, lib):
+        m, logv = self.enc(self.normalise(x, lib)).chunk(2, dim=-1)
+        return m, logv.clamp(-12.0, 6.0)
+
+    def rho(self, z):
+        return torch.softmax(self.dec(z), dim=-1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SCLatentDiffusionConfig(SamplerConfig):
+    """Options of :class:`SCLatentDiffusion`.
+
+    Attributes
+    ----------
+    label_key : str, optional
+        ``obs`` column of the cell types (``bk.sample(adata, label_key=...)``).
+    condition : None, str or {label: int}
+        What :meth:`SCLatentDiffusion.sample` generates (as for ``sc_diffusion``).
+    latent : latent dimension of the autoencoder.
+    ae_hidden, ae_steps, ae_lr, ae_kl, ae_dropout : autoencoder width, training steps, learning
+        rate, KL weight ``beta`` and input dropout.
+    hidden, depth, mlp_ratio : prior denoiser (:class:`ConditionalMLP`).
+    n_steps : prior training steps (the total training is ``ae_steps + n_steps``).
+    guidance, cond_dropout : classifier-free guidance weight ``w >= 0`` and label dropout.
+    batch_size, lr, lr_min, weight_decay, grad_clip, ema_decay : prior training (AdamW, cosine).
+    n_timesteps, schedule, parametrization, variance, sampler, sampling_steps, ddim_eta : the
+        diffusion (see :class:`GaussianDiffusion`).
+    sample_batch_size : cells per sampling chunk.
+    """
+
+    label_key: "str | None" = None
+    condition: Any = None
+    latent: int = 16
+    ae_hidden: int = 256
+    ae_steps: int = 1500
+    ae_lr: float = 1e-3
+    ae_kl: float = 1e-3
+    ae_dropout: float = 0.1
+    hidden: int = 256
+    depth: int = 3
+    mlp_ratio: float = 2.0
+    n_steps: int = 3000
+    guidance: float = 0.0
+    cond_dropout: float = 0.1
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_min: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: "float | None" = 1.0
+    ema_decay: float = 0.999
+    n_timesteps: int = 1000
+    schedule: str = "linear"
+    parametrization: str = "eps"
+    variance: str = "fixed_small"
+    sampler: str = "ancestral"
+    sampling_steps: "int | None" = 100
+    ddim_eta: float = 0.0
+    sample_batch_size: int = 4096
+
+    def __post_init__(self):
+        for name in ("latent", "ae_hidden", "hidden", "depth", "n_steps", "batch_size", "n_timesteps",
+                     "sample_batch_size"):
+            _check_count(name, getattr(self, name))
+        _check_count("ae_steps", self.ae_steps, minimum=0)
+        _check_count("sampling_steps", self.sampling_steps, allow_none=True)
+        if self.sampling_steps is not None and self.sampling_steps > self.n_timesteps:
+            raise ConfigError(f"sampling_steps ({self.sampling_steps}) cannot exceed n_timesteps "
+                              f"({self.n_timesteps})")
+        for name in ("lr", "lr_min", "ae_lr"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
+                raise ConfigError(f"{name} must be a positive number, got {v!r}")
+        if not (isinstance(self.ae_kl, (int, float)) and self.ae_kl >= 0):
+            raise ConfigError(f"ae_kl must be a number >= 0, got {self.ae_kl!r}")
+        if not 0.0 <= self.ae_dropout < 1.0:
+            raise ConfigError(f"ae_dropout must be in [0, 1), got {self.ae_dropout!r}")
+        if not (isinstance(self.guidance, (int, float)) and self.guidance >= 0):
+            raise ConfigError(f"guidance must be a number >= 0, got {self.guidance!r}")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout!r}")
+        if self.guidance > 0 and self.cond_dropout == 0:
+            raise ConfigError("guidance > 0 needs an unconditional model: set cond_dropout > 0 (e.g. 0.1)")
+        check_diffusion_options(self)
+        _check_condition_type(self.condition)
+
+
+def _needs_counts(target) -> "str | None":
+    if getattr(target, "representation", None) != "counts":
+        return ("needs raw integer counts (pass the counts layer: bk.sample(adata, layer='counts', "
+                "...); this dataset is log-normalised)")
+    return None
+
+
+@register("sc_latent", kinds=("dataset",), domains=(CellExpressionDomain,), priority=20,
+          provides_log_z=False, supports=_needs_counts,
+          paper="CFGen (Palma et al., ICLR 2025) / scDiffusion / scLDM: NB autoencoder + latent diffusion")
+class SCLatentDiffusion(TrainableSampler):
+    """Cell-type-conditional generation of integer counts: NB autoencoder + latent diffusion prior.
+
+    Examples
+    --------
+    >>> import boltzkit as bk
+    >>> from boltzkit.datasets.single_cell import pbmc68k
+    >>> res = bk.sample(pbmc68k(), label_key="bulk_labels", n_samples={"CD19+ B": 200}, seed=0)
+    >>> adata = res.to_anndata()   # counts in layers["counts"], scanpy-log-normalised X
+    """
+
+    Config = SCLatentDiffusionConfig
+    default_n_samples = 1000
+
+    def __init__(self, config=None, /, **kw):
+        super().__init__(config, **kw)
+        self.model = None
+        self.ae = None
+        self.info: dict = {}
+
+    def default_n_steps(self) -> int:
+        return int(self.config.ae_steps + self.config.n_steps)
+
+    def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None, checkpoint_every: int = 100):
+        """Train on a counts :class:`CellDataset` (or an AnnData with ``label_key`` in the config)
+        for ``n_steps`` total steps: the first ``ae_steps`` train the autoencoder, the rest the prior."""
+        from .single_cell import _as_dataset
+
+        target = _as_dataset(target, self.config.label_key)
+        return super().fit(target, n_steps=n_steps, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+
+    # ------------------------------------------------------------------ setup
+    def _build(self, n_genes: int, n_labels: int) -> None:
+        cfg = self.config
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.gens["init"], device=self.device))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.ae = NBAutoencoder(n_genes, cfg.latent, cfg.ae_hidden, cfg.ae_dropout).to(self.device)
+            self.model = ConditionalMLP(cfg.latent + 1, n_labels, cfg.hidden, cfg.depth, cfg.mlp_ratio,
+                                        cfg.variance == "learned_range").to(self.device)
+        self.ae_opt = torch.optim.Adam(self.ae.parameters(), lr=cfg.ae_lr)
+        self.ema = EMA(self.model, cfg.ema_decay)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.diffusion = GaussianDiffusion.from_schedule(cfg.schedule, cfg.n_timesteps,
+                                                         parametrization=cfg.parametrization,
+                                                         variance=cfg.variance)
+        self.info["n_params"] = int(sum(p.numel() for m in (self.ae, self.model) for p in m.parameters()))
+
+    def _setup(self, target) -> None:
+        if not isinstance(target, CellDataset):
+            raise TargetError(f"'sc_latent' trains on a CellDataset, got {type(target).__name__}; "
+                              "build one with bk.datasets.single_cell.as_target(adata, label_key=..., layer='counts')")
+        why = _needs_counts(target)
+        if why is not None:
+            raise DatasetError(f"'sc_latent' {why}")
+        if target.n_cells < 2:
+            raise DatasetError(f"dataset {target.name!r} has {target.n_cells} cell(s); need >= 2")
+        cats = list(target.categories)
+        SCDiffusion._resolve_condition(self.config.condition, cats, getattr(target, "empty_categories", ()))
+        lib = target.library_sizes()
+        if (lib <= 0).any():
+            raise DatasetError(f"{int((lib <= 0).sum())} cell(s) have no counts in any gene; remove them "
+                               "(sc.pp.filter_cells(adata, min_counts=1))")
+        self.info = {"gene_names": list(target.gene_names), "categories": cats,
+                     "label_key": target.label_key, "representation": "counts", "layer": target.layer,
+                     "uns_log1p": target.uns_log1p,
+                     "empty_categories": list(getattr(target, "empty_categories", [])),
+                     "proportions": [float(p) for p in np.bincount(target.codes, minlength=len(cats))
+                                     / target.n_cells],
+                     "train_target": target.to_config(), "provenance": target.provenance,
+                     "var": var_to_json(getattr(target, "var", None)),
+                     "train_wall_s": 0.0, "n_genes": int(target.n_genes)}
+        self._x = target.x  # dense or CSR; mini-batches are densified in _batch
+        self._lib = torch.as_tensor(lib, dtype=torch.float32, device=self.device)
+        self._y = torch.as_tensor(target.codes, device=self.device)
+        self._u0 = None
+        self._build(target.n_genes, len(cats))
+
+    def _batch(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(dense_rows(self._x, idx.cpu().numpy(), np.float32), device=self.device)
+
+    # ------------------------------------------------------------------ training
+    def _lr(self) -> float:
+        cfg = self.config
+        frac = min((self.step - cfg.ae_steps) / max(cfg.n_steps, 1), 1.0)
+        return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * max(frac, 0.0)))
+
+    def train_step(self) -> dict:
+        t0 = time.perf_counter()
+        out = self._ae_step() if self.step < self.config.ae_steps else self._prior_step()
+        self.info["train_wall_s"] = self.info.get("train_wall_s", 0.0) + time.perf_counter() - t0
+        return out
+
+    def _ae_step(self) -> dict:
+        cfg, g, dev = self.config, self.gens["train"], self.device
+        self.ae.train()
+        idx = torch.randint(0, self._lib.numel(), (cfg.batch_size,), generator=g, device=dev)
+        x, lib = self._batch(idx), self._lib[idx]
+        m, logv = self.ae.encode(x, lib)
+        z = m + torch.exp(0.5 * logv) * torch.randn(m.shape, generator=g, device=dev)
+        rec = -nb_log_prob(x, lib[:, None] * self.ae.rho(z), torch.exp(self.ae.log_theta)).sum(-1).mean()
+        kl = 0.5 * (torch.exp(logv) + m ** 2 - 1 - logv).sum(-1).mean()
+        loss = rec + cfg.ae_kl * kl
+        self.ae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if math.isfinite(float(loss.detach())):
+            self.ae_opt.step()
+        return {"loss": float(loss.detach()) / self.info["n_genes"], "ae_nll": float(rec.detach()),
+                "ae_kl": float(kl.detach())}
+
+    @torch.no_grad()
+    def _encode_all(self) -> None:
+        """Latent means and log libraries of every training cell, standardised (prior data)."""
+        self.ae.eval()
+        n, chunks = self._lib.numel(), []
+        for s in range(0, n, 4096):
+            idx = torch.arange(s, min(s + 4096, n), device=self.device)
+            chunks.append(self.ae.encode(self._batch(idx), self._lib[idx])[0])
+        u = torch.cat([torch.cat(chunks), torch.log(self._lib)[:, None]], dim=1)
+        self.u_mean, self.u_std = u.mean(0), u.std(0).clamp_min(1e-4)
+        self._u0 = (u - self.u_mean) / self.u_std
+
+    def _prior_step(self) -> dict:
+        cfg, g, dev = self.config, self.gens["train"], self.device
+        if self._u0 is None:
+            self._encode_all()
+        self.model.train()
+        idx = torch.randint(0, self._u0.shape[0], (cfg.batch_size,), generator=g, device=dev)
+        u0, y = self._u0[idx], self._y[idx]
+        if cfg.cond_dropout > 0:
+            drop = torch.rand(cfg.batch_size, generator=g, device=dev) < cfg.cond_dropout
+            y = torch.where(drop, torch.full_like(y, len(self.info["categories"])), y)
+        for group in self.opt.param_groups:
+            group["lr"] = self._lr()
+        net = self.model
+        return optimize_denoiser(self.diffusion, lambda x, s: net(x, s, y), u0, generator=g,
+                                 optimizer=self.opt, model=self.model, ema=self.ema, grad_clip=cfg.grad_clip)
+
+    # ------------------------------------------------------------------ sampling
+    def _require_model(self):
+        if self.model is None:
+            raise ConfigError("SCLatentDiffusion has no trained model: call fit(dataset) or "
+                              "SCLatentDiffusion.load(path)")
+
+    def _label_counts(self, condition, n_samples) -> np.ndarray:
+        return SCDiffusion._label_counts(self, condition, n_samples)
+
+    _resolve_condition = staticmethod(SCDiffusion._resolve_condition)
+    _denoiser = SCDiffusion._denoiser
+
+    @torch.no_grad()
+    def generate(self, n_samples: "int | None" = None, condition=None) -> Result:
+        """Generate integer counts.
+
+        Parameters
+        ----------
+        n_samples : int, optional
+            Number of cells (not used when ``condition`` is a dict).
+        condition : None, str or {label: int}, optional
+            None: the configured ``condition``; if that is None too, every label in the
+            training proportions.
+
+        Returns
+        -------
+        Result
+            ``samples`` ``(n_cells, n_genes)`` integer counts grouped by label in category
+            order; labels in ``result.config["labels"]``; ``result.to_anndata()`` gives the
+            sparse AnnData.
+        """
+        self._require_model()
+        if self._u0 is None:
+            self._encode_all()
+        cond = self.config.condition if condition is None else condition
+        counts = self._label_counts(cond, n_samples)
+        t0 = time.perf_counter()
+        codes = torch.as_tensor(np.repeat(np.arange(counts.size), counts), device=self.device)
+        cfg, g = self.config, self.gens["sample"]
+        self.ae.eval()
+        theta = torch.exp(self.ae.log_theta)
+        out = []
+        for start in range(0, codes.numel(), cfg.sample_batch_size):
+            y = codes[start:start + cfg.sample_batch_size]
+            u = self.diffusion.sample(self._denoiser(y), (y.numel(), cfg.latent + 1), method=cfg.sampler,
+                                      n_steps=cfg.sampling_steps, eta=cfg.ddim_eta, generator=g,
+                                      device=self.device)
+            u = u * self.u_std + self.u_mean
+            z, lib = u[:, :-1], torch.exp(u[:, -1].clamp(max=float(torch.log(self._lib.max())) + 1.0))
+            out.append(sample_nb(lib[:, None] * self.ae.rho(z), theta, g))
+        samples = torch.cat(out).float().cpu() if out else torch.zeros(0, self.info["n_genes"])
+        if not bool(torch.isfinite(samples).all()):
+            raise ConfigError("sampling produced non-finite counts; the model is not trained enough "
+                              "or diverged (check result.history, lower lr)")
+        return SCDiffusion._result(self, samples, codes.cpu().numpy(), counts, time.perf_counter() - t0)
+
+    def sample(self, n_samples: "int | None" = None) -> Result:
+        """``generate(n_samples)`` with the configured condition; used by ``bk.sample``."""
+        return self.generate(n_samples)
+
+    # ------------------------------------------------------------------ persistence
+    def _state_dict(self) -> dict:
+        if self.model is None:
+            raise ConfigError("SCLatentDiffusion has no model to save: call fit(dataset) first")
+        st = {"ae": self.ae.state_dict(), "ae_opt": self.ae_opt.state_dict(), "model": self.model.state_dict(),
+              "ema": self.ema.state_dict(), "opt": self.opt.state_dict(), "info": dict(self.info),
+              "lib": self._lib.cpu(), "codes": self._y.cpu()}
+        if self._u0 is not None:
+            st.update(u0=self._u0.cpu(), u_mean=self.u_mean.cpu(), u_std=self.u_std.cpu())
+        return st
+
+    def _load_state_dict(self, state: dict) -> None:
+        self.ae.load_state_dict(state["ae"])
+        self.ae_opt.load_state_dict(state["ae_opt"])
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.info = dict(state["info"])
+        self._lib = state["lib"].to(self.device)
+        self._y = state["codes"].to(self.device)
+        if "u0" in state:
+            self._u0 = state["u0"].to(self.device)
+            self.u_mean, self.u_std = state["u_mean"].to(self.device), state["u_std"].to(self.device)
+
+    def save(self, path) -> None:
+        """Write the trained model (both networks, EMA, optimizers, genes, labels); atomic."""
+        self.save_checkpoint(path)
+
+    @classmethod
+    def load(cls, path, *, device="auto", progress=None) -> "SCLatentDiffusion":
+        """Load a model written by :meth:`save` (``torch.load(weights_only=True)``); it can
+        generate but not resume training on the (not stored) count matrix."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("method") != "sc_latent":
+            raise ConfigError(f"{path} holds a {state.get('method')!r} checkpoint, not an 'sc_latent' model")
+        known = {f.name for f in dataclasses.fields(SCLatentDiffusionConfig)}
+        cfg = {k: v for k, v in state["config"].items() if k in known}
+        obj = cls(SCLatentDiffusionConfig(**cfg), device=device, seed=state["seed"], progress=progress)
+        info = state["sampler"]["info"]
+        obj.info = dict(info)
+        obj._build(info["n_genes"], len(info["categories"]))
+        state["generators"] = {k: v.cpu() for k, v in state["generators"].items()}
+        obj.load_state_dict(state)
+        obj._u0 = state["sampler"]["u0"].to(obj.device)
+        return obj
