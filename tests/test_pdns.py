@@ -301,3 +301,68 @@ def test_explain_recommends_pdns_for_declared_multimodal_targets():
     target = Ising(L=4, beta=0.6)
     target.multimodal = True
     assert bk.explain(target, file=io.StringIO()).startswith("boltzkit would use 'pdns'")
+
+
+# ---------------------------------------------------------------------------- many modes, defaults
+GRID = dict(n_time_steps=40, batch_size=256, hidden=32, lr=3e-3, inner_steps=5)
+
+
+def _grid9():
+    """3 x 3 grid of N(m, 0.5^2 I) in 2-D, spacing 5 (10 stds), unequal weights 1..9 (log Z =
+    log 45); mode masses k / 45."""
+    means = [[a, b] for a in (-5.0, 0.0, 5.0) for b in (-5.0, 0.0, 5.0)]
+    return GaussianMixture(means, 0.5, np.arange(1.0, 10.0))
+
+
+def _mode_masses(target, res):
+    """Weighted mass of each component's basin and its delta-method standard error."""
+    a = target.mode_assignment(res.samples.double())
+    w = torch.softmax(res.log_weights.double(), 0)
+    ind = torch.nn.functional.one_hot(a, target.n_components).double()
+    m = w @ ind
+    se = torch.sqrt((w.unsqueeze(1) ** 2 * (ind - m) ** 2).sum(0))
+    return m.numpy(), se.numpy()
+
+
+@quiet
+def test_default_reference_keeps_every_mode_of_a_grid_mixture():
+    """No reference_std given: the pilot sets the reference width, and PDNS keeps all nine modes
+    of a well-separated 2-D grid mixture (log Z and every mode's mass within their error bars).
+    Negative control: the old fixed default reference_std = 1 covers only the central mode; the
+    same checks reject it (log Z low by about log of the mass lost)."""
+    target = _grid9()
+    exact = target.mode_probabilities().numpy()
+    for opts, ok in ((dict(), True), (dict(reference_std=1.0), False)):
+        s = PDNS(device="cpu", seed=0, progress=False, **GRID, **opts).fit(target, n_steps=200)
+        res = s.sample(6000)
+        m, se = _mode_masses(target, res)
+        bias = res.log_z_stderr ** 2 + 2e-3
+        z = z_limit()
+        log_z_ok = abs(res.log_z - math.log(45.0)) <= z * res.log_z_stderr + bias
+        masses_ok = bool(np.all(np.abs(m - exact) <= z * se + 0.01))
+        if ok:
+            assert 4.0 < res.diagnostics["reference_std"] < 9.0  # 1.5 x RMS radius (about 4.3)
+            _check_log_z(res, math.log(45.0), math.log(45.0 - 9.0), "PDNS 9-mode grid log Z")
+            assert masses_ok, (m, exact, se)
+            raw = np.bincount(target.mode_assignment(res.samples.double()).numpy(), minlength=9) / 6000
+            assert raw.min() > 0.2 * exact.min()  # the sampler itself visits every mode
+        else:
+            assert res.diagnostics["reference_std"] == 1.0
+            assert not (log_z_ok and masses_ok), (res.log_z, m)
+
+
+def test_pilot_reference_width_matches_the_target_spread():
+    """The pilot's RMS radius against closed forms: N(0, 3^2 I_3) (RMS 3) and a 1-D mixture at
+    +-20 (RMS sqrt(400 + 0.25)); a target far narrower than every pilot scale gives None."""
+    from boltzkit.samplers.pdns import pilot_reference_std
+
+    gen = torch.Generator().manual_seed(0)
+    g3 = GaussianMixture([[0.0, 0.0, 0.0]], 3.0)
+    ref, info = pilot_reference_std(g3.energy, 3, None, 3, "cpu", gen)
+    assert abs(info["pilot_rms"] - 3.0) < 0.3 and ref == pytest.approx(1.5 * info["pilot_rms"])
+    far = GaussianMixture([[-20.0], [20.0]], 0.5)
+    _, info = pilot_reference_std(far.energy, 1, None, 1, "cpu", gen)
+    assert abs(info["pilot_rms"] - math.sqrt(400.25)) < 1.5
+    tiny = GaussianMixture([[30.0] * 8], 1e-3)
+    ref, info = pilot_reference_std(tiny.energy, 8, None, 8, "cpu", gen)
+    assert ref is None and info["pilot_ess"] < 10

@@ -34,9 +34,22 @@ first unmasking decisions:
 * backup: the children's *mean* reward (the reference code adds the sum) to the leaf and its
   ancestors, one visit each.
 
-Buffers (``buffer=``): ``"topk"`` (unique sequences with the largest (reward, ell)),
-``"pareto"`` (the non-dominated set of the objective vectors, largest objective sums kept when
-full), ``"all"`` (every rollout of the last refresh: no filtering). ``search="none"`` replaces the
+Keeping the target (``tree_weights="proper"``, the default). The children of a node are
+i.i.d. one-step draws of the policy; when selection picks child ``j`` of ``m`` with probability
+``p_j`` (any rule: softmax of the scores, argmax, Pareto front, mixed with ``selection_floor``
+of the uniform choice), weighting it by ``1 / (m p_j)`` makes the pick properly weighted for the
+policy: ``E[f(pick) / (m p_pick)] = (1/m) sum_j f(child_j)``, whose expectation is the policy's
+``E[f]``. So every tree rollout gets ``ell + sum_levels -log(m p_pick)``, and the weighted
+rollouts estimate ``p*`` (and ``Z``) without bias whatever the selection did; the tree then only
+moves *where* rollouts are spent, toward high reward, as an importance proposal. The paper's
+weights (``tree_weights="naive"``) and its reward-filtered buffers (``"topk"``, ``"pareto"``)
+tilt training past ``p*``; choosing them raises a warning and the Result says
+``trains_toward_p_star=False``.
+
+Buffers (``buffer=``): ``"all"`` (the default: every rollout of the last refresh with its
+weight, no filtering), ``"topk"`` (unique sequences with the largest (reward, ell): the paper's,
+biased past p*), ``"pareto"`` (the non-dominated set of the objective vectors, largest objective
+sums kept when full: biased). ``search="none"`` replaces the
 tree by plain policy rollouts (on-policy WDCE, the paper's "no MCTS" baseline) at the same number
 of reward calls.
 
@@ -50,12 +63,13 @@ Measured (2-core CPU shared with other jobs, ``torch.set_num_threads(1)``).
 
 * Exact toy (tests/test_tr2d2.py): length-6 sequences over ACGT from a Markov chain, the chain's
   exact denoiser as ``p_pre``, reward = #(G or T) / 2, alpha = 0.5; TV(p_pre, p*) = 0.574,
-  E_pre[r] = 1.172, E_p*[r] = 2.286. After 150 WDCE steps (30 refreshes of 128 rollouts, a
-  residual transformer correction, lr 3e-3 / 1e-2), the policy's exact law has
-  TV(p_theta, p*) = 0.11 / 0.07 on-policy with ``buffer="all"`` (E[r] = 2.26 / 2.23),
-  0.13 / 0.11 with the tree and ``buffer="all"`` (E[r] = 2.44 / 2.38: the tree overshoots), and
-  0.42 / 0.43 with the tree and the paper's ``buffer="topk"`` (E[r] = 2.73: far past p*).
-  About 0.1 s per step.
+  E_pre[r] = 1.172, E_p*[r] = 2.286. After 60 WDCE steps (12 refreshes of 128 rollouts, lr
+  1e-2, EMA 0.9), the default (tree, proper weights, every rollout) has a reward law at TV
+  0.03-0.08 from p*'s and moves the mean reward 0.97-1.11 times as far as p* does (4 seeds);
+  the paper's top-k buffer: TV 0.31-0.39, 1.34-1.38 times (past p*). Earlier, before the
+  selection correction (150 steps, lr 3e-3): tree + ``"all"`` E[r] = 2.44 (overshoot), tree +
+  top-k 2.73. With a strongly greedy selection (temperature 0.1) the corrected weights give
+  mean(exp ell) / Z = 1.02 +- 0.14, the uncorrected 2.8 +- 0.2. About 0.1 s per step.
 * Peptides (``benchmarks/tr2d2_sequences.py``; modlamp AMPs, length 48, transformer MDM, reward
   P(AMP) from one oracle, scored by a second; 60 WDCE steps, 1,536 reward calls, 3 seeds; mean
   +- sd of the evaluation-oracle mean): pretrained 0.47 +- 0.03; alpha = 0.1: on-policy WDCE
@@ -74,11 +88,13 @@ Measured (2-core CPU shared with other jobs, ``torch.set_num_threads(1)``).
 
 Known failure modes.
 
-* Bias of the tree and of filtering buffers: ``ell`` is an importance weight only for paths drawn
-  from the policy. The tree extends reward-selected prefixes and ``"topk"``/``"pareto"`` keep the
-  best rollouts, so training overshoots toward high reward (beyond ``p*``); only
-  ``search="none", buffer="all"`` is consistent. The final weights from :meth:`sample` are exact
+* Bias of filtering buffers: ``"topk"``/``"pareto"`` keep the best rollouts, and
+  ``tree_weights="naive"`` ignores the reward-guided selection, so training overshoots toward
+  high reward (beyond ``p*``); a warning says so. The default (``buffer="all"``, proper tree
+  weights) and ``search="none"`` are consistent. The final weights from :meth:`sample` are exact
   in every mode, and their ESS shows the mismatch.
+* Selection-weight variance: a greedy selection (low temperature) makes ``1/(m p_pick)`` large
+  for rarely picked children; ``selection_floor`` caps it at ``1/selection_floor`` per level.
 * Weight collapse: with large ``r/alpha`` spreads (alpha = 0.1 and rewards of order 1) the softmax
   of ``ell`` is nearly one-hot: the buffer ESS (``history["buffer_ess_frac"]``) says so.
 * Shallow trees: ``n_expansions`` expansions of ``L`` unmasking steps branch only over the first
@@ -92,6 +108,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,6 +131,7 @@ __all__ = ["TR2D2", "TR2D2Config", "TopKBuffer", "ParetoArchive", "dominated", "
 SEARCHES = ("mcts", "none")
 BUFFERS = ("auto", "topk", "pareto", "all")
 FINETUNE = ("auto", "copy", "residual")
+TREE_WEIGHTS = ("proper", "naive")
 
 
 # ---------------------------------------------------------------------------- Pareto helpers
@@ -198,13 +216,20 @@ class TR2D2Config(SamplerConfig):
     ----------
     n_steps : default number of optimizer (WDCE) steps.
     search : ``"mcts"`` (tree search, TR2-D2) or ``"none"`` (on-policy rollouts, same reward calls).
-    buffer : ``"topk"``, ``"pareto"``, ``"all"`` (no filtering) or ``"auto"`` (pareto for several
-        objectives, else topk).
+    buffer : ``"all"`` (every rollout of the last refresh with its weight: no filtering),
+        ``"topk"`` or ``"pareto"`` (the paper's reward-filtered buffers: they trade exactness for
+        reward, the fine-tuned law tilts past ``p*``, and a warning says so) or ``"auto"`` (= all).
     buffer_size : rows kept (None = rollouts per refresh, ``n_expansions * n_children``).
     n_expansions, n_children : leaves expanded per refresh and one-step children per leaf
         (rollouts, i.e. reward calls, per refresh = their product).
     parallel : leaves expanded in one batched rollout.
     c_explore, temperature : selection score constant and softmax temperature (0 = argmax).
+    selection_floor : share of the uniform choice mixed into every selection step (bounds the
+        selection correction of ``tree_weights="proper"`` by ``1 / selection_floor`` per level;
+        needed > 0 for argmax or Pareto selection, which give some children probability 0).
+    tree_weights : ``"proper"`` (default: each tree rollout's ``ell`` carries the selection
+        correction ``-sum_levels log(m p_pick)``, so the weighted buffer targets ``p*`` exactly)
+        or ``"naive"`` (the paper's: ``ell`` as if the rollout were on-policy; biased past ``p*``).
     resample_every : optimizer steps per buffer refresh.
     n_replicates, mask_mode : WDCE re-maskings per buffered sequence and masking law.
     lr, weight_decay, grad_clip : AdamW settings.
@@ -228,6 +253,8 @@ class TR2D2Config(SamplerConfig):
     parallel: int = 2
     c_explore: float = 0.1
     temperature: float = 1.0
+    selection_floor: float = 0.1
+    tree_weights: str = "proper"
     resample_every: int = 5
     n_replicates: int = 4
     mask_mode: str = "lambda"
@@ -255,6 +282,11 @@ class TR2D2Config(SamplerConfig):
             raise ConfigError(f"search must be one of {SEARCHES}, got {self.search!r}")
         if self.buffer not in BUFFERS:
             raise ConfigError(f"buffer must be one of {BUFFERS}, got {self.buffer!r}")
+        if self.tree_weights not in TREE_WEIGHTS:
+            raise ConfigError(f"tree_weights must be one of {TREE_WEIGHTS}, got {self.tree_weights!r}")
+        if isinstance(self.selection_floor, bool) or not isinstance(self.selection_floor, (int, float)) \
+                or not 0.0 <= self.selection_floor <= 1.0:
+            raise ConfigError(f"selection_floor must be a number in [0, 1], got {self.selection_floor!r}")
         if self.finetune not in FINETUNE:
             raise ConfigError(f"finetune must be one of {FINETUNE}, got {self.finetune!r}")
         if self.mask_mode not in ("lambda", "count"):
@@ -356,13 +388,30 @@ class TR2D2(TrainableSampler):
         self.net.to(self.device).train()
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.net, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        kind = cfg.buffer if cfg.buffer != "auto" else ("pareto" if self.n_objectives > 1 else "topk")
+        kind = cfg.buffer if cfg.buffer != "auto" else "all"
         self.buffer_kind = kind
+        self.bias_reason = self._bias_reason()
+        if self.bias_reason is not None:
+            warnings.warn(f"tr2d2: {self.bias_reason}, so fine-tuning tilts past the target p* (higher "
+                          "reward, less pretrained likelihood); the returned weights stay exact for p*. "
+                          "For p* use buffer='all' with tree_weights='proper' (the default).",
+                          UserWarning, stacklevel=3)
         size = cfg.buffer_size or cfg.n_expansions * cfg.n_children
         self.buffer = {"topk": TopKBuffer, "pareto": ParetoArchive, "all": ReplayBuffer}[kind](size)
         self.reward_calls = 0
         self.train_time = 0.0
         self._refresh_stats: dict = {}
+
+    def _bias_reason(self):
+        """Why training does not target p* (None when it does)."""
+        cfg = self.config
+        if self.buffer_kind != "all":
+            return f"buffer={self.buffer_kind!r} keeps reward-selected rollouts"
+        if cfg.search == "mcts" and cfg.tree_weights == "naive":
+            return "tree_weights='naive' ignores the tree's reward-guided selection"
+        if cfg.search == "mcts" and cfg.selection_floor == 0 and (cfg.temperature == 0 or self.n_objectives > 1):
+            return "selection_floor=0 with argmax or Pareto selection never picks some children"
+        return None
 
     # ------------------------------------------------------------------ networks
     def _rollout_net(self):
@@ -459,7 +508,7 @@ class TR2D2(TrainableSampler):
 
     def _select(self, root, gen):
         cfg, K = self.config, len(self.blocks)
-        node = root
+        node, log_sel = root, 0.0
         while node.children:
             cands = [c for c in node.children if c.depth < K]
             if not cands:
@@ -468,17 +517,24 @@ class TR2D2(TrainableSampler):
             bonus = torch.tensor([cfg.c_explore * c.log_pi * math.sqrt(node.n) / c.n for c in cands],
                                  dtype=torch.float64, device=mean.device)
             if self.n_objectives > 1:
-                front = pareto_mask(mean + bonus.unsqueeze(1)).nonzero().flatten()
-                pick = front[torch.randint(0, front.numel(), (1,), generator=gen, device=gen.device).to(front.device)]
+                front = pareto_mask(mean + bonus.unsqueeze(1)).double()
+                p = front / front.sum()
             else:
                 score = self.target.scalarize(mean) + bonus
                 if cfg.temperature == 0:
-                    pick = score.argmax()
+                    p = torch.zeros_like(score)
+                    p[score.argmax()] = 1.0
                 else:
                     p = torch.softmax(score / cfg.temperature, 0)
-                    pick = torch.multinomial(p.to(gen.device).float(), 1, generator=gen)
-            node = cands[int(pick)]
-        return node
+            m = len(cands)
+            p = (1.0 - cfg.selection_floor) * p + cfg.selection_floor / m
+            pick = int(torch.multinomial(p.to(gen.device).float(), 1, generator=gen))
+            # proper weighting: children are i.i.d. policy steps from ``node``; picking child j
+            # with probability p_j and weighting it 1 / (m p_j) keeps E[weight * f] equal to the
+            # policy's average over the children, whatever rule set p (see the module notes)
+            log_sel -= math.log(m * float(p[pick]))
+            node = cands[pick]
+        return node, log_sel
 
     @torch.no_grad()
     def search(self, *, generator=None, mode: "str | None" = None) -> "dict[str, torch.Tensor]":
@@ -502,18 +558,21 @@ class TR2D2(TrainableSampler):
         out = []
         for it in range(0, n_leaves, cfg.parallel):
             if mode == "mcts":
-                leaves = [self._select(root, gen) for _ in range(min(cfg.parallel, n_leaves - it))]
+                picked = [self._select(root, gen) for _ in range(min(cfg.parallel, n_leaves - it))]
+                leaves = [leaf for leaf, _ in picked]
+                log_sel = [ls if cfg.tree_weights == "proper" else 0.0 for _, ls in picked]
             else:
                 leaves = [root] * min(cfg.parallel, n_leaves - it)
+                log_sel = [0.0] * len(leaves)
             xs, orders, starts, prefix = [], [], [], []
-            for leaf in leaves:
+            for leaf, sel in zip(leaves, log_sel):
                 c = self.starts[leaf.depth]
                 masked = leaf.order[c:]
                 perm = torch.argsort(torch.rand(M, self.L - c, generator=gen, device=self.device), dim=1)
                 orders.append(torch.cat([leaf.order[:c].expand(M, c), masked[perm]], 1))
                 xs.append(leaf.x.expand(M, self.L))
                 starts.append(torch.full((M,), leaf.depth, dtype=torch.long, device=self.device))
-                prefix.append(torch.full((M,), leaf.prefix, dtype=torch.float64, device=self.device))
+                prefix.append(torch.full((M,), leaf.prefix + sel, dtype=torch.float64, device=self.device))
             order, start, prefix = torch.cat(orders), torch.cat(starts), torch.cat(prefix)
             x, first, log_pi, log_ref = self.continue_paths(torch.cat(xs), order, start, generator=gen)
             obj, r = self._reward(x)
@@ -637,6 +696,9 @@ class TR2D2(TrainableSampler):
         model = self.target.model
         diag = {"alpha": self.alpha, "log_z_meaning": "log E_pretrained[exp(reward / alpha)]",
                 "search": self.config.search, "buffer": self.buffer_kind,
+                "tree_weights": self.config.tree_weights,
+                "trains_toward_p_star": self.bias_reason is None,
+                "training_bias": self.bias_reason or "none: the weighted buffer targets p*",
                 "finetune": "residual" if self.residual else "copy",
                 "train_steps": self.step, "reward_calls": self.reward_calls,
                 "train_wall_time_s": self.train_time, "n_unmask_steps": len(self.blocks),
