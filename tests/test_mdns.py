@@ -196,13 +196,16 @@ def test_weight_equals_teacher_forced_path_probability(n_unmask_steps):
 
 
 @quiet
-@pytest.mark.parametrize("n_unmask_steps", [None, 2])
-def test_untrained_weights_are_unbiased_for_z(n_unmask_steps):
-    """E[exp(log w)] = Z exactly for any network (random one here) and any schedule."""
+@pytest.mark.parametrize("n_unmask_steps,precision", [(None, "auto"), (2, "auto"), (None, "bf16")])
+def test_untrained_weights_are_unbiased_for_z(n_unmask_steps, precision):
+    """E[exp(log w)] = Z exactly for any network (random one here), any schedule and any
+    network precision (bf16 autocast: the weights are accumulated in float64 from the logits
+    actually used)."""
     # a hot target and a random output layer: weights vary by ~0.5 nats but stay light-tailed
     target = Ising(L=3, beta=0.1)
     log_z = target.exact_log_z()
-    sampler = _fit(target, 1, n_unmask_steps=n_unmask_steps, sample_batch_size=6000)
+    sampler = _fit(target, 1, n_unmask_steps=n_unmask_steps, sample_batch_size=6000,
+                   precision=precision)
     _randomize(sampler.ema.shadow.head, std=0.5)
     path, lw = sampler.sample_paths(12_000)
     assert (path.log_q + 9 * math.log(2)).abs().mean() > 0.3, "the proposal is too close to uniform"
@@ -296,6 +299,29 @@ def test_temperature_warmup_schedules():
     assert _fit(target, 3, warmup=None).history["energy_scale"] == [1.0, 1.0, 1.0]
 
 
+@quiet
+def test_adaptive_warmup_bisection_matches_host_reference():
+    """The warm-up factor is bisected on the device (no host sync per iteration); it equals
+    the plain host-side bisection on the same weights."""
+    sampler = _fit(Ising(L=3, beta=0.4), 1)
+    gen = torch.Generator().manual_seed(7)
+    u = 40 * torch.randn(256, generator=gen, dtype=torch.float64)
+    log_q = 0.3 * torch.randn(256, generator=gen, dtype=torch.float64)
+
+    def ess(s):
+        w = torch.softmax(-s * u - log_q, 0)
+        return float(1.0 / (w * w).sum()) / 256
+
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ess(mid) >= 0.5 else (lo, mid)
+    sampler.scale = 0.0
+    sampler._update_scale(u, log_q)
+    assert sampler.scale == lo and 0.0 < lo < 1.0
+    assert ess(lo) >= 0.5 > ess(lo + 1e-6)
+
+
 # ---------------------------------------------------------------------------- API, reproducibility
 def test_registry_picks_mdns_for_lattices():
     assert bk.select(Ising(L=4)).name == "mdns"
@@ -318,6 +344,8 @@ def test_bad_input_fails_before_work():
         MDNS(batch_size=1)
     with pytest.raises(ConfigError):
         MDNS(refine="sir")
+    with pytest.raises(ConfigError, match="precision"):
+        MDNS(precision="fp8")
 
 
 @quiet

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from ...errors import ConfigError
 
-__all__ = ["unmask_schedule", "site_log_probs", "logits_at", "MaskedPath", "masked_rollout", "path_log_prob",
+__all__ = ["unmask_schedule", "site_log_probs", "logits_at", "autocast_net", "MaskedPath", "masked_rollout", "path_log_prob",
            "backward_path_log_prob", "remask", "wdce_loss"]
 
 
@@ -94,6 +94,34 @@ def logits_at(net: Callable, tokens: torch.Tensor, sites: torch.Tensor) -> torch
         return hook(tokens, sites)
     logits = net(tokens)
     return logits.gather(1, sites.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+
+
+class AutocastNet:
+    """``net`` evaluated under ``torch.autocast(dtype)`` with float32 logits out.
+
+    Reduced-precision networks (bf16 on a GPU) keep the path weights exact: the rollout draws
+    from, and scores with, the same float64 log-softmax of the logits actually produced. The
+    :func:`logits_at` hook is forwarded. ``dtype=None`` returns ``net`` itself (see
+    :func:`autocast_net`).
+    """
+
+    def __init__(self, net: Callable, device_type: str, dtype: torch.dtype):
+        self.net, self.device_type, self.dtype = net, device_type, dtype
+
+    def __call__(self, tokens, *args):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.net(tokens, *args)
+        return out.float()
+
+    def site_logits(self, tokens, sites):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = logits_at(self.net, tokens, sites)
+        return out.float()
+
+
+def autocast_net(net: Callable, device, dtype: "torch.dtype | None") -> Callable:
+    """``net`` under autocast to ``dtype`` on ``device`` (``None``: ``net`` unchanged)."""
+    return net if dtype is None else AutocastNet(net, torch.device(device).type, dtype)
 
 
 @torch.no_grad()

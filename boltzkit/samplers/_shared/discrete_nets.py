@@ -240,6 +240,19 @@ class SiteCNN(nn.Module):
         full = 2 * len(self.blocks) * math.prod(self.shape) * 1.2  # + circular-padding copies
         return k * cone, full
 
+    def _patch_geometry(self, device) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
+        """(axis sizes, row-major strides, patch offsets (P^ndim, ndim)) on ``device``, cached
+        per device so the sampling loop makes no host-to-device copies."""
+        cache = self.__dict__.setdefault("_geometry", {})
+        key = str(device)
+        if key not in cache:
+            nd, r = len(self.shape), self.radius
+            sizes = torch.tensor(self.shape, device=device)
+            strides = torch.tensor([math.prod(self.shape[i + 1:]) for i in range(nd)], device=device)
+            grid = torch.meshgrid(*[torch.arange(-r, r + 1, device=device)] * nd, indexing="ij")
+            cache[key] = (sizes, strides, torch.stack(grid, -1).reshape(-1, nd))
+        return cache[key]
+
     def site_logits(self, tokens: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
         """Logits (B, k, q) at ``sites`` (int64 (B, k)) only: ``self(tokens)`` gathered there.
 
@@ -261,11 +274,7 @@ class SiteCNN(nn.Module):
             return logits.gather(1, sites.unsqueeze(-1).expand(-1, -1, self.q))
         nd, r = len(self.shape), self.radius
         p = 2 * r + 1
-        dev = tokens.device
-        sizes = torch.tensor(self.shape, device=dev)
-        strides = torch.tensor([math.prod(self.shape[i + 1:]) for i in range(nd)], device=dev)
-        offsets = torch.stack(torch.meshgrid(*[torch.arange(-r, r + 1, device=dev)] * nd,
-                                             indexing="ij"), -1).reshape(-1, nd)  # (P^nd, nd)
+        sizes, strides, offsets = self._patch_geometry(tokens.device)
         coords = (sites.unsqueeze(-1) // strides) % sizes  # (B, k, nd)
         pos = coords.unsqueeze(2) + offsets  # (B, k, P^nd, nd), unwrapped
         periodic = self.blocks[0].c1.padding_mode == "circular"
