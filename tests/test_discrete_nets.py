@@ -87,3 +87,37 @@ def test_time_conditioned_cnn_is_translation_equivariant():
             shifted = net(torch.roll(x, (1, 2), (1, 2)).flatten(1), t).view(4, 4, 4, 3)
         torch.testing.assert_close(shifted, torch.roll(out, (1, 2), (1, 2)), rtol=1e-4, atol=1e-5)
         assert float((shifted - torch.roll(out, (2, 1), (1, 2))).abs().max()) > 1e-3
+
+
+# ---------------------------------------------------------------------------- site_logits hook
+@pytest.mark.parametrize("shape,q,periodic", [((8, 8), 2, True), ((5, 7), 3, True), ((6, 6), 3, False),
+                                              ((9,), 4, True), ((4, 4, 4), 2, False), ((3, 3), 2, True)])
+def test_cnn_site_logits_equal_the_full_pass(shape, q, periodic):
+    """The receptive-field (cone) evaluation of a few sites is the full pass gathered there, to
+    float64 rounding, on periodic and open grids of 1-3 dimensions (lattices smaller than the
+    patch wrap around several times). Negative control: a neighbouring site's logits differ."""
+    dom = Lattice(shape, q, periodic=periodic)
+    torch.manual_seed(0)
+    net = _perturb(make_discrete_net(dom, "cnn", hidden=8).double(), scale=0.3)
+    gen = torch.Generator().manual_seed(4)
+    tokens = torch.randint(0, q + 1, (5, dom.n_sites), generator=gen)
+    sites = torch.randint(0, dom.n_sites, (5, 2), generator=gen)
+    with torch.no_grad():
+        full = net(tokens)
+        got = net.site_logits(tokens, sites)
+    want = full.gather(1, sites.unsqueeze(-1).expand(-1, -1, q))
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    other = full.gather(1, ((sites + 1) % dom.n_sites).unsqueeze(-1).expand(-1, -1, q))
+    assert float((got - other).abs().max()) > 1e-3
+
+
+def test_cnn_site_logits_fall_back_to_the_full_pass():
+    """Many sites per pass (or a time-conditioned net) use the full pass: same values."""
+    dom = Lattice((6, 6), 2)
+    net = _perturb(_build(dom, "cnn"))
+    tokens = torch.randint(0, 3, (3, 36), generator=torch.Generator().manual_seed(1))
+    sites = torch.arange(36).repeat(3, 1)
+    cone, full = net._cone_cost(36)
+    assert cone > full
+    with torch.no_grad():
+        torch.testing.assert_close(net.site_logits(tokens, sites), net(tokens))

@@ -196,13 +196,16 @@ def test_weight_equals_teacher_forced_path_probability(n_unmask_steps):
 
 
 @quiet
-@pytest.mark.parametrize("n_unmask_steps", [None, 2])
-def test_untrained_weights_are_unbiased_for_z(n_unmask_steps):
-    """E[exp(log w)] = Z exactly for any network (random one here) and any schedule."""
+@pytest.mark.parametrize("n_unmask_steps,precision", [(None, "auto"), (2, "auto"), (None, "bf16")])
+def test_untrained_weights_are_unbiased_for_z(n_unmask_steps, precision):
+    """E[exp(log w)] = Z exactly for any network (random one here), any schedule and any
+    network precision (bf16 autocast: the weights are accumulated in float64 from the logits
+    actually used)."""
     # a hot target and a random output layer: weights vary by ~0.5 nats but stay light-tailed
     target = Ising(L=3, beta=0.1)
     log_z = target.exact_log_z()
-    sampler = _fit(target, 1, n_unmask_steps=n_unmask_steps, sample_batch_size=6000)
+    sampler = _fit(target, 1, n_unmask_steps=n_unmask_steps, sample_batch_size=6000,
+                   precision=precision)
     _randomize(sampler.ema.shadow.head, std=0.5)
     path, lw = sampler.sample_paths(12_000)
     assert (path.log_q + 9 * math.log(2)).abs().mean() > 0.3, "the proposal is too close to uniform"
@@ -242,6 +245,27 @@ def test_rollout_uniform_network_gives_uniform_log_q():
     assert path.blocks == [3, 2, 2]
 
 
+@pytest.mark.parametrize("n_unmask_steps", [None, 4])
+def test_fast_rollout_equals_full_pass_rollout(n_unmask_steps):
+    """Speed path: the CNN's ``site_logits`` hook (logits on each site's receptive field) gives
+    the same samples and log-weights from the same seed as the full-lattice pass it replaces
+    (the network wrapped in a lambda hides the hook). Negative control: another seed differs."""
+    target = Ising(L=6, beta=0.4407)
+    sampler = _fit(target, 1)
+    net = _randomize(sampler.ema.shadow, std=0.2)
+    assert hasattr(net, "site_logits")
+
+    def run(f, seed):
+        return masked_rollout(f, 64, 36, 2, generator=torch.Generator().manual_seed(seed),
+                              n_steps=n_unmask_steps)
+
+    fast, full = run(net, 3), run(lambda t: net(t), 3)
+    assert torch.equal(fast.x, full.x) and torch.equal(fast.order, full.order)
+    np.testing.assert_allclose(fast.log_q.numpy(), full.log_q.numpy(), rtol=0, atol=1e-4)
+    assert (full.log_q + 36 * math.log(2)).abs().mean() > 0.3, "the proposal is too close to uniform"
+    assert not torch.equal(run(net, 4).x, fast.x)
+
+
 def test_replay_buffer_fifo_and_state():
     buf = ReplayBuffer(5)
     buf.add(torch.arange(3), torch.zeros(3), order=torch.arange(3))
@@ -275,6 +299,29 @@ def test_temperature_warmup_schedules():
     assert _fit(target, 3, warmup=None).history["energy_scale"] == [1.0, 1.0, 1.0]
 
 
+@quiet
+def test_adaptive_warmup_bisection_matches_host_reference():
+    """The warm-up factor is bisected on the device (no host sync per iteration); it equals
+    the plain host-side bisection on the same weights."""
+    sampler = _fit(Ising(L=3, beta=0.4), 1)
+    gen = torch.Generator().manual_seed(7)
+    u = 40 * torch.randn(256, generator=gen, dtype=torch.float64)
+    log_q = 0.3 * torch.randn(256, generator=gen, dtype=torch.float64)
+
+    def ess(s):
+        w = torch.softmax(-s * u - log_q, 0)
+        return float(1.0 / (w * w).sum()) / 256
+
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ess(mid) >= 0.5 else (lo, mid)
+    sampler.scale = 0.0
+    sampler._update_scale(u, log_q)
+    assert sampler.scale == lo and 0.0 < lo < 1.0
+    assert ess(lo) >= 0.5 > ess(lo + 1e-6)
+
+
 # ---------------------------------------------------------------------------- API, reproducibility
 def test_registry_picks_mdns_for_lattices():
     assert bk.select(Ising(L=4)).name == "mdns"
@@ -297,6 +344,8 @@ def test_bad_input_fails_before_work():
         MDNS(batch_size=1)
     with pytest.raises(ConfigError):
         MDNS(refine="sir")
+    with pytest.raises(ConfigError, match="precision"):
+        MDNS(precision="fp8")
 
 
 @quiet

@@ -118,8 +118,8 @@ from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError
 from ..estimators.importance import log_z_from_log_weights
 from ..result import Result, result_from_log_weights
 from ._shared.buffers import ReplayBuffer
-from ._shared.ctmc import (MaskedPath, backward_path_log_prob, masked_rollout, unmask_schedule,
-                           wdce_loss)
+from ._shared.ctmc import (MaskedPath, autocast_net, backward_path_log_prob, masked_rollout,
+                           unmask_schedule, wdce_loss)
 from ._shared.discrete_nets import make_discrete_net
 from ._shared.ema import EMA
 from .base import SamplerConfig, TrainableSampler, _check_count
@@ -128,6 +128,7 @@ __all__ = ["MDNS", "MDNSConfig", "LOSSES"]
 
 LOSSES = ("wdce", "lv", "rerf", "ce")
 REFINEMENTS = (None, "resample", "mcmc")
+PRECISIONS = ("auto", "float32", "bf16")
 
 
 _int_option = _check_count  # the shared integer-option check
@@ -162,6 +163,10 @@ class MDNSConfig(SamplerConfig):
         from ``warmup_start`` to 1 over ``warmup_steps`` steps; None trains at s = 1. The
         weights returned by :meth:`MDNS.sample` are always for s = 1.
     sample_batch_size : paths per chunk in :meth:`MDNS.sample`.
+    precision : network arithmetic: "auto" (default: bf16 autocast on CUDA, float32 on CPU),
+        "float32" or "bf16". The path log-weights are accumulated in float64 from the logits
+        actually used, so they stay exact at any precision; bf16 only makes the proposal a
+        little coarser.
     refine : None, "resample" or "mcmc" (resample, then ``refine_sweeps`` Metropolis sweeps).
     """
 
@@ -188,6 +193,7 @@ class MDNSConfig(SamplerConfig):
     warmup_steps: int = 200
     warmup_start: float = 0.25
     sample_batch_size: int = 1024
+    precision: str = "auto"
     refine: "str | None" = None
     refine_sweeps: int = 2
 
@@ -214,6 +220,8 @@ class MDNSConfig(SamplerConfig):
             raise ConfigError(f"mask_mode must be 'lambda' or 'count', got {self.mask_mode!r}")
         if self.net not in ("auto", "transformer", "cnn"):
             raise ConfigError(f"net must be 'auto', 'transformer' or 'cnn', got {self.net!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.refine not in REFINEMENTS:
             raise ConfigError(f"refine must be one of {REFINEMENTS}, got {self.refine!r}")
         if self.warmup not in (None, "adaptive", "linear"):
@@ -261,6 +269,8 @@ class MDNS(TrainableSampler):
                 size["n_layers"] = cfg.n_layers
             self.model = make_discrete_net(dom, cfg.net, **size)
         self.model.to(self.device)
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self._amp = torch.bfloat16 if bf16 else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema_decay)
@@ -280,7 +290,8 @@ class MDNS(TrainableSampler):
 
     def rollout(self, net, n: int, *, generator, blocks=None):
         """Generate ``n`` paths with ``net``; returns (MaskedPath, float64 energies U(x))."""
-        path = masked_rollout(net, n, self.n_sites, self.q, generator=generator,
+        path = masked_rollout(autocast_net(net, self.device, self._amp), n, self.n_sites, self.q,
+                              generator=generator,
                               n_steps=len(blocks or self._sample_blocks), device=self.device)
         return path, self._energy(path.x)
 
@@ -296,18 +307,20 @@ class MDNS(TrainableSampler):
         if cfg.warmup == "linear":
             self.scale = min(1.0, cfg.warmup_start + (1.0 - cfg.warmup_start) * self.step / cfg.warmup_steps)
         elif cfg.warmup == "adaptive" and self.scale < 1.0:
-            def ess_frac(s):
+            def ess_ok(s):  # on the device, no host sync
                 w = torch.softmax(-s * u - log_q, 0)
-                return float(1.0 / (w * w).sum()) / u.shape[0]
+                return 1.0 / (w * w).sum() / u.shape[0] >= cfg.warmup_ess
 
-            if ess_frac(1.0) >= cfg.warmup_ess:
+            if bool(ess_ok(1.0)):
                 self.scale = 1.0
-            elif ess_frac(self.scale) >= cfg.warmup_ess:
-                lo, hi = self.scale, 1.0
+            elif bool(ess_ok(self.scale)):
+                lo = torch.tensor(self.scale, dtype=torch.float64, device=u.device)
+                hi = torch.ones_like(lo)
                 for _ in range(30):
                     mid = 0.5 * (lo + hi)
-                    lo, hi = (mid, hi) if ess_frac(mid) >= cfg.warmup_ess else (lo, mid)
-                self.scale = lo
+                    ok = ess_ok(mid)
+                    lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+                self.scale = float(lo)
 
     @staticmethod
     def _stats(lw: torch.Tensor) -> dict:
@@ -331,7 +344,7 @@ class MDNS(TrainableSampler):
                 self._batch_stats = self._stats(-u - path.log_q)
             batch = self.buffer.sample(cfg.batch_size, generator=gen)
             weights = dist.softmax_across_ranks(batch["log_weights"])  # softmax on one process
-            loss = wdce_loss(self.model, batch["samples"], weights, self.q, cfg.n_replicates,
+            loss = wdce_loss(autocast_net(self.model, self.device, self._amp), batch["samples"], weights, self.q, cfg.n_replicates,
                              generator=gen, mode=cfg.mask_mode)
             loss.backward()
             loss_value = float(loss.detach())
@@ -341,7 +354,7 @@ class MDNS(TrainableSampler):
             lw = -self.scale * u - path.log_q
             self._batch_stats = self._stats(-u - path.log_q)
             coeffs, loss_value = self._path_loss(lw)
-            backward_path_log_prob(self.model, path, self.q, coeffs)
+            backward_path_log_prob(autocast_net(self.model, self.device, self._amp), path, self.q, coeffs)
         if cfg.grad_clip is not None:
             dist.sync_gradients(self.optimizer)  # clip the rank-averaged gradient (no-op on one process)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)

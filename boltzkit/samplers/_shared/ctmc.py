@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from ...errors import ConfigError
 
-__all__ = ["unmask_schedule", "site_log_probs", "MaskedPath", "masked_rollout", "path_log_prob",
+__all__ = ["unmask_schedule", "site_log_probs", "logits_at", "autocast_net", "MaskedPath", "masked_rollout", "path_log_prob",
            "backward_path_log_prob", "remask", "wdce_loss"]
 
 
@@ -81,6 +81,49 @@ def site_log_probs(logits: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(rows.double(), dim=-1)
 
 
+def logits_at(net: Callable, tokens: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
+    """Logits (B, k, q) of ``net`` at ``sites`` (B, k): ``net(tokens)`` gathered there.
+
+    A network may provide the hook ``net.site_logits(tokens, sites)`` that computes only the
+    requested sites' logits (e.g. :meth:`SiteCNN.site_logits
+    <boltzkit.samplers._shared.discrete_nets.SiteCNN.site_logits>`, on the receptive field of
+    each site); otherwise the whole configuration is evaluated and gathered.
+    """
+    hook = getattr(net, "site_logits", None)
+    if hook is not None:
+        return hook(tokens, sites)
+    logits = net(tokens)
+    return logits.gather(1, sites.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+
+
+class AutocastNet:
+    """``net`` evaluated under ``torch.autocast(dtype)`` with float32 logits out.
+
+    Reduced-precision networks (bf16 on a GPU) keep the path weights exact: the rollout draws
+    from, and scores with, the same float64 log-softmax of the logits actually produced. The
+    :func:`logits_at` hook is forwarded. ``dtype=None`` returns ``net`` itself (see
+    :func:`autocast_net`).
+    """
+
+    def __init__(self, net: Callable, device_type: str, dtype: torch.dtype):
+        self.net, self.device_type, self.dtype = net, device_type, dtype
+
+    def __call__(self, tokens, *args):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.net(tokens, *args)
+        return out.float()
+
+    def site_logits(self, tokens, sites):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = logits_at(self.net, tokens, sites)
+        return out.float()
+
+
+def autocast_net(net: Callable, device, dtype: "torch.dtype | None") -> Callable:
+    """``net`` under autocast to ``dtype`` on ``device`` (``None``: ``net`` unchanged)."""
+    return net if dtype is None else AutocastNet(net, torch.device(device).type, dtype)
+
+
 @torch.no_grad()
 def masked_rollout(net: Callable, n: int, n_sites: int, q: int, *, generator: torch.Generator,
                    n_steps: "int | None" = None, device="cpu") -> MaskedPath:
@@ -104,7 +147,7 @@ def masked_rollout(net: Callable, n: int, n_sites: int, q: int, *, generator: to
     start = 0
     for k in blocks:
         sites = order[:, start:start + k]
-        logp = site_log_probs(net(x), sites)  # (n, k, q)
+        logp = F.log_softmax(logits_at(net, x, sites).double(), dim=-1)  # (n, k, q), float64
         values = torch.multinomial(logp.exp().reshape(-1, q), 1, generator=generator).view(n, k)
         log_q += logp.gather(-1, values.unsqueeze(-1)).squeeze(-1).sum(-1)
         x.scatter_(1, sites, values)

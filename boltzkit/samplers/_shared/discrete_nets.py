@@ -226,6 +226,87 @@ class SiteCNN(nn.Module):
         h = F.gelu(h) * (1.0 + scale.view(grid)) + shift.view(grid)
         return self.head(h).reshape(b, self.q, -1).transpose(1, 2)
 
+    # ------------------------------------------------------------------ logits at a few sites
+    @property
+    def radius(self) -> int:
+        """Receptive-field radius of the logits (two 3-wide convolutions per block)."""
+        return 2 * len(self.blocks)
+
+    def _cone_cost(self, k: int) -> "tuple[float, float]":
+        """Rough (cone, full) costs in hidden x hidden convolution outputs for ``k`` sites."""
+        nd, p = len(self.shape), 2 * self.radius + 1
+        cone = sum((p - 2 * j) ** nd for j in range(2, 2 * len(self.blocks) + 1))
+        cone += (p - 2) ** nd * (self.q + 1) / self.embed.embedding_dim  # the one-hot first conv
+        full = 2 * len(self.blocks) * math.prod(self.shape) * 1.2  # + circular-padding copies
+        return k * cone, full
+
+    def _patch_geometry(self, device) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
+        """(axis sizes, row-major strides, patch offsets (P^ndim, ndim)) on ``device``, cached
+        per device so the sampling loop makes no host-to-device copies."""
+        cache = self.__dict__.setdefault("_geometry", {})
+        key = str(device)
+        if key not in cache:
+            nd, r = len(self.shape), self.radius
+            sizes = torch.tensor(self.shape, device=device)
+            strides = torch.tensor([math.prod(self.shape[i + 1:]) for i in range(nd)], device=device)
+            grid = torch.meshgrid(*[torch.arange(-r, r + 1, device=device)] * nd, indexing="ij")
+            cache[key] = (sizes, strides, torch.stack(grid, -1).reshape(-1, nd))
+        return cache[key]
+
+    def site_logits(self, tokens: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
+        """Logits (B, k, q) at ``sites`` (int64 (B, k)) only: ``self(tokens)`` gathered there.
+
+        A hook of the masked CTMC (:func:`~boltzkit.samplers._shared.ctmc.masked_rollout`): one
+        site per network pass needs the logits of one site, which depend on the tokens within
+        ``radius`` of it only. Each requested site's logits are computed on its own patch of
+        side ``2 radius + 1`` (wrapped around periodic axes, zero-padded outside open ones) with
+        unpadded convolutions, so layer j is evaluated on ``(2 (radius - j) + 1)^ndim``
+        positions instead of the whole lattice; the first convolution acts on the one-hot
+        tokens with the embedding folded into its weights (``q + 1`` input channels instead of
+        ``hidden``). Same function as :meth:`forward` up to float rounding (checked in
+        ``tests/test_discrete_nets.py``). Falls back to the full pass when that is cheaper
+        (many sites per pass) and for time-conditioned networks.
+        """
+        b, k = sites.shape
+        cone, full = self._cone_cost(k)
+        if self.time is not None or cone >= full:
+            logits = self(tokens)
+            return logits.gather(1, sites.unsqueeze(-1).expand(-1, -1, self.q))
+        nd, r = len(self.shape), self.radius
+        p = 2 * r + 1
+        sizes, strides, offsets = self._patch_geometry(tokens.device)
+        coords = (sites.unsqueeze(-1) // strides) % sizes  # (B, k, nd)
+        pos = coords.unsqueeze(2) + offsets  # (B, k, P^nd, nd), unwrapped
+        periodic = self.blocks[0].c1.padding_mode == "circular"
+        inside = None if periodic else ((pos >= 0) & (pos < sizes)).all(-1)
+        idx = ((pos % sizes) * strides).sum(-1)  # (B, k, P^nd) flat site of each patch cell
+        patch = tokens.gather(1, idx.reshape(b, -1)).reshape(b * k, *([p] * nd))
+        crop = (slice(None), slice(None)) + (slice(2, -2),) * nd  # one block: two 3-wide convs
+        crop1 = (slice(None), slice(None)) + (slice(1, -1),) * nd
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
+        mask = None if inside is None else inside.reshape(b * k, 1, *([p] * nd)).to(self.embed.weight.dtype)
+        # first convolution of the first block on one-hot tokens: gelu(embed) folded into the weights
+        c1 = self.blocks[0].c1
+        folded = torch.einsum("oc...,tc->ot...", c1.weight, F.gelu(self.embed.weight))
+        onehot = F.one_hot(patch, self.q + 1).movedim(-1, 1).to(folded.dtype)
+        if mask is not None:
+            onehot = onehot * mask
+        h = self.embed(patch).movedim(-1, 1)  # (Bk, hidden, P...)
+        for i, block in enumerate(self.blocks):
+            if i == 0:
+                a = conv(onehot, folded, c1.bias)
+            else:
+                a = F.gelu(h) if mask is None else F.gelu(h) * mask
+                a = conv(a, block.c1.weight, block.c1.bias)
+            if mask is not None:
+                mask = mask[crop1]
+            a = F.gelu(a) if mask is None else F.gelu(a) * mask
+            h = h[crop] + conv(a, block.c2.weight, block.c2.bias)
+            if mask is not None:
+                mask = mask[crop1]
+        out = self.head(F.gelu(h))  # (Bk, q, 1...)
+        return out.reshape(b, k, self.q)
+
 
 def _time_inputs(film: "TimeFiLM | None", t, batch: int):
     """The FiLM inputs for time ``t``, or None for a network without time conditioning."""
