@@ -96,7 +96,7 @@ def as_cv(cv, x_example=None) -> CollectiveVariable:
 # ----------------------------------------------------------------------------- molecules
 def phi_psi(phi_atoms=ALANINE_PHI, psi_atoms=ALANINE_PSI) -> CollectiveVariable:
     """Backbone dihedrals ``(phi, psi)`` (radians) of Cartesian states ``(B, 3N)`` or ``(B, N, 3)``."""
-    from .analysis import dihedral
+    from .geometry import dihedral
 
     quads = [tuple(phi_atoms), tuple(psi_atoms)]
     return CollectiveVariable(lambda x: dihedral(x, quads), ("phi", "psi"), (True, True))
@@ -104,14 +104,14 @@ def phi_psi(phi_atoms=ALANINE_PHI, psi_atoms=ALANINE_PSI) -> CollectiveVariable:
 
 def phi(atoms=ALANINE_PHI) -> CollectiveVariable:
     """Backbone dihedral phi (radians) of Cartesian states."""
-    from .analysis import dihedral
+    from .geometry import dihedral
 
     return CollectiveVariable(lambda x: dihedral(x, tuple(atoms)), ("phi",), (True,))
 
 
 def psi(atoms=ALANINE_PSI) -> CollectiveVariable:
     """Backbone dihedral psi (radians) of Cartesian states."""
-    from .analysis import dihedral
+    from .geometry import dihedral
 
     return CollectiveVariable(lambda x: dihedral(x, tuple(atoms)), ("psi",), (True,))
 

@@ -110,6 +110,7 @@ import torch
 
 from ..domains import Reals
 from ..errors import ConfigError, TargetError
+from ..geometry import dihedral_points, wrap_angle
 from .base import Energy, PriorHint
 
 __all__ = ["ZMatrix", "InternalCoordinateEnergy", "torus_window_log", "angle_window_log",
@@ -203,18 +204,6 @@ def place_atom(xj: torch.Tensor, xk: torch.Tensor, xl: torch.Tensor, r: torch.Te
     d = (-torch.cos(theta))[:, None] * bc + (st * torch.cos(phi))[:, None] * m \
         + (st * torch.sin(phi))[:, None] * n
     return xj + r[:, None] * d
-
-
-def _dihedral(a, b, c, d):
-    b1, b2, b3 = b - a, c - b, d - c
-    n1, n2 = torch.cross(b1, b2, dim=-1), torch.cross(b2, b3, dim=-1)
-    y = b2.norm(dim=-1) * (b1 * n2).sum(-1)
-    return torch.atan2(y, (n1 * n2).sum(-1))
-
-
-def _wrap_pi(t: torch.Tensor) -> torch.Tensor:
-    """Angles mapped to ``(-pi, pi]``."""
-    return t - 2 * math.pi * torch.ceil((t - math.pi) / (2 * math.pi))
 
 
 # ============================================================================ Z-matrix
@@ -425,7 +414,7 @@ class ZMatrix:
         u = p[:, aa[:, 0]] - p[:, aa[:, 1]]
         v = p[:, aa[:, 2]] - p[:, aa[:, 1]]
         theta = torch.atan2(torch.cross(u, v, dim=-1).norm(dim=-1), (u * v).sum(-1))
-        phi = _dihedral(*(p[:, ta[:, c]] for c in range(4)))
+        phi = dihedral_points(*(p[:, ta[:, c]] for c in range(4)))
         return torch.cat([r, theta, phi], dim=1)
 
     def to_cartesian(self, q: torch.Tensor) -> torch.Tensor:
@@ -487,16 +476,16 @@ class ZMatrix:
         # atom 2: (r, theta) ~ (-r, theta + pi); theta ~ -theta (rotation about x); period 2 pi
         t2 = torch.where(r[:, 1] < 0, th[:, 0] + pi, th[:, 0])
         r[:, 1] = r[:, 1].abs()
-        th[:, 0] = _wrap_pi(t2).abs()
+        th[:, 0] = wrap_angle(t2).abs()
         # atoms >= 3: (r, theta, phi) ~ (-r, pi - theta, phi + pi); (theta, phi) ~ (-theta, phi + pi)
         neg = r[:, 2:] < 0
         t = torch.where(neg, pi - th[:, 1:], th[:, 1:])
         f = torch.where(neg, ph + pi, ph)
-        t = _wrap_pi(t)
+        t = wrap_angle(t)
         f = torch.where(t < 0, f + pi, f)
         r[:, 2:] = r[:, 2:].abs()
         th[:, 1:] = t.abs()
-        return torch.cat([r, th, _wrap_pi(f)], dim=1)
+        return torch.cat([r, th, wrap_angle(f)], dim=1)
 
 
 def to_internal(x: torch.Tensor, zmatrix: ZMatrix) -> torch.Tensor:

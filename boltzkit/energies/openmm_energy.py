@@ -1,0 +1,349 @@
+r"""Any ``openmm.System`` as a batched boltzkit target (:class:`OpenMMEnergy`), and
+:class:`ShiftedEnergy` (a target seen from a reference structure). Units, clashes, the
+centre-of-geometry restraint and the cost are described in :mod:`boltzkit.energies.molecular`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..domains import Reals
+from ..errors import ConfigError, TargetError, require
+from .base import Energy
+from ._bridge import _check_optional_positive, _check_temperature, _lin_log, _NumpyBackedEnergy
+
+
+class _OpenMMBackend:
+    """One OpenMM ``Context`` (created lazily, rebuilt after unpickling) that evaluates
+    energies (kJ/mol) and forces (kJ/mol/nm) of a batch of positions (nm)."""
+
+    def __init__(self, system, platform: str, properties: dict):
+        self.system = system
+        self.n_atoms = system.getNumParticles()
+        self.platform = platform
+        self.properties = dict(properties)
+        self._context = None
+
+    def __getstate__(self):
+        mm = require("openmm", "molecular")
+        return {"system_xml": mm.XmlSerializer.serialize(self.system), "platform": self.platform,
+                "properties": self.properties}
+
+    def __setstate__(self, state):
+        mm = require("openmm", "molecular")
+        self.__init__(mm.XmlSerializer.deserialize(state["system_xml"]), state["platform"],
+                      state["properties"])
+
+    @property
+    def context(self):
+        if self._context is None:
+            mm = require("openmm", "molecular")
+            try:
+                plat = mm.Platform.getPlatformByName(self.platform)
+            except Exception as exc:
+                names = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
+                raise ConfigError(f"OpenMM platform {self.platform!r} is not available; "
+                                  f"available: {', '.join(names)}") from exc
+            self._context = mm.Context(self.system, mm.VerletIntegrator(0.001), plat, self.properties)
+        return self._context
+
+    def __call__(self, pos: np.ndarray, grad: bool):
+        """``pos`` (B, N, 3) nm -> energies (B,) kJ/mol and forces (B, N, 3) or None."""
+        ctx = self.context
+        n = pos.shape[0]
+        u = np.empty(n)
+        f = np.zeros_like(pos) if grad else None
+        for b in range(n):
+            p = pos[b]
+            if not np.isfinite(p).all():
+                u[b] = math.inf
+                continue
+            ctx.setPositions(p)
+            st = ctx.getState(getEnergy=True, getForces=grad)
+            e = st.getPotentialEnergy()._value  # internal units: kJ/mol (no unit conversion)
+            if grad:
+                fb = st.getForces(asNumpy=True)._value  # kJ/mol/nm
+                if not np.isfinite(fb).all():
+                    e = math.inf
+                else:
+                    f[b] = fb
+            u[b] = e if math.isfinite(e) else math.inf
+        if grad:
+            f[~np.isfinite(u)] = 0.0
+        return u, f
+
+
+def _auto_platform(system) -> "tuple[str, dict]":
+    """Reference for small systems without generalized-Born forces (lowest per-call overhead),
+    else CPU (one thread for small systems: faster than two at 22 atoms)."""
+    mm = require("openmm", "molecular")
+    gb = any(isinstance(f, (mm.CustomGBForce, mm.GBSAOBCForce)) for f in system.getForces())
+    n = system.getNumParticles()
+    if not gb and n <= 200:
+        return "Reference", {}
+    return "CPU", ({"Threads": "1"} if n <= 200 else {})
+
+
+class OpenMMEnergy(_NumpyBackedEnergy):
+    r"""An ``openmm.System`` as a boltzkit target: ``u(x) = U(x) / kT`` on Cartesian coordinates.
+
+    Parameters
+    ----------
+    system : openmm.System
+        Built without constraints (constrained bonds make the Cartesian density singular;
+        ``createSystem(..., constraints=None)``). Virtual sites are not supported.
+    temperature : float
+        Kelvin.
+    platform : str
+        "auto" (Reference for small systems without generalized Born, else CPU), or an OpenMM
+        platform name ("Reference", "CPU", "CUDA", "OpenCL").
+    platform_properties : dict, optional
+        Passed to the ``Context`` (e.g. ``{"Threads": "1"}``, ``{"Precision": "double"}``).
+    positions : array (N, 3) nm, optional
+        A reference structure (used by :meth:`shifted` and by :meth:`reference_state`).
+    topology : openmm.app.Topology, optional
+        Kept for analysis (:attr:`mdtraj_topology`).
+    com_restraint : float or None
+        Width ``s`` (nm) of the harmonic restraint on the centre of geometry (module docstring).
+    energy_cut : float or None
+        Lin-log regularization above this reduced energy (module docstring).
+    hvp_step : float
+        Finite-difference step (nm) of Hessian-vector products.
+
+    Notes
+    -----
+    The domain is ``Reals(3N)`` (flat, particle-major). :class:`~boltzkit.domains.ParticleCloud`
+    is not used: it describes identical particles (its default networks are permutation
+    equivariant), while the atoms of a molecule are distinguishable.
+    """
+
+    def __init__(self, system, temperature: float = 300.0, *, platform: str = "auto",
+                 platform_properties: "dict | None" = None, positions=None, topology=None,
+                 com_restraint: "float | None" = None, energy_cut: "float | None" = None,
+                 hvp_step: float = 1e-4, name: "str | None" = None):
+        mm = require("openmm", "molecular")
+        unit = require("openmm.unit", "molecular")
+        if not isinstance(system, mm.System):
+            raise TargetError(f"system must be an openmm.System, got {type(system).__name__}")
+        n = system.getNumParticles()
+        if n < 1:
+            raise TargetError("the openmm.System has no particles")
+        if system.getNumConstraints() > 0:
+            raise TargetError(f"the openmm.System has {system.getNumConstraints()} constraints; "
+                              "Cartesian samplers need an unconstrained system: build it with "
+                              "createSystem(..., constraints=None)")
+        if any(system.isVirtualSite(i) for i in range(n)):
+            raise TargetError("systems with virtual sites are not supported (their positions are "
+                              "not free coordinates)")
+        super().__init__(Reals(3 * n), name=name or "OpenMMEnergy")
+        self.temperature = _check_temperature(temperature)
+        self.kT = (unit.MOLAR_GAS_CONSTANT_R * self.temperature * unit.kelvin).value_in_unit(
+            unit.kilojoule_per_mole)
+        self.com_restraint = _check_optional_positive("com_restraint", com_restraint)
+        self.energy_cut = None if energy_cut is None else float(energy_cut)
+        self.hvp_step = _check_optional_positive("hvp_step", hvp_step)
+        if platform == "auto":
+            platform, props = _auto_platform(system)
+            props.update(platform_properties or {})
+        else:
+            props = dict(platform_properties or {})
+        self.n_atoms = n
+        self.openmm_topology = topology
+        self._backend_impl = _OpenMMBackend(system, platform, props)
+        _ = self._backend_impl.context  # fail early on a bad platform
+        self.positions = None
+        if positions is not None:
+            pos = np.asarray(getattr(positions, "_value", positions), dtype=np.float64)
+            if pos.shape != (n, 3):
+                raise TargetError(f"positions must have shape ({n}, 3) in nm, got {pos.shape}")
+            self.positions = torch.from_numpy(pos.copy())
+
+    @property
+    def system(self):
+        """The ``openmm.System`` (do not add forces to it: the Context is already built)."""
+        return self._backend_impl.system
+
+    @property
+    def platform(self) -> str:
+        return self._backend_impl.platform
+
+    def _shape_hint(self):
+        return f" or (B, {self.n_atoms}, 3)"
+
+    def _backend(self, x, grad):
+        n = x.shape[0]
+        pos = x.reshape(n, self.n_atoms, 3)
+        e, f = self._backend_impl(pos, grad)
+        u = e / self.kT
+        g = None if f is None else (-f / self.kT).reshape(n, -1)
+        if self.com_restraint is not None:
+            c = pos.mean(1)  # (B, 3)
+            k = 1.0 / self.com_restraint ** 2
+            u = u + 0.5 * k * (c * c).sum(1)
+            if g is not None:
+                g = g + np.tile(k * c / self.n_atoms, (1, self.n_atoms))
+        if self.energy_cut is not None:
+            u, g = _lin_log(u, g, self.energy_cut)
+        if g is not None:
+            g[~np.isfinite(u)] = 0.0
+        return u, g
+
+    def openmm_energy(self, x) -> np.ndarray:
+        """Potential energies (kJ/mol) from OpenMM alone, without restraint or cut, ``(B,)``."""
+        flat = self._flat(torch.as_tensor(x))
+        pos = flat.detach().to("cpu", torch.float64).numpy().reshape(-1, self.n_atoms, 3)
+        return self._backend_impl(pos, False)[0]
+
+    def reference_state(self) -> torch.Tensor:
+        """The reference structure as a flat batch of one, ``(1, 3N)`` float32."""
+        if self.positions is None:
+            raise TargetError(f"{self.name} has no reference positions; pass positions=...")
+        return self.positions.reshape(1, -1).float()
+
+    #: widest standard deviation (nm) of the harmonic prior hint along flat directions (the
+    #: rotations of a molecule in vacuum, which leave the energy unchanged)
+    hint_max_std: float = 0.05
+
+    def minimized_state(self) -> torch.Tensor:
+        """The reference structure relaxed to the nearest local minimum of ``u`` (``(1, 3N)``
+        float64), by BFGS (scipy) on the target's own energy and gradient; cached."""
+        if getattr(self, "_minimized", None) is None:
+            from scipy.optimize import minimize
+
+            x0 = self.reference_state().double().reshape(-1)
+
+            def fun(v):
+                u, g = self.energy_and_grad(torch.from_numpy(v)[None])
+                return float(u[0]), g[0].numpy().astype(np.float64)
+
+            res = minimize(fun, x0.numpy(), jac=True, method="BFGS",
+                           options={"maxiter": 5000, "gtol": 1e-4})
+            xm = torch.from_numpy(np.asarray(res.x, dtype=np.float64))[None]
+            if not math.isfinite(float(res.fun)) or float(res.fun) > float(self.energy(x0[None])[0]):
+                xm = x0[None].clone()  # never worse than the shipped structure
+            self._minimized = xm
+        return self._minimized.clone()
+
+    def hessian(self, x, step: float = 1e-5) -> torch.Tensor:
+        """Hessian ``(3N, 3N)`` float64 of ``u`` at one state ``x``, by central differences of
+        the gradient (``6N`` gradient evaluations, one batch), symmetrized."""
+        x = self._flat(torch.as_tensor(x)).double()[:1]
+        d = x.shape[1]
+        eye = torch.eye(d, dtype=torch.float64)
+        g = self.grad_energy(torch.cat([x + step * eye, x - step * eye]))
+        h = (g[:d] - g[d:]) / (2.0 * step)
+        return 0.5 * (h + h.T)
+
+    def prior_hint(self):
+        """Harmonic (Laplace) frame of the reference structure, or None without positions.
+
+        ``loc`` is :meth:`minimized_state`, ``scale`` the inverse square root of the Hessian
+        there (:func:`~boltzkit.energies.base.scale_from_hessian`, flat directions such as
+        rotations widened to ``hint_max_std`` nm), so the standard normal in the sampler's
+        coordinates is the harmonic approximation of the basin of the reference structure:
+        bond, angle and torsion directions all get their own width (about 0.001 nm for C-H
+        stretches; soft collective modes are capped at ``hint_max_std`` = 0.05 nm, beyond
+        which their linearization distorts bonds). Computed once and cached.
+        """
+        if self.positions is None:
+            return None
+        if getattr(self, "_hint", None) is None:
+            from .base import PriorHint, scale_from_hessian
+
+            xm = self.minimized_state()
+            scale = scale_from_hessian(self.hessian(xm), max_std=self.hint_max_std)
+            self._hint = PriorHint(xm.reshape(-1), scale)
+        return self._hint
+
+    def shifted(self, origin=None) -> "ShiftedEnergy":
+        """The same target in coordinates relative to ``origin`` (default: the reference
+        structure), ``x -> u(origin + x)``.
+
+        Samplers whose start or prior is centred at 0 (MALA's ``init_std``, the Gaussian prior
+        of NAAS, AIS) then start around the molecule instead of from an atom cloud at the
+        origin. Map samples back with :meth:`ShiftedEnergy.to_absolute`.
+        """
+        if origin is None:
+            origin = self.reference_state()
+        return ShiftedEnergy(self, origin)
+
+    def to_config(self):
+        return {**super().to_config(), "type": type(self).__name__, "n_atoms": self.n_atoms,
+                "temperature": self.temperature, "platform": self.platform,
+                "com_restraint": self.com_restraint, "energy_cut": self.energy_cut}
+
+    # -- analysis
+    @property
+    def mdtraj_topology(self):
+        """The mdtraj topology (needs mdtraj and an OpenMM topology)."""
+        if self.openmm_topology is None:
+            raise TargetError(f"{self.name} has no topology; pass topology=...")
+        if getattr(self, "_md_top", None) is None:
+            md = require("mdtraj", "molecular")
+            self._md_top = md.Topology.from_openmm(self.openmm_topology)
+        return self._md_top
+
+    def to_mdtraj(self, x):
+        """An ``mdtraj.Trajectory`` of the states ``x`` (B, 3N) or (B, N, 3), nm."""
+        md = require("mdtraj", "molecular")
+        xyz = self._flat(torch.as_tensor(x)).detach().cpu().double().numpy()
+        return md.Trajectory(xyz.reshape(-1, self.n_atoms, 3), self.mdtraj_topology)
+
+
+class ShiftedEnergy(Energy):
+    """``x -> base.energy(origin + x)``: a target translated so that ``origin`` sits at 0.
+
+    Parameters
+    ----------
+    base : Energy on ``Reals(d)``
+    origin : Tensor ``(d,)`` or ``(1, d)`` (or ``(N, 3)`` for a molecule)
+    """
+
+    def __init__(self, base: Energy, origin):
+        if not isinstance(base, Energy) or not isinstance(base.domain, Reals):
+            raise TargetError("ShiftedEnergy needs an Energy on a Reals domain")
+        super().__init__(base.domain, name=f"{base.name}(shifted)")
+        origin = torch.as_tensor(origin).detach().reshape(-1)
+        if origin.numel() != base.domain.dim or not bool(torch.isfinite(origin).all()):
+            raise TargetError(f"origin must be {base.domain.dim} finite numbers, got {tuple(origin.shape)}")
+        self.base = base
+        self.register_buffer("origin", origin.float())
+        self._last = None
+
+    def to_absolute(self, x: torch.Tensor) -> torch.Tensor:
+        """Shifted states -> coordinates of the base target (same shape as ``x``)."""
+        return (x.reshape(x.shape[0], -1) + self.origin.to(x)).reshape(x.shape)
+
+    def to_relative(self, x: torch.Tensor) -> torch.Tensor:
+        """Coordinates of the base target -> shifted states."""
+        return (x.reshape(x.shape[0], -1) - self.origin.to(x)).reshape(x.shape)
+
+    def _absolute(self, x):
+        # the same input tensor maps to the same absolute tensor, so a base target's
+        # energy -> grad_energy cache keeps working through the shift
+        last = self._last
+        if last is not None and last[0] is x and last[1] == x._version:
+            return last[2]
+        xa = self.to_absolute(x)
+        self._last = (x, x._version, xa)
+        return xa
+
+    def energy(self, x):
+        if torch.is_grad_enabled() and x.requires_grad:
+            return self.base.energy(self.to_absolute(x))
+        return self.base.energy(self._absolute(x))
+
+    def grad_energy(self, x):
+        return self.base.grad_energy(self._absolute(x))
+
+    def exact_log_z(self):
+        return self.base.exact_log_z()
+
+    def to_config(self):
+        return {**super().to_config(), "type": "ShiftedEnergy", "base": self.base.to_config()}
+
+
+# ============================================================================ alanine dipeptide
