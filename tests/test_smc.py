@@ -215,3 +215,41 @@ def test_budget_is_honoured_within_the_stated_factor():
     assert tiny.n_samples <= res.n_samples and tiny.n_samples >= 512
     with pytest.raises(Exception, match="budget"):
         bk.sample(m, budget=-1)
+
+
+# ------------------------------------------------------------------------------ kernel layer hooks
+@pytest.mark.parametrize("make", [lambda: Ising(3, 0.7, J=0.8, h=0.3), lambda: Potts(3, 3, 0.9)])
+def test_lattice_targets_describe_their_local_conditionals(make):
+    """The local_log_ratios hook equals U(x) - U(x with site d set to n) computed from the
+    energy itself for every site and value (negative control: a wrong coupling differs), and
+    lattice_model() carries the parameters the lattice kernels read."""
+    e = make()
+    dom = e.domain
+    gen = torch.Generator().manual_seed(0)
+    idx = dom.encode(dom.reference(5, generator=gen)).reshape(5, -1)
+    got = e.local_log_ratios(idx)
+    u0 = e.energy(dom.decode(idx.view(5, 3, 3))).double()
+    want = torch.zeros_like(got)
+    for d in range(9):
+        for n in range(dom.q):
+            moved = idx.clone()
+            moved[:, d] = n
+            want[:, d, n] = u0 - e.energy(dom.decode(moved.view(5, 3, 3))).double()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    wrong = (e.with_beta(1.1 * e.beta)).local_log_ratios(idx)
+    assert (wrong - want).abs().max() > 1e-3
+    m = e.lattice_model()
+    assert (m.L, m.beta, m.J, m.q) == (3, e.beta, e.J, dom.q)
+
+
+def test_kernels_layer_imports_no_sampler():
+    """The kernel modules import only domains, energies and errors (never samplers or
+    estimators), so samplers and estimators can build on them without a cycle."""
+    import re
+    from pathlib import Path
+
+    import boltzkit.kernels as K
+
+    for path in Path(K.__file__).parent.glob("*.py"):
+        imports = re.findall(r"^\s*from \.\.(\w+)", path.read_text(), flags=re.M)
+        assert set(imports) <= {"domains", "energies", "errors"}, (path.name, imports)

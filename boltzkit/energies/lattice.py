@@ -6,8 +6,11 @@ returned in float64: the bond sums are exact integers, so U is exact to double p
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..domains import Lattice
@@ -32,6 +35,40 @@ def _check_lattice_args(L, beta, J):
         raise TargetError(f"beta must be >= 0, got {beta!r}")
 
 
+@dataclass(frozen=True)
+class LatticeModel:
+    """What a nearest-neighbour lattice energy says about itself (its ``lattice_model()`` hook):
+    the kernels of :mod:`boltzkit.kernels.lattice` read L, beta, J, h and q from it."""
+
+    kind: str  # "ising" or "potts"
+    L: int
+    beta: float
+    J: float
+    h: float
+    q: int
+
+
+def neighbour_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of the four periodic nearest neighbours of every site; t is (B, L, L[, ...])."""
+    return torch.roll(t, 1, 1) + torch.roll(t, -1, 1) + torch.roll(t, 1, 2) + torch.roll(t, -1, 2)
+
+
+@functools.lru_cache(maxsize=None)
+def colour_classes(L: int) -> tuple:
+    """Partition the periodic L x L lattice into classes with no two neighbours in one class.
+
+    With a proper colouring a(i) of the ring of L sites (alternating 0, 1, plus colour 2 on
+    the last site when L is odd), c(i, j) = (a(i) + a(j)) mod k is a proper colouring of the
+    torus: a checkerboard (k = 2) for even L, three classes for odd L.
+    """
+    a = np.arange(L) % 2
+    k = 2
+    if L % 2:
+        a[-1], k = 2, 3
+    colour = (a[:, None] + a[None, :]) % k
+    return tuple(colour == c for c in range(k))
+
+
 class _LatticeEnergy:
     """Shared pieces of nearest-neighbour lattice models."""
 
@@ -48,12 +85,38 @@ class _LatticeEnergy:
     def n_bonds(self) -> int:
         return 2 * self.L * self.L
 
+    # ---- hooks: how samplers learn the local structure (no type checks)
+    def lattice_model(self) -> LatticeModel:
+        """L, beta, J, h, q for the lattice kernels (:mod:`boltzkit.kernels.lattice`).
+        A subclass that changes :meth:`energy` must override this hook and :meth:`local_log_ratios`."""
+        return LatticeModel(self._kind, self.L, self.beta, self.J, getattr(self, "h", 0.0), self.domain.q)
+
+    def local_log_ratios(self, idx: torch.Tensor) -> torch.Tensor:
+        """Single-site conditionals: ``log pi(x^{d <- n}) - log pi(x) = U(x) - U(x^{d <- n})``
+        for every site d and value n, in closed form from the neighbour sums.
+
+        idx : int64 (B, D) index configurations (sites flattened row-major).
+        Returns float64 (B, D, q), 0 at each site's current value.
+        """
+        b, d, q = idx.shape[0], self.n_sites, self.domain.q
+        if self._kind == "ising":
+            s = (2 * idx - 1).to(torch.float64)  # index 0 -> spin -1, 1 -> +1
+            field = self.J * neighbour_sum(s.view(b, self.L, self.L)).reshape(b, d, 1) + self.h
+            spins = torch.tensor([-1.0, 1.0], dtype=torch.float64, device=idx.device)
+            return self.beta * (spins - s.unsqueeze(-1)) * field
+        lat = idx.view(b, self.L, self.L)
+        counts = neighbour_sum(torch.nn.functional.one_hot(lat, q).to(torch.float64)).reshape(b, d, q)
+        here = counts.gather(-1, idx.unsqueeze(-1))
+        return self.beta * self.J * (counts - here)
+
 
 class Ising(_LatticeEnergy, Energy):
     r"""2-D Ising model, U(s) = -beta (J \sum_<ij> s_i s_j + h \sum_i s_i), spins s = +-1.
 
     States are float tensors (B, L, L) of +-1.
     """
+
+    _kind = "ising"
 
     def __init__(self, L: int = 16, beta: float = BETA_C_ISING, J: float = 1.0, h: float = 0.0):
         _check_lattice_args(L, beta, J)
@@ -88,6 +151,8 @@ class Potts(_LatticeEnergy, Energy):
 
     States are int64 tensors (B, L, L).
     """
+
+    _kind = "potts"
 
     def __init__(self, L: int = 16, q: int = 3, beta: "float | None" = None, J: float = 1.0):
         if int(q) != q or q < 2:

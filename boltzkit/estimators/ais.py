@@ -78,7 +78,8 @@ from ..energies.base import framed, validate_target
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..result import result_from_log_weights
 from ..samplers.base import Sampler, SamplerConfig, _check_positive
-from ..samplers.mala import adapt_log_step, default_step_size, hmc_move, mala_move
+from ..kernels.categorical import random_scan_metropolis
+from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
 
 SCHEDULES = ("geometric", "sigmoid", "linear")
 REAL_KERNELS = ("mala", "hmc")
@@ -197,7 +198,7 @@ class AISConfig(SamplerConfig):
 
 
 def _resolve_kernel(target, kernel: str) -> str:
-    from ..energies.lattice import Ising, Potts
+    from ..kernels.lattice import local_incompatibility
 
     dom = target.domain
     if isinstance(dom, Reals):
@@ -208,7 +209,7 @@ def _resolve_kernel(target, kernel: str) -> str:
                               f"continuous: use 'mala' or 'hmc'")
         return kernel
     if isinstance(dom, Categorical):
-        lattice = isinstance(target, (Ising, Potts))
+        lattice = local_incompatibility(target) is None  # the target offers lattice_model()
         if kernel == "auto":
             return "heat_bath" if lattice else "metropolis"
         if kernel == "heat_bath" and not lattice:
@@ -224,45 +225,24 @@ def _resolve_kernel(target, kernel: str) -> str:
 
 # ============================================================================ kernels
 def metropolis_sweep(energy, x: torch.Tensor, *, generator: torch.Generator, scale: float = 1.0):
-    """One random-scan single-site Metropolis sweep leaving exp(-scale U) invariant.
+    """One random-scan single-site Metropolis sweep leaving exp(-scale U) invariant, on the
+    physical representation of any :class:`~boltzkit.domains.Categorical` energy
+    (:func:`boltzkit.kernels.categorical.random_scan_metropolis` on its index representation).
 
-    Works for any energy on a :class:`~boltzkit.domains.Categorical` domain, in the index
-    representation: ``n_sites`` times, each chain proposes a uniformly drawn other value at a
-    uniformly drawn site (a symmetric proposal) and accepts with min(1, exp(-scale dU)).
-
-    Parameters
-    ----------
-    energy : Energy on a Categorical domain
-    x : Tensor (B, *event_shape)
-        Current states, physical representation.
-    generator : torch.Generator
-    scale : float
-        Inverse-temperature multiplier (0 = uniform, 1 = target).
-
-    Returns
-    -------
-    x_new : Tensor, physical representation
-    acceptance : float Tensor (B,), fraction of accepted proposals.
+    Returns ``(x_new, acceptance)``: the new states and the per-chain accepted fraction (B,).
     """
     dom = energy.domain
-    B, n, q = x.shape[0], dom.n_sites, dom.q
-    idx = dom.encode(x).reshape(B, n)
-    u = energy.energy(x).double()
-    rows = torch.arange(B, device=x.device)
-    n_acc = torch.zeros(B, device=x.device, dtype=torch.float64)
-    for _ in range(n):
-        site = torch.randint(0, n, (B,), generator=generator, device=x.device)
-        shift = torch.randint(1, q, (B,), generator=generator, device=x.device)
-        prop = idx.clone()
-        prop[rows, site] = (idx[rows, site] + shift) % q
-        u_prop = energy.energy(dom.decode(prop.reshape(B, *dom.event_shape))).double()
-        check_energies(u_prop, prop, name=f"{energy.name}.energy", where="in a Metropolis proposal")
-        log_u = torch.rand(B, generator=generator, device=x.device, dtype=torch.float64).log()
-        acc = log_u < -scale * (u_prop - u)
-        idx = torch.where(acc[:, None], prop, idx)
-        u = torch.where(acc, u_prop, u)
-        n_acc += acc
-    return dom.decode(idx.reshape(B, *dom.event_shape)), n_acc / n
+    B = x.shape[0]
+
+    def energy_of_index(idx):
+        states = dom.decode(idx.reshape(B, *dom.event_shape))
+        u = energy.energy(states)
+        check_energies(u, states, name=f"{energy.name}.energy", where="in a Metropolis proposal")
+        return u
+
+    idx, acc = random_scan_metropolis(energy_of_index, dom.encode(x).reshape(B, dom.n_sites), dom.q,
+                                      generator=generator, scale=scale)
+    return dom.decode(idx.reshape(B, *dom.event_shape)), acc
 
 
 # ============================================================================ drivers
@@ -548,7 +528,7 @@ class AIS(Sampler):
     def _run_categorical(self, n, lambdas, gen, bar):
         dom = self.target.domain
         if self.kernel == "heat_bath":
-            from ..samplers.mcmc import checkerboard_sweep
+            from ..kernels.lattice import checkerboard_sweep
 
             def sweep(x, lam):
                 return checkerboard_sweep(self.target, x, generator=gen, scale=lam, rule="heat_bath")

@@ -193,7 +193,6 @@ from .. import distributed as dist
 from .._registry import register
 from ..domains import Categorical
 from ..energies.base import check_energy_values
-from ..energies.lattice import Ising, Potts
 from ..errors import ConfigError, IncompatibleMethodError
 from ..estimators.importance import log_z_from_log_weights
 from ..result import Result, result_from_log_weights
@@ -228,21 +227,14 @@ def log_discrete_score(energy, x: torch.Tensor, *, chunk: int = 2**15) -> torch.
 
     Notes
     -----
-    ``Ising`` and ``Potts`` energies (exact types) use closed-form local fields; any other
-    energy is evaluated on all ``D (q - 1)`` single-site changes.
+    Energies with a ``local_log_ratios(x)`` hook (``Ising``, ``Potts``) give them in closed
+    form; any other energy is evaluated on all ``D (q - 1)`` single-site changes.
     """
     dom = energy.domain
     b, d, q = x.shape[0], dom.n_sites, dom.q
-    if type(energy) is Ising:
-        s = (2 * x - 1).to(torch.float64)  # index 0 -> spin -1, 1 -> +1 (Ising domain values)
-        field = energy.J * _neighbour_sum(s.view(b, energy.L, energy.L)).reshape(b, d, 1) + energy.h
-        spins = torch.tensor([-1.0, 1.0], dtype=torch.float64, device=x.device)
-        return energy.beta * (spins - s.unsqueeze(-1)) * field
-    if type(energy) is Potts:
-        lat = x.view(b, energy.L, energy.L)
-        counts = _neighbour_sum(F.one_hot(lat, q).to(torch.float64)).reshape(b, d, q)
-        here = counts.gather(-1, x.unsqueeze(-1))
-        return energy.beta * energy.J * (counts - here)
+    hook = getattr(energy, "local_log_ratios", None)  # closed form where the target offers it
+    if callable(hook):
+        return hook(x)
     score = torch.zeros(b, d, q, dtype=torch.float64, device=x.device)
     u0 = _energy(energy, x)
     eye = torch.eye(d, dtype=torch.long, device=x.device)
@@ -255,11 +247,6 @@ def log_discrete_score(energy, x: torch.Tensor, *, chunk: int = 2**15) -> torch.
             score[s:s + rows_per_call].scatter_(-1, torch.remainder(xs + k, q).unsqueeze(-1),
                                                 (u0[s:s + rows_per_call, None] - u).unsqueeze(-1))
     return score
-
-
-def _neighbour_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over the four periodic nearest neighbours; t is (B, L, L, ...)."""
-    return torch.roll(t, 1, 1) + torch.roll(t, -1, 1) + torch.roll(t, 1, 2) + torch.roll(t, -1, 2)
 
 
 def _energy(energy, x: torch.Tensor) -> torch.Tensor:
@@ -305,8 +292,13 @@ def corrector_tm_target(log_phi0: torch.Tensor, x0: torch.Tensor, x1: torch.Tens
 
 def shift_invariant(energy) -> bool:
     """True for targets known to be invariant under the global shift ``x -> x + c`` (mod q):
-    ``Ising`` without field and ``Potts`` (exact types; other energies are not inspected)."""
-    return (type(energy) is Ising and energy.h == 0.0) or type(energy) is Potts
+    lattice models (``lattice_model()`` hook) that are Potts, or Ising without field; other
+    energies are not inspected."""
+    hook = getattr(energy, "lattice_model", None)
+    if not callable(hook):
+        return False
+    model = hook()
+    return model.kind == "potts" or (model.kind == "ising" and model.h == 0.0)
 
 
 def resolve_source(energy, source: str = "auto", corrector_loss: str = "closed_form",

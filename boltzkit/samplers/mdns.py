@@ -462,18 +462,7 @@ class MDNS(TrainableSampler):
     @torch.no_grad()
     def _metropolis(self, x: torch.Tensor, n_sweeps: int, gen) -> "tuple[torch.Tensor, float]":
         """Random-site Metropolis (propose a uniformly random other value), D moves per sweep."""
-        n, d = x.shape
-        rows = torch.arange(n, device=x.device)
-        u = self._energy(x)
-        accepted = 0
-        for _ in range(n_sweeps * d):
-            site = torch.randint(0, d, (n,), generator=gen, device=x.device)
-            shift = torch.randint(1, self.q, (n,), generator=gen, device=x.device)
-            prop = x.clone()
-            prop[rows, site] = (x[rows, site] + shift) % self.q
-            u_prop = self._energy(prop)
-            acc = torch.rand(n, generator=gen, device=x.device, dtype=torch.float64).log() < u - u_prop
-            x = torch.where(acc.unsqueeze(1), prop, x)
-            u = torch.where(acc, u_prop, u)
-            accepted += int(acc.sum())
-        return x, accepted / max(n * d * n_sweeps, 1)
+        from ..kernels.categorical import random_scan_metropolis
+
+        x, acc = random_scan_metropolis(self._energy, x, self.q, generator=gen, n_sweeps=n_sweeps)
+        return x, float(acc.mean())

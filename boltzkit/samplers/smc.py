@@ -24,8 +24,9 @@ x before they move::
 (averaged over the islands) stays at ``cess`` (bisection). An island whose ESS falls below
 ``resample_ess`` of its size is resampled (systematic); then every particle takes ``n_sweeps``
 sweeps of a kernel that leaves gamma_{lambda_k} invariant: checkerboard heat bath or
-Swendsen-Wang on Ising/Potts (:mod:`boltzkit.samplers.mcmc`), random-scan Metropolis on any
-other categorical energy (:func:`boltzkit.estimators.ais.metropolis_sweep`). The particles are
+Swendsen-Wang where the target offers the ``lattice_model()`` hook (Ising, Potts;
+:mod:`boltzkit.kernels.lattice`), random-scan Metropolis on any other categorical energy
+(:mod:`boltzkit.kernels.categorical`). The particles are
 split into ``n_islands`` islands that never exchange particles: each island's Z estimate is
 unbiased, and log Z +- stderr come from their log-mean-exp and spread (delta method).
 
@@ -131,22 +132,21 @@ class SMCConfig(SamplerConfig):
 def _kernel_of(target, kernel: str):
     """(name, move(x, lam, generator) -> (x, acceptance)) for ``target``; reasons when refused."""
     from ..estimators.ais import metropolis_sweep
-    from . import mcmc
+    from ..kernels import lattice
 
-    local = mcmc._local_incompatibility(target) is None
+    why_local = lattice.local_incompatibility(target)
     if kernel == "auto":
-        kernel = "heat_bath" if local else "metropolis"
+        kernel = "heat_bath" if why_local is None else "metropolis"
     if kernel == "heat_bath":
-        if not local:
-            raise IncompatibleMethodError(f"kernel 'heat_bath' {mcmc._local_incompatibility(target)}; "
-                                          "use kernel='metropolis'")
-        return kernel, lambda x, lam, gen: mcmc.checkerboard_sweep(target, x, generator=gen, scale=lam,
-                                                                    rule="heat_bath")
+        if why_local is not None:
+            raise IncompatibleMethodError(f"kernel 'heat_bath' {why_local}; use kernel='metropolis'")
+        return kernel, lambda x, lam, gen: lattice.checkerboard_sweep(target, x, generator=gen, scale=lam,
+                                                                      rule="heat_bath")
     if kernel == "swendsen_wang":
-        why = mcmc._cluster_incompatibility(target)
+        why = lattice.cluster_incompatibility(target)
         if why is not None:
             raise IncompatibleMethodError(f"kernel 'swendsen_wang' {why}")
-        return kernel, lambda x, lam, gen: mcmc.swendsen_wang_update(target, x, generator=gen, scale=lam)
+        return kernel, lambda x, lam, gen: lattice.swendsen_wang_update(target, x, generator=gen, scale=lam)
     return kernel, lambda x, lam, gen: metropolis_sweep(target, x, generator=gen, scale=lam)
 
 
@@ -180,9 +180,9 @@ def next_lambda(logw, u, lam: float, cess: float, n_islands: int, *, iters: int 
 
 
 def _local_moves(target) -> bool:
-    from . import mcmc
+    from ..kernels.lattice import local_incompatibility
 
-    return mcmc._local_incompatibility(target) is None
+    return local_incompatibility(target) is None
 
 
 @register("smc", kinds=("energy",), domains=(Categorical,), priority=1,
@@ -214,10 +214,10 @@ class SMC(Sampler):
     @classmethod
     def n_samples_for_budget(cls, target, profile, budget: float, options=None) -> int:
         """The most particles, up to ``default_n_samples`` and down to 512 (powers of 2), whose
-        estimated time is within ``budget`` / 3 (the estimates' stated accuracy)."""
+        estimated time is within half the ``budget`` (the estimates are good to a factor ~3)."""
         cfg = cls.Config(**(options or {}))
         n = cls.default_n_samples
-        while n > 512 and cls.estimate_seconds(target, profile, n, cfg) > budget / 3.0:
+        while n > 512 and cls.estimate_seconds(target, profile, n, cfg) > budget / 2.0:
             n //= 2
         return n
 
