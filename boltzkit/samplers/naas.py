@@ -695,7 +695,8 @@ class NAAS(TrainableSampler):
         return out
 
     @torch.no_grad()
-    def sample_smc(self, n_samples: int):
+    def sample_smc(self, n_samples: int, *, resample_ess: "float | None" = None,
+                   n_islands: "int | None" = None):
         r"""Run the trained (or untrained, ``n_steps=0``) chain as an SMC sampler.
 
         Sequential Controlled Langevin Diffusions (Chen, Richter, Berner et al., ICLR 2025,
@@ -716,6 +717,9 @@ class NAAS(TrainableSampler):
         with ULA moves along the geometric path; a trained control makes the increments
         flatter. Costs one energy evaluation per particle and level beyond :meth:`sample`.
 
+        ``resample_ess`` and ``n_islands`` default to the config's (0.5 and 16 where the
+        config leaves ``resample_ess`` None), so one trained sampler can be sampled both ways.
+
         Returns a weighted :class:`~boltzkit.result.Result` (final weights after the last
         resampling, island blocks contiguous) with ``diagnostics["resample_events"]``.
         """
@@ -726,8 +730,11 @@ class NAAS(TrainableSampler):
         self._require_fit()
         _pos_int("n_samples", n_samples)
         c = self.config
-        frac = c.resample_ess
-        islands = c.n_islands
+        frac = resample_ess if resample_ess is not None else (c.resample_ess or 0.5)
+        islands = n_islands if n_islands is not None else c.n_islands
+        if not (isinstance(frac, (int, float)) and 0 < frac <= 1):
+            raise ConfigError(f"resample_ess must be a fraction in (0, 1], got {frac!r}")
+        _pos_int("n_islands", islands)
         if n_samples % islands or n_samples // islands < 2:
             raise ConfigError(f"n_samples={n_samples} must be a multiple of n_islands={islands} "
                               "with at least 2 particles per island")
