@@ -333,7 +333,8 @@ class ScaleProbe:
 # ============================================================================ the probe
 def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: float = 0.05,
                 radii=DEFAULT_RADII, widen: float = 1.5, n_hessians: int = 8,
-                full_max_dim: int = 128, newton_max_dim: int = 16, max_evaluations: int = 100_000, min_width: float = 1e-6, max_width: float = 1e3,
+                full_max_dim: int = 128, newton_max_dim: int = 16, polish_iter: int = 4,
+                max_evaluations: int = 100_000, min_width: float = 1e-6, max_width: float = 1e3,
                 max_iter: int = 400, use_prior_hint: bool = True,
                 generator: "torch.Generator | None" = None, seed: int = 0,
                 dtype=torch.float64) -> ScaleProbe:
@@ -352,9 +353,10 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
         used (``scale`` is then a (d,) vector).
     max_evaluations : no new round starts once this many states were evaluated.
     newton_max_dim : up to this dimension the descent is saddle-free Newton with a
-        finite-difference Hessian (exact on quadratics at any conditioning); above it, L-BFGS.
+        finite-difference Hessian (exact on quadratics at any conditioning); above it, L-BFGS
+        followed (up to ``full_max_dim``) by ``polish_iter`` Newton iterations.
     min_width, max_width : clip of the harmonic widths (flat directions get ``max_width``).
-    max_iter : L-BFGS iterations per start.
+    max_iter : descent iterations per start (L-BFGS at most 100 where Newton polishes).
     use_prior_hint : run in the frame of the target's own prior hint when it gives one.
     generator, seed : source of the random starts (``generator`` wins).
     dtype : evaluation dtype (float64 keeps the finite differences accurate).
@@ -427,8 +429,14 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
         if x0.shape[0] == 0:
             raise TargetError(f"{getattr(target, 'name', target)}: the energy is not finite at any "
                               "probe start; give the target a prior_hint() or pass init_std")
-        x, u, g, conv, gamma = minimize(fn, x0, max_iter=max_iter, newton=d <= newton_max_dim,
-                                        curvature_range=(lo_l, hi_l))
+        polish = newton_max_dim < d <= full_max_dim
+        x, u, g, conv, gamma = minimize(fn, x0, max_iter=min(max_iter, 100) if polish else max_iter,
+                                        newton=d <= newton_max_dim, curvature_range=(lo_l, hi_l))
+        if polish:  # a few Newton steps finish ill-conditioned L-BFGS
+            fin = torch.isfinite(u)
+            xf, uf, gf, cf, _ = minimize(fn, x[fin], max_iter=polish_iter, newton=True,
+                                         curvature_range=(lo_l, hi_l))
+            x[fin], u[fin], g[fin], conv[fin] = xf, uf, gf, cf | conv[fin]
         total_starts += x0.shape[0]
         total_conv += int(conv.sum())
         keep = torch.isfinite(u)

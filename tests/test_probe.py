@@ -156,3 +156,13 @@ def test_probe_openmm_harmonic_oscillator_array():
     np.testing.assert_allclose(p.minima[0].numpy(), centres, atol=1e-6)
     exact = 1.5 * ho.N * math.log(2 * math.pi * sigma ** 2)
     assert p.laplace_log_z == pytest.approx(exact, abs=1e-3)
+
+
+def test_probe_above_the_newton_dimension_lbfgs_then_newton_polish():
+    # d = 40 > newton_max_dim: L-BFGS (slow at condition number 1e6) then Newton iterations
+    w = np.logspace(-2, 1, 40)
+    g = Gaussian(np.linspace(-30.0, 30.0, 40), std=w)
+    p = probe_scale(g, seed=0, max_rounds=2)
+    assert p.n_minima == 1
+    np.testing.assert_allclose(p.widths().numpy(), w, rtol=1e-6)
+    assert p.laplace_log_z == pytest.approx(g.exact_log_z(), abs=1e-6)
