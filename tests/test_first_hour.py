@@ -248,3 +248,18 @@ def test_plus_inf_is_zero_density_not_an_error():
         check_energies(torch.tensor([float("nan"), float("-inf"), 1.0]), x, name="E", where="here")
     with pytest.raises(bk.errors.NonFiniteEnergyError, match="non-finite gradients"):
         check_energies(torch.zeros(3), x, grad=torch.tensor([[0.0, float("nan")], [0, 0], [0, 0]]), name="E")
+
+
+# ----------------------------------------------------------------------------- exact values
+def test_potts_momentum_transfer_matches_dense_transfer_and_enumeration():
+    from boltzkit.energies import exact
+
+    for (L, M, q, K) in [(1, 3, 3, 0.7), (2, 2, 3, -0.4), (2, 3, 4, 1.1), (3, 4, 3, 0.9), (4, 4, 2, 0.3),
+                         (5, 6, 3, 1.0), (6, 6, 3, -0.3), (4, 5, 4, 0.6)]:
+        dense = exact.potts_log_z_transfer(L, M, q, K)
+        assert abs(exact.potts_log_z_momentum(L, M, q, K) - dense) < 1e-9 * abs(dense) + 1e-10, (L, M, q, K)
+    assert abs(exact.potts_log_z_momentum(3, 3, 3, 0.8) - exact.potts_log_z_enumerate(3, 3, 3, 0.8)) < 1e-10
+    # negative control: a different coupling is told apart
+    assert abs(exact.potts_log_z_momentum(3, 3, 3, 0.81) - exact.potts_log_z_enumerate(3, 3, 3, 0.8)) > 1e-3
+    # the CLI's example now has an exact value: 3-state Potts 8 x 8 (6561 row states), cheaply
+    assert exact.potts_log_z(8, 8, 3, 1.0) is not None and exact.potts_log_z(9, 9, 3, 1.0) is None
