@@ -263,3 +263,56 @@ def test_potts_momentum_transfer_matches_dense_transfer_and_enumeration():
     assert abs(exact.potts_log_z_momentum(3, 3, 3, 0.81) - exact.potts_log_z_enumerate(3, 3, 3, 0.8)) > 1e-3
     # the CLI's example now has an exact value: 3-state Potts 8 x 8 (6561 row states), cheaply
     assert exact.potts_log_z(8, 8, 3, 1.0) is not None and exact.potts_log_z(9, 9, 3, 1.0) is None
+
+
+# ----------------------------------------------------------------------------- say it first
+def _degenerate(method, config):
+    lw = torch.zeros(400, dtype=torch.float64)
+    lw[0] = 40.0  # one sample holds all the weight
+    from boltzkit.result import result_from_log_weights
+
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = result_from_log_weights(torch.randn(400, 2), lw, method=method, config=config,
+                                      target={"name": "toy"})
+    return res, [str(w.message) for w in caught]
+
+
+def test_summary_says_first_whether_to_trust_and_the_method_specific_next_step():
+    ok = _result()
+    assert ok.summary().splitlines()[0].startswith("trusted: ESS 64 of 64")
+    ais, warned = _degenerate("ais", {"n_steps": 200, "n_mcmc": 1, "resample_ess": None})
+    first = ais.summary().splitlines()
+    assert first[0].startswith("NOT trusted: degenerate weights") and "Pareto k" in first[0]
+    assert first[1].strip().startswith("next: more annealing levels (n_steps=400)")
+    assert "train longer" not in ais.summary() and "train longer" not in warned[0]  # AIS is not trained
+    assert "n_steps=400" in warned[0]
+    naas, warned = _degenerate("naas", {"n_steps": 300})
+    assert naas.trust()[2].startswith("next: train longer (n_steps=600)") and "train longer" in warned[0]
+    # a result far from the exact value is not trusted even with healthy weights (negative control)
+    far = Result(**{**{f: getattr(ok, f) for f in ("samples", "log_weights", "log_z", "log_z_stderr", "ess",
+                                                  "method", "target")}, "diagnostics": {"exact_log_z": 1.0}})
+    assert far.summary().startswith("NOT trusted: log Z is 100.0 standard errors from the exact value")
+
+
+def test_figure_states_trust_exact_value_and_zooms_on_the_final_agreement(tmp_path):
+    exact = 15.5
+    hist = np.r_[np.linspace(0.0, 15.0, 50), exact + 0.01 * np.sin(np.arange(250))]
+    res = Result(samples=torch.randint(0, 2, (64, 4, 4)) * 2 - 1, log_weights=torch.zeros(64, dtype=torch.float64),
+                 log_z=15.51, log_z_stderr=0.02, ess=64.0, method="mdns",
+                 target={"name": "Ising(L=4)"}, diagnostics={"exact_log_z": exact},
+                 history={"log_z": hist})
+    fig = res.plot(tmp_path / "demo.png")
+    title = fig._suptitle.get_text()
+    assert title.startswith("trusted") and "exact 15.5000" in title
+    panel = [ax for ax in fig.axes if ax.get_title() == "log_z"][0]
+    lo, hi = panel.get_ylim()
+    assert lo < exact < hi and hi - lo < 1.0  # the final agreement is visible, not the 0..15 transient
+    snap = fig.axes[0]
+    assert sorted(t.get_text() for t in snap.get_legend().get_texts()) == ["s = +1", "s = -1"]
+    mcmc = Result(samples=res.samples, ess=64.0, method="swendsen_wang",
+                  diagnostics={"log_z_unavailable": "MCMC"}, target={"name": "Ising(L=4)"})
+    labels = [ax.get_ylabel() for ax in mcmc.plot().axes]
+    assert "density" in labels and "density (weighted)" not in labels  # unweighted samples
