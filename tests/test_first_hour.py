@@ -316,3 +316,33 @@ def test_figure_states_trust_exact_value_and_zooms_on_the_final_agreement(tmp_pa
                   diagnostics={"log_z_unavailable": "MCMC"}, target={"name": "Ising(L=4)"})
     labels = [ax.get_ylabel() for ax in mcmc.plot().axes]
     assert "density" in labels and "density (weighted)" not in labels  # unweighted samples
+
+
+def test_unreadable_file_and_folder_are_named_even_as_root(tmp_path, monkeypatch):
+    """The permission paths, simulated (root reads everything, so chmod cannot test them there)."""
+    import builtins
+    from pathlib import Path
+
+    path = _result().save(tmp_path / "r.npz")
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    real_open, real_read = builtins.open, Path.read_text
+
+    def no_open(file, *a, **k):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *a, **k)
+
+    def no_read(self, *a, **k):
+        if self.parent == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", no_open)
+    monkeypatch.setattr(Path, "read_text", no_read)
+    with pytest.raises(FileAccessError, match=f"cannot read {path}: permission denied"):
+        Result.load(path)
+    with pytest.raises(FileAccessError, match=f"cannot read {folder / 'index.json'}: permission denied"):
+        next(iter_shards(folder))
+    monkeypatch.undo()
+    assert Result.load(path).n_samples == 64  # negative control
