@@ -206,7 +206,12 @@ def select(target, method: "str | None" = None, *, profile: "DeviceProfile | Non
     reg = registry()
     if method is not None:
         if method not in reg:
-            raise IncompatibleMethodError(f"unknown method {method!r}; available: {', '.join(sorted(reg))}")
+            import difflib
+
+            near = difflib.get_close_matches(str(method), list(reg), n=1, cutoff=0.6)
+            raise IncompatibleMethodError(f"unknown method {method!r}"
+                                          + (f" (did you mean {near[0]!r}?)" if near else "")
+                                          + f"; available: {', '.join(sorted(reg))}")
         why = reg[method].incompatibility(target)
         if why is not None:
             ok = [s.name for s in reg.values() if s.incompatibility(target) is None]

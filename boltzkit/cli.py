@@ -83,37 +83,32 @@ def _exact(target):
         return None
 
 
-def _sample_across_ranks(target, a):
-    """``bk.sample`` under torchrun: train data-parallel, split the sample over the ranks and
-    pool it (every rank returns the pooled Result)."""
-    from . import distributed as dist
-    from ._registry import registry, select
-
-    cls = registry()[select(target, a.method).name].cls
-    sampler = cls(device=a.device, seed=a.seed, progress=not a.quiet, **_options(a.option))
-    fit_kw = {"n_steps": a.n_steps}
-    if a.checkpoint is not None:
-        fit_kw["checkpoint"] = a.checkpoint
-    sampler.fit(target, **fit_kw)
-    return dist.sample_across_ranks(sampler, a.n_samples)
+def _with_exact(res, target):
+    """``res`` with the target's exact log Z in its diagnostics (so the summary and the plot
+    show it and judge the result by it), where the target has one that is cheap."""
+    exact = _exact(target)
+    if exact is None or res.log_z is None or "exact_log_z" in res.diagnostics:
+        return res
+    return dataclasses.replace(res, diagnostics={**res.diagnostics, "exact_log_z": float(exact)})
 
 
 def cmd_sample(a) -> int:
+    """``bk.sample`` on a built-in target: the one sampling path (sampling views included, e.g.
+    alanine in internal coordinates). Under torchrun the sampler trains data-parallel and the
+    sample is pooled across the ranks inside ``bk.sample``; rank 0 prints and writes."""
     from . import distributed as dist
     from . import sample
 
     target = _targets()[a.target](a)
     t0 = time.perf_counter()
-    if dist.init():  # launched by torchrun with several processes
-        res = _sample_across_ranks(target, a)
-        if not dist.is_main():  # rank 0 alone prints and writes
-            return 0
-    else:
-        res = sample(target, a.method, n_samples=a.n_samples, n_steps=a.n_steps, seed=a.seed,
-                     device=a.device, progress=not a.quiet, checkpoint=a.checkpoint,
-                     **_options(a.option))
+    dist.init()  # no-op without torchrun
+    res = sample(target, a.method, n_samples=a.n_samples, n_steps=a.n_steps, seed=a.seed,
+                 device=a.device, progress=not a.quiet, checkpoint=a.checkpoint, **_options(a.option))
+    if not dist.is_main():  # rank 0 alone prints and writes
+        return 0
+    res = _with_exact(res, target)
     print(res.summary())
-    exact = _exact(target)
+    exact = res.diagnostics.get("exact_log_z")
     if exact is not None and res.log_z is not None:
         print(f"  exact log Z = {exact:.6f}; error = {res.log_z - exact:+.3e} "
               f"({abs(res.log_z - exact) / max(res.log_z_stderr, 1e-300):.1f} stderr)")
@@ -147,12 +142,9 @@ def cmd_explain(a) -> int:
 
 
 def cmd_methods(a) -> int:
-    from ._registry import registry
+    from . import methods
 
-    for spec in sorted(registry().values(), key=lambda s: (-max(s.priority.values()) if isinstance(s.priority, dict) else -s.priority if isinstance(s.priority, int) else 0, s.name)):
-        doms = ",".join(d.__name__ for d in spec.domains)
-        print(f"{spec.name:<15} {'/'.join(sorted(spec.kinds)):<8} {doms:<28} log Z: "
-              f"{'yes' if spec.provides_log_z else 'no ':<4} {spec.paper or spec.description}")
+    print(methods())
     return 0
 
 
@@ -326,20 +318,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample a built-in target and estimate log Z")
     _add_target_args(s)
-    s.add_argument("--method", default=None, help="sampler name (default: chosen for the target)")
-    s.add_argument("--n-samples", type=int, default=10_000)
-    s.add_argument("--n-steps", type=int, default=None, help="training steps / sweeps / annealing steps")
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--checkpoint", default=None, help="training checkpoint (resumed if it exists)")
-    s.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
-    s.add_argument("--out", default=None, help="save the Result (.npz)")
-    s.add_argument("--plot", default=None, help="write the standard figure (.png)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--method", default=None,
+                   help="sampler name (default: chosen for the target; 'boltzkit methods' lists them, "
+                        "'boltzkit explain TARGET' says which is chosen and why)")
+    s.add_argument("--n-samples", type=int, default=10_000, help="number of samples returned (default 10000)")
+    s.add_argument("--n-steps", type=int, default=None,
+                   help="training steps (neural samplers), annealing levels (ais) or burn-in sweeps "
+                        "(MCMC); default: the method's own")
+    s.add_argument("--seed", type=int, default=None,
+                   help="integer seed: the same seed gives the same result (default: fresh, recorded)")
+    s.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu' or 'cuda'")
+    s.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="training checkpoint of a neural sampler, resumed if it exists")
+    s.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a method option, e.g. --option batch_size=512 (repeatable; unknown names "
+                        "are an error that lists the valid ones)")
+    s.add_argument("--out", default=None, metavar="PATH", help="save the Result (.npz; read it with 'boltzkit info')")
+    s.add_argument("--plot", default=None, metavar="PATH", help="write the standard figure (.png)")
+    s.add_argument("--quiet", action="store_true",
+                   help="no progress reports (by default a bar on a terminal, log lines otherwise)")
     s.set_defaults(func=cmd_sample)
 
     i = sub.add_parser("info", help="summarise a saved result")
-    i.add_argument("path")
+    i.add_argument("path", help="a .npz file written by 'boltzkit sample --out' or Result.save")
     i.set_defaults(func=cmd_info)
 
     e = sub.add_parser("explain", help="which method would be chosen for a target, and why")
@@ -351,10 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the default target end to end and compare with the exact log Z")
     d.add_argument("--quick", action="store_true", help="smaller lattice and budget (seconds)")
-    d.add_argument("--n-samples", type=int, default=4096)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--n-samples", type=int, default=4096, help="number of samples (default 4096)")
+    d.add_argument("--seed", type=int, default=0, help="integer seed (default 0)")
     d.add_argument("--out", default="boltzkit_demo", help="prefix of the .npz and .png written")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--quiet", action="store_true", help="no progress reports")
     d.set_defaults(func=cmd_demo)
     _add_free_energy_commands(sub)
     return p
@@ -364,8 +365,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except BoltzkitError as exc:
-        print(f"boltzkit: error: {exc}", file=sys.stderr)
+    except (BoltzkitError, OSError) as exc:  # one line, never a traceback
+        text = " ".join(str(exc).split())
+        print(f"boltzkit: error: {text}", file=sys.stderr)
         return 2
     finally:
         from . import distributed

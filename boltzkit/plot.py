@@ -47,9 +47,20 @@ def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
             k = min(n_snapshots, x.shape[0])
             tiles = np.concatenate([np.pad(x[i].float().numpy(), ((0, 0), (0, 1)), constant_values=np.nan)
                                     for i in range(k)], axis=1)
-            ax.imshow(tiles, cmap="coolwarm", interpolation="nearest")
+            values = np.unique(x[:k].float().numpy())
+            lo, hi = float(values.min()), float(values.max())
+            cmap = plt.get_cmap("coolwarm")
+            ax.imshow(tiles, cmap=cmap, interpolation="nearest", vmin=lo, vmax=hi)
             ax.set_title(f"{k} samples")
             ax.axis("off")
+            if values.size <= 10:  # a legend of the site values (spins, colours)
+                from matplotlib.patches import Patch
+
+                norm = (lambda v: 0.5) if hi == lo else (lambda v: (v - lo) / (hi - lo))
+                ax.legend(handles=[Patch(color=cmap(norm(float(v))), label=f"s = {float(v):+g}"
+                                         if lo < 0 else f"s = {float(v):g}") for v in values],
+                          loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(values.size, 5),
+                          fontsize=8, frameon=False)
         elif panel == "samples":
             if result.target.get("type") == "AlanineDipeptide":  # the Ramachandran map
                 from .analysis import dihedral, plot_ramachandran
@@ -70,7 +81,7 @@ def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
                 ax.hist(stat, bins=min(50, max(10, int(np.sqrt(len(stat))))), weights=w, density=True,
                         color="C0", alpha=0.8)
                 ax.set_xlabel(label)
-                ax.set_ylabel("density (weighted)")
+                ax.set_ylabel("density (weighted)" if result.log_weights is not None else "density")
             else:
                 flat = x.reshape(x.shape[0], -1).float().numpy()
                 if flat.shape[1] >= 2:
@@ -93,20 +104,53 @@ def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
             y = np.asarray(result.history[key], dtype=float)
             ax.plot(np.arange(1, len(y) + 1), y, lw=0.8)
             exact = result.diagnostics.get("exact_log_z")
-            if key == "log_z" and exact is not None:
-                ax.axhline(exact, color="k", ls="--", lw=0.8, label="exact")
-                ax.legend()
+            if key == "log_z":
+                _scale_log_z_panel(ax, y, exact, result)
             if key == "loss" and np.all(y > 0):
                 ax.set_yscale("log")
             ax.set_xlabel("training step")
             ax.set_title(key)
     for ax in axes[len(panels):]:
         ax.axis("off")
-    title = result.target.get("name", "")
-    if result.log_z is not None:
-        title += f"   log Z = {result.log_z:.4f} ± {result.log_z_stderr:.2g}"
-    fig.suptitle(title)
+    fig.suptitle(figure_title(result), fontsize=10)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
+
+
+def figure_title(result) -> str:
+    """Two lines: whether the result can be trusted (and the next step when not), then the
+    target, the estimate and the exact value where known."""
+    trusted, verdict, step = result.trust()
+    head = verdict if trusted else f"{verdict.split('. ')[0]}. {step}"
+    line = f"{result.target.get('name', '')} ({result.method})"
+    if result.log_z is not None:
+        line += f"   log Z = {result.log_z:.4f} ± {result.log_z_stderr:.2g}"
+    exact = result.diagnostics.get("exact_log_z")
+    if exact is not None:
+        line += f"   exact {float(exact):.4f}"
+    import textwrap
+
+    return "\n".join(textwrap.wrap(head, 110) + [line])
+
+
+def _scale_log_z_panel(ax, y, exact, result):
+    """Scale the running log Z panel to its second half and the exact value, so the final
+    agreement (or not) is visible rather than the first steps' transient."""
+    tail = y[len(y) // 2:]
+    tail = tail[np.isfinite(tail)]
+    if tail.size == 0:
+        return
+    lo, hi = float(tail.min()), float(tail.max())
+    if exact is not None:
+        lo, hi = min(lo, float(exact)), max(hi, float(exact))
+        ax.axhline(float(exact), color="k", ls="--", lw=0.8, label=f"exact {float(exact):.4f}")
+    if result.log_z is not None and result.log_z_stderr is not None and math.isfinite(result.log_z_stderr):
+        se = float(result.log_z_stderr)
+        ax.errorbar([len(y)], [result.log_z], yerr=[se], fmt="o", color="C3", ms=3,
+                    label=f"final {result.log_z:.4f} ± {se:.2g}")
+        lo, hi = min(lo, result.log_z - se), max(hi, result.log_z + se)
+    pad = max(0.15 * (hi - lo), 1e-3 * max(1.0, abs(hi)))
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.legend(fontsize=8)

@@ -273,9 +273,72 @@ class Result:
         return thermo_curves_of(self, window=window)
 
     # ------------------------------------------------------------------ text
+    def trust(self) -> "tuple[bool, str, str | None]":
+        """``(trusted, verdict, next_step)``: whether this result can be trusted, one line saying
+        why (reliable flag, ESS, Pareto k, agreement with the exact log Z, chain convergence,
+        modes or basins covered where the method reports them), and when it cannot, the next
+        step for the method that produced it (None when trusted)."""
+        d, why, facts = self.diagnostics, [], []
+        n = max(self.n_samples, 1)
+        if math.isfinite(self.ess):
+            facts.append(f"ESS {self.ess:.0f} of {self.n_samples} ({100 * self.ess / n:.2g} %)")
+        k = d.get("pareto_k")
+        if isinstance(k, (int, float)) and math.isfinite(k):
+            facts.append(f"Pareto k {k:.2f}")
+        if self.log_weights is not None and not self.reliable:
+            from .estimators.importance import ESS_FRAC_LIMIT, PARETO_K_LIMIT
+
+            why.append(f"degenerate weights (needs ESS >= {100 * ESS_FRAC_LIMIT:g} % of n and "
+                       f"Pareto k <= {PARETO_K_LIMIT:g})")
+        elif self.log_weights is None and d.get("reliable") is False:
+            why.append("flagged unreliable by the method")
+        if self.log_weights is None and d.get("tau_converged") is False:
+            why.append("the chains' autocorrelation time has not converged")
+        for key in ("modes_covered", "basins_covered"):
+            if d.get(key) is not None:
+                facts.append(f"{key.split('_')[0]} covered {d[key]}")
+        exact = d.get("exact_log_z")
+        if exact is not None and self.log_z is not None and self.log_z_stderr is not None:
+            err = self.log_z - float(exact)
+            z = abs(err) / max(self.log_z_stderr, 1e-300)
+            facts.append(f"log Z {err:+.2g} from exact ({z:.1f} se)")
+            if z > 4.0 and abs(err) > 1e-8:
+                why.append(f"log Z is {z:.1f} standard errors from the exact value")
+        trusted = not why
+        verdict = ("trusted: " if trusted else "NOT trusted: " + "; ".join(why) + ". ") + ", ".join(facts)
+        return trusted, verdict.strip().rstrip(":"), None if trusted else self.next_step()
+
+    def next_step(self) -> str:
+        """What to do when this result cannot be trusted, for the method that produced it: read
+        from the method's own options (training steps, annealing levels, MCMC moves per level,
+        SMC resampling, chain length), never from its name."""
+        from ._registry import registry
+
+        spec = registry().get(self.method)
+        cls = spec.cls if spec is not None else None
+        cfg, d = dict(self.config), self.diagnostics
+        tips = []
+        steps = d.get("train_steps", cfg.get("n_steps"))
+        if cls is not None and hasattr(cls, "train_step"):  # a neural sampler: its training budget
+            tips.append(f"train longer (n_steps={2 * int(steps)})" if isinstance(steps, int) and steps > 0
+                        else "train longer (raise n_steps)")
+        elif self.log_weights is not None:  # annealing / importance sampling without training
+            if isinstance(cfg.get("n_steps"), int):
+                tips.append(f"more annealing levels (n_steps={2 * cfg['n_steps']})")
+            if "n_mcmc" in cfg:
+                tips.append(f"more moves per level (n_mcmc={2 * int(cfg['n_mcmc'] or 1)})")
+            if "resample_ess" in cfg and cfg.get("resample_ess") is None and self.samples.is_floating_point():
+                tips.append("SMC resampling (resample_ess=0.5)")
+        else:  # MCMC: longer chains
+            tips.append("longer chains (more n_samples, or a larger burn-in n_steps)")
+        tips.append("or another method (bk.explain(target) lists them with their estimates)")
+        return "next: " + ", ".join(tips)
+
     def summary(self) -> str:
-        lines = [f"boltzkit Result: method={self.method!r}, target={self.target.get('name', '?')}, "
-                 f"n_samples={self.n_samples}, device={self.device}, seed={self.seed}"]
+        trusted, verdict, step = self.trust()
+        lines = [verdict] + ([f"  {step}"] if step else [])
+        lines.append(f"boltzkit Result: method={self.method!r}, target={self.target.get('name', '?')}, "
+                     f"n_samples={self.n_samples}, device={self.device}, seed={self.seed}")
         if self.log_z is not None:
             lines.append(f"  log Z = {self.log_z:.6f} +- {self.log_z_stderr:.2g}")
         else:
@@ -291,8 +354,6 @@ class Result:
             if isinstance(v, (list, tuple)) and len(v) > 6:  # per-sample lists: abbreviate
                 v = f"[{len(v)} values: {', '.join(map(str, v[:3]))}, ...]"
             lines.append(f"  {k} = {v:.4g}" if isinstance(v, float) else f"  {k} = {v}")
-        if not self.reliable:
-            lines.append("  WARNING: weights are degenerate; the log Z error bar is not reliable")
         return "\n".join(lines)
 
     def __repr__(self):
@@ -389,12 +450,20 @@ def result_from_log_weights(samples, log_weights, *, log_z0: float = 0.0, exact_
     """Build a :class:`Result` from weighted samples with the shared IS estimator."""
     from .estimators.importance import log_z_from_log_weights
 
-    est = log_z_from_log_weights(log_weights, log_z0=log_z0, warn=warn)
+    est = log_z_from_log_weights(log_weights, log_z0=log_z0, warn=False)
     diag = {**est.diagnostics(), **kw.pop("diagnostics", {})}
     if exact_log_z is not None:
         diag["exact_log_z"] = float(exact_log_z)
-    return Result(samples=samples, log_weights=log_weights, log_z=est.log_z,
-                  log_z_stderr=est.stderr, ess=est.ess, diagnostics=diag, **kw)
+    res = Result(samples=samples, log_weights=log_weights, log_z=est.log_z,
+                 log_z_stderr=est.stderr, ess=est.ess, diagnostics=diag, **kw)
+    if warn and not est.reliable:  # the advice fits the method that produced the weights
+        import warnings
+
+        warnings.warn(f"{res.method or 'importance sampling'}: importance weights are degenerate (ESS "
+                      f"{est.ess:.1f} of {est.n}, Pareto k {est.pareto_k:.2f}); the log Z error bar "
+                      f"{est.stderr:.3g} is not reliable; {res.next_step()}", UnreliableEstimateWarning,
+                      stacklevel=2)
+    return res
 
 
 def iter_shards(path):

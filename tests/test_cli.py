@@ -24,7 +24,40 @@ def test_explain_and_methods(capsys):
     assert main(["explain", "potts", "--L", "4", "--q", "3"]) == 0
     assert "would use" in capsys.readouterr().out
     assert main(["methods"]) == 0
-    assert "ais" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ais" in out
+    import boltzkit as bk
+
+    table = bk.methods()
+    assert out.strip() == str(table).strip()  # bk.methods() is the table the CLI prints
+    lines = str(table).splitlines()
+    col = lines[0].index("log Z")  # aligned: every row has its log Z column at the same place
+    assert all(ln[col:col + 3] in ("yes", "no ") or ln[col:col + 2] == "no" for ln in lines[2:]), lines
+
+
+def test_misspelt_method_gets_a_suggestion_and_options_have_help(capsys):
+    rc = main(["sample", "ising", "--L", "4", "--method", "aiss", "--n-samples", "16", "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'ais'?" in err and err.count("\n") == 1
+    from boltzkit.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices["sample"]
+    missing = [a.dest for a in sub._actions if a.dest != "help" and not a.help]
+    assert not missing, missing
+
+
+def test_sample_states_trust_first_and_shows_the_exact_potts_value(tmp_path, capsys):
+    rc = main(["sample", "potts", "--L", "5", "--q", "3", "--beta", "1.0", "--method", "ais",
+               "--n-samples", "128", "--n-steps", "10", "--seed", "0", "--quiet",
+               "--plot", str(tmp_path / "p.png")])
+    assert rc == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(("trusted", "NOT trusted")), out[0]  # said first
+    if out[0].startswith("NOT"):
+        assert out[1].strip().startswith("next:") and "train longer" not in out[1]  # AIS advice
+        assert "annealing levels" in out[1]
+    assert any(ln.strip().startswith("exact log Z =") for ln in out)
 
 
 def test_cli_errors_are_messages_not_tracebacks(capsys):

@@ -203,7 +203,7 @@ def test_dispatch():
     assert close(ising_log_z(4, 6, -0.3), ising_log_z_transfer(4, 6, -0.3))   # sublattice flip
     _, (dk,) = exact._transfer_log_z(exact._ising_generators(4, False), [-0.3], 6, grad=True)
     assert close(ising_mean_energy(4, 6, -0.3), 0.3 * dk)
-    assert potts_log_z(8, 8, 3, 1.0) is None                      # 3**8 row states
+    assert potts_log_z(9, 9, 3, 1.0) is None                      # 3**9 row states
     assert potts_mean_energy(8, 8, 3, 1.0) is None
 
 

@@ -248,3 +248,101 @@ def test_plus_inf_is_zero_density_not_an_error():
         check_energies(torch.tensor([float("nan"), float("-inf"), 1.0]), x, name="E", where="here")
     with pytest.raises(bk.errors.NonFiniteEnergyError, match="non-finite gradients"):
         check_energies(torch.zeros(3), x, grad=torch.tensor([[0.0, float("nan")], [0, 0], [0, 0]]), name="E")
+
+
+# ----------------------------------------------------------------------------- exact values
+def test_potts_momentum_transfer_matches_dense_transfer_and_enumeration():
+    from boltzkit.energies import exact
+
+    for (L, M, q, K) in [(1, 3, 3, 0.7), (2, 2, 3, -0.4), (2, 3, 4, 1.1), (3, 4, 3, 0.9), (4, 4, 2, 0.3),
+                         (5, 6, 3, 1.0), (6, 6, 3, -0.3), (4, 5, 4, 0.6)]:
+        dense = exact.potts_log_z_transfer(L, M, q, K)
+        assert abs(exact.potts_log_z_momentum(L, M, q, K) - dense) < 1e-9 * abs(dense) + 1e-10, (L, M, q, K)
+    assert abs(exact.potts_log_z_momentum(3, 3, 3, 0.8) - exact.potts_log_z_enumerate(3, 3, 3, 0.8)) < 1e-10
+    # negative control: a different coupling is told apart
+    assert abs(exact.potts_log_z_momentum(3, 3, 3, 0.81) - exact.potts_log_z_enumerate(3, 3, 3, 0.8)) > 1e-3
+    # the CLI's example now has an exact value: 3-state Potts 8 x 8 (6561 row states), cheaply
+    assert exact.potts_log_z(8, 8, 3, 1.0) is not None and exact.potts_log_z(9, 9, 3, 1.0) is None
+
+
+# ----------------------------------------------------------------------------- say it first
+def _degenerate(method, config):
+    lw = torch.zeros(400, dtype=torch.float64)
+    lw[0] = 40.0  # one sample holds all the weight
+    from boltzkit.result import result_from_log_weights
+
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = result_from_log_weights(torch.randn(400, 2), lw, method=method, config=config,
+                                      target={"name": "toy"})
+    return res, [str(w.message) for w in caught]
+
+
+def test_summary_says_first_whether_to_trust_and_the_method_specific_next_step():
+    ok = _result()
+    assert ok.summary().splitlines()[0].startswith("trusted: ESS 64 of 64")
+    ais, warned = _degenerate("ais", {"n_steps": 200, "n_mcmc": 1, "resample_ess": None})
+    first = ais.summary().splitlines()
+    assert first[0].startswith("NOT trusted: degenerate weights") and "Pareto k" in first[0]
+    assert first[1].strip().startswith("next: more annealing levels (n_steps=400)")
+    assert "train longer" not in ais.summary() and "train longer" not in warned[0]  # AIS is not trained
+    assert "n_steps=400" in warned[0]
+    naas, warned = _degenerate("naas", {"n_steps": 300})
+    assert naas.trust()[2].startswith("next: train longer (n_steps=600)") and "train longer" in warned[0]
+    # a result far from the exact value is not trusted even with healthy weights (negative control)
+    far = Result(**{**{f: getattr(ok, f) for f in ("samples", "log_weights", "log_z", "log_z_stderr", "ess",
+                                                  "method", "target")}, "diagnostics": {"exact_log_z": 1.0}})
+    assert far.summary().startswith("NOT trusted: log Z is 100.0 standard errors from the exact value")
+
+
+def test_figure_states_trust_exact_value_and_zooms_on_the_final_agreement(tmp_path):
+    exact = 15.5
+    hist = np.r_[np.linspace(0.0, 15.0, 50), exact + 0.01 * np.sin(np.arange(250))]
+    res = Result(samples=torch.randint(0, 2, (64, 4, 4)) * 2 - 1, log_weights=torch.zeros(64, dtype=torch.float64),
+                 log_z=15.51, log_z_stderr=0.02, ess=64.0, method="mdns",
+                 target={"name": "Ising(L=4)"}, diagnostics={"exact_log_z": exact},
+                 history={"log_z": hist})
+    fig = res.plot(tmp_path / "demo.png")
+    title = fig._suptitle.get_text()
+    assert title.startswith("trusted") and "exact 15.5000" in title
+    panel = [ax for ax in fig.axes if ax.get_title() == "log_z"][0]
+    lo, hi = panel.get_ylim()
+    assert lo < exact < hi and hi - lo < 1.0  # the final agreement is visible, not the 0..15 transient
+    snap = fig.axes[0]
+    assert sorted(t.get_text() for t in snap.get_legend().get_texts()) == ["s = +1", "s = -1"]
+    mcmc = Result(samples=res.samples, ess=64.0, method="swendsen_wang",
+                  diagnostics={"log_z_unavailable": "MCMC"}, target={"name": "Ising(L=4)"})
+    labels = [ax.get_ylabel() for ax in mcmc.plot().axes]
+    assert "density" in labels and "density (weighted)" not in labels  # unweighted samples
+
+
+def test_unreadable_file_and_folder_are_named_even_as_root(tmp_path, monkeypatch):
+    """The permission paths, simulated (root reads everything, so chmod cannot test them there)."""
+    import builtins
+    from pathlib import Path
+
+    path = _result().save(tmp_path / "r.npz")
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    real_open, real_read = builtins.open, Path.read_text
+
+    def no_open(file, *a, **k):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *a, **k)
+
+    def no_read(self, *a, **k):
+        if self.parent == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", no_open)
+    monkeypatch.setattr(Path, "read_text", no_read)
+    with pytest.raises(FileAccessError, match=f"cannot read {path}: permission denied"):
+        Result.load(path)
+    with pytest.raises(FileAccessError, match=f"cannot read {folder / 'index.json'}: permission denied"):
+        next(iter_shards(folder))
+    monkeypatch.undo()
+    assert Result.load(path).n_samples == 64  # negative control

@@ -18,6 +18,9 @@ Methods
 * Kaufman (1949) closed form for the zero-field Ising torus, any size.
 * Row transfer matrix ``T_ab = exp(inter(a, b) + intra(a)/2 + intra(b)/2)`` (symmetric
   splitting), ``Z = sum_i lambda_i^M`` from ``eigvalsh``; signs of eigenvalues are kept.
+* The same transfer matrix block-diagonalized by the row's cyclic translations (momentum
+  sectors, :func:`potts_log_z_momentum`): ``q**width / width``-sized blocks, so a 3-state
+  Potts torus of width 8 (6561 row states) takes about 2 CPU-seconds instead of minutes.
 * Brute-force enumeration of the density of states (tests; up to ~25 sites for Ising).
 * Onsager's infinite-lattice free energy and energy per site.
 * :func:`enumerate_states` / :func:`exact_marginal_pmf`: exact distributions of any small
@@ -38,13 +41,14 @@ from ..domains import Categorical
 from ..errors import IncompatibleMethodError, TargetError
 from .lattice import BETA_C_ISING as K_C_ISING  # K_c = ln(1 + sqrt 2) / 2
 MAX_TRANSFER_DIM = 4096          # largest row-state space for the transfer matrix (q**width)
+MAX_MOMENTUM_DIM = 6561          # largest q**width for the momentum-sector transfer matrix (~2 s)
 MAX_ENUMERATE_STATES = 2**26     # largest brute-force density-of-states enumeration
 _CHUNK = 2**17
 
 __all__ = [
     "K_C_ISING", "ising_log_z", "ising_log_z_kaufman", "ising_log_z_transfer",
     "ising_log_z_enumerate", "ising_mean_energy", "onsager_free_energy_per_site",
-    "onsager_energy_per_site", "potts_log_z", "potts_log_z_transfer", "potts_log_z_enumerate",
+    "onsager_energy_per_site", "potts_log_z", "potts_log_z_transfer", "potts_log_z_momentum", "potts_log_z_enumerate",
     "potts_mean_energy", "Enumeration", "enumerate_states", "iter_states",
     "exact_marginal_pmf", "state_to_index",
 ]
@@ -317,6 +321,52 @@ def potts_log_z_transfer(L: int, M: int, q: int, K: float) -> float:
     return _transfer_log_z(_potts_generators(q, width), [K], length)
 
 
+@lru_cache(maxsize=64)
+def potts_log_z_momentum(L: int, M: int, q: int, K: float) -> float:
+    r"""Exact log Z of the q-state Potts torus from the row transfer matrix split into momentum
+    sectors (the same ``T`` as :func:`potts_log_z_transfer`, far cheaper for wide rows).
+
+    The cyclic shift ``S`` of a row commutes with ``T``. For each orbit representative ``r``
+    (period ``p_r``) and momentum ``k`` with ``k p_r = 0 (mod w)``, the states
+    ``sum_j e^{-2 pi i k j / w} S^j r`` span sector ``k``, where
+    ``H_k(r, r') = sqrt(p_r p_r') / w * sum_m e^{-2 pi i k m / w} T(r, S^m r')`` (an FFT over
+    ``m``); ``Z = sum_k sum_i lambda_{k,i}^M``. Sectors ``k`` and ``w - k`` are complex
+    conjugates and share their eigenvalues. Needs ``q ** min(L, M) <= MAX_MOMENTUM_DIM``.
+    """
+    L, M = _check_size(L, M)
+    q, K = _check_q(q), _check_real("K", K)
+    w, n = min(L, M), max(L, M)
+    if q**w > MAX_MOMENTUM_DIM:
+        raise TargetError(f"potts_log_z_momentum: q**width = {q}**{w} = {q**w} row states, above "
+                          f"the limit {MAX_MOMENTUM_DIM}; use a narrower lattice (width = min(L, M))")
+    digits = _row_digits(q, w)
+    place = q ** np.arange(w - 1, -1, -1)
+    shifted = np.stack([np.roll(digits, m, axis=1) @ place for m in range(w)], 1)  # index of S^m r
+    reps = np.nonzero(shifted.min(1) == np.arange(len(digits)))[0]  # smallest index of each orbit
+    period = np.array([1 + int(np.argmax(shifted[r, 1:] == r)) if (shifted[r, 1:] == r).any() else w
+                       for r in reps])
+    d = torch.as_tensor(digits[reps])
+    intra = (d == torch.roll(d, 1, 1)).sum(1).double()
+    d_sh = torch.stack([torch.roll(d, m, 1) for m in range(w)], 1)  # (R, w, w): S^m r'
+    inter = (d[:, None, None, :] == d_sh[None]).sum(-1).double()  # (R, R', m)
+    log_t = K * (inter + 0.5 * intra[:, None, None] + 0.5 * intra[None, :, None])
+    shift = float(log_t.max())
+    f = torch.fft.fft(torch.exp(log_t - shift), dim=2)
+    sp = torch.as_tensor(period, dtype=torch.float64).sqrt()
+    logs, signs = [], []
+    for k in range(w // 2 + 1):
+        keep = torch.as_tensor((k * period) % w == 0)
+        h = f[:, :, k][keep][:, keep] * (sp[keep][:, None] * sp[keep][None, :] / w)
+        real = (2 * k) % w == 0
+        lam = torch.linalg.eigvalsh(h.real if real else h)
+        mult = 1 if real else 2
+        logs.append((n * torch.log(lam.abs())).repeat(mult))
+        signs.append((torch.sign(lam) ** n).repeat(mult))
+    log_abs, sgn = torch.cat(logs), torch.cat(signs)
+    top = float(log_abs.max())
+    return n * shift + top + math.log(float((sgn * torch.exp(log_abs - top)).sum()))
+
+
 # ---------------------------------------------------------------------------- enumeration
 def _check_enum(n_states: int, what: str):
     if n_states > MAX_ENUMERATE_STATES:
@@ -443,11 +493,14 @@ def ising_mean_energy(L: int, M: int, K: float, H: float = 0.0) -> "float | None
 def potts_log_z(L: int, M: int, q: int, K: float) -> "float | None":
     """Exact log Z of the q-state Potts torus, or None when none is tractable.
 
-    Transfer matrix when ``q ** min(L, M) <= 4096``; for ``q == 2`` on larger lattices the
+    Transfer matrix in momentum sectors when ``q ** min(L, M) <= 6561`` (e.g. a 3-state 8 x 8
+    torus, about 2 CPU-seconds), else the dense one when ``<= 4096``; for ``q == 2`` on larger lattices the
     exact identity ``Z_Potts(K) = exp(K N_bonds / 2) Z_Ising(K / 2)`` with Kaufman; else None.
     """
     L, M = _check_size(L, M)
     q, K = _check_q(q), _check_real("K", K)
+    if q ** min(L, M) <= MAX_MOMENTUM_DIM:
+        return potts_log_z_momentum(L, M, q, K)
     if q ** min(L, M) <= MAX_TRANSFER_DIM:
         return potts_log_z_transfer(L, M, q, K)
     if q == 2:
