@@ -1,4 +1,12 @@
-r"""Free-energy differences between states: BAR and MBAR through pymbar, reweighting, profiles.
+r"""Free energies the way chemists and physicists use them: differences between states (BAR,
+MBAR through pymbar, reweighting), profiles along collective variables, curves over beta.
+
+* ``bk.free_energy_difference(res_a, res_b, targets=(a, b))`` -> :class:`FreeEnergyDifference`
+* ``bk.mbar(results, targets)`` -> :class:`MultistateFreeEnergies` (all pairwise Delta F, the
+  covariance, ``expectation(fn, state)``, ``free_energy(target)``, ``free_energy_profile``)
+* ``Result.free_energy_profile(cv, bins)`` -> :class:`FreeEnergyProfile` (bootstrap errors)
+* ``Result.log_z_path`` -> :class:`LogZPath`; ``Result.thermo_curves()`` ->
+  :class:`ThermoCurveEstimate` (U(beta), C(beta) per site; :func:`thermo_curves_from_path`)
 
 Papers
 ------
@@ -37,6 +45,9 @@ Failure modes
   below ``MIN_OVERLAP``; add intermediate states.
 * Correlated samples under-reported by the Result's ESS: error bars too small.
 * Resampled weighted Results repeat draws; with a small ESS the error bar is optimistic.
+* Profiles: a bin that few (effective) samples reach has an unreliable error bar; the
+  bootstrap cannot see regions no sample visited (they are NaN, not high).
+* Curves: see :func:`thermo_curves_from_path` (window bias at sharp peaks; approximate errors).
 """
 
 from __future__ import annotations
@@ -54,7 +65,8 @@ import torch
 from .errors import BoltzkitError, TargetError, UnreliableEstimateWarning, require
 
 __all__ = ["FreeEnergyDifference", "MultistateFreeEnergies", "free_energy_difference", "mbar",
-           "reduced_potentials", "state_draws", "MIN_OVERLAP"]
+           "reduced_potentials", "state_draws", "MIN_OVERLAP", "FreeEnergyProfile", "histogram_profile",
+           "LogZPath", "ThermoCurveEstimate", "thermo_curves_from_path"]
 
 MIN_OVERLAP = 0.03    # pymbar's rule of thumb for the overlap scalar
 WIDE_FACTOR = 4       # the smooth that sets tau of the curve error bars spans +-WIDE_FACTOR windows
