@@ -319,3 +319,17 @@ def test_cli_profile_and_curve(tmp_path, capsys):
     assert "exact_heat_capacity_per_site" in doc["table"][0] and (tmp_path / "c.png").exists()
     assert "vs exact" in capsys.readouterr().out
     assert main(["curve", "ising", "--beta", "0.5:0.2", "--quiet"]) == 2
+
+
+def test_cli_profile_phi_psi_of_cartesian_samples(tmp_path):
+    """A saved molecular run (Cartesian nm, flat (n, 66)): the Ramachandran map and its table."""
+    from boltzkit.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 66, generator=g, dtype=torch.float64)
+    Result(samples=x, ess=400.0, diagnostics={"log_z_unavailable": "test"}).save(tmp_path / "ala.npz")
+    assert main(["profile", str(tmp_path / "ala.npz"), "--cv", "phi,psi", "--bins", "12",
+                 "--n-bootstrap", "20"]) == 0
+    table = (tmp_path / "ala_profile_phi_psi.csv").read_text().splitlines()
+    assert table[1] == "phi_deg,psi_deg,F_kT,stderr_kT" and len(table) == 2 + 144
+    assert (tmp_path / "ala_profile_phi_psi.png").exists()
