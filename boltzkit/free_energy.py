@@ -280,6 +280,36 @@ class MultistateFreeEnergies:
         out = self._mbar.compute_expectations(a, u_kn=u)
         return float(out["mu"][0]), float(out["sigma"][0])
 
+    def region_free_energies(self, regions: dict, state=0) -> dict:
+        """Free energies of regions of state space at one state, relative to the first region:
+        ``dF(A) = -log(P(A) / P(ref))`` (kT). Each region is the state restricted to it (reduced
+        potential +inf outside), and pymbar's ``compute_perturbed_free_energies`` gives the
+        differences with their uncertainties. ``regions`` maps names to boolean masks over the
+        pooled samples or callables ``x -> (n,)`` masks; ``state`` is an index or an energy target.
+
+        Returns a dict ``name -> FreeEnergyDifference`` (the first region maps to 0 +- 0).
+        """
+        if not isinstance(regions, dict) or len(regions) < 2:
+            raise TargetError("regions must be a dict of at least two named masks or callables")
+        k, u = self._state_u(state)
+        u_n = self._u_kn[k] if u is None else u[0]
+        rows = []
+        for nm, r in regions.items():
+            m = torch.as_tensor(r(self._x) if callable(r) else r).detach().reshape(-1).cpu().numpy()
+            if m.size != self._x.shape[0]:
+                raise TargetError(f"region {nm} selects from {m.size} entries; there are "
+                                  f"{self._x.shape[0]} pooled samples")
+            if not m.any():
+                raise TargetError(f"no pooled sample falls in region {nm}; its free energy is not estimable")
+            rows.append(np.where(m.astype(bool), u_n, np.inf))
+        with np.errstate(all="ignore"):
+            out = self._mbar.compute_perturbed_free_energies(np.stack(rows))
+        names = list(regions)
+        n = int(self.n_samples.sum())
+        return {nm: FreeEnergyDifference(float(out["Delta_f"][0, i]), float(out["dDelta_f"][0, i]),
+                                         "MBAR (restricted states)", (names[0], nm), (n, n), self.overlap)
+                for i, nm in enumerate(names)}
+
     def free_energy(self, state, relative_to: int = 0) -> FreeEnergyDifference:
         """``F(state) - F(relative_to)`` for an energy target (not necessarily sampled) on the
         same domain, from the pooled samples (pymbar ``compute_perturbed_free_energies``)."""
