@@ -1,4 +1,12 @@
-r"""Free-energy differences between states: BAR and MBAR through pymbar, reweighting, profiles.
+r"""Free energies the way chemists and physicists use them: differences between states (BAR,
+MBAR through pymbar, reweighting), profiles along collective variables, curves over beta.
+
+* ``bk.free_energy_difference(res_a, res_b, targets=(a, b))`` -> :class:`FreeEnergyDifference`
+* ``bk.mbar(results, targets)`` -> :class:`MultistateFreeEnergies` (all pairwise Delta F, the
+  covariance, ``expectation(fn, state)``, ``free_energy(target)``, ``free_energy_profile``)
+* ``Result.free_energy_profile(cv, bins)`` -> :class:`FreeEnergyProfile` (bootstrap errors)
+* ``Result.log_z_path`` -> :class:`LogZPath`; ``Result.thermo_curves()`` ->
+  :class:`ThermoCurveEstimate` (U(beta), C(beta) per site; :func:`thermo_curves_from_path`)
 
 Papers
 ------
@@ -37,6 +45,9 @@ Failure modes
   below ``MIN_OVERLAP``; add intermediate states.
 * Correlated samples under-reported by the Result's ESS: error bars too small.
 * Resampled weighted Results repeat draws; with a small ESS the error bar is optimistic.
+* Profiles: a bin that few (effective) samples reach has an unreliable error bar; the
+  bootstrap cannot see regions no sample visited (they are NaN, not high).
+* Curves: see :func:`thermo_curves_from_path` (window bias at sharp peaks; approximate errors).
 """
 
 from __future__ import annotations
@@ -54,7 +65,8 @@ import torch
 from .errors import BoltzkitError, TargetError, UnreliableEstimateWarning, require
 
 __all__ = ["FreeEnergyDifference", "MultistateFreeEnergies", "free_energy_difference", "mbar",
-           "reduced_potentials", "state_draws", "MIN_OVERLAP"]
+           "reduced_potentials", "state_draws", "MIN_OVERLAP", "FreeEnergyProfile", "histogram_profile",
+           "LogZPath", "ThermoCurveEstimate", "thermo_curves_from_path"]
 
 MIN_OVERLAP = 0.03    # pymbar's rule of thumb for the overlap scalar
 WIDE_FACTOR = 4       # the smooth that sets tau of the curve error bars spans +-WIDE_FACTOR windows
@@ -267,6 +279,36 @@ class MultistateFreeEnergies:
             return float(out["mu"][k]), float(out["sigma"][k])
         out = self._mbar.compute_expectations(a, u_kn=u)
         return float(out["mu"][0]), float(out["sigma"][0])
+
+    def region_free_energies(self, regions: dict, state=0) -> dict:
+        """Free energies of regions of state space at one state, relative to the first region:
+        ``dF(A) = -log(P(A) / P(ref))`` (kT). Each region is the state restricted to it (reduced
+        potential +inf outside), and pymbar's ``compute_perturbed_free_energies`` gives the
+        differences with their uncertainties. ``regions`` maps names to boolean masks over the
+        pooled samples or callables ``x -> (n,)`` masks; ``state`` is an index or an energy target.
+
+        Returns a dict ``name -> FreeEnergyDifference`` (the first region maps to 0 +- 0).
+        """
+        if not isinstance(regions, dict) or len(regions) < 2:
+            raise TargetError("regions must be a dict of at least two named masks or callables")
+        k, u = self._state_u(state)
+        u_n = self._u_kn[k] if u is None else u[0]
+        rows = []
+        for nm, r in regions.items():
+            m = torch.as_tensor(r(self._x) if callable(r) else r).detach().reshape(-1).cpu().numpy()
+            if m.size != self._x.shape[0]:
+                raise TargetError(f"region {nm} selects from {m.size} entries; there are "
+                                  f"{self._x.shape[0]} pooled samples")
+            if not m.any():
+                raise TargetError(f"no pooled sample falls in region {nm}; its free energy is not estimable")
+            rows.append(np.where(m.astype(bool), u_n, np.inf))
+        with np.errstate(all="ignore"):
+            out = self._mbar.compute_perturbed_free_energies(np.stack(rows))
+        names = list(regions)
+        n = int(self.n_samples.sum())
+        return {nm: FreeEnergyDifference(float(out["Delta_f"][0, i]), float(out["dDelta_f"][0, i]),
+                                         "MBAR (restricted states)", (names[0], nm), (n, n), self.overlap)
+                for i, nm in enumerate(names)}
 
     def free_energy(self, state, relative_to: int = 0) -> FreeEnergyDifference:
         """``F(state) - F(relative_to)`` for an energy target (not necessarily sampled) on the

@@ -106,6 +106,26 @@ def test_mbar_harmonic_oscillators_all_pairs_and_reweighting():
     assert "MBAR over 3 states" in repr(m)
 
 
+def test_mbar_region_free_energies_against_the_normal_law():
+    from scipy import stats
+
+    res = [exact_result(k, 2000, 30 + i, d=1) for i, k in enumerate((1.0, 2.0))]
+    m = bk.mbar(res, [oscillator(1.0, d=1), oscillator(2.0, d=1)])
+    regions = {"inner": lambda x: x[:, 0].abs() < 1.0, "outer": lambda x: x[:, 0].abs() >= 1.0}
+    p_in = stats.norm.cdf(1.0) - stats.norm.cdf(-1.0)
+    truth = -math.log((1 - p_in) / p_in)  # at k = 1 (unit variance)
+    df = m.region_free_energies(regions, state=0)
+    assert df["inner"].value == 0.0 and df["inner"].stderr == 0.0
+    assert_consistent(df["outer"].value, df["outer"].stderr, truth, what="dF(outer - inner)")
+    assert_rejects(df["outer"].value, df["outer"].stderr, truth + 0.15, what="dF(outer - inner)")
+    # at the unsampled k = 1.5 (variance 2/3) through reweighting
+    p15 = stats.norm.cdf(math.sqrt(1.5)) - stats.norm.cdf(-math.sqrt(1.5))
+    d15 = m.region_free_energies(regions, state=oscillator(1.5, d=1))["outer"]
+    assert_consistent(d15.value, d15.stderr, -math.log((1 - p15) / p15), what="dF at k=1.5")
+    with pytest.raises(TargetError, match="no pooled sample"):
+        m.region_free_energies({"a": regions["inner"], "none": lambda x: x[:, 0] > 100})
+
+
 def test_mbar_agrees_with_pymbar_called_directly():
     res = [exact_result(k, 300, 20 + i) for i, k in enumerate(KS)]
     tg = [oscillator(k) for k in KS]
@@ -319,3 +339,17 @@ def test_cli_profile_and_curve(tmp_path, capsys):
     assert "exact_heat_capacity_per_site" in doc["table"][0] and (tmp_path / "c.png").exists()
     assert "vs exact" in capsys.readouterr().out
     assert main(["curve", "ising", "--beta", "0.5:0.2", "--quiet"]) == 2
+
+
+def test_cli_profile_phi_psi_of_cartesian_samples(tmp_path):
+    """A saved molecular run (Cartesian nm, flat (n, 66)): the Ramachandran map and its table."""
+    from boltzkit.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 66, generator=g, dtype=torch.float64)
+    Result(samples=x, ess=400.0, diagnostics={"log_z_unavailable": "test"}).save(tmp_path / "ala.npz")
+    assert main(["profile", str(tmp_path / "ala.npz"), "--cv", "phi,psi", "--bins", "12",
+                 "--n-bootstrap", "20"]) == 0
+    table = (tmp_path / "ala_profile_phi_psi.csv").read_text().splitlines()
+    assert table[1] == "phi_deg,psi_deg,F_kT,stderr_kT" and len(table) == 2 + 144
+    assert (tmp_path / "ala_profile_phi_psi.png").exists()
