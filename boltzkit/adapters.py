@@ -88,6 +88,17 @@ def _anndata_to_cells(adata, n_samples, options: dict):
 
     layer = options.pop("layer", "auto")
     target = as_target(adata, label_key=options.get("label_key"), layer=layer)
+    return _cells_per_type(target, n_samples, options)
+
+
+def _is_cell_dataset(obj) -> bool:
+    from .datasets.single_cell import CellDataset
+
+    return isinstance(obj, CellDataset)
+
+
+def _cells_per_type(target, n_samples, options: dict):
+    """``n_samples={type: n}`` -> ``condition={type: n}`` and ``n_samples=sum``."""
     if isinstance(n_samples, Mapping):
         if options.get("condition") is not None:
             raise ConfigError("give the cells per type either as n_samples={type: n} or as "
@@ -102,3 +113,4 @@ def _anndata_to_cells(adata, n_samples, options: dict):
 
 
 register_adapter(_is_anndata, _anndata_to_cells, first=False)
+register_adapter(_is_cell_dataset, _cells_per_type, first=False)

@@ -92,7 +92,8 @@ class NBAutoencoder(nn.Module):
 
     def __init__(self, n_genes: int, latent: int, hidden: int = 256, dropout: float = 0.1):
         super().__init__()
-        self.enc = nn.Sequential(nn.Dropout(dropout), nn.Linear(n_genes, hidden), nn.LayerNorm(hidden),
+        self.dropout = float(dropout)
+        self.enc = nn.Sequential(nn.Linear(n_genes, hidden), nn.LayerNorm(hidden),
                                  nn.SiLU(), nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.SiLU(),
                                  nn.Linear(hidden, 2 * latent))
         self.dec = nn.Sequential(nn.Linear(latent, hidden), nn.LayerNorm(hidden), nn.SiLU(),
@@ -104,8 +105,14 @@ class NBAutoencoder(nn.Module):
     def normalise(x, lib):
         return torch.log1p(x * (TARGET_SUM / lib.clamp_min(1.0))[:, None])
 
-    def encode(self, x, lib):
-        m, logv = self.enc(self.normalise(x, lib)).chunk(2, dim=-1)
+    def encode(self, x, lib, generator=None):
+        """(mean, log variance); with a ``generator`` (training) input dropout is applied, drawn
+        from it so that a seed fixes the run."""
+        h = self.normalise(x, lib)
+        if generator is not None and self.dropout > 0:
+            keep = torch.rand(h.shape, generator=generator, device=h.device) >= self.dropout
+            h = h * keep / (1.0 - self.dropout)
+        m, logv = self.enc(h).chunk(2, dim=-1)
         return m, logv.clamp(-12.0, 6.0)
 
     def rho(self, z):
@@ -142,8 +149,8 @@ class SCLatentDiffusionConfig(SamplerConfig):
     ae_lr: float = 1e-3
     ae_kl: float = 1e-3
     ae_dropout: float = 0.1
-    hidden: int = 256
-    depth: int = 3
+    hidden: int = 128
+    depth: int = 2
     mlp_ratio: float = 2.0
     n_steps: int = 3000
     guidance: float = 0.0
@@ -298,7 +305,7 @@ class SCLatentDiffusion(TrainableSampler):
         self.ae.train()
         idx = torch.randint(0, self._lib.numel(), (cfg.batch_size,), generator=g, device=dev)
         x, lib = self._batch(idx), self._lib[idx]
-        m, logv = self.ae.encode(x, lib)
+        m, logv = self.ae.encode(x, lib, generator=g)
         z = m + torch.exp(0.5 * logv) * torch.randn(m.shape, generator=g, device=dev)
         rec = -nb_log_prob(x, lib[:, None] * self.ae.rho(z), torch.exp(self.ae.log_theta)).sum(-1).mean()
         kl = 0.5 * (torch.exp(logv) + m ** 2 - 1 - logv).sum(-1).mean()
@@ -315,8 +322,8 @@ class SCLatentDiffusion(TrainableSampler):
         """Latent means and log libraries of every training cell, standardised (prior data)."""
         self.ae.eval()
         n, chunks = self._lib.numel(), []
-        for s in range(0, n, 4096):
-            idx = torch.arange(s, min(s + 4096, n), device=self.device)
+        for s in range(0, n, 1024):  # dense chunks of 1024 rows at most
+            idx = torch.arange(s, min(s + 1024, n), device=self.device)
             chunks.append(self.ae.encode(self._batch(idx), self._lib[idx])[0])
         u = torch.cat([torch.cat(chunks), torch.log(self._lib)[:, None]], dim=1)
         self.u_mean, self.u_std = u.mean(0), u.std(0).clamp_min(1e-4)

@@ -1,0 +1,246 @@
+"""sc_latent (NB autoencoder + latent diffusion) and AnnData as the field uses it.
+
+The statistical test trains a small ``sc_latent`` on exact draws of a synthetic per-type NB
+mixture law (:class:`SyntheticCellLaw`: known per-type means, variances -- so dispersions --
+and gene-gene correlations) and checks the generated counts against the exact values within
+bootstrap error (generated cells and the finite training set) plus a stated model bias; the
+same check against a wrong law (means scaled, or covariance removed) must fail.
+"""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+import boltzkit as bk
+from boltzkit.datasets.single_cell import CellDataset, SyntheticCellLaw, as_target, log_normalize
+from boltzkit.errors import ConfigError, DatasetError, IncompatibleMethodError
+from boltzkit.samplers.sc_latent import SCLatentDiffusion
+from test_single_cell import _independent_law, _moment_failures, _scaled_law
+
+ad = pytest.importorskip("anndata")
+sparse = pytest.importorskip("scipy.sparse")
+
+SMALL = dict(latent=4, ae_hidden=64, hidden=64, depth=2, ae_steps=600, n_steps=900, batch_size=256,
+             sampling_steps=50, ae_lr=3e-3, lr=2e-3)
+N_GEN = 600
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # scanpy calls (numba) reset torch's OpenMP thread count
+    yield
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def law():
+    return SyntheticCellLaw.make(n_types=3, n_genes=8, n_states=3, rank=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def train(law):
+    return law.dataset(1500, seed=1)
+
+
+@pytest.fixture(scope="module")
+def latent_model(train):
+    torch.set_num_threads(1)
+    return SCLatentDiffusion(seed=0, device="cpu", **SMALL).fit(train)
+
+
+@pytest.fixture(scope="module")
+def latent_cells(latent_model, law):
+    return latent_model.generate(condition={c: N_GEN for c in law.categories})
+
+
+def _counts_anndata(law, n, seed, *, extra_category=None):
+    """Sparse counts in layers["counts"], log-normalised X (sparse), labels, a var column."""
+    a = law.to_anndata(n, seed=seed)
+    counts = sparse.csr_matrix(a.X)
+    a.layers["counts"] = counts
+    a.X = sparse.csr_matrix(log_normalize(counts).astype(np.float32))
+    a.var["gene_id"] = [f"ENSG{i:05d}" for i in range(a.n_vars)]
+    if extra_category is not None:
+        a.obs["cell_type"] = a.obs["cell_type"].cat.add_categories([extra_category])
+    return a
+
+
+# ---------------------------------------------------------------------------- the law
+def test_generated_counts_match_the_exact_nb_law_per_type(law, train, latent_cells):
+    x = latent_cells.samples.numpy().astype(np.float64)
+    labels = np.asarray(latent_cells.config["labels"])
+    assert np.all(x >= 0) and np.all(x == np.round(x)), "sc_latent generates integer counts"
+    n_tr = [int((train.codes == t).sum()) for t in range(law.n_types)]
+    # per type: every gene's mean and sd (hence dispersion) and every gene pair's correlation
+    fails = _moment_failures(x, labels, law, law.categories, n_tr)
+    assert not fails, f"{len(fails)} moments off, e.g. {fails[:3]}"
+    # negative controls: 30% higher means; the same means and variances without covariance
+    assert _moment_failures(x, labels, _scaled_law(law, 1.3), law.categories, n_tr)
+    wrong = _moment_failures(x, labels, _independent_law(law), law.categories, n_tr)
+    assert any(k >= 2 * law.n_genes for _, k, _, _ in wrong), "correlation check has no power"
+
+
+def test_per_type_dispersion_is_recovered(law, latent_cells):
+    """Fano factor var/mean per type and gene (NB: 1 + mean/theta plus the sub-state spread)
+    against the exact one, bootstrap error + 15% bias; a wrong theta (x3) must fail."""
+    x = latent_cells.samples.numpy().astype(np.float64)
+    labels = np.asarray(latent_cells.config["labels"])
+    rng = np.random.default_rng(0)
+    fano = lambda a: a.var(0) / a.mean(0)  # noqa: E731
+    wrong_law = SyntheticCellLaw(law.mu, law.pi, law.theta * 3, law.type_probs)
+    bad_fails = 0
+    for t, cat in enumerate(law.categories):
+        xt = x[labels == cat]
+        f = fano(xt)
+        se = np.stack([fano(xt[rng.integers(0, len(xt), len(xt))]) for _ in range(80)]).std(0) * np.sqrt(2)
+        truth = np.diag(law.cov(t)) / law.mean(t)
+        assert np.all(np.abs(f - truth) <= 3.9 * se + 0.15 * truth), (cat, f, truth)
+        wrong = np.diag(wrong_law.cov(t)) / wrong_law.mean(t)
+        bad_fails += int(np.sum(np.abs(f - wrong) > 3.9 * se + 0.15 * wrong))
+    assert bad_fails > 0, "dispersion check has no power"
+
+
+# ---------------------------------------------------------------------------- API
+def test_default_for_counts_deterministic_and_requests(train):
+    assert bk.select(train).name == "sc_latent"
+    kw = dict(latent=2, ae_hidden=16, hidden=16, depth=1, ae_steps=3, n_steps=3, sampling_steps=3)
+    a = bk.sample(train, n_samples={"type0": 4, "type2": 3}, seed=1, device="cpu", **kw)
+    b = bk.sample(train, n_samples={"type0": 4, "type2": 3}, seed=1, device="cpu", **kw)
+    assert a.method == "sc_latent" and torch.equal(a.samples, b.samples)
+    assert a.config["labels"] == ["type0"] * 4 + ["type2"] * 3
+    c = bk.sample(train, n_samples=7, seed=2, device="cpu", **kw)
+    assert c.samples.shape == (7, train.n_genes) and not torch.equal(a.samples, c.samples)
+    lognormal = CellDataset(log_normalize(train.x[:40]), train.labels[:40], gene_names=train.gene_names)
+    with pytest.raises(IncompatibleMethodError, match="raw integer counts"):
+        bk.sample(lognormal, "sc_latent", n_samples=3)
+
+
+def test_save_load_generates_the_same_law(latent_model, tmp_path):
+    path = tmp_path / "lat.pt"
+    latent_model.save(path)
+    again = SCLatentDiffusion.load(path, device="cpu")
+    z = torch.randn(5, latent_model.config.latent)
+    assert torch.allclose(latent_model.ae.rho(z), again.ae.rho(z))
+    assert again.generate(condition={"type1": 5}).samples.shape == (5, 8)
+
+
+def test_anndata_in_and_out_sparse_and_scanpy_ready(law):
+    sc = pytest.importorskip("scanpy")
+    a = _counts_anndata(law, 300, seed=3)
+    res = bk.sample(a, label_key="cell_type", n_samples={"type0": 40, "type1": 30, "type2": 30}, seed=0,
+                    device="cpu", latent=2, ae_hidden=16, hidden=16, depth=1, ae_steps=20, n_steps=20,
+                    sampling_steps=5)
+    assert res.method == "sc_latent" and res.config["layer"] == "counts"  # read layers["counts"]
+    out = res.to_anndata()
+    assert sparse.issparse(out.X) and sparse.issparse(out.layers["counts"])
+    counts = out.layers["counts"].toarray()
+    assert np.array_equal(counts, res.samples.numpy()) and np.all(counts == np.round(counts))
+    # X is what scanpy's normalize_total(1e4) + log1p make of the counts
+    assert np.allclose(out.X.toarray(), log_normalize(counts), atol=1e-5) and "log1p" in out.uns
+    assert list(out.var_names) == list(a.var_names) and list(out.var["gene_id"]) == list(a.var["gene_id"])
+    assert list(out.obs["cell_type"].cat.categories) == list(a.obs["cell_type"].cat.categories)
+    assert (out.obs["boltzkit_origin"] == "generated").all()
+    back = bk.load(res.save("/tmp/_sc_latent_res.npz")).to_anndata()  # var survives save / load
+    assert list(back.var["gene_id"]) == list(a.var["gene_id"])
+    sc.pp.pca(out, n_comps=5)
+    sc.pp.neighbors(out, n_neighbors=10)
+    sc.tl.umap(out)
+    assert out.obsm["X_umap"].shape == (100, 2)
+    both = ad.concat([a, out], label="origin_of_concat")  # real + generated for one UMAP
+    assert both.n_obs == 400
+
+
+def test_bad_input_is_a_clear_error(law):
+    a = _counts_anndata(law, 120, seed=4, extra_category="NK cell")
+    with pytest.raises(DatasetError, match="obs columns are"):
+        bk.sample(a, label_key="celltype", n_samples=4)
+    with pytest.raises(DatasetError, match="label_key is required"):
+        bk.sample(a, n_samples=4)
+    with pytest.raises(ConfigError, match="no cells in the training data"):
+        bk.sample(a, label_key="cell_type", n_samples={"NK cell": 5}, ae_steps=1, n_steps=1)
+    with pytest.raises(ConfigError, match="labels are"):
+        bk.sample(a, label_key="cell_type", n_samples={"T cell": 5}, ae_steps=1, n_steps=1)
+    with pytest.raises(ConfigError, match="cells per type"):
+        bk.sample(a, label_key="cell_type", n_samples={"type0": -1})
+    with pytest.raises(IncompatibleMethodError, match="raw integer counts"):  # log-normalised X
+        bk.sample(a, "sc_latent", label_key="cell_type", layer=None, n_samples=4)
+    bad = a.copy()
+    bad.layers["counts"] = bad.layers["counts"] * 0.5
+    with pytest.raises(DatasetError, match="non-integer"):
+        as_target(bad, label_key="cell_type", layer="counts", representation="counts")
+
+
+def test_adapter_registry():
+    from boltzkit import adapters
+
+    class Box:
+        def __init__(self, ds):
+            self.ds = ds
+
+    seen = []
+    adapters.register_adapter(lambda o: isinstance(o, Box), lambda o, n, opts: (seen.append(n) or o.ds, n, opts))
+    try:
+        law = SyntheticCellLaw.make(n_types=2, n_genes=3, seed=1)
+        res = bk.sample(Box(law.dataset(60, seed=0)), n_samples=5, seed=0, device="cpu", latent=2,
+                        ae_hidden=8, hidden=8, depth=1, ae_steps=2, n_steps=2, sampling_steps=2)
+        assert seen == [5] and res.samples.shape == (5, 3)
+    finally:
+        adapters._ADAPTERS.pop(0)
+    with pytest.raises(ConfigError, match="refusing"):
+        adapters.register_anndata_writer("evil", "os:system")
+        try:
+            adapters.anndata_writer("evil")
+        finally:
+            adapters._WRITERS.pop("evil")
+
+
+# ---------------------------------------------------------------------------- sparse stays sparse
+def test_sparse_input_stays_sparse_on_20k_cells():
+    """20 000 cells x 2 000 genes at 3% density: training steps, encoding every cell and
+    generating allocate (numpy, tracemalloc) under a quarter of the dense float32 matrix."""
+    rng = np.random.default_rng(0)
+    n, g, dens = 20_000, 2_000, 0.03
+    x = sparse.random(n, g, density=dens, format="csr", random_state=0, dtype=np.float32,
+                      data_rvs=lambda k: rng.integers(1, 20, k).astype(np.float32))
+    a = ad.AnnData(X=sparse.csr_matrix(x.shape, dtype=np.float32))
+    a.layers["counts"] = x
+    a.obs["cell_type"] = np.asarray(["a", "b", "c", "d"])[rng.integers(0, 4, n)]
+    dense_bytes = n * g * 4
+    tracemalloc.start()
+    try:
+        ds = as_target(a, label_key="cell_type", layer="auto")
+        m = SCLatentDiffusion(seed=0, device="cpu", latent=2, ae_hidden=16, hidden=16, depth=1,
+                              ae_steps=2, n_steps=2, sampling_steps=2, batch_size=64).fit(ds)
+        res = m.generate(200)
+        out = res.to_anndata()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ds.is_sparse and sparse.issparse(out.layers["counts"])
+    assert peak < dense_bytes / 4, f"peak {peak / 1e6:.0f} MB vs dense {dense_bytes / 1e6:.0f} MB"
+
+
+# ---------------------------------------------------------------------------- metrics and baselines
+def test_within_type_correlation_error_sees_covariance(law):
+    from boltzkit.bio import sc_metrics as m
+
+    x, t = law.sample([400, 400, 400], seed=5)
+    y, u = law.sample([400, 400, 400], seed=6)
+    ind = _independent_law(law)
+    z, v = ind.sample([400, 400, 400], seed=7)
+    lx, ly, lz = log_normalize(x), log_normalize(y), log_normalize(z)
+    same = m.within_type_correlation_error(lx, t, ly, u, n_genes=8)["corr_error_within"]
+    indep = m.within_type_correlation_error(lx, t, lz, v, n_genes=8)["corr_error_within"]
+    assert m.within_type_correlation_error(lx, t, lx, t, n_genes=8)["corr_error_within"] == 0
+    assert indep > 2 * same, (same, indep)
+
+
+def test_nb_baseline_is_the_same_on_sparse_and_dense(law):
+    from boltzkit.bio.sc_baselines import NegativeBinomialBaseline
+
+    ds = law.dataset(300, seed=9)
+    sp = CellDataset(sparse.csr_matrix(ds.x), ds.labels, gene_names=ds.gene_names, representation="counts")
+    a, b = NegativeBinomialBaseline().fit(ds), NegativeBinomialBaseline().fit(sp)
+    assert np.allclose(a.rho, b.rho) and np.allclose(a.theta, b.theta, rtol=1e-6)
