@@ -315,3 +315,38 @@ def test_bad_input_fails_before_the_run():
         OLLA(n_particles=3)
     with pytest.raises(ConfigError, match="before fit"):
         OLLA().sample(10)
+
+
+# ----------------------------------------------------------------------------- violation bound, landing
+@pytest.mark.parametrize("d", [3, 10])
+def test_predicted_violation_matches_the_stationary_violation(d):
+    """Stationary mean |h| of OLLA on S^{d-1} (h = (|x|^2 - 1)/2, Pi H Pi = Pi, ||.||_F^2 = d - 1)
+    against the closed form sqrt(2/pi) sqrt((d - 1) dt / (alpha (1 - alpha dt / 2))), and the
+    sampler's own prediction from the Hessians. Negative control: the prediction with the
+    curvature of a sphere two dimensions down."""
+    dt, alpha = 2e-3, 100.0
+    res = run(bk.constrain(None, sphere(d)), burn=100, n_chains=400, n_keep=10, step_size=dt, alpha=alpha)
+    closed = math.sqrt(2 / math.pi) * math.sqrt((d - 1) * dt / (alpha * (1 - alpha * dt / 2)))
+    wrong = closed * math.sqrt((d - 3) / (d - 1))
+    assert res.diagnostics["eq_violation_mean_predicted"] == pytest.approx(closed, rel=1e-6)
+    check(res, lambda x: ((x * x).sum(1) - 1).abs() / 2, closed, wrong, bias=0.03 * closed,
+          what=f"stationary E|h| on S^{d - 1}")
+
+
+def test_landing_the_output_puts_samples_on_the_sphere_without_changing_the_law():
+    """land_samples=True: the returned samples satisfy |h| <= 1e-6 tol, each moved by about its
+    violation, and their law is still von Mises-Fisher (E mu.x = A_d(kappa), closed form);
+    the chains themselves were not landed (the unlanded run gives the same states before it)."""
+    d, kappa = 5, 2.0
+    target = bk.constrain(lambda x: -kappa * x[:, 0], sphere(d))
+    plain = run(target, burn=400, n_chains=1000, seed=1, **EQ)
+    landed = run(target, burn=400, n_chains=1000, seed=1, land_samples=True, **EQ)
+    dg = landed.diagnostics
+    assert dg["landed"] and dg["violation_max"] <= 1e-6 * target.domain.tol
+    assert plain.diagnostics["violation_mean"] > 1e4 * dg["violation_max"]
+    # same chains: the landed samples are the plain ones moved radially by about |h|
+    assert torch.allclose(landed.samples, plain.samples / plain.samples.norm(dim=1, keepdim=True), atol=1e-7)
+    assert dg["land_distance_mean"] == pytest.approx(plain.diagnostics["violation_mean"], rel=0.05)
+    check(landed, lambda x: x[:, 0], A(d, kappa), A(d - 2, kappa), bias=BIAS_EQ, what="landed vMF S^4")
+    with pytest.raises(ConfigError):
+        OLLA(land_samples="yes")
