@@ -107,6 +107,11 @@ def test_cnn_site_logits_equal_the_full_pass(shape, q, periodic):
         got = net.site_logits(tokens, sites)
     want = full.gather(1, sites.unsqueeze(-1).expand(-1, -1, q))
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    # the per-call patch index (used where the cached per-site table would be large)
+    geometry = net._patch_geometry(tokens.device)
+    net._geometry[str(tokens.device)] = (None, None) + geometry[2:]
+    with torch.no_grad():
+        torch.testing.assert_close(net.site_logits(tokens, sites), want, rtol=1e-10, atol=1e-10)
     other = full.gather(1, ((sites + 1) % dom.n_sites).unsqueeze(-1).expand(-1, -1, q))
     assert float((got - other).abs().max()) > 1e-3
 

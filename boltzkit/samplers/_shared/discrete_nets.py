@@ -240,9 +240,11 @@ class SiteCNN(nn.Module):
         full = 2 * len(self.blocks) * math.prod(self.shape) * 1.2  # + circular-padding copies
         return k * cone, full
 
-    def _patch_geometry(self, device) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
-        """(axis sizes, row-major strides, patch offsets (P^ndim, ndim)) on ``device``, cached
-        per device so the sampling loop makes no host-to-device copies."""
+    def _patch_geometry(self, device) -> "tuple[torch.Tensor | None, ...]":
+        """Per device (cached, so the sampling loop makes no host-to-device copies): the flat
+        site of every patch cell around every site (D, P^ndim) and, on open grids, whether it
+        lies inside the lattice; or, for lattices where that table would be large (> 4M
+        entries), the axis sizes, strides and patch offsets to compute it per call."""
         cache = self.__dict__.setdefault("_geometry", {})
         key = str(device)
         if key not in cache:
@@ -250,8 +252,23 @@ class SiteCNN(nn.Module):
             sizes = torch.tensor(self.shape, device=device)
             strides = torch.tensor([math.prod(self.shape[i + 1:]) for i in range(nd)], device=device)
             grid = torch.meshgrid(*[torch.arange(-r, r + 1, device=device)] * nd, indexing="ij")
-            cache[key] = (sizes, strides, torch.stack(grid, -1).reshape(-1, nd))
+            offsets = torch.stack(grid, -1).reshape(-1, nd)  # (P^nd, nd)
+            n_sites = math.prod(self.shape)
+            table = inside = None
+            if n_sites * offsets.shape[0] <= 2**22:
+                table, inside = self._patch_index(torch.arange(n_sites, device=device), sizes, strides,
+                                                  offsets)
+            cache[key] = (table, inside, sizes, strides, offsets)
         return cache[key]
+
+    def _patch_index(self, sites, sizes, strides, offsets):
+        """Flat site of each patch cell around ``sites`` (..., P^nd) and (open grids) whether it
+        lies inside the lattice (None on periodic grids)."""
+        coords = (sites.unsqueeze(-1) // strides) % sizes  # (..., nd)
+        pos = coords.unsqueeze(-2) + offsets  # (..., P^nd, nd), unwrapped
+        periodic = self.blocks[0].c1.padding_mode == "circular"
+        inside = None if periodic else ((pos >= 0) & (pos < sizes)).all(-1)
+        return ((pos % sizes) * strides).sum(-1), inside
 
     def site_logits(self, tokens: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
         """Logits (B, k, q) at ``sites`` (int64 (B, k)) only: ``self(tokens)`` gathered there.
@@ -272,14 +289,13 @@ class SiteCNN(nn.Module):
         if self.time is not None or cone >= full:
             logits = self(tokens)
             return logits.gather(1, sites.unsqueeze(-1).expand(-1, -1, self.q))
-        nd, r = len(self.shape), self.radius
-        p = 2 * r + 1
-        sizes, strides, offsets = self._patch_geometry(tokens.device)
-        coords = (sites.unsqueeze(-1) // strides) % sizes  # (B, k, nd)
-        pos = coords.unsqueeze(2) + offsets  # (B, k, P^nd, nd), unwrapped
-        periodic = self.blocks[0].c1.padding_mode == "circular"
-        inside = None if periodic else ((pos >= 0) & (pos < sizes)).all(-1)
-        idx = ((pos % sizes) * strides).sum(-1)  # (B, k, P^nd) flat site of each patch cell
+        nd, p = len(self.shape), 2 * self.radius + 1
+        table, inside_table, sizes, strides, offsets = self._patch_geometry(tokens.device)
+        if table is not None:
+            idx = table[sites]  # (B, k, P^nd)
+            inside = None if inside_table is None else inside_table[sites]
+        else:
+            idx, inside = self._patch_index(sites, sizes, strides, offsets)
         patch = tokens.gather(1, idx.reshape(b, -1)).reshape(b * k, *([p] * nd))
         crop = (slice(None), slice(None)) + (slice(2, -2),) * nd  # one block: two 3-wide convs
         crop1 = (slice(None), slice(None)) + (slice(1, -1),) * nd
@@ -291,7 +307,7 @@ class SiteCNN(nn.Module):
         onehot = F.one_hot(patch, self.q + 1).movedim(-1, 1).to(folded.dtype)
         if mask is not None:
             onehot = onehot * mask
-        h = self.embed(patch).movedim(-1, 1)  # (Bk, hidden, P...)
+        h = None
         for i, block in enumerate(self.blocks):
             if i == 0:
                 a = conv(onehot, folded, c1.bias)
@@ -301,7 +317,9 @@ class SiteCNN(nn.Module):
             if mask is not None:
                 mask = mask[crop1]
             a = F.gelu(a) if mask is None else F.gelu(a) * mask
-            h = h[crop] + conv(a, block.c2.weight, block.c2.bias)
+            # the residual stream: the embedding (first block, embedded on the inner cells only)
+            res = self.embed(patch[crop[1:]]).movedim(-1, 1) if i == 0 else h[crop]
+            h = res + conv(a, block.c2.weight, block.c2.bias)
             if mask is not None:
                 mask = mask[crop1]
         out = self.head(F.gelu(h))  # (Bk, q, 1...)
