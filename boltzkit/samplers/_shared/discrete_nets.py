@@ -216,7 +216,14 @@ class SiteCNN(nn.Module):
         cond = _time_inputs(self.time, t, b)
         if cond is None:
             h = self.embed(tokens).transpose(1, 2).reshape(b, -1, *self.shape)
-            out = self.head(F.gelu(self.blocks(h)))
+            if self.q + 1 < self.embed.embedding_dim:  # first convolution on one-hot tokens
+                first = self.blocks[0]
+                a = first.c1._conv_forward(self._one_hot(tokens, b), self._folded_first_weight(),
+                                           first.c1.bias)
+                h = self.blocks[1:](h + first.c2(F.gelu(a)))
+            else:
+                h = self.blocks(h)
+            out = self.head(F.gelu(h))
             return out.reshape(b, self.q, -1).transpose(1, 2)
         emb, injections, shift, scale = cond
         grid = (b, -1) + (1,) * len(self.shape)  # a (B, hidden) vector broadcast over the grid
@@ -225,6 +232,16 @@ class SiteCNN(nn.Module):
             h = block(h + inj.view(grid))
         h = F.gelu(h) * (1.0 + scale.view(grid)) + shift.view(grid)
         return self.head(h).reshape(b, self.q, -1).transpose(1, 2)
+
+    def _folded_first_weight(self) -> torch.Tensor:
+        """Weights of the first convolution acting on one-hot tokens: ``c1(gelu(embed(t)))``
+        is linear in the one-hot encoding of t, with weights ``W[o, t] = sum_c W1[o, c]
+        gelu(E[t, c])`` (``q + 1`` input channels instead of ``hidden``). Differentiable."""
+        return torch.einsum("oc...,tc->ot...", self.blocks[0].c1.weight, F.gelu(self.embed.weight))
+
+    def _one_hot(self, tokens: torch.Tensor, b: int) -> torch.Tensor:
+        onehot = F.one_hot(tokens, self.q + 1).to(self.embed.weight.dtype)
+        return onehot.transpose(1, 2).reshape(b, self.q + 1, *self.shape)
 
     # ------------------------------------------------------------------ logits at a few sites
     @property
@@ -303,7 +320,7 @@ class SiteCNN(nn.Module):
         mask = None if inside is None else inside.reshape(b * k, 1, *([p] * nd)).to(self.embed.weight.dtype)
         # first convolution of the first block on one-hot tokens: gelu(embed) folded into the weights
         c1 = self.blocks[0].c1
-        folded = torch.einsum("oc...,tc->ot...", c1.weight, F.gelu(self.embed.weight))
+        folded = self._folded_first_weight()
         onehot = F.one_hot(patch, self.q + 1).movedim(-1, 1).to(folded.dtype)
         if mask is not None:
             onehot = onehot * mask
