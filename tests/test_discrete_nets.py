@@ -107,6 +107,11 @@ def test_cnn_site_logits_equal_the_full_pass(shape, q, periodic):
         got = net.site_logits(tokens, sites)
     want = full.gather(1, sites.unsqueeze(-1).expand(-1, -1, q))
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    # the per-call patch index (used where the cached per-site table would be large)
+    geometry = net._patch_geometry(tokens.device)
+    net._geometry[str(tokens.device)] = (None, None) + geometry[2:]
+    with torch.no_grad():
+        torch.testing.assert_close(net.site_logits(tokens, sites), want, rtol=1e-10, atol=1e-10)
     other = full.gather(1, ((sites + 1) % dom.n_sites).unsqueeze(-1).expand(-1, -1, q))
     assert float((got - other).abs().max()) > 1e-3
 
@@ -121,3 +126,35 @@ def test_cnn_site_logits_fall_back_to_the_full_pass():
     assert cone > full
     with torch.no_grad():
         torch.testing.assert_close(net.site_logits(tokens, sites), net(tokens))
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_cnn_folded_first_convolution_is_the_plain_one(periodic):
+    """The full pass runs its first convolution on one-hot tokens with the embedding folded
+    into the weights: same values and same parameter gradients as convolving gelu(embedding),
+    in float64 (negative control: dropping the gelu changes them)."""
+    from torch.nn import functional as F
+
+    dom = Lattice((5, 6), 3, periodic=periodic)
+    torch.manual_seed(0)
+    net = _perturb(make_discrete_net(dom, "cnn", hidden=8).double(), scale=0.3)
+    tokens = torch.randint(0, 4, (4, 30), generator=torch.Generator().manual_seed(2))
+
+    def plain(act=F.gelu):
+        h = net.embed(tokens).transpose(1, 2).reshape(4, -1, 5, 6)
+        first = net.blocks[0]
+        h = h + first.c2(F.gelu(first.c1(act(h))))
+        out = net.head(F.gelu(net.blocks[1:](h)))
+        return out.reshape(4, 3, -1).transpose(1, 2)
+
+    def value_and_grads(f):
+        net.zero_grad()
+        out = f()
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)).sum().backward()
+        return out.detach(), [p.grad.clone() for p in net.parameters()]
+
+    (got, g_got), (want, g_want) = value_and_grads(lambda: net(tokens)), value_and_grads(plain)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    assert float((plain(lambda h: h).detach() - want).abs().max()) > 1e-3

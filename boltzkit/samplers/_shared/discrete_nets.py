@@ -216,7 +216,14 @@ class SiteCNN(nn.Module):
         cond = _time_inputs(self.time, t, b)
         if cond is None:
             h = self.embed(tokens).transpose(1, 2).reshape(b, -1, *self.shape)
-            out = self.head(F.gelu(self.blocks(h)))
+            if self.q + 1 < self.embed.embedding_dim:  # first convolution on one-hot tokens
+                first = self.blocks[0]
+                a = first.c1._conv_forward(self._one_hot(tokens, b), self._folded_first_weight(),
+                                           first.c1.bias)
+                h = self.blocks[1:](h + first.c2(F.gelu(a)))
+            else:
+                h = self.blocks(h)
+            out = self.head(F.gelu(h))
             return out.reshape(b, self.q, -1).transpose(1, 2)
         emb, injections, shift, scale = cond
         grid = (b, -1) + (1,) * len(self.shape)  # a (B, hidden) vector broadcast over the grid
@@ -225,6 +232,16 @@ class SiteCNN(nn.Module):
             h = block(h + inj.view(grid))
         h = F.gelu(h) * (1.0 + scale.view(grid)) + shift.view(grid)
         return self.head(h).reshape(b, self.q, -1).transpose(1, 2)
+
+    def _folded_first_weight(self) -> torch.Tensor:
+        """Weights of the first convolution acting on one-hot tokens: ``c1(gelu(embed(t)))``
+        is linear in the one-hot encoding of t, with weights ``W[o, t] = sum_c W1[o, c]
+        gelu(E[t, c])`` (``q + 1`` input channels instead of ``hidden``). Differentiable."""
+        return torch.einsum("oc...,tc->ot...", self.blocks[0].c1.weight, F.gelu(self.embed.weight))
+
+    def _one_hot(self, tokens: torch.Tensor, b: int) -> torch.Tensor:
+        onehot = F.one_hot(tokens, self.q + 1).to(self.embed.weight.dtype)
+        return onehot.transpose(1, 2).reshape(b, self.q + 1, *self.shape)
 
     # ------------------------------------------------------------------ logits at a few sites
     @property
@@ -240,9 +257,11 @@ class SiteCNN(nn.Module):
         full = 2 * len(self.blocks) * math.prod(self.shape) * 1.2  # + circular-padding copies
         return k * cone, full
 
-    def _patch_geometry(self, device) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
-        """(axis sizes, row-major strides, patch offsets (P^ndim, ndim)) on ``device``, cached
-        per device so the sampling loop makes no host-to-device copies."""
+    def _patch_geometry(self, device) -> "tuple[torch.Tensor | None, ...]":
+        """Per device (cached, so the sampling loop makes no host-to-device copies): the flat
+        site of every patch cell around every site (D, P^ndim) and, on open grids, whether it
+        lies inside the lattice; or, for lattices where that table would be large (> 4M
+        entries), the axis sizes, strides and patch offsets to compute it per call."""
         cache = self.__dict__.setdefault("_geometry", {})
         key = str(device)
         if key not in cache:
@@ -250,8 +269,23 @@ class SiteCNN(nn.Module):
             sizes = torch.tensor(self.shape, device=device)
             strides = torch.tensor([math.prod(self.shape[i + 1:]) for i in range(nd)], device=device)
             grid = torch.meshgrid(*[torch.arange(-r, r + 1, device=device)] * nd, indexing="ij")
-            cache[key] = (sizes, strides, torch.stack(grid, -1).reshape(-1, nd))
+            offsets = torch.stack(grid, -1).reshape(-1, nd)  # (P^nd, nd)
+            n_sites = math.prod(self.shape)
+            table = inside = None
+            if n_sites * offsets.shape[0] <= 2**22:
+                table, inside = self._patch_index(torch.arange(n_sites, device=device), sizes, strides,
+                                                  offsets)
+            cache[key] = (table, inside, sizes, strides, offsets)
         return cache[key]
+
+    def _patch_index(self, sites, sizes, strides, offsets):
+        """Flat site of each patch cell around ``sites`` (..., P^nd) and (open grids) whether it
+        lies inside the lattice (None on periodic grids)."""
+        coords = (sites.unsqueeze(-1) // strides) % sizes  # (..., nd)
+        pos = coords.unsqueeze(-2) + offsets  # (..., P^nd, nd), unwrapped
+        periodic = self.blocks[0].c1.padding_mode == "circular"
+        inside = None if periodic else ((pos >= 0) & (pos < sizes)).all(-1)
+        return ((pos % sizes) * strides).sum(-1), inside
 
     def site_logits(self, tokens: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
         """Logits (B, k, q) at ``sites`` (int64 (B, k)) only: ``self(tokens)`` gathered there.
@@ -272,14 +306,13 @@ class SiteCNN(nn.Module):
         if self.time is not None or cone >= full:
             logits = self(tokens)
             return logits.gather(1, sites.unsqueeze(-1).expand(-1, -1, self.q))
-        nd, r = len(self.shape), self.radius
-        p = 2 * r + 1
-        sizes, strides, offsets = self._patch_geometry(tokens.device)
-        coords = (sites.unsqueeze(-1) // strides) % sizes  # (B, k, nd)
-        pos = coords.unsqueeze(2) + offsets  # (B, k, P^nd, nd), unwrapped
-        periodic = self.blocks[0].c1.padding_mode == "circular"
-        inside = None if periodic else ((pos >= 0) & (pos < sizes)).all(-1)
-        idx = ((pos % sizes) * strides).sum(-1)  # (B, k, P^nd) flat site of each patch cell
+        nd, p = len(self.shape), 2 * self.radius + 1
+        table, inside_table, sizes, strides, offsets = self._patch_geometry(tokens.device)
+        if table is not None:
+            idx = table[sites]  # (B, k, P^nd)
+            inside = None if inside_table is None else inside_table[sites]
+        else:
+            idx, inside = self._patch_index(sites, sizes, strides, offsets)
         patch = tokens.gather(1, idx.reshape(b, -1)).reshape(b * k, *([p] * nd))
         crop = (slice(None), slice(None)) + (slice(2, -2),) * nd  # one block: two 3-wide convs
         crop1 = (slice(None), slice(None)) + (slice(1, -1),) * nd
@@ -287,11 +320,11 @@ class SiteCNN(nn.Module):
         mask = None if inside is None else inside.reshape(b * k, 1, *([p] * nd)).to(self.embed.weight.dtype)
         # first convolution of the first block on one-hot tokens: gelu(embed) folded into the weights
         c1 = self.blocks[0].c1
-        folded = torch.einsum("oc...,tc->ot...", c1.weight, F.gelu(self.embed.weight))
+        folded = self._folded_first_weight()
         onehot = F.one_hot(patch, self.q + 1).movedim(-1, 1).to(folded.dtype)
         if mask is not None:
             onehot = onehot * mask
-        h = self.embed(patch).movedim(-1, 1)  # (Bk, hidden, P...)
+        h = None
         for i, block in enumerate(self.blocks):
             if i == 0:
                 a = conv(onehot, folded, c1.bias)
@@ -301,7 +334,9 @@ class SiteCNN(nn.Module):
             if mask is not None:
                 mask = mask[crop1]
             a = F.gelu(a) if mask is None else F.gelu(a) * mask
-            h = h[crop] + conv(a, block.c2.weight, block.c2.bias)
+            # the residual stream: the embedding (first block, embedded on the inner cells only)
+            res = self.embed(patch[crop[1:]]).movedim(-1, 1) if i == 0 else h[crop]
+            h = res + conv(a, block.c2.weight, block.c2.bias)
             if mask is not None:
                 mask = mask[crop1]
         out = self.head(F.gelu(h))  # (Bk, q, 1...)
