@@ -215,11 +215,11 @@ class LateNaN(bk.energies.Energy):
         return u
 
 
-_RUNS = {  # method -> (options, words naming where in the run)
-    "naas": (dict(n_steps=4, batch_size=64, n_time_steps=16, prior_time_steps=8, hidden=16,
+_RUNS = {  # method -> (options, words naming where in the run); unit-scale starts, no scale probe
+    "naas": (dict(prior_std=1.0, n_steps=4, batch_size=64, n_time_steps=16, prior_time_steps=8, hidden=16,
                   train_batch_size=64, sample_batch_size=256), "naas training step"),
-    "mala": (dict(n_steps=60, n_chains=64), "mala step"),
-    "ais": (dict(n_steps=60), "annealing level"),
+    "mala": (dict(init_std=1.0, n_steps=60, n_chains=64), "mala step"),
+    "ais": (dict(init_std=1.0, n_steps=60), "annealing level"),
 }
 
 
