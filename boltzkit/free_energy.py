@@ -69,6 +69,7 @@ __all__ = ["FreeEnergyDifference", "MultistateFreeEnergies", "free_energy_differ
            "LogZPath", "ThermoCurveEstimate", "thermo_curves_from_path"]
 
 MIN_OVERLAP = 0.03    # pymbar's rule of thumb for the overlap scalar
+MIN_REGION_DRAWS = 10  # fewer pooled draws in a region: warn
 WIDE_FACTOR = 4       # the smooth that sets tau of the curve error bars spans +-WIDE_FACTOR windows
 _ENERGY_BATCH = 65536
 
@@ -301,6 +302,10 @@ class MultistateFreeEnergies:
                                   f"{self._x.shape[0]} pooled samples")
             if not m.any():
                 raise TargetError(f"no pooled sample falls in region {nm}; its free energy is not estimable")
+            if int(m.astype(bool).sum()) < MIN_REGION_DRAWS:
+                warnings.warn(f"region {nm} holds {int(m.astype(bool).sum())} pooled draws (< "
+                              f"{MIN_REGION_DRAWS}); its free energy and error bar are unreliable",
+                              UnreliableEstimateWarning, stacklevel=2)
             rows.append(np.where(m.astype(bool), u_n, np.inf))
         with np.errstate(all="ignore"):
             out = self._mbar.compute_perturbed_free_energies(np.stack(rows))

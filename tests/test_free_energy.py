@@ -122,6 +122,10 @@ def test_mbar_region_free_energies_against_the_normal_law():
     p15 = stats.norm.cdf(math.sqrt(1.5)) - stats.norm.cdf(-math.sqrt(1.5))
     d15 = m.region_free_energies(regions, state=oscillator(1.5, d=1))["outer"]
     assert_consistent(d15.value, d15.stderr, -math.log((1 - p15) / p15), what="dF at k=1.5")
+    from boltzkit.errors import UnreliableEstimateWarning
+
+    with pytest.warns(UnreliableEstimateWarning, match="pooled draws"):
+        m.region_free_energies({"a": regions["inner"], "tail": lambda x: x[:, 0] > 2.5})
     with pytest.raises(TargetError, match="no pooled sample"):
         m.region_free_energies({"a": regions["inner"], "none": lambda x: x[:, 0] > 100})
 
