@@ -83,8 +83,14 @@ def default_n_sweeps(target) -> int:
 
 
 def default_n_islands(n: int) -> int:
-    """Islands of at least ``MIN_ISLAND`` particles, at most ``MAX_ISLANDS`` of them, at least 2."""
-    return int(min(MAX_ISLANDS, max(2, n // MIN_ISLAND)))
+    """About ``n / MIN_ISLAND`` islands (2 to ``MAX_ISLANDS``): the divisor of ``n`` nearest to
+    that with at least 2 particles per island (more islands on a tie); when ``n`` has none
+    (a prime), the count itself, and ``n`` is refused."""
+    want = int(min(MAX_ISLANDS, max(2, n // MIN_ISLAND)))
+    divisors = [m for m in range(2, min(MAX_ISLANDS, n // 2) + 1) if n % m == 0]
+    if not divisors:
+        return want
+    return min(divisors, key=lambda m: (abs(m - want), -m))
 
 
 @dataclass(frozen=True, kw_only=True)
