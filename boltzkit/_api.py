@@ -37,6 +37,8 @@ def sample(target, method: "str | None" = None, *, n_samples: "int | None" = Non
     from .adapters import adapt  # e.g. an AnnData becomes a CellDataset (boltzkit.adapters)
 
     target, n_samples, options = adapt(target, n_samples, options)
+    if isinstance(budget, bool) or not (isinstance(budget, (int, float)) and budget > 0):
+        raise ConfigError(f"budget must be a positive number of seconds, got {budget!r}")
     view = sampling_view_of(target)
     if view is not None:  # e.g. a molecule sampled in internal coordinates, returned in Cartesian
         vt = view.target
@@ -48,8 +50,6 @@ def sample(target, method: "str | None" = None, *, n_samples: "int | None" = Non
         res = sample(view.target, choice.name, n_samples=n_samples, n_steps=n_steps, seed=seed,
                      device=device, progress=progress, checkpoint=checkpoint, budget=budget, **options)
         return view.pull_back(res, target)
-    if not (isinstance(budget, (int, float)) and budget > 0):
-        raise ConfigError(f"budget must be a positive number of seconds, got {budget!r}")
     is_target = hasattr(target, "domain") and getattr(target, "kind", None) is not None
     profile = probe(target, device) if is_target and method is None else None
     choice = select(target, method, profile=profile, budget=budget)

@@ -25,7 +25,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _check_path(res, exact_at_beta, beta, levels):
+def _check_path(res, exact_at_beta, beta, levels, off=1):
     h = res.history
     lam, lz, se = h["lambda"], h["log_z_running"], h["log_z_running_stderr"]
     assert lam[0] == 0.0 and lam[-1] == pytest.approx(1.0) and lz.dtype == np.float64
@@ -34,8 +34,8 @@ def _check_path(res, exact_at_beta, beta, levels):
     for k in levels:
         b = lam[k] * beta
         assert_consistent(lz[k], se[k], exact_at_beta(b), bias=se[k] ** 2, what=f"log Z at beta={b:.3f}")
-        # negative control: the truth one level off (an indexing slip) is ruled out
-        assert_rejects(lz[k], se[k], exact_at_beta(lam[k - 1] * beta), bias=se[k] ** 2)
+        # negative control: the truth ``off`` levels off (an indexing slip) is ruled out
+        assert_rejects(lz[k], se[k], exact_at_beta(lam[k - off] * beta), bias=se[k] ** 2)
 
 
 @pytest.mark.parametrize("beta", [0.3, 0.4407, 0.6])
@@ -104,7 +104,8 @@ def test_smc_lattice_log_z_unbiased_over_seeds(make, exact):
     mean, se = float(np.mean(est)), float(np.sqrt(np.sum(np.square(errs)))) / len(errs)
     assert_consistent(mean, se, truth, bias=max(errs) ** 2)
     assert_rejects(mean, se, exact(1.05 * beta), bias=max(errs) ** 2)
-    _check_path(res, exact, beta, levels=range(2, len(res.history["lambda"]), 3))
+    # the adaptive ladder is fine (CESS 0.97): the negative control looks 4 levels back
+    _check_path(res, exact, beta, levels=range(4, len(res.history["lambda"]), 3), off=4)
 
 
 def test_smc_error_bar_is_calibrated_under_resampling():
@@ -118,7 +119,7 @@ def test_smc_error_bar_is_calibrated_under_resampling():
     truth = ising_log_z(4, 4, 0.5)
     est, errs, naive = [], [], []
     for seed in range(12):
-        res = smc(m, n=512, seed=seed)
+        res = smc(m, n=512, seed=seed, cess=0.9)  # coarse ladder: frequent resampling
         assert res.diagnostics["resample_events"] > 0
         est.append(res.log_z)
         errs.append(res.log_z_stderr)

@@ -71,20 +71,29 @@ from .base import Sampler, SamplerConfig, _check_positive
 KERNELS = ("auto", "heat_bath", "metropolis", "swendsen_wang")
 MIN_ISLAND = 32          # particles per island, at least
 LEVELS_PER_SQRT_SITE = 2.5  # adaptive ladder at cess 0.9: 38 levels for 16 x 16 Ising at beta_c, 20 for 8 x 8
+                            # (x sqrt(log 0.9 / log cess): 72 at the default cess 0.97)
 SWEEP_PER_ENERGY = 30.0     # a checkerboard heat-bath sweep: 10-100 energy evaluations measured (batch-size dependent)
 MAX_ISLANDS = 32
 ISLAND_SPREAD_LIMIT = 1.0  # islands' log Z standard deviation above this: not reliable
 
 
 def default_n_sweeps(target) -> int:
-    """Sweeps per level: grows with the linear size of the lattice, ``ceil(sqrt(n_sites) / 2)``,
-    at least 2 (8 for 16 x 16)."""
-    return max(2, math.ceil(math.sqrt(target.domain.n_sites) / 2))
+    """Sweeps per level: grows with the linear size of the lattice, ``ceil(sqrt(n_sites) / 4)``,
+    at least 2 (4 for 16 x 16). Measured on 16 x 16 Ising at beta_c, 4096 particles, CPU time x
+    variance of log Z: cess 0.97 with 4 sweeps 0.034, cess 0.9 with 8 sweeps 0.068, cess 0.98
+    with 2 sweeps 0.067 (one or two sweeps at cess 0.9: islands disagree, flagged unreliable)."""
+    return max(2, math.ceil(math.sqrt(target.domain.n_sites) / 4))
 
 
 def default_n_islands(n: int) -> int:
-    """Islands of at least ``MIN_ISLAND`` particles, at most ``MAX_ISLANDS`` of them, at least 2."""
-    return int(min(MAX_ISLANDS, max(2, n // MIN_ISLAND)))
+    """About ``n / MIN_ISLAND`` islands (2 to ``MAX_ISLANDS``): the divisor of ``n`` nearest to
+    that with at least 2 particles per island (more islands on a tie); when ``n`` has none
+    (a prime), the count itself, and ``n`` is refused."""
+    want = int(min(MAX_ISLANDS, max(2, n // MIN_ISLAND)))
+    divisors = [m for m in range(2, min(MAX_ISLANDS, n // 2) + 1) if n % m == 0]
+    if not divisors:
+        return want
+    return min(divisors, key=lambda m: (abs(m - want), -m))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +111,7 @@ class SMCConfig(SamplerConfig):
     max_levels : stop with an error if the adaptive ladder needs more levels than this.
     """
 
-    cess: float = 0.9
+    cess: float = 0.97
     resample_ess: float = 0.5
     n_sweeps: "int | None" = None
     kernel: str = "auto"
