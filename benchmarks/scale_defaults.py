@@ -227,7 +227,7 @@ def main(argv=None):
                                                    indent=1, default=float))
     if rows:
         plot(rows, out.with_suffix(".png"))
-    print(f"wrote {out.with_suffix('.json')} and .png")
+    print(f"wrote {out.with_suffix('.json')}" + (" and .png" if rows else ""))
 
 
 if __name__ == "__main__":

@@ -63,3 +63,22 @@ def test_smc_with_trained_control_and_mode_mass():
         s.sample(1000)
     with pytest.raises(ConfigError, match="resample_ess"):
         NAAS(resample_ess=1.5)
+
+
+def test_smc_flags_a_biased_island_estimate():
+    # many-well-32 with 16 untrained levels: the islands' log Z spread (about 3) implies a
+    # log-mean-exp bias far above the error bar; the run is 8 nats low and must be flagged
+    from boltzkit.energies import ManyWell
+    from boltzkit.errors import UnreliableEstimateWarning
+
+    mw = ManyWell(32)
+    s = NAAS(seed=0, resample_ess=0.5, n_islands=16, prior_std=1.7, target_scale=0.2,
+             **{**OPTS, "n_time_steps": 16}).fit(mw, n_steps=0)
+    with pytest.warns(UnreliableEstimateWarning):
+        r = s.sample(512)
+    assert not r.reliable and r.diagnostics["island_jensen_bias"] > r.log_z_stderr
+    assert r.log_z < mw.exact_log_z() - 3 * r.log_z_stderr  # it is indeed wrong
+    # control: a well-resolved Gaussian run is not flagged
+    g = NAAS(seed=0, prior_std=1.0, target_scale=1.0, resample_ess=0.9, n_islands=16,
+             **OPTS).fit(GAUSS, n_steps=0).sample(512)
+    assert g.reliable and g.diagnostics["island_jensen_bias"] < g.log_z_stderr
