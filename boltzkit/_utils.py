@@ -181,6 +181,7 @@ class _Progress(_NoBar):
         for item in self._it:
             yield item
             self.update(1)
+        self.close()
 
     def _say(self, text: str) -> None:
         if self.bar is not None:

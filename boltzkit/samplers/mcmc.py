@@ -51,6 +51,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from .._registry import register
+from .._utils import progress_bar
 from ..domains import Lattice
 from ..errors import ConfigError, DomainError, IncompatibleMethodError
 from ..estimators.diagnostics import autocorr_estimate
@@ -167,7 +168,7 @@ class LatticeMCMC(Sampler):
         self.x = self.target.domain.reference(self.config.n_chains, generator=self.gens["init"],
                                               device=self.device)
         self.burn_in = int(burn_in)
-        for _ in range(self.burn_in):
+        for _ in progress_bar(range(self.burn_in), desc=f"{self.name} burn-in", enabled=self.progress):
             self._sweep(self.gens["train"])
         return self
 
@@ -189,7 +190,7 @@ class LatticeMCMC(Sampler):
         B, thin = self.config.n_chains, self.config.thin
         n_rec = -(-int(n_samples) // B)
         states, energies, orders, accs = [], [], [], []
-        for _ in range(n_rec):
+        for _ in progress_bar(range(n_rec), desc=self.name, enabled=self.progress):
             acc = 0.0
             for _ in range(thin):
                 self._sweep(self.gens["sample"])

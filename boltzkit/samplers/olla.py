@@ -89,6 +89,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from .._registry import register
+from .._utils import progress_bar
 from ..constraints.base import Constrained
 from ..constraints._geometry import (GramSolver, batched_jacobian, normal_component,
                                      project_tangent, tangent_projector)
@@ -417,7 +418,7 @@ class _ConstrainedLangevin(Sampler):
     def _run(self, state, n_steps: int, gen, keep_every: "int | None" = None):
         viol_mean, viol_max, infeas, stats, kept = [], [], [], {}, []
         tol = self.domain.tol
-        for i in range(n_steps):
+        for i in progress_bar(range(n_steps), desc=self.name, enabled=self.progress):
             state, viol, st = self._step(state, gen)
             viol_mean.append(viol.mean())
             viol_max.append(viol.max())
