@@ -17,7 +17,8 @@ error over the top-50 genes (all cells, and within each type with >= 10 test cel
 
 Methods: ``sc_latent`` (NB autoencoder + latent diffusion, the default for counts), the
 baselines of boltzkit.bio.sc_baselines (per-gene NB, conditional NB-VAE, Gaussian-PCA, and
-scVI when scvi-tools is installed), optionally ``sc_diffusion`` (gene-space diffusion).
+scVI when scvi-tools is installed), and ``sc_diffusion`` (gene-space diffusion; on the seeds of
+``--diffusion-seeds`` only, it is the slow one on CPU).
 
 Writes benchmarks/results/single_cell.json and, for seed 0, single_cell_umap.png (real and
 generated cells on one UMAP, coloured by type and by origin), single_cell_meanvar.png
@@ -26,7 +27,8 @@ dot plot, real vs sc_latent).
 
     python benchmarks/single_cell.py                  # 3 seeds (~15 CPU-min on a busy core)
     python benchmarks/single_cell.py --quick          # smoke run (1 seed, few steps)
-    python benchmarks/single_cell.py --tune           # latent size / steps / guidance sweep, seed 0
+    python benchmarks/single_cell.py --tune           # latent size / AE steps / KL / prior steps /
+                                                      # guidance sweep on the seed-0 split (~30 CPU-min)
 """
 
 from __future__ import annotations
@@ -192,37 +194,32 @@ def figures(test, generated: dict, out_dir: Path, label_key="bulk_labels"):
 
 # ---------------------------------------------------------------------------- tuning
 def tune(ds, args):
-    """Seed 0: latent size x prior training length (checkpoints of one run per latent size),
-    then guidance on the chosen model. Metrics against the floor."""
+    """Seed-0 split: for each ``latent:ae_steps:ae_kl`` in ``--tune-configs``, one sc_latent run
+    evaluated at the prior checkpoints ``--tune-steps``; guidance ``--tune-guidance`` on the
+    last checkpoint of the first config. MMD^2 with 50 permutations, no marker metric."""
     train, test, floor_set, clf = split(ds, 0)
     want = test.label_counts()
-    floor = evaluate(clf, test, floor_set.x, floor_set.labels, 0, args, markers=False)
-    rows = [{"what": "floor", **{k: floor[k] for k in ("mmd2", "auc_knn", "label_accuracy", "corr_error_within")}}]
-    print("floor", rows[-1], flush=True)
-    for latent in args.tune_latents:
-        model = make_latent(0, args, latent=latent, n_steps=max(args.tune_steps))
-        done = args.ae_steps
+    keys = ("mmd2", "auc_knn", "auc_logreg", "label_accuracy", "corr_error_within", "var_pearson", "disp_pearson")
+    targs = argparse.Namespace(**{**vars(args), "n_perm": 50})
+    floor = evaluate(clf, test, floor_set.x, floor_set.labels, 0, targs, markers=False)
+    rows = [{"what": "floor", **{k: floor[k] for k in keys}}]
+    print(rows[-1], flush=True)
+    for ci, conf in enumerate(args.tune_configs):
+        latent, ae_steps, kl = conf.split(":")
+        latent, ae_steps, kl = int(latent), int(ae_steps), float(kl)
+        model = make_latent(0, args, latent=latent, ae_steps=ae_steps, ae_kl=kl, n_steps=max(args.tune_steps))
+        t0 = time.perf_counter()
+        guid = args.tune_guidance if ci == 0 else [args.guidance]
         for steps in sorted(args.tune_steps):
-            t0 = time.perf_counter()
-            model.fit(train, n_steps=args.ae_steps + steps)
-            res = model.generate(condition=want)
-            m = evaluate(clf, test, res.samples.numpy().astype(np.float64), res.config["labels"], 0, args,
-                         markers=False)
-            rows.append({"what": f"latent={latent} prior_steps={steps}", "latent": latent, "prior_steps": steps,
-                         "train_s": time.perf_counter() - t0,
-                         **{k: m[k] for k in ("mmd2", "auc_knn", "label_accuracy", "corr_error_within")}})
-            print(rows[-1], flush=True)
-            done = steps
-        if latent == args.latent:
-            for w in args.tune_guidance:
+            model.fit(train, n_steps=ae_steps + steps)
+            for w in (guid if steps == max(args.tune_steps) else [args.guidance]):
                 object.__setattr__(model.config, "guidance", float(w))
                 res = model.generate(condition=want)
-                m = evaluate(clf, test, res.samples.numpy().astype(np.float64), res.config["labels"], 0, args,
+                m = evaluate(clf, test, res.samples.numpy().astype(np.float64), res.config["labels"], 0, targs,
                              markers=False)
-                rows.append({"what": f"latent={latent} prior_steps={done} guidance={w}", "guidance": w,
-                             **{k: m[k] for k in ("mmd2", "auc_knn", "label_accuracy", "corr_error_within")}})
+                rows.append({"latent": latent, "ae_steps": ae_steps, "ae_kl": kl, "prior_steps": steps,
+                             "guidance": float(w), "wall_s": time.perf_counter() - t0, **{k: m[k] for k in keys}})
                 print(rows[-1], flush=True)
-            object.__setattr__(model.config, "guidance", float(args.guidance))
     return rows
 
 
@@ -239,10 +236,14 @@ def main():
     ap.add_argument("--guidance", type=float, default=SCLatentDiffusion.Config.guidance)
     ap.add_argument("--sampling-steps", type=int, default=100)
     ap.add_argument("--diffusion-steps", type=int, default=2000)
+    ap.add_argument("--diffusion-seeds", type=int, nargs="*", default=[0],
+                    help="seeds on which sc_diffusion (gene-space diffusion, slow on CPU) also runs")
     ap.add_argument("--vae-steps", type=int, default=1500)
     ap.add_argument("--scvi-epochs", type=int, default=200)
-    ap.add_argument("--tune-latents", type=int, nargs="+", default=[8, 16, 32])
-    ap.add_argument("--tune-steps", type=int, nargs="+", default=[500, 1500, 3000])
+    ap.add_argument("--tune-configs", nargs="+", default=["8:800:1e-3", "16:800:1e-3", "32:800:1e-3",
+                                                          "8:1500:1e-3", "8:800:0.1", "4:800:1e-3"],
+                    help="latent:ae_steps:ae_kl of each tuning run")
+    ap.add_argument("--tune-steps", type=int, nargs="+", default=[500, 1500])
     ap.add_argument("--tune-guidance", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     ap.add_argument("--n-perm", type=int, default=200)
     ap.add_argument("--min-cells", type=int, default=10)
@@ -273,14 +274,16 @@ def main():
         return
     out = {"env": env, "args": vars(args), "protocol": __doc__.split("Methods:")[0].strip()}
     print(f"== {ds}")
-    per = {m: [] for m in ["floor", *args.methods]}
+    with_diffusion = bool(args.diffusion_seeds) and "sc_diffusion" not in args.methods
+    per = {m: [] for m in ["floor", *args.methods, *(["sc_diffusion"] if with_diffusion else [])]}
     for seed in args.seeds:
         train, test, floor_set, clf = split(ds, seed)
         want = test.label_counts()
         floor = evaluate(clf, test, floor_set.x, floor_set.labels, seed, args)
         per["floor"].append(floor)
         gens = {}
-        for mname in args.methods:
+        methods = list(args.methods) + (["sc_diffusion"] if with_diffusion and seed in args.diffusion_seeds else [])
+        for mname in methods:
             x, labels, timing = run_method(mname, train, want, seed, args)
             gens[mname] = (x, labels)
             met = evaluate(clf, test, x, labels, seed, args)
@@ -290,6 +293,7 @@ def main():
                   f"(floor {floor['mmd2']:.4f})  auc_knn {met['auc_knn']:.3f} ({floor['auc_knn']:.3f})  "
                   f"label_acc {met['label_accuracy']:.3f} ({floor['label_accuracy']:.3f})  corr_within "
                   f"{met['corr_error_within']:.2f} ({floor['corr_error_within']:.2f})", flush=True)
+        gens.pop("sc_diffusion", None)
         if seed == args.seeds[0] and "sc_latent" in gens:
             out_dir = Path(args.out).parent if args.out else OUT
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@ r"""Single-cell expression data as boltzkit targets: cells x genes with a cell-t
 log-normalised values). It carries one categorical label per cell (``obs[label_key]``), which
 conditional generators (``"sc_diffusion"``) condition on.
 
-* :meth:`CellDataset.from_anndata` / :func:`as_target` -- read an AnnData (``X`` or a layer),
+* :meth:`CellDataset.from_anndata` / :func:`as_target` -- read an AnnData (``X`` or a layer;
+  a sparse matrix is kept sparse as CSR and only mini-batches of rows are densified),
   with the checks biologists need before any training: a missing ``label_key`` (the ``obs``
   columns are listed), genes with NaN, negative values (scaled data or negative counts), an
   empty matrix.
@@ -16,8 +17,11 @@ conditional generators (``"sc_diffusion"``) condition on.
 * :class:`SyntheticCellLaw` -- a per-type mixture of product negative binomials whose
   component means move along a low-rank gene subspace: exact samples, exact log-probabilities,
   exact per-type means and covariances. Known truth for tests and benchmarks.
-* :func:`result_to_anndata` -- generated cells (a :class:`~boltzkit.result.Result` of
-  ``"sc_diffusion"`` or of a baseline) back to AnnData, ready for ``scanpy.pp/tl/pl``.
+* :func:`result_to_anndata` / :func:`generated_anndata` -- generated cells (a
+  :class:`~boltzkit.result.Result` of ``"sc_latent"`` / ``"sc_diffusion"``, or a baseline's
+  counts) back to a sparse AnnData: counts in ``layers["counts"]``, scanpy's log-normalised
+  values in ``X``, ``obs["boltzkit_origin"] = "generated"``, the training ``var`` -- ready for
+  ``sc.pp.neighbors`` / ``sc.tl.umap``.
 
 Helpers shared by the generator, baselines and metrics: :func:`log_normalize`,
 :class:`PCABasis`, :func:`allocate`. anndata and scanpy are imported only where needed
