@@ -549,7 +549,9 @@ class OLLA(_ConstrainedLangevin):
         stationary state ``sd(h_i) = ||Pi H_i Pi||_F sqrt(dt / (alpha (1 - alpha dt / 2)))`` and
         ``E|h_i| = sqrt(2 / pi) sd(h_i)`` (Gaussian limit). ``||Pi H_i Pi||_F^2`` is averaged
         over up to ``n_states`` of the states ``x`` (flat, (B, D)): exactly (all D coordinate
-        directions) for D <= 16, else with ``n_probes`` Rademacher probes. For the sphere
+        directions) for D <= 16, else with ``n_probes`` Rademacher probes. Returns the largest
+        over the equalities (the curved one dominates ``violation_mean``, the mean over states
+        of the largest |h_i|; linear equalities have H = 0 and land exactly). For the sphere
         ``h = (|x|^2 - 1) / 2`` in R^d this is ``sqrt(2 (d - 1) / pi) sqrt(dt / alpha) / ...``.
         Returns 0.0 without equalities.
         """
@@ -581,7 +583,7 @@ class OLLA(_ConstrainedLangevin):
         f2 = phv.pow(2).sum(-1).sum(1) / (1 if d <= 16 else k)  # (B, m): ||Pi H_i Pi||_F^2
         a = cfg.alpha * cfg.step_size
         sd = torch.sqrt(f2 * cfg.step_size / (cfg.alpha * (1.0 - a / 2)))
-        return float(math.sqrt(2 / math.pi) * sd.mean())
+        return float(math.sqrt(2 / math.pi) * sd.mean(0).max())  # the worst equality
 
     def _margins(self, jac, mask):
         """Landing margins epsilon of the active inequality rows (constants, zero elsewhere)."""
