@@ -58,6 +58,14 @@ def exact_mean(k, cap):
     return float(num / integrate.quad(dens, 0, 1)[0])
 
 
+def sphere_violation_closed_form(k, dt, alpha):
+    """E|h| of OLLA on the great sphere S^{k-1} (h = (|x|^2 - 1)/2): the folded normal with
+    sd = sqrt((k - 1) dt / (alpha (1 - alpha dt / 2))), mu = dt (k - 1)^2 / (2 alpha)."""
+    sd = math.sqrt((k - 1) * dt / (alpha * (1 - alpha * dt / 2)))
+    mu = dt * (k - 1) ** 2 / (2 * alpha)
+    return sd * math.sqrt(2 / math.pi) * math.exp(-0.5 * (mu / sd) ** 2) + mu * math.erf(mu / (sd * math.sqrt(2)))
+
+
 def make_target(d, p, cap, seed=0):
     gen = torch.Generator().manual_seed(seed)
     sets = sphere(d)
@@ -97,6 +105,7 @@ def run(method, d, p, cap, seed, a):
            "violation_max": dg.get("violation_max_before_landing", dg["violation_max"])}
     if method.startswith("olla"):
         row.update(violation_mean_predicted=dg.get("eq_violation_mean_predicted"),
+                   violation_mean_closed_form=sphere_violation_closed_form(k, a.dt, 0.1 / a.dt),
                    violation_max_landed=dg["violation_max"])
     else:
         row["rejection_rate"] = dg.get("rejection_rate")
