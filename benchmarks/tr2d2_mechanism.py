@@ -10,7 +10,8 @@ the 4^7 states, and the fine-tuned policy's law is computed exactly
 (``MaskedDiffusion.exact_log_prob``).
 
 Methods (equal reward calls: ``n_steps / resample_every * 128``): on-policy WDCE
-(``search="none"``, every rollout), on-policy + top-k buffer, TR2-D2 default (tree with the
+(``search="none"``, every rollout), on-policy + top-k buffer, on-policy and TR2-D2 with a
+first-in-first-out buffer of the last 4 refreshes (``buffer_size=512``: unbiased, keeps rare hits), TR2-D2 default (tree with the
 selection correction, every rollout), TR2-D2 with a greedier selection (temperature = alpha),
 the paper's TR2-D2 (tree, top-k buffer, uncorrected weights) and best-of-N (N = the same number
 of pretrained samples, keep the top 128).
@@ -81,6 +82,9 @@ def methods(alpha):
             "tr2d2": dict(search="mcts", buffer="all"),
             "tr2d2_greedy": dict(search="mcts", buffer="all", temperature=alpha),
             "tr2d2_paper": dict(search="mcts", buffer="topk", tree_weights="naive"),
+            "onpolicy_fifo": dict(search="none", buffer="all", buffer_size=4 * 128),
+            "tr2d2_fifo": dict(search="mcts", buffer="all", buffer_size=4 * 128),
+            "tr2d2_fifo_greedy": dict(search="mcts", buffer="all", buffer_size=4 * 128, temperature=alpha),
             "best_of_n": None}
 
 
@@ -172,6 +176,7 @@ def main():
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--out", default=str(RESULTS / "tr2d2_mechanism.json"))
     p.add_argument("--replot", action="store_true")
+    p.add_argument("--append", action="store_true", help="add these runs to the JSON's runs")
     a = p.parse_args()
     path = Path(a.out)
     if a.replot:
@@ -181,7 +186,7 @@ def main():
     p_star, p_pre, r = truth(a.alpha)
     print(f"pretrained motif mass {p_pre @ r:.4f}, p* motif mass {p_star @ r:.4f}, "
           f"TV(pre, p*) {0.5 * np.abs(p_pre - p_star).sum():.3f}", flush=True)
-    runs = []
+    runs = json.loads(path.read_text())["runs"] if a.append and path.exists() else []
     todo = methods(a.alpha)
     for name in (a.methods or list(todo)):
         for seed in a.seeds:
@@ -189,7 +194,7 @@ def main():
             runs.append(row)
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     out = {"L": L, "motif": "ACGTA", "alpha": a.alpha, "steps": a.steps, "seeds": a.seeds,
-           "reward_calls": runs[0]["reward_calls"], "pretrained_mean_reward": float(p_pre @ r),
+           "reward_calls": runs[-1]["reward_calls"], "pretrained_mean_reward": float(p_pre @ r),
            "p_star_mean_reward": float(p_star @ r),
            "tv_pretrained_p_star": 0.5 * float(np.abs(p_pre - p_star).sum()),
            "config": BASE, "runs": runs, "summary": summarize(runs),

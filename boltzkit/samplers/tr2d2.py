@@ -219,7 +219,11 @@ class TR2D2Config(SamplerConfig):
     buffer : ``"all"`` (every rollout of the last refresh with its weight: no filtering),
         ``"topk"`` or ``"pareto"`` (the paper's reward-filtered buffers: they trade exactness for
         reward, the fine-tuned law tilts past ``p*``, and a warning says so) or ``"auto"`` (= all).
-    buffer_size : rows kept (None = rollouts per refresh, ``n_expansions * n_children``).
+    buffer_size : rows kept (None = rollouts per refresh, ``n_expansions * n_children``). With
+        ``buffer="all"`` the buffer is first-in-first-out, so a multiple of the refresh size
+        keeps the rollouts of several refreshes, each weighted against its own proposal (the
+        self-normalized weights stay consistent for p*): rare high-reward hits of a sparse
+        reward then stay in training for several refreshes.
     n_expansions, n_children : leaves expanded per refresh and one-step children per leaf
         (rollouts, i.e. reward calls, per refresh = their product).
     parallel : leaves expanded in one batched rollout.
@@ -603,11 +607,9 @@ class TR2D2(TrainableSampler):
     def _refresh(self):
         batch = self.search()
         extras = {"reward": batch["reward"], "objectives": batch["objectives"], "order": batch["order"]}
-        if isinstance(self.buffer, (TopKBuffer, ParetoArchive)):
-            self.buffer.add(batch["samples"], batch["log_weights"], **extras)
-        else:
-            self.buffer.clear()
-            self.buffer.add(batch["samples"], batch["log_weights"], **extras)
+        # top-k / Pareto: filter; "all": first in, first out (one refresh by default; a larger
+        # buffer_size keeps earlier refreshes, each row with the weight of its own proposal)
+        self.buffer.add(batch["samples"], batch["log_weights"], **extras)
         w = torch.softmax(batch["log_weights"], 0)
         self._refresh_stats = {"rollout_mean_reward": float(batch["reward"].mean()),
                                "rollout_max_reward": float(batch["reward"].max()),
