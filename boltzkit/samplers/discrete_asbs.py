@@ -200,6 +200,7 @@ from ._shared.buffers import ReplayBuffer
 from ._shared.cyclic import (SOURCES, CyclicPath, cyclic_rollout, log_c, make_noise, sample_bridge,
                              sample_source, shift_index, source_log_terminal,
                              source_log_terminal_score)
+from ._shared.ctmc import autocast_net
 from ._shared.discrete_nets import make_discrete_net
 from ._shared.ema import EMA
 from .base import SamplerConfig, TrainableSampler, _check_count
@@ -395,6 +396,9 @@ class DiscreteASBSConfig(SamplerConfig):
     log_phi_max : soft bound on the network outputs (log-rates).
     max_jump : cap on a site's jump probability per tau-leaping step.
     sample_batch_size : trajectories per chunk in :meth:`DiscreteASBS.sample`.
+    precision : network arithmetic: "auto" (default: bf16 autocast on CUDA, float32 on CPU),
+        "float32" or "bf16". The path log-ratios are accumulated in float64 from the rates
+        actually used, so the weights stay exact at any precision.
     """
 
     n_stages: int = 1
@@ -430,6 +434,7 @@ class DiscreteASBSConfig(SamplerConfig):
     log_phi_max: float = 30.0
     max_jump: float = 0.99
     sample_batch_size: int = 1024
+    precision: str = "auto"
 
     def __post_init__(self):
         for name in ("n_stages", "controller_steps", "batch_size", "n_replicates", "buffer_size",
@@ -449,6 +454,8 @@ class DiscreteASBSConfig(SamplerConfig):
         if self.noise_alpha is not None:
             _float_option("noise_alpha", self.noise_alpha, 0.0, math.inf)
         _float_option("t0", self.t0, 0.0, 1.0, lo_open=False)
+        if self.precision not in ("auto", "float32", "bf16"):
+            raise ConfigError(f"precision must be 'auto', 'float32' or 'bf16', got {self.precision!r}")
         if self.controller_loss not in ("tm", "dm"):
             raise ConfigError(f"controller_loss must be 'tm' or 'dm', got {self.controller_loss!r}")
         if self.corrector_loss not in CORRECTOR_LOSSES:
@@ -526,6 +533,8 @@ class DiscreteASBS(TrainableSampler):
                                          cfg.log_phi_max)
             self.corrector = _SoftClamp(make_discrete_net(dom, cfg.net, **kw), cfg.log_phi_max)
         self.controller.to(self.device)
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self._amp = torch.bfloat16 if bf16 else None
         self.corrector.to(self.device)
         self.opt_controller = torch.optim.AdamW(self.controller.parameters(), lr=cfg.lr,
                                                 weight_decay=cfg.weight_decay)
@@ -563,7 +572,7 @@ class DiscreteASBS(TrainableSampler):
         """
         cfg = self.config
         x0 = sample_source(self.source, n, self.n_sites, self.q, generator=generator, device=self.device)
-        path = cyclic_rollout(controller, x0, self.times, self.noise, self.q, generator=generator,
+        path = cyclic_rollout(autocast_net(controller, self.device, self._amp), x0, self.times, self.noise, self.q, generator=generator,
                               max_jump=cfg.max_jump)
         log_p1 = source_log_terminal(self.source, path.x1, self.noise.integral(cfg.t0, 1.0), self.q)
         lw = -scale * _energy(self.target, path.x1) - log_p1 + path.log_ratio
@@ -584,6 +593,10 @@ class DiscreteASBS(TrainableSampler):
         self._batch_stats = {"ess_frac": est.ess_frac, "log_z": est.log_z, "log_z_stderr": est.stderr,
                              "capped_frac": path.n_capped / rows,
                              "jumps_per_site": float(path.n_jumps.mean()) / self.n_sites}
+
+    def _net(self, net):
+        """``net`` under the configured autocast (itself in float32)."""
+        return autocast_net(net, self.device, self._amp)
 
     def _bridge_times(self, n: int, gen, *, t_max: float = 1.0) -> torch.Tensor:
         t0 = self.config.t0
@@ -621,7 +634,7 @@ class DiscreteASBS(TrainableSampler):
             target1 = batch["score"]  # (B, D, q)
             if cfg.corrector_loss in ("tm", "dm"):
                 with torch.no_grad():
-                    target1 = target1 - self.corrector(batch["samples"])
+                    target1 = target1 - self._net(self.corrector)(batch["samples"])
             elif cfg.corrector_loss == "closed_form":
                 target1 = target1 - source_log_terminal_score(
                     self.source, batch["samples"], self.noise.integral(cfg.t0, 1.0), q).float()
@@ -630,7 +643,7 @@ class DiscreteASBS(TrainableSampler):
             n = torch.arange(q, device=self.device)
             ind = (x1.unsqueeze(-1) != n).float() - (xt != x1).float().unsqueeze(-1)
             target = ind * log_c(gt1, q).float().view(-1, 1, 1)
-        log_phi = self.controller(xt, t.float())
+        log_phi = self._net(self.controller)(xt, t.float())
         keep = xt.unsqueeze(-1) != torch.arange(q, device=self.device)
         div = bregman_divergence(target.float(), log_phi, cfg.bregman)
         return self._reduce(div, keep, self._weights(batch, r))
@@ -642,7 +655,7 @@ class DiscreteASBS(TrainableSampler):
         if cfg.corrector_loss == "tm":
             with torch.no_grad():
                 t0 = torch.full((x0.shape[0],), float(cfg.t0), device=self.device)
-                target = corrector_tm_target(self.controller(x0, t0), x0, x1, q)
+                target = corrector_tm_target(self._net(self.controller)(x0, t0), x0, x1, q)
             n_rep = 1
         else:  # log p^r_{1|t}(x1^{d<-n} | xt) - log p^r_{1|t}(x1 | xt)
             n_rep = cfg.n_replicates
@@ -652,7 +665,7 @@ class DiscreteASBS(TrainableSampler):
             n = torch.arange(q, device=self.device)
             ind = (xt.unsqueeze(-1) != n).float() - (x1 != xt).float().unsqueeze(-1)
             target = ind * log_c(gt1, q).float().view(-1, 1, 1)
-        log_phihat = self.corrector(x1)
+        log_phihat = self._net(self.corrector)(x1)
         keep = x1.unsqueeze(-1) != torch.arange(q, device=self.device)
         div = bregman_divergence(target.float(), log_phihat, cfg.bregman)
         return self._reduce(div, keep, self._weights(batch, n_rep))

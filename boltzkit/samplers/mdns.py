@@ -96,8 +96,12 @@ Known failure modes.
 * The self-normalized ESS and the delta-method log Z error bar are themselves estimated from
   the weights; they are over-optimistic when the proposal misses mass (heavy tails, Pareto k
   above 0.7 is flagged as unreliable).
-* Cost: one rollout needs ``n_unmask_steps`` network passes over the whole lattice, i.e. D
-  passes at the exact setting. Multi-site unmasking is cheaper but its weights are noisier.
+* Cost: one rollout needs ``n_unmask_steps`` network passes, i.e. D passes at the exact
+  setting. With the lattice CNN a one-site pass only evaluates that site's receptive field
+  (:meth:`~boltzkit.samplers._shared.discrete_nets.SiteCNN.site_logits`: 6-7x cheaper than a
+  full-lattice pass on 8 x 8 and 16 x 16, same samples), so multi-site unmasking saves almost
+  no time there (measured 0.90-0.95 of the one-site time on 8 x 8) while its weights are much
+  noisier; see ``docs/performance.md``.
 """
 
 from __future__ import annotations
