@@ -20,7 +20,7 @@ import torch
 
 from .errors import NonFiniteEnergyError
 
-__all__ = ["check_energies", "at_step"]
+__all__ = ["at_step", "check_energies"]
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:

@@ -171,6 +171,7 @@ class _Progress(_NoBar):
         self.n0, self.postfix = self.n, {}
         self.t0 = self.t_last = time.monotonic()
         self.bucket, self.printed, self.estimated, self.closed = -1, False, False, False
+        self.t_first = None  # end of the first step: the estimate leaves out its warm-up
         self.bar = None
         if mode == "bar":
             from tqdm.auto import tqdm
@@ -195,14 +196,20 @@ class _Progress(_NoBar):
             self.bar.update(n)
         now = time.monotonic()
         done, elapsed = self.n - self.n0, now - self.t0
-        if not self.estimated and self.total and done > 0 and (
-                elapsed >= ESTIMATE_AFTER_S or done >= max(1, (self.total - self.n0) // 20)):
-            self.estimated = True
-            left = elapsed / done * max(self.total - self.n, 0)
-            if elapsed + left >= LONG_RUN_S:
-                self._say(f"boltzkit | {self.desc}: this run will take about {format_duration(elapsed + left)} "
-                          f"({self.total - self.n0} steps at {format_duration(elapsed / done)} per step, "
-                          f"measured over the first {done}); progress=False silences these reports")
+        if self.t_first is None:
+            self.t_first, self.n_first = now, self.n
+        elif not self.estimated and self.total and (
+                elapsed >= ESTIMATE_AFTER_S or done >= max(2, (self.total - self.n0) // 20)):
+            self.estimated = True  # the rate after the first step (compilation, caches, setup)
+            per = (now - self.t_first) / (self.n - self.n_first)
+            total_s = (self.t_first - self.t0) + per * max(self.total - self.n_first, 0)
+            if total_s >= LONG_RUN_S:
+                self._say(f"boltzkit | {self.desc}: this run will take about {format_duration(total_s)} "
+                          f"({self.total - self.n0} steps at {format_duration(per)} per step, measured "
+                          f"over step{'s' if self.n > self.n_first + 1 else ''} {self.n_first + 1}"
+                          f"{'-' + str(self.n) if self.n > self.n_first + 1 else ''}); progress=False silences these reports")
+        if self.bar is None and self.total and self.n >= self.total:
+            return  # close() prints the final line
         if self.bar is None:
             bucket = -1 if not self.total else int(100 * self.n / self.total) // PROGRESS_LOG_PERCENT
             since = now - self.t_last
@@ -222,7 +229,9 @@ class _Progress(_NoBar):
         else:
             tail = f"{format_duration(elapsed)} elapsed"
             if self.total and done > 0:
-                tail += f", ETA {format_duration(elapsed / done * max(self.total - self.n, 0))}"
+                per = ((now - self.t_first) / (self.n - self.n_first) if self.n > self.n_first
+                       else elapsed / done)  # past the first step, its warm-up is left out
+                tail += f", ETA {format_duration(per * max(self.total - self.n, 0))}"
         metrics = " ".join(f"{k}={v}" for k, v in self.postfix.items())
         self._say(f"boltzkit | {self.desc}: {head}, {tail}" + (f" | {metrics}" if metrics else ""))
 

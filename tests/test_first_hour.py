@@ -346,3 +346,19 @@ def test_unreadable_file_and_folder_are_named_even_as_root(tmp_path, monkeypatch
         next(iter_shards(folder))
     monkeypatch.undo()
     assert Result.load(path).n_samples == 64  # negative control
+
+
+def test_long_run_estimate_leaves_out_the_first_steps_warm_up(monkeypatch, capsys):
+    from boltzkit import _utils
+
+    clock = [0.0]
+    monkeypatch.setattr(_utils.time, "monotonic", lambda: clock[0])
+    bar = _utils.progress_bar(total=100, desc="train", enabled=None)
+    for i in range(100):
+        clock[0] += 10.0 if i == 0 else 1.0  # a 10 s warm-up, then 1 s per step: 109 s in all
+        bar.update(1)
+    bar.close()
+    err = capsys.readouterr().err
+    estimates = [ln for ln in err.splitlines() if "will take about" in ln]
+    assert len(estimates) == 1 and "about 1 min 49 s" in estimates[0], err  # not 100 x 10 s
+    assert err.strip().splitlines()[-1].endswith("done in 1 min 49 s")
