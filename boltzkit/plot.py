@@ -62,26 +62,11 @@ def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
                           loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(values.size, 5),
                           fontsize=8, frameon=False)
         elif panel == "samples":
-            if result.target.get("type") == "AlanineDipeptide":  # the Ramachandran map
-                from .analysis import dihedral, plot_ramachandran
-                from .energies.molecular import AlanineDipeptide as ala
-
-                ang = dihedral(x.double(), [ala.PHI_ATOMS, ala.PSI_ATOMS]).numpy()
-                lw = None if result.log_weights is None else result.log_weights.numpy()
-                plot_ramachandran(ang[:, 0], ang[:, 1], lw, ax=ax, bins=36)
-            elif lattice:
-                vals = x.float().numpy().reshape(x.shape[0], -1)
-                if result.target.get("type") == "Potts":
-                    q = int(result.target["q"])
-                    stat = np.stack([(vals == c).mean(1) for c in range(q)], 1).max(1)
-                    label = "largest colour fraction"
-                else:
-                    stat = vals.mean(1)
-                    label = "magnetization per site m"
-                ax.hist(stat, bins=min(50, max(10, int(np.sqrt(len(stat))))), weights=w, density=True,
-                        color="C0", alpha=0.8)
-                ax.set_xlabel(label)
-                ax.set_ylabel("density (weighted)" if result.log_weights is not None else "density")
+            drawer = _sample_plot_of(result.target)
+            if drawer is not None:  # the target's own view (Ramachandran map, lattice order parameter)
+                drawer(ax, x, w, result.target)
+                if lattice:
+                    ax.set_ylabel("density (weighted)" if result.log_weights is not None else "density")
             else:
                 flat = x.reshape(x.shape[0], -1).float().numpy()
                 if flat.shape[1] >= 2:
@@ -117,6 +102,35 @@ def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
+
+
+def _sample_plot_of(config: dict):
+    """The target's ``sample_plot`` hook (``"module:function"`` in its saved config), or None."""
+    spec = config.get("sample_plot") if isinstance(config, dict) else None
+    if not spec:
+        return None
+    import importlib
+
+    module, _, name = str(spec).partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):  # e.g. saved by another version: the generic view
+        return None
+
+
+def lattice_sample_plot(ax, x, w, config: dict) -> None:
+    """Histogram of the lattice order parameter: magnetization per site for two states,
+    the largest colour fraction for ``q > 2`` (Potts)."""
+    vals = x.float().numpy().reshape(x.shape[0], -1)
+    q = int(config.get("q", 2))
+    if q > 2:
+        stat = np.stack([(vals == c).mean(1) for c in range(q)], 1).max(1)
+        label = "largest colour fraction"
+    else:
+        stat, label = vals.mean(1), "magnetization per site m"
+    ax.hist(stat, bins=min(50, max(10, int(np.sqrt(len(stat))))), weights=w, density=True,
+            color="C0", alpha=0.8)
+    ax.set_xlabel(label)
 
 
 def figure_title(result) -> str:

@@ -235,6 +235,15 @@ def plot_ramachandran(phi, psi, log_weights=None, *, ax=None, bins: int = 72, ti
 
 
 # ----------------------------------------------------------------------------- shipped reference
+def ramachandran_sample_plot(ax, x, w, config: dict) -> None:
+    """The ``sample_plot`` hook of :class:`AlanineDipeptide`: the (weighted) Ramachandran map of
+    Cartesian states ``x``."""
+    ang = dihedral(x.double(), [AlanineDipeptide.PHI_ATOMS, AlanineDipeptide.PSI_ATOMS]).numpy()
+    with np.errstate(divide="ignore"):
+        lw = None if w is None else np.log(np.asarray(w, dtype=np.float64))
+    plot_ramachandran(ang[:, 0], ang[:, 1], lw, ax=ax, bins=36)
+
+
 def load_alanine_reference() -> dict:
     """The shipped enhanced-sampling reference of alanine dipeptide (ff96, vacuum, 300 K).
 
@@ -332,6 +341,7 @@ class AlanineDipeptide(OpenMMEnergy):
     ``bk.sample`` samples there by default (``coordinates``).
     """
 
+    sample_plot = "boltzkit.energies.alanine:ramachandran_sample_plot"  # the Ramachandran map
     PHI_ATOMS = (4, 6, 8, 14)
     PSI_ATOMS = (6, 8, 14, 16)
     CHIRAL_ATOMS = (6, 8, 14, 10)

@@ -92,9 +92,17 @@ class Energy(torch.nn.Module):
         """
         return None
 
+    #: ``"module:function"`` that draws this target's samples on a matplotlib axis,
+    #: ``fn(ax, samples, weights, config)``; stored in the config so a saved Result keeps it
+    #: (:func:`boltzkit.plot.plot_result`). None: the generic histogram.
+    sample_plot: "str | None" = None
+
     def to_config(self) -> dict:
         """JSON-able description, stored in Result.config."""
-        return {"name": self.name, "domain": self.domain.to_config()}
+        cfg = {"name": self.name, "domain": self.domain.to_config()}
+        if self.sample_plot:
+            cfg["sample_plot"] = self.sample_plot
+        return cfg
 
     @property
     def device(self) -> torch.device:

@@ -72,6 +72,8 @@ def colour_classes(L: int) -> tuple:
 class _LatticeEnergy:
     """Shared pieces of nearest-neighbour lattice models."""
 
+    sample_plot = "boltzkit.plot:lattice_sample_plot"  # order-parameter histogram
+
     @staticmethod
     def _bond_sum(s: torch.Tensor, pair) -> torch.Tensor:
         """Sum over the 2 L^2 bonds of pair(s_i, s_j); s is (B, L, L)."""
