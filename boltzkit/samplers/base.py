@@ -188,6 +188,19 @@ def _check_positive(name, value):
     _check_count(name, value, minimum=1)
 
 
+def check_number(name, value, *, allow_zero: bool = False, allow_none: bool = False, upper=None):
+    """Raise ConfigError unless ``value`` is a finite real number > 0 (>= 0 with ``allow_zero``;
+    at most ``upper`` when given; None when allowed): the one check of float options."""
+    if value is None and allow_none:
+        return
+    low_ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not low_ok or (upper is not None and value > upper):
+        bound = ("non-negative" if allow_zero else "positive") + " finite number"
+        bound += f" <= {upper}" if upper is not None else ""
+        raise ConfigError(f"{name} must be a {bound}, got {value!r}")
+
+
 class TrainableSampler(Sampler):
     """Neural samplers: a shared training loop with checkpoints and history."""
 

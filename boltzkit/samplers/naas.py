@@ -152,23 +152,11 @@ from ._shared.replay import TensorReplayBuffer
 from ._shared.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
                           gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_space,
                           time_grid)
-from .base import SamplerConfig, TrainableSampler
+from .base import SamplerConfig, TrainableSampler, _check_count, check_number
 
 __all__ = ["NAAS", "NAASConfig", "AnnealedLangevin"]
 
 AUTO_CLIP = 10.0  # grad_clip="auto" in a prior-hint frame: 10 x the equilibrium gradient norm
-
-
-def _pos_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-
-
-def _pos_float(name, v, allow_none=False):
-    if v is None and allow_none:
-        return
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ConfigError(f"{name} must be a positive finite number, got {v!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,22 +236,22 @@ class NAASConfig(SamplerConfig):
                    "prior_buffer_size", "batch_size", "updates_per_step", "train_batch_size",
                    "times_per_trajectory", "hidden", "running_window",
                    "sample_batch_size"):
-            _pos_int(nm, getattr(self, nm))
+            _check_count(nm, getattr(self, nm))
         for nm in ("n_layers", "buffer_size"):
             if getattr(self, nm) is not None:
-                _pos_int(nm, getattr(self, nm))
+                _check_count(nm, getattr(self, nm))
         for nm in ("relaxation", "beta_power", "lr", "prior_lr"):
-            _pos_float(nm, getattr(self, nm))
+            check_number(nm, getattr(self, nm))
         for nm in ("prior_std", "target_scale"):
-            _pos_float(nm, getattr(self, nm), allow_none=True)
-        _pos_float("prior_noise_ratio", self.prior_noise_ratio)
+            check_number(nm, getattr(self, nm), allow_none=True)
+        check_number("prior_noise_ratio", self.prior_noise_ratio)
         if self.prior_noise_ratio <= 1.0:
             raise ConfigError(f"prior_noise_ratio (sigma_max / sigma_min of the prior stage) must "
                               f"be > 1, got {self.prior_noise_ratio!r}")
-        _pos_float("sigma", self.sigma, allow_none=True)
+        check_number("sigma", self.sigma, allow_none=True)
         if self.grad_clip != "auto":
-            _pos_float("grad_clip", self.grad_clip, allow_none=True)
-        _pos_float("adjoint_clip", self.adjoint_clip, allow_none=True)
+            check_number("grad_clip", self.grad_clip, allow_none=True)
+        check_number("adjoint_clip", self.adjoint_clip, allow_none=True)
         if not (isinstance(self.min_weight_ess, (int, float)) and not isinstance(self.min_weight_ess, bool)
                 and 0.0 <= self.min_weight_ess <= 1.0):
             raise ConfigError(f"min_weight_ess must be a fraction in [0, 1], got {self.min_weight_ess!r}")
@@ -275,7 +263,7 @@ class NAASConfig(SamplerConfig):
                                                   and not isinstance(self.resample_ess, bool)
                                                   and 0 < self.resample_ess <= 1):
             raise ConfigError(f"resample_ess must be None or a fraction in (0, 1], got {self.resample_ess!r}")
-        _pos_int("n_islands", self.n_islands)
+        _check_count("n_islands", self.n_islands)
         for nm in ("prior_stage", "use_prior_hint", "importance_weighted"):
             if not isinstance(getattr(self, nm), bool):
                 raise ConfigError(f"{nm} must be True or False, got {getattr(self, nm)!r}")
@@ -659,7 +647,7 @@ class NAAS(TrainableSampler):
     def sample(self, n_samples: int):
         """Draw ``n_samples`` weighted samples; returns a :class:`~boltzkit.result.Result`."""
         self._require_fit()
-        _pos_int("n_samples", n_samples)
+        _check_count("n_samples", n_samples)
         if self.config.resample_ess is not None:
             return self.sample_smc(n_samples)
         net, prior_net = self.sampling_nets()
@@ -741,13 +729,13 @@ class NAAS(TrainableSampler):
         from ..estimators.ais import _resample_islands
 
         self._require_fit()
-        _pos_int("n_samples", n_samples)
+        _check_count("n_samples", n_samples)
         c = self.config
         frac = resample_ess if resample_ess is not None else (c.resample_ess or 0.5)
         islands = n_islands if n_islands is not None else c.n_islands
         if not (isinstance(frac, (int, float)) and 0 < frac <= 1):
             raise ConfigError(f"resample_ess must be a fraction in (0, 1], got {frac!r}")
-        _pos_int("n_islands", islands)
+        _check_count("n_islands", islands)
         if n_samples % islands or n_samples // islands < 2:
             raise ConfigError(f"n_samples={n_samples} must be a multiple of n_islands={islands} "
                               "with at least 2 particles per island")
