@@ -81,16 +81,16 @@ def stored_mdns(key: str) -> "dict | None":
             "training_steps": r["steps"], "target": r["target"]["name"], "stored_from": name}
 
 
-def calibration(seeds: int, L: int = 6) -> dict:
+def calibration(seeds: int, L: int = 6, first_seed: int = 1000) -> dict:
     m = Ising(L, BETA_C_ISING)
     exact = m.exact_log_z()
     rows = []
     for s in range(seeds):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnreliableEstimateWarning)
-            res = bk.sample(m, method="smc", seed=1000 + s, device="cpu")
+            res = bk.sample(m, method="smc", seed=first_seed + s, device="cpu")
         z = (res.log_z - exact) / res.log_z_stderr
-        rows.append({"seed": 1000 + s, "log_z": res.log_z, "stderr": res.log_z_stderr, "z": z,
+        rows.append({"seed": first_seed + s, "log_z": res.log_z, "stderr": res.log_z_stderr, "z": z,
                      "reliable": res.reliable})
     z = np.array([r["z"] for r in rows])
     inside = np.abs(z) <= 3
@@ -138,6 +138,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--only-calibration", action="store_true")
     ap.add_argument("--seeds", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--first-seed", type=int, default=1000, help="first calibration seed")
     ap.add_argument("--particles", type=int, default=4096, help="SMC particles (the default's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "smc_lattice.json"))
@@ -166,7 +167,7 @@ def main(argv=None) -> dict:
                 rows["mdns (stored)"] = mdns
             out["runs"][key] = rows
     if a.calibration or a.only_calibration:
-        out["calibration"] = calibration(a.seeds)
+        out["calibration"] = calibration(a.seeds, first_seed=a.first_seed)
         c = out["calibration"]
         print("calibration", {k: v for k, v in c.items() if k != "runs"}, flush=True)
     path = Path(a.out)

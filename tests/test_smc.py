@@ -119,7 +119,7 @@ def test_smc_error_bar_is_calibrated_under_resampling():
     truth = ising_log_z(4, 4, 0.5)
     est, errs, naive = [], [], []
     for seed in range(12):
-        res = smc(m, n=512, seed=seed, cess=0.9)  # coarse ladder: frequent resampling
+        res = smc(m, n=512, seed=seed, cess=0.9, resample_ess=0.99)  # resample at every level
         assert res.diagnostics["resample_events"] > 0
         est.append(res.log_z)
         errs.append(res.log_z_stderr)

@@ -42,9 +42,9 @@ intermediate level), ``ess_frac`` and ``acceptance`` per level (levels 1..K).
 
 Failure modes
 -------------
-* The ladder is chosen from the particles themselves: the islands are coupled through it, an
-  O(1/N) effect below the error bar. Pass the ladder of an earlier run
-  (``schedule=res.history["lambda"]``) for an exactly unbiased Z.
+* The ladder is chosen by an independent pilot run (``pilot`` = 1/8 of the particles) and then
+  held fixed, so the islands are exactly independent and Z exactly unbiased; with
+  ``pilot=0`` it adapts on the particles themselves (an O(1/N) coupling of the islands).
 * First-order transitions (Potts with q > 4 at beta_c) and slow mixing: if the kernel cannot
   move particles between phases within ``n_sweeps``, islands lose a phase and disagree; the
   spread (and the ``reliable`` flag, which requires the islands to agree) shows it, but an
@@ -109,6 +109,9 @@ class SMCConfig(SamplerConfig):
         multiple of it).
     schedule : None (adaptive ladder) or an explicit increasing sequence of lambdas from 0 to 1.
     max_levels : stop with an error if the adaptive ladder needs more levels than this.
+    pilot : fraction of n_samples (at least 256) for an independent pilot run that chooses the
+        adaptive ladder; the main run then uses it fixed, so its islands are exactly independent
+        and each island's Z is exactly unbiased. 0 adapts on the main particles (O(1/N) coupling).
     """
 
     cess: float = 0.97
@@ -118,6 +121,7 @@ class SMCConfig(SamplerConfig):
     n_islands: "int | None" = None
     schedule: "tuple | None" = None
     max_levels: int = 20_000
+    pilot: float = 0.125
 
     def __post_init__(self):
         for nm in ("cess", "resample_ess"):
@@ -129,6 +133,8 @@ class SMCConfig(SamplerConfig):
         if self.n_islands is not None:
             _check_positive("n_islands", self.n_islands)
         _check_positive("max_levels", self.max_levels)
+        if not (isinstance(self.pilot, (int, float)) and 0 <= self.pilot < 1) or isinstance(self.pilot, bool):
+            raise ConfigError(f"pilot must be a fraction in [0, 1), got {self.pilot!r}")
         if self.kernel not in KERNELS:
             raise ConfigError(f"unknown kernel {self.kernel!r}; use one of {KERNELS}")
         if self.schedule is not None:
@@ -218,7 +224,8 @@ class SMC(Sampler):
         per_sweep = SWEEP_PER_ENERGY if _local_moves(target) else 1.3 * sites
         sweeps = cfg.n_sweeps or default_n_sweeps(target)
         e = profile.energy_s if math.isfinite(profile.energy_s) else 1e-5
-        return float(n * levels * (sweeps * per_sweep + 1.0) * e)
+        pilot = cfg.pilot if not cfg.schedule else 0.0
+        return float(n * (1.0 + pilot) * levels * (sweeps * per_sweep + 1.0) * e)
 
     @classmethod
     def n_samples_for_budget(cls, target, profile, budget: float, options=None) -> int:
@@ -245,19 +252,11 @@ class SMC(Sampler):
         self.n_sweeps = self.config.n_sweeps or default_n_sweeps(self.target)
         return self
 
-    def sample(self, n_samples: int):
-        """Run SMC with ``n_samples`` particles; returns a weighted :class:`~boltzkit.result.Result`."""
-        from ..estimators.ais import resample_islands, running_history, running_log_z
-        from ..estimators.importance import log_z_from_log_weights
+    def _run(self, n: int, M: int, ladder, *, pilot: bool = False) -> dict:
+        """One SMC pass of ``n`` particles in ``M`` islands; ``ladder`` None adapts it (CESS)."""
+        from ..estimators.ais import resample_islands, running_log_z
 
-        self._require_fit()
-        _check_positive("n_samples", n_samples)
-        cfg, n = self.config, int(n_samples)
-        M = cfg.n_islands or default_n_islands(n)
-        if n % M or n // M < 2:
-            raise ConfigError(f"n_samples={n} must be a multiple of n_islands={M} with at least 2 "
-                              f"particles per island; e.g. n_samples={M * max(2, -(-n // M))}")
-        t0 = time.perf_counter()
+        cfg = self.config
         gen, dev, dom = self.gens["sample"], self.device, self.target.domain
         log_z0 = dom.log_size()
         x = dom.reference(n, generator=gen, device=dev)
@@ -266,7 +265,8 @@ class SMC(Sampler):
         zero = torch.zeros((), dtype=torch.float64, device=dev)
         running, lambdas, acc_hist, ess_hist = [(zero + log_z0, zero)], [0.0], [], []
         events, n_energy, lam = 0, 0, 0.0
-        bar = progress_bar(total=1000, desc=f"smc ({self.kernel})", enabled=self.progress)
+        bar = progress_bar(total=1000, desc=f"smc ({self.kernel}{', ladder pilot' if pilot else ''})",
+                           enabled=self.progress)
         try:
             with torch.no_grad():
                 while lam < 1.0:
@@ -278,8 +278,8 @@ class SMC(Sampler):
                     n_energy += n
                     if not bool(torch.isfinite(u).all()):
                         raise TargetError(f"{self.target.name}.energy is not finite at lambda={lam:.4g}")
-                    if cfg.schedule is not None:
-                        new = cfg.schedule[len(lambdas)]
+                    if ladder is not None:
+                        new = ladder[len(lambdas)]
                     else:
                         new = next_lambda(logw, u, lam, cfg.cess, M)
                     logw = logw - (new - lam) * u
@@ -299,6 +299,32 @@ class SMC(Sampler):
                     lambdas.append(lam)
         finally:
             bar.close()
+        return {"x": x, "logw": logw, "log_acc": log_acc, "running": running, "lambdas": lambdas,
+                "acc": acc_hist, "ess": ess_hist, "events": events, "n_energy": n_energy, "log_z0": log_z0}
+
+    def sample(self, n_samples: int):
+        """Run SMC with ``n_samples`` particles; returns a weighted :class:`~boltzkit.result.Result`."""
+        from ..estimators.ais import running_history
+        from ..estimators.importance import log_z_from_log_weights
+
+        self._require_fit()
+        _check_positive("n_samples", n_samples)
+        cfg, n = self.config, int(n_samples)
+        M = cfg.n_islands or default_n_islands(n)
+        if n % M or n // M < 2:
+            raise ConfigError(f"n_samples={n} must be a multiple of n_islands={M} with at least 2 "
+                              f"particles per island; e.g. n_samples={M * max(2, -(-n // M))}")
+        t0 = time.perf_counter()
+        ladder, n_pilot = cfg.schedule, 0
+        if ladder is None and cfg.pilot > 0:  # the ladder from an independent pilot: islands iid
+            n_pilot = max(256, int(n * cfg.pilot))
+            m_pilot = default_n_islands(n_pilot)
+            n_pilot -= n_pilot % m_pilot
+            ladder = tuple(self._run(n_pilot, m_pilot, None, pilot=True)["lambdas"])
+        r = self._run(n, M, ladder)
+        x, logw, log_acc, running, lambdas = r["x"], r["logw"], r["log_acc"], r["running"], r["lambdas"]
+        acc_hist, ess_hist, events, log_z0 = r["acc"], r["ess"], r["events"], r["log_z0"]
+        n_energy = r["n_energy"] + n_pilot * (len(lambdas) - 1)
         wall = time.perf_counter() - t0
         island_log_z = log_acc + torch.logsumexp(logw.view(M, -1), 1) - math.log(n // M) + log_z0
         lw_final = (logw + log_acc.repeat_interleave(n // M) + log_z0).cpu()
@@ -311,9 +337,12 @@ class SMC(Sampler):
                 "n_islands": M, "resample_events": events, "log_z0": log_z0,
                 "log_z_stderr_from": "between islands", "island_log_z_std": spread,
                 "island_ess_frac": isl.ess_frac, "energy_evaluations": n_energy,
-                "sweeps_total": n * self.n_sweeps * (len(lambdas) - 1),
+                "sweeps_total": (n + n_pilot) * self.n_sweeps * (len(lambdas) - 1),
                 "acceptance": float(np.mean(history["acceptance"])), "wall_time_s": wall,
-                "adaptive_ladder": cfg.schedule is None}
+                "adaptive_ladder": cfg.schedule is None,
+                "ladder_from": ("explicit schedule" if cfg.schedule is not None else
+                                f"independent pilot run ({n_pilot} particles)" if n_pilot else
+                                "the particles themselves")}
         exact = getattr(self.target, "exact_log_z", lambda: None)()
         res = result_from_log_weights(x.cpu(), lw_final, exact_log_z=exact, diagnostics=diag,
                                       history=history, warn=False, **self._result_kwargs())
