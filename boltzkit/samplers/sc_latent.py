@@ -25,11 +25,13 @@ draw). The diffusion core is :class:`~boltzkit.samplers._shared.gaussian_diffusi
 GaussianDiffusion` with the denoiser :class:`~boltzkit.samplers.single_cell.ConditionalMLP`.
 
 Defaults (latent 8, 800 autoencoder steps, 1000 prior steps, guidance 0) were chosen by
-measurement on pbmc68k_reduced (seed-0 split, 140 test cells; real-vs-real floor MMD^2 -0.009,
-kNN AUC 0.47, label accuracy 0.80): latent 8 / 16 / 32 gave MMD^2 0.002 / 0.009 / 0.014 and
-kNN AUC 0.56 / 0.66 / 0.76; 1500 instead of 800 autoencoder steps gave 0.015 / 0.70 (the
-decoder overfits, its dispersions grow); guidance w = 0 / 0.5 / 1 gave label accuracy
-0.78 / 0.86 / 0.90 (real 0.80) and MMD^2 0.015 / 0.017 / 0.025, so w = 0.
+measurement on pbmc68k_reduced (``benchmarks/results/single_cell_tune.json``; seed-0 split,
+140 test cells; real-vs-real floor MMD^2 -0.009, kNN AUC 0.47, label accuracy 0.80): latent
+4 / 8 / 32 at 500 prior steps gave MMD^2 0.001 / -0.003 / 0.009 (kNN AUC 0.64 / 0.64 / 0.64),
+at 1500 prior steps latent 8 / 32 gave 0.002 / 0.014 (AUC 0.56 / 0.76: the larger latent
+overfits, its label accuracy rises to 0.89); 1500 instead of 800 autoencoder steps gave 0.015 /
+0.70; KL weight 0.1 instead of 1e-3 gave 0.011 / 0.68; on that model guidance w = 0 / 0.5 / 1
+gave label accuracy 0.78 / 0.86 / 0.90 (real 0.80) and MMD^2 0.015 / 0.017 / 0.025, so w = 0.
 
 Data. Counts in, counts out: a counts :class:`~boltzkit.datasets.single_cell.CellDataset`
 (from ``bk.sample(adata, label_key=...)``, which reads ``layers["counts"]`` when present);
