@@ -118,6 +118,7 @@ def plot(out, path):
     import matplotlib.pyplot as plt
 
     runs = out["runs"]
+    allkeys = sorted({(r["d"], r["p"]) for r in runs})
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for cap, ls in ((False, "-"), (True, "--")):
         for i, m in enumerate(SAMPLERS):
@@ -125,17 +126,16 @@ def plot(out, path):
             if not rows:
                 continue
             keys = sorted({(r["d"], r["p"]) for r in rows})
-            lab = [f"{d}/{p}" for d, p in keys]
             agg = lambda f: [np.mean([f(r) for r in rows if (r["d"], r["p"]) == kk]) for kk in keys]  # noqa: E731
-            x = np.arange(len(keys))
+            x = np.array([allkeys.index(kk) for kk in keys])
             name = f"{m}{' (cap)' if cap else ''}"
             axes[0].plot(x, agg(lambda r: r["seconds_per_ess"]), ls, marker="o", color=f"C{i}", label=name)
             axes[1].plot(x, agg(lambda r: r["violation_mean"]), ls, marker="o", color=f"C{i}", label=name)
             axes[2].plot(x, agg(lambda r: abs(r["err_mean_t"]) / max(r["se_mean_t"], 1e-12)), ls,
                          marker="o", color=f"C{i}", label=name)
-            for ax in axes:
-                ax.set_xticks(x)
-                ax.set_xticklabels(lab, rotation=30)
+    for ax in axes:
+        ax.set_xticks(np.arange(len(allkeys)))
+        ax.set_xticklabels([f"{d}/{q}" for d, q in allkeys], rotation=30)
     axes[0].set(yscale="log", title="seconds per effective sample", xlabel="d / p")
     axes[1].set(yscale="log", title="mean constraint violation (before landing)", xlabel="d / p")
     axes[2].set(title="|error of E mu.x| / stderr (accuracy check)", xlabel="d / p")
