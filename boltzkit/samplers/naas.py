@@ -726,7 +726,7 @@ class NAAS(TrainableSampler):
         """
         from dataclasses import replace
 
-        from ..estimators.ais import _resample_islands
+        from ..estimators.ais import resample_islands
 
         self._require_fit()
         _check_count("n_samples", n_samples)
@@ -772,7 +772,7 @@ class NAAS(TrainableSampler):
             lw = lw + log_g_new - log_g + step.log_bwd - step.log_fwd
             x, log_g = x_new, log_g_new
             if k < ts.numel() - 2:
-                x, log_g, _, lw, log_acc, ev = _resample_islands(x, log_g, x, lw, log_acc, frac, gen)
+                (x, log_g), lw, log_acc, ev = resample_islands((x, log_g), lw, log_acc, frac, gen)
                 events += ev
         m = n // islands
         island_log_z = (log_acc + torch.logsumexp(lw.view(islands, m), 1) - math.log(m)
