@@ -7,7 +7,7 @@ For each lattice size L (default 16 and 32) and method this measures
 * sweeps per second and effective samples per second (ESS = n_chains * n_sweeps / tau_int),
   per CPU second of the process (robust on a shared machine; wall-clock rates are also saved);
 * the mean energy against the exact finite-lattice value (Kaufman), as a correctness check;
-* log Z by annealed importance sampling (``boltzkit.estimators.ais``, heat-bath path)
+* log Z by annealed importance sampling (``boltzkit.samplers.ais``, heat-bath path)
   against Kaufman's exact value ``Ising.exact_log_z()``.
 
 Writes ``benchmarks/results/mcmc_lattice.json`` and ``benchmarks/results/mcmc_lattice.png``.
@@ -80,9 +80,9 @@ def run_chains(target: Ising, method: str, *, n_chains: int, burn_in: int, n_swe
 
 def run_ais(target: Ising, *, n_samples: int, n_levels: int, seed: int) -> dict:
     try:
-        from boltzkit.estimators.ais import ais
+        from boltzkit.samplers.ais import ais
     except ImportError as exc:  # AIS is optional for this benchmark
-        return {"skipped": f"boltzkit.estimators.ais is not available ({exc})"}
+        return {"skipped": f"boltzkit.samplers.ais is not available ({exc})"}
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnreliableEstimateWarning)

@@ -48,7 +48,7 @@ from scipy.stats import wasserstein_distance
 from boltzkit._utils import versions
 from boltzkit.energies.continuous import GaussianMixture, ManyWell
 from boltzkit.energies.particles import DoubleWell4, LennardJones
-from boltzkit.estimators.ais import ais
+from boltzkit.samplers.ais import ais
 from boltzkit.samplers.mala import MALA, adapt_log_step, mala_move
 from boltzkit.samplers.naas import NAAS
 

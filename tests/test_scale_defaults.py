@@ -10,7 +10,7 @@ import torch
 import boltzkit as bk
 from boltzkit.energies import Gaussian, GaussianMixture
 from boltzkit.energies.base import PriorHint
-from boltzkit.estimators.ais import ais
+from boltzkit.samplers.ais import ais
 
 from _stats import assert_consistent, assert_rejects
 

@@ -1,4 +1,6 @@
-"""Free-energy estimators and sampling diagnostics."""
+"""Free-energy estimators and sampling diagnostics: pure functions of weights and traces.
+
+``ais``/``jarzynski`` (functional forms of the samplers in :mod:`boltzkit.samplers`) load on use."""
 
 from .diagnostics import (AutocorrEstimate, autocorr_estimate, autocorr_function, ess_mcmc,
                           integrated_autocorr_time)
@@ -10,7 +12,13 @@ __all__ = ["AutocorrEstimate", "autocorr_estimate", "autocorr_function", "ess_mc
            "pareto_k", "self_normalized_expectation",
            "ais", "annealing_schedule", "jarzynski", "annealed_langevin"]
 
-# AIS / Jarzynski subclass boltzkit.samplers.base.Sampler (importing them registers the
-# 'ais' and 'jarzynski' methods); they come last so the estimators above exist first.
-from .ais import ais, annealing_schedule  # noqa: E402
-from .jarzynski import annealed_langevin, jarzynski  # noqa: E402
+
+
+def __getattr__(name):  # the annealing samplers live in boltzkit.samplers; their functional forms stay here
+    if name in ("ais", "annealing_schedule"):
+        from ..samplers import ais as module
+    elif name in ("jarzynski", "annealed_langevin"):
+        from ..samplers import jarzynski as module
+    else:
+        raise AttributeError(f"module 'boltzkit.estimators' has no attribute {name!r}")
+    return getattr(module, name)

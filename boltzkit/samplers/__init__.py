@@ -13,7 +13,8 @@ from .naas import NAAS, NAASConfig
 from .pdns import PDNS, PDNSConfig
 from .tr2d2 import TR2D2, TR2D2Config
 from .smc import SMC, SMCConfig
-from ..estimators import ais as _ais, jarzynski as _jarzynski  # noqa: F401  (register 'ais', 'jarzynski')
+from .ais import AIS
+from .jarzynski import Jarzynski
 
 __all__ = ["Sampler", "SamplerConfig", "TrainableSampler", "Metropolis", "HeatBath", "SwendsenWang", "Wolff", "MDNS", "MDNSConfig", "MALA"]
 __all__ += ["Stem", "StemConfig"]
@@ -23,4 +24,4 @@ __all__ += ["DiscreteASBS", "DiscreteASBSConfig"]
 __all__ += ["OLLA", "ProjectedLangevin", "SlackLangevin"]
 __all__ += ["PDNS", "PDNSConfig"]
 __all__ += ["TR2D2", "TR2D2Config"]
-__all__ += ["SMC", "SMCConfig"]
+__all__ += ["SMC", "SMCConfig", "AIS", "Jarzynski"]

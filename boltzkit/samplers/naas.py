@@ -726,7 +726,7 @@ class NAAS(TrainableSampler):
         """
         from dataclasses import replace
 
-        from ..estimators.ais import resample_islands
+        from .ais import resample_islands
 
         self._require_fit()
         _check_count("n_samples", n_samples)

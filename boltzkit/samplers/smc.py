@@ -138,7 +138,7 @@ class SMCConfig(SamplerConfig):
         if self.kernel not in KERNELS:
             raise ConfigError(f"unknown kernel {self.kernel!r}; use one of {KERNELS}")
         if self.schedule is not None:
-            from ..estimators.ais import annealing_schedule
+            from .ais import annealing_schedule
 
             lam = annealing_schedule(None, self.schedule)  # validates
             object.__setattr__(self, "schedule", tuple(float(v) for v in lam))
@@ -146,7 +146,7 @@ class SMCConfig(SamplerConfig):
 
 def _kernel_of(target, kernel: str):
     """(name, move(x, lam, generator) -> (x, acceptance)) for ``target``; reasons when refused."""
-    from ..estimators.ais import metropolis_sweep
+    from .ais import metropolis_sweep
     from ..kernels import lattice
 
     why_local = lattice.local_incompatibility(target)
@@ -254,7 +254,7 @@ class SMC(Sampler):
 
     def _run(self, n: int, M: int, ladder, *, pilot: bool = False) -> dict:
         """One SMC pass of ``n`` particles in ``M`` islands; ``ladder`` None adapts it (CESS)."""
-        from ..estimators.ais import resample_islands, running_log_z
+        from .ais import resample_islands, running_log_z
 
         cfg = self.config
         gen, dev, dom = self.gens["sample"], self.device, self.target.domain
@@ -304,7 +304,7 @@ class SMC(Sampler):
 
     def sample(self, n_samples: int):
         """Run SMC with ``n_samples`` particles; returns a weighted :class:`~boltzkit.result.Result`."""
-        from ..estimators.ais import running_history
+        from .ais import running_history
         from ..estimators.importance import log_z_from_log_weights
 
         self._require_fit()

@@ -77,7 +77,7 @@ from ..domains import Categorical, Reals
 from ..energies.base import framed, validate_target
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..result import result_from_log_weights
-from ..samplers.base import Sampler, SamplerConfig, _check_positive
+from .base import Sampler, SamplerConfig, _check_positive
 from ..kernels.categorical import random_scan_metropolis
 from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
 
@@ -465,7 +465,7 @@ class AIS(Sampler):
         # independent islands' log Z (the same log Z as the pooled weights)
         from dataclasses import replace
 
-        from .importance import log_z_from_log_weights
+        from ..estimators.importance import log_z_from_log_weights
 
         est = log_z_from_log_weights(smc["island_log_z"], warn=False)
         diag.update(n_islands=cfg.n_islands, resample_events=smc["resample_events"],

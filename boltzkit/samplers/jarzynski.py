@@ -48,9 +48,9 @@ from ..domains import Reals
 from ..energies.base import validate_target
 from ..errors import ConfigError, IncompatibleMethodError, TargetError, TrainingDivergedError
 from ..result import result_from_log_weights
-from ..samplers.base import Sampler, SamplerConfig, _check_positive
-from . import ais as _ais  # module reference: ais may still be initializing (import cycle)
-from .importance import LogZEstimate, log_z_from_log_weights
+from .base import Sampler, SamplerConfig, _check_positive
+from . import ais as _ais
+from ..estimators.importance import LogZEstimate, log_z_from_log_weights
 
 
 def jarzynski(work, *, log_z0: float = 0.0, warn: bool = True) -> LogZEstimate:
@@ -193,7 +193,7 @@ def annealed_langevin(target, *, n_samples: int = 1024, n_steps: int = 1000, dt:
     dt : float
         ULA time step; total protocol time is ``n_steps * dt``.
     schedule : str or sequence of float
-        Lambda schedule, see :func:`~boltzkit.estimators.ais.annealing_schedule`.
+        Lambda schedule, see :func:`~boltzkit.samplers.ais.annealing_schedule`.
     init_std : float
         The start is N(0, init_std^2 I).
     seed, device, progress :
