@@ -93,8 +93,10 @@ Measured (2-core CPU shared with other jobs, ``torch.set_num_threads(1)``).
   best-of-N 0.40 +- 0.10; the tree does explore where the reward is. But at this budget no
   fine-tuned law gets near p* (TV 0.73-0.79 for all) and the motif mass moves little: on-policy
   0.005, tree 0.008 (one-refresh buffers forget the rare hits), top-k 0.033, paper 0.052,
-  best-of-N's kept samples 0.047; a first-in-first-out buffer of 4 refreshes (unbiased) 0.03
-  on-policy, 0.02-0.04 with the tree (see the JSON). Why the tree adds little here (compared
+  best-of-N's kept samples 0.047. A first-in-first-out buffer of 4 refreshes (unbiased,
+  ``buffer_size=512``) keeps the hits: motif mass 0.029 +- 0.018 on-policy, 0.035 +- 0.010 with
+  the tree, whose evaluated p* mass is then 0.525 +- 0.009 (on-policy 0.47 +- 0.17); a greedier
+  selection (temperature = alpha) is worse (0.30, 0.012). Why the tree adds little here (compared
   with the reference code's rules, brief ``tr2d2.md`` section 2): selection scores a child by
   the mean reward of its rollouts, which is 0 until a rollout hits; ``n_expansions`` leaves
   branch over only the first 2-4 of the 7 reveal decisions, at random positions, so a selected
