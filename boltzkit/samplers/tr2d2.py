@@ -85,6 +85,24 @@ Measured (2-core CPU shared with other jobs, ``torch.set_num_threads(1)``).
   WDCE -1.043, on-policy + top-k -1.038, TR2-D2 -1.014, tree + all -1.005, best-of-N (top 64)
   -0.950 with a fine-tune/eval gap of 0.17 (TR2-D2: 0.04). Differences between the fine-tuning
   variants are small and, with one seed, not established.
+* Sparse motif (``benchmarks/tr2d2_mechanism.py``; length 7 over ACGT, exact chain denoiser,
+  r = 1 if the 5-mer ACGTA occurs: pretrained mass 0.0038, p* mass 0.75 at alpha = 0.15, TV(pre,
+  p*) 0.747; 60 WDCE steps = 1,536 reward calls, 3 seeds, mean +- sd). Fraction of p*'s mass
+  among the sequences the reward calls evaluated: on-policy 0.33 +- 0.03, tree (default) 0.45
+  +- 0.05, on-policy top-k 0.48 +- 0.09, paper TR2-D2 (tree, top-k, naive weights) 0.49 +- 0.09,
+  best-of-N 0.40 +- 0.10; the tree does explore where the reward is. But at this budget no
+  fine-tuned law gets near p* (TV 0.73-0.79 for all) and the motif mass moves little: on-policy
+  0.005, tree 0.008 (one-refresh buffers forget the rare hits), top-k 0.033, paper 0.052,
+  best-of-N's kept samples 0.047. A first-in-first-out buffer of 4 refreshes (unbiased,
+  ``buffer_size=512``) keeps the hits: motif mass 0.029 +- 0.018 on-policy, 0.035 +- 0.010 with
+  the tree, whose evaluated p* mass is then 0.525 +- 0.009 (on-policy 0.47 +- 0.17); a greedier
+  selection (temperature = alpha) is worse (0.30, 0.012). Why the tree adds little here (compared
+  with the reference code's rules, brief ``tr2d2.md`` section 2): selection scores a child by
+  the mean reward of its rollouts, which is 0 until a rollout hits; ``n_expansions`` leaves
+  branch over only the first 2-4 of the 7 reveal decisions, at random positions, so a selected
+  child fixes 1-2 of the motif's 5 tokens and raises the hit rate a few-fold at most (the
+  paper's DNA tree is 5-10 of 128 steps deep). The tree pays when the reward depends on the
+  first-revealed tokens and hits are not rare; with rare hits, keep them (``buffer_size``).
 
 Known failure modes.
 
