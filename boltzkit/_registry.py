@@ -29,6 +29,7 @@ class SamplerSpec:
     paper: str = ""
     description: str = ""
     supports: "Callable | None" = None  # target -> None if fine, else the reason it is not
+    pays: str = ""  # when the method is worth choosing, as measured (shown by explain)
 
     def priority_for(self, target) -> int:
         if callable(self.priority):
@@ -55,14 +56,15 @@ _REGISTRY: dict[str, SamplerSpec] = {}
 
 def register(name: str, *, kinds=("energy",), domains=(), priority: int = 0,
              provides_log_z: bool = True, paper: str = "", description: str = "",
-             supports=None):
-    """Class decorator that records a sampler under ``name``."""
+             supports=None, pays: str = ""):
+    """Class decorator that records a sampler under ``name``; ``pays`` says in a sentence when
+    the method is worth choosing (what was measured), for :func:`explain`."""
 
     def deco(cls):
         cls.name = name
         _REGISTRY[name] = SamplerSpec(name, cls, frozenset(kinds), tuple(domains), priority,
                                       provides_log_z, paper, description or (cls.__doc__ or "").strip().split("\n")[0],
-                                      supports)
+                                      supports, pays)
         return cls
 
     return deco
@@ -306,6 +308,10 @@ def explain(target, *, budget: float = DEFAULT_BUDGET, device="auto", file=None)
             status += ", fits the budget" if sec <= budget else ", over the budget"
         rows.append(f"{spec.name:<20} {spec.priority_for(target):>8}  "
                     f"{'yes' if spec.provides_log_z else 'no':<5}  {est:>9}  {status}")
+    pays = [f"  {spec.name}: {spec.pays}" for spec in sorted(registry().values(), key=lambda s: s.name)
+            if spec.pays and spec.incompatibility(target) is None]
+    if pays:
+        rows += ["", "when each compatible method pays:"] + pays
     text = Explanation("\n".join(rows))
     if file is not None:
         print(text, file=file)

@@ -238,7 +238,9 @@ class MDNSConfig(SamplerConfig):
 
 
 @register("mdns", kinds=("energy",), domains=(Categorical,), priority=10,
-          paper="Zhu et al. 2025, arXiv 2508.10684")
+          paper="Zhu et al. 2025, arXiv 2508.10684",
+          pays="categorical energies where a GPU makes training fit the budget, or many independent "
+               "weighted samples are wanted after training; on a CPU SMC is cheaper beyond ~8x8")
 class MDNS(TrainableSampler):
     """Masked diffusion neural sampler for categorical (lattice, sequence) energies.
 

@@ -389,7 +389,10 @@ class AnnealedLangevin:
 
 
 @register("naas", kinds=("energy",), domains=(Reals, ParticleCloud), priority=10,
-          paper="Choi et al. 2025, arXiv 2506.18165")
+          paper="Choi et al. 2025, arXiv 2506.18165",
+          pays="continuous energies with gradients where a trained sampler is reused for many draws; "
+               "sample_smc adds resampling (GMM-40 ESS 0.76 vs 0.23 plain); at CPU budgets AIS/SMC "
+               "are as accurate")
 class NAAS(TrainableSampler):
     """Non-equilibrium Annealed Adjoint Sampler (continuous energies; exact path weights)."""
 

@@ -439,7 +439,10 @@ class _BrownianBridge:
 
 # ---------------------------------------------------------------------------- the sampler
 @register("pdns", kinds=("energy",), domains=(Reals, Categorical, ParticleCloud), priority=pdns_priority,
-          paper="Guo et al. 2025, arXiv 2510.03824")
+          paper="Guo et al. 2025, arXiv 2510.03824",
+          pays="multimodal energies with separated modes: the proximal annealing keeps every mode that its "
+               "automatically sized reference covers (all 9 of a 2-D grid, where a unit reference kept one); "
+               "in high dimension give a prior_hint or reference_std")
 class PDNS(TrainableSampler):
     """Proximal diffusion neural sampler: proximal-point WDCE on path measures, exact weights.
 

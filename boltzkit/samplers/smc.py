@@ -202,6 +202,8 @@ def _local_moves(target) -> bool:
 
 @register("smc", kinds=("energy",), domains=(Categorical,), priority=1,
           paper="Del Moral, Doucet & Jasra 2006; Zhou, Johansen & Aston 2016",
+          pays="lattices on a CPU: log Z with a calibrated error bar in seconds to minutes, no training "
+               "(16x16 Ising at beta_c within 0.04 in ~30 CPU-s)",
           description="SMC over inverse temperature: adaptive ladder, island resampling, "
                       "heat-bath / cluster / Metropolis moves; log Z with an island error bar")
 class SMC(Sampler):
