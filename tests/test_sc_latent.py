@@ -179,29 +179,39 @@ def test_adapter_registry():
 
 
 # ---------------------------------------------------------------------------- sparse stays sparse
-def test_sparse_input_stays_sparse_on_20k_cells():
-    """20 000 cells x 2 000 genes at 3% density: training steps, encoding every cell and
-    generating allocate (numpy, tracemalloc) under a quarter of the dense float32 matrix."""
-    rng = np.random.default_rng(0)
-    n, g, dens = 20_000, 2_000, 0.03
-    x = sparse.random(n, g, density=dens, format="csr", random_state=0, dtype=np.float32,
+def _sparse_counts(n, g, seed=0):
+    rng = np.random.default_rng(seed)
+    x = sparse.random(n, g, density=0.03, format="csr", random_state=seed, dtype=np.float32,
                       data_rvs=lambda k: rng.integers(1, 20, k).astype(np.float32))
     a = ad.AnnData(X=sparse.csr_matrix(x.shape, dtype=np.float32))
     a.layers["counts"] = x
     a.obs["cell_type"] = np.asarray(["a", "b", "c", "d"])[rng.integers(0, 4, n)]
-    dense_bytes = n * g * 4
+    return a
+
+
+def _fit_generate(a):
+    ds = as_target(a, label_key="cell_type", layer="auto")
+    m = SCLatentDiffusion(seed=0, device="cpu", latent=2, ae_hidden=16, hidden=16, depth=1,
+                          ae_steps=2, n_steps=2, sampling_steps=2, batch_size=64).fit(ds)
+    return ds, m.generate(200).to_anndata()
+
+
+def test_sparse_input_stays_sparse_on_20k_cells():
+    """20 000 cells x 2 000 genes at 3% density (CSR 9.7 MB; dense float32 160 MB): reading the
+    AnnData, training steps, encoding every cell and generating allocate (numpy, tracemalloc)
+    under 20 MB, an eighth of the dense matrix (measured: 9.8 MB, the CSR copy). A warm-up run
+    on 300 cells first, so that module imports are not counted."""
+    _fit_generate(_sparse_counts(300, 2000))
+    a = _sparse_counts(20_000, 2000)
+    dense_bytes = a.n_obs * a.n_vars * 4
     tracemalloc.start()
     try:
-        ds = as_target(a, label_key="cell_type", layer="auto")
-        m = SCLatentDiffusion(seed=0, device="cpu", latent=2, ae_hidden=16, hidden=16, depth=1,
-                              ae_steps=2, n_steps=2, sampling_steps=2, batch_size=64).fit(ds)
-        res = m.generate(200)
-        out = res.to_anndata()
+        ds, out = _fit_generate(a)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert ds.is_sparse and sparse.issparse(out.layers["counts"])
-    assert peak < dense_bytes / 4, f"peak {peak / 1e6:.0f} MB vs dense {dense_bytes / 1e6:.0f} MB"
+    assert peak < dense_bytes / 8, f"peak {peak / 1e6:.0f} MB vs dense {dense_bytes / 1e6:.0f} MB"
 
 
 # ---------------------------------------------------------------------------- metrics and baselines
