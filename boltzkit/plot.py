@@ -62,7 +62,7 @@ def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
                           loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(values.size, 5),
                           fontsize=8, frameon=False)
         elif panel == "samples":
-            drawer = _sample_plot_of(result.target)
+            drawer = _sample_plot_of(result.target) or (lattice_sample_plot if lattice else None)
             if drawer is not None:  # the target's own view (Ramachandran map, lattice order parameter)
                 drawer(ax, x, w, result.target)
                 if lattice:

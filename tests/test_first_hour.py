@@ -81,29 +81,6 @@ def test_load_never_unpickles(tmp_path, monkeypatch):
         Result.load(tmp_path / "objects.npz")
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions, not root")
-def test_unreadable_file_and_folder_are_named(tmp_path):
-    path = _result().save(tmp_path / "r.npz")
-    path.chmod(0)
-    try:
-        with pytest.raises(FileAccessError, match=f"cannot read {path}: permission denied"):
-            Result.load(path)
-    finally:
-        path.chmod(0o644)
-    folder = tmp_path / "shards"
-    folder.mkdir()
-    (folder / "index.json").write_text("{}")
-    folder.chmod(0)
-    try:
-        with pytest.raises(FileAccessError, match="permission denied") as info:
-            next(iter_shards(folder))
-        assert str(folder) in str(info.value)
-    finally:
-        folder.chmod(0o755)
-    with pytest.raises(ResultFileError, match=f"{folder}.*not a valid sample_to"):
-        next(iter_shards(folder))
-
-
 def test_cli_info_prints_one_line_not_a_traceback(tmp_path, capsys):
     cases = _bad_files(tmp_path)
     for name in ("truncated.npz", "text.npz", "objects.npz", "folder"):
