@@ -110,26 +110,13 @@ from ..errors import (ConfigError, ConvergenceWarning, DomainError, Incompatible
                       InfeasibleConstraintError, TargetError, TrainingDivergedError)
 from ..estimators.diagnostics import autocorr_estimate
 from ..result import Result
-from .base import Sampler, SamplerConfig
+from .base import Sampler, SamplerConfig, _check_count, check_number
 
 LOG_Z_UNAVAILABLE = ("{name} is an (unadjusted) MCMC sampler of a constrained target: it returns "
                      "samples, not the normalizing constant of exp(-f) on the constraint set")
 _MAX_TAU_COORDS = 16
 EPS_KICK = 1.7  # inward landing kick of an active inequality, in noise standard deviations
 LAND_REL_TOL = 1e-6  # land_samples: returned samples satisfy the constraints to 1e-6 * domain.tol
-
-
-def _pos_int(name, v, *, allow_zero=False):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if allow_zero else 1):
-        raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, "
-                          f"got {v!r}")
-
-
-def _pos_float(name, v, *, allow_zero=False):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
-            v < 0 or (v == 0 and not allow_zero):
-        raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, "
-                          f"got {v!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,10 +139,10 @@ class ConstrainedLangevinConfig(SamplerConfig):
     land_start: bool = True
 
     def __post_init__(self):
-        _pos_float("step_size", self.step_size)
-        _pos_int("n_chains", self.n_chains)
-        _pos_int("n_burnin", self.n_burnin, allow_zero=True)
-        _pos_int("thin", self.thin)
+        check_number("step_size", self.step_size)
+        _check_count("n_chains", self.n_chains)
+        _check_count("n_burnin", self.n_burnin, minimum=0)
+        _check_count("thin", self.thin)
         if not isinstance(self.land_start, bool):
             raise ConfigError(f"land_start must be True or False, got {self.land_start!r}")
 
@@ -192,16 +179,16 @@ class OLLAConfig(ConstrainedLangevinConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _pos_float("alpha", self.alpha)
+        check_number("alpha", self.alpha)
         if self.epsilon != "auto":
-            _pos_float("epsilon", self.epsilon, allow_zero=True)
-        _pos_float("proj_damp", self.proj_damp, allow_zero=True)
+            check_number("epsilon", self.epsilon, allow_zero=True)
+        check_number("proj_damp", self.proj_damp, allow_zero=True)
         if self.curvature not in ("auto", "exact", "hutchinson", "none"):
             raise ConfigError(f"curvature must be 'auto', 'exact', 'hutchinson' or 'none', "
                               f"got {self.curvature!r}")
-        _pos_int("n_hutchinson", self.n_hutchinson)
-        _pos_int("exact_max_dim", self.exact_max_dim)
-        _pos_int("land_iters", self.land_iters)
+        _check_count("n_hutchinson", self.n_hutchinson)
+        _check_count("exact_max_dim", self.exact_max_dim)
+        _check_count("land_iters", self.land_iters)
         if not isinstance(self.land_samples, bool):
             raise ConfigError(f"land_samples must be True or False, got {self.land_samples!r}")
         if self.alpha * self.step_size >= 1:
@@ -222,8 +209,8 @@ class ProjectedLangevinConfig(ConstrainedLangevinConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _pos_int("proj_iters", self.proj_iters)
-        _pos_float("proj_tol", self.proj_tol)
+        _check_count("proj_iters", self.proj_iters)
+        check_number("proj_tol", self.proj_tol)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,7 +267,7 @@ class _ConstrainedLangevin(Sampler):
                 f"{type(dom).__name__}; build one with "
                 "bk.constrain(energy, equalities=..., inequalities=...)")
         n_steps = self.config.n_burnin if n_steps is None else n_steps
-        _pos_int("n_steps", n_steps, allow_zero=True)
+        _check_count("n_steps", n_steps, minimum=0)
         self._attach(target)
         self.domain = dom
         self._setup()
@@ -303,7 +290,7 @@ class _ConstrainedLangevin(Sampler):
     def sample(self, n_samples: int) -> Result:
         """Continue the chains and return ``n_samples`` states, every ``thin``-th step of each chain."""
         self._require_fit()
-        _pos_int("n_samples", n_samples)
+        _check_count("n_samples", n_samples)
         cfg, dom = self.config, self.domain
         n_keep = max(2, math.ceil(n_samples / cfg.n_chains))
         t0 = time.perf_counter()

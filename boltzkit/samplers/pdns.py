@@ -114,7 +114,6 @@ import time
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .. import distributed as dist
@@ -132,7 +131,7 @@ from ._shared.ema import EMA
 from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
 from ._shared.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
                           state_space, time_grid)
-from .base import SamplerConfig, TrainableSampler, _check_count
+from .base import SamplerConfig, TrainableSampler, _check_count, check_number
 
 __all__ = ["PDNS", "PDNSConfig", "pdns_priority"]
 
@@ -150,14 +149,6 @@ def pdns_priority(target) -> int:
 
 
 _int_option = _check_count  # the shared integer-option check
-
-
-def _pos_float(name, value, *, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value <= 0:
-        raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,11 +225,11 @@ class PDNSConfig(SamplerConfig):
                               f"got {self.batch_size}")
         for name in ("hidden", "n_layers", "n_unmask_steps", "train_unmask_steps"):
             _int_option(name, getattr(self, name), allow_none=True)
-        _pos_float("lr", self.lr)
-        _pos_float("grad_clip", self.grad_clip, allow_none=True)
+        check_number("lr", self.lr)
+        check_number("grad_clip", self.grad_clip, allow_none=True)
         if self.reference_std != "auto":
-            _pos_float("reference_std", self.reference_std)
-        _pos_float("noise_ratio", self.noise_ratio)
+            check_number("reference_std", self.reference_std)
+        check_number("noise_ratio", self.noise_ratio)
         if self.noise_ratio <= 1.0:
             raise ConfigError(f"noise_ratio (largest / smallest noise level) must be > 1, got "
                               f"{self.noise_ratio!r}")

@@ -41,6 +41,7 @@ import math
 import torch
 
 from ...errors import ConfigError, TrainingDivergedError
+from ..base import check_number
 
 __all__ = ["ProximalSchedule", "tilted_kl", "ess_fraction", "SCHEDULES", "ANCHORS"]
 
@@ -60,15 +61,6 @@ def ess_fraction(s: torch.Tensor) -> float:
     """Kish effective sample size of ``softmax(s)`` divided by the batch size, in (0, 1]."""
     w = torch.softmax(s.to(torch.float64), 0)
     return float(1.0 / (w * w).sum()) / s.numel()
-
-
-def _check_positive(name, value, *, allow_none=False, upper=None):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value <= 0 or (upper is not None and value > upper):
-        bound = f" and <= {upper}" if upper is not None else ""
-        raise ConfigError(f"{name} must be a positive finite number{bound}, got {value!r}")
 
 
 class ProximalSchedule:
@@ -103,9 +95,9 @@ class ProximalSchedule:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {mode!r}")
         if anchor not in ANCHORS:
             raise ConfigError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
-        _check_positive("kl_budget", kl_budget)
-        _check_positive("eta", eta)
-        _check_positive("tol", tol, upper=1.0)
+        check_number("kl_budget", kl_budget)
+        check_number("eta", eta)
+        check_number("tol", tol, upper=1.0)
         if ess_target is not None and not (isinstance(ess_target, (int, float)) and 0 < ess_target < 1):
             raise ConfigError(f"ess_target must be in (0, 1) or None, got {ess_target!r}")
         if isinstance(eta_growth, bool) or not isinstance(eta_growth, (int, float)) \
