@@ -68,7 +68,7 @@ from ..datasets.single_cell import (ANNDATA_KIND, TARGET_SUM, CellDataset, CellE
 from ..errors import ConfigError, DatasetError, TargetError
 from ..result import Result
 from ._shared.ema import EMA
-from ._shared.gaussian_diffusion import GaussianDiffusion, check_diffusion_options, optimize_denoiser
+from ._shared.gaussian_diffusion import DiffusionOptions, GaussianDiffusion, check_diffusion_options, optimize_denoiser
 from .base import SamplerConfig, TrainableSampler, _check_count
 from .single_cell import ConditionalMLP, SCDiffusion, _check_condition_type, _jsonable_condition
 
@@ -126,7 +126,7 @@ class NBAutoencoder(nn.Module):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SCLatentDiffusionConfig(SamplerConfig):
+class SCLatentDiffusionConfig(DiffusionOptions, SamplerConfig):
     """Options of :class:`SCLatentDiffusion`.
 
     Attributes
@@ -162,19 +162,7 @@ class SCLatentDiffusionConfig(SamplerConfig):
     guidance: float = 0.0
     cond_dropout: float = 0.1
     batch_size: int = 128
-    lr: float = 1e-3
     lr_min: float = 1e-4
-    weight_decay: float = 0.0
-    grad_clip: "float | None" = 1.0
-    ema_decay: float = 0.999
-    n_timesteps: int = 1000
-    schedule: str = "linear"
-    parametrization: str = "eps"
-    variance: str = "fixed_small"
-    sampler: str = "ancestral"
-    sampling_steps: "int | None" = 100
-    ddim_eta: float = 0.0
-    sample_batch_size: int = 4096
 
     def __post_init__(self):
         for name in ("latent", "ae_hidden", "hidden", "depth", "n_steps", "batch_size", "n_timesteps",

@@ -60,7 +60,7 @@ from ..datasets.single_cell import (ANNDATA_KIND, CellDataset, CellExpressionDom
 from ..errors import ConfigError, DatasetError, TargetError
 from ..result import Result
 from ._shared.ema import EMA
-from ._shared.gaussian_diffusion import GaussianDiffusion, check_diffusion_options, optimize_denoiser
+from ._shared.gaussian_diffusion import DiffusionOptions, GaussianDiffusion, check_diffusion_options, optimize_denoiser
 from ._shared.time_embedding import SinusoidalTimeEmbedding
 from .base import SamplerConfig, TrainableSampler, _check_count
 from .stem import GeneTokenDiT
@@ -155,7 +155,7 @@ class _DiTLabels(nn.Module):
 
 # ---------------------------------------------------------------------------- config
 @dataclass(frozen=True, kw_only=True)
-class SCDiffusionConfig(SamplerConfig):
+class SCDiffusionConfig(DiffusionOptions, SamplerConfig):
     """Options of :class:`SCDiffusion`.
 
     Attributes
@@ -196,20 +196,8 @@ class SCDiffusionConfig(SamplerConfig):
     cond_dropout: float = 0.1
     n_steps: int = 3000
     batch_size: int = 128
-    lr: float = 1e-3
     lr_min: float = 1e-4
-    weight_decay: float = 0.0
-    grad_clip: "float | None" = 1.0
-    ema_decay: float = 0.999
-    n_timesteps: int = 1000
-    schedule: str = "linear"
-    parametrization: str = "eps"
-    variance: str = "fixed_small"
-    sampler: str = "ancestral"
-    sampling_steps: "int | None" = 100
-    ddim_eta: float = 0.0
     clip_x0: bool = True
-    sample_batch_size: int = 4096
 
     def __post_init__(self):
         if self.space not in ("genes", "pca"):

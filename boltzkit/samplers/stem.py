@@ -85,7 +85,7 @@ from ..datasets.spatial import SCALE, ExpressionDomain, SpatialDataset
 from ..errors import ConfigError, DatasetError, TargetError
 from ..result import Result
 from ._shared.ema import EMA
-from ._shared.gaussian_diffusion import GaussianDiffusion, check_diffusion_options, optimize_denoiser
+from ._shared.gaussian_diffusion import DiffusionOptions, GaussianDiffusion, check_diffusion_options, optimize_denoiser
 from ._shared.time_embedding import SinusoidalTimeEmbedding
 from .base import SamplerConfig, TrainableSampler, _check_count
 
@@ -185,7 +185,7 @@ class GeneTokenDiT(nn.Module):
 
 # ---------------------------------------------------------------------------- config
 @dataclass(frozen=True, kw_only=True)
-class StemConfig(SamplerConfig):
+class StemConfig(DiffusionOptions, SamplerConfig):
     """Options of :class:`Stem`.
 
     Attributes
@@ -223,20 +223,10 @@ class StemConfig(SamplerConfig):
     augment: bool = True
     n_steps: int = 3000
     batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: "float | None" = 1.0
-    ema_decay: float = 0.999
-    n_timesteps: int = 1000
-    schedule: str = "linear"
-    parametrization: str = "eps"
     variance: str = "learned_range"
-    sampler: str = "ancestral"
     sampling_steps: "int | None" = 50
-    ddim_eta: float = 0.0
     clip_x0: bool = False
     standardize: bool = False
-    sample_batch_size: int = 4096
 
     def __post_init__(self):
         if self.size not in SIZES:

@@ -35,6 +35,7 @@ All randomness is drawn from the ``generator`` passed in.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -42,6 +43,25 @@ import torch
 
 from ... import distributed as dist
 from ...errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffusionOptions:
+    """The options every conditional diffusion sampler shares (training of the denoiser, the
+    forward process and the sampler); a method's Config inherits them and may change a default."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: "float | None" = 1.0
+    ema_decay: float = 0.999
+    n_timesteps: int = 1000
+    schedule: str = "linear"
+    parametrization: str = "eps"
+    variance: str = "fixed_small"
+    sampler: str = "ancestral"
+    sampling_steps: "int | None" = 100
+    ddim_eta: float = 0.0
+    sample_batch_size: int = 4096
 
 __all__ = ["GaussianDiffusion", "beta_schedule", "space_timesteps", "PARAMETRIZATIONS",
            "VARIANCES", "SCHEDULES"]
