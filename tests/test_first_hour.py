@@ -227,6 +227,26 @@ def test_plus_inf_is_zero_density_not_an_error():
         check_energies(torch.zeros(3), x, grad=torch.tensor([[0.0, float("nan")], [0, 0], [0, 0]]), name="E")
 
 
+def test_nan_late_in_a_constrained_run_is_named_not_called_divergence():
+    from boltzkit.constraints import sphere
+
+    calls = {"n": 0}
+
+    def energy(x):  # on S^2: NaN where x0 > 0.5, but only after 20 evaluations
+        calls["n"] += 1
+        u = -x[:, 2]
+        return u + torch.sqrt(0.5 - x[:, 0]) - 0.5 ** 0.5 if calls["n"] > 20 else u
+
+    target = bk.constrain(energy, sphere(3))
+    with pytest.raises(bk.errors.NonFiniteEnergyError) as info:
+        bk.sample(target, "olla", n_samples=256, n_steps=200, seed=0, progress=False, n_chains=64)
+    msg = str(info.value)
+    assert "NaN" in msg and "olla step" in msg and "x[0] in [" in msg, msg
+    # negative control: the same run without the NaN region samples without error
+    calls["n"] = -10 ** 9
+    bk.sample(target, "olla", n_samples=256, n_steps=50, seed=0, progress=False, n_chains=64)
+
+
 # ----------------------------------------------------------------------------- exact values
 def test_potts_momentum_transfer_matches_dense_transfer_and_enumeration():
     from boltzkit.energies import exact

@@ -101,6 +101,7 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from .._finite import check_energies
 from .._registry import register
 from .._utils import progress_bar
 from ..constraints.base import Constrained
@@ -419,6 +420,7 @@ class _ConstrainedLangevin(Sampler):
         viol_mean, viol_max, infeas, stats, kept = [], [], [], {}, []
         tol = self.domain.tol
         for i in progress_bar(range(n_steps), desc=self.name, enabled=self.progress):
+            self._step_index = i  # named by the non-finite-energy check
             state, viol, st = self._step(state, gen)
             viol_mean.append(viol.mean())
             viol_max.append(viol.max())
@@ -455,7 +457,11 @@ class _ConstrainedLangevin(Sampler):
 
     def _grad_energy(self, xr: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         (gf,) = torch.autograd.grad(u.sum(), xr, retain_graph=True, allow_unused=True)
-        return torch.zeros_like(xr) if gf is None else gf
+        gf = torch.zeros_like(xr) if gf is None else gf
+        # a NaN energy is the target's fault: named, never reported as the chains diverging
+        check_energies(u.detach(), xr.detach(), grad=gf, name=f"{self.target.name}.energy",
+                       where=f"at {self.name} step {getattr(self, '_step_index', 0) + 1}")
+        return gf
 
     def _noise(self, like: torch.Tensor, gen) -> torch.Tensor:
         return torch.randn(like.shape, generator=gen, device=like.device, dtype=like.dtype)
