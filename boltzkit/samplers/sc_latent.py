@@ -63,14 +63,15 @@ import torch
 from torch import nn
 
 from .._registry import register
-from ..datasets.single_cell import (ANNDATA_KIND, TARGET_SUM, CellDataset, CellExpressionDomain,
+from ..datasets.single_cell import (TARGET_SUM, CellDataset, CellExpressionDomain,
                                     dense_rows, var_to_json)
 from ..errors import ConfigError, DatasetError, TargetError
 from ..result import Result
 from ._shared.ema import EMA
-from ._shared.gaussian_diffusion import DiffusionOptions, GaussianDiffusion, check_diffusion_options, optimize_denoiser
+from ._shared.gaussian_diffusion import (DiffusionOptions, GaussianDiffusion, check_diffusion_options,
+                                         check_guidance_options, optimize_denoiser)
 from .base import SamplerConfig, TrainableSampler, _check_count
-from .single_cell import ConditionalMLP, SCDiffusion, _check_condition_type, _jsonable_condition
+from .single_cell import ConditionalMLP, SCDiffusion, _check_condition_type
 
 __all__ = ["SCLatentDiffusion", "SCLatentDiffusionConfig", "NBAutoencoder", "nb_log_prob", "sample_nb"]
 
@@ -170,10 +171,7 @@ class SCLatentDiffusionConfig(DiffusionOptions, SamplerConfig):
             _check_count(name, getattr(self, name))
         _check_count("ae_steps", self.ae_steps, minimum=0)
         _check_count("sampling_steps", self.sampling_steps, allow_none=True)
-        if self.sampling_steps is not None and self.sampling_steps > self.n_timesteps:
-            raise ConfigError(f"sampling_steps ({self.sampling_steps}) cannot exceed n_timesteps "
-                              f"({self.n_timesteps})")
-        for name in ("lr", "lr_min", "ae_lr"):
+        for name in ("lr_min", "ae_lr"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
                 raise ConfigError(f"{name} must be a positive number, got {v!r}")
@@ -181,12 +179,7 @@ class SCLatentDiffusionConfig(DiffusionOptions, SamplerConfig):
             raise ConfigError(f"ae_kl must be a number >= 0, got {self.ae_kl!r}")
         if not 0.0 <= self.ae_dropout < 1.0:
             raise ConfigError(f"ae_dropout must be in [0, 1), got {self.ae_dropout!r}")
-        if not (isinstance(self.guidance, (int, float)) and self.guidance >= 0):
-            raise ConfigError(f"guidance must be a number >= 0, got {self.guidance!r}")
-        if not 0.0 <= self.cond_dropout < 1.0:
-            raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout!r}")
-        if self.guidance > 0 and self.cond_dropout == 0:
-            raise ConfigError("guidance > 0 needs an unconditional model: set cond_dropout > 0 (e.g. 0.1)")
+        check_guidance_options(self)
         check_diffusion_options(self)
         _check_condition_type(self.condition)
 

@@ -60,7 +60,8 @@ from ..datasets.single_cell import (ANNDATA_KIND, CellDataset, CellExpressionDom
 from ..errors import ConfigError, DatasetError, TargetError
 from ..result import Result
 from ._shared.ema import EMA
-from ._shared.gaussian_diffusion import DiffusionOptions, GaussianDiffusion, check_diffusion_options, optimize_denoiser
+from ._shared.gaussian_diffusion import (DiffusionOptions, GaussianDiffusion, check_diffusion_options,
+                                         check_guidance_options, optimize_denoiser)
 from ._shared.time_embedding import SinusoidalTimeEmbedding
 from .base import SamplerConfig, TrainableSampler, _check_count
 from .stem import GeneTokenDiT
@@ -208,19 +209,9 @@ class SCDiffusionConfig(DiffusionOptions, SamplerConfig):
                      "sample_batch_size"):
             _check_count(name, getattr(self, name))
         _check_count("sampling_steps", self.sampling_steps, allow_none=True)
-        if self.sampling_steps is not None and self.sampling_steps > self.n_timesteps:
-            raise ConfigError(f"sampling_steps ({self.sampling_steps}) cannot exceed n_timesteps "
-                              f"({self.n_timesteps})")
-        for name in ("lr", "lr_min"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
-                raise ConfigError(f"{name} must be a positive number, got {v!r}")
-        if not (isinstance(self.guidance, (int, float)) and self.guidance >= 0):
-            raise ConfigError(f"guidance must be a number >= 0, got {self.guidance!r}")
-        if not 0.0 <= self.cond_dropout < 1.0:
-            raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout!r}")
-        if self.guidance > 0 and self.cond_dropout == 0:
-            raise ConfigError("guidance > 0 needs an unconditional model: set cond_dropout > 0 (e.g. 0.1)")
+        if not (isinstance(self.lr_min, (int, float)) and self.lr_min > 0 and math.isfinite(self.lr_min)):
+            raise ConfigError(f"lr_min must be a positive number, got {self.lr_min!r}")
+        check_guidance_options(self)
         check_diffusion_options(self)
         _check_condition_type(self.condition)
 

@@ -68,7 +68,6 @@ Known failure modes.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -235,11 +234,6 @@ class StemConfig(DiffusionOptions, SamplerConfig):
             _check_count(name, getattr(self, name))
         for name in ("hidden", "depth", "heads", "sampling_steps"):
             _check_count(name, getattr(self, name), allow_none=True)
-        if self.sampling_steps is not None and self.sampling_steps > self.n_timesteps:
-            raise ConfigError(f"sampling_steps ({self.sampling_steps}) cannot exceed n_timesteps "
-                              f"({self.n_timesteps})")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         check_diffusion_options(self)
         if isinstance(self.encoder, str) and self.encoder not in _ENCODER_NAMES:
             raise ConfigError(f"encoder must be one of {_ENCODER_NAMES} or an ImageEncoder object, "

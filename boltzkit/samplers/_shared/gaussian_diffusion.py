@@ -95,7 +95,13 @@ def optimize_denoiser(diffusion, denoise, x0: torch.Tensor, *, generator, optimi
 
 
 def check_diffusion_options(cfg) -> None:
-    """Validate the diffusion fields shared by the dataset models' configs (Stem, single cell)."""
+    """Validate the diffusion fields shared by the dataset models' configs (Stem, single cell):
+    the fields of :class:`DiffusionOptions`."""
+    if cfg.sampling_steps is not None and cfg.sampling_steps > cfg.n_timesteps:
+        raise ConfigError(f"sampling_steps ({cfg.sampling_steps}) cannot exceed n_timesteps "
+                          f"({cfg.n_timesteps})")
+    if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ConfigError(f"lr must be a positive number, got {cfg.lr!r}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
@@ -110,6 +116,17 @@ def check_diffusion_options(cfg) -> None:
         raise ConfigError(f"sampler must be 'ancestral' or 'ddim', got {cfg.sampler!r}")
     if not cfg.ddim_eta >= 0:
         raise ConfigError(f"ddim_eta must be >= 0, got {cfg.ddim_eta!r}")
+
+
+def check_guidance_options(cfg) -> None:
+    """Validate classifier-free guidance: weight ``guidance >= 0`` and label dropout
+    ``cond_dropout`` in [0, 1), which must be positive for any guidance (the unconditional model)."""
+    if not (isinstance(cfg.guidance, (int, float)) and cfg.guidance >= 0):
+        raise ConfigError(f"guidance must be a number >= 0, got {cfg.guidance!r}")
+    if not 0.0 <= cfg.cond_dropout < 1.0:
+        raise ConfigError(f"cond_dropout must be in [0, 1), got {cfg.cond_dropout!r}")
+    if cfg.guidance > 0 and cfg.cond_dropout == 0:
+        raise ConfigError("guidance > 0 needs an unconditional model: set cond_dropout > 0 (e.g. 0.1)")
 
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
