@@ -74,7 +74,7 @@ from .._finite import check_energies
 from .._registry import register
 from .._utils import progress_bar
 from ..domains import Categorical, Reals
-from ..energies.base import framed, validate_target
+from ..energies.base import framed
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..result import result_from_log_weights
 from .base import Sampler, SamplerConfig, _check_positive
@@ -427,9 +427,8 @@ class AIS(Sampler):
             raise ConfigError("resample_ess (SMC) is implemented for continuous targets only in 'ais'; "
                               "for lattice and sequence targets use method='smc' (adaptive ladder, "
                               "island resampling)")
-        validate_target(target, needs_grad=isinstance(dom, Reals), device="cpu")
+        self._attach(target, needs_grad=isinstance(dom, Reals))
         self.kernel = _resolve_kernel(target, self.config.kernel)
-        self.target = target.to(self.device) if isinstance(target, torch.nn.Module) else target
         return self
 
     def sample(self, n_samples: int):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +74,10 @@ class Sampler:
     def config_dict(self) -> dict:
         return dataclasses.asdict(self.config)
 
-    def _attach(self, target):
-        validate_target(target, needs_grad=self.needs_grad, device="cpu")
+    def _attach(self, target, *, needs_grad: "bool | None" = None):
+        """Validate ``target`` (with gradients when ``needs_grad``, default the class's) and keep it
+        on the sampler's device."""
+        validate_target(target, needs_grad=self.needs_grad if needs_grad is None else needs_grad, device="cpu")
         self.target = target.to(self.device) if isinstance(target, torch.nn.Module) else target
         return self.target
 

@@ -45,7 +45,6 @@ import torch
 from .._registry import register
 from .._utils import progress_bar
 from ..domains import Reals
-from ..energies.base import validate_target
 from ..errors import ConfigError, IncompatibleMethodError, TargetError, TrainingDivergedError
 from ..result import result_from_log_weights
 from .base import Sampler, SamplerConfig, _check_positive
@@ -136,8 +135,7 @@ class Jarzynski(Sampler):
                                           f"{type(getattr(target, 'domain', None)).__name__}")
         if n_steps is not None:
             self.config = self.make_config(self.config, n_steps=n_steps)
-        validate_target(target, needs_grad=True, device="cpu")
-        self.target = target.to(self.device) if isinstance(target, torch.nn.Module) else target
+        self._attach(target, needs_grad=True)
         return self
 
     def sample(self, n_samples: int):
