@@ -269,6 +269,23 @@ class TrainableSampler(Sampler):
             own = {k: g.get_state() for k, g in fresh.items()}
         return {**saved, **own, **({"init": saved["init"]} if "init" in saved else {})}
 
+    @classmethod
+    def _read_saved_model(cls, path) -> dict:
+        """The state a model's ``save`` wrote (:meth:`save_checkpoint`), read with
+        ``weights_only=True`` (never unpickles code), checked to be this method's, its
+        generators on the CPU: the common start of the ``load`` classmethods."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("method") != cls.name:
+            raise ConfigError(f"{path} holds a {state.get('method')!r} checkpoint, not a {cls.name!r} model")
+        state["generators"] = {k: v.cpu() for k, v in state["generators"].items()}
+        return state
+
+    @classmethod
+    def _saved_config(cls, state: dict, **overrides):
+        """The saved ``Config`` (fields this version knows), with ``overrides`` replacing saved values."""
+        known = {f.name for f in dataclasses.fields(cls.Config)} - set(overrides)
+        return cls.Config(**{k: v for k, v in state["config"].items() if k in known}, **overrides)
+
     def save_checkpoint(self, path) -> None:
         """Write the checkpoint atomically. Under a process group every rank must call it:
         the generator states are gathered and rank 0 alone writes the file."""

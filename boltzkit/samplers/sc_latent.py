@@ -52,7 +52,6 @@ Known failure modes.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -428,15 +427,10 @@ class SCLatentDiffusion(TrainableSampler):
     def load(cls, path, *, device="auto", progress=None) -> "SCLatentDiffusion":
         """Load a model written by :meth:`save` (``torch.load(weights_only=True)``); it can
         generate but not resume training on the (not stored) count matrix."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("method") != "sc_latent":
-            raise ConfigError(f"{path} holds a {state.get('method')!r} checkpoint, not an 'sc_latent' model")
-        known = {f.name for f in dataclasses.fields(SCLatentDiffusionConfig)}
-        cfg = {k: v for k, v in state["config"].items() if k in known}
-        obj = cls(SCLatentDiffusionConfig(**cfg), device=device, seed=state["seed"], progress=progress)
+        state = cls._read_saved_model(path)
+        obj = cls(cls._saved_config(state), device=device, seed=state["seed"], progress=progress)
         info = state["sampler"]["info"]
         obj.info = dict(info)
         obj._build(info["n_genes"], len(info["categories"]))
-        state["generators"] = {k: v.cpu() for k, v in state["generators"].items()}
         obj.load_state_dict(state)
         return obj

@@ -44,7 +44,6 @@ Known failure modes.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -509,16 +508,11 @@ class SCDiffusion(TrainableSampler):
     @classmethod
     def load(cls, path, *, device="auto", progress=None) -> "SCDiffusion":
         """Load a model written by :meth:`save` (``torch.load(weights_only=True)``)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("method") != "sc_diffusion":
-            raise ConfigError(f"{path} holds a {state.get('method')!r} checkpoint, not an 'sc_diffusion' model")
-        known = {f.name for f in dataclasses.fields(SCDiffusionConfig)}
-        cfg = {k: v for k, v in state["config"].items() if k in known}
-        obj = cls(SCDiffusionConfig(**cfg), device=device, seed=state["seed"], progress=progress)
+        state = cls._read_saved_model(path)
+        obj = cls(cls._saved_config(state), device=device, seed=state["seed"], progress=progress)
         info = state["sampler"]["info"]
         obj.info = dict(info)
         obj._build(info["dim"], len(info["categories"]))
-        state["generators"] = {k: v.cpu() for k, v in state["generators"].items()}
         obj.load_state_dict(state)
         obj._n_total = obj.config.n_steps
         return obj

@@ -555,19 +555,14 @@ class Stem(TrainableSampler):
 
         ``encoder`` is required when the model was trained with a user encoder object.
         """
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("method") != "stem":
-            raise ConfigError(f"{path} holds a {state.get('method')!r} checkpoint, not a 'stem' model")
-        cfg = dict(state["config"])
-        cfg.pop("condition", None)
-        saved_enc = cfg.pop("encoder")
+        state = cls._read_saved_model(path)
+        saved_enc = state["config"]["encoder"]
         if encoder is None:
             if saved_enc not in _ENCODER_NAMES:
                 raise ConfigError(f"this model was trained with the encoder {saved_enc}; pass the same "
                                   "encoder object: Stem.load(path, encoder=...)")
             encoder = saved_enc
-        known = {f.name for f in dataclasses.fields(StemConfig)}
-        obj = cls(StemConfig(encoder=encoder, **{k: v for k, v in cfg.items() if k in known}),
+        obj = cls(cls._saved_config(state, encoder=encoder, condition=None),
                   device=device, seed=state["seed"], progress=progress)
         enc = obj._make_encoder()
         info = state["sampler"]["info"]
@@ -576,6 +571,5 @@ class Stem(TrainableSampler):
                               f"{info['cond_dim']}-d")
         obj.info = {"cond_dim": info["cond_dim"]}
         obj._build(info["n_genes"], info["cond_dim"], info["gene_names"])
-        state["generators"] = {k: v.cpu() for k, v in state["generators"].items()}
         obj.load_state_dict(state)
         return obj
