@@ -56,8 +56,15 @@ class Sampler:
         self.target = None
         self.gens = rank_generators(self.seed, self.streams, self.device, rank=dist.rank())
 
+    option_aliases: ClassVar[dict] = {}  # old option name -> its name now (both accepted)
+
     @classmethod
     def make_config(cls, config=None, **options):
+        for old, new in cls.option_aliases.items():
+            if old in options:
+                if new in options:
+                    raise ConfigError(f"give {new!r} or its old name {old!r}, not both")
+                options[new] = options.pop(old)
         valid = [f.name for f in dataclasses.fields(cls.Config)]
         unknown = sorted(set(options) - set(valid))
         if unknown:

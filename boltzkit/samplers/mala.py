@@ -46,21 +46,17 @@ Pure kernels
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .._finite import check_energies
 from .._registry import register
-from .._utils import progress_bar
 from ..domains import Reals
 from ..energies.base import framed
 from ..errors import ConfigError, TargetError
-from ..estimators.diagnostics import autocorr_estimate
-from ..result import Result
-from .base import Sampler, SamplerConfig, _check_positive
+from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
+from .base import check_number
 
 LOG_Z_UNAVAILABLE = ("MALA is an MCMC sampler: it draws correlated, unweighted samples and no "
                      "normalizing constant; use method='ais' for log Z")
@@ -72,12 +68,10 @@ from ..kernels.langevin import (Potential, adapt_log_step, default_step_size, hm
 
 # ============================================================================ sampler
 @dataclass(frozen=True, kw_only=True)
-class MALAConfig(SamplerConfig):
-    """Options of the MALA sampler.
+class MALAConfig(MCMCConfig):
+    """Options of the MALA sampler (``n_chains``, ``burn_in``, ``thin``: :class:`MCMCConfig`;
+    the burn-in adapts the step size).
 
-    n_chains : chains run in parallel.
-    burn_in : steps run by ``fit`` while the step size adapts (``fit(n_steps=...)`` overrides).
-    thin : steps between recorded states.
     step_size : initial step size h; None picks the scale probe's step where the probe ran,
         else 0.5 * init_std^2 * d^(-1/3).
     target_accept : acceptance rate the burn-in adapts toward (0.574, Roberts-Rosenthal).
@@ -91,9 +85,6 @@ class MALAConfig(SamplerConfig):
         start at ``loc + init_std S xi``) and return states in ``x``.
     """
 
-    n_chains: int = 64
-    burn_in: int = 1000
-    thin: int = 1
     step_size: "float | None" = None
     target_accept: float = 0.574
     adapt: bool = True
@@ -101,39 +92,29 @@ class MALAConfig(SamplerConfig):
     use_prior_hint: bool = True
 
     def __post_init__(self):
-        _check_positive("n_chains", self.n_chains)
+        super().__post_init__()
         if not isinstance(self.use_prior_hint, bool):
             raise ConfigError(f"use_prior_hint must be True or False, got {self.use_prior_hint!r}")
-        _check_positive("thin", self.thin)
-        if not isinstance(self.burn_in, (int, np.integer)) or isinstance(self.burn_in, bool) \
-                or self.burn_in < 0:
-            raise ConfigError(f"burn_in must be a non-negative integer (steps), got {self.burn_in!r}")
-        if self.step_size is not None and not (isinstance(self.step_size, (int, float))
-                                               and math.isfinite(self.step_size) and self.step_size > 0):
-            raise ConfigError(f"step_size must be a positive number or None, got {self.step_size!r}")
+        check_number("step_size", self.step_size, allow_none=True)
         if not (isinstance(self.target_accept, (int, float)) and 0 < self.target_accept < 1):
             raise ConfigError(f"target_accept must be in (0, 1), got {self.target_accept!r}")
-        if self.init_std is not None and not (isinstance(self.init_std, (int, float))
-                                              and math.isfinite(self.init_std) and self.init_std > 0):
-            raise ConfigError(f"init_std must be a positive number or None, got {self.init_std!r}")
+        check_number("init_std", self.init_std, allow_none=True)
 
 
 @register("mala", domains=(Reals,), priority=1, provides_log_z=False,
           paper="Roberts & Tweedie 1996 (MALA)",
           description="Metropolis-adjusted Langevin chains with burn-in step-size adaptation")
-class MALA(Sampler):
+class MALA(MCMCSampler):
     """Metropolis-adjusted Langevin MCMC for continuous energies (no log Z)."""
 
     Config = MALAConfig
     needs_grad = True
-    streams = ("init", "train", "sample")
+    log_z_unavailable = LOG_Z_UNAVAILABLE
 
     def __init__(self, config=None, /, **kw):
         super().__init__(config, **kw)
         self.x = self.state = None
         self.log_step = math.nan
-        self.n_total = 0
-        self.history = {"acceptance": [], "step_size": [], "mean_energy": []}
 
     @property
     def step_size(self) -> float:
@@ -145,24 +126,7 @@ class MALA(Sampler):
         check_energies(u, y, grad=g, name=f"{self.target.name}.energy", where=where)  # never a silent rejection
         return u, g
 
-    def _step(self, generator) -> torch.Tensor:
-        with torch.no_grad():
-            self.x, self.state, acc = mala_move(self._potential, self.x, self.state,
-                                                self.step_size, generator)
-        self.n_total += 1
-        rate = float(acc.double().mean())
-        self.history["acceptance"].append(rate)
-        self.history["step_size"].append(self.step_size)
-        self.history["mean_energy"].append(float(self.state[0].double().mean()))
-        return acc
-
-    def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None) -> "MALA":
-        """Attach ``target``, start the chains and run ``n_steps`` (default ``burn_in``) adapting steps."""
-        if checkpoint is not None:
-            raise ConfigError("'mala' keeps no checkpoints (it does not train); leave checkpoint=None")
-        burn_in = self.config.burn_in if n_steps is None else n_steps
-        if not isinstance(burn_in, (int, np.integer)) or isinstance(burn_in, bool) or burn_in < 0:
-            raise ConfigError(f"n_steps (burn-in steps) must be a non-negative integer, got {n_steps!r}")
+    def _start(self, target) -> None:
         self._attach(target)
         cfg = self.config
         self.work, self.frame = framed(self.target, cfg.use_prior_hint)
@@ -177,6 +141,7 @@ class MALA(Sampler):
         dim = self.target.domain.dim
         self.x = init_std * torch.randn(cfg.n_chains, dim, generator=self.gens["init"],
                                             device=self.device)
+        self.state = None
         with torch.no_grad():
             self.state = self._potential(self.x)
         if not bool(torch.isfinite(self.state[0]).all()):
@@ -186,63 +151,31 @@ class MALA(Sampler):
         h0 = cfg.step_size if cfg.step_size is not None else \
             h_probe if h_probe is not None else default_step_size("mala", dim, init_std)
         self.log_step = math.log(h0)
-        bar = progress_bar(total=int(burn_in), desc="mala burn-in", enabled=self.progress)
-        for t in range(int(burn_in)):
-            acc = self._step(self.gens["train"])
-            if cfg.adapt:
-                self.log_step = adapt_log_step(self.log_step, float(acc.double().mean()),
-                                               cfg.target_accept, gain=1.0 / math.sqrt(1.0 + t / 10.0))
-            bar.update(1)
-            if t % 50 == 0:
-                bar.set_postfix({"acc": f"{self.history['acceptance'][-1]:.2f}",
-                                 "h": f"{self.step_size:.3g}"})
-        bar.close()
-        self.burn_in = int(burn_in)
-        return self
 
-    def sample(self, n_samples: int) -> Result:
-        """Continue the chains with the frozen step size and return ``n_samples`` states."""
-        self._require_fit()
-        _check_positive("n_samples", n_samples)
-        t0 = time.perf_counter()
-        C, thin = self.config.n_chains, self.config.thin
-        n_rec = -(-int(n_samples) // C)
-        states, energies, accs = [], [], []
-        bar = progress_bar(total=n_rec * thin, desc="mala", enabled=self.progress)
-        for _ in range(n_rec):
-            acc = 0.0
-            for _ in range(thin):
-                acc = acc + self._step(self.gens["sample"]).double()
-                bar.update(1)
-            states.append(self.x.cpu())
-            energies.append(self.state[0].detach().cpu())
-            accs.append(acc / thin)
-        bar.close()
-        wall = time.perf_counter() - t0
-        chain = torch.stack(states)  # (n_rec, C, d), in the sampler's coordinates
-        samples = chain.flatten(0, 1)[:n_samples]
-        if self.frame is not None:
-            samples = self.frame.to_x(samples)
-        diag = {"log_z_unavailable": LOG_Z_UNAVAILABLE, "n_chains": C, "steps_per_chain": n_rec,
-                "thin": thin, "burn_in": self.burn_in, "total_steps": self.n_total,
-                "step_size": self.step_size, "acceptance": float(torch.stack(accs).mean()),
-                "wall_time_s": wall}
+    def _transition(self, generator):
+        with torch.no_grad():
+            self.x, self.state, acc = mala_move(self._potential, self.x, self.state,
+                                                self.step_size, generator)
+        acc = acc.double()
+        return acc, {"acceptance": float(acc.mean()), "step_size": self.step_size,
+                     "mean_energy": float(self.state[0].double().mean())}
+
+    def _adapt(self, t, acc):
+        if self.config.adapt:
+            self.log_step = adapt_log_step(self.log_step, float(acc.mean()), self.config.target_accept,
+                                           gain=1.0 / math.sqrt(1.0 + t / 10.0))
+
+    def _record(self):
+        return {"x": self.x.cpu(), "energy": self.state[0].detach().cpu()}
+
+    def _observables(self, trace):
+        # the slowest observable among the coordinates and the energy sets the ESS
+        chain = trace["x"]  # (n_rec, C, d), in the sampler's coordinates
+        return [(None, chain[:, :, j], True) for j in range(chain.shape[2])] + \
+            [("energy", trace["energy"], True)]
+
+    def _finish(self, samples, trace, diag):
+        diag["step_size"] = self.step_size
         if self.scale_probe is not None:
             diag["scale_probe"] = self.scale_probe
-        if n_rec >= 2:
-            # the slowest observable among the coordinates and the energy sets the ESS
-            observables = [chain[:, :, j] for j in range(chain.shape[2])] + [torch.stack(energies)]
-            ests = [autocorr_estimate(o, warn=False) for o in observables]
-            worst = max(ests, key=lambda e: e.tau)
-            ess = n_samples / worst.tau
-            diag.update({"tau_int": worst.tau, "tau_int_stderr": worst.stderr,
-                         "tau_int_energy": ests[-1].tau, "tau_converged": worst.converged})
-            if not worst.converged:
-                autocorr_estimate(observables[ests.index(worst)])  # emits the ConvergenceWarning
-        else:  # one state per chain: independent draws given burn-in
-            ess = float(n_samples)
-            diag.update({"tau_int": float("nan"), "tau_converged": False})
-        kw = self._result_kwargs()
-        kw["history"] = {k: np.asarray(v, dtype=np.float64) for k, v in self.history.items()}
-        return Result(samples=samples, log_weights=None, log_z=None, log_z_stderr=None, ess=ess,
-                      diagnostics=diag, **kw)
+        return samples if self.frame is None else self.frame.to_x(samples)

@@ -40,23 +40,15 @@ Failure modes
 
 from __future__ import annotations
 
-import functools
-import math
-import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from scipy import sparse
-from scipy.sparse.csgraph import connected_components
 
 from .._registry import register
-from .._utils import progress_bar
 from ..domains import Lattice
-from ..errors import ConfigError, DomainError, IncompatibleMethodError
-from ..estimators.diagnostics import autocorr_estimate
-from ..result import Result
-from .base import Sampler, SamplerConfig, _check_positive
+from ..errors import IncompatibleMethodError
+from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
+from .base import _check_positive
 
 LOG_Z_UNAVAILABLE = "MCMC draws samples without a normalizing constant; use method='ais' for log Z"
 
@@ -81,26 +73,15 @@ def order_parameter(model: LatticeModel, x: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LatticeMCMCConfig(SamplerConfig):
-    """Options of the lattice MCMC samplers.
+class LatticeMCMCConfig(MCMCConfig):
+    """Options of the lattice MCMC samplers (:class:`MCMCConfig`; one step is one sweep).
 
-    n_chains : independent chains run in parallel (batch dimension). The default keeps
-        chains long (n_samples / n_chains steps) so that tau_int can be checked; raise it
-        on a GPU or for large n_samples.
-    burn_in : sweeps discarded by ``fit`` (``fit(n_steps=...)`` overrides it).
-    thin : sweeps between recorded states.
+    n_chains : the default keeps chains long (n_samples / n_chains steps) so that tau_int can
+        be checked; raise it on a GPU or for large n_samples.
     """
 
     n_chains: int = 16
     burn_in: int = 500
-    thin: int = 1
-
-    def __post_init__(self):
-        _check_positive("n_chains", self.n_chains)
-        _check_positive("thin", self.thin)
-        if not isinstance(self.burn_in, (int, np.integer)) or isinstance(self.burn_in, bool) \
-                or self.burn_in < 0:
-            raise ConfigError(f"burn_in must be a non-negative integer (sweeps), got {self.burn_in!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,111 +100,52 @@ class WolffConfig(ClusterConfig):
         _check_positive("n_flips", self.n_flips)
 
 
-class LatticeMCMC(Sampler):
-    """Shared driver: burn-in in ``fit``, recorded sweeps in ``sample``."""
+class LatticeMCMC(MCMCSampler):
+    """Lattice moves on the shared MCMC driver; the ESS is that of the energy.
+
+    ``sample`` returns ``samples`` (n_samples, L, L) ordered step-major,
+    ``ess = n_samples / tau_int(energy)``, ``log_z = None``; diagnostics hold tau_int of the
+    energy and of |m| (in recorded steps of ``thin`` sweeps), acceptance, sweeps and wall time;
+    ``history`` the mean energy and acceptance per sweep since ``fit`` began.
+    """
 
     Config = LatticeMCMCConfig
-    streams = ("init", "train", "sample")
+    log_z_unavailable = LOG_Z_UNAVAILABLE
+    step_unit = "sweeps"
     _incompatibility = staticmethod(_local_incompatibility)
-
-    def __init__(self, config=None, /, **kw):
-        super().__init__(config, **kw)
-        self.x = None
-        self.model = None
-        self.n_sweeps = 0
-        self.history = {"mean_energy": [], "acceptance": []}
 
     def _update(self, x, generator):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _sweep(self, generator) -> None:
-        self.x, acc = self._update(self.x, generator)
-        self.n_sweeps += 1
-        with torch.no_grad():
-            self._last_energy = self.target.energy(self.x).to(torch.float64)
-        self._last_acc = acc
-        # kept as device tensors (no host sync per sweep); converted in sample()
-        self.history["mean_energy"].append(self._last_energy.mean())
-        self.history["acceptance"].append(acc.mean())
-
-    def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None) -> "LatticeMCMC":
-        """Attach ``target``, draw random initial states and run ``n_steps`` burn-in sweeps.
-
-        ``n_steps`` defaults to ``config.burn_in``.
-        """
-        if checkpoint is not None:
-            raise ConfigError(f"{self.name!r} keeps no checkpoints (it does not train); "
-                              "leave checkpoint=None")
-        burn_in = self.config.burn_in if n_steps is None else n_steps
-        if not isinstance(burn_in, (int, np.integer)) or isinstance(burn_in, bool) or burn_in < 0:
-            raise ConfigError(f"n_steps (burn-in sweeps) must be a non-negative integer, got {n_steps!r}")
+    def _start(self, target) -> None:
         why = self._incompatibility(target)
         if why is not None:
             raise IncompatibleMethodError(f"method {self.name!r} cannot sample "
                                           f"{getattr(target, 'name', type(target).__name__)}: it {why}")
         self._attach(target)
         self.model = lattice_model(self.target)
-        self.n_sweeps = 0
-        self.history = {"mean_energy": [], "acceptance": []}
         self.x = self.target.domain.reference(self.config.n_chains, generator=self.gens["init"],
                                               device=self.device)
-        self.burn_in = int(burn_in)
-        for _ in progress_bar(range(self.burn_in), desc=f"{self.name} burn-in", enabled=self.progress):
-            self._sweep(self.gens["train"])
-        return self
 
-    def sample(self, n_samples: int) -> Result:
-        """Continue the chains and return ``n_samples`` states (n_chains per recorded step).
+    def _transition(self, generator):
+        self.x, acc = self._update(self.x, generator)
+        with torch.no_grad():
+            self._last_energy = self.target.energy(self.x).to(torch.float64)
+        # kept as device tensors (no host sync per sweep); converted in sample()
+        return acc, {"mean_energy": self._last_energy.mean(), "acceptance": acc.mean()}
 
-        Returns
-        -------
-        Result
-            ``samples`` (n_samples, L, L) ordered step-major (sample t * n_chains + c is chain
-            c at step t), ``ess = n_samples / tau_int(energy)``, ``log_z = None``; diagnostics
-            hold tau_int of the energy and of |m| (in recorded steps of ``thin`` sweeps),
-            acceptance, sweeps and wall time; ``history`` the mean energy and acceptance per
-            sweep since ``fit`` began.
-        """
-        self._require_fit()
-        _check_positive("n_samples", n_samples)
-        t0 = time.perf_counter()
-        B, thin = self.config.n_chains, self.config.thin
-        n_rec = -(-int(n_samples) // B)
-        states, energies, orders, accs = [], [], [], []
-        for _ in progress_bar(range(n_rec), desc=self.name, enabled=self.progress):
-            acc = 0.0
-            for _ in range(thin):
-                self._sweep(self.gens["sample"])
-                acc = acc + self._last_acc
-            states.append(self.x.cpu())
-            energies.append(self._last_energy.cpu())
-            orders.append(order_parameter(self.model, self.x).cpu())
-            accs.append(acc / thin)
-        wall = time.perf_counter() - t0
-        samples = torch.stack(states).flatten(0, 1)[:n_samples]
-        e_trace, m_trace = torch.stack(energies), torch.stack(orders)
-        diag = {"log_z_unavailable": LOG_Z_UNAVAILABLE, "n_chains": B,
-                "steps_per_chain": n_rec, "thin": thin, "sweeps": n_rec * thin,
-                "burn_in": self.burn_in, "total_sweeps": self.n_sweeps,
-                "acceptance": float(torch.stack(accs).mean()), "wall_time_s": wall,
-                "mean_energy": float(e_trace.mean()), "mean_abs_m": float(m_trace.mean())}
-        if n_rec >= 2:
-            est_e = autocorr_estimate(e_trace)
-            est_m = autocorr_estimate(m_trace, warn=False)
-            ess = n_samples / est_e.tau
-            diag.update({"tau_int_energy": est_e.tau, "tau_int_energy_stderr": est_e.stderr,
-                         "tau_int_abs_m": est_m.tau, "tau_int_abs_m_stderr": est_m.stderr,
-                         "tau_converged": est_e.converged})
-        else:  # one state per chain: independent draws (given burn-in), tau not estimable
-            ess = float(n_samples)
-            diag.update({"tau_int_energy": float("nan"), "tau_int_abs_m": float("nan"),
-                         "tau_converged": False})
-        diag["ess_per_second"] = ess / wall if wall > 0 else float("inf")
-        diag.update(self._extra_diagnostics())
-        kw = self._result_kwargs()
-        kw["history"] = {k: torch.stack(v).cpu().double().numpy() for k, v in self.history.items()}
-        return Result(samples=samples, log_weights=None, log_z=None, log_z_stderr=None, ess=ess,
-                      diagnostics=diag, **kw)
+    def _record(self):
+        return {"x": self.x.cpu(), "energy": self._last_energy.cpu(),
+                "abs_m": order_parameter(self.model, self.x).cpu()}
+
+    def _observables(self, trace):
+        return [("energy", trace["energy"], True), ("abs_m", trace["abs_m"], False)]
+
+    def _finish(self, samples, trace, diag):
+        diag.update({"sweeps": diag["steps_per_chain"] * diag["thin"], "total_sweeps": self.n_total,
+                     "mean_energy": float(trace["energy"].mean()), "mean_abs_m": float(trace["abs_m"].mean()),
+                     **self._extra_diagnostics()})
+        return samples
 
     def _extra_diagnostics(self) -> dict:
         return {}

@@ -93,7 +93,6 @@ Mixing between well-separated modes is as slow as for any Langevin chain.
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -103,15 +102,13 @@ import torch.autograd.forward_ad as fwAD
 
 from .._finite import check_energies
 from .._registry import register
-from .._utils import progress_bar
 from ..constraints.base import Constrained
 from ..constraints._geometry import (GramSolver, batched_jacobian, normal_component,
                                      project_tangent, tangent_projector)
 from ..errors import (ConfigError, ConvergenceWarning, DomainError, IncompatibleMethodError,
                       InfeasibleConstraintError, TargetError, TrainingDivergedError)
-from ..estimators.diagnostics import autocorr_estimate
-from ..result import Result
-from .base import Sampler, SamplerConfig, _check_count, check_number
+from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
+from .base import _check_count, check_number
 
 LOG_Z_UNAVAILABLE = ("{name} is an (unadjusted) MCMC sampler of a constrained target: it returns "
                      "samples, not the normalizing constant of exp(-f) on the constraint set")
@@ -121,13 +118,11 @@ LAND_REL_TOL = 1e-6  # land_samples: returned samples satisfy the constraints to
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConstrainedLangevinConfig(SamplerConfig):
-    """Options shared by the constrained Langevin samplers.
+class ConstrainedLangevinConfig(MCMCConfig):
+    """Options shared by the constrained Langevin samplers (``n_chains``, ``burn_in`` (old name
+    ``n_burnin``), ``thin``: :class:`MCMCConfig`).
 
     step_size : Euler-Maruyama step dt.
-    n_chains : chains run in parallel.
-    n_burnin : default burn-in steps of ``fit`` (its ``n_steps``).
-    thin : steps between kept states in ``sample``.
     land_start : move the start points onto the set with Gauss-Newton steps before the burn-in
         (False: start from the raw points and let the dynamics land them; feasibility is then
         checked after the burn-in).
@@ -135,15 +130,13 @@ class ConstrainedLangevinConfig(SamplerConfig):
 
     step_size: float = 1e-3
     n_chains: int = 256
-    n_burnin: int = 2000
+    burn_in: int = 2000
     thin: int = 10
     land_start: bool = True
 
     def __post_init__(self):
+        super().__post_init__()
         check_number("step_size", self.step_size)
-        _check_count("n_chains", self.n_chains)
-        _check_count("n_burnin", self.n_burnin, minimum=0)
-        _check_count("thin", self.thin)
         if not isinstance(self.land_start, bool):
             raise ConfigError(f"land_start must be True or False, got {self.land_start!r}")
 
@@ -228,11 +221,15 @@ class SlackLangevinConfig(ProjectedLangevinConfig):
             raise ConfigError(f"slack_correction must be True or False, got {self.slack_correction!r}")
 
 
-class _ConstrainedLangevin(Sampler):
-    """Shared driver: feasible starts, burn-in, thinned sampling, diagnostics and the Result."""
+class _ConstrainedLangevin(MCMCSampler):
+    """Shared hooks of the constrained samplers on the MCMC driver: feasible starts, the
+    violation history, ESS over the energy and up to 16 coordinates, the constraint diagnostics."""
 
     Config = ConstrainedLangevinConfig
     needs_grad = True
+    min_recorded = 2
+    tau_min_steps = 10  # many independent chains: 10 tau per chain is enough for a usable estimate
+    tau_needs_all = True
 
     # -- to implement: one step of every chain
     def _init_state(self, x: torch.Tensor) -> torch.Tensor:
@@ -245,7 +242,6 @@ class _ConstrainedLangevin(Sampler):
         """Advance all chains; return (new_state, violation (B,) of the old state, {stat: scalar})."""
         raise NotImplementedError
 
-    # -- fit / sample
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None,
             x0: "torch.Tensor | None" = None) -> "_ConstrainedLangevin":
         """Attach ``target``, start the chains on the constraint set and burn them in.
@@ -253,29 +249,45 @@ class _ConstrainedLangevin(Sampler):
         Parameters
         ----------
         target : ConstrainedTarget
-        n_steps : burn-in steps (default ``config.n_burnin``).
+        n_steps : burn-in steps (default ``config.burn_in``).
         checkpoint : not supported (MCMC chains are cheap to rerun); must be None.
         x0 : optional start states (1 or n_chains, *event_shape); by default the domain's
             reference draws. Starts are moved onto the set by Gauss-Newton steps first; one
             that cannot reach it raises InfeasibleConstraintError.
         """
-        if checkpoint is not None:
-            raise ConfigError(f"{self.name} does not write checkpoints; rerun it with the same seed")
+        return super().fit(target, n_steps=n_steps, checkpoint=checkpoint, x0=x0)
+
+    def _start(self, target, x0=None) -> None:
         dom = getattr(target, "domain", None)
         if not isinstance(dom, Constrained):
             raise IncompatibleMethodError(
                 f"{self.name} samples constrained targets (domain Constrained), got a domain of type "
                 f"{type(dom).__name__}; build one with "
                 "bk.constrain(energy, equalities=..., inequalities=...)")
-        n_steps = self.config.n_burnin if n_steps is None else n_steps
-        _check_count("n_steps", n_steps, minimum=0)
         self._attach(target)
         self.domain = dom
         self._setup()
-        self.history = {}
         self.state = self._init_state(self._initial_points(x0))
-        self.n_burnin_done = int(n_steps)
-        self.state, _ = self._run(self.state, int(n_steps), self.gens["train"])
+
+    def _setup(self) -> None:
+        pass
+
+    def _transition(self, gen):
+        self.state, viol, st = self._step(self.state, gen)
+        self._stat_keys = tuple(st)
+        return None, {"violation_mean": viol.mean(), "violation_max": viol.max(),
+                      "fraction_infeasible": (viol > self.domain.tol).double().mean(), **st}
+
+    def _check_finite(self) -> None:
+        if not bool(torch.isfinite(self.state).all()):
+            raise TrainingDivergedError(
+                f"{self.name} chains left the finite range (NaN/inf states); lower step_size "
+                f"(now {self.config.step_size:g})")
+
+    def _after_burn_in(self, n_steps):
+        if n_steps:
+            self._check_finite()
+        dom = self.domain
         if not self.config.land_start:
             ok = dom.contains(dom.unflatten(self._positions(self.state)))
             if not bool(ok.any()):
@@ -283,36 +295,34 @@ class _ConstrainedLangevin(Sampler):
                     f"no chain reached the constraint set within the {n_steps} burn-in steps (tol = "
                     f"{dom.tol:g}); burn in longer, start closer to the set, use land_start=True, or "
                     "check that the set is not empty (g(x) <= 0 means feasible)")
-        return self
 
-    def _setup(self) -> None:
-        pass
+    def _record(self):
+        return {"x": self._positions(self.state).detach().clone()}
 
-    def sample(self, n_samples: int) -> Result:
-        """Continue the chains and return ``n_samples`` states, every ``thin``-th step of each chain."""
-        self._require_fit()
-        _check_count("n_samples", n_samples)
-        cfg, dom = self.config, self.domain
-        n_keep = max(2, math.ceil(n_samples / cfg.n_chains))
-        t0 = time.perf_counter()
-        self.state, kept = self._run(self.state, n_keep * cfg.thin, self.gens["sample"], keep_every=cfg.thin)
-        wall = time.perf_counter() - t0
-        kept = torch.stack(kept)  # (n_keep, B, D)
-        samples = kept.reshape(-1, kept.shape[-1])[:n_samples]
+    def _observables(self, trace):
+        """The energy and up to 16 evenly spaced coordinates (all set the ESS)."""
+        self._check_finite()
+        cfg, kept = self.config, trace["x"]  # (n_keep, B, D)
         with torch.no_grad():
-            energies = self.target.energy(dom.unflatten(kept.reshape(-1, kept.shape[-1])))
-        energies = energies.reshape(n_keep, -1).to(torch.float64)
+            energies = self.target.energy(self.domain.unflatten(kept.reshape(-1, kept.shape[-1])))
+        energies = energies.reshape(kept.shape[0], -1).to(torch.float64)
         if not bool(torch.isfinite(kept).all()) or not bool(torch.isfinite(energies).all()):
             raise TrainingDivergedError(
                 f"{self.name} chains produced NaN/inf states; lower step_size (now {cfg.step_size:g})"
                 + (f" or alpha (now {cfg.alpha:g})" if hasattr(cfg, "alpha") else ""))
-        ess, tau, reliable = self._ess(kept, energies, n_samples)
-        if not reliable:
-            warnings.warn(f"{self.name}: the chains are short compared with their autocorrelation "
-                          f"time (tau_int = {tau:.3g} kept steps); the ESS is a rough estimate. Draw more "
-                          "samples per chain (fewer n_chains or more n_samples) or a larger step_size.",
-                          ConvergenceWarning, stacklevel=2)
-        n_steps_run = n_keep * cfg.thin
+        d = kept.shape[-1]
+        coords = torch.linspace(0, d - 1, min(d, _MAX_TAU_COORDS)).round().long().unique()
+        return [("energy", energies.cpu(), True)] + [(None, kept[:, :, j].cpu(), True) for j in coords.tolist()]
+
+    def _warn_unreliable(self, obs, tau):
+        warnings.warn(f"{self.name}: the chains are short compared with their autocorrelation "
+                      f"time (tau_int = {tau:.3g} kept steps); the ESS is a rough estimate. Draw more "
+                      "samples per chain (fewer n_chains or more n_samples) or a larger step_size.",
+                      ConvergenceWarning, stacklevel=4)
+
+    def _finish(self, samples, trace, diag):
+        cfg, dom = self.config, self.domain
+        n_steps_run = diag["steps_per_chain"] * cfg.thin
         landing = self._extra_diagnostics(samples)
         if getattr(cfg, "land_samples", False):
             samples, landing = self._land_output(samples, landing)
@@ -320,25 +330,22 @@ class _ConstrainedLangevin(Sampler):
             c_all = dom.values_flat(samples)
         viol = dom.violation_from_values(c_all)
         h, g = c_all[:, :dom.n_eq], c_all[:, dom.n_eq:]
-        diag = {
+        diag.update({
             "log_z_unavailable": LOG_Z_UNAVAILABLE.format(name=self.name),
             "violation_mean": float(viol.mean()), "violation_max": float(viol.max()),
             "eq_violation_mean": float(h.abs().mean()) if dom.n_eq else 0.0,
             "ineq_violation_mean": float(g.clamp_min(0).amax(1).mean()) if dom.n_ineq else 0.0,
             "fraction_infeasible": float((viol > dom.tol).double().mean()),
-            "tau_int": tau, "tau_int_reliable": reliable,
-            "ess_per_second": ess / wall if wall > 0 else float("inf"),
-            "seconds_per_step": wall / n_steps_run, "n_chains": cfg.n_chains,
-            "n_burnin_steps": self.n_burnin_done, "n_sampling_steps": n_steps_run,
+            "tau_int_reliable": diag["tau_converged"],
+            "seconds_per_step": diag["wall_time_s"] / n_steps_run,
+            "n_burnin_steps": self.burn_in, "n_sampling_steps": n_steps_run,
             "step_size": cfg.step_size, **landing,
-        }
-        n_burn = self.n_burnin_done
+        })
+        history = self.history
         for k in getattr(self, "_stat_keys", ()):
-            v = self.history[k]
-            diag[k] = float(np.mean(v[n_burn:])) if len(v) > n_burn else float("nan")
-        return Result(samples=dom.unflatten(samples), log_weights=None, log_z=None, ess=ess,
-                      diagnostics=diag, history={k: np.asarray(v) for k, v in self.history.items()},
-                      **self._result_kwargs())
+            v = history[k]
+            diag[k] = float(np.mean(v[self.burn_in:])) if len(v) > self.burn_in else float("nan")
+        return dom.unflatten(samples)
 
     # -- internals
     def _extra_diagnostics(self, samples: torch.Tensor) -> dict:
@@ -415,45 +422,6 @@ class _ConstrainedLangevin(Sampler):
         if not bool(torch.isfinite(x0).all()):
             raise DomainError("x0 contains NaN or inf")
         return x0
-
-    def _run(self, state, n_steps: int, gen, keep_every: "int | None" = None):
-        viol_mean, viol_max, infeas, stats, kept = [], [], [], {}, []
-        tol = self.domain.tol
-        for i in progress_bar(range(n_steps), desc=self.name, enabled=self.progress):
-            self._step_index = i  # named by the non-finite-energy check
-            state, viol, st = self._step(state, gen)
-            viol_mean.append(viol.mean())
-            viol_max.append(viol.max())
-            infeas.append((viol > tol).double().mean())
-            for k, v in st.items():
-                stats.setdefault(k, []).append(v)
-            if keep_every is not None and (i + 1) % keep_every == 0:
-                kept.append(self._positions(state).detach().clone())
-        if n_steps:
-            if not bool(torch.isfinite(state).all()):
-                raise TrainingDivergedError(
-                    f"{self.name} chains left the finite range (NaN/inf states); lower step_size "
-                    f"(now {self.config.step_size:g})")
-            new = {"violation_mean": viol_mean, "violation_max": viol_max, "fraction_infeasible": infeas}
-            new.update(stats)
-            self._stat_keys = tuple(stats)
-            for k, v in new.items():
-                vals = torch.stack([torch.as_tensor(t, dtype=torch.float64) for t in v]).cpu().numpy()
-                self.history[k] = np.concatenate([self.history.get(k, np.zeros(0)), vals])
-        return state, kept
-
-    def _ess(self, kept, energies, n_samples):
-        """ESS = n / tau_int, tau_int the largest over the energy and up to 16 coordinates."""
-        d = kept.shape[-1]
-        coords = torch.linspace(0, d - 1, min(d, _MAX_TAU_COORDS)).round().long().unique()
-        obs = [energies] + [kept[:, :, j] for j in coords.tolist()]
-        taus, reliable = [], True
-        for o in obs:  # many independent chains: 10 tau per chain is enough for a usable estimate
-            est = autocorr_estimate(o.cpu(), min_steps_per_tau=10, warn=False)
-            taus.append(est.tau)
-            reliable = reliable and est.converged
-        tau = float(max(taus))
-        return n_samples / tau, tau, reliable
 
     def _grad_energy(self, xr: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         (gf,) = torch.autograd.grad(u.sum(), xr, retain_graph=True, allow_unused=True)
