@@ -14,7 +14,7 @@ import torch
 from boltzkit.domains.particles import ParticleCloud
 from boltzkit.errors import ConfigError
 from boltzkit.estimators.importance import log_z_from_log_weights
-from boltzkit.samplers._shared.replay import TensorReplayBuffer
+from boltzkit.samplers._shared.buffers import ReplayBuffer
 from boltzkit.samplers._shared.sde import (brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
                                            grad_and_hvp, lean_adjoint, path_log_weight,
                                            reversed_reference_kernel, state_space, time_grid, vjp)
@@ -276,7 +276,7 @@ def test_em_bad_inputs():
 
 # ----------------------------------------------------------------------------- replay buffer
 def test_tensor_replay_buffer_ring_and_state():
-    buf = TensorReplayBuffer(5)
+    buf = ReplayBuffer(5, replace=True)
     buf.add(t=torch.arange(3.0), x=torch.arange(6.0).reshape(3, 2))
     buf.add(t=torch.arange(3.0, 7.0), x=torch.arange(6.0, 14.0).reshape(4, 2))
     assert len(buf) == 5
@@ -287,7 +287,7 @@ def test_tensor_replay_buffer_ring_and_state():
     b = buf.sample(50, generator=gen(0))
     assert b["x"].shape == (50, 2) and set(b["t"].tolist()) <= set(kept)
     state = buf.state_dict()
-    buf2 = TensorReplayBuffer(1)
+    buf2 = ReplayBuffer(1, replace=True)
     buf2.load_state_dict(state)
     assert torch.equal(buf2.sample(9, generator=gen(3))["t"], buf.sample(9, generator=gen(3))["t"])
     buf.add(t=torch.arange(20.0), x=torch.zeros(20, 2))  # more than capacity: newest kept
@@ -299,6 +299,6 @@ def test_tensor_replay_buffer_ring_and_state():
     with pytest.raises(ConfigError, match="row shape"):
         buf.add(t=torch.zeros(2), x=torch.zeros(2, 3))
     with pytest.raises(ConfigError, match="empty"):
-        TensorReplayBuffer(3).sample(2, generator=gen())
+        ReplayBuffer(3, replace=True).sample(2, generator=gen())
     with pytest.raises(ConfigError, match="capacity"):
-        TensorReplayBuffer(0)
+        ReplayBuffer(0)

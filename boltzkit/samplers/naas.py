@@ -148,7 +148,7 @@ from ..estimators.importance import log_z_from_log_weights, power_for_ess
 from ..result import result_from_log_weights
 from ._shared.continuous_nets import make_control_net
 from ._shared.ema import EMA
-from ._shared.replay import TensorReplayBuffer
+from ._shared.buffers import ReplayBuffer
 from ._shared.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
                           gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_space,
                           time_grid)
@@ -452,8 +452,8 @@ class NAAS(TrainableSampler):
         self.ema = EMA(self.net, c.ema_decay) if c.ema_decay is not None else None
         self.prior_ema = EMA(self.prior_net, c.ema_decay) if c.ema_decay is not None else None
         fresh = c.batch_size * min(c.times_per_trajectory, c.n_time_steps)
-        self.buffer = TensorReplayBuffer(fresh if c.buffer_size is None else c.buffer_size)
-        self.prior_buffer = TensorReplayBuffer(c.prior_buffer_size)
+        self.buffer = ReplayBuffer(fresh if c.buffer_size is None else c.buffer_size, replace=True)
+        self.prior_buffer = ReplayBuffer(c.prior_buffer_size, replace=True)
         self._recent_lw: deque = deque(maxlen=c.running_window)
 
     def _grad_clip(self):
@@ -630,9 +630,9 @@ class NAAS(TrainableSampler):
         self.prior_opt.load_state_dict(state["prior_opt"])
         # buffers of checkpoints written before the weighted regression (no "w" rows) are
         # dropped: they are refilled by the next step's fresh trajectories
-        if "w" in state["buffer"]["store"]:
+        if "w" in ReplayBuffer.fields_in(state["buffer"]):
             self.buffer.load_state_dict(state["buffer"])
-        if state.get("prior_buffer") and "w" in state["prior_buffer"]["store"]:
+        if state.get("prior_buffer") and "w" in ReplayBuffer.fields_in(state["prior_buffer"]):
             self.prior_buffer.load_state_dict(state["prior_buffer"])
         self._recent_lw = deque(state["recent_lw"], maxlen=self.config.running_window)
         self.ref.n_grad, self.ref.n_hvp = int(state["n_grad"]), int(state["n_hvp"])
