@@ -60,7 +60,7 @@ import torch
 import boltzkit as bk
 from boltzkit.energies.exact import enumerate_states, state_to_index
 from boltzkit.estimators.importance import log_z_from_log_weights
-from boltzkit.samplers._shared.cyclic import cyclic_rollout, make_noise, sample_source
+from boltzkit.nn.cyclic import cyclic_rollout, make_noise, sample_source
 from boltzkit.samplers.discrete_asbs import DiscreteASBS, resolve_source
 from boltzkit.samplers.mcmc import lattice_model, order_parameter
 from boltzkit.samplers.mdns import MDNS

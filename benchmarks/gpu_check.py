@@ -48,8 +48,8 @@ from boltzkit._utils import versions  # noqa: E402
 from boltzkit.energies import BETA_C_ISING, Ising  # noqa: E402
 from boltzkit.energies.continuous import GaussianMixture  # noqa: E402
 from boltzkit.errors import ConfigError  # noqa: E402
-from boltzkit.samplers._shared.ctmc import autocast_net, masked_rollout  # noqa: E402
-from boltzkit.samplers._shared.discrete_nets import make_discrete_net  # noqa: E402
+from boltzkit.nn.ctmc import autocast_net, masked_rollout  # noqa: E402
+from boltzkit.nn.discrete_nets import make_discrete_net  # noqa: E402
 from boltzkit.samplers.mdns import MDNS  # noqa: E402
 from boltzkit.samplers.naas import NAAS  # noqa: E402
 

@@ -47,7 +47,7 @@ def __getattr__(name):  # lazy: samplers import torch machinery that plain users
         import importlib
 
         return importlib.import_module(".samplers", __name__)
-    if name in ("models", "rewards", "adapters"):
+    if name in ("models", "rewards", "adapters", "nn"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

@@ -38,10 +38,10 @@ from torch.nn import functional as F
 from .._utils import atomic_path, progress_bar, resolve_device, torch_generator
 from ..domains.base import Sequence
 from ..errors import ConfigError, DatasetError, DomainError
-from ..samplers._shared.ctmc import (MaskedPath, masked_rollout, path_log_prob, remask,
-                                      unmask_schedule, wdce_loss)
-from ..samplers._shared.discrete_nets import make_discrete_net
-from ..samplers._shared.ema import EMA
+from ..nn.ctmc import (MaskedPath, masked_rollout, path_log_prob, remask,
+                       unmask_schedule, wdce_loss)
+from ..nn.discrete_nets import make_discrete_net
+from ..nn.ema import EMA
 
 __all__ = ["MaskedDiffusion", "MarkovChainNet", "ResidualNet", "build_net"]
 

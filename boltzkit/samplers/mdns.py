@@ -121,11 +121,11 @@ from ..energies.base import check_energy_values
 from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError
 from ..estimators.importance import log_z_from_log_weights
 from ..result import Result, result_from_log_weights
-from ._shared.buffers import ReplayBuffer
-from ._shared.ctmc import (MaskedPath, autocast_net, backward_path_log_prob, masked_rollout,
+from ..nn.buffers import ReplayBuffer
+from ..nn.ctmc import (MaskedPath, autocast_net, backward_path_log_prob, masked_rollout,
                            unmask_schedule, wdce_loss)
-from ._shared.discrete_nets import make_discrete_net
-from ._shared.ema import EMA
+from ..nn.discrete_nets import make_discrete_net
+from ..nn.ema import EMA
 from .base import SamplerConfig, TrainableSampler, _check_count
 
 __all__ = ["MDNS", "MDNSConfig", "LOSSES"]

@@ -58,10 +58,10 @@ from ..datasets.single_cell import (ANNDATA_KIND, CellDataset, CellExpressionDom
                                     var_to_json)
 from ..errors import ConfigError, DatasetError, TargetError
 from ..result import Result
-from ._shared.ema import EMA
-from ._shared.gaussian_diffusion import (DiffusionOptions, GaussianDiffusion, check_diffusion_options,
+from ..nn.ema import EMA
+from ..nn.gaussian_diffusion import (DiffusionOptions, GaussianDiffusion, check_diffusion_options,
                                          check_guidance_options, optimize_denoiser)
-from ._shared.time_embedding import SinusoidalTimeEmbedding
+from ..nn.time_embedding import SinusoidalTimeEmbedding
 from .base import SamplerConfig, TrainableSampler, _check_count
 from .stem import GeneTokenDiT
 

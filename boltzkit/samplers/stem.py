@@ -83,9 +83,9 @@ from ..bio.encoders import dihedral, embed_patches, make_encoder
 from ..datasets.spatial import SCALE, ExpressionDomain, SpatialDataset
 from ..errors import ConfigError, DatasetError, TargetError
 from ..result import Result
-from ._shared.ema import EMA
-from ._shared.gaussian_diffusion import DiffusionOptions, GaussianDiffusion, check_diffusion_options, optimize_denoiser
-from ._shared.time_embedding import SinusoidalTimeEmbedding
+from ..nn.ema import EMA
+from ..nn.gaussian_diffusion import DiffusionOptions, GaussianDiffusion, check_diffusion_options, optimize_denoiser
+from ..nn.time_embedding import SinusoidalTimeEmbedding
 from .base import SamplerConfig, TrainableSampler, _check_count
 
 __all__ = ["Stem", "StemConfig", "GeneTokenDiT", "SIZES"]

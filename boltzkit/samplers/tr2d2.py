@@ -138,10 +138,10 @@ from ..domains import Sequence
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..estimators.importance import ess_kish
 from ..result import result_from_log_weights
-from ._shared.buffers import ReplayBuffer
-from ._shared.ctmc import MaskedPath, site_log_probs, masked_rollout, path_log_prob, unmask_schedule, wdce_loss
-from ._shared.discrete_nets import make_discrete_net
-from ._shared.ema import EMA
+from ..nn.buffers import ReplayBuffer
+from ..nn.ctmc import MaskedPath, site_log_probs, masked_rollout, path_log_prob, unmask_schedule, wdce_loss
+from ..nn.discrete_nets import make_discrete_net
+from ..nn.ema import EMA
 from .base import SamplerConfig, TrainableSampler, _check_count
 
 __all__ = ["TR2D2", "TR2D2Config", "TopKBuffer", "ParetoArchive", "dominated", "pareto_mask"]

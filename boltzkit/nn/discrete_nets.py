@@ -53,7 +53,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...errors import ConfigError
+from ..errors import ConfigError
 from .time_embedding import TimeFiLM
 
 __all__ = ["SiteTransformer", "SiteCNN", "make_discrete_net", "relative_position_index"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["ReplayBuffer"]
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...domains import Reals
-from ...domains.particles import ParticleCloud
-from ...errors import ConfigError
+from ..domains import Reals
+from ..domains.particles import ParticleCloud
+from ..errors import ConfigError
 from .time_embedding import FourierTimeEmbedding
 
 __all__ = ["FourierMLP", "EGNNLite", "make_control_net"]

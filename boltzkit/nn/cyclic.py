@@ -57,7 +57,7 @@ from typing import Callable
 
 import torch
 
-from ...errors import ConfigError, TrainingDivergedError
+from ..errors import ConfigError, TrainingDivergedError
 
 __all__ = ["NoiseSchedule", "ConstNoise", "LogLinearNoise", "make_noise", "move_stay_log_probs",
            "transition_log_prob", "bridge_probs", "sample_bridge", "sample_categorical",

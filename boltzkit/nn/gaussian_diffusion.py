@@ -41,8 +41,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ... import distributed as dist
-from ...errors import ConfigError
+from .. import distributed as dist
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 import torch
 from torch.nn import functional as F
 
-from ...errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["unmask_schedule", "site_log_probs", "logits_at", "autocast_net", "MaskedPath", "masked_rollout", "path_log_prob",
            "backward_path_log_prob", "remask", "wdce_loss"]

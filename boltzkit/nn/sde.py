@@ -51,7 +51,7 @@ from typing import Callable
 
 import torch
 
-from ...errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["SDEPath", "VEPriorSchedule", "state_space", "time_grid", "gaussian_log_prob", "euler_maruyama",
            "reversed_reference_kernel", "brownian_bridge_kernel", "path_log_weight",
