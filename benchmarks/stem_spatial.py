@@ -133,7 +133,7 @@ def main(argv=None):
         res = stem.predict(test_ds, n_samples=k)
         s = res.samples.numpy()
         runs["stem"] = {**evaluate(s, test, truth), "train_wall_s": t_fit,
-                        "sample_wall_s": res.diagnostics["sample_wall_s"], "n_params": res.diagnostics["n_params"],
+                        "sample_wall_s": res.diagnostics["sample_wall_time_s"], "n_params": res.diagnostics["n_params"],
                         "final_loss": float(np.mean(stem.history["loss"][-100:]))}
         t0 = time.perf_counter()
         reg = EmbeddingRegressor(n_steps=args.steps, seed=seed).fit(train_ds)

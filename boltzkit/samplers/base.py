@@ -12,8 +12,10 @@ under ``torchrun`` with no change to the sampler (:mod:`boltzkit.distributed`). 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,11 +212,22 @@ def check_number(name, value, *, allow_zero: bool = False, allow_none: bool = Fa
 
 
 class TrainableSampler(Sampler):
-    """Neural samplers: a shared training loop with checkpoints and history."""
+    """Neural samplers: a shared training loop with checkpoints and history.
+
+    A subclass names its trained parts in ``components``: the attributes (networks, optimizers,
+    EMA copies, replay buffers, schedules: anything with ``state_dict``/``load_state_dict``)
+    that a checkpoint holds under those names (an attribute that is None is saved as None and
+    skipped on load). ``_extra_state``/``_load_extra_state`` add what is not a component.
+    ``train_time`` (seconds inside ``train_step``, over resumes too) is kept here and reported as
+    ``train_wall_time_s`` by :meth:`_train_diagnostics`.
+    """
+
+    components: ClassVar[tuple] = ()
 
     def __init__(self, config=None, /, **kw):
         super().__init__(config, **kw)
         self.step = 0
+        self.train_time = 0.0
         self.history: dict[str, list] = {}
 
     # -- to implement
@@ -224,11 +237,40 @@ class TrainableSampler(Sampler):
     def train_step(self) -> dict:  # one optimizer step; returns metrics (floats)
         raise NotImplementedError
 
+    def _extra_state(self) -> dict:
+        """What a checkpoint holds besides the components (plain values, tensors)."""
+        return {}
+
+    def _load_extra_state(self, state: dict) -> None:
+        pass
+
+    # -- derived from the components
     def _state_dict(self) -> dict:
-        raise NotImplementedError
+        state = {name: None if getattr(self, name, None) is None else getattr(self, name).state_dict()
+                 for name in self.components}
+        return {**state, "train_time": self.train_time, **self._extra_state()}
 
     def _load_state_dict(self, state: dict) -> None:
-        raise NotImplementedError
+        for name in self.components:
+            part = getattr(self, name, None)
+            if part is not None and state.get(name) is not None:
+                part.load_state_dict(state[name])
+        self.train_time = float(state.get("train_time", 0.0))
+        self._load_extra_state(state)
+
+    @contextlib.contextmanager
+    def _seeded_init(self):
+        """Build networks inside this block: their initialisation draws from a seed taken from the
+        sampler's ``"init"`` stream, and torch's global generator is left untouched."""
+        init = self.gens["init"]
+        seed = int(torch.randint(0, 2**62, (1,), generator=init, device=init.device))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+
+    def _train_diagnostics(self) -> dict:
+        """The training keys every neural sampler's Result carries."""
+        return {"train_steps": int(self.step), "train_wall_time_s": float(self.train_time)}
 
     def default_n_steps(self) -> int:
         return int(getattr(self.config, "n_steps", 1000))
@@ -356,10 +398,12 @@ class TrainableSampler(Sampler):
                            enabled=self.progress) if progress_enabled(self.progress) else progress_bar(enabled=False)
         try:
             while self.step < n_steps:
+                t0 = time.perf_counter()
                 try:
                     metrics = self.train_step()
                 except NonFiniteEnergyError as exc:  # the energy's fault, with the step added
                     raise at_step(exc, f"{self.name} training step {self.step + 1} of {n_steps}") from None
+                self.train_time += time.perf_counter() - t0
                 self.step += 1
                 if dist.is_distributed():  # history (and the divergence check) see the rank mean
                     metrics = dist.all_reduce_mean({k: float(v) for k, v in metrics.items()})

@@ -524,13 +524,10 @@ class DiscreteASBS(TrainableSampler):
         self.noise = make_noise(cfg.noise, cfg.noise_scale, self.noise_alpha)
         self.times = torch.linspace(cfg.t0, 1.0, cfg.n_time_steps + 1, dtype=torch.float64,
                                     device=self.device)
-        init = self.gens["init"]
-        seed = int(torch.randint(0, 2**62, (1,), generator=init, device=init.device))
         kw = dict(hidden=cfg.hidden, n_heads=cfg.n_heads, absolute_positions=cfg.absolute_positions)
         if cfg.n_layers is not None:
             kw["n_layers"] = cfg.n_layers
-        with torch.random.fork_rng(devices=[]):  # network init from the sampler's own stream
-            torch.manual_seed(seed)
+        with self._seeded_init():  # network init from the sampler's own stream
             self.controller = _SoftClamp(make_discrete_net(dom, cfg.net, time_conditioned=True, **kw),
                                          cfg.log_phi_max)
             self.corrector = _SoftClamp(make_discrete_net(dom, cfg.net, **kw), cfg.log_phi_max)
@@ -545,7 +542,6 @@ class DiscreteASBS(TrainableSampler):
         self.ema_controller = EMA(self.controller, cfg.ema_decay)
         self.ema_corrector = EMA(self.corrector, cfg.ema_decay)
         self.buffer = ReplayBuffer(cfg.buffer_size)
-        self.train_time = 0.0
         self.n_energy_evals = 0
         self.n_score_evals = 0
         self._batch_stats: dict = {}
@@ -674,7 +670,6 @@ class DiscreteASBS(TrainableSampler):
 
     # ------------------------------------------------------------------ training
     def train_step(self) -> dict:
-        t_start = time.perf_counter()
         cfg, gen = self.config, self.gens["train"]
         stage, phase, i, length = self.phase()
         if phase == "controller":
@@ -701,7 +696,6 @@ class DiscreteASBS(TrainableSampler):
         ema.update(net)
         if i == length - 1:  # end of the phase: the network continues from its EMA
             net.load_state_dict(ema.shadow.state_dict())
-        self.train_time += time.perf_counter() - t_start
         out = {"loss": float(loss.detach()), "stage": stage, "phase": float(phase == "corrector"),
                **self._batch_stats}
         if cfg.warmup_steps:
@@ -709,25 +703,14 @@ class DiscreteASBS(TrainableSampler):
         return out
 
     # ------------------------------------------------------------------ state
-    def _state_dict(self) -> dict:
-        return {"controller": self.controller.state_dict(), "corrector": self.corrector.state_dict(),
-                "opt_controller": self.opt_controller.state_dict(),
-                "opt_corrector": self.opt_corrector.state_dict(),
-                "ema_controller": self.ema_controller.state_dict(),
-                "ema_corrector": self.ema_corrector.state_dict(),
-                "buffer": self.buffer.state_dict(), "train_time": self.train_time,
-                "n_energy_evals": self.n_energy_evals, "n_score_evals": self.n_score_evals,
+    components = ("controller", "corrector", "opt_controller", "opt_corrector", "ema_controller",
+                  "ema_corrector", "buffer")
+
+    def _extra_state(self) -> dict:
+        return {"n_energy_evals": self.n_energy_evals, "n_score_evals": self.n_score_evals,
                 "batch_stats": {k: float(v) for k, v in self._batch_stats.items()}}
 
-    def _load_state_dict(self, state: dict) -> None:
-        self.controller.load_state_dict(state["controller"])
-        self.corrector.load_state_dict(state["corrector"])
-        self.opt_controller.load_state_dict(state["opt_controller"])
-        self.opt_corrector.load_state_dict(state["opt_corrector"])
-        self.ema_controller.load_state_dict(state["ema_controller"])
-        self.ema_corrector.load_state_dict(state["ema_corrector"])
-        self.buffer.load_state_dict(state["buffer"])
-        self.train_time = float(state["train_time"])
+    def _load_extra_state(self, state: dict) -> None:
         self.n_energy_evals = int(state["n_energy_evals"])
         self.n_score_evals = int(state["n_score_evals"])
         self._batch_stats = dict(state["batch_stats"])

@@ -111,7 +111,6 @@ import time
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .. import distributed as dist
@@ -265,10 +264,7 @@ class MDNS(TrainableSampler):
         self.domain, self.n_sites, self.q = dom, dom.n_sites, dom.q
         self._train_blocks = unmask_schedule(self.n_sites, cfg.train_unmask_steps or cfg.n_unmask_steps)
         self._sample_blocks = unmask_schedule(self.n_sites, cfg.n_unmask_steps)
-        init = self.gens["init"]
-        seed = int(torch.randint(0, 2**62, (1,), generator=init, device=init.device))
-        with torch.random.fork_rng(devices=[]):  # network init from the sampler's own stream
-            torch.manual_seed(seed)
+        with self._seeded_init():  # network init from the sampler's own stream
             size = {"hidden": cfg.hidden, "n_heads": cfg.n_heads,
                     "absolute_positions": cfg.absolute_positions}
             if cfg.n_layers is not None:
@@ -281,7 +277,6 @@ class MDNS(TrainableSampler):
                                            weight_decay=cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema_decay)
         self.buffer = ReplayBuffer(cfg.buffer_size or cfg.batch_size)
-        self.train_time = 0.0
         self.scale = {"adaptive": 0.0, "linear": cfg.warmup_start, None: 1.0}[cfg.warmup]
         self._batch_stats = {}
 
@@ -337,7 +332,6 @@ class MDNS(TrainableSampler):
     # ------------------------------------------------------------------ training
     def train_step(self) -> dict:
         """One optimizer step of the configured objective; returns the history entries."""
-        t0 = time.perf_counter()
         cfg, gen = self.config, self.gens["train"]
         self.optimizer.zero_grad(set_to_none=True)
         if cfg.loss == "wdce":
@@ -366,7 +360,6 @@ class MDNS(TrainableSampler):
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.ema.update(self.model)
-        self.train_time += time.perf_counter() - t0
         return {"loss": loss_value, **self._batch_stats, "energy_scale": self.scale}
 
     def _path_loss(self, lw: torch.Tensor) -> "tuple[torch.Tensor, float]":
@@ -385,18 +378,12 @@ class MDNS(TrainableSampler):
         return -w, float((w * lw).sum()) - log_z_hat
 
     # ------------------------------------------------------------------ state
-    def _state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "ema": self.ema.state_dict(), "buffer": self.buffer.state_dict(),
-                "train_time": self.train_time, "scale": self.scale,
-                "batch_stats": {k: float(v) for k, v in self._batch_stats.items()}}
+    components = ("model", "optimizer", "ema", "buffer")
 
-    def _load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.ema.load_state_dict(state["ema"])
-        self.buffer.load_state_dict(state["buffer"])
-        self.train_time = float(state["train_time"])
+    def _extra_state(self) -> dict:
+        return {"scale": self.scale, "batch_stats": {k: float(v) for k, v in self._batch_stats.items()}}
+
+    def _load_extra_state(self, state: dict) -> None:
         self.scale = float(state["scale"])
         self._batch_stats = dict(state["batch_stats"])
 
@@ -438,8 +425,7 @@ class MDNS(TrainableSampler):
         path, lw = self.sample_paths(n_samples, n_unmask_steps=n_unmask_steps)
         sample_time = time.perf_counter() - t0
         diag = {"n_unmask_steps": len(path.blocks), "nfe_per_sample": len(path.blocks),
-                "train_steps": self.step, "train_wall_time_s": self.train_time,
-                "sample_wall_time_s": sample_time, "loss": self.config.loss,
+                **self._train_diagnostics(), "sample_wall_time_s": sample_time, "loss": self.config.loss,
                 "final_energy_scale": self.scale}
         if self.scale < 1.0:
             warnings.warn(f"the temperature warm-up of MDNS stopped at energy factor {self.scale:.3f} < 1 "

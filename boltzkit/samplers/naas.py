@@ -439,10 +439,7 @@ class NAAS(TrainableSampler):
                           for a, b in zip(pt, pt[1:])}
         self._sigmas = torch.tensor([self.ref.sigma(float(t)) for t in self.ts[:-1]],
                                     device=self.device)
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=self.gens["init"],
-                                 device=self.gens["init"].device))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with self._seeded_init():  # network init from the sampler's own stream
             self.net = make_control_net(target.domain, hidden=c.hidden, n_layers=c.n_layers,
                                         input_scale=self.prior_std).to(self.device)
             self.prior_net = make_control_net(target.domain, hidden=c.hidden, n_layers=c.n_layers,

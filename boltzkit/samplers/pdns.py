@@ -464,10 +464,7 @@ class PDNS(TrainableSampler):
         cfg = self.config
         kind = _MaskedCTMC if isinstance(target.domain, Categorical) else _BrownianBridge
         self.inst = kind(target, cfg, self.device, self.gens["init"])
-        init = self.gens["init"]
-        seed = int(torch.randint(0, 2**62, (1,), generator=init, device=init.device))
-        with torch.random.fork_rng(devices=[]):  # network init from the sampler's own stream
-            torch.manual_seed(seed)
+        with self._seeded_init():  # network init from the sampler's own stream
             self.model = self.inst.make_net().to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.ema = EMA(self.model, cfg.ema_decay)
@@ -475,7 +472,6 @@ class PDNS(TrainableSampler):
         self.schedule = cfg.make_schedule()
         self.batch: "tuple[torch.Tensor, torch.Tensor] | None" = None
         self._metrics: dict = {}
-        self.train_time = 0.0
 
     # ------------------------------------------------------------------ training
     def _new_batch(self, generator) -> None:
@@ -503,7 +499,6 @@ class PDNS(TrainableSampler):
                          "ess_frac": est.ess_frac, "log_z": est.log_z}
 
     def train_step(self) -> dict:
-        t0 = time.perf_counter()
         cfg, gen = self.config, self.gens["train"]
         if self.step % cfg.inner_steps == 0 or self.batch is None:
             self._new_batch(gen)
@@ -517,26 +512,17 @@ class PDNS(TrainableSampler):
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.ema.update(self.model)
-        self.train_time += time.perf_counter() - t0
         return {"loss": float(loss.detach()), **self._metrics}
 
     # ------------------------------------------------------------------ state
-    def _state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "ema": self.ema.state_dict(), "proposal": self.proposal.state_dict(),
-                "schedule": self.schedule.state_dict(), "batch": self.batch,
-                "metrics": {k: float(v) for k, v in self._metrics.items()},
-                "train_time": self.train_time}
+    components = ("model", "optimizer", "ema", "proposal", "schedule")
 
-    def _load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.ema.load_state_dict(state["ema"])
-        self.proposal.load_state_dict(state["proposal"])
-        self.schedule.load_state_dict(state["schedule"])
+    def _extra_state(self) -> dict:
+        return {"batch": self.batch, "metrics": {k: float(v) for k, v in self._metrics.items()}}
+
+    def _load_extra_state(self, state: dict) -> None:
         self.batch = None if state["batch"] is None else tuple(state["batch"])
         self._metrics = dict(state["metrics"])
-        self.train_time = float(state["train_time"])
 
     # ------------------------------------------------------------------ sampling
     def sample(self, n_samples: int) -> Result:

@@ -269,10 +269,7 @@ class SCDiffusion(TrainableSampler):
     def _build(self, dim: int, n_labels: int) -> None:
         cfg = self.config
         learn = cfg.variance == "learned_range"
-        # initialise the network from the 'init' stream, leaving torch's global RNG untouched
-        seed = int(torch.randint(0, 2**62, (1,), generator=self.gens["init"], device=self.device))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with self._seeded_init():  # network init from the sampler's own stream
             if cfg.network == "mlp":
                 net = ConditionalMLP(dim, n_labels, cfg.hidden, cfg.depth, cfg.mlp_ratio, learn)
             else:
@@ -312,7 +309,7 @@ class SCDiffusion(TrainableSampler):
                      "proportions": [float(p) for p in np.bincount(target.codes, minlength=len(target.categories))
                                      / target.n_cells],
                      "train_target": target.to_config(), "provenance": target.provenance,
-                     "train_wall_s": 0.0, "dim": int(z.shape[1]), "max_value": float(y.max()),
+                     "dim": int(z.shape[1]), "max_value": float(y.max()),
                      "empty_categories": list(getattr(target, "empty_categories", [])),
                      "var": var_to_json(getattr(target, "var", None))}
         dev = self.device
@@ -334,7 +331,6 @@ class SCDiffusion(TrainableSampler):
         return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * frac))
 
     def train_step(self) -> dict:
-        t0 = time.perf_counter()
         cfg, g, dev = self.config, self.gens["train"], self.device
         self.model.train()
         idx = torch.randint(0, self._z0.shape[0], (cfg.batch_size,), generator=g, device=dev)
@@ -348,7 +344,6 @@ class SCDiffusion(TrainableSampler):
         metrics = optimize_denoiser(self.diffusion, lambda x, s: net(x, s, y), x0, generator=g,
                                     optimizer=self.opt, model=self.model, ema=self.ema,
                                     grad_clip=cfg.grad_clip)
-        self.info["train_wall_s"] = self.info.get("train_wall_s", 0.0) + time.perf_counter() - t0
         return metrics
 
     # ------------------------------------------------------------------ sampling
@@ -469,8 +464,7 @@ class SCDiffusion(TrainableSampler):
                        "space": getattr(cfg, "space", "latent"),
                        "guidance": float(cfg.guidance), "sampler": cfg.sampler,
                        "sampling_steps": cfg.sampling_steps or cfg.n_timesteps,
-                       "train_steps": int(self.step), "train_wall_s": float(self.info.get("train_wall_s", 0.0)),
-                       "sample_wall_s": float(wall), "n_params": int(self.info["n_params"]),
+                       **self._train_diagnostics(), "sample_wall_time_s": float(wall), "n_params": int(self.info["n_params"]),
                        "training_data": str(self.info.get("provenance", ""))}
         kw = self._result_kwargs()
         if not kw["target"]:
@@ -484,17 +478,15 @@ class SCDiffusion(TrainableSampler):
         return Result(samples=samples, log_z=None, diagnostics=diagnostics, **kw)
 
     # ------------------------------------------------------------------ persistence
-    def _state_dict(self) -> dict:
+    components = ("model", "ema", "opt")
+
+    def _extra_state(self) -> dict:
         self._require_model()
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-                "z_mean": self.z_mean.cpu(), "z_std": self.z_std.cpu(),
+        return {"z_mean": self.z_mean.cpu(), "z_std": self.z_std.cpu(),
                 "basis": None if self.basis is None else {k: v.cpu() for k, v in self.basis.items()},
                 "info": dict(self.info)}
 
-    def _load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
+    def _load_extra_state(self, state: dict) -> None:
         self.z_mean = state["z_mean"].to(self.device)
         self.z_std = state["z_std"].to(self.device)
         self.basis = None if state["basis"] is None else {k: v.to(self.device) for k, v in state["basis"].items()}

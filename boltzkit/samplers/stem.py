@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -98,11 +97,6 @@ _NO_LOG_Z = ("Stem is a conditional generative model of data: there is no energy
 
 
 # ---------------------------------------------------------------------------- the network
-@contextmanager
-def _seeded_global_rng(seed: int):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 def _modulate(h, shift, scale):
     return h * (1 + scale) + shift
 
@@ -320,7 +314,7 @@ class Stem(TrainableSampler):
 
     def _build(self, n_genes: int, cond_dim: int, gene_names) -> None:
         cfg = self.config
-        with self._seeded():
+        with self._seeded_init():
             net = GeneTokenDiT(n_genes, cond_dim, mlp_ratio=cfg.mlp_ratio,
                                learn_sigma=cfg.variance == "learned_range", **cfg.arch())
         mods = {"net": net}
@@ -336,14 +330,8 @@ class Stem(TrainableSampler):
                           "gene_names": list(gene_names),
                           "n_params": int(sum(p.numel() for p in self.model.parameters()))})
 
-    def _seeded(self):
-        """Context in which torch's global RNG is seeded from the 'init' stream (network
-        initialisation is then reproducible) and restored afterwards."""
-        seed = int(torch.randint(0, 2**62, (1,), generator=self.gens["init"], device=self.device))
-        return _seeded_global_rng(seed)
-
     def _make_encoder(self):
-        with self._seeded():
+        with self._seeded_init():
             enc = make_encoder(self.config.encoder, cnn_dim=self.config.cnn_dim)
         self.encoder = enc
         self.trainable_encoder = isinstance(enc, nn.Module) and getattr(enc, "trainable", False)
@@ -396,7 +384,7 @@ class Stem(TrainableSampler):
         else:
             self.emb_mean = torch.zeros(cond_dim, device=self.device)
             self.emb_std = torch.ones(cond_dim, device=self.device)
-        self.info.update({"train_target": target.to_config(), "train_wall_s": 0.0,
+        self.info.update({"train_target": target.to_config(),
                           "provenance": target.provenance})
 
     # ------------------------------------------------------------------ training
@@ -414,7 +402,6 @@ class Stem(TrainableSampler):
         return self._emb[ks, idx]
 
     def train_step(self) -> dict:
-        t0 = time.perf_counter()
         cfg, g = self.config, self.gens["train"]
         self.model.train()
         idx = torch.randint(0, self._x0.shape[0], (cfg.batch_size,), generator=g, device=self.device)
@@ -424,7 +411,6 @@ class Stem(TrainableSampler):
         metrics = optimize_denoiser(self.diffusion, lambda x, s: net(x, s, cond), x0, generator=g,
                                     optimizer=self.opt, model=self.model, ema=self.ema,
                                     grad_clip=cfg.grad_clip)
-        self.info["train_wall_s"] = self.info.get("train_wall_s", 0.0) + time.perf_counter() - t0
         return metrics
 
     # ------------------------------------------------------------------ sampling
@@ -510,8 +496,7 @@ class Stem(TrainableSampler):
                        "samples_per_spot": int(samples.shape[1]), "n_genes": int(samples.shape[2]),
                        "scale": SCALE, "sampler": cfg.sampler,
                        "sampling_steps": cfg.sampling_steps or cfg.n_timesteps,
-                       "train_steps": int(self.step), "train_wall_s": float(self.info.get("train_wall_s", 0.0)),
-                       "sample_wall_s": float(wall), "n_params": int(self.info["n_params"]),
+                       **self._train_diagnostics(), "sample_wall_time_s": float(wall), "n_params": int(self.info["n_params"]),
                        "training_data": str(self.info.get("provenance", "")),
                        "condition_data": str(cinfo["provenance"])}
         kw = self._result_kwargs()
@@ -527,17 +512,14 @@ class Stem(TrainableSampler):
         return self.predict(None, n_samples)
 
     # ------------------------------------------------------------------ persistence
-    def _state_dict(self) -> dict:
-        self._require_model()
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "opt": self.opt.state_dict(), "emb_mean": self.emb_mean.cpu(),
-                "emb_std": self.emb_std.cpu(), "x_mean": self.x_mean.cpu(), "x_std": self.x_std.cpu(),
-                "info": dict(self.info)}
+    components = ("model", "ema", "opt")
 
-    def _load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
+    def _extra_state(self) -> dict:
+        self._require_model()
+        return {"emb_mean": self.emb_mean.cpu(), "emb_std": self.emb_std.cpu(), "x_mean": self.x_mean.cpu(),
+                "x_std": self.x_std.cpu(), "info": dict(self.info)}
+
+    def _load_extra_state(self, state: dict) -> None:
         self.emb_mean = state["emb_mean"].to(self.device)
         self.emb_std = state["emb_std"].to(self.device)
         self.x_mean = state["x_mean"].to(self.device)

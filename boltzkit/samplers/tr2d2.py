@@ -398,10 +398,7 @@ class TR2D2(TrainableSampler):
             raise ConfigError("finetune='copy' needs a pretrained network with trainable weights; this "
                               "one has none (an exact model?): use finetune='residual'")
         self.residual = mode == "residual"
-        init = self.gens["init"]
-        seed = int(torch.randint(0, 2**62, (1,), generator=init, device=init.device))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with self._seeded_init():  # network init from the sampler's own stream
             if self.residual:
                 size = {"hidden": cfg.hidden}
                 if cfg.n_layers is not None:
@@ -425,7 +422,6 @@ class TR2D2(TrainableSampler):
         size = cfg.buffer_size or cfg.n_expansions * cfg.n_children
         self.buffer = {"topk": TopKBuffer, "pareto": ParetoArchive, "all": ReplayBuffer}[kind](size)
         self.reward_calls = 0
-        self.train_time = 0.0
         self._refresh_stats: dict = {}
 
     def _bias_reason(self):
@@ -639,7 +635,6 @@ class TR2D2(TrainableSampler):
                                "rollout_mean_log_ratio": float((batch["log_ref"] - batch["log_pi"]).mean())}
 
     def train_step(self) -> dict:
-        t0 = time.perf_counter()
         cfg, gen = self.config, self.gens["train"]
         if self.step % cfg.resample_every == 0 or len(self.buffer) == 0:
             self._refresh()
@@ -659,27 +654,19 @@ class TR2D2(TrainableSampler):
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.net)
-        self.train_time += time.perf_counter() - t0
         return {"loss": float(loss.detach()), "buffer_mean_reward": float(data["reward"].mean()),
                 "buffer_ess_frac": ess_kish(pooled_lw) / pooled_lw.numel(),  # of every rank's buffer
                 "buffer_size": float(weights.numel()), "reward_calls": float(self.reward_calls),
                 **self._refresh_stats}
 
     # ------------------------------------------------------------------ state
-    def _state_dict(self) -> dict:
-        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "ema": None if self.ema is None else self.ema.state_dict(),
-                "buffer": self.buffer.state_dict(), "reward_calls": self.reward_calls,
-                "train_time": self.train_time, "refresh_stats": dict(self._refresh_stats)}
+    components = ("net", "optimizer", "ema", "buffer")
 
-    def _load_state_dict(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.buffer.load_state_dict(state["buffer"])
+    def _extra_state(self) -> dict:
+        return {"reward_calls": self.reward_calls, "refresh_stats": dict(self._refresh_stats)}
+
+    def _load_extra_state(self, state: dict) -> None:
         self.reward_calls = int(state["reward_calls"])
-        self.train_time = float(state["train_time"])
         self._refresh_stats = dict(state["refresh_stats"])
 
     # ------------------------------------------------------------------ sampling

@@ -164,7 +164,8 @@ class MCMCSampler(Sampler):
         ess, diag = self._ess(n_samples, self._observables(trace))
         diag.update({"log_z_unavailable": self.log_z_unavailable, "n_chains": C, "thin": thin,
                      "steps_per_chain": n_rec, "burn_in": self.burn_in, "total_steps": self.n_total,
-                     "wall_time_s": wall, "ess_per_second": ess / wall if wall > 0 else float("inf")})
+                     "wall_time_s": wall, "sample_wall_time_s": wall,
+                     "ess_per_second": ess / wall if wall > 0 else float("inf")})
         if accs:
             diag["acceptance"] = float(torch.stack(accs).mean())
         samples = self._finish(samples, trace, diag)
