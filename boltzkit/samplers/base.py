@@ -211,6 +211,18 @@ def check_number(name, value, *, allow_zero: bool = False, allow_none: bool = Fa
         raise ConfigError(f"{name} must be a {bound}, got {value!r}")
 
 
+def check_choice(name, value, choices):
+    """Raise ConfigError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_flag(name, value):
+    """Raise ConfigError unless ``value`` is True or False."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+
+
 class TrainableSampler(Sampler):
     """Neural samplers: a shared training loop with checkpoints and history.
 

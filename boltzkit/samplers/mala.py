@@ -56,7 +56,7 @@ from ..domains import Reals
 from ..energies.base import framed
 from ..errors import ConfigError, TargetError
 from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
-from .base import check_number
+from .base import check_flag, check_number
 
 LOG_Z_UNAVAILABLE = ("MALA is an MCMC sampler: it draws correlated, unweighted samples and no "
                      "normalizing constant; use method='ais' for log Z")
@@ -93,8 +93,7 @@ class MALAConfig(MCMCConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.use_prior_hint, bool):
-            raise ConfigError(f"use_prior_hint must be True or False, got {self.use_prior_hint!r}")
+        check_flag("use_prior_hint", self.use_prior_hint)
         check_number("step_size", self.step_size, allow_none=True)
         if not (isinstance(self.target_accept, (int, float)) and 0 < self.target_accept < 1):
             raise ConfigError(f"target_accept must be in (0, 1), got {self.target_accept!r}")

@@ -59,9 +59,6 @@ from ..kernels.lattice import (checkerboard_sweep, cluster_incompatibility,  # n
                                fk_clusters, lattice_model, local_incompatibility,
                                swendsen_wang_update, wolff_update)
 
-_local_incompatibility = local_incompatibility
-_cluster_incompatibility = cluster_incompatibility
-
 
 # ============================================================================ samplers
 def order_parameter(model: LatticeModel, x: torch.Tensor) -> torch.Tensor:
@@ -112,7 +109,7 @@ class LatticeMCMC(MCMCSampler):
     Config = LatticeMCMCConfig
     log_z_unavailable = LOG_Z_UNAVAILABLE
     step_unit = "sweeps"
-    _incompatibility = staticmethod(_local_incompatibility)
+    _incompatibility = staticmethod(local_incompatibility)
 
     def _update(self, x, generator):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -156,7 +153,7 @@ _LATTICE_DOMAINS = (Lattice,)
 
 @register("metropolis", domains=_LATTICE_DOMAINS, priority=1, provides_log_z=False,
           paper="Metropolis et al., J. Chem. Phys. 21, 1087 (1953)",
-          supports=_local_incompatibility)
+          supports=local_incompatibility)
 class Metropolis(LatticeMCMC):
     """Checkerboard single-site Metropolis for Ising and Potts lattices."""
 
@@ -165,7 +162,7 @@ class Metropolis(LatticeMCMC):
 
 
 @register("heat_bath", domains=_LATTICE_DOMAINS, priority=2, provides_log_z=False,
-          paper="Glauber, J. Math. Phys. 4, 294 (1963)", supports=_local_incompatibility)
+          paper="Glauber, J. Math. Phys. 4, 294 (1963)", supports=local_incompatibility)
 class HeatBath(LatticeMCMC):
     """Checkerboard single-site heat-bath (Gibbs) updates for Ising and Potts lattices."""
 
@@ -175,19 +172,19 @@ class HeatBath(LatticeMCMC):
 
 @register("swendsen_wang", domains=_LATTICE_DOMAINS, priority=5, provides_log_z=False,
           paper="Swendsen & Wang, Phys. Rev. Lett. 58, 86 (1987)",
-          supports=_cluster_incompatibility)
+          supports=cluster_incompatibility)
 class SwendsenWang(LatticeMCMC):
     """Swendsen-Wang cluster updates for Ising (h = 0) and Potts lattices."""
 
     Config = ClusterConfig
-    _incompatibility = staticmethod(_cluster_incompatibility)
+    _incompatibility = staticmethod(cluster_incompatibility)
 
     def _update(self, x, generator):
         return swendsen_wang_update(self.target, x, generator=generator)
 
 
 @register("wolff", domains=_LATTICE_DOMAINS, priority=3, provides_log_z=False,
-          paper="Wolff, Phys. Rev. Lett. 62, 361 (1989)", supports=_cluster_incompatibility)
+          paper="Wolff, Phys. Rev. Lett. 62, 361 (1989)", supports=cluster_incompatibility)
 class Wolff(LatticeMCMC):
     """Wolff single-cluster updates for Ising (h = 0) and Potts lattices.
 
@@ -197,7 +194,7 @@ class Wolff(LatticeMCMC):
     """
 
     Config = WolffConfig
-    _incompatibility = staticmethod(_cluster_incompatibility)
+    _incompatibility = staticmethod(cluster_incompatibility)
 
     def __init__(self, config=None, /, **kw):
         super().__init__(config, **kw)

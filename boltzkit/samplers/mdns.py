@@ -125,7 +125,7 @@ from ..nn.ctmc import (MaskedPath, autocast_net, backward_path_log_prob, masked_
                            unmask_schedule, wdce_loss)
 from ..nn.discrete_nets import make_discrete_net
 from ..nn.ema import EMA
-from .base import SamplerConfig, TrainableSampler, _check_count
+from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
 
 __all__ = ["MDNS", "MDNSConfig", "LOSSES"]
 
@@ -219,16 +219,11 @@ class MDNSConfig(SamplerConfig):
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
-        if self.mask_mode not in ("lambda", "count"):
-            raise ConfigError(f"mask_mode must be 'lambda' or 'count', got {self.mask_mode!r}")
-        if self.net not in ("auto", "transformer", "cnn"):
-            raise ConfigError(f"net must be 'auto', 'transformer' or 'cnn', got {self.net!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.refine not in REFINEMENTS:
-            raise ConfigError(f"refine must be one of {REFINEMENTS}, got {self.refine!r}")
-        if self.warmup not in (None, "adaptive", "linear"):
-            raise ConfigError(f"warmup must be 'adaptive', 'linear' or None, got {self.warmup!r}")
+        check_choice("mask_mode", self.mask_mode, ("lambda", "count"))
+        check_choice("net", self.net, ("auto", "transformer", "cnn"))
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("refine", self.refine, REFINEMENTS)
+        check_choice("warmup", self.warmup, (None, "adaptive", "linear"))
         if not 0.0 < self.warmup_ess < 1.0:
             raise ConfigError(f"warmup_ess (target ESS fraction) must be in (0, 1), got {self.warmup_ess!r}")
         if not 0.0 < self.warmup_start <= 1.0:
@@ -419,8 +414,7 @@ class MDNS(TrainableSampler):
         self._require_fit()
         _int_option("n_samples", n_samples, minimum=2)
         refine = self.config.refine if refine == "config" else refine
-        if refine not in REFINEMENTS:
-            raise ConfigError(f"refine must be one of {REFINEMENTS}, got {refine!r}")
+        check_choice("refine", refine, REFINEMENTS)
         t0 = time.perf_counter()
         path, lw = self.sample_paths(n_samples, n_unmask_steps=n_unmask_steps)
         sample_time = time.perf_counter() - t0

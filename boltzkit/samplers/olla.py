@@ -108,7 +108,7 @@ from ..constraints._geometry import (GramSolver, batched_jacobian, normal_compon
 from ..errors import (ConfigError, ConvergenceWarning, DomainError, IncompatibleMethodError,
                       InfeasibleConstraintError, TargetError, TrainingDivergedError)
 from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
-from .base import _check_count, check_number
+from .base import _check_count, check_choice, check_flag, check_number
 
 LOG_Z_UNAVAILABLE = ("{name} is an (unadjusted) MCMC sampler of a constrained target: it returns "
                      "samples, not the normalizing constant of exp(-f) on the constraint set")
@@ -137,8 +137,7 @@ class ConstrainedLangevinConfig(MCMCConfig):
     def __post_init__(self):
         super().__post_init__()
         check_number("step_size", self.step_size)
-        if not isinstance(self.land_start, bool):
-            raise ConfigError(f"land_start must be True or False, got {self.land_start!r}")
+        check_flag("land_start", self.land_start)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,14 +176,11 @@ class OLLAConfig(ConstrainedLangevinConfig):
         if self.epsilon != "auto":
             check_number("epsilon", self.epsilon, allow_zero=True)
         check_number("proj_damp", self.proj_damp, allow_zero=True)
-        if self.curvature not in ("auto", "exact", "hutchinson", "none"):
-            raise ConfigError(f"curvature must be 'auto', 'exact', 'hutchinson' or 'none', "
-                              f"got {self.curvature!r}")
+        check_choice("curvature", self.curvature, ("auto", "exact", "hutchinson", "none"))
         _check_count("n_hutchinson", self.n_hutchinson)
         _check_count("exact_max_dim", self.exact_max_dim)
         _check_count("land_iters", self.land_iters)
-        if not isinstance(self.land_samples, bool):
-            raise ConfigError(f"land_samples must be True or False, got {self.land_samples!r}")
+        check_flag("land_samples", self.land_samples)
         if self.alpha * self.step_size >= 1:
             raise ConfigError(f"alpha * step_size = {self.alpha * self.step_size:g} must be < 1 for "
                               "stable landing (0.05 - 0.5 works well); lower alpha or step_size")
@@ -217,8 +213,7 @@ class SlackLangevinConfig(ProjectedLangevinConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.slack_correction, bool):
-            raise ConfigError(f"slack_correction must be True or False, got {self.slack_correction!r}")
+        check_flag("slack_correction", self.slack_correction)
 
 
 class _ConstrainedLangevin(MCMCSampler):
@@ -242,22 +237,10 @@ class _ConstrainedLangevin(MCMCSampler):
         """Advance all chains; return (new_state, violation (B,) of the old state, {stat: scalar})."""
         raise NotImplementedError
 
-    def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None,
-            x0: "torch.Tensor | None" = None) -> "_ConstrainedLangevin":
-        """Attach ``target``, start the chains on the constraint set and burn them in.
-
-        Parameters
-        ----------
-        target : ConstrainedTarget
-        n_steps : burn-in steps (default ``config.burn_in``).
-        checkpoint : not supported (MCMC chains are cheap to rerun); must be None.
-        x0 : optional start states (1 or n_chains, *event_shape); by default the domain's
-            reference draws. Starts are moved onto the set by Gauss-Newton steps first; one
-            that cannot reach it raises InfeasibleConstraintError.
-        """
-        return super().fit(target, n_steps=n_steps, checkpoint=checkpoint, x0=x0)
-
     def _start(self, target, x0=None) -> None:
+        """``fit(target, n_steps=None, x0=None)``: ``x0`` optional start states (1 or n_chains,
+        *event_shape), by default the domain's reference draws; starts are moved onto the set
+        by Gauss-Newton steps first, and one that cannot reach it raises InfeasibleConstraintError."""
         dom = getattr(target, "domain", None)
         if not isinstance(dom, Constrained):
             raise IncompatibleMethodError(

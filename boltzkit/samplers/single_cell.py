@@ -62,7 +62,7 @@ from ..nn.ema import EMA
 from ..nn.gaussian_diffusion import (DiffusionOptions, GaussianDiffusion, check_diffusion_options,
                                          check_guidance_options, optimize_denoiser)
 from ..nn.time_embedding import SinusoidalTimeEmbedding
-from .base import SamplerConfig, TrainableSampler, _check_count
+from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
 from .stem import GeneTokenDiT
 
 __all__ = ["SCDiffusion", "SCDiffusionConfig", "ConditionalMLP"]
@@ -200,10 +200,8 @@ class SCDiffusionConfig(DiffusionOptions, SamplerConfig):
     clip_x0: bool = True
 
     def __post_init__(self):
-        if self.space not in ("genes", "pca"):
-            raise ConfigError(f"space must be 'genes' or 'pca', got {self.space!r}")
-        if self.network not in ("mlp", "dit"):
-            raise ConfigError(f"network must be 'mlp' or 'dit', got {self.network!r}")
+        check_choice("space", self.space, ("genes", "pca"))
+        check_choice("network", self.network, ("mlp", "dit"))
         for name in ("n_pcs", "hidden", "depth", "heads", "n_steps", "batch_size", "n_timesteps",
                      "sample_batch_size"):
             _check_count(name, getattr(self, name))

@@ -85,7 +85,7 @@ from ..result import Result
 from ..nn.ema import EMA
 from ..nn.gaussian_diffusion import DiffusionOptions, GaussianDiffusion, check_diffusion_options, optimize_denoiser
 from ..nn.time_embedding import SinusoidalTimeEmbedding
-from .base import SamplerConfig, TrainableSampler, _check_count
+from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
 
 __all__ = ["Stem", "StemConfig", "GeneTokenDiT", "SIZES"]
 
@@ -222,8 +222,7 @@ class StemConfig(DiffusionOptions, SamplerConfig):
     standardize: bool = False
 
     def __post_init__(self):
-        if self.size not in SIZES:
-            raise ConfigError(f"size must be one of {sorted(SIZES)}, got {self.size!r}")
+        check_choice("size", self.size, SIZES)
         for name in ("n_steps", "batch_size", "cnn_dim", "n_timesteps", "sample_batch_size"):
             _check_count(name, getattr(self, name))
         for name in ("hidden", "depth", "heads", "sampling_steps"):

@@ -142,7 +142,7 @@ from ..nn.buffers import ReplayBuffer
 from ..nn.ctmc import MaskedPath, site_log_probs, masked_rollout, path_log_prob, unmask_schedule, wdce_loss
 from ..nn.discrete_nets import make_discrete_net
 from ..nn.ema import EMA
-from .base import SamplerConfig, TrainableSampler, _check_count
+from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
 
 __all__ = ["TR2D2", "TR2D2Config", "TopKBuffer", "ParetoArchive", "dominated", "pareto_mask"]
 
@@ -300,21 +300,15 @@ class TR2D2Config(SamplerConfig):
         for name in ("buffer_size", "n_layers", "n_unmask_steps"):
             _int_option(name, getattr(self, name), allow_none=True)
         _int_option("elbo_orders", self.elbo_orders, minimum=0)
-        if self.search not in SEARCHES:
-            raise ConfigError(f"search must be one of {SEARCHES}, got {self.search!r}")
-        if self.buffer not in BUFFERS:
-            raise ConfigError(f"buffer must be one of {BUFFERS}, got {self.buffer!r}")
-        if self.tree_weights not in TREE_WEIGHTS:
-            raise ConfigError(f"tree_weights must be one of {TREE_WEIGHTS}, got {self.tree_weights!r}")
+        check_choice("search", self.search, SEARCHES)
+        check_choice("buffer", self.buffer, BUFFERS)
+        check_choice("tree_weights", self.tree_weights, TREE_WEIGHTS)
         if isinstance(self.selection_floor, bool) or not isinstance(self.selection_floor, (int, float)) \
                 or not 0.0 <= self.selection_floor <= 1.0:
             raise ConfigError(f"selection_floor must be a number in [0, 1], got {self.selection_floor!r}")
-        if self.finetune not in FINETUNE:
-            raise ConfigError(f"finetune must be one of {FINETUNE}, got {self.finetune!r}")
-        if self.mask_mode not in ("lambda", "count"):
-            raise ConfigError(f"mask_mode must be 'lambda' or 'count', got {self.mask_mode!r}")
-        if self.net not in ("cnn", "transformer"):
-            raise ConfigError(f"net must be 'cnn' or 'transformer', got {self.net!r}")
+        check_choice("finetune", self.finetune, FINETUNE)
+        check_choice("mask_mode", self.mask_mode, ("lambda", "count"))
+        check_choice("net", self.net, ("cnn", "transformer"))
         for name in ("lr",):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
@@ -572,8 +566,7 @@ class TR2D2(TrainableSampler):
         self._require_fit()
         cfg = self.config
         mode = cfg.search if mode is None else mode
-        if mode not in SEARCHES:
-            raise ConfigError(f"search mode must be one of {SEARCHES}, got {mode!r}")
+        check_choice("search mode", mode, SEARCHES)
         gen = self.gens["train"] if generator is None else generator
         M, n_leaves = cfg.n_children, cfg.n_expansions
         root = self._empty_tree()
