@@ -147,10 +147,10 @@ class MCMCSampler(Sampler):
         n_rec = max(self.min_recorded, -(-int(n_samples) // C))
         trace, accs = {}, []
         bar = progress_bar(total=n_rec * thin, desc=self.name, enabled=self.progress)
-        for _ in range(n_rec):
+        for rec in range(n_rec):
             acc = None
             for i in range(thin):
-                a = self._advance(self.gens["sample"], i)
+                a = self._advance(self.gens["sample"], rec * thin + i)
                 acc = a if acc is None else acc + a
                 bar.update(1)
             for k, v in self._record().items():
