@@ -465,9 +465,10 @@ def test_torch_force_field_matches_openmm_reference():
     of older OpenMM versions misses the energy tolerance."""
     from boltzkit.energies import openmm_energy as oe
 
-    t = AlanineDipeptide(com_restraint=None)
+    t = AlanineDipeptide(com_restraint=None, backend="torch")
     o = AlanineDipeptide(com_restraint=None, backend="openmm")
-    assert t.backend == "torch" and o.backend == "openmm"
+    assert t._torch_for(torch.zeros(1, 66)) and not o._torch_for(torch.zeros(1, 66))
+    assert not AlanineDipeptide()._torch_for(torch.zeros(1, 66))  # auto: OpenMM on CPU
     x = torch.cat([_near(t, 16, 0.003, 11), _near(t, 16, 0.03, 12)])
     e_omm = o.openmm_energy(x)
     e_t = t.energy(x).numpy() * t.kT
@@ -497,13 +498,22 @@ def test_torch_force_field_matches_openmm_reference():
 
 
 def test_backend_choice_and_errors():
-    assert AlanineDipeptide("implicit").backend == "openmm"           # GB force: OpenMM
-    assert AlanineDipeptide(platform="Reference").backend == "openmm"  # a named platform is asked for
-    assert AlanineDipeptide(platform="Reference", backend="torch").backend == "torch"
+    assert AlanineDipeptide("implicit")._ff is None                   # GB force: OpenMM only
+    assert AlanineDipeptide()._ff is not None                          # vacuum: torch on accelerators
     with pytest.raises(bk.errors.ConfigError, match="CustomGBForce"):
         AlanineDipeptide("implicit", backend="torch")
     with pytest.raises(bk.errors.ConfigError, match="backend"):
         AlanineDipeptide(backend="jax")
-    t = AlanineDipeptide()
+    t = AlanineDipeptide(backend="torch")
     assert pickle.loads(pickle.dumps(t)).backend == "torch"
     assert t.to_config()["backend"] == "torch"
+
+
+def test_torch_backend_clashes_give_inf_and_zero_gradient():
+    t = AlanineDipeptide(com_restraint=None, backend="torch")
+    x = t.reference_state().double().repeat(3, 1)
+    x[0, 3:6] = x[0, 0:3]
+    x[1, 7] = float("nan")
+    u, g = t.energy(x), t.grad_energy(x)
+    assert math.isinf(u[0]) and u[0] > 0 and math.isinf(u[1]) and math.isfinite(u[2])
+    assert bool(torch.isfinite(g).all()) and float(g[:2].abs().max()) == 0.0

@@ -312,9 +312,9 @@ class AlanineDipeptide(OpenMMEnergy):
     energy_cut : float or None
         Lin-log regularization of clash energies above this value (kT).
     backend : {"auto", "openmm", "torch"}
-        Who evaluates the force field (:class:`OpenMMEnergy`): "auto" is torch in vacuum
-        (ff96 has only bonds, angles, torsions and nonbonded terms: batched, exact second
-        derivatives) and OpenMM in implicit solvent.
+        Who evaluates the force field (:class:`OpenMMEnergy`): "auto" is OpenMM for CPU
+        states and, in vacuum (ff96 has only bonds, angles, torsions and nonbonded terms),
+        the batched torch force field for states on an accelerator.
     coordinates : {"internal", "cartesian"}
         Where :func:`boltzkit.sample` samples the molecule (:meth:`sampling_view`).
         "internal" (default): in bonds, angles and dihedrals (:meth:`internal`), with the

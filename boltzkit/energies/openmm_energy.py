@@ -12,7 +12,6 @@ import torch
 
 from ..domains import Reals
 from ..errors import ConfigError, TargetError, require
-from ..geometry import dihedral_points
 from .base import Energy
 from ._bridge import _check_optional_positive, _check_temperature, _lin_log, _NumpyBackedEnergy
 
@@ -118,10 +117,12 @@ class TorchForceField:
     mixed ones for the excluded and 1-4 pairs) and ``CMMotionRemover`` (no energy).
 
     :meth:`supports` says whether a System has only these (no constraints, no virtual sites,
-    no parameter offsets); :class:`OpenMMEnergy` then evaluates it here (``backend="auto"``):
-    one vectorized pass over the batch instead of one Context call per state, exact second
-    derivatives by autograd instead of the finite-difference Hessian-vector product, and the
-    same device as the states. Agreement with OpenMM's Reference platform is tested to 1e-6
+    no parameter offsets); :class:`OpenMMEnergy` then evaluates it here for states on an
+    accelerator (``backend="auto"``) or always (``backend="torch"``): one vectorized pass over
+    the batch on the states' device instead of one Context call per state through the host,
+    and exact second derivatives by autograd instead of the finite-difference Hessian-vector
+    product. On CPU it is slower than OpenMM's Reference platform (eager torch pays per
+    operation; measured in ``docs/performance.md``). Agreement with OpenMM's Reference platform is tested to 1e-6
     kJ/mol on energies and 1e-5 relative on forces (``tests/test_molecular.py``).
     """
 
@@ -161,14 +162,24 @@ class TorchForceField:
         pairs = {k: v for k, v in pairs.items() if v[0] != 0.0 or v[2] != 0.0}
         self.n_atoms = n
         f64 = torch.float64
+
+        def diff(rows, a, b):
+            """``(N, len(rows))`` matrix ``M`` with ``(X M)[:, m] = x_{rows[m][a]} - x_{rows[m][b]}``."""
+            m = torch.zeros(n, len(rows), dtype=f64)
+            for c, r in enumerate(rows):
+                m[r[a], c] += 1.0
+                m[r[b], c] -= 1.0
+            return m
+
+        # atom-pair differences as products with fixed +-1 matrices: a small dense matmul (and
+        # its transpose in backward) instead of gathers whose backward is a scatter-add
         self._cpu = {
-            "bond_idx": torch.tensor([b[:2] for b in bonds], dtype=torch.long).reshape(-1, 2),
-            "bond_par": torch.tensor([b[2:] for b in bonds], dtype=f64).reshape(-1, 2),
-            "angle_idx": torch.tensor([a[:3] for a in angles], dtype=torch.long).reshape(-1, 3),
+            "bond": diff(bonds, 0, 1), "bond_par": torch.tensor([b[2:] for b in bonds], dtype=f64).reshape(-1, 2),
+            "angle_u": diff(angles, 0, 1), "angle_v": diff(angles, 2, 1),
             "angle_par": torch.tensor([a[3:] for a in angles], dtype=f64).reshape(-1, 2),
-            "tors_idx": torch.tensor([t[:4] for t in tors], dtype=torch.long).reshape(-1, 4),
+            "tors_1": diff(tors, 1, 0), "tors_2": diff(tors, 2, 1), "tors_3": diff(tors, 3, 2),
             "tors_par": torch.tensor([t[4:] for t in tors], dtype=f64).reshape(-1, 3),
-            "pair_idx": torch.tensor(list(pairs), dtype=torch.long).reshape(-1, 2),
+            "pair": diff(list(pairs), 0, 1),
             "pair_par": torch.tensor(list(pairs.values()), dtype=f64).reshape(-1, 3),
         }
         self._on = {}
@@ -202,34 +213,50 @@ class TorchForceField:
 
     def __call__(self, pos: torch.Tensor) -> torch.Tensor:
         """Potential energies (kJ/mol, ``(B,)``) of positions ``pos`` (``(B, N, 3)`` nm), in the
-        dtype of ``pos`` (use float64 for OpenMM's accuracy); differentiable, twice."""
+        dtype of ``pos`` (use float64 for OpenMM's accuracy); differentiable, twice.
+
+        Vectors are held as ``(B, 3, M)`` (components first), so dot and cross products are
+        elementwise operations on ``(B, M)`` slices (``torch.cross`` is several times slower on
+        CPU at these sizes)."""
         t = self._tables(pos.device)
+        dt = pos.dtype
+        xt = pos.transpose(1, 2)  # (B, 3, N)
         e = pos.new_zeros(pos.shape[0])
-        if t["bond_idx"].numel():
-            d = pos[:, t["bond_idx"][:, 0]] - pos[:, t["bond_idx"][:, 1]]
-            r = torch.sqrt((d * d).sum(-1))
-            r0, k = t["bond_par"].to(pos.dtype).unbind(1)
-            e = e + (0.5 * k * (r - r0) ** 2).sum(1)
-        if t["angle_idx"].numel():
-            i = t["angle_idx"]
-            u = pos[:, i[:, 0]] - pos[:, i[:, 1]]
-            v = pos[:, i[:, 2]] - pos[:, i[:, 1]]
-            c = torch.cross(u, v, dim=-1)
-            theta = torch.atan2(torch.sqrt((c * c).sum(-1)), (u * v).sum(-1))
-            t0, k = t["angle_par"].to(pos.dtype).unbind(1)
+        if t["bond"].shape[1]:
+            d = xt @ t["bond"].to(dt)
+            r0, k = t["bond_par"].to(dt).unbind(1)
+            e = e + (0.5 * k * (torch.sqrt(_dot(d, d)) - r0) ** 2).sum(1)
+        if t["angle_u"].shape[1]:
+            u, v = xt @ t["angle_u"].to(dt), xt @ t["angle_v"].to(dt)
+            c = _cross(u, v)
+            theta = torch.atan2(torch.sqrt(_dot(c, c)), _dot(u, v))
+            t0, k = t["angle_par"].to(dt).unbind(1)
             e = e + (0.5 * k * (theta - t0) ** 2).sum(1)
-        if t["tors_idx"].numel():
-            i = t["tors_idx"]
-            phi = dihedral_points(*(pos[:, i[:, c]] for c in range(4)))
-            per, phase, k = t["tors_par"].to(pos.dtype).unbind(1)
+        if t["tors_1"].shape[1]:
+            b1, b2, b3 = (xt @ t[k].to(dt) for k in ("tors_1", "tors_2", "tors_3"))
+            n1, n2 = _cross(b1, b2), _cross(b2, b3)
+            phi = torch.atan2(torch.sqrt(_dot(b2, b2)) * _dot(b1, n2), _dot(n1, n2))  # as geometry.dihedral
+            per, phase, k = t["tors_par"].to(dt).unbind(1)
             e = e + (k * (1.0 + torch.cos(per * phi - phase))).sum(1)
-        if t["pair_idx"].numel():
-            d = pos[:, t["pair_idx"][:, 0]] - pos[:, t["pair_idx"][:, 1]]
-            r2 = (d * d).sum(-1)
-            qq, s, eps = t["pair_par"].to(pos.dtype).unbind(1)
+        if t["pair"].shape[1]:
+            d = xt @ t["pair"].to(dt)
+            r2 = _dot(d, d)
+            qq, s, eps = t["pair_par"].to(dt).unbind(1)
             s6 = (s * s / r2) ** 3
             e = e + (ONE_4PI_EPS0 * qq * torch.rsqrt(r2) + 4.0 * eps * (s6 * s6 - s6)).sum(1)
         return e
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Dot products of ``(B, 3, M)`` vector batches -> ``(B, M)``."""
+    return a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1] + a[:, 2] * b[:, 2]
+
+
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cross products of ``(B, 3, M)`` vector batches."""
+    ax, ay, az = a.unbind(1)
+    bx, by, bz = b.unbind(1)
+    return torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], 1)
 
 
 def _auto_platform(system) -> "tuple[str, dict]":
@@ -270,11 +297,13 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         Finite-difference step (nm) of Hessian-vector products (OpenMM backend).
     backend : {"auto", "openmm", "torch"}
         Who evaluates the force field. "openmm": the ``Context`` on ``platform``, one call per
-        state. "torch": :class:`TorchForceField` (bonds, angles, torsions and nonbonded forces
-        without cutoff only), vectorized over the batch, on the states' device, with exact
-        second derivatives. "auto" (default): "torch" when ``platform`` is "auto" and the
-        System has only those forces (small molecules in vacuum), else "openmm". The two agree
-        to float64 rounding (:meth:`openmm_energy` always asks OpenMM).
+        state (states on another device go through the host). "torch": :class:`TorchForceField`
+        (bonds, angles, torsions and nonbonded forces without cutoff only), vectorized over the
+        batch on the states' device, with exact second derivatives. "auto" (default): OpenMM
+        for CPU states (on this CPU OpenMM's Reference platform is 2-3x faster per state than
+        the torch force field at every batch size tried, ``docs/performance.md``), the torch
+        force field for states on an accelerator when the System allows it (no host round
+        trip). The two agree to float64 rounding (:meth:`openmm_energy` always asks OpenMM).
 
     Notes
     -----
@@ -314,8 +343,8 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         if backend == "torch" and why:
             raise ConfigError(f"backend='torch' cannot evaluate this System: {why}; use "
                               "backend='openmm'")
-        self._ff = TorchForceField(system) if (
-            backend == "torch" or (backend == "auto" and platform == "auto" and not why)) else None
+        self._ff = TorchForceField(system) if (backend == "torch" or (backend == "auto" and not why)) else None
+        self._backend_choice = backend
         if platform == "auto":
             platform, props = _auto_platform(system)
             props.update(platform_properties or {})
@@ -343,8 +372,14 @@ class OpenMMEnergy(_NumpyBackedEnergy):
 
     @property
     def backend(self) -> str:
-        """"torch" (:class:`TorchForceField`) or "openmm" (the Context), as resolved."""
-        return "openmm" if self._ff is None else "torch"
+        """The ``backend`` option: "auto", "openmm" or "torch"."""
+        return self._backend_choice
+
+    def _torch_for(self, flat: torch.Tensor) -> bool:
+        """Whether these states are evaluated by :class:`TorchForceField` (``backend``)."""
+        if self._ff is None:
+            return False
+        return self._backend_choice == "torch" or flat.device.type != "cpu"
 
     # -- torch backend: same conventions as _backend (restraint, cut, +inf and zero gradient)
     def _torch_u(self, flat: torch.Tensor) -> torch.Tensor:
@@ -359,7 +394,7 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         return u
 
     def _evaluate(self, flat: torch.Tensor, grad: bool):
-        if self._ff is None:
+        if not self._torch_for(flat):
             return super()._evaluate(flat, grad)
         x = flat.detach().to(torch.float64)
         self.n_evaluations += x.shape[0]
@@ -377,7 +412,7 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         return u.to(flat.dtype), g
 
     def _hvp(self, flat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        if self._ff is None:
+        if not self._torch_for(flat):
             return super()._hvp(flat, w)
         self.n_evaluations += flat.shape[0]
         with torch.enable_grad():
