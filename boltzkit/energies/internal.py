@@ -468,21 +468,20 @@ class ZMatrix:
             levels, perm, slot = self._levels()
             dev = q.device
             perm = perm.to(dev)
-            # the NeRF coefficients of every atom p >= 3 at once, in level order
+            # the NeRF coefficients of every atom p >= 3 at once, in level order, split by level
+            # (few autograd nodes: the double backward of NAAS's adjoint pays per node)
             rr, tt, pp = r[:, 2:][:, perm], th[:, 1:][:, perm], ph[:, perm]
             st = torch.sin(tt)
-            ca, cb, cc = -torch.cos(tt), st * torch.cos(pp), st * torch.sin(pp)
-            start = 0
-            for ref_slots, m in levels:
-                xr = placed.index_select(1, ref_slots.to(dev))
-                xj, xk, xl = xr[:, :m], xr[:, m:2 * m], xr[:, 2 * m:]
+            coef = torch.stack([-torch.cos(tt), st * torch.cos(pp), st * torch.sin(pp)], dim=-1)
+            sizes = [m for _, m in levels]
+            for (ref_slots, m), c, rl in zip(levels, coef.split(sizes, dim=1),
+                                             rr.unsqueeze(-1).split(sizes, dim=1)):
+                xj, xk, xl = placed.index_select(1, ref_slots.to(dev)).unflatten(1, (3, m)).unbind(1)
                 bc = _safe_unit(xj - xk)
                 nv = _safe_unit(torch.cross(xk - xl, bc, dim=-1))
                 mv = torch.cross(nv, bc, dim=-1)
-                sl = slice(start, start + m)
-                d = ca[:, sl, None] * bc + cb[:, sl, None] * mv + cc[:, sl, None] * nv
-                placed = torch.cat([placed, xj + rr[:, sl, None] * d], dim=1)
-                start += m
+                d = (torch.stack([bc, mv, nv], dim=-1) @ c.unsqueeze(-1)).squeeze(-1)
+                placed = torch.cat([placed, xj + rl * d], dim=1)
             return placed.index_select(1, slot.to(dev))
         return placed.index_select(1, torch.as_tensor([order.index(i) for i in range(3)],
                                                       device=q.device))
