@@ -1,5 +1,6 @@
-"""NAAS on alanine dipeptide in internal coordinates, and the OpenMM bridge: this code against an
-older revision of boltzkit, in one process, calls interleaved (issue 23).
+"""Speed of the hot paths of issue 23 -- NAAS on alanine dipeptide in internal coordinates, the
+OpenMM bridge, SMC on the 16 x 16 Ising model -- this code against an older revision of
+boltzkit, in one process, calls interleaved.
 
 The older revision is extracted with ``git archive <rev> boltzkit`` into a temporary folder and
 imported as ``boltzkit_old`` (the package imports itself relatively), so both run on the same
@@ -17,12 +18,14 @@ Sections
   ``getState``, public ``getPotentialEnergy``/``getForces(asNumpy=True)``), and the torch force
   field (``backend="torch"``), plus the Hessian-vector product (finite difference on the OpenMM
   bridge, autograd on the torch force field).
+* ``smc``: ``bk.sample(Ising(L=16, beta=0.4407), method="smc")`` (heat-bath sweeps) with
+  ``--smc-n`` particles, old and new alternately (same seed: the same log Z is required).
 * ``nerf``: one Hessian-vector product through the internal-coordinate map alone (the double
   backward that NAAS's adjoint runs), old vs new ``ZMatrix.to_cartesian``.
 
-Writes ``benchmarks/results/naas_alanine_speed.json`` and ``.png``. Not run by pytest.
+Writes ``benchmarks/results/speed_compare.json`` and ``.png``. Not run by pytest.
 
-Usage: ``python benchmarks/naas_alanine_speed.py --old-rev 331d404 [--K 64 --reps 3]``
+Usage: ``python benchmarks/speed_compare.py --old-rev 331d404 [--K 64 --reps 3]``
 """
 
 from __future__ import annotations
@@ -185,6 +188,28 @@ def nerf_section(pkgs, args):
     return out
 
 
+def smc_section(pkgs, args):
+    """SMC with heat-bath sweeps on the README's first target (16 x 16 Ising at beta_c), a fixed
+    number of particles, old and new alternately; same seed, so the same log Z is required."""
+    out, times, log_z = {}, {n: [] for n in pkgs}, {}
+    for r in range(args.smc_reps):
+        for name in (pkgs if r % 2 == 0 else list(pkgs)[::-1]):
+            pkg = pkgs[name]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res, dt = timed(lambda: pkg.sample(pkg.energies.Ising(L=16, beta=0.4407), method="smc",
+                                                   n_samples=args.smc_n, seed=0, device="cpu",
+                                                   progress=False))
+            times[name].append(dt)
+            log_z[name] = float(res.log_z)
+            print(f"smc rep {r} {name}: {dt:.1f} s  log Z {res.log_z:.6f}", flush=True)
+    out["smc_s"] = times
+    out["smc_ratio_sum"] = sum(times["old"]) / sum(times["new"])
+    out["smc_log_z"] = log_z
+    out["smc_identical"] = log_z["old"] == log_z["new"]
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--old-rev", default="331d404", help="git revision to compare against")
@@ -193,8 +218,10 @@ def main():
     ap.add_argument("--n-sample", type=int, default=256)
     ap.add_argument("--batch", type=int, default=256, help="states per bridge call")
     ap.add_argument("--bridge-reps", type=int, default=7)
-    ap.add_argument("--sections", default="bridge,nerf,naas")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "naas_alanine_speed.json"))
+    ap.add_argument("--smc-n", type=int, default=1024, help="SMC particles")
+    ap.add_argument("--smc-reps", type=int, default=2)
+    ap.add_argument("--sections", default="bridge,nerf,naas,smc")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "speed_compare.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     import boltzkit
@@ -204,7 +231,8 @@ def main():
            "load_average_start": os.getloadavg(),
            "note": "CPU shared with other jobs; compare the ratios, not the absolute times"}
     for sec in args.sections.split(","):
-        res[sec] = {"bridge": bridge_section, "nerf": nerf_section, "naas": naas_section}[sec](pkgs, args)
+        res[sec] = {"bridge": bridge_section, "nerf": nerf_section, "naas": naas_section,
+                "smc": smc_section}[sec](pkgs, args)
     res["load_average_end"] = os.getloadavg()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
@@ -222,6 +250,9 @@ def main():
         if "nerf" in res:
             labels.append("IC-map HVP")
             ratios.append(res["nerf"]["nerf_hvp_ratio"])
+        if "smc" in res:
+            labels.append("SMC Ising 16x16")
+            ratios.append(res["smc"]["smc_ratio_sum"])
         if "bridge" in res:
             labels += ["bridge eval", "bridge vs bare"]
             ratios += [res["bridge"]["eval_ratio_new_vs_old"], res["bridge"]["eval_ratio_new_vs_bare"]]
