@@ -226,6 +226,37 @@ def smc_section(pkgs, args):
     return out
 
 
+def plot(res, out, old_rev):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        labels, ratios = [], []
+        if "naas" in res:  # setup is left out: the old package pays the first imports
+            labels += ["NAAS train step", "NAAS sample"]
+            ratios += [res["naas"]["train_step_ratio_sum"], res["naas"]["sample_ratio"]]
+        if "nerf" in res:
+            labels.append("IC-map HVP")
+            ratios.append(res["nerf"]["nerf_hvp_ratio"])
+        if "smc" in res:
+            labels.append("SMC Ising 16x16")
+            ratios.append(res["smc"]["smc_ratio_sum"])
+        if "bridge" in res:
+            labels += ["bridge eval", "bridge vs bare Context", "torch FF vs bridge"]
+            ratios += [res["bridge"]["eval_ratio_new_vs_old"], res["bridge"]["eval_ratio_new_vs_bare"],
+                       res["bridge"]["eval_ratio_torch_vs_new"]]
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.barh(labels, ratios)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xlabel(f"speed-up vs {old_rev} (same process, loaded CPU)")
+        fig.tight_layout()
+        fig.savefig(out.replace(".json", ".png"), dpi=120)
+    except Exception as exc:  # the plot is optional
+        print(f"no plot: {exc}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--old-rev", default="331d404", help="git revision to compare against")
@@ -238,7 +269,12 @@ def main():
     ap.add_argument("--smc-reps", type=int, default=2)
     ap.add_argument("--sections", default="bridge,nerf,naas,smc")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "speed_compare.json"))
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON")
     args = ap.parse_args()
+    if args.plot_only:
+        with open(args.out) as fh:
+            plot(json.load(fh), args.out, args.old_rev)
+        return
     torch.set_num_threads(1)
     import boltzkit
 
@@ -253,33 +289,7 @@ def main():
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(res, fh, indent=1)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        labels, ratios = [], []
-        if "naas" in res:
-            labels += ["NAAS train step", "NAAS sample", "setup (hint)"]
-            ratios += [res["naas"]["train_step_ratio_sum"], res["naas"]["sample_ratio"], res["naas"]["setup_ratio"]]
-        if "nerf" in res:
-            labels.append("IC-map HVP")
-            ratios.append(res["nerf"]["nerf_hvp_ratio"])
-        if "smc" in res:
-            labels.append("SMC Ising 16x16")
-            ratios.append(res["smc"]["smc_ratio_sum"])
-        if "bridge" in res:
-            labels += ["bridge eval", "bridge vs bare"]
-            ratios += [res["bridge"]["eval_ratio_new_vs_old"], res["bridge"]["eval_ratio_new_vs_bare"]]
-        fig, ax = plt.subplots(figsize=(6, 3))
-        ax.barh(labels, ratios)
-        ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_xlabel(f"speed-up vs {args.old_rev} (same process)")
-        fig.tight_layout()
-        fig.savefig(args.out.replace(".json", ".png"), dpi=120)
-    except Exception as exc:  # the plot is optional
-        print(f"no plot: {exc}")
+    plot(res, args.out, args.old_rev)
     print(json.dumps({k: v for k, v in res.items() if k != "args"}, indent=1, default=str)[:3000])
 
 
