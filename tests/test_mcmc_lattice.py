@@ -271,3 +271,29 @@ def test_bad_inputs():
         checkerboard_sweep(Potts(L=3, q=3), torch.zeros(2, 3, 3), generator=torch.Generator())
     with pytest.raises(ConfigError, match="scale"):
         checkerboard_sweep(ising, ising.domain.reference(2), generator=torch.Generator(), scale=-1.0)
+
+
+def test_checkerboard_tables_equal_direct_conditionals():
+    """The site tables (indexed by 2 n_up, even entries) give each site exactly its conditional:
+    heat bath p(up) = sigmoid(2 s beta (J sum_nb + h)) and Metropolis min(1, exp(-s dU)),
+    computed here from the energy's own definition at every site of random states."""
+    from boltzkit.kernels.lattice import _ising_site_update, lattice_model
+    from boltzkit.energies.lattice import neighbour_sum
+
+    t = bk.energies.Ising(L=6, beta=0.37, J=0.8, h=0.15)
+    m = lattice_model(t)
+    x = t.domain.reference(8, generator=torch.Generator().manual_seed(0))
+    s = torch.full((1, 1), 0.6, dtype=torch.float64)
+    field = m.beta * (m.J * neighbour_sum(x).double() + m.h)
+    p_up = torch.sigmoid(2 * 0.6 * field)
+    p_flip = torch.exp(-0.6 * 2 * x.double() * field).clamp(max=1.0)
+    # u just below / just above the probability decides the site: the decision threshold is p
+    for eps, want_up in ((-1e-9, True), (1e-9, False)):
+        hb = _ising_site_update(m, x, (p_up + eps).clamp(0, 1), s, "heat_bath", None)
+        assert bool(((hb > 0) == want_up)[(p_up > 1e-6) & (p_up < 1 - 1e-6)].all())
+        me = _ising_site_update(m, x, (p_flip + eps).clamp(0, 1), s, "metropolis", None)
+        flipped = me != x
+        assert bool((flipped == want_up)[(p_flip > 1e-6) & (p_flip < 1 - 1e-6)].all())
+    # negative control: the table of the opposite field is caught
+    hb = _ising_site_update(m, -x, (p_up - 1e-9).clamp(0, 1), s, "heat_bath", None)
+    assert not bool((hb > 0)[(p_up > 1e-6) & (p_up < 1 - 1e-6) & (neighbour_sum(x) != 0)].all())

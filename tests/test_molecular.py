@@ -454,3 +454,66 @@ def test_from_smiles_bad_input():
         bk.energies.from_smiles("C1CC(")
     with pytest.raises(bk.errors.TargetError, match="no rotatable"):
         bk.energies.from_smiles("C")
+
+
+# ----------------------------------------------------------------------------- torch force field
+def test_torch_force_field_matches_openmm_reference():
+    """The torch backend (default in vacuum) against OpenMM's Reference Context on states near
+    the structure and far from it (clashing, stretched): energies to 1e-6 kJ/mol, forces to
+    1e-8 relative to the largest; the Hessian-vector product (exact, by autograd) against a
+    central difference of OpenMM's own forces. Negative control: the rounded Coulomb constant
+    of older OpenMM versions misses the energy tolerance."""
+    from boltzkit.energies import openmm_energy as oe
+
+    t = AlanineDipeptide(com_restraint=None, backend="torch")
+    o = AlanineDipeptide(com_restraint=None, backend="openmm")
+    assert t._torch_for(torch.zeros(1, 66)) and not o._torch_for(torch.zeros(1, 66))
+    assert not AlanineDipeptide()._torch_for(torch.zeros(1, 66))  # auto: OpenMM on CPU
+    x = torch.cat([_near(t, 16, 0.003, 11), _near(t, 16, 0.03, 12)])
+    e_omm = o.openmm_energy(x)
+    e_t = t.energy(x).numpy() * t.kT
+    np.testing.assert_allclose(e_t, e_omm, rtol=0, atol=1e-6)
+    g_t, g_o = t.grad_energy(x), o.grad_energy(x)
+    scale = float(g_o.abs().max())
+    np.testing.assert_allclose(g_t.numpy(), g_o.numpy(), rtol=0, atol=1e-8 * scale)
+    # exact HVP vs a central difference of OpenMM forces
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    xr = x[:8].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(t.energy(xr).sum(), xr, create_graph=True)
+    (hv,) = torch.autograd.grad(g, xr, grad_outputs=v[:8])
+    eps = 1e-6
+    fd = (o.grad_energy(x[:8] + eps * v[:8]) - o.grad_energy(x[:8] - eps * v[:8])) / (2 * eps)
+    np.testing.assert_allclose(hv.numpy(), fd.numpy(), rtol=0, atol=1e-5 * float(fd.abs().max()))
+    # negative control: the old rounded constant is visible at this tolerance
+    ff = oe.TorchForceField(t.system)
+    pos = x.reshape(-1, 22, 3)
+    old = oe.ONE_4PI_EPS0
+    try:
+        oe.ONE_4PI_EPS0 = 138.935456
+        e_rounded = ff(pos).numpy()
+    finally:
+        oe.ONE_4PI_EPS0 = old
+    assert np.abs(e_rounded - e_omm).max() > 1e-6
+    np.testing.assert_allclose(ff(pos).numpy(), e_omm, rtol=0, atol=1e-6)
+
+
+def test_backend_choice_and_errors():
+    assert AlanineDipeptide("implicit")._ff is None                   # GB force: OpenMM only
+    assert AlanineDipeptide()._ff is not None                          # vacuum: torch on accelerators
+    with pytest.raises(bk.errors.ConfigError, match="CustomGBForce"):
+        AlanineDipeptide("implicit", backend="torch")
+    with pytest.raises(bk.errors.ConfigError, match="backend"):
+        AlanineDipeptide(backend="jax")
+    t = AlanineDipeptide(backend="torch")
+    assert pickle.loads(pickle.dumps(t)).backend == "torch"
+    assert t.to_config()["backend"] == "torch"
+
+
+def test_torch_backend_clashes_give_inf_and_zero_gradient():
+    t = AlanineDipeptide(com_restraint=None, backend="torch")
+    x = t.reference_state().double().repeat(3, 1)
+    x[0, 3:6] = x[0, 0:3]
+    x[1, 7] = float("nan")
+    u, g = t.energy(x), t.grad_energy(x)
+    assert math.isinf(u[0]) and u[0] > 0 and math.isinf(u[1]) and math.isfinite(u[2])
+    assert bool(torch.isfinite(g).all()) and float(g[:2].abs().max()) == 0.0

@@ -311,6 +311,10 @@ class AlanineDipeptide(OpenMMEnergy):
         translation-invariant density). It does not change any internal-coordinate statistic.
     energy_cut : float or None
         Lin-log regularization of clash energies above this value (kT).
+    backend : {"auto", "openmm", "torch"}
+        Who evaluates the force field (:class:`OpenMMEnergy`): "auto" is OpenMM for CPU
+        states and, in vacuum (ff96 has only bonds, angles, torsions and nonbonded terms),
+        the batched torch force field for states on an accelerator.
     coordinates : {"internal", "cartesian"}
         Where :func:`boltzkit.sample` samples the molecule (:meth:`sampling_view`).
         "internal" (default): in bonds, angles and dihedrals (:meth:`internal`), with the
@@ -350,7 +354,7 @@ class AlanineDipeptide(OpenMMEnergy):
     def __init__(self, solvent: str = "vacuum", temperature: float = 300.0, *,
                  platform: str = "auto", platform_properties: "dict | None" = None,
                  com_restraint: "float | None" = 0.1, energy_cut: "float | None" = None,
-                 hvp_step: float = 1e-4, coordinates: str = "internal"):
+                 hvp_step: float = 1e-4, coordinates: str = "internal", backend: str = "auto"):
         if solvent not in ("vacuum", "implicit"):
             raise TargetError(f"solvent must be 'vacuum' or 'implicit', got {solvent!r}")
         if coordinates not in ("internal", "cartesian"):
@@ -360,7 +364,8 @@ class AlanineDipeptide(OpenMMEnergy):
         super().__init__(system, temperature, platform=platform,
                          platform_properties=platform_properties, positions=positions,
                          topology=topology, com_restraint=com_restraint, energy_cut=energy_cut,
-                         hvp_step=hvp_step, name=f"AlanineDipeptide({solvent}, {temperature:g} K)")
+                         hvp_step=hvp_step, backend=backend,
+                         name=f"AlanineDipeptide({solvent}, {temperature:g} K)")
         self.solvent = solvent
         self.coordinates = coordinates
         self._view = None

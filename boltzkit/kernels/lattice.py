@@ -107,8 +107,10 @@ def _scale(scale, batch: int, device) -> torch.Tensor:
 
 def _lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """table (1 or B, K) indexed by idx (B, ...) in [0, K): returns float64 (B, ...)."""
+    if table.shape[0] == 1:  # one table for every chain: a flat take, no expanded gather
+        return table.reshape(-1).take(idx)
     flat = idx.reshape(idx.shape[0], -1)
-    return table.expand(idx.shape[0], -1).gather(1, flat).view(idx.shape)
+    return table.gather(1, flat).view(idx.shape)
 
 
 @functools.lru_cache(maxsize=None)
@@ -151,23 +153,32 @@ def checkerboard_sweep(energy, x: torch.Tensor, *, generator: torch.Generator, s
     for mask in _colour_masks(model.L, x.device):
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float64)
         new = update(model, x, u, s, rule, generator)
-        upd = mask & (new != x)
+        upd = (new != x).logical_and_(mask)
         x = torch.where(upd, new, x)
         changed += upd.flatten(1).sum(1)
     return x, changed / model.L ** 2
 
 
 def _ising_site_update(model, x, u, s, rule, generator):
-    n_up = ((neighbour_sum(x) + 4) / 2).long()            # aligned-up neighbours, 0..4
+    # neighbour sum + 4 = 2 n_up is an even index 0..8 into tables whose odd entries are unused
+    # (no division; the tables hold the same values at 2 n_up as the 5-entry ones did)
+    idx = neighbour_sum(x).add_(4).long()                 # 2 x aligned-up neighbours
     field = model.beta * (model.J * (2.0 * torch.arange(5, dtype=torch.float64, device=x.device) - 4.0)
                           + model.h)                      # -dU/ds_i for each n_up
     if rule == "metropolis":
         # flipping s_i changes U by 2 s_i field: row 0 for s_i = -1, row 1 for s_i = +1
-        table = torch.exp(-s * 2.0 * torch.cat([-field, field]))      # (1 or B, 10)
-        flip = u < _lookup(table, (x > 0).long() * 5 + n_up)
+        table = _spread(torch.exp(-s * 2.0 * torch.cat([-field, field])))  # (1 or B, 20)
+        flip = u < _lookup(table, idx.add_((x > 0).long() * 10))
         return torch.where(flip, -x, x)
-    p_up = _lookup(torch.sigmoid(2.0 * s * field), n_up)
-    return torch.where(u < p_up, torch.ones_like(x), -torch.ones_like(x))
+    up = u < _lookup(_spread(torch.sigmoid(2.0 * s * field)), idx)
+    return up.to(x.dtype).mul_(2.0).sub_(1.0)                   # +1 where up, else -1
+
+
+def _spread(table: torch.Tensor) -> torch.Tensor:
+    """(1 or B, K) -> (1 or B, 2K) with entry k at 2k (odd entries 0)."""
+    out = table.new_zeros(table.shape[0], 2 * table.shape[1])
+    out[:, ::2] = table
+    return out
 
 
 def _potts_site_update(model, x, u, s, rule, generator):

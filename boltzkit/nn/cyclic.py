@@ -377,14 +377,17 @@ def cyclic_rollout(controller: Callable, x0: torch.Tensor, times: torch.Tensor,
     b = x0.shape[0]
     log_ratio = torch.zeros(b, dtype=torch.float64, device=x0.device)
     n_jumps = torch.zeros(b, dtype=torch.float64, device=x0.device)
-    n_capped = 0
+    n_capped = torch.zeros((), dtype=torch.int64, device=x0.device)
     gammas = noise.integral(times[:-1].double(), times[1:].double())
+    # the step times as the controller's (default-dtype) rows, built once on the device: no
+    # host sync per step (the same float32 values torch.full(float(times[k])) gave)
+    t_rows = times.to(device=x0.device, dtype=torch.get_default_dtype())
     for k in range(len(times) - 1):
-        t = torch.full((b,), float(times[k]), device=x0.device)
+        t = t_rows[k].repeat(b)
         x_new, lr, capped = tau_leap_step(x, controller(x, t), gammas[k], q,
                                           generator=generator, max_jump=max_jump)
         log_ratio += lr
         n_jumps += (x_new != x).sum(-1)
-        n_capped += int(capped.sum())
+        n_capped += capped.sum()
         x = x_new
-    return CyclicPath(x0, x, log_ratio, n_capped, n_jumps)
+    return CyclicPath(x0, x, log_ratio, int(n_capped), n_jumps)  # one host sync per path
