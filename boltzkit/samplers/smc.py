@@ -75,6 +75,7 @@ LEVELS_PER_SQRT_SITE = 2.5  # adaptive ladder at cess 0.9: 38 levels for 16 x 16
 SWEEP_PER_ENERGY = 30.0     # a checkerboard heat-bath sweep: 10-100 energy evaluations measured (batch-size dependent)
 MAX_ISLANDS = 32
 ISLAND_SPREAD_LIMIT = 1.0  # islands' log Z standard deviation above this: not reliable
+ISLAND_TAIL_MIN_SPREAD = 0.01  # below this spread the islands' Pareto k is not checked
 
 
 def default_n_sweeps(target) -> int:
@@ -204,7 +205,10 @@ def island_reliability(res, island_log_z, *, stacklevel: int = 2) -> bool:
     * the log-mean-exp (Jensen) bias that spread implies for lognormal island estimates,
       ``(e^{s^2} - 1) / (2M)``, below the error bar (the check NAAS's SMC path makes);
     * the Pareto tail index k of the island Z estimates at most ``PARETO_K_LIMIT`` (a heavy
-      tail: one island dominates, and the mean of M draws has not converged);
+      tail: one island dominates, and the mean of M draws has not converged); k is
+      scale-free, so it is checked only when the islands' log Z spread exceeds
+      ``ISLAND_TAIL_MIN_SPREAD`` (islands that agree to 1 % cannot move log Z by more than
+      its error bar, whatever the shape of their tail);
     * a finite error bar.
 
     What no one-run check can catch: an estimate that is off by a chance fluctuation of the
@@ -234,7 +238,7 @@ def island_reliability(res, island_log_z, *, stacklevel: int = 2) -> bool:
     elif not jensen <= res.log_z_stderr:
         reasons.append(f"the islands' log Z spread {spread:.2f} implies a Jensen bias of about "
                        f"{jensen:.2g}, above the error bar {res.log_z_stderr:.2g}")
-    if k_isl > PARETO_K_LIMIT:
+    if k_isl > PARETO_K_LIMIT and spread > ISLAND_TAIL_MIN_SPREAD:
         reasons.append(f"heavy-tailed island estimates (Pareto k {k_isl:.2f} over {M} islands)")
     if not math.isfinite(res.log_z_stderr):
         reasons.append("no finite error bar")
