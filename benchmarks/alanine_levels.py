@@ -89,9 +89,9 @@ def main(argv=None):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bk.errors.UnreliableEstimateWarning)
-        mb = level_mbar(res, stride=1, target=ic)
+        mb = level_mbar(res, target=ic)
         analytic = mb.region_free_energies(regions, state=len(mb.states) - 1)
-        val, se = level_mbar_jackknife(res, df, n_groups=a.groups, stride=1)
+        val, se = level_mbar_jackknife(res, df, n_groups=a.groups)
     mbar_wall = time.perf_counter() - t1
     lab_all = basins_of(torch.as_tensor(res.history["level_samples"]).reshape(-1, 60))
     kept_counts = {b: int((lab_all == i).sum()) for i, b in enumerate(ALANINE_BASINS)}

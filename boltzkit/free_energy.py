@@ -982,11 +982,17 @@ def level_mbar(res, *, stride: "int | None" = None, target=None,
     n_k = np.array([0] + [int(mk.sum()) for _, mk in sel], dtype=np.int64)
     if not np.isfinite(u_kn).all():
         raise TargetError("the kept reduced energies are not all finite")
+    f_init = None
+    if "log_z_running" in h:  # the run's own log Z_k: MBAR starts from them (k = 0 is exact)
+        f_init = -np.asarray(h["log_z_running"], np.float64)[states]
+        f_init = f_init - f_init[0] if np.isfinite(f_init).all() else None
     pm = pymbar_module()
     try:
-        mb = pm.MBAR(u_kn, n_k)
-        out = mb.compute_free_energy_differences(return_theta=True)
-        overlap = float(mb.compute_overlap()["scalar"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", np.exceptions.ComplexWarning)
+            mb = pm.MBAR(u_kn, n_k, initial_f_k=f_init)
+            out = mb.compute_free_energy_differences(return_theta=True)
+            overlap = float(np.real(mb.compute_overlap()["scalar"]))
     except Exception as exc:
         raise BoltzkitError(f"MBAR over the levels failed ({type(exc).__name__}: {exc})") from exc
     names = tuple(f"level {k} (lambda={lam[k]:.4g})" for k in states)

@@ -287,9 +287,10 @@ def test_island_reliability_flags_heavy_tails_and_spread_not_gaussian_islands():
             ok += _island_check(0.12 * torch.randn(32, generator=gen, dtype=torch.float64))[0]
     assert ok >= 17
     assert _island_check(1e-7 * torch.randn(32, generator=gen, dtype=torch.float64))[0]
-    # negative controls: a dominating island (log Z ~ Exp(1): Z Pareto-tailed with k = 1), and
-    # islands that disagree
-    heavy = -torch.log(torch.rand(32, generator=gen, dtype=torch.float64))
+    # negative controls: a dominating island (log Z ~ 0.5 Exp(1), one at +5: Z Pareto-tailed),
+    # and islands that disagree
+    heavy = -0.5 * torch.log(torch.rand(32, generator=gen, dtype=torch.float64))
+    heavy[0] = 5.0
     with pytest.warns(UnreliableEstimateWarning, match="heavy-tailed|Jensen"):
         reliable, res = _island_check(heavy)
     assert not reliable
