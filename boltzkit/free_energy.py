@@ -929,8 +929,8 @@ def level_mbar(res, *, stride: "int | None" = None, target=None,
     energy evaluation. State 0 is the normalised reference, unsampled (``N_0 = 0``), with the
     exact ``F_0 = -(log Z_0 + log|det S|)``; state K is the target. So ``delta_f[0, k]`` gives
     every level's ``log Z_k = -F_0 - delta_f[0, k]`` and region free energies at the target
-    pool the samples of all levels (``region_free_energies(regions, state=-1)`` or
-    ``state=len(states) - 1``).
+    pool the samples of all levels (``region_free_energies(regions,
+    state=len(mb.states) - 1)``).
 
     Parameters
     ----------

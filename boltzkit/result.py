@@ -264,6 +264,13 @@ class Result:
 
         return log_z_path_of(self)
 
+    def level_mbar(self, **kw):
+        """MBAR over the levels of an AIS/SMC run made with ``keep_levels`` (all levels pooled;
+        :func:`boltzkit.free_energy.level_mbar`, options ``stride``, ``target``)."""
+        from .free_energy import level_mbar
+
+        return level_mbar(self, **kw)
+
     def thermo_curves(self, *, window: "int | None" = None):
         """Energy and heat capacity per site over beta, ``U(beta)/N`` and ``C(beta)/N`` with
         error bars, from the log Z path of a lattice annealing run
