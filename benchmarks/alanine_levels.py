@@ -53,6 +53,7 @@ def main(argv=None):
     p.add_argument("--keep", type=int, default=32, help="particles kept per level")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--groups", type=int, default=8, help="island groups of the jackknife")
+    p.add_argument("--islands", type=int, default=None, help="n_islands (None: the default, ~n/32)")
     p.add_argument("--out", default=str(RESULTS / "alanine_levels"))
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -63,8 +64,9 @@ def main(argv=None):
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bk.errors.UnreliableEstimateWarning)
+        extra = {"n_islands": a.islands} if a.islands else {}
         res = bk.sample(ic, method="ais", n_samples=a.n_samples, keep_levels=a.keep, seed=a.seed,
-                        device="cpu", progress=False)
+                        device="cpu", progress=False, **extra)
     wall = time.perf_counter() - t0
     d = res.diagnostics
 

@@ -197,6 +197,8 @@ def main(argv=None):
     p.add_argument("--targets", default="aniso15,gmm40,mw32,ho15")
     p.add_argument("--quick", action="store_true", help="fewer particles (smoke run)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the mw32 SMC runs")
+    p.add_argument("--default-seeds", type=int, default=1,
+                   help="seeds of the mw32 run with AIS defaults (bk.sample's default n_samples)")
     p.add_argument("--naas-trained", default="",
                    help="targets (comma list) that also get NAAS with its default training "
                         "(bk.sample's default method), sampled plain and as SMC")
@@ -211,6 +213,9 @@ def main(argv=None):
         target, exact = tg[name]()
         n_ais = int((1000 if name == "ho15" else 10000) * q)
         rows.append({"target": name, **run_one(target, exact, "ais", 0, n_samples=n_ais)})
+        if name == "mw32":
+            for seed in range(1, a.default_seeds):
+                rows.append({"target": name, **run_one(target, exact, "ais", seed, n_samples=n_ais)})
         if name != "ho15":
             rows.append({"target": name, **run_one(target, exact, "ais", 0, n_samples=n_ais,
                                                    resample_ess=None, n_steps=200)})
