@@ -168,9 +168,10 @@ class AISConfig(SamplerConfig):
     schedule : "auto" (default), "adaptive", "geometric", "sigmoid", "linear", or an explicit
         tuple of lambdas from 0 to 1. "adaptive" (continuous targets): each next lambda is the
         largest whose conditional ESS stays at ``cess`` (Zhou, Johansen & Aston 2016), chosen by
-        an independent pilot run (``pilot``) and then held fixed, with the pilot's per-level step
-        sizes, so the islands of the main run are exactly independent. "auto" = "adaptive" on a
-        continuous target when ``n_steps`` is not given, else "geometric".
+        an independent pilot run (``pilot``), refined to ``min_levels`` and then held fixed (the
+        main run's step sizes still adapt level by level on its own particles, an O(1/N)
+        coupling of the islands, see below). "auto" = "adaptive" on a continuous target when
+        ``n_steps`` is not given, else "geometric".
     init_std : standard deviation of the Gaussian reference pi_0 (Reals). None (default): 1 in
         the frame of the target's prior hint, or, without a hint, 1 in the frame of the scale
         probe (:func:`boltzkit.probe.probe_frame`: pi_0 = N(c, C) covering every minimum it
@@ -634,12 +635,12 @@ class AIS(Sampler):
         h0 = cfg.step_size if cfg.step_size is not None else \
             default_step_size(self.kernel, ann.dim, init_std)
 
-        def mover(fixed_steps=None):
-            """The level move; ``fixed_steps`` (one per level) replaces the adaptation."""
+        def mover():
+            """A fresh level move (its own step-size adaptation) and its step-size record."""
             log_h, steps = [math.log(h0)], []
 
             def move(pot, x, state, k):
-                h = fixed_steps[k - 1] if fixed_steps is not None else math.exp(log_h[0])
+                h = math.exp(log_h[0])
                 steps.append(h)
                 acc_sum = 0.0
                 for _ in range(cfg.n_mcmc):
@@ -666,8 +667,8 @@ class AIS(Sampler):
                 raise ConfigError(f"n_samples={n} must be a multiple of n_islands={n_isl} "
                                   f"with at least 2 particles per island; e.g. n_samples="
                                   f"{n_isl * max(2, -(-n // n_isl))}")
-        pilot, fixed = {}, None  # fixed: per-level step sizes instead of adapting (unused)
-        if lambdas is None:  # the ladder (and step sizes) from an independent pilot run
+        pilot = {}
+        if lambdas is None:  # the ladder from an independent pilot run
             from .smc import default_n_islands
 
             n_p = max(256, int(n * cfg.pilot))
@@ -681,7 +682,7 @@ class AIS(Sampler):
                      "pilot_levels": int(ann.lambdas.size - 1), "cess": cfg.cess}
             if bar is not None and hasattr(bar, "total"):
                 bar.total = lambdas.size - 1
-        move, steps = mover(fixed)
+        move, steps = mover()
         pilot_evals = (pilot["pilot_particles"] * (pilot["pilot_levels"] + 1) * (cfg.n_mcmc + 1)) if pilot else 0
         x, lw, acc, smc = ann.run(n, lambdas, move, gen, bar=bar, device=self.device,
                                   resample_ess=resample, n_islands=n_isl, keep=cfg.keep_levels)
