@@ -14,9 +14,12 @@ does not come from boltzkit's own samplers:
 
 Runs (every one with the scale probe's frame, since no init_std / prior_std / hint is given):
 
-* ``ais``: ``bk.sample(target, method="ais")`` with its defaults (10,000 particles, 200
-  geometric levels, MALA) -- ho15 uses 1,000 particles because OpenMM evaluates one state at a
-  time (the estimator is the same).
+* ``ais``: ``bk.sample(target, method="ais")`` with its defaults (10,000 particles; since
+  issue 24 an SMC sampler: adaptive CESS ladder from an independent pilot, refined to at least
+  200 levels, island resampling at ESS 0.5, about n / 32 islands, MALA) -- ho15 uses 1,000
+  particles because OpenMM evaluates one state at a time (the estimator is the same).
+* ``ais`` with ``resample_ess=None, n_steps=200`` (``plain``): the previous default, plain AIS
+  on 200 geometric levels, in the same run for comparison (not on ho15).
 * ``smc``: the same with SMC resampling (``resample_ess=0.5``, 16 islands, error bar from the
   islands' spread), 4,096 particles and 1,000 levels (mw32 only, several seeds).
 * ``naas`` (``n_steps=0``): NAAS untrained (the annealed Langevin reference with exact path
@@ -169,7 +172,8 @@ def plot(rows, path):
     def label(r):
         o = r["options"]
         m = r["method"] + (f"{o['n_steps']}" if "n_steps" in o and r["method"] == "naas" else "")
-        return f"{r['target']} {m}{'+smc' if o.get('resample_ess') else ''} s{r['seed']}"
+        plain = r["method"] == "ais" and "resample_ess" in o and o["resample_ess"] is None
+        return f"{r['target']} {m}{'+smc' if o.get('resample_ess') else ''}{' plain' if plain else ''} s{r['seed']}"
 
     labels = [label(r) for r in rows]
     err = [r["error"] for r in rows]
@@ -193,6 +197,8 @@ def main(argv=None):
     p.add_argument("--targets", default="aniso15,gmm40,mw32,ho15")
     p.add_argument("--quick", action="store_true", help="fewer particles (smoke run)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the mw32 SMC runs")
+    p.add_argument("--default-seeds", type=int, default=1,
+                   help="seeds of the mw32 run with AIS defaults (bk.sample's default n_samples)")
     p.add_argument("--naas-trained", default="",
                    help="targets (comma list) that also get NAAS with its default training "
                         "(bk.sample's default method), sampled plain and as SMC")
@@ -207,6 +213,12 @@ def main(argv=None):
         target, exact = tg[name]()
         n_ais = int((1000 if name == "ho15" else 10000) * q)
         rows.append({"target": name, **run_one(target, exact, "ais", 0, n_samples=n_ais)})
+        if name == "mw32":
+            for seed in range(1, a.default_seeds):
+                rows.append({"target": name, **run_one(target, exact, "ais", seed, n_samples=n_ais)})
+        if name != "ho15":
+            rows.append({"target": name, **run_one(target, exact, "ais", 0, n_samples=n_ais,
+                                                   resample_ess=None, n_steps=200)})
         if name == "mw32":
             for seed in range(a.seeds):
                 rows.append({"target": name, **run_one(target, exact, "ais", seed, n_samples=16 * int(256 * q),

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -90,12 +89,16 @@ def calibration(seeds: int, L: int = 6, first_seed: int = 1000) -> dict:
             warnings.simplefilter("ignore", UnreliableEstimateWarning)
             res = bk.sample(m, method="smc", seed=first_seed + s, device="cpu")
         z = (res.log_z - exact) / res.log_z_stderr
+        d = res.diagnostics
         rows.append({"seed": first_seed + s, "log_z": res.log_z, "stderr": res.log_z_stderr, "z": z,
-                     "reliable": res.reliable})
+                     "reliable": res.reliable, "island_pareto_k": d.get("island_pareto_k"),
+                     "island_log_z_std": d.get("island_log_z_std"),
+                     "unreliable_because": d.get("unreliable_because")})
     z = np.array([r["z"] for r in rows])
     inside = np.abs(z) <= 3
     outside_flagged = all(not r["reliable"] for r, ok in zip(rows, inside) if not ok)
     return {"target": m.name, "exact_log_z": exact, "seeds": seeds, "frac_within_3_stderr": float(inside.mean()),
+            "flagged_unreliable": int(sum(not r["reliable"] for r in rows)),
             "every_outside_flagged": bool(outside_flagged), "z_rms": float(np.sqrt(np.mean(z ** 2))),
             "mean_stderr": float(np.mean([r["stderr"] for r in rows])), "runs": rows}
 
@@ -147,6 +150,8 @@ def main(argv=None) -> dict:
     out = {"meta": {"argv": vars(a), "versions": versions(), "torch_threads": a.threads,
                     "note": "timings on a shared 2-core CPU under load; compare within one run"},
            "runs": {}}
+    if a.only_calibration and Path(a.out).exists():  # keep the stored comparison runs
+        out["runs"] = json.loads(Path(a.out).read_text()).get("runs", {})
     if not a.only_calibration:
         for key, target in targets(a.quick).items():
             rows = {}

@@ -5,6 +5,8 @@ MBAR through pymbar, reweighting), profiles along collective variables, curves o
 * ``bk.mbar(results, targets)`` -> :class:`MultistateFreeEnergies` (all pairwise Delta F, the
   covariance, ``expectation(fn, state)``, ``free_energy(target)``, ``free_energy_profile``)
 * ``Result.free_energy_profile(cv, bins)`` -> :class:`FreeEnergyProfile` (bootstrap errors)
+* ``bk.free_energy.level_mbar(res)`` -> :class:`MultistateFreeEnergies` over the levels of one
+  AIS/SMC run with ``keep_levels`` (:func:`level_mbar_jackknife`: island error bars)
 * ``Result.log_z_path`` -> :class:`LogZPath`; ``Result.thermo_curves()`` ->
   :class:`ThermoCurveEstimate` (U(beta), C(beta) per site; :func:`thermo_curves_from_path`)
 
@@ -66,7 +68,8 @@ from .errors import BoltzkitError, TargetError, UnreliableEstimateWarning, requi
 
 __all__ = ["FreeEnergyDifference", "MultistateFreeEnergies", "free_energy_difference", "mbar",
            "reduced_potentials", "state_draws", "MIN_OVERLAP", "FreeEnergyProfile", "histogram_profile",
-           "LogZPath", "ThermoCurveEstimate", "thermo_curves_from_path"]
+           "LogZPath", "ThermoCurveEstimate", "thermo_curves_from_path", "level_mbar", "level_log_z",
+           "level_mbar_jackknife"]
 
 MIN_OVERLAP = 0.03    # pymbar's rule of thumb for the overlap scalar
 MIN_REGION_DRAWS = 10  # fewer pooled draws in a region: warn
@@ -909,3 +912,119 @@ def thermo_curves_of(res, *, window: "int | None" = None) -> ThermoCurveEstimate
     shape = (res.target.get("domain") or {}).get("shape")
     n_sites = int(np.prod(shape)) if shape else int(np.prod(res.samples.shape[1:]))
     return thermo_curves_from_path(path.beta, path.log_z, n_sites, window=window)
+
+
+# ----------------------------------------------------------------------------- MBAR over levels
+LEVEL_MBAR_MAX_STATES = 100  # default thinning of the levels: at most this many sampled states
+
+
+def level_mbar(res, *, stride: "int | None" = None, target=None,
+               exclude_islands=None) -> MultistateFreeEnergies:
+    r"""MBAR over the levels of one annealing run (AIS/SMC with ``keep_levels``).
+
+    Level k of the geometric path has the reduced potential
+    ``u_k(x) = (1 - lambda_k) U_0(y(x)) + lambda_k U(x)`` (``U_0 = |y|^2 / (2 s_0^2)`` in the
+    run's frame ``x = loc + S y``), so the particles kept at every level (``history``
+    ``level_samples``, ``level_u0``, ``level_u``) give pymbar's ``u_kn`` without a single new
+    energy evaluation. State 0 is the normalised reference, unsampled (``N_0 = 0``), with the
+    exact ``F_0 = -(log Z_0 + log|det S|)``; state K is the target. So ``delta_f[0, k]`` gives
+    every level's ``log Z_k = -F_0 - delta_f[0, k]`` and region free energies at the target
+    pool the samples of all levels (``region_free_energies(regions,
+    state=len(mb.states) - 1)``).
+
+    Parameters
+    ----------
+    res : Result of ``bk.sample(target, method="ais", keep_levels=m)``
+    stride : use every ``stride``-th level (always the last); None = at most
+        ``LEVEL_MBAR_MAX_STATES`` sampled states.
+    target : the run's energy target (optional): enables ``free_energy(other_target)`` and
+        ``expectation(fn, state=other_target)`` (reweighting to states that were not sampled).
+    exclude_islands : island indices whose kept particles are left out (a jackknife over
+        islands, :func:`level_mbar_jackknife`).
+
+    The kept particles are drawn from the weighted particles of each level (systematic
+    resampling), so they follow each level only up to the SMC error, and they are
+    correlated through shared ancestors: pymbar's analytic error bars assume independent
+    draws and are optimistic; :func:`level_mbar_jackknife` gives error bars from the
+    independent islands.
+    """
+    h = res.history
+    need = ("level_samples", "level_u0", "level_u", "lambda")
+    if not all(k in h for k in need):
+        raise TargetError("this Result kept no per-level particles; run the annealer with "
+                          "keep_levels, e.g. bk.sample(target, method='ais', keep_levels=64)")
+    lam = np.asarray(h["lambda"], np.float64)
+    xs = torch.as_tensor(np.asarray(h["level_samples"]))
+    u0, u = np.asarray(h["level_u0"], np.float64), np.asarray(h["level_u"], np.float64)
+    K = lam.size - 1
+    if xs.shape[0] != K or u0.shape != u.shape or u.shape[0] != K:
+        raise TargetError(f"the kept levels disagree with the ladder: {K} levels, level_samples "
+                          f"{tuple(xs.shape)}, level_u {u.shape}")
+    if stride is None:
+        stride = max(1, math.ceil(K / LEVEL_MBAR_MAX_STATES))
+    if not (isinstance(stride, int) and stride >= 1):
+        raise TargetError(f"stride must be a positive integer, got {stride!r}")
+    levels = sorted(set(range(K, 0, -stride)))  # level indices 1..K, the target always kept
+    m = u.shape[1]
+    keep = np.ones((K, m), dtype=bool)
+    if exclude_islands is not None:
+        isl = np.asarray(h.get("level_island"))
+        if isl is None or isl.shape != u.shape:
+            raise TargetError("this Result has no island labels (level_island) for exclude_islands")
+        keep = ~np.isin(isl, np.asarray(list(exclude_islands)))
+    sel = [(k, keep[k - 1]) for k in levels]
+    x = torch.cat([xs[k - 1][torch.from_numpy(mk)] for k, mk in sel])
+    a0 = np.concatenate([u0[k - 1][mk] for k, mk in sel])
+    a1 = np.concatenate([u[k - 1][mk] for k, mk in sel])
+    states = [0] + levels
+    lam_s = lam[states]
+    u_kn = (1.0 - lam_s)[:, None] * a0[None, :] + lam_s[:, None] * a1[None, :]
+    n_k = np.array([0] + [int(mk.sum()) for _, mk in sel], dtype=np.int64)
+    if not np.isfinite(u_kn).all():
+        raise TargetError("the kept reduced energies are not all finite")
+    f_init = None
+    if "log_z_running" in h:  # the run's own log Z_k: MBAR starts from them (k = 0 is exact)
+        f_init = -np.asarray(h["log_z_running"], np.float64)[states]
+        f_init = f_init - f_init[0] if np.isfinite(f_init).all() else None
+    pm = pymbar_module()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", np.exceptions.ComplexWarning)
+            mb = pm.MBAR(u_kn, n_k, initial_f_k=f_init)
+            out = mb.compute_free_energy_differences(return_theta=True)
+            overlap = float(np.real(mb.compute_overlap()["scalar"]))
+    except Exception as exc:
+        raise BoltzkitError(f"MBAR over the levels failed ({type(exc).__name__}: {exc})") from exc
+    names = tuple(f"level {k} (lambda={lam[k]:.4g})" for k in states)
+    targets = (target,) if target is not None else ()
+    return MultistateFreeEnergies(np.asarray(out["Delta_f"]), np.asarray(out["dDelta_f"]),
+                                  np.asarray(out["Theta"]), names, n_k, overlap, mb, x, u_kn, targets)
+
+
+def level_log_z(res, mb: "MultistateFreeEnergies | None" = None, **kw) -> "tuple[np.ndarray, np.ndarray]":
+    """``log Z`` of every sampled level of :func:`level_mbar` (the target last), with pymbar's
+    error bars, from the exact reference free energy ``F_0 = -(log Z_0 + log|det S|)``."""
+    mb = mb if mb is not None else level_mbar(res, **kw)
+    h = res.history
+    f0 = -(float(np.asarray(h["level_log_z0"])) + float(np.asarray(h["level_log_det"])))
+    return -f0 - mb.delta_f[0, 1:], mb.stderr[0, 1:]
+
+
+def level_mbar_jackknife(res, fn: Callable[[MultistateFreeEnergies], np.ndarray], *,
+                         n_groups: int = 8, **kw) -> "tuple[np.ndarray, np.ndarray]":
+    """``fn(level_mbar(res))`` and its delete-one-group jackknife standard error over groups of
+    the run's independent islands: an error bar that sees the SMC correlations pymbar's
+    analytic one assumes away. ``fn`` maps a :class:`MultistateFreeEnergies` to an array."""
+    isl = np.asarray(res.history.get("level_island", []))
+    n_isl = int(res.diagnostics.get("n_islands") or 0)
+    if isl.size == 0 or n_isl < 2:
+        raise TargetError("the jackknife needs an island SMC run with keep_levels (n_islands >= 2)")
+    g = min(int(n_groups), n_isl)
+    if g < 2:
+        raise TargetError(f"n_groups must be at least 2, got {n_groups!r}")
+    full = np.asarray(fn(level_mbar(res, **kw)), np.float64)
+    groups = np.array_split(np.arange(n_isl), g)
+    reps = np.stack([np.asarray(fn(level_mbar(res, exclude_islands=grp, **kw)), np.float64)
+                     for grp in groups])
+    se = np.sqrt((g - 1) / g * ((reps - reps.mean(0)) ** 2).sum(0))
+    return full, se

@@ -264,6 +264,13 @@ class Result:
 
         return log_z_path_of(self)
 
+    def level_mbar(self, **kw):
+        """MBAR over the levels of an AIS/SMC run made with ``keep_levels`` (all levels pooled;
+        :func:`boltzkit.free_energy.level_mbar`, options ``stride``, ``target``)."""
+        from .free_energy import level_mbar
+
+        return level_mbar(self, **kw)
+
     def thermo_curves(self, *, window: "int | None" = None):
         """Energy and heat capacity per site over beta, ``U(beta)/N`` and ``C(beta)/N`` with
         error bars, from the log Z path of a lattice annealing run
@@ -325,9 +332,11 @@ class Result:
         elif self.log_weights is not None:  # annealing / importance sampling without training
             if isinstance(cfg.get("n_steps"), int):
                 tips.append(f"more annealing levels (n_steps={2 * cfg['n_steps']})")
+            elif isinstance(cfg.get("min_levels"), int):  # adaptive ladder
+                tips.append(f"a finer ladder (min_levels={2 * cfg['min_levels']}, cess=0.99)")
             if "n_mcmc" in cfg:
                 tips.append(f"more moves per level (n_mcmc={2 * int(cfg['n_mcmc'] or 1)})")
-            if "resample_ess" in cfg and cfg.get("resample_ess") is None and self.samples.is_floating_point():
+            if "resample_ess" in cfg and d.get("n_islands") is None and self.samples.is_floating_point():
                 tips.append("SMC resampling (resample_ess=0.5)")
         else:  # MCMC: longer chains
             tips.append("longer chains (more n_samples, or a larger burn-in n_steps)")

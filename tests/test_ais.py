@@ -286,3 +286,34 @@ def test_smc_resampling_islands_log_z_and_error_bar():
         ais(gmm, n_samples=64, n_steps=5, seed=0, resample_ess=1.5)
     with pytest.raises(ConfigError, match="continuous targets only"):
         ais(Ising(L=3, beta=0.3), n_samples=64, n_steps=5, seed=0, resample_ess=0.5)
+
+
+def test_default_is_smc_on_an_adaptive_ladder_and_n_steps_gives_plain_ais():
+    """Issue 24: with no ladder given, AIS on a continuous target is an SMC sampler on a CESS
+    ladder chosen by an independent pilot (refined to min_levels), island error bar; log Z of
+    the three-mode mixture within it over seeds (negative control: a missing mode is
+    rejected). Giving n_steps keeps plain AIS on a fixed geometric ladder."""
+    gmm = three_modes()
+    truth = math.log(sum(WEIGHTS))
+    missing = math.log(sum(WEIGHTS) - WEIGHTS[2])
+    z, est, se = [], [], []
+    for seed in range(4):
+        res = ais(gmm, n_samples=512, init_std=5.0, seed=seed, device="cpu", min_levels=50)
+        d = res.diagnostics
+        assert d["adaptive_ladder"] and d["log_z_stderr_from"] == "between islands"
+        assert d["n_islands"] == 16 and d["n_levels"] >= 50 and d["pilot_levels"] >= 1
+        lam = res.history["lambda"]
+        assert lam[0] == 0.0 and lam[-1] == 1.0 and (np.diff(lam) > 0).all()
+        z.append((res.log_z - truth) / res.log_z_stderr)
+        est.append(res.log_z)
+        se.append(res.log_z_stderr)
+    assert max(abs(v) for v in z) < 3.5
+    pooled, pooled_se = float(np.mean(est)), float(np.sqrt(np.sum(np.square(se)))) / len(se)
+    assert_consistent(pooled, pooled_se, truth, bias=jensen_bias(pooled_se))
+    assert_rejects(pooled, pooled_se, missing, bias=jensen_bias(pooled_se))
+    plain = ais(gmm, n_samples=64, n_steps=7, init_std=5.0, seed=0, device="cpu")
+    assert "n_islands" not in plain.diagnostics and plain.history["lambda"].size == 8
+    with pytest.raises(ConfigError, match="adaptive"):
+        ais(gmm, n_samples=64, n_steps=7, schedule="adaptive")
+    with pytest.raises(ConfigError, match="cess"):
+        ais(gmm, n_samples=64, cess=1.0)

@@ -27,6 +27,21 @@ below ``resample_ess`` times its size is resampled (systematic), its mean weight
 its running log Z. Each island's Z estimate stays unbiased; log Z and its error bar come from
 the spread of the independent islands.
 
+**Default on a continuous target** (no ``n_steps``, ``schedule`` or ``resample_ess`` given):
+that SMC sampler on an adaptive ladder. An independent pilot run (``pilot`` = 1/8 of the
+particles, at least 256) chooses each next lambda as the largest whose conditional ESS of the
+incremental weights stays at ``cess`` = 0.97 (Zhou, Johansen & Aston, JCGS 25, 701 (2016));
+a ladder shorter than ``min_levels`` = 200 is refined to 200 levels (:func:`refine_ladder`);
+the main run then uses that fixed ladder, resampling an island below ESS 0.5, with about
+n / 32 islands (:func:`boltzkit.samplers.smc.default_n_islands`). Measured with no hints
+(``benchmarks/scale_defaults.py``): many-well-32 at 10,000 particles -0.06 +- 0.09 (plain
+AIS on 200 geometric levels: -0.39 +- 0.35, ESS 8, flagged). Give ``n_steps`` (or a
+``schedule``) for plain AIS on a fixed ladder, as before.
+
+``keep_levels=m`` keeps m particles of every level (systematic resampling of the weighted
+particles after the move) with their reference and target energies, so MBAR can pool all
+levels (:func:`boltzkit.free_energy.level_mbar`): no extra energy evaluations.
+
 * ``Reals``: pi_0 = N(0, init_std^2 I) (in the standardized frame of the target's
   :meth:`~boltzkit.energies.Energy.prior_hint` when it gives one: N(loc, init_std^2 S S^T)
   in ``x``), log Z_0 is folded into the weights; T_k is MALA or HMC
@@ -60,6 +75,11 @@ Failure modes
 * log Z_hat is biased low by about stderr^2 / 2 (Jensen), and the stderr itself is unreliable
   when the weights are degenerate.
 * Too few levels (``n_steps``) or too little mixing (``n_mcmc``) widens the weight spread.
+* SMC islands of ~32 particles keep a mode of mass p only when 32 p is not small: rarer modes
+  live in a few islands, whose spread (the error bar) then grows -- or, when no island holds
+  them, they are missed silently, as in plain AIS.
+* The adaptive ladder adapts to the weights, not to mixing: where the MCMC moves cannot follow
+  the path (barriers), raise ``min_levels`` or ``n_mcmc``.
 """
 
 from __future__ import annotations
@@ -82,12 +102,22 @@ from ..kernels.categorical import random_scan_metropolis
 from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
 
 SCHEDULES = ("geometric", "sigmoid", "linear")
+DEFAULT_N_STEPS = 200     # levels of a fixed ladder when none is given (lattices; schedule="geometric")
 REAL_KERNELS = ("mala", "hmc")
 DISCRETE_KERNELS = ("heat_bath", "metropolis")
 GEOMETRIC_LAMBDA_MIN = 1e-3
 SIGMOID_SHARPNESS = 4.0
 _STEP_GAIN = 1.0
 HMC_JITTER = 0.2  # per-chain U(0.8, 1.2) step-size factor, see hmc_move
+ADAPTIVE_RESAMPLE_ESS = 0.5   # resampling threshold of the default (adaptive-ladder) run
+ADAPTIVE_LEVELS_PER_SQRT_DIM = 20.0  # typical adaptive-ladder length / sqrt(d), for time estimates
+
+
+def _adaptive(cfg, domain) -> bool:
+    """Whether ``cfg`` asks for the adaptive ladder on ``domain``."""
+    if cfg.schedule == "adaptive":
+        return True
+    return cfg.schedule == "auto" and cfg.n_steps is None and isinstance(domain, Reals)
 
 
 def annealing_schedule(n_steps: int, schedule="geometric") -> np.ndarray:
@@ -122,19 +152,26 @@ def annealing_schedule(n_steps: int, schedule="geometric") -> np.ndarray:
     if schedule == "sigmoid":
         s = 1.0 / (1.0 + np.exp(-SIGMOID_SHARPNESS * (2.0 * np.arange(K + 1) / K - 1.0)))
         return (s - s[0]) / (s[-1] - s[0])
-    raise ConfigError(f"unknown schedule {schedule!r}; use one of {SCHEDULES} or an explicit "
-                      "sequence of lambdas")
+    raise ConfigError(f"unknown schedule {schedule!r}; use 'auto', 'adaptive', one of {SCHEDULES} "
+                      "or an explicit sequence of lambdas")
 
 
 @dataclass(frozen=True, kw_only=True)
 class AISConfig(SamplerConfig):
     """Options of AIS.
 
-    n_steps : number of annealing levels K.
+    n_steps : number of levels K of a fixed ladder. None (default): on a continuous target the
+        ladder is adaptive (``schedule="auto"``); elsewhere DEFAULT_N_STEPS = 200.
     kernel : "auto", "mala" or "hmc" (Reals); "auto", "heat_bath" (Ising/Potts only) or
         "metropolis" (any categorical energy). "auto" = MALA / heat bath / Metropolis.
     n_mcmc : transitions (MCMC steps or lattice sweeps) per level.
-    schedule : "geometric", "sigmoid", "linear", or an explicit tuple of lambdas from 0 to 1.
+    schedule : "auto" (default), "adaptive", "geometric", "sigmoid", "linear", or an explicit
+        tuple of lambdas from 0 to 1. "adaptive" (continuous targets): each next lambda is the
+        largest whose conditional ESS stays at ``cess`` (Zhou, Johansen & Aston 2016), chosen by
+        an independent pilot run (``pilot``), refined to ``min_levels`` and then held fixed (the
+        main run's step sizes still adapt level by level on its own particles, an O(1/N)
+        coupling of the islands, see below). "auto" = "adaptive" on a continuous target when
+        ``n_steps`` is not given, else "geometric".
     init_std : standard deviation of the Gaussian reference pi_0 (Reals). None (default): 1 in
         the frame of the target's prior hint, or, without a hint, 1 in the frame of the scale
         probe (:func:`boltzkit.probe.probe_frame`: pi_0 = N(c, C) covering every minimum it
@@ -147,40 +184,77 @@ class AISConfig(SamplerConfig):
     use_prior_hint : (Reals) when the target gives a :meth:`~boltzkit.energies.Energy.prior_hint`
         ``x = loc + S z``, anneal in ``z`` from N(0, init_std^2 I), i.e. from
         N(loc, init_std^2 S S^T) in ``x``; samples, weights and log Z are returned in ``x``.
-    resample_ess : (Reals) None (plain AIS) or a fraction in (0, 1]: an SMC sampler that
-        resamples an island (systematic resampling) whenever its ESS falls below this fraction
-        of the island size.
+    resample_ess : (Reals) None (plain AIS), "auto" (default: 0.5 with the adaptive ladder,
+        None with a fixed one) or a fraction in (0, 1]: an SMC sampler that resamples an island
+        (systematic resampling) whenever its ESS falls below this fraction of the island size.
     n_islands : (with ``resample_ess``) number of independent particle islands; particles
         are resampled only within their island, so the islands' log Z are independent and
         give the error bar, and the samples are stored island by island (contiguous blocks).
+        None (default): :func:`boltzkit.samplers.smc.default_n_islands` (about n / 32, 2 to 32).
+    cess : (adaptive ladder) conditional-ESS fraction kept between consecutive levels.
+    pilot : (adaptive ladder) fraction of the particles (at least 256) of the pilot run that
+        chooses the ladder and the step sizes.
+    max_levels : (adaptive ladder) stop with an error beyond this many levels.
+    min_levels : (adaptive ladder) a ladder shorter than this is refined to this many levels
+        (:func:`refine_ladder`), so the particles get at least this many MCMC moves on the way.
+    keep_levels : 0 (default) or the number of particles kept at every level (drawn by
+        systematic resampling from the level's weighted particles, after its MCMC move), with
+        their reference and target energies, for MBAR over the levels
+        (:meth:`boltzkit.result.Result.level_mbar`); stored in ``history`` as
+        ``level_samples`` (K, m, d), ``level_u0``, ``level_u`` (K, m).
     """
 
-    n_steps: int = 200
+    n_steps: "int | None" = None
     kernel: str = "auto"
     n_mcmc: int = 1
-    schedule: "str | tuple" = "geometric"
+    schedule: "str | tuple" = "auto"
     init_std: "float | None" = None
     step_size: "float | None" = None
     target_accept: "float | None" = None
     adapt_step_size: bool = True
     n_leapfrog: int = 5
     use_prior_hint: bool = True
-    resample_ess: "float | None" = None
-    n_islands: int = 16
+    resample_ess: "float | str | None" = "auto"
+    n_islands: "int | None" = None
+    cess: float = 0.97
+    pilot: float = 0.125
+    max_levels: int = 20_000
+    min_levels: int = DEFAULT_N_STEPS
+    keep_levels: int = 0
 
     def __post_init__(self):
         if not isinstance(self.use_prior_hint, bool):
             raise ConfigError(f"use_prior_hint must be True or False, got {self.use_prior_hint!r}")
-        if self.resample_ess is not None and not (isinstance(self.resample_ess, (int, float))
-                                                  and 0 < self.resample_ess <= 1):
-            raise ConfigError(f"resample_ess must be None or a fraction in (0, 1], got {self.resample_ess!r}")
-        _check_positive("n_islands", self.n_islands)
+        if self.resample_ess not in (None, "auto") and not (
+                isinstance(self.resample_ess, (int, float)) and not isinstance(self.resample_ess, bool)
+                and 0 < self.resample_ess <= 1):
+            raise ConfigError(f"resample_ess must be None, 'auto' or a fraction in (0, 1], got "
+                              f"{self.resample_ess!r}")
+        if self.n_islands is not None:
+            _check_positive("n_islands", self.n_islands)
+        if not (isinstance(self.cess, (int, float)) and 0 < self.cess < 1) or isinstance(self.cess, bool):
+            raise ConfigError(f"cess must be a fraction in (0, 1), got {self.cess!r}")
+        if not (isinstance(self.pilot, (int, float)) and 0 < self.pilot < 1) or isinstance(self.pilot, bool):
+            raise ConfigError(f"pilot must be a fraction in (0, 1), got {self.pilot!r}")
+        _check_positive("max_levels", self.max_levels)
+        _check_positive("min_levels", self.min_levels)
+        if not (isinstance(self.keep_levels, int) and not isinstance(self.keep_levels, bool)
+                and self.keep_levels >= 0):
+            raise ConfigError(f"keep_levels must be a non-negative integer (particles kept per level), "
+                              f"got {self.keep_levels!r}")
         if not isinstance(self.schedule, str):
             object.__setattr__(self, "schedule", tuple(float(v) for v in self.schedule))
             annealing_schedule(None, self.schedule)
             object.__setattr__(self, "n_steps", len(self.schedule) - 1)
+        elif self.schedule in ("auto", "adaptive"):
+            if self.n_steps is not None:
+                _check_positive("n_steps", self.n_steps)
+                if self.schedule == "adaptive":
+                    raise ConfigError(f"schedule='adaptive' chooses the levels itself; drop n_steps="
+                                      f"{self.n_steps} or give schedule='geometric'")
         else:
-            annealing_schedule(self.n_steps, self.schedule)
+            annealing_schedule(self.n_steps if self.n_steps is not None else DEFAULT_N_STEPS,
+                               self.schedule)
         _check_positive("n_mcmc", self.n_mcmc)
         _check_positive("n_leapfrog", self.n_leapfrog)
         if self.kernel not in ("auto",) + REAL_KERNELS + DISCRETE_KERNELS:
@@ -278,11 +352,19 @@ class _Annealer:
             return (*self.mix(lam, y, u, g), u, g)
         return pot
 
-    def run(self, n: int, lambdas: np.ndarray, move, generator, *, bar=None, device="cpu",
-            resample_ess=None, n_islands: int = 1):
+    def run(self, n: int, lambdas, move, generator, *, bar=None, device="cpu",
+            resample_ess=None, n_islands: int = 1, cess: "float | None" = None,
+            max_levels: int = 20_000, keep: int = 0):
         """Returns x (n, d), log-weights (float64, log Z_0 included), acceptance per level, and
         None, or with ``resample_ess`` a dict of the islands' log Z (``island_log_z``) and the
-        number of resampling events (``resample_events``)."""
+        number of resampling events (``resample_events``).
+
+        ``lambdas`` None: the adaptive ladder (each next lambda keeps the conditional ESS of
+        the incremental weights at ``cess``); the ladder used is in ``self.lambdas``. ``keep``
+        > 0: ``self.kept`` holds, per level 1..K, ``keep`` particles drawn by systematic
+        resampling from the weighted particles after the move, with U_0 and U there."""
+        from .smc import next_lambda
+
         x = math.sqrt(self.s2) * torch.randn(n, self.dim, generator=generator, device=device)
         u, g = self.raw(x)
         bad = ~torch.isfinite(u)
@@ -296,9 +378,22 @@ class _Annealer:
         acc_hist = []
         zero = torch.zeros((), dtype=torch.float64, device=device)
         running = [(zero + self.log_z0, zero)]
-        for k in range(1, lambdas.size):
-            lam, dlam = float(lambdas[k]), float(lambdas[k] - lambdas[k - 1])
-            self.where = f"at annealing level {k} of {lambdas.size - 1}"
+        ladder = [0.0]
+        kept = []
+        k = 0
+        while ladder[-1] < 1.0:
+            k += 1
+            if lambdas is not None:
+                lam = float(lambdas[k])
+            else:
+                if k > max_levels:
+                    raise ConfigError(f"the adaptive ladder needs more than max_levels={max_levels} "
+                                      f"levels (at lambda={ladder[-1]:.4g}); lower cess or raise max_levels")
+                lam = next_lambda(logw, (u.double() - self.u0(x).double()), ladder[-1], cess, islands)
+            dlam = lam - ladder[-1]
+            ladder.append(lam)
+            total = lambdas.size - 1 if lambdas is not None else "?"
+            self.where = f"at annealing level {k} of {total}"
             logw += dlam * (self.u0(x).double() - u.double())
             running.append(running_log_z(logw, log_acc, self.log_z0))
             if resample_ess is not None:
@@ -309,13 +404,18 @@ class _Annealer:
             x, state, acc = move(self.potential(lam), x, state, k)
             u, g = state[2], state[3]
             acc_hist.append(acc)
+            if keep:
+                idx = systematic_indices(logw + log_acc.repeat_interleave(n // islands), keep, generator)
+                kept.append((x[idx], self.u0(x[idx]).double(), u[idx].double(), idx // (n // islands)))
             if bar is not None:
                 bar.update(1)
-                if k % 20 == 0 or k == lambdas.size - 1:
+                if k % 20 == 0 or lam == 1.0:
                     lz = self.log_z0 + float(torch.logsumexp(logw, 0)) - math.log(n)
                     bar.set_postfix({"acc": f"{acc:.2f}", "logZ_k": f"{lz:.4g}"})
         acc_hist = np.asarray(acc_hist, dtype=np.float64)
-        self.running = running_history(lambdas, running)
+        self.lambdas = np.asarray(ladder, dtype=np.float64)
+        self.running = running_history(self.lambdas, running)
+        self.kept = kept
         if resample_ess is None:
             return x, logw + self.log_z0, acc_hist, None
         m = n // islands
@@ -323,6 +423,28 @@ class _Annealer:
         logw = logw + log_acc.repeat_interleave(m)
         return (x, logw + self.log_z0, acc_hist,
                 {"island_log_z": island_log_z.cpu(), "resample_events": n_events})
+
+
+def refine_ladder(lambdas: np.ndarray, min_levels: int) -> np.ndarray:
+    """The ladder ``lambdas`` (levels 0..K) with at least ``min_levels`` levels: when K is
+    smaller, ``min_levels`` levels placed by linear interpolation of lambda over the level index,
+    so each new step lies within one old step (its conditional ESS is at least the old one's)."""
+    K = lambdas.size - 1
+    if K >= min_levels:
+        return lambdas
+    t = np.linspace(0.0, K, int(min_levels) + 1)
+    out = np.interp(t, np.arange(K + 1), lambdas)
+    out[0], out[-1] = 0.0, 1.0
+    return out
+
+
+def systematic_indices(logw: torch.Tensor, m: int, generator) -> torch.Tensor:
+    """``m`` indices drawn by systematic resampling from the normalised weights ``exp(logw)``."""
+    cdf = torch.cumsum(torch.softmax(logw.double(), 0), 0)
+    cdf[-1] = 1.0
+    pos = (torch.rand((), generator=generator, dtype=torch.float64, device=logw.device)
+           + torch.arange(m, dtype=torch.float64, device=logw.device)) / m
+    return torch.searchsorted(cdf, pos).clamp_(max=logw.numel() - 1)
 
 
 def resample_islands(tensors: tuple, logw, log_acc, frac: float, generator):
@@ -408,14 +530,18 @@ class AIS(Sampler):
             from ..samplers.smc import SWEEP_PER_ENERGY, _local_moves
 
             per = SWEEP_PER_ENERGY if _local_moves(target) else 1.3 * dom.n_sites
-        return float(n * cfg.n_steps * (cfg.n_mcmc * per + 1.0) * e)
+        if _adaptive(cfg, dom):  # the ladder's length is unknown before the pilot: a typical one
+            levels = max(cfg.min_levels, ADAPTIVE_LEVELS_PER_SQRT_DIM * math.sqrt(dom.dim)) + cfg.pilot * ADAPTIVE_LEVELS_PER_SQRT_DIM * math.sqrt(dom.dim)
+        else:
+            levels = cfg.n_steps or DEFAULT_N_STEPS
+        return float(n * levels * (cfg.n_mcmc * per + 1.0) * e)
 
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None) -> "AIS":
         """Check ``target`` and the options (AIS has nothing to train); ``n_steps`` sets K."""
         if checkpoint is not None:
             raise ConfigError("'ais' keeps no checkpoints (it does not train); leave checkpoint=None")
         if n_steps is not None and n_steps != self.config.n_steps:
-            if not isinstance(self.config.schedule, str):
+            if not isinstance(self.config.schedule, str) or self.config.schedule == "adaptive":
                 raise ConfigError(f"n_steps={n_steps} conflicts with the explicit schedule of "
                                   f"{self.config.n_steps} levels; drop one of them")
             self.config = self.make_config(self.config, n_steps=n_steps)
@@ -423,10 +549,16 @@ class AIS(Sampler):
         if not isinstance(dom, (Reals, Categorical)):
             raise IncompatibleMethodError(f"AIS handles Reals and categorical domains, got "
                                           f"{type(dom).__name__}")
-        if self.config.resample_ess is not None and not isinstance(dom, Reals):
+        if self.config.schedule == "adaptive" and not isinstance(dom, Reals):
+            raise ConfigError("schedule='adaptive' is for continuous targets in 'ais'; for lattice and "
+                              "sequence targets use method='smc' (adaptive ladder, island resampling)")
+        if self.config.resample_ess not in (None, "auto") and not isinstance(dom, Reals):
             raise ConfigError("resample_ess (SMC) is implemented for continuous targets only in 'ais'; "
                               "for lattice and sequence targets use method='smc' (adaptive ladder, "
                               "island resampling)")
+        if self.config.keep_levels and not isinstance(dom, Reals):
+            raise ConfigError("keep_levels (per-level samples for MBAR) is implemented for continuous "
+                              "targets; leave keep_levels=0 on lattice and sequence targets")
         self._attach(target, needs_grad=isinstance(dom, Reals))
         self.kernel = _resolve_kernel(target, self.config.kernel)
         return self
@@ -436,10 +568,16 @@ class AIS(Sampler):
         self._require_fit()
         _check_positive("n_samples", n_samples)
         cfg = self.config
-        lambdas = annealing_schedule(None if not isinstance(cfg.schedule, str) else cfg.n_steps,
-                                     cfg.schedule)
+        if _adaptive(cfg, self.target.domain):
+            lambdas = None
+        elif not isinstance(cfg.schedule, str):
+            lambdas = annealing_schedule(None, cfg.schedule)
+        else:
+            lambdas = annealing_schedule(cfg.n_steps or DEFAULT_N_STEPS,
+                                         "geometric" if cfg.schedule == "auto" else cfg.schedule)
         gen = self.gens["sample"]
-        bar = progress_bar(total=lambdas.size - 1, desc=f"ais ({self.kernel})", enabled=self.progress)
+        bar = progress_bar(total=None if lambdas is None else lambdas.size - 1,
+                           desc=f"ais ({self.kernel})", enabled=self.progress)
         try:
             with torch.no_grad():
                 if isinstance(self.target.domain, Reals):
@@ -452,7 +590,8 @@ class AIS(Sampler):
         if isinstance(self.target.domain, Reals):
             exact = self.target.exact_log_z()
         smc = extra.pop("smc", None)
-        diag = {"kernel": self.kernel, "n_levels": int(lambdas.size - 1), "n_mcmc": cfg.n_mcmc,
+        history_lambdas = extra["running"]["lambda"]
+        diag = {"kernel": self.kernel, "n_levels": int(history_lambdas.size - 1), "n_mcmc": cfg.n_mcmc,
                 "acceptance": float(np.mean(extra["acceptance"])),
                 "log_weight_std": float(lw.std()), **extra.pop("diag", {})}
         history = {**extra.pop("running"), **extra}
@@ -467,10 +606,16 @@ class AIS(Sampler):
         from ..estimators.importance import log_z_from_log_weights
 
         est = log_z_from_log_weights(smc["island_log_z"], warn=False)
-        diag.update(n_islands=cfg.n_islands, resample_events=smc["resample_events"],
+        diag.update(n_islands=int(smc["island_log_z"].numel()), resample_events=smc["resample_events"],
                     log_z_stderr_from="between islands")
-        res = result_from_log_weights(x, lw, exact_log_z=exact, diagnostics=diag, history=history, **kw)
-        return replace(res, log_z_stderr=est.stderr)
+        history["island_log_z"] = smc["island_log_z"].double().numpy()
+        res = result_from_log_weights(x, lw, exact_log_z=exact, diagnostics=diag, history=history,
+                                      warn=False, **kw)
+        res = replace(res, log_z_stderr=est.stderr)
+        from .smc import island_reliability
+
+        island_reliability(res, smc["island_log_z"], stacklevel=3)
+        return res
 
     # ----------------------------------------------------------------- continuous
     def _run_reals(self, n, lambdas, gen, bar):
@@ -489,39 +634,90 @@ class AIS(Sampler):
             (0.574 if self.kernel == "mala" else 0.65)
         h0 = cfg.step_size if cfg.step_size is not None else \
             default_step_size(self.kernel, ann.dim, init_std)
-        log_h = [math.log(h0)]
-        steps = []
 
-        def move(pot, x, state, k):
-            h = math.exp(log_h[0])
-            steps.append(h)
-            acc_sum = 0.0
-            for _ in range(cfg.n_mcmc):
-                if self.kernel == "mala":
-                    x, state, acc = mala_move(pot, x, state, h, gen)
-                else:
-                    x, state, acc = hmc_move(pot, x, state, h, cfg.n_leapfrog, gen,
-                                              jitter=HMC_JITTER)
-                acc_sum += float(acc.double().mean())
-            rate = acc_sum / cfg.n_mcmc
-            if cfg.adapt_step_size:
-                log_h[0] = adapt_log_step(log_h[0], rate, target_acc, _STEP_GAIN)
-            return x, state, rate
+        def mover():
+            """A fresh level move (its own step-size adaptation) and its step-size record."""
+            log_h, steps = [math.log(h0)], []
 
-        if cfg.resample_ess is not None and (n % cfg.n_islands or n // cfg.n_islands < 2):
-            raise ConfigError(f"n_samples={n} must be a multiple of n_islands={cfg.n_islands} "
-                              "with at least 2 particles per island")
+            def move(pot, x, state, k):
+                h = math.exp(log_h[0])
+                steps.append(h)
+                acc_sum = 0.0
+                for _ in range(cfg.n_mcmc):
+                    if self.kernel == "mala":
+                        x, state, acc = mala_move(pot, x, state, h, gen)
+                    else:
+                        x, state, acc = hmc_move(pot, x, state, h, cfg.n_leapfrog, gen,
+                                                  jitter=HMC_JITTER)
+                    acc_sum += float(acc.double().mean())
+                rate = acc_sum / cfg.n_mcmc
+                if cfg.adapt_step_size:
+                    log_h[0] = adapt_log_step(log_h[0], rate, target_acc, _STEP_GAIN)
+                return x, state, rate
+            return move, steps
+
+        resample = cfg.resample_ess if cfg.resample_ess != "auto" else \
+            (ADAPTIVE_RESAMPLE_ESS if lambdas is None else None)
+        n_isl = 1
+        if resample is not None:
+            from .smc import default_n_islands
+
+            n_isl = cfg.n_islands or default_n_islands(n)
+            if n % n_isl or n // n_isl < 2:
+                raise ConfigError(f"n_samples={n} must be a multiple of n_islands={n_isl} "
+                                  f"with at least 2 particles per island; e.g. n_samples="
+                                  f"{n_isl * max(2, -(-n // n_isl))}")
+        pilot = {}
+        if lambdas is None:  # the ladder from an independent pilot run
+            from .smc import default_n_islands
+
+            n_p = max(256, int(n * cfg.pilot))
+            m_p = default_n_islands(n_p)
+            n_p -= n_p % m_p
+            move, steps = mover()
+            ann.run(n_p, None, move, gen, device=self.device, resample_ess=resample or ADAPTIVE_RESAMPLE_ESS,
+                    n_islands=m_p, cess=cfg.cess, max_levels=cfg.max_levels)
+            lambdas = refine_ladder(ann.lambdas, cfg.min_levels)
+            pilot = {"ladder_from": f"independent pilot run ({n_p} particles)", "pilot_particles": n_p,
+                     "pilot_levels": int(ann.lambdas.size - 1), "cess": cfg.cess}
+            if bar is not None and hasattr(bar, "total"):
+                bar.total = lambdas.size - 1
+        move, steps = mover()
+        pilot_evals = (pilot["pilot_particles"] * (pilot["pilot_levels"] + 1) * (cfg.n_mcmc + 1)) if pilot else 0
         x, lw, acc, smc = ann.run(n, lambdas, move, gen, bar=bar, device=self.device,
-                                  resample_ess=cfg.resample_ess, n_islands=cfg.n_islands)
+                                  resample_ess=resample, n_islands=n_isl, keep=cfg.keep_levels)
         running = ann.running
+        kept = self._kept_history(ann, frame)
         if frame is not None:  # back to the target's coordinates (constant Jacobian |det S|)
             x, lw = frame.to_x(x), lw + frame.log_det
             running["log_z_running"] = running["log_z_running"] + frame.log_det
             if smc:
                 smc["island_log_z"] = smc["island_log_z"] + frame.log_det
+        n_levels = lambdas.size - 1
+        evals = n * n_levels * (cfg.n_mcmc * (cfg.n_leapfrog if self.kernel == "hmc" else 1) + 1) + n
+        evals += pilot_evals
         return x, lw, {"acceptance": acc, "step_size": np.asarray(steps), "smc": smc, "running": running,
-                       "diag": {"log_z0": ann.log_z0, "init_std": init_std,
+                       **kept,
+                       "diag": {"log_z0": ann.log_z0, "init_std": init_std, "adaptive_ladder": bool(pilot),
+                                **pilot, "energy_evaluations": int(evals),
                                 "final_step_size": steps[-1], "prior_hint": frame is not None, **probe}}
+
+    @staticmethod
+    def _kept_history(ann, frame) -> dict:
+        """The per-level particles (in ``x``) with U_0 (reference, in the frame) and U (target),
+        and the reduced-energy offset log|det S| of the frame, for MBAR over the levels."""
+        if not ann.kept:
+            return {}
+        y, u0, u, isl = (torch.stack(v) for v in zip(*ann.kept))
+        K, m = u.shape
+        xs = y.reshape(K * m, -1)
+        off = 0.0
+        if frame is not None:
+            xs, off = frame.to_x(xs), float(frame.log_det)
+        return {"level_samples": xs.reshape(K, m, -1).cpu().numpy(), "level_u0": u0.cpu().numpy(),
+                "level_u": u.cpu().numpy(), "level_island": isl.cpu().numpy(),
+                "level_log_det": np.array(off),
+                "level_log_z0": np.array(ann.log_z0)}
 
     # ----------------------------------------------------------------- categorical
     def _run_categorical(self, n, lambdas, gen, bar):
@@ -560,8 +756,8 @@ class AIS(Sampler):
                                   "running": running_history(lambdas, running)}
 
 
-def ais(target, *, n_samples: int = 1024, n_steps: int = 200, kernel: str = "auto",
-        n_mcmc: int = 1, schedule="geometric", seed: "int | None" = None, device="auto",
+def ais(target, *, n_samples: int = 1024, n_steps: "int | None" = None, kernel: str = "auto",
+        n_mcmc: int = 1, schedule="auto", seed: "int | None" = None, device="auto",
         progress: "bool | None" = None, **options):
     """Annealed importance sampling estimate of log Z with weighted samples.
 
@@ -571,8 +767,9 @@ def ais(target, *, n_samples: int = 1024, n_steps: int = 200, kernel: str = "aut
         On a ``Reals`` or categorical domain.
     n_samples : int
         Number of particles (independent annealing runs, batched).
-    n_steps : int
-        Number of annealing levels K (ignored when ``schedule`` is an explicit sequence).
+    n_steps : int or None
+        Number of annealing levels K of a fixed ladder (ignored when ``schedule`` is an explicit
+        sequence); None: the adaptive ladder on a continuous target, 200 levels on a lattice.
     kernel : str
         "auto", "mala", "hmc" (Reals); "auto", "heat_bath", "metropolis" (categorical).
     n_mcmc : int
@@ -583,7 +780,8 @@ def ais(target, *, n_samples: int = 1024, n_steps: int = 200, kernel: str = "aut
         As in :func:`boltzkit.sample`.
     **options :
         Further :class:`AISConfig` fields: ``init_std``, ``step_size``, ``target_accept``,
-        ``adapt_step_size``, ``n_leapfrog``, ``resample_ess``, ``n_islands`` (SMC).
+        ``adapt_step_size``, ``n_leapfrog``, ``resample_ess``, ``n_islands`` (SMC), ``cess``,
+        ``pilot``, ``max_levels`` (adaptive ladder), ``keep_levels`` (MBAR over the levels).
 
     Returns
     -------
