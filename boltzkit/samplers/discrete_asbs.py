@@ -44,7 +44,11 @@ uniform source, which is stationary; closed form for the delta source; brief sec
 so log Z +- stderr and the ESS come
 from :func:`boltzkit.result.result_from_log_weights` exactly as for MDNS. Diagnostics include
 the network evaluations per sample, the fraction of capped tau-leaping rows, jumps per site,
-energy and discrete-score evaluation counts and wall times.
+wall times, and the energy cost: ``energy_evaluations`` counts every configuration passed to
+the target's ``energy`` for this result, training (one per buffered trajectory, plus
+``1 + D (q - 1)`` per discrete score on energies without closed-form local fields) and this
+sampling call (one per sample); ``train_score_evals`` counts the discrete scores (closed-form
+local fields on ``Ising`` / ``Potts``, about one energy's work each).
 
 Choices where the paper / brief leave details open (and why)
 ------------------------------------------------------------
@@ -205,7 +209,7 @@ from ._shared.discrete_nets import make_discrete_net
 from ._shared.ema import EMA
 from .base import SamplerConfig, TrainableSampler, _check_count
 
-__all__ = ["DiscreteASBS", "DiscreteASBSConfig", "log_discrete_score", "bregman_divergence",
+__all__ = ["DiscreteASBS", "DiscreteASBSConfig", "log_discrete_score", "score_energy_cost", "bregman_divergence",
            "controller_tm_target", "corrector_tm_target", "resolve_source", "shift_invariant"]
 
 BREGMAN = ("tlogt", "-logt", "t2")
@@ -248,6 +252,16 @@ def log_discrete_score(energy, x: torch.Tensor, *, chunk: int = 2**15) -> torch.
             score[s:s + rows_per_call].scatter_(-1, torch.remainder(xs + k, q).unsqueeze(-1),
                                                 (u0[s:s + rows_per_call, None] - u).unsqueeze(-1))
     return score
+
+
+def score_energy_cost(energy) -> int:
+    """Energy evaluations (configurations passed to ``energy.energy``) that one
+    :func:`log_discrete_score` row costs: 0 where the energy gives closed-form local log-ratios
+    (``local_log_ratios`` hook), else ``1 + D (q - 1)`` (the configuration and its single-site
+    changes)."""
+    if callable(getattr(energy, "local_log_ratios", None)):
+        return 0
+    return 1 + energy.domain.n_sites * (energy.domain.q - 1)
 
 
 def _energy(energy, x: torch.Tensor) -> torch.Tensor:
@@ -589,6 +603,7 @@ class DiscreteASBS(TrainableSampler):
         if phase == "controller" and self.config.controller_loss == "tm":
             extras["score"] = (scale * log_discrete_score(self.target, path.x1)).float()
             self.n_score_evals += len(path)
+            self.n_energy_evals += len(path) * score_energy_cost(self.target)  # generic energies
         self.buffer.add(path.x1, lw, **extras)
         est = log_z_from_log_weights(lw, warn=False)
         rows = len(path) * self.n_sites * (len(self.times) - 1)
@@ -765,6 +780,8 @@ class DiscreteASBS(TrainableSampler):
                 "train_wall_time_s": self.train_time,
                 "sample_wall_time_s": time.perf_counter() - t_start,
                 "train_energy_evals": self.n_energy_evals, "train_score_evals": self.n_score_evals,
+                "sample_energy_evals": n_samples,
+                "energy_evaluations": self.n_energy_evals + n_samples,
                 "capped_frac": path.n_capped / (n_samples * self.n_sites * k),
                 "jumps_per_site": float(path.n_jumps.mean()) / self.n_sites,
                 "reference_total_noise": float(self.noise.integral(self.config.t0, 1.0)),
