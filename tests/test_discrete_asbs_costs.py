@@ -85,3 +85,18 @@ def test_energy_evaluations_on_a_lattice_with_local_fields():
     assert diag["train_energy_evals"] == counter.scores  # one energy and one score per trajectory
     # negative control: counting the scores as 1 + D (q - 1) energies would overstate the cost
     assert diag["energy_evaluations"] != counter.energy + counter.scores * (1 + 9)
+
+
+def test_training_history_refers_to_the_true_target_during_the_warm_up():
+    """The batch log Z in ``history`` estimates the target's log Z (exact: Kaufman / transfer
+    matrix) while the buffer is weighted for the warm-up target exp(-0.3 U); negative control:
+    the warm-up target's log Z is rejected."""
+    target = Ising(L=3, beta=0.4)
+    sampler = DiscreteASBS(device="cpu", seed=0, progress=False,
+                           **{**FAST, "batch_size": 1024, "buffer_size": 1024, "warmup_steps": 100})
+    sampler.fit(target, n_steps=1)
+    assert sampler.energy_scale(0) == pytest.approx(0.3)
+    log_z, se = sampler.history["log_z"][0], sampler.history["log_z_stderr"][0]
+    assert 0.0 < se < 0.2
+    assert abs(log_z - target.exact_log_z()) < 4 * se
+    assert abs(log_z - Ising(L=3, beta=0.3 * 0.4).exact_log_z()) > 10 * se

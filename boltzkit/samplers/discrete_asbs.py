@@ -42,7 +42,9 @@ in the domain's physical representation and the *exact* float64 path log-weights
 for which ``E[w] = Z`` whatever the controller and the step count (``p^r_1 = q^-D`` for the
 uniform source, which is stationary; closed form for the delta source; brief section 2.4),
 so log Z +- stderr and the ESS come
-from :func:`boltzkit.result.result_from_log_weights` exactly as for MDNS. Diagnostics include
+from :func:`boltzkit.result.result_from_log_weights` exactly as for MDNS. ``history`` holds per
+step the loss, the warm-up energy factor, and the ESS fraction and log Z estimate of the latest
+buffer batch w.r.t. the true target, also during the warm-up (as MDNS's). Diagnostics include
 the network evaluations per sample, the fraction of capped tau-leaping rows, jumps per site,
 wall times, and the energy cost: ``energy_evaluations`` counts every configuration passed to
 the target's ``energy`` for this result, training (one per buffered trajectory, plus
@@ -586,18 +588,24 @@ class DiscreteASBS(TrainableSampler):
         ``scale`` multiplies the energy (temperature warm-up); the weights target
         ``exp(-scale U)``: ``log w = -scale U(x_1) - log p^r_1(x_1) + log p^r(path) - log p^u(path)``.
         """
+        path, lw, u = self._rollout(controller, n, generator=generator)
+        return path, lw + (1.0 - scale) * u
+
+    def _rollout(self, controller, n: int, *, generator
+                 ) -> "tuple[CyclicPath, torch.Tensor, torch.Tensor]":
+        """(CyclicPath, float64 log w for the true target, float64 energies U(x_1))."""
         cfg = self.config
         x0 = sample_source(self.source, n, self.n_sites, self.q, generator=generator, device=self.device)
         path = cyclic_rollout(autocast_net(controller, self.device, self._amp), x0, self.times, self.noise, self.q, generator=generator,
                               max_jump=cfg.max_jump)
         log_p1 = source_log_terminal(self.source, path.x1, self.noise.integral(cfg.t0, 1.0), self.q)
-        lw = -scale * _energy(self.target, path.x1) - log_p1 + path.log_ratio
-        return path, lw
+        u = _energy(self.target, path.x1)
+        return path, -u - log_p1 + path.log_ratio, u
 
     def _refill(self, phase: str, gen) -> None:
         scale = self.energy_scale()
-        path, lw = self.rollout(self.ema_controller.shadow, self.config.batch_size, generator=gen,
-                                scale=scale)
+        path, lw_target, u = self._rollout(self.ema_controller.shadow, self.config.batch_size, generator=gen)
+        lw = lw_target + (1.0 - scale) * u  # the weights of the warm-up target exp(-scale U)
         self.n_energy_evals += len(path)
         extras = {"x0": path.x0}
         if phase == "controller" and self.config.controller_loss == "tm":
@@ -605,7 +613,7 @@ class DiscreteASBS(TrainableSampler):
             self.n_score_evals += len(path)
             self.n_energy_evals += len(path) * score_energy_cost(self.target)  # generic energies
         self.buffer.add(path.x1, lw, **extras)
-        est = log_z_from_log_weights(lw, warn=False)
+        est = log_z_from_log_weights(lw_target, warn=False)  # w.r.t. the true target, as MDNS's
         rows = len(path) * self.n_sites * (len(self.times) - 1)
         self._batch_stats = {"ess_frac": est.ess_frac, "log_z": est.log_z, "log_z_stderr": est.stderr,
                              "capped_frac": path.n_capped / rows,
