@@ -36,7 +36,20 @@ Also recorded per size: the sampling cost per effective sample of each trained s
 
 Writes ``benchmarks/results/discrete_asbs_regime.json`` and ``.png``.
 
-Example (about 25 CPU-minutes; about twice that in wall time on 2 busy cores)::
+Result (2026-12-07, stored run; the table is in :mod:`boltzkit.samplers.discrete_asbs`): no
+crossover in CPU time at these sizes; in counted energy evaluations discrete ASBS needed
+0.67-0.91x MDNS's on 4x4 Potts q = 3, 4 and 6x6 Ising but 1.7x on 4x4 Ising (8-10x everywhere
+in the black-box accounting); neither reached the target on Potts q = 8 4x4, Potts q = 3 6x6
+or Ising 8x8 within the caps; lattice SMC reached it everywhere with 4-10x more lattice passes
+and 30-210x less CPU time. Sampling alone: discrete ASBS per sample / MDNS per sample = 8.8,
+3.7, 1.9, 0.9 at L = 4, 8, 12, 16 (q = 2).
+
+Cut to fit the CPU budget: one seed above D = 16 or q = 3, critical couplings only, N = 512,
+training caps of 2.5 CPU-s per site, no Potts q = 4 at L = 6 (exact log Z available) or
+larger lattices (no exact log Z for Potts q >= 4 beyond that; Ising 12 x 12 would need
+hours of training).
+
+Example (about 1 h of wall time on 2 cores shared with other jobs, about 20 CPU-minutes)::
 
     nice -n 5 python benchmarks/discrete_asbs_regime.py
     python benchmarks/discrete_asbs_regime.py --sizes 2x4 3x4 --seeds 1 --cap-per-site 1   # smoke
