@@ -42,9 +42,15 @@ in the domain's physical representation and the *exact* float64 path log-weights
 for which ``E[w] = Z`` whatever the controller and the step count (``p^r_1 = q^-D`` for the
 uniform source, which is stationary; closed form for the delta source; brief section 2.4),
 so log Z +- stderr and the ESS come
-from :func:`boltzkit.result.result_from_log_weights` exactly as for MDNS. Diagnostics include
+from :func:`boltzkit.result.result_from_log_weights` exactly as for MDNS. ``history`` holds per
+step the loss, the warm-up energy factor, and the ESS fraction and log Z estimate of the latest
+buffer batch w.r.t. the true target, also during the warm-up (as MDNS's). Diagnostics include
 the network evaluations per sample, the fraction of capped tau-leaping rows, jumps per site,
-energy and discrete-score evaluation counts and wall times.
+wall times, and the energy cost: ``energy_evaluations`` counts every configuration passed to
+the target's ``energy`` for this result, training (one per buffered trajectory, plus
+``1 + D (q - 1)`` per discrete score on energies without closed-form local fields) and this
+sampling call (one per sample); ``train_score_evals`` counts the discrete scores (closed-form
+local fields on ``Ising`` / ``Potts``, about one energy's work each).
 
 Choices where the paper / brief leave details open (and why)
 ------------------------------------------------------------
@@ -147,12 +153,53 @@ methods (0.15 / 0.12, dominated by the 10^4-sample noise). So at equal training 
 ASBS reaches log Z and observables of the same accuracy; its ESS is close to MDNS's on the
 small lattices (0.92-0.96 vs 0.95-0.96) but lower at the larger sizes (0.82-0.83 vs
 0.88-0.94), i.e. it needs more samples there for the same error bar. The training curves
-(batch ESS, ``*_cpu_ising6.png``) show the paper's effect only early on: on Ising 6x6 DASBS's
-batch ESS passes 0.85 after about 35 s where MDNS needs about 90 s, but it then fluctuates
-(0.2-0.95 between refreshes of 128 paths) while MDNS keeps improving, so by MDNS's budget it
-does not train cheaper than MDNS. Sampling costs K = 50 network passes
-per sample against D for MDNS (36 and 16 here), so DASBS is also the slower sampler below
-D = 50. The previous default (uniform source, ``alpha = 0.05``) is shown for comparison.
+(batch ESS, ``*_cpu_ising6.png``) seemed to show the paper's effect early on (DASBS's batch
+ESS passing 0.85 after about 35 s on Ising 6x6, MDNS's after 90 s), but during the warm-up
+that batch ESS referred to the warm-up target exp(-s U), not to pi (fixed: ``history`` now
+refers to pi); measured against pi (below) there is no early lead. The previous default
+(uniform source, ``alpha = 0.05``) is shown for comparison.
+
+Where it pays (``benchmarks/discrete_asbs_regime.py``; critical Ising / Potts, one thread of a
+shared 2-core CPU, defaults of both samplers; cost to reach ESS/N >= 0.1 and a log Z error
+within min(0.1, 3 stderr) with stderr <= 0.1 at N = 512, training + sampling, against the
+exact log Z; medians of 3 seeds at q = 2, 3 with L = 4, one seed elsewhere; energy
+evaluations counted on the target, a closed-form discrete score counted as one):
+
+=================  =======  =========================  ========================  ==================
+q, L (log2 |X|)    method   energy evals (black-box)   CPU-s to target           SMC (lattice)
+=================  =======  =========================  ========================  ==================
+2, 4 (16)          MDNS     2312                       7.3                       21896 evals, 0.2 s
+2, 4 (16)          DASBS    3848 (20232)               17.8
+3, 4 (25)          MDNS     5512                       14.6                      35336 evals, 0.3 s
+3, 4 (25)          DASBS    5000 (45960)               23.0
+4, 4 (32)          MDNS     7688                       30.3                      28808 evals, 0.3 s
+4, 4 (32)          DASBS    5128 (78856)               27.2
+2, 6 (36)          MDNS     5000                       70                        32264 evals, 0.4 s
+2, 6 (36)          DASBS    3976 (50056)               76
+8, 4 (48)          both     not reached                cap 40 (log Z low 2-4)    32264 evals, 0.4 s
+3, 6 (57)          both     not reached                cap 90                    73736 evals, 0.7 s
+2, 8 (64)          both     not reached                cap 160 (stderr 0.12)     138248 evals, 0.7 s
+=================  =======  =========================  ========================  ==================
+
+So a crossover in the paper's direction shows up only in energy evaluations and only where
+the discrete score is closed form: DASBS needed 1.7x MDNS's evaluations on 4x4 Ising (every
+seed), about the same on 4x4 Potts q = 3 (0.9x; 4488-5128 vs 5000-6024 over seeds) and
+0.67x / 0.80x on 4x4 Potts q = 4 and 6x6 Ising (one seed each; the checkpoints resolve
+about 25 %). In CPU time it was never clearly cheaper (0.9-2.4x MDNS's), and with a
+black-box energy (every score costs ``1 + D (q - 1)`` energies, in brackets) it needs 8-10x
+MDNS's evaluations. Neither reached the target on the largest spaces within the CPU budget.
+Lattice SMC reached the same target with 4-10x more lattice passes but 30-210x less CPU time
+than either; at the neural methods' evaluation budgets it cannot run at all (its smallest run,
+64 particles, already uses 18-27 thousand passes).
+
+Sampling alone (untrained networks, q = 2, CPU seconds per sample): DASBS's K = 50 full
+network passes cost 8.8x / 3.7x / 1.9x / 0.9x MDNS's D one-site passes at L = 4 / 8 / 12 /
+16. On a CPU a full pass costs about D site evaluations, so DASBS's sampling grows like D and
+MDNS's (receptive-field passes) like D^2; they cross near 16 x 16 (D = 256). Per effective
+sample after training DASBS was 5-39x slower up to 6 x 6 and 4x at 8 x 8. The paper's regime
+(D well above K, every pass parallel over sites) is therefore a GPU regime or lattices of
+16 x 16 and beyond; the sites are updated in parallel here as in the paper (checked: one
+controller pass per tau-leaping step for all sites).
 
 Known failure modes (brief 2.9)
 -------------------------------
@@ -205,7 +252,7 @@ from ._shared.discrete_nets import make_discrete_net
 from ._shared.ema import EMA
 from .base import SamplerConfig, TrainableSampler, _check_count
 
-__all__ = ["DiscreteASBS", "DiscreteASBSConfig", "log_discrete_score", "bregman_divergence",
+__all__ = ["DiscreteASBS", "DiscreteASBSConfig", "log_discrete_score", "score_energy_cost", "bregman_divergence",
            "controller_tm_target", "corrector_tm_target", "resolve_source", "shift_invariant"]
 
 BREGMAN = ("tlogt", "-logt", "t2")
@@ -248,6 +295,16 @@ def log_discrete_score(energy, x: torch.Tensor, *, chunk: int = 2**15) -> torch.
             score[s:s + rows_per_call].scatter_(-1, torch.remainder(xs + k, q).unsqueeze(-1),
                                                 (u0[s:s + rows_per_call, None] - u).unsqueeze(-1))
     return score
+
+
+def score_energy_cost(energy) -> int:
+    """Energy evaluations (configurations passed to ``energy.energy``) that one
+    :func:`log_discrete_score` row costs: 0 where the energy gives closed-form local log-ratios
+    (``local_log_ratios`` hook), else ``1 + D (q - 1)`` (the configuration and its single-site
+    changes)."""
+    if callable(getattr(energy, "local_log_ratios", None)):
+        return 0
+    return 1 + energy.domain.n_sites * (energy.domain.q - 1)
 
 
 def _energy(energy, x: torch.Tensor) -> torch.Tensor:
@@ -491,8 +548,11 @@ class DiscreteASBSConfig(SamplerConfig):
 # ============================================================================ sampler
 @register("discrete_asbs", kinds=("energy",), domains=(Categorical,), priority=6,
           paper="Guo et al. 2026, arXiv 2602.08243",
-          pays="reaches MDNS's quality on small lattices; no regime where it trains cheaper than MDNS "
-               "has been measured yet")
+          pays="lattices with closed-form local fields (Ising, Potts) when energy evaluations are the "
+               "budget: to a fixed log Z target it used 0.7-0.9x MDNS's evaluations on 4x4 Potts q=3,4 and "
+               "6x6 Ising (1.7x on 4x4 Ising) but never less CPU time, and lattice SMC was 30-200x faster; "
+               "its parallel sampling matches MDNS's one-site passes only near 16x16 on a CPU (a GPU regime "
+               "below that); a black-box energy costs 1 + D(q-1) evaluations per score (8-10x MDNS's)")
 class DiscreteASBS(TrainableSampler):
     """Discrete adjoint Schrödinger bridge sampler for categorical (lattice, sequence) energies.
 
@@ -568,25 +628,32 @@ class DiscreteASBS(TrainableSampler):
         ``scale`` multiplies the energy (temperature warm-up); the weights target
         ``exp(-scale U)``: ``log w = -scale U(x_1) - log p^r_1(x_1) + log p^r(path) - log p^u(path)``.
         """
+        path, lw, u = self._rollout(controller, n, generator=generator)
+        return path, lw + (1.0 - scale) * u
+
+    def _rollout(self, controller, n: int, *, generator
+                 ) -> "tuple[CyclicPath, torch.Tensor, torch.Tensor]":
+        """(CyclicPath, float64 log w for the true target, float64 energies U(x_1))."""
         cfg = self.config
         x0 = sample_source(self.source, n, self.n_sites, self.q, generator=generator, device=self.device)
         path = cyclic_rollout(autocast_net(controller, self.device, self._amp), x0, self.times, self.noise, self.q, generator=generator,
                               max_jump=cfg.max_jump)
         log_p1 = source_log_terminal(self.source, path.x1, self.noise.integral(cfg.t0, 1.0), self.q)
-        lw = -scale * _energy(self.target, path.x1) - log_p1 + path.log_ratio
-        return path, lw
+        u = _energy(self.target, path.x1)
+        return path, -u - log_p1 + path.log_ratio, u
 
     def _refill(self, phase: str, gen) -> None:
         scale = self.energy_scale()
-        path, lw = self.rollout(self.ema_controller.shadow, self.config.batch_size, generator=gen,
-                                scale=scale)
+        path, lw_target, u = self._rollout(self.ema_controller.shadow, self.config.batch_size, generator=gen)
+        lw = lw_target + (1.0 - scale) * u  # the weights of the warm-up target exp(-scale U)
         self.n_energy_evals += len(path)
         extras = {"x0": path.x0}
         if phase == "controller" and self.config.controller_loss == "tm":
             extras["score"] = (scale * log_discrete_score(self.target, path.x1)).float()
             self.n_score_evals += len(path)
+            self.n_energy_evals += len(path) * score_energy_cost(self.target)  # generic energies
         self.buffer.add(path.x1, lw, **extras)
-        est = log_z_from_log_weights(lw, warn=False)
+        est = log_z_from_log_weights(lw_target, warn=False)  # w.r.t. the true target, as MDNS's
         rows = len(path) * self.n_sites * (len(self.times) - 1)
         self._batch_stats = {"ess_frac": est.ess_frac, "log_z": est.log_z, "log_z_stderr": est.stderr,
                              "capped_frac": path.n_capped / rows,
@@ -748,6 +815,8 @@ class DiscreteASBS(TrainableSampler):
                 "train_wall_time_s": self.train_time,
                 "sample_wall_time_s": time.perf_counter() - t_start,
                 "train_energy_evals": self.n_energy_evals, "train_score_evals": self.n_score_evals,
+                "sample_energy_evals": n_samples,
+                "energy_evaluations": self.n_energy_evals + n_samples,
                 "capped_frac": path.n_capped / (n_samples * self.n_sites * k),
                 "jumps_per_site": float(path.n_jumps.mean()) / self.n_sites,
                 "reference_total_noise": float(self.noise.integral(self.config.t0, 1.0)),
