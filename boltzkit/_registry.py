@@ -198,8 +198,8 @@ def select(target, method: "str | None" = None, *, profile: "DeviceProfile | Non
 
     Without a profile or budget: the compatible method of highest priority. With both: the
     highest-priority method whose estimated time fits the budget, among the methods that give
-    log Z when any compatible one does (a method without an estimate counts as fitting); when
-    none fits, the fastest."""
+    log Z when any compatible one does (a method without an estimate counts as fitting); on a CPU,
+    methods that need no training come first among those that fit. When none fits, the fastest."""
     if getattr(target, "kind", None) is None or not hasattr(target, "domain"):
         from .errors import TargetError
 
@@ -235,12 +235,22 @@ def select(target, method: "str | None" = None, *, profile: "DeviceProfile | Non
     pool = [s for s in ok if s.provides_log_z] or ok
     est = {s.name: estimate_seconds(s, target, profile) for s in pool}
     fits = [s for s in pool if est[s.name] is None or est[s.name] <= budget]
-    skipped = [s for s in pool[:pool.index(fits[0])]] if fits else pool
+    if profile.device == "cpu":
+        # Measured (benchmarks smc_lattice, smc_neural, discrete_asbs_regime, scale_defaults): on a
+        # CPU the training-free annealers match or beat the neural samplers' log Z in a fraction of
+        # their time, so a method that must train (or has no estimate) is chosen only when none of
+        # them is known to fit.
+        fits.sort(key=lambda s: _needs_training(s) or est[s.name] is None)
+    skipped = [s for s in pool[:pool.index(fits[0])] if s not in fits] if fits else pool
     if fits:
         best = fits[0]
-        why = (f"{best.name!r} is the highest-priority method giving log Z that fits the budget of "
+        passed = [s.name for s in fits if pool.index(s) < pool.index(best)]
+        rank = "a method needing no training, preferred on a CPU," if passed else "the highest-priority method"
+        why = (f"{best.name!r} is {rank} giving log Z that fits the budget of "
                f"{budget:g} s on {profile.device}" + (f" (estimated {_fmt_s(est[best.name])})"
                                                      if est[best.name] is not None else ""))
+        if passed:
+            why += f"; {', '.join(map(repr, passed))} must train first (pass method= to use it)"
     else:
         best = min(pool, key=lambda s: est[s.name])
         why = (f"no method fits the budget of {budget:g} s on {profile.device}; {best.name!r} is the "
@@ -250,6 +260,12 @@ def select(target, method: "str | None" = None, *, profile: "DeviceProfile | Non
     best_spec = best
     return Choice(best_spec.name, head + why + (f" ({best_spec.paper})" if best_spec.paper else ""),
                   tuple(s.name for s in ok if s is not best_spec))
+
+
+def _needs_training(spec: SamplerSpec) -> bool:
+    from .samplers.base import TrainableSampler
+
+    return issubclass(spec.cls, TrainableSampler)
 
 
 def _fmt_s(sec: float) -> str:

@@ -577,7 +577,8 @@ def test_same_seed_same_result_and_checkpoint_resume(tmp_path):
 @pytest.mark.filterwarnings("ignore::boltzkit.errors.UnreliableEstimateWarning")  # tiny runs
 def test_registry_and_bk_sample():
     target = Ising(L=3, beta=0.3)
-    assert bk.explain(target, file=open("/dev/null", "w")).startswith("boltzkit would use 'mdns'")
+    assert bk.select(target).name == "mdns"  # by priority; on a CPU within a budget, lattice SMC
+    assert bk.explain(target, file=open("/dev/null", "w"), device="cpu").startswith("boltzkit would use 'smc'")
     res = bk.sample(target, method="discrete_asbs", n_samples=500, seed=0, device="cpu", **TINY)
     assert res.method == "discrete_asbs" and res.samples.shape == (500, 3, 3)
     assert set(res.samples.unique().tolist()) <= {-1.0, 1.0}

@@ -293,7 +293,8 @@ def test_prior_hint_is_the_harmonic_frame_of_a_minimum(vac):
 
 @pytest.mark.parametrize("coordinates", ["internal", "cartesian"])
 def test_bk_sample_alanine_dipeptide_end_to_end(vac, coordinates):
-    # the default method, in internal coordinates (the default) or the Cartesian frame:
+    # the priority choice (a neural sampler), in internal coordinates (the default) or the
+    # Cartesian frame:
     # Cartesian states with finite energies, L chirality, finite log-weights and a log Z
     # estimate; a few training steps only
     target = vac if coordinates == "cartesian" else AlanineDipeptide("vacuum")
@@ -301,7 +302,8 @@ def test_bk_sample_alanine_dipeptide_end_to_end(vac, coordinates):
     choice = bk.select(vac if view is None else view.target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = bk.sample(target, n_steps=2, n_samples=128, seed=0, batch_size=16, n_time_steps=128)
+        res = bk.sample(target, choice.name, n_steps=2, n_samples=128, seed=0, batch_size=16,
+                        n_time_steps=128)
     assert res.method == choice.name in ("naas", "pdns")
     assert ("internal" in res.diagnostics.get("coordinates", "")) == (coordinates == "internal")
     x = res.samples.double()

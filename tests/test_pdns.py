@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import boltzkit as bk
-from boltzkit._registry import registry
+from boltzkit._registry import DeviceProfile, registry
 from boltzkit.domains.particles import ParticleCloud
 from boltzkit.energies import Energy, GaussianMixture, Ising
 from boltzkit.energies.exact import enumerate_states
@@ -300,7 +300,13 @@ def test_registration_and_multimodal_priority():
 def test_explain_recommends_pdns_for_declared_multimodal_targets():
     target = Ising(L=4, beta=0.6)
     target.multimodal = True
-    assert bk.explain(target, file=io.StringIO()).startswith("boltzkit would use 'pdns'")
+    assert bk.select(target).name == "pdns"  # priority: the target's declaration counts
+    gpu = DeviceProfile("cuda", energy_s=2e-8, net_s=2e-11)
+    assert bk.select(target, profile=gpu, budget=600).name == "pdns"
+    # on a CPU a training-free method that fits comes first, and explain says why
+    assert bk.explain(target, file=io.StringIO(), device="cpu").startswith("boltzkit would use 'smc'")
+    assert "'pdns', 'mdns', 'discrete_asbs' must train first" in bk.explain(target, file=io.StringIO(),
+                                                                             device="cpu")
 
 
 # ---------------------------------------------------------------------------- many modes, defaults
