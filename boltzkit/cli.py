@@ -160,7 +160,7 @@ def cmd_demo(a) -> int:
     print(f"method: {choice.name} -- {choice.reason}")
     t0 = time.perf_counter()
     steps = {"n_steps": 300} if a.quick and choice.name not in ("swendsen_wang", "wolff") else {}
-    res = sample(target, n_samples=a.n_samples, seed=a.seed, progress=not a.quiet, **steps)
+    res = sample(target, choice.name, n_samples=a.n_samples, seed=a.seed, progress=not a.quiet, **steps)
     if res.log_z is None:  # an MCMC default gives samples only: add an AIS estimate of log Z
         print(f"{choice.name} gives samples without log Z; estimating log Z with AIS")
         res_z = sample(target, "ais", n_samples=512, n_steps=100 if a.quick else 400, seed=a.seed,
