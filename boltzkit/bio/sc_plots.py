@@ -77,8 +77,8 @@ def cell_sample_plot(ax, x, w, config: dict, *, result=None, target=None) -> Non
     what = "count" if representation == "counts" else "log value"
     # mean-variance per gene
     seen = []
-    for cells, style, name in ([(real[0], dict(color="k", ms=3), "real")] if real else []) + [
-            (gen, dict(color="C3", ms=2.5, alpha=0.7), "generated")]:
+    for cells, style, name in ([(real[0], {"color": "k", "ms": 3}, "real")] if real else []) + [
+            (gen, {"color": "C3", "ms": 2.5, "alpha": 0.7}, "generated")]:
         m, v = cells.mean(0), cells.var(0)
         keep = (m > 0) & (v > 0)
         left.loglog(m[keep], v[keep], ".", label=name, **style)

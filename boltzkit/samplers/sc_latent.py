@@ -45,6 +45,9 @@ latent 8: 0.0023 / 0.61 / 0.62 / 0.82; KL 1, latent 16: 0.0004 / 0.59 / 0.52 / 0
 label-conditional VAE (``ae_labels``), latent 16: -0.0021 / 0.59 / 0.53 / 0.94 (too typical).
 ``ae_labels`` is kept as an option (it fixes type mixing when a cell carries little type
 information, e.g. 8 genes); guidance 0 (earlier measurement: ``w > 0`` makes cells too typical).
+Then the prior (1000 steps): sampled with 100 respaced ancestral steps it gave MMD^2 0.0055 /
+logistic AUC 0.60, with all 1000 steps 0.0013 / 0.55 (same trained prior), hence
+``sampling_steps=None``; 3000 prior steps instead of 1000 gave 0.011 (100 sampling steps).
 
 Data. Counts in, counts out: a counts :class:`~boltzkit.datasets.single_cell.CellDataset`
 (from ``bk.sample(adata, label_key=...)``, which reads ``layers["counts"]`` when present);
