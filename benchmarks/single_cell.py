@@ -75,7 +75,7 @@ def split(ds, seed):
 
 def make_latent(seed, args, **kw):
     opts = dict(latent=args.latent, ae_steps=args.ae_steps, n_steps=args.prior_steps,
-                guidance=args.guidance, sampling_steps=args.sampling_steps)
+                guidance=args.guidance, sampling_steps=args.latent_sampling_steps)
     opts.update(kw)
     return SCLatentDiffusion(seed=seed, device=args.device, progress=False, **opts)
 
@@ -234,7 +234,9 @@ def main():
     ap.add_argument("--ae-steps", type=int, default=SCLatentDiffusion.Config.ae_steps)
     ap.add_argument("--prior-steps", type=int, default=SCLatentDiffusion.Config.n_steps)
     ap.add_argument("--guidance", type=float, default=SCLatentDiffusion.Config.guidance)
-    ap.add_argument("--sampling-steps", type=int, default=100)
+    ap.add_argument("--sampling-steps", type=int, default=100, help="sc_diffusion's sampling steps")
+    ap.add_argument("--latent-sampling-steps", type=int, default=SCLatentDiffusion.Config.sampling_steps,
+                    help="sc_latent's sampling steps (default: its config's, all diffusion steps)")
     ap.add_argument("--diffusion-steps", type=int, default=2000)
     ap.add_argument("--diffusion-seeds", type=int, nargs="*", default=[0],
                     help="seeds on which sc_diffusion (gene-space diffusion, slow on CPU) also runs")

@@ -64,7 +64,7 @@ def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
         elif panel == "samples":
             drawer = _sample_plot_of(result.target) or (lattice_sample_plot if lattice else None)
             if drawer is not None:  # the target's own view (Ramachandran map, lattice order parameter)
-                drawer(ax, x, w, result.target)
+                drawer(ax, x, w, result.target, **_hook_extras(drawer, result=result, target=target))
                 if lattice:
                     ax.set_ylabel("density (weighted)" if result.log_weights is not None else "density")
             else:
@@ -76,7 +76,8 @@ def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
                 else:
                     ax.hist(flat[:, 0], bins=80, weights=w, density=True)
                     ax.set_xlabel("x")
-            ax.set_title(f"{result.method}: samples")
+            if not ax.get_title():  # a sample_plot hook may title its own panel
+                ax.set_title(f"{result.method}: samples")
         elif panel == "weights":
             lw = result.log_weights.numpy()
             rel = lw - lw.max()
@@ -116,6 +117,18 @@ def _sample_plot_of(config: dict):
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):  # e.g. saved by another version: the generic view
         return None
+
+
+def _hook_extras(drawer, **extras) -> dict:
+    """The keyword arguments among ``extras`` (the Result, the target passed to ``plot``) that
+    a ``sample_plot`` hook declares; hooks taking only ``(ax, x, w, config)`` get none."""
+    import inspect
+
+    try:
+        params = inspect.signature(drawer).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in extras.items() if k in params}
 
 
 def lattice_sample_plot(ax, x, w, config: dict) -> None:

@@ -5,10 +5,13 @@ mixture law (:class:`SyntheticCellLaw`: known per-type means, variances -- so di
 and gene-gene correlations) and checks the generated counts against the exact values within
 bootstrap error (generated cells and the finite training set) plus a stated model bias (0.15
 sd for means and sds, 0.12 for correlations); the same check against a wrong law (means
-scaled, or covariance removed) must fail. Measured but not asserted: the per-type Fano factor
-var/mean of low-count genes comes out up to ~2x the exact one on this law (a known bias).
+scaled, or covariance removed) must fail. The per-type Fano factor var/mean of every
+low-count gene is checked against the exact one (the earlier near-deterministic autoencoder
+overdispersed them up to 2x); the same check against a law with a quarter of the inverse
+dispersion must fail. The law has 24 genes (on 8 an unconditional VAE mixes the types).
 """
 
+import math
 import tracemalloc
 
 import numpy as np
@@ -24,8 +27,8 @@ from test_single_cell import _independent_law, _moment_failures, _scaled_law
 ad = pytest.importorskip("anndata")
 sparse = pytest.importorskip("scipy.sparse")
 
-SMALL = dict(latent=4, ae_hidden=64, hidden=64, depth=2, ae_steps=600, n_steps=900, batch_size=256,
-             sampling_steps=100, lr=2e-3)
+SMALL = dict(latent=8, ae_hidden=64, hidden=64, depth=2, ae_steps=600, n_steps=900, batch_size=256,
+             sampling_steps=100, lr=2e-3)  # the default model (VAE, beta = 1), smaller networks
 N_GEN = 600
 
 
@@ -38,7 +41,9 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def law():
-    return SyntheticCellLaw.make(n_types=3, n_genes=8, n_states=3, rank=2, seed=0)
+    # 24 genes: on 8 genes a cell carries too little type information for an unconditional
+    # VAE at this training length (measured: types mix, low genes' means off up to 3x)
+    return SyntheticCellLaw.make(n_types=3, n_genes=24, n_states=3, rank=2, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +89,52 @@ def test_generated_counts_match_the_exact_nb_law_per_type(law, train, latent_cel
     assert any(k >= 2 * law.n_genes for _, k, _, _ in wrong), "correlation check has no power"
 
 
+def _log_fano_ratio(x, labels, law, categories, max_mean=5.0, n_boot=200, seed=0):
+    """Mean over the low-count (type, gene) pairs (exact mean < ``max_mean``) of
+    log(generated Fano / exact Fano), with its bootstrap standard error over generated cells."""
+    rng = np.random.default_rng(seed)
+
+    def stat(idx_by_type):
+        out = []
+        for t, cat in enumerate(categories):
+            xt = x[labels == cat][idx_by_type[t]]
+            low = law.mean(t) < max_mean
+            fano = xt.var(0) / np.maximum(xt.mean(0), 1e-12)
+            exact = np.diag(law.cov(t)) / law.mean(t)
+            out.append(np.log(np.maximum(fano[low], 1e-12) / exact[low]))
+        return np.concatenate(out)
+
+    sizes = [int((labels == c).sum()) for c in categories]
+    per = stat([np.arange(n) for n in sizes])
+    boot = np.stack([stat([rng.integers(0, n, n) for n in sizes]) for _ in range(n_boot)])
+    return per, boot.std(0), float(per.mean()), float(boot.mean(1).std())
+
+
+def test_low_count_genes_have_the_exact_dispersion(law, train, latent_cells):
+    """The bug this guards: a deterministic autoencoder (KL weight 1e-3) stores each cell's
+    count noise in its latent, and the NB decoder adds NB noise again: low-count genes came out
+    up to 2x overdispersed (measured: generated / exact Fano 1.2-1.9 on the 8-gene law). With
+    the VAE (KL weight 1), the generated Fano of every low-count gene matches the exact one."""
+    from _stats import assert_consistent, assert_rejects, consistent
+
+    x = latent_cells.samples.numpy().astype(np.float64)
+    labels = np.asarray(latent_cells.config["labels"])
+    per, per_se, mean, se = _log_fano_ratio(x, labels, law, law.categories)
+    inflate = math.sqrt(1 + N_GEN / (train.n_cells / law.n_types))  # the training set's own noise
+    se, per_se = se * inflate, per_se * inflate
+    assert per.size >= 8, "the law has too few low-count genes for this test"
+    assert_consistent(mean, se, 0.0, bias=0.1, what="mean log(generated / exact Fano), low-count genes")
+    off = [(round(float(np.exp(r)), 2), round(float(s_), 2)) for r, s_ in zip(per, per_se)
+           if not consistent(r, s_, 0.0, bias=math.log(1.25))]
+    print("generated / exact Fano of the low-count genes:", np.round(np.exp(per), 2), "se(log)", np.round(per_se, 2))
+    assert not off, f"low-count genes with a wrong Fano factor (ratio, se of log): {off}"
+    # negative control: the same cells against a law with a quarter of the inverse dispersion
+    # (its low-count genes' Fano factors are 1.2-2.7x the true ones, as large as the old bias)
+    wrong = SyntheticCellLaw(law.mu, law.pi, law.theta / 4, law.type_probs)
+    _, _, wmean, _ = _log_fano_ratio(x, labels, wrong, law.categories)
+    assert_rejects(wmean, se, 0.0, bias=0.1, what="mean log Fano ratio vs a law with theta / 4")
+
+
 # ---------------------------------------------------------------------------- API
 def test_default_for_counts_deterministic_and_requests(train):
     assert bk.select(train).name == "sc_latent"
@@ -103,9 +154,9 @@ def test_save_load_generates_the_same_law(latent_model, tmp_path):
     path = tmp_path / "lat.pt"
     latent_model.save(path)
     again = SCLatentDiffusion.load(path, device="cpu")
-    z = torch.randn(5, latent_model.config.latent)
-    assert torch.allclose(latent_model.ae.rho(z), again.ae.rho(z))
-    assert again.generate(condition={"type1": 5}).samples.shape == (5, 8)
+    z, lib = torch.randn(5, latent_model.config.latent), torch.full((5,), 300.0)
+    assert torch.allclose(latent_model.ae.rho(z, lib), again.ae.rho(z, lib))
+    assert again.generate(condition={"type1": 5}).samples.shape == (5, latent_model.info["n_genes"])
 
 
 def test_anndata_in_and_out_sparse_and_scanpy_ready(law):
@@ -223,9 +274,10 @@ def test_within_type_correlation_error_sees_covariance(law):
     ind = _independent_law(law)
     z, v = ind.sample([400, 400, 400], seed=7)
     lx, ly, lz = log_normalize(x), log_normalize(y), log_normalize(z)
-    same = m.within_type_correlation_error(lx, t, ly, u, n_genes=8)["corr_error_within"]
-    indep = m.within_type_correlation_error(lx, t, lz, v, n_genes=8)["corr_error_within"]
-    assert m.within_type_correlation_error(lx, t, lx, t, n_genes=8)["corr_error_within"] == 0
+    g = law.n_genes
+    same = m.within_type_correlation_error(lx, t, ly, u, n_genes=g)["corr_error_within"]
+    indep = m.within_type_correlation_error(lx, t, lz, v, n_genes=g)["corr_error_within"]
+    assert m.within_type_correlation_error(lx, t, lx, t, n_genes=g)["corr_error_within"] == 0
     assert indep > 2 * same, (same, indep)
 
 
@@ -236,3 +288,28 @@ def test_nb_baseline_is_the_same_on_sparse_and_dense(law):
     sp = CellDataset(sparse.csr_matrix(ds.x), ds.labels, gene_names=ds.gene_names, representation="counts")
     a, b = NegativeBinomialBaseline().fit(ds), NegativeBinomialBaseline().fit(sp)
     assert np.allclose(a.rho, b.rho) and np.allclose(a.theta, b.theta, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------- figures
+def test_result_plot_draws_mean_variance_and_pca_overlay(train, tmp_path):
+    """Result.plot reaches the dataset's sample_plot hook (no method names): a mean-variance
+    panel (real and generated genes) and a PCA panel (real grey + generated by type)."""
+    kw = dict(latent=2, ae_hidden=16, hidden=16, depth=1, ae_steps=3, n_steps=3, sampling_steps=3)
+    res = bk.sample(train, n_samples={"type0": 30, "type1": 20}, seed=1, device="cpu", **kw)
+    assert res.target["sample_plot"] == "boltzkit.bio.sc_plots:cell_sample_plot"
+    fig = res.plot(tmp_path / "cells.png", target=train)
+    assert (tmp_path / "cells.png").stat().st_size > 0
+    axes = {a.get_title(): a for a in fig.axes}
+    mv, pca = axes["mean-variance per gene"], axes["PCA (real grey, generated by type)"]
+    names = [ln.get_label() for ln in mv.get_lines()]
+    assert names[:2] == ["real", "generated"] and "Poisson (var = mean)" in names
+    assert len(mv.get_lines()[0].get_xdata()) == train.n_genes  # every (expressed) real gene
+    assert [c.get_label() for c in pca.collections] == ["real", "type0", "type1"]
+    assert pca.collections[0].get_offsets().shape[0] == train.n_cells
+    # without the real cells: generated cells only, from a saved result too
+    again = bk.load(res.save(tmp_path / "r.npz"))
+    titles = [a.get_title() for a in again.plot().axes]
+    assert "PCA of generated cells" in titles and "mean-variance per gene" in titles
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

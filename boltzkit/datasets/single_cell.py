@@ -352,11 +352,14 @@ class CellDataset:
             test[idx[:k]] = True
         return self.subset(~test, name=f"{self.name}-train"), self.subset(test, name=f"{self.name}-test")
 
+    sample_plot = "boltzkit.bio.sc_plots:cell_sample_plot"  # Result.plot: mean-variance + PCA overlay
+
     def to_config(self) -> dict:
         """JSON-able description (stored in ``Result.target``)."""
         return {"name": self.name, "kind": self.kind, "n_cells": self.n_cells,
                 "label_key": self.label_key, "label_counts": self.label_counts(),
-                "layer": self.layer, "provenance": self.provenance, "domain": self.domain.to_config()}
+                "layer": self.layer, "provenance": self.provenance, "domain": self.domain.to_config(),
+                "sample_plot": self.sample_plot}
 
     def __repr__(self):
         return (f"CellDataset({self.name!r}: {self.n_cells} cells x {self.n_genes} genes, "

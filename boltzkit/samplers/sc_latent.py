@@ -7,31 +7,51 @@ with a negative-binomial count decoder and library-size handling; E. Luo et al.,
 (Bioinformatics 2024) -- latent diffusion for cells; scLDM (arXiv 2511.02986) -- classifier-free
 guidance for cell attributes; J. Ho, T. Salimans, arXiv 2207.12598 -- classifier-free guidance.
 
-Model. Stage 1, the autoencoder, on raw counts ``x`` (genes ``g``) with library ``l = sum_g x_g``::
+Model. Stage 1, a variational autoencoder (scVI-like), on raw counts ``x`` (genes ``g``) with
+library ``l = sum_g x_g``::
 
-    z ~ q(z | log1p(1e4 x / l)) = N(m(x), diag s(x)^2),   rho(z) = softmax(D(z)),
-    x_g | z, l ~ NB(mean l rho_g(z), inverse dispersion theta_g)
-    L_AE = E_q[-log NB(x | l rho(z), theta)] + beta KL(q || N(0, I))       (beta small)
+    z ~ q(z | log1p(1e4 x / l)) = N(m(x), diag s(x)^2),   rho(z, l) = softmax(D(z, log l)),
+    x_g | z, l ~ NB(mean l rho_g(z, l), inverse dispersion theta_g)
+    L_AE = E_q[-log NB(x | l rho(z, l), theta)] + beta KL(q || N(0, I))       (beta = 1)
 
-Stage 2, the prior, on ``u = standardise([m(x), log l])`` (the encoder means and the log
-library, jointly, so a type's library sizes and states stay coupled)::
+The decoder sees ``log l`` (``library_input``): genes need not scale in proportion to the
+library (they do not when a few genes dominate it). ``beta = 1`` matters: with a near-
+deterministic encoder (``beta`` 1e-3, the earlier default) the latent stores each cell's own
+count noise, and the NB then adds noise a second time -- the decoded law is the data convolved
+with an NB (measured: low-count genes up to 2x overdispersed on the synthetic law; logistic
+real-vs-generated AUC 0.62 vs 0.55 for NB on pbmc68k already for decoded *real* cells). The KL
+weight is warmed up linearly over the first ``ae_kl_warmup`` of the autoencoder steps, and the
+dispersions are held until then (learned first, they absorb the cell-to-cell variation and the
+latent collapses).
+
+Stage 2, the prior, on ``u = standardise([z, log l])`` with ``z ~ q(z | x)`` drawn afresh each
+step (``prior_posterior_draws``: the prior fits the aggregate posterior, which is what the
+decoder was trained on), library and state jointly::
 
     L = E_{t, (u_0, y), eps} || eps - eps_phi(sqrt(abar_t) u_0 + sqrt(1 - abar_t) eps, t, y) ||^2
 
 with ``y`` the cell type, replaced by a null label with probability ``cond_dropout``.
 Sampling: ``eps = (1 + w) eps_phi(u, t, y) - w eps_phi(u, t, null)`` (guidance ``w``), then
-``z, l`` from ``u``, then integer counts ``x_g ~ NB(l rho_g(z), theta_g)`` (a gamma-Poisson
+``z, l`` from ``u``, then integer counts ``x_g ~ NB(l rho_g(z, l), theta_g)`` (a gamma-Poisson
 draw). The diffusion core is :class:`~boltzkit.samplers._shared.gaussian_diffusion.
 GaussianDiffusion` with the denoiser :class:`~boltzkit.samplers.single_cell.ConditionalMLP`.
 
-Defaults (latent 8, 800 autoencoder steps, 1000 prior steps, guidance 0) were chosen by
-measurement on pbmc68k_reduced (``benchmarks/results/single_cell_tune.json``; seed-0 split,
-140 test cells; real-vs-real floor MMD^2 -0.009, kNN AUC 0.47, label accuracy 0.80): latent
-4 / 8 / 32 at 500 prior steps gave MMD^2 0.001 / -0.003 / 0.009 (kNN AUC 0.64 / 0.64 / 0.64),
-at 1500 prior steps latent 8 / 32 gave 0.002 / 0.014 (AUC 0.56 / 0.76: the larger latent
-overfits, its label accuracy rises to 0.89); 1500 instead of 800 autoencoder steps gave 0.015 /
-0.70; KL weight 0.1 instead of 1e-3 gave 0.011 / 0.68; on that model guidance w = 0 / 0.5 / 1
-gave label accuracy 0.78 / 0.86 / 0.90 (real 0.80) and MMD^2 0.015 / 0.017 / 0.025, so w = 0.
+Defaults were chosen by measurement on pbmc68k_reduced (seed-0 split; real-vs-real floor MMD^2
+-0.009, kNN AUC 0.47, logistic AUC 0.47, label accuracy 0.80), first on the autoencoder alone
+(its "ceiling": decoded posterior draws of real cells with their own library, which a perfect
+prior would reach), against NB at MMD^2 0.0048 / kNN 0.69 / logistic 0.55 / label 0.94: KL 1e-3,
+latent 8: 0.0023 / 0.61 / 0.62 / 0.82; KL 1, latent 16: 0.0004 / 0.59 / 0.52 / 0.78 (0.0007 /
+0.63 / 0.54 / 0.81 with the warm-up); KL 1, latent 32: 0.0037 / 0.63 / 0.63 / 0.81; a
+label-conditional VAE (``ae_labels``), latent 16: -0.0021 / 0.59 / 0.53 / 0.94 (too typical).
+``ae_labels`` is kept as an option (it fixes type mixing when a cell carries little type
+information, e.g. 8 genes); guidance 0 (earlier measurement: ``w > 0`` makes cells too typical).
+Then the prior (1000 steps): sampled with 100 respaced ancestral steps it gave MMD^2 0.0055 /
+logistic AUC 0.60, with all 1000 steps 0.0013 / 0.55 (same trained prior), hence
+``sampling_steps=None``; 3000 prior steps instead of 1000 gave 0.011 (100 sampling steps).
+What is left is the prior: the autoencoder ceiling (seed 0) is MMD^2 -0.002, logistic AUC 0.49
+(below NB), while generated cells reach 0.001-0.005 / 0.58-0.64 with prior training of 500,
+1000 or 2000 steps or a 256-wide, 3-deep denoiser alike (3-seed benchmark: logistic AUC 0.58
+vs NB 0.49).
 
 Data. Counts in, counts out: a counts :class:`~boltzkit.datasets.single_cell.CellDataset`
 (from ``bk.sample(adata, label_key=...)``, which reads ``layers["counts"]`` when present);
@@ -43,9 +63,14 @@ Known failure modes.
   neighbouring types. Judge per-type metrics only for types with enough cells.
 * The decoder's NB has one dispersion per gene: genes whose overdispersion differs strongly
   between types get the wrong per-type variance (visible in the dispersion correlation).
+* With few genes per cell (a handful) an unconditional VAE cannot tell the types apart from one
+  cell and mixes them in the latent (low-count genes' per-type means drift); pass
+  ``ae_labels=True`` there.
 * Guidance ``w > 0`` makes cells too typical (label fidelity above that of real held-out
   cells) and shrinks within-type spread; the default 0 was the measured best.
-* Too few autoencoder steps leave the decoder blurry (means of types too close); too large a
+* Too few autoencoder steps leave the decoder blurry (means of types too close); too many let
+  the encoder sharpen until it stores count noise again (pbmc68k, 1500 instead of 800 steps:
+  median dispersion theta 284 instead of 27, ceiling MMD^2 0.015 instead of -0.002); too large a
   latent leaves the prior with too few cells per dimension. Check ``result.history``.
 * No likelihood or log Z: evaluate against held-out cells (:mod:`boltzkit.bio.sc_metrics`).
 """
@@ -96,33 +121,50 @@ class NBAutoencoder(nn.Module):
     """Encoder ``log1p(1e4 x / l) -> (mean, log variance)`` of a ``latent``-d Gaussian; decoder
     ``z -> softmax`` over genes; per-gene log inverse dispersion ``log_theta``."""
 
-    def __init__(self, n_genes: int, latent: int, hidden: int = 256, dropout: float = 0.1):
+    def __init__(self, n_genes: int, latent: int, hidden: int = 256, dropout: float = 0.1,
+                 library_input: bool = False, n_labels: int = 0):
         super().__init__()
         self.dropout = float(dropout)
-        self.enc = nn.Sequential(nn.Linear(n_genes, hidden), nn.LayerNorm(hidden),
+        self.library_input = bool(library_input)
+        self.n_labels = int(n_labels)
+        self.enc = nn.Sequential(nn.Linear(n_genes + self.n_labels, hidden), nn.LayerNorm(hidden),
                                  nn.SiLU(), nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.SiLU(),
                                  nn.Linear(hidden, 2 * latent))
-        self.dec = nn.Sequential(nn.Linear(latent, hidden), nn.LayerNorm(hidden), nn.SiLU(),
+        self.dec = nn.Sequential(nn.Linear(latent + int(self.library_input) + self.n_labels, hidden),
+                                 nn.LayerNorm(hidden), nn.SiLU(),
                                  nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.SiLU(),
                                  nn.Linear(hidden, n_genes))
         self.log_theta = nn.Parameter(torch.full((n_genes,), math.log(10.0)))
+
+    def _with_label(self, h, y):
+        if not self.n_labels:
+            return h
+        if y is None:
+            raise ValueError("this autoencoder is label-conditional: pass the cell types y")
+        return torch.cat([h, nn.functional.one_hot(y, self.n_labels).to(h.dtype)], dim=-1)
 
     @staticmethod
     def normalise(x, lib):
         return torch.log1p(x * (TARGET_SUM / lib.clamp_min(1.0))[:, None])
 
-    def encode(self, x, lib, generator=None):
+    def encode(self, x, lib, y=None, generator=None):
         """(mean, log variance); with a ``generator`` (training) input dropout is applied, drawn
         from it so that a seed fixes the run."""
         h = self.normalise(x, lib)
         if generator is not None and self.dropout > 0:
             keep = torch.rand(h.shape, generator=generator, device=h.device) >= self.dropout
             h = h * keep / (1.0 - self.dropout)
-        m, logv = self.enc(h).chunk(2, dim=-1)
+        m, logv = self.enc(self._with_label(h, y)).chunk(2, dim=-1)
         return m, logv.clamp(-12.0, 6.0)
 
-    def rho(self, z):
-        return torch.softmax(self.dec(z), dim=-1)
+    def rho(self, z, lib=None, y=None):
+        """Gene proportions; with ``library_input`` they depend on ``log lib`` too (centred at
+        log 1e3), so genes need not scale in proportion to the library."""
+        if self.library_input:
+            if lib is None:
+                raise ValueError("this decoder needs the library sizes")
+            z = torch.cat([z, (torch.log(lib.clamp_min(1.0)) - math.log(1e3))[:, None]], dim=-1)
+        return torch.softmax(self.dec(self._with_label(z, y)), dim=-1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,6 +180,12 @@ class SCLatentDiffusionConfig(DiffusionOptions, SamplerConfig):
     latent : latent dimension of the autoencoder.
     ae_hidden, ae_steps, ae_lr, ae_kl, ae_dropout : autoencoder width, training steps, learning
         rate, KL weight ``beta`` and input dropout.
+    ae_kl_warmup : fraction of ``ae_steps`` over which the KL weight rises linearly from 0 (the
+        dispersions are held fixed until then).
+    ae_theta_lr : learning-rate factor of the log dispersions (they travel several units).
+    library_input : the decoder sees ``log l`` besides ``z``.
+    ae_labels : label-conditional encoder and decoder (a conditional VAE).
+    prior_posterior_draws : fit the prior to draws ``z ~ q(z | x)`` (else to the means).
     hidden, depth, mlp_ratio : prior denoiser (:class:`ConditionalMLP`).
     n_steps : prior training steps (the total training is ``ae_steps + n_steps``).
     guidance, cond_dropout : classifier-free guidance weight ``w >= 0`` and label dropout.
@@ -149,12 +197,17 @@ class SCLatentDiffusionConfig(DiffusionOptions, SamplerConfig):
 
     label_key: "str | None" = None
     condition: Any = None
-    latent: int = 8
+    latent: int = 16
     ae_hidden: int = 256
     ae_steps: int = 800
     ae_lr: float = 1e-3
-    ae_kl: float = 1e-3
+    ae_kl: float = 1.0
+    ae_kl_warmup: float = 0.5
     ae_dropout: float = 0.1
+    ae_theta_lr: float = 10.0
+    library_input: bool = True
+    ae_labels: bool = False
+    prior_posterior_draws: bool = True
     hidden: int = 128
     depth: int = 2
     mlp_ratio: float = 2.0
@@ -163,6 +216,7 @@ class SCLatentDiffusionConfig(DiffusionOptions, SamplerConfig):
     cond_dropout: float = 0.1
     batch_size: int = 128
     lr_min: float = 1e-4
+    sampling_steps: "int | None" = None  # all n_timesteps: 100 respaced steps cost MMD^2 (measured)
 
     def __post_init__(self):
         for name in ("latent", "ae_hidden", "hidden", "depth", "n_steps", "batch_size", "n_timesteps",
@@ -170,7 +224,7 @@ class SCLatentDiffusionConfig(DiffusionOptions, SamplerConfig):
             _check_count(name, getattr(self, name))
         _check_count("ae_steps", self.ae_steps, minimum=0)
         _check_count("sampling_steps", self.sampling_steps, allow_none=True)
-        for name in ("lr_min", "ae_lr"):
+        for name in ("lr_min", "ae_lr", "ae_theta_lr"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
                 raise ConfigError(f"{name} must be a positive number, got {v!r}")
@@ -178,6 +232,8 @@ class SCLatentDiffusionConfig(DiffusionOptions, SamplerConfig):
             raise ConfigError(f"ae_kl must be a number >= 0, got {self.ae_kl!r}")
         if not 0.0 <= self.ae_dropout < 1.0:
             raise ConfigError(f"ae_dropout must be in [0, 1), got {self.ae_dropout!r}")
+        if not (isinstance(self.ae_kl_warmup, (int, float)) and 0.0 <= self.ae_kl_warmup <= 1.0):
+            raise ConfigError(f"ae_kl_warmup must be a fraction in [0, 1], got {self.ae_kl_warmup!r}")
         check_guidance_options(self)
         check_diffusion_options(self)
         _check_condition_type(self.condition)
@@ -230,13 +286,14 @@ class SCLatentDiffusion(TrainableSampler):
         seed = int(torch.randint(0, 2**62, (1,), generator=self.gens["init"], device=self.device))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.ae = NBAutoencoder(n_genes, cfg.latent, cfg.ae_hidden, cfg.ae_dropout).to(self.device)
+            self.ae = NBAutoencoder(n_genes, cfg.latent, cfg.ae_hidden, cfg.ae_dropout,
+                                    cfg.library_input, n_labels if cfg.ae_labels else 0).to(self.device)
             self.model = ConditionalMLP(cfg.latent + 1, n_labels, cfg.hidden, cfg.depth, cfg.mlp_ratio,
                                         cfg.variance == "learned_range").to(self.device)
         # the dispersions get a 10x learning rate: with Adam a parameter moves ~lr per step, and
         # log theta must travel several units (theta from 0.1 to 1e3 across genes)
         nets = [p for n, p in self.ae.named_parameters() if n != "log_theta"]
-        self.ae_opt = torch.optim.Adam([{"params": nets}, {"params": [self.ae.log_theta], "lr": 10 * cfg.ae_lr}],
+        self.ae_opt = torch.optim.Adam([{"params": nets}, {"params": [self.ae.log_theta], "lr": cfg.ae_theta_lr * cfg.ae_lr}],
                                        lr=cfg.ae_lr)
         self.ema = EMA(self.model, cfg.ema_decay)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -295,13 +352,17 @@ class SCLatentDiffusion(TrainableSampler):
         self.ae.train()
         idx = torch.randint(0, self._lib.numel(), (cfg.batch_size,), generator=g, device=dev)
         x, lib = self._batch(idx), self._lib[idx]
-        m, logv = self.ae.encode(x, lib, generator=g)
+        y = self._y[idx]
+        m, logv = self.ae.encode(x, lib, y, generator=g)
         z = m + torch.exp(0.5 * logv) * torch.randn(m.shape, generator=g, device=dev)
-        rec = -nb_log_prob(x, lib[:, None] * self.ae.rho(z), torch.exp(self.ae.log_theta)).sum(-1).mean()
+        rec = -nb_log_prob(x, lib[:, None] * self.ae.rho(z, lib, y), torch.exp(self.ae.log_theta)).sum(-1).mean()
         kl = 0.5 * (torch.exp(logv) + m ** 2 - 1 - logv).sum(-1).mean()
-        loss = rec + cfg.ae_kl * kl
+        warm = min(1.0, (self.step + 1) / (cfg.ae_kl_warmup * cfg.ae_steps)) if cfg.ae_kl_warmup > 0 else 1.0
+        loss = rec + warm * cfg.ae_kl * kl
         self.ae_opt.zero_grad(set_to_none=True)
         loss.backward()
+        if warm < 1.0:  # dispersions wait for the warm-up: learned first, they absorb the cell-to-cell
+            self.ae.log_theta.grad = None  # variation before the latent does (measured: collapse)
         if math.isfinite(float(loss.detach())):
             self.ae_opt.step()
         return {"loss": float(loss.detach()) / self.info["n_genes"], "ae_nll": float(rec.detach()),
@@ -311,13 +372,22 @@ class SCLatentDiffusion(TrainableSampler):
     def _encode_all(self) -> None:
         """Latent means and log libraries of every training cell, standardised (prior data)."""
         self.ae.eval()
-        n, chunks = self._lib.numel(), []
+        n, chunks, sds = self._lib.numel(), [], []
         for s in range(0, n, 1024):  # dense chunks of 1024 rows at most
             idx = torch.arange(s, min(s + 1024, n), device=self.device)
-            chunks.append(self.ae.encode(self._batch(idx), self._lib[idx])[0])
+            m, logv = self.ae.encode(self._batch(idx), self._lib[idx], self._y[idx])
+            chunks.append(m)
+            sds.append(torch.exp(0.5 * logv))
         u = torch.cat([torch.cat(chunks), torch.log(self._lib)[:, None]], dim=1)
-        self.u_mean, self.u_std = u.mean(0), u.std(0).clamp_min(1e-4)
+        # posterior sds (0 for the library, which is observed); the prior is fitted to draws
+        # z ~ q(z | x) when prior_posterior_draws, i.e. to the aggregate posterior
+        sd = torch.cat([torch.cat(sds), torch.zeros_like(u[:, :1])], dim=1)
+        if not self.config.prior_posterior_draws:
+            sd = torch.zeros_like(sd)
+        self.u_mean = u.mean(0)
+        self.u_std = (u.var(0) + (sd ** 2).mean(0)).sqrt().clamp_min(1e-4)
         self._u0 = (u - self.u_mean) / self.u_std
+        self._u_sd = sd / self.u_std
 
     def _prior_step(self) -> dict:
         cfg, g, dev = self.config, self.gens["train"], self.device
@@ -326,6 +396,8 @@ class SCLatentDiffusion(TrainableSampler):
         self.model.train()
         idx = torch.randint(0, self._u0.shape[0], (cfg.batch_size,), generator=g, device=dev)
         u0, y = self._u0[idx], self._y[idx]
+        if self.config.prior_posterior_draws:
+            u0 = u0 + self._u_sd[idx] * torch.randn(u0.shape, generator=g, device=dev)
         if cfg.cond_dropout > 0:
             drop = torch.rand(cfg.batch_size, generator=g, device=dev) < cfg.cond_dropout
             y = torch.where(drop, torch.full_like(y, len(self.info["categories"])), y)
@@ -384,7 +456,7 @@ class SCLatentDiffusion(TrainableSampler):
                                       device=self.device)
             u = u * self.u_std + self.u_mean
             z, lib = u[:, :-1], torch.exp(u[:, -1].clamp(max=float(torch.log(self._lib.max())) + 1.0))
-            out.append(sample_nb(lib[:, None] * self.ae.rho(z), theta, g))
+            out.append(sample_nb(lib[:, None] * self.ae.rho(z, lib, y), theta, g))
         samples = torch.cat(out).float().cpu() if out else torch.zeros(0, self.info["n_genes"])
         if not bool(torch.isfinite(samples).all()):
             raise ConfigError("sampling produced non-finite counts; the model is not trained enough "
@@ -403,7 +475,7 @@ class SCLatentDiffusion(TrainableSampler):
               "ema": self.ema.state_dict(), "opt": self.opt.state_dict(), "info": dict(self.info),
               "lib": self._lib.cpu(), "codes": self._y.cpu()}
         if self._u0 is not None:
-            st.update(u0=self._u0.cpu(), u_mean=self.u_mean.cpu(), u_std=self.u_std.cpu())
+            st.update(u0=self._u0.cpu(), u_sd=self._u_sd.cpu(), u_mean=self.u_mean.cpu(), u_std=self.u_std.cpu())
         return st
 
     def _load_state_dict(self, state: dict) -> None:
@@ -418,6 +490,7 @@ class SCLatentDiffusion(TrainableSampler):
         if "u0" in state:
             self._u0 = state["u0"].to(self.device)
             self.u_mean, self.u_std = state["u_mean"].to(self.device), state["u_std"].to(self.device)
+            self._u_sd = state.get("u_sd", torch.zeros_like(state["u0"])).to(self.device)
 
     def save(self, path) -> None:
         """Write the trained model (both networks, EMA, optimizers, genes, labels); atomic."""
