@@ -156,7 +156,10 @@ def test_save_load_generates_the_same_law(latent_model, tmp_path):
     again = SCLatentDiffusion.load(path, device="cpu")
     z, lib = torch.randn(5, latent_model.config.latent), torch.full((5,), 300.0)
     assert torch.allclose(latent_model.ae.rho(z, lib), again.ae.rho(z, lib))
-    assert again.generate(condition={"type1": 5}).samples.shape == (5, latent_model.info["n_genes"])
+    gen = again.generate(condition={"type1": 5})
+    assert gen.samples.shape == (5, latent_model.info["n_genes"])
+    # the training time survives the round trip (a loaded model used to report 0 s)
+    assert gen.diagnostics["train_wall_time_s"] == latent_model.train_time > 0
 
 
 def test_anndata_in_and_out_sparse_and_scanpy_ready(law):

@@ -325,7 +325,7 @@ class SCLatentDiffusion(TrainableSampler):
                                      / target.n_cells],
                      "train_target": target.to_config(), "provenance": target.provenance,
                      "var": var_to_json(getattr(target, "var", None)),
-                     "train_wall_s": 0.0, "n_genes": int(target.n_genes)}
+                     "n_genes": int(target.n_genes)}
         self._x = target.x  # dense or CSR; mini-batches are densified in _batch
         self._lib = torch.as_tensor(lib, dtype=torch.float32, device=self.device)
         self._y = torch.as_tensor(target.codes, device=self.device)
@@ -342,10 +342,7 @@ class SCLatentDiffusion(TrainableSampler):
         return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * max(frac, 0.0)))
 
     def train_step(self) -> dict:
-        t0 = time.perf_counter()
-        out = self._ae_step() if self.step < self.config.ae_steps else self._prior_step()
-        self.info["train_wall_s"] = self.info.get("train_wall_s", 0.0) + time.perf_counter() - t0
-        return out
+        return self._ae_step() if self.step < self.config.ae_steps else self._prior_step()
 
     def _ae_step(self) -> dict:
         cfg, g, dev = self.config, self.gens["train"], self.device
@@ -468,22 +465,17 @@ class SCLatentDiffusion(TrainableSampler):
         return self.generate(n_samples)
 
     # ------------------------------------------------------------------ persistence
-    def _state_dict(self) -> dict:
+    components = ("ae", "ae_opt", "model", "ema", "opt")
+
+    def _extra_state(self) -> dict:
         if self.model is None:
             raise ConfigError("SCLatentDiffusion has no model to save: call fit(dataset) first")
-        st = {"ae": self.ae.state_dict(), "ae_opt": self.ae_opt.state_dict(), "model": self.model.state_dict(),
-              "ema": self.ema.state_dict(), "opt": self.opt.state_dict(), "info": dict(self.info),
-              "lib": self._lib.cpu(), "codes": self._y.cpu()}
+        st = {"info": dict(self.info), "lib": self._lib.cpu(), "codes": self._y.cpu()}
         if self._u0 is not None:
             st.update(u0=self._u0.cpu(), u_sd=self._u_sd.cpu(), u_mean=self.u_mean.cpu(), u_std=self.u_std.cpu())
         return st
 
-    def _load_state_dict(self, state: dict) -> None:
-        self.ae.load_state_dict(state["ae"])
-        self.ae_opt.load_state_dict(state["ae_opt"])
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
+    def _load_extra_state(self, state: dict) -> None:
         self.info = dict(state["info"])
         self._lib = state["lib"].to(self.device)
         self._y = state["codes"].to(self.device)
