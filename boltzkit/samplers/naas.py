@@ -791,6 +791,8 @@ class NAAS(TrainableSampler):
                 x, u = mala(k, x, g)
                 return x, (-u.to(torch.float64),)
 
+            rejuv.acceptance = mala.acceptance  # read by run_islands
+
         run = run_islands(x, lw, ts.numel() - 1, step, frac=frac, n_islands=islands, generator=gen,
                           rejuvenate=rejuv, carry=(ref.log_prior(x),))
         x = run.x.cpu()
