@@ -33,7 +33,7 @@ def test_smc_increments_telescope_to_the_path_weight():
     assert rb.diagnostics["sampling_energy_evals"] == 256 * OPTS["n_time_steps"]
 
 
-@pytest.mark.parametrize("target, ref_std, mcmc, power", [(GAUSS, 3.0, 0, 1.0), (TWO, 6.0, 0, 1.0),
+@pytest.mark.parametrize("target, ref_std, mcmc, power", [(GAUSS, 3.0, 0, 3.0), (TWO, 6.0, 0, 3.0),
                                                           (TWO, 6.0, 2, 2.0)])
 def test_zero_control_is_smc_with_unbiased_log_z_over_seeds(target, ref_std, mcmc, power):
     exact = target.exact_log_z()

@@ -187,7 +187,10 @@ class PDNSConfig(SamplerConfig):
         (0, 1]: :meth:`PDNS.sample` runs the continuous sampler as SMC, :meth:`PDNS.sample_smc`),
         n_islands (independent islands of the SMC sampler, its log Z error bar), smc_mcmc_steps
         (MALA rejuvenation steps per SMC level; needs energy gradients), smc_beta_power (the SMC
-        level at grid time ``t`` anneals the target to ``beta = t**smc_beta_power``).
+        level at grid time ``t`` anneals the target to ``beta = t**smc_beta_power``; default 3:
+        the reference's large early steps spread the particles while ``beta`` is small. On
+        GMM-40, untrained, 100 levels, 2048 particles: log Z error -1.94 +- 0.38 and 37 modes
+        with power 1, +0.05 +- 0.07 and all 40 with power 3).
     """
 
     schedule: str = "adaptive"
@@ -223,7 +226,7 @@ class PDNSConfig(SamplerConfig):
     resample_ess: "float | None" = None
     n_islands: int = 16
     smc_mcmc_steps: int = 0
-    smc_beta_power: float = 1.0
+    smc_beta_power: float = 3.0
 
     def __post_init__(self):
         self.make_schedule()  # validates the schedule options
