@@ -6,7 +6,8 @@ Methods (one trained sampler per neural method and seed, sampled both ways):
 * ``naas+smc``  the same trained NAAS run as island SMC (:meth:`NAAS.sample_smc`, resampling at
   ESS < 0.5, 16 islands; Chen, Richter, Berner et al. 2025's SCLD view).
 * ``pdns``      continuous PDNS, whole-path importance sampling (:meth:`PDNS.sample`).
-* ``pdns+smc``  the same trained PDNS run as island SMC (:meth:`PDNS.sample_smc`).
+* ``pdns+smc``  the same trained PDNS run as island SMC (:meth:`PDNS.sample_smc`), moves = the
+  controlled Brownian steps only; ``pdns+smc+mala`` adds 2 MALA steps per level.
 * ``ais``       AIS with one MALA step per level (``method="ais"``), no resampling.
 * ``smc``       the same with island resampling (``resample_ess=0.5``, 16 islands): the package's
   SMC sampler for continuous targets (``method="smc"`` is for lattices).
@@ -15,8 +16,8 @@ Equal energy evaluations. Every energy and energy-gradient evaluation of the tar
 per point by a wrapper on the target instance (an energy with its gradient counts once; a
 Hessian-vector product of NAAS's adjoint counts two more, as in ``naas_continuous.py``).
 Each neural row reports ``evals_train``, ``evals_sample`` and ``evals_total``; AIS and SMC are
-run at two budgets: ``B_small`` = the total of PDNS+SMC (training + sampling; it is also about
-the sampling-only budget of NAAS+SMC) and ``B_large`` = the total of NAAS+SMC (NAAS training
+run at two budgets: ``B_small`` = the total of PDNS+SMC+MALA (training + sampling; more than
+PDNS+SMC spends, about the sampling-only budget of NAAS+SMC) and ``B_large`` = the total of NAAS+SMC (NAAS training
 is gradient- and HVP-heavy). Their number of levels is ``budget / (n_samples * evals per
 particle and level)`` (measured on a short pilot), capped at ``--max-levels`` (the cap and the
 evaluations actually spent are in each row).
@@ -63,6 +64,7 @@ from boltzkit.samplers.pdns import PDNS  # noqa: E402
 
 RESULTS = HERE / "results"
 N_ISLANDS, RESAMPLE = 16, 0.5
+PDNS_MALA = 2  # MALA rejuvenation steps per level of the "pdns+smc+mala" variant
 MW_RIGHT_EXACT = 0.8443  # fraction of a many-well quartic coordinate right of the barrier (quadrature)
 
 
@@ -130,7 +132,7 @@ CONFIGS = {
                  naas=dict(prior_std=2.0, target_scale=0.2, relaxation=10.0, n_time_steps=128,
                            beta_power=2.0, batch_size=128), naas_steps=15,
                  pdns=dict(n_time_steps=100, batch_size=256), pdns_steps=400, init_std=2.0),
-    "ho15": dict(n=2048, seeds=3, naas=dict(n_time_steps=64, batch_size=128), naas_steps=15,
+    "ho15": dict(n=1024, seeds=2, naas=dict(n_time_steps=64, batch_size=128), naas_steps=15,
                  pdns=dict(n_time_steps=100, batch_size=256), pdns_steps=300, init_std=None),
     "alanine": dict(n=1024, seeds=1, naas=dict(n_time_steps=128, batch_size=64, lr=3e-4), naas_steps=10,
                     pdns=dict(n_time_steps=100, batch_size=128), pdns_steps=200, init_std=None),
@@ -190,12 +192,14 @@ def run_neural(name, cls, opts, steps, seed, n, target, counter, exact, extra, d
     if cls is NAAS:  # a Hessian-vector product costs about two more gradients
         train_evals += 2 * int(s.history.get("energy_hvps", [0])[-1])
     label = "naas" if cls is NAAS else "pdns"
-    for smc in (False, True):
+    variants = [("", None), ("+smc", 0)] + ([("+smc+mala", PDNS_MALA)] if cls is PDNS else [])
+    for suffix, mcmc in variants:
         c1, t1 = counter.n, time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = s.sample_smc(n, resample_ess=RESAMPLE, n_islands=N_ISLANDS) if smc else s.sample(n)
-        row = {"target": name, "method": label + ("+smc" if smc else ""), "seed": seed,
+            res = s.sample(n) if mcmc is None else s.sample_smc(n, resample_ess=RESAMPLE,
+                                                                n_islands=N_ISLANDS, mcmc_steps=mcmc)
+        row = {"target": name, "method": label + suffix, "seed": seed,
                "n_samples": n, "train_steps": steps, "evals_train": train_evals,
                "evals_sample": counter.n - c1, "evals_total": train_evals + counter.n - c1,
                "wall_train_s": train_wall, "wall_sample_s": time.perf_counter() - t1,
@@ -247,7 +251,7 @@ def run_target(name, cfg, seeds, device, max_levels):
         na = run_neural(name, NAAS, cfg["naas"], cfg["naas_steps"], seed, cfg["n"], target, counter,
                         exact, extra, device)
         rows += pd + na
-        budgets = {"B_small": pd[1]["evals_total"], "B_large": na[1]["evals_total"]}
+        budgets = {"B_small": pd[2]["evals_total"], "B_large": na[1]["evals_total"]}
         for bname, b in budgets.items():
             for smc in (False, True):
                 rows.append(run_ais(name, smc, b, bname, seed, cfg["n"], cfg["init_std"], target, counter,
@@ -287,7 +291,8 @@ def plot(rows, path):
 
     targets = list(dict.fromkeys(r["target"] for r in rows))
     fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), squeeze=False)
-    colors = {"naas": "C0", "naas+smc": "C1", "pdns": "C2", "pdns+smc": "C3", "ais": "C7", "smc": "C4"}
+    colors = {"naas": "C0", "naas+smc": "C1", "pdns": "C2", "pdns+smc": "C3", "pdns+smc+mala": "C5",
+              "ais": "C7", "smc": "C4"}
     for ax, t in zip(axes[0], targets):
         rs = [r for r in rows if r["target"] == t]
         labels = list(dict.fromkeys(f"{r['method']}" + (f"\n{r['budget']}" if r.get("budget") else "")
@@ -331,7 +336,6 @@ def main(argv=None):
         cfg = json.loads(json.dumps(CONFIGS[name]))
         if args.quick:
             cfg.update(n=256, naas_steps=2, pdns_steps=20, seeds=1)
-            cfg["naas"]["n_time_steps"] = 16
         seeds = args.seeds or cfg["seeds"]
         t0 = time.perf_counter()
         new = run_target(name, cfg, seeds, "cpu", args.max_levels)

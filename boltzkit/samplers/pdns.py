@@ -93,8 +93,10 @@ Known failure modes.
   with the default 1000 steps weighted masses 0.093-0.120 (exact 0.111), raw visits 0.09-0.13,
   log Z -0.030 +- 0.013 vs 0, ESS 0.59, the stopping rule fired; at spacing 10 (width 12.7)
   all nine kept too (log Z -0.054 +- 0.033, ESS 0.18), but lam was still 0.41 after 1000 steps
-  (a wider reference needs more stages). The pilot fails (warning, width 1) when its ESS is
-  below 10: high dimensions without a prior hint.
+  (a wider reference needs more stages). The pilot fails when its ESS is below 10 (high
+  dimensions, narrow or far-off targets without a prior hint); on ``Reals`` PDNS then runs in
+  the frame of the scale probe (:func:`boltzkit.probe.probe_frame`, reference_std 1 there;
+  openmmtools' 15-dof HarmonicOscillatorArray needs it), elsewhere it warns and uses width 1.
 * Small KL budgets are stable but slow (many stages); large ones approach plain WDCE and its
   mode collapse. If training ends before the stopping rule fires (``prox_lambda > tol``), the
   network was fitted to a tempered target: weights and log Z stay exact, but the ESS is poor
@@ -377,7 +379,14 @@ class _BrownianBridge:
             else:
                 ref_std, self.pilot = pilot_reference_std(self.target.energy, self.dim, self.project,
                                                           self.n_dof, device, generator)
-                if ref_std is None:
+                if ref_std is None and isinstance(self.domain, Reals):
+                    # the pilot failed (narrow or far-off target): run in the scale probe's frame
+                    from ..probe import probe_frame
+
+                    self.target, self.frame, pr = probe_frame(target, generator=generator)
+                    self.log_det, ref_std = self.frame.log_det, 1.0
+                    self.pilot["scale_probe"] = pr.summary()
+                elif ref_std is None:
                     warnings.warn(f"PDNS: the pilot run that sets reference_std found too few "
                                   f"effective samples (ESS {self.pilot['pilot_ess']:.1f}); using "
                                   "reference_std = 1. Pass reference_std (the target's spread about "
