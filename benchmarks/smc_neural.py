@@ -18,7 +18,7 @@ Hessian-vector product of NAAS's adjoint counts two more, as in ``naas_continuou
 Each neural row reports ``evals_train``, ``evals_sample`` and ``evals_total``; AIS and SMC are
 run at two budgets: ``B_small`` = the total of PDNS+SMC+MALA (training + sampling; more than
 PDNS+SMC spends, about the sampling-only budget of NAAS+SMC) and ``B_large`` = the total of NAAS+SMC (NAAS training
-is gradient- and HVP-heavy). Their number of levels is ``budget / (n_samples * evals per
+is gradient- and HVP-heavy). ``B_pdns`` = the total of PDNS+SMC (no MALA) is a third, smaller budget. Their number of levels is ``budget / (n_samples * evals per
 particle and level)`` (measured on a short pilot), capped at ``--max-levels`` (the cap and the
 evaluations actually spent are in each row).
 
@@ -128,14 +128,15 @@ CONFIGS = {
                   naas=dict(prior_std=25.0, target_scale=1.3, relaxation=4.0, beta_power=3.0,
                             n_time_steps=64, batch_size=128), naas_steps=30,
                   pdns=dict(n_time_steps=100, batch_size=256), pdns_steps=400, init_std=25.0),
-    "mw32": dict(n=2048, seeds=3,
+    "mw32": dict(n=2048, seeds=2,
                  naas=dict(prior_std=2.0, target_scale=0.2, relaxation=10.0, n_time_steps=128,
                            beta_power=2.0, batch_size=128), naas_steps=15,
                  pdns=dict(n_time_steps=100, batch_size=256), pdns_steps=400, init_std=2.0),
     "ho15": dict(n=1024, seeds=2, naas=dict(n_time_steps=64, batch_size=128), naas_steps=15,
                  pdns=dict(n_time_steps=100, batch_size=256), pdns_steps=300, init_std=None),
-    "alanine": dict(n=1024, seeds=1, naas=dict(n_time_steps=128, batch_size=64, lr=3e-4), naas_steps=10,
-                    pdns=dict(n_time_steps=100, batch_size=128), pdns_steps=200, init_std=None),
+    "alanine": dict(n=512, seeds=1, naas=dict(n_time_steps=64, batch_size=64, lr=3e-4), naas_steps=5,
+                    pdns=dict(n_time_steps=50, batch_size=128), pdns_steps=200, init_std=None,
+                    budgets=("B_pdns", "B_small")),
 }
 
 
@@ -251,8 +252,11 @@ def run_target(name, cfg, seeds, device, max_levels):
         na = run_neural(name, NAAS, cfg["naas"], cfg["naas_steps"], seed, cfg["n"], target, counter,
                         exact, extra, device)
         rows += pd + na
-        budgets = {"B_small": pd[2]["evals_total"], "B_large": na[1]["evals_total"]}
+        budgets = {"B_pdns": pd[1]["evals_total"], "B_small": pd[2]["evals_total"],
+                   "B_large": na[1]["evals_total"]}
         for bname, b in budgets.items():
+            if bname not in cfg.get("budgets", budgets):
+                continue
             for smc in (False, True):
                 rows.append(run_ais(name, smc, b, bname, seed, cfg["n"], cfg["init_std"], target, counter,
                                     exact, extra, device, max_levels))
@@ -325,10 +329,26 @@ def main(argv=None):
     p.add_argument("--max-levels", type=int, default=2000)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--out", default=str(RESULTS / "smc_neural.json"))
+    p.add_argument("--add-budget", default=None, help="B_pdns: only run AIS and SMC at the total of "
+                   "the PDNS+SMC rows already in the JSON (for targets run before that budget existed)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    if args.add_budget:
+        rows = old["rows"]
+        for name in args.targets.split(","):
+            target, exact, extra = make_target(name)
+            counter = EvalCounter(target)
+            cfg = CONFIGS[name]
+            for r in [r for r in rows if r["target"] == name and r["method"] == "pdns+smc"]:
+                for smc in (False, True):
+                    rows.append(run_ais(name, smc, r["evals_total"], args.add_budget, r["seed"], r["n_samples"],
+                                        cfg["init_std"], target, counter, exact, extra, "cpu", args.max_levels))
+        old.update(rows=rows, summary=summarize(rows))
+        out.write_text(json.dumps(old, indent=1, default=float))
+        plot(rows, out.with_suffix(".png"))
+        return
     names = args.targets.split(",")
     rows = [r for r in old.get("rows", []) if r["target"] not in names]
     t_all = time.perf_counter()
