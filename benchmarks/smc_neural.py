@@ -176,7 +176,7 @@ def alanine_basins(ic, ala, res):
     d, se = df["C7ax"]
     sig = math.hypot(se, ref[1]) if math.isfinite(se) else math.inf
     return {"dF_C7ax": d, "dF_C7ax_stderr": se, "dF_C7ax_reference": ref,
-            "dF_C7ax_z": (d - ref[0]) / sig if math.isfinite(d) and sig > 0 else None,
+            "dF_C7ax_z": (d - ref[0]) / sig if math.isfinite(d) and math.isfinite(sig) and sig > 0 else None,
             "basins_covered": int(sum(p > 0 for p, _ in pops.values())),
             "populations": {b: p for b, (p, _) in pops.items()}}
 
