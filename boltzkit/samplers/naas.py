@@ -149,6 +149,8 @@ from ..result import result_from_log_weights
 from ._shared.continuous_nets import make_control_net
 from ._shared.ema import EMA
 from ._shared.buffers import ReplayBuffer
+from ._shared.smc import MALARejuvenation, check_smc_options, island_result, run_islands
+from ..kernels.langevin import default_step_size
 from ._shared.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
                           gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_space,
                           time_grid)
@@ -185,7 +187,8 @@ class NAASConfig(SamplerConfig):
         sample_batch_size; resample_ess (None: plain importance sampling of whole paths; a
         fraction in (0, 1]: the sampled chain runs as an SMC sampler, see
         :meth:`NAAS.sample_smc`), n_islands (independent particle islands of the SMC sampler;
-        its log Z error bar comes from their spread).
+        its log Z error bar comes from their spread), smc_mcmc_steps (MALA rejuvenation steps
+        per level of the SMC sampler; 0: none).
     Regression
         importance_weighted: weight each trajectory's regression rows by its self-normalized
         path weight (targets the optimal control directly; False: the paper's on-policy
@@ -230,6 +233,7 @@ class NAASConfig(SamplerConfig):
     min_weight_ess: float = 0.05
     resample_ess: "float | None" = None
     n_islands: int = 16
+    smc_mcmc_steps: int = 0
 
     def __post_init__(self):
         for nm in ("n_steps", "n_time_steps", "prior_time_steps", "prior_updates_per_step",
@@ -264,6 +268,9 @@ class NAASConfig(SamplerConfig):
                                                   and 0 < self.resample_ess <= 1):
             raise ConfigError(f"resample_ess must be None or a fraction in (0, 1], got {self.resample_ess!r}")
         _check_count("n_islands", self.n_islands)
+        if isinstance(self.smc_mcmc_steps, bool) or not isinstance(self.smc_mcmc_steps, int) \
+                or self.smc_mcmc_steps < 0:
+            raise ConfigError(f"smc_mcmc_steps must be a non-negative integer, got {self.smc_mcmc_steps!r}")
         for nm in ("prior_stage", "use_prior_hint", "importance_weighted"):
             if not isinstance(getattr(self, nm), bool):
                 raise ConfigError(f"{nm} must be True or False, got {getattr(self, nm)!r}")
@@ -690,7 +697,7 @@ class NAAS(TrainableSampler):
 
     @torch.no_grad()
     def sample_smc(self, n_samples: int, *, resample_ess: "float | None" = None,
-                   n_islands: "int | None" = None):
+                   n_islands: "int | None" = None, mcmc_steps: "int | None" = None):
         r"""Run the trained (or untrained, ``n_steps=0``) chain as an SMC sampler.
 
         Sequential Controlled Langevin Diffusions (Chen, Richter, Berner et al., ICLR 2025,
@@ -711,8 +718,14 @@ class NAAS(TrainableSampler):
         with ULA moves along the geometric path; a trained control makes the increments
         flatter. Costs one energy evaluation per particle and level beyond :meth:`sample`.
 
-        ``resample_ess`` and ``n_islands`` default to the config's (0.5 and 16 where the
-        config leaves ``resample_ess`` None), so one trained sampler can be sampled both ways.
+        ``resample_ess``, ``n_islands`` and ``mcmc_steps`` default to the config's (0.5, 16 and
+        ``smc_mcmc_steps`` where the config leaves ``resample_ess`` None), so one trained sampler
+        can be sampled both ways. ``mcmc_steps`` > 0 adds MALA rejuvenation on ``gamma_{k+1}``
+        after every level (:class:`~boltzkit.samplers._shared.smc.MALARejuvenation`; one energy
+        gradient per step and one per level to start it, counted in
+        ``diagnostics["sampling_energy_grads"]``). The island machinery is shared with
+        :meth:`PDNS.sample_smc <boltzkit.samplers.pdns.PDNS.sample_smc>`
+        (:mod:`boltzkit.samplers._shared.smc`).
 
         Reliability: beyond the weight diagnostics, the result is flagged unreliable when the
         islands' log Z spread ``s`` implies a log-mean-exp (Jensen) bias ``(e^{s^2} - 1) / (2M)``
@@ -724,21 +737,16 @@ class NAAS(TrainableSampler):
         Returns a weighted :class:`~boltzkit.result.Result` (final weights after the last
         resampling, island blocks contiguous) with ``diagnostics["resample_events"]``.
         """
-        from dataclasses import replace
-
-        from .ais import resample_islands
-
         self._require_fit()
         _check_count("n_samples", n_samples)
         c = self.config
         frac = resample_ess if resample_ess is not None else (c.resample_ess or 0.5)
         islands = n_islands if n_islands is not None else c.n_islands
-        if not (isinstance(frac, (int, float)) and 0 < frac <= 1):
-            raise ConfigError(f"resample_ess must be a fraction in (0, 1], got {frac!r}")
-        _check_count("n_islands", islands)
-        if n_samples % islands or n_samples // islands < 2:
-            raise ConfigError(f"n_samples={n_samples} must be a multiple of n_islands={islands} "
-                              "with at least 2 particles per island")
+        n_mcmc = mcmc_steps if mcmc_steps is not None else c.smc_mcmc_steps
+        check_smc_options(int(n_samples), frac, islands, n_mcmc)
+        if n_mcmc and not isinstance(self.target.domain, Reals):
+            raise ConfigError("smc_mcmc_steps > 0 (MALA rejuvenation) needs a Reals target; "
+                              "leave it at 0 for particle systems")
         net, prior_net = self.sampling_nets()
         net.eval()
         prior_net.eval()
@@ -758,52 +766,41 @@ class NAAS(TrainableSampler):
             lw = torch.zeros(n, dtype=torch.float64, device=self.device)
         drift = self._annealed_drift(net)
         back = reversed_reference_kernel(ref.drift, ref.sigma)
-        log_g = ref.log_prior(x)
-        log_acc = torch.zeros(islands, dtype=torch.float64, device=self.device)
-        events, ts = 0, self.ts
-        for k in range(ts.numel() - 1):
-            step = euler_maruyama(drift, ref.sigma, x, ts[k:k + 2], generator=gen,
-                                  project=self.project, n_dof=self.n_dof, backward=back)
-            x_new = step.x
-            if not bool(torch.isfinite(x_new).all()):
+        ts = self.ts
+
+        def step(k, x, carry):
+            (log_g,) = carry
+            mv = euler_maruyama(drift, ref.sigma, x, ts[k:k + 2], generator=gen,
+                                project=self.project, n_dof=self.n_dof, backward=back)
+            if not bool(torch.isfinite(mv.x).all()):
                 raise TrainingDivergedError("NAAS SMC produced non-finite states; increase "
                                             "n_time_steps, lower relaxation or set grad_clip")
-            log_g_new = self.log_gamma(float(ts[k + 1]), x_new)
-            lw = lw + log_g_new - log_g + step.log_bwd - step.log_fwd
-            x, log_g = x_new, log_g_new
-            if k < ts.numel() - 2:
-                (x, log_g), lw, log_acc, ev = resample_islands((x, log_g), lw, log_acc, frac, gen)
-                events += ev
-        m = n // islands
-        island_log_z = (log_acc + torch.logsumexp(lw.view(islands, m), 1) - math.log(m)
-                        + self._log_det).cpu()
-        lw = (lw + log_acc.repeat_interleave(m) + self._log_det).cpu()
-        x = x.cpu()
+            log_g_new = self.log_gamma(float(ts[k + 1]), mv.x)
+            return mv.x, log_g_new - log_g + mv.log_bwd - mv.log_fwd, (log_g_new,)
+
+        rejuv = None
+        if n_mcmc:
+            mala = MALARejuvenation(
+                lambda k, y: (-self.log_gamma(float(ts[k]), y), ref.grad_u(float(ts[k]), y)),
+                n_mcmc, default_step_size("mala", self.dim, self.target_scale))
+
+            def rejuv(k, x, carry, g):
+                x, u = mala(k, x, g)
+                return x, (-u.to(torch.float64),)
+
+            rejuv.acceptance = mala.acceptance  # read by run_islands
+
+        run = run_islands(x, lw, ts.numel() - 1, step, frac=frac, n_islands=islands, generator=gen,
+                          rejuvenate=rejuv, carry=(ref.log_prior(x),))
+        x = run.x.cpu()
         if self.frame is not None:
             x = self.frame.to_x(x)
-        est = log_z_from_log_weights(island_log_z, warn=False)
         diag = {"n_time_steps": c.n_time_steps, "prior_hint": self.frame is not None,
-                "smc": True, "resample_ess": frac, "n_islands": islands,
-                "resample_events": events, "log_z_stderr_from": "between islands",
+                "resample_ess": frac, "smc_mcmc_steps": n_mcmc,
                 "sampling_energy_grads": int(ref.n_grad - grads0),
-                "training_energy_grads": int(self.history.get("energy_grads", [0])[-1])}
+                "training_energy_grads": int(self.history.get("energy_grads", [0])[-1]),
+                "training_energy_hvps": int(self.history.get("energy_hvps", [0])[-1])}
         if self.scale_probe is not None:
             diag["scale_probe"] = self.scale_probe
-        # the islands' log Z spread s: if log Z_i were normal, log-mean-exp over M islands is
-        # low by about (e^{s^2} - 1) / (2M); larger than the error bar, the bar is not honest
-        s_isl = float(island_log_z.std()) if islands > 1 else 0.0
-        jensen = math.expm1(min(s_isl ** 2, 700.0)) / (2 * islands)
-        diag.update(island_log_z_std=s_isl, island_jensen_bias=jensen)
-        res = result_from_log_weights(x, lw, exact_log_z=self.target.exact_log_z(),
-                                      diagnostics=diag, **self._result_kwargs())
-        if jensen > est.stderr:
-            import warnings
-
-            from ..errors import UnreliableEstimateWarning
-
-            res.diagnostics.update(reliable=False, unreliable_reason=(
-                f"the islands' log Z spread {s_isl:.2f} implies a Jensen bias of about {jensen:.2g}, "
-                f"more than the error bar {est.stderr:.2g}; raise n_time_steps or train longer"))
-            warnings.warn(f"NAAS SMC: {res.diagnostics['unreliable_reason']}", UnreliableEstimateWarning,
-                          stacklevel=2)
-        return replace(res, log_z_stderr=est.stderr)
+        return island_result(x, run, log_shift=self._log_det, exact_log_z=self.target.exact_log_z(),
+                             diagnostics=diag, who="NAAS", **self._result_kwargs())

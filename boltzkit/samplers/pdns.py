@@ -93,8 +93,10 @@ Known failure modes.
   with the default 1000 steps weighted masses 0.093-0.120 (exact 0.111), raw visits 0.09-0.13,
   log Z -0.030 +- 0.013 vs 0, ESS 0.59, the stopping rule fired; at spacing 10 (width 12.7)
   all nine kept too (log Z -0.054 +- 0.033, ESS 0.18), but lam was still 0.41 after 1000 steps
-  (a wider reference needs more stages). The pilot fails (warning, width 1) when its ESS is
-  below 10: high dimensions without a prior hint.
+  (a wider reference needs more stages). The pilot fails when its ESS is below 10 (high
+  dimensions, narrow or far-off targets without a prior hint); on ``Reals`` PDNS then runs in
+  the frame of the scale probe (:func:`boltzkit.probe.probe_frame`, reference_std 1 there;
+  openmmtools' 15-dof HarmonicOscillatorArray needs it), elsewhere it warns and uses width 1.
 * Small KL budgets are stable but slow (many stages); large ones approach plain WDCE and its
   mode collapse. If training ends before the stopping rule fires (``prox_lambda > tol``), the
   network was fitted to a tempered target: weights and log Z stay exact, but the ESS is poor
@@ -131,6 +133,8 @@ from ._shared.ema import EMA
 from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
 from ._shared.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
                           state_space, time_grid)
+from ._shared.smc import MALARejuvenation, check_smc_options, island_result, run_islands
+from ..kernels.langevin import default_step_size
 from .base import SamplerConfig, TrainableSampler, _check_count, check_number
 
 __all__ = ["PDNS", "PDNSConfig", "pdns_priority"]
@@ -181,7 +185,14 @@ class PDNSConfig(SamplerConfig):
         the reference starts at ``loc`` and ends at ``N(loc, reference_std^2 S S^T)``; samples
         and weights are returned in ``x``).
     Sampling
-        sample_batch_size.
+        sample_batch_size; resample_ess (None: importance sampling of whole paths; a fraction in
+        (0, 1]: :meth:`PDNS.sample` runs the continuous sampler as SMC, :meth:`PDNS.sample_smc`),
+        n_islands (independent islands of the SMC sampler, its log Z error bar), smc_mcmc_steps
+        (MALA rejuvenation steps per SMC level; needs energy gradients), smc_beta_power (the SMC
+        level at grid time ``t`` anneals the target to ``beta = t**smc_beta_power``; default 3:
+        the reference's large early steps spread the particles while ``beta`` is small. On
+        GMM-40, untrained, 100 levels, 2048 particles: log Z error -1.94 +- 0.38 and 37 modes
+        with power 1, +0.05 +- 0.07 and all 40 with power 3).
     """
 
     schedule: str = "adaptive"
@@ -214,6 +225,10 @@ class PDNSConfig(SamplerConfig):
     n_time_steps: int = 100
     use_prior_hint: bool = True
     sample_batch_size: int = 1024
+    resample_ess: "float | None" = None
+    n_islands: int = 16
+    smc_mcmc_steps: int = 0
+    smc_beta_power: float = 3.0
 
     def __post_init__(self):
         self.make_schedule()  # validates the schedule options
@@ -244,6 +259,14 @@ class PDNSConfig(SamplerConfig):
             raise ConfigError(f"mask_mode must be 'lambda' or 'count', got {self.mask_mode!r}")
         if self.net not in ("auto", "transformer", "cnn"):
             raise ConfigError(f"net must be 'auto', 'transformer' or 'cnn', got {self.net!r}")
+        if self.resample_ess is not None and (isinstance(self.resample_ess, bool) or not isinstance(
+                self.resample_ess, (int, float)) or not 0 < self.resample_ess <= 1):
+            raise ConfigError(f"resample_ess must be None or a fraction in (0, 1], got {self.resample_ess!r}")
+        _int_option("n_islands", self.n_islands)
+        if isinstance(self.smc_mcmc_steps, bool) or not isinstance(self.smc_mcmc_steps, int) \
+                or self.smc_mcmc_steps < 0:
+            raise ConfigError(f"smc_mcmc_steps must be a non-negative integer, got {self.smc_mcmc_steps!r}")
+        check_number("smc_beta_power", self.smc_beta_power)
 
     def make_schedule(self) -> ProximalSchedule:
         """A fresh :class:`ProximalSchedule` with these options."""
@@ -348,6 +371,7 @@ class _BrownianBridge:
         self.project, self.n_dof = state_space(self.domain)
         self.dim = self.domain.event_numel
         self.pilot: dict = {}
+        self.n_energy = self.n_grad = 0  # energy / gradient evaluations of the SMC path, per point
         ref_std = cfg.reference_std
         if ref_std == "auto":
             if self.frame is not None:
@@ -355,7 +379,14 @@ class _BrownianBridge:
             else:
                 ref_std, self.pilot = pilot_reference_std(self.target.energy, self.dim, self.project,
                                                           self.n_dof, device, generator)
-                if ref_std is None:
+                if ref_std is None and isinstance(self.domain, Reals):
+                    # the pilot failed (narrow or far-off target): run in the scale probe's frame
+                    from ..probe import probe_frame
+
+                    self.target, self.frame, pr = probe_frame(target, generator=generator)
+                    self.log_det, ref_std = self.frame.log_det, 1.0
+                    self.pilot["scale_probe"] = pr.summary()
+                elif ref_std is None:
                     warnings.warn(f"PDNS: the pilot run that sets reference_std found too few "
                                   f"effective samples (ESS {self.pilot['pilot_ess']:.1f}); using "
                                   "reference_std = 1. Pass reference_std (the target's spread about "
@@ -419,6 +450,71 @@ class _BrownianBridge:
         per_row = (net(self._t[k], xt) - target).pow(2).sum(-1) / self.n_dof
         w = weights.to(per_row.dtype).repeat_interleave(r) / r
         return (w * per_row).sum()
+
+    # -------------------------------------------------------------- SMC view
+    def smc_level(self, k: int) -> "tuple[float, float]":
+        """``(beta_k, c_k)`` of SMC level ``k >= 1``: the annealing exponent ``t_k**p`` and the
+        scale ``c_k = sqrt(v(1) / v(t_k))`` from the reference's marginal at ``t_k`` to ``nu``."""
+        t = float(self.ts[k])
+        return t ** self.cfg.smc_beta_power, math.sqrt(self.v1 / self.sched.variance(t))
+
+    def smc_potential(self, beta: float, y: torch.Tensor, *, grad: bool = False):
+        """``U_beta(y) = -(1 - beta) log nu(y) + beta U(y)`` (float64; the geometric path from
+        the reference's terminal law ``nu`` to the target), and its gradient when ``grad``."""
+        u = check_energy_values(self.target.energy(y), y.shape[0],
+                                name=f"{self.target.name}.energy").to(torch.float64)
+        self.n_energy += y.shape[0]
+        pot = -(1.0 - beta) * gaussian_log_prob(y, self.v1, self.n_dof) + beta * u
+        if not grad:
+            return pot
+        self.n_grad += y.shape[0]
+        return pot, (1.0 - beta) * y / self.v1 + beta * self.target.grad_energy(y)
+
+    def log_gamma(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """``log gamma_k(x) = log N(x; 0, v(t_k)) + beta_k r(c_k x)`` (float64), ``r`` the terminal
+        reward: in ``y = c_k x`` the PDNS stage target ``nu^(1 - beta) pi^beta`` shrunk to the
+        reference's scale at ``t_k``. ``gamma_0`` is the Dirac source (0 here) and ``gamma_K =
+        exp(-U)``."""
+        if k == 0:
+            return torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        beta, c = self.smc_level(k)
+        return -self.smc_potential(beta, c * x) + self.n_dof * math.log(c)
+
+    @torch.no_grad()
+    def smc(self, net, n, generator, *, frac, n_islands, mcmc_steps):
+        """Island SMC along the controlled path (:func:`~boltzkit.samplers._shared.smc.run_islands`);
+        returns an :class:`~boltzkit.samplers._shared.smc.IslandRun` in the sampler's frame."""
+        coef = self._coef
+        drift = (lambda t, x: coef[t] * net(t, x))
+        back = brownian_bridge_kernel(self.sched.variance)
+        ts = self.ts
+
+        def step(k, x, carry):
+            (log_g,) = carry
+            mv = euler_maruyama(drift, None, x, ts[k:k + 2], generator=generator, project=self.project,
+                                n_dof=self.n_dof, noise_var=self.sched.step_variance, backward=back)
+            if not bool(torch.isfinite(mv.x).all()):
+                raise TrainingDivergedError("PDNS SMC produced non-finite states; raise n_time_steps "
+                                            "or lower noise_ratio")
+            log_g_new = self.log_gamma(k + 1, mv.x)
+            return mv.x, log_g_new - log_g + mv.log_bwd - mv.log_fwd, (log_g_new,)
+
+        rejuv = None
+        if mcmc_steps:  # MALA in y = c_k x, where every level has the target's own scale
+            mala = MALARejuvenation(lambda k, y: self.smc_potential(self.smc_level(k)[0], y, grad=True),
+                                    mcmc_steps, default_step_size("mala", self.dim, self.reference_std))
+
+            def rejuv(k, x, carry, g):
+                c = self.smc_level(k)[1]
+                y, pot = mala(k, c * x, g)
+                return y / c, (-pot + self.n_dof * math.log(c),)
+
+            rejuv.acceptance = mala.acceptance  # read by run_islands
+
+        x0 = torch.zeros(n, self.dim, device=self.device)
+        lw0 = torch.zeros(n, dtype=torch.float64, device=self.device)
+        return run_islands(x0, lw0, ts.numel() - 1, step, frac=frac, n_islands=n_islands,
+                           generator=generator, rejuvenate=rejuv, carry=(lw0.clone(),))
 
     def decode(self, x):
         return x if self.frame is None else self.frame.to_x(x)
@@ -535,6 +631,8 @@ class PDNS(TrainableSampler):
         """
         self._require_fit()
         _int_option("n_samples", n_samples, minimum=2)
+        if self.config.resample_ess is not None:
+            return self.sample_smc(n_samples)
         sch = self.schedule
         if not sch.done:
             warnings.warn(f"PDNS stopped in proximal stage {sch.stage} with lambda = {sch.lam:.3g} > "
@@ -559,3 +657,86 @@ class PDNS(TrainableSampler):
         return result_from_log_weights(self.inst.decode(x).cpu(), lw.cpu(),
                                        exact_log_z=self.target.exact_log_z(), diagnostics=diag,
                                        **self._result_kwargs())
+
+    def sample_smc(self, n_samples: int, *, resample_ess: "float | None" = None,
+                   n_islands: "int | None" = None, mcmc_steps: "int | None" = None) -> Result:
+        r"""Run the trained (or untrained, ``n_steps=0``) continuous sampler as an SMC sampler.
+
+        Sequential Controlled Langevin Diffusions view (Chen, Richter, Berner et al., ICLR 2025,
+        arXiv 2412.07081) with the SMC-sampler weights of Del Moral, Doucet & Jasra (JRSS B 68,
+        2006). The controlled path needs intermediate targets; PDNS's own path-anchored stage
+        targets ``nu^(1 - beta) pi^beta`` are used, placed along diffusion time: at grid time
+        ``t_k`` the particles are weighted toward
+
+            gamma_k(x) = N(x; 0, v(t_k)) exp(beta_k r(c_k x)),   c_k = sqrt(v(1) / v(t_k)),
+
+        with ``r = -U - log nu`` the terminal reward and ``beta_k = t_k**smc_beta_power``; in
+        ``y = c_k x`` this is the geometric path from the reference's terminal law to the target,
+        shrunk to the reference's marginal scale at ``t_k`` (``gamma_0`` is the Dirac source,
+        ``gamma_K = exp(-U)``). Particles move by the controlled Euler step ``q_k`` and the
+        Brownian-bridge backward kernel ``B_k`` makes the increment
+
+            log w_k = log gamma_{k+1}(x_{k+1}) + log B_k(x_k | x_{k+1}) - log gamma_k(x_k) - log q_k(x_{k+1} | x_k)
+
+        telescope to the whole-path weight of :meth:`sample` (tested draw for draw). Islands whose
+        ESS falls below ``resample_ess`` are resampled and ``mcmc_steps`` MALA moves on
+        ``gamma_{k+1}`` may follow each level (energy gradients needed); log Z and its error bar
+        come from ``n_islands`` independent islands (:mod:`boltzkit.samplers._shared.smc`, shared
+        with :meth:`NAAS.sample_smc <boltzkit.samplers.naas.NAAS.sample_smc>`). With zero control
+        (``n_steps=0``) this is plain SMC along that path, whose moves are the reference's
+        Brownian increments (plus MALA if asked).
+
+        Cost: one energy evaluation per particle and level (``n_time_steps`` per sample, against
+        one for :meth:`sample`), plus ``mcmc_steps + 1`` energy-and-gradient evaluations per
+        particle and level with MALA; ``diagnostics`` counts them (``sampling_energy_evals``,
+        ``sampling_energy_grads``).
+
+        Failure modes: the intermediate targets are not the trained sampler's marginals, so with
+        a well-trained control the increments are not flat and resampling can add variance that
+        whole-path importance sampling avoids (compare :meth:`sample`); modes the reference never
+        reaches are missed as in any SMC. MALA rejuvenation does not always pay: in ``y`` the
+        reference's Brownian step is an autoregressive move that leaves ``nu``, not
+        ``gamma_k``, invariant, so it scatters particles that MALA gathered into modes. Measured
+        (zero control, 1-D two-mode mixture, 32 levels, 512 particles, 8 seeds): std of log Z
+        0.049 without MALA, 0.139 with 2 MALA steps per level at ``smc_beta_power=1``, 0.056 at
+        ``smc_beta_power=2`` (the target enters later, when the Brownian steps are small).
+
+        ``resample_ess``, ``n_islands`` and ``mcmc_steps`` default to the config's (0.5 where the
+        config leaves ``resample_ess`` None). Continuous targets only.
+        """
+        self._require_fit()
+        if not isinstance(self.inst, _BrownianBridge):
+            raise IncompatibleMethodError(
+                "PDNS.sample_smc runs the continuous (Brownian-reference) sampler as SMC; for "
+                "lattices and sequences use PDNS.sample or method='smc'")
+        cfg = self.config
+        frac = resample_ess if resample_ess is not None else (cfg.resample_ess or 0.5)
+        islands = n_islands if n_islands is not None else cfg.n_islands
+        n_mcmc = mcmc_steps if mcmc_steps is not None else cfg.smc_mcmc_steps
+        _int_option("n_samples", n_samples, minimum=2)
+        check_smc_options(int(n_samples), frac, islands, n_mcmc)
+        if n_mcmc and not isinstance(self.target.domain, Reals):
+            raise ConfigError("smc_mcmc_steps > 0 (MALA rejuvenation) needs a Reals target; leave "
+                              "it at 0 for particle systems")
+        sch = self.schedule
+        if self.step > 0 and not sch.done:
+            warnings.warn(f"PDNS stopped in proximal stage {sch.stage} with lambda = {sch.lam:.3g} > "
+                          f"tol = {cfg.tol:g} after {self.step} steps: the control was fitted to a "
+                          "tempered target; the SMC weights stay exact.", ConvergenceWarning, stacklevel=2)
+        t0 = time.perf_counter()
+        inst = self.inst
+        e0, g0 = inst.n_energy, inst.n_grad
+        net = self.ema.shadow
+        net.eval()
+        run = inst.smc(net, int(n_samples), self.gens["sample"], frac=frac, n_islands=islands,
+                       mcmc_steps=n_mcmc)
+        diag = {**inst.diagnostics(), "train_steps": self.step, "final_stage": sch.stage,
+                "final_prox_lambda": sch.lam, "proximal_done": sch.done,
+                "train_wall_time_s": self.train_time, "resample_ess": frac, "smc_mcmc_steps": n_mcmc,
+                "smc_beta_power": cfg.smc_beta_power,
+                "sampling_energy_evals": int(inst.n_energy - e0),
+                "sampling_energy_grads": int(inst.n_grad - g0),
+                "sample_wall_time_s": time.perf_counter() - t0}
+        return island_result(inst.decode(run.x).cpu(), run, log_shift=inst.log_det,
+                             exact_log_z=self.target.exact_log_z(), diagnostics=diag, who="PDNS",
+                             **self._result_kwargs())
