@@ -224,7 +224,6 @@ def cmd_curve(a) -> int:
     curves where they are tractable: figure + table."""
     import warnings
 
-    import numpy as np
 
     from . import energies, sample
     from .energies import exact as ex

@@ -397,7 +397,7 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
     found_x, found_u, found_gamma = [], [], []
     total_starts = total_conv = 0
     reps = None
-    metric = None  # (d,) or (d, d) precision used to tell minima apart
+    metric_cov = None  # (d,) or (d, d) local covariance used to tell minima apart
     rounds = 0
     for rnd in range(int(max_rounds)):
         rounds += 1
@@ -449,14 +449,13 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
         found_u.append(u[keep])
         found_gamma.append(gamma[keep])
         allx, allu = torch.cat(found_x), torch.cat(found_u)
-        if metric is None:
+        if metric_cov is None:
             best = int(allu.argmin())
             gam = torch.cat(found_gamma)[best].clamp(min_width ** 2, max_width ** 2)
             h0 = hessian_fd(fn, allx[best:best + 1], 1e-3 * gam.sqrt())[0]
             metric_cov = _inv_psd(h0, lo_l, hi_l)
             if not full:
                 metric_cov = metric_cov.diagonal().clone()
-            metric = True
         n_before = 0 if reps is None else reps.shape[0]
         reps, rep_u = _distinct(allx, allu, metric_cov, full)
         n_new = reps.shape[0] - n_before

@@ -284,7 +284,6 @@ def test_exact_curves_against_enumeration():
 
 @pytest.fixture(scope="module")
 def ising4_ais():
-    import warnings
 
     from boltzkit.errors import UnreliableEstimateWarning
 

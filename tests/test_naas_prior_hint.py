@@ -7,7 +7,6 @@ see it), and the Gaussian densities of the frame map. Every statistical check us
 estimator's own error bar and has a negative control.
 """
 
-import math
 import warnings
 
 import numpy as np

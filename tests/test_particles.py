@@ -6,7 +6,6 @@ scipy's pdist, the projection covariance (n-1)/n of the mean-free normal, and gr
 (permutations, rotations, translations) applied exactly.
 """
 
-import math
 
 import numpy as np
 import pytest

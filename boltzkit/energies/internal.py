@@ -459,7 +459,7 @@ class ZMatrix:
         r1 = r[:, 0]
         first[1] = torch.stack([r1, zero, zero], dim=1)
         # atom 2: x_j + r (cos theta u + sin theta e_y), u the unit vector from j to k (on +-x)
-        j, k = refs[2][0], refs[2][1]
+        j = refs[2][0]
         sgn = torch.where(r1 >= 0, 1.0, -1.0).to(q) * (1.0 if j == order[0] else -1.0)
         first[2] = first[0 if j == order[0] else 1] + r[:, 1, None] * torch.stack(
             [torch.cos(th[:, 0]) * sgn, torch.sin(th[:, 0]), zero], dim=1)

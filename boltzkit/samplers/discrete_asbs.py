@@ -234,7 +234,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .. import distributed as dist
 from .._registry import register
