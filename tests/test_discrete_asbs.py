@@ -18,7 +18,7 @@ from boltzkit.domains import Lattice, Sequence
 from boltzkit.energies import Energy, Gaussian, Ising, Potts
 from boltzkit.energies.exact import enumerate_states, exact_marginal_pmf
 from boltzkit.errors import ConfigError, IncompatibleMethodError, TrainingDivergedError
-from boltzkit.samplers._shared.cyclic import (bridge_probs, cyclic_rollout, make_noise, sample_bridge,
+from boltzkit.nn.cyclic import (bridge_probs, cyclic_rollout, make_noise, sample_bridge,
                                               sample_source, shift_index, source_log_terminal,
                                               source_log_terminal_score, step_probs, tau_leap_step,
                                               transition_log_prob)

@@ -10,7 +10,7 @@ import torch
 
 from boltzkit.domains import Lattice, Sequence
 from boltzkit.errors import ConfigError
-from boltzkit.samplers._shared.discrete_nets import make_discrete_net
+from boltzkit.nn.discrete_nets import make_discrete_net
 
 CASES = [(Lattice((4, 4), 3), "cnn"), (Lattice((4, 4), 2), "transformer"), (Sequence(5, "ACG"), "auto")]
 

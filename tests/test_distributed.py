@@ -145,8 +145,8 @@ def _tiny(name):
 def _denoiser_steps(poison_rank):
     """Three denoiser steps with gradient clipping; in the second, the loss of rank
     ``poison_rank`` is NaN. Returns the flattened parameters after each step."""
-    from boltzkit.samplers._shared.ema import EMA
-    from boltzkit.samplers._shared.gaussian_diffusion import GaussianDiffusion, optimize_denoiser
+    from boltzkit.nn.ema import EMA
+    from boltzkit.nn.gaussian_diffusion import GaussianDiffusion, optimize_denoiser
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 3)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from boltzkit.errors import ConfigError
-from boltzkit.samplers._shared.gaussian_diffusion import (GaussianDiffusion, beta_schedule,
+from boltzkit.nn.gaussian_diffusion import (GaussianDiffusion, beta_schedule,
                                                           space_timesteps)
 from _stats import ALPHA, assert_consistent, assert_rejects, consistent
 

@@ -15,8 +15,8 @@ from boltzkit.domains import Reals, Sequence
 from boltzkit.energies import Energy, Ising, Potts
 from boltzkit.energies.exact import enumerate_states, exact_marginal_pmf
 from boltzkit.errors import ConfigError, IncompatibleMethodError
-from boltzkit.samplers._shared.buffers import ReplayBuffer
-from boltzkit.samplers._shared.ctmc import masked_rollout, path_log_prob, remask, unmask_schedule
+from boltzkit.nn.buffers import ReplayBuffer
+from boltzkit.nn.ctmc import masked_rollout, path_log_prob, remask, unmask_schedule
 from boltzkit.samplers.mdns import MDNS
 
 from _stats import assert_consistent, assert_rejects, chi2_gof_pvalue, z_limit
@@ -436,7 +436,7 @@ def test_cuda_sampling_is_exact_reproducible_and_sync_free():
 @cuda
 def test_cuda_site_logits_equal_the_full_pass():
     from boltzkit.domains import Lattice
-    from boltzkit.samplers._shared.discrete_nets import make_discrete_net
+    from boltzkit.nn.discrete_nets import make_discrete_net
 
     net = _randomize(make_discrete_net(Lattice((8, 8), 2), "cnn", hidden=16), std=0.2).cuda()
     tokens = torch.randint(0, 3, (64, 64), device="cuda")

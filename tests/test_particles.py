@@ -18,7 +18,7 @@ from boltzkit.domains import ParticleCloud, Reals
 from boltzkit.energies.particles import (LJ13_GLOBAL_MIN, DoubleWell4, LennardJones, MultiDoubleWell,
                                          pairwise_distances)
 from boltzkit.errors import DomainError, TargetError
-from boltzkit.samplers._shared.continuous_nets import EGNNLite, FourierMLP, make_control_net
+from boltzkit.nn.continuous_nets import EGNNLite, FourierMLP, make_control_net
 
 F64 = torch.float64
 

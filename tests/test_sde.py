@@ -14,8 +14,8 @@ import torch
 from boltzkit.domains.particles import ParticleCloud
 from boltzkit.errors import ConfigError
 from boltzkit.estimators.importance import log_z_from_log_weights
-from boltzkit.samplers._shared.buffers import ReplayBuffer
-from boltzkit.samplers._shared.sde import (brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
+from boltzkit.nn.buffers import ReplayBuffer
+from boltzkit.nn.sde import (brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
                                            grad_and_hvp, lean_adjoint, path_log_weight,
                                            reversed_reference_kernel, state_space, time_grid, vjp)
 

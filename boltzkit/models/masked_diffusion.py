@@ -3,13 +3,13 @@ r"""Masked (absorbing-state) discrete diffusion models of fixed-length sequences
 A :class:`MaskedDiffusion` is a denoiser network ``s(x_partial)_{d, v}``: for each masked
 position d a distribution over the alphabet given the revealed positions (an MDLM "SUBS"
 denoiser; no time input, the optimal denoiser does not need one). Generation is the masked CTMC
-of :mod:`boltzkit.samplers._shared.ctmc`: start fully masked and reveal positions in a uniformly
+of :mod:`boltzkit.nn.ctmc`: start fully masked and reveal positions in a uniformly
 random order, ``n_unmask_steps`` network passes in all (``None``: one position per pass, exact
 any-order autoregressive sampling).
 
 * :meth:`MaskedDiffusion.pretrain` fits the denoiser to a :class:`~boltzkit.datasets.SequenceDataset`
   with the MDLM loss (the masked-token cross-entropy with ELBO weight 1/lambda; the uniform-weight
-  case of :func:`~boltzkit.samplers._shared.ctmc.wdce_loss`).
+  case of :func:`~boltzkit.nn.ctmc.wdce_loss`).
 * :meth:`MaskedDiffusion.elbo` is the per-sequence evidence lower bound
   ``E_sigma log q(x | sigma) <= log p(x)`` of the one-position-per-step model, estimated without
   bias from random orders (or random maskings).

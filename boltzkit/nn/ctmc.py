@@ -86,7 +86,7 @@ def logits_at(net: Callable, tokens: torch.Tensor, sites: torch.Tensor) -> torch
 
     A network may provide the hook ``net.site_logits(tokens, sites)`` that computes only the
     requested sites' logits (e.g. :meth:`SiteCNN.site_logits
-    <boltzkit.samplers._shared.discrete_nets.SiteCNN.site_logits>`, on the receptive field of
+    <boltzkit.nn.discrete_nets.SiteCNN.site_logits>`, on the receptive field of
     each site); otherwise the whole configuration is evaluated and gathered.
     """
     hook = getattr(net, "site_logits", None)

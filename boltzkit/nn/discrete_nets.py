@@ -15,7 +15,7 @@ time ``t`` (a float or a (B,) tensor)::
 
     net(tokens, t) -> logits
 
-through a :class:`~boltzkit.samplers._shared.time_embedding.TimeFiLM`: a sinusoidal
+through a :class:`~boltzkit.nn.time_embedding.TimeFiLM`: a sinusoidal
 embedding of ``t`` (scaled by 1000) is added to the token embedding, a zero-initialized
 projection of it to the residual stream before every block, and a zero-initialized FiLM
 shift/scale modulates the features before the output head. The extra parameters are created
@@ -290,7 +290,7 @@ class SiteCNN(nn.Module):
     def site_logits(self, tokens: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
         """Logits (B, k, q) at ``sites`` (int64 (B, k)) only: ``self(tokens)`` gathered there.
 
-        A hook of the masked CTMC (:func:`~boltzkit.samplers._shared.ctmc.masked_rollout`): one
+        A hook of the masked CTMC (:func:`~boltzkit.nn.ctmc.masked_rollout`): one
         site per network pass needs the logits of one site, which depend on the tokens within
         ``radius`` of it only. Each requested site's logits are computed on its own patch of
         side ``2 radius + 1`` (wrapped around periodic axes, zero-padded outside open ones) with

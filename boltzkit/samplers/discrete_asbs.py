@@ -6,7 +6,7 @@ J. Choi, "Discrete Adjoint Schrödinger Bridge Sampler", ICML 2026, arXiv:2602.0
 
 What it does. A configuration of D sites with q values each is read as an element of the
 cyclic group Z_q^D. A uniform reference CTMC (every site jumps to each other value at rate
-``gamma(t)/q``; :mod:`boltzkit.samplers._shared.cyclic`) is translation invariant on that
+``gamma(t)/q``; :mod:`boltzkit.nn.cyclic`) is translation invariant on that
 group, so adjoint matching carries over from continuous space. A time-conditioned
 *controller* ``log phi_t(x)`` (B, D, q) multiplies the reference rates; a time-free
 *corrector* ``log phihat(x)`` is the terminal Schrödinger-bridge potential ratio. Starting
@@ -102,12 +102,12 @@ Choices where the paper / brief leave details open (and why)
   replicates). Self-normalized weights make the regression target the target path measure's
   conditional mean; the warm-up keeps them informative while the controller catches up.
 * Controller network: the shared site networks (``net="auto"``: the residual
-  :class:`~boltzkit.samplers._shared.discrete_nets.SiteCNN` on periodic lattices, else the
-  :class:`~boltzkit.samplers._shared.discrete_nets.SiteTransformer`) built with their
+  :class:`~boltzkit.nn.discrete_nets.SiteCNN` on periodic lattices, else the
+  :class:`~boltzkit.nn.discrete_nets.SiteTransformer`) built with their
   optional time input (``time_conditioned=True``): a sinusoidal embedding of t (scaled by
   1000, as in the paper) added to the token embedding and to the residual stream before every
   block, plus an adaLN-style shift/scale before the output head
-  (:class:`~boltzkit.samplers._shared.time_embedding.TimeFiLM`). The corrector is the same
+  (:class:`~boltzkit.nn.time_embedding.TimeFiLM`). The corrector is the same
   network without time. Outputs are soft-clamped to ``log_phi_max * tanh(. / log_phi_max)``
   (float32 exp cannot overflow; brief pitfall 2.9).
 * Source (``source=``): ``"uniform"`` (the paper's ``beta_init = 0``), ``"delta"``, uniform
@@ -242,13 +242,13 @@ from ..energies.base import check_energy_values
 from ..errors import ConfigError, IncompatibleMethodError
 from ..estimators.importance import log_z_from_log_weights
 from ..result import Result, result_from_log_weights
-from ._shared.buffers import ReplayBuffer
-from ._shared.cyclic import (SOURCES, CyclicPath, cyclic_rollout, log_c, make_noise, sample_bridge,
+from ..nn.buffers import ReplayBuffer
+from ..nn.cyclic import (SOURCES, CyclicPath, cyclic_rollout, log_c, make_noise, sample_bridge,
                              sample_source, shift_index, source_log_terminal,
                              source_log_terminal_score)
-from ._shared.ctmc import autocast_net
-from ._shared.discrete_nets import make_discrete_net
-from ._shared.ema import EMA
+from ..nn.ctmc import autocast_net
+from ..nn.discrete_nets import make_discrete_net
+from ..nn.ema import EMA
 from .base import SamplerConfig, TrainableSampler, _check_count
 
 __all__ = ["DiscreteASBS", "DiscreteASBSConfig", "log_discrete_score", "score_energy_cost", "bregman_divergence",
@@ -431,8 +431,8 @@ class DiscreteASBSConfig(SamplerConfig):
     controller_loss : ``"tm"`` (adjoint / target matching, default) or ``"dm"``.
     corrector_loss : ``"tm"``, ``"dm"``, ``"none"`` (corrector fixed at 0) or
         ``"closed_form"`` (default): no corrector network; the controller's terminal target subtracts the
-        discrete score of the reference's terminal law ``p^r_1`` (:func:`~boltzkit.samplers.
-        _shared.cyclic.source_log_terminal_score`). That is 0 for the uniform source, and for
+        discrete score of the reference's terminal law ``p^r_1`` (:func:`~boltzkit.nn.cyclic.
+        source_log_terminal_score`). That is 0 for the uniform source, and for
         the delta source it is the exact Schrödinger-bridge corrector of any target invariant
         under the global shift ``x -> x + c`` (Ising without field, Potts); on other targets
         it is an approximation (the weights stay exact).

@@ -48,7 +48,7 @@ Choices made where the brief leaves NAAS open (each chosen to pass the exact-tru
 * Running cost in discrete time: the exact AIS work increments
   ``c_k(x_{k+1}) = (beta_{k+1} - beta_k)(E - U_0)(x_{k+1})``; the adjoint is the exact
   discrete derivative of the future work with noise and control held fixed
-  (:func:`~boltzkit.samplers._shared.sde.lean_adjoint`), so it matches autograd through the
+  (:func:`~boltzkit.nn.sde.lean_adjoint`), so it matches autograd through the
   unrolled chain (tested).
 * Replay: the annealed-stage buffer holds by default only the rows of the current
   iteration's fresh trajectories (``buffer_size=None``), each reused for
@@ -146,12 +146,12 @@ from ..domains.particles import ParticleCloud
 from ..errors import ConfigError, IncompatibleMethodError, TrainingDivergedError
 from ..estimators.importance import log_z_from_log_weights, power_for_ess
 from ..result import result_from_log_weights
-from ._shared.continuous_nets import make_control_net
-from ._shared.ema import EMA
-from ._shared.buffers import ReplayBuffer
+from ..nn.continuous_nets import make_control_net
+from ..nn.ema import EMA
+from ..nn.buffers import ReplayBuffer
 from ._shared.smc import MALARejuvenation, check_smc_options, island_result, run_islands
 from ..kernels.langevin import default_step_size
-from ._shared.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
+from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
                           gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_space,
                           time_grid)
 from .base import SamplerConfig, TrainableSampler, _check_count, check_number

@@ -40,7 +40,7 @@ adaptive warm-up is this iteration with an ESS criterion (``ess_target``).
 Instantiations.
 
 * Discrete (``Lattice``, ``Sequence``, any ``Categorical``): the masked CTMC of MDNS
-  (:mod:`boltzkit.samplers._shared.ctmc`), reference = uniform unmasking, ``nu`` uniform. The
+  (:mod:`boltzkit.nn.ctmc`), reference = uniform unmasking, ``nu`` uniform. The
   network gives the conditionals of masked sites; ``log w = -U(x) - log q_theta(x | order)``;
   ``DCE`` is the random re-masking cross-entropy of MDNS (``wdce_loss``).
 * Continuous (``Reals``, ``ParticleCloud``): the memoryless reference ``dX = g(t) dW`` from
@@ -48,7 +48,7 @@ Instantiations.
   (``v(1) = reference_std^2``, noise decaying by ``noise_ratio``), so ``nu = N(0, v(1) I)``. The
   controlled SDE ``dX = g^2 c_theta dt + g dW`` is simulated with Euler--Maruyama using the exact
   step variances; Brownian-bridge backward kernels make ``log w`` exact in discrete time
-  (:mod:`boltzkit.samplers._shared.sde`). ``DCE`` is bridge matching: for ``t_k`` uniform on the
+  (:mod:`boltzkit.nn.sde`). ``DCE`` is bridge matching: for ``t_k`` uniform on the
   grid and ``X_t`` from the reference bridge between 0 and ``X_1``, regress
   ``n_theta(t, X_t) = sqrt(v(1) - v(t)) c_theta(t, X_t)`` onto ``(X_1 - X_t) / sqrt(v(1) - v(t))``
   (the bridge drift, in a parametrization whose target has O(1) variance at every t; the
@@ -126,12 +126,12 @@ from ..energies.base import check_energy_values, framed
 from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError, TrainingDivergedError
 from ..estimators.importance import log_z_from_log_weights
 from ..result import Result, result_from_log_weights
-from ._shared.continuous_nets import make_control_net
-from ._shared.ctmc import masked_rollout, unmask_schedule, wdce_loss
-from ._shared.discrete_nets import make_discrete_net
-from ._shared.ema import EMA
+from ..nn.continuous_nets import make_control_net
+from ..nn.ctmc import masked_rollout, unmask_schedule, wdce_loss
+from ..nn.discrete_nets import make_discrete_net
+from ..nn.ema import EMA
 from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
-from ._shared.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
+from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
                           state_space, time_grid)
 from ._shared.smc import MALARejuvenation, check_smc_options, island_result, run_islands
 from ..kernels.langevin import default_step_size
@@ -360,7 +360,7 @@ def pilot_reference_std(energy, dim, project, n_dof, device, generator) -> "tupl
 
 class _BrownianBridge:
     """Continuous instantiation: ``dX = g^2 c_theta dt + g dW`` from the origin, the reference
-    being the variance-exploding Brownian motion of :class:`~boltzkit.samplers._shared.sde.VEPriorSchedule`."""
+    being the variance-exploding Brownian motion of :class:`~boltzkit.nn.sde.VEPriorSchedule`."""
 
     def __init__(self, target, cfg: PDNSConfig, device, generator):
         # in the standardized frame of the target's prior hint when it gives one (Reals only)

@@ -33,7 +33,7 @@ decoder was trained on), library and state jointly::
 with ``y`` the cell type, replaced by a null label with probability ``cond_dropout``.
 Sampling: ``eps = (1 + w) eps_phi(u, t, y) - w eps_phi(u, t, null)`` (guidance ``w``), then
 ``z, l`` from ``u``, then integer counts ``x_g ~ NB(l rho_g(z, l), theta_g)`` (a gamma-Poisson
-draw). The diffusion core is :class:`~boltzkit.samplers._shared.gaussian_diffusion.
+draw). The diffusion core is :class:`~boltzkit.nn.gaussian_diffusion.
 GaussianDiffusion` with the denoiser :class:`~boltzkit.samplers.single_cell.ConditionalMLP`.
 
 Defaults were chosen by measurement on pbmc68k_reduced (seed-0 split; real-vs-real floor MMD^2
@@ -91,8 +91,8 @@ from ..datasets.single_cell import (TARGET_SUM, CellDataset, CellExpressionDomai
                                     dense_rows, var_to_json)
 from ..errors import ConfigError, DatasetError, TargetError
 from ..result import Result
-from ._shared.ema import EMA
-from ._shared.gaussian_diffusion import (DiffusionOptions, GaussianDiffusion, check_diffusion_options,
+from ..nn.ema import EMA
+from ..nn.gaussian_diffusion import (DiffusionOptions, GaussianDiffusion, check_diffusion_options,
                                          check_guidance_options, optimize_denoiser)
 from .base import SamplerConfig, TrainableSampler, _check_count
 from .single_cell import ConditionalMLP, SCDiffusion, _check_condition_type

@@ -176,7 +176,7 @@ class SCDiffusionConfig(DiffusionOptions, SamplerConfig):
     n_steps, batch_size, lr, lr_min, weight_decay, grad_clip, ema_decay : AdamW training with a
         cosine learning-rate decay from ``lr`` to ``lr_min`` over the training steps.
     n_timesteps, schedule, parametrization, variance : the diffusion (see
-        :class:`~boltzkit.samplers._shared.gaussian_diffusion.GaussianDiffusion`).
+        :class:`~boltzkit.nn.gaussian_diffusion.GaussianDiffusion`).
     sampler, sampling_steps, ddim_eta : "ancestral" or "ddim" on respaced steps.
     clip_x0 : clamp the predicted clean cell to [0, largest training value] (on the log scale)
         while sampling (gene space), and the generated cells to that range (both spaces).
