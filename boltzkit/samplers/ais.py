@@ -612,7 +612,7 @@ class AIS(Sampler):
         res = result_from_log_weights(x, lw, exact_log_z=exact, diagnostics=diag, history=history,
                                       warn=False, **kw)
         res = replace(res, log_z_stderr=est.stderr)
-        from .smc import island_reliability
+        from ._shared.smc import island_reliability
 
         island_reliability(res, smc["island_log_z"], stacklevel=3)
         return res

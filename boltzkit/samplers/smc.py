@@ -66,6 +66,7 @@ from .._utils import progress_bar
 from ..domains import Categorical
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..result import result_from_log_weights
+from ._shared.smc import ISLAND_MAX_SHARE, ISLAND_SPREAD_LIMIT, island_reliability  # noqa: F401
 from .base import Sampler, SamplerConfig, _check_positive
 
 KERNELS = ("auto", "heat_bath", "metropolis", "swendsen_wang")
@@ -74,8 +75,6 @@ LEVELS_PER_SQRT_SITE = 2.5  # adaptive ladder at cess 0.9: 38 levels for 16 x 16
                             # (x sqrt(log 0.9 / log cess): 72 at the default cess 0.97)
 SWEEP_PER_ENERGY = 30.0     # a checkerboard heat-bath sweep: 10-100 energy evaluations measured (batch-size dependent)
 MAX_ISLANDS = 32
-ISLAND_SPREAD_LIMIT = 1.0  # islands' log Z standard deviation above this: not reliable
-ISLAND_MAX_SHARE = 0.25  # a heavy island tail is flagged when its largest island holds more of the Z sum
 
 
 def default_n_sweeps(target) -> int:
@@ -193,66 +192,6 @@ def next_lambda(logw, u, lam: float, cess: float, n_islands: int, *, iters: int 
         if hi - lo <= 1e-6 * hi:
             break
     return lam + max(lo, 1e-12)
-
-
-def island_reliability(res, island_log_z, *, stacklevel: int = 2) -> bool:
-    """Set ``res.diagnostics["reliable"]`` for an island SMC run and warn when it is False.
-
-    Reliable needs the pooled weights' own check (ESS, Pareto k) and independent islands
-    whose log Z estimates look like a sample the error bar can summarise:
-
-    * their standard deviation at most ``ISLAND_SPREAD_LIMIT``;
-    * the log-mean-exp (Jensen) bias that spread implies for lognormal island estimates,
-      ``(e^{s^2} - 1) / (2M)``, below the error bar (the check NAAS's SMC path makes);
-    * no heavy tail that dominates: flagged when the Pareto tail index k of the island Z
-      estimates exceeds ``PARETO_K_LIMIT`` *and* the largest island carries more than
-      ``ISLAND_MAX_SHARE`` of their sum (the mean of M draws then rests on one island). k alone
-      is too noisy to flag on with M ~ 32 islands (its tail fit uses 5-6 of them): measured,
-      k > 0.7 on 4 of 200 good Ising 6 x 6 runs and on a many-well-32 run within its error
-      bar, where the largest island held 4 % and 9 % of the sum;
-    * a finite error bar.
-
-    What no one-run check can catch: an estimate that is off by a chance fluctuation of the
-    islands (a t-distributed z with M - 1 degrees of freedom lands beyond 3 error bars in about
-    0.5 % of runs at M = 32), and a mode every island missed. The island diagnostics are stored
-    in ``res.diagnostics`` (``island_log_z_std``, ``island_jensen_bias``, ``island_pareto_k``,
-    ``island_max_share``, ``unreliable_because``)."""
-    import warnings
-
-    from ..errors import UnreliableEstimateWarning
-    from ..estimators.importance import PARETO_K_LIMIT, pareto_k
-
-    lz = torch.as_tensor(island_log_z).double().cpu()
-    M = lz.numel()
-    spread = float(lz.std()) if M > 1 else float("nan")
-    jensen = math.expm1(min(spread ** 2, 700.0)) / (2 * M) if M > 1 else float("nan")
-    k_isl = pareto_k(lz.numpy())
-    share = float(torch.exp(lz.max() - torch.logsumexp(lz, 0))) if M > 1 else float("nan")
-    d = res.diagnostics
-    d.update(island_log_z_std=spread, island_jensen_bias=jensen, island_pareto_k=k_isl,
-             island_max_share=share)
-    reasons = []
-    if not d.get("reliable", True):
-        reasons.append(f"degenerate pooled weights (ESS {res.ess:.1f}, Pareto k "
-                       f"{d.get('pareto_k', float('nan')):.2f})")
-    if not spread <= ISLAND_SPREAD_LIMIT:
-        reasons.append(f"islands disagree (log Z spread {spread:.2f} between {M} islands; limit "
-                       f"{ISLAND_SPREAD_LIMIT})")
-    elif not jensen <= res.log_z_stderr:
-        reasons.append(f"the islands' log Z spread {spread:.2f} implies a Jensen bias of about "
-                       f"{jensen:.2g}, above the error bar {res.log_z_stderr:.2g}")
-    if k_isl > PARETO_K_LIMIT and share > ISLAND_MAX_SHARE:
-        reasons.append(f"heavy-tailed island estimates (Pareto k {k_isl:.2f} over {M} islands; the "
-                       f"largest holds {share:.0%} of their Z)")
-    if not math.isfinite(res.log_z_stderr):
-        reasons.append("no finite error bar")
-    d["reliable"] = not reasons
-    d["unreliable_because"] = "; ".join(reasons)
-    if reasons:
-        warnings.warn(f"{res.method or 'SMC'}: {d['unreliable_because']}: the error bar is not reliable. "
-                      "Raise n_samples, the sweeps/MCMC steps per level or cess, or use another "
-                      "kernel.", UnreliableEstimateWarning, stacklevel=stacklevel + 1)
-    return d["reliable"]
 
 
 def _local_moves(target) -> bool:
