@@ -606,6 +606,11 @@ class AIS(Sampler):
         from ..estimators.importance import log_z_from_log_weights
 
         est = log_z_from_log_weights(smc["island_log_z"], warn=False)
+        pilot_isl = diag.pop("pilot_island_log_z", None)
+        if pilot_isl is not None:
+            pest = log_z_from_log_weights(pilot_isl, warn=False)
+            diag.update(pilot_log_z=pest.log_z, pilot_log_z_stderr=pest.stderr,
+                        pilot_island_log_z_std=float(pilot_isl.std()))
         diag.update(n_islands=int(smc["island_log_z"].numel()), resample_events=smc["resample_events"],
                     log_z_stderr_from="between islands")
         history["island_log_z"] = smc["island_log_z"].double().numpy()
@@ -675,11 +680,13 @@ class AIS(Sampler):
             m_p = default_n_islands(n_p)
             n_p -= n_p % m_p
             move, steps = mover()
-            ann.run(n_p, None, move, gen, device=self.device, resample_ess=resample or ADAPTIVE_RESAMPLE_ESS,
-                    n_islands=m_p, cess=cfg.cess, max_levels=cfg.max_levels)
+            *_, psmc = ann.run(n_p, None, move, gen, device=self.device,
+                               resample_ess=resample or ADAPTIVE_RESAMPLE_ESS, n_islands=m_p, cess=cfg.cess,
+                               max_levels=cfg.max_levels)
             lambdas = refine_ladder(ann.lambdas, cfg.min_levels)
             pilot = {"ladder_from": f"independent pilot run ({n_p} particles)", "pilot_particles": n_p,
-                     "pilot_levels": int(ann.lambdas.size - 1), "cess": cfg.cess}
+                     "pilot_levels": int(ann.lambdas.size - 1), "cess": cfg.cess,
+                     "pilot_island_log_z": psmc["island_log_z"].double()}
             if bar is not None and hasattr(bar, "total"):
                 bar.total = lambdas.size - 1
         move, steps = mover()
@@ -693,6 +700,8 @@ class AIS(Sampler):
             running["log_z_running"] = running["log_z_running"] + frame.log_det
             if smc:
                 smc["island_log_z"] = smc["island_log_z"] + frame.log_det
+            if pilot:
+                pilot["pilot_island_log_z"] = pilot["pilot_island_log_z"] + frame.log_det
         n_levels = lambdas.size - 1
         evals = n * n_levels * (cfg.n_mcmc * (cfg.n_leapfrog if self.kernel == "hmc" else 1) + 1) + n
         evals += pilot_evals
