@@ -323,7 +323,7 @@ def test_small_budget_smc_is_flagged_or_right_and_a_good_run_stays_unflagged():
     """Issue 24 ("an error bar is honest or flagged"): the default SMC on many-well-32 with 256
     particles (8 islands of 32, ~131k energy evaluations) gave, for seeds 1 and 4, -1.09 +- 0.27
     and -0.80 +- 0.24 from the exact log Z, flagged reliable: the sample spread of 8 islands
-    (0.72, 0.86) was far below the islands' true spread (about 1.3). Now each such run is flagged
+    (0.77, 0.92) was far below the islands' true spread (about 1.3). Now each such run is flagged
     or within 3 error bars of the exact value. Negative control: a good run (d = 15 anisotropic
     Gaussian, 1024 particles, 32 islands) stays unflagged and within its error bar, and a
     shifted truth is rejected."""

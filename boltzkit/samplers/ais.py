@@ -79,10 +79,13 @@ Failure modes
   live in a few islands, whose spread (the error bar) then grows -- or, when no island holds
   them, they are missed silently, as in plain AIS.
 * Small budgets: islands of ~32 particles on many-well-32 have a log Z spread of about 1.3,
-  but the sample spread of the 8 islands of a 256-particle run came out 0.7-0.9 in 4 of 20
+  but the sample spread of the 8 islands of a 256-particle run came out 0.76-0.95 in 4 of 20
   seeds, and those runs were 3.4-4.3 error bars low. :func:`~boltzkit.samplers.smc.island_reliability`
   therefore applies its spread limit to the 95 % upper bound of the spread and never calls
   fewer than 8 islands reliable; such runs are flagged (``diagnostics["unreliable_because"]``).
+  The price: at n = 2,048-4,096 (32 islands of 64-128, spread 0.8-0.95, near the limit)
+  most many-well-32 runs are flagged although right; at the default 10,000 (25 islands,
+  spread 0.4-0.7) none of 8 seeds was (``benchmarks/smc_small_budget.py``).
   The pilot's own log Z (``diagnostics["pilot_log_z"]`` +- ``pilot_log_z_stderr``) comes from
   its short, self-chosen ladder: it is biased low (many-well-32 at n = 10,000: about -1 +- 0.3
   while the main run is right) and is information, not a check.

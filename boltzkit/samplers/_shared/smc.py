@@ -193,11 +193,11 @@ def island_reliability(res, island_log_z, *, stacklevel: int = 2,
     * their standard deviation at most ``ISLAND_SPREAD_LIMIT``, and so its one-sided 95 % upper
       bound (:func:`spread_upper_bound`): with few islands (M = 8, islands of 32 particles on
       many-well-32 at n = 256) the sample spread of islands whose true spread is about 1.3 came
-      out 0.7-0.9 in 4 of 20 runs, and those runs were 3.4-4.3 error bars low, flagged reliable;
+      out 0.76-0.95 in 4 of 20 runs, and those runs were 3.4-4.3 error bars low, flagged reliable;
     * at least ``MIN_RELIABLE_ISLANDS`` = 8 islands: with 4, the error bar is a t quantity with
       3 degrees of freedom (beyond 3.2 error bars in 5 % of ideal runs), and measured on a d = 15
       anisotropic Gaussian (n = 128, islands of 32 from N(0, I)) 2 of 3 runs were 3.8 and 5.3
-      error bars low with a spread of 0.19 among 4 islands (0.54-0.67 among 32 at n = 1024);
+      error bars low with a spread of 0.22 among 4 islands (0.55-0.68 among 32 at n = 1024);
     * the log-mean-exp (Jensen) bias that spread implies for lognormal island estimates,
       ``(e^{s^2} - 1) / (2M)``, below the error bar (the check NAAS's SMC path makes);
     * no heavy tail that dominates: flagged when the Pareto tail index k of the island Z
