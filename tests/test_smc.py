@@ -302,3 +302,31 @@ def test_island_reliability_flags_heavy_tails_and_spread_not_gaussian_islands():
         warnings.simplefilter("ignore")
         reliable, res = _island_check(2.0 * torch.randn(32, generator=gen, dtype=torch.float64))
     assert not reliable and "disagree" in res.diagnostics["unreliable_because"]
+
+
+def test_island_reliability_bounds_the_spread_of_few_islands():
+    """Issue 24: the spread limit applies to the 95 % upper bound of the islands' spread, so 8
+    islands whose sample spread looks fine (0.75, as on many-well-32 at n = 256 where the true
+    spread is about 1.3) are flagged, while 32 islands of the same spread pass; fewer than 8
+    islands never give a reliable error bar; an exact run (all islands equal) is reliable."""
+    import warnings
+
+    from boltzkit.samplers._shared.smc import spread_upper_bound
+
+    # the bound is exact for normal samples: it lies above the true spread in ~95 % of draws
+    gen = torch.Generator().manual_seed(1)
+    draws = torch.randn(4000, 8, generator=gen, dtype=torch.float64)
+    cover = sum(spread_upper_bound(float(r.std()), 8) >= 1.0 for r in draws) / 4000
+    assert 0.93 < cover < 0.97
+    base = torch.randn(32, generator=gen, dtype=torch.float64)
+    base = (base - base.mean()) / base.std()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reliable8, res8 = _island_check(0.75 * base[:8] / base[:8].std())
+        reliable32, res32 = _island_check(0.75 * base)
+        reliable4, res4 = _island_check(0.05 * base[:4] / base[:4].std())
+    assert not reliable8 and "too few islands to bound" in res8.diagnostics["unreliable_because"]
+    assert res8.diagnostics["island_log_z_std_upper"] == pytest.approx(0.75 * 1.797, rel=1e-3)
+    assert reliable32, res32.diagnostics["unreliable_because"]
+    assert not reliable4 and "only 4 islands" in res4.diagnostics["unreliable_because"]
+    assert _island_check(torch.zeros(32, dtype=torch.float64))[0]
