@@ -36,7 +36,10 @@ a 6-replica 300-600 K pilot at ratio 1.15, so 800 K is within reach and crosses 
 more often than 600 K), exchanges every 0.5 ps, 50 ps equilibration, 2 ns production per
 replica, 20 jackknife blocks.
 
-Usage: ``nice -n 5 python benchmarks/alanine_remd.py [--ns 2.0 --replicas 7]`` (one thread).
+Usage: ``nice -n 5 python benchmarks/alanine_remd.py [--ns 2.0 --replicas 7]`` (one thread);
+``--seed 8 --out X`` for an independent run, then ``--from-npz A.npz B.npz`` pools the runs
+(MBAR and jackknife over the pooled frames; per-run values kept for the run-to-run spread).
+The shipped result pools two runs (seeds 7 and 8: ``alanine_remd.npz``, ``alanine_remd.seed8.npz``).
 """
 
 from __future__ import annotations
@@ -238,6 +241,23 @@ def analyse(res: dict, args) -> dict:
     }
 
 
+def metad_quarters() -> dict:
+    """The shipped metadynamics frames split into the two halves of each of its runs: the spread
+    of these four estimates checks the reference's own jackknife error bar."""
+    from boltzkit.analysis import load_alanine_reference
+
+    r = load_alanine_reference()
+    out = []
+    for k in np.unique(r["run"]):
+        m = np.flatnonzero(r["run"] == k)
+        for h in np.array_split(m, 2):
+            d = basin_free_energies(r["phi"][h], r["psi"][h], r["log_weight"][h], n_blocks=5)
+            out.append({b: d[b][0] for b in ("alpha_R", "C7ax")})
+    sd = {b: float(np.std([q[b] for q in out], ddof=1)) for b in ("alpha_R", "C7ax")}
+    return {"quarters": out, "std": sd,
+            "stderr_of_mean": {b: v / math.sqrt(len(out)) for b, v in sd.items()}}
+
+
 def plot(res, ana, ref, path):
     import matplotlib
 
@@ -281,21 +301,34 @@ def main(argv=None):
     p.add_argument("--progress", action="store_true")
     p.add_argument("--out", default=os.path.join(HERE, "results", "alanine_remd"))
     p.add_argument("--no-update-reference", action="store_true")
-    p.add_argument("--from-npz", default=None, help="re-analyse the frames saved by an earlier run")
+    p.add_argument("--from-npz", nargs="+", default=None,
+                   help="re-analyse the frames saved by earlier runs (several: pooled)")
     args = p.parse_args(argv)
 
-    if args.from_npz:  # re-analyse a saved run
-        with np.load(args.from_npz) as d:
-            res = {k: d[k] for k in d.files}
-        res["acceptance"], res["wall_s"], res["md_steps"] = (res["acceptance"].tolist(),
-                                                            float(res["wall_s"]), int(res["md_steps"]))
+    if args.from_npz:  # re-analyse saved runs (several: independent runs pooled along time)
+        runs = []
+        for f in args.from_npz:
+            with np.load(f) as d:
+                runs.append({k: d[k] for k in d.files})
+        if any(not np.allclose(r["temps"], runs[0]["temps"]) for r in runs):
+            raise SystemExit("the runs in --from-npz use different temperature ladders; pool only equal ones")
     else:
         res = run_remd(args)
         np.savez_compressed(args.out + ".npz", temps=res["temps"], phi=res["phi"].astype(np.float32),
                             psi=res["psi"].astype(np.float32), energy=res["energy"],
                             rep_at=res["rep_at"], acceptance=np.array(res["acceptance"]),
                             wall_s=res["wall_s"], md_steps=res["md_steps"])
+        runs = [res]
+    per_run = [analyse(r, args) for r in runs] if len(runs) > 1 else []
+    res = {"temps": runs[0]["temps"],
+           **{k: np.concatenate([r[k] for r in runs]) for k in ("phi", "psi", "energy")},
+           "rep_at": np.concatenate([r["rep_at"] for r in runs]),
+           "acceptance": np.mean([np.asarray(r["acceptance"]) for r in runs], 0).tolist(),
+           "wall_s": float(sum(float(r["wall_s"]) for r in runs)),
+           "md_steps": int(sum(int(r["md_steps"]) for r in runs))}
     ana = analyse(res, args)
+    if per_run:  # blocks never straddle two runs when n_blocks is a multiple of the number of runs
+        ana["round_trips"] = sum(a["round_trips"] for a in per_run)
     ref_path = os.path.join(HERE, "results", "alanine_reference.json")
     with open(ref_path) as fh:
         ref = json.load(fh)
@@ -303,7 +336,7 @@ def main(argv=None):
     for b in ("alpha_R", "C7ax"):
         (a, ea), (m, em) = ref["delta_f_kT"][b], ana["mbar"][b]
         z[b] = (m - a) / math.hypot(ea, em)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "progress", "no_update_reference", "from_npz")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "progress", "no_update_reference")}
     out = {
         "system": "alanine dipeptide, AMBER ff96 (alanine_dipeptide_system('vacuum'), the System of "
                   "AlanineDipeptide('vacuum')), vacuum, NoCutoff, no constraints",
@@ -320,7 +353,10 @@ def main(argv=None):
         "stderr_300K_delta_method_[se,g]": ana["t300_stderr_from_g"],
         "populations_300K_replica": ana["populations_300K_replica"],
         "n_c7ax_entries_300K": ana["n_c7ax_entries_300K"],
+        "n_runs": len(runs),
+        "delta_f_kT_mbar_per_run": [a["mbar"] for a in per_run],
         "metadynamics_reference_kT": ref["delta_f_kT"],
+        "metadynamics_quarter_runs_kT": metad_quarters(),
         "z_mbar_vs_metadynamics": z,
         "note": "wall time measured on a shared 2-core machine under contention (one thread)",
     }
@@ -340,6 +376,8 @@ def main(argv=None):
                                for b, v in ana["mbar"].items()},
             "delta_f_kT_300K_replica_only": ana["t300"],
             "acceptance_per_pair": res["acceptance"], "round_trips": ana["round_trips"],
+            "delta_f_kT_per_run": [a["mbar"] for a in per_run],
+            "n_runs": len(runs),
             "z_vs_metadynamics": z,
             "agree_within_2_sigma": bool(all(abs(v) < 2 for v in z.values())),
             "results_file": "benchmarks/results/alanine_remd.json",
