@@ -28,6 +28,15 @@ visits; ``round_trips`` and ``n_c7ax_entries_300K`` in the JSON say how many), t
 temperature spacing (``acceptance`` per pair), too short blocks (compare the jackknife with
 the statistical-inefficiency error).
 
+Measured (2026-12-07, two runs x 7 replicas x 2 ns, 1109 s wall on the shared 2-core machine;
+swap acceptance 0.52-0.55, 501 round trips, 40 entries into C7ax at 300 K): dF(alpha_R - C7eq) =
+4.22 +- 0.08 kT (metadynamics 4.22 +- 0.05: agrees); dF(C7ax - C7eq) = 4.00 +- 0.28 kT
+(metadynamics 4.74 +- 0.08): 2.5 sigma apart by the jackknife bars, 1.9 sigma when each error
+is widened to its run-to-run / half-run spread (the two REMD runs gave 4.44 and 3.68; the four
+metadynamics half-runs 4.48-4.95), so the C7ax value is not settled by this check. Not the
+basin boxes (alpha_L carries < 0.1% of C7ax in both) nor the MBAR temperature range (300-416 K
+only: 3.99). Both methods' within-run jackknife bars look optimistic.
+
 Output: ``benchmarks/results/alanine_remd.json``, ``.png`` and ``.npz`` (the frames, for ``--from-npz``), and a ``cross_check`` field in
 ``benchmarks/results/alanine_reference.json`` (its existing values are kept).
 
