@@ -413,10 +413,6 @@ class Stem(TrainableSampler):
         return metrics
 
     # ------------------------------------------------------------------ sampling
-    def _require_model(self):
-        if self.model is None:
-            raise ConfigError("Stem has no trained model: call fit(dataset) or Stem.load(path) first")
-
     @torch.no_grad()
     def embed(self, condition) -> torch.Tensor:
         """Standardized condition embeddings ``(n, D)`` (EMA encoder) of a dataset or array."""
