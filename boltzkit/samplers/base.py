@@ -234,6 +234,7 @@ class TrainableSampler(Sampler):
     """
 
     components: ClassVar[tuple] = ()
+    tensors: ClassVar[tuple] = ()  # tensor attributes a checkpoint holds (on the CPU)
 
     def __init__(self, config=None, /, **kw):
         super().__init__(config, **kw)
@@ -259,13 +260,17 @@ class TrainableSampler(Sampler):
     def _state_dict(self) -> dict:
         state = {name: None if getattr(self, name, None) is None else getattr(self, name).state_dict()
                  for name in self.components}
-        return {**state, "train_time": self.train_time, **self._extra_state()}
+        extra = self._extra_state()  # first: it may raise a clear error (nothing to save)
+        tensors = {name: getattr(self, name).cpu() for name in self.tensors}
+        return {**state, **tensors, "train_time": self.train_time, **extra}
 
     def _load_state_dict(self, state: dict) -> None:
         for name in self.components:
             part = getattr(self, name, None)
             if part is not None and state.get(name) is not None:
                 part.load_state_dict(state[name])
+        for name in self.tensors:
+            setattr(self, name, state[name].to(self.device))
         self.train_time = float(state.get("train_time", 0.0))
         self._load_extra_state(state)
 

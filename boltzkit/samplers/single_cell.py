@@ -480,16 +480,14 @@ class SCDiffusion(TrainableSampler):
 
     # ------------------------------------------------------------------ persistence
     components = ("model", "ema", "opt")
+    tensors = ("z_mean", "z_std")
 
     def _extra_state(self) -> dict:
         self._require_model()
-        return {"z_mean": self.z_mean.cpu(), "z_std": self.z_std.cpu(),
-                "basis": None if self.basis is None else {k: v.cpu() for k, v in self.basis.items()},
+        return {"basis": None if self.basis is None else {k: v.cpu() for k, v in self.basis.items()},
                 "info": dict(self.info)}
 
     def _load_extra_state(self, state: dict) -> None:
-        self.z_mean = state["z_mean"].to(self.device)
-        self.z_std = state["z_std"].to(self.device)
         self.basis = None if state["basis"] is None else {k: v.to(self.device) for k, v in state["basis"].items()}
         self.info = dict(state["info"])
 
