@@ -404,9 +404,7 @@ class SCLatentDiffusion(TrainableSampler):
                                  optimizer=self.opt, model=self.model, ema=self.ema, grad_clip=cfg.grad_clip)
 
     # ------------------------------------------------------------------ sampling
-    def _label_counts(self, condition, n_samples) -> np.ndarray:
-        return SCDiffusion._label_counts(self, condition, n_samples)
-
+    _label_counts, sample = SCDiffusion._label_counts, SCDiffusion.sample
     _resolve_condition = staticmethod(SCDiffusion._resolve_condition)
     _denoiser = SCDiffusion._denoiser
 
@@ -445,10 +443,6 @@ class SCLatentDiffusion(TrainableSampler):
             return sample_nb(lib[:, None] * self.ae.rho(z, lib, y), theta, g)
 
         return SCDiffusion._generate(self, n_samples, condition, draw, "counts")
-
-    def sample(self, n_samples: "int | None" = None) -> Result:
-        """``generate(n_samples)`` with the configured condition; used by ``bk.sample``."""
-        return self.generate(n_samples)
 
     # ------------------------------------------------------------------ persistence
     components = ("ae", "ae_opt", "model", "ema", "opt")
