@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -13,6 +14,42 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .errors import ConfigError
+
+
+def check_count(name, value, *, minimum=1, allow_none=False):
+    """Raise ConfigError unless ``value`` is an integer >= minimum (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU when it has none)."""
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def check_fraction(name, value, *, allow_none=False):
+    """Raise ConfigError unless ``value`` is a real number in [0, 1) (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be in [0, 1){' or None' if allow_none else ''}, got {value!r}")
+
+
+def check_training_options(cfg, *, check_lr: bool = True):
+    """The options of a trained network: ``lr`` a positive number, ``ema_decay`` in [0, 1),
+    ``grad_clip`` positive or None."""
+    if check_lr and not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ConfigError(f"lr must be a positive number, got {cfg.lr!r}")
+    check_fraction("ema_decay", cfg.ema_decay)
+    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
+        raise ConfigError(f"grad_clip must be positive or None, got {cfg.grad_clip!r}")
+
 SeedLike = "int | np.random.SeedSequence | None"
 
 
@@ -23,8 +60,6 @@ def resolve_device(device: "str | torch.device | None" = "auto") -> torch.device
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from .errors import ConfigError
-
         raise ConfigError(f"device={str(device)!r} was requested but CUDA is not available; "
                           "use device='cpu' or device='auto'")
     return dev
@@ -36,8 +71,6 @@ def resolve_seed(seed: "int | None") -> int:
     if seed is None:
         return int(np.random.SeedSequence().entropy % (2**63))
     if isinstance(seed, (bool, float)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        from .errors import ConfigError
-
         raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
     return int(seed)
 

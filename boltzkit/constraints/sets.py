@@ -160,17 +160,23 @@ def stiefel(n: int, k: int) -> ConstraintSet:
     return ConstraintSet(f"stiefel({n}, {k})", n * k, (_named(h, "stiefel"),))
 
 
-def affine(a, b) -> ConstraintSet:
-    """Affine subspace ``A x = b`` (rows of A normalized)."""
+def _linear(a, b, what: str):
+    """``(x -> A x - b, (m, d))`` with the rows of ``A`` (m, d) normalized, and ``b`` with them."""
     a = _mat(a, "A")
     b = _vec(b, "b", a.shape[0])
     norms = a.norm(dim=1)
     a, b = a / norms[:, None], b / norms
 
-    def h(x):
+    def f(x):
         return x @ a.to(x).T - b.to(x)
 
-    return ConstraintSet(f"affine({a.shape[0]}x{a.shape[1]})", a.shape[1], (_named(h, "affine"),))
+    return _named(f, what), tuple(a.shape)
+
+
+def affine(a, b) -> ConstraintSet:
+    """Affine subspace ``A x = b`` (rows of A normalized)."""
+    h, (m, d) = _linear(a, b, "affine")
+    return ConstraintSet(f"affine({m}x{d})", d, (h,))
 
 
 # ---------------------------------------------------------------------------- regions
@@ -190,15 +196,8 @@ def half_space(a, b: float) -> ConstraintSet:
 
 def polytope(a, b) -> ConstraintSet:
     """Polytope (or polyhedron) ``A x <= b`` componentwise."""
-    a = _mat(a, "A")
-    b = _vec(b, "b", a.shape[0])
-    norms = a.norm(dim=1)
-    a, b = a / norms[:, None], b / norms
-
-    def g(x):
-        return x @ a.to(x).T - b.to(x)
-
-    return ConstraintSet(f"polytope({a.shape[0]}x{a.shape[1]})", a.shape[1], (), (_named(g, "polytope"),))
+    g, (m, d) = _linear(a, b, "polytope")
+    return ConstraintSet(f"polytope({m}x{d})", d, (), (g,))
 
 
 def box(lower, upper, dim: "int | None" = None) -> ConstraintSet:

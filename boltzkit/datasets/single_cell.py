@@ -39,6 +39,7 @@ from scipy.special import gammaln, logsumexp
 
 from ..domains.base import Domain
 from ..errors import ConfigError, DatasetError, TargetError, require
+from .spatial import checked_gene_names
 
 __all__ = ["CellDataset", "CellExpressionDomain", "SyntheticCellLaw", "pbmc68k", "as_target",
            "is_anndata", "result_to_anndata", "log_normalize", "PCABasis", "allocate",
@@ -164,13 +165,7 @@ class CellExpressionDomain(Domain):
     is_discrete = False
 
     def __init__(self, gene_names: Sequence[str], representation: str = "log1p"):
-        names = [str(g) for g in gene_names]
-        if not names:
-            raise DatasetError("a cell expression domain needs at least one gene")
-        if len(set(names)) != len(names):
-            dup = sorted({g for g in names if names.count(g) > 1})[:5]
-            raise DatasetError(f"gene names must be unique; repeated: {dup}. "
-                               "Make them unique with adata.var_names_make_unique()")
+        names = checked_gene_names(gene_names, "a cell expression domain")
         if representation not in REPRESENTATIONS:
             raise DatasetError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
         self.gene_names = names

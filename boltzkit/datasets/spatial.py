@@ -42,20 +42,25 @@ __all__ = ["ExpressionDomain", "SpatialDataset", "select_genes", "hex_grid", "cu
 SCALE = "log2(1+x)"
 
 
+def checked_gene_names(gene_names, what: str) -> "list[str]":
+    """``gene_names`` as strings, or DatasetError unless there is at least one and all are unique."""
+    names = [str(g) for g in gene_names]
+    if not names:
+        raise DatasetError(f"{what} needs at least one gene")
+    if len(set(names)) != len(names):
+        dup = sorted({g for g in names if names.count(g) > 1})[:5]
+        raise DatasetError(f"gene names must be unique; repeated: {dup}. "
+                           "Make them unique with adata.var_names_make_unique()")
+    return names
+
+
 class ExpressionDomain(Domain):
     """Expression vectors of the named genes on the ``log2(1 + count)`` scale (finite, >= 0)."""
 
     is_discrete = False
 
     def __init__(self, gene_names: Sequence[str]):
-        names = [str(g) for g in gene_names]
-        if not names:
-            raise DatasetError("an expression domain needs at least one gene")
-        if len(set(names)) != len(names):
-            dup = sorted({g for g in names if names.count(g) > 1})[:5]
-            raise DatasetError(f"gene names must be unique; repeated: {dup}. "
-                               "Make them unique with adata.var_names_make_unique()")
-        self.gene_names = names
+        self.gene_names = names = checked_gene_names(gene_names, "an expression domain")
         self.event_shape = (len(names),)
         self.dtype = torch.float32
 

@@ -149,6 +149,10 @@ class Categorical(Domain):
         vals = torch.tensor(self.values, device=idx.device, dtype=torch.float32)
         return vals[idx.long()]
 
+    def decode_flat(self, idx: torch.Tensor) -> torch.Tensor:
+        """Flat index configurations (B, D) -> physical states (B, *event_shape)."""
+        return self.decode(idx.view(idx.shape[0], *self.event_shape))
+
     def reference(self, n, *, generator=None, device="cpu"):
         idx = torch.randint(0, self.q, (n, *self.event_shape), generator=generator, device=device)
         return self.decode(idx)

@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from .._utils import module_device
 from ..domains import Domain
 from ..errors import TargetError
 
@@ -106,9 +107,7 @@ class Energy(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for t in list(self.parameters()) + list(self.buffers()):
-            return t.device
-        return torch.device("cpu")
+        return module_device(self)
 
     # -- constructors
     @staticmethod
@@ -354,6 +353,13 @@ def check_energy_values(u: torch.Tensor, batch: int, *, name: str = "energy",
                           f"(first at batch index {int(idx[0])}); the energy must be finite on "
                           "the domain. Check for overflow or log of non-positive numbers.")
     return u
+
+
+def index_energy(energy, x: torch.Tensor) -> torch.Tensor:
+    """float64 energies (B,) of ``energy`` (on a categorical domain) at flat index configurations
+    ``x`` (B, D), checked with :func:`check_energy_values`."""
+    u = energy.energy(energy.domain.decode_flat(x))
+    return check_energy_values(u, x.shape[0], name=f"{energy.name}.energy").to(torch.float64)
 
 
 def validate_target(target, *, n: int = 8, seed: int = 0, needs_grad: bool = False,

@@ -37,6 +37,7 @@ from torch.nn import functional as F
 
 from .._utils import atomic_path, progress_bar, resolve_device, torch_generator
 from ..domains.base import Sequence
+from .._utils import check_count as _check_count, module_device
 from ..errors import ConfigError, DatasetError, DomainError
 from ..nn.ctmc import (MaskedPath, masked_rollout, path_log_prob, remask,
                        unmask_schedule, wdce_loss)
@@ -132,14 +133,8 @@ def build_net(domain: Sequence, spec: dict) -> nn.Module:
     if kind == "residual":
         return ResidualNet(build_net(domain, spec["base"]), build_net(domain, spec["delta"]))
     if kind in ("cnn", "transformer"):
-        size = {k: v for k, v in spec.items() if k != "kind" and v is not None}
-        return make_discrete_net(domain, kind, **size)
+        return make_discrete_net(domain, kind, **{k: v for k, v in spec.items() if k != "kind"})
     raise ConfigError(f"unknown network kind {kind!r}; choose 'cnn', 'transformer', 'markov' or 'residual'")
-
-
-def _check_count(name, value, minimum=1):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 class MaskedDiffusion(nn.Module):
@@ -190,9 +185,7 @@ class MaskedDiffusion(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for t in list(self.parameters()) + list(self.buffers()):
-            return t.device
-        return torch.device("cpu")
+        return module_device(self)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Denoiser logits ``(B, L, q)`` for tokens ``(B, L)`` in ``[0, q]`` (``q`` = mask)."""

@@ -74,6 +74,11 @@ class MaskedPath:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    @classmethod
+    def join(cls, paths: "list[MaskedPath]", blocks: "list[int]") -> "MaskedPath":
+        """The batches ``paths`` (drawn with the same ``blocks``) as one batch, in order."""
+        return cls(*(torch.cat([getattr(p, k) for p in paths]) for k in ("x", "order", "log_q")), blocks)
+
 
 def site_log_probs(logits: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
     """float64 log-probabilities (B, k, q) of the rows of ``logits`` at ``sites`` (B, k)."""
@@ -117,6 +122,16 @@ class AutocastNet:
         with torch.autocast(self.device_type, dtype=self.dtype):
             out = logits_at(self.net, tokens, sites)
         return out.float()
+
+
+PRECISIONS = ("auto", "float32", "bf16")
+
+
+def amp_dtype(precision: str, device) -> "torch.dtype | None":
+    """The autocast dtype of a ``precision`` option (:data:`PRECISIONS`): bf16 for "bf16", and
+    for "auto" on CUDA; None (float32) otherwise."""
+    bf16 = precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
+    return torch.bfloat16 if bf16 else None
 
 
 def autocast_net(net: Callable, device, dtype: "torch.dtype | None") -> Callable:

@@ -368,8 +368,10 @@ def make_discrete_net(domain, kind: str = "auto", **kw) -> nn.Module:
     **kw : size options (``hidden``, ``n_layers``, ``n_heads``, ``absolute_positions``); the
         CNN ignores the transformer-only ones and reads ``n_layers`` as its number of
         residual blocks (None = enough to cover the lattice). ``time_conditioned=True``
-        (both kinds) adds the optional time input ``net(tokens, t)``.
+        (both kinds) adds the optional time input ``net(tokens, t)``. An option given as None
+        takes the network's default.
     """
+    kw = {k: v for k, v in kw.items() if v is not None}
     periodic = bool(getattr(domain, "periodic", False))
     if kind == "auto":
         kind = "cnn" if periodic and len(domain.event_shape) <= 3 else "transformer"
@@ -382,3 +384,10 @@ def make_discrete_net(domain, kind: str = "auto", **kw) -> nn.Module:
             kw["n_blocks"] = kw.pop("n_layers")
         return SiteCNN(domain.event_shape, domain.q, periodic=periodic, **kw)
     raise ConfigError(f"unknown network {kind!r}; choose 'auto', 'cnn' or 'transformer'")
+
+
+def discrete_net_from_config(domain, config, **kw) -> nn.Module:
+    """:func:`make_discrete_net` of kind ``config.net``, sized by the config's ``hidden``,
+    ``n_layers``, ``n_heads`` and ``absolute_positions`` (those it has; None: the default)."""
+    size = {k: getattr(config, k, None) for k in ("hidden", "n_layers", "n_heads", "absolute_positions")}
+    return make_discrete_net(domain, config.net, **size, **kw)

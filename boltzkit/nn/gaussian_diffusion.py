@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
+from .._utils import check_fraction, check_training_options
 from ..errors import ConfigError
 
 
@@ -100,12 +101,7 @@ def check_diffusion_options(cfg) -> None:
     if cfg.sampling_steps is not None and cfg.sampling_steps > cfg.n_timesteps:
         raise ConfigError(f"sampling_steps ({cfg.sampling_steps}) cannot exceed n_timesteps "
                           f"({cfg.n_timesteps})")
-    if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ConfigError(f"lr must be a positive number, got {cfg.lr!r}")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
-    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
-        raise ConfigError(f"grad_clip must be positive or None, got {cfg.grad_clip!r}")
+    check_training_options(cfg)
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     if cfg.parametrization not in PARAMETRIZATIONS:
@@ -123,8 +119,7 @@ def check_guidance_options(cfg) -> None:
     ``cond_dropout`` in [0, 1), which must be positive for any guidance (the unconditional model)."""
     if not (isinstance(cfg.guidance, (int, float)) and cfg.guidance >= 0):
         raise ConfigError(f"guidance must be a number >= 0, got {cfg.guidance!r}")
-    if not 0.0 <= cfg.cond_dropout < 1.0:
-        raise ConfigError(f"cond_dropout must be in [0, 1), got {cfg.cond_dropout!r}")
+    check_fraction("cond_dropout", cfg.cond_dropout)
     if cfg.guidance > 0 and cfg.cond_dropout == 0:
         raise ConfigError("guidance > 0 needs an unconditional model: set cond_dropout > 0 (e.g. 0.1)")
 

@@ -25,11 +25,13 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
+from .._utils import check_count as _check_count
 from .._utils import (atomic_path, progress_bar, progress_enabled, rank_generators, resolve_device,
                       resolve_seed)
+from ..domains import Categorical, Reals
 from ..energies.base import validate_target
 from .._finite import at_step
-from ..errors import ConfigError, NonFiniteEnergyError, TrainingDivergedError, UnreliableEstimateWarning
+from ..errors import ConfigError, IncompatibleMethodError, NonFiniteEnergyError, TrainingDivergedError, UnreliableEstimateWarning
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,17 +183,14 @@ class Sampler:
         return {"method": self.name, "target": tgt.to_config() if hasattr(tgt, "to_config") else {},
                 "config": self.config_dict(), "seed": self.seed, "device": str(self.device)}
 
+    def _chunks(self, n: int) -> list:
+        """Sizes of consecutive chunks of ``n`` draws, ``config.sample_batch_size`` at most each."""
+        size = self.config.sample_batch_size
+        return [min(size, n - s) for s in range(0, n, size)]
+
     def _require_fit(self):
         if self.target is None:
             raise ConfigError(f"{type(self).__name__}.sample() called before fit(target)")
-
-
-def _check_count(name, value, *, minimum=1, allow_none=False):
-    """Raise ConfigError unless ``value`` is an integer >= minimum (or None when allowed)."""
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_positive(name, value):
@@ -235,6 +234,7 @@ class TrainableSampler(Sampler):
     """
 
     components: ClassVar[tuple] = ()
+    tensors: ClassVar[tuple] = ()  # tensor attributes a checkpoint holds (on the CPU)
 
     def __init__(self, config=None, /, **kw):
         super().__init__(config, **kw)
@@ -260,13 +260,17 @@ class TrainableSampler(Sampler):
     def _state_dict(self) -> dict:
         state = {name: None if getattr(self, name, None) is None else getattr(self, name).state_dict()
                  for name in self.components}
-        return {**state, "train_time": self.train_time, **self._extra_state()}
+        extra = self._extra_state()  # first: it may raise a clear error (nothing to save)
+        tensors = {name: getattr(self, name).cpu() for name in self.tensors}
+        return {**state, **tensors, "train_time": self.train_time, **extra}
 
     def _load_state_dict(self, state: dict) -> None:
         for name in self.components:
             part = getattr(self, name, None)
             if part is not None and state.get(name) is not None:
                 part.load_state_dict(state[name])
+        for name in self.tensors:
+            setattr(self, name, state[name].to(self.device))
         self.train_time = float(state.get("train_time", 0.0))
         self._load_extra_state(state)
 
@@ -279,6 +283,37 @@ class TrainableSampler(Sampler):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             yield
+
+    def _smc_options(self, n_samples, resample_ess, n_islands, mcmc_steps) -> tuple:
+        """``sample_smc``'s options, each None taking the config's (``resample_ess``: 0.5 where the
+        config leaves it None), checked before any work: (fraction, islands, MALA steps)."""
+        from ._shared.smc import check_smc_options
+
+        c = self.config
+        frac = resample_ess if resample_ess is not None else (c.resample_ess or 0.5)
+        islands = n_islands if n_islands is not None else c.n_islands
+        n_mcmc = mcmc_steps if mcmc_steps is not None else c.smc_mcmc_steps
+        check_smc_options(int(n_samples), frac, islands, n_mcmc)
+        if n_mcmc and not isinstance(self.target.domain, Reals):
+            raise ConfigError("smc_mcmc_steps > 0 (MALA rejuvenation) needs a Reals target; "
+                              "leave it at 0 for particle systems")
+        return frac, islands, n_mcmc
+
+    def _categorical_domain(self, target, method: str):
+        """The target's categorical domain, kept as ``domain`` with its ``n_sites`` and ``q``;
+        IncompatibleMethodError for any other domain."""
+        dom = target.domain
+        if not isinstance(dom, Categorical):
+            raise IncompatibleMethodError(f"{method} needs a categorical domain (Lattice, Sequence), got "
+                                          f"{type(dom).__name__}; use a continuous sampler instead")
+        self.domain, self.n_sites, self.q = dom, dom.n_sites, dom.q
+        return dom
+
+    def _require_model(self):
+        """Raise unless the model is built (by ``fit`` or the class's ``load``)."""
+        if getattr(self, "model", None) is None:
+            name = type(self).__name__
+            raise ConfigError(f"{name} has no trained model: call fit(dataset) or {name}.load(path) first")
 
     def _train_diagnostics(self) -> dict:
         """The training keys every neural sampler's Result carries."""

@@ -238,18 +238,18 @@ from torch import nn
 from .. import distributed as dist
 from .._registry import register
 from ..domains import Categorical
-from ..energies.base import check_energy_values
-from ..errors import ConfigError, IncompatibleMethodError
+from ..energies.base import index_energy
+from ..errors import ConfigError
 from ..estimators.importance import log_z_from_log_weights
 from ..result import Result, result_from_log_weights
 from ..nn.buffers import ReplayBuffer
 from ..nn.cyclic import (SOURCES, CyclicPath, cyclic_rollout, log_c, make_noise, sample_bridge,
                              sample_source, shift_index, source_log_terminal,
                              source_log_terminal_score)
-from ..nn.ctmc import autocast_net
-from ..nn.discrete_nets import make_discrete_net
+from ..nn.ctmc import PRECISIONS, amp_dtype, autocast_net
+from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
-from .base import SamplerConfig, TrainableSampler, _check_count
+from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
 
 __all__ = ["DiscreteASBS", "DiscreteASBSConfig", "log_discrete_score", "score_energy_cost", "bregman_divergence",
            "controller_tm_target", "corrector_tm_target", "resolve_source", "shift_invariant"]
@@ -283,14 +283,14 @@ def log_discrete_score(energy, x: torch.Tensor, *, chunk: int = 2**15) -> torch.
     if callable(hook):
         return hook(x)
     score = torch.zeros(b, d, q, dtype=torch.float64, device=x.device)
-    u0 = _energy(energy, x)
+    u0 = index_energy(energy, x)
     eye = torch.eye(d, dtype=torch.long, device=x.device)
     rows_per_call = max(1, chunk // d)
     for k in range(1, q):
         for s in range(0, b, rows_per_call):
             xs = x[s:s + rows_per_call]
             moved = torch.remainder(xs.unsqueeze(1) + k * eye, q)  # (b', D, D): row d moves site d
-            u = _energy(energy, moved.reshape(-1, d)).view(xs.shape[0], d)
+            u = index_energy(energy, moved.reshape(-1, d)).view(xs.shape[0], d)
             score[s:s + rows_per_call].scatter_(-1, torch.remainder(xs + k, q).unsqueeze(-1),
                                                 (u0[s:s + rows_per_call, None] - u).unsqueeze(-1))
     return score
@@ -304,13 +304,6 @@ def score_energy_cost(energy) -> int:
     if callable(getattr(energy, "local_log_ratios", None)):
         return 0
     return 1 + energy.domain.n_sites * (energy.domain.q - 1)
-
-
-def _energy(energy, x: torch.Tensor) -> torch.Tensor:
-    """float64 energies (B,) of index configurations (B, D)."""
-    dom = energy.domain
-    u = energy.energy(dom.decode(x.view(x.shape[0], *dom.event_shape)))
-    return check_energy_values(u, x.shape[0], name=f"{energy.name}.energy").to(torch.float64)
 
 
 def bregman_divergence(log_a: torch.Tensor, log_b: torch.Tensor, kind: str = "tlogt") -> torch.Tensor:
@@ -391,9 +384,6 @@ class _SoftClamp(nn.Module):
 
 
 # ============================================================================ config
-_int_option = _check_count  # the shared integer-option check
-
-
 def _float_option(name, value, lo, hi, *, lo_open=True, hi_open=True):
     ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
@@ -495,10 +485,10 @@ class DiscreteASBSConfig(SamplerConfig):
     def __post_init__(self):
         for name in ("n_stages", "controller_steps", "batch_size", "n_replicates", "buffer_size",
                      "resample_every", "n_time_steps", "hidden", "n_heads", "sample_batch_size"):
-            _int_option(name, getattr(self, name))
-        _int_option("n_layers", self.n_layers, allow_none=True)
-        _int_option("corrector_steps", self.corrector_steps, minimum=0)
-        _int_option("init_buffer_size", self.init_buffer_size, allow_none=True)
+            _check_count(name, getattr(self, name))
+        _check_count("n_layers", self.n_layers, allow_none=True)
+        _check_count("corrector_steps", self.corrector_steps, minimum=0)
+        _check_count("init_buffer_size", self.init_buffer_size, allow_none=True)
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2, got {self.batch_size}")
         if self.buffer_size < self.batch_size:
@@ -510,8 +500,7 @@ class DiscreteASBSConfig(SamplerConfig):
         if self.noise_alpha is not None:
             _float_option("noise_alpha", self.noise_alpha, 0.0, math.inf)
         _float_option("t0", self.t0, 0.0, 1.0, lo_open=False)
-        if self.precision not in ("auto", "float32", "bf16"):
-            raise ConfigError(f"precision must be 'auto', 'float32' or 'bf16', got {self.precision!r}")
+        check_choice("precision", self.precision, PRECISIONS)
         if self.controller_loss not in ("tm", "dm"):
             raise ConfigError(f"controller_loss must be 'tm' or 'dm', got {self.controller_loss!r}")
         if self.corrector_loss not in CORRECTOR_LOSSES:
@@ -525,7 +514,7 @@ class DiscreteASBSConfig(SamplerConfig):
         if self.bregman not in BREGMAN:
             raise ConfigError(f"bregman must be one of {BREGMAN}, got {self.bregman!r}")
         _float_option("dm_eps", self.dm_eps, 0.0, 1.0)
-        _int_option("warmup_steps", self.warmup_steps, minimum=0)
+        _check_count("warmup_steps", self.warmup_steps, minimum=0)
         _float_option("warmup_start", self.warmup_start, 0.0, 1.0, hi_open=False)
         _float_option("lr", self.lr, 0.0, math.inf)
         _float_option("weight_decay", self.weight_decay, 0.0, math.inf, lo_open=False)
@@ -572,27 +561,19 @@ class DiscreteASBS(TrainableSampler):
 
     # ------------------------------------------------------------------ setup
     def _setup(self, target) -> None:
-        dom = target.domain
-        if not isinstance(dom, Categorical):
-            raise IncompatibleMethodError(f"discrete ASBS needs a categorical domain (Lattice, Sequence), "
-                                          f"got {type(dom).__name__}; use a continuous sampler instead")
+        dom = self._categorical_domain(target, "discrete ASBS")
         cfg = self.config
-        self.domain, self.n_sites, self.q = dom, dom.n_sites, dom.q
         self.source, self.noise_alpha = resolve_source(target, cfg.source, cfg.corrector_loss,
                                                        cfg.noise_alpha)
         self.noise = make_noise(cfg.noise, cfg.noise_scale, self.noise_alpha)
         self.times = torch.linspace(cfg.t0, 1.0, cfg.n_time_steps + 1, dtype=torch.float64,
                                     device=self.device)
-        kw = dict(hidden=cfg.hidden, n_heads=cfg.n_heads, absolute_positions=cfg.absolute_positions)
-        if cfg.n_layers is not None:
-            kw["n_layers"] = cfg.n_layers
         with self._seeded_init():  # network init from the sampler's own stream
-            self.controller = _SoftClamp(make_discrete_net(dom, cfg.net, time_conditioned=True, **kw),
+            self.controller = _SoftClamp(discrete_net_from_config(dom, cfg, time_conditioned=True),
                                          cfg.log_phi_max)
-            self.corrector = _SoftClamp(make_discrete_net(dom, cfg.net, **kw), cfg.log_phi_max)
+            self.corrector = _SoftClamp(discrete_net_from_config(dom, cfg), cfg.log_phi_max)
         self.controller.to(self.device)
-        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
-        self._amp = torch.bfloat16 if bf16 else None
+        self._amp = amp_dtype(cfg.precision, self.device)
         self.corrector.to(self.device)
         self.opt_controller = torch.optim.AdamW(self.controller.parameters(), lr=cfg.lr,
                                                 weight_decay=cfg.weight_decay)
@@ -638,7 +619,7 @@ class DiscreteASBS(TrainableSampler):
         path = cyclic_rollout(autocast_net(controller, self.device, self._amp), x0, self.times, self.noise, self.q, generator=generator,
                               max_jump=cfg.max_jump)
         log_p1 = source_log_terminal(self.source, path.x1, self.noise.integral(cfg.t0, 1.0), self.q)
-        u = _energy(self.target, path.x1)
+        u = index_energy(self.target, path.x1)
         return path, -u - log_p1 + path.log_ratio, u
 
     def _refill(self, phase: str, gen) -> None:
@@ -789,8 +770,7 @@ class DiscreteASBS(TrainableSampler):
         self._require_fit()
         gen = self.gens["sample"] if generator is None else generator
         parts = []
-        for start in range(0, n_samples, self.config.sample_batch_size):
-            m = min(self.config.sample_batch_size, n_samples - start)
+        for m in self._chunks(n_samples):
             parts.append(self.rollout(self.ema_controller.shadow, m, generator=gen))
         paths = [p for p, _ in parts]
         joined = CyclicPath(torch.cat([p.x0 for p in paths]), torch.cat([p.x1 for p in paths]),
@@ -806,12 +786,11 @@ class DiscreteASBS(TrainableSampler):
         n_samples : number of samples (>= 2).
         """
         self._require_fit()
-        _int_option("n_samples", n_samples, minimum=2)
+        _check_count("n_samples", n_samples, minimum=2)
         t_start = time.perf_counter()
         path, lw = self.sample_paths(n_samples)
         k = len(self.times) - 1
-        diag = {"n_time_steps": k, "nfe_per_sample": k, "train_steps": self.step,
-                "train_wall_time_s": self.train_time,
+        diag = {"n_time_steps": k, "nfe_per_sample": k, **self._train_diagnostics(),
                 "sample_wall_time_s": time.perf_counter() - t_start,
                 "train_energy_evals": self.n_energy_evals, "train_score_evals": self.n_score_evals,
                 "sample_energy_evals": n_samples,
@@ -820,5 +799,5 @@ class DiscreteASBS(TrainableSampler):
                 "jumps_per_site": float(path.n_jumps.mean()) / self.n_sites,
                 "reference_total_noise": float(self.noise.integral(self.config.t0, 1.0)),
                 "source": self.source, "noise_alpha": self.noise_alpha}
-        samples = self.domain.decode(path.x1.view(n_samples, *self.domain.event_shape))
+        samples = self.domain.decode_flat(path.x1)
         return result_from_log_weights(samples, lw, diagnostics=diag, **self._result_kwargs())

@@ -47,7 +47,7 @@ from .._utils import progress_bar
 from ..domains import Reals
 from ..errors import ConfigError, IncompatibleMethodError, TargetError, TrainingDivergedError
 from ..result import result_from_log_weights
-from .base import Sampler, SamplerConfig, _check_positive
+from .base import Sampler, SamplerConfig, _check_positive, check_number
 from . import ais as _ais
 from ..estimators.importance import LogZEstimate, log_z_from_log_weights
 
@@ -108,11 +108,8 @@ class JarzynskiConfig(SamplerConfig):
             object.__setattr__(self, "n_steps", len(self.schedule) - 1)
         else:
             _ais.annealing_schedule(self.n_steps, self.schedule)
-        if not (isinstance(self.dt, (int, float)) and math.isfinite(self.dt) and self.dt > 0):
-            raise ConfigError(f"dt must be a positive number, got {self.dt!r}")
-        if not (isinstance(self.init_std, (int, float)) and math.isfinite(self.init_std)
-                and self.init_std > 0):
-            raise ConfigError(f"init_std must be a positive number, got {self.init_std!r}")
+        check_number("dt", self.dt)
+        check_number("init_std", self.init_std)
 
 
 @register("jarzynski", kinds=("energy",), domains=(Reals,), priority=0,

@@ -116,25 +116,22 @@ import torch
 from .. import distributed as dist
 from .._registry import register
 from ..domains import Categorical
-from ..energies.base import check_energy_values
-from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError
+from ..energies.base import index_energy
+from ..errors import ConfigError, ConvergenceWarning
 from ..estimators.importance import log_z_from_log_weights
 from ..result import Result, result_from_log_weights
 from ..nn.buffers import ReplayBuffer
-from ..nn.ctmc import (MaskedPath, autocast_net, backward_path_log_prob, masked_rollout,
-                           unmask_schedule, wdce_loss)
-from ..nn.discrete_nets import make_discrete_net
+from ..nn.ctmc import (PRECISIONS, MaskedPath, amp_dtype, autocast_net, backward_path_log_prob,
+                           masked_rollout, unmask_schedule, wdce_loss)
+from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
+from .._utils import check_training_options
 from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
 
 __all__ = ["MDNS", "MDNSConfig", "LOSSES"]
 
 LOSSES = ("wdce", "lv", "rerf", "ce")
 REFINEMENTS = (None, "resample", "mcmc")
-PRECISIONS = ("auto", "float32", "bf16")
-
-
-_int_option = _check_count  # the shared integer-option check
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,20 +202,15 @@ class MDNSConfig(SamplerConfig):
             raise ConfigError(f"unknown loss {self.loss!r} for 'mdns'; choose one of {', '.join(LOSSES)}")
         for name in ("n_steps", "batch_size", "resample_every", "n_replicates", "hidden",
                      "n_heads", "sample_batch_size"):
-            _int_option(name, getattr(self, name))
+            _check_count(name, getattr(self, name))
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2 (weights are normalized over the batch), "
                               f"got {self.batch_size}")
         for name in ("buffer_size", "n_unmask_steps", "train_unmask_steps", "n_layers"):
-            _int_option(name, getattr(self, name), allow_none=True)
-        _int_option("warmup_steps", self.warmup_steps, minimum=1 if self.warmup == "linear" else 0)
-        _int_option("refine_sweeps", self.refine_sweeps, minimum=0)
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
+            _check_count(name, getattr(self, name), allow_none=True)
+        _check_count("warmup_steps", self.warmup_steps, minimum=1 if self.warmup == "linear" else 0)
+        _check_count("refine_sweeps", self.refine_sweeps, minimum=0)
+        check_training_options(self)
         check_choice("mask_mode", self.mask_mode, ("lambda", "count"))
         check_choice("net", self.net, ("auto", "transformer", "cnn"))
         check_choice("precision", self.precision, PRECISIONS)
@@ -253,23 +245,14 @@ class MDNS(TrainableSampler):
 
     # ------------------------------------------------------------------ setup
     def _setup(self, target) -> None:
-        dom = target.domain
-        if not isinstance(dom, Categorical):
-            raise IncompatibleMethodError(f"MDNS needs a categorical domain (Lattice, Sequence), got "
-                                          f"{type(dom).__name__}; use a continuous sampler instead")
+        dom = self._categorical_domain(target, "MDNS")
         cfg = self.config
-        self.domain, self.n_sites, self.q = dom, dom.n_sites, dom.q
         self._train_blocks = unmask_schedule(self.n_sites, cfg.train_unmask_steps or cfg.n_unmask_steps)
         self._sample_blocks = unmask_schedule(self.n_sites, cfg.n_unmask_steps)
         with self._seeded_init():  # network init from the sampler's own stream
-            size = {"hidden": cfg.hidden, "n_heads": cfg.n_heads,
-                    "absolute_positions": cfg.absolute_positions}
-            if cfg.n_layers is not None:
-                size["n_layers"] = cfg.n_layers
-            self.model = make_discrete_net(dom, cfg.net, **size)
+            self.model = discrete_net_from_config(dom, cfg)
         self.model.to(self.device)
-        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
-        self._amp = torch.bfloat16 if bf16 else None
+        self._amp = amp_dtype(cfg.precision, self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema_decay)
@@ -280,11 +263,8 @@ class MDNS(TrainableSampler):
     # ------------------------------------------------------------------ pieces
     def _energy(self, x: torch.Tensor) -> torch.Tensor:
         """float64 energies of index configurations (B, D)."""
-        phys = self.domain.decode(x.view(x.shape[0], *self.domain.event_shape))
         with torch.no_grad():
-            u = self.target.energy(phys)
-        u = check_energy_values(u, x.shape[0], name=f"{self.target.name}.energy")
-        return u.to(torch.float64)
+            return index_energy(self.target, x)
 
     def rollout(self, net, n: int, *, generator, blocks=None):
         """Generate ``n`` paths with ``net``; returns (MaskedPath, float64 energies U(x))."""
@@ -394,14 +374,11 @@ class MDNS(TrainableSampler):
                   else self._sample_blocks)
         gen = self.gens["sample"] if generator is None else generator
         paths, lws = [], []
-        for start in range(0, n_samples, self.config.sample_batch_size):
-            m = min(self.config.sample_batch_size, n_samples - start)
+        for m in self._chunks(n_samples):
             path, u = self.rollout(self.ema.shadow, m, generator=gen, blocks=blocks)
             paths.append(path)
             lws.append(-u - path.log_q)
-        joined = MaskedPath(torch.cat([p.x for p in paths]), torch.cat([p.order for p in paths]),
-                            torch.cat([p.log_q for p in paths]), blocks)
-        return joined, torch.cat(lws)
+        return MaskedPath.join(paths, blocks), torch.cat(lws)
 
     def sample(self, n_samples: int, *, n_unmask_steps: "int | None" = None,
                refine: "str | None" = "config") -> Result:
@@ -414,7 +391,7 @@ class MDNS(TrainableSampler):
         refine : override the configured refinement (None, "resample" or "mcmc").
         """
         self._require_fit()
-        _int_option("n_samples", n_samples, minimum=2)
+        _check_count("n_samples", n_samples, minimum=2)
         refine = self.config.refine if refine == "config" else refine
         check_choice("refine", refine, REFINEMENTS)
         t0 = time.perf_counter()
@@ -431,7 +408,7 @@ class MDNS(TrainableSampler):
         x = path.x
         kw = self._result_kwargs()
         if refine is None:
-            samples = self.domain.decode(x.view(n_samples, *self.domain.event_shape))
+            samples = self.domain.decode_flat(x)
             return result_from_log_weights(samples, lw, diagnostics=diag, **kw)
         # refinement changes the returned samples only; log Z and ESS stay those of the raw weights
         est = log_z_from_log_weights(lw)
@@ -443,7 +420,7 @@ class MDNS(TrainableSampler):
         if refine == "mcmc":
             x, acc = self._metropolis(x, self.config.refine_sweeps, gen)
             diag.update(refine_sweeps=self.config.refine_sweeps, refine_acceptance=acc)
-        samples = self.domain.decode(x.view(n_samples, *self.domain.event_shape))
+        samples = self.domain.decode_flat(x)
         return Result(samples=samples, log_weights=None, log_z=est.log_z, log_z_stderr=est.stderr,
                       ess=est.ess, diagnostics={**est.diagnostics(), **diag}, **kw)
 

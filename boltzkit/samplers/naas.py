@@ -149,12 +149,13 @@ from ..result import result_from_log_weights
 from ..nn.continuous_nets import make_control_net
 from ..nn.ema import EMA
 from ..nn.buffers import ReplayBuffer
-from ._shared.smc import MALARejuvenation, check_smc_options, island_result, run_islands
+from ._shared.smc import MALARejuvenation, island_result, run_islands
 from ..kernels.langevin import default_step_size
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
                           gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_space,
                           time_grid)
-from .base import SamplerConfig, TrainableSampler, _check_count, check_number
+from .._utils import check_fraction
+from .base import SamplerConfig, TrainableSampler, _check_count, check_flag, check_number
 
 __all__ = ["NAAS", "NAASConfig", "AnnealedLangevin"]
 
@@ -261,8 +262,7 @@ class NAASConfig(SamplerConfig):
             raise ConfigError(f"min_weight_ess must be a fraction in [0, 1], got {self.min_weight_ess!r}")
         if not (isinstance(self.refine_end, (int, float)) and self.refine_end >= 1):
             raise ConfigError(f"refine_end must be >= 1 (1 = uniform grid), got {self.refine_end!r}")
-        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay!r}")
+        check_fraction("ema_decay", self.ema_decay, allow_none=True)
         if self.resample_ess is not None and not (isinstance(self.resample_ess, (int, float))
                                                   and not isinstance(self.resample_ess, bool)
                                                   and 0 < self.resample_ess <= 1):
@@ -272,8 +272,7 @@ class NAASConfig(SamplerConfig):
                 or self.smc_mcmc_steps < 0:
             raise ConfigError(f"smc_mcmc_steps must be a non-negative integer, got {self.smc_mcmc_steps!r}")
         for nm in ("prior_stage", "use_prior_hint", "importance_weighted"):
-            if not isinstance(getattr(self, nm), bool):
-                raise ConfigError(f"{nm} must be True or False, got {getattr(self, nm)!r}")
+            check_flag(nm, getattr(self, nm))
 
 
 class _GradCache:
@@ -617,32 +616,20 @@ class NAAS(TrainableSampler):
         return total
 
     # ------------------------------------------------------------------ state
-    def _state_dict(self) -> dict:
-        st = {"net": self.net.state_dict(), "prior_net": self.prior_net.state_dict(),
-              "opt": self.opt.state_dict(), "prior_opt": self.prior_opt.state_dict(),
-              "buffer": self.buffer.state_dict(), "prior_buffer": self.prior_buffer.state_dict()
-              if len(self.prior_buffer) else None,
-              "recent_lw": list(self._recent_lw), "n_grad": self.ref.n_grad, "n_hvp": self.ref.n_hvp}
-        if self.ema is not None:
-            st["ema"], st["prior_ema"] = self.ema.state_dict(), self.prior_ema.state_dict()
-        return st
+    components = ("net", "prior_net", "opt", "prior_opt", "ema", "prior_ema", "buffer", "prior_buffer")
 
-    def _load_state_dict(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
-        self.prior_net.load_state_dict(state["prior_net"])
-        self.opt.load_state_dict(state["opt"])
-        self.prior_opt.load_state_dict(state["prior_opt"])
-        # buffers of checkpoints written before the weighted regression (no "w" rows) are
-        # dropped: they are refilled by the next step's fresh trajectories
-        if "w" in ReplayBuffer.fields_in(state["buffer"]):
-            self.buffer.load_state_dict(state["buffer"])
-        if state.get("prior_buffer") and "w" in ReplayBuffer.fields_in(state["prior_buffer"]):
-            self.prior_buffer.load_state_dict(state["prior_buffer"])
+    def _extra_state(self) -> dict:
+        return {"recent_lw": list(self._recent_lw), "n_grad": self.ref.n_grad, "n_hvp": self.ref.n_hvp}
+
+    def _load_extra_state(self, state: dict) -> None:
         self._recent_lw = deque(state["recent_lw"], maxlen=self.config.running_window)
         self.ref.n_grad, self.ref.n_hvp = int(state["n_grad"]), int(state["n_hvp"])
-        if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
-            self.prior_ema.load_state_dict(state["prior_ema"])
+
+    def _load_state_dict(self, state: dict) -> None:
+        # buffers of checkpoints written before the weighted regression (no "w" rows), and empty
+        # ones, are not loaded: the next step's fresh trajectories refill them
+        super()._load_state_dict({**state, **{k: None for k in ("buffer", "prior_buffer") if state.get(k)
+                                              and "w" not in ReplayBuffer.fields_in(state[k])}})
 
     # ------------------------------------------------------------------ sampling
     def sampling_nets(self):
@@ -663,8 +650,7 @@ class NAAS(TrainableSampler):
         gen = self.gens["sample"]
         xs, lws = [], []
         grads0 = self.ref.n_grad
-        for start in range(0, n_samples, self.config.sample_batch_size):
-            m = min(self.config.sample_batch_size, n_samples - start)
+        for m in self._chunks(n_samples):
             x, lw, _ = self._simulate(m, net, prior_net, gen)
             if lw is None:
                 raise TrainingDivergedError(
@@ -740,13 +726,7 @@ class NAAS(TrainableSampler):
         self._require_fit()
         _check_count("n_samples", n_samples)
         c = self.config
-        frac = resample_ess if resample_ess is not None else (c.resample_ess or 0.5)
-        islands = n_islands if n_islands is not None else c.n_islands
-        n_mcmc = mcmc_steps if mcmc_steps is not None else c.smc_mcmc_steps
-        check_smc_options(int(n_samples), frac, islands, n_mcmc)
-        if n_mcmc and not isinstance(self.target.domain, Reals):
-            raise ConfigError("smc_mcmc_steps > 0 (MALA rejuvenation) needs a Reals target; "
-                              "leave it at 0 for particle systems")
+        frac, islands, n_mcmc = self._smc_options(n_samples, resample_ess, n_islands, mcmc_steps)
         net, prior_net = self.sampling_nets()
         net.eval()
         prior_net.eval()

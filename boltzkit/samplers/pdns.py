@@ -122,20 +122,21 @@ from .. import distributed as dist
 from .._registry import register
 from ..domains import Categorical, Reals
 from ..domains.particles import ParticleCloud
-from ..energies.base import check_energy_values, framed
+from ..energies.base import check_energy_values, framed, index_energy
 from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError, TrainingDivergedError
 from ..estimators.importance import log_z_from_log_weights
 from ..result import Result, result_from_log_weights
 from ..nn.continuous_nets import make_control_net
 from ..nn.ctmc import masked_rollout, unmask_schedule, wdce_loss
-from ..nn.discrete_nets import make_discrete_net
+from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
                           state_space, time_grid)
-from ._shared.smc import MALARejuvenation, check_smc_options, island_result, run_islands
+from ._shared.smc import MALARejuvenation, island_result, run_islands
 from ..kernels.langevin import default_step_size
-from .base import SamplerConfig, TrainableSampler, _check_count, check_number
+from .._utils import check_fraction
+from .base import SamplerConfig, TrainableSampler, _check_count, check_flag, check_number
 
 __all__ = ["PDNS", "PDNSConfig", "pdns_priority"]
 
@@ -150,9 +151,6 @@ def pdns_priority(target) -> int:
     barriers, ``target.multimodal = True``; 3 otherwise.
     """
     return MULTIMODAL_PRIORITY if getattr(target, "multimodal", False) is True else DEFAULT_PRIORITY
-
-
-_int_option = _check_count  # the shared integer-option check
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,12 +232,12 @@ class PDNSConfig(SamplerConfig):
         self.make_schedule()  # validates the schedule options
         for name in ("n_steps", "batch_size", "inner_steps", "n_replicates", "rollouts_per_stage",
                      "n_heads", "n_time_steps", "sample_batch_size"):
-            _int_option(name, getattr(self, name))
+            _check_count(name, getattr(self, name))
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2 (weights are normalized over the batch), "
                               f"got {self.batch_size}")
         for name in ("hidden", "n_layers", "n_unmask_steps", "train_unmask_steps"):
-            _int_option(name, getattr(self, name), allow_none=True)
+            _check_count(name, getattr(self, name), allow_none=True)
         check_number("lr", self.lr)
         check_number("grad_clip", self.grad_clip, allow_none=True)
         if self.reference_std != "auto":
@@ -248,11 +246,8 @@ class PDNSConfig(SamplerConfig):
         if self.noise_ratio <= 1.0:
             raise ConfigError(f"noise_ratio (largest / smallest noise level) must be > 1, got "
                               f"{self.noise_ratio!r}")
-        if isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float)) \
-                or not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        if not isinstance(self.use_prior_hint, bool):
-            raise ConfigError(f"use_prior_hint must be True or False, got {self.use_prior_hint!r}")
+        check_fraction("ema_decay", self.ema_decay)
+        check_flag("use_prior_hint", self.use_prior_hint)
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if self.mask_mode not in ("lambda", "count"):
@@ -262,7 +257,7 @@ class PDNSConfig(SamplerConfig):
         if self.resample_ess is not None and (isinstance(self.resample_ess, bool) or not isinstance(
                 self.resample_ess, (int, float)) or not 0 < self.resample_ess <= 1):
             raise ConfigError(f"resample_ess must be None or a fraction in (0, 1], got {self.resample_ess!r}")
-        _int_option("n_islands", self.n_islands)
+        _check_count("n_islands", self.n_islands)
         if isinstance(self.smc_mcmc_steps, bool) or not isinstance(self.smc_mcmc_steps, int) \
                 or self.smc_mcmc_steps < 0:
             raise ConfigError(f"smc_mcmc_steps must be a non-negative integer, got {self.smc_mcmc_steps!r}")
@@ -288,17 +283,10 @@ class _MaskedCTMC:
         self.log_nu = -self.n_sites * math.log(self.q)  # uniform terminal law of the reference
 
     def make_net(self):
-        cfg = self.cfg
-        size = {"hidden": cfg.hidden or 32, "n_heads": cfg.n_heads,
-                "absolute_positions": cfg.absolute_positions}
-        if cfg.n_layers is not None:
-            size["n_layers"] = cfg.n_layers
-        return make_discrete_net(self.domain, cfg.net, **size)
+        return discrete_net_from_config(self.domain, self.cfg)
 
     def energy(self, x):
-        phys = self.domain.decode(x.view(x.shape[0], *self.domain.event_shape))
-        u = check_energy_values(self.target.energy(phys), x.shape[0], name=f"{self.target.name}.energy")
-        return u.to(torch.float64)
+        return index_energy(self.target, x)
 
     @torch.no_grad()
     def rollout(self, net, n, generator, *, train):
@@ -314,7 +302,7 @@ class _MaskedCTMC:
                          mode=self.cfg.mask_mode)
 
     def decode(self, x):
-        return self.domain.decode(x.view(x.shape[0], *self.domain.event_shape))
+        return self.domain.decode_flat(x)
 
     def diagnostics(self):
         return {"nfe_per_sample": self.sample_passes}
@@ -630,7 +618,7 @@ class PDNS(TrainableSampler):
         log-weights, log Z +- stderr, ESS and the final proximal stage in ``diagnostics``.
         """
         self._require_fit()
-        _int_option("n_samples", n_samples, minimum=2)
+        _check_count("n_samples", n_samples, minimum=2)
         if self.config.resample_ess is not None:
             return self.sample_smc(n_samples)
         sch = self.schedule
@@ -644,19 +632,21 @@ class PDNS(TrainableSampler):
         net, gen = self.ema.shadow, self.gens["sample"]
         net.eval()
         xs, lws = [], []
-        for start in range(0, n_samples, self.config.sample_batch_size):
-            m = min(self.config.sample_batch_size, n_samples - start)
+        for m in self._chunks(n_samples):
             x, lw, _ = self.inst.rollout(net, m, gen, train=False)
             xs.append(x)
             lws.append(lw)
         x, lw = torch.cat(xs), torch.cat(lws)
-        diag = {**self.inst.diagnostics(), "train_steps": self.step, "final_stage": sch.stage,
-                "final_prox_step": sch.step, "final_prox_lambda": sch.lam,
-                "proximal_done": sch.done, "train_wall_time_s": self.train_time,
+        diag = {**self._stage_diagnostics(), "final_prox_step": sch.step,
                 "sample_wall_time_s": time.perf_counter() - t0}
         return result_from_log_weights(self.inst.decode(x).cpu(), lw.cpu(),
                                        exact_log_z=self.target.exact_log_z(), diagnostics=diag,
                                        **self._result_kwargs())
+
+    def _stage_diagnostics(self) -> dict:
+        sch = self.schedule
+        return {**self.inst.diagnostics(), **self._train_diagnostics(), "final_stage": sch.stage,
+                "final_prox_lambda": sch.lam, "proximal_done": sch.done}
 
     def sample_smc(self, n_samples: int, *, resample_ess: "float | None" = None,
                    n_islands: "int | None" = None, mcmc_steps: "int | None" = None) -> Result:
@@ -710,14 +700,8 @@ class PDNS(TrainableSampler):
                 "PDNS.sample_smc runs the continuous (Brownian-reference) sampler as SMC; for "
                 "lattices and sequences use PDNS.sample or method='smc'")
         cfg = self.config
-        frac = resample_ess if resample_ess is not None else (cfg.resample_ess or 0.5)
-        islands = n_islands if n_islands is not None else cfg.n_islands
-        n_mcmc = mcmc_steps if mcmc_steps is not None else cfg.smc_mcmc_steps
-        _int_option("n_samples", n_samples, minimum=2)
-        check_smc_options(int(n_samples), frac, islands, n_mcmc)
-        if n_mcmc and not isinstance(self.target.domain, Reals):
-            raise ConfigError("smc_mcmc_steps > 0 (MALA rejuvenation) needs a Reals target; leave "
-                              "it at 0 for particle systems")
+        _check_count("n_samples", n_samples, minimum=2)
+        frac, islands, n_mcmc = self._smc_options(n_samples, resample_ess, n_islands, mcmc_steps)
         sch = self.schedule
         if self.step > 0 and not sch.done:
             warnings.warn(f"PDNS stopped in proximal stage {sch.stage} with lambda = {sch.lam:.3g} > "
@@ -730,9 +714,7 @@ class PDNS(TrainableSampler):
         net.eval()
         run = inst.smc(net, int(n_samples), self.gens["sample"], frac=frac, n_islands=islands,
                        mcmc_steps=n_mcmc)
-        diag = {**inst.diagnostics(), "train_steps": self.step, "final_stage": sch.stage,
-                "final_prox_lambda": sch.lam, "proximal_done": sch.done,
-                "train_wall_time_s": self.train_time, "resample_ess": frac, "smc_mcmc_steps": n_mcmc,
+        diag = {**self._stage_diagnostics(), "resample_ess": frac, "smc_mcmc_steps": n_mcmc,
                 "smc_beta_power": cfg.smc_beta_power,
                 "sampling_energy_evals": int(inst.n_energy - e0),
                 "sampling_energy_grads": int(inst.n_grad - g0),

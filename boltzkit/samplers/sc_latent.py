@@ -78,7 +78,6 @@ Known failure modes.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +93,7 @@ from ..result import Result
 from ..nn.ema import EMA
 from ..nn.gaussian_diffusion import (DiffusionOptions, GaussianDiffusion, check_diffusion_options,
                                          check_guidance_options, optimize_denoiser)
+from .._utils import check_fraction
 from .base import SamplerConfig, TrainableSampler, _check_count
 from .single_cell import ConditionalMLP, SCDiffusion, _check_condition_type
 
@@ -230,8 +230,7 @@ class SCLatentDiffusionConfig(DiffusionOptions, SamplerConfig):
                 raise ConfigError(f"{name} must be a positive number, got {v!r}")
         if not (isinstance(self.ae_kl, (int, float)) and self.ae_kl >= 0):
             raise ConfigError(f"ae_kl must be a number >= 0, got {self.ae_kl!r}")
-        if not 0.0 <= self.ae_dropout < 1.0:
-            raise ConfigError(f"ae_dropout must be in [0, 1), got {self.ae_dropout!r}")
+        check_fraction("ae_dropout", self.ae_dropout)
         if not (isinstance(self.ae_kl_warmup, (int, float)) and 0.0 <= self.ae_kl_warmup <= 1.0):
             raise ConfigError(f"ae_kl_warmup must be a fraction in [0, 1], got {self.ae_kl_warmup!r}")
         check_guidance_options(self)
@@ -405,14 +404,7 @@ class SCLatentDiffusion(TrainableSampler):
                                  optimizer=self.opt, model=self.model, ema=self.ema, grad_clip=cfg.grad_clip)
 
     # ------------------------------------------------------------------ sampling
-    def _require_model(self):
-        if self.model is None:
-            raise ConfigError("SCLatentDiffusion has no trained model: call fit(dataset) or "
-                              "SCLatentDiffusion.load(path)")
-
-    def _label_counts(self, condition, n_samples) -> np.ndarray:
-        return SCDiffusion._label_counts(self, condition, n_samples)
-
+    _label_counts, sample = SCDiffusion._label_counts, SCDiffusion.sample
     _resolve_condition = staticmethod(SCDiffusion._resolve_condition)
     _denoiser = SCDiffusion._denoiser
 
@@ -438,31 +430,19 @@ class SCLatentDiffusion(TrainableSampler):
         self._require_model()
         if self._u0 is None:
             self._encode_all()
-        cond = self.config.condition if condition is None else condition
-        counts = self._label_counts(cond, n_samples)
-        t0 = time.perf_counter()
-        codes = torch.as_tensor(np.repeat(np.arange(counts.size), counts), device=self.device)
         cfg, g = self.config, self.gens["sample"]
         self.ae.eval()
         theta = torch.exp(self.ae.log_theta)
-        out = []
-        for start in range(0, codes.numel(), cfg.sample_batch_size):
-            y = codes[start:start + cfg.sample_batch_size]
+
+        def draw(y):
             u = self.diffusion.sample(self._denoiser(y), (y.numel(), cfg.latent + 1), method=cfg.sampler,
                                       n_steps=cfg.sampling_steps, eta=cfg.ddim_eta, generator=g,
                                       device=self.device)
             u = u * self.u_std + self.u_mean
             z, lib = u[:, :-1], torch.exp(u[:, -1].clamp(max=float(torch.log(self._lib.max())) + 1.0))
-            out.append(sample_nb(lib[:, None] * self.ae.rho(z, lib, y), theta, g))
-        samples = torch.cat(out).float().cpu() if out else torch.zeros(0, self.info["n_genes"])
-        if not bool(torch.isfinite(samples).all()):
-            raise ConfigError("sampling produced non-finite counts; the model is not trained enough "
-                              "or diverged (check result.history, lower lr)")
-        return SCDiffusion._result(self, samples, codes.cpu().numpy(), counts, time.perf_counter() - t0)
+            return sample_nb(lib[:, None] * self.ae.rho(z, lib, y), theta, g)
 
-    def sample(self, n_samples: "int | None" = None) -> Result:
-        """``generate(n_samples)`` with the configured condition; used by ``bk.sample``."""
-        return self.generate(n_samples)
+        return SCDiffusion._generate(self, n_samples, condition, draw, "counts")
 
     # ------------------------------------------------------------------ persistence
     components = ("ae", "ae_opt", "model", "ema", "opt")

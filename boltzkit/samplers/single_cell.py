@@ -345,10 +345,6 @@ class SCDiffusion(TrainableSampler):
         return metrics
 
     # ------------------------------------------------------------------ sampling
-    def _require_model(self):
-        if self.model is None:
-            raise ConfigError("SCDiffusion has no trained model: call fit(dataset) or SCDiffusion.load(path)")
-
     @staticmethod
     def _resolve_condition(condition, categories, empty=()) -> "np.ndarray | str | None":
         """Per-label cell counts (array) for a dict, the label for a str, None for None;
@@ -428,26 +424,33 @@ class SCDiffusion(TrainableSampler):
             of each cell in ``result.config["labels"]``.
         """
         self._require_model()
-        cond = self.config.condition if condition is None else condition
-        counts = self._label_counts(cond, n_samples)
-        t0 = time.perf_counter()
-        codes = torch.as_tensor(np.repeat(np.arange(counts.size), counts), device=self.device)
         cfg, dim = self.config, self.info["dim"]
         clip = None
         if cfg.clip_x0 and self.basis is None:  # 0 <= x0 <= largest training value, on the data scale
             clip = (-self.z_mean / self.z_std, (self.info["max_value"] - self.z_mean) / self.z_std)
-        out = []
-        for start in range(0, codes.numel(), cfg.sample_batch_size):
-            y = codes[start:start + cfg.sample_batch_size]
+
+        def draw(y):
             z = self.diffusion.sample(self._denoiser(y), (y.numel(), dim), method=cfg.sampler,
                                       n_steps=cfg.sampling_steps, eta=cfg.ddim_eta,
                                       generator=self.gens["sample"], device=self.device, clip_x0=clip)
-            out.append(self._decode(z))
-        samples = torch.cat(out).float().cpu()
+            return self._decode(z)
+
+        return self._generate(n_samples, condition, draw, "values")
+
+    def _generate(self, n_samples, condition, draw, what: str) -> Result:
+        """The cells of ``generate``: per-label counts, then ``draw(labels)`` on chunks of
+        ``sample_batch_size`` labels, checked finite, as a Result (shared with sc_latent)."""
+        cond = self.config.condition if condition is None else condition
+        counts = self._label_counts(cond, n_samples)
+        t0 = time.perf_counter()
+        codes = torch.as_tensor(np.repeat(np.arange(counts.size), counts), device=self.device)
+        size = self.config.sample_batch_size
+        out = [draw(codes[s:s + size]) for s in range(0, codes.numel(), size)]
+        samples = torch.cat(out).float().cpu() if out else torch.zeros(0, len(self.info["gene_names"]))
         if not bool(torch.isfinite(samples).all()):
-            raise ConfigError("sampling produced non-finite values; the model is not trained "
+            raise ConfigError(f"sampling produced non-finite {what}; the model is not trained "
                               "enough or diverged (check result.history, lower lr)")
-        return self._result(samples, codes.cpu().numpy(), counts, time.perf_counter() - t0)
+        return SCDiffusion._result(self, samples, codes.cpu().numpy(), counts, time.perf_counter() - t0)
 
     def sample(self, n_samples: "int | None" = None) -> Result:
         """``generate(n_samples)`` with the configured condition; used by ``bk.sample``."""
@@ -477,16 +480,14 @@ class SCDiffusion(TrainableSampler):
 
     # ------------------------------------------------------------------ persistence
     components = ("model", "ema", "opt")
+    tensors = ("z_mean", "z_std")
 
     def _extra_state(self) -> dict:
         self._require_model()
-        return {"z_mean": self.z_mean.cpu(), "z_std": self.z_std.cpu(),
-                "basis": None if self.basis is None else {k: v.cpu() for k, v in self.basis.items()},
+        return {"basis": None if self.basis is None else {k: v.cpu() for k, v in self.basis.items()},
                 "info": dict(self.info)}
 
     def _load_extra_state(self, state: dict) -> None:
-        self.z_mean = state["z_mean"].to(self.device)
-        self.z_std = state["z_std"].to(self.device)
         self.basis = None if state["basis"] is None else {k: v.to(self.device) for k, v in state["basis"].items()}
         self.info = dict(state["info"])
 

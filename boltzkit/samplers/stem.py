@@ -413,10 +413,6 @@ class Stem(TrainableSampler):
         return metrics
 
     # ------------------------------------------------------------------ sampling
-    def _require_model(self):
-        if self.model is None:
-            raise ConfigError("Stem has no trained model: call fit(dataset) or Stem.load(path) first")
-
     @torch.no_grad()
     def embed(self, condition) -> torch.Tensor:
         """Standardized condition embeddings ``(n, D)`` (EMA encoder) of a dataset or array."""
@@ -512,17 +508,13 @@ class Stem(TrainableSampler):
 
     # ------------------------------------------------------------------ persistence
     components = ("model", "ema", "opt")
+    tensors = ("emb_mean", "emb_std", "x_mean", "x_std")
 
     def _extra_state(self) -> dict:
         self._require_model()
-        return {"emb_mean": self.emb_mean.cpu(), "emb_std": self.emb_std.cpu(), "x_mean": self.x_mean.cpu(),
-                "x_std": self.x_std.cpu(), "info": dict(self.info)}
+        return {"info": dict(self.info)}
 
     def _load_extra_state(self, state: dict) -> None:
-        self.emb_mean = state["emb_mean"].to(self.device)
-        self.emb_std = state["emb_std"].to(self.device)
-        self.x_mean = state["x_mean"].to(self.device)
-        self.x_std = state["x_std"].to(self.device)
         self.info = dict(state["info"])
 
     def save(self, path) -> None:

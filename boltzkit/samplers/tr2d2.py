@@ -140,8 +140,9 @@ from ..estimators.importance import ess_kish
 from ..result import result_from_log_weights
 from ..nn.buffers import ReplayBuffer
 from ..nn.ctmc import MaskedPath, site_log_probs, masked_rollout, path_log_prob, unmask_schedule, wdce_loss
-from ..nn.discrete_nets import make_discrete_net
+from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
+from .._utils import check_training_options
 from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
 
 __all__ = ["TR2D2", "TR2D2Config", "TopKBuffer", "ParetoArchive", "dominated", "pareto_mask"]
@@ -223,9 +224,6 @@ class ParetoArchive(ReplayBuffer):
 
 
 # ---------------------------------------------------------------------------- config
-_int_option = _check_count  # the shared integer-option check
-
-
 @dataclass(frozen=True, kw_only=True)
 class TR2D2Config(SamplerConfig):
     """Options of :class:`TR2D2`.
@@ -296,10 +294,10 @@ class TR2D2Config(SamplerConfig):
     def __post_init__(self):
         for name in ("n_steps", "n_expansions", "n_children", "parallel", "resample_every",
                      "n_replicates", "hidden", "sample_batch_size"):
-            _int_option(name, getattr(self, name))
+            _check_count(name, getattr(self, name))
         for name in ("buffer_size", "n_layers", "n_unmask_steps"):
-            _int_option(name, getattr(self, name), allow_none=True)
-        _int_option("elbo_orders", self.elbo_orders, minimum=0)
+            _check_count(name, getattr(self, name), allow_none=True)
+        _check_count("elbo_orders", self.elbo_orders, minimum=0)
         check_choice("search", self.search, SEARCHES)
         check_choice("buffer", self.buffer, BUFFERS)
         check_choice("tree_weights", self.tree_weights, TREE_WEIGHTS)
@@ -317,10 +315,7 @@ class TR2D2Config(SamplerConfig):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
                 raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        check_training_options(self, check_lr=False)
         if self.reward_clip is not None and not math.isfinite(self.reward_clip):
             raise ConfigError(f"reward_clip must be a finite number or None, got {self.reward_clip!r}")
 
@@ -394,10 +389,7 @@ class TR2D2(TrainableSampler):
         self.residual = mode == "residual"
         with self._seeded_init():  # network init from the sampler's own stream
             if self.residual:
-                size = {"hidden": cfg.hidden}
-                if cfg.n_layers is not None:
-                    size["n_layers"] = cfg.n_layers
-                self.net = make_discrete_net(self.domain, cfg.net, **size)  # zero output: pi = p_pre
+                self.net = discrete_net_from_config(self.domain, cfg)  # zero output: pi = p_pre
             else:
                 self.net = copy.deepcopy(model.net)
                 for p in self.net.parameters():
@@ -674,8 +666,7 @@ class TR2D2(TrainableSampler):
         gen = self.gens["sample"] if generator is None else generator
         paths, refs, objs, rs = [], [], [], []
         net = self._rollout_net()
-        for s in range(0, n_samples, self.config.sample_batch_size):
-            m = min(self.config.sample_batch_size, n_samples - s)
+        for m in self._chunks(n_samples):
             path = masked_rollout(lambda t: self.policy_logits(t, net), m, self.L, self.q, generator=gen,
                                   n_steps=len(self.blocks), device=self.device)
             refs.append(path_log_prob(self.ref, path, self.q))
@@ -683,16 +674,14 @@ class TR2D2(TrainableSampler):
             paths.append(path)
             objs.append(obj)
             rs.append(r)
-        joined = MaskedPath(torch.cat([p.x for p in paths]), torch.cat([p.order for p in paths]),
-                            torch.cat([p.log_q for p in paths]), self.blocks)
-        return joined, torch.cat(refs), torch.cat(objs), torch.cat(rs)
+        return MaskedPath.join(paths, self.blocks), torch.cat(refs), torch.cat(objs), torch.cat(rs)
 
     def sample(self, n_samples: int):
         """Draw ``n_samples`` sequences from the fine-tuned policy with their exact weights for p*."""
         from ..rewards import diversity
 
         self._require_fit()
-        _int_option("n_samples", n_samples, minimum=2)
+        _check_count("n_samples", n_samples, minimum=2)
         t0 = time.perf_counter()
         path, log_ref, obj, r = self.sample_paths(n_samples)
         lw = log_ref - path.log_q + r / self.alpha
@@ -704,8 +693,8 @@ class TR2D2(TrainableSampler):
                 "trains_toward_p_star": self.bias_reason is None,
                 "training_bias": self.bias_reason or "none: the weighted buffer targets p*",
                 "finetune": "residual" if self.residual else "copy",
-                "train_steps": self.step, "reward_calls": self.reward_calls,
-                "train_wall_time_s": self.train_time, "n_unmask_steps": len(self.blocks),
+                **self._train_diagnostics(), "reward_calls": self.reward_calls,
+                "n_unmask_steps": len(self.blocks),
                 "mean_reward": float(r.mean()), "median_reward": float(r.median()),
                 "reward_stderr": float(r.std() / math.sqrt(n_samples)),
                 "mean_log_ratio_to_pretrained": float((path.log_q - log_ref).mean()),
