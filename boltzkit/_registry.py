@@ -240,7 +240,11 @@ def select(target, method: "str | None" = None, *, profile: "DeviceProfile | Non
         # CPU the training-free annealers match or beat the neural samplers' log Z in a fraction of
         # their time, so a method that must train (or has no estimate) is chosen only when none of
         # them is known to fit.
-        fits.sort(key=lambda s: _needs_training(s) or est[s.name] is None)
+        # "Known to fit" means with the estimate's stated margin (BUDGET_FACTOR): a training-free
+        # method near the budget's edge (AIS on alanine in internal coordinates, ~7 min of 10) does
+        # not displace the higher-priority method.
+        fits.sort(key=lambda s: _needs_training(s) or est[s.name] is None
+                  or est[s.name] * BUDGET_FACTOR > budget)
     skipped = [s for s in pool[:pool.index(fits[0])] if s not in fits] if fits else pool
     if fits:
         best = fits[0]
