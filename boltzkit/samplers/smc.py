@@ -256,7 +256,7 @@ class SMC(Sampler):
 
     def _run(self, n: int, M: int, ladder, *, pilot: bool = False) -> dict:
         """One SMC pass of ``n`` particles in ``M`` islands; ``ladder`` None adapts it (CESS)."""
-        from .ais import resample_islands, running_log_z
+        from ._shared.smc import resample_islands, running_log_z
 
         cfg = self.config
         gen, dev, dom = self.gens["sample"], self.device, self.target.domain

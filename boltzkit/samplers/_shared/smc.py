@@ -17,7 +17,7 @@ own (controlled) kernel ``q_k`` and multiplies its weight by the increment
 supplied by the caller's ``step``; the product over levels is the whole-path weight, so
 ``E[prod w_k] = Z`` for any control. Particles are split into ``n_islands`` contiguous, independent
 islands; an island whose ESS falls below ``frac`` times its size is resampled (systematic,
-:func:`boltzkit.samplers.ais.resample_islands`) and its mean weight is carried into its running
+:func:`resample_islands`) and its mean weight is carried into its running
 log Z, which stays unbiased for Z. An optional MCMC move that leaves ``gamma_{k+1}`` invariant
 (MALA, :class:`MALARejuvenation`) follows each level and changes no weight.
 ``log Z = log mean_i Z_i`` over the islands, its error bar from their spread.
@@ -128,8 +128,6 @@ def run_islands(x: torch.Tensor, lw: torch.Tensor, n_levels: int, step: Callable
     ``lw`` enters as the particles' log-weights at level 0 (e.g. a prior stage's weight). No
     resampling follows the last level.
     """
-    from ..ais import resample_islands
-
     n = x.shape[0]
     log_acc = torch.zeros(n_islands, dtype=torch.float64, device=lw.device)
     events = 0
@@ -253,3 +251,61 @@ def island_reliability(res, island_log_z, *, stacklevel: int = 2,
         warnings.warn(f"{res.method or 'SMC'}: {d['unreliable_because']}: the error bar is not reliable. "
                       + advice, UnreliableEstimateWarning, stacklevel=stacklevel + 1)
     return d["reliable"]
+
+
+def systematic_indices(logw: torch.Tensor, m: int, generator) -> torch.Tensor:
+    """``m`` indices drawn by systematic resampling from the normalised weights ``exp(logw)``."""
+    cdf = torch.cumsum(torch.softmax(logw.double(), 0), 0)
+    cdf[-1] = 1.0
+    pos = (torch.rand((), generator=generator, dtype=torch.float64, device=logw.device)
+           + torch.arange(m, dtype=torch.float64, device=logw.device)) / m
+    return torch.searchsorted(cdf, pos).clamp_(max=logw.numel() - 1)
+
+
+def resample_islands(tensors: tuple, logw, log_acc, frac: float, generator):
+    """Systematic resampling, within each island (contiguous blocks of ``logw``) whose ESS is
+    below ``frac`` times its size; a resampled island's mean weight moves into ``log_acc``
+    and its weights restart at 0, so ``log_acc + logmeanexp(logw)`` stays its log Z.
+
+    ``tensors`` (each indexed by particle along dim 0) are reordered with the particles.
+    Returns ``(tensors, logw, log_acc, number of islands resampled)``."""
+    islands = log_acc.numel()
+    m = logw.numel() // islands
+    lw = logw.view(islands, m)
+    ess = torch.exp(2 * torch.logsumexp(lw, 1) - torch.logsumexp(2 * lw, 1))
+    need = ess < frac * m
+    if not bool(need.any()):
+        return tensors, logw, log_acc, 0
+    log_acc = log_acc + torch.where(need, torch.logsumexp(lw, 1) - math.log(m), torch.zeros_like(log_acc))
+    cdf = torch.cumsum(torch.softmax(lw, 1), 1)
+    cdf[:, -1] = 1.0
+    pos = (torch.rand(islands, 1, generator=generator, dtype=torch.float64, device=logw.device)
+           + torch.arange(m, dtype=torch.float64, device=logw.device)) / m
+    idx = torch.searchsorted(cdf, pos).clamp_(max=m - 1)
+    keep = torch.arange(m, device=logw.device).expand(islands, m)
+    idx = torch.where(need[:, None], idx, keep) + m * torch.arange(islands, device=logw.device)[:, None]
+    idx = idx.reshape(-1)
+    logw = torch.where(need.repeat_interleave(m), torch.zeros_like(logw), logw[idx])
+    return tuple(t[idx] for t in tensors), logw, log_acc, int(need.sum())
+
+
+def running_log_z(logw: torch.Tensor, log_acc: torch.Tensor, log_z0: float):
+    """Running estimate of log Z_k of the current intermediate target and its standard error.
+
+    ``logw`` (float64, n) are the particles' log-weights after the incremental weight of level
+    k, in ``log_acc.numel()`` contiguous islands whose resampled mass sits in ``log_acc``.
+    One island: delta-method stderr of the pooled weights (as
+    :func:`~boltzkit.estimators.importance.log_z_from_log_weights`); several: the same
+    formula applied to the independent islands' Z estimates (their spread). Returns two 0-d
+    float64 tensors (no host sync), ``(log Z_k, stderr)``.
+    """
+    M = log_acc.numel()
+    m = logw.numel() // M
+    isl = log_acc + torch.logsumexp(logw.view(M, m), 1) - math.log(m)
+    a = logw if M == 1 else isl
+    n = a.numel()
+    log_z = torch.logsumexp(isl, 0) - math.log(M) + log_z0
+    if n < 2:
+        return log_z, torch.full_like(log_z, float("nan"))
+    ess = torch.exp(2 * torch.logsumexp(a, 0) - torch.logsumexp(2 * a, 0))
+    return log_z, torch.sqrt(((n / ess - 1.0) / (n - 1)).clamp_min(0.0))
