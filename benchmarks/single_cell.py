@@ -42,12 +42,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boltzkit.bio import sc_metrics
-from boltzkit.bio.sc_baselines import (ConditionalVAEBaseline, GaussianPCABaseline,
+from boltzkit.bio.single_cell import metrics as sc_metrics
+from boltzkit.bio.single_cell.baselines import (ConditionalVAEBaseline, GaussianPCABaseline,
                                        NegativeBinomialBaseline, ScVIBaseline)
-from boltzkit.datasets.single_cell import as_target, log_normalize, pbmc68k
-from boltzkit.samplers.sc_latent import SCLatentDiffusion
-from boltzkit.samplers.single_cell import SCDiffusion
+from boltzkit.bio.single_cell.dataset import as_target, log_normalize, pbmc68k
+from boltzkit.bio.single_cell.latent import SCLatentDiffusion
+from boltzkit.bio.single_cell.diffusion import SCDiffusion
 
 OUT = Path(__file__).parent / "results"
 HIGHER_BETTER = {"mmd2_pvalue", "label_accuracy", "label_macro_f1", "mean_pearson", "mean_spearman",

@@ -42,11 +42,11 @@ import numpy as np
 import torch
 
 from boltzkit._utils import versions
-from boltzkit.bio import metrics
-from boltzkit.bio.baselines import EmbeddingRegressor, NearestNeighbourRetrieval
-from boltzkit.bio.synthetic import benchmark_split
+from boltzkit.bio.spatial import metrics
+from boltzkit.bio.spatial.baselines import EmbeddingRegressor, NearestNeighbourRetrieval
+from boltzkit.bio.spatial.synthetic import benchmark_split
 from boltzkit.datasets import SpatialDataset
-from boltzkit.samplers.stem import Stem
+from boltzkit.bio.spatial.stem import Stem
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LABEL = ("semi-synthetic: real stained-tissue image (scikit-image IHC colon) + procedural images, "

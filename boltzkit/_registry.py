@@ -71,8 +71,11 @@ def register(name: str, *, kinds=("energy",), domains=(), priority: int = 0,
 
 
 def _load_builtin():
-    # importing the samplers package registers every built-in method
+    # importing the samplers package and the bio slices' sampler modules registers every built-in method
     from . import samplers  # noqa: F401
+    from .bio import load_samplers
+
+    load_samplers()
 
 
 def registry() -> dict[str, SamplerSpec]:

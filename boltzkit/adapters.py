@@ -2,7 +2,7 @@
 
 ``bk.sample(obj, ...)`` first asks this registry: the first adapter whose ``predicate(obj)``
 is true converts ``(obj, n_samples, options)`` into ``(target, n_samples, options)``. This is
-how an ``anndata.AnnData`` becomes a :class:`~boltzkit.datasets.single_cell.CellDataset`
+how an ``anndata.AnnData`` becomes a :class:`~boltzkit.bio.single_cell.dataset.CellDataset`
 (``label_key`` and ``layer`` read from the options, per-type counts given as ``n_samples``
 turned into the ``condition`` option) without ``bk.sample`` knowing about AnnData.
 
@@ -29,8 +29,8 @@ Convert = Callable[[Any, Any, dict], "tuple[Any, Any, dict]"]
 
 _ADAPTERS: "list[tuple[Predicate, Convert]]" = []
 # kind -> "module:function" (imported on first use) or a callable
-_WRITERS: "dict[str, Any]" = {"single_cell": "boltzkit.datasets.single_cell:result_to_anndata",
-                              "spatial": "boltzkit.datasets.spatial:result_to_anndata"}
+_WRITERS: "dict[str, Any]" = {"single_cell": "boltzkit.bio.single_cell.dataset:result_to_anndata",
+                              "spatial": "boltzkit.bio.spatial.dataset:result_to_anndata"}
 
 
 def register_adapter(predicate: Predicate, convert: Convert, *, first: bool = True) -> None:
@@ -75,7 +75,7 @@ def anndata_writer(kind: "str | None"):
 
 # ---------------------------------------------------------------------------- built-in: AnnData
 def _is_anndata(obj) -> bool:
-    from .datasets.single_cell import is_anndata
+    from .bio.single_cell.dataset import is_anndata
 
     return is_anndata(obj)
 
@@ -84,7 +84,7 @@ def _anndata_to_cells(adata, n_samples, options: dict):
     """AnnData -> CellDataset: ``label_key`` (kept: the single-cell methods check it),
     ``layer`` (consumed; default "auto": ``layers["counts"]`` when present, else ``X``);
     ``n_samples`` as ``{label: n}`` becomes ``condition``."""
-    from .datasets.single_cell import as_target
+    from .bio.single_cell.dataset import as_target
 
     layer = options.pop("layer", "auto")
     target = as_target(adata, label_key=options.get("label_key"), layer=layer)
@@ -92,7 +92,7 @@ def _anndata_to_cells(adata, n_samples, options: dict):
 
 
 def _is_cell_dataset(obj) -> bool:
-    from .datasets.single_cell import CellDataset
+    from .bio.single_cell.dataset import CellDataset
 
     return isinstance(obj, CellDataset)
 

@@ -3,7 +3,7 @@
 DATA: semi-synthetic. No installable package ships paired tissue images and spot expression,
 so this example uses scikit-image's real IHC colon image (when scikit-image is installed) or a
 procedural H&E-like image, spots on a Visium-like hexagonal grid, and expression drawn from a
-known image-to-expression law (``boltzkit.bio.synthetic``). It is a demonstration of the
+known image-to-expression law (``boltzkit.bio.spatial.synthetic``). It is a demonstration of the
 workflow, not a result on real H&E / spatial transcriptomics data. With your own Visium or
 HEST data, replace the data section by ``SpatialDataset.from_anndata(adata)`` or
 ``SpatialDataset.from_hest(root, sample_id)``.
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 import boltzkit as bk
-from boltzkit.bio import metrics
-from boltzkit.bio.synthetic import make_tissue
+from boltzkit.bio.spatial import metrics
+from boltzkit.bio.spatial.synthetic import make_tissue
 from boltzkit.datasets import SpatialDataset, result_to_anndata
 
 

@@ -126,15 +126,15 @@ def _tiny(name):
         return TR2D2(seed=0, progress=False, n_expansions=4, n_children=8, parallel=2, resample_every=2,
                      n_replicates=2, lr=1e-2, elbo_orders=1), tgt, 3
     if name == "sc_diffusion":
-        from boltzkit.datasets.single_cell import SyntheticCellLaw
-        from boltzkit.samplers.single_cell import SCDiffusion
+        from boltzkit.bio.single_cell.dataset import SyntheticCellLaw
+        from boltzkit.bio.single_cell.diffusion import SCDiffusion
 
         law = SyntheticCellLaw.make(n_types=3, n_genes=8, n_states=3, rank=2, seed=0)
         return SCDiffusion(seed=0, hidden=16, depth=1, sampling_steps=4, batch_size=32), \
             law.dataset(200, seed=1), 3
     if name == "stem":
-        from boltzkit.bio.synthetic import make_tissue
-        from boltzkit.samplers.stem import Stem
+        from boltzkit.bio.spatial.synthetic import make_tissue
+        from boltzkit.bio.spatial.stem import Stem
 
         tissue = make_tissue("procedural", seed=3, size=96, spacing=12.0, patch_size=16, n_genes=4)
         return Stem(seed=1, hidden=16, depth=1, heads=2, sampling_steps=3, encoder="cnn", cnn_dim=8,

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import boltzkit as bk
-from boltzkit.datasets.single_cell import (SyntheticCellLaw, allocate, as_target, log_normalize,
+from boltzkit.bio.single_cell.dataset import (SyntheticCellLaw, allocate, as_target, log_normalize,
                                            pbmc68k, result_to_anndata)
 from boltzkit.errors import ConfigError, DatasetError, TargetError
-from boltzkit.samplers.single_cell import SCDiffusion
+from boltzkit.bio.single_cell.diffusion import SCDiffusion
 from _stats import assert_consistent, assert_rejects, consistent
 
 ad = pytest.importorskip("anndata")
@@ -153,7 +153,7 @@ def test_label_fidelity_under_the_exact_posterior(law, generated):
     wrong = (law.posterior(x).argmax(1) == (codes + 1) % 3).astype(float)
     assert_rejects(wrong.mean(), se, hit_exact.mean(), bias=0.03, what="Bayes label accuracy")
     # a classifier trained on real cells agrees (the metric used on PBMC)
-    from boltzkit.bio.sc_metrics import label_fidelity
+    from boltzkit.bio.single_cell.metrics import label_fidelity
 
     tr = law.dataset(600, seed=21)
     lf = label_fidelity(log_normalize(tr.x), tr.labels, log_normalize(x), labels)
@@ -327,7 +327,7 @@ def test_pbmc_counts_are_integers_and_reproduce_the_stored_values():
 
 # ---------------------------------------------------------------------------- metrics
 def test_two_sample_metrics_against_known_answers():
-    from boltzkit.bio import sc_metrics as m
+    from boltzkit.bio.single_cell import metrics as m
 
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((150, 5)), rng.standard_normal((150, 5))
@@ -351,7 +351,7 @@ def test_two_sample_metrics_against_known_answers():
 
 def test_marker_overlap_and_floor(law):
     pytest.importorskip("scanpy")
-    from boltzkit.bio import sc_metrics as m
+    from boltzkit.bio.single_cell import metrics as m
 
     tr, te = law.dataset(900, seed=7).split(0.3, seed=0)
     genes = law.gene_names
@@ -372,7 +372,7 @@ def test_marker_overlap_and_floor(law):
 
 # ---------------------------------------------------------------------------- baselines
 def test_baselines(law):
-    from boltzkit.bio.sc_baselines import (ConditionalVAEBaseline, GaussianPCABaseline,
+    from boltzkit.bio.single_cell.baselines import (ConditionalVAEBaseline, GaussianPCABaseline,
                                            NegativeBinomialBaseline)
 
     one_state = SyntheticCellLaw(law.mu[:, :1], np.ones((3, 1)), law.theta, law.type_probs)

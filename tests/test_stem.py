@@ -1,7 +1,7 @@
 """Stem (conditional diffusion for spot expression), the spatial loader and the bio helpers.
 
 The statistical test trains a small Stem on a tiny *synthetic* tissue whose law is known
-(boltzkit.bio.synthetic): spots with a hidden state have a bimodal expression law given their
+(boltzkit.bio.spatial.synthetic): spots with a hidden state have a bimodal expression law given their
 patch. The exact truths are the law's mixing probabilities pi(patch) and, from them, the
 binomial probability that k samples show both modes. A deterministic regressor, the negative
 control, cannot show two modes.
@@ -15,13 +15,13 @@ import torch
 from scipy import stats
 
 import boltzkit as bk
-from boltzkit.bio import metrics
-from boltzkit.bio.baselines import EmbeddingRegressor, NearestNeighbourRetrieval
-from boltzkit.bio.encoders import RGB_FROM_HED, StainStatsEncoder, dihedral, stain_concentrations
-from boltzkit.bio.synthetic import make_tissue
+from boltzkit.bio.spatial import metrics
+from boltzkit.bio.spatial.baselines import EmbeddingRegressor, NearestNeighbourRetrieval
+from boltzkit.bio.spatial.encoders import RGB_FROM_HED, StainStatsEncoder, dihedral, stain_concentrations
+from boltzkit.bio.spatial.synthetic import make_tissue
 from boltzkit.datasets import SpatialDataset, result_to_anndata, select_genes
 from boltzkit.errors import ConfigError, DatasetError, IncompatibleMethodError
-from boltzkit.samplers.stem import Stem
+from boltzkit.bio.spatial.stem import Stem
 from _stats import assert_consistent, assert_rejects
 
 GEO = dict(size=160, spacing=10.0, patch_size=20)

@@ -1,22 +1,36 @@
-"""Biology helpers shared by the spatial (Stem) and single-cell generative models.
+"""Biology as vertical slices: each holds its data, domain, IO, metrics, baselines and models.
 
-* :mod:`boltzkit.bio.encoders` -- image encoders for tissue patches;
-* :mod:`boltzkit.bio.metrics` -- PCC, MSE, MAE, relative variance distance, calibration, ARI;
-* :mod:`boltzkit.bio.synthetic` -- semi-synthetic tissue with a known image-to-expression law;
-* :mod:`boltzkit.bio.baselines` -- embedding regressor and nearest-neighbour retrieval;
-* :mod:`boltzkit.bio.sc_metrics` -- single-cell generation metrics with a real-vs-real floor;
-* :mod:`boltzkit.bio.sc_baselines` -- single-cell generation baselines (NB, Gaussian-PCA,
-  conditional VAE, scVI when scvi-tools is installed).
+* :mod:`boltzkit.bio.spatial` -- spatial transcriptomics: :class:`~boltzkit.bio.spatial.dataset.
+  SpatialDataset`, image encoders, semi-synthetic tissue, metrics, baselines and the Stem sampler;
+* :mod:`boltzkit.bio.single_cell` -- single cells: :class:`~boltzkit.bio.single_cell.dataset.
+  CellDataset`, AnnData IO, metrics with a real-vs-real floor, baselines, figures and the
+  ``sc_diffusion`` / ``sc_latent`` samplers.
 
-Submodules are imported on first use.
+The datasets are re-exported by :mod:`boltzkit.datasets` (``bk.datasets``). A slice's sampler
+modules register their methods when imported; the registry imports them (:data:`SAMPLERS`) on
+first use, so ``import boltzkit`` loads none of them. Submodules are imported on first use.
 """
 
 import importlib
 
-__all__ = ["encoders", "metrics", "synthetic", "baselines", "sc_metrics", "sc_baselines"]
+__all__ = ["spatial", "single_cell"]
+
+SAMPLERS = ("spatial.stem", "single_cell.diffusion", "single_cell.latent")  # modules that register
 
 
-def __getattr__(name):
-    if name in __all__:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'boltzkit.bio' has no attribute {name!r}")
+def load_samplers() -> None:
+    """Import the slices' sampler modules (which registers their methods)."""
+    for name in SAMPLERS:
+        importlib.import_module(f".{name}", __name__)
+
+
+def lazy_submodules(package: str, names):
+    """A module ``__getattr__`` importing the submodules ``names`` of ``package`` on first use."""
+    def __getattr__(name):
+        if name in names:
+            return importlib.import_module(f".{name}", package)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    return __getattr__
+
+
+__getattr__ = lazy_submodules(__name__, __all__)

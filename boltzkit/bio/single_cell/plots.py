@@ -1,7 +1,7 @@
 """Figures of generated single cells: the ``sample_plot`` hook of a cells dataset.
 
 :meth:`boltzkit.Result.plot` draws a target's samples through the hook named in its saved
-config (``"sample_plot": "module:function"``); a :class:`~boltzkit.datasets.single_cell.
+config (``"sample_plot": "module:function"``); a :class:`~boltzkit.bio.single_cell.dataset.
 CellDataset` names :func:`cell_sample_plot`, so every generator of cells (``sc_latent``,
 ``sc_diffusion``, ...) gets the same two panels without the plotting code knowing the method:
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..datasets.single_cell import PCABasis, dense_rows, log_normalize
+from .dataset import PCABasis, dense_rows, log_normalize
 
 __all__ = ["cell_sample_plot"]
 
@@ -38,7 +38,7 @@ def _real_cells(target, config: dict):
     with the result's label key and layer; None when no target was given."""
     if target is None:
         return None
-    from ..datasets.single_cell import CellDataset, as_target, is_anndata
+    from .dataset import CellDataset, as_target, is_anndata
 
     if is_anndata(target):
         target = as_target(target, label_key=config.get("label_key"), layer=config.get("layer"))

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..datasets.spatial import SpatialDataset
-from ..errors import ConfigError, DatasetError
+from .dataset import SpatialDataset
+from ...errors import ConfigError, DatasetError
 from .encoders import embed_patches, make_encoder
 
 __all__ = ["EmbeddingRegressor", "NearestNeighbourRetrieval"]

@@ -36,8 +36,8 @@ import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ..datasets.spatial import SpatialDataset, cut_patches, hex_grid
-from ..errors import ConfigError, require
+from .dataset import SpatialDataset, cut_patches, hex_grid
+from ...errors import ConfigError, require
 from .encoders import RGB_FROM_HED, stain_concentrations
 
 __all__ = ["procedural_tissue", "ihc_tissue", "TissueLaw", "SemiSyntheticTissue", "make_tissue",
@@ -45,9 +45,9 @@ __all__ = ["procedural_tissue", "ihc_tissue", "TissueLaw", "SemiSyntheticTissue"
 
 PROVENANCE = {
     "procedural": "fully synthetic: procedural tissue image and synthetic expression from a known "
-                  "law (boltzkit.bio.synthetic)",
+                  "law (boltzkit.bio.spatial.synthetic)",
     "ihc": "semi-synthetic: real stained-tissue image (scikit-image immunohistochemistry(), human "
-           "colon, DAB + hematoxylin), synthetic expression from a known law (boltzkit.bio.synthetic)",
+           "colon, DAB + hematoxylin), synthetic expression from a known law (boltzkit.bio.spatial.synthetic)",
 }
 FEATURES = ("hematoxylin_mean", "dab_mean", "nuclear_fraction", "hematoxylin_texture")
 

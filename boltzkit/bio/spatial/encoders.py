@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, DatasetError
+from ...errors import ConfigError, DatasetError
 
 __all__ = ["ImageEncoder", "StainStatsEncoder", "SmallCNNEncoder", "CallableEncoder",
            "RGB_FROM_HED", "as_float_patches", "optical_density", "stain_concentrations",
@@ -211,7 +211,7 @@ def make_encoder(spec, *, cnn_dim: int = 64):
         return spec
     if callable(spec):
         raise ConfigError("a plain function has no out_dim; wrap it as "
-                          "boltzkit.bio.encoders.CallableEncoder(fn, out_dim=...)")
+                          "boltzkit.bio.spatial.encoders.CallableEncoder(fn, out_dim=...)")
     raise ConfigError(f"encoder must be 'stain', 'cnn', 'precomputed' or an ImageEncoder, "
                       f"got {type(spec).__name__}")
 

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from scipy.special import gammaln, logsumexp
 
-from ..domains.base import Domain
-from ..errors import ConfigError, DatasetError, TargetError, require
-from .spatial import checked_gene_names
+from ...domains.base import Domain
+from ...errors import ConfigError, DatasetError, TargetError, require
+from ..spatial.dataset import checked_gene_names
 
 __all__ = ["CellDataset", "CellExpressionDomain", "SyntheticCellLaw", "pbmc68k", "as_target",
            "is_anndata", "result_to_anndata", "log_normalize", "PCABasis", "allocate",
@@ -347,7 +347,7 @@ class CellDataset:
             test[idx[:k]] = True
         return self.subset(~test, name=f"{self.name}-train"), self.subset(test, name=f"{self.name}-test")
 
-    sample_plot = "boltzkit.bio.sc_plots:cell_sample_plot"  # Result.plot: mean-variance + PCA overlay
+    sample_plot = "boltzkit.bio.single_cell.plots:cell_sample_plot"  # Result.plot: mean-variance + PCA overlay
 
     def to_config(self) -> dict:
         """JSON-able description (stored in ``Result.target``)."""

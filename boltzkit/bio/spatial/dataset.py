@@ -33,8 +33,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..domains.base import Domain
-from ..errors import DatasetError, require
+from ...domains.base import Domain
+from ...errors import DatasetError, require
 
 __all__ = ["ExpressionDomain", "SpatialDataset", "select_genes", "hex_grid", "cut_patches",
            "load_image", "result_to_anndata", "SCALE"]

@@ -34,7 +34,7 @@ with ``y`` the cell type, replaced by a null label with probability ``cond_dropo
 Sampling: ``eps = (1 + w) eps_phi(u, t, y) - w eps_phi(u, t, null)`` (guidance ``w``), then
 ``z, l`` from ``u``, then integer counts ``x_g ~ NB(l rho_g(z, l), theta_g)`` (a gamma-Poisson
 draw). The diffusion core is :class:`~boltzkit.nn.gaussian_diffusion.
-GaussianDiffusion` with the denoiser :class:`~boltzkit.samplers.single_cell.ConditionalMLP`.
+GaussianDiffusion` with the denoiser :class:`~boltzkit.bio.single_cell.diffusion.ConditionalMLP`.
 
 Defaults were chosen by measurement on pbmc68k_reduced (seed-0 split; real-vs-real floor MMD^2
 -0.009, kNN AUC 0.47, logistic AUC 0.47, label accuracy 0.80), first on the autoencoder alone
@@ -53,7 +53,7 @@ What is left is the prior: the autoencoder ceiling (seed 0) is MMD^2 -0.002, log
 1000 or 2000 steps or a 256-wide, 3-deep denoiser alike (3-seed benchmark: logistic AUC 0.58
 vs NB 0.49).
 
-Data. Counts in, counts out: a counts :class:`~boltzkit.datasets.single_cell.CellDataset`
+Data. Counts in, counts out: a counts :class:`~boltzkit.bio.single_cell.dataset.CellDataset`
 (from ``bk.sample(adata, label_key=...)``, which reads ``layers["counts"]`` when present);
 a sparse matrix stays sparse -- only mini-batches of rows are densified.
 
@@ -72,7 +72,7 @@ Known failure modes.
   the encoder sharpen until it stores count noise again (pbmc68k, 1500 instead of 800 steps:
   median dispersion theta 284 instead of 27, ceiling MMD^2 0.015 instead of -0.002); too large a
   latent leaves the prior with too few cells per dimension. Check ``result.history``.
-* No likelihood or log Z: evaluate against held-out cells (:mod:`boltzkit.bio.sc_metrics`).
+* No likelihood or log Z: evaluate against held-out cells (:mod:`boltzkit.bio.single_cell.metrics`).
 """
 
 from __future__ import annotations
@@ -85,17 +85,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._registry import register
-from ..datasets.single_cell import (TARGET_SUM, CellDataset, CellExpressionDomain,
+from ..._registry import register
+from .dataset import (TARGET_SUM, CellDataset, CellExpressionDomain,
                                     dense_rows, var_to_json)
-from ..errors import ConfigError, DatasetError, TargetError
-from ..result import Result
-from ..nn.ema import EMA
-from ..nn.gaussian_diffusion import (DiffusionOptions, GaussianDiffusion, check_diffusion_options,
+from ...errors import ConfigError, DatasetError, TargetError
+from ...result import Result
+from ...nn.ema import EMA
+from ...nn.gaussian_diffusion import (DiffusionOptions, GaussianDiffusion, check_diffusion_options,
                                          check_guidance_options, optimize_denoiser)
-from .._utils import check_fraction
-from .base import SamplerConfig, TrainableSampler, _check_count
-from .single_cell import ConditionalMLP, SCDiffusion, _check_condition_type
+from ..._utils import check_fraction
+from ...samplers.base import SamplerConfig, TrainableSampler, _check_count
+from .diffusion import ConditionalMLP, SCDiffusion, _check_condition_type
 
 __all__ = ["SCLatentDiffusion", "SCLatentDiffusionConfig", "NBAutoencoder", "nb_log_prob", "sample_nb"]
 
@@ -254,7 +254,7 @@ class SCLatentDiffusion(TrainableSampler):
     Examples
     --------
     >>> import boltzkit as bk
-    >>> from boltzkit.datasets.single_cell import pbmc68k
+    >>> from boltzkit.bio.single_cell.dataset import pbmc68k
     >>> res = bk.sample(pbmc68k(), label_key="bulk_labels", n_samples={"CD19+ B": 200}, seed=0)
     >>> adata = res.to_anndata()   # counts in layers["counts"], scanpy-log-normalised X
     """
@@ -274,7 +274,7 @@ class SCLatentDiffusion(TrainableSampler):
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None, checkpoint_every: int = 100):
         """Train on a counts :class:`CellDataset` (or an AnnData with ``label_key`` in the config)
         for ``n_steps`` total steps: the first ``ae_steps`` train the autoencoder, the rest the prior."""
-        from .single_cell import _as_dataset
+        from .diffusion import _as_dataset
 
         target = _as_dataset(target, self.config.label_key)
         return super().fit(target, n_steps=n_steps, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
@@ -304,7 +304,7 @@ class SCLatentDiffusion(TrainableSampler):
     def _setup(self, target) -> None:
         if not isinstance(target, CellDataset):
             raise TargetError(f"'sc_latent' trains on a CellDataset, got {type(target).__name__}; "
-                              "build one with bk.datasets.single_cell.as_target(adata, label_key=..., layer='counts')")
+                              "build one with bk.datasets.as_target(adata, label_key=..., layer='counts')")
         why = _needs_counts(target)
         if why is not None:
             raise DatasetError(f"'sc_latent' {why}")

@@ -28,7 +28,7 @@ depth 12, 6 heads, the configuration of the reference scripts (200 genes, 1536-d
 embeddings, 1000 ancestral steps, 20 samples per spot, ~300k steps at batch 256 on a GPU).
 The paper's foundation-model encoders are gated downloads and are not used here; pass your
 own encoder object or precomputed embeddings (``encoder="precomputed"``). The default encoder
-is the offline :class:`~boltzkit.bio.encoders.StainStatsEncoder`.
+is the offline :class:`~boltzkit.bio.spatial.encoders.StainStatsEncoder`.
 
 Measured (``benchmarks/stem_spatial.py``; SEMI-SYNTHETIC data: real IHC colon image + procedural
 images, expression from a known law -- not real H&E / ST data; 32 genes, 1229 train / 535
@@ -77,15 +77,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._registry import register
-from ..bio.encoders import dihedral, embed_patches, make_encoder
-from ..datasets.spatial import SCALE, ExpressionDomain, SpatialDataset
-from ..errors import ConfigError, DatasetError, TargetError
-from ..result import Result
-from ..nn.ema import EMA
-from ..nn.gaussian_diffusion import DiffusionOptions, GaussianDiffusion, check_diffusion_options, optimize_denoiser
-from ..nn.time_embedding import SinusoidalTimeEmbedding
-from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
+from ..._registry import register
+from .encoders import dihedral, embed_patches, make_encoder
+from .dataset import SCALE, ExpressionDomain, SpatialDataset
+from ...errors import ConfigError, DatasetError, TargetError
+from ...result import Result
+from ...nn.ema import EMA
+from ...nn.gaussian_diffusion import DiffusionOptions, GaussianDiffusion, check_diffusion_options, optimize_denoiser
+from ...nn.time_embedding import SinusoidalTimeEmbedding
+from ...samplers.base import SamplerConfig, TrainableSampler, _check_count, check_choice
 
 __all__ = ["Stem", "StemConfig", "GeneTokenDiT", "SIZES"]
 
@@ -190,7 +190,7 @@ class StemConfig(DiffusionOptions, SamplerConfig):
     hidden, depth, heads : override the size preset.
     mlp_ratio : transformer MLP width / hidden.
     encoder : "stain" (default), "cnn" (trained jointly), "precomputed" (the dataset's
-        ``embeddings``) or an :class:`~boltzkit.bio.encoders.ImageEncoder` object.
+        ``embeddings``) or an :class:`~boltzkit.bio.spatial.encoders.ImageEncoder` object.
     cnn_dim : embedding width of the "cnn" encoder.
     augment : train on random dihedral transforms of the patches (Stem).
     n_steps, batch_size, lr, weight_decay, grad_clip, ema_decay : AdamW training
@@ -260,7 +260,7 @@ class Stem(TrainableSampler):
     Examples
     --------
     >>> import boltzkit as bk
-    >>> from boltzkit.bio.synthetic import make_tissue
+    >>> from boltzkit.bio.spatial.synthetic import make_tissue
     >>> train = make_tissue("procedural", seed=1).dataset                  # doctest: +SKIP
     >>> test = make_tissue("procedural", seed=2).dataset                   # doctest: +SKIP
     >>> res = bk.sample(train, condition=test, n_samples=20, seed=0)       # doctest: +SKIP

@@ -26,7 +26,7 @@ representation of the training matrix (log-normalised values, or integer counts 
 inverting ``log1p`` and rounding), with the genes, the requested label of every cell and the
 label key in ``result.config``; ``log_z`` is None. ``condition``: None (every label in the
 training proportions), one label, or ``{label: n_cells}`` (then ``n_samples`` is not used).
-:func:`boltzkit.datasets.single_cell.result_to_anndata` gives the AnnData.
+:func:`boltzkit.bio.single_cell.dataset.result_to_anndata` gives the AnnData.
 
 Known failure modes.
 
@@ -38,7 +38,7 @@ Known failure modes.
 * Guidance ``w > 0`` raises label fidelity but shrinks within-type variance (over-confident,
   too-typical cells); distribution metrics then get worse.
 * Too few training steps leave cells over-dispersed; compare with the real-vs-real noise floor
-  (:mod:`boltzkit.bio.sc_metrics`) and look at ``result.history``.
+  (:mod:`boltzkit.bio.single_cell.metrics`) and look at ``result.history``.
 * There is no likelihood or log Z; evaluate against held-out cells.
 """
 
@@ -53,17 +53,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._registry import register
-from ..datasets.single_cell import (ANNDATA_KIND, CellDataset, CellExpressionDomain, PCABasis, allocate,
+from ..._registry import register
+from .dataset import (ANNDATA_KIND, CellDataset, CellExpressionDomain, PCABasis, allocate,
                                     var_to_json)
-from ..errors import ConfigError, DatasetError, TargetError
-from ..result import Result
-from ..nn.ema import EMA
-from ..nn.gaussian_diffusion import (DiffusionOptions, GaussianDiffusion, check_diffusion_options,
+from ...errors import ConfigError, DatasetError, TargetError
+from ...result import Result
+from ...nn.ema import EMA
+from ...nn.gaussian_diffusion import (DiffusionOptions, GaussianDiffusion, check_diffusion_options,
                                          check_guidance_options, optimize_denoiser)
-from ..nn.time_embedding import SinusoidalTimeEmbedding
-from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
-from .stem import GeneTokenDiT
+from ...nn.time_embedding import SinusoidalTimeEmbedding
+from ...samplers.base import SamplerConfig, TrainableSampler, _check_count, check_choice
+from ..spatial.stem import GeneTokenDiT
 
 __all__ = ["SCDiffusion", "SCDiffusionConfig", "ConditionalMLP"]
 
@@ -238,11 +238,11 @@ class SCDiffusion(TrainableSampler):
     Examples
     --------
     >>> import boltzkit as bk
-    >>> from boltzkit.datasets.single_cell import pbmc68k, as_target
+    >>> from boltzkit.bio.single_cell.dataset import pbmc68k, as_target
     >>> adata = pbmc68k()                                                    # doctest: +SKIP
     >>> ds = as_target(adata, label_key="bulk_labels")                       # doctest: +SKIP
     >>> res = bk.sample(ds, n_samples=700, seed=0)                           # doctest: +SKIP
-    >>> gen = bk.datasets.single_cell.result_to_anndata(res)                 # doctest: +SKIP
+    >>> gen = res.to_anndata()                                                # doctest: +SKIP
     """
 
     Config = SCDiffusionConfig
@@ -257,7 +257,7 @@ class SCDiffusion(TrainableSampler):
         return int(self.config.n_steps)
 
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None, checkpoint_every: int = 100):
-        """Train on a :class:`~boltzkit.datasets.single_cell.CellDataset` (or an AnnData with
+        """Train on a :class:`~boltzkit.bio.single_cell.dataset.CellDataset` (or an AnnData with
         ``label_key`` set in the config) until ``n_steps`` total steps."""
         target = _as_dataset(target, self.config.label_key)
         self._n_total = self.default_n_steps() if n_steps is None else n_steps
@@ -284,7 +284,7 @@ class SCDiffusion(TrainableSampler):
     def _setup(self, target) -> None:
         if not isinstance(target, CellDataset):
             raise TargetError(f"'sc_diffusion' trains on a CellDataset, got {type(target).__name__}; "
-                              "build one with bk.datasets.single_cell.as_target(adata, label_key=...)")
+                              "build one with bk.datasets.as_target(adata, label_key=...)")
         if target.n_cells < 2:
             raise DatasetError(f"dataset {target.name!r} has {target.n_cells} cell(s); need >= 2")
         self._resolve_condition(self.config.condition, target.categories,  # bad labels fail here
@@ -510,7 +510,7 @@ class SCDiffusion(TrainableSampler):
 
 
 def _as_dataset(target, label_key):
-    from ..datasets.single_cell import as_target, is_anndata
+    from .dataset import as_target, is_anndata
 
     if is_anndata(target) or isinstance(target, CellDataset):
         return as_target(target, label_key=label_key)

@@ -7,11 +7,11 @@ r"""Baselines for cell-type-conditional single-cell generation (compare with ``"
 * :class:`ConditionalVAEBaseline` -- a small conditional VAE with a negative-binomial decoder
   (scVI-like): sample ``z ~ N(0, I)``, decode with the label, draw NB counts.
 
-Every baseline has ``fit(dataset)`` (a :class:`~boltzkit.datasets.single_cell.CellDataset`) and
+Every baseline has ``fit(dataset)`` (a :class:`~boltzkit.bio.single_cell.dataset.CellDataset`) and
 ``generate(cells_per_label) -> (x, labels)`` with ``x`` in the dataset's representation. The
 count models need counts: a counts dataset, or a log-normalised one with ``size_factors``
 (counts are then rebuilt as ``round(expm1(x) * size_factor / 1e4)``, exact for
-:func:`~boltzkit.datasets.single_cell.pbmc68k`).
+:func:`~boltzkit.bio.single_cell.dataset.pbmc68k`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..datasets.single_cell import TARGET_SUM, CellDataset, PCABasis, dense_rows, log_normalize, row_sums
-from ..errors import ConfigError, DatasetError, TrainingDivergedError
+from .dataset import TARGET_SUM, CellDataset, PCABasis, dense_rows, log_normalize, row_sums
+from ...errors import ConfigError, DatasetError, TrainingDivergedError
 
 __all__ = ["GaussianPCABaseline", "NegativeBinomialBaseline", "ConditionalVAEBaseline", "ScVIBaseline"]
 
@@ -32,7 +32,7 @@ __all__ = ["GaussianPCABaseline", "NegativeBinomialBaseline", "ConditionalVAEBas
 def _check(ds):
     if not isinstance(ds, CellDataset):
         raise DatasetError(f"baselines fit a CellDataset, got {type(ds).__name__}; build one with "
-                           "bk.datasets.single_cell.as_target(adata, label_key=...)")
+                           "bk.datasets.as_target(adata, label_key=...)")
 
 
 def _per_label(spec, categories) -> np.ndarray:
@@ -286,7 +286,7 @@ class ScVIBaseline:
         try:
             import scvi
         except ImportError as exc:  # optional: scvi-tools is not a boltzkit dependency
-            from ..errors import MissingDependencyError
+            from ...errors import MissingDependencyError
 
             raise MissingDependencyError("the scVI baseline needs scvi-tools: pip install scvi-tools") from exc
         import logging
