@@ -34,7 +34,7 @@ with ``y`` the cell type, replaced by a null label with probability ``cond_dropo
 Sampling: ``eps = (1 + w) eps_phi(u, t, y) - w eps_phi(u, t, null)`` (guidance ``w``), then
 ``z, l`` from ``u``, then integer counts ``x_g ~ NB(l rho_g(z, l), theta_g)`` (a gamma-Poisson
 draw). The diffusion core is :class:`~boltzkit.nn.gaussian_diffusion.
-GaussianDiffusion` with the denoiser :class:`~boltzkit.bio.single_cell.diffusion.ConditionalMLP`.
+GaussianDiffusion` with the denoiser :class:`~boltzkit.bio.generative.ConditionalMLP`.
 
 Defaults were chosen by measurement on pbmc68k_reduced (seed-0 split; real-vs-real floor MMD^2
 -0.009, kNN AUC 0.47, logistic AUC 0.47, label accuracy 0.80), first on the autoencoder alone
@@ -79,42 +79,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..._registry import register
-from .dataset import (TARGET_SUM, CellDataset, CellExpressionDomain,
-                                    dense_rows, var_to_json)
-from ...errors import ConfigError, DatasetError, TargetError
+from ..._utils import check_count, check_fraction
+from ...errors import DatasetError
 from ...result import Result
-from ...nn.ema import EMA
-from ...nn.gaussian_diffusion import (DiffusionOptions, GaussianDiffusion, check_diffusion_options,
-                                         check_guidance_options, optimize_denoiser)
-from ..._utils import check_fraction
-from ...samplers.base import SamplerConfig, TrainableSampler, _check_count
-from .diffusion import ConditionalMLP, SCDiffusion, _check_condition_type
+from ...samplers.base import check_number
+from ..generative import ConditionalMLP
+from .dataset import TARGET_SUM, CellExpressionDomain, dense_rows
+from .generator import CellGenerator, CellGeneratorOptions
+from .nb import nb_log_prob, sample_nb
 
-__all__ = ["SCLatentDiffusion", "SCLatentDiffusionConfig", "NBAutoencoder", "nb_log_prob", "sample_nb"]
-
-_NO_LOG_Z = ("sc_latent is a conditional generative model of data: there is no energy and no "
-             "normalizing constant to estimate")
-
-
-def nb_log_prob(x, mu, theta, eps: float = 1e-8):
-    """log NB(x; mean ``mu``, inverse dispersion ``theta``), elementwise (torch)."""
-    log_t_mu = torch.log(theta + mu + eps)
-    return (torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)
-            + theta * (torch.log(theta + eps) - log_t_mu) + x * (torch.log(mu + eps) - log_t_mu))
-
-
-def sample_nb(mu, theta, generator=None):
-    """Integer draws of NB(mean ``mu``, inverse dispersion ``theta``) as gamma-Poisson."""
-    theta = theta.expand_as(mu).contiguous()
-    lam = torch._standard_gamma(theta, generator=generator) * mu / theta
-    return torch.poisson(lam, generator=generator)
+__all__ = ["SCLatentDiffusion", "SCLatentDiffusionConfig", "NBAutoencoder"]
 
 
 class NBAutoencoder(nn.Module):
@@ -168,15 +148,13 @@ class NBAutoencoder(nn.Module):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SCLatentDiffusionConfig(DiffusionOptions, SamplerConfig):
-    """Options of :class:`SCLatentDiffusion`.
+class SCLatentDiffusionConfig(CellGeneratorOptions):
+    """Options of :class:`SCLatentDiffusion` (and those of
+    :class:`~boltzkit.bio.single_cell.generator.CellGeneratorOptions`: ``label_key``,
+    ``condition``, ``guidance``, ``cond_dropout``, ``batch_size``, ``lr_min``).
 
     Attributes
     ----------
-    label_key : str, optional
-        ``obs`` column of the cell types (``bk.sample(adata, label_key=...)``).
-    condition : None, str or {label: int}
-        What :meth:`SCLatentDiffusion.sample` generates (as for ``sc_diffusion``).
     latent : latent dimension of the autoencoder.
     ae_hidden, ae_steps, ae_lr, ae_kl, ae_dropout : autoencoder width, training steps, learning
         rate, KL weight ``beta`` and input dropout.
@@ -186,17 +164,14 @@ class SCLatentDiffusionConfig(DiffusionOptions, SamplerConfig):
     library_input : the decoder sees ``log l`` besides ``z``.
     ae_labels : label-conditional encoder and decoder (a conditional VAE).
     prior_posterior_draws : fit the prior to draws ``z ~ q(z | x)`` (else to the means).
-    hidden, depth, mlp_ratio : prior denoiser (:class:`ConditionalMLP`).
+    hidden, depth, mlp_ratio : prior denoiser (:class:`~boltzkit.bio.generative.ConditionalMLP`).
     n_steps : prior training steps (the total training is ``ae_steps + n_steps``).
-    guidance, cond_dropout : classifier-free guidance weight ``w >= 0`` and label dropout.
-    batch_size, lr, lr_min, weight_decay, grad_clip, ema_decay : prior training (AdamW, cosine).
+    lr, weight_decay, grad_clip, ema_decay : prior training (AdamW, cosine decay to ``lr_min``).
     n_timesteps, schedule, parametrization, variance, sampler, sampling_steps, ddim_eta : the
-        diffusion (see :class:`GaussianDiffusion`).
+        diffusion (see :class:`~boltzkit.nn.gaussian_diffusion.GaussianDiffusion`).
     sample_batch_size : cells per sampling chunk.
     """
 
-    label_key: "str | None" = None
-    condition: Any = None
     latent: int = 16
     ae_hidden: int = 256
     ae_steps: int = 800
@@ -212,30 +187,18 @@ class SCLatentDiffusionConfig(DiffusionOptions, SamplerConfig):
     depth: int = 2
     mlp_ratio: float = 2.0
     n_steps: int = 1000
-    guidance: float = 0.0
-    cond_dropout: float = 0.1
-    batch_size: int = 128
-    lr_min: float = 1e-4
     sampling_steps: "int | None" = None  # all n_timesteps: 100 respaced steps cost MMD^2 (measured)
 
     def __post_init__(self):
-        for name in ("latent", "ae_hidden", "hidden", "depth", "n_steps", "batch_size", "n_timesteps",
-                     "sample_batch_size"):
-            _check_count(name, getattr(self, name))
-        _check_count("ae_steps", self.ae_steps, minimum=0)
-        _check_count("sampling_steps", self.sampling_steps, allow_none=True)
-        for name in ("lr_min", "ae_lr", "ae_theta_lr"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
-                raise ConfigError(f"{name} must be a positive number, got {v!r}")
-        if not (isinstance(self.ae_kl, (int, float)) and self.ae_kl >= 0):
-            raise ConfigError(f"ae_kl must be a number >= 0, got {self.ae_kl!r}")
+        for name in ("latent", "ae_hidden", "hidden", "depth", "n_steps"):
+            check_count(name, getattr(self, name))
+        check_count("ae_steps", self.ae_steps, minimum=0)
+        check_number("ae_lr", self.ae_lr)
+        check_number("ae_theta_lr", self.ae_theta_lr)
+        check_number("ae_kl", self.ae_kl, allow_zero=True)
         check_fraction("ae_dropout", self.ae_dropout)
-        if not (isinstance(self.ae_kl_warmup, (int, float)) and 0.0 <= self.ae_kl_warmup <= 1.0):
-            raise ConfigError(f"ae_kl_warmup must be a fraction in [0, 1], got {self.ae_kl_warmup!r}")
-        check_guidance_options(self)
-        check_diffusion_options(self)
-        _check_condition_type(self.condition)
+        check_number("ae_kl_warmup", self.ae_kl_warmup, allow_zero=True, upper=1.0)
+        super().__post_init__()
 
 
 def _needs_counts(target) -> "str | None":
@@ -248,7 +211,7 @@ def _needs_counts(target) -> "str | None":
 @register("sc_latent", kinds=("dataset",), domains=(CellExpressionDomain,), priority=20,
           provides_log_z=False, supports=_needs_counts,
           paper="CFGen (Palma et al., ICLR 2025) / scDiffusion / scLDM: NB autoencoder + latent diffusion")
-class SCLatentDiffusion(TrainableSampler):
+class SCLatentDiffusion(CellGenerator):
     """Cell-type-conditional generation of integer counts: NB autoencoder + latent diffusion prior.
 
     Examples
@@ -261,85 +224,45 @@ class SCLatentDiffusion(TrainableSampler):
 
     Config = SCLatentDiffusionConfig
     default_n_samples = 1000
-
-    def __init__(self, config=None, /, **kw):
-        super().__init__(config, **kw)
-        self.model = None
-        self.ae = None
-        self.info: dict = {}
+    dim_key = "n_genes"
+    as_target_hint = "label_key=..., layer='counts'"
+    unsuitable = staticmethod(_needs_counts)
+    components = ("ae", "ae_opt", "model", "ema", "opt")
 
     def default_n_steps(self) -> int:
+        """The autoencoder's steps (``ae_steps``), then the prior's (``n_steps``)."""
         return int(self.config.ae_steps + self.config.n_steps)
-
-    def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None, checkpoint_every: int = 100):
-        """Train on a counts :class:`CellDataset` (or an AnnData with ``label_key`` in the config)
-        for ``n_steps`` total steps: the first ``ae_steps`` train the autoencoder, the rest the prior."""
-        from .diffusion import _as_dataset
-
-        target = _as_dataset(target, self.config.label_key)
-        return super().fit(target, n_steps=n_steps, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
 
     # ------------------------------------------------------------------ setup
     def _build(self, n_genes: int, n_labels: int) -> None:
         cfg = self.config
-        seed = int(torch.randint(0, 2**62, (1,), generator=self.gens["init"], device=self.device))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with self._seeded_init():
             self.ae = NBAutoencoder(n_genes, cfg.latent, cfg.ae_hidden, cfg.ae_dropout,
                                     cfg.library_input, n_labels if cfg.ae_labels else 0).to(self.device)
-            self.model = ConditionalMLP(cfg.latent + 1, n_labels, cfg.hidden, cfg.depth, cfg.mlp_ratio,
-                                        cfg.variance == "learned_range").to(self.device)
+            prior = ConditionalMLP(cfg.latent + 1, n_labels, cfg.hidden, cfg.depth, cfg.mlp_ratio,
+                                   cfg.variance == "learned_range")
         # the dispersions get a 10x learning rate: with Adam a parameter moves ~lr per step, and
         # log theta must travel several units (theta from 0.1 to 1e3 across genes)
         nets = [p for n, p in self.ae.named_parameters() if n != "log_theta"]
         self.ae_opt = torch.optim.Adam([{"params": nets}, {"params": [self.ae.log_theta], "lr": cfg.ae_theta_lr * cfg.ae_lr}],
                                        lr=cfg.ae_lr)
-        self.ema = EMA(self.model, cfg.ema_decay)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.diffusion = GaussianDiffusion.from_schedule(cfg.schedule, cfg.n_timesteps,
-                                                         parametrization=cfg.parametrization,
-                                                         variance=cfg.variance)
-        self.info["n_params"] = int(sum(p.numel() for m in (self.ae, self.model) for p in m.parameters()))
+        self._denoiser_parts(prior, self.ae)
 
-    def _setup(self, target) -> None:
-        if not isinstance(target, CellDataset):
-            raise TargetError(f"'sc_latent' trains on a CellDataset, got {type(target).__name__}; "
-                              "build one with bk.datasets.as_target(adata, label_key=..., layer='counts')")
-        why = _needs_counts(target)
-        if why is not None:
-            raise DatasetError(f"'sc_latent' {why}")
-        if target.n_cells < 2:
-            raise DatasetError(f"dataset {target.name!r} has {target.n_cells} cell(s); need >= 2")
-        cats = list(target.categories)
-        SCDiffusion._resolve_condition(self.config.condition, cats, getattr(target, "empty_categories", ()))
+    def _setup_cells(self, target) -> None:
         lib = target.library_sizes()
         if (lib <= 0).any():
             raise DatasetError(f"{int((lib <= 0).sum())} cell(s) have no counts in any gene; remove them "
                                "(sc.pp.filter_cells(adata, min_counts=1))")
-        self.info = {"gene_names": list(target.gene_names), "categories": cats,
-                     "label_key": target.label_key, "representation": "counts", "layer": target.layer,
-                     "uns_log1p": target.uns_log1p,
-                     "empty_categories": list(getattr(target, "empty_categories", [])),
-                     "proportions": [float(p) for p in np.bincount(target.codes, minlength=len(cats))
-                                     / target.n_cells],
-                     "train_target": target.to_config(), "provenance": target.provenance,
-                     "var": var_to_json(getattr(target, "var", None)),
-                     "n_genes": int(target.n_genes)}
+        self.info["n_genes"] = int(target.n_genes)
         self._x = target.x  # dense or CSR; mini-batches are densified in _batch
         self._lib = torch.as_tensor(lib, dtype=torch.float32, device=self.device)
-        self._y = torch.as_tensor(target.codes, device=self.device)
         self._u0 = None
-        self._build(target.n_genes, len(cats))
+        self._build(target.n_genes, len(target.categories))
 
     def _batch(self, idx: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(dense_rows(self._x, idx.cpu().numpy(), np.float32), device=self.device)
 
     # ------------------------------------------------------------------ training
-    def _lr(self) -> float:
-        cfg = self.config
-        frac = min((self.step - cfg.ae_steps) / max(cfg.n_steps, 1), 1.0)
-        return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * max(frac, 0.0)))
-
     def train_step(self) -> dict:
         return self._ae_step() if self.step < self.config.ae_steps else self._prior_step()
 
@@ -386,28 +309,18 @@ class SCLatentDiffusion(TrainableSampler):
         self._u_sd = sd / self.u_std
 
     def _prior_step(self) -> dict:
-        cfg, g, dev = self.config, self.gens["train"], self.device
+        g = self.gens["train"]
         if self._u0 is None:
             self._encode_all()
-        self.model.train()
-        idx = torch.randint(0, self._u0.shape[0], (cfg.batch_size,), generator=g, device=dev)
-        u0, y = self._u0[idx], self._y[idx]
+        idx = torch.randint(0, self._u0.shape[0], (self.config.batch_size,), generator=g, device=self.device)
+        u0 = self._u0[idx]
         if self.config.prior_posterior_draws:
-            u0 = u0 + self._u_sd[idx] * torch.randn(u0.shape, generator=g, device=dev)
-        if cfg.cond_dropout > 0:
-            drop = torch.rand(cfg.batch_size, generator=g, device=dev) < cfg.cond_dropout
-            y = torch.where(drop, torch.full_like(y, len(self.info["categories"])), y)
-        for group in self.opt.param_groups:
-            group["lr"] = self._lr()
-        net = self.model
-        return optimize_denoiser(self.diffusion, lambda x, s: net(x, s, y), u0, generator=g,
-                                 optimizer=self.opt, model=self.model, ema=self.ema, grad_clip=cfg.grad_clip)
+            u0 = u0 + self._u_sd[idx] * torch.randn(u0.shape, generator=g, device=self.device)
+        y = self._drop_labels(self._y[idx])
+        self._set_lr((self.step - self.config.ae_steps) / max(self.config.n_steps, 1))
+        return self._denoiser_step(self.model, u0, y)
 
     # ------------------------------------------------------------------ sampling
-    _label_counts, sample = SCDiffusion._label_counts, SCDiffusion.sample
-    _resolve_condition = staticmethod(SCDiffusion._resolve_condition)
-    _denoiser = SCDiffusion._denoiser
-
     @torch.no_grad()
     def generate(self, n_samples: "int | None" = None, condition=None) -> Result:
         """Generate integer counts.
@@ -430,52 +343,28 @@ class SCLatentDiffusion(TrainableSampler):
         self._require_model()
         if self._u0 is None:
             self._encode_all()
-        cfg, g = self.config, self.gens["sample"]
         self.ae.eval()
         theta = torch.exp(self.ae.log_theta)
 
         def draw(y):
-            u = self.diffusion.sample(self._denoiser(y), (y.numel(), cfg.latent + 1), method=cfg.sampler,
-                                      n_steps=cfg.sampling_steps, eta=cfg.ddim_eta, generator=g,
-                                      device=self.device)
-            u = u * self.u_std + self.u_mean
+            u = self._draw(self._denoiser(y), (y.numel(), self.config.latent + 1)) * self.u_std + self.u_mean
             z, lib = u[:, :-1], torch.exp(u[:, -1].clamp(max=float(torch.log(self._lib.max())) + 1.0))
-            return sample_nb(lib[:, None] * self.ae.rho(z, lib, y), theta, g)
+            return sample_nb(lib[:, None] * self.ae.rho(z, lib, y), theta, self.gens["sample"])
 
-        return SCDiffusion._generate(self, n_samples, condition, draw, "counts")
+        return self._generate(n_samples, condition, draw, "counts")
 
     # ------------------------------------------------------------------ persistence
-    components = ("ae", "ae_opt", "model", "ema", "opt")
-
     def _extra_state(self) -> dict:
-        if self.model is None:
-            raise ConfigError("SCLatentDiffusion has no model to save: call fit(dataset) first")
-        st = {"info": dict(self.info), "lib": self._lib.cpu(), "codes": self._y.cpu()}
+        st = {**super()._extra_state(), "lib": self._lib.cpu(), "codes": self._y.cpu()}
         if self._u0 is not None:
             st.update(u0=self._u0.cpu(), u_sd=self._u_sd.cpu(), u_mean=self.u_mean.cpu(), u_std=self.u_std.cpu())
         return st
 
     def _load_extra_state(self, state: dict) -> None:
-        self.info = dict(state["info"])
+        super()._load_extra_state(state)
         self._lib = state["lib"].to(self.device)
         self._y = state["codes"].to(self.device)
         if "u0" in state:
             self._u0 = state["u0"].to(self.device)
             self.u_mean, self.u_std = state["u_mean"].to(self.device), state["u_std"].to(self.device)
             self._u_sd = state.get("u_sd", torch.zeros_like(state["u0"])).to(self.device)
-
-    def save(self, path) -> None:
-        """Write the trained model (both networks, EMA, optimizers, genes, labels); atomic."""
-        self.save_checkpoint(path)
-
-    @classmethod
-    def load(cls, path, *, device="auto", progress=None) -> "SCLatentDiffusion":
-        """Load a model written by :meth:`save` (``torch.load(weights_only=True)``); it can
-        generate but not resume training on the (not stored) count matrix."""
-        state = cls._read_saved_model(path)
-        obj = cls(cls._saved_config(state), device=device, seed=state["seed"], progress=progress)
-        info = state["sampler"]["info"]
-        obj.info = dict(info)
-        obj._build(info["n_genes"], len(info["categories"]))
-        obj.load_state_dict(state)
-        return obj

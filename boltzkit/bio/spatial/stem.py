@@ -74,106 +74,23 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..._registry import register
-from .encoders import dihedral, embed_patches, make_encoder
-from .dataset import SCALE, ExpressionDomain, SpatialDataset
+from ..._utils import check_count
 from ...errors import ConfigError, DatasetError, TargetError
+from ...nn.gaussian_diffusion import DiffusionOptions, check_diffusion_options
 from ...result import Result
-from ...nn.ema import EMA
-from ...nn.gaussian_diffusion import DiffusionOptions, GaussianDiffusion, check_diffusion_options, optimize_denoiser
-from ...nn.time_embedding import SinusoidalTimeEmbedding
-from ...samplers.base import SamplerConfig, TrainableSampler, _check_count, check_choice
+from ...samplers.base import SamplerConfig, check_choice
+from ..generative import DataDiffusionSampler, GeneTokenDiT
+from .dataset import SCALE, ExpressionDomain, SpatialDataset
+from .encoders import dihedral, embed_patches, make_encoder
 
-__all__ = ["Stem", "StemConfig", "GeneTokenDiT", "SIZES"]
+__all__ = ["Stem", "StemConfig", "SIZES"]
 
 SIZES = {"cpu": {"hidden": 64, "depth": 2, "heads": 4},
          "paper": {"hidden": 384, "depth": 12, "heads": 6}}
 _ENCODER_NAMES = ("stain", "cnn", "precomputed")
-_NO_LOG_Z = ("Stem is a conditional generative model of data: there is no energy and no "
-             "normalizing constant to estimate")
-
-
-# ---------------------------------------------------------------------------- the network
-def _modulate(h, shift, scale):
-    return h * (1 + scale) + shift
-
-
-class _AdaLNZeroBlock(nn.Module):
-    """Transformer block whose LayerNorm shift/scale and residual gates come from the condition
-    (DiT adaLN-Zero: the modulation starts at zero, so each block starts as the identity)."""
-
-    def __init__(self, hidden: int, heads: int, mlp_ratio: float):
-        super().__init__()
-        self.heads = heads
-        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.qkv = nn.Linear(hidden, 3 * hidden)
-        self.proj = nn.Linear(hidden, hidden)
-        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        width = int(hidden * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(hidden, width), nn.GELU(approximate="tanh"),
-                                 nn.Linear(width, hidden))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)
-
-    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c)[:, None].chunk(6, dim=-1)
-        a = _modulate(self.norm1(h), sh1, sc1)
-        b, n, d = a.shape
-        q, k, v = self.qkv(a).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        att = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
-        h = h + g1 * self.proj(att)
-        return h + g2 * self.mlp(_modulate(self.norm2(h), sh2, sc2))
-
-
-class GeneTokenDiT(nn.Module):
-    """Stem's denoiser: one token per gene, adaLN-Zero conditioning on time + image embedding.
-
-    Token ``g`` = learned gene vector + MLP(noisy value ``x_g``); no positional encoding (the
-    gene vector identifies the gene). Condition = sinusoidal embedding of the step index + MLP
-    of the image embedding. Output ``(B, 2, G)`` (prediction and variance value) with
-    ``learn_sigma``, else ``(B, G)``; it starts at exactly zero.
-
-    Parameters
-    ----------
-    n_genes, cond_dim : int
-        Number of genes (tokens) and width of the image embedding.
-    hidden, depth, heads : int
-        Transformer width, number of blocks and attention heads (``hidden % heads == 0``).
-    mlp_ratio : float
-    learn_sigma : bool
-    """
-
-    def __init__(self, n_genes: int, cond_dim: int, hidden: int = 64, depth: int = 3, heads: int = 4,
-                 mlp_ratio: float = 4.0, learn_sigma: bool = True):
-        super().__init__()
-        if hidden % heads:
-            raise ConfigError(f"hidden ({hidden}) must be divisible by heads ({heads})")
-        self.n_genes, self.cond_dim, self.learn_sigma = int(n_genes), int(cond_dim), bool(learn_sigma)
-        self.gene_embed = nn.Parameter(torch.randn(n_genes, hidden) * 0.02)
-        self.value_embed = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.t_embed = SinusoidalTimeEmbedding(out_dim=hidden, n_freq=128, scale=1.0)
-        width = max(cond_dim, hidden)  # Stem: cond_dim (1536); wider for small embeddings
-        self.c_embed = nn.Sequential(nn.Linear(cond_dim, width), nn.SiLU(), nn.Linear(width, hidden))
-        self.blocks = nn.ModuleList(_AdaLNZeroBlock(hidden, heads, mlp_ratio) for _ in range(depth))
-        self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
-        self.out = nn.Linear(hidden, 2 if learn_sigma else 1)
-        for layer in (self.final_ada[1], self.out):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = self.gene_embed + self.value_embed(x[..., None])
-        c = self.t_embed(t.to(h.dtype)) + self.c_embed(cond)
-        for blk in self.blocks:
-            h = blk(h, c)
-        shift, scale = self.final_ada(c)[:, None].chunk(2, dim=-1)
-        out = self.out(_modulate(self.final_norm(h), shift, scale))  # (B, G, C)
-        return out.permute(0, 2, 1) if self.learn_sigma else out[..., 0]
 
 
 # ---------------------------------------------------------------------------- config
@@ -224,9 +141,9 @@ class StemConfig(DiffusionOptions, SamplerConfig):
     def __post_init__(self):
         check_choice("size", self.size, SIZES)
         for name in ("n_steps", "batch_size", "cnn_dim", "n_timesteps", "sample_batch_size"):
-            _check_count(name, getattr(self, name))
+            check_count(name, getattr(self, name))
         for name in ("hidden", "depth", "heads", "sampling_steps"):
-            _check_count(name, getattr(self, name), allow_none=True)
+            check_count(name, getattr(self, name), allow_none=True)
         check_diffusion_options(self)
         if isinstance(self.encoder, str) and self.encoder not in _ENCODER_NAMES:
             raise ConfigError(f"encoder must be one of {_ENCODER_NAMES} or an ImageEncoder object, "
@@ -246,6 +163,10 @@ class StemConfig(DiffusionOptions, SamplerConfig):
 
 
 # ---------------------------------------------------------------------------- the sampler
+def _as_tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
 def _describe(cond) -> dict:
     if isinstance(cond, SpatialDataset):
         return {"name": cond.name, "n_spots": cond.n_spots, "provenance": cond.provenance}
@@ -254,7 +175,7 @@ def _describe(cond) -> dict:
 
 @register("stem", kinds=("dataset",), domains=(ExpressionDomain,), priority=10, provides_log_z=False,
           paper="Zhu et al. 2025, arXiv 2501.15598")
-class Stem(TrainableSampler):
+class Stem(DataDiffusionSampler):
     """Conditional diffusion generating spot gene expression from tissue-image patches.
 
     Examples
@@ -269,13 +190,7 @@ class Stem(TrainableSampler):
     """
 
     Config = StemConfig
-    streams = ("init", "train", "sample")
     default_n_samples: ClassVar[int] = 20
-
-    def __init__(self, config=None, /, **kw):
-        super().__init__(config, **kw)
-        self.model = None
-        self.info: dict = {}
 
     # ------------------------------------------------------------------ config
     def config_dict(self) -> dict:
@@ -304,7 +219,7 @@ class Stem(TrainableSampler):
                 raise DatasetError(f"{what} has no tissue image to encode; pass images=... (or use "
                                    "encoder='precomputed' with embeddings)")
         else:
-            e = torch.as_tensor(np.asarray(ds) if not isinstance(ds, torch.Tensor) else ds)
+            e = _as_tensor(ds)
             if e.ndim != 2 or e.shape[1] != self.info["cond_dim"] or e.shape[0] == 0:
                 raise DatasetError(f"{what} as an array must be non-empty embeddings of shape "
                                    f"(n_spots, {self.info['cond_dim']}), got {tuple(e.shape)}")
@@ -319,15 +234,8 @@ class Stem(TrainableSampler):
         mods = {"net": net}
         if self.trainable_encoder:
             mods["encoder"] = self.encoder
-        self.model = nn.ModuleDict(mods).to(self.device)
-        self.ema = EMA(self.model, cfg.ema_decay)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.diffusion = GaussianDiffusion.from_schedule(cfg.schedule, cfg.n_timesteps,
-                                                         parametrization=cfg.parametrization,
-                                                         variance=cfg.variance)
-        self.info.update({"n_genes": int(n_genes), "cond_dim": int(cond_dim),
-                          "gene_names": list(gene_names),
-                          "n_params": int(sum(p.numel() for p in self.model.parameters()))})
+        self._denoiser_parts(nn.ModuleDict(mods))
+        self.info.update({"n_genes": int(n_genes), "cond_dim": int(cond_dim), "gene_names": list(gene_names)})
 
     def _make_encoder(self):
         with self._seeded_init():
@@ -401,16 +309,10 @@ class Stem(TrainableSampler):
         return self._emb[ks, idx]
 
     def train_step(self) -> dict:
-        cfg, g = self.config, self.gens["train"]
         self.model.train()
-        idx = torch.randint(0, self._x0.shape[0], (cfg.batch_size,), generator=g, device=self.device)
-        cond = self._train_cond(idx)
-        x0 = self._x0[idx]
-        net = self.model["net"]
-        metrics = optimize_denoiser(self.diffusion, lambda x, s: net(x, s, cond), x0, generator=g,
-                                    optimizer=self.opt, model=self.model, ema=self.ema,
-                                    grad_clip=cfg.grad_clip)
-        return metrics
+        idx = torch.randint(0, self._x0.shape[0], (self.config.batch_size,), generator=self.gens["train"],
+                            device=self.device)
+        return self._denoiser_step(self.model["net"], self._x0[idx], self._train_cond(idx))
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -419,15 +321,13 @@ class Stem(TrainableSampler):
         self._require_model()
         self._check_condition_source(condition, "condition")
         if not isinstance(condition, SpatialDataset):
-            e = torch.as_tensor(np.asarray(condition) if not isinstance(condition, torch.Tensor)
-                                else condition).float().to(self.device)
-            return (e - self.emb_mean) / self.emb_std
-        if self.encoder is None:
-            e = torch.as_tensor(condition.embeddings, device=self.device)
-            return (e - self.emb_mean) / self.emb_std
-        enc = self.ema.shadow["encoder"] if self.trainable_encoder else self.encoder
-        e = embed_patches(enc, condition.patches, condition.n_spots, device=self.device)[0]
-        return (e - self.emb_mean) / self.emb_std
+            e = _as_tensor(condition).float()
+        elif self.encoder is None:
+            e = torch.as_tensor(condition.embeddings)
+        else:
+            enc = self.ema.shadow["encoder"] if self.trainable_encoder else self.encoder
+            e = embed_patches(enc, condition.patches, condition.n_spots, device=self.device)[0]
+        return (e.to(self.device) - self.emb_mean) / self.emb_std
 
     @torch.no_grad()
     def predict(self, condition=None, n_samples: "int | None" = None) -> Result:
@@ -448,7 +348,7 @@ class Stem(TrainableSampler):
         """
         self._require_model()
         k = self.default_n_samples if n_samples is None else n_samples
-        _check_count("n_samples (samples per spot)", k)
+        check_count("n_samples (samples per spot)", k)
         if condition is None:
             condition = self.config.condition if self.config.condition is not None else self.target
         if condition is None:
@@ -456,19 +356,11 @@ class Stem(TrainableSampler):
         t0 = time.perf_counter()
         cond = self.embed(condition)
         n, g = cond.shape[0], self.info["n_genes"]
-        rows = cond.repeat_interleave(k, dim=0)
         net = self.ema.shadow["net"]
-        cfg = self.config
         # x0 >= 0 on the data scale is x0 >= -mean / std on the diffused scale (per gene)
-        clip = (-self.x_mean / self.x_std, float("inf")) if cfg.clip_x0 else None
-        out = []
-        for start in range(0, rows.shape[0], cfg.sample_batch_size):
-            c = rows[start:start + cfg.sample_batch_size]
-            x = self.diffusion.sample(lambda x, s: net(x, s, c), (c.shape[0], g), method=cfg.sampler,
-                                      n_steps=cfg.sampling_steps, eta=cfg.ddim_eta,
-                                      generator=self.gens["sample"], device=self.device,
-                                      clip_x0=clip)
-            out.append(x * self.x_std + self.x_mean)
+        clip = (-self.x_mean / self.x_std, float("inf")) if self.config.clip_x0 else None
+        out = [self._draw(lambda x, s, c=c: net(x, s, c), (c.shape[0], g), clip) * self.x_std + self.x_mean
+               for c in cond.repeat_interleave(k, dim=0).split(self.config.sample_batch_size)]
         samples = torch.cat(out).reshape(n, k, g).float().cpu()
         wall = time.perf_counter() - t0
         if not bool(torch.isfinite(samples).all()):
@@ -486,20 +378,10 @@ class Stem(TrainableSampler):
             cinfo = {"name": "embeddings", "n_spots": int(samples.shape[0]),
                      "obs_names": [f"spot{i}" for i in range(samples.shape[0])], "coords": None,
                      "slide": None, "provenance": "embeddings given as an array"}
-        cfg = self.config
-        diagnostics = {"log_z_unavailable": _NO_LOG_Z, "n_spots": int(samples.shape[0]),
-                       "samples_per_spot": int(samples.shape[1]), "n_genes": int(samples.shape[2]),
-                       "scale": SCALE, "sampler": cfg.sampler,
-                       "sampling_steps": cfg.sampling_steps or cfg.n_timesteps,
-                       **self._train_diagnostics(), "sample_wall_time_s": float(wall), "n_params": int(self.info["n_params"]),
-                       "training_data": str(self.info.get("provenance", "")),
-                       "condition_data": str(cinfo["provenance"])}
-        kw = self._result_kwargs()
-        if not kw["target"]:
-            kw["target"] = dict(self.info.get("train_target") or {})
-        kw["config"] = {**self.config_dict(), "gene_names": list(self.info["gene_names"]),
-                        "condition": cinfo}
-        return Result(samples=samples, log_z=None, diagnostics=diagnostics, **kw)
+        n, k, g = samples.shape
+        return self._data_result(samples, wall, {"n_spots": n, "samples_per_spot": k, "n_genes": g, "scale": SCALE},
+                                 {"gene_names": list(self.info["gene_names"]), "condition": cinfo},
+                                 condition_data=str(cinfo["provenance"]))
 
     def sample(self, n_samples: "int | None" = None) -> Result:
         """``predict(config.condition or the training spots, n_samples)``; used by ``bk.sample``."""
@@ -507,20 +389,7 @@ class Stem(TrainableSampler):
         return self.predict(None, n_samples)
 
     # ------------------------------------------------------------------ persistence
-    components = ("model", "ema", "opt")
     tensors = ("emb_mean", "emb_std", "x_mean", "x_std")
-
-    def _extra_state(self) -> dict:
-        self._require_model()
-        return {"info": dict(self.info)}
-
-    def _load_extra_state(self, state: dict) -> None:
-        self.info = dict(state["info"])
-
-    def save(self, path) -> None:
-        """Write the trained model (weights, EMA, optimizer, normalization, gene names); atomic."""
-        self._require_model()
-        self.save_checkpoint(path)
 
     @classmethod
     def load(cls, path, *, encoder=None, device="auto", progress=None) -> "Stem":
