@@ -45,7 +45,7 @@ import torch
 from boltzkit.bio.single_cell import metrics as sc_metrics
 from boltzkit.bio.single_cell.baselines import (ConditionalVAEBaseline, GaussianPCABaseline,
                                        NegativeBinomialBaseline, ScVIBaseline)
-from boltzkit.bio.single_cell.dataset import as_target, log_normalize, pbmc68k
+from boltzkit.bio.single_cell import as_target, log_normalize, pbmc68k
 from boltzkit.bio.single_cell.latent import SCLatentDiffusion
 from boltzkit.bio.single_cell.diffusion import SCDiffusion
 

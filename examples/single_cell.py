@@ -1,7 +1,7 @@
 """Generate PBMCs of chosen cell types from an AnnData, end to end.
 
 DATA: real. scanpy's bundled ``pbmc68k_reduced`` (700 PBMCs from 10x Genomics' 68k data set,
-765 genes, 10 ``bulk_labels``); :func:`boltzkit.bio.single_cell.dataset.pbmc68k` rebuilds its UMI
+765 genes, 10 ``bulk_labels``); :func:`boltzkit.bio.single_cell.io.pbmc68k` rebuilds its UMI
 counts and puts log-normalised values in ``X``.
 
 Steps: load PBMC -> stratified 60/20/20 split -> ``bk.sample`` trains the cell-type-conditional
@@ -23,7 +23,7 @@ import torch
 
 import boltzkit as bk
 from boltzkit.bio.single_cell import metrics as sc_metrics
-from boltzkit.bio.single_cell.dataset import as_target, pbmc68k, result_to_anndata
+from boltzkit.bio.single_cell import as_target, pbmc68k, result_to_anndata
 
 ROWS = [("mmd2", "v"), ("mmd2_pvalue", "^"), ("sliced_w2", "v"), ("energy_distance", "v"),
         ("auc_knn", "0.5"), ("auc_logreg", "0.5"), ("label_accuracy", "^"), ("label_macro_f1", "^"),

@@ -126,7 +126,7 @@ def _tiny(name):
         return TR2D2(seed=0, progress=False, n_expansions=4, n_children=8, parallel=2, resample_every=2,
                      n_replicates=2, lr=1e-2, elbo_orders=1), tgt, 3
     if name == "sc_diffusion":
-        from boltzkit.bio.single_cell.dataset import SyntheticCellLaw
+        from boltzkit.bio.single_cell import SyntheticCellLaw
         from boltzkit.bio.single_cell.diffusion import SCDiffusion
 
         law = SyntheticCellLaw.make(n_types=3, n_genes=8, n_states=3, rank=2, seed=0)

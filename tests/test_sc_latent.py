@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import boltzkit as bk
-from boltzkit.bio.single_cell.dataset import CellDataset, SyntheticCellLaw, as_target, log_normalize
+from boltzkit.bio.single_cell import CellDataset, SyntheticCellLaw, as_target, log_normalize
 from boltzkit.errors import ConfigError, DatasetError, IncompatibleMethodError
 from boltzkit.bio.single_cell.latent import SCLatentDiffusion
 from test_single_cell import _independent_law, _moment_failures, _scaled_law

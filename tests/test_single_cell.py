@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import boltzkit as bk
-from boltzkit.bio.single_cell.dataset import (SyntheticCellLaw, allocate, as_target, log_normalize,
+from boltzkit.bio.single_cell import (SyntheticCellLaw, allocate, as_target, log_normalize,
                                            pbmc68k, result_to_anndata)
 from boltzkit.errors import ConfigError, DatasetError, TargetError
 from boltzkit.bio.single_cell.diffusion import SCDiffusion

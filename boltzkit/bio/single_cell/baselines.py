@@ -11,7 +11,7 @@ Every baseline has ``fit(dataset)`` (a :class:`~boltzkit.bio.single_cell.dataset
 ``generate(cells_per_label) -> (x, labels)`` with ``x`` in the dataset's representation. The
 count models need counts: a counts dataset, or a log-normalised one with ``size_factors``
 (counts are then rebuilt as ``round(expm1(x) * size_factor / 1e4)``, exact for
-:func:`~boltzkit.bio.single_cell.dataset.pbmc68k`).
+:func:`~boltzkit.bio.single_cell.io.pbmc68k`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .dataset import TARGET_SUM, CellDataset, PCABasis, dense_rows, log_normalize, row_sums
 from ...errors import ConfigError, DatasetError, TrainingDivergedError
+from ..common import dense_rows
+from .dataset import TARGET_SUM, CellDataset, PCABasis, log_normalize, row_sums
+from .nb import nb_log_prob, sample_nb
 
 __all__ = ["GaussianPCABaseline", "NegativeBinomialBaseline", "ConditionalVAEBaseline", "ScVIBaseline"]
 
@@ -45,6 +47,16 @@ def _per_label(spec, categories) -> np.ndarray:
     if arr.shape != (len(categories),):
         raise ConfigError(f"give cells per label as a dict or an array of {len(categories)} counts")
     return arr
+
+
+def _bootstrap(ds: CellDataset, cells_per_label, rng) -> "tuple[np.ndarray, np.ndarray, np.ndarray]":
+    """(label code of each cell to generate, grouped by label; a training cell of the same label
+    drawn for each, whose library and size factor it takes; the labels as names)."""
+    n = _per_label(cells_per_label, ds.categories)
+    codes = np.repeat(np.arange(len(ds.categories)), n)
+    pick = np.concatenate([rng.choice(np.flatnonzero(ds.codes == c), k) for c, k in enumerate(n)]
+                          ).astype(np.int64) if n.sum() else np.zeros(0, np.int64)
+    return codes, pick, np.asarray(ds.categories, dtype=object)[codes]
 
 
 def _counts_and_size(ds: CellDataset):
@@ -148,18 +160,14 @@ class NegativeBinomialBaseline:
         return self
 
     def generate(self, cells_per_label) -> "tuple[np.ndarray, np.ndarray]":
-        ds = self.ds
-        n = _per_label(cells_per_label, ds.categories)
         rng = np.random.default_rng(self.seed)
-        codes = np.repeat(np.arange(len(ds.categories)), n)
-        pick = np.concatenate([rng.choice(np.flatnonzero(ds.codes == c), k) for c, k in enumerate(n)]
-                              ).astype(np.int64) if n.sum() else np.zeros(0, np.int64)
+        codes, pick, labels = _bootstrap(self.ds, cells_per_label, rng)
         s = self.size[pick]
         mu = s[:, None] * self.rho[codes]
         theta = self.theta[codes]
         lam = rng.gamma(theta, np.where(mu > 0, mu / theta, 0.0))
         counts = rng.poisson(lam).astype(np.float64)
-        return _to_representation(ds, counts, s), np.asarray(ds.categories, dtype=object)[codes]
+        return _to_representation(self.ds, counts, s), labels
 
 
 class _CVAE(nn.Module):
@@ -174,13 +182,6 @@ class _CVAE(nn.Module):
 
     def decode(self, z, onehot):
         return torch.softmax(self.dec(torch.cat([z, onehot], -1)), -1)
-
-
-def _nb_log_prob(x, mu, theta):
-    eps = 1e-8
-    return (torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)
-            + theta * (torch.log(theta + eps) - torch.log(theta + mu + eps))
-            + x * (torch.log(mu + eps) - torch.log(theta + mu + eps)))
 
 
 class ConditionalVAEBaseline:
@@ -230,7 +231,7 @@ class ConditionalVAEBaseline:
             logv = logv.clamp(-10, 10)
             z = m + torch.exp(0.5 * logv) * torch.randn(m.shape, generator=gen, device=dev)
             mu = l[idx, None] * self.net.decode(z, onehot[idx])
-            rec = _nb_log_prob(x[idx], mu, torch.exp(self.net.log_theta)).sum(-1)
+            rec = nb_log_prob(x[idx], mu, torch.exp(self.net.log_theta)).sum(-1)
             kl = 0.5 * (torch.exp(logv) + m ** 2 - 1 - logv).sum(-1)
             beta = min(1.0, (step + 1) / max(self.n_steps / 3, 1))
             loss = (-rec + beta * kl).mean()
@@ -244,21 +245,14 @@ class ConditionalVAEBaseline:
 
     @torch.no_grad()
     def generate(self, cells_per_label) -> "tuple[np.ndarray, np.ndarray]":
-        ds = self.ds
-        n = _per_label(cells_per_label, ds.categories)
-        rng = np.random.default_rng(self.seed)
         dev = torch.device(self.device)
         gen = torch.Generator(device=dev).manual_seed(self.seed + 1)
-        codes = np.repeat(np.arange(len(ds.categories)), n)
-        pick = np.concatenate([rng.choice(np.flatnonzero(ds.codes == c), k) for c, k in enumerate(n)]
-                              ).astype(np.int64) if n.sum() else np.zeros(0, np.int64)
-        onehot = nn.functional.one_hot(torch.as_tensor(codes, device=dev), len(ds.categories)).float()
+        codes, pick, labels = _bootstrap(self.ds, cells_per_label, np.random.default_rng(self.seed))
+        onehot = nn.functional.one_hot(torch.as_tensor(codes, device=dev), len(self.ds.categories)).float()
         z = torch.randn(codes.size, self.latent, generator=gen, device=dev)
         mu = torch.as_tensor(self.lib[pick], dtype=torch.float32, device=dev)[:, None] * self.net.decode(z, onehot)
-        theta = torch.exp(self.net.log_theta)
-        lam = torch._standard_gamma(theta.expand_as(mu).contiguous(), generator=gen) * mu / theta
-        counts = torch.poisson(lam, generator=gen).cpu().numpy().astype(np.float64)
-        return _to_representation(ds, counts, self.size[pick]), np.asarray(ds.categories, dtype=object)[codes]
+        counts = sample_nb(mu, torch.exp(self.net.log_theta), gen).cpu().numpy().astype(np.float64)
+        return _to_representation(self.ds, counts, self.size[pick]), labels
 
 
 class ScVIBaseline:
@@ -317,13 +311,8 @@ class ScVIBaseline:
 
     @torch.no_grad()
     def generate(self, cells_per_label) -> "tuple[np.ndarray, np.ndarray]":
-        ds = self.ds
-        n = _per_label(cells_per_label, ds.categories)
-        rng = np.random.default_rng(self.seed)
         gen = torch.Generator().manual_seed(self.seed + 1)
-        codes = np.repeat(np.arange(len(ds.categories)), n)
-        pick = np.concatenate([rng.choice(np.flatnonzero(ds.codes == c), k) for c, k in enumerate(n)]
-                              ).astype(np.int64) if n.sum() else np.zeros(0, np.int64)
+        codes, pick, labels = _bootstrap(self.ds, cells_per_label, np.random.default_rng(self.seed))
         module = self.model.module.eval()
         z = torch.randn(codes.size, self.n_latent, generator=gen)
         library = torch.log(torch.as_tensor(self.lib[pick], dtype=torch.float32))[:, None]
@@ -331,4 +320,4 @@ class ScVIBaseline:
         px = module.generative(z=z, library=library, batch_index=batch)["px"]
         torch.manual_seed(self.seed + 2)  # scvi's distributions draw from the global generator
         counts = px.sample().cpu().numpy().astype(np.float64)
-        return _to_representation(ds, counts, self.size[pick]), np.asarray(ds.categories, dtype=object)[codes]
+        return _to_representation(self.ds, counts, self.size[pick]), labels

@@ -3,27 +3,17 @@ r"""Single-cell expression data as boltzkit targets: cells x genes with a cell-t
 :class:`CellDataset` is a target of kind ``"dataset"`` on a :class:`CellExpressionDomain`
 (non-negative expression vectors of named genes, either raw ``"counts"`` or ``"log1p"``
 log-normalised values). It carries one categorical label per cell (``obs[label_key]``), which
-conditional generators (``"sc_diffusion"``) condition on.
+conditional generators (``"sc_diffusion"``, ``"sc_latent"``) condition on.
 
 * :meth:`CellDataset.from_anndata` / :func:`as_target` -- read an AnnData (``X`` or a layer;
   a sparse matrix is kept sparse as CSR and only mini-batches of rows are densified),
   with the checks biologists need before any training: a missing ``label_key`` (the ``obs``
   columns are listed), genes with NaN, negative values (scaled data or negative counts), an
-  empty matrix.
-* :func:`pbmc68k` -- scanpy's bundled ``pbmc68k_reduced`` (700 real PBMCs, 765 genes, 10
-  ``bulk_labels``) with the raw counts rebuilt exactly and ``X`` set to the log-normalised
-  values ``log1p(counts / n_counts * 1e4)``. Both file layouts are read: scanpy <= 1.12
-  (``raw.X`` log-normalised, ``X`` scaled) and scanpy >= 1.13 (``layers["counts"]``).
-* :class:`SyntheticCellLaw` -- a per-type mixture of product negative binomials whose
-  component means move along a low-rank gene subspace: exact samples, exact log-probabilities,
-  exact per-type means and covariances. Known truth for tests and benchmarks.
-* :func:`result_to_anndata` / :func:`generated_anndata` -- generated cells (a
-  :class:`~boltzkit.result.Result` of ``"sc_latent"`` / ``"sc_diffusion"``, or a baseline's
-  counts) back to a sparse AnnData: counts in ``layers["counts"]``, scanpy's log-normalised
-  values in ``X``, ``obs["boltzkit_origin"] = "generated"``, the training ``var`` -- ready for
-  ``sc.pp.neighbors`` / ``sc.tl.umap``.
+  empty matrix; :meth:`CellDataset.to_anndata` writes the cells back.
 
-Helpers shared by the generator, baselines and metrics: :func:`log_normalize`,
+Generated cells go back to AnnData in :mod:`~boltzkit.bio.single_cell.io` (with the PBMC
+reader), the exact synthetic law is in :mod:`~boltzkit.bio.single_cell.synthetic`.
+Helpers shared by the generators, baselines and metrics: :func:`log_normalize`,
 :class:`PCABasis`, :func:`allocate`. anndata and scanpy are imported only where needed
 (extra ``boltzkit[bio]``).
 """
@@ -35,16 +25,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy.special import gammaln, logsumexp
 
 from ...domains.base import Domain
 from ...errors import ConfigError, DatasetError, TargetError, require
-from ..spatial.dataset import checked_gene_names
+from ..common import anndata_matrix, checked_gene_names, dense_rows
 
-__all__ = ["CellDataset", "CellExpressionDomain", "SyntheticCellLaw", "pbmc68k", "as_target",
-           "is_anndata", "result_to_anndata", "log_normalize", "PCABasis", "allocate",
-           "REPRESENTATIONS", "ANNDATA_KIND", "generated_anndata", "dense_rows", "row_sums",
-           "ORIGIN_KEY", "var_to_json"]
+__all__ = ["CellDataset", "CellExpressionDomain", "as_target", "is_anndata", "log_normalize",
+           "PCABasis", "allocate", "REPRESENTATIONS", "ANNDATA_KIND", "TARGET_SUM", "row_sums",
+           "is_integer_valued"]
 
 REPRESENTATIONS = ("counts", "log1p")
 ANNDATA_KIND = "single_cell"  # Result.diagnostics["anndata_kind"] of generated cells
@@ -52,10 +40,6 @@ TARGET_SUM = 1e4
 
 
 # ---------------------------------------------------------------------------- helpers
-def _dense(m) -> np.ndarray:
-    return np.asarray(m.toarray() if hasattr(m, "toarray") else m, dtype=np.float64)
-
-
 def _issparse(m) -> bool:
     from scipy import sparse
 
@@ -69,13 +53,6 @@ def _as_matrix(m):
 
         return sparse.csr_matrix(m, dtype=np.float32)
     return np.asarray(m, dtype=np.float32)
-
-
-def dense_rows(x, idx=None, dtype=np.float64) -> np.ndarray:
-    """Rows ``idx`` (all rows when None) of a dense or sparse matrix as a dense array: the one
-    place where mini-batches of a sparse matrix are densified."""
-    sub = x if idx is None else x[np.asarray(idx)]
-    return np.asarray(sub.toarray() if hasattr(sub, "toarray") else sub, dtype=dtype)
 
 
 def row_sums(x) -> np.ndarray:
@@ -403,16 +380,7 @@ class CellDataset:
         if label_key not in adata.obs.columns:
             raise DatasetError(f"label_key {label_key!r} is not a column of adata.obs; obs columns "
                                f"are {cols}")
-        if layer is None:
-            mat = adata.X
-            if mat is None:
-                raise DatasetError(f"adata.X is empty; pass layer=... (layers: {list(adata.layers)})")
-        elif layer in adata.layers:
-            mat = adata.layers[layer]
-        else:
-            raise DatasetError(f"adata.layers has no {layer!r}; layers are {list(adata.layers)}. "
-                               "Pass layer=None to use adata.X")
-        x = _as_matrix(mat)  # sparse stays sparse (CSR); nothing is densified here
+        x = _as_matrix(anndata_matrix(adata, layer))  # sparse stays sparse (CSR); nothing is densified here
         genes = [str(g) for g in adata.var_names]
         where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
         if representation not in ("auto", *REPRESENTATIONS):
@@ -519,295 +487,3 @@ def _make_anndata(x, labels, categories, label_key, genes, obs_names, layer, rep
         a.uns["log1p"] = {"base": None}
     a.uns["boltzkit"] = {**info, "representation": representation}
     return a
-
-
-# ---------------------------------------------------------------------------- results
-ORIGIN_KEY = "boltzkit_origin"  # obs column of generated AnnData: "generated"
-
-
-def var_to_json(var) -> "dict | None":
-    """An AnnData ``var`` DataFrame as ``{column: list}`` (JSON-able; categories become str),
-    so that a :class:`~boltzkit.result.Result` can carry it through save/load."""
-    if var is None or len(var.columns) == 0:
-        return None
-    out = {}
-    for col in var.columns:
-        v = var[col]
-        if v.dtype.kind in "biuf":
-            vals = v.to_numpy()
-            out[str(col)] = [bool(a) for a in vals] if v.dtype.kind == "b" else vals.astype(float).tolist()
-        else:
-            out[str(col)] = [None if a is None else str(a) for a in v.tolist()]
-    return out
-
-
-def generated_anndata(x, labels, *, categories, label_key, gene_names, representation="counts",
-                      layer=None, uns_log1p=False, var=None, info=None, obs_prefix="gen"):
-    """Generated cells as an AnnData laid out the way scanpy users keep their data.
-
-    * ``representation="counts"``: ``layers["counts"]`` holds the integer counts (CSR) and ``X``
-      the log-normalised values computed by scanpy itself (``sc.pp.normalize_total(target_sum=
-      1e4)`` then ``sc.pp.log1p``, sparse), so ``sc.pp.pca`` / ``neighbors`` / ``tl.umap`` run
-      on the output directly; ``layers[layer]`` too when training read another layer.
-    * ``representation="log1p"``: ``X`` holds the values (CSR), and ``layers[layer]`` when
-      training read one.
-
-    ``obs[label_key]`` is categorical over ``categories``, ``obs["boltzkit_origin"]`` is
-    "generated"; ``var`` (a DataFrame or the dict of :func:`var_to_json`) is restored.
-    """
-    ad = require("anndata", "bio")
-    pd = require("pandas", "bio")
-    from scipy import sparse
-
-    m = sparse.csr_matrix(x, dtype=np.float32)
-    m.eliminate_zeros()
-    n = m.shape[0]
-    if isinstance(var, dict):
-        var = pd.DataFrame(var, index=list(gene_names))
-    elif var is not None:
-        var = var.copy()
-        var.index = list(gene_names)
-    a = ad.AnnData(X=m.copy(), var=var)
-    a.obs_names = [f"{obs_prefix}{i}" for i in range(n)]
-    a.var_names = list(gene_names)
-    a.obs[label_key] = pd.Categorical(list(labels), categories=list(categories))
-    a.obs[ORIGIN_KEY] = pd.Categorical(["generated"] * n, categories=["real", "generated"])
-    if representation == "counts":
-        sc = require("scanpy", "bio")
-        a.layers["counts"] = m
-        if layer not in (None, "counts"):
-            a.layers[layer] = m.copy()
-        threads = torch.get_num_threads()  # scanpy's numba kernels reset the shared OpenMP pool
-        try:
-            sc.pp.normalize_total(a, target_sum=TARGET_SUM)
-            sc.pp.log1p(a)
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        if layer is not None:
-            a.layers[layer] = m.copy()
-        if uns_log1p:
-            a.uns["log1p"] = {"base": None}
-    a.uns["boltzkit"] = {**(info or {}), "representation": representation, "source": "generated"}
-    return a
-
-
-def result_to_anndata(result):
-    """Generated cells of a single-cell :class:`~boltzkit.result.Result` as AnnData
-    (:func:`generated_anndata`): counts in ``layers["counts"]`` and scanpy's log-normalised
-    values in ``X`` for count models, the values in ``X`` for log-normalised ones; sparse;
-    ``obs[label_key]`` the label each cell was generated for (the training categories),
-    ``obs["boltzkit_origin"] = "generated"``, ``var`` of the training AnnData, and
-    ``uns["boltzkit"]`` the method, seed and provenance."""
-    cfg = result.config
-    need = ("gene_names", "label_key", "labels", "label_categories", "representation")
-    if result.diagnostics.get("anndata_kind") != ANNDATA_KIND or any(k not in cfg for k in need):
-        raise DatasetError("this Result holds no generated cells (it lacks the gene names and labels "
-                           "of a single-cell generator such as 'sc_diffusion')")
-    return generated_anndata(result.samples.detach().cpu().numpy(), cfg["labels"],
-                             categories=cfg["label_categories"], label_key=cfg["label_key"],
-                             gene_names=cfg["gene_names"], representation=cfg["representation"],
-                             layer=cfg.get("layer"), uns_log1p=bool(cfg.get("uns_log1p", False)),
-                             var=cfg.get("var"),
-                             info={"method": result.method, "seed": result.seed,
-                                   "provenance": str(result.target.get("provenance", ""))})
-
-
-# ---------------------------------------------------------------------------- PBMC
-def pbmc68k(adata=None, *, target_sum: float = TARGET_SUM):
-    """scanpy's ``pbmc68k_reduced``: 700 real PBMCs, 765 genes, 10 ``bulk_labels``.
-
-    Returns a new AnnData with
-
-    * ``layers["counts"]`` -- UMI counts of the 765 genes (integers, float32, sparse CSR);
-    * ``X`` -- log-normalised values (sparse CSR) ``log1p(counts / n_counts * target_sum)``, with
-      ``obs["n_counts"]`` the library size over *all* genes that passed the original filtering
-      (so rows of the counts sum to less than ``n_counts``); ``uns["log1p"]`` is set;
-    * ``layers["scaled"]`` -- the file's z-scored ``X``, when it has one (do not generate in it);
-    * ``obs``, ``obsm`` (``X_pca``, ``X_umap``), ``var`` and ``uns`` of the file; ``raw`` removed.
-
-    Layouts. scanpy <= 1.12 ships an ``.h5ad`` whose ``raw.X`` is ``log1p(counts / n_counts *
-    1e4)`` rounded to 3 decimals: counts are rebuilt as ``round(expm1(raw.X) * n_counts / 1e4)``
-    (largest distance from an integer 0.08). scanpy >= 1.13 ships ``layers["counts"]``, used as is.
-
-    Parameters
-    ----------
-    adata : AnnData, optional
-        An already loaded ``pbmc68k_reduced`` (either layout); default: load scanpy's copy.
-    target_sum : float
-    """
-    sc = require("scanpy", "bio")
-    ad = require("anndata", "bio")
-    if adata is None:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            adata = sc.datasets.pbmc68k_reduced()
-    genes = [str(g) for g in adata.var_names]
-    if "n_counts" in adata.obs.columns:
-        size = np.asarray(adata.obs["n_counts"], dtype=np.float64)
-    else:
-        size = None
-    from scipy import sparse
-
-    if "counts" in adata.layers:
-        layout = "counts layer (scanpy >= 1.13)"
-        counts = sparse.csr_matrix(adata.layers["counts"], dtype=np.float64)
-        if not is_integer_valued(counts) or (counts.data < 0).any():
-            raise DatasetError("layers['counts'] does not hold non-negative integer counts")
-    elif adata.raw is not None:
-        layout = "raw log-normalised (scanpy <= 1.12)"
-        if size is None:
-            raise DatasetError("rebuilding counts from raw.X needs obs['n_counts'] (library sizes)")
-        raw_genes = [str(g) for g in adata.raw.var_names]
-        pos = {g: i for i, g in enumerate(raw_genes)}
-        if any(g not in pos for g in genes):
-            raise DatasetError("raw.var_names do not contain all of var_names; not a pbmc68k_reduced file")
-        logn = sparse.csr_matrix(adata.raw.X, dtype=np.float64)[:, [pos[g] for g in genes]]
-        rows = np.repeat(np.arange(logn.shape[0]), np.diff(logn.indptr))
-        exact = np.expm1(logn.data) * size[rows] / target_sum  # on the non-zeros only
-        counts = logn.copy()
-        counts.data = np.round(exact)
-        counts.eliminate_zeros()
-        resid = float(np.abs(exact - np.round(exact)).max()) if exact.size else 0.0
-        if resid > 0.25:
-            raise DatasetError(f"raw.X is not log1p(counts / n_counts * {target_sum:g}): rebuilt counts "
-                               f"are {resid:.2f} away from integers")
-    else:
-        raise DatasetError("this AnnData has neither layers['counts'] nor raw.X; it is not a "
-                           "pbmc68k_reduced file")
-    if size is None:
-        size = row_sums(counts)
-    lognorm = counts.multiply((target_sum / size)[:, None]).tocsr()
-    lognorm.data = np.log1p(lognorm.data)
-    out = ad.AnnData(X=lognorm.astype(np.float32), obs=adata.obs.copy(), var=adata.var.copy())
-    out.layers["counts"] = counts.astype(np.float32)
-    x0 = adata.X
-    if x0 is not None:
-        x0 = _dense(x0)
-        if (x0 < 0).any():
-            out.layers["scaled"] = x0.astype(np.float32)
-    for k in adata.obsm.keys():
-        out.obsm[k] = np.asarray(adata.obsm[k])
-    for k in adata.varm.keys():
-        out.varm[k] = np.asarray(adata.varm[k])
-    for k in adata.obsp.keys():
-        out.obsp[k] = adata.obsp[k]
-    out.uns.update({k: v for k, v in adata.uns.items() if k != "log1p"})
-    out.uns["log1p"] = {"base": None}
-    out.uns["boltzkit"] = {"provenance": "real: 10x PBMC 68k (scanpy pbmc68k_reduced, 700 cells)",
-                           "layout": layout, "target_sum": float(target_sum),
-                           "size_factor_key": "n_counts"}
-    return out
-
-
-# ---------------------------------------------------------------------------- synthetic law
-def _nb_logpmf(x, mu, theta):
-    """log NB(x; mean mu, inverse dispersion theta), broadcasting."""
-    return (gammaln(x + theta) - gammaln(theta) - gammaln(x + 1)
-            + theta * np.log(theta / (theta + mu)) + x * np.log(mu / (theta + mu)))
-
-
-class SyntheticCellLaw:
-    r"""Per-type mixtures of product negative binomials with a low-rank mean structure.
-
-    Cell type ``t`` (probability ``type_probs[t]``) has ``K`` sub-states with weights
-    ``pi[t, k]``; given the sub-state, gene counts are independent::
-
-        x_g | t, k ~ NB(mean mu[t, k, g], inverse dispersion theta[g])
-        log mu[t, k, g] = b[g] + a[t, g] + (W u[t, k])[g],     W: (G, rank)
-
-    so within a type the genes covary through a rank-``min(K - 1, rank)`` term. Everything is
-    exact: samples, ``log p(x | t)`` (log-sum-exp over sub-states), the per-type mean and
-    covariance, and the Bayes posterior ``p(t | x)``.
-
-    Build one with :meth:`make`.
-    """
-
-    def __init__(self, mu, pi, theta, type_probs, *, gene_names=None, categories=None):
-        self.mu = np.asarray(mu, dtype=np.float64)          # (T, K, G)
-        self.pi = np.asarray(pi, dtype=np.float64)          # (T, K)
-        self.theta = np.asarray(theta, dtype=np.float64)    # (G,)
-        self.type_probs = np.asarray(type_probs, dtype=np.float64)
-        t, k, g = self.mu.shape
-        if self.pi.shape != (t, k) or self.theta.shape != (g,) or self.type_probs.shape != (t,):
-            raise DatasetError("inconsistent shapes of mu (T, K, G), pi (T, K), theta (G,), type_probs (T,)")
-        if not (np.allclose(self.pi.sum(1), 1) and np.isclose(self.type_probs.sum(), 1)):
-            raise DatasetError("pi rows and type_probs must sum to 1")
-        self.gene_names = [f"gene{i}" for i in range(g)] if gene_names is None else list(gene_names)
-        self.categories = [f"type{i}" for i in range(t)] if categories is None else list(categories)
-
-    @classmethod
-    def make(cls, n_types: int = 3, n_genes: int = 8, n_states: int = 3, rank: int = 2, *,
-             type_effect: float = 1.0, state_effect: float = 0.8, seed: int = 0) -> "SyntheticCellLaw":
-        """A random law: base means 2-30 counts, type effects ``N(0, type_effect^2)`` on each
-        gene, sub-state shifts ``W u`` with ``W, u ~ N(0, state_effect^2 / rank), N(0, 1)``,
-        ``theta`` uniform in [2, 10], sub-state weights Dirichlet(5), type proportions
-        Dirichlet(10)."""
-        rng = np.random.default_rng(seed)
-        b = np.log(rng.uniform(2.0, 30.0, n_genes))
-        a = rng.normal(0.0, type_effect, (n_types, n_genes))
-        w = rng.normal(0.0, state_effect / np.sqrt(rank), (n_genes, rank))
-        u = rng.normal(0.0, 1.0, (n_types, n_states, rank))
-        mu = np.exp(b + a[:, None, :] + u @ w.T)
-        pi = rng.dirichlet(np.full(n_states, 5.0), size=n_types)
-        theta = rng.uniform(2.0, 10.0, n_genes)
-        type_probs = rng.dirichlet(np.full(n_types, 10.0))
-        return cls(mu, pi, theta, type_probs)
-
-    @property
-    def n_types(self) -> int:
-        return self.mu.shape[0]
-
-    @property
-    def n_genes(self) -> int:
-        return self.mu.shape[2]
-
-    def mean(self, t: int) -> np.ndarray:
-        """Exact ``E[x | t]`` (G,)."""
-        return self.pi[t] @ self.mu[t]
-
-    def cov(self, t: int) -> np.ndarray:
-        """Exact ``Cov[x | t]`` (G, G): mixture of NB variances plus the spread of the means."""
-        m = self.mu[t]
-        within = self.pi[t] @ (m + m ** 2 / self.theta)
-        d = m - self.mean(t)
-        return np.diag(within) + (d.T * self.pi[t]) @ d
-
-    def log_prob(self, x, t) -> np.ndarray:
-        """Exact ``log p(x | t)`` for counts ``x`` (n, G) and types ``t`` (n,) or an int."""
-        x = np.asarray(x, dtype=np.float64)
-        t = np.broadcast_to(np.asarray(t), (x.shape[0],))
-        comp = _nb_logpmf(x[:, None, :], self.mu[t], self.theta).sum(-1)  # (n, K)
-        return logsumexp(comp + np.log(self.pi[t]), axis=1)
-
-    def posterior(self, x) -> np.ndarray:
-        """Exact ``p(t | x)`` (n, T)."""
-        x = np.asarray(x, dtype=np.float64)
-        lp = np.stack([self.log_prob(x, t) for t in range(self.n_types)], 1) + np.log(self.type_probs)
-        return np.exp(lp - logsumexp(lp, axis=1, keepdims=True))
-
-    def sample(self, counts_per_type, *, seed: int = 0) -> "tuple[np.ndarray, np.ndarray]":
-        """Exact draws: ``(x (n, G) counts, t (n,) type codes)`` with ``counts_per_type[t]``
-        cells of type ``t`` (grouped by type)."""
-        rng = np.random.default_rng(seed)
-        counts_per_type = np.asarray(counts_per_type, dtype=np.int64)
-        t = np.repeat(np.arange(self.n_types), counts_per_type)
-        k = np.concatenate([rng.choice(self.pi.shape[1], size=int(n), p=self.pi[ti])
-                            for ti, n in enumerate(counts_per_type)]).astype(np.int64)
-        mu = self.mu[t, k]
-        p = self.theta / (self.theta + mu)
-        x = rng.negative_binomial(np.broadcast_to(self.theta, mu.shape), p).astype(np.float64)
-        return x, t
-
-    def dataset(self, n_cells: int, *, seed: int = 0, label_key: str = "cell_type") -> CellDataset:
-        """``n_cells`` exact draws, types in the law's proportions, as a counts CellDataset."""
-        x, t = self.sample(allocate(n_cells, self.type_probs), seed=seed)
-        return CellDataset(x, np.asarray(self.categories, dtype=object)[t], gene_names=self.gene_names,
-                           label_key=label_key, representation="counts", categories=self.categories,
-                           name="synthetic-nb", provenance="fully synthetic: per-type NB mixture law")
-
-    def to_anndata(self, n_cells: int, *, seed: int = 0, label_key: str = "cell_type"):
-        """Exact draws as an AnnData (counts in ``X``, types in ``obs[label_key]``)."""
-        return self.dataset(n_cells, seed=seed, label_key=label_key).to_anndata()

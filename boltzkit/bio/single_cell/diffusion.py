@@ -26,7 +26,7 @@ representation of the training matrix (log-normalised values, or integer counts 
 inverting ``log1p`` and rounding), with the genes, the requested label of every cell and the
 label key in ``result.config``; ``log_z`` is None. ``condition``: None (every label in the
 training proportions), one label, or ``{label: n_cells}`` (then ``n_samples`` is not used).
-:func:`boltzkit.bio.single_cell.dataset.result_to_anndata` gives the AnnData.
+:func:`boltzkit.bio.single_cell.io.result_to_anndata` gives the AnnData.
 
 Known failure modes.
 
@@ -126,7 +126,7 @@ class SCDiffusion(CellGenerator):
     Examples
     --------
     >>> import boltzkit as bk
-    >>> from boltzkit.bio.single_cell.dataset import pbmc68k, as_target
+    >>> from boltzkit.bio.single_cell import pbmc68k, as_target
     >>> adata = pbmc68k()                                                    # doctest: +SKIP
     >>> ds = as_target(adata, label_key="bulk_labels")                       # doctest: +SKIP
     >>> res = bk.sample(ds, n_samples=700, seed=0)                           # doctest: +SKIP

@@ -13,7 +13,7 @@ conditional and the unconditional noise predictor, and sampling uses classifier-
 with weight ``w = guidance`` (0: the learned conditional law itself). The learning rate decays
 on a cosine from ``lr`` to ``lr_min``. Generated cells come back as a
 :class:`~boltzkit.result.Result` grouped by type in category order, each cell's type in
-``result.config["labels"]``, with what :func:`~boltzkit.bio.single_cell.dataset.result_to_anndata`
+``result.config["labels"]``, with what :func:`~boltzkit.bio.single_cell.io.result_to_anndata`
 needs to write the AnnData.
 """
 
@@ -33,7 +33,8 @@ from ...nn.gaussian_diffusion import DiffusionOptions, check_diffusion_options, 
 from ...result import Result
 from ...samplers.base import SamplerConfig, check_number
 from ..generative import DataDiffusionSampler
-from .dataset import ANNDATA_KIND, CellDataset, allocate, as_target, is_anndata, var_to_json
+from .dataset import ANNDATA_KIND, CellDataset, allocate, as_target, is_anndata
+from .io import var_to_json
 
 __all__ = ["CellGenerator", "CellGeneratorOptions"]
 

@@ -90,7 +90,8 @@ from ...errors import DatasetError
 from ...result import Result
 from ...samplers.base import check_number
 from ..generative import ConditionalMLP
-from .dataset import TARGET_SUM, CellExpressionDomain, dense_rows
+from ..common import dense_rows
+from .dataset import TARGET_SUM, CellExpressionDomain
 from .generator import CellGenerator, CellGeneratorOptions
 from .nb import nb_log_prob, sample_nb
 
@@ -217,7 +218,7 @@ class SCLatentDiffusion(CellGenerator):
     Examples
     --------
     >>> import boltzkit as bk
-    >>> from boltzkit.bio.single_cell.dataset import pbmc68k
+    >>> from boltzkit.bio.single_cell import pbmc68k
     >>> res = bk.sample(pbmc68k(), label_key="bulk_labels", n_samples={"CD19+ B": 200}, seed=0)
     >>> adata = res.to_anndata()   # counts in layers["counts"], scanpy-log-normalised X
     """

@@ -9,7 +9,7 @@ fidelity is fitted on other real cells:
   the median pairwise squared distance) and a permutation p-value;
 * :func:`wasserstein2` -- exact W2 between equal-size sets (``scipy.optimize.
   linear_sum_assignment``); :func:`sliced_wasserstein` -- sliced W1/W2 with random directions;
-* :func:`energy_distance` -- from :func:`boltzkit.bio.spatial.metrics.energy_distance`;
+* :func:`energy_distance` -- from :func:`boltzkit.bio.common.energy_distance`;
 * :func:`classifier_auc` -- cross-validated real-vs-generated AUC (kNN k=5, logistic
   regression; 0.5 = indistinguishable);
 * :func:`label_fidelity` -- a logistic-regression cell-type classifier trained on real cells,
@@ -38,7 +38,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from .dataset import PCABasis
 from ...errors import require
-from ..spatial.metrics import energy_distance as _energy_distance_rows
+from ..common import energy_distance as _energy_distance_rows
 
 __all__ = ["CellEmbedding", "mmd2", "wasserstein2", "sliced_wasserstein", "energy_distance",
            "classifier_auc", "label_fidelity", "moment_correlations", "marker_overlap",

@@ -1,6 +1,6 @@
 """The negative binomial of counts in torch, with mean ``mu`` and inverse dispersion ``theta``
 (variance ``mu + mu^2 / theta``): the decoder law of ``sc_latent`` and of the conditional-VAE
-baseline. (:class:`~boltzkit.bio.single_cell.dataset.SyntheticCellLaw` has its exact numpy twin.)"""
+baseline. (:class:`~boltzkit.bio.single_cell.synthetic.SyntheticCellLaw` has its exact numpy twin.)"""
 
 import torch
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dataset import PCABasis, dense_rows, log_normalize
+from ..common import dense_rows
+from .dataset import PCABasis, log_normalize
 
 __all__ = ["cell_sample_plot"]
 

@@ -35,23 +35,12 @@ import torch
 
 from ...domains.base import Domain
 from ...errors import DatasetError, require
+from ..common import anndata_matrix, checked_gene_names, dense_rows
 
 __all__ = ["ExpressionDomain", "SpatialDataset", "select_genes", "hex_grid", "cut_patches",
            "load_image", "result_to_anndata", "SCALE"]
 
 SCALE = "log2(1+x)"
-
-
-def checked_gene_names(gene_names, what: str) -> "list[str]":
-    """``gene_names`` as strings, or DatasetError unless there is at least one and all are unique."""
-    names = [str(g) for g in gene_names]
-    if not names:
-        raise DatasetError(f"{what} needs at least one gene")
-    if len(set(names)) != len(names):
-        dup = sorted({g for g in names if names.count(g) > 1})[:5]
-        raise DatasetError(f"gene names must be unique; repeated: {dup}. "
-                           "Make them unique with adata.var_names_make_unique()")
-    return names
 
 
 class ExpressionDomain(Domain):
@@ -197,10 +186,6 @@ def select_genes(counts, gene_names: Sequence[str], n_genes: int = 200, *, slide
         if common.size >= n_genes:
             break
     return np.sort(candidates[common[:n_genes]])
-
-
-def _dense(m) -> np.ndarray:
-    return np.asarray(m.toarray() if hasattr(m, "toarray") else m, dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------- the dataset
@@ -450,15 +435,7 @@ class SpatialDataset:
         require("anndata", "bio")
         if adata.n_obs == 0 or adata.n_vars == 0:
             raise DatasetError(f"the AnnData is empty ({adata.n_obs} spots x {adata.n_vars} genes)")
-        if layer is None:
-            mat = adata.X
-        elif layer in adata.layers:
-            mat = adata.layers[layer]
-        else:
-            raise DatasetError(f"adata.layers has no {layer!r}; available: {list(adata.layers)}. "
-                               "Pass layer=None to use adata.X")
-        if mat is None:
-            raise DatasetError("adata.X is empty; pass layer=... naming the layer with counts")
+        mat = anndata_matrix(adata, layer)
         var_names = [str(v) for v in adata.var_names]
         if genes is not None:
             genes = [str(g) for g in genes]
@@ -468,9 +445,9 @@ class SpatialDataset:
                                    f"{missing[:5]}; check genes=... against adata.var_names")
             pos = {g: i for i, g in enumerate(var_names)}
             cols = np.array([pos[g] for g in genes])
-            x = _dense(mat[:, cols])
+            x = dense_rows(mat[:, cols])
         else:
-            full = _dense(mat)
+            full = dense_rows(mat)
             cols = select_genes(full, var_names, n_genes)
             x = full[:, cols]
         x = np.nan_to_num(x)

@@ -20,9 +20,10 @@ Clustering: :func:`kmeans` (scipy) and :func:`adjusted_rand_index`.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy.cluster.vq import kmeans2
 from scipy.special import comb
+
+from ..common import energy_distance
 
 __all__ = ["pearson_per_gene", "pcc_summary", "mse", "mae", "relative_variance_distance",
            "energy_distance", "interval_coverage", "kmeans", "adjusted_rand_index",
@@ -84,27 +85,6 @@ def point_metrics(pred, true, ks=(10, 50)) -> dict:
     """PCC summary, MSE, MAE and RVD in one dict."""
     return {**pcc_summary(pred, true, ks), "mse": mse(pred, true), "mae": mae(pred, true),
             "rvd": relative_variance_distance(pred, true)}
-
-
-def energy_distance(samples, reference) -> np.ndarray:
-    r"""Per-row energy distance between sample sets, ``(n,)``.
-
-    ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` with ``X`` from ``samples`` ``(n, k, G)`` and ``Y``
-    from ``reference`` ``(n, m, G)``; the within-set terms use distinct pairs (unbiased U-
-    statistics), so it is zero in expectation when both sets come from the same law.
-    """
-    x = torch.as_tensor(np.asarray(samples), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(reference), dtype=torch.float64)
-    if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
-        raise ValueError(f"samples {tuple(x.shape)} and reference {tuple(y.shape)} must be "
-                         "(n, k, G) and (n, m, G)")
-    k, m = x.shape[1], y.shape[1]
-    if k < 2 or m < 2:
-        raise ValueError("energy distance needs at least 2 samples per row in each set")
-    xy = torch.cdist(x, y).mean((1, 2))
-    xx = torch.cdist(x, x).sum((1, 2)) / (k * (k - 1))
-    yy = torch.cdist(y, y).sum((1, 2)) / (m * (m - 1))
-    return (2 * xy - xx - yy).numpy()
 
 
 def interval_coverage(samples, reference, level: float = 0.8) -> float:
