@@ -30,7 +30,7 @@ Convert = Callable[[Any, Any, dict], "tuple[Any, Any, dict]"]
 _ADAPTERS: "list[tuple[Predicate, Convert]]" = []
 # kind -> "module:function" (imported on first use) or a callable
 _WRITERS: "dict[str, Any]" = {"single_cell": "boltzkit.bio.single_cell.io:result_to_anndata",
-                              "spatial": "boltzkit.bio.spatial.dataset:result_to_anndata"}
+                              "spatial": "boltzkit.bio.spatial.io:result_to_anndata"}
 
 
 def register_adapter(predicate: Predicate, convert: Convert, *, first: bool = True) -> None:

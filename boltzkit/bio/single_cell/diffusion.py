@@ -53,7 +53,6 @@ from torch import nn
 from ..._registry import register
 from ..._utils import check_count
 from ...errors import ConfigError
-from ...result import Result
 from ...samplers.base import check_choice
 from ..generative import ConditionalMLP, GeneTokenDiT
 from .dataset import CellExpressionDomain, PCABasis
@@ -190,30 +189,11 @@ class SCDiffusion(CellGenerator):
             x = torch.expm1(x).round()
         return x
 
-    @torch.no_grad()
-    def generate(self, n_samples: "int | None" = None, condition=None) -> Result:
-        """Generate cells.
-
-        Parameters
-        ----------
-        n_samples : int, optional
-            Number of cells (not used when ``condition`` is a dict).
-        condition : None, str or {label: int}, optional
-            None: the configured ``condition``; if that is None too, every label in the
-            training proportions (largest-remainder rounding).
-
-        Returns
-        -------
-        Result
-            ``samples`` ``(n_cells, n_genes)`` grouped by label in category order; the label
-            of each cell in ``result.config["labels"]``.
-        """
-        self._require_model()
+    def _drawer(self):
         clip = None
         if self.config.clip_x0 and self.basis is None:  # 0 <= x0 <= largest training value, on the data scale
             clip = (-self.z_mean / self.z_std, (self.info["max_value"] - self.z_mean) / self.z_std)
-        return self._generate(n_samples, condition, lambda y: self._decode(
-            self._draw(self._denoiser(y), (y.numel(), self.info["dim"]), clip)), "values")
+        return lambda y: self._decode(self._draw(self._denoiser(y), (y.numel(), self.info["dim"]), clip))
 
     # ------------------------------------------------------------------ persistence
     def _extra_state(self) -> dict:

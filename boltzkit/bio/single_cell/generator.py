@@ -230,6 +230,34 @@ class CellGenerator(DataDiffusionSampler):
              "labels": [cats[i] for i in codes.cpu().numpy()], "representation": self.info["representation"],
              "layer": self.info["layer"], "uns_log1p": bool(self.info["uns_log1p"]), "var": self.info.get("var")})
 
+    @torch.no_grad()
+    def generate(self, n_samples: "int | None" = None, condition=None) -> Result:
+        """Generate cells.
+
+        Parameters
+        ----------
+        n_samples : int, optional
+            Number of cells (not used when ``condition`` is a dict).
+        condition : None, str or {label: int}, optional
+            None: the configured ``condition``; if that is None too, every label in the
+            training proportions (largest-remainder rounding).
+
+        Returns
+        -------
+        Result
+            ``samples`` ``(n_cells, n_genes)`` in the training representation (integer counts,
+            or log-normalised values), grouped by label in category order; the label of each
+            cell in ``result.config["labels"]``; ``result.to_anndata()`` gives the sparse AnnData.
+        """
+        self._require_model()
+        return self._generate(n_samples, condition, self._drawer(), self.drawn)
+
+    drawn = "values"  # what the drawer makes, for the non-finite error
+
+    def _drawer(self):  # pragma: no cover - abstract
+        """``draw(labels) -> cells`` (a function of the label codes of one chunk)."""
+        raise NotImplementedError
+
     def sample(self, n_samples: "int | None" = None) -> Result:
         """``generate(n_samples)`` with the configured condition; used by ``bk.sample``."""
         return self.generate(n_samples)

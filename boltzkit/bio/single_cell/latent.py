@@ -87,7 +87,6 @@ from torch import nn
 from ..._registry import register
 from ..._utils import check_count, check_fraction
 from ...errors import DatasetError
-from ...result import Result
 from ...samplers.base import check_number
 from ..generative import ConditionalMLP
 from ..common import dense_rows
@@ -322,26 +321,9 @@ class SCLatentDiffusion(CellGenerator):
         return self._denoiser_step(self.model, u0, y)
 
     # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def generate(self, n_samples: "int | None" = None, condition=None) -> Result:
-        """Generate integer counts.
+    drawn = "counts"
 
-        Parameters
-        ----------
-        n_samples : int, optional
-            Number of cells (not used when ``condition`` is a dict).
-        condition : None, str or {label: int}, optional
-            None: the configured ``condition``; if that is None too, every label in the
-            training proportions.
-
-        Returns
-        -------
-        Result
-            ``samples`` ``(n_cells, n_genes)`` integer counts grouped by label in category
-            order; labels in ``result.config["labels"]``; ``result.to_anndata()`` gives the
-            sparse AnnData.
-        """
-        self._require_model()
+    def _drawer(self):
         if self._u0 is None:
             self._encode_all()
         self.ae.eval()
@@ -351,8 +333,7 @@ class SCLatentDiffusion(CellGenerator):
             u = self._draw(self._denoiser(y), (y.numel(), self.config.latent + 1)) * self.u_std + self.u_mean
             z, lib = u[:, :-1], torch.exp(u[:, -1].clamp(max=float(torch.log(self._lib.max())) + 1.0))
             return sample_nb(lib[:, None] * self.ae.rho(z, lib, y), theta, self.gens["sample"])
-
-        return self._generate(n_samples, condition, draw, "counts")
+        return draw
 
     # ------------------------------------------------------------------ persistence
     def _extra_state(self) -> dict:

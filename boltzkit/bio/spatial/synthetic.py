@@ -237,20 +237,6 @@ class SemiSyntheticTissue:
     def conditional_mean(self, *, m: int = 2000, seed: int = 0) -> np.ndarray:
         return self.law.conditional_mean(self.features, m=m, seed=seed)
 
-    def mode_summary(self, samples, *, modes: "np.ndarray | None" = None) -> dict:
-        """Per-spot bimodality statistics of ``samples`` ``(n, k, G)`` for the module score.
-
-        Returns ``high_fraction`` (share of samples nearer the u = 1 centre than the u = 0 one)
-        and ``near_mode_fraction`` (share within a quarter of the gap of either centre), each
-        ``(n,)``, and the ``modes`` used.
-        """
-        modes = self.law.module_modes(self.features) if modes is None else modes
-        s = np.asarray(samples)[..., self.law.module].mean(-1)  # (n, k)
-        d0, d1 = np.abs(s - modes[:, :1]), np.abs(s - modes[:, 1:])
-        gap = (modes[:, 1] - modes[:, 0])[:, None]
-        return {"high_fraction": (d1 < d0).mean(1), "near_mode_fraction": (np.minimum(d0, d1) < gap / 4).mean(1),
-                "modes": modes}
-
 
 def _layout(kind, *, size, spacing, patch_size, seed, x_range, name):
     """Image, region map, spot coordinates and visible features of one slide."""
