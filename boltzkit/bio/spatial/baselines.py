@@ -16,7 +16,7 @@ from torch import nn
 
 from .dataset import SpatialDataset
 from ...errors import ConfigError, DatasetError
-from .encoders import embed_patches, make_encoder
+from .encoders import embed_dataset, make_encoder, standardization
 
 __all__ = ["EmbeddingRegressor", "NearestNeighbourRetrieval"]
 
@@ -29,21 +29,13 @@ class _Embedder:
         if getattr(self.encoder, "trainable", False):
             raise ConfigError("baselines use a fixed encoder ('stain', 'precomputed' or an object)")
 
-    def raw(self, ds: SpatialDataset, transforms=(0,)) -> torch.Tensor:
-        if self.encoder is None:
-            if ds.embeddings is None:
-                raise DatasetError(f"dataset {ds.name!r} has no precomputed embeddings")
-            return torch.as_tensor(ds.embeddings)[None]
-        return embed_patches(self.encoder, ds.patches, ds.n_spots, transforms=transforms)
-
     def fit(self, ds, transforms):
-        emb = self.raw(ds, transforms)
-        flat = emb.reshape(-1, emb.shape[-1])
-        self.mean, self.std = flat.mean(0), flat.std(0).clamp_min(1e-6)
+        emb = embed_dataset(self.encoder, ds, transforms=transforms)
+        self.mean, self.std = standardization(emb)
         return (emb - self.mean) / self.std
 
     def __call__(self, ds):
-        return (self.raw(ds)[0] - self.mean) / self.std
+        return (embed_dataset(self.encoder, ds)[0] - self.mean) / self.std
 
 
 def _training_data(ds):

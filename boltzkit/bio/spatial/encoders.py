@@ -19,7 +19,8 @@ Embeddings precomputed elsewhere can instead be stored in ``adata.obsm`` and rea
 ``SpatialDataset.from_anndata(..., embedding_key=...)``.
 
 :func:`dihedral` applies one of the 8 flips/rotations of a square patch (Stem's augmentation)
-and :func:`embed_patches` runs an encoder over a dataset in chunks.
+and :func:`embed_patches` runs an encoder over a dataset in chunks (:func:`embed_dataset`: or
+takes its precomputed embeddings; :func:`standardization`: their per-feature scale).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ...errors import ConfigError, DatasetError
 
 __all__ = ["ImageEncoder", "StainStatsEncoder", "SmallCNNEncoder", "CallableEncoder",
            "RGB_FROM_HED", "as_float_patches", "optical_density", "stain_concentrations",
-           "dihedral", "make_encoder", "embed_patches"]
+           "dihedral", "make_encoder", "embed_patches", "embed_dataset", "standardization"]
 
 # Ruifrok & Johnston (2001) stain OD vectors (rows: hematoxylin, eosin, DAB), normalized to
 # unit length; the unmixing is the inverse of this matrix.
@@ -163,9 +164,7 @@ class SmallCNNEncoder(nn.Module):
         self.head = nn.Linear(2 * w, self.out_dim)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        rgb = as_float_patches(patches)
-        od = -torch.log((rgb * 255.0 + 1.0) / 256.0)
-        h = self.convs(torch.cat([rgb, od], dim=1))
+        h = self.convs(torch.cat([as_float_patches(patches), optical_density(patches)], dim=1))
         return self.head(torch.cat([h.mean((-2, -1)), h.amax((-2, -1))], dim=1))
 
 
@@ -214,6 +213,24 @@ def make_encoder(spec, *, cnn_dim: int = 64):
                           "boltzkit.bio.spatial.encoders.CallableEncoder(fn, out_dim=...)")
     raise ConfigError(f"encoder must be 'stain', 'cnn', 'precomputed' or an ImageEncoder, "
                       f"got {type(spec).__name__}")
+
+
+def embed_dataset(encoder, dataset, *, transforms=(0,), device="cpu") -> torch.Tensor:
+    """Embeddings ``(len(transforms), n, D)`` of a :class:`SpatialDataset`'s spots: ``encoder``
+    on its patches, or its precomputed ``embeddings`` (one copy) when ``encoder`` is None."""
+    if encoder is not None:
+        return embed_patches(encoder, dataset.patches, dataset.n_spots, transforms=transforms, device=device)
+    if dataset.embeddings is None:
+        raise DatasetError(f"dataset {dataset.name!r} has no precomputed embeddings")
+    return torch.as_tensor(dataset.embeddings, device=device)[None]
+
+
+def standardization(emb: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Per-feature mean and standard deviation (at least 1e-6; 1 for a single row) of
+    embeddings ``(..., D)``."""
+    flat = emb.reshape(-1, emb.shape[-1])
+    mean = flat.mean(0)
+    return mean, flat.std(0).clamp_min(1e-6) if flat.shape[0] > 1 else torch.ones_like(mean)
 
 
 @torch.no_grad()

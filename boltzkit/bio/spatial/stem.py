@@ -84,7 +84,7 @@ from ...result import Result
 from ...samplers.base import SamplerConfig, check_choice
 from ..generative import DataDiffusionSampler, GeneTokenDiT
 from .dataset import SCALE, ExpressionDomain, SpatialDataset
-from .encoders import dihedral, embed_patches, make_encoder
+from .encoders import dihedral, embed_dataset, make_encoder, standardization
 
 __all__ = ["Stem", "StemConfig", "SIZES"]
 
@@ -254,18 +254,10 @@ class Stem(DataDiffusionSampler):
         if target.n_spots < 2:
             raise DatasetError(f"training dataset {target.name!r} has {target.n_spots} spot(s); need >= 2")
         enc = self._make_encoder()
-        n = target.n_spots
-        if enc is None:
-            if target.embeddings is None:
-                raise DatasetError(f"encoder='precomputed' but dataset {target.name!r} has no embeddings; "
-                                   "read them with from_anndata(..., embedding_key=...)")
-            cond_dim = target.embeddings.shape[1]
-        else:
-            if not target.has_images:
-                raise DatasetError(f"dataset {target.name!r} has no tissue image to encode; pass "
-                                   "images=... or use encoder='precomputed' with embeddings")
-            cond_dim = enc.out_dim
+        no_emb = enc is None and target.embeddings is None
+        cond_dim = enc.out_dim if enc is not None else 0 if no_emb else target.embeddings.shape[1]
         self.info = {"cond_dim": int(cond_dim)}
+        self._check_condition_source(target, f"training dataset {target.name!r}")
         if self.config.condition is not None:
             self._check_condition_source(self.config.condition, "condition")
         self._build(target.n_genes, cond_dim, target.gene_names)
@@ -275,22 +267,15 @@ class Stem(DataDiffusionSampler):
         if self.config.standardize:
             self.x_mean, self.x_std = x.mean(0), x.std(0).clamp_min(1e-3)
         self._x0 = (x - self.x_mean) / self.x_std
-        if enc is None:
-            emb = torch.as_tensor(target.embeddings, device=self.device)[None]
-        elif self.trainable_encoder:
+        if self.trainable_encoder:
             self._patches = target.patches().to(self.device)
             self._transforms = transforms
-            emb = None
-        else:
-            emb = embed_patches(enc, target.patches, n, transforms=transforms, device=self.device)
-        if emb is not None:
-            flat = emb.reshape(-1, emb.shape[-1])
-            self.emb_mean = flat.mean(0)
-            self.emb_std = flat.std(0).clamp_min(1e-6) if flat.shape[0] > 1 else torch.ones_like(self.emb_mean)
-            self._emb = (emb - self.emb_mean) / self.emb_std
-        else:
             self.emb_mean = torch.zeros(cond_dim, device=self.device)
             self.emb_std = torch.ones(cond_dim, device=self.device)
+        else:
+            emb = embed_dataset(enc, target, transforms=transforms, device=self.device)
+            self.emb_mean, self.emb_std = standardization(emb)
+            self._emb = (emb - self.emb_mean) / self.emb_std
         self.info.update({"train_target": target.to_config(),
                           "provenance": target.provenance})
 
@@ -322,11 +307,9 @@ class Stem(DataDiffusionSampler):
         self._check_condition_source(condition, "condition")
         if not isinstance(condition, SpatialDataset):
             e = _as_tensor(condition).float()
-        elif self.encoder is None:
-            e = torch.as_tensor(condition.embeddings)
         else:
             enc = self.ema.shadow["encoder"] if self.trainable_encoder else self.encoder
-            e = embed_patches(enc, condition.patches, condition.n_spots, device=self.device)[0]
+            e = embed_dataset(enc, condition, device=self.device)[0]
         return (e.to(self.device) - self.emb_mean) / self.emb_std
 
     @torch.no_grad()
