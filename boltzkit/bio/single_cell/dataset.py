@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from scipy import sparse
 
 from ...domains.base import Domain
 from ...errors import ConfigError, DatasetError, TargetError, require
@@ -40,19 +41,9 @@ TARGET_SUM = 1e4
 
 
 # ---------------------------------------------------------------------------- helpers
-def _issparse(m) -> bool:
-    from scipy import sparse
-
-    return sparse.issparse(m)
-
-
 def _as_matrix(m):
     """float32 CSR for sparse input (never densified), float32 ndarray otherwise."""
-    if _issparse(m):
-        from scipy import sparse
-
-        return sparse.csr_matrix(m, dtype=np.float32)
-    return np.asarray(m, dtype=np.float32)
+    return sparse.csr_matrix(m, dtype=np.float32) if sparse.issparse(m) else np.asarray(m, dtype=np.float32)
 
 
 def row_sums(x) -> np.ndarray:
@@ -62,7 +53,7 @@ def row_sums(x) -> np.ndarray:
 
 def _values(x) -> np.ndarray:
     """The stored values (the non-zeros of a sparse matrix; every entry of a dense one)."""
-    return x.data if _issparse(x) else np.asarray(x).reshape(-1)
+    return x.data if sparse.issparse(x) else np.asarray(x).reshape(-1)
 
 
 def is_integer_valued(x) -> bool:
@@ -246,7 +237,7 @@ class CellDataset:
 
     @property
     def is_sparse(self) -> bool:
-        return _issparse(self.x)
+        return sparse.issparse(self.x)
 
     def rows(self, idx=None, dtype=np.float64) -> np.ndarray:
         """Dense rows ``idx`` of the matrix (all rows when None; for a sparse matrix only the
@@ -418,7 +409,7 @@ class CellDataset:
 
 def _bad_columns(x, mask_values) -> np.ndarray:
     """Gene indices holding a flagged stored value (``mask_values`` over :func:`_values`)."""
-    if _issparse(x):
+    if sparse.issparse(x):
         return np.unique(x.indices[mask_values])
     return np.flatnonzero(mask_values.reshape(x.shape).any(0))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import sparse
 
 from ...errors import DatasetError, require
 from ..common import dense_rows
@@ -61,8 +62,6 @@ def generated_anndata(x, labels, *, categories, label_key, gene_names, represent
     """
     ad = require("anndata", "bio")
     pd = require("pandas", "bio")
-    from scipy import sparse
-
     m = sparse.csr_matrix(x, dtype=np.float32)
     m.eliminate_zeros()
     n = m.shape[0]
@@ -153,8 +152,6 @@ def pbmc68k(adata=None, *, target_sum: float = TARGET_SUM):
         size = np.asarray(adata.obs["n_counts"], dtype=np.float64)
     else:
         size = None
-    from scipy import sparse
-
     if "counts" in adata.layers:
         layout = "counts layer (scanpy >= 1.13)"
         counts = sparse.csr_matrix(adata.layers["counts"], dtype=np.float64)

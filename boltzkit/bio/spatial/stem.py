@@ -193,15 +193,10 @@ class Stem(DataDiffusionSampler):
     default_n_samples: ClassVar[int] = 20
 
     # ------------------------------------------------------------------ config
-    def config_dict(self) -> dict:
-        out = {}
-        for f in dataclasses.fields(self.config):
-            v = getattr(self.config, f.name)
-            if f.name == "condition":
-                v = None if v is None else _describe(v)
-            elif f.name == "encoder" and not isinstance(v, str):
-                v = repr(v)
-            out[f.name] = v
+    def config_dict(self) -> dict:  # (dataclasses.asdict would deep-copy a condition dataset)
+        out = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
+        out["condition"] = None if out["condition"] is None else _describe(out["condition"])
+        out["encoder"] = out["encoder"] if isinstance(out["encoder"], str) else repr(out["encoder"])
         return out
 
     # ------------------------------------------------------------------ setup
