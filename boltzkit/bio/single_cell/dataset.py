@@ -407,40 +407,31 @@ class CellDataset:
                              {"provenance": self.provenance, "source": "real"})
 
 
-def _bad_columns(x, mask_values) -> np.ndarray:
-    """Gene indices holding a flagged stored value (``mask_values`` over :func:`_values`)."""
-    if sparse.issparse(x):
-        return np.unique(x.indices[mask_values])
-    return np.flatnonzero(mask_values.reshape(x.shape).any(0))
-
-
 def _check_values(x, genes, representation, where="the matrix"):
     v = _values(x)
+
+    def genes_with(flagged):  # "n gene(s), e.g. [first five names]" holding a flagged stored value
+        cols = np.unique(x.indices[flagged]) if sparse.issparse(x) else np.flatnonzero(
+            flagged.reshape(x.shape).any(0))
+        return f"{cols.size} gene(s), e.g. {[genes[i] for i in cols[:5]]}"
+
     bad = ~np.isfinite(v)
     if bad.any():
-        cols = _bad_columns(x, bad)
-        names = [genes[i] for i in cols[:5]]
-        raise DatasetError(f"{where} has NaN or infinite values in {cols.size} gene(s), e.g. {names}; "
+        raise DatasetError(f"{where} has NaN or infinite values in {genes_with(bad)}; "
                            "remove those genes (adata = adata[:, ~mask].copy()) or fix the values")
     neg = v < 0
     if neg.any():
-        cols = _bad_columns(x, neg)
-        names = [genes[i] for i in cols[:5]]
         ints = np.all(v == np.round(v))
         what = "negative counts" if (representation == "counts" or ints) else "negative values"
         raise DatasetError(
-            f"{where} has {what} in {cols.size} gene(s), e.g. {names} (min {v.min():.3g}). Cells are "
+            f"{where} has {what} in {genes_with(neg)} (min {v.min():.3g}). Cells are "
             "generated as counts or log-normalised expression, both non-negative; scaled or centred "
             "data (sc.pp.scale) cannot be used. Pass layer='counts' or the log-normalised layer "
             "(bk.datasets.pbmc68k() stores log-normalised values in X and counts in layers['counts'])")
-    if representation == "counts":
-        frac = v != np.round(v)
-        if frac.any():
-            cols = _bad_columns(x, frac)
-            raise DatasetError(
-                f"{where} should hold counts but has non-integer values in {cols.size} gene(s), e.g. "
-                f"{[genes[i] for i in cols[:5]]}; pass the raw UMI counts (often layer='counts'), "
-                "not normalised or log-transformed values")
+    if representation == "counts" and (frac := v != np.round(v)).any():
+        raise DatasetError(
+            f"{where} should hold counts but has non-integer values in {genes_with(frac)}; pass the "
+            "raw UMI counts (often layer='counts'), not normalised or log-transformed values")
 
 
 def as_target(obj, label_key: "str | None" = None, layer: "str | None" = None, **kw) -> CellDataset:
