@@ -33,7 +33,7 @@ from ..common import anndata_matrix, checked_gene_names, dense_rows
 
 __all__ = ["CellDataset", "CellExpressionDomain", "as_target", "is_anndata", "log_normalize",
            "PCABasis", "allocate", "REPRESENTATIONS", "ANNDATA_KIND", "TARGET_SUM", "row_sums",
-           "is_integer_valued"]
+           "is_integer_valued", "cells_anndata"]
 
 REPRESENTATIONS = ("counts", "log1p")
 ANNDATA_KIND = "single_cell"  # Result.diagnostics["anndata_kind"] of generated cells
@@ -402,9 +402,10 @@ class CellDataset:
 
     def to_anndata(self):
         """The cells as AnnData (matrix in ``X``, and in ``layers[layer]`` if it came from one)."""
-        return _make_anndata(self.x, self.labels, self.categories, self.label_key, self.gene_names,
-                             self.obs_names, self.layer, self.representation, self.uns_log1p,
-                             {"provenance": self.provenance, "source": "real"})
+        return cells_anndata(_as_matrix(self.x), self.labels, categories=self.categories,
+                             label_key=self.label_key, gene_names=self.gene_names, obs_names=self.obs_names,
+                             layer=self.layer, representation=self.representation, uns_log1p=self.uns_log1p,
+                             info={"provenance": self.provenance, "source": "real"})
 
 
 def _check_values(x, genes, representation, where="the matrix"):
@@ -455,13 +456,16 @@ def as_target(obj, label_key: "str | None" = None, layer: "str | None" = None, *
                       "anndata.AnnData with label_key=... or a boltzkit CellDataset")
 
 
-def _make_anndata(x, labels, categories, label_key, genes, obs_names, layer, representation,
-                  uns_log1p, info):
+def cells_anndata(x, labels, *, categories, label_key, gene_names, obs_names, layer, representation,
+                  uns_log1p, info, var=None):
+    """Cells as an AnnData: the matrix ``x`` in ``X`` (and a copy in ``layers[layer]``),
+    ``obs[label_key]`` categorical over ``categories``, ``uns["log1p"]`` for log-normalised
+    values that scanpy made, ``uns["boltzkit"] = {**info, "representation": ...}``."""
     ad = require("anndata", "bio")
     pd = require("pandas", "bio")
-    a = ad.AnnData(X=_as_matrix(x))
+    a = ad.AnnData(X=x, var=var)
     a.obs_names = list(obs_names)
-    a.var_names = list(genes)
+    a.var_names = list(gene_names)
     a.obs[label_key] = pd.Categorical(list(labels), categories=list(categories))
     if layer is not None:
         a.layers[layer] = a.X.copy()

@@ -22,7 +22,7 @@ from scipy import sparse
 
 from ...errors import DatasetError, require
 from ..common import dense_rows
-from .dataset import ANNDATA_KIND, TARGET_SUM, is_integer_valued, row_sums
+from .dataset import ANNDATA_KIND, TARGET_SUM, cells_anndata, is_integer_valued, row_sums
 
 __all__ = ["result_to_anndata", "generated_anndata", "var_to_json", "pbmc68k", "ORIGIN_KEY"]
 
@@ -60,7 +60,6 @@ def generated_anndata(x, labels, *, categories, label_key, gene_names, represent
     ``obs[label_key]`` is categorical over ``categories``, ``obs["boltzkit_origin"]`` is
     "generated"; ``var`` (a DataFrame or the dict of :func:`var_to_json`) is restored.
     """
-    ad = require("anndata", "bio")
     pd = require("pandas", "bio")
     m = sparse.csr_matrix(x, dtype=np.float32)
     m.eliminate_zeros()
@@ -70,28 +69,20 @@ def generated_anndata(x, labels, *, categories, label_key, gene_names, represent
     elif var is not None:
         var = var.copy()
         var.index = list(gene_names)
-    a = ad.AnnData(X=m.copy(), var=var)
-    a.obs_names = [f"{obs_prefix}{i}" for i in range(n)]
-    a.var_names = list(gene_names)
-    a.obs[label_key] = pd.Categorical(list(labels), categories=list(categories))
+    a = cells_anndata(m.copy(), labels, categories=categories, label_key=label_key, gene_names=gene_names,
+                      obs_names=[f"{obs_prefix}{i}" for i in range(n)], layer=layer,
+                      representation=representation, uns_log1p=uns_log1p, var=var,
+                      info={**(info or {}), "representation": representation, "source": "generated"})
     a.obs[ORIGIN_KEY] = pd.Categorical(["generated"] * n, categories=["real", "generated"])
     if representation == "counts":
         sc = require("scanpy", "bio")
         a.layers["counts"] = m
-        if layer not in (None, "counts"):
-            a.layers[layer] = m.copy()
         threads = torch.get_num_threads()  # scanpy's numba kernels reset the shared OpenMP pool
         try:
             sc.pp.normalize_total(a, target_sum=TARGET_SUM)
             sc.pp.log1p(a)
         finally:
             torch.set_num_threads(threads)
-    else:
-        if layer is not None:
-            a.layers[layer] = m.copy()
-        if uns_log1p:
-            a.uns["log1p"] = {"base": None}
-    a.uns["boltzkit"] = {**(info or {}), "representation": representation, "source": "generated"}
     return a
 
 
