@@ -8,7 +8,7 @@ import torch
 
 from ..errors import DatasetError
 
-__all__ = ["checked_gene_names", "dense_rows", "anndata_matrix", "energy_distance"]
+__all__ = ["checked_gene_names", "dense_rows", "anndata_matrix", "as_2d", "energy_distance"]
 
 
 def checked_gene_names(gene_names, what: str) -> "list[str]":
@@ -41,6 +41,14 @@ def anndata_matrix(adata, layer: "str | None"):
         raise DatasetError(f"adata.X is empty; pass layer=... naming the layer with the expression "
                            f"(layers: {list(adata.layers)})")
     return mat
+
+
+def as_2d(a, what: str, min_rows: int = 1) -> np.ndarray:
+    """``a`` as a float64 ``(n, d)`` array with ``n >= min_rows``, else ValueError naming ``what``."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] < min_rows:
+        raise ValueError(f"{what} must be a 2-D (n, genes) array with n >= {min_rows}, got shape {a.shape}")
+    return a
 
 
 def energy_distance(samples, reference) -> np.ndarray:

@@ -38,6 +38,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from .dataset import PCABasis
 from ...errors import require
+from ..common import as_2d
 from ..common import energy_distance as _energy_distance_rows
 
 __all__ = ["CellEmbedding", "mmd2", "wasserstein2", "sliced_wasserstein", "energy_distance",
@@ -46,10 +47,17 @@ __all__ = ["CellEmbedding", "mmd2", "wasserstein2", "sliced_wasserstein", "energ
 
 
 def _as2d(a, what="x") -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim != 2 or a.shape[0] < 2:
-        raise ValueError(f"{what} must be a (n >= 2, d) array, got shape {a.shape}")
-    return a
+    return as_2d(a, what, min_rows=2)
+
+
+def _logreg(**kw):
+    """Standardised logistic regression (scikit-learn)."""
+    require("sklearn", "bio")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(**kw))
 
 
 # ---------------------------------------------------------------------------- representation
@@ -155,12 +163,9 @@ def classifier_auc(x, y, *, method: str = "knn", folds: int = 5, seed: int = 0) 
     "logreg" (standardised logistic regression).
     """
     require("sklearn", "bio")
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     x, y = _as2d(x, "x"), _as2d(y, "y")
     rng = np.random.default_rng(seed)
@@ -172,7 +177,7 @@ def classifier_auc(x, y, *, method: str = "knn", folds: int = 5, seed: int = 0) 
     if method == "knn":
         clf = KNeighborsClassifier(n_neighbors=5)
     elif method == "logreg":
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        clf = _logreg(max_iter=2000)
     else:
         raise ValueError(f"method must be 'knn' or 'logreg', got {method!r}")
     cv = StratifiedKFold(n_splits=min(folds, n), shuffle=True, random_state=seed)
@@ -181,22 +186,12 @@ def classifier_auc(x, y, *, method: str = "knn", folds: int = 5, seed: int = 0) 
 
 
 # ---------------------------------------------------------------------------- labels
-def _type_classifier(x, labels, seed=0):
-    require("sklearn", "bio")
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, random_state=seed))
-    return clf.fit(_as2d(x), np.asarray(labels).astype(str))
-
-
 def label_fidelity(train_x, train_labels, x, labels, *, seed: int = 0) -> dict:
     """Accuracy and macro-F1 of a real-trained type classifier on cells ``x`` against the labels
     they were generated for (``labels``)."""
+    clf = _logreg(max_iter=3000, random_state=seed).fit(_as2d(train_x), np.asarray(train_labels).astype(str))
     from sklearn.metrics import f1_score
 
-    clf = _type_classifier(train_x, train_labels, seed)
     pred = clf.predict(_as2d(x))
     labels = np.asarray(labels).astype(str)
     present = sorted(set(labels))

@@ -23,18 +23,12 @@ import numpy as np
 from scipy.cluster.vq import kmeans2
 from scipy.special import comb
 
+from ..common import as_2d as _as2d
 from ..common import energy_distance
 
 __all__ = ["pearson_per_gene", "pcc_summary", "mse", "mae", "relative_variance_distance",
            "energy_distance", "interval_coverage", "kmeans", "adjusted_rand_index",
            "point_metrics"]
-
-
-def _as2d(a, what):
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D (n, genes) array, got shape {a.shape}")
-    return a
 
 
 def pearson_per_gene(pred, true) -> np.ndarray:
