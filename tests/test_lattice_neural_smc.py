@@ -128,12 +128,12 @@ def test_safety_net_fallback_and_coverage_check(ising4):
 @quiet
 def test_discrete_asbs_shares_the_hook():
     """Discrete ASBS (untrained controller, delta source) started SMC on 3x3 Potts q = 3 at beta_c:
-    log Z within its error bar on 3 seeds; the proposal's energies, read back from its weights,
+    log Z within its error bar on 2 seeds; the proposal's energies, read back from its weights,
     equal the target's."""
     beta = potts_beta_c(3)
     target, truth = Potts(3, 3, beta), potts_log_z(3, 3, 3, beta)
     results = []
-    for seed in range(3):
+    for seed in range(2):
         s = DiscreteASBS(device="cpu", seed=seed, progress=False).fit(target, n_steps=0)
         x, u, _ = s._smc_proposal(64, torch.Generator().manual_seed(seed))
         np.testing.assert_allclose(u.numpy(), target.energy(target.domain.decode_flat(x)).double().numpy(),

@@ -55,6 +55,14 @@ target. ``refine="resample"`` returns weight-resampled (unweighted) samples and
 ``refine="mcmc"`` additionally applies Metropolis sweeps; log Z, its error bar and the ESS
 always come from the raw importance weights.
 
+SMC-corrected sampling (``smc=True`` or :meth:`MDNS.sample_smc`;
+:class:`~boltzkit.samplers.smc.NeuralStartSMC`). The paths, weighted to exp(-s0 U) at the start
+level s0 where an independent pilot keeps an ESS fraction of ``smc_start_ess``, start SMC over
+inverse temperature with heat-bath sweeps up to the target; log Z stays unbiased for Z
+(importance weights on the path space, then SMC), the error bar comes from independent
+islands, and an independent plain-SMC pilot up to s0 flags a proposal that misses mass there.
+A well-trained sampler starts at s0 = 1 (resampling and sweeps at the target only).
+
 Network (``net=``). ``"auto"`` picks
 :class:`~boltzkit.nn.discrete_nets.SiteCNN` (residual CNN, circular padding,
 receptive field covering the lattice, translation-equivariant) on periodic lattices and
