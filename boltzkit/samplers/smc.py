@@ -563,6 +563,13 @@ class NeuralStartSMC:
     heat-bath sweeps at CPU scale; neither gives a better log Z than starting the tempering where
     the proposal is good.
 
+    Measured (``benchmarks/lattice_neural_smc.py``, 2048 samples, critical lattices, CPU): a
+    briefly trained MDNS whose own estimate is 1.7 low on 8 x 8 Ising (z -4 to -10) and 1.1 low
+    on 4 x 4 Potts q = 3 gives 0.030 +- 0.042 and 0.005 +- 0.032 corrected; trained longer, the
+    error bar at equal energy evaluations is 3x (Ising 8 x 8) to 6x (Potts) smaller than plain
+    SMC's, but plain SMC reaches the same error bar in 4-10x less CPU time than the corrected
+    sampling alone (100-200x with MDNS's training).
+
     Failure modes. At beta_c most of the thermodynamic length lies near s = 1, so a start at
     s0 well below 1 saves few levels over plain SMC while paying D network passes per particle
     (and the coverage pilot); a sampler that misses a phase at s0 (mode collapse) is caught
