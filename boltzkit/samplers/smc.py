@@ -569,7 +569,7 @@ class NeuralStartSMC:
     error bar at equal energy evaluations is 3x (Ising 8 x 8) to 6x (Potts) smaller than plain
     SMC's. In CPU time plain SMC still wins once training counts (115x on Ising 8 x 8, ~7x on
     Potts 4 x 4); the corrected sampling alone is 4x slower than plain SMC on Ising 8 x 8 and
-    ~5x faster on Potts 4 x 4 at equal error bar.
+    ~5x faster on Potts 4 x 4 at equal error bar (plain SMC extrapolated by 1/sqrt(n)).
 
     Failure modes. At beta_c most of the thermodynamic length lies near s = 1, so a start at
     s0 well below 1 saves few levels over plain SMC while paying D network passes per particle
