@@ -103,8 +103,12 @@ def test_safety_net_fallback_and_coverage_check(ising4):
             for p in s.ema.shadow.parameters():
                 p.add_(0.5 * torch.randn(p.shape, generator=gen))
         outcomes[seed] = s.sample_smc(1024)
+        if seed == 0:
+            s0 = s
     a, b = outcomes[0], outcomes[1]
     assert a.diagnostics["start"] == "uniform" and a.diagnostics["reliable"]
+    again = s0.sample_smc(1024)  # the fallback draws on the sampler's stream: a new, independent run
+    assert again.diagnostics["start"] == "uniform" and again.log_z != a.log_z
     assert_consistent(a.log_z, a.log_z_stderr, truth, alpha=Z3, bias=a.log_z_stderr ** 2)
     assert_rejects(a.log_z, a.log_z_stderr, truth - 0.3, bias=a.log_z_stderr ** 2)
     assert b.diagnostics["start"] == "proposal" and not b.diagnostics["reliable"]

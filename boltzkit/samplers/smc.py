@@ -346,6 +346,10 @@ class SMC(Sampler):
 
     def sample(self, n_samples: int):
         """Run SMC with ``n_samples`` particles; returns a weighted :class:`~boltzkit.result.Result`."""
+        return self._sample_uniform(n_samples)
+
+    def _sample_uniform(self, n_samples: int, generator: "torch.Generator | None" = None):
+        """:meth:`sample` on the random stream ``generator`` (default the sampler's own)."""
         self._require_fit()
         _check_positive("n_samples", n_samples)
         n = int(n_samples)
@@ -353,8 +357,9 @@ class SMC(Sampler):
         t0 = time.perf_counter()
         ladder, n_pilot = self.config.schedule, self._pilot_size(n)
         if n_pilot:  # the ladder from an independent pilot: islands iid
-            ladder = tuple(self._run(n_pilot, default_n_islands(n_pilot), None, pilot=True)["lambdas"])
-        r = self._run(n, M, ladder)
+            ladder = tuple(self._run(n_pilot, default_n_islands(n_pilot), None, pilot=True,
+                                     generator=generator)["lambdas"])
+        r = self._run(n, M, ladder, generator=generator)
         r["n_energy"] += n_pilot * (len(r["lambdas"]) - 1)
         return self._finish(r, n, M, n_pilot, t0, {}, pilot_sweeps=n_pilot * self.n_sweeps * (len(r["lambdas"]) - 1))
 
@@ -434,7 +439,7 @@ class SMC(Sampler):
         m_pilot = default_n_islands(n_pilot)
         pilot_start, pilot_ess = population(n_pilot)
         if pilot_ess < start_ess:  # the proposal helps at no level: plain SMC from the uniform start
-            res = self.sample(n)
+            res = self._sample_uniform(n, gen)
             res.diagnostics.update(start="uniform", start_lambda=0.0, start_ess_frac=pilot_ess,
                                    start_ess_target=start_ess, proposal_draws=n_pilot, proposal=who,
                                    energy_evaluations=res.diagnostics["energy_evaluations"] + n_pilot)
