@@ -243,7 +243,7 @@ def calibration(args) -> dict:
         zs = np.array(zs)
         out[name] = {"train_steps": steps, "runs": len(zs), "z": zs.tolist(), "reliable": rel,
                      "start_lambda": lam, "within_3se": int((np.abs(zs) <= 3).sum()),
-                     "outside_and_unflagged": int(sum(abs(z) > 3 and r for z, r in zip(zs, rel))),
+                     "outside_and_unflagged": int(sum(abs(z) > 3 and r for z, r in zip(zs, rel, strict=True))),
                      "rms_z": float(np.sqrt(np.mean(zs ** 2))), "mean_z": float(zs.mean())}
         v = out[name]
         print(f"calibration {name}: {v['within_3se']}/{v['runs']} within 3 se, rms z {v['rms_z']:.2f}, "

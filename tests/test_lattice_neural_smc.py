@@ -45,7 +45,7 @@ def _check_seeds(results, truth, wrong):
     within its error bar; the wrong truth rejected by that mean (negative control)."""
     est = np.array([r.log_z for r in results])
     se = np.array([r.log_z_stderr for r in results])
-    for e, s in zip(est, se):
+    for e, s in zip(est, se, strict=True):
         assert_consistent(e, s, truth, alpha=Z3, bias=s ** 2)
     mean, mse = est.mean(), math.sqrt(np.sum(se ** 2)) / len(se)
     assert_consistent(mean, mse, truth, bias=max(se) ** 2)
