@@ -250,6 +250,7 @@ from ..nn.ctmc import PRECISIONS, amp_dtype, autocast_net
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
+from .smc import NeuralStartSMC
 
 __all__ = ["DiscreteASBS", "DiscreteASBSConfig", "log_discrete_score", "score_energy_cost", "bregman_divergence",
            "controller_tm_target", "corrector_tm_target", "resolve_source", "shift_invariant"]
@@ -541,7 +542,7 @@ class DiscreteASBSConfig(SamplerConfig):
                "6x6 Ising (1.7x on 4x4 Ising) but never less CPU time, and lattice SMC was 30-200x faster; "
                "its parallel sampling matches MDNS's one-site passes only near 16x16 on a CPU (a GPU regime "
                "below that); a black-box energy costs 1 + D(q-1) evaluations per score (8-10x MDNS's)")
-class DiscreteASBS(TrainableSampler):
+class DiscreteASBS(NeuralStartSMC, TrainableSampler):
     """Discrete adjoint Schrödinger bridge sampler for categorical (lattice, sequence) energies.
 
     Examples
@@ -777,6 +778,14 @@ class DiscreteASBS(TrainableSampler):
                             torch.cat([p.log_ratio for p in paths]), sum(p.n_capped for p in paths),
                             torch.cat([p.n_jumps for p in paths]))
         return joined, torch.cat([lw for _, lw in parts])
+
+    def _smc_proposal(self, n: int, generator) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
+        """:meth:`sample_smc` (SMC over inverse temperature started from these paths; see
+        :class:`~boltzkit.samplers.smc.NeuralStartSMC`): (flat index x_1, float64 U(x_1), float64
+        path log-weights); U is read back from the weight, no second energy evaluation."""
+        path, lw = self.sample_paths(n, generator=generator)
+        log_p1 = source_log_terminal(self.source, path.x1, self.noise.integral(self.config.t0, 1.0), self.q)
+        return path.x1, -lw - log_p1 + path.log_ratio, lw
 
     def sample(self, n_samples: int) -> Result:
         """Draw ``n_samples`` weighted samples from the trained (EMA) controller.

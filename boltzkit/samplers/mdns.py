@@ -55,6 +55,14 @@ target. ``refine="resample"`` returns weight-resampled (unweighted) samples and
 ``refine="mcmc"`` additionally applies Metropolis sweeps; log Z, its error bar and the ESS
 always come from the raw importance weights.
 
+SMC-corrected sampling (``smc=True`` or :meth:`MDNS.sample_smc`;
+:class:`~boltzkit.samplers.smc.NeuralStartSMC`). The paths, weighted to exp(-s0 U) at the start
+level s0 where an independent pilot keeps an ESS fraction of ``smc_start_ess``, start SMC over
+inverse temperature with heat-bath sweeps up to the target; log Z stays unbiased for Z
+(importance weights on the path space, then SMC), the error bar comes from independent
+islands, and an independent plain-SMC pilot up to s0 flags a proposal that misses mass there.
+A well-trained sampler starts at s0 = 1 (resampling and sweeps at the target only).
+
 Network (``net=``). ``"auto"`` picks
 :class:`~boltzkit.nn.discrete_nets.SiteCNN` (residual CNN, circular padding,
 receptive field covering the lattice, translation-equivariant) on periodic lattices and
@@ -127,6 +135,7 @@ from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from .._utils import check_training_options
 from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
+from .smc import NeuralStartSMC
 
 __all__ = ["MDNS", "MDNSConfig", "LOSSES"]
 
@@ -168,6 +177,10 @@ class MDNSConfig(SamplerConfig):
         actually used, so they stay exact at any precision; bf16 only makes the proposal a
         little coarser.
     refine : None, "resample" or "mcmc" (resample, then ``refine_sweeps`` Metropolis sweeps).
+    smc : :meth:`MDNS.sample` runs :meth:`MDNS.sample_smc` (the trained sampler as the weighted
+        start of SMC over inverse temperature with heat-bath sweeps; island error bar) instead of
+        plain importance sampling; ``bk.sample(target, method="mdns", smc=True)``.
+    smc_start_ess : the ESS fraction the proposal's weights keep at the SMC start level.
     """
 
     loss: str = "wdce"
@@ -196,6 +209,8 @@ class MDNSConfig(SamplerConfig):
     precision: str = "auto"
     refine: "str | None" = None
     refine_sweeps: int = 2
+    smc: bool = False
+    smc_start_ess: float = 0.5
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -218,6 +233,11 @@ class MDNSConfig(SamplerConfig):
         check_choice("warmup", self.warmup, (None, "adaptive", "linear"))
         if not 0.0 < self.warmup_ess < 1.0:
             raise ConfigError(f"warmup_ess (target ESS fraction) must be in (0, 1), got {self.warmup_ess!r}")
+        if not isinstance(self.smc, bool):
+            raise ConfigError(f"smc must be True or False, got {self.smc!r}")
+        if isinstance(self.smc_start_ess, bool) or not isinstance(self.smc_start_ess, (int, float)) \
+                or not 0.0 < self.smc_start_ess <= 1.0:
+            raise ConfigError(f"smc_start_ess (an ESS fraction) must be in (0, 1], got {self.smc_start_ess!r}")
         if not 0.0 < self.warmup_start <= 1.0:
             raise ConfigError(f"warmup_start (the initial energy factor) must be in (0, 1], "
                               f"got {self.warmup_start!r}")
@@ -229,7 +249,7 @@ class MDNSConfig(SamplerConfig):
                "4-10x fewer energy evaluations than lattice SMC on 4x4-6x6 critical lattices (40-160x fewer "
                "with a black-box energy), but SMC got there 30-200x faster in CPU time; a GPU, or many "
                "weighted samples wanted after training, is where it pays in time")
-class MDNS(TrainableSampler):
+class MDNS(NeuralStartSMC, TrainableSampler):
     """Masked diffusion neural sampler for categorical (lattice, sequence) energies.
 
     Examples
@@ -389,9 +409,13 @@ class MDNS(TrainableSampler):
         n_samples : number of samples (>= 2).
         n_unmask_steps : override the configured number of network passes per sample.
         refine : override the configured refinement (None, "resample" or "mcmc").
+
+        With ``smc=True`` in the config (and no overrides) this is :meth:`sample_smc`.
         """
         self._require_fit()
         _check_count("n_samples", n_samples, minimum=2)
+        if self.config.smc and n_unmask_steps is None and refine == "config":
+            return self.sample_smc(n_samples)
         refine = self.config.refine if refine == "config" else refine
         check_choice("refine", refine, REFINEMENTS)
         t0 = time.perf_counter()
@@ -423,6 +447,11 @@ class MDNS(TrainableSampler):
         samples = self.domain.decode_flat(x)
         return Result(samples=samples, log_weights=None, log_z=est.log_z, log_z_stderr=est.stderr,
                       ess=est.ess, diagnostics={**est.diagnostics(), **diag}, **kw)
+
+    def _smc_proposal(self, n: int, generator) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
+        """:meth:`sample_smc`'s proposal: (flat index states, float64 U(x), float64 path log-weights)."""
+        path, lw = self.sample_paths(n, generator=generator)
+        return path.x, -lw - path.log_q, lw
 
     @torch.no_grad()
     def _metropolis(self, x: torch.Tensor, n_sweeps: int, gen) -> "tuple[torch.Tensor, float]":
