@@ -28,14 +28,18 @@ visits; ``round_trips`` and ``n_c7ax_entries_300K`` in the JSON say how many), t
 temperature spacing (``acceptance`` per pair), too short blocks (compare the jackknife with
 the statistical-inefficiency error).
 
-Measured (2026-12-07, two runs x 7 replicas x 2 ns, 1109 s wall on the shared 2-core machine;
-swap acceptance 0.52-0.55, 501 round trips, 40 entries into C7ax at 300 K): dF(alpha_R - C7eq) =
-4.22 +- 0.08 kT (metadynamics 4.22 +- 0.05: agrees); dF(C7ax - C7eq) = 4.00 +- 0.28 kT
-(metadynamics 4.74 +- 0.08): 2.5 sigma apart by the jackknife bars, 1.9 sigma when each error
-is widened to its run-to-run / half-run spread (the two REMD runs gave 4.44 and 3.68; the four
-metadynamics half-runs 4.48-4.95), so the C7ax value is not settled by this check. Not the
-basin boxes (alpha_L carries < 0.1% of C7ax in both) nor the MBAR temperature range (300-416 K
-only: 3.99). Both methods' within-run jackknife bars look optimistic.
+Measured (2026-12-07, six independent runs x 7 replicas, 2 x 2 ns (seeds 7, 8) + 4 x 3 ns (seeds
+9-12), 16 ns per replica, 8330 s wall in all on the shared 2-core machine; swap acceptance
+0.53, 2019 round trips, 110 entries into C7ax at 300 K; 32 jackknife blocks, none straddling two
+runs): dF(alpha_R - C7eq) = 4.22 +- 0.03 kT (metadynamics 4.22 +- 0.05: agrees, z = -0.01);
+dF(C7ax - C7eq) = 4.41 +- 0.19 kT (metadynamics 4.74 +- 0.08: z = -1.6; -1.4 with each error
+widened to its run-to-run / half-run spread). The six runs' C7ax values (4.44, 3.68, 5.27,
+4.62, 4.29, 4.43 for seeds 7-12) scatter with a standard error of the mean of 0.21, close to
+the pooled jackknife 0.19: C7ax is entered only 10-20 times per run at 300 K, so single runs
+differ by up to 1.6 kT. The earlier two-run check (4.00 +- 0.28, 2.5 sigma from the
+metadynamics value) was a low draw with an optimistic error bar; with 16 ns per replica the
+two methods agree within 2 sigma, and the shipped (metadynamics) reference stands. Not the
+basin boxes (alpha_L carries < 0.1% of C7ax in both) nor the MBAR temperature range.
 
 Output: ``benchmarks/results/alanine_remd.json``, ``.png`` and ``.npz`` (the frames, for ``--from-npz``), and a ``cross_check`` field in
 ``benchmarks/results/alanine_reference.json`` (its existing values are kept).
@@ -48,7 +52,8 @@ replica, 20 jackknife blocks.
 Usage: ``nice -n 5 python benchmarks/alanine_remd.py [--ns 2.0 --replicas 7]`` (one thread);
 ``--seed 8 --out X`` for an independent run, then ``--from-npz A.npz B.npz`` pools the runs
 (MBAR and jackknife over the pooled frames; per-run values kept for the run-to-run spread).
-The shipped result pools two runs (seeds 7 and 8: ``alanine_remd.npz``, ``alanine_remd.seed8.npz``).
+The shipped result pools six runs: ``--from-npz alanine_remd.npz alanine_remd.seed{8..12}.npz
+--n-blocks 32`` (seeds 7 and 8 at 2 ns, 9-12 at ``--ns 3``).
 """
 
 from __future__ import annotations
