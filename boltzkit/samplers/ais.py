@@ -108,7 +108,7 @@ from ..domains import Categorical, Reals
 from ..energies.base import framed
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..result import result_from_log_weights
-from ._shared.smc import resample_islands, running_log_z, systematic_indices  # noqa: F401
+from ._shared.smc import capped_drift, resample_islands, running_log_z, systematic_indices  # noqa: F401
 from .base import Sampler, SamplerConfig, _check_positive
 from ..kernels.categorical import random_scan_metropolis
 from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
@@ -601,6 +601,9 @@ class AIS(Sampler):
             def move(pot, x, state, k):
                 h = math.exp(log_h[0])
                 steps.append(h)
+                if self.kernel == "mala":  # truncated drift (MALTA): still exact, see capped_drift
+                    pot, cap_state = capped_drift(pot, h, ann.dim)
+                    state = cap_state(state)
                 acc_sum = 0.0
                 for _ in range(cfg.n_mcmc):
                     if self.kernel == "mala":
