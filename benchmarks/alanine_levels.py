@@ -224,13 +224,15 @@ def plot(rows, ref_remd, path):
                 if r is None or not math.isfinite(r["delta_f_kT"]):
                     continue
                 x = k - 0.35 + width * (j + (q + 0.5) / len(seeds))
-                ax.errorbar(x, r["delta_f_kT"], yerr=r["stderr"] if math.isfinite(r["stderr"]) else 0,
+                finite = math.isfinite(r["stderr"])  # open marker: no finite error bar
+                ax.errorbar(x, r["delta_f_kT"], yerr=r["stderr"] if finite else 0,
                             fmt="o" if r["estimator"] == "final" else "s", color=colors[j % len(colors)],
-                            capsize=2, label=f"{key[0]}: {key[1]}" if k == 0 and q == 0 else None)
+                            mfc=None if finite else "none", capsize=2,
+                            label=f"{key[0]}: {key[1]}" if k == 0 and q == 0 else None)
     ax.set_xticks([0, 1])
     ax.set_xticklabels(ALANINE_BASINS[1:])
     ax.set_xlim(-0.5, 1.6)
-    ax.set_ylabel("dF vs C7eq (kT), +- 1 se (island jackknife)")
+    ax.set_ylabel("dF vs C7eq (kT), +- 1 se (island jackknife; open: none)")
     ax.set_title(f"Alanine dipeptide: one unrestricted SMC run per path and seed (seeds {seeds})")
     ax.set_ylim(0, 12)
     ax.legend(fontsize=7)
