@@ -66,6 +66,8 @@ def run_path(ala, ic, beta_start, seed, a, ref, ref_remd):
         extra = {"n_islands": a.islands} if a.islands else {}
         if beta_start is not None:
             extra["beta_start"] = beta_start
+        if a.min_levels:
+            extra["min_levels"] = a.min_levels
         res = bk.sample(ic, method="ais", n_samples=a.n_samples, keep_levels=a.keep, seed=seed,
                         device="cpu", progress=False, **extra)
     wall = time.perf_counter() - t0
@@ -161,6 +163,7 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds (one run per path and seed)")
     p.add_argument("--groups", type=int, default=8, help="island groups of the jackknife")
     p.add_argument("--islands", type=int, default=None, help="n_islands (None: the default, ~n/32)")
+    p.add_argument("--min-levels", type=int, default=None, help="min_levels of the ladder (None: 200)")
     p.add_argument("--paths", default="geometric,0.4",
                    help="comma list: 'geometric' and/or beta_start values (300 K / T_high)")
     p.add_argument("--out", default=str(RESULTS / "alanine_levels"))
