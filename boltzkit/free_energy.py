@@ -924,7 +924,9 @@ def level_mbar(res, *, stride: "int | None" = None, target=None,
 
     Level k of the geometric path has the reduced potential
     ``u_k(x) = (1 - lambda_k) U_0(y(x)) + lambda_k U(x)`` (``U_0 = |y|^2 / (2 s_0^2)`` in the
-    run's frame ``x = loc + S y``), so the particles kept at every level (``history``
+    run's frame ``x = loc + S y``); a temperature ladder (``beta_start``) has ``a_k U_0 +
+    lambda_k U`` with ``a_k`` in ``history["lambda_u0"]`` (0 on its tempering levels, where
+    ``u_k = beta_k U``: MBAR over temperatures), so the particles kept at every level (``history``
     ``level_samples``, ``level_u0``, ``level_u``) give pymbar's ``u_kn`` without a single new
     energy evaluation. State 0 is the normalised reference, unsampled (``N_0 = 0``), with the
     exact ``F_0 = -(log Z_0 + log|det S|)``; state K is the target. So ``delta_f[0, k]`` gives
@@ -978,7 +980,8 @@ def level_mbar(res, *, stride: "int | None" = None, target=None,
     a1 = np.concatenate([u[k - 1][mk] for k, mk in sel])
     states = [0] + levels
     lam_s = lam[states]
-    u_kn = (1.0 - lam_s)[:, None] * a0[None, :] + lam_s[:, None] * a1[None, :]
+    ref = np.asarray(h["lambda_u0"], np.float64) if "lambda_u0" in h else 1.0 - lam
+    u_kn = ref[states][:, None] * a0[None, :] + lam_s[:, None] * a1[None, :]
     n_k = np.array([0] + [int(mk.sum()) for _, mk in sel], dtype=np.int64)
     if not np.isfinite(u_kn).all():
         raise TargetError("the kept reduced energies are not all finite")
