@@ -86,6 +86,20 @@ Choices made where the brief leaves NAAS open (each chosen to pass the exact-tru
   adjoint ``-a_0`` of the annealed stage (brief 4.4, second option): reading ``grad V_0`` off
   the annealed network instead made the prior run away to regions where that network
   extrapolates.
+* SCLD training (``train_on="smc"``; Chen, Richter, Berner et al., "Sequential Controlled
+  Langevin Diffusions", ICLR 2025, arXiv 2412.07081): instead of adjoint matching, every step
+  runs the controlled path as SMC from ``pi_0`` (no prior stage), cut into ``scld_segments``
+  equal segments with resampling (and ``smc_mcmc_steps`` MALA moves) at each boundary, stores
+  each particle's segment (states and reference residuals, detached; start points = the
+  resampled particles) in a replay buffer, and minimizes the per-segment log-variance
+
+      L(theta) = mean_s Var_i[ log gamma_b(x_b^i) - log gamma_a(x_a^i)
+                               + sum_{k=a}^{b-1} (log B_k - log q^theta_k)(x_k^i, x_{k+1}^i) ]
+
+  (:mod:`boltzkit.samplers._shared.scld`). The backward kernels stay the reverse-ULA ones, so
+  the weights of :meth:`NAAS.sample` and :meth:`NAAS.sample_smc` are unchanged; training needs
+  no Hessian-vector products (one energy gradient per particle and level, one energy per
+  particle and segment), about a third of an adjoint-matching step's evaluations.
 * Energy gradients may be clipped (``grad_clip``; per particle on particle systems, per
   sample otherwise). The clipped gradient defines the reference drift *and* its backward
   kernels, so the weights stay exact. ``grad_clip="auto"`` (default) clips at
@@ -120,6 +134,11 @@ Failure modes
   modes separate (broad modes are favoured); the pathwise adjoint carries little
   information across barriers, and only the importance weighting of the regression moves
   mass between modes.
+* SCLD training (``train_on="smc"``) with the fixed reverse-ULA backward kernel cannot make
+  the segment weights constant (the best forward kernel leaves a weight that depends on the
+  segment's start point), so its loss stays above zero and it minimizes the spread of the SMC
+  increments rather than a path divergence; a mode no training particle reaches gets no rows.
+  Measured against SMC at equal evaluations in ``benchmarks/scld.py``.
 * A too large ``relaxation * h`` or a stiff energy (Lennard-Jones) makes explicit Euler
   unstable (``TrainingDivergedError``): raise ``n_time_steps``, lower ``relaxation`` or set
   ``grad_clip``.
@@ -149,17 +168,20 @@ from ..result import result_from_log_weights
 from ..nn.continuous_nets import make_control_net
 from ..nn.ema import EMA
 from ..nn.buffers import ReplayBuffer
-from ._shared.smc import MALARejuvenation, island_result, run_islands
+from ._shared.scld import segment_log_variance, segment_log_weights
+from ._shared.smc import MALARejuvenation, island_result, resample_islands, run_islands
 from ..kernels.langevin import default_step_size
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
                           gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_space,
                           time_grid)
 from .._utils import check_fraction
-from .base import SamplerConfig, TrainableSampler, _check_count, check_flag, check_number
+from .base import SamplerConfig, TrainableSampler, _check_count, check_choice, check_flag, check_number
 
 __all__ = ["NAAS", "NAASConfig", "AnnealedLangevin"]
 
 AUTO_CLIP = 10.0  # grad_clip="auto" in a prior-hint frame: 10 x the equilibrium gradient norm
+SCLD_BUFFER_ITERATIONS = 4  # train_on="smc": the segment buffer holds this many iterations' rows
+SCLD_GRAD_CLIP = 1.0  # train_on="smc": network gradient norm clip (SCLD's reference default)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,7 +205,11 @@ class NAASConfig(SamplerConfig):
         None = the rows of one iteration's fresh trajectories, i.e. on-policy regression),
         times_per_trajectory (time points per fresh trajectory pushed to the buffer), lr,
         hidden, n_layers, ema_decay (None: no EMA), running_window (iterations pooled in
-        the running log Z).
+        the running log Z), train_on ("paths": adjoint matching as above; "smc": SCLD, the
+        per-segment log-variance on the resampled sub-trajectories of an SMC pass, see the
+        module docstring; the prior stage is then off), scld_segments (equal segments of the
+        path, a divisor of n_time_steps), scld_buffer_size (segment rows kept; None = 4
+        iterations' rows).
     Sampling
         sample_batch_size; resample_ess (None: plain importance sampling of whole paths; a
         fraction in (0, 1]: the sampled chain runs as an SMC sampler, see
@@ -235,14 +261,17 @@ class NAASConfig(SamplerConfig):
     resample_ess: "float | None" = None
     n_islands: int = 16
     smc_mcmc_steps: int = 0
+    train_on: str = "paths"
+    scld_segments: int = 8
+    scld_buffer_size: "int | None" = None
 
     def __post_init__(self):
         for nm in ("n_steps", "n_time_steps", "prior_time_steps", "prior_updates_per_step",
                    "prior_buffer_size", "batch_size", "updates_per_step", "train_batch_size",
                    "times_per_trajectory", "hidden", "running_window",
-                   "sample_batch_size"):
+                   "sample_batch_size", "scld_segments"):
             _check_count(nm, getattr(self, nm))
-        for nm in ("n_layers", "buffer_size"):
+        for nm in ("n_layers", "buffer_size", "scld_buffer_size"):
             if getattr(self, nm) is not None:
                 _check_count(nm, getattr(self, nm))
         for nm in ("relaxation", "beta_power", "lr", "prior_lr"):
@@ -273,6 +302,13 @@ class NAASConfig(SamplerConfig):
             raise ConfigError(f"smc_mcmc_steps must be a non-negative integer, got {self.smc_mcmc_steps!r}")
         for nm in ("prior_stage", "use_prior_hint", "importance_weighted"):
             check_flag(nm, getattr(self, nm))
+        check_choice("train_on", self.train_on, ("paths", "smc"))
+        if self.train_on == "smc" and self.n_time_steps % self.scld_segments:
+            raise ConfigError(
+                f"train_on='smc' cuts the path into scld_segments={self.scld_segments} segments of "
+                f"equal length, so n_time_steps={self.n_time_steps} must be a multiple of it; e.g. "
+                f"scld_segments={math.gcd(self.n_time_steps, self.scld_segments)} or n_time_steps="
+                f"{self.scld_segments * max(1, round(self.n_time_steps / self.scld_segments))}")
 
 
 class _GradCache:
@@ -445,6 +481,7 @@ class NAAS(TrainableSampler):
                           for a, b in zip(pt, pt[1:])}
         self._sigmas = torch.tensor([self.ref.sigma(float(t)) for t in self.ts[:-1]],
                                     device=self.device)
+        self._hs = torch.diff(self.ts).to(self.device, torch.float32)
         with self._seeded_init():  # network init from the sampler's own stream
             self.net = make_control_net(target.domain, hidden=c.hidden, n_layers=c.n_layers,
                                         input_scale=self.prior_std).to(self.device)
@@ -454,8 +491,15 @@ class NAAS(TrainableSampler):
         self.prior_opt = torch.optim.Adam(self.prior_net.parameters(), lr=c.prior_lr)
         self.ema = EMA(self.net, c.ema_decay) if c.ema_decay is not None else None
         self.prior_ema = EMA(self.prior_net, c.ema_decay) if c.ema_decay is not None else None
-        fresh = c.batch_size * min(c.times_per_trajectory, c.n_time_steps)
-        self.buffer = ReplayBuffer(fresh if c.buffer_size is None else c.buffer_size, replace=True)
+        # SCLD training (train_on="smc") starts its SMC from pi_0 itself: no prior stage
+        self._prior_on = c.prior_stage and c.train_on == "paths"
+        if c.train_on == "smc":
+            rows = SCLD_BUFFER_ITERATIONS * c.batch_size * c.scld_segments
+            self.buffer = ReplayBuffer(rows if c.scld_buffer_size is None else c.scld_buffer_size,
+                                       replace=True)
+        else:
+            fresh = c.batch_size * min(c.times_per_trajectory, c.n_time_steps)
+            self.buffer = ReplayBuffer(fresh if c.buffer_size is None else c.buffer_size, replace=True)
         self.prior_buffer = ReplayBuffer(c.prior_buffer_size, replace=True)
         self._recent_lw: deque = deque(maxlen=c.running_window)
 
@@ -484,9 +528,8 @@ class NAAS(TrainableSampler):
     @torch.no_grad()
     def _simulate(self, n: int, net, prior_net, generator, *, record: bool = False):
         """Run the full chain for ``n`` samples; returns (x_K, log_w float64, annealed path)."""
-        c = self.config
         ref = self.ref
-        if c.prior_stage:
+        if self._prior_on:
             sched = self.prior_sched
             y0 = torch.zeros(n, self.dim, device=self.device)
             ppath = euler_maruyama(self._prior_drift(prior_net), None, y0, self.prior_ts,
@@ -532,6 +575,8 @@ class NAAS(TrainableSampler):
 
     def train_step(self) -> dict:
         c, gen = self.config, self.gens["train"]
+        if c.train_on == "smc":
+            return self._scld_step()
         x, lw, path = self._simulate(c.batch_size, self.net, self.prior_net, gen, record=True)
         # checks agree across ranks (dist.all_true), so no rank is left waiting for a peer
         if not dist.all_true(lw is not None and bool(torch.isfinite(lw).all())):
@@ -565,7 +610,7 @@ class NAAS(TrainableSampler):
             loss += float(lval.detach()) / c.updates_per_step
         metrics = {"loss": loss}
         # prior stage: reciprocal adjoint matching towards exp(-U_0 - V_0)
-        if c.prior_stage:
+        if self._prior_on:
             metrics["prior_loss"] = self._prior_updates(path.xs[0], -adj[0], w, gen)
         # diagnostics of the fresh, current-model trajectories
         est = log_z_from_log_weights(lw, warn=False)
@@ -614,6 +659,112 @@ class NAAS(TrainableSampler):
                 self.prior_ema.update(self.prior_net)
             total += float(lval.detach()) / c.prior_updates_per_step
         return total
+
+    # ------------------------------------------------------------------ SCLD training
+    @torch.no_grad()
+    def scld_rollout(self, n: int, net=None, generator=None) -> dict:
+        r"""One SMC pass of ``n`` particles along the controlled path, cut into
+        ``scld_segments`` segments, resampled (systematic, one population) at every segment
+        boundary and moved by ``smc_mcmc_steps`` MALA steps there; the SCLD training data.
+
+        Starts from ``pi_0`` exactly (``train_on="smc"`` has no prior stage). Returns a dict:
+        ``rows`` (one per particle and segment: ``x`` (L * D) the states ``x_a..x_{b-1}`` of the
+        segment, ``r`` (L * D) the residuals of the reference step, ``c`` (float64) the
+        control-free part of its log-weight, ``seg`` its index; see
+        :func:`~boltzkit.samplers._shared.scld.segment_log_weights`), ``log_w`` (S, n) the
+        segments' actual incremental log-weights, ``start`` (S, n, D) the segments' start
+        points (after resampling), ``log_z`` the pass's SMC estimate and ``ess_frac`` the mean
+        ESS fraction of the segment increments.
+        """
+        c, ref, ts = self.config, self.ref, self.ts
+        net = self.net if net is None else net
+        gen = self.gens["train"] if generator is None else generator
+        S = c.scld_segments
+        L = c.n_time_steps // S
+        x = self.prior_std * self._reference_draw(n, gen)
+        log_g = ref.log_prior(x)
+        lw = torch.zeros(n, dtype=torch.float64, device=self.device)
+        log_acc = torch.zeros(1, dtype=torch.float64, device=self.device)
+        back = reversed_reference_kernel(ref.drift, ref.sigma)
+        mala = None
+        if c.smc_mcmc_steps:
+            mala = MALARejuvenation(
+                lambda k, y: (-self.log_gamma(float(ts[k]), y), ref.grad_u(float(ts[k]), y)),
+                c.smc_mcmc_steps, default_step_size("mala", self.dim, self.target_scale))
+        var = self._hs * self._sigmas ** 2  # (K,) forward step variances
+        rows, incs, starts, ess = [], [], [], []
+        for s in range(S):
+            a, b = s * L, (s + 1) * L
+            ref_drifts = []
+
+            def drift(t, y, ref_drifts=ref_drifts):  # records the reference drift of each step
+                d = ref.drift(t, y)
+                ref_drifts.append(d if self.project is None else self.project(d))
+                return d + ref.sigma(t) * net(t, y)
+
+            mv = euler_maruyama(drift, ref.sigma, x, ts[a:b + 1], generator=gen, project=self.project,
+                                n_dof=self.n_dof, backward=back, record=True)
+            if not dist.all_true(bool(torch.isfinite(mv.x).all())):
+                self._diverged("non-finite states in the SCLD training SMC pass")
+            log_g_new = self.log_gamma(float(ts[b]), mv.x)
+            inc = log_g_new - log_g + mv.log_bwd - mv.log_fwd
+            const = (log_g_new - log_g + mv.log_bwd
+                     + 0.5 * self.n_dof * torch.log(2 * math.pi * var[a:b].double()).sum())
+            resid = mv.xs[1:] - mv.xs[:-1] - self._hs[a:b, None, None] * torch.stack(ref_drifts)
+            rows.append({"x": mv.xs[:-1].transpose(0, 1).reshape(n, -1),
+                         "r": resid.transpose(0, 1).reshape(n, -1), "c": const,
+                         "seg": torch.full((n,), s, dtype=torch.long, device=self.device)})
+            incs.append(inc)
+            starts.append(x)
+            ess.append(float(torch.exp(2 * torch.logsumexp(inc, 0) - torch.logsumexp(2 * inc, 0))) / n)
+            lw = lw + inc
+            x, log_g = mv.x, log_g_new
+            if s < S - 1:  # frac 1: every boundary resamples (unless the weights are all equal)
+                (x, log_g), lw, log_acc, _ = resample_islands((x, log_g), lw, log_acc, 1.0, gen)
+                if mala is not None:
+                    x, u = mala(b, x, gen)
+                    log_g = -u.to(torch.float64)
+        log_z = float(log_acc[0] + torch.logsumexp(lw, 0) - math.log(n))
+        return {"rows": {k: torch.cat([r[k] for r in rows]) for k in rows[0]},
+                "log_w": torch.stack(incs), "start": torch.stack(starts), "log_z": log_z,
+                "ess_frac": sum(ess) / S}
+
+    def scld_loss(self, net, rows: dict) -> torch.Tensor:
+        """The SCLD loss (mean over segments of the variance of the segment log-weights) of
+        stored segment ``rows`` under ``net``; differentiable in the network's parameters."""
+        c = self.config
+        S = c.scld_segments
+        L = c.n_time_steps // S
+        seg = rows["seg"]
+        R = seg.shape[0]
+        k = seg[:, None] * L + torch.arange(L, device=seg.device)  # (R, L) level indices
+        t = self.ts.to(self.device, torch.float32)[k]
+        x = rows["x"].view(R * L, self.dim)
+        v = net(t.reshape(-1), x)
+        if self.project is not None:
+            v = self.project(v)
+        shift = (self._hs[k] * self._sigmas[k])[..., None] * v.view(R, L, self.dim)
+        log_w = segment_log_weights(rows["c"], rows["r"].view(R, L, self.dim), shift,
+                                    self._hs[k] * self._sigmas[k] ** 2)
+        return segment_log_variance(log_w, seg, S)
+
+    def _scld_step(self) -> dict:
+        c, gen = self.config, self.gens["train"]
+        run = self.scld_rollout(c.batch_size)
+        self.buffer.add(**run["rows"])
+        self.net.train()
+        loss = 0.0
+        for _ in range(c.updates_per_step):
+            lval = self.scld_loss(self.net, self.buffer.sample(c.train_batch_size, generator=gen))
+            self.opt.zero_grad(set_to_none=True)
+            lval.backward()
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), SCLD_GRAD_CLIP)
+            self.opt.step()
+            if self.ema is not None:
+                self.ema.update(self.net)
+            loss += float(lval.detach()) / c.updates_per_step
+        return {"loss": loss, "log_z": run["log_z"], "segment_ess_frac": run["ess_frac"],
+                "energy_grads": float(self.ref.n_grad), "energy_hvps": float(self.ref.n_hvp)}
 
     # ------------------------------------------------------------------ state
     components = ("net", "prior_net", "opt", "prior_opt", "ema", "prior_ema", "buffer", "prior_buffer")
@@ -732,7 +883,7 @@ class NAAS(TrainableSampler):
         prior_net.eval()
         gen, ref, n = self.gens["sample"], self.ref, int(n_samples)
         grads0 = ref.n_grad
-        if c.prior_stage:
+        if self._prior_on:
             sched = self.prior_sched
             y0 = torch.zeros(n, self.dim, device=self.device)
             ppath = euler_maruyama(self._prior_drift(prior_net), None, y0, self.prior_ts,

@@ -1,0 +1,112 @@
+"""SCLD-trained NAAS against adjoint-matching NAAS and plain SMC at equal energy evaluations.
+
+Sequential Controlled Langevin Diffusions (Chen, Richter, Berner et al., ICLR 2025, arXiv
+2412.07081) train the control on the SMC-resampled sub-trajectories of the sampler's own SMC
+pass (log-variance loss per segment). In boltzkit this is ``NAAS(train_on="smc")``
+(:mod:`boltzkit.samplers._shared.scld`). Rows per target and seed:
+
+* ``naas+smc``        NAAS trained by (importance-weighted) adjoint matching, the configs of
+  ``smc_neural.py``, sampled as island SMC (16 islands, resampling at ESS < 0.5);
+* ``scld-naas+smc``   the same NAAS path and network trained with ``train_on="smc"``
+  (``scld_segments`` segments, resampling at every boundary), sampled the same way;
+  ``scld-naas+smc+mala`` adds 2 MALA steps per level; ``scld-naas`` is plain importance sampling;
+* ``smc``             the package's SMC for continuous targets (``AIS`` with one MALA step per
+  level, resampling at ESS < 0.5, 16 islands) at each neural row's total budget: ``B_scld``
+  (SCLD training + SMC sampling), ``B_scld_mala`` and ``B_naas`` (NAAS training + SMC sampling).
+
+Every energy and gradient evaluation on the target is counted (``smc_neural.EvalCounter``; a
+Hessian-vector product of NAAS's adjoint counts as two more gradients), training included.
+Metrics as in ``smc_neural.py``: log Z error, island stderr, ESS, modes covered (GMM-40) or the
+right-well fraction (many-well-32), reliable flag, wall time (2-core CPU shared with other jobs:
+compare within a run).
+
+Run:  nice -n 5 python benchmarks/scld.py [--targets gmm40,mw32] [--seeds 2] [--quick]
+Writes benchmarks/results/scld.json (rows of other targets kept) and scld.png. Not run by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from boltzkit._utils import versions  # noqa: E402
+from boltzkit.samplers.naas import NAAS  # noqa: E402
+from smc_neural import (CONFIGS, N_ISLANDS, PDNS_MALA, RESAMPLE, EvalCounter, make_target,  # noqa: E402
+                        plot, run_ais, run_neural, summarize)
+
+RESULTS = HERE / "results"
+# SCLD options on top of each target's NAAS config (same path, network, batch): segments of 8
+# levels, SCLD's buffer, and enough steps to spend about NAAS's training evaluations or less.
+SCLD = {"gmm40": dict(scld_segments=8, scld_steps=60, naas_steps=30),
+        "mw32": dict(scld_segments=16, scld_steps=30, naas_steps=15),
+        "ho15": dict(scld_segments=8, scld_steps=30, naas_steps=15)}
+
+
+def run_target(name, seeds, n, device, max_levels, quick=False):
+    """Rows of one target for the seeds in ``seeds`` (an iterable)."""
+    cfg = CONFIGS[name]
+    sc = dict(SCLD[name])
+    if quick:
+        sc.update(scld_steps=2, naas_steps=2)
+    target, exact, extra = make_target(name)
+    counter = EvalCounter(target)
+    rows = []
+    for seed in seeds:
+        na = run_neural(name, NAAS, cfg["naas"], sc["naas_steps"], seed, n, target, counter, exact, extra,
+                        device, variants=[("+smc", 0)])
+        opts = {**cfg["naas"], "train_on": "smc", "scld_segments": sc["scld_segments"]}
+        sd = run_neural(name, NAAS, opts, sc["scld_steps"], seed, n, target, counter, exact, extra, device,
+                        label="scld-naas", variants=[("", None), ("+smc", 0), ("+smc+mala", PDNS_MALA)])
+        rows += na + sd
+        budgets = {"B_scld": sd[1]["evals_total"], "B_scld_mala": sd[2]["evals_total"],
+                   "B_naas": na[0]["evals_total"]}
+        for bname, b in budgets.items():
+            rows.append(run_ais(name, True, b, bname, seed, n, cfg["init_std"], target, counter, exact, extra,
+                                device, max_levels))
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--targets", default="gmm40,mw32")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--n-samples", type=int, default=2048)
+    p.add_argument("--max-levels", type=int, default=2000)
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--out", default=str(RESULTS / "scld.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    old = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    if args.plot_only:
+        plot(old["rows"], out.with_suffix(".png"))
+        return
+    names = args.targets.split(",")
+    rows = [r for r in old.get("rows", []) if r["target"] not in names]
+    n = 256 if args.quick else args.n_samples
+    seeds = 1 if args.quick else args.seeds
+    for seed, name in [(sd, nm) for sd in range(seeds) for nm in names]:  # JSON rewritten per run
+        t0 = time.perf_counter()
+        rows += run_target(name, [seed], n, "cpu", args.max_levels, quick=args.quick)
+        print(f"{name} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+        doc = {"benchmark": "scld", "versions": versions(), "naas_configs": {k: CONFIGS[k]["naas"] for k in names},
+               "scld": SCLD, "n_islands": N_ISLANDS, "resample_ess": RESAMPLE, "rows": rows,
+               "summary": summarize(rows),
+               "note": "2-core CPU shared by several developers: wall times are under contention"}
+        out.write_text(json.dumps(doc, indent=1, default=float))
+    plot(rows, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
