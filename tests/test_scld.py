@@ -25,7 +25,7 @@ def _eval_loss(s, n=4096, seed=123):
     g = torch.Generator().manual_seed(seed)
     run = s.scld_rollout(n, s.net, g)
     with torch.no_grad():
-        return float(s.scld_loss(s.net, run["rows"]))
+        return float(s.scld_loss(s.net, run.rows))
 
 
 def test_loss_is_the_variance_of_the_smc_segment_increments():
@@ -35,16 +35,16 @@ def test_loss_is_the_variance_of_the_smc_segment_increments():
     S = s.config.scld_segments
     # segment starts after the first are resampled particles: duplicated rows
     for k in range(1, S):
-        assert torch.unique(run["start"][k], dim=0).shape[0] < 256
+        assert torch.unique(run.start[k], dim=0).shape[0] < 256
     # the loss recomputed from the stored rows is the per-segment variance of the actual
     # incremental SMC log-weights of this pass (same control: same numbers)
     with torch.no_grad():
-        loss = float(s.scld_loss(s.net, run["rows"]))
-    direct = float(run["log_w"].var(dim=1).mean())
+        loss = float(s.scld_loss(s.net, run.rows))
+    direct = float(run.log_w.var(dim=1).mean())
     assert loss == pytest.approx(direct, rel=1e-4)
     # and it matches the helper on the increments themselves
     seg = torch.arange(S).repeat_interleave(256)
-    assert float(segment_log_variance(run["log_w"].reshape(-1), seg, S)) == pytest.approx(direct, rel=1e-9)
+    assert float(segment_log_variance(run.log_w.reshape(-1), seg, S)) == pytest.approx(direct, rel=1e-9)
 
 
 def test_training_lowers_the_segment_log_variance():

@@ -168,8 +168,8 @@ from ..result import result_from_log_weights
 from ..nn.continuous_nets import make_control_net
 from ..nn.ema import EMA
 from ..nn.buffers import ReplayBuffer
-from ._shared.scld import segment_log_variance, segment_log_weights
-from ._shared.smc import MALARejuvenation, island_result, resample_islands, run_islands
+from ._shared.scld import segment_loss, segment_rollout
+from ._shared.smc import MALARejuvenation, island_result, run_islands
 from ..kernels.langevin import default_step_size
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
                           gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_space,
@@ -662,96 +662,59 @@ class NAAS(TrainableSampler):
 
     # ------------------------------------------------------------------ SCLD training
     @torch.no_grad()
-    def scld_rollout(self, n: int, net=None, generator=None) -> dict:
-        r"""One SMC pass of ``n`` particles along the controlled path, cut into
-        ``scld_segments`` segments, resampled (systematic, one population) at every segment
-        boundary and moved by ``smc_mcmc_steps`` MALA steps there; the SCLD training data.
-
-        Starts from ``pi_0`` exactly (``train_on="smc"`` has no prior stage). Returns a dict:
-        ``rows`` (one per particle and segment: ``x`` (L * D) the states ``x_a..x_{b-1}`` of the
-        segment, ``r`` (L * D) the residuals of the reference step, ``c`` (float64) the
-        control-free part of its log-weight, ``seg`` its index; see
-        :func:`~boltzkit.samplers._shared.scld.segment_log_weights`), ``log_w`` (S, n) the
-        segments' actual incremental log-weights, ``start`` (S, n, D) the segments' start
-        points (after resampling), ``log_z`` the pass's SMC estimate and ``ess_frac`` the mean
-        ESS fraction of the segment increments.
-        """
-        c, ref, ts = self.config, self.ref, self.ts
+    def scld_rollout(self, n: int, net=None, generator=None):
+        """One SMC pass of ``n`` particles along the controlled path from ``pi_0``, cut into
+        ``scld_segments`` segments, resampled at every boundary (and moved there by
+        ``smc_mcmc_steps`` MALA steps): the SCLD training data, a
+        :class:`~boltzkit.samplers._shared.scld.SegmentRun`."""
+        c, ref = self.config, self.ref
         net = self.net if net is None else net
         gen = self.gens["train"] if generator is None else generator
-        S = c.scld_segments
-        L = c.n_time_steps // S
         x = self.prior_std * self._reference_draw(n, gen)
-        log_g = ref.log_prior(x)
-        lw = torch.zeros(n, dtype=torch.float64, device=self.device)
-        log_acc = torch.zeros(1, dtype=torch.float64, device=self.device)
-        back = reversed_reference_kernel(ref.drift, ref.sigma)
-        mala = None
-        if c.smc_mcmc_steps:
-            mala = MALARejuvenation(
-                lambda k, y: (-self.log_gamma(float(ts[k]), y), ref.grad_u(float(ts[k]), y)),
-                c.smc_mcmc_steps, default_step_size("mala", self.dim, self.target_scale))
-        var = self._hs * self._sigmas ** 2  # (K,) forward step variances
-        rows, incs, starts, ess = [], [], [], []
-        for s in range(S):
-            a, b = s * L, (s + 1) * L
-            ref_drifts = []
-
-            def drift(t, y, ref_drifts=ref_drifts):  # records the reference drift of each step
-                d = ref.drift(t, y)
-                ref_drifts.append(d if self.project is None else self.project(d))
-                return d + ref.sigma(t) * net(t, y)
-
-            mv = euler_maruyama(drift, ref.sigma, x, ts[a:b + 1], generator=gen, project=self.project,
-                                n_dof=self.n_dof, backward=back, record=True)
-            if not dist.all_true(bool(torch.isfinite(mv.x).all())):
-                self._diverged("non-finite states in the SCLD training SMC pass")
-            log_g_new = self.log_gamma(float(ts[b]), mv.x)
-            inc = log_g_new - log_g + mv.log_bwd - mv.log_fwd
-            const = (log_g_new - log_g + mv.log_bwd
-                     + 0.5 * self.n_dof * torch.log(2 * math.pi * var[a:b].double()).sum())
-            resid = mv.xs[1:] - mv.xs[:-1] - self._hs[a:b, None, None] * torch.stack(ref_drifts)
-            rows.append({"x": mv.xs[:-1].transpose(0, 1).reshape(n, -1),
-                         "r": resid.transpose(0, 1).reshape(n, -1), "c": const,
-                         "seg": torch.full((n,), s, dtype=torch.long, device=self.device)})
-            incs.append(inc)
-            starts.append(x)
-            ess.append(float(torch.exp(2 * torch.logsumexp(inc, 0) - torch.logsumexp(2 * inc, 0))) / n)
-            lw = lw + inc
-            x, log_g = mv.x, log_g_new
-            if s < S - 1:  # frac 1: every boundary resamples (unless the weights are all equal)
-                (x, log_g), lw, log_acc, _ = resample_islands((x, log_g), lw, log_acc, 1.0, gen)
-                if mala is not None:
-                    x, u = mala(b, x, gen)
-                    log_g = -u.to(torch.float64)
-        log_z = float(log_acc[0] + torch.logsumexp(lw, 0) - math.log(n))
-        return {"rows": {k: torch.cat([r[k] for r in rows]) for k in rows[0]},
-                "log_w": torch.stack(incs), "start": torch.stack(starts), "log_z": log_z,
-                "ess_frac": sum(ess) / S}
+        return segment_rollout(
+            x, ref.log_prior(x), self.ts, c.scld_segments, ref_drift=ref.drift,
+            control=lambda t, y: ref.sigma(t) * net(t, y),
+            noise_var=lambda t, t_next: ref.sigma(t) ** 2 * (t_next - t),
+            backward=reversed_reference_kernel(ref.drift, ref.sigma),
+            log_gamma=lambda k, y: self.log_gamma(float(self.ts[k]), y), generator=gen,
+            project=self.project, n_dof=self.n_dof, rejuvenate=self._mala_rejuvenation(c.smc_mcmc_steps),
+            on_nonfinite=self._diverged)
 
     def scld_loss(self, net, rows: dict) -> torch.Tensor:
         """The SCLD loss (mean over segments of the variance of the segment log-weights) of
         stored segment ``rows`` under ``net``; differentiable in the network's parameters."""
         c = self.config
-        S = c.scld_segments
-        L = c.n_time_steps // S
-        seg = rows["seg"]
-        R = seg.shape[0]
-        k = seg[:, None] * L + torch.arange(L, device=seg.device)  # (R, L) level indices
-        t = self.ts.to(self.device, torch.float32)[k]
-        x = rows["x"].view(R * L, self.dim)
-        v = net(t.reshape(-1), x)
-        if self.project is not None:
-            v = self.project(v)
-        shift = (self._hs[k] * self._sigmas[k])[..., None] * v.view(R, L, self.dim)
-        log_w = segment_log_weights(rows["c"], rows["r"].view(R, L, self.dim), shift,
-                                    self._hs[k] * self._sigmas[k] ** 2)
-        return segment_log_variance(log_w, seg, S)
+        ts = self.ts.to(self.device, torch.float32)
+
+        def shift(k, x):
+            v = net(ts[k], x)
+            v = v if self.project is None else self.project(v)
+            return (self._hs[k] * self._sigmas[k])[:, None] * v
+
+        return segment_loss(rows, shift, c.scld_segments, c.n_time_steps // c.scld_segments,
+                            self._hs * self._sigmas ** 2)
+
+    def _mala_rejuvenation(self, n_mcmc: int):
+        """``n_mcmc`` MALA steps on ``gamma_k`` as a rejuvenation move in
+        :func:`~boltzkit.samplers._shared.smc.run_islands`'s convention (None for 0)."""
+        if not n_mcmc:
+            return None
+        ref, ts = self.ref, self.ts
+        mala = MALARejuvenation(
+            lambda k, y: (-self.log_gamma(float(ts[k]), y), ref.grad_u(float(ts[k]), y)),
+            n_mcmc, default_step_size("mala", self.dim, self.target_scale))
+
+        def rejuv(k, x, carry, g):
+            x, u = mala(k, x, g)
+            return x, (-u.to(torch.float64),)
+
+        rejuv.acceptance = mala.acceptance  # read by run_islands
+        return rejuv
 
     def _scld_step(self) -> dict:
         c, gen = self.config, self.gens["train"]
         run = self.scld_rollout(c.batch_size)
-        self.buffer.add(**run["rows"])
+        self.buffer.add(**run.rows)
         self.net.train()
         loss = 0.0
         for _ in range(c.updates_per_step):
@@ -763,7 +726,7 @@ class NAAS(TrainableSampler):
             if self.ema is not None:
                 self.ema.update(self.net)
             loss += float(lval.detach()) / c.updates_per_step
-        return {"loss": loss, "log_z": run["log_z"], "segment_ess_frac": run["ess_frac"],
+        return {"loss": loss, "log_z": run.log_z, "segment_ess_frac": run.ess_frac,
                 "energy_grads": float(self.ref.n_grad), "energy_hvps": float(self.ref.n_hvp)}
 
     # ------------------------------------------------------------------ state
@@ -909,18 +872,7 @@ class NAAS(TrainableSampler):
             log_g_new = self.log_gamma(float(ts[k + 1]), mv.x)
             return mv.x, log_g_new - log_g + mv.log_bwd - mv.log_fwd, (log_g_new,)
 
-        rejuv = None
-        if n_mcmc:
-            mala = MALARejuvenation(
-                lambda k, y: (-self.log_gamma(float(ts[k]), y), ref.grad_u(float(ts[k]), y)),
-                n_mcmc, default_step_size("mala", self.dim, self.target_scale))
-
-            def rejuv(k, x, carry, g):
-                x, u = mala(k, x, g)
-                return x, (-u.to(torch.float64),)
-
-            rejuv.acceptance = mala.acceptance  # read by run_islands
-
+        rejuv = self._mala_rejuvenation(n_mcmc)
         run = run_islands(x, lw, ts.numel() - 1, step, frac=frac, n_islands=islands, generator=gen,
                           rejuvenate=rejuv, carry=(ref.log_prior(x),))
         x = run.x.cpu()

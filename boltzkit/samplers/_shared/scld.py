@@ -46,9 +46,111 @@ Failure modes
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
-__all__ = ["segment_log_weights", "segment_log_variance"]
+from ...nn.sde import euler_maruyama
+from .smc import resample_islands
+
+__all__ = ["SegmentRun", "segment_rollout", "segment_loss", "segment_log_weights", "segment_log_variance"]
+
+
+@dataclass
+class SegmentRun:
+    """Output of :func:`segment_rollout`: ``rows`` (one per particle and segment: ``x`` (L * D)
+    the states ``x_a..x_{b-1}``, ``r`` (L * D) the residuals of the reference step, ``c``
+    (float64) the control-free part of the segment log-weight, ``seg`` the segment index),
+    ``log_w`` (S, n) the segments' actual incremental log-weights, ``start`` (S, n, D) the
+    segments' start points (resampled after the first), ``x`` the final particles, ``log_z``
+    the pass's SMC estimate, ``ess_frac`` the mean ESS fraction of the segment increments."""
+
+    rows: dict
+    log_w: torch.Tensor
+    start: torch.Tensor
+    x: torch.Tensor
+    log_z: float
+    ess_frac: float
+
+
+@torch.no_grad()
+def segment_rollout(x: torch.Tensor, log_g: torch.Tensor, ts: torch.Tensor, n_segments: int, *,
+                    ref_drift: "Callable | None", control: Callable, noise_var: Callable, backward: Callable,
+                    log_gamma: Callable, generator, project=None, n_dof: "int | None" = None,
+                    rejuvenate: "Callable | None" = None, on_nonfinite: "Callable | None" = None) -> SegmentRun:
+    """One SMC pass along the controlled path ``x_{k+1} = x_k + h_k [b(t_k, x_k) + c(t_k, x_k)] +
+    sqrt(var_k) eps``, cut into ``n_segments`` equal segments, resampled (systematic, one
+    population) at every segment boundary and optionally moved there by ``rejuvenate``.
+
+    ``x`` (n, D) and ``log_g`` (n,) float64: the start particles (exact draws of ``gamma_0``)
+    and ``log gamma_0`` there; ``ref_drift(t, x)`` the control-free drift ``b`` (None: zero);
+    ``control(t, x)`` the control's drift ``c``; ``noise_var(t, t_next)`` the step variance;
+    ``backward`` the backward kernels (:mod:`boltzkit.nn.sde` convention); ``log_gamma(k, x)``
+    the intermediate targets (float64); ``rejuvenate(k, x, carry, generator) -> (x, carry)``
+    with ``carry = (log gamma_k,)`` (:func:`~boltzkit.samplers._shared.smc.run_islands`'s
+    convention); ``on_nonfinite(message)`` raises when a state is not finite.
+    """
+    n, K = x.shape[0], ts.numel() - 1
+    L = K // n_segments
+    lw = torch.zeros(n, dtype=torch.float64, device=x.device)
+    log_acc = torch.zeros(1, dtype=torch.float64, device=x.device)
+    rows, incs, starts, ess = [], [], [], []
+    for s in range(n_segments):
+        a, b = s * L, (s + 1) * L
+        refs = []
+
+        def drift(t, y, refs=refs):  # records the (projected) control-free drift of each step
+            d = torch.zeros_like(y) if ref_drift is None else ref_drift(t, y)
+            refs.append(d if project is None else project(d))
+            return d + control(t, y)
+
+        mv = euler_maruyama(drift, None, x, ts[a:b + 1], generator=generator, project=project, n_dof=n_dof,
+                            noise_var=noise_var, backward=backward, record=True)
+        if not bool(torch.isfinite(mv.x).all()) and on_nonfinite is not None:
+            on_nonfinite("non-finite states in the SCLD training SMC pass")
+        log_g_new = log_gamma(b, mv.x)
+        inc = log_g_new - log_g + mv.log_bwd - mv.log_fwd
+        dof = x.shape[1] if n_dof is None else n_dof
+        log_norm = sum(0.5 * dof * math.log(2 * math.pi * noise_var(float(ts[k]), float(ts[k + 1])))
+                       for k in range(a, b))
+        h = torch.diff(ts[a:b + 1]).to(x.device, x.dtype)
+        resid = mv.xs[1:] - mv.xs[:-1] - h[:, None, None] * torch.stack(refs)
+        rows.append({"x": mv.xs[:-1].transpose(0, 1).reshape(n, -1),
+                     "r": resid.transpose(0, 1).reshape(n, -1),
+                     "c": log_g_new - log_g + mv.log_bwd + log_norm,
+                     "seg": torch.full((n,), s, dtype=torch.long, device=x.device)})
+        incs.append(inc)
+        starts.append(x)
+        ess.append(float(torch.exp(2 * torch.logsumexp(inc, 0) - torch.logsumexp(2 * inc, 0))) / n)
+        lw = lw + inc
+        x, log_g = mv.x, log_g_new
+        if s < n_segments - 1:  # frac 1: every boundary resamples (unless all weights are equal)
+            (x, log_g), lw, log_acc, _ = resample_islands((x, log_g), lw, log_acc, 1.0, generator)
+            if rejuvenate is not None:
+                x, (log_g,) = rejuvenate(b, x, (log_g,), generator)
+    return SegmentRun(rows={k: torch.cat([r[k] for r in rows]) for k in rows[0]}, log_w=torch.stack(incs),
+                      start=torch.stack(starts), x=x,
+                      log_z=float(log_acc[0] + torch.logsumexp(lw, 0) - math.log(n)),
+                      ess_frac=sum(ess) / n_segments)
+
+
+def segment_loss(rows: dict, shift: Callable, n_segments: int, seg_len: int, var: torch.Tensor) -> torch.Tensor:
+    """The SCLD loss of stored segment ``rows`` (:class:`SegmentRun` rows): the mean over
+    segments of the variance of their log-weights, recomputed under the current control.
+
+    ``shift(k, x) -> (R * L, D)``: the control's shift ``h_k c(t_k, x)`` of the forward mean
+    (projected) at level indices ``k`` (R * L,) and states ``x`` (R * L, D), differentiable in
+    the network's parameters; ``var`` (K,): the forward step variances of all levels.
+    """
+    seg = rows["seg"]
+    R, L = seg.shape[0], seg_len
+    k = (seg[:, None] * L + torch.arange(L, device=seg.device)).reshape(-1)
+    D = rows["x"].shape[1] // L
+    m = shift(k, rows["x"].reshape(R * L, D)).view(R, L, D)
+    log_w = segment_log_weights(rows["c"], rows["r"].view(R, L, D), m, var.to(m)[k].view(R, L))
+    return segment_log_variance(log_w, seg, n_segments)
 
 
 def segment_log_weights(const: torch.Tensor, resid: torch.Tensor, shift: torch.Tensor,
