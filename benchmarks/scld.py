@@ -10,9 +10,14 @@ pass (log-variance loss per segment). In boltzkit this is ``NAAS(train_on="smc")
 * ``scld-naas+smc``   the same NAAS path and network trained with ``train_on="smc"``
   (``scld_segments`` segments, resampling at every boundary), sampled the same way;
   ``scld-naas+smc+mala`` adds 2 MALA steps per level; ``scld-naas`` is plain importance sampling;
+* ``scld-pdns+smc``   (``--mode pdns``) continuous PDNS trained with ``train_on="smc"`` (10 segments,
+  the PDNS config of ``smc_neural.py``), sampled as island SMC (+ ``+smc+mala``);
+* ``naas-untrained+smc`` (``--mode untrained``) the same path with zero control: where SCLD
+  training starts;
 * ``smc``             the package's SMC for continuous targets (``AIS`` with one MALA step per
   level, resampling at ESS < 0.5, 16 islands) at each neural row's total budget: ``B_scld``
-  (SCLD training + SMC sampling), ``B_scld_mala`` and ``B_naas`` (NAAS training + SMC sampling).
+  (SCLD training + SMC sampling), ``B_scld_mala`` and ``B_naas`` (NAAS training + SMC sampling),
+  and with ``--mode pdns`` ``B_scld_pdns`` / ``B_scld_pdns_mala``.
 
 Every energy and gradient evaluation on the target is counted (``smc_neural.EvalCounter``; a
 Hessian-vector product of NAAS's adjoint counts as two more gradients), training included.
@@ -21,6 +26,7 @@ right-well fraction (many-well-32), reliable flag, wall time (2-core CPU shared 
 compare within a run).
 
 Run:  nice -n 5 python benchmarks/scld.py [--targets gmm40,mw32] [--seeds 2] [--quick]
+      [--mode main|pdns|untrained]
 Writes benchmarks/results/scld.json (rows of other targets kept) and scld.png. Not run by pytest.
 """
 
@@ -40,6 +46,7 @@ sys.path.insert(0, str(HERE))
 
 from boltzkit._utils import versions  # noqa: E402
 from boltzkit.samplers.naas import NAAS  # noqa: E402
+from boltzkit.samplers.pdns import PDNS  # noqa: E402
 from smc_neural import (CONFIGS, N_ISLANDS, PDNS_MALA, RESAMPLE, EvalCounter, make_target,  # noqa: E402
                         plot, run_ais, run_neural, summarize)
 
@@ -49,6 +56,41 @@ RESULTS = HERE / "results"
 SCLD = {"gmm40": dict(scld_segments=8, scld_steps=60, naas_steps=30),
         "mw32": dict(scld_segments=16, scld_steps=30, naas_steps=15),
         "ho15": dict(scld_segments=8, scld_steps=30, naas_steps=15)}
+
+
+def run_pdns(name, seeds, n, device, max_levels, quick=False):
+    """``scld-pdns`` rows (PDNS with ``train_on="smc"``, ``smc_neural``'s PDNS config, 10
+    segments) and SMC at their budgets (``B_scld_pdns``, ``B_scld_pdns_mala``)."""
+    cfg = CONFIGS[name]
+    target, exact, extra = make_target(name)
+    counter = EvalCounter(target)
+    rows = []
+    for seed in seeds:
+        opts = {**cfg["pdns"], "train_on": "smc", "scld_segments": 10}
+        sd = run_neural(name, PDNS, opts, 2 if quick else cfg["pdns_steps"], seed, n, target, counter, exact,
+                        extra, device, label="scld-pdns", variants=[("+smc", 0), ("+smc+mala", PDNS_MALA)])
+        rows += sd
+        for bname, r in (("B_scld_pdns", sd[0]), ("B_scld_pdns_mala", sd[1])):
+            rows.append(run_ais(name, True, r["evals_total"], bname, seed, n, cfg["init_std"], target, counter,
+                                exact, extra, device, max_levels))
+    return rows
+
+
+def run_untrained(name, seeds, n, device, max_levels, quick=False):
+    """``naas-untrained+smc`` rows: the SCLD path (no prior stage) with zero control, i.e. what
+    SCLD training starts from, and SMC at its budget (``B_untrained``)."""
+    cfg = CONFIGS[name]
+    target, exact, extra = make_target(name)
+    counter = EvalCounter(target)
+    rows = []
+    for seed in seeds:
+        opts = {**cfg["naas"], "train_on": "smc", "scld_segments": SCLD[name]["scld_segments"]}
+        un = run_neural(name, NAAS, opts, 0, seed, n, target, counter, exact, extra, device,
+                        label="naas-untrained", variants=[("+smc", 0)])
+        rows += un
+        rows.append(run_ais(name, True, un[0]["evals_total"], "B_untrained", seed, n, cfg["init_std"], target,
+                            counter, exact, extra, device, max_levels))
+    return rows
 
 
 def run_target(name, seeds, n, device, max_levels, quick=False):
@@ -75,6 +117,18 @@ def run_target(name, seeds, n, device, max_levels, quick=False):
     return rows
 
 
+MODES = {"main": run_target, "pdns": run_pdns, "untrained": run_untrained}
+
+
+def _mode_of(row) -> str:
+    m, b = row["method"], str(row.get("budget", ""))
+    if m.startswith("scld-pdns") or b.startswith("B_scld_pdns"):
+        return "pdns"
+    if m.startswith("naas-untrained") or b == "B_untrained":
+        return "untrained"
+    return "main"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--targets", default="gmm40,mw32")
@@ -83,6 +137,9 @@ def main(argv=None):
     p.add_argument("--max-levels", type=int, default=2000)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--mode", default="main", choices=tuple(MODES),
+                   help="main: NAAS, SCLD-NAAS and SMC; pdns: SCLD-PDNS and SMC at its budgets; untrained: "
+                   "the untrained SCLD path and SMC at its budget (each mode replaces only its own rows)")
     p.add_argument("--out", default=str(RESULTS / "scld.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -92,12 +149,12 @@ def main(argv=None):
         plot(old["rows"], out.with_suffix(".png"))
         return
     names = args.targets.split(",")
-    rows = [r for r in old.get("rows", []) if r["target"] not in names]
+    rows = [r for r in old.get("rows", []) if r["target"] not in names or _mode_of(r) != args.mode]
     n = 256 if args.quick else args.n_samples
     seeds = 1 if args.quick else args.seeds
     for seed, name in [(sd, nm) for sd in range(seeds) for nm in names]:  # JSON rewritten per run
         t0 = time.perf_counter()
-        rows += run_target(name, [seed], n, "cpu", args.max_levels, quick=args.quick)
+        rows += MODES[args.mode](name, [seed], n, "cpu", args.max_levels, quick=args.quick)
         print(f"{name} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         doc = {"benchmark": "scld", "versions": versions(), "naas_configs": {k: CONFIGS[k]["naas"] for k in names},
                "scld": SCLD, "n_islands": N_ISLANDS, "resample_ess": RESAMPLE, "rows": rows,

@@ -87,3 +87,49 @@ def test_scld_options_checked_before_any_work():
         NAAS(train_on="smc", n_time_steps=10, scld_segments=4)
     with pytest.raises(ConfigError, match="scld_segments"):
         NAAS(train_on="smc", scld_segments=0)
+
+
+# ---------------------------------------------------------------------------- PDNS (same hook)
+PDNS_SCLD = dict(device="cpu", train_on="smc", n_time_steps=20, scld_segments=4, batch_size=128,
+                 inner_steps=5, ema_decay=0.9, progress=False)
+
+
+def test_pdns_loss_is_the_variance_of_the_smc_segment_increments():
+    from boltzkit.samplers.pdns import PDNS
+
+    s = PDNS(seed=2, **PDNS_SCLD).fit(TWO, n_steps=3)
+    run = s.inst.scld_rollout(s.model, 256, torch.Generator().manual_seed(0), n_segments=4, mcmc_steps=0)
+    assert all(torch.unique(run.start[k], dim=0).shape[0] < 256 for k in range(1, 4))
+    with torch.no_grad():
+        loss = float(s.inst.scld_loss(s.model, run.rows, 4))
+    assert loss == pytest.approx(float(run.log_w.var(dim=1).mean()), rel=1e-4)
+    assert "segment_ess_frac" in s.history and "stage" not in s.history  # no proximal stages
+
+
+def test_pdns_scld_trained_smc_log_z_calibrated():
+    from boltzkit.samplers.pdns import PDNS
+
+    ests, ses = [], []
+    for seed in range(3):
+        s = PDNS(seed=seed, **PDNS_SCLD).fit(TWO, n_steps=20)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = s.sample_smc(2048, n_islands=32)
+        assert abs(r.log_z) <= 3 * r.log_z_stderr, (seed, r.log_z, r.log_z_stderr)
+        assert abs(r.log_z - 0.5) > 3 * r.log_z_stderr  # negative control: a wrong truth fails
+        ests.append(r.log_z)
+        ses.append(r.log_z_stderr)
+    se = float(np.std(ests, ddof=1)) / math.sqrt(len(ests))
+    assert_consistent(float(np.mean(ests)), se, 0.0, bias=0.01)
+    assert_rejects(float(np.mean(ests)), se, 0.2)
+
+
+def test_pdns_scld_needs_a_continuous_target():
+    from boltzkit.energies import Ising
+    from boltzkit.errors import IncompatibleMethodError
+    from boltzkit.samplers.pdns import PDNS
+
+    with pytest.raises(IncompatibleMethodError, match="train_on='smc'"):
+        PDNS(train_on="smc", n_time_steps=20, scld_segments=4).fit(Ising(L=3, beta=0.3), n_steps=1)
+    with pytest.raises(ConfigError, match="multiple of"):
+        PDNS(train_on="smc", n_time_steps=25, scld_segments=10)
