@@ -58,88 +58,83 @@ SCLD = {"gmm40": dict(scld_segments=8, scld_steps=60, naas_steps=30),
         "ho15": dict(scld_segments=8, scld_steps=30, naas_steps=15)}
 
 
-def run_pdns(name, seeds, n, device, max_levels, quick=False):
-    """``scld-pdns`` rows (PDNS with ``train_on="smc"``, ``smc_neural``'s PDNS config, 10
-    segments) and SMC at their budgets (``B_scld_pdns``, ``B_scld_pdns_mala``)."""
+def _smc_rows(name, budgets, seed, n, cfg, target, counter, exact, extra, device, max_levels):
+    return [run_ais(name, True, b, bname, seed, n, cfg["init_std"], target, counter, exact, extra, device,
+                    max_levels) for bname, b in budgets.items()]
+
+
+def run_naas(name, seed, n, target, counter, exact, extra, device, max_levels, quick):
+    """``naas+smc`` (adjoint matching) and SMC at its total (``B_naas``)."""
     cfg = CONFIGS[name]
-    target, exact, extra = make_target(name)
-    counter = EvalCounter(target)
-    rows = []
-    for seed in seeds:
-        opts = {**cfg["pdns"], "train_on": "smc", "scld_segments": 10}
-        sd = run_neural(name, PDNS, opts, 2 if quick else cfg["pdns_steps"], seed, n, target, counter, exact,
-                        extra, device, label="scld-pdns", variants=[("+smc", 0), ("+smc+mala", PDNS_MALA)])
-        rows += sd
-        for bname, r in (("B_scld_pdns", sd[0]), ("B_scld_pdns_mala", sd[1])):
-            rows.append(run_ais(name, True, r["evals_total"], bname, seed, n, cfg["init_std"], target, counter,
-                                exact, extra, device, max_levels))
-    return rows
+    na = run_neural(name, NAAS, cfg["naas"], 2 if quick else SCLD[name]["naas_steps"], seed, n, target, counter,
+                    exact, extra, device, variants=[("+smc", 0)])
+    return na + _smc_rows(name, {"B_naas": na[0]["evals_total"]}, seed, n, cfg, target, counter, exact, extra,
+                          device, max_levels)
 
 
-def run_untrained(name, seeds, n, device, max_levels, quick=False):
-    """``naas-untrained+smc`` rows: the SCLD path (no prior stage) with zero control, i.e. what
-    SCLD training starts from, and SMC at its budget (``B_untrained``)."""
+def _run_scld(name, seed, n, target, counter, exact, extra, device, max_levels, quick, backward):
     cfg = CONFIGS[name]
-    target, exact, extra = make_target(name)
-    counter = EvalCounter(target)
-    rows = []
-    for seed in seeds:
-        opts = {**cfg["naas"], "train_on": "smc", "scld_segments": SCLD[name]["scld_segments"]}
-        un = run_neural(name, NAAS, opts, 0, seed, n, target, counter, exact, extra, device,
-                        label="naas-untrained", variants=[("+smc", 0)])
-        rows += un
-        rows.append(run_ais(name, True, un[0]["evals_total"], "B_untrained", seed, n, cfg["init_std"], target,
-                            counter, exact, extra, device, max_levels))
-    return rows
+    tag = "" if backward == "learned" else "-fixed"
+    opts = {**cfg["naas"], "train_on": "smc", "scld_segments": SCLD[name]["scld_segments"],
+            "scld_backward": backward}
+    sd = run_neural(name, NAAS, opts, 2 if quick else SCLD[name]["scld_steps"], seed, n, target, counter, exact,
+                    extra, device, label=f"scld-naas{tag}",
+                    variants=[("", None), ("+smc", 0), ("+smc+mala", PDNS_MALA)])
+    budgets = {f"B_scld{tag}": sd[1]["evals_total"], f"B_scld{tag}_mala": sd[2]["evals_total"]}
+    return sd + _smc_rows(name, budgets, seed, n, cfg, target, counter, exact, extra, device, max_levels)
 
 
-def run_target(name, seeds, n, device, max_levels, quick=False):
-    """Rows of one target for the seeds in ``seeds`` (an iterable)."""
+def run_scld(*a):
+    """``scld-naas`` (learned backward, the default) plain, +SMC, +SMC+MALA, and SMC at their totals."""
+    return _run_scld(*a, backward="learned")
+
+
+def run_scld_fixed(*a):
+    """The same with ``scld_backward="fixed"`` (reverse-ULA backward kernels): ``scld-naas-fixed``."""
+    return _run_scld(*a, backward="fixed")
+
+
+def run_untrained(name, seed, n, target, counter, exact, extra, device, max_levels, quick):
+    """``naas-untrained+smc``: the SCLD path (no prior stage) with zero control, i.e. where SCLD
+    training starts, and SMC at its total (``B_untrained``)."""
     cfg = CONFIGS[name]
-    sc = dict(SCLD[name])
-    if quick:
-        sc.update(scld_steps=2, naas_steps=2)
-    target, exact, extra = make_target(name)
-    counter = EvalCounter(target)
-    rows = []
-    for seed in seeds:
-        na = run_neural(name, NAAS, cfg["naas"], sc["naas_steps"], seed, n, target, counter, exact, extra,
-                        device, variants=[("+smc", 0)])
-        opts = {**cfg["naas"], "train_on": "smc", "scld_segments": sc["scld_segments"]}
-        sd = run_neural(name, NAAS, opts, sc["scld_steps"], seed, n, target, counter, exact, extra, device,
-                        label="scld-naas", variants=[("", None), ("+smc", 0), ("+smc+mala", PDNS_MALA)])
-        rows += na + sd
-        budgets = {"B_scld": sd[1]["evals_total"], "B_scld_mala": sd[2]["evals_total"],
-                   "B_naas": na[0]["evals_total"]}
-        for bname, b in budgets.items():
-            rows.append(run_ais(name, True, b, bname, seed, n, cfg["init_std"], target, counter, exact, extra,
-                                device, max_levels))
-    return rows
+    opts = {**cfg["naas"], "train_on": "smc", "scld_segments": SCLD[name]["scld_segments"]}
+    un = run_neural(name, NAAS, opts, 0, seed, n, target, counter, exact, extra, device,
+                    label="naas-untrained", variants=[("+smc", 0)])
+    return un + _smc_rows(name, {"B_untrained": un[0]["evals_total"]}, seed, n, cfg, target, counter, exact,
+                          extra, device, max_levels)
 
 
-MODES = {"main": run_target, "pdns": run_pdns, "untrained": run_untrained}
+def run_pdns(name, seed, n, target, counter, exact, extra, device, max_levels, quick):
+    """``scld-pdns`` (continuous PDNS, ``train_on="smc"``, the PDNS config of ``smc_neural.py``,
+    10 segments) +SMC and +SMC+MALA, and SMC at their totals."""
+    cfg = CONFIGS[name]
+    opts = {**cfg["pdns"], "train_on": "smc", "scld_segments": 10}
+    sd = run_neural(name, PDNS, opts, 2 if quick else cfg["pdns_steps"], seed, n, target, counter, exact,
+                    extra, device, label="scld-pdns", variants=[("+smc", 0), ("+smc+mala", PDNS_MALA)])
+    budgets = {"B_scld_pdns": sd[0]["evals_total"], "B_scld_pdns_mala": sd[1]["evals_total"]}
+    return sd + _smc_rows(name, budgets, seed, n, cfg, target, counter, exact, extra, device, max_levels)
 
 
-def _mode_of(row) -> str:
-    m, b = row["method"], str(row.get("budget", ""))
-    if m.startswith("scld-pdns") or b.startswith("B_scld_pdns"):
-        return "pdns"
-    if m.startswith("naas-untrained") or b == "B_untrained":
-        return "untrained"
-    return "main"
+VARIANTS = {"naas": run_naas, "scld": run_scld, "scld-fixed": run_scld_fixed, "untrained": run_untrained,
+            "pdns": run_pdns}
+
+
+def _key(r):
+    return r["target"], r["seed"], r["method"], r.get("budget")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--targets", default="gmm40,mw32")
     p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--seed-start", type=int, default=0)
+    p.add_argument("--variants", default="naas,scld,scld-fixed,untrained",
+                   help=f"comma-separated groups of rows to run, of {tuple(VARIANTS)}")
     p.add_argument("--n-samples", type=int, default=2048)
     p.add_argument("--max-levels", type=int, default=2000)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--plot-only", action="store_true")
-    p.add_argument("--mode", default="main", choices=tuple(MODES),
-                   help="main: NAAS, SCLD-NAAS and SMC; pdns: SCLD-PDNS and SMC at its budgets; untrained: "
-                   "the untrained SCLD path and SMC at its budget (each mode replaces only its own rows)")
     p.add_argument("--out", default=str(RESULTS / "scld.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -148,19 +143,29 @@ def main(argv=None):
     if args.plot_only:
         plot(old["rows"], out.with_suffix(".png"))
         return
-    names = args.targets.split(",")
-    rows = [r for r in old.get("rows", []) if r["target"] not in names or _mode_of(r) != args.mode]
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {tuple(VARIANTS)}")
+    rows = list(old.get("rows", []))
     n = 256 if args.quick else args.n_samples
-    seeds = 1 if args.quick else args.seeds
-    for seed, name in [(sd, nm) for sd in range(seeds) for nm in names]:  # JSON rewritten per run
-        t0 = time.perf_counter()
-        rows += MODES[args.mode](name, [seed], n, "cpu", args.max_levels, quick=args.quick)
-        print(f"{name} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
-        doc = {"benchmark": "scld", "versions": versions(), "naas_configs": {k: CONFIGS[k]["naas"] for k in names},
-               "scld": SCLD, "n_islands": N_ISLANDS, "resample_ess": RESAMPLE, "rows": rows,
-               "summary": summarize(rows),
-               "note": "2-core CPU shared by several developers: wall times are under contention"}
-        out.write_text(json.dumps(doc, indent=1, default=float))
+    seeds = range(args.seed_start, args.seed_start + (1 if args.quick else args.seeds))
+    for seed in seeds:
+        for name in args.targets.split(","):
+            target, exact, extra = make_target(name)
+            counter = EvalCounter(target)
+            for v in variants:
+                t0 = time.perf_counter()
+                new = VARIANTS[v](name, seed, n, target, counter, exact, extra, "cpu", args.max_levels, args.quick)
+                keys = {_key(r) for r in new}
+                rows = [r for r in rows if _key(r) not in keys] + new  # a rerun replaces its rows
+                print(f"{name} seed {seed} {v}: {time.perf_counter() - t0:.0f} s", flush=True)
+                doc = {"benchmark": "scld", "versions": versions(), "scld": SCLD, "n_islands": N_ISLANDS,
+                       "naas_configs": {k: CONFIGS[k]["naas"] for k in SCLD},
+                       "pdns_configs": {k: CONFIGS[k]["pdns"] for k in SCLD}, "resample_ess": RESAMPLE,
+                       "rows": rows, "summary": summarize(rows),
+                       "note": "2-core CPU shared by several developers: wall times are under contention"}
+                out.write_text(json.dumps(doc, indent=1, default=float))
     plot(rows, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

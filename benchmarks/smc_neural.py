@@ -321,7 +321,9 @@ def plot(rows, path):
     targets = list(dict.fromkeys(r["target"] for r in rows))
     fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), squeeze=False)
     colors = {"naas": "C0", "naas+smc": "C1", "pdns": "C2", "pdns+smc": "C3", "pdns+smc+mala": "C5",
-              "ais": "C7", "smc": "C4", "scld-naas": "C8", "scld-naas+smc": "C9", "scld-naas+smc+mala": "C6"}
+              "ais": "C7", "smc": "C4", "scld-naas": "C8", "scld-naas+smc": "C9", "scld-naas+smc+mala": "C6",
+              "scld-naas-fixed": "C8", "scld-naas-fixed+smc": "C9", "scld-naas-fixed+smc+mala": "C6",
+              "naas-untrained+smc": "C1", "scld-pdns+smc": "C3", "scld-pdns+smc+mala": "C5"}
     for ax, t in zip(axes[0], targets):
         rs = [r for r in rows if r["target"] == t]
         labels = list(dict.fromkeys(f"{r['method']}" + (f"\n{r['budget']}" if r.get("budget") else "")

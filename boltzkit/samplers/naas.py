@@ -168,7 +168,7 @@ from ..result import result_from_log_weights
 from ..nn.continuous_nets import make_control_net
 from ..nn.ema import EMA
 from ..nn.buffers import ReplayBuffer
-from ._shared.scld import segment_loss, segment_rollout
+from ._shared.scld import controlled_backward, segment_loss, segment_rollout
 from ._shared.smc import MALARejuvenation, island_result, run_islands
 from ..kernels.langevin import default_step_size
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
@@ -209,7 +209,9 @@ class NAASConfig(SamplerConfig):
         per-segment log-variance on the resampled sub-trajectories of an SMC pass, see the
         module docstring; the prior stage is then off), scld_segments (equal segments of the
         path, a divisor of n_time_steps), scld_buffer_size (segment rows kept; None = 4
-        iterations' rows).
+        iterations' rows), scld_backward ("learned": the backward kernels are the reverse-ULA
+        ones shifted by ``-h sigma_t v(t_{k+1}, x_{k+1})``, the same network with the opposite
+        sign as in SCLD / CMCD, used by sample and sample_smc too; "fixed": reverse ULA).
     Sampling
         sample_batch_size; resample_ess (None: plain importance sampling of whole paths; a
         fraction in (0, 1]: the sampled chain runs as an SMC sampler, see
@@ -264,6 +266,7 @@ class NAASConfig(SamplerConfig):
     train_on: str = "paths"
     scld_segments: int = 8
     scld_buffer_size: "int | None" = None
+    scld_backward: str = "learned"
 
     def __post_init__(self):
         for nm in ("n_steps", "n_time_steps", "prior_time_steps", "prior_updates_per_step",
@@ -303,6 +306,7 @@ class NAASConfig(SamplerConfig):
         for nm in ("prior_stage", "use_prior_hint", "importance_weighted"):
             check_flag(nm, getattr(self, nm))
         check_choice("train_on", self.train_on, ("paths", "smc"))
+        check_choice("scld_backward", self.scld_backward, ("learned", "fixed"))
         if self.train_on == "smc" and self.n_time_steps % self.scld_segments:
             raise ConfigError(
                 f"train_on='smc' cuts the path into scld_segments={self.scld_segments} segments of "
@@ -543,8 +547,7 @@ class NAAS(TrainableSampler):
             lw_start = -ref.log_prior(x0)
         path = euler_maruyama(self._annealed_drift(net), ref.sigma, x0, self.ts,
                               generator=generator, project=self.project, n_dof=self.n_dof,
-                              backward=reversed_reference_kernel(ref.drift, ref.sigma),
-                              record=record)
+                              backward=self._backward_kernel(net), record=record)
         x = path.x
         if not bool(torch.isfinite(x).all()):
             return x, None, path
@@ -676,6 +679,7 @@ class NAAS(TrainableSampler):
             control=lambda t, y: ref.sigma(t) * net(t, y),
             noise_var=lambda t, t_next: ref.sigma(t) ** 2 * (t_next - t),
             backward=reversed_reference_kernel(ref.drift, ref.sigma),
+            backward_control=self._backward_control(net),
             log_gamma=lambda k, y: self.log_gamma(float(self.ts[k]), y), generator=gen,
             project=self.project, n_dof=self.n_dof, rejuvenate=self._mala_rejuvenation(c.smc_mcmc_steps),
             on_nonfinite=self._diverged)
@@ -691,8 +695,31 @@ class NAAS(TrainableSampler):
             v = v if self.project is None else self.project(v)
             return (self._hs[k] * self._sigmas[k])[:, None] * v
 
-        return segment_loss(rows, shift, c.scld_segments, c.n_time_steps // c.scld_segments,
-                            self._hs * self._sigmas ** 2)
+        tn = self.ts[1:].to(self.device, torch.float32)
+
+        def bshift(k, x_next):  # h_k sigma_k v(t_{k+1}, x_{k+1})
+            v = net(tn[k], x_next)
+            v = v if self.project is None else self.project(v)
+            return (self._hs[k] * self._sigmas[k])[:, None] * v
+
+        var = self._hs * self._sigmas ** 2
+        return segment_loss(rows, shift, c.scld_segments, c.n_time_steps // c.scld_segments, var,
+                            bshift=bshift, bvar=var)
+
+    def _backward_control(self, net):
+        """The learned backward drift ``c_B(t_k, t_{k+1}, x) = sigma_{t_k} v(t_{k+1}, x)``
+        (``train_on="smc"`` with ``scld_backward="learned"``), else None."""
+        c = self.config
+        if c.train_on != "smc" or c.scld_backward != "learned":
+            return None
+        return lambda t, t_next, x: self.ref.sigma(t) * net(t_next, x)
+
+    def _backward_kernel(self, net):
+        """The annealed stage's backward kernels: reverse ULA, shifted by the learned backward
+        drift when there is one (:func:`~boltzkit.samplers._shared.scld.controlled_backward`)."""
+        fixed = reversed_reference_kernel(self.ref.drift, self.ref.sigma)
+        bc = self._backward_control(net)
+        return fixed if bc is None else controlled_backward(fixed, bc, self.project)
 
     def _mala_rejuvenation(self, n_mcmc: int):
         """``n_mcmc`` MALA steps on ``gamma_k`` as a rejuvenation move in
@@ -859,7 +886,7 @@ class NAAS(TrainableSampler):
             x = self.prior_std * self._reference_draw(n, gen)
             lw = torch.zeros(n, dtype=torch.float64, device=self.device)
         drift = self._annealed_drift(net)
-        back = reversed_reference_kernel(ref.drift, ref.sigma)
+        back = self._backward_kernel(net)
         ts = self.ts
 
         def step(k, x, carry):

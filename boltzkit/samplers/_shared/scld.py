@@ -6,10 +6,11 @@ Chen, Richter, Berner, Blessing, Neumann & Anandkumar, "Sequential Controlled La
 Diffusions", ICLR 2025, arXiv 2412.07081. A controlled annealed Langevin sampler runs as SMC:
 the path ``t_0 < ... < t_K`` is cut into ``S`` segments ``[t_a, t_b]``, the particles are
 resampled (and optionally moved by MCMC) at each segment boundary, and the control is trained
-with a log-variance loss on each segment, started from the resampled (detached) particles. Their
-reference code learns the backward kernel too; boltzkit's NAAS keeps its fixed reverse-ULA
-backward kernel (so the sampler's weights, ``sample`` and ``sample_smc`` are unchanged) and
-learns the forward control only.
+with a log-variance loss on each segment, started from the resampled (detached) particles. As in
+their reference code (the CMCD parametrization) the backward kernel can be learned too, with the
+same network and the opposite sign (:func:`controlled_backward`): NAAS's default under
+``train_on="smc"``; ``scld_backward="fixed"`` (and PDNS, whose Brownian-bridge backward starts
+with a Dirac kernel) keep the fixed backward kernel and learn the forward control only.
 
 Objective
 ---------
@@ -34,10 +35,12 @@ reparametrization and no importance weights.
 Failure modes
 -------------
 * With a fixed backward kernel no control makes ``log w_s`` constant in general: the best
-  forward kernel leaves a weight that depends on the start point (through the segment's value
-  function at ``t_a``), so the loss does not go to zero, and its minimizer depends on the law
-  of the rows (resampled particles of recent controls) -- it minimizes exactly the spread of the
-  increments that the SMC's resampling sees, which is what sets its ESS, not a path KL.
+  forward kernel leaves a weight ``int gamma_b prod_k B_k / gamma_a(x_a)`` that depends on the
+  start point (for reverse-ULA kernels, about ``gamma_{k+1}(x_k) / gamma_k(x_k)`` per step: the
+  annealing increment itself, which no forward control can flatten), so the loss stays above
+  zero and only the discretization and lag part of the spread is removable. A learned backward
+  kernel lifts this bound (the forward and backward drifts can then transport the particles
+  with the annealing), at one more network pass per step.
 * Variance over a few rows per segment is noisy; a segment whose increments are heavy-tailed
   (many-well-32 early on) dominates the mean; gradients are clipped by norm.
 * A mode that no particle reaches in the training SMC pass gets no rows and no training signal,
@@ -55,14 +58,16 @@ import torch
 from ...nn.sde import euler_maruyama
 from .smc import resample_islands
 
-__all__ = ["SegmentRun", "segment_rollout", "segment_loss", "segment_log_weights", "segment_log_variance"]
+__all__ = ["SegmentRun", "segment_rollout", "segment_loss", "segment_log_weights", "segment_log_variance",
+           "controlled_backward"]
 
 
 @dataclass
 class SegmentRun:
-    """Output of :func:`segment_rollout`: ``rows`` (one per particle and segment: ``x`` (L * D)
-    the states ``x_a..x_{b-1}``, ``r`` (L * D) the residuals of the reference step, ``c``
-    (float64) the control-free part of the segment log-weight, ``seg`` the segment index),
+    """Output of :func:`segment_rollout`: ``rows`` (one per particle and segment: ``x``
+    ((L + 1) * D) the states ``x_a..x_b``, ``r`` (L * D) the residuals of the reference step,
+    with a learned backward kernel ``br`` (L * D) the residuals of the fixed backward kernel,
+    ``c`` (float64) the control-free part of the segment log-weight, ``seg`` the segment index),
     ``log_w`` (S, n) the segments' actual incremental log-weights, ``start`` (S, n, D) the
     segments' start points (resampled after the first), ``x`` the final particles, ``log_z``
     the pass's SMC estimate, ``ess_frac`` the mean ESS fraction of the segment increments."""
@@ -79,7 +84,8 @@ class SegmentRun:
 def segment_rollout(x: torch.Tensor, log_g: torch.Tensor, ts: torch.Tensor, n_segments: int, *,
                     ref_drift: "Callable | None", control: Callable, noise_var: Callable, backward: Callable,
                     log_gamma: Callable, generator, project=None, n_dof: "int | None" = None,
-                    rejuvenate: "Callable | None" = None, on_nonfinite: "Callable | None" = None) -> SegmentRun:
+                    rejuvenate: "Callable | None" = None, on_nonfinite: "Callable | None" = None,
+                    backward_control: "Callable | None" = None) -> SegmentRun:
     """One SMC pass along the controlled path ``x_{k+1} = x_k + h_k [b(t_k, x_k) + c(t_k, x_k)] +
     sqrt(var_k) eps``, cut into ``n_segments`` equal segments, resampled (systematic, one
     population) at every segment boundary and optionally moved there by ``rejuvenate``.
@@ -90,24 +96,34 @@ def segment_rollout(x: torch.Tensor, log_g: torch.Tensor, ts: torch.Tensor, n_se
     ``backward`` the backward kernels (:mod:`boltzkit.nn.sde` convention); ``log_gamma(k, x)``
     the intermediate targets (float64); ``rejuvenate(k, x, carry, generator) -> (x, carry)``
     with ``carry = (log gamma_k,)`` (:func:`~boltzkit.samplers._shared.smc.run_islands`'s
-    convention); ``on_nonfinite(message)`` raises when a state is not finite.
+    convention); ``on_nonfinite(message)`` raises when a state is not finite;
+    ``backward_control(t, t_next, x_next)``, when given, is a learned backward drift (see
+    :func:`controlled_backward`).
     """
     n, K = x.shape[0], ts.numel() - 1
     L = K // n_segments
     lw = torch.zeros(n, dtype=torch.float64, device=x.device)
     log_acc = torch.zeros(1, dtype=torch.float64, device=x.device)
     rows, incs, starts, ess = [], [], [], []
+    learned = None if backward_control is None else controlled_backward(backward, backward_control, project)
     for s in range(n_segments):
         a, b = s * L, (s + 1) * L
-        refs = []
+        refs, brefs = [], []
 
         def drift(t, y, refs=refs):  # records the (projected) control-free drift of each step
             d = torch.zeros_like(y) if ref_drift is None else ref_drift(t, y)
             refs.append(d if project is None else project(d))
             return d + control(t, y)
 
+        def back(t, t_next, y, y_next, brefs=brefs):  # records the fixed kernels' residuals
+            shift, var = backward(t, t_next, y, y_next)
+            if backward_control is not None:
+                brefs.append(((y - y_next) - shift, var))
+                return learned(t, t_next, y, y_next)
+            return shift, var
+
         mv = euler_maruyama(drift, None, x, ts[a:b + 1], generator=generator, project=project, n_dof=n_dof,
-                            noise_var=noise_var, backward=backward, record=True)
+                            noise_var=noise_var, backward=back, record=True)
         if not bool(torch.isfinite(mv.x).all()) and on_nonfinite is not None:
             on_nonfinite("non-finite states in the SCLD training SMC pass")
         log_g_new = log_gamma(b, mv.x)
@@ -117,10 +133,13 @@ def segment_rollout(x: torch.Tensor, log_g: torch.Tensor, ts: torch.Tensor, n_se
                        for k in range(a, b))
         h = torch.diff(ts[a:b + 1]).to(x.device, x.dtype)
         resid = mv.xs[1:] - mv.xs[:-1] - h[:, None, None] * torch.stack(refs)
-        rows.append({"x": mv.xs[:-1].transpose(0, 1).reshape(n, -1),
-                     "r": resid.transpose(0, 1).reshape(n, -1),
-                     "c": log_g_new - log_g + mv.log_bwd + log_norm,
-                     "seg": torch.full((n,), s, dtype=torch.long, device=x.device)})
+        row = {"x": mv.xs.transpose(0, 1).reshape(n, -1), "r": resid.transpose(0, 1).reshape(n, -1),
+               "c": log_g_new - log_g + mv.log_bwd + log_norm,
+               "seg": torch.full((n,), s, dtype=torch.long, device=x.device)}
+        if backward_control is not None:  # the backward quadratic terms are recomputed by the loss
+            row["br"] = torch.stack([r for r, _ in brefs]).transpose(0, 1).reshape(n, -1)
+            row["c"] = log_g_new - log_g + log_norm - sum(0.5 * dof * math.log(2 * math.pi * v) for _, v in brefs)
+        rows.append(row)
         incs.append(inc)
         starts.append(x)
         ess.append(float(torch.exp(2 * torch.logsumexp(inc, 0) - torch.logsumexp(2 * inc, 0))) / n)
@@ -136,26 +155,54 @@ def segment_rollout(x: torch.Tensor, log_g: torch.Tensor, ts: torch.Tensor, n_se
                       ess_frac=sum(ess) / n_segments)
 
 
-def segment_loss(rows: dict, shift: Callable, n_segments: int, seg_len: int, var: torch.Tensor) -> torch.Tensor:
+def controlled_backward(backward: Callable, backward_control: Callable, project=None) -> Callable:
+    """Backward kernels with a learned drift subtracted from the fixed kernels' mean (the CMCD /
+    SCLD form, one network in both directions with opposite signs):
+    ``B_k = N(x_{k+1} + shift_k - h_k c_B(t_k, t_{k+1}, x_{k+1}), var^B_k)``; still normalized,
+    so path weights stay unbiased for Z for any ``c_B``. The fixed kernels need positive
+    variances (a Dirac kernel cannot be shifted)."""
+
+    def back(t, t_next, x, x_next):
+        shift, var = backward(t, t_next, x, x_next)
+        if not var > 0:
+            raise ValueError("a learned backward drift needs backward kernels with positive variance")
+        d = backward_control(t, t_next, x_next)
+        return shift - (t_next - t) * (d if project is None else project(d)), var
+
+    return back
+
+
+def segment_loss(rows: dict, shift: Callable, n_segments: int, seg_len: int, var: torch.Tensor, *,
+                 bshift: "Callable | None" = None, bvar: "torch.Tensor | None" = None) -> torch.Tensor:
     """The SCLD loss of stored segment ``rows`` (:class:`SegmentRun` rows): the mean over
     segments of the variance of their log-weights, recomputed under the current control.
 
     ``shift(k, x) -> (R * L, D)``: the control's shift ``h_k c(t_k, x)`` of the forward mean
     (projected) at level indices ``k`` (R * L,) and states ``x`` (R * L, D), differentiable in
-    the network's parameters; ``var`` (K,): the forward step variances of all levels.
+    the network's parameters; ``var`` (K,): the forward step variances of all levels. With a
+    learned backward kernel (rows with ``br``), ``bshift(k, x_next)`` is its shift
+    ``h_k c_B(t_{k+1}, x_{k+1})`` and ``bvar`` (K,) its variances.
     """
     seg = rows["seg"]
     R, L = seg.shape[0], seg_len
     k = (seg[:, None] * L + torch.arange(L, device=seg.device)).reshape(-1)
-    D = rows["x"].shape[1] // L
-    m = shift(k, rows["x"].reshape(R * L, D)).view(R, L, D)
-    log_w = segment_log_weights(rows["c"], rows["r"].view(R, L, D), m, var.to(m)[k].view(R, L))
+    D = rows["x"].shape[1] // (L + 1)
+    xs = rows["x"].view(R, L + 1, D)
+    m = shift(k, xs[:, :-1].reshape(R * L, D)).view(R, L, D)
+    kw = {}
+    if "br" in rows:
+        mb = bshift(k, xs[:, 1:].reshape(R * L, D)).view(R, L, D)
+        kw = {"bresid": rows["br"].view(R, L, D), "bshift": mb, "bvar": bvar.to(m)[k].view(R, L)}
+    log_w = segment_log_weights(rows["c"], rows["r"].view(R, L, D), m, var.to(m)[k].view(R, L), **kw)
     return segment_log_variance(log_w, seg, n_segments)
 
 
 def segment_log_weights(const: torch.Tensor, resid: torch.Tensor, shift: torch.Tensor,
-                        var: torch.Tensor) -> torch.Tensor:
-    """``log w = const + sum_k |r_k - m_k|^2 / (2 var_k)`` for rows of stored segments.
+                        var: torch.Tensor, *, bresid: "torch.Tensor | None" = None,
+                        bshift: "torch.Tensor | None" = None, bvar: "torch.Tensor | None" = None) -> torch.Tensor:
+    """``log w = const + sum_k |r_k - m_k|^2 / (2 var_k)`` for rows of stored segments
+    (``- sum_k |r^B_k + m^B_k|^2 / (2 var^B_k)`` more with a learned backward kernel whose fixed
+    residuals are ``bresid`` and whose learned shift of the mean is ``-bshift``).
 
     ``const`` (R,) float64: the control-free part of the segment log-weight (``log gamma_b -
     log gamma_a + sum log B_k + sum (n_dof / 2) log(2 pi var_k)``); ``resid`` (R, L, D): the
@@ -164,6 +211,8 @@ def segment_log_weights(const: torch.Tensor, resid: torch.Tensor, shift: torch.T
     Returns float64 (R,), differentiable through ``shift``.
     """
     quad = (resid - shift).pow(2).sum(-1) / (2.0 * var)
+    if bresid is not None:
+        quad = quad - (bresid + bshift).pow(2).sum(-1) / (2.0 * bvar)
     return const + quad.sum(-1).to(torch.float64)
 
 
