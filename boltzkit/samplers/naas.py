@@ -96,10 +96,16 @@ Choices made where the brief leaves NAAS open (each chosen to pass the exact-tru
       L(theta) = mean_s Var_i[ log gamma_b(x_b^i) - log gamma_a(x_a^i)
                                + sum_{k=a}^{b-1} (log B_k - log q^theta_k)(x_k^i, x_{k+1}^i) ]
 
-  (:mod:`boltzkit.samplers._shared.scld`). The backward kernels stay the reverse-ULA ones, so
-  the weights of :meth:`NAAS.sample` and :meth:`NAAS.sample_smc` are unchanged; training needs
-  no Hessian-vector products (one energy gradient per particle and level, one energy per
-  particle and segment), about a third of an adjoint-matching step's evaluations.
+  (:mod:`boltzkit.samplers._shared.scld`). By default (``scld_backward="learned"``) the
+  backward kernels are learned with the same network, as in SCLD's CMCD form: reverse ULA
+  shifted by ``-h_k sigma_{t_k} v(t_{k+1}, x_{k+1})``, in training and in :meth:`NAAS.sample`
+  and :meth:`NAAS.sample_smc` alike (any normalized backward kernel keeps ``E[w] = Z``; one
+  more network pass per step). With the fixed reverse-ULA kernel (``"fixed"``) the best
+  forward control leaves about the annealing increment ``gamma_{k+1}(x_k) / gamma_k(x_k)`` per
+  step, which no control can flatten: on a 2-D Gaussian (16 levels, 40 steps) the segment
+  log-variance fell 4.97 -> 2.98 and the whole-path ESS *dropped* 0.16 -> 0.03, against 0.23
+  and 0.57 with the learned kernel. Training needs no Hessian-vector products (one energy
+  gradient per particle and level, one energy per particle and segment).
 * Energy gradients may be clipped (``grad_clip``; per particle on particle systems, per
   sample otherwise). The clipped gradient defines the reference drift *and* its backward
   kernels, so the weights stay exact. ``grad_clip="auto"`` (default) clips at
@@ -134,11 +140,11 @@ Failure modes
   modes separate (broad modes are favoured); the pathwise adjoint carries little
   information across barriers, and only the importance weighting of the regression moves
   mass between modes.
-* SCLD training (``train_on="smc"``) with the fixed reverse-ULA backward kernel cannot make
-  the segment weights constant (the best forward kernel leaves a weight that depends on the
-  segment's start point), so its loss stays above zero and it minimizes the spread of the SMC
-  increments rather than a path divergence; a mode no training particle reaches gets no rows.
-  Measured against SMC at equal evaluations in ``benchmarks/scld.py``.
+* SCLD training (``train_on="smc"``): the log-variance gradient is a score-function
+  estimate weighted by the centred segment log-weights, noisy where those are heavy-tailed
+  (many-well-32); a mode no training particle reaches gets no rows; with
+  ``scld_backward="fixed"`` the loss cannot approach zero (above). Measured against SMC at equal
+  evaluations in ``benchmarks/scld.py``.
 * A too large ``relaxation * h`` or a stiff energy (Lennard-Jones) makes explicit Euler
   unstable (``TrainingDivergedError``): raise ``n_time_steps``, lower ``relaxation`` or set
   ``grad_clip``.
