@@ -40,7 +40,13 @@ other jobs; |error| and stderr are means over seeds):
   -2.96 +- 0.24 (flagged, right-well fraction 0.70 vs 0.844), +2 MALA steps -0.48 +- 0.24; the
   untrained path -0.13 +- 0.68 (flagged); SMC at SCLD's totals -0.59 +- 0.25 (1.15M, flagged)
   and -0.24 +- 0.17 (2.5M, reliable). The training pass's own log Z swings by +-5 nats between
-  steps at 128 particles: the segment log-variance is dominated by a few particles.
+  steps at 128 particles: the segment log-variance is dominated by a few particles. With the
+  fixed backward kernel: -1.51 +- 0.49 (flagged), +MALA -0.13 +- 0.26.
+* SCLD-PDNS (``--variants pdns``, 400 steps, no energy gradients in training): GMM-40 +SMC
+  |error| 0.041 +- 0.055, ESS 0.70, 40/40 modes at 0.32M (proximal-trained PDNS+SMC in
+  ``smc_neural.py``: 0.020 +- 0.054, ESS 0.68 at 0.23M), SMC at 0.28M 0.029 +- 0.027;
+  many-well-32 +SMC -8.7 (flagged), +2 MALA steps +0.38 +- 0.38 (1.62M), SMC at 1.42M
+  0.21 +- 0.27.
 
 Run:  nice -n 5 python benchmarks/scld.py [--targets gmm40,mw32] [--seeds 2] [--seed-start 0]
       [--variants naas,scld,scld-fixed,untrained,pdns] [--quick]
