@@ -201,7 +201,11 @@ def alanine_basins(ic, ala, res):
 
 
 # ---------------------------------------------------------------------------- runners
-def run_neural(name, cls, opts, steps, seed, n, target, counter, exact, extra, device):
+def run_neural(name, cls, opts, steps, seed, n, target, counter, exact, extra, device, *, label=None,
+               variants=None):
+    """Train one sampler and sample it as each of ``variants`` ((suffix, MALA steps or None for
+    plain importance sampling); default: plain and SMC, plus SMC+MALA for PDNS); rows labelled
+    ``label + suffix`` (default "naas" / "pdns")."""
     rows = []
     c0, t0 = counter.n, time.perf_counter()
     with warnings.catch_warnings():
@@ -211,8 +215,9 @@ def run_neural(name, cls, opts, steps, seed, n, target, counter, exact, extra, d
     train_evals = counter.n - c0
     if cls is NAAS:  # a Hessian-vector product costs about two more gradients
         train_evals += 2 * int(s.history.get("energy_hvps", [0])[-1])
-    label = "naas" if cls is NAAS else "pdns"
-    variants = [("", None), ("+smc", 0)] + ([("+smc+mala", PDNS_MALA)] if cls is PDNS else [])
+    label = label or ("naas" if cls is NAAS else "pdns")
+    if variants is None:
+        variants = [("", None), ("+smc", 0)] + ([("+smc+mala", PDNS_MALA)] if cls is PDNS else [])
     for suffix, mcmc in variants:
         c1, t1 = counter.n, time.perf_counter()
         with warnings.catch_warnings():
@@ -316,7 +321,9 @@ def plot(rows, path):
     targets = list(dict.fromkeys(r["target"] for r in rows))
     fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), squeeze=False)
     colors = {"naas": "C0", "naas+smc": "C1", "pdns": "C2", "pdns+smc": "C3", "pdns+smc+mala": "C5",
-              "ais": "C7", "smc": "C4"}
+              "ais": "C7", "smc": "C4", "scld-naas": "C8", "scld-naas+smc": "C9", "scld-naas+smc+mala": "C6",
+              "scld-naas-fixed": "C8", "scld-naas-fixed+smc": "C9", "scld-naas-fixed+smc+mala": "C6",
+              "naas-untrained+smc": "C1", "scld-pdns+smc": "C3", "scld-pdns+smc+mala": "C5"}
     for ax, t in zip(axes[0], targets):
         rs = [r for r in rows if r["target"] == t]
         labels = list(dict.fromkeys(f"{r['method']}" + (f"\n{r['budget']}" if r.get("budget") else "")

@@ -106,6 +106,18 @@ Known failure modes.
   its log Z is low by about log(#modes lost); compare with an exact log Z where one exists.
 * Continuous: the time grid must resolve the narrowest well at the end of the schedule
   (``noise_ratio`` ~ reference_std / narrowest width); too few steps cost ESS, never bias.
+
+SCLD training (``train_on="smc"``, continuous targets; Chen, Richter, Berner et al., ICLR 2025,
+arXiv 2412.07081). Instead of proximal WDCE, every ``inner_steps`` gradient steps the current
+network runs the controlled path as SMC toward the stage targets of :meth:`PDNS.sample_smc`,
+cut into ``scld_segments`` equal segments with resampling (and ``smc_mcmc_steps`` MALA moves) at
+every boundary; each gradient step minimizes the mean over segments of the variance of the
+segment log-weights ``log gamma_b(x_b) - log gamma_a(x_a) + sum_k (log B_k - log q^theta_k)`` on
+``scld_train_rows`` stored segments (states detached, start points the resampled particles;
+:mod:`boltzkit.samplers._shared.scld`, shared with NAAS). The proximal schedule is not used.
+Failure modes: the Brownian-bridge backward kernels are fixed, so no control makes the segment
+weights constant and the loss stays above zero; the stage targets are not the reference's
+marginals, so early segments carry large weight spreads that dominate the loss.
 """
 
 from __future__ import annotations
@@ -129,14 +141,16 @@ from ..result import Result, result_from_log_weights
 from ..nn.continuous_nets import make_control_net
 from ..nn.ctmc import masked_rollout, unmask_schedule, wdce_loss
 from ..nn.discrete_nets import discrete_net_from_config
+from ..nn.buffers import ReplayBuffer
 from ..nn.ema import EMA
 from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
                           state_space, time_grid)
+from ._shared.scld import segment_loss, segment_rollout
 from ._shared.smc import MALARejuvenation, island_result, run_islands
 from ..kernels.langevin import default_step_size
 from .._utils import check_fraction
-from .base import SamplerConfig, TrainableSampler, _check_count, check_flag, check_number
+from .base import SamplerConfig, TrainableSampler, _check_count, check_choice, check_flag, check_number
 
 __all__ = ["PDNS", "PDNSConfig", "pdns_priority"]
 
@@ -186,11 +200,17 @@ class PDNSConfig(SamplerConfig):
         sample_batch_size; resample_ess (None: importance sampling of whole paths; a fraction in
         (0, 1]: :meth:`PDNS.sample` runs the continuous sampler as SMC, :meth:`PDNS.sample_smc`),
         n_islands (independent islands of the SMC sampler, its log Z error bar), smc_mcmc_steps
-        (MALA rejuvenation steps per SMC level; needs energy gradients), smc_beta_power (the SMC
+        (MALA rejuvenation steps per SMC level; needs energy gradients; with ``train_on="smc"``
+        also at the segment boundaries of training), smc_beta_power (the SMC
         level at grid time ``t`` anneals the target to ``beta = t**smc_beta_power``; default 3:
         the reference's large early steps spread the particles while ``beta`` is small. On
         GMM-40, untrained, 100 levels, 2048 particles: log Z error -1.94 +- 0.38 and 37 modes
         with power 1, +0.05 +- 0.07 and all 40 with power 3).
+    SCLD training (continuous targets)
+        train_on ("paths": proximal WDCE as above; "smc": SCLD, the per-segment log-variance on
+        the resampled sub-trajectories of an SMC pass, see the module docstring), scld_segments
+        (a divisor of n_time_steps), scld_buffer_size (segment rows kept; None = 4 passes'
+        rows), scld_train_rows (rows per gradient step).
     """
 
     schedule: str = "adaptive"
@@ -227,6 +247,10 @@ class PDNSConfig(SamplerConfig):
     n_islands: int = 16
     smc_mcmc_steps: int = 0
     smc_beta_power: float = 3.0
+    train_on: str = "paths"
+    scld_segments: int = 10
+    scld_buffer_size: "int | None" = None
+    scld_train_rows: int = 1024
 
     def __post_init__(self):
         self.make_schedule()  # validates the schedule options
@@ -262,6 +286,15 @@ class PDNSConfig(SamplerConfig):
                 or self.smc_mcmc_steps < 0:
             raise ConfigError(f"smc_mcmc_steps must be a non-negative integer, got {self.smc_mcmc_steps!r}")
         check_number("smc_beta_power", self.smc_beta_power)
+        check_choice("train_on", self.train_on, ("paths", "smc"))
+        for name in ("scld_segments", "scld_train_rows"):
+            _check_count(name, getattr(self, name))
+        _check_count("scld_buffer_size", self.scld_buffer_size, allow_none=True)
+        if self.train_on == "smc" and self.n_time_steps % self.scld_segments:
+            raise ConfigError(
+                f"train_on='smc' cuts the path into scld_segments={self.scld_segments} segments of "
+                f"equal length, so n_time_steps={self.n_time_steps} must be a multiple of it; e.g. "
+                f"scld_segments={math.gcd(self.n_time_steps, self.scld_segments)}")
 
     def make_schedule(self) -> ProximalSchedule:
         """A fresh :class:`ProximalSchedule` with these options."""
@@ -393,6 +426,11 @@ class _BrownianBridge:
         # remaining reference variance v1 - v_t at each grid time (float64 before the cast)
         self._rem = torch.tensor([self.v1 - self.sched.variance(a) for a in ts[:-1]],
                                  dtype=torch.float32, device=device)
+        # per level: mean shift per unit network output (h_k coef_k) and step variance (SCLD loss)
+        self._shift = torch.tensor([(b - a) * self._coef[a] for a, b in zip(ts, ts[1:])],
+                                   dtype=torch.float32, device=device)
+        self._var = torch.tensor([self.sched.step_variance(a, b) for a, b in zip(ts, ts[1:])],
+                                 dtype=torch.float64, device=device)
 
     def make_net(self):
         cfg = self.cfg
@@ -487,22 +525,54 @@ class _BrownianBridge:
             log_g_new = self.log_gamma(k + 1, mv.x)
             return mv.x, log_g_new - log_g + mv.log_bwd - mv.log_fwd, (log_g_new,)
 
-        rejuv = None
-        if mcmc_steps:  # MALA in y = c_k x, where every level has the target's own scale
-            mala = MALARejuvenation(lambda k, y: self.smc_potential(self.smc_level(k)[0], y, grad=True),
-                                    mcmc_steps, default_step_size("mala", self.dim, self.reference_std))
-
-            def rejuv(k, x, carry, g):
-                c = self.smc_level(k)[1]
-                y, pot = mala(k, c * x, g)
-                return y / c, (-pot + self.n_dof * math.log(c),)
-
-            rejuv.acceptance = mala.acceptance  # read by run_islands
-
         x0 = torch.zeros(n, self.dim, device=self.device)
         lw0 = torch.zeros(n, dtype=torch.float64, device=self.device)
         return run_islands(x0, lw0, ts.numel() - 1, step, frac=frac, n_islands=n_islands,
-                           generator=generator, rejuvenate=rejuv, carry=(lw0.clone(),))
+                           generator=generator, rejuvenate=self.rejuvenation(mcmc_steps),
+                           carry=(lw0.clone(),))
+
+    def rejuvenation(self, mcmc_steps: int):
+        """``mcmc_steps`` MALA moves on ``gamma_k`` in ``y = c_k x`` (where every level has the
+        target's own scale), in :func:`run_islands`'s convention; None for 0."""
+        if not mcmc_steps:
+            return None
+        mala = MALARejuvenation(lambda k, y: self.smc_potential(self.smc_level(k)[0], y, grad=True),
+                                mcmc_steps, default_step_size("mala", self.dim, self.reference_std))
+
+        def rejuv(k, x, carry, g):
+            c = self.smc_level(k)[1]
+            y, pot = mala(k, c * x, g)
+            return y / c, (-pot + self.n_dof * math.log(c),)
+
+        rejuv.acceptance = mala.acceptance  # read by run_islands
+        return rejuv
+
+    # -------------------------------------------------------------- SCLD training
+    @torch.no_grad()
+    def scld_rollout(self, net, n, generator, *, n_segments, mcmc_steps):
+        """One SMC pass from the Dirac source toward the :meth:`log_gamma` stage targets, cut
+        into ``n_segments`` segments resampled at every boundary: a
+        :class:`~boltzkit.samplers._shared.scld.SegmentRun`."""
+        coef = self._coef
+
+        def diverged(what):
+            raise TrainingDivergedError(f"PDNS SCLD training: {what}; raise n_time_steps or lower noise_ratio")
+
+        x0 = torch.zeros(n, self.dim, device=self.device)
+        return segment_rollout(
+            x0, torch.zeros(n, dtype=torch.float64, device=self.device), self.ts, n_segments,
+            ref_drift=None, control=lambda t, x: coef[t] * net(t, x), noise_var=self.sched.step_variance,
+            backward=brownian_bridge_kernel(self.sched.variance), log_gamma=self.log_gamma,
+            generator=generator, project=self.project, n_dof=self.n_dof,
+            rejuvenate=self.rejuvenation(mcmc_steps), on_nonfinite=diverged)
+
+    def scld_loss(self, net, rows, n_segments):
+        """SCLD loss of stored segment ``rows`` under ``net`` (differentiable)."""
+        def shift(k, x):
+            v = net(self._t[k], x)
+            return self._shift[k, None] * (v if self.project is None else self.project(v))
+
+        return segment_loss(rows, shift, n_segments, self._t.numel() // n_segments, self._var)
 
     def decode(self, x):
         return x if self.frame is None else self.frame.to_x(x)
@@ -556,6 +626,14 @@ class PDNS(TrainableSampler):
         self.schedule = cfg.make_schedule()
         self.batch: "tuple[torch.Tensor, torch.Tensor] | None" = None
         self._metrics: dict = {}
+        self.buffer = None
+        if cfg.train_on == "smc":
+            if not isinstance(self.inst, _BrownianBridge):
+                raise IncompatibleMethodError(
+                    "PDNS train_on='smc' (SCLD) trains the continuous sampler on its SMC segments; "
+                    "for lattices and sequences leave train_on='paths'")
+            rows = 4 * cfg.batch_size * cfg.scld_segments
+            self.buffer = ReplayBuffer(cfg.scld_buffer_size or rows, replace=True)
 
     # ------------------------------------------------------------------ training
     def _new_batch(self, generator) -> None:
@@ -582,8 +660,32 @@ class PDNS(TrainableSampler):
                          "stage_kl": tilted_kl(s), "stage_ess_frac": ess_fraction(s),
                          "ess_frac": est.ess_frac, "log_z": est.log_z}
 
+    def _scld_step(self) -> dict:
+        """SCLD: a fresh SMC pass of the current network every ``inner_steps`` steps, its
+        segments into the buffer; one gradient step of the segment log-variance."""
+        cfg, gen = self.config, self.gens["train"]
+        if self.step % cfg.inner_steps == 0 or not len(self.buffer):
+            run = self.inst.scld_rollout(self.model, cfg.batch_size, gen, n_segments=cfg.scld_segments,
+                                         mcmc_steps=cfg.smc_mcmc_steps)
+            self.buffer.add(**run.rows)
+            self._metrics = {"log_z": run.log_z, "segment_ess_frac": run.ess_frac,
+                             "energy_evals": float(self.inst.n_energy)}
+        self.model.train()
+        loss = self.inst.scld_loss(self.model, self.buffer.sample(cfg.scld_train_rows, generator=gen),
+                                   cfg.scld_segments)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            dist.sync_gradients(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.ema.update(self.model)
+        return {"loss": float(loss.detach()), **self._metrics}
+
     def train_step(self) -> dict:
         cfg, gen = self.config, self.gens["train"]
+        if cfg.train_on == "smc":
+            return self._scld_step()
         if self.step % cfg.inner_steps == 0 or self.batch is None:
             self._new_batch(gen)
         x, weights = self.batch
@@ -599,7 +701,7 @@ class PDNS(TrainableSampler):
         return {"loss": float(loss.detach()), **self._metrics}
 
     # ------------------------------------------------------------------ state
-    components = ("model", "optimizer", "ema", "proposal", "schedule")
+    components = ("model", "optimizer", "ema", "proposal", "schedule", "buffer")
 
     def _extra_state(self) -> dict:
         return {"batch": self.batch, "metrics": {k: float(v) for k, v in self._metrics.items()}}
@@ -622,7 +724,7 @@ class PDNS(TrainableSampler):
         if self.config.resample_ess is not None:
             return self.sample_smc(n_samples)
         sch = self.schedule
-        if not sch.done:
+        if not sch.done and self.config.train_on == "paths":
             warnings.warn(f"PDNS stopped in proximal stage {sch.stage} with lambda = {sch.lam:.3g} > "
                           f"tol = {self.config.tol:g} after {self.step} steps: the network was fitted "
                           "to a tempered target. The weights are still exact, but the ESS will be "
@@ -703,7 +805,7 @@ class PDNS(TrainableSampler):
         _check_count("n_samples", n_samples, minimum=2)
         frac, islands, n_mcmc = self._smc_options(n_samples, resample_ess, n_islands, mcmc_steps)
         sch = self.schedule
-        if self.step > 0 and not sch.done:
+        if self.step > 0 and not sch.done and cfg.train_on == "paths":
             warnings.warn(f"PDNS stopped in proximal stage {sch.stage} with lambda = {sch.lam:.3g} > "
                           f"tol = {cfg.tol:g} after {self.step} steps: the control was fitted to a "
                           "tempered target; the SMC weights stay exact.", ConvergenceWarning, stacklevel=2)
