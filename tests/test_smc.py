@@ -204,17 +204,17 @@ def test_select_is_budget_and_device_aware():
 
 def test_cpu_preference_needs_the_estimates_margin():
     """On a CPU a training-free method displaces a higher-priority neural one only when its
-    estimate fits the budget with the stated margin (BUDGET_FACTOR); near the edge (AIS on alanine
-    in internal coordinates: ~7 of 10 min) the priority order stands."""
-    from boltzkit._registry import BUDGET_FACTOR, DeviceProfile, estimate_seconds, registry, select
+    estimate fits the budget with the stated margin (CPU_PREFERENCE_MARGIN); near the edge the
+    priority order stands."""
+    from boltzkit._registry import CPU_PREFERENCE_MARGIN, DeviceProfile, estimate_seconds, registry, select
     from boltzkit.energies import Gaussian
 
     cpu = DeviceProfile("cpu", energy_s=1.5e-6, net_s=650e-9)
     g = Gaussian([0.0, 1.0])
     ais_s = estimate_seconds(registry()["ais"], g, cpu)
     assert ais_s is not None and ais_s > 0
-    assert select(g, profile=cpu, budget=1.01 * BUDGET_FACTOR * ais_s).name == "ais"
-    assert select(g, profile=cpu, budget=0.99 * BUDGET_FACTOR * ais_s).name == "naas"
+    assert select(g, profile=cpu, budget=1.01 * CPU_PREFERENCE_MARGIN * ais_s).name == "ais"
+    assert select(g, profile=cpu, budget=0.99 * CPU_PREFERENCE_MARGIN * ais_s).name == "naas"
 
 
 def test_budget_is_honoured_within_the_stated_factor():
