@@ -24,15 +24,6 @@ from boltzkit.samplers.mala import hmc_step, mala_step
 WEIGHTS = [1.0, 2.5, 0.8]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small batched tensors: one intra-op thread is much faster on a shared, loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def three_modes():
     return GaussianMixture([[-5.0, 0.0], [5.0, 0.0], [0.0, 6.0]],
                            [[0.7, 0.9], [1.0, 1.6], [0.5, 0.5]], WEIGHTS)

@@ -11,7 +11,6 @@ the kernel exact: log Z is checked against its closed form, with a negative cont
 
 import math
 
-import pytest
 import torch
 from scipy.special import erfc, log_ndtr
 
@@ -57,14 +56,6 @@ class ClashGaussian(Energy):
         e = c * m * m - k * a * a
         beyond = e + 0.5 * math.log(math.pi / c) + math.log(0.5 * erfc(math.sqrt(c) * (a - m)))
         return (d - 1) * log_1d + float(torch.logaddexp(torch.tensor(inside), torch.tensor(beyond)))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _check(res, target):

@@ -35,14 +35,6 @@ def path_log_z(lam, b0=B0, s0=1.0, mu=MU, sig=SIG):
     return (0.5 * np.log(2 * np.pi / prec) + lin ** 2 / (2 * prec) - lam * mu ** 2 / (2 * sig ** 2)).sum(1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def run():
     g = Gaussian(MU, std=SIG)

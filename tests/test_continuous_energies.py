@@ -19,15 +19,6 @@ from boltzkit.energies.continuous import GMM40_MEANS, GMM40_STD
 from boltzkit.errors import TargetError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small batched tensors: one intra-op thread is much faster on a shared, loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def grid_log_z(energy, lo, hi, h):
     """log of the 2-D integral of exp(-U) by the rectangle rule, in float64.
 

@@ -36,15 +36,6 @@ def _tol(s: str) -> float:
     return 10.0 ** -len(s.split(".")[1])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Eigen-decompositions of 1024 x 1024 matrices: one thread avoids oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def potts_beta_c(q):
     return math.log(1.0 + math.sqrt(q))
 

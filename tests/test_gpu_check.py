@@ -21,14 +21,6 @@ def gpu_check():
     return mod
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.filterwarnings("ignore")
 def test_dry_run_writes_every_section(gpu_check, tmp_path, monkeypatch):
     out = tmp_path / "dry.json"

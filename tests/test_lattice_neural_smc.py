@@ -28,14 +28,6 @@ FAST = dict(batch_size=128, n_replicates=2, resample_every=5, lr=3e-3)
 Z3 = 2.7e-3  # two-sided false-alarm rate of a 3-standard-error check
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _mdns(target, n_steps, seed=0, **opts):
     return MDNS(device="cpu", seed=seed, progress=False, **FAST, **opts).fit(target, n_steps=n_steps)
 

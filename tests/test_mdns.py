@@ -22,15 +22,6 @@ from boltzkit.samplers.mdns import MDNS
 from _stats import assert_consistent, assert_rejects, chi2_gof_pvalue, z_limit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: one thread is faster and immune to oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # short runs on purpose: their weights are poor and the warm-up may not finish
 quiet = pytest.mark.filterwarnings("ignore::boltzkit.errors.UnreliableEstimateWarning",
                                    "ignore::boltzkit.errors.ConvergenceWarning")

@@ -32,13 +32,6 @@ SMALL = dict(latent=8, ae_hidden=64, hidden=64, depth=2, ae_steps=600, n_steps=9
 N_GEN = 600
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # scanpy calls (numba) reset torch's OpenMP thread count
-    yield
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def law():
     # 24 genes: on 8 genes a cell carries too little type information for an unconditional

@@ -27,13 +27,6 @@ N_TRAIN, N_GEN = 1500, 600
 SMALL = dict(hidden=64, depth=2, batch_size=128, lr=2e-3, sampling_steps=50)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # scanpy calls (numba) reset torch's OpenMP thread count
-    yield
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def law():
     return SyntheticCellLaw.make(n_types=3, n_genes=8, n_states=3, rank=2, seed=0)

@@ -17,14 +17,6 @@ from boltzkit.energies.exact import ising_log_z
 from boltzkit.estimators import ais
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _check_path(res, exact_at_beta, beta, levels, off=1):
     h = res.history
     lam, lz, se = h["lambda"], h["log_z_running"], h["log_z_running_stderr"]
