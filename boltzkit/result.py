@@ -215,13 +215,42 @@ class Result:
 
         ``in_a`` and ``in_b`` are boolean masks (n,) or callables mapping samples to masks.
         With importance weights, a state whose effective number of samples (Kish, over the
-        samples in it) is below ``MIN_STATE_ESS`` raises an ``UnreliableEstimateWarning``.
+        samples in it) is below ``MIN_STATE_ESS`` raises an ``UnreliableEstimateWarning``. For an
+        island SMC result the error is at least the delete-one-island jackknife's (resampled copies
+        of one particle are not independent samples).
         """
         w, (a, b) = self._masks("free-energy difference", in_a=in_a, in_b=in_b)
         pa, pb = float(np.sum(w * a)), float(np.sum(w * b))
         g = b / pb - a / pa
         se = math.sqrt(float(np.sum(w * w * g * g)) * self._inflation())
-        return -math.log(pb / pa), se
+        jack = self._island_jackknife(w, lambda wi: -math.log(float(np.sum(wi * b)) / float(np.sum(wi * a))))
+        return -math.log(pb / pa), se if jack is None else max(se, jack)
+
+    def _island_jackknife(self, w: np.ndarray, stat: Callable[[np.ndarray], float]) -> "float | None":
+        """Delete-one-island jackknife error of ``stat(normalized weights)`` for an island SMC
+        result (``diagnostics["n_islands"]`` contiguous, independent blocks of samples), else None.
+
+        Resampling duplicates particles, so the weights' delta-method error counts copies of one
+        lineage as independent samples; the islands are independent, and their jackknife sees
+        how many lineages really carry a state (infinite when one island carries all of it)."""
+        M = self.diagnostics.get("n_islands") if self.log_weights is not None else None
+        if not isinstance(M, int) or M < 2 or w.size % M:
+            return None
+        keep = np.ones((M, w.size // M))
+        vals = []
+        for i in range(M):
+            keep[i] = 0.0
+            wi = w * keep.reshape(-1)
+            keep[i] = 1.0
+            try:
+                v = stat(wi / wi.sum()) if wi.sum() > 0 else float("nan")
+            except (ZeroDivisionError, ValueError):  # a state empty without island i
+                v = float("nan")
+            if not math.isfinite(v):
+                return float("inf")
+            vals.append(v)
+        vals = np.asarray(vals)
+        return float(math.sqrt((M - 1) / M * np.sum((vals - vals.mean()) ** 2)))
 
     def log_z_of(self, region) -> "tuple[float, float]":
         """``(log Z_A, stderr)``: the log normalizer of the target restricted to a region,
