@@ -300,6 +300,27 @@ def plot(res, ana, ref, path):
     plt.close(fig)
 
 
+def write_cross_check(check: dict) -> None:
+    """Record the cross-check in the shipped data file's metadata (``meta["cross_check"]`` of
+    :func:`boltzkit.energies.alanine.load_alanine_reference`), arrays untouched; written to a
+    temporary file and renamed, so a failed write leaves the old file whole."""
+    from boltzkit.energies.alanine import ALANINE_REFERENCE_FILE
+
+    path = os.path.join(os.path.dirname(HERE), "boltzkit", "data", ALANINE_REFERENCE_FILE)
+    with np.load(path, allow_pickle=False) as d:
+        arrays = {k: d[k] for k in d.files}
+    meta = json.loads(str(arrays.pop("meta_json")))
+    keep = ("method", "delta_f_kT", "delta_f_kJ_mol", "delta_f_kT_per_run", "n_runs", "ns_per_run",
+            "stderr_run_to_run_kT", "z_vs_metadynamics", "agree_within_2_sigma", "results_file")
+    meta["cross_check"] = {k: check[k] for k in keep}
+    meta["cross_check"]["settings"] = {k: check["settings"][k] for k in
+                                       ("replicas", "t_min", "t_max", "temperatures_K", "dt_ps",
+                                        "friction", "exchange_ps", "platform")}
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, **arrays, meta_json=np.array(json.dumps(meta)))
+    os.replace(tmp, path)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--replicas", type=int, default=7)
@@ -403,6 +424,7 @@ def main(argv=None):
             "acceptance_per_pair": res["acceptance"], "round_trips": ana["round_trips"],
             "delta_f_kT_per_run": [a["mbar"] for a in per_run],
             "n_runs": len(runs),
+            "ns_per_run": [len(r["phi"]) * args.exchange_ps / 1000.0 for r in runs],
             "z_vs_metadynamics": z,
             "agree_within_2_sigma": bool(all(abs(v) < 2 for v in z.values())),
             "stderr_run_to_run_kT": se_runs,
@@ -413,6 +435,7 @@ def main(argv=None):
         }
         with open(ref_path, "w") as fh:
             json.dump(ref, fh)
+        write_cross_check(ref["cross_check"])
     print(json.dumps({k: out[k] for k in ("acceptance_per_pair", "round_trips", "delta_f_kT_mbar",
                                           "delta_f_kT_300K_replica", "stderr_300K_delta_method_[se,g]",
                                           "n_c7ax_entries_300K", "z_mbar_vs_metadynamics", "z_conservative",

@@ -390,6 +390,13 @@ def test_shipped_reference_file():
         est, se = meta["delta_f_kT"][b]
         assert math.isfinite(est) and 0 < se < 0.5
         assert dfs[b][0] == pytest.approx(est, abs=1e-3)  # float32 storage
+    # an independent method (replica exchange + MBAR) at the same force field agrees within 2 sigma;
+    # a reference shifted by 1 kT would not (negative control)
+    check = meta["cross_check"]["delta_f_kT"]
+    for b in ("alpha_R", "C7ax"):
+        (m, em), (r, er) = meta["delta_f_kT"][b], check[b]
+        assert abs(m - r) < 2 * math.hypot(em, er)
+        assert abs(m + 1.0 - r) > 2 * math.hypot(em, er)
     # the rare basin is visited (enhanced sampling) and C7ax is uphill from C7eq
     assert meta["delta_f_kT"]["C7ax"][0] > 1.0 and (alanine_basin(ref["phi"], ref["psi"]) == 2).mean() > 0.01
 
