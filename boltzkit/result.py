@@ -167,8 +167,9 @@ class Result:
     def expectation(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "tuple[float, float]":
         """E_target[fn(x)] and its Monte-Carlo standard error.
 
-        Weighted samples use self-normalized importance sampling (delta-method error);
-        MCMC samples use sd / sqrt(ESS).
+        Weighted samples use self-normalized importance sampling (delta-method error; at least
+        the delete-one-island jackknife's for an island SMC result); MCMC samples use
+        sd / sqrt(ESS).
         """
         vals = torch.as_tensor(fn(self.samples)).detach().to("cpu", torch.float64).reshape(-1)
         if vals.numel() != self.n_samples:
@@ -177,7 +178,10 @@ class Result:
         if self.log_weights is None:
             v = vals.numpy()
             return float(v.mean()), float(v.std(ddof=1) / math.sqrt(max(self.ess, 1.0)))
-        return self_normalized_expectation(vals, self.log_weights)
+        mean, se = self_normalized_expectation(vals, self.log_weights)
+        v = vals.numpy()
+        jack = self._island_jackknife(self.weights(), lambda wi: float(np.sum(wi * v)))
+        return mean, se if jack is None else max(se, jack)
 
     MIN_STATE_ESS = 10.0
 
@@ -256,8 +260,8 @@ class Result:
         """``(log Z_A, stderr)``: the log normalizer of the target restricted to a region,
         ``log Z + log P(A)``, with ``region`` a boolean mask (n,) or a callable on the samples.
 
-        The error bar adds the one of ``log Z`` and the delta-method one of ``log P(A)`` in
-        quadrature (with importance weights both come from the same weights, so it is
+        The error bar adds the one of ``log Z`` and the delta-method one of ``log P(A)`` (at least
+        the island jackknife's for an island SMC result) in quadrature (with importance weights both come from the same weights, so it is
         conservative when A holds most of the mass). Warns like
         :meth:`free_energy_difference` when A rests on few effective samples.
         """
@@ -267,6 +271,8 @@ class Result:
         w, (a,) = self._masks("restricted log Z", region=region)
         pa = float(np.sum(w * a))
         se_p = math.sqrt(float(np.sum(w * w * (a / pa - 1.0) ** 2)) * self._inflation())
+        jack = self._island_jackknife(w, lambda wi: math.log(float(np.sum(wi * a))))
+        se_p = se_p if jack is None else max(se_p, jack)
         return self.log_z + math.log(pa), math.hypot(self.log_z_stderr or 0.0, se_p)
 
     def free_energy_profile(self, cv, bins=50, *, range=None, n_bootstrap: int = 200,
