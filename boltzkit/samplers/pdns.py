@@ -711,6 +711,14 @@ class PDNS(TrainableSampler):
         self._metrics = dict(state["metrics"])
 
     # ------------------------------------------------------------------ sampling
+    def _warn_unfinished(self, consequence: str) -> None:
+        """Warn (ConvergenceWarning) when training stopped before the last proximal stage."""
+        sch = self.schedule
+        if not sch.done and self.config.train_on == "paths":
+            warnings.warn(f"PDNS stopped in proximal stage {sch.stage} with lambda = {sch.lam:.3g} > "
+                          f"tol = {self.config.tol:g} after {self.step} steps: the network was fitted "
+                          f"to a tempered target. {consequence}", ConvergenceWarning, stacklevel=3)
+
     def sample(self, n_samples: int) -> Result:
         """Draw ``n_samples`` weighted samples from the trained (EMA) sampler.
 
@@ -723,13 +731,8 @@ class PDNS(TrainableSampler):
         _check_count("n_samples", n_samples, minimum=2)
         if self.config.resample_ess is not None:
             return self.sample_smc(n_samples)
-        sch = self.schedule
-        if not sch.done and self.config.train_on == "paths":
-            warnings.warn(f"PDNS stopped in proximal stage {sch.stage} with lambda = {sch.lam:.3g} > "
-                          f"tol = {self.config.tol:g} after {self.step} steps: the network was fitted "
-                          "to a tempered target. The weights are still exact, but the ESS will be "
-                          "poor; train longer (n_steps) or raise kl_budget.", ConvergenceWarning,
-                          stacklevel=2)
+        self._warn_unfinished("The weights are still exact, but the ESS will be poor; train longer "
+                              "(n_steps) or raise kl_budget.")
         t0 = time.perf_counter()
         net, gen = self.ema.shadow, self.gens["sample"]
         net.eval()
@@ -739,7 +742,7 @@ class PDNS(TrainableSampler):
             xs.append(x)
             lws.append(lw)
         x, lw = torch.cat(xs), torch.cat(lws)
-        diag = {**self._stage_diagnostics(), "final_prox_step": sch.step,
+        diag = {**self._stage_diagnostics(), "final_prox_step": self.schedule.step,
                 "sample_wall_time_s": time.perf_counter() - t0}
         return result_from_log_weights(self.inst.decode(x).cpu(), lw.cpu(),
                                        exact_log_z=self.target.exact_log_z(), diagnostics=diag,
@@ -804,11 +807,8 @@ class PDNS(TrainableSampler):
         cfg = self.config
         _check_count("n_samples", n_samples, minimum=2)
         frac, islands, n_mcmc = self._smc_options(n_samples, resample_ess, n_islands, mcmc_steps)
-        sch = self.schedule
-        if self.step > 0 and not sch.done and cfg.train_on == "paths":
-            warnings.warn(f"PDNS stopped in proximal stage {sch.stage} with lambda = {sch.lam:.3g} > "
-                          f"tol = {cfg.tol:g} after {self.step} steps: the control was fitted to a "
-                          "tempered target; the SMC weights stay exact.", ConvergenceWarning, stacklevel=2)
+        if self.step > 0:
+            self._warn_unfinished("The SMC weights stay exact.")
         t0 = time.perf_counter()
         inst = self.inst
         e0, g0 = inst.n_energy, inst.n_grad
