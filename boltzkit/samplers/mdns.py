@@ -134,7 +134,7 @@ from ..nn.ctmc import (PRECISIONS, MaskedPath, amp_dtype, autocast_net, backward
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from .._utils import check_training_options
-from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
+from .base import SamplerConfig, TrainableSampler, _check_count, check_choice, check_flag
 from .smc import NeuralStartSMC
 
 __all__ = ["MDNS", "MDNSConfig", "LOSSES"]
@@ -233,8 +233,7 @@ class MDNSConfig(SamplerConfig):
         check_choice("warmup", self.warmup, (None, "adaptive", "linear"))
         if not 0.0 < self.warmup_ess < 1.0:
             raise ConfigError(f"warmup_ess (target ESS fraction) must be in (0, 1), got {self.warmup_ess!r}")
-        if not isinstance(self.smc, bool):
-            raise ConfigError(f"smc must be True or False, got {self.smc!r}")
+        check_flag("smc", self.smc)
         if isinstance(self.smc_start_ess, bool) or not isinstance(self.smc_start_ess, (int, float)) \
                 or not 0.0 < self.smc_start_ess <= 1.0:
             raise ConfigError(f"smc_start_ess (an ESS fraction) must be in (0, 1], got {self.smc_start_ess!r}")

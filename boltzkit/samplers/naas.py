@@ -174,7 +174,7 @@ from ..result import result_from_log_weights
 from ..nn.continuous_nets import make_control_net
 from ..nn.ema import EMA
 from ..nn.buffers import ReplayBuffer
-from ._shared.scld import controlled_backward, segment_loss, segment_rollout
+from ._shared.scld import check_segments, controlled_backward, segment_buffer, segment_loss, segment_rollout
 from ._shared.smc import MALARejuvenation, island_result, run_islands
 from ..kernels.langevin import default_step_size
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
@@ -186,7 +186,6 @@ from .base import SamplerConfig, TrainableSampler, _check_count, check_choice, c
 __all__ = ["NAAS", "NAASConfig", "AnnealedLangevin"]
 
 AUTO_CLIP = 10.0  # grad_clip="auto" in a prior-hint frame: 10 x the equilibrium gradient norm
-SCLD_BUFFER_ITERATIONS = 4  # train_on="smc": the segment buffer holds this many iterations' rows
 SCLD_GRAD_CLIP = 1.0  # train_on="smc": network gradient norm clip (SCLD's reference default)
 
 
@@ -313,12 +312,8 @@ class NAASConfig(SamplerConfig):
             check_flag(nm, getattr(self, nm))
         check_choice("train_on", self.train_on, ("paths", "smc"))
         check_choice("scld_backward", self.scld_backward, ("learned", "fixed"))
-        if self.train_on == "smc" and self.n_time_steps % self.scld_segments:
-            raise ConfigError(
-                f"train_on='smc' cuts the path into scld_segments={self.scld_segments} segments of "
-                f"equal length, so n_time_steps={self.n_time_steps} must be a multiple of it; e.g. "
-                f"scld_segments={math.gcd(self.n_time_steps, self.scld_segments)} or n_time_steps="
-                f"{self.scld_segments * max(1, round(self.n_time_steps / self.scld_segments))}")
+        if self.train_on == "smc":
+            check_segments(self.n_time_steps, self.scld_segments)
 
 
 class _GradCache:
@@ -504,9 +499,7 @@ class NAAS(TrainableSampler):
         # SCLD training (train_on="smc") starts its SMC from pi_0 itself: no prior stage
         self._prior_on = c.prior_stage and c.train_on == "paths"
         if c.train_on == "smc":
-            rows = SCLD_BUFFER_ITERATIONS * c.batch_size * c.scld_segments
-            self.buffer = ReplayBuffer(rows if c.scld_buffer_size is None else c.scld_buffer_size,
-                                       replace=True)
+            self.buffer = segment_buffer(c.batch_size, c.scld_segments, c.scld_buffer_size)
         else:
             fresh = c.batch_size * min(c.times_per_trajectory, c.n_time_steps)
             self.buffer = ReplayBuffer(fresh if c.buffer_size is None else c.buffer_size, replace=True)
@@ -696,21 +689,17 @@ class NAAS(TrainableSampler):
         c = self.config
         ts = self.ts.to(self.device, torch.float32)
 
-        def shift(k, x):
-            v = net(ts[k], x)
-            v = v if self.project is None else self.project(v)
-            return (self._hs[k] * self._sigmas[k])[:, None] * v
-
-        tn = self.ts[1:].to(self.device, torch.float32)
-
-        def bshift(k, x_next):  # h_k sigma_k v(t_{k+1}, x_{k+1})
-            v = net(tn[k], x_next)
-            v = v if self.project is None else self.project(v)
-            return (self._hs[k] * self._sigmas[k])[:, None] * v
+        def scaled(times):  # (k, x) -> h_k sigma_k v(times[k], x), projected
+            def shift(k, x):
+                v = net(times[k], x)
+                v = v if self.project is None else self.project(v)
+                return (self._hs[k] * self._sigmas[k])[:, None] * v
+            return shift
 
         var = self._hs * self._sigmas ** 2
-        return segment_loss(rows, shift, c.scld_segments, c.n_time_steps // c.scld_segments, var,
-                            bshift=bshift, bvar=var)
+        # forward shift at (t_k, x_k); the learned backward one at (t_{k+1}, x_{k+1})
+        return segment_loss(rows, scaled(ts[:-1]), c.scld_segments, c.n_time_steps // c.scld_segments, var,
+                            bshift=scaled(ts[1:]), bvar=var)
 
     def _backward_control(self, net):
         """The learned backward drift ``c_B(t_k, t_{k+1}, x) = sigma_{t_k} v(t_{k+1}, x)``

@@ -141,12 +141,11 @@ from ..result import Result, result_from_log_weights
 from ..nn.continuous_nets import make_control_net
 from ..nn.ctmc import masked_rollout, unmask_schedule, wdce_loss
 from ..nn.discrete_nets import discrete_net_from_config
-from ..nn.buffers import ReplayBuffer
 from ..nn.ema import EMA
 from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
                           state_space, time_grid)
-from ._shared.scld import segment_loss, segment_rollout
+from ._shared.scld import check_segments, segment_buffer, segment_loss, segment_rollout
 from ._shared.smc import MALARejuvenation, island_result, run_islands
 from ..kernels.langevin import default_step_size
 from .._utils import check_fraction
@@ -290,11 +289,8 @@ class PDNSConfig(SamplerConfig):
         for name in ("scld_segments", "scld_train_rows"):
             _check_count(name, getattr(self, name))
         _check_count("scld_buffer_size", self.scld_buffer_size, allow_none=True)
-        if self.train_on == "smc" and self.n_time_steps % self.scld_segments:
-            raise ConfigError(
-                f"train_on='smc' cuts the path into scld_segments={self.scld_segments} segments of "
-                f"equal length, so n_time_steps={self.n_time_steps} must be a multiple of it; e.g. "
-                f"scld_segments={math.gcd(self.n_time_steps, self.scld_segments)}")
+        if self.train_on == "smc":
+            check_segments(self.n_time_steps, self.scld_segments)
 
     def make_schedule(self) -> ProximalSchedule:
         """A fresh :class:`ProximalSchedule` with these options."""
@@ -632,8 +628,7 @@ class PDNS(TrainableSampler):
                 raise IncompatibleMethodError(
                     "PDNS train_on='smc' (SCLD) trains the continuous sampler on its SMC segments; "
                     "for lattices and sequences leave train_on='paths'")
-            rows = 4 * cfg.batch_size * cfg.scld_segments
-            self.buffer = ReplayBuffer(cfg.scld_buffer_size or rows, replace=True)
+            self.buffer = segment_buffer(cfg.batch_size, cfg.scld_segments, cfg.scld_buffer_size)
 
     # ------------------------------------------------------------------ training
     def _new_batch(self, generator) -> None:

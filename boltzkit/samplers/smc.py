@@ -66,6 +66,7 @@ from .._registry import register
 from .._utils import progress_bar
 from ..domains import Categorical
 from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError, TargetError, UnreliableEstimateWarning
+from ..estimators.importance import ess_kish
 from ..result import result_from_log_weights
 from ._shared.smc import ISLAND_MAX_SHARE, ISLAND_SPREAD_LIMIT, island_reliability  # noqa: F401
 from .base import Sampler, SamplerConfig, _check_positive
@@ -456,7 +457,7 @@ class SMC(Sampler):
         ref_lz, ref_se = (float(v) for v in rc["running"][-1])
         start, _ = population(n, lam0)
         lw0 = start[2]
-        ess0 = float(torch.exp(2 * torch.logsumexp(lw0, 0) - torch.logsumexp(2 * lw0, 0))) / n
+        ess0 = ess_kish(lw0) / n
         r = self._run(n, M, ladder, start=start, generator=gen)
         lz0, se0 = (float(v) for v in r["running"][0])
         r["n_energy"] += rp["n_energy"] + rc["n_energy"] + n + n_pilot

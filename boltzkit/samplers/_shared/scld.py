@@ -55,11 +55,33 @@ from typing import Callable
 
 import torch
 
+from ...errors import ConfigError
+from ...estimators.importance import ess_kish
+from ...nn.buffers import ReplayBuffer
 from ...nn.sde import euler_maruyama
 from .smc import resample_islands
 
 __all__ = ["SegmentRun", "segment_rollout", "segment_loss", "segment_log_weights", "segment_log_variance",
-           "controlled_backward"]
+           "controlled_backward", "check_segments", "segment_buffer", "SCLD_BUFFER_ITERATIONS"]
+
+SCLD_BUFFER_ITERATIONS = 4  # the segment buffer holds this many training passes' rows by default
+
+
+def check_segments(n_time_steps: int, n_segments: int) -> None:
+    """Raise ConfigError unless ``n_time_steps`` cuts into ``n_segments`` equal segments."""
+    if n_time_steps % n_segments:
+        raise ConfigError(
+            f"train_on='smc' cuts the path into scld_segments={n_segments} segments of "
+            f"equal length, so n_time_steps={n_time_steps} must be a multiple of it; e.g. "
+            f"scld_segments={math.gcd(n_time_steps, n_segments)} or n_time_steps="
+            f"{n_segments * max(1, round(n_time_steps / n_segments))}")
+
+
+def segment_buffer(batch_size: int, n_segments: int, size: "int | None") -> ReplayBuffer:
+    """The replay buffer of segment rows: ``size`` rows, by default
+    ``SCLD_BUFFER_ITERATIONS`` passes of ``batch_size`` particles x ``n_segments`` segments."""
+    return ReplayBuffer(SCLD_BUFFER_ITERATIONS * batch_size * n_segments if size is None else size,
+                        replace=True)
 
 
 @dataclass
@@ -142,7 +164,7 @@ def segment_rollout(x: torch.Tensor, log_g: torch.Tensor, ts: torch.Tensor, n_se
         rows.append(row)
         incs.append(inc)
         starts.append(x)
-        ess.append(float(torch.exp(2 * torch.logsumexp(inc, 0) - torch.logsumexp(2 * inc, 0))) / n)
+        ess.append(ess_kish(inc) / n)
         lw = lw + inc
         x, log_g = mv.x, log_g_new
         if s < n_segments - 1:  # frac 1: every boundary resamples (unless all weights are equal)
