@@ -256,7 +256,7 @@ def select(target, method: "str | None" = None, *, profile: "DeviceProfile | Non
         # them is known to fit.
         # "Known to fit" means within half the budget (CPU_PREFERENCE_MARGIN, as SMC sizes its
         # particles): a training-free method near the budget's edge does not displace the
-        # higher-priority method. AIS on alanine in internal coordinates: 3.3 of 10 min estimated
+        # higher-priority method. AIS on alanine in internal coordinates: 3.0 of 10 min estimated
         # (2.8 measured) with its gradient cost probed, so it is chosen.
         fits.sort(key=lambda s: _needs_training(s) or est[s.name] is None
                   or est[s.name] * CPU_PREFERENCE_MARGIN > budget)
