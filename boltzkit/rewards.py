@@ -89,7 +89,7 @@ class RewardTarget(nn.Module):
     def __init__(self, model, reward: Callable, alpha: float = 0.1, *, weights: "Seq[float] | None" = None,
                  name: "str | None" = None, n_check: int = 8):
         super().__init__()
-        from .models.masked_diffusion import MaskedDiffusion
+        from .bio.sequences.masked_diffusion import MaskedDiffusion
 
         if not isinstance(model, MaskedDiffusion):
             raise TargetError(f"model must be a boltzkit MaskedDiffusion (pretrain one with "
@@ -286,7 +286,7 @@ def amp_oracles(dataset=None, *, seed: int = 0, l2: float = 10.0, output: str = 
     ``(finetune_oracle, eval_oracle)``; each has ``info["heldout_auc"]`` measured on the other half.
     """
     if dataset is None:
-        from .datasets.sequences import peptides
+        from .bio.sequences.dataset import peptides
 
         dataset = peptides()
     a, b = dataset.split(0.5, seed=seed)
@@ -356,7 +356,7 @@ def ars_oracles(dataset=None, *, seed: int = 0, l2: float = 10.0
     (default :func:`boltzkit.datasets.ars_dna`); ``info["heldout_r"]`` is the Pearson
     correlation on the other half."""
     if dataset is None:
-        from .datasets.sequences import ars_dna
+        from .bio.sequences.dataset import ars_dna
 
         dataset = ars_dna()
     a, b = dataset.split(0.5, seed=seed)

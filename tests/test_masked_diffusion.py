@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import boltzkit as bk
-from boltzkit.datasets.sequences import SequenceDataset, ars_dna, peptides
+from boltzkit.bio.sequences import SequenceDataset, ars_dna, peptides
 from boltzkit.errors import ConfigError, DatasetError, DomainError, MissingDependencyError
 from boltzkit.models import MaskedDiffusion
 from boltzkit.rewards import hydrophobic_moment, net_charge

@@ -4,7 +4,7 @@ Paper: S. Tang, Y. Zhu, M. Tao, P. Chatterjee, "TR2-D2: Tree Search Guided Traje
 Fine-Tuning for Discrete Diffusion", arXiv:2509.25171 (2025).
 
 Target. A :class:`~boltzkit.rewards.RewardTarget`: a pretrained masked diffusion model ``p_pre``
-(:class:`~boltzkit.models.MaskedDiffusion`), a reward ``r`` and ``alpha``; the aim is the tilted
+(:class:`~boltzkit.bio.sequences.masked_diffusion.MaskedDiffusion`), a reward ``r`` and ``alpha``; the aim is the tilted
 law ``p*(x) \propto p_pre(x) exp(r(x) / alpha)``, in path space
 ``P*(tau) \propto P_pre(tau) exp(r(x(tau)) / alpha)``. Paths are the masked CTMC of
 :mod:`boltzkit.nn.ctmc` (reveal positions in a uniformly random order, K blocks).
@@ -442,8 +442,8 @@ class TR2D2(TrainableSampler):
         return net(tokens)
 
     def finetuned_model(self):
-        """The fine-tuned policy as a :class:`~boltzkit.models.MaskedDiffusion` (a copy)."""
-        from ..models.masked_diffusion import MaskedDiffusion, ResidualNet
+        """The fine-tuned policy as a :class:`~boltzkit.bio.sequences.masked_diffusion.MaskedDiffusion` (a copy)."""
+        from ..bio.sequences.masked_diffusion import MaskedDiffusion, ResidualNet
 
         self._require_fit()
         model = self.target.model

@@ -1,0 +1,22 @@
+"""Biological sequences (peptides, DNA): fixed-length tokens, their masked diffusion model and oracles.
+
+* :mod:`~boltzkit.bio.sequences.dataset` -- :class:`SequenceDataset` (from strings or FASTA; its
+  domain is a :class:`~boltzkit.domains.Sequence`) and the loaders :func:`peptides` (modlamp) and
+  :func:`ars_dna` (logomaker);
+* :mod:`~boltzkit.bio.sequences.masked_diffusion` -- :class:`MaskedDiffusion` (MDLM pretraining,
+  ELBO, exact ``log p`` of short sequences) and the exact denoiser of a Markov chain;
+* :mod:`~boltzkit.bio.sequences.oracles` -- peptide descriptors and the rewards of the demos
+  (AMP classifiers, four peptide objectives, ARS enrichment regressors);
+* :mod:`~boltzkit.bio.sequences.metrics` -- diversity and novelty of generated sequences;
+* :mod:`~boltzkit.bio.sequences.baselines` -- best-of-N.
+
+The reward-tilted law of a model is :class:`~boltzkit.rewards.RewardTarget` (a target); the
+``tr2d2`` sampler fine-tunes a model toward it. The dataset names are imported here; the other
+modules on first use.
+"""
+
+from .. import lazy_submodules
+from .dataset import AMINO_ACIDS, DNA, SequenceDataset, ars_dna, peptides
+
+__all__ = ["SequenceDataset", "peptides", "ars_dna", "AMINO_ACIDS", "DNA"]
+__getattr__ = lazy_submodules(__name__, ("masked_diffusion", "oracles", "metrics", "baselines"))
