@@ -118,7 +118,7 @@ Known failure modes.
 * Shallow trees: ``n_expansions`` expansions of ``L`` unmasking steps branch only over the first
   few decisions; everything below is plain policy rollouts.
 * Reward hacking: the fine-tuned policy exploits the fine-tuning oracle; evaluate with a second
-  oracle (``bk.rewards.amp_oracles`` returns two).
+  oracle (``bk.bio.sequences.oracles.amp_oracles`` returns two).
 """
 
 from __future__ import annotations
@@ -354,7 +354,7 @@ class TR2D2(TrainableSampler):
     >>> import boltzkit as bk
     >>> ds = bk.datasets.peptides()                                          # doctest: +SKIP
     >>> model = bk.MaskedDiffusion.pretrain(ds, n_steps=2000, seed=0)        # doctest: +SKIP
-    >>> ft, ev = bk.rewards.amp_oracles(ds)                                  # doctest: +SKIP
+    >>> ft, ev = bk.bio.sequences.oracles.amp_oracles(ds)                    # doctest: +SKIP
     >>> res = bk.sample(bk.RewardTarget(model, ft, alpha=0.1), n_steps=200,
     ...                 n_samples=500, seed=0)                               # doctest: +SKIP
     >>> res.diagnostics["strings"][:3], res.diagnostics["mean_reward"]      # doctest: +SKIP
@@ -678,7 +678,7 @@ class TR2D2(TrainableSampler):
 
     def sample(self, n_samples: int):
         """Draw ``n_samples`` sequences from the fine-tuned policy with their exact weights for p*."""
-        from ..rewards import diversity
+        from ..bio.sequences.metrics import diversity
 
         self._require_fit()
         _check_count("n_samples", n_samples, minimum=2)

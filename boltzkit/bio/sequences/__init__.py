@@ -7,8 +7,7 @@
   ELBO, exact ``log p`` of short sequences) and the exact denoiser of a Markov chain;
 * :mod:`~boltzkit.bio.sequences.oracles` -- peptide descriptors and the rewards of the demos
   (AMP classifiers, four peptide objectives, ARS enrichment regressors);
-* :mod:`~boltzkit.bio.sequences.metrics` -- diversity and novelty of generated sequences;
-* :mod:`~boltzkit.bio.sequences.baselines` -- best-of-N.
+* :mod:`~boltzkit.bio.sequences.metrics` -- best-of-N, diversity and novelty of generated sequences.
 
 The reward-tilted law of a model is :class:`~boltzkit.rewards.RewardTarget` (a target); the
 ``tr2d2`` sampler fine-tunes a model toward it. The dataset names are imported here; the other
@@ -19,4 +18,4 @@ from .. import lazy_submodules
 from .dataset import AMINO_ACIDS, DNA, SequenceDataset, ars_dna, peptides
 
 __all__ = ["SequenceDataset", "peptides", "ars_dna", "AMINO_ACIDS", "DNA"]
-__getattr__ = lazy_submodules(__name__, ("masked_diffusion", "oracles", "metrics", "baselines"))
+__getattr__ = lazy_submodules(__name__, ("masked_diffusion", "oracles", "metrics"))
