@@ -1,17 +1,15 @@
 """Biological sequences (peptides, DNA): fixed-length tokens, their masked diffusion model and oracles.
 
-* :mod:`~boltzkit.bio.sequences.dataset` -- :class:`SequenceDataset` (from strings or FASTA; its
-  domain is a :class:`~boltzkit.domains.Sequence`) and the loaders :func:`peptides` (modlamp) and
-  :func:`ars_dna` (logomaker);
+* :mod:`~boltzkit.bio.sequences.dataset` -- :class:`SequenceDataset` (strings, FASTA) and the
+  loaders :func:`peptides` (modlamp) and :func:`ars_dna` (logomaker);
 * :mod:`~boltzkit.bio.sequences.masked_diffusion` -- :class:`MaskedDiffusion` (MDLM pretraining,
   ELBO, exact ``log p`` of short sequences) and the exact denoiser of a Markov chain;
-* :mod:`~boltzkit.bio.sequences.oracles` -- peptide descriptors and the rewards of the demos
-  (AMP classifiers, four peptide objectives, ARS enrichment regressors);
+* :mod:`~boltzkit.bio.sequences.oracles` -- peptide descriptors and the demos' reward oracles;
 * :mod:`~boltzkit.bio.sequences.metrics` -- best-of-N, diversity and novelty of generated sequences.
 
-The reward-tilted law of a model is :class:`~boltzkit.rewards.RewardTarget` (a target); the
-``tr2d2`` sampler fine-tunes a model toward it. The dataset names are imported here; the other
-modules on first use.
+The reward-tilted law of a model is :class:`~boltzkit.rewards.RewardTarget` (a target), which
+the ``tr2d2`` sampler fine-tunes toward. The dataset names are imported here; the other modules
+on first use.
 """
 
 from .. import lazy_submodules

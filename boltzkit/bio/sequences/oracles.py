@@ -2,14 +2,14 @@ r"""Peptide descriptors and the rewards of the sequence demos, trained here in s
 
 * :func:`amp_oracles` -- two logistic-regression antimicrobial-peptide classifiers on
   :func:`peptide_features` (amino-acid and dipeptide composition, net charge at pH 7, GRAVY,
-  hydrophobic moment, length), fitted to disjoint halves of :func:`~.dataset.peptides`: one
-  to fine-tune on and one to evaluate with, so reward hacking shows as a gap between the two;
+  hydrophobic moment, length), fitted to disjoint halves of the modlamp peptides: one to
+  fine-tune on and one to evaluate with, so reward hacking shows as a gap between the two;
 * :class:`PeptideObjectives` -- four objectives for multi-objective design (AMP score,
   -GRAVY as a haemolysis proxy, hydrophobic moment, net-charge window);
 * :func:`ars_oracles` -- two additive (per-position) ridge regressions of ARS1 selection
-  enrichment on disjoint halves of :func:`~.dataset.ars_dna`.
+  enrichment on disjoint halves of the logomaker library (:mod:`~boltzkit.bio.sequences.dataset`).
 
-Each maps int64 tokens ``(B, L)`` to ``(B,)`` (``(B, 4)``): the reward of a
+Each maps int64 tokens ``(B, L)`` to ``(B,)`` (``(B, 4)``), the reward of a
 :class:`~boltzkit.rewards.RewardTarget`.
 """
 
