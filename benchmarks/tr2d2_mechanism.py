@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boltzkit.models import MaskedDiffusion
+from boltzkit.bio.sequences.masked_diffusion import MaskedDiffusion
 from boltzkit.rewards import RewardTarget
 from boltzkit.samplers.tr2d2 import TR2D2
 

@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 import boltzkit as bk
-from boltzkit.rewards import amp_oracles, ars_oracles, best_of_n, diversity, novelty
+from boltzkit.bio.sequences.metrics import best_of_n, diversity, novelty
+from boltzkit.bio.sequences.oracles import amp_oracles, ars_oracles
 from boltzkit.samplers.tr2d2 import TR2D2
 
 RESULTS = Path(__file__).parent / "results"

@@ -52,7 +52,7 @@ def __getattr__(name):  # lazy: samplers import torch machinery that plain users
 
         return importlib.import_module(f".{name}", __name__)
     if name == "MaskedDiffusion":
-        from .models import MaskedDiffusion
+        from .bio.sequences.masked_diffusion import MaskedDiffusion
 
         return MaskedDiffusion
     if name == "RewardTarget":

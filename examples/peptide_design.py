@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 import boltzkit as bk
-from boltzkit.rewards import PeptideObjectives, amp_oracles, diversity, novelty
+from boltzkit.bio.sequences.metrics import diversity, novelty
+from boltzkit.bio.sequences.oracles import PeptideObjectives, amp_oracles
 from boltzkit.samplers.tr2d2 import pareto_mask
 
 

@@ -114,7 +114,7 @@ def _tiny(name):
         return PDNS(seed=0, progress=False, batch_size=32, hidden=8, inner_steps=2, n_replicates=2), \
             bk.energies.Ising(**ISING), 4
     if name == "tr2d2":
-        from boltzkit.models import MaskedDiffusion
+        from boltzkit.bio.sequences.masked_diffusion import MaskedDiffusion
         from boltzkit.rewards import RewardTarget
         from boltzkit.samplers.tr2d2 import TR2D2
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import boltzkit as bk
-from boltzkit.datasets.sequences import SequenceDataset, ars_dna, peptides
+from boltzkit.bio.sequences import SequenceDataset, ars_dna, peptides
 from boltzkit.errors import ConfigError, DatasetError, DomainError, MissingDependencyError
-from boltzkit.models import MaskedDiffusion
-from boltzkit.rewards import hydrophobic_moment, net_charge
+from boltzkit.bio.sequences.masked_diffusion import MaskedDiffusion
+from boltzkit.bio.sequences.oracles import hydrophobic_moment, net_charge
 
 from _stats import assert_consistent, assert_rejects, chi2_gof_pvalue, z_limit
 
@@ -246,3 +246,27 @@ def test_peptide_descriptors_match_modlamp():
     # modlamp's Eisenberg scale is rounded to 2 digits: agreement to a few percent
     assert np.allclose(hydrophobic_moment(ds.tokens, ds.alphabet, pad="-").numpy(), mom.descriptor[:, 0],
                        rtol=0.05, atol=0.005)
+
+
+def test_sequence_slice_public_names_and_imports():
+    """The slice's names are the same objects under their public homes (bk.datasets, boltzkit.models,
+    bk.MaskedDiffusion), importing the slice's modules in either order with boltzkit.rewards works (no
+    import cycle), and ``import boltzkit`` loads neither the slice's model nor a sampler."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, importlib
+importlib.import_module(sys.argv[1])
+import boltzkit as bk, boltzkit.models, boltzkit.rewards
+from boltzkit.bio.sequences import dataset, masked_diffusion, metrics, oracles
+assert bk.datasets.SequenceDataset is dataset.SequenceDataset and bk.datasets.peptides is dataset.peptides
+assert bk.datasets.ars_dna is dataset.ars_dna
+assert bk.MaskedDiffusion is boltzkit.models.MaskedDiffusion is masked_diffusion.MaskedDiffusion
+assert bk.RewardTarget is boltzkit.rewards.RewardTarget and bk.bio.sequences.oracles is oracles
+"""
+    for first in ("boltzkit.bio.sequences.metrics", "boltzkit.rewards"):
+        subprocess.run([sys.executable, "-c", code, first], check=True)
+    cheap = ("import sys, boltzkit; loaded = [m for m in sys.modules if m.startswith('boltzkit.samplers') "
+             "or m.endswith('masked_diffusion')]; assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", cheap], check=True)

@@ -80,7 +80,7 @@ def test_replay_buffer_with_replacement_draws_uniform_rows():
 
 
 def test_nn_is_public_and_models_do_not_load_the_samplers():
-    code = ("import sys, boltzkit.models.masked_diffusion, boltzkit.nn as nn; "
+    code = ("import sys, boltzkit.bio.sequences.masked_diffusion, boltzkit.nn as nn; "
             "assert 'boltzkit.samplers' not in sys.modules, 'models imported the samplers'; "
             "from boltzkit.nn.ema import EMA; assert EMA is nn.EMA; "
             "import importlib.util as u; assert u.find_spec('boltzkit.samplers._shared.ema') is None")

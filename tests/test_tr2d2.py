@@ -16,8 +16,9 @@ import torch
 
 import boltzkit as bk
 from boltzkit.errors import ConfigError, IncompatibleMethodError, TargetError
-from boltzkit.models import MaskedDiffusion
-from boltzkit.rewards import RewardTarget, best_of_n
+from boltzkit.bio.sequences.masked_diffusion import MaskedDiffusion
+from boltzkit.bio.sequences.metrics import best_of_n
+from boltzkit.rewards import RewardTarget
 from boltzkit.samplers.tr2d2 import TR2D2, ParetoArchive, TopKBuffer, dominated
 
 from _stats import assert_consistent, assert_rejects, z_limit

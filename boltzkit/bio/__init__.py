@@ -4,7 +4,9 @@
   SpatialDataset`, image encoders, semi-synthetic tissue, metrics, baselines and the Stem sampler;
 * :mod:`boltzkit.bio.single_cell` -- single cells: :class:`~boltzkit.bio.single_cell.dataset.
   CellDataset`, AnnData IO, metrics with a real-vs-real floor, baselines, figures and the
-  ``sc_diffusion`` / ``sc_latent`` samplers.
+  ``sc_diffusion`` / ``sc_latent`` samplers;
+* :mod:`boltzkit.bio.sequences` -- peptides and DNA: :class:`~boltzkit.bio.sequences.dataset.
+  SequenceDataset`, the masked diffusion model that ``tr2d2`` fine-tunes, oracles and metrics.
 
 The datasets are re-exported by :mod:`boltzkit.datasets` (``bk.datasets``). A slice's sampler
 modules register their methods when imported; the registry imports them (:data:`SAMPLERS`) on
@@ -13,7 +15,7 @@ first use, so ``import boltzkit`` loads none of them. Submodules are imported on
 
 import importlib
 
-__all__ = ["spatial", "single_cell"]
+__all__ = ["spatial", "single_cell", "sequences"]
 
 SAMPLERS = ("spatial.stem", "single_cell.diffusion", "single_cell.latent")  # modules that register
 

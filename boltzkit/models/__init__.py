@@ -1,5 +1,6 @@
-"""Generative models that boltzkit samplers fine-tune: masked discrete diffusion of sequences."""
+"""The masked diffusion model of sequences (:mod:`boltzkit.bio.sequences.masked_diffusion`) under its
+public name ``boltzkit.models``."""
 
-from .masked_diffusion import MarkovChainNet, MaskedDiffusion, ResidualNet, build_net
+from ..bio.sequences.masked_diffusion import MarkovChainNet, MaskedDiffusion, ResidualNet, build_net
 
 __all__ = ["MaskedDiffusion", "MarkovChainNet", "ResidualNet", "build_net"]

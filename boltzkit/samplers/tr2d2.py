@@ -4,7 +4,7 @@ Paper: S. Tang, Y. Zhu, M. Tao, P. Chatterjee, "TR2-D2: Tree Search Guided Traje
 Fine-Tuning for Discrete Diffusion", arXiv:2509.25171 (2025).
 
 Target. A :class:`~boltzkit.rewards.RewardTarget`: a pretrained masked diffusion model ``p_pre``
-(:class:`~boltzkit.models.MaskedDiffusion`), a reward ``r`` and ``alpha``; the aim is the tilted
+(:class:`~boltzkit.bio.sequences.masked_diffusion.MaskedDiffusion`), a reward ``r`` and ``alpha``; the aim is the tilted
 law ``p*(x) \propto p_pre(x) exp(r(x) / alpha)``, in path space
 ``P*(tau) \propto P_pre(tau) exp(r(x(tau)) / alpha)``. Paths are the masked CTMC of
 :mod:`boltzkit.nn.ctmc` (reveal positions in a uniformly random order, K blocks).
@@ -118,7 +118,7 @@ Known failure modes.
 * Shallow trees: ``n_expansions`` expansions of ``L`` unmasking steps branch only over the first
   few decisions; everything below is plain policy rollouts.
 * Reward hacking: the fine-tuned policy exploits the fine-tuning oracle; evaluate with a second
-  oracle (``bk.rewards.amp_oracles`` returns two).
+  oracle (``bk.bio.sequences.oracles.amp_oracles`` returns two).
 """
 
 from __future__ import annotations
@@ -354,7 +354,7 @@ class TR2D2(TrainableSampler):
     >>> import boltzkit as bk
     >>> ds = bk.datasets.peptides()                                          # doctest: +SKIP
     >>> model = bk.MaskedDiffusion.pretrain(ds, n_steps=2000, seed=0)        # doctest: +SKIP
-    >>> ft, ev = bk.rewards.amp_oracles(ds)                                  # doctest: +SKIP
+    >>> ft, ev = bk.bio.sequences.oracles.amp_oracles(ds)                    # doctest: +SKIP
     >>> res = bk.sample(bk.RewardTarget(model, ft, alpha=0.1), n_steps=200,
     ...                 n_samples=500, seed=0)                               # doctest: +SKIP
     >>> res.diagnostics["strings"][:3], res.diagnostics["mean_reward"]      # doctest: +SKIP
@@ -442,8 +442,8 @@ class TR2D2(TrainableSampler):
         return net(tokens)
 
     def finetuned_model(self):
-        """The fine-tuned policy as a :class:`~boltzkit.models.MaskedDiffusion` (a copy)."""
-        from ..models.masked_diffusion import MaskedDiffusion, ResidualNet
+        """The fine-tuned policy as a :class:`~boltzkit.bio.sequences.masked_diffusion.MaskedDiffusion` (a copy)."""
+        from ..bio.sequences.masked_diffusion import MaskedDiffusion, ResidualNet
 
         self._require_fit()
         model = self.target.model
@@ -678,7 +678,7 @@ class TR2D2(TrainableSampler):
 
     def sample(self, n_samples: int):
         """Draw ``n_samples`` sequences from the fine-tuned policy with their exact weights for p*."""
-        from ..rewards import diversity
+        from ..bio.sequences.metrics import diversity
 
         self._require_fit()
         _check_count("n_samples", n_samples, minimum=2)

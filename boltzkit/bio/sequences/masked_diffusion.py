@@ -35,14 +35,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._utils import atomic_path, progress_bar, resolve_device, torch_generator
-from ..domains.base import Sequence
-from .._utils import check_count as _check_count, module_device
-from ..errors import ConfigError, DatasetError, DomainError
-from ..nn.ctmc import (MaskedPath, masked_rollout, path_log_prob, remask,
-                       unmask_schedule, wdce_loss)
-from ..nn.discrete_nets import make_discrete_net
-from ..nn.ema import EMA
+from ..._utils import (atomic_path, check_count as _check_count, module_device, progress_bar, resolve_device,
+                       torch_generator)
+from ...domains.base import Sequence
+from ...errors import ConfigError, DatasetError, DomainError, TrainingDivergedError
+from ...nn.ctmc import MaskedPath, masked_rollout, path_log_prob, remask, unmask_schedule, wdce_loss
+from ...nn.discrete_nets import make_discrete_net
+from ...nn.ema import EMA
+from .dataset import SequenceDataset
 
 __all__ = ["MaskedDiffusion", "MarkovChainNet", "ResidualNet", "build_net"]
 
@@ -199,8 +199,6 @@ class MaskedDiffusion(nn.Module):
     def tokens(self, x) -> torch.Tensor:
         """Validated int64 tokens ``(B, L)`` from tokens or a list of strings (padded with ``pad``)."""
         if isinstance(x, (list, tuple)) and x and isinstance(x[0], str):
-            from ..datasets.sequences import SequenceDataset
-
             alphabet = [a for a in self.domain.alphabet if a != self.pad]
             ds = SequenceDataset.from_strings(x, alphabet=alphabet, length=self.length, pad=self.pad)
             if ds.alphabet != self.domain.alphabet:
@@ -238,8 +236,6 @@ class MaskedDiffusion(nn.Module):
         -------
         The trained model (on ``device``); per-step losses in ``model.history["loss"]``.
         """
-        from ..datasets.sequences import SequenceDataset
-
         if not isinstance(dataset, SequenceDataset):
             raise DatasetError(f"pretrain needs a SequenceDataset, got {type(dataset).__name__}; build "
                                "one with bk.datasets.SequenceDataset.from_strings(...)")
@@ -287,8 +283,6 @@ class MaskedDiffusion(nn.Module):
                 idx = torch.randint(0, len(dataset), (uniform.shape[0],), generator=gen, device=dev)
                 loss = wdce_loss(self.net, data[idx], uniform, self.q, 1, generator=gen, mode=mask_mode)
                 if not torch.isfinite(loss):
-                    from ..errors import TrainingDivergedError
-
                     raise TrainingDivergedError(f"pretraining diverged at step {step}: loss {float(loss)}; "
                                                 "lower lr")
                 opt.zero_grad(set_to_none=True)

@@ -27,8 +27,8 @@ from typing import Iterable, Sequence as Seq
 import numpy as np
 import torch
 
-from ..domains.base import Sequence
-from ..errors import DatasetError, MissingDependencyError
+from ...domains.base import Sequence
+from ...errors import DatasetError, MissingDependencyError
 
 __all__ = ["SequenceDataset", "peptides", "ars_dna", "AMINO_ACIDS", "DNA"]
 
