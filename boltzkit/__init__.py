@@ -43,11 +43,7 @@ def load(path) -> Result:
 
 
 def __getattr__(name):  # lazy: samplers import torch machinery that plain users may not need
-    if name == "samplers":
-        import importlib
-
-        return importlib.import_module(".samplers", __name__)
-    if name in ("models", "rewards", "adapters", "nn"):
+    if name in ("samplers", "models", "rewards", "adapters", "nn"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

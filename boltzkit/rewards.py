@@ -55,14 +55,14 @@ class RewardTarget(nn.Module):
     weights : weights of the K objectives in the scalar reward (default: all 1).
     name : shown in results.
 
-    The reward is checked on sequences drawn from the model at construction (shape, dtype,
+    The reward is checked on 8 sequences drawn from the model at construction (shape, dtype,
     finite values), so a malformed reward fails before any training.
     """
 
     kind = "reward"
 
     def __init__(self, model, reward: Callable, alpha: float = 0.1, *, weights: "Seq[float] | None" = None,
-                 name: "str | None" = None, n_check: int = 8):
+                 name: "str | None" = None):
         super().__init__()
         from .bio.sequences.masked_diffusion import MaskedDiffusion
 
@@ -78,9 +78,7 @@ class RewardTarget(nn.Module):
         self.name = name or (default if default != "<lambda>" else "reward")
         self.domain = model.domain
         with torch.no_grad():
-            x = model.sample(n_check, seed=0)
-            k = self.objectives(x).shape[1]
-        self.n_objectives = k
+            k = self.n_objectives = self.objectives(model.sample(8, seed=0)).shape[1]
         w = np.ones(k) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
         if w.shape != (k,) or not np.all(np.isfinite(w)):
             raise TargetError(f"weights must hold {k} finite numbers (one per objective), got {weights!r}")

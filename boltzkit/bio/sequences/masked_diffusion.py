@@ -35,8 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..._utils import (atomic_path, check_count as _check_count, module_device, progress_bar, resolve_device,
-                       torch_generator)
+from ..._utils import atomic_path, check_count, module_device, progress_bar, resolve_device, torch_generator
 from ...domains.base import Sequence
 from ...errors import ConfigError, DatasetError, DomainError, TrainingDivergedError
 from ...nn.ctmc import MaskedPath, masked_rollout, path_log_prob, remask, unmask_schedule, wdce_loss
@@ -254,8 +253,8 @@ class MaskedDiffusion(nn.Module):
             weight_decay: float = 0.0, grad_clip: "float | None" = 1.0, ema_decay: float = 0.999,
             mask_mode: str = "lambda", seed: int = 0, progress: "bool | None" = None) -> "MaskedDiffusion":
         """Continue training on ``dataset`` (same arguments as :meth:`pretrain`)."""
-        _check_count("n_steps", n_steps, minimum=0)
-        _check_count("batch_size", batch_size)
+        check_count("n_steps", n_steps, minimum=0)
+        check_count("batch_size", batch_size)
         if not (lr > 0 and math.isfinite(lr)):
             raise ConfigError(f"lr must be a positive number, got {lr!r}")
         if len(dataset) == 0:
@@ -272,15 +271,15 @@ class MaskedDiffusion(nn.Module):
         data = dataset.tokens.to(dev)
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         ema = EMA(self.net, ema_decay) if ema_decay > 0 else None
-        uniform = torch.full((min(batch_size, len(dataset)),), 1.0 / min(batch_size, len(dataset)),
-                             device=dev)
+        b = min(batch_size, len(dataset))
+        uniform = torch.full((b,), 1.0 / b, device=dev)
         losses = self.history.setdefault("loss", [])
         bar = progress_bar(total=n_steps, desc="MaskedDiffusion pretraining", enabled=progress)
         t0 = time.perf_counter()
         self.net.train()
         try:
             for step in range(n_steps):
-                idx = torch.randint(0, len(dataset), (uniform.shape[0],), generator=gen, device=dev)
+                idx = torch.randint(0, len(dataset), (b,), generator=gen, device=dev)
                 loss = wdce_loss(self.net, data[idx], uniform, self.q, 1, generator=gen, mode=mask_mode)
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(f"pretraining diverged at step {step}: loss {float(loss)}; "
@@ -309,7 +308,7 @@ class MaskedDiffusion(nn.Module):
     def sample(self, n: int, *, seed: "int | None" = None, generator: "torch.Generator | None" = None,
                n_unmask_steps: "int | None" = None, batch_size: int = 1024) -> torch.Tensor:
         """Generate ``n`` sequences: int64 tokens ``(n, L)`` on CPU (strings: :meth:`to_strings`)."""
-        _check_count("n", n)
+        check_count("n", n)
         gen = self._gen(seed, generator)
         k = len(unmask_schedule(self.length, n_unmask_steps if n_unmask_steps is not None
                                 else self.n_unmask_steps))
@@ -336,7 +335,7 @@ class MaskedDiffusion(nn.Module):
 
         ``return_stderr=True`` also returns the Monte-Carlo standard error per sequence.
         """
-        _check_count("n_mc", n_mc)
+        check_count("n_mc", n_mc)
         if estimator not in ("orders", "masks"):
             raise ConfigError(f"estimator must be 'orders' or 'masks', got {estimator!r}")
         x = self.tokens(tokens).to(self.device)
@@ -406,7 +405,7 @@ class MaskedDiffusion(nn.Module):
     @classmethod
     def from_markov_chain(cls, initial, transition, alphabet: "str | Seq[str]", length: int) -> "MaskedDiffusion":
         """The exact masked-diffusion model of a first-order Markov chain (no trainable weights)."""
-        _check_count("length", length)
+        check_count("length", length)
         spec = {"kind": "markov", "initial": np.asarray(initial, dtype=np.float64).tolist(),
                 "transition": np.asarray(transition, dtype=np.float64).tolist()}
         if len(spec["initial"]) != len(list(alphabet)):
@@ -418,9 +417,6 @@ class MaskedDiffusion(nn.Module):
         """JSON-able description (domain, network spec, pad, n_unmask_steps)."""
         return {"format": FORMAT, "domain": self.domain.to_config(), "net": self.spec, "pad": self.pad,
                 "n_unmask_steps": self.n_unmask_steps}
-
-    def to_config(self) -> dict:
-        return self.config()
 
     def save(self, path) -> Path:
         """Write the weights and the config to one file (atomic; read back with :meth:`load`)."""

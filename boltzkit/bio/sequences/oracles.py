@@ -42,8 +42,8 @@ PKA = {"positive": {"Nterm": 9.38, "K": 10.67, "R": 12.10, "H": 6.04},
 
 
 # ---------------------------------------------------------------------------- peptide features
-def _table(alphabet, values: dict, default=0.0) -> torch.Tensor:
-    return torch.tensor([values.get(a, default) for a in alphabet], dtype=torch.float64)
+def _table(alphabet, values: dict) -> torch.Tensor:
+    return torch.tensor([values.get(a, 0.0) for a in alphabet], dtype=torch.float64)
 
 
 def _residue_mask(tokens, alphabet, pad):
@@ -176,8 +176,9 @@ class LogisticOracle(nn.Module):
             raise DatasetError("labels must be 0/1 with both classes present")
         X = peptide_features(dataset.tokens, dataset.alphabet, pad=dataset.pad).numpy()
         mean, std = X.mean(0), X.std(0) + 1e-6
-        w, b = _fit_logistic((X - mean) / std, y, l2)
-        acc = float((((((X - mean) / std) @ w + b) > 0) == (y > 0.5)).mean())
+        Z = (X - mean) / std
+        w, b = _fit_logistic(Z, y, l2)
+        acc = float((((Z @ w + b) > 0) == (y > 0.5)).mean())
         return cls(w, b, mean, std, dataset.alphabet, pad=dataset.pad, output=output, name=name,
                    info={"train_accuracy": acc, "n_train": len(dataset)})
 
