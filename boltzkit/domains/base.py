@@ -20,7 +20,8 @@ from ..errors import DomainError
 
 
 class Domain:
-    """Base class. Subclasses set ``event_shape``, ``is_discrete`` and ``dtype``."""
+    """Base class. Subclasses set ``event_shape``, and ``is_discrete`` and ``dtype`` where they differ
+    from the defaults (continuous, float32)."""
 
     event_shape: tuple[int, ...] = ()
     is_discrete: bool = False
@@ -80,14 +81,11 @@ class Domain:
 class Reals(Domain):
     """Euclidean space R^dim. Reference draw: standard normal."""
 
-    is_discrete = False
-
     def __init__(self, dim: int):
         if int(dim) != dim or dim < 1:
             raise DomainError(f"Reals(dim) needs a positive integer dimension, got {dim!r}")
         self.dim = int(dim)
         self.event_shape = (self.dim,)
-        self.dtype = torch.float32
 
     def reference(self, n, *, generator=None, device="cpu"):
         return torch.randn(n, self.dim, generator=generator, device=device)

@@ -49,8 +49,6 @@ class ParticleCloud(Domain):
     (torch.Size([3, 8]), torch.Size([3, 4, 2]))
     """
 
-    is_discrete = False
-
     def __init__(self, n_particles: int, spatial_dim: int, mean_free: bool = True):
         for nm, v, lo in (("n_particles", n_particles, 2), ("spatial_dim", spatial_dim, 1)):
             if isinstance(v, bool) or int(v) != v or v < lo:
@@ -59,7 +57,6 @@ class ParticleCloud(Domain):
         self.spatial_dim = int(spatial_dim)
         self.mean_free = bool(mean_free)
         self.event_shape = (self.n_particles * self.spatial_dim,)
-        self.dtype = torch.float32
 
     @property
     def n_dof(self) -> int:
