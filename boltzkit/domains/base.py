@@ -202,16 +202,17 @@ class Sequence(Categorical):
         super().__init__((int(length),), len(alphabet))
         self.alphabet = alphabet
         self.length = int(length)
+        # single-character tokens are written as one word, longer ones separated by spaces
+        self._sep = "" if all(len(a) == 1 for a in alphabet) else " "
 
     def to_strings(self, x: torch.Tensor) -> list[str]:
-        sep = "" if all(len(a) == 1 for a in self.alphabet) else " "
-        return [sep.join(self.alphabet[i] for i in row) for row in x.long().tolist()]
+        return [self._sep.join(self.alphabet[i] for i in row) for row in x.long().tolist()]
 
     def from_strings(self, seqs: "Seq[str]") -> torch.Tensor:
         lut = {a: i for i, a in enumerate(self.alphabet)}
         rows = []
         for s in seqs:
-            toks = list(s) if all(len(a) == 1 for a in self.alphabet) else s.split()
+            toks = s.split() if self._sep else list(s)
             if len(toks) != self.length:
                 raise DomainError(f"sequence {s!r} has length {len(toks)}, expected {self.length}")
             try:
@@ -224,6 +225,5 @@ class Sequence(Categorical):
         return {"type": "Sequence", "length": self.length, "alphabet": self.alphabet}
 
     def __repr__(self):
-        return f"Sequence(length={self.length}, alphabet={''.join(self.alphabet)!r})" \
-            if all(len(a) == 1 for a in self.alphabet) else \
-            f"Sequence(length={self.length}, alphabet={self.alphabet!r})"
+        alphabet = self.alphabet if self._sep else "".join(self.alphabet)
+        return f"Sequence(length={self.length}, alphabet={alphabet!r})"
