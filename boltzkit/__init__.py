@@ -14,7 +14,7 @@ from .result import Result  # noqa: E402
 from .constraints import constrain  # noqa: E402
 from . import cv, free_energy  # noqa: E402  (pymbar loads on first use)
 from .free_energy import free_energy_difference, mbar  # noqa: E402
-from . import datasets  # noqa: E402  (cheap: anndata/scanpy load only inside its readers)
+from . import bio, datasets  # noqa: E402  (cheap: anndata/scanpy load only inside its readers)
 
 
 def methods() -> str:
@@ -42,20 +42,17 @@ def load(path) -> Result:
     return Result.load(path)
 
 
-def __getattr__(name):  # lazy: samplers import torch machinery that plain users may not need
-    if name in ("samplers", "models", "rewards", "adapters", "nn"):
+# lazy: samplers import torch machinery that plain users may not need
+_lazy_submodule = bio.lazy_submodules(__name__, ("samplers", "models", "rewards", "adapters", "nn"))
+_LAZY_NAMES = {"MaskedDiffusion": ".bio.sequences.masked_diffusion", "RewardTarget": ".rewards"}
+
+
+def __getattr__(name):
+    if name in _LAZY_NAMES:
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
-    if name == "MaskedDiffusion":
-        from .bio.sequences.masked_diffusion import MaskedDiffusion
-
-        return MaskedDiffusion
-    if name == "RewardTarget":
-        from .rewards import RewardTarget
-
-        return RewardTarget
-    raise AttributeError(f"module 'boltzkit' has no attribute {name!r}")
+        return getattr(importlib.import_module(_LAZY_NAMES[name], __name__), name)
+    return _lazy_submodule(name)
 
 
 __all__ = ["sample", "select", "explain", "methods", "register", "registry", "Choice", "Result", "load",
