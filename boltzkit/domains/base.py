@@ -158,10 +158,9 @@ class Categorical(Domain):
     def contains(self, x):
         flat = x.reshape(x.shape[0], -1)
         if self.values is None:
+            ok = (flat >= 0) & (flat < self.q)
             if x.dtype.is_floating_point:
-                ok = (flat == flat.round()) & (flat >= 0) & (flat < self.q)
-            else:
-                ok = (flat >= 0) & (flat < self.q)
+                ok &= flat == flat.round()
         else:
             vals = torch.tensor(self.values, device=x.device, dtype=flat.dtype)
             ok = (flat.unsqueeze(-1) == vals).any(-1)

@@ -257,8 +257,6 @@ class MaskedDiffusion(nn.Module):
         check_count("batch_size", batch_size)
         if not (lr > 0 and math.isfinite(lr)):
             raise ConfigError(f"lr must be a positive number, got {lr!r}")
-        if len(dataset) == 0:
-            raise DatasetError("the data set is empty")
         if dataset.length != self.length or list(dataset.alphabet) != list(self.domain.alphabet):
             raise DatasetError(f"the data set ({dataset.length} positions over {''.join(dataset.alphabet)!r}) "
                                f"does not match the model ({self.length} over "

@@ -21,7 +21,7 @@ def best_of_n(model, reward: Callable, n: int, k: int, *, seed: int = 0) -> torc
     if not (isinstance(n, int) and isinstance(k, int) and 1 <= k <= n):
         raise ConfigError(f"best_of_n needs integers 1 <= k <= n, got n={n!r}, k={k!r}")
     x = model.sample(n, seed=seed)
-    r = check_reward_values(reward(x.to(model.device)), n, name="reward")
+    r = check_reward_values(reward(x.to(model.device)), n)
     if r.shape[1] != 1:
         raise TargetError("best_of_n ranks by a scalar reward; combine the objectives first")
     return x[torch.argsort(r[:, 0].cpu(), descending=True)[:k]]
