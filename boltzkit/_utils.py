@@ -50,8 +50,6 @@ def check_training_options(cfg, *, check_lr: bool = True):
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
         raise ConfigError(f"grad_clip must be positive or None, got {cfg.grad_clip!r}")
 
-SeedLike = "int | np.random.SeedSequence | None"
-
 
 # ---------------------------------------------------------------------------- devices
 def resolve_device(device: "str | torch.device | None" = "auto") -> torch.device:

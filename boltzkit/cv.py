@@ -186,9 +186,3 @@ def from_spec(spec: str, target=None) -> CollectiveVariable:
         return coordinate(int(s[1:]))
     raise TargetError(f"unknown collective variable {spec!r}; use phi,psi | phi | psi | m | |m| | "
                       "potts_m:Q | energy | x0, x1, ...")
-
-
-def degrees_if_periodic(values: np.ndarray, periodic: bool) -> np.ndarray:
-    """Angles in degrees for plots and tables (other CVs unchanged)."""
-    return np.degrees(values) if periodic else values
-

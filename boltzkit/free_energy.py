@@ -241,11 +241,6 @@ class MultistateFreeEnergies:
     _u_kn: np.ndarray = field(repr=False)
     _targets: tuple = field(repr=False)
 
-    @property
-    def free_energies(self) -> np.ndarray:
-        """``F_k - F_0`` (kT) of every state."""
-        return self.delta_f[0].copy()
-
     def difference(self, a: int = 0, b: int = 1) -> FreeEnergyDifference:
         """``F_b - F_a`` as a :class:`FreeEnergyDifference`."""
         return FreeEnergyDifference(float(self.delta_f[a, b]), float(self.stderr[a, b]), "MBAR",

@@ -157,14 +157,6 @@ class Constrained(Domain):
         """All constraint values [h, g] (B, m + l) of flat float64 states (B, D)."""
         return torch.cat([self._stack(self.equalities, xf), self._stack(self.inequalities, xf)], dim=1)
 
-    def equality_values(self, x: torch.Tensor) -> torch.Tensor:
-        """h(x), shape (B, m)."""
-        return self._stack(self.equalities, self.flatten(x))
-
-    def inequality_values(self, x: torch.Tensor) -> torch.Tensor:
-        """g(x), shape (B, l); feasible where every entry is <= 0."""
-        return self._stack(self.inequalities, self.flatten(x))
-
     def violation_from_values(self, c_all: torch.Tensor) -> torch.Tensor:
         """max(|h|, max(g, 0)) per state from stacked values (B, m + l) -> (B,)."""
         v = torch.cat([c_all[:, :self.n_eq].abs(), c_all[:, self.n_eq:].clamp_min(0)], dim=1)

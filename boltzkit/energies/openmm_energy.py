@@ -568,10 +568,6 @@ class ShiftedEnergy(Energy):
         """Shifted states -> coordinates of the base target (same shape as ``x``)."""
         return (x.reshape(x.shape[0], -1) + self.origin.to(x)).reshape(x.shape)
 
-    def to_relative(self, x: torch.Tensor) -> torch.Tensor:
-        """Coordinates of the base target -> shifted states."""
-        return (x.reshape(x.shape[0], -1) - self.origin.to(x)).reshape(x.shape)
-
     def _absolute(self, x):
         # the same input tensor maps to the same absolute tensor, so a base target's
         # energy -> grad_energy cache keeps working through the shift

@@ -279,15 +279,6 @@ class CellDataset:
         x = self.rows()
         return np.log1p(x) if self.representation == "counts" else x
 
-    def log_normalized(self, target_sum: float = TARGET_SUM, *, size_factors=None) -> np.ndarray:
-        """log1p(normalize_total) values (dense), the representation metrics are computed on.
-        For counts the size factors are ``size_factors`` if given, else the dataset's, else
-        the row sums."""
-        if self.representation == "log1p":
-            return self.rows()
-        sf = self.size_factors if size_factors is None else size_factors
-        return log_normalize(self.rows(), sf, target_sum)
-
     def subset(self, idx, *, name: "str | None" = None) -> "CellDataset":
         """The cells ``idx`` (indices or boolean mask); categories keep their order."""
         idx = np.asarray(idx)
