@@ -111,6 +111,7 @@ import torch
 from ..domains import Reals
 from ..errors import ConfigError, TargetError
 from ..geometry import dihedral_points, wrap_angle
+from ..probe import hessian_diag_fd, hessian_fd
 from .base import Energy, PriorHint
 
 __all__ = ["ZMatrix", "InternalCoordinateEnergy", "torus_window_log", "angle_window_log",
@@ -794,24 +795,19 @@ class InternalCoordinateEnergy(Energy):
                     continue
         return None
 
+    def _grad64(self, q: torch.Tensor):
+        # (energy, gradient) in the form the finite-difference Hessians of boltzkit.probe read
+        return None, self.grad_energy(q).to(torch.float64)
+
     def curvature(self, q0: torch.Tensor) -> torch.Tensor:
         """Diagonal of the Hessian of ``u_q`` at one state ``q0`` (``(d,)`` float64), by central
         differences of the gradient (``2 d`` gradient evaluations in one batch)."""
-        q0 = self._q64(q0)[:1]
-        d, h = q0.shape[1], self.hessian_step
-        eye = torch.eye(d, dtype=torch.float64)
-        g = self.grad_energy(torch.cat([q0 + h * eye, q0 - h * eye])).to(torch.float64)
-        return (g[:d] - g[d:]).diagonal() / (2.0 * h)
+        return hessian_diag_fd(self._grad64, self._q64(q0)[:1], self.hessian_step)[0]
 
     def hessian(self, q0: torch.Tensor) -> torch.Tensor:
         """Hessian ``(d, d)`` float64 of ``u_q`` at one state ``q0``, by central differences of
         the gradient (``2 d`` gradient evaluations in one batch), symmetrized."""
-        q0 = self._q64(q0)[:1]
-        d, h = q0.shape[1], self.hessian_step
-        eye = torch.eye(d, dtype=torch.float64)
-        g = self.grad_energy(torch.cat([q0 + h * eye, q0 - h * eye])).to(torch.float64)
-        hess = (g[:d] - g[d:]) / (2.0 * h)
-        return 0.5 * (hess + hess.T)
+        return hessian_fd(self._grad64, self._q64(q0)[:1], self.hessian_step)[0]
 
     def soft_torsions(self, q0: "torch.Tensor | None" = None) -> "list[int]":
         """Positions in ``q`` of the soft dihedrals: those given as ``soft_torsions`` and those

@@ -12,6 +12,7 @@ import torch
 
 from ..domains import Reals
 from ..errors import ConfigError, TargetError, require
+from ..probe import hessian_fd
 from .base import Energy
 from ._bridge import _check_optional_positive, _check_temperature, _lin_log, _NumpyBackedEnergy
 
@@ -482,11 +483,7 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         """Hessian ``(3N, 3N)`` float64 of ``u`` at one state ``x``, by central differences of
         the gradient (``6N`` gradient evaluations, one batch), symmetrized."""
         x = self._flat(torch.as_tensor(x)).double()[:1]
-        d = x.shape[1]
-        eye = torch.eye(d, dtype=torch.float64)
-        g = self.grad_energy(torch.cat([x + step * eye, x - step * eye]))
-        h = (g[:d] - g[d:]) / (2.0 * step)
-        return 0.5 * (h + h.T)
+        return hessian_fd(lambda z: (None, self.grad_energy(z)), x, step)[0]
 
     def prior_hint(self):
         """Harmonic (Laplace) frame of the reference structure, or None without positions.
