@@ -85,28 +85,28 @@ def _check_pos(v, what) -> float:
 
 
 # ---------------------------------------------------------------------------- manifolds
-def sphere(dim: int, radius: float = 1.0, center=None) -> ConstraintSet:
-    """The sphere ``|x - center| = radius`` in R^dim (h = (|x-c|^2 - r^2) / (2r))."""
+def _radial(dim, radius, center, what: str):
+    """``(dim, r, x -> (|x - c|^2 - r^2) / (2r))``: zero on the sphere, negative inside."""
     dim, r = _check_dim(dim), _check_pos(radius, "radius")
     c = None if center is None else _vec(center, "center", dim)
 
-    def h(x):
+    def f(x):
         y = x if c is None else x - c.to(x)
         return ((y * y).sum(-1) - r * r) / (2 * r)
 
-    return ConstraintSet(f"sphere({dim}, r={r:g})", dim, (_named(h, "sphere"),))
+    return dim, r, _named(f, what)
+
+
+def sphere(dim: int, radius: float = 1.0, center=None) -> ConstraintSet:
+    """The sphere ``|x - center| = radius`` in R^dim (h = (|x-c|^2 - r^2) / (2r))."""
+    dim, r, h = _radial(dim, radius, center, "sphere")
+    return ConstraintSet(f"sphere({dim}, r={r:g})", dim, (h,))
 
 
 def ball(dim: int, radius: float = 1.0, center=None) -> ConstraintSet:
     """The closed ball ``|x - center| <= radius`` (one inequality)."""
-    dim, r = _check_dim(dim), _check_pos(radius, "radius")
-    c = None if center is None else _vec(center, "center", dim)
-
-    def g(x):
-        y = x if c is None else x - c.to(x)
-        return ((y * y).sum(-1) - r * r) / (2 * r)
-
-    return ConstraintSet(f"ball({dim}, r={r:g})", dim, (), (_named(g, "ball"),))
+    dim, r, g = _radial(dim, radius, center, "ball")
+    return ConstraintSet(f"ball({dim}, r={r:g})", dim, (), (g,))
 
 
 def torus(major_radius: float = 2.0, minor_radius: float = 1.0) -> ConstraintSet:
