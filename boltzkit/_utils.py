@@ -41,11 +41,23 @@ def check_fraction(name, value, *, allow_none=False):
         raise ConfigError(f"{name} must be in [0, 1){' or None' if allow_none else ''}, got {value!r}")
 
 
+def check_positive(name, value, *, allow_none: bool = False, what: str = "a positive number",
+                   error: type = ConfigError) -> "float | None":
+    """``float(value)`` when ``value`` is a finite real number > 0 (None when allowed); else
+    ``error`` (ConfigError unless the caller's layer raises another) naming ``name``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value <= 0:
+        raise error(f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}")
+    return float(value)
+
+
 def check_training_options(cfg, *, check_lr: bool = True):
     """The options of a trained network: ``lr`` a positive number, ``ema_decay`` in [0, 1),
     ``grad_clip`` positive or None."""
-    if check_lr and not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ConfigError(f"lr must be a positive number, got {cfg.lr!r}")
+    if check_lr:
+        check_positive("lr", cfg.lr)
     check_fraction("ema_decay", cfg.ema_decay)
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
         raise ConfigError(f"grad_clip must be positive or None, got {cfg.grad_clip!r}")

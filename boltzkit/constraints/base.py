@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .._utils import torch_generator
+from .._utils import check_positive, torch_generator
 from ..domains.base import Domain, Reals
 from ..energies.base import Energy
 from ..errors import DomainError, TargetError
@@ -83,8 +83,7 @@ class Constrained(Domain):
         if isinstance(base, Constrained):
             raise DomainError("base is already Constrained; pass all constraints to one Constrained "
                               "(bk.constrain merges them)")
-        if not (isinstance(tol, (int, float)) and tol > 0):
-            raise DomainError(f"tol must be a positive number, got {tol!r}")
+        check_positive("tol", tol, error=DomainError)
         if int(n_land) != n_land or n_land < 0:
             raise DomainError(f"n_land must be a non-negative integer, got {n_land!r}")
         self.base = base

@@ -32,6 +32,7 @@ from importlib import resources
 import numpy as np
 import torch
 
+from .._utils import check_positive
 from ..errors import DatasetError, MissingDependencyError, TargetError, require
 from ..geometry import dihedral, signed_volume, wrap_angle
 from .base import Energy
@@ -540,12 +541,11 @@ class BasinEnergy(Energy):
     """
 
     def __init__(self, ic, basin: str, *, wall: float = 50.0, wall_width: float = 0.2):
-        for nm, v in (("wall", wall), ("wall_width", wall_width)):
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise TargetError(f"{nm} must be a positive number, got {v!r}")
+        wall_k = check_positive("wall", wall, error=TargetError)
+        wall_width = check_positive("wall_width", wall_width, error=TargetError)
         super().__init__(ic.domain, name=f"{ic.cartesian_energy.name}[{basin}]")
         self.ic, self.basin = ic, basin
-        self.wall_k, self.wall_width = float(wall), float(wall_width)
+        self.wall_k, self.wall_width = wall_k, wall_width
         self.index, self.sign, self.offset = _backbone_torsions(ic, ic.prior_hint().loc)
 
     def angles(self, q):

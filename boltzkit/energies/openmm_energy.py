@@ -10,11 +10,12 @@ import math
 import numpy as np
 import torch
 
+from .._utils import check_positive
 from ..domains import Reals
 from ..errors import ConfigError, TargetError, require
 from ..probe import hessian_fd
 from .base import Energy
-from ._bridge import _check_optional_positive, _check_temperature, _lin_log, _NumpyBackedEnergy
+from ._bridge import _check_temperature, _lin_log, _NumpyBackedEnergy
 
 
 class _OpenMMBackend:
@@ -337,9 +338,9 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         self.temperature = _check_temperature(temperature)
         self.kT = (unit.MOLAR_GAS_CONSTANT_R * self.temperature * unit.kelvin).value_in_unit(
             unit.kilojoule_per_mole)
-        self.com_restraint = _check_optional_positive("com_restraint", com_restraint)
+        self.com_restraint = check_positive("com_restraint", com_restraint, allow_none=True, error=TargetError)
         self.energy_cut = None if energy_cut is None else float(energy_cut)
-        self.hvp_step = _check_optional_positive("hvp_step", hvp_step)
+        self.hvp_step = check_positive("hvp_step", hvp_step, allow_none=True, error=TargetError)
         why = TorchForceField.unsupported(system)
         if backend == "torch" and why:
             raise ConfigError(f"backend='torch' cannot evaluate this System: {why}; use "
