@@ -102,9 +102,8 @@ class PCABasis:
             raise DatasetError(f"PCA needs a (cells >= 2, genes) matrix, got shape {x.shape}")
         k = int(max(1, min(n_components, x.shape[0] - 1, x.shape[1])))
         self.mean = x.mean(0)
-        _, s, vt = np.linalg.svd(x - self.mean, full_matrices=False)
+        _, _, vt = np.linalg.svd(x - self.mean, full_matrices=False)
         self.components = vt[:k]  # (k, G)
-        self.explained_variance = s[:k] ** 2 / (x.shape[0] - 1)
         resid = (x - self.mean) - ((x - self.mean) @ self.components.T) @ self.components
         self.residual_variance = resid.var(0, ddof=1)  # per gene, outside the k axes
 
