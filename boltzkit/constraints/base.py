@@ -219,8 +219,7 @@ class Constrained(Domain):
             return self._stack(self.equalities, xf)[:, cols]
         return self.values_flat(xf)[:, cols]
 
-    def land(self, x: torch.Tensor, *, n_iter: "int | None" = None, margin: "float | None" = None,
-             damp: float = 0.0) -> torch.Tensor:
+    def land(self, x: torch.Tensor, *, n_iter: "int | None" = None, margin: "float | None" = None) -> torch.Tensor:
         """Move states onto the set by Gauss-Newton (least-norm) steps ``x -= J^T G^{-1} c``.
 
         Uses the active set of :meth:`active_system` (equalities and violated inequalities,
@@ -240,7 +239,7 @@ class Constrained(Domain):
                     break
                 jac = batched_jacobian(c, xr) * mask[..., None]
             xf = xf.detach()
-            step = normal_component(jac, GramSolver(jac, mask, damp).solve(c.detach() * mask))
+            step = normal_component(jac, GramSolver(jac, mask).solve(c.detach() * mask))
             new = xf - step
             ok = torch.isfinite(new).all(dim=1, keepdim=True)
             xf = torch.where(ok, new, xf)
