@@ -128,18 +128,6 @@ def _log_abs_2sinh(x):
         return ax + np.log(-np.expm1(-2.0 * ax))
 
 
-def _check_kaufman_args(L, M, K):
-    L, M = _check_size(L, M)
-    K = _check_real("K", K)
-    if K < 0:
-        raise TargetError(f"Kaufman's formula needs K >= 0 (ferromagnet), got K = {K}; "
-                          "use ising_log_z, which maps K < 0 on even tori by a sublattice flip")
-    if K > _K_MAX_KAUFMAN:
-        raise TargetError(f"K = {K} is too large for float64 (sinh 2K overflows); use K <= "
-                          f"{_K_MAX_KAUFMAN:g} (log Z is then 2 L M K + log 2 to machine precision)")
-    return L, M, K
-
-
 def _kaufman_terms(x):
     """(sign, log|.|) per factor for the four products Z_1..Z_4 (rows), each of length L."""
     odd, even = x[1::2], x[0::2]
@@ -172,7 +160,14 @@ def ising_log_z_kaufman(L: int, M: int, K: float) -> float:
     float
         Natural log of the partition function.
     """
-    L, M, K = _check_kaufman_args(L, M, K)
+    L, M = _check_size(L, M)
+    K = _check_real("K", K)
+    if K < 0:
+        raise TargetError(f"Kaufman's formula needs K >= 0 (ferromagnet), got K = {K}; "
+                          "use ising_log_z, which maps K < 0 on even tori by a sublattice flip")
+    if K > _K_MAX_KAUFMAN:
+        raise TargetError(f"K = {K} is too large for float64 (sinh 2K overflows); use K <= "
+                          f"{_K_MAX_KAUFMAN:g} (log Z is then 2 L M K + log 2 to machine precision)")
     if K == 0.0:
         return L * M * math.log(2.0)
     x, _ = _kaufman_parts(L, M, K)
