@@ -10,8 +10,6 @@ or forces become ``+inf`` and gradient 0; ``energy_cut`` applies the lin-log reg
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
