@@ -70,16 +70,12 @@ def register(name: str, *, kinds=("energy",), domains=(), priority: int = 0,
     return deco
 
 
-def _load_builtin():
+def registry() -> dict[str, SamplerSpec]:
     # importing the samplers package and the bio slices' sampler modules registers every built-in method
     from . import samplers  # noqa: F401
     from .bio import load_samplers
 
     load_samplers()
-
-
-def registry() -> dict[str, SamplerSpec]:
-    _load_builtin()
     return dict(_REGISTRY)
 
 
@@ -250,6 +246,8 @@ def select(target, method: "str | None" = None, *, profile: "DeviceProfile | Non
     est = {s.name: estimate_seconds(s, target, profile) for s in pool}
     fits = [s for s in pool if est[s.name] is None or est[s.name] <= budget]
     if profile.device == "cpu":
+        from .samplers.base import TrainableSampler
+
         # Measured (benchmarks smc_lattice, smc_neural, discrete_asbs_regime, scale_defaults): on a
         # CPU the training-free annealers match or beat the neural samplers' log Z in a fraction of
         # their time, so a method that must train (or has no estimate) is chosen only when none of
@@ -258,7 +256,7 @@ def select(target, method: "str | None" = None, *, profile: "DeviceProfile | Non
         # particles): a training-free method near the budget's edge does not displace the
         # higher-priority method. AIS on alanine in internal coordinates: 3.0 of 10 min estimated
         # (2.8 measured) with its gradient cost probed, so it is chosen.
-        fits.sort(key=lambda s: _needs_training(s) or est[s.name] is None
+        fits.sort(key=lambda s: issubclass(s.cls, TrainableSampler) or est[s.name] is None
                   or est[s.name] * CPU_PREFERENCE_MARGIN > budget)
     skipped = [s for s in pool[:pool.index(fits[0])] if s not in fits] if fits else pool
     if fits:
@@ -276,15 +274,8 @@ def select(target, method: "str | None" = None, *, profile: "DeviceProfile | Non
                f"fastest (estimated {_fmt_s(est[best.name])}): expect to wait, or raise the budget")
     if fits and skipped:
         why += "; " + ", ".join(f"{s.name!r} would need {_fmt_s(est[s.name])}" for s in skipped)
-    best_spec = best
-    return Choice(best_spec.name, head + why + (f" ({best_spec.paper})" if best_spec.paper else ""),
-                  tuple(s.name for s in ok if s is not best_spec))
-
-
-def _needs_training(spec: SamplerSpec) -> bool:
-    from .samplers.base import TrainableSampler
-
-    return issubclass(spec.cls, TrainableSampler)
+    return Choice(best.name, head + why + (f" ({best.paper})" if best.paper else ""),
+                  tuple(s.name for s in ok if s is not best))
 
 
 def _fmt_s(sec: float) -> str:

@@ -41,16 +41,26 @@ def check_fraction(name, value, *, allow_none=False):
         raise ConfigError(f"{name} must be in [0, 1){' or None' if allow_none else ''}, got {value!r}")
 
 
+def check_positive(name, value, *, allow_none: bool = False, what: str = "a positive number",
+                   error: type = ConfigError) -> "float | None":
+    """``float(value)`` when ``value`` is a finite real number > 0 (None when allowed); else
+    ``error`` (ConfigError unless the caller's layer raises another) naming ``name``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value <= 0:
+        raise error(f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}")
+    return float(value)
+
+
 def check_training_options(cfg, *, check_lr: bool = True):
     """The options of a trained network: ``lr`` a positive number, ``ema_decay`` in [0, 1),
     ``grad_clip`` positive or None."""
-    if check_lr and not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ConfigError(f"lr must be a positive number, got {cfg.lr!r}")
+    if check_lr:
+        check_positive("lr", cfg.lr)
     check_fraction("ema_decay", cfg.ema_decay)
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
         raise ConfigError(f"grad_clip must be positive or None, got {cfg.grad_clip!r}")
-
-SeedLike = "int | np.random.SeedSequence | None"
 
 
 # ---------------------------------------------------------------------------- devices
@@ -167,11 +177,7 @@ def format_duration(seconds: float) -> str:
 
 
 class _NoBar:
-    def __init__(self, iterable=None, **_):
-        self._it = iterable
-
-    def __iter__(self):
-        return iter(self._it)
+    """``progress=False``: the methods of :class:`_Progress`, silent."""
 
     def update(self, n=1):
         pass
@@ -179,27 +185,15 @@ class _NoBar:
     def set_postfix(self, *a, **k):
         pass
 
-    def set_description(self, *a, **k):
-        pass
-
     def close(self):
         pass
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        return False
-
-
-class _Progress(_NoBar):
+class _Progress:
     """Progress of one loop: a tqdm bar (``mode="bar"``) or log lines on stderr (``"log"``),
     and in both the one-time estimate of a long run from its first steps."""
 
-    def __init__(self, iterable=None, *, total=None, desc=None, initial=0, mode="log", **kw):
-        super().__init__(iterable)
-        if total is None and iterable is not None and hasattr(iterable, "__len__"):
-            total = len(iterable)
+    def __init__(self, *, total=None, desc=None, initial=0, mode="log", **kw):
         self.total, self.desc, self.n = total, desc or "boltzkit", int(initial)
         self.n0, self.postfix = self.n, {}
         self.t0 = self.t_last = time.monotonic()
@@ -210,12 +204,6 @@ class _Progress(_NoBar):
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=desc, initial=initial, dynamic_ncols=True, leave=False, **kw)
-
-    def __iter__(self):
-        for item in self._it:
-            yield item
-            self.update(1)
-        self.close()
 
     def _say(self, text: str) -> None:
         if self.bar is not None:
@@ -273,11 +261,6 @@ class _Progress(_NoBar):
         if self.bar is not None:
             self.bar.set_postfix(self.postfix, refresh=refresh)
 
-    def set_description(self, desc=None, refresh=True):
-        self.desc = desc or self.desc
-        if self.bar is not None:
-            self.bar.set_description(desc, refresh=refresh)
-
     def close(self):
         if self.closed:
             return
@@ -288,7 +271,7 @@ class _Progress(_NoBar):
             self._line(time.monotonic(), final=True)
 
 
-def progress_bar(iterable=None, *, total=None, desc=None, enabled: "bool | None" = None, **kw):
+def progress_bar(*, total=None, desc=None, enabled: "bool | None" = None, **kw):
     """Progress of a loop, with the methods of a tqdm bar (``update``, ``set_postfix``, ``close``).
 
     ``enabled`` is the user's ``progress`` argument: False is silent; True or None report, as a
@@ -298,8 +281,8 @@ def progress_bar(iterable=None, *, total=None, desc=None, enabled: "bool | None"
     """
     mode = progress_mode(enabled)
     if mode == "off":
-        return _NoBar(iterable)
-    return _Progress(iterable, total=total, desc=desc, mode=mode, **kw)
+        return _NoBar()
+    return _Progress(total=total, desc=desc, mode=mode, **kw)
 
 
 # ---------------------------------------------------------------------------- files

@@ -160,22 +160,19 @@ def coordinate(i: int = 0, name: "str | None" = None) -> CollectiveVariable:
     return CollectiveVariable(c, (name or f"x{int(i)}",), (False,))
 
 
+_NAMED_CVS = {"phi,psi": phi_psi, "phi_psi": phi_psi, "ramachandran": phi_psi, "phi": phi, "psi": psi,
+              "m": magnetization, "magnetization": magnetization, "magnetisation": magnetization,
+              "|m|": lambda: magnetization(absolute=True), "abs_m": lambda: magnetization(absolute=True)}
+
+
 def from_spec(spec: str, target=None) -> CollectiveVariable:
     """A CV from a short string: ``"phi,psi"``, ``"phi"``, ``"psi"``, ``"m"`` / ``"magnetization"``,
     ``"|m|"``, ``"potts_m:Q"``, ``"energy"`` (needs ``target``), ``"x0"``, ``"x1"``, ..."""
     s = spec.replace(" ", "").lower()
-    if s in ("phi,psi", "phi_psi", "ramachandran"):
-        return phi_psi()
+    if s in _NAMED_CVS:
+        return _NAMED_CVS[s]()
     if s == "psi,phi":
         raise TargetError("use --cv phi,psi (phi on the x axis)")
-    if s == "phi":
-        return phi()
-    if s == "psi":
-        return psi()
-    if s in ("m", "magnetization", "magnetisation"):
-        return magnetization()
-    if s in ("|m|", "abs_m"):
-        return magnetization(absolute=True)
     if s.startswith("potts_m:"):
         return magnetization(int(s.split(":", 1)[1]))
     if s in ("energy", "u", "energy_per_site"):
@@ -186,9 +183,3 @@ def from_spec(spec: str, target=None) -> CollectiveVariable:
         return coordinate(int(s[1:]))
     raise TargetError(f"unknown collective variable {spec!r}; use phi,psi | phi | psi | m | |m| | "
                       "potts_m:Q | energy | x0, x1, ...")
-
-
-def degrees_if_periodic(values: np.ndarray, periodic: bool) -> np.ndarray:
-    """Angles in degrees for plots and tables (other CVs unchanged)."""
-    return np.degrees(values) if periodic else values
-

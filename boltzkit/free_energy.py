@@ -241,11 +241,6 @@ class MultistateFreeEnergies:
     _u_kn: np.ndarray = field(repr=False)
     _targets: tuple = field(repr=False)
 
-    @property
-    def free_energies(self) -> np.ndarray:
-        """``F_k - F_0`` (kT) of every state."""
-        return self.delta_f[0].copy()
-
     def difference(self, a: int = 0, b: int = 1) -> FreeEnergyDifference:
         """``F_b - F_a`` as a :class:`FreeEnergyDifference`."""
         return FreeEnergyDifference(float(self.delta_f[a, b]), float(self.stderr[a, b]), "MBAR",
@@ -596,6 +591,14 @@ def _bin_index(values: np.ndarray, edges: tuple) -> np.ndarray:
     return np.where(ok, flat, -1)
 
 
+def _bin_volumes(edges: tuple) -> np.ndarray:
+    """Volume of every bin of the grid, flat in C order (the order of :func:`_bin_index`)."""
+    vol = np.ones(())
+    for e in edges:
+        vol = np.multiply.outer(vol, np.diff(e))
+    return vol.reshape(-1)
+
+
 def histogram_profile(values, weights, bins=50, *, range=None, periodic=None, names=None,
                       n_bootstrap: int = 200, block: int = 1, seed: int = 0,
                       state: str = "") -> FreeEnergyProfile:
@@ -633,10 +636,7 @@ def histogram_profile(values, weights, bins=50, *, range=None, periodic=None, na
     idx = _bin_index(v, edges)
     inside = idx >= 0
     p = np.bincount(idx[inside], weights=w[inside], minlength=nb) / w.sum()
-    vol = np.ones(shape)
-    for d, e in enumerate(edges):
-        vol = vol * np.diff(e).reshape([-1 if k == d else 1 for k in builtins.range(dims)])
-    vol = vol.reshape(-1)
+    vol = _bin_volumes(edges)
     with np.errstate(divide="ignore"):
         f_abs = -np.log(p / vol)
     if not np.isfinite(f_abs).any():
@@ -677,7 +677,6 @@ def histogram_profile(values, weights, bins=50, *, range=None, periodic=None, na
                              int(n), state)
 
 
-
 def profile_of_result(res, cv, bins=50, *, range=None, n_bootstrap: int = 200,
                       seed: int = 0) -> FreeEnergyProfile:
     """:meth:`boltzkit.result.Result.free_energy_profile` (weights respected; MCMC samples
@@ -709,16 +708,12 @@ def _mbar_profile(self: MultistateFreeEnergies, cv, bins=50, *, state=0, range=N
     out = fes.get_fes(centers if vals.shape[1] > 1 else centers[:, 0], reference_point="from-lowest",
                       uncertainty_method="analytical")
     shape = tuple(e.size - 1 for e in edges)
-    vol = np.ones(shape)
-    for d, e in enumerate(edges):
-        vol = vol * np.diff(e).reshape([-1 if q == d else 1 for q in builtins.range(len(edges))])
-    f = np.asarray(out["f_i"], float) + np.log(vol.reshape(-1))     # per probability density
+    f = np.asarray(out["f_i"], float) + np.log(_bin_volumes(edges))     # per probability density
     f = f - np.nanmin(f)
     name = self.states[k] if u is None else getattr(state, "name", "new state")
     return FreeEnergyProfile(edges, f.reshape(shape), np.asarray(out["df_i"], float).reshape(shape),
                              cv.names, cv.periodic, "MBAR histogram (pymbar FES, analytic errors)",
                              int(self.n_samples.sum()), name)
-
 
 
 # ----------------------------------------------------------------------------- curves over beta

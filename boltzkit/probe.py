@@ -81,7 +81,7 @@ import torch
 
 from .errors import ConfigError, TargetError
 
-__all__ = ["ScaleProbe", "probe_scale", "probe_frame", "minimize", "hessian_fd"]
+__all__ = ["ScaleProbe", "probe_scale", "probe_frame", "minimize", "hessian_fd", "hessian_diag_fd"]
 
 DEFAULT_RADII = (0.1, 100.0)
 
@@ -221,8 +221,8 @@ def minimize(fn, x0: torch.Tensor, *, max_iter: int = 400, memory: int = 20, tol
 
 def hessian_fd(fn, x: torch.Tensor, step: "torch.Tensor | float") -> torch.Tensor:
     """Hessians ``(B, d, d)`` at the rows of ``x`` by central differences of the gradient
-    (``2 d`` gradient evaluations per row, one batched call), symmetrized. ``step``: a number
-    or one step per row (B,)."""
+    (``2 d`` gradient evaluations per row, one batched call), symmetrized. ``fn(x)`` returns
+    ``(energy, gradient)``; ``step``: a number or one step per row (B,)."""
     B, d = x.shape
     h = torch.as_tensor(step, dtype=x.dtype, device=x.device).reshape(-1)
     h = h.expand(B) if h.numel() == 1 else h
@@ -232,6 +232,18 @@ def hessian_fd(fn, x: torch.Tensor, step: "torch.Tensor | float") -> torch.Tenso
     gr = gr.reshape(B, 2 * d, d)
     hess = (gr[:, :d] - gr[:, d:]) / (2.0 * h[:, None, None])
     return 0.5 * (hess + hess.transpose(1, 2))
+
+
+def hessian_diag_fd(fn, x, step):
+    """Hessian diagonals (B, d) at the rows of ``x`` by central differences along each
+    coordinate (``2 d`` gradient evaluations per row, one batched call); ``fn`` as for
+    :func:`hessian_fd`, ``step`` a number."""
+    B, d = x.shape
+    eye = torch.eye(d, dtype=x.dtype, device=x.device) * step
+    pts = torch.cat([x[:, None, :] + eye, x[:, None, :] - eye], 1).reshape(B * 2 * d, d)
+    _, gr = fn(pts)
+    gr = gr.reshape(B, 2 * d, d)
+    return ((gr[:, :d] - gr[:, d:]) / (2.0 * step)).diagonal(dim1=1, dim2=2)
 
 
 def _sqrt_psd(c: torch.Tensor) -> torch.Tensor:
@@ -465,7 +477,7 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
     nh = min(int(n_hessians), reps.shape[0])
     gam_all = torch.cat(found_gamma)
     step = 1e-3 * metric_cov.diagonal().sqrt().min() if full else 1e-3 * metric_cov.sqrt().min()
-    hess = hessian_fd(fn, reps[:nh], step) if full else _hessian_diag_batch(fn, reps[:nh], step)
+    hess = hessian_fd(fn, reps[:nh], step) if full else hessian_diag_fd(fn, reps[:nh], step)
     covs = []
     for i in range(nh):
         if full:
@@ -521,16 +533,6 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
                       mala_step_size=mala_h, n_evaluations=int(fn.n), n_starts=total_starts,
                       n_converged=total_conv, rounds=rounds, hint_used=frame is not None,
                       extra={"lbfgs_gamma_median": float(gam_all.median())})
-
-
-def _hessian_diag_batch(fn, x, step):
-    """Hessian diagonals (B, d) by central differences along each coordinate (2 d gradients)."""
-    B, d = x.shape
-    eye = torch.eye(d, dtype=x.dtype, device=x.device) * step
-    pts = torch.cat([x[:, None, :] + eye, x[:, None, :] - eye], 1).reshape(B * 2 * d, d)
-    _, gr = fn(pts)
-    gr = gr.reshape(B, 2 * d, d)
-    return ((gr[:, :d] - gr[:, d:]) / (2.0 * step)).diagonal(dim1=1, dim2=2)
 
 
 def _covering(reps, local_cov, full):

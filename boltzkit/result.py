@@ -375,12 +375,7 @@ class Result:
                 tips.append("SMC resampling (resample_ess=0.5)")
         else:  # MCMC: longer chains
             tips.append("longer chains (more n_samples, or a larger burn-in n_steps)")
-        import inspect
-
-        from ._api import sample
-
-        if "budget" in inspect.signature(sample).parameters:  # budget-aware bk.sample, where present
-            tips.append("a larger budget (bk.sample(..., budget=seconds))")
+        tips.append("a larger budget (bk.sample(..., budget=seconds))")
         tips.append("or another method (bk.explain(target) lists them with their estimates)")
         return "next: " + ", ".join(tips)
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .._utils import torch_generator
+from .._utils import check_positive, torch_generator
 from ..domains.base import Domain, Reals
 from ..energies.base import Energy
 from ..errors import DomainError, TargetError
@@ -83,8 +83,7 @@ class Constrained(Domain):
         if isinstance(base, Constrained):
             raise DomainError("base is already Constrained; pass all constraints to one Constrained "
                               "(bk.constrain merges them)")
-        if not (isinstance(tol, (int, float)) and tol > 0):
-            raise DomainError(f"tol must be a positive number, got {tol!r}")
+        check_positive("tol", tol, error=DomainError)
         if int(n_land) != n_land or n_land < 0:
             raise DomainError(f"n_land must be a non-negative integer, got {n_land!r}")
         self.base = base
@@ -157,14 +156,6 @@ class Constrained(Domain):
         """All constraint values [h, g] (B, m + l) of flat float64 states (B, D)."""
         return torch.cat([self._stack(self.equalities, xf), self._stack(self.inequalities, xf)], dim=1)
 
-    def equality_values(self, x: torch.Tensor) -> torch.Tensor:
-        """h(x), shape (B, m)."""
-        return self._stack(self.equalities, self.flatten(x))
-
-    def inequality_values(self, x: torch.Tensor) -> torch.Tensor:
-        """g(x), shape (B, l); feasible where every entry is <= 0."""
-        return self._stack(self.inequalities, self.flatten(x))
-
     def violation_from_values(self, c_all: torch.Tensor) -> torch.Tensor:
         """max(|h|, max(g, 0)) per state from stacked values (B, m + l) -> (B,)."""
         v = torch.cat([c_all[:, :self.n_eq].abs(), c_all[:, self.n_eq:].clamp_min(0)], dim=1)
@@ -228,8 +219,7 @@ class Constrained(Domain):
             return self._stack(self.equalities, xf)[:, cols]
         return self.values_flat(xf)[:, cols]
 
-    def land(self, x: torch.Tensor, *, n_iter: "int | None" = None, margin: "float | None" = None,
-             damp: float = 0.0) -> torch.Tensor:
+    def land(self, x: torch.Tensor, *, n_iter: "int | None" = None, margin: "float | None" = None) -> torch.Tensor:
         """Move states onto the set by Gauss-Newton (least-norm) steps ``x -= J^T G^{-1} c``.
 
         Uses the active set of :meth:`active_system` (equalities and violated inequalities,
@@ -249,7 +239,7 @@ class Constrained(Domain):
                     break
                 jac = batched_jacobian(c, xr) * mask[..., None]
             xf = xf.detach()
-            step = normal_component(jac, GramSolver(jac, mask, damp).solve(c.detach() * mask))
+            step = normal_component(jac, GramSolver(jac, mask).solve(c.detach() * mask))
             new = xf - step
             ok = torch.isfinite(new).all(dim=1, keepdim=True)
             xf = torch.where(ok, new, xf)

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from .._utils import check_positive
 from ..errors import TargetError
 
 
@@ -78,40 +79,35 @@ def _check_dim(dim) -> int:
     return int(dim)
 
 
-def _check_pos(v, what) -> float:
-    if not (isinstance(v, (int, float)) and v > 0):
-        raise TargetError(f"{what} must be a positive number, got {v!r}")
-    return float(v)
-
-
 # ---------------------------------------------------------------------------- manifolds
-def sphere(dim: int, radius: float = 1.0, center=None) -> ConstraintSet:
-    """The sphere ``|x - center| = radius`` in R^dim (h = (|x-c|^2 - r^2) / (2r))."""
-    dim, r = _check_dim(dim), _check_pos(radius, "radius")
+def _radial(dim, radius, center, what: str):
+    """``(dim, r, x -> (|x - c|^2 - r^2) / (2r))``: zero on the sphere, negative inside."""
+    dim, r = _check_dim(dim), check_positive("radius", radius, error=TargetError)
     c = None if center is None else _vec(center, "center", dim)
 
-    def h(x):
+    def f(x):
         y = x if c is None else x - c.to(x)
         return ((y * y).sum(-1) - r * r) / (2 * r)
 
-    return ConstraintSet(f"sphere({dim}, r={r:g})", dim, (_named(h, "sphere"),))
+    return dim, r, _named(f, what)
+
+
+def sphere(dim: int, radius: float = 1.0, center=None) -> ConstraintSet:
+    """The sphere ``|x - center| = radius`` in R^dim (h = (|x-c|^2 - r^2) / (2r))."""
+    dim, r, h = _radial(dim, radius, center, "sphere")
+    return ConstraintSet(f"sphere({dim}, r={r:g})", dim, (h,))
 
 
 def ball(dim: int, radius: float = 1.0, center=None) -> ConstraintSet:
     """The closed ball ``|x - center| <= radius`` (one inequality)."""
-    dim, r = _check_dim(dim), _check_pos(radius, "radius")
-    c = None if center is None else _vec(center, "center", dim)
-
-    def g(x):
-        y = x if c is None else x - c.to(x)
-        return ((y * y).sum(-1) - r * r) / (2 * r)
-
-    return ConstraintSet(f"ball({dim}, r={r:g})", dim, (), (_named(g, "ball"),))
+    dim, r, g = _radial(dim, radius, center, "ball")
+    return ConstraintSet(f"ball({dim}, r={r:g})", dim, (), (g,))
 
 
 def torus(major_radius: float = 2.0, minor_radius: float = 1.0) -> ConstraintSet:
     """Torus of revolution in R^3 around the x3 axis: ``(rho - R)^2 + x3^2 = r^2``, rho = |(x1, x2)|."""
-    big, small = _check_pos(major_radius, "major_radius"), _check_pos(minor_radius, "minor_radius")
+    big = check_positive("major_radius", major_radius, error=TargetError)
+    small = check_positive("minor_radius", minor_radius, error=TargetError)
     if small >= big:
         raise TargetError(f"minor_radius ({small}) must be smaller than major_radius ({big})")
 
@@ -128,7 +124,7 @@ def flat_torus(n_circles: int = 2, radius: float = 1.0) -> ConstraintSet:
     For n_circles = 2 this is the Clifford torus; its surface measure is the product of the
     uniform angles.
     """
-    n, r = _check_dim(n_circles), _check_pos(radius, "radius")
+    n, r = _check_dim(n_circles), check_positive("radius", radius, error=TargetError)
 
     def h(x):
         y = x.reshape(x.shape[0], n, 2)

@@ -10,29 +10,16 @@ or forces become ``+inf`` and gradient 0; ``energy_cut`` applies the lin-log reg
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
+from .._utils import check_positive
 from ..errors import TargetError
 from .base import Energy
 
 
 def _check_temperature(temperature) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature <= 0:
-        raise TargetError(f"temperature must be a positive number in kelvin, got {temperature!r}")
-    return float(temperature)
-
-
-def _check_optional_positive(name, value) -> "float | None":
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value <= 0:
-        raise TargetError(f"{name} must be a positive number or None, got {value!r}")
-    return float(value)
+    return check_positive("temperature", temperature, what="a positive number in kelvin", error=TargetError)
 
 
 # ============================================================================ autograd bridge

@@ -32,6 +32,7 @@ from importlib import resources
 import numpy as np
 import torch
 
+from .._utils import check_positive
 from ..errors import DatasetError, MissingDependencyError, TargetError, require
 from ..geometry import dihedral, signed_volume, wrap_angle
 from .base import Energy
@@ -78,18 +79,17 @@ def _weights(n: int, log_weights) -> np.ndarray:
     return np.exp(lw - lw.max())
 
 
-def _block_sums(lab: np.ndarray, w: np.ndarray, n_blocks: int) -> np.ndarray:
-    """``(n_blocks, 3)`` summed weights per basin in contiguous blocks."""
+def _block_sums(phi, psi, log_weights, n_blocks: int) -> np.ndarray:
+    """``(n_blocks, 3)`` summed weights per basin in contiguous blocks of the samples."""
+    lab = alanine_basin(phi, psi).ravel()
+    if isinstance(n_blocks, bool) or int(n_blocks) != n_blocks or n_blocks < 2:
+        raise TargetError(f"n_blocks must be an integer >= 2, got {n_blocks!r}")
+    if lab.size < n_blocks:
+        raise TargetError(f"{lab.size} samples cannot be split into {n_blocks} blocks; lower n_blocks")
+    w = _weights(lab.size, log_weights)
     blocks = np.array_split(np.arange(lab.size), n_blocks)
     return np.stack([np.bincount(lab[b], weights=w[b], minlength=len(ALANINE_BASINS))
                      for b in blocks])
-
-
-def _check_blocks(n: int, n_blocks: int):
-    if isinstance(n_blocks, bool) or int(n_blocks) != n_blocks or n_blocks < 2:
-        raise TargetError(f"n_blocks must be an integer >= 2, got {n_blocks!r}")
-    if n < n_blocks:
-        raise TargetError(f"{n} samples cannot be split into {n_blocks} blocks; lower n_blocks")
 
 
 def basin_populations(phi, psi, log_weights=None, *, n_blocks: int = 10) -> dict:
@@ -107,9 +107,7 @@ def basin_populations(phi, psi, log_weights=None, *, n_blocks: int = 10) -> dict
     -------
     dict ``basin -> (population, stderr)``.
     """
-    lab = alanine_basin(phi, psi).ravel()
-    _check_blocks(lab.size, n_blocks)
-    s = _block_sums(lab, _weights(lab.size, log_weights), n_blocks)
+    s = _block_sums(phi, psi, log_weights, n_blocks)
     tot = s.sum(0)
     full = tot / tot.sum()
     loo = (tot - s) / (tot - s).sum(1, keepdims=True)  # delete-one-block estimates
@@ -143,9 +141,7 @@ def basin_free_energies(phi, psi, log_weights=None, *, reference: str = "C7eq",
     """
     if reference not in ALANINE_BASINS:
         raise TargetError(f"reference must be one of {ALANINE_BASINS}, got {reference!r}")
-    lab = alanine_basin(phi, psi).ravel()
-    _check_blocks(lab.size, n_blocks)
-    s = _block_sums(lab, _weights(lab.size, log_weights), n_blocks)
+    s = _block_sums(phi, psi, log_weights, n_blocks)
     tot = s.sum(0)
     r = ALANINE_BASINS.index(reference)
     if log_weights is not None:
@@ -545,12 +541,11 @@ class BasinEnergy(Energy):
     """
 
     def __init__(self, ic, basin: str, *, wall: float = 50.0, wall_width: float = 0.2):
-        for nm, v in (("wall", wall), ("wall_width", wall_width)):
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise TargetError(f"{nm} must be a positive number, got {v!r}")
+        wall_k = check_positive("wall", wall, error=TargetError)
+        wall_width = check_positive("wall_width", wall_width, error=TargetError)
         super().__init__(ic.domain, name=f"{ic.cartesian_energy.name}[{basin}]")
         self.ic, self.basin = ic, basin
-        self.wall_k, self.wall_width = float(wall), float(wall_width)
+        self.wall_k, self.wall_width = wall_k, wall_width
         self.index, self.sign, self.offset = _backbone_torsions(ic, ic.prior_hint().loc)
 
     def angles(self, q):

@@ -331,8 +331,7 @@ class FunctionEnergy(Energy):
         return self._log_z
 
 
-def check_energy_values(u: torch.Tensor, batch: int, *, name: str = "energy",
-                        allow_inf: bool = False) -> torch.Tensor:
+def check_energy_values(u: torch.Tensor, batch: int, *, name: str = "energy") -> torch.Tensor:
     """Validate an energy evaluation: shape (B,), floating dtype, finite values."""
     if not isinstance(u, torch.Tensor):
         raise TargetError(f"{name} must return a torch.Tensor, got {type(u).__name__}")
@@ -343,15 +342,14 @@ def check_energy_values(u: torch.Tensor, batch: int, *, name: str = "energy",
     if not u.dtype.is_floating_point:
         raise TargetError(f"{name} returned dtype {u.dtype}; it must be floating point. "
                           "Cast with .float() or .double().")
-    bad = torch.isnan(u) if allow_inf else ~torch.isfinite(u)
+    bad = ~torch.isfinite(u)
     if bool(bad.any()):
         idx = bad.nonzero().flatten()
-        kind = "NaN" if allow_inf else "NaN or infinite"
         from ..errors import NonFiniteEnergyError
 
-        raise NonFiniteEnergyError(f"{name} returned {int(idx.numel())} {kind} values out of {batch} "
-                          f"(first at batch index {int(idx[0])}); the energy must be finite on "
-                          "the domain. Check for overflow or log of non-positive numbers.")
+        raise NonFiniteEnergyError(f"{name} returned {int(idx.numel())} NaN or infinite values out of "
+                                   f"{batch} (first at batch index {int(idx[0])}); the energy must be "
+                                   "finite on the domain. Check for overflow or log of non-positive numbers.")
     return u
 
 

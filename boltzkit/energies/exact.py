@@ -128,18 +128,6 @@ def _log_abs_2sinh(x):
         return ax + np.log(-np.expm1(-2.0 * ax))
 
 
-def _check_kaufman_args(L, M, K):
-    L, M = _check_size(L, M)
-    K = _check_real("K", K)
-    if K < 0:
-        raise TargetError(f"Kaufman's formula needs K >= 0 (ferromagnet), got K = {K}; "
-                          "use ising_log_z, which maps K < 0 on even tori by a sublattice flip")
-    if K > _K_MAX_KAUFMAN:
-        raise TargetError(f"K = {K} is too large for float64 (sinh 2K overflows); use K <= "
-                          f"{_K_MAX_KAUFMAN:g} (log Z is then 2 L M K + log 2 to machine precision)")
-    return L, M, K
-
-
 def _kaufman_terms(x):
     """(sign, log|.|) per factor for the four products Z_1..Z_4 (rows), each of length L."""
     odd, even = x[1::2], x[0::2]
@@ -172,7 +160,14 @@ def ising_log_z_kaufman(L: int, M: int, K: float) -> float:
     float
         Natural log of the partition function.
     """
-    L, M, K = _check_kaufman_args(L, M, K)
+    L, M = _check_size(L, M)
+    K = _check_real("K", K)
+    if K < 0:
+        raise TargetError(f"Kaufman's formula needs K >= 0 (ferromagnet), got K = {K}; "
+                          "use ising_log_z, which maps K < 0 on even tori by a sublattice flip")
+    if K > _K_MAX_KAUFMAN:
+        raise TargetError(f"K = {K} is too large for float64 (sinh 2K overflows); use K <= "
+                          f"{_K_MAX_KAUFMAN:g} (log Z is then 2 L M K + log 2 to machine precision)")
     if K == 0.0:
         return L * M * math.log(2.0)
     x, _ = _kaufman_parts(L, M, K)
@@ -630,16 +625,22 @@ def iter_states(domain: Categorical, *, batch_size: int = 2**16, max_states: int
         yield ((idx[:, None] // powers) % q).reshape(-1, *domain.event_shape)
 
 
-def _energies(energy, idx: torch.Tensor, dtype) -> torch.Tensor:
-    x = energy.domain.decode(idx)
-    if dtype is not None and x.dtype.is_floating_point:
-        x = x.to(dtype)
-    with torch.no_grad():
-        u = energy.energy(x)
-    if tuple(u.shape) != (idx.shape[0],):
-        raise TargetError(f"{getattr(energy, 'name', 'energy')}.energy returned shape "
-                          f"{tuple(u.shape)} for a batch of {idx.shape[0]}; it must be (B,)")
-    return u.detach().to("cpu", torch.float64)
+def _enumerated_energies(energy, max_states: int, batch_size: int, dtype):
+    """Every state of ``energy``'s categorical domain in index order, in batches on the energy's
+    device: ``(idx, x, u)``, the index states, the physical states (cast to ``dtype`` when
+    floating) and their energies (float64 on CPU)."""
+    dom = _categorical_domain(energy)
+    dev = energy.device if isinstance(energy, torch.nn.Module) else torch.device("cpu")
+    for idx in iter_states(dom, batch_size=batch_size, max_states=max_states, device=dev):
+        x = dom.decode(idx)
+        if dtype is not None and x.dtype.is_floating_point:
+            x = x.to(dtype)
+        with torch.no_grad():
+            u = energy.energy(x)
+        if tuple(u.shape) != (idx.shape[0],):
+            raise TargetError(f"{getattr(energy, 'name', 'energy')}.energy returned shape "
+                              f"{tuple(u.shape)} for a batch of {idx.shape[0]}; it must be (B,)")
+        yield idx, x, u.detach().to("cpu", torch.float64)
 
 
 def enumerate_states(energy, max_states: int = 2**22, *, batch_size: int = 2**16,
@@ -668,12 +669,9 @@ def enumerate_states(energy, max_states: int = 2**22, *, batch_size: int = 2**16
         ``states`` (S, *event_shape) int64 on CPU, ``energies``, ``log_probs`` (S,) float64,
         ``log_z`` float.
     """
-    dom = _categorical_domain(energy)
-    _check_state_count(dom, max_states)
-    dev = energy.device if isinstance(energy, torch.nn.Module) else torch.device("cpu")
     states, us = [], []
-    for idx in iter_states(dom, batch_size=batch_size, max_states=max_states, device=dev):
-        us.append(_energies(energy, idx, dtype))
+    for idx, _, u in _enumerated_energies(energy, max_states, batch_size, dtype):
+        us.append(u)
         states.append(idx.cpu())
     u = torch.cat(us)
     if not bool(torch.isfinite(u).all()):
@@ -708,20 +706,13 @@ def exact_marginal_pmf(energy, statistic: "Callable[[torch.Tensor], torch.Tensor
     values, probs : numpy.ndarray
         Sorted distinct values (float64) and their exact probabilities (float64, sum 1).
     """
-    dom = _categorical_domain(energy)
-    _check_state_count(dom, max_states)
-    dev = energy.device if isinstance(energy, torch.nn.Module) else torch.device("cpu")
     vals, logws = [], []
-    for idx in iter_states(dom, batch_size=batch_size, max_states=max_states, device=dev):
-        u = _energies(energy, idx, dtype)
+    for idx, x, u in _enumerated_energies(energy, max_states, batch_size, dtype):
         if isinstance(statistic, str):
             if statistic != "energy":
                 raise TargetError(f"statistic must be a callable or 'energy', got {statistic!r}")
             v = u
         else:
-            x = dom.decode(idx)
-            if dtype is not None and x.dtype.is_floating_point:
-                x = x.to(dtype)
             with torch.no_grad():
                 v = torch.as_tensor(statistic(x)).detach().to("cpu", torch.float64).reshape(-1)
             if v.shape[0] != idx.shape[0]:

@@ -108,9 +108,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .._utils import check_positive
 from ..domains import Reals
 from ..errors import ConfigError, TargetError
 from ..geometry import dihedral_points, wrap_angle
+from ..probe import hessian_diag_fd, hessian_fd
 from .base import Energy, PriorHint
 
 __all__ = ["ZMatrix", "InternalCoordinateEnergy", "torus_window_log", "angle_window_log",
@@ -139,13 +141,6 @@ def _log_ndtr_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return lhi + _log1mexp(torch.special.log_ndtr(lo) - lhi)
 
 
-def _check_width(name, width) -> float:
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) \
-            or width <= 0:
-        raise ConfigError(f"{name} must be a positive number, got {width!r}")
-    return float(width)
-
-
 def torus_window_log(theta: torch.Tensor, width: float = 0.5) -> torch.Tensor:
     r"""``log h(theta)`` of the periodic partition of unity
     ``h(theta) = Phi((theta + pi) / width) - Phi((theta - pi) / width)``.
@@ -156,7 +151,7 @@ def torus_window_log(theta: torch.Tensor, width: float = 0.5) -> torch.Tensor:
     ``(-pi, pi)`` (``1/2`` at ``+-pi``) and decays like a Gaussian of std ``width`` outside.
     Elementwise; finite for every real ``theta``.
     """
-    w = _check_width("width", width)
+    w = check_positive("width", width)
     t = torch.as_tensor(theta)
     return _log_ndtr_diff((t + math.pi) / w, (t - math.pi) / w)
 
@@ -170,7 +165,7 @@ def angle_window_log(theta: torch.Tensor, width: float = 0.1) -> torch.Tensor:
     atom, with the dihedral shifted by ``pi`` for the reflected ones) carry total weight 1.
     About 1 inside ``(0, pi)``, 1/2 at its ends. Elementwise; finite for every real ``theta``.
     """
-    w = _check_width("width", width)
+    w = check_positive("width", width)
     t = torch.as_tensor(theta)
     return _log_ndtr_diff(t / w, (t - math.pi) / w)
 
@@ -178,7 +173,7 @@ def angle_window_log(theta: torch.Tensor, width: float = 0.1) -> torch.Tensor:
 def bond_window_log(r: torch.Tensor, width: float = 0.01) -> torch.Tensor:
     r"""``log g(r)``, ``g(r) = Phi(r / width)``: ``g(r) + g(-r) = 1`` (a bond of length ``-r``
     places the atom where ``r`` does with the angle and dihedral reflected). Elementwise."""
-    w = _check_width("width", width)
+    w = check_positive("width", width)
     return torch.special.log_ndtr(torch.as_tensor(r) / w)
 
 
@@ -507,7 +502,7 @@ class ZMatrix:
         r, th, ph = self.split(q)
         if torsion_center is not None:
             ph = ph - torch.as_tensor(torsion_center).to(ph)
-        aw, tw = _check_width("angle_window", angle_window), _check_width("torsion_window", torsion_window)
+        aw, tw = check_positive("angle_window", angle_window), check_positive("torsion_window", torsion_window)
         # angle_window_log and torus_window_log in one call (half the autograd nodes, which
         # NAAS's double backward pays for one by one); the same elementwise arithmetic
         both = _log_ndtr_diff(torch.cat([th / aw, (ph + math.pi) / tw], dim=1),
@@ -642,17 +637,17 @@ class InternalCoordinateEnergy(Energy):
         if not isinstance(zmatrix, ZMatrix) or zmatrix.n_atoms != n:
             raise TargetError(f"zmatrix must be a ZMatrix over the {n} atoms of the Cartesian "
                               f"target, got {zmatrix!r}")
-        self.torsion_window = _check_width("torsion_window", torsion_window)
-        self.angle_window = _check_width("angle_window", angle_window)
-        self.bond_window = _check_width("bond_window", bond_window)
-        self.torsion_std = _check_width("torsion_std", torsion_std)
-        self.max_std = _check_width("max_std", max_std)
-        self.hessian_step = _check_width("hessian_step", hessian_step)
+        self.torsion_window = check_positive("torsion_window", torsion_window)
+        self.angle_window = check_positive("angle_window", angle_window)
+        self.bond_window = check_positive("bond_window", bond_window)
+        self.torsion_std = check_positive("torsion_std", torsion_std)
+        self.max_std = check_positive("max_std", max_std)
+        self.hessian_step = check_positive("hessian_step", hessian_step)
         if hint not in ("diagonal", "full"):
             raise ConfigError(f"hint must be 'diagonal' or 'full', got {hint!r}")
         self.hint = hint
-        self.soft_std = _check_width("soft_std", soft_std)
-        self.soft_barrier = None if soft_barrier is None else _check_width("soft_barrier", soft_barrier)
+        self.soft_std = check_positive("soft_std", soft_std)
+        self.soft_barrier = None if soft_barrier is None else check_positive("soft_barrier", soft_barrier)
         super().__init__(Reals(zmatrix.n_dof),
                          name=name or f"InternalCoordinates({cartesian_energy.name})")
         self.cartesian_energy = cartesian_energy
@@ -794,24 +789,19 @@ class InternalCoordinateEnergy(Energy):
                     continue
         return None
 
+    def _grad64(self, q: torch.Tensor):
+        # (energy, gradient) in the form the finite-difference Hessians of boltzkit.probe read
+        return None, self.grad_energy(q).to(torch.float64)
+
     def curvature(self, q0: torch.Tensor) -> torch.Tensor:
         """Diagonal of the Hessian of ``u_q`` at one state ``q0`` (``(d,)`` float64), by central
         differences of the gradient (``2 d`` gradient evaluations in one batch)."""
-        q0 = self._q64(q0)[:1]
-        d, h = q0.shape[1], self.hessian_step
-        eye = torch.eye(d, dtype=torch.float64)
-        g = self.grad_energy(torch.cat([q0 + h * eye, q0 - h * eye])).to(torch.float64)
-        return (g[:d] - g[d:]).diagonal() / (2.0 * h)
+        return hessian_diag_fd(self._grad64, self._q64(q0)[:1], self.hessian_step)[0]
 
     def hessian(self, q0: torch.Tensor) -> torch.Tensor:
         """Hessian ``(d, d)`` float64 of ``u_q`` at one state ``q0``, by central differences of
         the gradient (``2 d`` gradient evaluations in one batch), symmetrized."""
-        q0 = self._q64(q0)[:1]
-        d, h = q0.shape[1], self.hessian_step
-        eye = torch.eye(d, dtype=torch.float64)
-        g = self.grad_energy(torch.cat([q0 + h * eye, q0 - h * eye])).to(torch.float64)
-        hess = (g[:d] - g[d:]) / (2.0 * h)
-        return 0.5 * (hess + hess.T)
+        return hessian_fd(self._grad64, self._q64(q0)[:1], self.hessian_step)[0]
 
     def soft_torsions(self, q0: "torch.Tensor | None" = None) -> "list[int]":
         """Positions in ``q`` of the soft dihedrals: those given as ``soft_torsions`` and those

@@ -83,10 +83,6 @@ class _LatticeEnergy:
     def n_sites(self) -> int:
         return self.L * self.L
 
-    @property
-    def n_bonds(self) -> int:
-        return 2 * self.L * self.L
-
     # ---- hooks: how samplers learn the local structure (no type checks)
     def lattice_model(self) -> LatticeModel:
         """L, beta, J, h, q for the lattice kernels (:mod:`boltzkit.kernels.lattice`).

@@ -10,10 +10,12 @@ import math
 import numpy as np
 import torch
 
+from .._utils import check_positive
 from ..domains import Reals
 from ..errors import ConfigError, TargetError, require
+from ..probe import hessian_fd
 from .base import Energy
-from ._bridge import _check_optional_positive, _check_temperature, _lin_log, _NumpyBackedEnergy
+from ._bridge import _check_temperature, _lin_log, _NumpyBackedEnergy
 
 
 class _OpenMMBackend:
@@ -336,9 +338,9 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         self.temperature = _check_temperature(temperature)
         self.kT = (unit.MOLAR_GAS_CONSTANT_R * self.temperature * unit.kelvin).value_in_unit(
             unit.kilojoule_per_mole)
-        self.com_restraint = _check_optional_positive("com_restraint", com_restraint)
+        self.com_restraint = check_positive("com_restraint", com_restraint, allow_none=True, error=TargetError)
         self.energy_cut = None if energy_cut is None else float(energy_cut)
-        self.hvp_step = _check_optional_positive("hvp_step", hvp_step)
+        self.hvp_step = check_positive("hvp_step", hvp_step, allow_none=True, error=TargetError)
         why = TorchForceField.unsupported(system)
         if backend == "torch" and why:
             raise ConfigError(f"backend='torch' cannot evaluate this System: {why}; use "
@@ -482,11 +484,7 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         """Hessian ``(3N, 3N)`` float64 of ``u`` at one state ``x``, by central differences of
         the gradient (``6N`` gradient evaluations, one batch), symmetrized."""
         x = self._flat(torch.as_tensor(x)).double()[:1]
-        d = x.shape[1]
-        eye = torch.eye(d, dtype=torch.float64)
-        g = self.grad_energy(torch.cat([x + step * eye, x - step * eye]))
-        h = (g[:d] - g[d:]) / (2.0 * step)
-        return 0.5 * (h + h.T)
+        return hessian_fd(lambda z: (None, self.grad_energy(z)), x, step)[0]
 
     def prior_hint(self):
         """Harmonic (Laplace) frame of the reference structure, or None without positions.
@@ -567,10 +565,6 @@ class ShiftedEnergy(Energy):
     def to_absolute(self, x: torch.Tensor) -> torch.Tensor:
         """Shifted states -> coordinates of the base target (same shape as ``x``)."""
         return (x.reshape(x.shape[0], -1) + self.origin.to(x)).reshape(x.shape)
-
-    def to_relative(self, x: torch.Tensor) -> torch.Tensor:
-        """Coordinates of the base target -> shifted states."""
-        return (x.reshape(x.shape[0], -1) - self.origin.to(x)).reshape(x.shape)
 
     def _absolute(self, x):
         # the same input tensor maps to the same absolute tensor, so a base target's

@@ -165,12 +165,6 @@ class TorsionEnergy(_NumpyBackedEnergy):
             _rotate(x, self._masks[t], x[:, k], axis, delta)
         return x
 
-    def mmff_energy(self, theta) -> np.ndarray:
-        """MMFF energies (kcal/mol) of the torsion states, ``(B,)``."""
-        x = self.conformers(theta)
-        ff = self._mmff.ff
-        return np.array([ff.CalcEnergy(xi.ravel().tolist()) for xi in x])
-
     def _backend(self, th, grad):
         b = th.shape[0]
         u = np.full(b, math.inf)

@@ -49,10 +49,6 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return 0 if not self.data else int(next(iter(self.data.values())).shape[0])
 
-    @property
-    def keys(self) -> tuple:
-        return tuple(self.data)
-
     def clear(self) -> None:
         self.data, self._head = {}, 0
 

@@ -57,6 +57,7 @@ from typing import Callable
 
 import torch
 
+from .._utils import check_positive
 from ..errors import ConfigError, TrainingDivergedError
 
 __all__ = ["NoiseSchedule", "ConstNoise", "LogLinearNoise", "make_noise", "move_stay_log_probs",
@@ -85,9 +86,7 @@ class ConstNoise(NoiseSchedule):
     """``gamma(t) = g``; ``Gamma(s, t) = g (t - s)``."""
 
     def __init__(self, g: float):
-        if not (math.isfinite(g) and g > 0):
-            raise ConfigError(f"noise scale g must be a positive number, got {g!r}")
-        self.g = float(g)
+        self.g = check_positive("noise scale g", g)
 
     def rate(self, t):
         return torch.full_like(torch.as_tensor(t, dtype=torch.float64), self.g)
@@ -108,11 +107,7 @@ class LogLinearNoise(NoiseSchedule):
     """
 
     def __init__(self, g: float, alpha: float):
-        if not (math.isfinite(g) and g > 0):
-            raise ConfigError(f"noise scale g must be a positive number, got {g!r}")
-        if not (math.isfinite(alpha) and alpha > 0):
-            raise ConfigError(f"noise alpha must be a positive number, got {alpha!r}")
-        self.g, self.alpha = float(g), float(alpha)
+        self.g, self.alpha = check_positive("noise scale g", g), check_positive("noise alpha", alpha)
 
     def rate(self, t):
         return self.g / (self.alpha + torch.as_tensor(t, dtype=torch.float64))

@@ -102,9 +102,8 @@ class PCABasis:
             raise DatasetError(f"PCA needs a (cells >= 2, genes) matrix, got shape {x.shape}")
         k = int(max(1, min(n_components, x.shape[0] - 1, x.shape[1])))
         self.mean = x.mean(0)
-        _, s, vt = np.linalg.svd(x - self.mean, full_matrices=False)
+        _, _, vt = np.linalg.svd(x - self.mean, full_matrices=False)
         self.components = vt[:k]  # (k, G)
-        self.explained_variance = s[:k] ** 2 / (x.shape[0] - 1)
         resid = (x - self.mean) - ((x - self.mean) @ self.components.T) @ self.components
         self.residual_variance = resid.var(0, ddof=1)  # per gene, outside the k axes
 
@@ -278,15 +277,6 @@ class CellDataset:
         (Densifies the whole matrix: gene-space models and small data only.)"""
         x = self.rows()
         return np.log1p(x) if self.representation == "counts" else x
-
-    def log_normalized(self, target_sum: float = TARGET_SUM, *, size_factors=None) -> np.ndarray:
-        """log1p(normalize_total) values (dense), the representation metrics are computed on.
-        For counts the size factors are ``size_factors`` if given, else the dataset's, else
-        the row sums."""
-        if self.representation == "log1p":
-            return self.rows()
-        sf = self.size_factors if size_factors is None else size_factors
-        return log_normalize(self.rows(), sf, target_sum)
 
     def subset(self, idx, *, name: "str | None" = None) -> "CellDataset":
         """The cells ``idx`` (indices or boolean mask); categories keep their order."""

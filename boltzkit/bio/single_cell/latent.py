@@ -123,14 +123,10 @@ class NBAutoencoder(nn.Module):
             raise ValueError("this autoencoder is label-conditional: pass the cell types y")
         return torch.cat([h, nn.functional.one_hot(y, self.n_labels).to(h.dtype)], dim=-1)
 
-    @staticmethod
-    def normalise(x, lib):
-        return torch.log1p(x * (TARGET_SUM / lib.clamp_min(1.0))[:, None])
-
     def encode(self, x, lib, y=None, generator=None):
         """(mean, log variance); with a ``generator`` (training) input dropout is applied, drawn
         from it so that a seed fixes the run."""
-        h = self.normalise(x, lib)
+        h = torch.log1p(x * (TARGET_SUM / lib.clamp_min(1.0))[:, None])  # log1p(normalize_total)
         if generator is not None and self.dropout > 0:
             keep = torch.rand(h.shape, generator=generator, device=h.device) >= self.dropout
             h = h * keep / (1.0 - self.dropout)

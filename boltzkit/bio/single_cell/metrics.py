@@ -85,10 +85,6 @@ class CellEmbedding:
 
 
 # ---------------------------------------------------------------------------- two-sample metrics
-def _rbf_sum(d2, scales):
-    return sum(np.exp(-d2 / s) for s in scales)
-
-
 def mmd2(x, y, *, n_perm: int = 200, seed: int = 0) -> "tuple[float, float]":
     """Unbiased MMD^2 and its permutation p-value.
 
@@ -100,7 +96,7 @@ def mmd2(x, y, *, n_perm: int = 200, seed: int = 0) -> "tuple[float, float]":
     z = np.concatenate([x, y])
     d2 = cdist(z, z, "sqeuclidean")
     h = float(np.median(d2[np.triu_indices_from(d2, 1)]))
-    k = _rbf_sum(d2, [c * max(h, 1e-12) for c in (0.25, 0.5, 1.0, 2.0, 4.0)])
+    k = sum(np.exp(-d2 / (c * max(h, 1e-12))) for c in (0.25, 0.5, 1.0, 2.0, 4.0))
     np.fill_diagonal(k, 0.0)
     n, m = x.shape[0], y.shape[0]
 

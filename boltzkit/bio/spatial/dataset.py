@@ -340,13 +340,6 @@ class SpatialDataset:
         ds.meta = dict(self.meta)
         return ds
 
-    def split_by_slide(self, test_slide) -> "tuple[SpatialDataset, SpatialDataset]":
-        """(train, test): leave-one-slide-out split with ``test_slide`` held out."""
-        test = self.slide == str(test_slide)
-        if not test.any():
-            raise DatasetError(f"no slide {test_slide!r}; slides are {sorted(set(self.slide))}")
-        return self.subset(~test, name=f"{self.name}-train"), self.subset(test, name=f"{self.name}-test")
-
     @classmethod
     def concat(cls, datasets: "Sequence[SpatialDataset]", *, name: str = "spatial") -> "SpatialDataset":
         """Join slides (same genes, same patch size); slide names must be distinct."""
