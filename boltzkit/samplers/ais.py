@@ -105,6 +105,7 @@ Failure modes
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -113,13 +114,13 @@ import torch
 
 from .._finite import check_energies
 from .._registry import register
-from .._utils import progress_bar
+from .._utils import check_count, progress_bar
 from ..domains import Categorical, Reals
 from ..energies.base import framed
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..result import result_from_log_weights
 from ._shared.smc import capped_drift, resample_islands, running_log_z, systematic_indices  # noqa: F401
-from .base import Sampler, SamplerConfig, _check_positive
+from .base import Sampler, SamplerConfig, _check_positive, check_flag, check_number
 from ..kernels.categorical import random_scan_metropolis
 from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
 
@@ -176,6 +177,24 @@ def annealing_schedule(n_steps: int, schedule="geometric") -> np.ndarray:
         return (s - s[0]) / (s[-1] - s[0])
     raise ConfigError(f"unknown schedule {schedule!r}; use 'auto', 'adaptive', one of {SCHEDULES} "
                       "or an explicit sequence of lambdas")
+
+
+def fixed_ladder(cfg) -> np.ndarray:
+    """The fixed ladder of an AIS or driven-Langevin config: its explicit schedule, or
+    ``cfg.n_steps`` levels (DEFAULT_N_STEPS when None) of its named schedule ("auto": geometric)."""
+    if not isinstance(cfg.schedule, str):
+        return annealing_schedule(None, cfg.schedule)
+    n_steps = DEFAULT_N_STEPS if cfg.n_steps is None else cfg.n_steps
+    return annealing_schedule(n_steps, "geometric" if cfg.schedule == "auto" else cfg.schedule)
+
+
+def check_fixed_ladder(cfg) -> None:
+    """Check a config's fixed ladder (in ``__post_init__``); an explicit schedule is stored as a
+    tuple of floats and sets ``n_steps`` to its number of levels."""
+    if not isinstance(cfg.schedule, str):
+        object.__setattr__(cfg, "schedule", tuple(float(v) for v in cfg.schedule))
+        object.__setattr__(cfg, "n_steps", len(cfg.schedule) - 1)
+    fixed_ladder(cfg)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,8 +287,7 @@ class AISConfig(SamplerConfig):
     beta_start: "float | None" = None
 
     def __post_init__(self):
-        if not isinstance(self.use_prior_hint, bool):
-            raise ConfigError(f"use_prior_hint must be True or False, got {self.use_prior_hint!r}")
+        check_flag("use_prior_hint", self.use_prior_hint)
         if self.resample_ess not in (None, "auto") and not (
                 isinstance(self.resample_ess, (int, float)) and not isinstance(self.resample_ess, bool)
                 and 0 < self.resample_ess <= 1):
@@ -289,34 +307,22 @@ class AISConfig(SamplerConfig):
             raise ConfigError(f"beta_start must be None or an inverse-temperature ratio in (0, 1] "
                               f"(e.g. 300 / 750 = 0.4 to start from the target at 750 K), got "
                               f"{self.beta_start!r}")
-        if not (isinstance(self.keep_levels, int) and not isinstance(self.keep_levels, bool)
-                and self.keep_levels >= 0):
-            raise ConfigError(f"keep_levels must be a non-negative integer (particles kept per level), "
-                              f"got {self.keep_levels!r}")
-        if not isinstance(self.schedule, str):
-            object.__setattr__(self, "schedule", tuple(float(v) for v in self.schedule))
-            annealing_schedule(None, self.schedule)
-            object.__setattr__(self, "n_steps", len(self.schedule) - 1)
-        elif self.schedule in ("auto", "adaptive"):
+        check_count("keep_levels", self.keep_levels, minimum=0)
+        if isinstance(self.schedule, str) and self.schedule in ("auto", "adaptive"):
             if self.n_steps is not None:
                 _check_positive("n_steps", self.n_steps)
                 if self.schedule == "adaptive":
                     raise ConfigError(f"schedule='adaptive' chooses the levels itself; drop n_steps="
                                       f"{self.n_steps} or give schedule='geometric'")
         else:
-            annealing_schedule(self.n_steps if self.n_steps is not None else DEFAULT_N_STEPS,
-                               self.schedule)
+            check_fixed_ladder(self)
         _check_positive("n_mcmc", self.n_mcmc)
         _check_positive("n_leapfrog", self.n_leapfrog)
         if self.kernel not in ("auto",) + REAL_KERNELS + DISCRETE_KERNELS:
             raise ConfigError(f"unknown kernel {self.kernel!r}; use 'auto', 'mala' or 'hmc' "
                               "(continuous), 'heat_bath' or 'metropolis' (categorical)")
-        if self.init_std is not None and not (isinstance(self.init_std, (int, float))
-                                              and math.isfinite(self.init_std) and self.init_std > 0):
-            raise ConfigError(f"init_std must be a positive number or None, got {self.init_std!r}")
-        if self.step_size is not None and not (isinstance(self.step_size, (int, float))
-                                               and math.isfinite(self.step_size) and self.step_size > 0):
-            raise ConfigError(f"step_size must be a positive number or None, got {self.step_size!r}")
+        check_number("init_std", self.init_std, allow_none=True)
+        check_number("step_size", self.step_size, allow_none=True)
         if self.target_accept is not None and not (isinstance(self.target_accept, (int, float))
                                                    and 0 < self.target_accept < 1):
             raise ConfigError(f"target_accept must be in (0, 1) or None, got {self.target_accept!r}")
@@ -530,14 +536,38 @@ def running_history(lambdas, running) -> dict:
             "log_z_running_stderr": se}
 
 
+class AnnealedSampler(Sampler):
+    """What AIS and driven Langevin (:mod:`.jarzynski`) share: nothing to train, and a run along a
+    ladder of levels."""
+
+    def _no_checkpoint(self, checkpoint) -> None:
+        if checkpoint is not None:
+            raise ConfigError(f"{self.name!r} keeps no checkpoints (it does not train); "
+                              "leave checkpoint=None")
+
+    @contextlib.contextmanager
+    def _ladder(self, n_samples, *, desc: str):
+        """The opening of ``sample``: check the call, then yield the fixed ladder (None: the
+        adaptive one, chosen during the run) and a progress bar over its levels, gradients off."""
+        self._require_fit()
+        _check_positive("n_samples", n_samples)
+        lambdas = None if _adaptive(self.config, self.target.domain) else fixed_ladder(self.config)
+        bar = progress_bar(total=None if lambdas is None else lambdas.size - 1, desc=desc,
+                           enabled=self.progress)
+        try:
+            with torch.no_grad():
+                yield lambdas, bar
+        finally:
+            bar.close()
+
+
 @register("ais", kinds=("energy",), domains=(Reals, Categorical), priority={Reals: 5, Categorical: 0},
           paper="Neal 2001, arXiv:physics/9803008",
           description="Annealed importance sampling: weighted samples and log Z (MALA/HMC or lattice sweeps)")
-class AIS(Sampler):
+class AIS(AnnealedSampler):
     """Annealed importance sampling from a tractable reference to the target."""
 
     Config = AISConfig
-    streams = ("init", "train", "sample")
 
     @classmethod
     def estimate_seconds(cls, target, profile, n_samples: "int | None" = None, config=None) -> float:
@@ -567,8 +597,7 @@ class AIS(Sampler):
 
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None) -> "AIS":
         """Check ``target`` and the options (AIS has nothing to train); ``n_steps`` sets K."""
-        if checkpoint is not None:
-            raise ConfigError("'ais' keeps no checkpoints (it does not train); leave checkpoint=None")
+        self._no_checkpoint(checkpoint)
         if n_steps is not None and n_steps != self.config.n_steps:
             if not isinstance(self.config.schedule, str) or self.config.schedule == "adaptive":
                 raise ConfigError(f"n_steps={n_steps} conflicts with the explicit schedule of "
@@ -598,27 +627,10 @@ class AIS(Sampler):
 
     def sample(self, n_samples: int):
         """Run AIS with ``n_samples`` particles; returns a weighted :class:`~boltzkit.result.Result`."""
-        self._require_fit()
-        _check_positive("n_samples", n_samples)
         cfg = self.config
-        if _adaptive(cfg, self.target.domain):
-            lambdas = None
-        elif not isinstance(cfg.schedule, str):
-            lambdas = annealing_schedule(None, cfg.schedule)
-        else:
-            lambdas = annealing_schedule(cfg.n_steps or DEFAULT_N_STEPS,
-                                         "geometric" if cfg.schedule == "auto" else cfg.schedule)
-        gen = self.gens["sample"]
-        bar = progress_bar(total=None if lambdas is None else lambdas.size - 1,
-                           desc=f"ais ({self.kernel})", enabled=self.progress)
-        try:
-            with torch.no_grad():
-                if isinstance(self.target.domain, Reals):
-                    x, lw, extra = self._run_reals(int(n_samples), lambdas, gen, bar)
-                else:
-                    x, lw, extra = self._run_categorical(int(n_samples), lambdas, gen, bar)
-        finally:
-            bar.close()
+        with self._ladder(n_samples, desc=f"ais ({self.kernel})") as (lambdas, bar):
+            run = self._run_reals if isinstance(self.target.domain, Reals) else self._run_categorical
+            x, lw, extra = run(int(n_samples), lambdas, self.gens["sample"], bar)
         exact = None
         if isinstance(self.target.domain, Reals):
             exact = self.target.exact_log_z()
@@ -838,9 +850,6 @@ def ais(target, *, n_samples: int = 1024, n_steps: "int | None" = None, kernel: 
     Result
         Weighted samples, ``log_z`` +- ``log_z_stderr``; see the module docstring.
     """
-    if not isinstance(schedule, str):
-        schedule = tuple(float(v) for v in schedule)
-        n_steps = len(schedule) - 1
     sampler = AIS(seed=seed, device=device, progress=progress, n_steps=n_steps, kernel=kernel,
                   n_mcmc=n_mcmc, schedule=schedule, **options)
     return sampler.fit(target).sample(n_samples)
