@@ -114,13 +114,13 @@ import torch
 
 from .._finite import check_energies
 from .._registry import register
-from .._utils import check_count, progress_bar
+from .._utils import progress_bar
 from ..domains import Categorical, Reals
 from ..energies.base import framed
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..result import result_from_log_weights
 from ._shared.smc import capped_drift, resample_islands, running_log_z, systematic_indices  # noqa: F401
-from .base import Sampler, SamplerConfig, _check_positive, check_flag, check_number
+from .base import Sampler, SamplerConfig, check_count, check_flag, check_number
 from ..kernels.categorical import random_scan_metropolis
 from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
 
@@ -165,7 +165,7 @@ def annealing_schedule(n_steps: int, schedule="geometric") -> np.ndarray:
             raise ConfigError(f"the explicit schedule has {lam.size - 1} levels but n_steps = "
                               f"{n_steps}; drop n_steps or make them agree")
         return lam
-    _check_positive("n_steps", n_steps)
+    check_count("n_steps", n_steps)
     K = int(n_steps)
     if schedule == "linear":
         return np.linspace(0.0, 1.0, K + 1)
@@ -294,13 +294,13 @@ class AISConfig(SamplerConfig):
             raise ConfigError(f"resample_ess must be None, 'auto' or a fraction in (0, 1], got "
                               f"{self.resample_ess!r}")
         if self.n_islands is not None:
-            _check_positive("n_islands", self.n_islands)
+            check_count("n_islands", self.n_islands)
         if not (isinstance(self.cess, (int, float)) and 0 < self.cess < 1) or isinstance(self.cess, bool):
             raise ConfigError(f"cess must be a fraction in (0, 1), got {self.cess!r}")
         if not (isinstance(self.pilot, (int, float)) and 0 < self.pilot < 1) or isinstance(self.pilot, bool):
             raise ConfigError(f"pilot must be a fraction in (0, 1), got {self.pilot!r}")
-        _check_positive("max_levels", self.max_levels)
-        _check_positive("min_levels", self.min_levels)
+        check_count("max_levels", self.max_levels)
+        check_count("min_levels", self.min_levels)
         if self.beta_start is not None and not (
                 isinstance(self.beta_start, (int, float)) and not isinstance(self.beta_start, bool)
                 and 0 < self.beta_start <= 1):
@@ -310,14 +310,14 @@ class AISConfig(SamplerConfig):
         check_count("keep_levels", self.keep_levels, minimum=0)
         if isinstance(self.schedule, str) and self.schedule in ("auto", "adaptive"):
             if self.n_steps is not None:
-                _check_positive("n_steps", self.n_steps)
+                check_count("n_steps", self.n_steps)
                 if self.schedule == "adaptive":
                     raise ConfigError(f"schedule='adaptive' chooses the levels itself; drop n_steps="
                                       f"{self.n_steps} or give schedule='geometric'")
         else:
             check_fixed_ladder(self)
-        _check_positive("n_mcmc", self.n_mcmc)
-        _check_positive("n_leapfrog", self.n_leapfrog)
+        check_count("n_mcmc", self.n_mcmc)
+        check_count("n_leapfrog", self.n_leapfrog)
         if self.kernel not in ("auto",) + REAL_KERNELS + DISCRETE_KERNELS:
             raise ConfigError(f"unknown kernel {self.kernel!r}; use 'auto', 'mala' or 'hmc' "
                               "(continuous), 'heat_bath' or 'metropolis' (categorical)")
@@ -550,7 +550,7 @@ class AnnealedSampler(Sampler):
         """The opening of ``sample``: check the call, then yield the fixed ladder (None: the
         adaptive one, chosen during the run) and a progress bar over its levels, gradients off."""
         self._require_fit()
-        _check_positive("n_samples", n_samples)
+        check_count("n_samples", n_samples)
         lambdas = None if _adaptive(self.config, self.target.domain) else fixed_ladder(self.config)
         bar = progress_bar(total=None if lambdas is None else lambdas.size - 1, desc=desc,
                            enabled=self.progress)

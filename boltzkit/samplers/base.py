@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
-from .._utils import check_count as _check_count
-from .._utils import (atomic_path, progress_bar, progress_enabled, rank_generators, resolve_device,
-                      resolve_seed)
+from .._utils import (atomic_path, check_count, progress_bar, progress_enabled, rank_generators,
+                      resolve_device, resolve_seed)
 from ..domains import Categorical, Reals
 from ..energies.base import validate_target
 from .._finite import at_step
@@ -125,8 +124,8 @@ class Sampler:
         from ..estimators.importance import LogWeightAccumulator
 
         self._require_fit()
-        _check_count("n_samples", n_samples)
-        _check_count("batch_size", batch_size)
+        check_count("n_samples", n_samples)
+        check_count("batch_size", batch_size)
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         acc, shards, has_weights = LogWeightAccumulator(), [], None
@@ -191,10 +190,6 @@ class Sampler:
     def _require_fit(self):
         if self.target is None:
             raise ConfigError(f"{type(self).__name__}.sample() called before fit(target)")
-
-
-def _check_positive(name, value):
-    _check_count(name, value, minimum=1)
 
 
 def check_number(name, value, *, allow_zero: bool = False, allow_none: bool = False, upper=None):
@@ -434,7 +429,7 @@ class TrainableSampler(Sampler):
         the checkpoint (see :mod:`boltzkit.distributed`).
         """
         n_steps = self.default_n_steps() if n_steps is None else n_steps
-        _check_count("n_steps", n_steps, minimum=0)
+        check_count("n_steps", n_steps, minimum=0)
         if self.target is None or self.target is not target:
             self._attach(target)
             self._setup(self.target)

@@ -249,7 +249,7 @@ from ..nn.cyclic import (SOURCES, CyclicPath, cyclic_rollout, log_c, make_noise,
 from ..nn.ctmc import PRECISIONS, amp_dtype, autocast_net
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
-from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
+from .base import SamplerConfig, TrainableSampler, check_count, check_choice
 from .smc import NeuralStartSMC
 
 __all__ = ["DiscreteASBS", "DiscreteASBSConfig", "log_discrete_score", "score_energy_cost", "bregman_divergence",
@@ -486,10 +486,10 @@ class DiscreteASBSConfig(SamplerConfig):
     def __post_init__(self):
         for name in ("n_stages", "controller_steps", "batch_size", "n_replicates", "buffer_size",
                      "resample_every", "n_time_steps", "hidden", "n_heads", "sample_batch_size"):
-            _check_count(name, getattr(self, name))
-        _check_count("n_layers", self.n_layers, allow_none=True)
-        _check_count("corrector_steps", self.corrector_steps, minimum=0)
-        _check_count("init_buffer_size", self.init_buffer_size, allow_none=True)
+            check_count(name, getattr(self, name))
+        check_count("n_layers", self.n_layers, allow_none=True)
+        check_count("corrector_steps", self.corrector_steps, minimum=0)
+        check_count("init_buffer_size", self.init_buffer_size, allow_none=True)
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2, got {self.batch_size}")
         if self.buffer_size < self.batch_size:
@@ -515,7 +515,7 @@ class DiscreteASBSConfig(SamplerConfig):
         if self.bregman not in BREGMAN:
             raise ConfigError(f"bregman must be one of {BREGMAN}, got {self.bregman!r}")
         _float_option("dm_eps", self.dm_eps, 0.0, 1.0)
-        _check_count("warmup_steps", self.warmup_steps, minimum=0)
+        check_count("warmup_steps", self.warmup_steps, minimum=0)
         _float_option("warmup_start", self.warmup_start, 0.0, 1.0, hi_open=False)
         _float_option("lr", self.lr, 0.0, math.inf)
         _float_option("weight_decay", self.weight_decay, 0.0, math.inf, lo_open=False)
@@ -554,7 +554,6 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
     """
 
     Config = DiscreteASBSConfig
-    streams = ("init", "train", "sample")
 
     def default_n_steps(self) -> int:
         c, k = self.config.phase_lengths
@@ -795,7 +794,7 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
         n_samples : number of samples (>= 2).
         """
         self._require_fit()
-        _check_count("n_samples", n_samples, minimum=2)
+        check_count("n_samples", n_samples, minimum=2)
         t_start = time.perf_counter()
         path, lw = self.sample_paths(n_samples)
         k = len(self.times) - 1

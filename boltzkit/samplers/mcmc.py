@@ -48,7 +48,7 @@ from .._registry import register
 from ..domains import Lattice
 from ..errors import IncompatibleMethodError
 from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
-from .base import _check_positive
+from .base import check_count
 
 LOG_Z_UNAVAILABLE = "MCMC draws samples without a normalizing constant; use method='ais' for log Z"
 
@@ -94,7 +94,7 @@ class WolffConfig(ClusterConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_positive("n_flips", self.n_flips)
+        check_count("n_flips", self.n_flips)
 
 
 class LatticeMCMC(MCMCSampler):

@@ -134,7 +134,7 @@ from ..nn.ctmc import (PRECISIONS, MaskedPath, amp_dtype, autocast_net, backward
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from .._utils import check_training_options
-from .base import SamplerConfig, TrainableSampler, _check_count, check_choice, check_flag
+from .base import SamplerConfig, TrainableSampler, check_count, check_choice, check_flag
 from .smc import NeuralStartSMC
 
 __all__ = ["MDNS", "MDNSConfig", "LOSSES"]
@@ -217,14 +217,14 @@ class MDNSConfig(SamplerConfig):
             raise ConfigError(f"unknown loss {self.loss!r} for 'mdns'; choose one of {', '.join(LOSSES)}")
         for name in ("n_steps", "batch_size", "resample_every", "n_replicates", "hidden",
                      "n_heads", "sample_batch_size"):
-            _check_count(name, getattr(self, name))
+            check_count(name, getattr(self, name))
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2 (weights are normalized over the batch), "
                               f"got {self.batch_size}")
         for name in ("buffer_size", "n_unmask_steps", "train_unmask_steps", "n_layers"):
-            _check_count(name, getattr(self, name), allow_none=True)
-        _check_count("warmup_steps", self.warmup_steps, minimum=1 if self.warmup == "linear" else 0)
-        _check_count("refine_sweeps", self.refine_sweeps, minimum=0)
+            check_count(name, getattr(self, name), allow_none=True)
+        check_count("warmup_steps", self.warmup_steps, minimum=1 if self.warmup == "linear" else 0)
+        check_count("refine_sweeps", self.refine_sweeps, minimum=0)
         check_training_options(self)
         check_choice("mask_mode", self.mask_mode, ("lambda", "count"))
         check_choice("net", self.net, ("auto", "transformer", "cnn"))
@@ -412,7 +412,7 @@ class MDNS(NeuralStartSMC, TrainableSampler):
         With ``smc=True`` in the config (and no overrides) this is :meth:`sample_smc`.
         """
         self._require_fit()
-        _check_count("n_samples", n_samples, minimum=2)
+        check_count("n_samples", n_samples, minimum=2)
         if self.config.smc and n_unmask_steps is None and refine == "config":
             return self.sample_smc(n_samples)
         refine = self.config.refine if refine == "config" else refine

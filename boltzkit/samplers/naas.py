@@ -181,7 +181,7 @@ from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
                           gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_space,
                           time_grid)
 from .._utils import check_fraction
-from .base import SamplerConfig, TrainableSampler, _check_count, check_choice, check_flag, check_number
+from .base import SamplerConfig, TrainableSampler, check_count, check_choice, check_flag, check_number
 
 __all__ = ["NAAS", "NAASConfig", "AnnealedLangevin"]
 
@@ -278,10 +278,10 @@ class NAASConfig(SamplerConfig):
                    "prior_buffer_size", "batch_size", "updates_per_step", "train_batch_size",
                    "times_per_trajectory", "hidden", "running_window",
                    "sample_batch_size", "scld_segments"):
-            _check_count(nm, getattr(self, nm))
+            check_count(nm, getattr(self, nm))
         for nm in ("n_layers", "buffer_size", "scld_buffer_size"):
             if getattr(self, nm) is not None:
-                _check_count(nm, getattr(self, nm))
+                check_count(nm, getattr(self, nm))
         for nm in ("relaxation", "beta_power", "lr", "prior_lr"):
             check_number(nm, getattr(self, nm))
         for nm in ("prior_std", "target_scale"):
@@ -304,7 +304,7 @@ class NAASConfig(SamplerConfig):
                                                   and not isinstance(self.resample_ess, bool)
                                                   and 0 < self.resample_ess <= 1):
             raise ConfigError(f"resample_ess must be None or a fraction in (0, 1], got {self.resample_ess!r}")
-        _check_count("n_islands", self.n_islands)
+        check_count("n_islands", self.n_islands)
         if isinstance(self.smc_mcmc_steps, bool) or not isinstance(self.smc_mcmc_steps, int) \
                 or self.smc_mcmc_steps < 0:
             raise ConfigError(f"smc_mcmc_steps must be a non-negative integer, got {self.smc_mcmc_steps!r}")
@@ -445,7 +445,6 @@ class NAAS(TrainableSampler):
 
     Config = NAASConfig
     needs_grad = True
-    streams = ("init", "train", "sample")
 
     # ------------------------------------------------------------------ setup
     def _attach(self, target):
@@ -777,7 +776,7 @@ class NAAS(TrainableSampler):
     def sample(self, n_samples: int):
         """Draw ``n_samples`` weighted samples; returns a :class:`~boltzkit.result.Result`."""
         self._require_fit()
-        _check_count("n_samples", n_samples)
+        check_count("n_samples", n_samples)
         if self.config.resample_ess is not None:
             return self.sample_smc(n_samples)
         net, prior_net = self.sampling_nets()
@@ -860,7 +859,7 @@ class NAAS(TrainableSampler):
         resampling, island blocks contiguous) with ``diagnostics["resample_events"]``.
         """
         self._require_fit()
-        _check_count("n_samples", n_samples)
+        check_count("n_samples", n_samples)
         c = self.config
         frac, islands, n_mcmc = self._smc_options(n_samples, resample_ess, n_islands, mcmc_steps)
         net, prior_net = self.sampling_nets()

@@ -149,7 +149,7 @@ from ._shared.scld import check_segments, segment_buffer, segment_loss, segment_
 from ._shared.smc import MALARejuvenation, island_result, run_islands
 from ..kernels.langevin import default_step_size
 from .._utils import check_fraction
-from .base import SamplerConfig, TrainableSampler, _check_count, check_choice, check_flag, check_number
+from .base import SamplerConfig, TrainableSampler, check_count, check_choice, check_flag, check_number
 
 __all__ = ["PDNS", "PDNSConfig", "pdns_priority"]
 
@@ -255,12 +255,12 @@ class PDNSConfig(SamplerConfig):
         self.make_schedule()  # validates the schedule options
         for name in ("n_steps", "batch_size", "inner_steps", "n_replicates", "rollouts_per_stage",
                      "n_heads", "n_time_steps", "sample_batch_size"):
-            _check_count(name, getattr(self, name))
+            check_count(name, getattr(self, name))
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2 (weights are normalized over the batch), "
                               f"got {self.batch_size}")
         for name in ("hidden", "n_layers", "n_unmask_steps", "train_unmask_steps"):
-            _check_count(name, getattr(self, name), allow_none=True)
+            check_count(name, getattr(self, name), allow_none=True)
         check_number("lr", self.lr)
         check_number("grad_clip", self.grad_clip, allow_none=True)
         if self.reference_std != "auto":
@@ -280,15 +280,15 @@ class PDNSConfig(SamplerConfig):
         if self.resample_ess is not None and (isinstance(self.resample_ess, bool) or not isinstance(
                 self.resample_ess, (int, float)) or not 0 < self.resample_ess <= 1):
             raise ConfigError(f"resample_ess must be None or a fraction in (0, 1], got {self.resample_ess!r}")
-        _check_count("n_islands", self.n_islands)
+        check_count("n_islands", self.n_islands)
         if isinstance(self.smc_mcmc_steps, bool) or not isinstance(self.smc_mcmc_steps, int) \
                 or self.smc_mcmc_steps < 0:
             raise ConfigError(f"smc_mcmc_steps must be a non-negative integer, got {self.smc_mcmc_steps!r}")
         check_number("smc_beta_power", self.smc_beta_power)
         check_choice("train_on", self.train_on, ("paths", "smc"))
         for name in ("scld_segments", "scld_train_rows"):
-            _check_count(name, getattr(self, name))
-        _check_count("scld_buffer_size", self.scld_buffer_size, allow_none=True)
+            check_count(name, getattr(self, name))
+        check_count("scld_buffer_size", self.scld_buffer_size, allow_none=True)
         if self.train_on == "smc":
             check_segments(self.n_time_steps, self.scld_segments)
 
@@ -599,7 +599,6 @@ class PDNS(TrainableSampler):
     """
 
     Config = PDNSConfig
-    streams = ("init", "train", "sample")
 
     # ------------------------------------------------------------------ setup
     def _attach(self, target):
@@ -723,7 +722,7 @@ class PDNS(TrainableSampler):
         log-weights, log Z +- stderr, ESS and the final proximal stage in ``diagnostics``.
         """
         self._require_fit()
-        _check_count("n_samples", n_samples, minimum=2)
+        check_count("n_samples", n_samples, minimum=2)
         if self.config.resample_ess is not None:
             return self.sample_smc(n_samples)
         self._warn_unfinished("The weights are still exact, but the ESS will be poor; train longer "
@@ -800,7 +799,7 @@ class PDNS(TrainableSampler):
                 "PDNS.sample_smc runs the continuous (Brownian-reference) sampler as SMC; for "
                 "lattices and sequences use PDNS.sample or method='smc'")
         cfg = self.config
-        _check_count("n_samples", n_samples, minimum=2)
+        check_count("n_samples", n_samples, minimum=2)
         frac, islands, n_mcmc = self._smc_options(n_samples, resample_ess, n_islands, mcmc_steps)
         if self.step > 0:
             self._warn_unfinished("The SMC weights stay exact.")

@@ -69,7 +69,7 @@ from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError, T
 from ..estimators.importance import ess_kish
 from ..result import result_from_log_weights
 from ._shared.smc import ISLAND_MAX_SHARE, ISLAND_SPREAD_LIMIT, island_reliability  # noqa: F401
-from .base import Sampler, SamplerConfig, _check_positive
+from .base import Sampler, SamplerConfig, check_count
 
 KERNELS = ("auto", "heat_bath", "metropolis", "swendsen_wang")
 MIN_ISLAND = 32          # particles per island, at least
@@ -132,10 +132,10 @@ class SMCConfig(SamplerConfig):
             if not (isinstance(v, (int, float)) and 0 < v < 1) or isinstance(v, bool):
                 raise ConfigError(f"{nm} must be a fraction in (0, 1), got {v!r}")
         if self.n_sweeps is not None:
-            _check_positive("n_sweeps", self.n_sweeps)
+            check_count("n_sweeps", self.n_sweeps)
         if self.n_islands is not None:
-            _check_positive("n_islands", self.n_islands)
-        _check_positive("max_levels", self.max_levels)
+            check_count("n_islands", self.n_islands)
+        check_count("max_levels", self.max_levels)
         if not (isinstance(self.pilot, (int, float)) and 0 <= self.pilot < 1) or isinstance(self.pilot, bool):
             raise ConfigError(f"pilot must be a fraction in [0, 1), got {self.pilot!r}")
         if self.kernel not in KERNELS:
@@ -213,7 +213,6 @@ class SMC(Sampler):
     """Sequential Monte Carlo from the uniform distribution to exp(-U) with an adaptive ladder."""
 
     Config = SMCConfig
-    streams = ("init", "train", "sample")
     default_n_samples = 4096
 
     @classmethod
@@ -352,7 +351,7 @@ class SMC(Sampler):
     def _sample_uniform(self, n_samples: int, generator: "torch.Generator | None" = None):
         """:meth:`sample` on the random stream ``generator`` (default the sampler's own)."""
         self._require_fit()
-        _check_positive("n_samples", n_samples)
+        check_count("n_samples", n_samples)
         n = int(n_samples)
         M = self._islands(n)
         t0 = time.perf_counter()
@@ -418,7 +417,7 @@ class SMC(Sampler):
         ``start_ess_frac`` and ``proposal_draws`` in its diagnostics.
         """
         self._require_fit()
-        _check_positive("n_samples", n_samples)
+        check_count("n_samples", n_samples)
         if isinstance(start_ess, bool) or not isinstance(start_ess, (int, float)) or not 0 < start_ess <= 1:
             raise ConfigError(f"start_ess must be a fraction in (0, 1], got {start_ess!r}")
         n, cfg = int(n_samples), self.config

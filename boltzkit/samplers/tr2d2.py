@@ -143,7 +143,7 @@ from ..nn.ctmc import MaskedPath, site_log_probs, masked_rollout, path_log_prob,
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from .._utils import check_training_options
-from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
+from .base import SamplerConfig, TrainableSampler, check_count, check_choice
 
 __all__ = ["TR2D2", "TR2D2Config", "TopKBuffer", "ParetoArchive", "dominated", "pareto_mask"]
 
@@ -294,10 +294,10 @@ class TR2D2Config(SamplerConfig):
     def __post_init__(self):
         for name in ("n_steps", "n_expansions", "n_children", "parallel", "resample_every",
                      "n_replicates", "hidden", "sample_batch_size"):
-            _check_count(name, getattr(self, name))
+            check_count(name, getattr(self, name))
         for name in ("buffer_size", "n_layers", "n_unmask_steps"):
-            _check_count(name, getattr(self, name), allow_none=True)
-        _check_count("elbo_orders", self.elbo_orders, minimum=0)
+            check_count(name, getattr(self, name), allow_none=True)
+        check_count("elbo_orders", self.elbo_orders, minimum=0)
         check_choice("search", self.search, SEARCHES)
         check_choice("buffer", self.buffer, BUFFERS)
         check_choice("tree_weights", self.tree_weights, TREE_WEIGHTS)
@@ -361,7 +361,6 @@ class TR2D2(TrainableSampler):
     """
 
     Config = TR2D2Config
-    streams = ("init", "train", "sample")
 
     # ------------------------------------------------------------------ setup
     def _setup(self, target) -> None:
@@ -681,7 +680,7 @@ class TR2D2(TrainableSampler):
         from ..rewards import diversity
 
         self._require_fit()
-        _check_count("n_samples", n_samples, minimum=2)
+        check_count("n_samples", n_samples, minimum=2)
         t0 = time.perf_counter()
         path, log_ref, obj, r = self.sample_paths(n_samples)
         lw = log_ref - path.log_q + r / self.alpha
