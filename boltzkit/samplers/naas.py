@@ -531,17 +531,8 @@ class NAAS(TrainableSampler):
     def _simulate(self, n: int, net, prior_net, generator, *, record: bool = False):
         """Run the full chain for ``n`` samples; returns (x_K, log_w float64, annealed path)."""
         ref = self.ref
-        if self._prior_on:
-            sched = self.prior_sched
-            y0 = torch.zeros(n, self.dim, device=self.device)
-            ppath = euler_maruyama(self._prior_drift(prior_net), None, y0, self.prior_ts,
-                                   generator=generator, project=self.project, n_dof=self.n_dof,
-                                   noise_var=sched.step_variance,
-                                   backward=brownian_bridge_kernel(sched.variance))
-            x0 = ppath.x
-            lw_start = ppath.log_bwd - ppath.log_fwd  # Dirac source cancels the first bridge
-        else:
-            x0 = self.prior_std * self._reference_draw(n, generator)
+        x0, lw_start = self._start(n, prior_net, generator)
+        if lw_start is None:
             lw_start = -ref.log_prior(x0)
         path = euler_maruyama(self._annealed_drift(net), ref.sigma, x0, self.ts,
                               generator=generator, project=self.project, n_dof=self.n_dof,
@@ -554,6 +545,20 @@ class NAAS(TrainableSampler):
         log_gamma = -u.to(torch.float64)
         lw = log_gamma + path.log_bwd - path.log_fwd + lw_start + self._log_det
         return x, lw, path
+
+    def _start(self, n: int, prior_net, generator):
+        """The annealed chain's start: the prior stage's end points with their log-weight
+        ``log B - log F`` (the Dirac source cancels the first bridge), or, without the prior
+        stage, draws from the reference prior and None."""
+        if not self._prior_on:
+            return self.prior_std * self._reference_draw(n, generator), None
+        sched = self.prior_sched
+        y0 = torch.zeros(n, self.dim, device=self.device)
+        ppath = euler_maruyama(self._prior_drift(prior_net), None, y0, self.prior_ts,
+                               generator=generator, project=self.project, n_dof=self.n_dof,
+                               noise_var=sched.step_variance,
+                               backward=brownian_bridge_kernel(sched.variance))
+        return ppath.x, ppath.log_bwd - ppath.log_fwd
 
     def _reference_draw(self, n, generator):
         eps = torch.randn(n, self.dim, generator=generator, device=self.device)
@@ -768,10 +773,12 @@ class NAAS(TrainableSampler):
 
     # ------------------------------------------------------------------ sampling
     def sampling_nets(self):
-        """The networks used by :meth:`sample` (the EMA copies when ``ema_decay`` is set)."""
-        if self.ema is not None:
-            return self.ema.shadow, self.prior_ema.shadow
-        return self.net, self.prior_net
+        """The networks used by :meth:`sample` (the EMA copies when ``ema_decay`` is set), in
+        eval mode."""
+        nets = (self.net, self.prior_net) if self.ema is None else (self.ema.shadow, self.prior_ema.shadow)
+        for net in nets:
+            net.eval()
+        return nets
 
     def sample(self, n_samples: int):
         """Draw ``n_samples`` weighted samples; returns a :class:`~boltzkit.result.Result`."""
@@ -780,8 +787,6 @@ class NAAS(TrainableSampler):
         if self.config.resample_ess is not None:
             return self.sample_smc(n_samples)
         net, prior_net = self.sampling_nets()
-        net.eval()
-        prior_net.eval()
         gen = self.gens["sample"]
         xs, lws = [], []
         grads0 = self.ref.n_grad
@@ -796,14 +801,20 @@ class NAAS(TrainableSampler):
         x, lw = torch.cat(xs), torch.cat(lws)
         if self.frame is not None:
             x = self.frame.to_x(x)
-        diag = {"n_time_steps": self.config.n_time_steps, "prior_hint": self.frame is not None,
+        return result_from_log_weights(x, lw, exact_log_z=self.target.exact_log_z(),
+                                       diagnostics=self._sampling_diagnostics(grads0),
+                                       **self._result_kwargs())
+
+    def _sampling_diagnostics(self, grads0: int, **extra) -> dict:
+        """Diagnostics of :meth:`sample` and :meth:`sample_smc`: options, ``extra``, and the energy
+        gradients spent in sampling (since ``grads0``) and training."""
+        diag = {"n_time_steps": self.config.n_time_steps, "prior_hint": self.frame is not None, **extra,
                 "sampling_energy_grads": int(self.ref.n_grad - grads0),
                 "training_energy_grads": int(self.history.get("energy_grads", [0])[-1]),
                 "training_energy_hvps": int(self.history.get("energy_hvps", [0])[-1])}
         if self.scale_probe is not None:
             diag["scale_probe"] = self.scale_probe
-        return result_from_log_weights(x, lw, exact_log_z=self.target.exact_log_z(),
-                                       diagnostics=diag, **self._result_kwargs())
+        return diag
 
     # ------------------------------------------------------------------ SMC view
     def log_gamma(self, t: float, x: torch.Tensor) -> torch.Tensor:
@@ -860,25 +871,15 @@ class NAAS(TrainableSampler):
         """
         self._require_fit()
         check_count("n_samples", n_samples)
-        c = self.config
         frac, islands, n_mcmc = self._smc_options(n_samples, resample_ess, n_islands, mcmc_steps)
         net, prior_net = self.sampling_nets()
-        net.eval()
-        prior_net.eval()
         gen, ref, n = self.gens["sample"], self.ref, int(n_samples)
         grads0 = ref.n_grad
-        if self._prior_on:
-            sched = self.prior_sched
-            y0 = torch.zeros(n, self.dim, device=self.device)
-            ppath = euler_maruyama(self._prior_drift(prior_net), None, y0, self.prior_ts,
-                                   generator=gen, project=self.project, n_dof=self.n_dof,
-                                   noise_var=sched.step_variance,
-                                   backward=brownian_bridge_kernel(sched.variance))
-            x = ppath.x
-            lw = ppath.log_bwd - ppath.log_fwd + ref.log_prior(x)
-        else:
-            x = self.prior_std * self._reference_draw(n, gen)
+        x, lw = self._start(n, prior_net, gen)
+        if lw is None:
             lw = torch.zeros(n, dtype=torch.float64, device=self.device)
+        else:
+            lw = lw + ref.log_prior(x)
         drift = self._annealed_drift(net)
         back = self._backward_kernel(net)
         ts = self.ts
@@ -899,12 +900,6 @@ class NAAS(TrainableSampler):
         x = run.x.cpu()
         if self.frame is not None:
             x = self.frame.to_x(x)
-        diag = {"n_time_steps": c.n_time_steps, "prior_hint": self.frame is not None,
-                "resample_ess": frac, "smc_mcmc_steps": n_mcmc,
-                "sampling_energy_grads": int(ref.n_grad - grads0),
-                "training_energy_grads": int(self.history.get("energy_grads", [0])[-1]),
-                "training_energy_hvps": int(self.history.get("energy_hvps", [0])[-1])}
-        if self.scale_probe is not None:
-            diag["scale_probe"] = self.scale_probe
+        diag = self._sampling_diagnostics(grads0, resample_ess=frac, smc_mcmc_steps=n_mcmc)
         return island_result(x, run, log_shift=self._log_det, exact_log_z=self.target.exact_log_z(),
                              diagnostics=diag, who="NAAS", **self._result_kwargs())
