@@ -134,7 +134,7 @@ from ..nn.ctmc import (PRECISIONS, MaskedPath, amp_dtype, autocast_net, backward
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from .._utils import check_training_options
-from .base import SamplerConfig, TrainableSampler, check_count, check_choice, check_flag
+from .base import SamplerConfig, TrainableSampler, check_choice, check_count, check_flag, check_number
 from .smc import NeuralStartSMC
 
 __all__ = ["MDNS", "MDNSConfig", "LOSSES"]
@@ -234,12 +234,8 @@ class MDNSConfig(SamplerConfig):
         if not 0.0 < self.warmup_ess < 1.0:
             raise ConfigError(f"warmup_ess (target ESS fraction) must be in (0, 1), got {self.warmup_ess!r}")
         check_flag("smc", self.smc)
-        if isinstance(self.smc_start_ess, bool) or not isinstance(self.smc_start_ess, (int, float)) \
-                or not 0.0 < self.smc_start_ess <= 1.0:
-            raise ConfigError(f"smc_start_ess (an ESS fraction) must be in (0, 1], got {self.smc_start_ess!r}")
-        if not 0.0 < self.warmup_start <= 1.0:
-            raise ConfigError(f"warmup_start (the initial energy factor) must be in (0, 1], "
-                              f"got {self.warmup_start!r}")
+        check_number("smc_start_ess", self.smc_start_ess, upper=1)
+        check_number("warmup_start", self.warmup_start, upper=1)
 
 
 @register("mdns", kinds=("energy",), domains=(Categorical,), priority=10,

@@ -174,7 +174,7 @@ from ..result import result_from_log_weights
 from ..nn.continuous_nets import make_control_net
 from ..nn.ema import EMA
 from ..nn.buffers import ReplayBuffer
-from ._shared.scld import check_segments, controlled_backward, segment_buffer, segment_loss, segment_rollout
+from ._shared.scld import check_smc_config, controlled_backward, segment_buffer, segment_loss, segment_rollout
 from ._shared.smc import MALARejuvenation, island_result, run_islands
 from ..kernels.langevin import default_step_size
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
@@ -276,12 +276,10 @@ class NAASConfig(SamplerConfig):
     def __post_init__(self):
         for nm in ("n_steps", "n_time_steps", "prior_time_steps", "prior_updates_per_step",
                    "prior_buffer_size", "batch_size", "updates_per_step", "train_batch_size",
-                   "times_per_trajectory", "hidden", "running_window",
-                   "sample_batch_size", "scld_segments"):
+                   "times_per_trajectory", "hidden", "running_window", "sample_batch_size"):
             check_count(nm, getattr(self, nm))
-        for nm in ("n_layers", "buffer_size", "scld_buffer_size"):
-            if getattr(self, nm) is not None:
-                check_count(nm, getattr(self, nm))
+        for nm in ("n_layers", "buffer_size"):
+            check_count(nm, getattr(self, nm), allow_none=True)
         for nm in ("relaxation", "beta_power", "lr", "prior_lr"):
             check_number(nm, getattr(self, nm))
         for nm in ("prior_std", "target_scale"):
@@ -294,26 +292,14 @@ class NAASConfig(SamplerConfig):
         if self.grad_clip != "auto":
             check_number("grad_clip", self.grad_clip, allow_none=True)
         check_number("adjoint_clip", self.adjoint_clip, allow_none=True)
-        if not (isinstance(self.min_weight_ess, (int, float)) and not isinstance(self.min_weight_ess, bool)
-                and 0.0 <= self.min_weight_ess <= 1.0):
-            raise ConfigError(f"min_weight_ess must be a fraction in [0, 1], got {self.min_weight_ess!r}")
+        check_number("min_weight_ess", self.min_weight_ess, allow_zero=True, upper=1)
         if not (isinstance(self.refine_end, (int, float)) and self.refine_end >= 1):
             raise ConfigError(f"refine_end must be >= 1 (1 = uniform grid), got {self.refine_end!r}")
         check_fraction("ema_decay", self.ema_decay, allow_none=True)
-        if self.resample_ess is not None and not (isinstance(self.resample_ess, (int, float))
-                                                  and not isinstance(self.resample_ess, bool)
-                                                  and 0 < self.resample_ess <= 1):
-            raise ConfigError(f"resample_ess must be None or a fraction in (0, 1], got {self.resample_ess!r}")
-        check_count("n_islands", self.n_islands)
-        if isinstance(self.smc_mcmc_steps, bool) or not isinstance(self.smc_mcmc_steps, int) \
-                or self.smc_mcmc_steps < 0:
-            raise ConfigError(f"smc_mcmc_steps must be a non-negative integer, got {self.smc_mcmc_steps!r}")
+        check_smc_config(self)
         for nm in ("prior_stage", "use_prior_hint", "importance_weighted"):
             check_flag(nm, getattr(self, nm))
-        check_choice("train_on", self.train_on, ("paths", "smc"))
         check_choice("scld_backward", self.scld_backward, ("learned", "fixed"))
-        if self.train_on == "smc":
-            check_segments(self.n_time_steps, self.scld_segments)
 
 
 class _GradCache:

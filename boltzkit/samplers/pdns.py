@@ -145,7 +145,7 @@ from ..nn.ema import EMA
 from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
                           state_space, time_grid)
-from ._shared.scld import check_segments, segment_buffer, segment_loss, segment_rollout
+from ._shared.scld import check_smc_config, segment_buffer, segment_loss, segment_rollout
 from ._shared.smc import MALARejuvenation, island_result, run_islands
 from ..kernels.langevin import default_step_size
 from .._utils import check_fraction
@@ -271,26 +271,12 @@ class PDNSConfig(SamplerConfig):
                               f"{self.noise_ratio!r}")
         check_fraction("ema_decay", self.ema_decay)
         check_flag("use_prior_hint", self.use_prior_hint)
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.mask_mode not in ("lambda", "count"):
-            raise ConfigError(f"mask_mode must be 'lambda' or 'count', got {self.mask_mode!r}")
-        if self.net not in ("auto", "transformer", "cnn"):
-            raise ConfigError(f"net must be 'auto', 'transformer' or 'cnn', got {self.net!r}")
-        if self.resample_ess is not None and (isinstance(self.resample_ess, bool) or not isinstance(
-                self.resample_ess, (int, float)) or not 0 < self.resample_ess <= 1):
-            raise ConfigError(f"resample_ess must be None or a fraction in (0, 1], got {self.resample_ess!r}")
-        check_count("n_islands", self.n_islands)
-        if isinstance(self.smc_mcmc_steps, bool) or not isinstance(self.smc_mcmc_steps, int) \
-                or self.smc_mcmc_steps < 0:
-            raise ConfigError(f"smc_mcmc_steps must be a non-negative integer, got {self.smc_mcmc_steps!r}")
+        check_choice("weighting", self.weighting, WEIGHTINGS)
+        check_choice("mask_mode", self.mask_mode, ("lambda", "count"))
+        check_choice("net", self.net, ("auto", "transformer", "cnn"))
+        check_smc_config(self)
         check_number("smc_beta_power", self.smc_beta_power)
-        check_choice("train_on", self.train_on, ("paths", "smc"))
-        for name in ("scld_segments", "scld_train_rows"):
-            check_count(name, getattr(self, name))
-        check_count("scld_buffer_size", self.scld_buffer_size, allow_none=True)
-        if self.train_on == "smc":
-            check_segments(self.n_time_steps, self.scld_segments)
+        check_count("scld_train_rows", self.scld_train_rows)
 
     def make_schedule(self) -> ProximalSchedule:
         """A fresh :class:`ProximalSchedule` with these options."""

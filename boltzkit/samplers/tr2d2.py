@@ -143,7 +143,7 @@ from ..nn.ctmc import MaskedPath, site_log_probs, masked_rollout, path_log_prob,
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from .._utils import check_training_options
-from .base import SamplerConfig, TrainableSampler, check_count, check_choice
+from .base import SamplerConfig, TrainableSampler, check_choice, check_count, check_number
 
 __all__ = ["TR2D2", "TR2D2Config", "TopKBuffer", "ParetoArchive", "dominated", "pareto_mask"]
 
@@ -301,20 +301,13 @@ class TR2D2Config(SamplerConfig):
         check_choice("search", self.search, SEARCHES)
         check_choice("buffer", self.buffer, BUFFERS)
         check_choice("tree_weights", self.tree_weights, TREE_WEIGHTS)
-        if isinstance(self.selection_floor, bool) or not isinstance(self.selection_floor, (int, float)) \
-                or not 0.0 <= self.selection_floor <= 1.0:
-            raise ConfigError(f"selection_floor must be a number in [0, 1], got {self.selection_floor!r}")
+        check_number("selection_floor", self.selection_floor, allow_zero=True, upper=1)
         check_choice("finetune", self.finetune, FINETUNE)
         check_choice("mask_mode", self.mask_mode, ("lambda", "count"))
         check_choice("net", self.net, ("cnn", "transformer"))
-        for name in ("lr",):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
-                raise ConfigError(f"{name} must be a positive number, got {v!r}")
+        check_number("lr", self.lr)
         for name in ("c_explore", "temperature", "weight_decay"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
-                raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
+            check_number(name, getattr(self, name), allow_zero=True)
         check_training_options(self, check_lr=False)
         if self.reward_clip is not None and not math.isfinite(self.reward_clip):
             raise ConfigError(f"reward_clip must be a finite number or None, got {self.reward_clip!r}")
