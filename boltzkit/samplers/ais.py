@@ -116,10 +116,9 @@ from .._finite import check_energies
 from .._registry import register
 from .._utils import progress_bar
 from ..domains import Categorical, Reals
-from ..energies.base import framed
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..result import result_from_log_weights
-from ._shared.smc import capped_drift, resample_islands, running_log_z, systematic_indices  # noqa: F401
+from ._shared.smc import capped_drift, check_islands, resample_islands, running_log_z, systematic_indices
 from .base import Sampler, SamplerConfig, check_count, check_flag, check_number
 from ..kernels.categorical import random_scan_metropolis
 from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
@@ -293,8 +292,7 @@ class AISConfig(SamplerConfig):
                 and 0 < self.resample_ess <= 1):
             raise ConfigError(f"resample_ess must be None, 'auto' or a fraction in (0, 1], got "
                               f"{self.resample_ess!r}")
-        if self.n_islands is not None:
-            check_count("n_islands", self.n_islands)
+        check_count("n_islands", self.n_islands, allow_none=True)
         if not (isinstance(self.cess, (int, float)) and 0 < self.cess < 1) or isinstance(self.cess, bool):
             raise ConfigError(f"cess must be a fraction in (0, 1), got {self.cess!r}")
         if not (isinstance(self.pilot, (int, float)) and 0 < self.pilot < 1) or isinstance(self.pilot, bool):
@@ -540,11 +538,6 @@ class AnnealedSampler(Sampler):
     """What AIS and driven Langevin (:mod:`.jarzynski`) share: nothing to train, and a run along a
     ladder of levels."""
 
-    def _no_checkpoint(self, checkpoint) -> None:
-        if checkpoint is not None:
-            raise ConfigError(f"{self.name!r} keeps no checkpoints (it does not train); "
-                              "leave checkpoint=None")
-
     @contextlib.contextmanager
     def _ladder(self, n_samples, *, desc: str):
         """The opening of ``sample``: check the call, then yield the fixed ladder (None: the
@@ -670,15 +663,8 @@ class AIS(AnnealedSampler):
     # ----------------------------------------------------------------- continuous
     def _run_reals(self, n, lambdas, gen, bar):
         cfg = self.config
-        work, frame = framed(self.target, cfg.use_prior_hint)
-        init_std, probe = cfg.init_std, {}
-        if init_std is None:  # no scale given: the hint's frame, else the scale probe's
-            init_std = 1.0
-            if frame is None:
-                from ..probe import probe_frame
-
-                work, frame, pr = probe_frame(self.target, generator=self.gens["init"])
-                probe = {"scale_probe": pr.summary()}
+        work, frame, init_std, pr = self._start_frame(cfg.init_std, cfg.use_prior_hint)
+        probe = {} if pr is None else {"scale_probe": pr.summary()}
         beta_start = 1.0 if cfg.beta_start is None else float(cfg.beta_start)
         ann = _Annealer(work, init_std, beta_start)
         target_acc = cfg.target_accept if cfg.target_accept is not None else \
@@ -717,10 +703,7 @@ class AIS(AnnealedSampler):
             from .smc import default_n_islands
 
             n_isl = cfg.n_islands or default_n_islands(n)
-            if n % n_isl or n // n_isl < 2:
-                raise ConfigError(f"n_samples={n} must be a multiple of n_islands={n_isl} "
-                                  f"with at least 2 particles per island; e.g. n_samples="
-                                  f"{n_isl * max(2, -(-n // n_isl))}")
+            check_islands(n, n_isl)
         pilot = {}
         if lambdas is None:  # the ladder from an independent pilot run
             from .smc import default_n_islands
@@ -782,15 +765,10 @@ class AIS(AnnealedSampler):
 
     # ----------------------------------------------------------------- categorical
     def _run_categorical(self, n, lambdas, gen, bar):
-        dom = self.target.domain
-        if self.kernel == "heat_bath":
-            from ..kernels.lattice import checkerboard_sweep
+        from .smc import _kernel_of
 
-            def sweep(x, lam):
-                return checkerboard_sweep(self.target, x, generator=gen, scale=lam, rule="heat_bath")
-        else:
-            def sweep(x, lam):
-                return metropolis_sweep(self.target, x, generator=gen, scale=lam)
+        dom = self.target.domain
+        _, sweep = _kernel_of(self.target, self.kernel)
         log_z0 = dom.log_size()
         x = dom.reference(n, generator=gen, device=self.device)
         logw = torch.zeros(n, dtype=torch.float64, device=self.device)
@@ -805,7 +783,7 @@ class AIS(AnnealedSampler):
             running.append(running_log_z(logw, one, log_z0))
             rate = 0.0
             for _ in range(self.config.n_mcmc):
-                x, acc = sweep(x, lam)
+                x, acc = sweep(x, lam, gen)
                 rate += float(acc.double().mean())
             acc_hist.append(rate / self.config.n_mcmc)
             bar.update(1)

@@ -28,7 +28,7 @@ from .. import distributed as dist
 from .._utils import (atomic_path, check_count, progress_bar, progress_enabled, rank_generators,
                       resolve_device, resolve_seed)
 from ..domains import Categorical, Reals
-from ..energies.base import validate_target
+from ..energies.base import framed, validate_target
 from .._finite import at_step
 from ..errors import ConfigError, IncompatibleMethodError, NonFiniteEnergyError, TrainingDivergedError, UnreliableEstimateWarning
 
@@ -177,6 +177,23 @@ class Sampler:
         dist.barrier()
         return index
 
+    def _start_frame(self, init_std, use_prior_hint: bool):
+        """The coordinates and start scale of a continuous sampler that is not trained:
+        ``(work, frame, init_std, probe)``, the target in the frame of its prior hint (when
+        ``use_prior_hint``) and ``init_std``. With ``init_std`` None the scale is 1 in the hint's
+        frame or, without a hint, in the frame of the scale probe
+        (:func:`boltzkit.probe.probe_frame`, on the ``"init"`` stream), whose result is ``probe``
+        (else None)."""
+        work, frame = framed(self.target, use_prior_hint)
+        probe = None
+        if init_std is None:
+            init_std = 1.0
+            if frame is None:
+                from ..probe import probe_frame
+
+                work, frame, probe = probe_frame(self.target, generator=self.gens["init"])
+        return work, frame, init_std, probe
+
     def _result_kwargs(self) -> dict:
         tgt = self.target
         return {"method": self.name, "target": tgt.to_config() if hasattr(tgt, "to_config") else {},
@@ -186,6 +203,12 @@ class Sampler:
         """Sizes of consecutive chunks of ``n`` draws, ``config.sample_batch_size`` at most each."""
         size = self.config.sample_batch_size
         return [min(size, n - s) for s in range(0, n, size)]
+
+    def _no_checkpoint(self, checkpoint) -> None:
+        """``fit``'s refusal of a checkpoint, for the samplers that do not train."""
+        if checkpoint is not None:
+            raise ConfigError(f"{self.name!r} keeps no checkpoints (it does not train; rerun it with "
+                              "the same seed); leave checkpoint=None")
 
     def _require_fit(self):
         if self.target is None:
@@ -389,9 +412,8 @@ class TrainableSampler(Sampler):
     def load_checkpoint(self, path) -> None:
         """Resume from a checkpoint written with any number of ranks (see ``_generator_states``)."""
         state = torch.load(path, map_location=self.device, weights_only=True)
-        for key in ("generators",):  # generator states must live on CPU
-            if state.get(key):
-                state[key] = {k: v.cpu() for k, v in state[key].items()}
+        if state.get("generators"):  # generator states must live on CPU
+            state["generators"] = {k: v.cpu() for k, v in state["generators"].items()}
         if state.get("rank_generators"):
             state["rank_generators"] = [{k: v.cpu() for k, v in g.items()} for g in state["rank_generators"]]
         self.load_state_dict(state)

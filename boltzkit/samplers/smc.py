@@ -68,7 +68,7 @@ from ..domains import Categorical
 from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError, TargetError, UnreliableEstimateWarning
 from ..estimators.importance import ess_kish
 from ..result import result_from_log_weights
-from ._shared.smc import ISLAND_MAX_SHARE, ISLAND_SPREAD_LIMIT, island_reliability  # noqa: F401
+from ._shared.smc import check_islands, island_reliability
 from .base import Sampler, SamplerConfig, check_count
 
 KERNELS = ("auto", "heat_bath", "metropolis", "swendsen_wang")
@@ -131,10 +131,8 @@ class SMCConfig(SamplerConfig):
             v = getattr(self, nm)
             if not (isinstance(v, (int, float)) and 0 < v < 1) or isinstance(v, bool):
                 raise ConfigError(f"{nm} must be a fraction in (0, 1), got {v!r}")
-        if self.n_sweeps is not None:
-            check_count("n_sweeps", self.n_sweeps)
-        if self.n_islands is not None:
-            check_count("n_islands", self.n_islands)
+        check_count("n_sweeps", self.n_sweeps, allow_none=True)
+        check_count("n_islands", self.n_islands, allow_none=True)
         check_count("max_levels", self.max_levels)
         if not (isinstance(self.pilot, (int, float)) and 0 <= self.pilot < 1) or isinstance(self.pilot, bool):
             raise ConfigError(f"pilot must be a fraction in [0, 1), got {self.pilot!r}")
@@ -243,8 +241,7 @@ class SMC(Sampler):
 
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None) -> "SMC":
         """Check ``target`` and the options (nothing to train); ``n_steps`` sets ``n_sweeps``."""
-        if checkpoint is not None:
-            raise ConfigError("'smc' keeps no checkpoints (it does not train); leave checkpoint=None")
+        self._no_checkpoint(checkpoint)
         if n_steps is not None:
             self.config = self.make_config(self.config, n_sweeps=n_steps)
         if not isinstance(getattr(target, "domain", None), Categorical):
@@ -331,9 +328,7 @@ class SMC(Sampler):
     def _islands(self, n: int) -> int:
         """Islands for ``n`` particles (the config's or :func:`default_n_islands`), checked."""
         M = self.config.n_islands or default_n_islands(n)
-        if n % M or n // M < 2:
-            raise ConfigError(f"n_samples={n} must be a multiple of n_islands={M} with at least 2 "
-                              f"particles per island; e.g. n_samples={M * max(2, -(-n // M))}")
+        check_islands(n, M)
         return M
 
     def _pilot_size(self, n: int) -> int:

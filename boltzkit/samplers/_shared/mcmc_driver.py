@@ -104,9 +104,7 @@ class MCMCSampler(Sampler):
     # -- fit / sample
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None, **kw) -> "MCMCSampler":
         """Attach ``target``, start the chains and run ``n_steps`` (default ``burn_in``) steps."""
-        if checkpoint is not None:
-            raise ConfigError(f"{self.name!r} keeps no checkpoints (it does not train; rerun it with the "
-                              "same seed); leave checkpoint=None")
+        self._no_checkpoint(checkpoint)
         burn_in = self.config.burn_in if n_steps is None else n_steps
         if not isinstance(burn_in, (int, np.integer)) or isinstance(burn_in, bool) or burn_in < 0:
             raise ConfigError(f"n_steps (burn-in {self.step_unit}) must be a non-negative integer, "

@@ -52,7 +52,7 @@ JENSEN_ROUNDING = 1e-12  # a Jensen bias below this is float rounding (exact run
 MIN_RELIABLE_ISLANDS = 8  # fewer islands: the spread (and so the error bar) is itself too uncertain
 ISLAND_SPREAD_CONFIDENCE = 0.95  # the spread limit applies to this one-sided upper bound of the spread
 
-__all__ = ["IslandRun", "run_islands", "island_result", "check_smc_options", "MALARejuvenation",
+__all__ = ["IslandRun", "run_islands", "island_result", "check_smc_options", "check_islands", "MALARejuvenation",
            "spread_upper_bound", "capped_drift", "DRIFT_CAP"]
 
 MALA_TARGET_ACCEPT = 0.574
@@ -89,15 +89,20 @@ def capped_drift(potential: Callable, step_size: float, dim: int, cap: float = D
 
 def check_smc_options(n_samples: int, frac, n_islands: int, mcmc_steps: int = 0) -> None:
     """Validate the SMC options before any work (clear message naming the fix)."""
-    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
-        raise ConfigError(f"resample_ess must be a fraction in (0, 1], got {frac!r}")
-    if isinstance(n_islands, bool) or not isinstance(n_islands, int) or n_islands < 1:
-        raise ConfigError(f"n_islands must be a positive integer, got {n_islands!r}")
-    if isinstance(mcmc_steps, bool) or not isinstance(mcmc_steps, int) or mcmc_steps < 0:
-        raise ConfigError(f"smc_mcmc_steps must be a non-negative integer, got {mcmc_steps!r}")
-    if n_samples % n_islands or n_samples // n_islands < 2:
-        raise ConfigError(f"n_samples={n_samples} must be a multiple of n_islands={n_islands} "
-                          "with at least 2 particles per island")
+    from ..base import check_count, check_number
+
+    check_number("resample_ess", frac, upper=1)
+    check_count("n_islands", n_islands)
+    check_count("smc_mcmc_steps", mcmc_steps, minimum=0)
+    check_islands(n_samples, n_islands)
+
+
+def check_islands(n: int, n_islands: int) -> None:
+    """Raise ConfigError unless ``n`` particles split into ``n_islands`` equal islands of at
+    least 2; the message suggests the nearest valid ``n_samples``."""
+    if n % n_islands or n // n_islands < 2:
+        raise ConfigError(f"n_samples={n} must be a multiple of n_islands={n_islands} with at least "
+                          f"2 particles per island; e.g. n_samples={n_islands * max(2, -(-n // n_islands))}")
 
 
 @dataclass
