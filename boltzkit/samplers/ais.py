@@ -118,7 +118,8 @@ from .._utils import progress_bar
 from ..domains import Categorical, Reals
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..result import result_from_log_weights
-from ._shared.smc import capped_drift, check_islands, resample_islands, running_log_z, systematic_indices
+from ._shared.smc import (MALA_TARGET_ACCEPT, STEP_GAIN, capped_drift, check_islands, pool_islands,
+                          resample_islands, running_log_z, systematic_indices)
 from .base import Sampler, SamplerConfig, check_count, check_flag, check_number
 from ..kernels.categorical import random_scan_metropolis
 from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
@@ -129,7 +130,6 @@ REAL_KERNELS = ("mala", "hmc")
 DISCRETE_KERNELS = ("heat_bath", "metropolis")
 GEOMETRIC_LAMBDA_MIN = 1e-3
 SIGMOID_SHARPNESS = 4.0
-_STEP_GAIN = 1.0
 HMC_JITTER = 0.2  # per-chain U(0.8, 1.2) step-size factor, see hmc_move
 ADAPTIVE_RESAMPLE_ESS = 0.5   # resampling threshold of the default (adaptive-ladder) run
 ADAPTIVE_LEVELS_PER_SQRT_DIM = 20.0  # typical adaptive-ladder length / sqrt(d), for time estimates
@@ -187,13 +187,16 @@ def fixed_ladder(cfg) -> np.ndarray:
     return annealing_schedule(n_steps, "geometric" if cfg.schedule == "auto" else cfg.schedule)
 
 
-def check_fixed_ladder(cfg) -> None:
-    """Check a config's fixed ladder (in ``__post_init__``); an explicit schedule is stored as a
+def check_fixed_ladder(cfg, default_n_steps: "int | None" = None) -> None:
+    """Check a config's fixed ladder (in ``__post_init__``: an explicit or named schedule, not
+    "auto"; ``n_steps`` None stands for ``default_n_steps``); an explicit schedule is stored as a
     tuple of floats and sets ``n_steps`` to its number of levels."""
     if not isinstance(cfg.schedule, str):
         object.__setattr__(cfg, "schedule", tuple(float(v) for v in cfg.schedule))
         object.__setattr__(cfg, "n_steps", len(cfg.schedule) - 1)
-    fixed_ladder(cfg)
+        annealing_schedule(None, cfg.schedule)
+    else:
+        annealing_schedule(default_n_steps if cfg.n_steps is None else cfg.n_steps, cfg.schedule)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -313,7 +316,7 @@ class AISConfig(SamplerConfig):
                     raise ConfigError(f"schedule='adaptive' chooses the levels itself; drop n_steps="
                                       f"{self.n_steps} or give schedule='geometric'")
         else:
-            check_fixed_ladder(self)
+            check_fixed_ladder(self, DEFAULT_N_STEPS)
         check_count("n_mcmc", self.n_mcmc)
         check_count("n_leapfrog", self.n_leapfrog)
         if self.kernel not in ("auto",) + REAL_KERNELS + DISCRETE_KERNELS:
@@ -495,9 +498,8 @@ class _Annealer:
         self.kept = kept
         if resample_ess is None:
             return x, logw + self.log_z0, acc_hist, None
-        m = n // islands
-        island_log_z = log_acc + torch.logsumexp(logw.view(islands, m), 1) - math.log(m) + self.log_z0
-        logw = logw + log_acc.repeat_interleave(m)
+        island_log_z, logw = pool_islands(logw, log_acc)
+        island_log_z = island_log_z + self.log_z0
         return (x, logw + self.log_z0, acc_hist,
                 {"island_log_z": island_log_z.cpu(), "resample_events": n_events})
 
@@ -668,7 +670,7 @@ class AIS(AnnealedSampler):
         beta_start = 1.0 if cfg.beta_start is None else float(cfg.beta_start)
         ann = _Annealer(work, init_std, beta_start)
         target_acc = cfg.target_accept if cfg.target_accept is not None else \
-            (0.574 if self.kernel == "mala" else 0.65)
+            (MALA_TARGET_ACCEPT if self.kernel == "mala" else 0.65)
         h0 = cfg.step_size if cfg.step_size is not None else \
             default_step_size(self.kernel, ann.dim, init_std)
 
@@ -692,7 +694,7 @@ class AIS(AnnealedSampler):
                     acc_sum += float(acc.double().mean())
                 rate = acc_sum / cfg.n_mcmc
                 if cfg.adapt_step_size:
-                    log_h[0] = adapt_log_step(log_h[0], rate, target_acc, _STEP_GAIN)
+                    log_h[0] = adapt_log_step(log_h[0], rate, target_acc, STEP_GAIN)
                 return x, state, rate
             return move, steps
 

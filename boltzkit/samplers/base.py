@@ -317,6 +317,18 @@ class TrainableSampler(Sampler):
                               "leave it at 0 for particle systems")
         return frac, islands, n_mcmc
 
+    @staticmethod
+    def _optimizer_step(net, optimizer, *, grad_clip=None, ema=None) -> None:
+        """Step ``optimizer`` on the gradients already in ``net``: their norm cut to ``grad_clip``
+        first (the rank-averaged gradient under torchrun; None: no cut), then the EMA copy
+        ``ema`` (when given) updated."""
+        if grad_clip is not None:
+            dist.sync_gradients(optimizer)  # clip the rank-averaged gradient (no-op on one process)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update(net)
+
     def _categorical_domain(self, target, method: str):
         """The target's categorical domain, kept as ``domain`` with its ``n_sites`` and ``q``;
         IncompatibleMethodError for any other domain."""

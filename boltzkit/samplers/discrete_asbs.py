@@ -484,14 +484,13 @@ class DiscreteASBSConfig(SamplerConfig):
     precision: str = "auto"
 
     def __post_init__(self):
-        for name in ("n_stages", "controller_steps", "batch_size", "n_replicates", "buffer_size",
+        for name in ("n_stages", "controller_steps", "n_replicates", "buffer_size",
                      "resample_every", "n_time_steps", "hidden", "n_heads", "sample_batch_size"):
             check_count(name, getattr(self, name))
+        check_count("batch_size", self.batch_size, minimum=2)
         check_count("n_layers", self.n_layers, allow_none=True)
         check_count("corrector_steps", self.corrector_steps, minimum=0)
         check_count("init_buffer_size", self.init_buffer_size, allow_none=True)
-        if self.batch_size < 2:
-            raise ConfigError(f"batch_size must be >= 2, got {self.batch_size}")
         if self.buffer_size < self.batch_size:
             raise ConfigError(f"buffer_size ({self.buffer_size}) must be >= batch_size "
                               f"({self.batch_size}); each step draws batch_size pairs from it")
@@ -727,11 +726,7 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(self.buffer.sample(cfg.batch_size, generator=gen), gen)
         loss.backward()
-        if cfg.grad_clip is not None:
-            dist.sync_gradients(opt)  # clip the rank-averaged gradient, as on one process
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update(net)
+        self._optimizer_step(net, opt, grad_clip=cfg.grad_clip, ema=ema)
         if i == length - 1:  # end of the phase: the network continues from its EMA
             net.load_state_dict(ema.shadow.state_dict())
         out = {"loss": float(loss.detach()), "stage": stage, "phase": float(phase == "corrector"),

@@ -215,12 +215,9 @@ class MDNSConfig(SamplerConfig):
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r} for 'mdns'; choose one of {', '.join(LOSSES)}")
-        for name in ("n_steps", "batch_size", "resample_every", "n_replicates", "hidden",
-                     "n_heads", "sample_batch_size"):
+        for name in ("n_steps", "resample_every", "n_replicates", "hidden", "n_heads", "sample_batch_size"):
             check_count(name, getattr(self, name))
-        if self.batch_size < 2:
-            raise ConfigError(f"batch_size must be >= 2 (weights are normalized over the batch), "
-                              f"got {self.batch_size}")
+        check_count("batch_size", self.batch_size, minimum=2)  # weights are normalized over the batch
         for name in ("buffer_size", "n_unmask_steps", "train_unmask_steps", "n_layers"):
             check_count(name, getattr(self, name), allow_none=True)
         check_count("warmup_steps", self.warmup_steps, minimum=1 if self.warmup == "linear" else 0)
@@ -347,11 +344,7 @@ class MDNS(NeuralStartSMC, TrainableSampler):
             self._batch_stats = self._stats(-u - path.log_q)
             coeffs, loss_value = self._path_loss(lw)
             backward_path_log_prob(autocast_net(self.model, self.device, self._amp), path, self.q, coeffs)
-        if cfg.grad_clip is not None:
-            dist.sync_gradients(self.optimizer)  # clip the rank-averaged gradient (no-op on one process)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.ema.update(self.model)
+        self._optimizer_step(self.model, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": loss_value, **self._batch_stats, "energy_scale": self.scale}
 
     def _path_loss(self, lw: torch.Tensor) -> "tuple[torch.Tensor, float]":

@@ -596,9 +596,7 @@ class NAAS(TrainableSampler):
             lval = (batch["w"] * (out - batch["target"]).pow(2).mean(-1)).mean()
             self.opt.zero_grad(set_to_none=True)
             lval.backward()
-            self.opt.step()
-            if self.ema is not None:
-                self.ema.update(self.net)
+            self._optimizer_step(self.net, self.opt, ema=self.ema)
             loss += float(lval.detach()) / c.updates_per_step
         metrics = {"loss": loss}
         # prior stage: reciprocal adjoint matching towards exp(-U_0 - V_0)
@@ -646,9 +644,7 @@ class NAAS(TrainableSampler):
             lval = (batch["w"] * resid.pow(2).mean(-1)).mean()
             self.prior_opt.zero_grad(set_to_none=True)
             lval.backward()
-            self.prior_opt.step()
-            if self.prior_ema is not None:
-                self.prior_ema.update(self.prior_net)
+            self._optimizer_step(self.prior_net, self.prior_opt, ema=self.prior_ema)
             total += float(lval.detach()) / c.prior_updates_per_step
         return total
 

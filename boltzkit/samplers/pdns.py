@@ -253,12 +253,10 @@ class PDNSConfig(SamplerConfig):
 
     def __post_init__(self):
         self.make_schedule()  # validates the schedule options
-        for name in ("n_steps", "batch_size", "inner_steps", "n_replicates", "rollouts_per_stage",
-                     "n_heads", "n_time_steps", "sample_batch_size"):
+        for name in ("n_steps", "inner_steps", "n_replicates", "rollouts_per_stage", "n_heads",
+                     "n_time_steps", "sample_batch_size"):
             check_count(name, getattr(self, name))
-        if self.batch_size < 2:
-            raise ConfigError(f"batch_size must be >= 2 (weights are normalized over the batch), "
-                              f"got {self.batch_size}")
+        check_count("batch_size", self.batch_size, minimum=2)  # weights are normalized over the batch
         for name in ("hidden", "n_layers", "n_unmask_steps", "train_unmask_steps"):
             check_count(name, getattr(self, name), allow_none=True)
         check_number("lr", self.lr)
@@ -655,11 +653,7 @@ class PDNS(TrainableSampler):
                                    cfg.scld_segments)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip is not None:
-            dist.sync_gradients(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.ema.update(self.model)
+        self._optimizer_step(self.model, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": float(loss.detach()), **self._metrics}
 
     def train_step(self) -> dict:
@@ -673,11 +667,7 @@ class PDNS(TrainableSampler):
         loss = self.inst.loss(self.model, x, weights, gen)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip is not None:
-            dist.sync_gradients(self.optimizer)  # clip the rank-averaged gradient (no-op on one process)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.ema.update(self.model)
+        self._optimizer_step(self.model, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": float(loss.detach()), **self._metrics}
 
     # ------------------------------------------------------------------ state

@@ -68,7 +68,7 @@ from ..domains import Categorical
 from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError, TargetError, UnreliableEstimateWarning
 from ..estimators.importance import ess_kish
 from ..result import result_from_log_weights
-from ._shared.smc import check_islands, island_reliability
+from ._shared.smc import check_islands, island_reliability, pool_islands
 from .base import Sampler, SamplerConfig, check_count
 
 KERNELS = ("auto", "heat_bath", "metropolis", "swendsen_wang")
@@ -368,8 +368,8 @@ class SMC(Sampler):
         x, logw, log_acc, running, lambdas = r["x"], r["logw"], r["log_acc"], r["running"], r["lambdas"]
         acc_hist, ess_hist, events, log_z0 = r["acc"], r["ess"], r["events"], r["log_z0"]
         wall = time.perf_counter() - t0
-        island_log_z = log_acc + torch.logsumexp(logw.view(M, -1), 1) - math.log(n // M) + log_z0
-        lw_final = (logw + log_acc.repeat_interleave(n // M) + log_z0).cpu()
+        island_log_z, lw_final = pool_islands(logw, log_acc)
+        island_log_z, lw_final = island_log_z + log_z0, (lw_final + log_z0).cpu()
         isl = log_z_from_log_weights(island_log_z, warn=False)
         spread = float(island_log_z.std())
         history = {**running_history(lambdas, running),

@@ -625,12 +625,7 @@ class TR2D2(TrainableSampler):
         loss = wdce_loss(lambda t: self.policy_logits(t, self.net), data["samples"], weights, self.q,
                          cfg.n_replicates, generator=gen, mode=cfg.mask_mode)
         loss.backward()
-        if cfg.grad_clip is not None:
-            dist.sync_gradients(self.optimizer)  # clip the rank-averaged gradient (no-op on one process)
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.net)
+        self._optimizer_step(self.net, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": float(loss.detach()), "buffer_mean_reward": float(data["reward"].mean()),
                 "buffer_ess_frac": ess_kish(pooled_lw) / pooled_lw.numel(),  # of every rank's buffer
                 "buffer_size": float(weights.numel()), "reward_calls": float(self.reward_calls),

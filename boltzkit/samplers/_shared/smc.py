@@ -56,7 +56,7 @@ __all__ = ["IslandRun", "run_islands", "island_result", "check_smc_options", "ch
            "spread_upper_bound", "capped_drift", "DRIFT_CAP"]
 
 MALA_TARGET_ACCEPT = 0.574
-_STEP_GAIN = 1.0
+STEP_GAIN = 1.0  # Robbins-Monro gain of the level-to-level step-size adaptation (AIS too)
 DRIFT_CAP = 10.0  # a MALA drift |h grad U| is cut to this many times the noise norm sqrt(2 h d)
 
 
@@ -145,7 +145,7 @@ class MALARejuvenation:
         rate = acc / self.n_steps
         self.acceptance.append(rate)
         if self.adapt:
-            self.log_h = adapt_log_step(self.log_h, rate, MALA_TARGET_ACCEPT, _STEP_GAIN)
+            self.log_h = adapt_log_step(self.log_h, rate, MALA_TARGET_ACCEPT, STEP_GAIN)
         return x, state[0]
 
 
@@ -163,7 +163,6 @@ def run_islands(x: torch.Tensor, lw: torch.Tensor, n_levels: int, step: Callable
     ``lw`` enters as the particles' log-weights at level 0 (e.g. a prior stage's weight). No
     resampling follows the last level.
     """
-    n = x.shape[0]
     log_acc = torch.zeros(n_islands, dtype=torch.float64, device=lw.device)
     events = 0
     for k in range(n_levels):
@@ -174,11 +173,9 @@ def run_islands(x: torch.Tensor, lw: torch.Tensor, n_levels: int, step: Callable
             carry, events = tuple(carry), events + ev
         if rejuvenate is not None:
             x, carry = rejuvenate(k + 1, x, carry, generator)
-    m = n // n_islands
-    island_log_z = log_acc + torch.logsumexp(lw.view(n_islands, m), 1) - math.log(m)
+    island_log_z, lw = pool_islands(lw, log_acc)
     acc = getattr(rejuvenate, "acceptance", None)
-    return IslandRun(x=x, lw=lw + log_acc.repeat_interleave(m), island_log_z=island_log_z,
-                     resample_events=events,
+    return IslandRun(x=x, lw=lw, island_log_z=island_log_z, resample_events=events,
                      acceptance=float(sum(acc) / len(acc)) if acc else None)
 
 
@@ -322,6 +319,15 @@ def resample_islands(tensors: tuple, logw, log_acc, frac: float, generator):
     idx = idx.reshape(-1)
     logw = torch.where(need.repeat_interleave(m), torch.zeros_like(logw), logw[idx])
     return tuple(t[idx] for t in tensors), logw, log_acc, int(need.sum())
+
+
+def pool_islands(logw: torch.Tensor, log_acc: torch.Tensor):
+    """The end of an island run: every island's log Z estimate ``log_acc + log mean exp(logw)``
+    (its resampled mass and its current weights), and the particles' log-weights with their
+    island's resampled mass folded in (their log-mean-exp is the pooled log Z)."""
+    m = logw.numel() // log_acc.numel()
+    island_log_z = log_acc + torch.logsumexp(logw.view(-1, m), 1) - math.log(m)
+    return island_log_z, logw + log_acc.repeat_interleave(m)
 
 
 def running_log_z(logw: torch.Tensor, log_acc: torch.Tensor, log_z0: float):
