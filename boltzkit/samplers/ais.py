@@ -105,6 +105,7 @@ Failure modes
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -115,11 +116,11 @@ from .._finite import check_energies
 from .._registry import register
 from .._utils import progress_bar
 from ..domains import Categorical, Reals
-from ..energies.base import framed
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..result import result_from_log_weights
-from ._shared.smc import capped_drift, resample_islands, running_log_z, systematic_indices  # noqa: F401
-from .base import Sampler, SamplerConfig, _check_positive
+from ._shared.smc import (MALA_TARGET_ACCEPT, STEP_GAIN, capped_drift, check_islands, pool_islands,
+                          resample_islands, running_log_z, systematic_indices)
+from .base import Sampler, SamplerConfig, check_count, check_flag, check_number
 from ..kernels.categorical import random_scan_metropolis
 from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
 
@@ -129,7 +130,6 @@ REAL_KERNELS = ("mala", "hmc")
 DISCRETE_KERNELS = ("heat_bath", "metropolis")
 GEOMETRIC_LAMBDA_MIN = 1e-3
 SIGMOID_SHARPNESS = 4.0
-_STEP_GAIN = 1.0
 HMC_JITTER = 0.2  # per-chain U(0.8, 1.2) step-size factor, see hmc_move
 ADAPTIVE_RESAMPLE_ESS = 0.5   # resampling threshold of the default (adaptive-ladder) run
 ADAPTIVE_LEVELS_PER_SQRT_DIM = 20.0  # typical adaptive-ladder length / sqrt(d), for time estimates
@@ -164,7 +164,7 @@ def annealing_schedule(n_steps: int, schedule="geometric") -> np.ndarray:
             raise ConfigError(f"the explicit schedule has {lam.size - 1} levels but n_steps = "
                               f"{n_steps}; drop n_steps or make them agree")
         return lam
-    _check_positive("n_steps", n_steps)
+    check_count("n_steps", n_steps)
     K = int(n_steps)
     if schedule == "linear":
         return np.linspace(0.0, 1.0, K + 1)
@@ -176,6 +176,27 @@ def annealing_schedule(n_steps: int, schedule="geometric") -> np.ndarray:
         return (s - s[0]) / (s[-1] - s[0])
     raise ConfigError(f"unknown schedule {schedule!r}; use 'auto', 'adaptive', one of {SCHEDULES} "
                       "or an explicit sequence of lambdas")
+
+
+def fixed_ladder(cfg) -> np.ndarray:
+    """The fixed ladder of an AIS or driven-Langevin config: its explicit schedule, or
+    ``cfg.n_steps`` levels (DEFAULT_N_STEPS when None) of its named schedule ("auto": geometric)."""
+    if not isinstance(cfg.schedule, str):
+        return annealing_schedule(None, cfg.schedule)
+    n_steps = DEFAULT_N_STEPS if cfg.n_steps is None else cfg.n_steps
+    return annealing_schedule(n_steps, "geometric" if cfg.schedule == "auto" else cfg.schedule)
+
+
+def check_fixed_ladder(cfg, default_n_steps: "int | None" = None) -> None:
+    """Check a config's fixed ladder (in ``__post_init__``: an explicit or named schedule, not
+    "auto"; ``n_steps`` None stands for ``default_n_steps``); an explicit schedule is stored as a
+    tuple of floats and sets ``n_steps`` to its number of levels."""
+    if not isinstance(cfg.schedule, str):
+        object.__setattr__(cfg, "schedule", tuple(float(v) for v in cfg.schedule))
+        object.__setattr__(cfg, "n_steps", len(cfg.schedule) - 1)
+        annealing_schedule(None, cfg.schedule)
+    else:
+        annealing_schedule(default_n_steps if cfg.n_steps is None else cfg.n_steps, cfg.schedule)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,55 +289,41 @@ class AISConfig(SamplerConfig):
     beta_start: "float | None" = None
 
     def __post_init__(self):
-        if not isinstance(self.use_prior_hint, bool):
-            raise ConfigError(f"use_prior_hint must be True or False, got {self.use_prior_hint!r}")
+        check_flag("use_prior_hint", self.use_prior_hint)
         if self.resample_ess not in (None, "auto") and not (
                 isinstance(self.resample_ess, (int, float)) and not isinstance(self.resample_ess, bool)
                 and 0 < self.resample_ess <= 1):
             raise ConfigError(f"resample_ess must be None, 'auto' or a fraction in (0, 1], got "
                               f"{self.resample_ess!r}")
-        if self.n_islands is not None:
-            _check_positive("n_islands", self.n_islands)
+        check_count("n_islands", self.n_islands, allow_none=True)
         if not (isinstance(self.cess, (int, float)) and 0 < self.cess < 1) or isinstance(self.cess, bool):
             raise ConfigError(f"cess must be a fraction in (0, 1), got {self.cess!r}")
         if not (isinstance(self.pilot, (int, float)) and 0 < self.pilot < 1) or isinstance(self.pilot, bool):
             raise ConfigError(f"pilot must be a fraction in (0, 1), got {self.pilot!r}")
-        _check_positive("max_levels", self.max_levels)
-        _check_positive("min_levels", self.min_levels)
+        check_count("max_levels", self.max_levels)
+        check_count("min_levels", self.min_levels)
         if self.beta_start is not None and not (
                 isinstance(self.beta_start, (int, float)) and not isinstance(self.beta_start, bool)
                 and 0 < self.beta_start <= 1):
             raise ConfigError(f"beta_start must be None or an inverse-temperature ratio in (0, 1] "
                               f"(e.g. 300 / 750 = 0.4 to start from the target at 750 K), got "
                               f"{self.beta_start!r}")
-        if not (isinstance(self.keep_levels, int) and not isinstance(self.keep_levels, bool)
-                and self.keep_levels >= 0):
-            raise ConfigError(f"keep_levels must be a non-negative integer (particles kept per level), "
-                              f"got {self.keep_levels!r}")
-        if not isinstance(self.schedule, str):
-            object.__setattr__(self, "schedule", tuple(float(v) for v in self.schedule))
-            annealing_schedule(None, self.schedule)
-            object.__setattr__(self, "n_steps", len(self.schedule) - 1)
-        elif self.schedule in ("auto", "adaptive"):
+        check_count("keep_levels", self.keep_levels, minimum=0)
+        if isinstance(self.schedule, str) and self.schedule in ("auto", "adaptive"):
             if self.n_steps is not None:
-                _check_positive("n_steps", self.n_steps)
+                check_count("n_steps", self.n_steps)
                 if self.schedule == "adaptive":
                     raise ConfigError(f"schedule='adaptive' chooses the levels itself; drop n_steps="
                                       f"{self.n_steps} or give schedule='geometric'")
         else:
-            annealing_schedule(self.n_steps if self.n_steps is not None else DEFAULT_N_STEPS,
-                               self.schedule)
-        _check_positive("n_mcmc", self.n_mcmc)
-        _check_positive("n_leapfrog", self.n_leapfrog)
+            check_fixed_ladder(self, DEFAULT_N_STEPS)
+        check_count("n_mcmc", self.n_mcmc)
+        check_count("n_leapfrog", self.n_leapfrog)
         if self.kernel not in ("auto",) + REAL_KERNELS + DISCRETE_KERNELS:
             raise ConfigError(f"unknown kernel {self.kernel!r}; use 'auto', 'mala' or 'hmc' "
                               "(continuous), 'heat_bath' or 'metropolis' (categorical)")
-        if self.init_std is not None and not (isinstance(self.init_std, (int, float))
-                                              and math.isfinite(self.init_std) and self.init_std > 0):
-            raise ConfigError(f"init_std must be a positive number or None, got {self.init_std!r}")
-        if self.step_size is not None and not (isinstance(self.step_size, (int, float))
-                                               and math.isfinite(self.step_size) and self.step_size > 0):
-            raise ConfigError(f"step_size must be a positive number or None, got {self.step_size!r}")
+        check_number("init_std", self.init_std, allow_none=True)
+        check_number("step_size", self.step_size, allow_none=True)
         if self.target_accept is not None and not (isinstance(self.target_accept, (int, float))
                                                    and 0 < self.target_accept < 1):
             raise ConfigError(f"target_accept must be in (0, 1) or None, got {self.target_accept!r}")
@@ -491,9 +498,8 @@ class _Annealer:
         self.kept = kept
         if resample_ess is None:
             return x, logw + self.log_z0, acc_hist, None
-        m = n // islands
-        island_log_z = log_acc + torch.logsumexp(logw.view(islands, m), 1) - math.log(m) + self.log_z0
-        logw = logw + log_acc.repeat_interleave(m)
+        island_log_z, logw = pool_islands(logw, log_acc)
+        island_log_z = island_log_z + self.log_z0
         return (x, logw + self.log_z0, acc_hist,
                 {"island_log_z": island_log_z.cpu(), "resample_events": n_events})
 
@@ -530,14 +536,33 @@ def running_history(lambdas, running) -> dict:
             "log_z_running_stderr": se}
 
 
+class AnnealedSampler(Sampler):
+    """What AIS and driven Langevin (:mod:`.jarzynski`) share: nothing to train, and a run along a
+    ladder of levels."""
+
+    @contextlib.contextmanager
+    def _ladder(self, n_samples, *, desc: str):
+        """The opening of ``sample``: check the call, then yield the fixed ladder (None: the
+        adaptive one, chosen during the run) and a progress bar over its levels, gradients off."""
+        self._require_fit()
+        check_count("n_samples", n_samples)
+        lambdas = None if _adaptive(self.config, self.target.domain) else fixed_ladder(self.config)
+        bar = progress_bar(total=None if lambdas is None else lambdas.size - 1, desc=desc,
+                           enabled=self.progress)
+        try:
+            with torch.no_grad():
+                yield lambdas, bar
+        finally:
+            bar.close()
+
+
 @register("ais", kinds=("energy",), domains=(Reals, Categorical), priority={Reals: 5, Categorical: 0},
           paper="Neal 2001, arXiv:physics/9803008",
           description="Annealed importance sampling: weighted samples and log Z (MALA/HMC or lattice sweeps)")
-class AIS(Sampler):
+class AIS(AnnealedSampler):
     """Annealed importance sampling from a tractable reference to the target."""
 
     Config = AISConfig
-    streams = ("init", "train", "sample")
 
     @classmethod
     def estimate_seconds(cls, target, profile, n_samples: "int | None" = None, config=None) -> float:
@@ -567,8 +592,7 @@ class AIS(Sampler):
 
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None) -> "AIS":
         """Check ``target`` and the options (AIS has nothing to train); ``n_steps`` sets K."""
-        if checkpoint is not None:
-            raise ConfigError("'ais' keeps no checkpoints (it does not train); leave checkpoint=None")
+        self._no_checkpoint(checkpoint)
         if n_steps is not None and n_steps != self.config.n_steps:
             if not isinstance(self.config.schedule, str) or self.config.schedule == "adaptive":
                 raise ConfigError(f"n_steps={n_steps} conflicts with the explicit schedule of "
@@ -598,27 +622,10 @@ class AIS(Sampler):
 
     def sample(self, n_samples: int):
         """Run AIS with ``n_samples`` particles; returns a weighted :class:`~boltzkit.result.Result`."""
-        self._require_fit()
-        _check_positive("n_samples", n_samples)
         cfg = self.config
-        if _adaptive(cfg, self.target.domain):
-            lambdas = None
-        elif not isinstance(cfg.schedule, str):
-            lambdas = annealing_schedule(None, cfg.schedule)
-        else:
-            lambdas = annealing_schedule(cfg.n_steps or DEFAULT_N_STEPS,
-                                         "geometric" if cfg.schedule == "auto" else cfg.schedule)
-        gen = self.gens["sample"]
-        bar = progress_bar(total=None if lambdas is None else lambdas.size - 1,
-                           desc=f"ais ({self.kernel})", enabled=self.progress)
-        try:
-            with torch.no_grad():
-                if isinstance(self.target.domain, Reals):
-                    x, lw, extra = self._run_reals(int(n_samples), lambdas, gen, bar)
-                else:
-                    x, lw, extra = self._run_categorical(int(n_samples), lambdas, gen, bar)
-        finally:
-            bar.close()
+        with self._ladder(n_samples, desc=f"ais ({self.kernel})") as (lambdas, bar):
+            run = self._run_reals if isinstance(self.target.domain, Reals) else self._run_categorical
+            x, lw, extra = run(int(n_samples), lambdas, self.gens["sample"], bar)
         exact = None
         if isinstance(self.target.domain, Reals):
             exact = self.target.exact_log_z()
@@ -658,19 +665,12 @@ class AIS(Sampler):
     # ----------------------------------------------------------------- continuous
     def _run_reals(self, n, lambdas, gen, bar):
         cfg = self.config
-        work, frame = framed(self.target, cfg.use_prior_hint)
-        init_std, probe = cfg.init_std, {}
-        if init_std is None:  # no scale given: the hint's frame, else the scale probe's
-            init_std = 1.0
-            if frame is None:
-                from ..probe import probe_frame
-
-                work, frame, pr = probe_frame(self.target, generator=self.gens["init"])
-                probe = {"scale_probe": pr.summary()}
+        work, frame, init_std, pr = self._start_frame(cfg.init_std, cfg.use_prior_hint)
+        probe = {} if pr is None else {"scale_probe": pr.summary()}
         beta_start = 1.0 if cfg.beta_start is None else float(cfg.beta_start)
         ann = _Annealer(work, init_std, beta_start)
         target_acc = cfg.target_accept if cfg.target_accept is not None else \
-            (0.574 if self.kernel == "mala" else 0.65)
+            (MALA_TARGET_ACCEPT if self.kernel == "mala" else 0.65)
         h0 = cfg.step_size if cfg.step_size is not None else \
             default_step_size(self.kernel, ann.dim, init_std)
 
@@ -694,7 +694,7 @@ class AIS(Sampler):
                     acc_sum += float(acc.double().mean())
                 rate = acc_sum / cfg.n_mcmc
                 if cfg.adapt_step_size:
-                    log_h[0] = adapt_log_step(log_h[0], rate, target_acc, _STEP_GAIN)
+                    log_h[0] = adapt_log_step(log_h[0], rate, target_acc, STEP_GAIN)
                 return x, state, rate
             return move, steps
 
@@ -705,10 +705,7 @@ class AIS(Sampler):
             from .smc import default_n_islands
 
             n_isl = cfg.n_islands or default_n_islands(n)
-            if n % n_isl or n // n_isl < 2:
-                raise ConfigError(f"n_samples={n} must be a multiple of n_islands={n_isl} "
-                                  f"with at least 2 particles per island; e.g. n_samples="
-                                  f"{n_isl * max(2, -(-n // n_isl))}")
+            check_islands(n, n_isl)
         pilot = {}
         if lambdas is None:  # the ladder from an independent pilot run
             from .smc import default_n_islands
@@ -770,15 +767,10 @@ class AIS(Sampler):
 
     # ----------------------------------------------------------------- categorical
     def _run_categorical(self, n, lambdas, gen, bar):
-        dom = self.target.domain
-        if self.kernel == "heat_bath":
-            from ..kernels.lattice import checkerboard_sweep
+        from .smc import _kernel_of
 
-            def sweep(x, lam):
-                return checkerboard_sweep(self.target, x, generator=gen, scale=lam, rule="heat_bath")
-        else:
-            def sweep(x, lam):
-                return metropolis_sweep(self.target, x, generator=gen, scale=lam)
+        dom = self.target.domain
+        _, sweep = _kernel_of(self.target, self.kernel)
         log_z0 = dom.log_size()
         x = dom.reference(n, generator=gen, device=self.device)
         logw = torch.zeros(n, dtype=torch.float64, device=self.device)
@@ -793,7 +785,7 @@ class AIS(Sampler):
             running.append(running_log_z(logw, one, log_z0))
             rate = 0.0
             for _ in range(self.config.n_mcmc):
-                x, acc = sweep(x, lam)
+                x, acc = sweep(x, lam, gen)
                 rate += float(acc.double().mean())
             acc_hist.append(rate / self.config.n_mcmc)
             bar.update(1)
@@ -838,9 +830,6 @@ def ais(target, *, n_samples: int = 1024, n_steps: "int | None" = None, kernel: 
     Result
         Weighted samples, ``log_z`` +- ``log_z_stderr``; see the module docstring.
     """
-    if not isinstance(schedule, str):
-        schedule = tuple(float(v) for v in schedule)
-        n_steps = len(schedule) - 1
     sampler = AIS(seed=seed, device=device, progress=progress, n_steps=n_steps, kernel=kernel,
                   n_mcmc=n_mcmc, schedule=schedule, **options)
     return sampler.fit(target).sample(n_samples)

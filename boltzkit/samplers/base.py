@@ -25,11 +25,10 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
-from .._utils import check_count as _check_count
-from .._utils import (atomic_path, progress_bar, progress_enabled, rank_generators, resolve_device,
-                      resolve_seed)
+from .._utils import (atomic_path, check_count, progress_bar, progress_enabled, rank_generators,
+                      resolve_device, resolve_seed)
 from ..domains import Categorical, Reals
-from ..energies.base import validate_target
+from ..energies.base import framed, validate_target
 from .._finite import at_step
 from ..errors import ConfigError, IncompatibleMethodError, NonFiniteEnergyError, TrainingDivergedError, UnreliableEstimateWarning
 
@@ -125,8 +124,8 @@ class Sampler:
         from ..estimators.importance import LogWeightAccumulator
 
         self._require_fit()
-        _check_count("n_samples", n_samples)
-        _check_count("batch_size", batch_size)
+        check_count("n_samples", n_samples)
+        check_count("batch_size", batch_size)
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         acc, shards, has_weights = LogWeightAccumulator(), [], None
@@ -178,6 +177,23 @@ class Sampler:
         dist.barrier()
         return index
 
+    def _start_frame(self, init_std, use_prior_hint: bool):
+        """The coordinates and start scale of a continuous sampler that is not trained:
+        ``(work, frame, init_std, probe)``, the target in the frame of its prior hint (when
+        ``use_prior_hint``) and ``init_std``. With ``init_std`` None the scale is 1 in the hint's
+        frame or, without a hint, in the frame of the scale probe
+        (:func:`boltzkit.probe.probe_frame`, on the ``"init"`` stream), whose result is ``probe``
+        (else None)."""
+        work, frame = framed(self.target, use_prior_hint)
+        probe = None
+        if init_std is None:
+            init_std = 1.0
+            if frame is None:
+                from ..probe import probe_frame
+
+                work, frame, probe = probe_frame(self.target, generator=self.gens["init"])
+        return work, frame, init_std, probe
+
     def _result_kwargs(self) -> dict:
         tgt = self.target
         return {"method": self.name, "target": tgt.to_config() if hasattr(tgt, "to_config") else {},
@@ -188,13 +204,15 @@ class Sampler:
         size = self.config.sample_batch_size
         return [min(size, n - s) for s in range(0, n, size)]
 
+    def _no_checkpoint(self, checkpoint) -> None:
+        """``fit``'s refusal of a checkpoint, for the samplers that do not train."""
+        if checkpoint is not None:
+            raise ConfigError(f"{self.name!r} keeps no checkpoints (it does not train; rerun it with "
+                              "the same seed); leave checkpoint=None")
+
     def _require_fit(self):
         if self.target is None:
             raise ConfigError(f"{type(self).__name__}.sample() called before fit(target)")
-
-
-def _check_positive(name, value):
-    _check_count(name, value, minimum=1)
 
 
 def check_number(name, value, *, allow_zero: bool = False, allow_none: bool = False, upper=None):
@@ -299,6 +317,18 @@ class TrainableSampler(Sampler):
                               "leave it at 0 for particle systems")
         return frac, islands, n_mcmc
 
+    @staticmethod
+    def _optimizer_step(net, optimizer, *, grad_clip=None, ema=None) -> None:
+        """Step ``optimizer`` on the gradients already in ``net``: their norm cut to ``grad_clip``
+        first (the rank-averaged gradient under torchrun; None: no cut), then the EMA copy
+        ``ema`` (when given) updated."""
+        if grad_clip is not None:
+            dist.sync_gradients(optimizer)  # clip the rank-averaged gradient (no-op on one process)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update(net)
+
     def _categorical_domain(self, target, method: str):
         """The target's categorical domain, kept as ``domain`` with its ``n_sites`` and ``q``;
         IncompatibleMethodError for any other domain."""
@@ -394,9 +424,8 @@ class TrainableSampler(Sampler):
     def load_checkpoint(self, path) -> None:
         """Resume from a checkpoint written with any number of ranks (see ``_generator_states``)."""
         state = torch.load(path, map_location=self.device, weights_only=True)
-        for key in ("generators",):  # generator states must live on CPU
-            if state.get(key):
-                state[key] = {k: v.cpu() for k, v in state[key].items()}
+        if state.get("generators"):  # generator states must live on CPU
+            state["generators"] = {k: v.cpu() for k, v in state["generators"].items()}
         if state.get("rank_generators"):
             state["rank_generators"] = [{k: v.cpu() for k, v in g.items()} for g in state["rank_generators"]]
         self.load_state_dict(state)
@@ -434,7 +463,7 @@ class TrainableSampler(Sampler):
         the checkpoint (see :mod:`boltzkit.distributed`).
         """
         n_steps = self.default_n_steps() if n_steps is None else n_steps
-        _check_count("n_steps", n_steps, minimum=0)
+        check_count("n_steps", n_steps, minimum=0)
         if self.target is None or self.target is not target:
             self._attach(target)
             self._setup(self.target)

@@ -249,7 +249,7 @@ from ..nn.cyclic import (SOURCES, CyclicPath, cyclic_rollout, log_c, make_noise,
 from ..nn.ctmc import PRECISIONS, amp_dtype, autocast_net
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
-from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
+from .base import SamplerConfig, TrainableSampler, check_choice, check_count, check_number
 from .smc import NeuralStartSMC
 
 __all__ = ["DiscreteASBS", "DiscreteASBSConfig", "log_discrete_score", "score_energy_cost", "bregman_divergence",
@@ -484,46 +484,36 @@ class DiscreteASBSConfig(SamplerConfig):
     precision: str = "auto"
 
     def __post_init__(self):
-        for name in ("n_stages", "controller_steps", "batch_size", "n_replicates", "buffer_size",
+        for name in ("n_stages", "controller_steps", "n_replicates", "buffer_size",
                      "resample_every", "n_time_steps", "hidden", "n_heads", "sample_batch_size"):
-            _check_count(name, getattr(self, name))
-        _check_count("n_layers", self.n_layers, allow_none=True)
-        _check_count("corrector_steps", self.corrector_steps, minimum=0)
-        _check_count("init_buffer_size", self.init_buffer_size, allow_none=True)
-        if self.batch_size < 2:
-            raise ConfigError(f"batch_size must be >= 2, got {self.batch_size}")
+            check_count(name, getattr(self, name))
+        check_count("batch_size", self.batch_size, minimum=2)
+        check_count("n_layers", self.n_layers, allow_none=True)
+        check_count("corrector_steps", self.corrector_steps, minimum=0)
+        check_count("init_buffer_size", self.init_buffer_size, allow_none=True)
         if self.buffer_size < self.batch_size:
             raise ConfigError(f"buffer_size ({self.buffer_size}) must be >= batch_size "
                               f"({self.batch_size}); each step draws batch_size pairs from it")
-        if self.noise not in ("log_linear", "const"):
-            raise ConfigError(f"noise must be 'log_linear' or 'const', got {self.noise!r}")
+        check_choice("noise", self.noise, ("log_linear", "const"))
         _float_option("noise_scale", self.noise_scale, 0.0, math.inf)
-        if self.noise_alpha is not None:
-            _float_option("noise_alpha", self.noise_alpha, 0.0, math.inf)
+        check_number("noise_alpha", self.noise_alpha, allow_none=True)
         _float_option("t0", self.t0, 0.0, 1.0, lo_open=False)
         check_choice("precision", self.precision, PRECISIONS)
-        if self.controller_loss not in ("tm", "dm"):
-            raise ConfigError(f"controller_loss must be 'tm' or 'dm', got {self.controller_loss!r}")
-        if self.corrector_loss not in CORRECTOR_LOSSES:
-            raise ConfigError(f"corrector_loss must be one of {CORRECTOR_LOSSES}, "
-                              f"got {self.corrector_loss!r}")
-        if self.source not in ("auto",) + SOURCES:
-            raise ConfigError(f"source must be one of {('auto',) + SOURCES}, got {self.source!r}")
+        check_choice("controller_loss", self.controller_loss, ("tm", "dm"))
+        check_choice("corrector_loss", self.corrector_loss, CORRECTOR_LOSSES)
+        check_choice("source", self.source, ("auto",) + SOURCES)
         if self.source == "delta" and self.corrector_loss == "tm":
             raise ConfigError("source='delta' has an infinite discrete score, so the corrector's target "
                               "matching is undefined; use corrector_loss='closed_form', 'dm' or 'none'")
-        if self.bregman not in BREGMAN:
-            raise ConfigError(f"bregman must be one of {BREGMAN}, got {self.bregman!r}")
+        check_choice("bregman", self.bregman, BREGMAN)
         _float_option("dm_eps", self.dm_eps, 0.0, 1.0)
-        _check_count("warmup_steps", self.warmup_steps, minimum=0)
+        check_count("warmup_steps", self.warmup_steps, minimum=0)
         _float_option("warmup_start", self.warmup_start, 0.0, 1.0, hi_open=False)
         _float_option("lr", self.lr, 0.0, math.inf)
         _float_option("weight_decay", self.weight_decay, 0.0, math.inf, lo_open=False)
-        if self.grad_clip is not None:
-            _float_option("grad_clip", self.grad_clip, 0.0, math.inf)
+        check_number("grad_clip", self.grad_clip, allow_none=True)
         _float_option("ema_decay", self.ema_decay, 0.0, 1.0, lo_open=False)
-        if self.net not in ("auto", "transformer", "cnn"):
-            raise ConfigError(f"net must be 'auto', 'transformer' or 'cnn', got {self.net!r}")
+        check_choice("net", self.net, ("auto", "transformer", "cnn"))
         _float_option("log_phi_max", self.log_phi_max, 0.0, math.inf)
         _float_option("max_jump", self.max_jump, 0.0, 1.0)
 
@@ -554,7 +544,6 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
     """
 
     Config = DiscreteASBSConfig
-    streams = ("init", "train", "sample")
 
     def default_n_steps(self) -> int:
         c, k = self.config.phase_lengths
@@ -737,11 +726,7 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(self.buffer.sample(cfg.batch_size, generator=gen), gen)
         loss.backward()
-        if cfg.grad_clip is not None:
-            dist.sync_gradients(opt)  # clip the rank-averaged gradient, as on one process
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update(net)
+        self._optimizer_step(net, opt, grad_clip=cfg.grad_clip, ema=ema)
         if i == length - 1:  # end of the phase: the network continues from its EMA
             net.load_state_dict(ema.shadow.state_dict())
         out = {"loss": float(loss.detach()), "stage": stage, "phase": float(phase == "corrector"),
@@ -795,7 +780,7 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
         n_samples : number of samples (>= 2).
         """
         self._require_fit()
-        _check_count("n_samples", n_samples, minimum=2)
+        check_count("n_samples", n_samples, minimum=2)
         t_start = time.perf_counter()
         path, lw = self.sample_paths(n_samples)
         k = len(self.times) - 1

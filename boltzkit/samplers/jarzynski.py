@@ -43,11 +43,10 @@ import numpy as np
 import torch
 
 from .._registry import register
-from .._utils import progress_bar
 from ..domains import Reals
-from ..errors import ConfigError, IncompatibleMethodError, TargetError, TrainingDivergedError
+from ..errors import IncompatibleMethodError, TargetError, TrainingDivergedError
 from ..result import result_from_log_weights
-from .base import Sampler, SamplerConfig, _check_positive, check_number
+from .base import SamplerConfig, check_number
 from . import ais as _ais
 from ..estimators.importance import LogZEstimate, log_z_from_log_weights
 
@@ -102,12 +101,7 @@ class JarzynskiConfig(SamplerConfig):
     init_std: float = 1.0
 
     def __post_init__(self):
-        if not isinstance(self.schedule, str):
-            object.__setattr__(self, "schedule", tuple(float(v) for v in self.schedule))
-            _ais.annealing_schedule(None, self.schedule)
-            object.__setattr__(self, "n_steps", len(self.schedule) - 1)
-        else:
-            _ais.annealing_schedule(self.n_steps, self.schedule)
+        _ais.check_fixed_ladder(self)
         check_number("dt", self.dt)
         check_number("init_std", self.init_std)
 
@@ -115,54 +109,43 @@ class JarzynskiConfig(SamplerConfig):
 @register("jarzynski", kinds=("energy",), domains=(Reals,), priority=0,
           paper="Jarzynski 1997, arXiv:cond-mat/9610209",
           description="Driven unadjusted Langevin along the geometric path; log Z by Jarzynski")
-class Jarzynski(Sampler):
+class Jarzynski(_ais.AnnealedSampler):
     """Annealed (driven) overdamped Langevin with Jarzynski work weights (dt-biased)."""
 
     Config = JarzynskiConfig
     needs_grad = True
-    streams = ("init", "train", "sample")
 
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None) -> "Jarzynski":
         """Check ``target`` (nothing is trained); ``n_steps`` sets the number of ULA steps."""
-        if checkpoint is not None:
-            raise ConfigError("'jarzynski' keeps no checkpoints (it does not train); "
-                              "leave checkpoint=None")
+        self._no_checkpoint(checkpoint)
         if not isinstance(getattr(target, "domain", None), Reals):
             raise IncompatibleMethodError("jarzynski (driven Langevin) needs a target on Reals, got "
                                           f"{type(getattr(target, 'domain', None)).__name__}")
         if n_steps is not None:
             self.config = self.make_config(self.config, n_steps=n_steps)
-        self._attach(target, needs_grad=True)
+        self._attach(target)
         return self
 
     def sample(self, n_samples: int):
         """Run ``n_samples`` driven trajectories; returns a weighted Result."""
-        self._require_fit()
-        _check_positive("n_samples", n_samples)
         cfg = self.config
-        lambdas = _ais.annealing_schedule(None if not isinstance(cfg.schedule, str) else cfg.n_steps,
-                                     cfg.schedule)
         gen = self.gens["sample"]
         dt = float(cfg.dt)
         noise_scale = math.sqrt(2.0 * dt)
+        with self._ladder(n_samples, desc="jarzynski") as (lambdas, bar):
+            ann = _ais._Annealer(self.target, cfg.init_std)
 
-        def ula(pot, x, state, k):
-            xi = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-            y = x - dt * state[1] + noise_scale * xi
-            new = pot(y)
-            if not bool(torch.isfinite(new[0]).all()):
-                raise TrainingDivergedError(
-                    f"driven Langevin diverged at step {k} of {lambdas.size - 1}: non-finite "
-                    f"energies; use a smaller dt (now {dt:g})")
-            return y, new, 1.0
+            def ula(pot, x, state, k):
+                xi = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+                y = x - dt * state[1] + noise_scale * xi
+                new = pot(y)
+                if not bool(torch.isfinite(new[0]).all()):
+                    raise TrainingDivergedError(
+                        f"driven Langevin diverged at step {k} of {lambdas.size - 1}: non-finite "
+                        f"energies; use a smaller dt (now {dt:g})")
+                return y, new, 1.0
 
-        ann = _ais._Annealer(self.target, cfg.init_std)
-        bar = progress_bar(total=lambdas.size - 1, desc="jarzynski", enabled=self.progress)
-        try:
-            with torch.no_grad():
-                x, lw, _, _ = ann.run(int(n_samples), lambdas, ula, gen, bar=bar, device=self.device)
-        finally:
-            bar.close()
+            x, lw, _, _ = ann.run(int(n_samples), lambdas, ula, gen, bar=bar, device=self.device)
         work = ann.log_z0 - lw
         diag = {"dt": dt, "n_levels": int(lambdas.size - 1), "total_time": dt * (lambdas.size - 1),
                 "log_z0": ann.log_z0, "mean_work": float(work.mean()),
@@ -201,9 +184,6 @@ def annealed_langevin(target, *, n_samples: int = 1024, n_steps: int = 1000, dt:
         is biased by the ULA discretization (O(dt)); the error bar covers only the Monte-Carlo
         error.
     """
-    if not isinstance(schedule, str):
-        schedule = tuple(float(v) for v in schedule)
-        n_steps = len(schedule) - 1
     sampler = Jarzynski(seed=seed, device=device, progress=progress, n_steps=n_steps, dt=dt,
                         schedule=schedule, init_std=init_std)
     return sampler.fit(target).sample(n_samples)

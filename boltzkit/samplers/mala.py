@@ -53,7 +53,6 @@ import torch
 from .._finite import check_energies
 from .._registry import register
 from ..domains import Reals
-from ..energies.base import framed
 from ..errors import ConfigError, TargetError
 from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
 from .base import check_flag, check_number
@@ -128,15 +127,8 @@ class MALA(MCMCSampler):
     def _start(self, target) -> None:
         self._attach(target)
         cfg = self.config
-        self.work, self.frame = framed(self.target, cfg.use_prior_hint)
-        init_std, h_probe, self.scale_probe = cfg.init_std, None, None
-        if init_std is None:  # no scale given: the hint's frame, else the scale probe's
-            init_std = 1.0
-            if self.frame is None:
-                from ..probe import probe_frame
-
-                self.work, self.frame, pr = probe_frame(self.target, generator=self.gens["init"])
-                h_probe, self.scale_probe = pr.mala_step_size, pr.summary()
+        self.work, self.frame, init_std, pr = self._start_frame(cfg.init_std, cfg.use_prior_hint)
+        h_probe, self.scale_probe = (None, None) if pr is None else (pr.mala_step_size, pr.summary())
         dim = self.target.domain.dim
         self.x = init_std * torch.randn(cfg.n_chains, dim, generator=self.gens["init"],
                                             device=self.device)

@@ -48,7 +48,7 @@ from .._registry import register
 from ..domains import Lattice
 from ..errors import IncompatibleMethodError
 from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
-from .base import _check_positive
+from .base import check_count
 
 LOG_Z_UNAVAILABLE = "MCMC draws samples without a normalizing constant; use method='ais' for log Z"
 
@@ -94,7 +94,7 @@ class WolffConfig(ClusterConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_positive("n_flips", self.n_flips)
+        check_count("n_flips", self.n_flips)
 
 
 class LatticeMCMC(MCMCSampler):
@@ -110,9 +110,10 @@ class LatticeMCMC(MCMCSampler):
     log_z_unavailable = LOG_Z_UNAVAILABLE
     step_unit = "sweeps"
     _incompatibility = staticmethod(local_incompatibility)
+    rule: str = "metropolis"  # of the checkerboard sweep; the cluster samplers override _update
 
-    def _update(self, x, generator):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _update(self, x, generator):
+        return checkerboard_sweep(self.target, x, generator=generator, rule=self.rule)
 
     def _start(self, target) -> None:
         why = self._incompatibility(target)
@@ -157,17 +158,13 @@ _LATTICE_DOMAINS = (Lattice,)
 class Metropolis(LatticeMCMC):
     """Checkerboard single-site Metropolis for Ising and Potts lattices."""
 
-    def _update(self, x, generator):
-        return checkerboard_sweep(self.target, x, generator=generator, rule="metropolis")
-
 
 @register("heat_bath", domains=_LATTICE_DOMAINS, priority=2, provides_log_z=False,
           paper="Glauber, J. Math. Phys. 4, 294 (1963)", supports=local_incompatibility)
 class HeatBath(LatticeMCMC):
     """Checkerboard single-site heat-bath (Gibbs) updates for Ising and Potts lattices."""
 
-    def _update(self, x, generator):
-        return checkerboard_sweep(self.target, x, generator=generator, rule="heat_bath")
+    rule = "heat_bath"
 
 
 @register("swendsen_wang", domains=_LATTICE_DOMAINS, priority=5, provides_log_z=False,

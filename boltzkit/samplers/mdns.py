@@ -134,7 +134,7 @@ from ..nn.ctmc import (PRECISIONS, MaskedPath, amp_dtype, autocast_net, backward
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from .._utils import check_training_options
-from .base import SamplerConfig, TrainableSampler, _check_count, check_choice, check_flag
+from .base import SamplerConfig, TrainableSampler, check_choice, check_count, check_flag, check_number
 from .smc import NeuralStartSMC
 
 __all__ = ["MDNS", "MDNSConfig", "LOSSES"]
@@ -215,16 +215,13 @@ class MDNSConfig(SamplerConfig):
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r} for 'mdns'; choose one of {', '.join(LOSSES)}")
-        for name in ("n_steps", "batch_size", "resample_every", "n_replicates", "hidden",
-                     "n_heads", "sample_batch_size"):
-            _check_count(name, getattr(self, name))
-        if self.batch_size < 2:
-            raise ConfigError(f"batch_size must be >= 2 (weights are normalized over the batch), "
-                              f"got {self.batch_size}")
+        for name in ("n_steps", "resample_every", "n_replicates", "hidden", "n_heads", "sample_batch_size"):
+            check_count(name, getattr(self, name))
+        check_count("batch_size", self.batch_size, minimum=2)  # weights are normalized over the batch
         for name in ("buffer_size", "n_unmask_steps", "train_unmask_steps", "n_layers"):
-            _check_count(name, getattr(self, name), allow_none=True)
-        _check_count("warmup_steps", self.warmup_steps, minimum=1 if self.warmup == "linear" else 0)
-        _check_count("refine_sweeps", self.refine_sweeps, minimum=0)
+            check_count(name, getattr(self, name), allow_none=True)
+        check_count("warmup_steps", self.warmup_steps, minimum=1 if self.warmup == "linear" else 0)
+        check_count("refine_sweeps", self.refine_sweeps, minimum=0)
         check_training_options(self)
         check_choice("mask_mode", self.mask_mode, ("lambda", "count"))
         check_choice("net", self.net, ("auto", "transformer", "cnn"))
@@ -234,12 +231,8 @@ class MDNSConfig(SamplerConfig):
         if not 0.0 < self.warmup_ess < 1.0:
             raise ConfigError(f"warmup_ess (target ESS fraction) must be in (0, 1), got {self.warmup_ess!r}")
         check_flag("smc", self.smc)
-        if isinstance(self.smc_start_ess, bool) or not isinstance(self.smc_start_ess, (int, float)) \
-                or not 0.0 < self.smc_start_ess <= 1.0:
-            raise ConfigError(f"smc_start_ess (an ESS fraction) must be in (0, 1], got {self.smc_start_ess!r}")
-        if not 0.0 < self.warmup_start <= 1.0:
-            raise ConfigError(f"warmup_start (the initial energy factor) must be in (0, 1], "
-                              f"got {self.warmup_start!r}")
+        check_number("smc_start_ess", self.smc_start_ess, upper=1)
+        check_number("warmup_start", self.warmup_start, upper=1)
 
 
 @register("mdns", kinds=("energy",), domains=(Categorical,), priority=10,
@@ -351,11 +344,7 @@ class MDNS(NeuralStartSMC, TrainableSampler):
             self._batch_stats = self._stats(-u - path.log_q)
             coeffs, loss_value = self._path_loss(lw)
             backward_path_log_prob(autocast_net(self.model, self.device, self._amp), path, self.q, coeffs)
-        if cfg.grad_clip is not None:
-            dist.sync_gradients(self.optimizer)  # clip the rank-averaged gradient (no-op on one process)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.ema.update(self.model)
+        self._optimizer_step(self.model, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": loss_value, **self._batch_stats, "energy_scale": self.scale}
 
     def _path_loss(self, lw: torch.Tensor) -> "tuple[torch.Tensor, float]":
@@ -412,7 +401,7 @@ class MDNS(NeuralStartSMC, TrainableSampler):
         With ``smc=True`` in the config (and no overrides) this is :meth:`sample_smc`.
         """
         self._require_fit()
-        _check_count("n_samples", n_samples, minimum=2)
+        check_count("n_samples", n_samples, minimum=2)
         if self.config.smc and n_unmask_steps is None and refine == "config":
             return self.sample_smc(n_samples)
         refine = self.config.refine if refine == "config" else refine

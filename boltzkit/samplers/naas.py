@@ -174,14 +174,14 @@ from ..result import result_from_log_weights
 from ..nn.continuous_nets import make_control_net
 from ..nn.ema import EMA
 from ..nn.buffers import ReplayBuffer
-from ._shared.scld import check_segments, controlled_backward, segment_buffer, segment_loss, segment_rollout
+from ._shared.scld import check_smc_config, controlled_backward, segment_buffer, segment_loss, segment_rollout
 from ._shared.smc import MALARejuvenation, island_result, run_islands
 from ..kernels.langevin import default_step_size
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
                           gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_space,
                           time_grid)
 from .._utils import check_fraction
-from .base import SamplerConfig, TrainableSampler, _check_count, check_choice, check_flag, check_number
+from .base import SamplerConfig, TrainableSampler, check_count, check_choice, check_flag, check_number
 
 __all__ = ["NAAS", "NAASConfig", "AnnealedLangevin"]
 
@@ -276,12 +276,10 @@ class NAASConfig(SamplerConfig):
     def __post_init__(self):
         for nm in ("n_steps", "n_time_steps", "prior_time_steps", "prior_updates_per_step",
                    "prior_buffer_size", "batch_size", "updates_per_step", "train_batch_size",
-                   "times_per_trajectory", "hidden", "running_window",
-                   "sample_batch_size", "scld_segments"):
-            _check_count(nm, getattr(self, nm))
-        for nm in ("n_layers", "buffer_size", "scld_buffer_size"):
-            if getattr(self, nm) is not None:
-                _check_count(nm, getattr(self, nm))
+                   "times_per_trajectory", "hidden", "running_window", "sample_batch_size"):
+            check_count(nm, getattr(self, nm))
+        for nm in ("n_layers", "buffer_size"):
+            check_count(nm, getattr(self, nm), allow_none=True)
         for nm in ("relaxation", "beta_power", "lr", "prior_lr"):
             check_number(nm, getattr(self, nm))
         for nm in ("prior_std", "target_scale"):
@@ -294,26 +292,14 @@ class NAASConfig(SamplerConfig):
         if self.grad_clip != "auto":
             check_number("grad_clip", self.grad_clip, allow_none=True)
         check_number("adjoint_clip", self.adjoint_clip, allow_none=True)
-        if not (isinstance(self.min_weight_ess, (int, float)) and not isinstance(self.min_weight_ess, bool)
-                and 0.0 <= self.min_weight_ess <= 1.0):
-            raise ConfigError(f"min_weight_ess must be a fraction in [0, 1], got {self.min_weight_ess!r}")
+        check_number("min_weight_ess", self.min_weight_ess, allow_zero=True, upper=1)
         if not (isinstance(self.refine_end, (int, float)) and self.refine_end >= 1):
             raise ConfigError(f"refine_end must be >= 1 (1 = uniform grid), got {self.refine_end!r}")
         check_fraction("ema_decay", self.ema_decay, allow_none=True)
-        if self.resample_ess is not None and not (isinstance(self.resample_ess, (int, float))
-                                                  and not isinstance(self.resample_ess, bool)
-                                                  and 0 < self.resample_ess <= 1):
-            raise ConfigError(f"resample_ess must be None or a fraction in (0, 1], got {self.resample_ess!r}")
-        _check_count("n_islands", self.n_islands)
-        if isinstance(self.smc_mcmc_steps, bool) or not isinstance(self.smc_mcmc_steps, int) \
-                or self.smc_mcmc_steps < 0:
-            raise ConfigError(f"smc_mcmc_steps must be a non-negative integer, got {self.smc_mcmc_steps!r}")
+        check_smc_config(self)
         for nm in ("prior_stage", "use_prior_hint", "importance_weighted"):
             check_flag(nm, getattr(self, nm))
-        check_choice("train_on", self.train_on, ("paths", "smc"))
         check_choice("scld_backward", self.scld_backward, ("learned", "fixed"))
-        if self.train_on == "smc":
-            check_segments(self.n_time_steps, self.scld_segments)
 
 
 class _GradCache:
@@ -445,7 +431,6 @@ class NAAS(TrainableSampler):
 
     Config = NAASConfig
     needs_grad = True
-    streams = ("init", "train", "sample")
 
     # ------------------------------------------------------------------ setup
     def _attach(self, target):
@@ -532,17 +517,8 @@ class NAAS(TrainableSampler):
     def _simulate(self, n: int, net, prior_net, generator, *, record: bool = False):
         """Run the full chain for ``n`` samples; returns (x_K, log_w float64, annealed path)."""
         ref = self.ref
-        if self._prior_on:
-            sched = self.prior_sched
-            y0 = torch.zeros(n, self.dim, device=self.device)
-            ppath = euler_maruyama(self._prior_drift(prior_net), None, y0, self.prior_ts,
-                                   generator=generator, project=self.project, n_dof=self.n_dof,
-                                   noise_var=sched.step_variance,
-                                   backward=brownian_bridge_kernel(sched.variance))
-            x0 = ppath.x
-            lw_start = ppath.log_bwd - ppath.log_fwd  # Dirac source cancels the first bridge
-        else:
-            x0 = self.prior_std * self._reference_draw(n, generator)
+        x0, lw_start = self._start(n, prior_net, generator)
+        if lw_start is None:
             lw_start = -ref.log_prior(x0)
         path = euler_maruyama(self._annealed_drift(net), ref.sigma, x0, self.ts,
                               generator=generator, project=self.project, n_dof=self.n_dof,
@@ -555,6 +531,20 @@ class NAAS(TrainableSampler):
         log_gamma = -u.to(torch.float64)
         lw = log_gamma + path.log_bwd - path.log_fwd + lw_start + self._log_det
         return x, lw, path
+
+    def _start(self, n: int, prior_net, generator):
+        """The annealed chain's start: the prior stage's end points with their log-weight
+        ``log B - log F`` (the Dirac source cancels the first bridge), or, without the prior
+        stage, draws from the reference prior and None."""
+        if not self._prior_on:
+            return self.prior_std * self._reference_draw(n, generator), None
+        sched = self.prior_sched
+        y0 = torch.zeros(n, self.dim, device=self.device)
+        ppath = euler_maruyama(self._prior_drift(prior_net), None, y0, self.prior_ts,
+                               generator=generator, project=self.project, n_dof=self.n_dof,
+                               noise_var=sched.step_variance,
+                               backward=brownian_bridge_kernel(sched.variance))
+        return ppath.x, ppath.log_bwd - ppath.log_fwd
 
     def _reference_draw(self, n, generator):
         eps = torch.randn(n, self.dim, generator=generator, device=self.device)
@@ -606,9 +596,7 @@ class NAAS(TrainableSampler):
             lval = (batch["w"] * (out - batch["target"]).pow(2).mean(-1)).mean()
             self.opt.zero_grad(set_to_none=True)
             lval.backward()
-            self.opt.step()
-            if self.ema is not None:
-                self.ema.update(self.net)
+            self._optimizer_step(self.net, self.opt, ema=self.ema)
             loss += float(lval.detach()) / c.updates_per_step
         metrics = {"loss": loss}
         # prior stage: reciprocal adjoint matching towards exp(-U_0 - V_0)
@@ -656,9 +644,7 @@ class NAAS(TrainableSampler):
             lval = (batch["w"] * resid.pow(2).mean(-1)).mean()
             self.prior_opt.zero_grad(set_to_none=True)
             lval.backward()
-            self.prior_opt.step()
-            if self.prior_ema is not None:
-                self.prior_ema.update(self.prior_net)
+            self._optimizer_step(self.prior_net, self.prior_opt, ema=self.prior_ema)
             total += float(lval.detach()) / c.prior_updates_per_step
         return total
 
@@ -769,20 +755,20 @@ class NAAS(TrainableSampler):
 
     # ------------------------------------------------------------------ sampling
     def sampling_nets(self):
-        """The networks used by :meth:`sample` (the EMA copies when ``ema_decay`` is set)."""
-        if self.ema is not None:
-            return self.ema.shadow, self.prior_ema.shadow
-        return self.net, self.prior_net
+        """The networks used by :meth:`sample` (the EMA copies when ``ema_decay`` is set), in
+        eval mode."""
+        nets = (self.net, self.prior_net) if self.ema is None else (self.ema.shadow, self.prior_ema.shadow)
+        for net in nets:
+            net.eval()
+        return nets
 
     def sample(self, n_samples: int):
         """Draw ``n_samples`` weighted samples; returns a :class:`~boltzkit.result.Result`."""
         self._require_fit()
-        _check_count("n_samples", n_samples)
+        check_count("n_samples", n_samples)
         if self.config.resample_ess is not None:
             return self.sample_smc(n_samples)
         net, prior_net = self.sampling_nets()
-        net.eval()
-        prior_net.eval()
         gen = self.gens["sample"]
         xs, lws = [], []
         grads0 = self.ref.n_grad
@@ -797,14 +783,20 @@ class NAAS(TrainableSampler):
         x, lw = torch.cat(xs), torch.cat(lws)
         if self.frame is not None:
             x = self.frame.to_x(x)
-        diag = {"n_time_steps": self.config.n_time_steps, "prior_hint": self.frame is not None,
+        return result_from_log_weights(x, lw, exact_log_z=self.target.exact_log_z(),
+                                       diagnostics=self._sampling_diagnostics(grads0),
+                                       **self._result_kwargs())
+
+    def _sampling_diagnostics(self, grads0: int, **extra) -> dict:
+        """Diagnostics of :meth:`sample` and :meth:`sample_smc`: options, ``extra``, and the energy
+        gradients spent in sampling (since ``grads0``) and training."""
+        diag = {"n_time_steps": self.config.n_time_steps, "prior_hint": self.frame is not None, **extra,
                 "sampling_energy_grads": int(self.ref.n_grad - grads0),
                 "training_energy_grads": int(self.history.get("energy_grads", [0])[-1]),
                 "training_energy_hvps": int(self.history.get("energy_hvps", [0])[-1])}
         if self.scale_probe is not None:
             diag["scale_probe"] = self.scale_probe
-        return result_from_log_weights(x, lw, exact_log_z=self.target.exact_log_z(),
-                                       diagnostics=diag, **self._result_kwargs())
+        return diag
 
     # ------------------------------------------------------------------ SMC view
     def log_gamma(self, t: float, x: torch.Tensor) -> torch.Tensor:
@@ -860,26 +852,16 @@ class NAAS(TrainableSampler):
         resampling, island blocks contiguous) with ``diagnostics["resample_events"]``.
         """
         self._require_fit()
-        _check_count("n_samples", n_samples)
-        c = self.config
+        check_count("n_samples", n_samples)
         frac, islands, n_mcmc = self._smc_options(n_samples, resample_ess, n_islands, mcmc_steps)
         net, prior_net = self.sampling_nets()
-        net.eval()
-        prior_net.eval()
         gen, ref, n = self.gens["sample"], self.ref, int(n_samples)
         grads0 = ref.n_grad
-        if self._prior_on:
-            sched = self.prior_sched
-            y0 = torch.zeros(n, self.dim, device=self.device)
-            ppath = euler_maruyama(self._prior_drift(prior_net), None, y0, self.prior_ts,
-                                   generator=gen, project=self.project, n_dof=self.n_dof,
-                                   noise_var=sched.step_variance,
-                                   backward=brownian_bridge_kernel(sched.variance))
-            x = ppath.x
-            lw = ppath.log_bwd - ppath.log_fwd + ref.log_prior(x)
-        else:
-            x = self.prior_std * self._reference_draw(n, gen)
+        x, lw = self._start(n, prior_net, gen)
+        if lw is None:
             lw = torch.zeros(n, dtype=torch.float64, device=self.device)
+        else:
+            lw = lw + ref.log_prior(x)
         drift = self._annealed_drift(net)
         back = self._backward_kernel(net)
         ts = self.ts
@@ -900,12 +882,6 @@ class NAAS(TrainableSampler):
         x = run.x.cpu()
         if self.frame is not None:
             x = self.frame.to_x(x)
-        diag = {"n_time_steps": c.n_time_steps, "prior_hint": self.frame is not None,
-                "resample_ess": frac, "smc_mcmc_steps": n_mcmc,
-                "sampling_energy_grads": int(ref.n_grad - grads0),
-                "training_energy_grads": int(self.history.get("energy_grads", [0])[-1]),
-                "training_energy_hvps": int(self.history.get("energy_hvps", [0])[-1])}
-        if self.scale_probe is not None:
-            diag["scale_probe"] = self.scale_probe
+        diag = self._sampling_diagnostics(grads0, resample_ess=frac, smc_mcmc_steps=n_mcmc)
         return island_result(x, run, log_shift=self._log_det, exact_log_z=self.target.exact_log_z(),
                              diagnostics=diag, who="NAAS", **self._result_kwargs())

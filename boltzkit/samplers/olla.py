@@ -108,7 +108,7 @@ from ..constraints._geometry import (GramSolver, batched_jacobian, normal_compon
 from ..errors import (ConfigError, ConvergenceWarning, DomainError, IncompatibleMethodError,
                       InfeasibleConstraintError, TargetError, TrainingDivergedError)
 from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
-from .base import _check_count, check_choice, check_flag, check_number
+from .base import check_count, check_choice, check_flag, check_number
 
 LOG_Z_UNAVAILABLE = ("{name} is an (unadjusted) MCMC sampler of a constrained target: it returns "
                      "samples, not the normalizing constant of exp(-f) on the constraint set")
@@ -177,9 +177,9 @@ class OLLAConfig(ConstrainedLangevinConfig):
             check_number("epsilon", self.epsilon, allow_zero=True)
         check_number("proj_damp", self.proj_damp, allow_zero=True)
         check_choice("curvature", self.curvature, ("auto", "exact", "hutchinson", "none"))
-        _check_count("n_hutchinson", self.n_hutchinson)
-        _check_count("exact_max_dim", self.exact_max_dim)
-        _check_count("land_iters", self.land_iters)
+        check_count("n_hutchinson", self.n_hutchinson)
+        check_count("exact_max_dim", self.exact_max_dim)
+        check_count("land_iters", self.land_iters)
         check_flag("land_samples", self.land_samples)
         if self.alpha * self.step_size >= 1:
             raise ConfigError(f"alpha * step_size = {self.alpha * self.step_size:g} must be < 1 for "
@@ -199,7 +199,7 @@ class ProjectedLangevinConfig(ConstrainedLangevinConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_count("proj_iters", self.proj_iters)
+        check_count("proj_iters", self.proj_iters)
         check_number("proj_tol", self.proj_tol)
 
 

@@ -145,11 +145,11 @@ from ..nn.ema import EMA
 from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
                           state_space, time_grid)
-from ._shared.scld import check_segments, segment_buffer, segment_loss, segment_rollout
+from ._shared.scld import check_smc_config, segment_buffer, segment_loss, segment_rollout
 from ._shared.smc import MALARejuvenation, island_result, run_islands
 from ..kernels.langevin import default_step_size
 from .._utils import check_fraction
-from .base import SamplerConfig, TrainableSampler, _check_count, check_choice, check_flag, check_number
+from .base import SamplerConfig, TrainableSampler, check_count, check_choice, check_flag, check_number
 
 __all__ = ["PDNS", "PDNSConfig", "pdns_priority"]
 
@@ -253,14 +253,12 @@ class PDNSConfig(SamplerConfig):
 
     def __post_init__(self):
         self.make_schedule()  # validates the schedule options
-        for name in ("n_steps", "batch_size", "inner_steps", "n_replicates", "rollouts_per_stage",
-                     "n_heads", "n_time_steps", "sample_batch_size"):
-            _check_count(name, getattr(self, name))
-        if self.batch_size < 2:
-            raise ConfigError(f"batch_size must be >= 2 (weights are normalized over the batch), "
-                              f"got {self.batch_size}")
+        for name in ("n_steps", "inner_steps", "n_replicates", "rollouts_per_stage", "n_heads",
+                     "n_time_steps", "sample_batch_size"):
+            check_count(name, getattr(self, name))
+        check_count("batch_size", self.batch_size, minimum=2)  # weights are normalized over the batch
         for name in ("hidden", "n_layers", "n_unmask_steps", "train_unmask_steps"):
-            _check_count(name, getattr(self, name), allow_none=True)
+            check_count(name, getattr(self, name), allow_none=True)
         check_number("lr", self.lr)
         check_number("grad_clip", self.grad_clip, allow_none=True)
         if self.reference_std != "auto":
@@ -271,26 +269,12 @@ class PDNSConfig(SamplerConfig):
                               f"{self.noise_ratio!r}")
         check_fraction("ema_decay", self.ema_decay)
         check_flag("use_prior_hint", self.use_prior_hint)
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.mask_mode not in ("lambda", "count"):
-            raise ConfigError(f"mask_mode must be 'lambda' or 'count', got {self.mask_mode!r}")
-        if self.net not in ("auto", "transformer", "cnn"):
-            raise ConfigError(f"net must be 'auto', 'transformer' or 'cnn', got {self.net!r}")
-        if self.resample_ess is not None and (isinstance(self.resample_ess, bool) or not isinstance(
-                self.resample_ess, (int, float)) or not 0 < self.resample_ess <= 1):
-            raise ConfigError(f"resample_ess must be None or a fraction in (0, 1], got {self.resample_ess!r}")
-        _check_count("n_islands", self.n_islands)
-        if isinstance(self.smc_mcmc_steps, bool) or not isinstance(self.smc_mcmc_steps, int) \
-                or self.smc_mcmc_steps < 0:
-            raise ConfigError(f"smc_mcmc_steps must be a non-negative integer, got {self.smc_mcmc_steps!r}")
+        check_choice("weighting", self.weighting, WEIGHTINGS)
+        check_choice("mask_mode", self.mask_mode, ("lambda", "count"))
+        check_choice("net", self.net, ("auto", "transformer", "cnn"))
+        check_smc_config(self)
         check_number("smc_beta_power", self.smc_beta_power)
-        check_choice("train_on", self.train_on, ("paths", "smc"))
-        for name in ("scld_segments", "scld_train_rows"):
-            _check_count(name, getattr(self, name))
-        _check_count("scld_buffer_size", self.scld_buffer_size, allow_none=True)
-        if self.train_on == "smc":
-            check_segments(self.n_time_steps, self.scld_segments)
+        check_count("scld_train_rows", self.scld_train_rows)
 
     def make_schedule(self) -> ProximalSchedule:
         """A fresh :class:`ProximalSchedule` with these options."""
@@ -599,7 +583,6 @@ class PDNS(TrainableSampler):
     """
 
     Config = PDNSConfig
-    streams = ("init", "train", "sample")
 
     # ------------------------------------------------------------------ setup
     def _attach(self, target):
@@ -670,11 +653,7 @@ class PDNS(TrainableSampler):
                                    cfg.scld_segments)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip is not None:
-            dist.sync_gradients(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.ema.update(self.model)
+        self._optimizer_step(self.model, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": float(loss.detach()), **self._metrics}
 
     def train_step(self) -> dict:
@@ -688,11 +667,7 @@ class PDNS(TrainableSampler):
         loss = self.inst.loss(self.model, x, weights, gen)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip is not None:
-            dist.sync_gradients(self.optimizer)  # clip the rank-averaged gradient (no-op on one process)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.ema.update(self.model)
+        self._optimizer_step(self.model, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": float(loss.detach()), **self._metrics}
 
     # ------------------------------------------------------------------ state
@@ -723,7 +698,7 @@ class PDNS(TrainableSampler):
         log-weights, log Z +- stderr, ESS and the final proximal stage in ``diagnostics``.
         """
         self._require_fit()
-        _check_count("n_samples", n_samples, minimum=2)
+        check_count("n_samples", n_samples, minimum=2)
         if self.config.resample_ess is not None:
             return self.sample_smc(n_samples)
         self._warn_unfinished("The weights are still exact, but the ESS will be poor; train longer "
@@ -800,7 +775,7 @@ class PDNS(TrainableSampler):
                 "PDNS.sample_smc runs the continuous (Brownian-reference) sampler as SMC; for "
                 "lattices and sequences use PDNS.sample or method='smc'")
         cfg = self.config
-        _check_count("n_samples", n_samples, minimum=2)
+        check_count("n_samples", n_samples, minimum=2)
         frac, islands, n_mcmc = self._smc_options(n_samples, resample_ess, n_islands, mcmc_steps)
         if self.step > 0:
             self._warn_unfinished("The SMC weights stay exact.")

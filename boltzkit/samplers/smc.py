@@ -68,8 +68,8 @@ from ..domains import Categorical
 from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError, TargetError, UnreliableEstimateWarning
 from ..estimators.importance import ess_kish
 from ..result import result_from_log_weights
-from ._shared.smc import ISLAND_MAX_SHARE, ISLAND_SPREAD_LIMIT, island_reliability  # noqa: F401
-from .base import Sampler, SamplerConfig, _check_positive
+from ._shared.smc import check_islands, island_reliability, pool_islands
+from .base import Sampler, SamplerConfig, check_count
 
 KERNELS = ("auto", "heat_bath", "metropolis", "swendsen_wang")
 MIN_ISLAND = 32          # particles per island, at least
@@ -131,11 +131,9 @@ class SMCConfig(SamplerConfig):
             v = getattr(self, nm)
             if not (isinstance(v, (int, float)) and 0 < v < 1) or isinstance(v, bool):
                 raise ConfigError(f"{nm} must be a fraction in (0, 1), got {v!r}")
-        if self.n_sweeps is not None:
-            _check_positive("n_sweeps", self.n_sweeps)
-        if self.n_islands is not None:
-            _check_positive("n_islands", self.n_islands)
-        _check_positive("max_levels", self.max_levels)
+        check_count("n_sweeps", self.n_sweeps, allow_none=True)
+        check_count("n_islands", self.n_islands, allow_none=True)
+        check_count("max_levels", self.max_levels)
         if not (isinstance(self.pilot, (int, float)) and 0 <= self.pilot < 1) or isinstance(self.pilot, bool):
             raise ConfigError(f"pilot must be a fraction in [0, 1), got {self.pilot!r}")
         if self.kernel not in KERNELS:
@@ -213,7 +211,6 @@ class SMC(Sampler):
     """Sequential Monte Carlo from the uniform distribution to exp(-U) with an adaptive ladder."""
 
     Config = SMCConfig
-    streams = ("init", "train", "sample")
     default_n_samples = 4096
 
     @classmethod
@@ -244,8 +241,7 @@ class SMC(Sampler):
 
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None) -> "SMC":
         """Check ``target`` and the options (nothing to train); ``n_steps`` sets ``n_sweeps``."""
-        if checkpoint is not None:
-            raise ConfigError("'smc' keeps no checkpoints (it does not train); leave checkpoint=None")
+        self._no_checkpoint(checkpoint)
         if n_steps is not None:
             self.config = self.make_config(self.config, n_sweeps=n_steps)
         if not isinstance(getattr(target, "domain", None), Categorical):
@@ -332,9 +328,7 @@ class SMC(Sampler):
     def _islands(self, n: int) -> int:
         """Islands for ``n`` particles (the config's or :func:`default_n_islands`), checked."""
         M = self.config.n_islands or default_n_islands(n)
-        if n % M or n // M < 2:
-            raise ConfigError(f"n_samples={n} must be a multiple of n_islands={M} with at least 2 "
-                              f"particles per island; e.g. n_samples={M * max(2, -(-n // M))}")
+        check_islands(n, M)
         return M
 
     def _pilot_size(self, n: int) -> int:
@@ -352,7 +346,7 @@ class SMC(Sampler):
     def _sample_uniform(self, n_samples: int, generator: "torch.Generator | None" = None):
         """:meth:`sample` on the random stream ``generator`` (default the sampler's own)."""
         self._require_fit()
-        _check_positive("n_samples", n_samples)
+        check_count("n_samples", n_samples)
         n = int(n_samples)
         M = self._islands(n)
         t0 = time.perf_counter()
@@ -374,8 +368,8 @@ class SMC(Sampler):
         x, logw, log_acc, running, lambdas = r["x"], r["logw"], r["log_acc"], r["running"], r["lambdas"]
         acc_hist, ess_hist, events, log_z0 = r["acc"], r["ess"], r["events"], r["log_z0"]
         wall = time.perf_counter() - t0
-        island_log_z = log_acc + torch.logsumexp(logw.view(M, -1), 1) - math.log(n // M) + log_z0
-        lw_final = (logw + log_acc.repeat_interleave(n // M) + log_z0).cpu()
+        island_log_z, lw_final = pool_islands(logw, log_acc)
+        island_log_z, lw_final = island_log_z + log_z0, (lw_final + log_z0).cpu()
         isl = log_z_from_log_weights(island_log_z, warn=False)
         spread = float(island_log_z.std())
         history = {**running_history(lambdas, running),
@@ -418,7 +412,7 @@ class SMC(Sampler):
         ``start_ess_frac`` and ``proposal_draws`` in its diagnostics.
         """
         self._require_fit()
-        _check_positive("n_samples", n_samples)
+        check_count("n_samples", n_samples)
         if isinstance(start_ess, bool) or not isinstance(start_ess, (int, float)) or not 0 < start_ess <= 1:
             raise ConfigError(f"start_ess must be a fraction in (0, 1], got {start_ess!r}")
         n, cfg = int(n_samples), self.config

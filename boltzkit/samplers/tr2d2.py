@@ -143,7 +143,7 @@ from ..nn.ctmc import MaskedPath, site_log_probs, masked_rollout, path_log_prob,
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from .._utils import check_training_options
-from .base import SamplerConfig, TrainableSampler, _check_count, check_choice
+from .base import SamplerConfig, TrainableSampler, check_choice, check_count, check_number
 
 __all__ = ["TR2D2", "TR2D2Config", "TopKBuffer", "ParetoArchive", "dominated", "pareto_mask"]
 
@@ -294,27 +294,20 @@ class TR2D2Config(SamplerConfig):
     def __post_init__(self):
         for name in ("n_steps", "n_expansions", "n_children", "parallel", "resample_every",
                      "n_replicates", "hidden", "sample_batch_size"):
-            _check_count(name, getattr(self, name))
+            check_count(name, getattr(self, name))
         for name in ("buffer_size", "n_layers", "n_unmask_steps"):
-            _check_count(name, getattr(self, name), allow_none=True)
-        _check_count("elbo_orders", self.elbo_orders, minimum=0)
+            check_count(name, getattr(self, name), allow_none=True)
+        check_count("elbo_orders", self.elbo_orders, minimum=0)
         check_choice("search", self.search, SEARCHES)
         check_choice("buffer", self.buffer, BUFFERS)
         check_choice("tree_weights", self.tree_weights, TREE_WEIGHTS)
-        if isinstance(self.selection_floor, bool) or not isinstance(self.selection_floor, (int, float)) \
-                or not 0.0 <= self.selection_floor <= 1.0:
-            raise ConfigError(f"selection_floor must be a number in [0, 1], got {self.selection_floor!r}")
+        check_number("selection_floor", self.selection_floor, allow_zero=True, upper=1)
         check_choice("finetune", self.finetune, FINETUNE)
         check_choice("mask_mode", self.mask_mode, ("lambda", "count"))
         check_choice("net", self.net, ("cnn", "transformer"))
-        for name in ("lr",):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
-                raise ConfigError(f"{name} must be a positive number, got {v!r}")
+        check_number("lr", self.lr)
         for name in ("c_explore", "temperature", "weight_decay"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
-                raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
+            check_number(name, getattr(self, name), allow_zero=True)
         check_training_options(self, check_lr=False)
         if self.reward_clip is not None and not math.isfinite(self.reward_clip):
             raise ConfigError(f"reward_clip must be a finite number or None, got {self.reward_clip!r}")
@@ -361,7 +354,6 @@ class TR2D2(TrainableSampler):
     """
 
     Config = TR2D2Config
-    streams = ("init", "train", "sample")
 
     # ------------------------------------------------------------------ setup
     def _setup(self, target) -> None:
@@ -633,12 +625,7 @@ class TR2D2(TrainableSampler):
         loss = wdce_loss(lambda t: self.policy_logits(t, self.net), data["samples"], weights, self.q,
                          cfg.n_replicates, generator=gen, mode=cfg.mask_mode)
         loss.backward()
-        if cfg.grad_clip is not None:
-            dist.sync_gradients(self.optimizer)  # clip the rank-averaged gradient (no-op on one process)
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.net)
+        self._optimizer_step(self.net, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": float(loss.detach()), "buffer_mean_reward": float(data["reward"].mean()),
                 "buffer_ess_frac": ess_kish(pooled_lw) / pooled_lw.numel(),  # of every rank's buffer
                 "buffer_size": float(weights.numel()), "reward_calls": float(self.reward_calls),
@@ -681,7 +668,7 @@ class TR2D2(TrainableSampler):
         from ..bio.sequences.metrics import diversity
 
         self._require_fit()
-        _check_count("n_samples", n_samples, minimum=2)
+        check_count("n_samples", n_samples, minimum=2)
         t0 = time.perf_counter()
         path, log_ref, obj, r = self.sample_paths(n_samples)
         lw = log_ref - path.log_q + r / self.alpha

@@ -33,7 +33,7 @@ from ..._utils import progress_bar
 from ...errors import ConfigError
 from ...estimators.diagnostics import MIN_STEPS_PER_TAU, autocorr_estimate
 from ...result import Result
-from ..base import Sampler, SamplerConfig, _check_count
+from ..base import Sampler, SamplerConfig, check_count
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,16 +52,15 @@ class MCMCConfig(SamplerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_count("n_chains", self.n_chains)
-        _check_count("burn_in", self.burn_in, minimum=0)
-        _check_count("thin", self.thin)
+        check_count("n_chains", self.n_chains)
+        check_count("burn_in", self.burn_in, minimum=0)
+        check_count("thin", self.thin)
 
 
 class MCMCSampler(Sampler):
     """Burn-in in ``fit``, thinned recording, tau-based ESS and the Result in ``sample``."""
 
     Config = MCMCConfig
-    streams = ("init", "train", "sample")
     option_aliases: ClassVar[dict] = {"n_burnin": "burn_in"}
     log_z_unavailable: ClassVar[str] = ("MCMC draws samples without a normalizing constant; "
                                         "use method='ais' for log Z")
@@ -105,9 +104,7 @@ class MCMCSampler(Sampler):
     # -- fit / sample
     def fit(self, target, *, n_steps: "int | None" = None, checkpoint=None, **kw) -> "MCMCSampler":
         """Attach ``target``, start the chains and run ``n_steps`` (default ``burn_in``) steps."""
-        if checkpoint is not None:
-            raise ConfigError(f"{self.name!r} keeps no checkpoints (it does not train; rerun it with the "
-                              "same seed); leave checkpoint=None")
+        self._no_checkpoint(checkpoint)
         burn_in = self.config.burn_in if n_steps is None else n_steps
         if not isinstance(burn_in, (int, np.integer)) or isinstance(burn_in, bool) or burn_in < 0:
             raise ConfigError(f"n_steps (burn-in {self.step_unit}) must be a non-negative integer, "
@@ -141,7 +138,7 @@ class MCMCSampler(Sampler):
     def sample(self, n_samples: int) -> Result:
         """Continue the chains and return ``n_samples`` states (``n_chains`` per recorded step)."""
         self._require_fit()
-        _check_count("n_samples", n_samples)
+        check_count("n_samples", n_samples)
         t0 = time.perf_counter()
         C, thin = self.config.n_chains, self.config.thin
         n_rec = max(self.min_recorded, -(-int(n_samples) // C))

@@ -62,14 +62,25 @@ from ...nn.sde import euler_maruyama
 from .smc import resample_islands
 
 __all__ = ["SegmentRun", "segment_rollout", "segment_loss", "segment_log_weights", "segment_log_variance",
-           "controlled_backward", "check_segments", "segment_buffer", "SCLD_BUFFER_ITERATIONS"]
+           "controlled_backward", "check_smc_config", "segment_buffer", "SCLD_BUFFER_ITERATIONS"]
 
 SCLD_BUFFER_ITERATIONS = 4  # the segment buffer holds this many training passes' rows by default
 
 
-def check_segments(n_time_steps: int, n_segments: int) -> None:
-    """Raise ConfigError unless ``n_time_steps`` cuts into ``n_segments`` equal segments."""
-    if n_time_steps % n_segments:
+def check_smc_config(cfg) -> None:
+    """Check the SMC and SCLD options of a NAAS or PDNS config: ``resample_ess`` (None or a
+    fraction in (0, 1]), ``n_islands``, ``smc_mcmc_steps``, ``train_on``, ``scld_segments``
+    (with ``train_on="smc"`` a divisor of ``n_time_steps``) and ``scld_buffer_size``."""
+    from ..base import check_choice, check_count, check_number
+
+    check_number("resample_ess", cfg.resample_ess, allow_none=True, upper=1)
+    check_count("n_islands", cfg.n_islands)
+    check_count("smc_mcmc_steps", cfg.smc_mcmc_steps, minimum=0)
+    check_choice("train_on", cfg.train_on, ("paths", "smc"))
+    check_count("scld_segments", cfg.scld_segments)
+    check_count("scld_buffer_size", cfg.scld_buffer_size, allow_none=True)
+    n_time_steps, n_segments = cfg.n_time_steps, cfg.scld_segments
+    if cfg.train_on == "smc" and n_time_steps % n_segments:
         raise ConfigError(
             f"train_on='smc' cuts the path into scld_segments={n_segments} segments of "
             f"equal length, so n_time_steps={n_time_steps} must be a multiple of it; e.g. "

@@ -52,11 +52,11 @@ JENSEN_ROUNDING = 1e-12  # a Jensen bias below this is float rounding (exact run
 MIN_RELIABLE_ISLANDS = 8  # fewer islands: the spread (and so the error bar) is itself too uncertain
 ISLAND_SPREAD_CONFIDENCE = 0.95  # the spread limit applies to this one-sided upper bound of the spread
 
-__all__ = ["IslandRun", "run_islands", "island_result", "check_smc_options", "MALARejuvenation",
+__all__ = ["IslandRun", "run_islands", "island_result", "check_smc_options", "check_islands", "MALARejuvenation",
            "spread_upper_bound", "capped_drift", "DRIFT_CAP"]
 
 MALA_TARGET_ACCEPT = 0.574
-_STEP_GAIN = 1.0
+STEP_GAIN = 1.0  # Robbins-Monro gain of the level-to-level step-size adaptation (AIS too)
 DRIFT_CAP = 10.0  # a MALA drift |h grad U| is cut to this many times the noise norm sqrt(2 h d)
 
 
@@ -89,15 +89,20 @@ def capped_drift(potential: Callable, step_size: float, dim: int, cap: float = D
 
 def check_smc_options(n_samples: int, frac, n_islands: int, mcmc_steps: int = 0) -> None:
     """Validate the SMC options before any work (clear message naming the fix)."""
-    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
-        raise ConfigError(f"resample_ess must be a fraction in (0, 1], got {frac!r}")
-    if isinstance(n_islands, bool) or not isinstance(n_islands, int) or n_islands < 1:
-        raise ConfigError(f"n_islands must be a positive integer, got {n_islands!r}")
-    if isinstance(mcmc_steps, bool) or not isinstance(mcmc_steps, int) or mcmc_steps < 0:
-        raise ConfigError(f"smc_mcmc_steps must be a non-negative integer, got {mcmc_steps!r}")
-    if n_samples % n_islands or n_samples // n_islands < 2:
-        raise ConfigError(f"n_samples={n_samples} must be a multiple of n_islands={n_islands} "
-                          "with at least 2 particles per island")
+    from ..base import check_count, check_number
+
+    check_number("resample_ess", frac, upper=1)
+    check_count("n_islands", n_islands)
+    check_count("smc_mcmc_steps", mcmc_steps, minimum=0)
+    check_islands(n_samples, n_islands)
+
+
+def check_islands(n: int, n_islands: int) -> None:
+    """Raise ConfigError unless ``n`` particles split into ``n_islands`` equal islands of at
+    least 2; the message suggests the nearest valid ``n_samples``."""
+    if n % n_islands or n // n_islands < 2:
+        raise ConfigError(f"n_samples={n} must be a multiple of n_islands={n_islands} with at least "
+                          f"2 particles per island; e.g. n_samples={n_islands * max(2, -(-n // n_islands))}")
 
 
 @dataclass
@@ -140,7 +145,7 @@ class MALARejuvenation:
         rate = acc / self.n_steps
         self.acceptance.append(rate)
         if self.adapt:
-            self.log_h = adapt_log_step(self.log_h, rate, MALA_TARGET_ACCEPT, _STEP_GAIN)
+            self.log_h = adapt_log_step(self.log_h, rate, MALA_TARGET_ACCEPT, STEP_GAIN)
         return x, state[0]
 
 
@@ -158,7 +163,6 @@ def run_islands(x: torch.Tensor, lw: torch.Tensor, n_levels: int, step: Callable
     ``lw`` enters as the particles' log-weights at level 0 (e.g. a prior stage's weight). No
     resampling follows the last level.
     """
-    n = x.shape[0]
     log_acc = torch.zeros(n_islands, dtype=torch.float64, device=lw.device)
     events = 0
     for k in range(n_levels):
@@ -169,11 +173,9 @@ def run_islands(x: torch.Tensor, lw: torch.Tensor, n_levels: int, step: Callable
             carry, events = tuple(carry), events + ev
         if rejuvenate is not None:
             x, carry = rejuvenate(k + 1, x, carry, generator)
-    m = n // n_islands
-    island_log_z = log_acc + torch.logsumexp(lw.view(n_islands, m), 1) - math.log(m)
+    island_log_z, lw = pool_islands(lw, log_acc)
     acc = getattr(rejuvenate, "acceptance", None)
-    return IslandRun(x=x, lw=lw + log_acc.repeat_interleave(m), island_log_z=island_log_z,
-                     resample_events=events,
+    return IslandRun(x=x, lw=lw, island_log_z=island_log_z, resample_events=events,
                      acceptance=float(sum(acc) / len(acc)) if acc else None)
 
 
@@ -317,6 +319,15 @@ def resample_islands(tensors: tuple, logw, log_acc, frac: float, generator):
     idx = idx.reshape(-1)
     logw = torch.where(need.repeat_interleave(m), torch.zeros_like(logw), logw[idx])
     return tuple(t[idx] for t in tensors), logw, log_acc, int(need.sum())
+
+
+def pool_islands(logw: torch.Tensor, log_acc: torch.Tensor):
+    """The end of an island run: every island's log Z estimate ``log_acc + log mean exp(logw)``
+    (its resampled mass and its current weights), and the particles' log-weights with their
+    island's resampled mass folded in (their log-mean-exp is the pooled log Z)."""
+    m = logw.numel() // log_acc.numel()
+    island_log_z = log_acc + torch.logsumexp(logw.view(-1, m), 1) - math.log(m)
+    return island_log_z, logw + log_acc.repeat_interleave(m)
 
 
 def running_log_z(logw: torch.Tensor, log_acc: torch.Tensor, log_z0: float):
