@@ -25,6 +25,29 @@ def check_count(name, value, *, minimum=1, allow_none=False):
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def package_files(package: str, relatives, *, not_installed: str, missing) -> "list[str]":
+    """Paths of data files shipped inside an installed package, located without importing it (so
+    loading them costs only the file read).
+
+    Raises MissingDependencyError(``not_installed``) when the package is not installed, and the
+    exception ``missing(absent)`` -- the caller's error class and wording; ``absent`` lists the
+    paths not found -- when the installation lacks some of the files.
+    """
+    import importlib.util
+
+    from .errors import MissingDependencyError
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(not_installed)
+    root = list(spec.submodule_search_locations)[0]
+    paths = [os.path.join(root, rel) for rel in relatives]
+    absent = [p for p in paths if not os.path.exists(p)]
+    if absent:
+        raise missing(absent)
+    return paths
+
+
 def module_device(module: torch.nn.Module) -> torch.device:
     """The device of a module's first parameter or buffer (CPU when it has none)."""
     for t in list(module.parameters()) + list(module.buffers()):
