@@ -208,6 +208,7 @@ def cmd_curve(a) -> int:
     from . import energies, sample
     from .energies import exact as ex
     from .errors import UnreliableEstimateWarning
+    from .free_energy import write_csv
 
     lo, hi = _beta_range(a.beta)
     top = CURVE_MARGIN * hi  # the local fits are one-sided (and dropped) near the last level
@@ -247,10 +248,7 @@ def cmd_curve(a) -> int:
         with open(f"{out}.json", "w") as fh:
             json.dump(doc, fh, indent=1)
     else:
-        keys = list(rows[0])
-        with open(f"{out}.csv", "w") as fh:
-            fh.write(f"# {target.name}, {res.method}; {cur.method}; {doc['units']}\n" + ",".join(keys) + "\n")
-            fh.write("\n".join(",".join(f"{r[k]:.8g}" for k in keys) for r in rows) + "\n")
+        write_csv(f"{out}.csv", f"{target.name}, {res.method}; {cur.method}; {doc['units']}", rows)
     print(cur)
     if exact is not None:
         d = doc["deviation"]

@@ -480,13 +480,7 @@ class FreeEnergyProfile:
         return rows
 
     def to_csv(self, path) -> "str":
-        rows = self.table()
-        keys = list(rows[0])
-        lines = [",".join(keys)] + [",".join(f"{r[k]:.8g}" for k in keys) for r in rows]
-        with open(path, "w") as fh:
-            fh.write(f"# {self.reference}; method: {self.method}; state: {self.state}\n")
-            fh.write("\n".join(lines) + "\n")
-        return str(path)
+        return write_csv(path, f"{self.reference}; method: {self.method}; state: {self.state}", self.table())
 
     def to_json(self, path) -> "str":
         import json
@@ -547,6 +541,17 @@ class FreeEnergyProfile:
         return (f"FreeEnergyProfile({', '.join(self.names)}; {'x'.join(map(str, self.f.shape))} bins, "
                 f"{int(ok.sum())} filled; F from 0 to {np.nanmax(self.f):.2f} kT; median stderr "
                 f"{np.nanmedian(self.stderr[ok]) if ok.any() else float('nan'):.2g} kT; {self.method})")
+
+
+def write_csv(path, comment: str, rows: list) -> str:
+    """Write ``rows`` (dicts of numbers with the same keys) as CSV under a ``# comment`` line,
+    values to 8 significant digits; returns the path."""
+    keys = list(rows[0])
+    lines = [",".join(keys)] + [",".join(f"{r[k]:.8g}" for k in keys) for r in rows]
+    with open(path, "w") as fh:
+        fh.write(f"# {comment}\n")
+        fh.write("\n".join(lines) + "\n")
+    return str(path)
 
 
 def _edges(values: np.ndarray, bins, range_, periodic, w) -> tuple:

@@ -175,11 +175,10 @@ class Result:
         if vals.numel() != self.n_samples:
             raise TargetError(f"fn returned {vals.numel()} values for {self.n_samples} samples; "
                               "it must return one value per sample")
+        v = vals.numpy()
         if self.log_weights is None:
-            v = vals.numpy()
             return float(v.mean()), float(v.std(ddof=1) / math.sqrt(max(self.ess, 1.0)))
         mean, se = self_normalized_expectation(vals, self.log_weights)
-        v = vals.numpy()
         jack = self._island_jackknife(self.weights(), lambda wi: float(np.sum(wi * v)))
         return mean, se if jack is None else max(se, jack)
 
@@ -410,8 +409,8 @@ class Result:
     def save(self, path: "str | os.PathLike") -> Path:
         """Write one ``.npz`` file (arrays + a JSON header). Atomic; no pickle."""
         path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        if path.suffix != ".npz":  # "run" -> "run.npz", "run.v2" -> "run.v2.npz"
+            path = path.with_suffix(path.suffix + ".npz")
         meta = {k: _jsonable(getattr(self, k)) for k in
                 ("log_z", "log_z_stderr", "ess", "diagnostics", "method", "target", "config",
                  "seed", "device", "versions")}
