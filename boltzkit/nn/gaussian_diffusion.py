@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
-from .._utils import check_fraction, check_training_options
+from .._utils import check_count, check_fraction, check_training_options
 from ..errors import ConfigError
 
 
@@ -98,6 +98,9 @@ def optimize_denoiser(diffusion, denoise, x0: torch.Tensor, *, generator, optimi
 def check_diffusion_options(cfg) -> None:
     """Validate the diffusion fields shared by the dataset models' configs (Stem, single cell):
     the fields of :class:`DiffusionOptions`."""
+    for name in ("n_timesteps", "sample_batch_size"):
+        check_count(name, getattr(cfg, name))
+    check_count("sampling_steps", cfg.sampling_steps, allow_none=True)
     if cfg.sampling_steps is not None and cfg.sampling_steps > cfg.n_timesteps:
         raise ConfigError(f"sampling_steps ({cfg.sampling_steps}) cannot exceed n_timesteps "
                           f"({cfg.n_timesteps})")
