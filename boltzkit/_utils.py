@@ -114,6 +114,11 @@ def torch_generator(seed: int, device: "torch.device | str" = "cpu") -> torch.Ge
     return gen
 
 
+def _child_generator(child: np.random.SeedSequence, device) -> torch.Generator:
+    """The torch generator seeded by one 64-bit word of a SeedSequence child."""
+    return torch_generator(int(child.generate_state(1, np.uint64)[0]), device)
+
+
 def spawn_generators(seed: int, names: "list[str] | tuple[str, ...]",
                      device: "torch.device | str" = "cpu") -> dict[str, torch.Generator]:
     """Independent torch generators, one per named stream (init, train, sample, ...).
@@ -122,8 +127,7 @@ def spawn_generators(seed: int, names: "list[str] | tuple[str, ...]",
     new stream at the end never shifts the existing ones.
     """
     children = np.random.SeedSequence(int(seed)).spawn(len(names))
-    return {name: torch_generator(int(child.generate_state(1, np.uint64)[0]) % (2**63), device)
-            for name, child in zip(names, children)}
+    return {name: _child_generator(child, device) for name, child in zip(names, children)}
 
 
 def rank_generators(seed: int, names: "list[str] | tuple[str, ...]", device: "torch.device | str" = "cpu",
@@ -144,8 +148,7 @@ def rank_generators(seed: int, names: "list[str] | tuple[str, ...]", device: "to
         if name in shared:
             continue
         key = (i, int(rank)) if salt == 0 else (i, int(rank), int(salt))
-        child = np.random.SeedSequence(int(seed), spawn_key=key)
-        gens[name] = torch_generator(int(child.generate_state(1, np.uint64)[0]) % (2**63), device)
+        gens[name] = _child_generator(np.random.SeedSequence(int(seed), spawn_key=key), device)
     return gens
 
 
