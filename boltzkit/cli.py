@@ -142,12 +142,11 @@ def cmd_demo(a) -> int:
     t0 = time.perf_counter()
     steps = {"n_steps": 300} if a.quick and choice.name not in ("swendsen_wang", "wolff") else {}
     res = sample(target, choice.name, n_samples=a.n_samples, seed=a.seed, progress=not a.quiet, **steps)
+    res_z = res
     if res.log_z is None:  # an MCMC default gives samples only: add an AIS estimate of log Z
         print(f"{choice.name} gives samples without log Z; estimating log Z with AIS")
         res_z = sample(target, "ais", n_samples=512, n_steps=100 if a.quick else 400, seed=a.seed,
                        progress=not a.quiet)
-    else:
-        res_z = res
     exact = target.exact_log_z()
     err = res_z.log_z - exact
     if res.log_z is not None:  # the summary and the plot then show the exact value too

@@ -239,12 +239,10 @@ class Result:
         M = self.diagnostics.get("n_islands") if self.log_weights is not None else None
         if not isinstance(M, int) or M < 2 or w.size % M:
             return None
-        keep = np.ones((M, w.size // M))
+        island = np.arange(w.size) // (w.size // M)
         vals = []
         for i in range(M):
-            keep[i] = 0.0
-            wi = w * keep.reshape(-1)
-            keep[i] = 1.0
+            wi = np.where(island == i, 0.0, w)
             try:
                 v = stat(wi / wi.sum()) if wi.sum() > 0 else float("nan")
             except (ZeroDivisionError, ValueError):  # a state empty without island i
