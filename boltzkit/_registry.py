@@ -258,7 +258,6 @@ def select(target, method: "str | None" = None, *, profile: "DeviceProfile | Non
         # (2.8 measured) with its gradient cost probed, so it is chosen.
         fits.sort(key=lambda s: issubclass(s.cls, TrainableSampler) or est[s.name] is None
                   or est[s.name] * CPU_PREFERENCE_MARGIN > budget)
-    skipped = [s for s in pool[:pool.index(fits[0])] if s not in fits] if fits else pool
     if fits:
         best = fits[0]
         passed = [s.name for s in fits if pool.index(s) < pool.index(best)]
@@ -268,12 +267,13 @@ def select(target, method: "str | None" = None, *, profile: "DeviceProfile | Non
                                                      if est[best.name] is not None else ""))
         if passed:
             why += f"; {', '.join(map(repr, passed))} must train first (pass method= to use it)"
+        skipped = [s for s in pool[:pool.index(best)] if s not in fits]
+        if skipped:
+            why += "; " + ", ".join(f"{s.name!r} would need {_fmt_s(est[s.name])}" for s in skipped)
     else:
         best = min(pool, key=lambda s: est[s.name])
         why = (f"no method fits the budget of {budget:g} s on {profile.device}; {best.name!r} is the "
                f"fastest (estimated {_fmt_s(est[best.name])}): expect to wait, or raise the budget")
-    if fits and skipped:
-        why += "; " + ", ".join(f"{s.name!r} would need {_fmt_s(est[s.name])}" for s in skipped)
     return Choice(best.name, head + why + (f" ({best.paper})" if best.paper else ""),
                   tuple(s.name for s in ok if s is not best))
 
@@ -320,6 +320,7 @@ def explain(target, *, budget: float = DEFAULT_BUDGET, device="auto", file=None)
         target = view.target
     profile = probe(target, device)
     choice = select(target, profile=profile, budget=budget)
+    specs = registry().values()
     rows = head + [f"boltzkit would use {choice.name!r}: {choice.reason}", "",
                    f"device {profile.device}: energy {profile.energy_s * 1e6:.3g} us/state, "
                    + (f"energy and gradient {profile.grad_s * 1e6:.3g} us/state, "
@@ -327,7 +328,7 @@ def explain(target, *, budget: float = DEFAULT_BUDGET, device="auto", file=None)
                    f"network pass {profile.net_s * 1e9:.3g} ns/state-site; estimates are good to a "
                    f"factor ~{BUDGET_FACTOR:g}", "",
                    f"{'method':<20} {'priority':>8}  {'log Z':<5}  {'estimate':>9}  status"]
-    for spec in sorted(registry().values(), key=lambda s: (-s.priority_for(target), s.name)):
+    for spec in sorted(specs, key=lambda s: (-s.priority_for(target), s.name)):
         why = spec.incompatibility(target)
         status = "compatible" if why is None else f"no: {why}"
         sec = estimate_seconds(spec, target, profile) if why is None else None
@@ -336,7 +337,7 @@ def explain(target, *, budget: float = DEFAULT_BUDGET, device="auto", file=None)
             status += ", fits the budget" if sec <= budget else ", over the budget"
         rows.append(f"{spec.name:<20} {spec.priority_for(target):>8}  "
                     f"{'yes' if spec.provides_log_z else 'no':<5}  {est:>9}  {status}")
-    pays = [f"  {spec.name}: {spec.pays}" for spec in sorted(registry().values(), key=lambda s: s.name)
+    pays = [f"  {spec.name}: {spec.pays}" for spec in sorted(specs, key=lambda s: s.name)
             if spec.pays and spec.incompatibility(target) is None]
     if pays:
         rows += ["", "when each compatible method pays:"] + pays

@@ -25,6 +25,29 @@ def check_count(name, value, *, minimum=1, allow_none=False):
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def package_files(package: str, relatives, *, not_installed: str, missing) -> "list[str]":
+    """Paths of data files shipped inside an installed package, located without importing it (so
+    loading them costs only the file read).
+
+    Raises MissingDependencyError(``not_installed``) when the package is not installed, and the
+    exception ``missing(absent)`` -- the caller's error class and wording; ``absent`` lists the
+    paths not found -- when the installation lacks some of the files.
+    """
+    import importlib.util
+
+    from .errors import MissingDependencyError
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(not_installed)
+    root = list(spec.submodule_search_locations)[0]
+    paths = [os.path.join(root, rel) for rel in relatives]
+    absent = [p for p in paths if not os.path.exists(p)]
+    if absent:
+        raise missing(absent)
+    return paths
+
+
 def module_device(module: torch.nn.Module) -> torch.device:
     """The device of a module's first parameter or buffer (CPU when it has none)."""
     for t in list(module.parameters()) + list(module.buffers()):
@@ -91,6 +114,11 @@ def torch_generator(seed: int, device: "torch.device | str" = "cpu") -> torch.Ge
     return gen
 
 
+def _child_generator(child: np.random.SeedSequence, device) -> torch.Generator:
+    """The torch generator seeded by one 64-bit word of a SeedSequence child."""
+    return torch_generator(int(child.generate_state(1, np.uint64)[0]), device)
+
+
 def spawn_generators(seed: int, names: "list[str] | tuple[str, ...]",
                      device: "torch.device | str" = "cpu") -> dict[str, torch.Generator]:
     """Independent torch generators, one per named stream (init, train, sample, ...).
@@ -99,8 +127,7 @@ def spawn_generators(seed: int, names: "list[str] | tuple[str, ...]",
     new stream at the end never shifts the existing ones.
     """
     children = np.random.SeedSequence(int(seed)).spawn(len(names))
-    return {name: torch_generator(int(child.generate_state(1, np.uint64)[0]) % (2**63), device)
-            for name, child in zip(names, children)}
+    return {name: _child_generator(child, device) for name, child in zip(names, children)}
 
 
 def rank_generators(seed: int, names: "list[str] | tuple[str, ...]", device: "torch.device | str" = "cpu",
@@ -121,8 +148,7 @@ def rank_generators(seed: int, names: "list[str] | tuple[str, ...]", device: "to
         if name in shared:
             continue
         key = (i, int(rank)) if salt == 0 else (i, int(rank), int(salt))
-        child = np.random.SeedSequence(int(seed), spawn_key=key)
-        gens[name] = torch_generator(int(child.generate_state(1, np.uint64)[0]) % (2**63), device)
+        gens[name] = _child_generator(np.random.SeedSequence(int(seed), spawn_key=key), device)
     return gens
 
 

@@ -142,12 +142,11 @@ def cmd_demo(a) -> int:
     t0 = time.perf_counter()
     steps = {"n_steps": 300} if a.quick and choice.name not in ("swendsen_wang", "wolff") else {}
     res = sample(target, choice.name, n_samples=a.n_samples, seed=a.seed, progress=not a.quiet, **steps)
+    res_z = res
     if res.log_z is None:  # an MCMC default gives samples only: add an AIS estimate of log Z
         print(f"{choice.name} gives samples without log Z; estimating log Z with AIS")
         res_z = sample(target, "ais", n_samples=512, n_steps=100 if a.quick else 400, seed=a.seed,
                        progress=not a.quiet)
-    else:
-        res_z = res
     exact = target.exact_log_z()
     err = res_z.log_z - exact
     if res.log_z is not None:  # the summary and the plot then show the exact value too
@@ -208,6 +207,7 @@ def cmd_curve(a) -> int:
     from . import energies, sample
     from .energies import exact as ex
     from .errors import UnreliableEstimateWarning
+    from .free_energy import write_csv
 
     lo, hi = _beta_range(a.beta)
     top = CURVE_MARGIN * hi  # the local fits are one-sided (and dropped) near the last level
@@ -247,10 +247,7 @@ def cmd_curve(a) -> int:
         with open(f"{out}.json", "w") as fh:
             json.dump(doc, fh, indent=1)
     else:
-        keys = list(rows[0])
-        with open(f"{out}.csv", "w") as fh:
-            fh.write(f"# {target.name}, {res.method}; {cur.method}; {doc['units']}\n" + ",".join(keys) + "\n")
-            fh.write("\n".join(",".join(f"{r[k]:.8g}" for k in keys) for r in rows) + "\n")
+        write_csv(f"{out}.csv", f"{target.name}, {res.method}; {cur.method}; {doc['units']}", rows)
     print(cur)
     if exact is not None:
         d = doc["deviation"]

@@ -137,11 +137,7 @@ def device_for_rank(device: torch.device) -> torch.device:
 
 def broadcast_int(value: int) -> int:
     """Rank 0's ``value`` on every rank (e.g. a seed drawn from entropy)."""
-    if not is_distributed():
-        return int(value)
-    obj = [int(value)]
-    torch.distributed.broadcast_object_list(obj, src=0)
-    return int(obj[0])
+    return int(broadcast_object(int(value)))
 
 
 def _comm_device() -> torch.device:
@@ -325,8 +321,7 @@ def gather_result(res):
 
     samples = all_gather_tensor(res.samples)
     d0 = broadcast_object(dict(res.diagnostics))
-    meta = {f.name: getattr(res, f.name) for f in dataclasses.fields(res)
-            if f.name in ("history", "method", "target", "config", "seed", "device")}
+    meta = {k: getattr(res, k) for k in ("history", "method", "target", "config", "seed", "device")}
     if res.log_weights is None:
         ess = torch.tensor([float(res.ess)], dtype=torch.float64, device=_comm_device())
         torch.distributed.all_reduce(ess)

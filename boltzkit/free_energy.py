@@ -134,9 +134,10 @@ def state_draws(res, *, seed: int = 0, decorrelate: bool = True, name: str = "st
     lw = res.log_weights
     if lw is not None:
         lw_np = lw.numpy()
-        if np.isnan(lw_np).any() or not np.isfinite(lw_np).any():
+        finite = np.isfinite(lw_np)
+        if np.isnan(lw_np).any() or not finite.any():
             raise TargetError(f"{name} has NaN log-weights or none finite; it carries no usable draw")
-        if np.ptp(lw_np[np.isfinite(lw_np)]) == 0 and np.isfinite(lw_np).all():
+        if finite.all() and np.ptp(lw_np) == 0:
             lw = None  # equal weights: exact draws
     if lw is None:
         x = res.samples
@@ -294,17 +295,17 @@ class MultistateFreeEnergies:
         u_n = self._u_kn[k] if u is None else u[0]
         rows = []
         for nm, r in regions.items():
-            m = torch.as_tensor(r(self._x) if callable(r) else r).detach().reshape(-1).cpu().numpy()
+            m = torch.as_tensor(r(self._x) if callable(r) else r).detach().reshape(-1).cpu().numpy().astype(bool)
             if m.size != self._x.shape[0]:
                 raise TargetError(f"region {nm} selects from {m.size} entries; there are "
                                   f"{self._x.shape[0]} pooled samples")
-            if not m.any():
+            n_in = int(m.sum())
+            if n_in == 0:
                 raise TargetError(f"no pooled sample falls in region {nm}; its free energy is not estimable")
-            if int(m.astype(bool).sum()) < MIN_REGION_DRAWS:
-                warnings.warn(f"region {nm} holds {int(m.astype(bool).sum())} pooled draws (< "
-                              f"{MIN_REGION_DRAWS}); its free energy and error bar are unreliable",
-                              UnreliableEstimateWarning, stacklevel=2)
-            rows.append(np.where(m.astype(bool), u_n, np.inf))
+            if n_in < MIN_REGION_DRAWS:
+                warnings.warn(f"region {nm} holds {n_in} pooled draws (< {MIN_REGION_DRAWS}); its free "
+                              "energy and error bar are unreliable", UnreliableEstimateWarning, stacklevel=2)
+            rows.append(np.where(m, u_n, np.inf))
         with np.errstate(all="ignore"):
             out = self._mbar.compute_perturbed_free_energies(np.stack(rows))
         names = list(regions)
@@ -371,8 +372,6 @@ def free_energy_difference(res_a, res_b, targets=None, *, seed: int = 0,
     FreeEnergyDifference (value, stderr, overlap); pymbar's ``bar`` does the estimation.
     """
     targets = _check_targets([res_a, res_b], targets)
-    if len(targets) != 2:
-        raise TargetError("free_energy_difference compares two states; use bk.mbar for more")
     x, n_k, names = _pool([res_a, res_b], targets, seed=seed, decorrelate=decorrelate)
     u = reduced_potentials(targets, x, names=names)
     na = int(n_k[0])
@@ -481,13 +480,7 @@ class FreeEnergyProfile:
         return rows
 
     def to_csv(self, path) -> "str":
-        rows = self.table()
-        keys = list(rows[0])
-        lines = [",".join(keys)] + [",".join(f"{r[k]:.8g}" for k in keys) for r in rows]
-        with open(path, "w") as fh:
-            fh.write(f"# {self.reference}; method: {self.method}; state: {self.state}\n")
-            fh.write("\n".join(lines) + "\n")
-        return str(path)
+        return write_csv(path, f"{self.reference}; method: {self.method}; state: {self.state}", self.table())
 
     def to_json(self, path) -> "str":
         import json
@@ -548,6 +541,17 @@ class FreeEnergyProfile:
         return (f"FreeEnergyProfile({', '.join(self.names)}; {'x'.join(map(str, self.f.shape))} bins, "
                 f"{int(ok.sum())} filled; F from 0 to {np.nanmax(self.f):.2f} kT; median stderr "
                 f"{np.nanmedian(self.stderr[ok]) if ok.any() else float('nan'):.2g} kT; {self.method})")
+
+
+def write_csv(path, comment: str, rows: list) -> str:
+    """Write ``rows`` (dicts of numbers with the same keys) as CSV under a ``# comment`` line,
+    values to 8 significant digits; returns the path."""
+    keys = list(rows[0])
+    lines = [",".join(keys)] + [",".join(f"{r[k]:.8g}" for k in keys) for r in rows]
+    with open(path, "w") as fh:
+        fh.write(f"# {comment}\n")
+        fh.write("\n".join(lines) + "\n")
+    return str(path)
 
 
 def _edges(values: np.ndarray, bins, range_, periodic, w) -> tuple:
@@ -647,7 +651,7 @@ def histogram_profile(values, weights, bins=50, *, range=None, periodic=None, na
     rng = np.random.default_rng(seed)
     block = max(1, int(block))
     reps = []
-    chunk = max(1, int(2e7 // max(n, 1)))
+    chunk = max(1, int(2e7 // n))
     for s in builtins.range(0, int(n_bootstrap), chunk):
         b = min(chunk, int(n_bootstrap) - s)
         if block == 1:
@@ -834,7 +838,7 @@ def _local_linear(x: np.ndarray, y: np.ndarray, k: int, w: int):
     coef, *_ = np.linalg.lstsq(X, yy, rcond=None)
     r = yy - X @ coef
     s2 = float(r @ r) / max(dx.size - 2, 1)
-    return coef, s2 * np.linalg.pinv(X.T @ X), r
+    return coef, s2 * np.linalg.pinv(X.T @ X)
 
 
 def thermo_curves_from_path(beta, log_z, n_sites: int, *, window: "int | None" = None,
@@ -885,7 +889,7 @@ def thermo_curves_from_path(beta, log_z, n_sites: int, *, window: "int | None" =
     resid = u - smooth
     e, ese, v, vse = (np.empty(K) for _ in builtins.range(4))
     for k in builtins.range(K):
-        coef, cov, _ = _local_linear(bm, u, k, w)
+        coef, cov = _local_linear(bm, u, k, w)
         lo, hi = max(0, k - wide), min(K, k + wide + 1)
         tau = max(1.0, integrated_autocorr_time(resid[lo:hi], warn=False))
         e[k], v[k] = coef[0], -coef[1]
@@ -966,7 +970,7 @@ def level_mbar(res, *, stride: "int | None" = None, target=None,
     keep = np.ones((K, m), dtype=bool)
     if exclude_islands is not None:
         isl = np.asarray(h.get("level_island"))
-        if isl is None or isl.shape != u.shape:
+        if isl.shape != u.shape:  # also when there are none (h.get gives None, a 0-d array)
             raise TargetError("this Result has no island labels (level_island) for exclude_islands")
         keep = ~np.isin(isl, np.asarray(list(exclude_islands)))
     sel = [(k, keep[k - 1]) for k in levels]

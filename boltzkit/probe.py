@@ -410,9 +410,7 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
     total_starts = total_conv = 0
     reps = None
     metric_cov = None  # (d,) or (d, d) local covariance used to tell minima apart
-    rounds = 0
     for rnd in range(int(max_rounds)):
-        rounds += 1
         if rnd == 0:
             r = torch.logspace(math.log10(lo_r), math.log10(hi_r), n_starts, dtype=dtype).to(dev)
             if frame is not None:  # in a hint's frame the target is near N(0, I)
@@ -511,7 +509,7 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
     log_det_add = 0.0
     if frame is not None:  # compose with the hint: x = loc + S_h (c + S z)
         reps = frame.to_x(reps.to(torch.float64))
-        c_x = frame.to_x(c[None].to(torch.float64))[0]
+        c = frame.to_x(c[None].to(torch.float64))[0]
         sh = frame.scale.to(dev, dtype)
         sh_m = torch.diag(sh) if sh.ndim == 1 else sh
         sq_m = sq if full else torch.diag(sq)
@@ -520,8 +518,6 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
         local_m = local if full else torch.diag_embed(local)
         local = sh_m @ local_m @ sh_m.T
         widths = local.diagonal(dim1=1, dim2=2).sqrt()
-        c = c_x
-        full = True
         log_det_add = frame.log_det
     order = torch.argsort(rep_u)
     return ScaleProbe(centre=c.detach().cpu().double(), scale=sq.detach().cpu().double(),
@@ -531,7 +527,7 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
                       local_cov=mean_cov.detach().cpu().double(),
                       laplace_log_z=laplace + log_det_add, narrowest_width=narrow,
                       mala_step_size=mala_h, n_evaluations=int(fn.n), n_starts=total_starts,
-                      n_converged=total_conv, rounds=rounds, hint_used=frame is not None,
+                      n_converged=total_conv, rounds=rnd + 1, hint_used=frame is not None,
                       extra={"lbfgs_gamma_median": float(gam_all.median())})
 
 

@@ -175,11 +175,10 @@ class Result:
         if vals.numel() != self.n_samples:
             raise TargetError(f"fn returned {vals.numel()} values for {self.n_samples} samples; "
                               "it must return one value per sample")
+        v = vals.numpy()
         if self.log_weights is None:
-            v = vals.numpy()
             return float(v.mean()), float(v.std(ddof=1) / math.sqrt(max(self.ess, 1.0)))
         mean, se = self_normalized_expectation(vals, self.log_weights)
-        v = vals.numpy()
         jack = self._island_jackknife(self.weights(), lambda wi: float(np.sum(wi * v)))
         return mean, se if jack is None else max(se, jack)
 
@@ -240,12 +239,10 @@ class Result:
         M = self.diagnostics.get("n_islands") if self.log_weights is not None else None
         if not isinstance(M, int) or M < 2 or w.size % M:
             return None
-        keep = np.ones((M, w.size // M))
+        island = np.arange(w.size) // (w.size // M)
         vals = []
         for i in range(M):
-            keep[i] = 0.0
-            wi = w * keep.reshape(-1)
-            keep[i] = 1.0
+            wi = np.where(island == i, 0.0, w)
             try:
                 v = stat(wi / wi.sum()) if wi.sum() > 0 else float("nan")
             except (ZeroDivisionError, ValueError):  # a state empty without island i
@@ -410,8 +407,8 @@ class Result:
     def save(self, path: "str | os.PathLike") -> Path:
         """Write one ``.npz`` file (arrays + a JSON header). Atomic; no pickle."""
         path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        if path.suffix != ".npz":  # "run" -> "run.npz", "run.v2" -> "run.v2.npz"
+            path = path.with_suffix(path.suffix + ".npz")
         meta = {k: _jsonable(getattr(self, k)) for k in
                 ("log_z", "log_z_stderr", "ess", "diagnostics", "method", "target", "config",
                  "seed", "device", "versions")}

@@ -15,13 +15,13 @@ The demos' rewards (``amp_oracles``, ``ars_oracles``, ``PeptideObjectives``) and
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence as Seq
 
 import numpy as np
 import torch
 from torch import nn
 
+from ._utils import check_positive
 from .errors import TargetError
 
 __all__ = ["RewardTarget", "check_reward_values"]
@@ -71,9 +71,9 @@ class RewardTarget(nn.Module):
                               f"bk.MaskedDiffusion.pretrain(dataset)), got {type(model).__name__}")
         if not callable(reward):
             raise TargetError(f"reward must be a callable tokens (B, L) -> (B,), got {type(reward).__name__}")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (alpha > 0 and math.isfinite(alpha)):
-            raise TargetError(f"alpha must be a positive finite number (the KL strength), got {alpha!r}")
-        self.model, self.reward_fn, self.alpha = model, reward, float(alpha)
+        alpha = check_positive("alpha", alpha, what="a positive finite number (the KL strength)",
+                               error=TargetError)
+        self.model, self.reward_fn, self.alpha = model, reward, alpha
         default = getattr(reward, "name", getattr(reward, "__name__", type(reward).__name__))
         self.name = name or (default if default != "<lambda>" else "reward")
         self.domain = model.domain

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from importlib import resources
 
 import numpy as np
 import torch
 
-from .._utils import check_positive
+from .._utils import check_positive, package_files
 from ..errors import DatasetError, MissingDependencyError, TargetError, require
 from ..geometry import dihedral, signed_volume, wrap_angle
 from .base import Energy
@@ -273,19 +272,15 @@ def load_alanine_reference() -> dict:
 def alanine_dipeptide_files() -> dict:
     """Paths of the alanine-dipeptide AMBER files shipped in the openmmtools wheel
     (``prmtop``, ``crd``, ``pdb``), found without importing openmmtools."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("openmmtools")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError("'openmmtools' is needed for the alanine-dipeptide files but is "
-                                     "not installed. Install it with: pip install 'boltzkit[molecular]'")
-    d = os.path.join(list(spec.submodule_search_locations)[0], "data", "alanine-dipeptide-gbsa")
-    files = {ext: os.path.join(d, f"alanine-dipeptide.{ext}") for ext in ("prmtop", "crd", "pdb")}
-    missing = [p for p in files.values() if not os.path.exists(p)]
-    if missing:
-        raise MissingDependencyError(f"the openmmtools installation lacks {missing}; reinstall "
-                                     "openmmtools (pip install --force-reinstall openmmtools)")
-    return files
+    exts = ("prmtop", "crd", "pdb")
+    paths = package_files(
+        "openmmtools", [f"data/alanine-dipeptide-gbsa/alanine-dipeptide.{ext}" for ext in exts],
+        not_installed=("'openmmtools' is needed for the alanine-dipeptide files but is not installed. "
+                       "Install it with: pip install 'boltzkit[molecular]'"),
+        missing=lambda absent: MissingDependencyError(
+            f"the openmmtools installation lacks {absent}; reinstall openmmtools "
+            "(pip install --force-reinstall openmmtools)"))
+    return dict(zip(exts, paths))
 
 
 class AlanineDipeptide(OpenMMEnergy):

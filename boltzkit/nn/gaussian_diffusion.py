@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
-from .._utils import check_fraction, check_training_options
+from .._utils import check_count, check_fraction, check_training_options
 from ..errors import ConfigError
 
 
@@ -98,6 +98,9 @@ def optimize_denoiser(diffusion, denoise, x0: torch.Tensor, *, generator, optimi
 def check_diffusion_options(cfg) -> None:
     """Validate the diffusion fields shared by the dataset models' configs (Stem, single cell):
     the fields of :class:`DiffusionOptions`."""
+    for name in ("n_timesteps", "sample_batch_size"):
+        check_count(name, getattr(cfg, name))
+    check_count("sampling_steps", cfg.sampling_steps, allow_none=True)
     if cfg.sampling_steps is not None and cfg.sampling_steps > cfg.n_timesteps:
         raise ConfigError(f"sampling_steps ({cfg.sampling_steps}) cannot exceed n_timesteps "
                           f"({cfg.n_timesteps})")
@@ -199,15 +202,18 @@ class GaussianDiffusion:
         self.n_timesteps = int(betas.size)
         self.timestep_map = (np.arange(self.n_timesteps) if timestep_map is None
                              else np.asarray(timestep_map, dtype=np.int64))
-        self.betas = betas
+        self.betas, self.log_betas = betas, np.log(betas)
         abar = np.cumprod(1.0 - betas)
         abar_prev = np.append(1.0, abar[:-1])
         self.alphas_cumprod, self.alphas_cumprod_prev = abar, abar_prev
+        self.sqrt_abar, self.sqrt_1m_abar = np.sqrt(abar), np.sqrt(1.0 - abar)
         post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
         # beta~_0 = 0: clip its log at beta~_1 (IDDPM); a 1-step process keeps beta_0
         post_var_1 = post_var[1] if post_var.size > 1 else betas[0]
         self.posterior_variance = post_var
         self.posterior_log_variance = np.log(np.append(post_var_1, post_var[1:]))
+        # "fixed_large": beta_t, with beta~_1 at t = 0 (IDDPM) so the last step stays small
+        self._large_log_variance = np.log(np.append(post_var_1, betas[1:]))
         self.posterior_coef_x0 = betas * np.sqrt(abar_prev) / (1.0 - abar)
         self.posterior_coef_xt = (1.0 - abar_prev) * np.sqrt(1.0 - betas) / (1.0 - abar)
         self._cache: dict = {}
@@ -237,19 +243,20 @@ class GaussianDiffusion:
                 "variance": self.variance}
 
     # ------------------------------------------------------------------ helpers
+    def _table(self, name: str, device) -> torch.Tensor:
+        """Schedule array ``name`` as a tensor on ``device`` (converted once per device)."""
+        key = (name, device)
+        if key not in self._cache:
+            self._cache[key] = torch.as_tensor(getattr(self, name), device=device)
+        return self._cache[key]
+
     def _coef(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Schedule array ``name`` at steps ``t``, shaped to broadcast against ``like``."""
-        key = (name, like.device)
-        if key not in self._cache:
-            self._cache[key] = torch.as_tensor(getattr(self, name), device=like.device)
-        vals = self._cache[key][t].to(like.dtype)
+        vals = self._table(name, like.device)[t].to(like.dtype)
         return vals.reshape(-1, *([1] * (like.ndim - 1)))
 
     def _model_t(self, t: torch.Tensor) -> torch.Tensor:
-        key = ("timestep_map", t.device)
-        if key not in self._cache:
-            self._cache[key] = torch.as_tensor(self.timestep_map, device=t.device)
-        return self._cache[key][t]
+        return self._table("timestep_map", t.device)[t]
 
     def sample_timesteps(self, batch: int, *, generator=None, device="cpu") -> torch.Tensor:
         """Uniform step indices ``(batch,)`` for training."""
@@ -259,14 +266,6 @@ class GaussianDiffusion:
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw ``x_t ~ q(x_t | x_0)`` with the given standard-normal ``noise``."""
         return self._coef("sqrt_abar", t, x0) * x0 + self._coef("sqrt_1m_abar", t, x0) * noise
-
-    @property
-    def sqrt_abar(self):
-        return np.sqrt(self.alphas_cumprod)
-
-    @property
-    def sqrt_1m_abar(self):
-        return np.sqrt(1.0 - self.alphas_cumprod)
 
     def q_posterior(self, x0, xt, t):
         """Mean, variance and log variance of ``q(x_{t-1} | x_t, x_0)``."""
@@ -322,7 +321,6 @@ class GaussianDiffusion:
         if self.variance == "fixed_small":
             logvar = self._coef("posterior_log_variance", t, xt)
         elif self.variance == "fixed_large":
-            # beta_t, with beta~_1 at t = 0 (IDDPM) so the last step stays small
             logvar = self._coef("_large_log_variance", t, xt)
         else:
             frac = (v.clamp(-1.0, 1.0) + 1.0) / 2.0
@@ -336,15 +334,6 @@ class GaussianDiffusion:
         mean, _, _ = self.q_posterior(x0, xt, t)
         return {"mean": mean, "variance": logvar.exp(), "log_variance": logvar, "x0": x0,
                 "eps": eps, "v": v}
-
-    @property
-    def log_betas(self):
-        return np.log(self.betas)
-
-    @property
-    def _large_log_variance(self):
-        first = self.posterior_variance[1] if self.n_timesteps > 1 else self.betas[0]
-        return np.log(np.append(first, self.betas[1:]))
 
     # ------------------------------------------------------------------ training
     def training_losses(self, model: Model, x0: torch.Tensor, t: torch.Tensor,

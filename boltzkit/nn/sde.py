@@ -197,7 +197,7 @@ def euler_maruyama(drift: Drift, diffusion: Diffusion, x0: torch.Tensor, ts: tor
         if record_noise:
             noises.append(eps)
     return SDEPath(x=x, ts=ts_cpu, xs=torch.stack(xs) if record else None,
-                   noise=torch.stack(noises) if record_noise and noises else None,
+                   noise=torch.stack(noises) if record_noise else None,
                    log_fwd=log_fwd, log_bwd=log_bwd)
 
 

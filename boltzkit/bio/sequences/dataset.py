@@ -20,15 +20,15 @@ The packages are located, never imported, so loading costs only the file read.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 from pathlib import Path
 from typing import Iterable, Sequence as Seq
 
 import numpy as np
 import torch
 
+from ..._utils import package_files
 from ...domains.base import Sequence
-from ...errors import DatasetError, MissingDependencyError
+from ...errors import DatasetError
 
 __all__ = ["SequenceDataset", "peptides", "ars_dna", "AMINO_ACIDS", "DNA"]
 
@@ -226,18 +226,14 @@ class SequenceDataset:
 
 
 # ---------------------------------------------------------------------------- loaders
-def _package_file(package: str, relative: str, extra: str) -> Path:
+def _package_file(package: str, relative: str, extra: str) -> str:
     """Path of a data file inside an installed package, located without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(f"this data set ships inside the {package!r} package, which is not "
-                                     f"installed. Install it with: pip install 'boltzkit[{extra}]' "
-                                     f"(or pip install {package})")
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.exists():
-        raise DatasetError(f"{path} is missing from the installed {package!r}; reinstall it "
-                           f"(pip install --force-reinstall {package})")
-    return path
+    return package_files(
+        package, [relative],
+        not_installed=(f"this data set ships inside the {package!r} package, which is not installed. "
+                       f"Install it with: pip install 'boltzkit[{extra}]' (or pip install {package})"),
+        missing=lambda absent: DatasetError(f"{absent[0]} is missing from the installed {package!r}; "
+                                            f"reinstall it (pip install --force-reinstall {package})"))[0]
 
 
 def peptides(max_length: int = 48, *, pad: str = "-", source: str = "AMPvsUniProt") -> SequenceDataset:

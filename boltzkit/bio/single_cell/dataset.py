@@ -205,12 +205,12 @@ class CellDataset:
         labels = np.asarray([str(v) for v in labels], dtype=object)
         if labels.shape != (x.shape[0],):
             raise DatasetError(f"{labels.size} labels for {x.shape[0]} cells")
-        present = sorted(set(labels))
-        cats = present if categories is None else [str(c) for c in categories if str(c) in set(present)]
+        present = set(labels)
+        declared = sorted(present) if categories is None else [str(c) for c in categories]
+        cats = [c for c in declared if c in present]
         # declared categories without a single cell (e.g. after subsetting): not generable
-        self.empty_categories = ([] if categories is None else
-                                 [str(c) for c in categories if str(c) not in set(present)])
-        missing = sorted(set(present) - set(cats))
+        self.empty_categories = [c for c in declared if c not in present]
+        missing = sorted(present - set(declared))
         if missing:
             raise DatasetError(f"labels {missing[:5]} are not among the categories {cats}")
         self.x = x

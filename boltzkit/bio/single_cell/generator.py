@@ -64,9 +64,7 @@ class CellGeneratorOptions(DiffusionOptions, SamplerConfig):
     lr_min: float = 1e-4
 
     def __post_init__(self):
-        for name in ("batch_size", "n_timesteps", "sample_batch_size"):
-            check_count(name, getattr(self, name))
-        check_count("sampling_steps", self.sampling_steps, allow_none=True)
+        check_count("batch_size", self.batch_size)
         check_number("lr_min", self.lr_min)
         check_guidance_options(self)
         check_diffusion_options(self)
@@ -212,7 +210,7 @@ class CellGenerator(DataDiffusionSampler):
         t0 = time.perf_counter()
         codes = torch.as_tensor(np.repeat(np.arange(counts.size), counts), device=self.device)
         out = [draw(c) for c in codes.split(self.config.sample_batch_size)]
-        samples = torch.cat(out).float().cpu() if out else torch.zeros(0, len(self.info["gene_names"]))
+        samples = torch.cat(out).float().cpu()  # never empty: a request asks for >= 1 cell
         if not bool(torch.isfinite(samples).all()):
             raise ConfigError(f"sampling produced non-finite {what}; the model is not trained "
                               "enough or diverged (check result.history, lower lr)")

@@ -196,7 +196,7 @@ def label_fidelity(train_x, train_labels, x, labels, *, seed: int = 0) -> dict:
 
 
 def _types(ref_labels, cand_labels, min_cells):
-    ref_labels, cand_labels = np.asarray(ref_labels).astype(str), np.asarray(cand_labels).astype(str)
+    """The types (str label arrays) with at least ``min_cells`` cells in both sets, sorted."""
     return [t for t in sorted(set(ref_labels))
             if (ref_labels == t).sum() >= min_cells and (cand_labels == t).sum() >= min_cells]
 
@@ -226,10 +226,9 @@ def moment_correlations(ref, ref_labels, cand, cand_labels, *, min_cells: int = 
     out, per = {}, {}
     for t in _types(rl, cl, min_cells):
         a, b = ref[rl == t], cand[cl == t]
-        per[t] = {"mean_pearson": _corr(a.mean(0), b.mean(0), pearsonr),
-                  "mean_spearman": _corr(a.mean(0), b.mean(0), spearmanr),
-                  "var_pearson": _corr(a.var(0), b.var(0), pearsonr),
-                  "var_spearman": _corr(a.var(0), b.var(0), spearmanr),
+        (ma, mb), (va, vb) = (a.mean(0), b.mean(0)), (a.var(0), b.var(0))
+        per[t] = {"mean_pearson": _corr(ma, mb, pearsonr), "mean_spearman": _corr(ma, mb, spearmanr),
+                  "var_pearson": _corr(va, vb, pearsonr), "var_spearman": _corr(va, vb, spearmanr),
                   "disp_pearson": _corr(_log_dispersion(a), _log_dispersion(b), pearsonr)}
     for key in ("mean_pearson", "mean_spearman", "var_pearson", "var_spearman", "disp_pearson"):
         vals = [v[key] for v in per.values()]

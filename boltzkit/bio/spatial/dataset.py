@@ -180,11 +180,11 @@ def select_genes(counts, gene_names: Sequence[str], n_genes: int = 200, *, slide
     by_std = np.argsort(-sub.std(0), kind="stable")
     rank_std = np.empty_like(by_std)
     rank_std[by_std] = np.arange(by_std.size)
-    # |top_k(mean) & top_k(std)| is non-decreasing in k: the first k reaching n_genes
-    for k in range(n_genes, candidates.size + 1):
-        common = by_mean[:k][rank_std[by_mean[:k]] < k]
-        if common.size >= n_genes:
-            break
+    # the i-th gene by mean is in top_k(mean) & top_k(std) from k = max(i, its std rank) + 1 on,
+    # so the first k >= n_genes where they share n_genes genes is the n_genes-th smallest such k
+    first = np.maximum(np.arange(by_mean.size), rank_std[by_mean])
+    k = max(n_genes, int(np.sort(first)[n_genes - 1]) + 1)
+    common = by_mean[first < k]  # in order of mean
     return np.sort(candidates[common[:n_genes]])
 
 
@@ -502,9 +502,7 @@ class SpatialDataset:
                                    "pass patch_size=... (full-resolution pixels)")
             full = max(224.0, float(spot_diam)) if patch_size is None else float(patch_size)
             psize = max(2, int(round(full * scale)))
-        keep = np.ones(x.shape[0], dtype=bool)
-        if drop_empty:
-            keep = x.sum(1) > 0
+        keep = x.sum(1) > 0 if drop_empty else np.ones(x.shape[0], dtype=bool)
         obs = [str(o) for o in adata.obs_names]
         sel = lambda a: None if a is None else a[keep]  # noqa: E731
         slide_name = str(lib) if lib is not None else (name or "slide")

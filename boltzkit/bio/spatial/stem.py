@@ -140,9 +140,9 @@ class StemConfig(DiffusionOptions, SamplerConfig):
 
     def __post_init__(self):
         check_choice("size", self.size, SIZES)
-        for name in ("n_steps", "batch_size", "cnn_dim", "n_timesteps", "sample_batch_size"):
+        for name in ("n_steps", "batch_size", "cnn_dim"):
             check_count(name, getattr(self, name))
-        for name in ("hidden", "depth", "heads", "sampling_steps"):
+        for name in ("hidden", "depth", "heads"):
             check_count(name, getattr(self, name), allow_none=True)
         check_diffusion_options(self)
         if isinstance(self.encoder, str) and self.encoder not in _ENCODER_NAMES:
