@@ -212,8 +212,12 @@ def test_save_load_round_trip(model, tmp_path):
 def test_anndata_round_trip(law, generated, tmp_path):
     sc = pytest.importorskip("scanpy")
     adata = law.to_anndata(300, seed=2)
+    adata.var["highly_variable"] = np.arange(adata.n_vars) % 2 == 0  # a gene annotation to keep
     ds = as_target(adata, label_key="cell_type")
     assert ds.representation == "counts" and ds.categories == law.categories
+    real = ds.to_anndata()  # the real cells back with their gene table
+    assert list(real.var_names) == law.gene_names
+    assert real.var["highly_variable"].tolist() == adata.var["highly_variable"].tolist()
     out = result_to_anndata(generated)
     assert list(out.var_names) == law.gene_names
     assert list(out.obs["cell_type"].cat.categories) == law.categories

@@ -391,11 +391,12 @@ class CellDataset:
                    uns_log1p="log1p" in adata.uns, var=adata.var)
 
     def to_anndata(self):
-        """The cells as AnnData (matrix in ``X``, and in ``layers[layer]`` if it came from one)."""
+        """The cells as AnnData (matrix in ``X``, and in ``layers[layer]`` if it came from one;
+        the gene table ``var`` of the AnnData it was read from)."""
         return cells_anndata(_as_matrix(self.x), self.labels, categories=self.categories,
                              label_key=self.label_key, gene_names=self.gene_names, obs_names=self.obs_names,
                              layer=self.layer, representation=self.representation, uns_log1p=self.uns_log1p,
-                             info={"provenance": self.provenance, "source": "real"})
+                             info={"provenance": self.provenance, "source": "real"}, var=self.var)
 
 
 def _check_values(x, genes, representation, where="the matrix"):
