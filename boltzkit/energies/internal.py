@@ -444,42 +444,38 @@ class ZMatrix:
         canonical frame (module docstring). Defined for every real ``q``; vectorized over the
         batch and over the atoms of each dependency level (:meth:`_levels`; the per-atom
         arithmetic is that of :func:`place_atom`); differentiable (twice)."""
-        q = self._q(q)
         r, th, ph = self.split(q)
-        bsz = q.shape[0]
+        bsz, dev = r.shape[0], r.device
         order, refs = self.order.tolist(), self.refs.tolist()
-        zero = q.new_zeros(bsz)
+        zero = r.new_zeros(bsz)
         first = [None] * 3
-        first[0] = q.new_zeros(bsz, 3)
+        first[0] = r.new_zeros(bsz, 3)
         r1 = r[:, 0]
         first[1] = torch.stack([r1, zero, zero], dim=1)
         # atom 2: x_j + r (cos theta u + sin theta e_y), u the unit vector from j to k (on +-x)
         j = refs[2][0]
-        sgn = torch.where(r1 >= 0, 1.0, -1.0).to(q) * (1.0 if j == order[0] else -1.0)
+        sgn = torch.where(r1 >= 0, 1.0, -1.0).to(r) * (1.0 if j == order[0] else -1.0)
         first[2] = first[0 if j == order[0] else 1] + r[:, 1, None] * torch.stack(
             [torch.cos(th[:, 0]) * sgn, torch.sin(th[:, 0]), zero], dim=1)
         placed = torch.stack(first, dim=1)  # (B, placed, 3), in placement-level order
-        if self.n_atoms > 3:
-            levels, perm, slot = self._levels()
-            dev = q.device
-            perm = perm.to(dev)
-            # the NeRF coefficients of every atom p >= 3 at once, in level order, split by level
-            # (few autograd nodes: the double backward of NAAS's adjoint pays per node)
-            rr, tt, pp = r[:, 2:][:, perm], th[:, 1:][:, perm], ph[:, perm]
-            st = torch.sin(tt)
-            coef = torch.stack([-torch.cos(tt), st * torch.cos(pp), st * torch.sin(pp)], dim=-1)
-            sizes = [m for _, m in levels]
-            for (ref_slots, m), c, rl in zip(levels, coef.split(sizes, dim=1),
-                                             rr.unsqueeze(-1).split(sizes, dim=1)):
-                xj, xk, xl = placed.index_select(1, ref_slots.to(dev)).unflatten(1, (3, m)).unbind(1)
-                bc = _safe_unit(xj - xk)
-                nv = _safe_unit(torch.cross(xk - xl, bc, dim=-1))
-                mv = torch.cross(nv, bc, dim=-1)
-                d = (torch.stack([bc, mv, nv], dim=-1) @ c.unsqueeze(-1)).squeeze(-1)
-                placed = torch.cat([placed, xj + rl * d], dim=1)
-            return placed.index_select(1, slot.to(dev))
-        return placed.index_select(1, torch.as_tensor([order.index(i) for i in range(3)],
-                                                      device=q.device))
+        # atoms p >= 3 (none when N = 3: no levels, and slot is then the inverse of order)
+        levels, perm, slot = self._levels()
+        perm = perm.to(dev)
+        # the NeRF coefficients of every atom p >= 3 at once, in level order, split by level
+        # (few autograd nodes: the double backward of NAAS's adjoint pays per node)
+        rr, tt, pp = r[:, 2:][:, perm], th[:, 1:][:, perm], ph[:, perm]
+        st = torch.sin(tt)
+        coef = torch.stack([-torch.cos(tt), st * torch.cos(pp), st * torch.sin(pp)], dim=-1)
+        sizes = [m for _, m in levels]
+        for (ref_slots, m), c, rl in zip(levels, coef.split(sizes, dim=1),
+                                         rr.unsqueeze(-1).split(sizes, dim=1)):
+            xj, xk, xl = placed.index_select(1, ref_slots.to(dev)).unflatten(1, (3, m)).unbind(1)
+            bc = _safe_unit(xj - xk)
+            nv = _safe_unit(torch.cross(xk - xl, bc, dim=-1))
+            mv = torch.cross(nv, bc, dim=-1)
+            d = (torch.stack([bc, mv, nv], dim=-1) @ c.unsqueeze(-1)).squeeze(-1)
+            placed = torch.cat([placed, xj + rl * d], dim=1)
+        return placed.index_select(1, slot.to(dev))
 
     def log_jacobian(self, q: torch.Tensor) -> torch.Tensor:
         r"""``log J(q) = sum_{i>=1} 2 log|r_i| + sum_{i>=2} log|sin theta_i|`` (``(B,)``),
