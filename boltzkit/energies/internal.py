@@ -113,7 +113,7 @@ from ..domains import Reals
 from ..errors import ConfigError, TargetError
 from ..geometry import dihedral_points, wrap_angle
 from ..probe import hessian_diag_fd, hessian_fd
-from .base import Energy, PriorHint
+from .base import Energy, PriorHint, scale_from_hessian
 
 __all__ = ["ZMatrix", "InternalCoordinateEnergy", "torus_window_log", "angle_window_log",
            "bond_window_log", "place_atom", "to_internal", "to_cartesian", "log_jacobian"]
@@ -815,11 +815,10 @@ class InternalCoordinateEnergy(Energy):
         if self.soft_barrier is not None:
             grid = torch.linspace(-math.pi, math.pi, 73, dtype=torch.float64)[:-1]
             tors = [int(t) for t in self.zmatrix.torsion_index]
-            qs = q0.repeat(len(tors) * grid.numel(), 1)
-            for a, t in enumerate(tors):
-                qs[a * grid.numel():(a + 1) * grid.numel(), t] += grid
+            qs = q0.repeat(len(tors), grid.numel(), 1)  # (torsion, grid point, d)
+            qs[torch.arange(len(tors)), :, tors] += grid  # turn torsion a alone in block a
             with torch.no_grad():
-                u = self.energy(qs).to(torch.float64).reshape(len(tors), -1)
+                u = self.energy(qs.flatten(0, 1)).to(torch.float64).reshape(len(tors), -1)
                 u0 = self.energy(q0).to(torch.float64)
             barrier = torch.nan_to_num(u - u0, nan=math.inf).max(1).values
             found |= {t for t, b in zip(tors, barrier.tolist()) if b < self.soft_barrier}
@@ -850,23 +849,21 @@ class InternalCoordinateEnergy(Energy):
                 return None
             q0 = self.zmatrix.to_internal(ref)
             if self.hint == "full":
-                from .base import scale_from_hessian
-
                 prec = self.hessian(q0)
                 soft = self.soft_torsions(q0)
                 prec[soft, :] = 0.0
                 prec[:, soft] = 0.0
                 prec[soft, soft] = self.soft_std ** -2
                 scale = scale_from_hessian(prec, max_std=max(self.max_std, self.soft_std))
-                self._hint = PriorHint(q0.reshape(-1), scale)
                 self.soft_index = soft
-                return self._hint
-            hdiag = self.curvature(q0)
-            pos = hdiag > 0
-            std = torch.where(pos, hdiag.clamp_min(1e-300).rsqrt(), torch.full_like(hdiag, math.inf))
-            cap = torch.full_like(std, self.max_std)
-            cap[torch.as_tensor(self.zmatrix.torsion_index)] = self.torsion_std
-            self._hint = PriorHint(q0.reshape(-1), torch.minimum(std, cap))
+            else:
+                hdiag = self.curvature(q0)
+                pos = hdiag > 0
+                std = torch.where(pos, hdiag.clamp_min(1e-300).rsqrt(), torch.full_like(hdiag, math.inf))
+                cap = torch.full_like(std, self.max_std)
+                cap[torch.as_tensor(self.zmatrix.torsion_index)] = self.torsion_std
+                scale = torch.minimum(std, cap)
+            self._hint = PriorHint(q0.reshape(-1), scale)
         return self._hint
 
     def to_config(self):
