@@ -14,7 +14,7 @@ from .._utils import check_positive
 from ..domains import Reals
 from ..errors import ConfigError, TargetError, require
 from ..probe import hessian_fd
-from .base import Energy
+from .base import Energy, PriorHint, scale_from_hessian
 from ._bridge import _check_temperature, _lin_log, _NumpyBackedEnergy
 
 
@@ -406,11 +406,10 @@ class OpenMMEnergy(_NumpyBackedEnergy):
             g = torch.autograd.grad(u.sum(), xr)[0] if grad else None
         u = u.detach()
         bad = ~torch.isfinite(u)
-        u = torch.where(bad, torch.full_like(u, math.inf), u)
         if g is not None:
             bad = bad | ~torch.isfinite(g).all(1)
-            u = torch.where(bad, torch.full_like(u, math.inf), u)
             g = torch.where(bad[:, None], torch.zeros_like(g), g).to(flat.dtype)
+        u = torch.where(bad, torch.full_like(u, math.inf), u)
         return u.to(flat.dtype), g
 
     def _hvp(self, flat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -500,8 +499,6 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         if self.positions is None:
             return None
         if getattr(self, "_hint", None) is None:
-            from .base import PriorHint, scale_from_hessian
-
             xm = self.minimized_state()
             scale = scale_from_hessian(self.hessian(xm), max_std=self.hint_max_std)
             self._hint = PriorHint(xm.reshape(-1), scale)
