@@ -24,7 +24,6 @@ class _OpenMMBackend:
 
     def __init__(self, system, platform: str, properties: dict):
         self.system = system
-        self.n_atoms = system.getNumParticles()
         self.platform = platform
         self.properties = dict(properties)
         self._context = None
