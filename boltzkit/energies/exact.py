@@ -443,8 +443,10 @@ def potts_log_z_enumerate(L: int, M: int, q: int, K: float) -> float:
 
 
 # ---------------------------------------------------------------------------- dispatch
-def _bipartite(L: int, M: int) -> bool:
-    return L % 2 == 0 and M % 2 == 0
+def _kaufman_applies(L: int, M: int, K: float, H: float) -> bool:
+    """Whether Kaufman's formula gives this case: zero field, ``K`` within float64 range, and
+    ``K >= 0`` or a torus with even sides (bipartite: the sublattice flip maps ``K`` to ``-K``)."""
+    return H == 0.0 and (K >= 0 or (L % 2 == 0 and M % 2 == 0)) and abs(K) <= _K_MAX_KAUFMAN
 
 
 def ising_log_z(L: int, M: int, K: float, H: float = 0.0) -> "float | None":
@@ -456,7 +458,7 @@ def ising_log_z(L: int, M: int, K: float, H: float = 0.0) -> "float | None":
     """
     L, M = _check_size(L, M)
     K, H = _check_real("K", K), _check_real("H", H)
-    if H == 0.0 and (K >= 0 or _bipartite(L, M)) and abs(K) <= _K_MAX_KAUFMAN:
+    if _kaufman_applies(L, M, K, H):
         return ising_log_z_kaufman(L, M, abs(K))
     if 2 ** min(L, M) <= MAX_TRANSFER_DIM:
         return ising_log_z_transfer(L, M, K, H)
@@ -476,7 +478,7 @@ def ising_mean_energy(L: int, M: int, K: float, H: float = 0.0) -> "float | None
     K, H = _check_real("K", K), _check_real("H", H)
     if H == 0.0 and K == 0.0:
         return 0.0
-    if H == 0.0 and (K > 0 or _bipartite(L, M)) and abs(K) <= _K_MAX_KAUFMAN:
+    if _kaufman_applies(L, M, K, H):
         return -abs(K) * _kaufman_dlogz_dk(L, M, abs(K))
     if 2 ** min(L, M) <= MAX_TRANSFER_DIM:
         gens = _ising_generators(min(L, M), True)
