@@ -34,6 +34,10 @@ class Energy(torch.nn.Module):
 
     kind = "energy"
 
+    #: the exact log normalizing constant, for subclasses that know it when they are built
+    #: (they set it in their constructor); what :meth:`exact_log_z` returns unless overridden
+    _log_z: "float | None" = None
+
     def __init__(self, domain: Domain, name: "str | None" = None):
         super().__init__()
         if not isinstance(domain, Domain):
@@ -64,7 +68,7 @@ class Energy(torch.nn.Module):
 
     def exact_log_z(self) -> "float | None":
         """Exact log normalizing constant, or None where none is known."""
-        return None
+        return self._log_z
 
     def prior_hint(self) -> "PriorHint | None":
         """The natural frame of a continuous target, or None (the default: no hint).
@@ -329,9 +333,6 @@ class FunctionEnergy(Energy):
 
     def energy(self, x):
         return self._fn(x)
-
-    def exact_log_z(self):
-        return self._log_z
 
 
 def check_energy_values(u: torch.Tensor, batch: int, *, name: str = "energy") -> torch.Tensor:
