@@ -61,7 +61,7 @@ def _vec(v, what: str, dim: "int | None" = None) -> torch.Tensor:
     return t
 
 
-def _mat(a, what: str) -> "tuple[torch.Tensor, torch.Tensor]":
+def _mat(a, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The matrix ``(k, d)`` float64 and the norms ``(k,)`` of its rows (none zero)."""
     t = torch.as_tensor(a, dtype=torch.float64)
     if t.ndim == 1:

@@ -36,7 +36,7 @@ class Energy(torch.nn.Module):
 
     #: the exact log normalizing constant, for subclasses that know it when they are built
     #: (they set it in their constructor); what :meth:`exact_log_z` returns unless overridden
-    _log_z: "float | None" = None
+    _log_z: float | None = None
 
     def __init__(self, domain: Domain, name: "str | None" = None):
         super().__init__()
