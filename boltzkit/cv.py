@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .errors import TargetError
+from .geometry import dihedral
 
 __all__ = ["CollectiveVariable", "as_cv", "phi_psi", "phi", "psi", "magnetization",
            "energy_per_site", "coordinate", "from_spec", "ALANINE_PHI", "ALANINE_PSI"]
@@ -57,7 +58,7 @@ class CollectiveVariable:
 
     def __call__(self, x) -> np.ndarray:
         with torch.no_grad():
-            v = self.fn(torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x)
+            v = self.fn(torch.as_tensor(x))
         v = torch.as_tensor(v).detach().to("cpu", torch.float64).numpy()
         n = int(x.shape[0])
         if v.ndim == 1:
@@ -96,24 +97,23 @@ def as_cv(cv, x_example=None) -> CollectiveVariable:
 # ----------------------------------------------------------------------------- molecules
 def phi_psi(phi_atoms=ALANINE_PHI, psi_atoms=ALANINE_PSI) -> CollectiveVariable:
     """Backbone dihedrals ``(phi, psi)`` (radians) of Cartesian states ``(B, 3N)`` or ``(B, N, 3)``."""
-    from .geometry import dihedral
-
     quads = [tuple(phi_atoms), tuple(psi_atoms)]
     return CollectiveVariable(lambda x: dihedral(x, quads), ("phi", "psi"), (True, True))
 
 
+def _dihedral_cv(name: str, atoms) -> CollectiveVariable:
+    quad = tuple(atoms)
+    return CollectiveVariable(lambda x: dihedral(x, quad), (name,), (True,))
+
+
 def phi(atoms=ALANINE_PHI) -> CollectiveVariable:
     """Backbone dihedral phi (radians) of Cartesian states."""
-    from .geometry import dihedral
-
-    return CollectiveVariable(lambda x: dihedral(x, tuple(atoms)), ("phi",), (True,))
+    return _dihedral_cv("phi", atoms)
 
 
 def psi(atoms=ALANINE_PSI) -> CollectiveVariable:
     """Backbone dihedral psi (radians) of Cartesian states."""
-    from .geometry import dihedral
-
-    return CollectiveVariable(lambda x: dihedral(x, tuple(atoms)), ("psi",), (True,))
+    return _dihedral_cv("psi", atoms)
 
 
 # ----------------------------------------------------------------------------- lattices

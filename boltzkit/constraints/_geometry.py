@@ -45,11 +45,10 @@ class GramSolver:
         if p == 0:
             return
         gram = jac @ jac.transpose(1, 2)
-        eye = torch.eye(p, dtype=jac.dtype, device=jac.device)
         if mask is not None:
             gram = gram + torch.diag_embed((~mask).to(jac.dtype))
         if damp > 0:
-            gram = gram + damp * eye
+            gram = gram + damp * torch.eye(p, dtype=jac.dtype, device=jac.device)
         if p == 1:  # one active constraint: G is a scalar (the pseudo-inverse of 0 is 0)
             g = gram[:, 0, 0]
             ok = g > 0

@@ -96,10 +96,8 @@ class Constrained(Domain):
         if not self.equalities and not self.inequalities:
             raise TargetError("no constraints given: pass equalities=[...] and/or inequalities=[...] "
                               "(or a ready-made set such as bk.constraints.sphere(3))")
-        self._eq_sizes = self._probe(self.equalities, "equality")
-        self._ineq_sizes = self._probe(self.inequalities, "inequality")
-        self.n_eq = sum(self._eq_sizes)
-        self.n_ineq = sum(self._ineq_sizes)
+        self.n_eq = sum(self._probe(self.equalities, "equality"))
+        self.n_ineq = sum(self._probe(self.inequalities, "inequality"))
 
     # ------------------------------------------------------------------ checks
     def _probe(self, fns, kind: str) -> list[int]:

@@ -61,7 +61,8 @@ def _vec(v, what: str, dim: "int | None" = None) -> torch.Tensor:
     return t
 
 
-def _mat(a, what: str) -> torch.Tensor:
+def _mat(a, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matrix ``(k, d)`` float64 and the norms ``(k,)`` of its rows (none zero)."""
     t = torch.as_tensor(a, dtype=torch.float64)
     if t.ndim == 1:
         t = t[None]
@@ -70,7 +71,7 @@ def _mat(a, what: str) -> torch.Tensor:
     norms = t.norm(dim=1)
     if bool((norms == 0).any()):
         raise TargetError(f"{what} has an all-zero row; every row must define a constraint")
-    return t
+    return t, norms
 
 
 def _check_dim(dim) -> int:
@@ -158,9 +159,8 @@ def stiefel(n: int, k: int) -> ConstraintSet:
 
 def _linear(a, b, what: str):
     """``(x -> A x - b, (m, d))`` with the rows of ``A`` (m, d) normalized, and ``b`` with them."""
-    a = _mat(a, "A")
+    a, norms = _mat(a, "A")
     b = _vec(b, "b", a.shape[0])
-    norms = a.norm(dim=1)
     a, b = a / norms[:, None], b / norms
 
     def f(x):
@@ -179,9 +179,9 @@ def affine(a, b) -> ConstraintSet:
 def half_space(a, b: float) -> ConstraintSet:
     """Half-space ``a . x <= b``."""
     a = _vec(a, "a")
-    if float(a.norm()) == 0:
-        raise TargetError("a must be a non-zero vector")
     n = a.norm()
+    if float(n) == 0:
+        raise TargetError("a must be a non-zero vector")
     a, b = a / n, float(b) / float(n)
 
     def g(x):

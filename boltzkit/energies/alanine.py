@@ -549,12 +549,11 @@ class BasinEnergy(Energy):
 
     def outside(self, q):
         """Distance (rad) of each state's (phi, psi) outside the basin box."""
-
         phi, psi = self.angles(q)
-        ax_phi, r_phi, r_psi = (_arc_offset(phi, C7AX_PHI), _arc_offset(phi, ALPHA_R_PHI),
-                                _arc_offset(psi, ALPHA_R_PSI))
+        ax_phi = _arc_offset(phi, C7AX_PHI)
         if self.basin == "C7ax":
             return ax_phi.clamp(min=0.0)
+        r_phi, r_psi = _arc_offset(phi, ALPHA_R_PHI), _arc_offset(psi, ALPHA_R_PSI)
         if self.basin == "alpha_R":
             return torch.hypot(r_phi.clamp(min=0.0), r_psi.clamp(min=0.0))
         # C7eq: depth inside the C7ax arc, plus the smaller depth inside the alpha_R box

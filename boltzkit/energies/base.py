@@ -34,6 +34,10 @@ class Energy(torch.nn.Module):
 
     kind = "energy"
 
+    #: the exact log normalizing constant, for subclasses that know it when they are built
+    #: (they set it in their constructor); what :meth:`exact_log_z` returns unless overridden
+    _log_z: float | None = None
+
     def __init__(self, domain: Domain, name: "str | None" = None):
         super().__init__()
         if not isinstance(domain, Domain):
@@ -64,7 +68,7 @@ class Energy(torch.nn.Module):
 
     def exact_log_z(self) -> "float | None":
         """Exact log normalizing constant, or None where none is known."""
-        return None
+        return self._log_z
 
     def prior_hint(self) -> "PriorHint | None":
         """The natural frame of a continuous target, or None (the default: no hint).
@@ -108,6 +112,18 @@ class Energy(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return module_device(self)
+
+    def _mapped(self, z: torch.Tensor, fn: Callable) -> torch.Tensor:
+        """``fn(z)``, the same output tensor again while the same input tensor ``z`` (same
+        version) comes back: a target that maps its states before evaluating a base target
+        (:class:`FramedEnergy`, ``ShiftedEnergy``) keeps the base's ``energy`` ->
+        ``grad_energy`` cache working."""
+        last = getattr(self, "_map_cache", None)
+        if last is not None and last[0] is z and last[1] == z._version:
+            return last[2]
+        x = fn(z)
+        self._map_cache = (z, z._version, x)
+        return x
 
     # -- constructors
     @staticmethod
@@ -278,23 +294,14 @@ class FramedEnergy(Energy):
                               f"the same dimension, got {dom!r}")
         super().__init__(dom, name=getattr(base, "name", type(base).__name__))
         self.base, self.hint = base, hint
-        self._last = None
-
-    def _x(self, z):
-        last = self._last  # the same z tensor maps to the same x tensor (base caches survive)
-        if last is not None and last[0] is z and last[1] == z._version:
-            return last[2]
-        x = self.hint.to_x(z)
-        self._last = (z, z._version, x)
-        return x
 
     def energy(self, z):
         if torch.is_grad_enabled() and z.requires_grad:
             return self.base.energy(self.hint.to_x(z))
-        return self.base.energy(self._x(z))
+        return self.base.energy(self._mapped(z, self.hint.to_x))
 
     def grad_energy(self, z):
-        return self.hint.grad_to_z(self.base.grad_energy(self._x(z)))
+        return self.hint.grad_to_z(self.base.grad_energy(self._mapped(z, self.hint.to_x)))
 
     def exact_log_z(self):
         lz = self.base.exact_log_z()
@@ -326,9 +333,6 @@ class FunctionEnergy(Energy):
 
     def energy(self, x):
         return self._fn(x)
-
-    def exact_log_z(self):
-        return self._log_z
 
 
 def check_energy_values(u: torch.Tensor, batch: int, *, name: str = "energy") -> torch.Tensor:

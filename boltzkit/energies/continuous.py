@@ -145,9 +145,6 @@ class Gaussian(Energy):
     def grad_energy(self, x):
         return self._whiten(x) @ self.inv_scale_tril.to(x.dtype)
 
-    def exact_log_z(self):
-        return self._log_z
-
     def sample_exact(self, n: int, *, generator: "torch.Generator | None" = None) -> torch.Tensor:
         """``n`` independent exact draws (float32, on the energy's device)."""
         eps = torch.randn(int(n), self.dim, generator=generator, device=self.mean.device)
@@ -225,9 +222,6 @@ class GaussianMixture(Energy):
         r = torch.softmax(self._component_log_probs(x), dim=1)  # responsibilities (B, K)
         prec_diff = (x[:, None, :] - self.means.to(x.dtype)) / self.stds.to(x.dtype) ** 2
         return (r[:, :, None] * prec_diff).sum(1)
-
-    def exact_log_z(self):
-        return self._log_z
 
     def mode_assignment(self, x: torch.Tensor) -> torch.Tensor:
         """Index (B,) of the component with the largest responsibility for each point.
@@ -313,9 +307,6 @@ class ManyWell(Energy):
         g[:, 0::2] = 4 * _DW_QUARTIC * a ** 3 + 2 * _DW_QUADRATIC * a + _DW_LINEAR
         g[:, 1::2] = x[:, 1::2]
         return g
-
-    def exact_log_z(self):
-        return self._log_z
 
     def mode_assignment(self, x: torch.Tensor) -> torch.Tensor:
         """Integer code (B,) of the well each pair sits in: bit i set when x_{2i} is right of

@@ -394,12 +394,12 @@ def _ising_enum_stats(L, M, K, H):
     """(log Z, <sum s_i s_j>, <sum s_i>) by brute-force enumeration."""
     b, m, c = _ising_dos(L, M)
     nz = c > 0
-    logw = np.log(c[nz]) + K * np.broadcast_to(b[:, None], c.shape)[nz] \
-        + H * np.broadcast_to(m[None, :], c.shape)[nz]
+    bonds = np.broadcast_to(b[:, None], c.shape)[nz]
+    mag = np.broadcast_to(m[None, :], c.shape)[nz]
+    logw = np.log(c[nz]) + K * bonds + H * mag
     log_z = float(special.logsumexp(logw))
     p = np.exp(logw - log_z)
-    return (log_z, float(p @ np.broadcast_to(b[:, None], c.shape)[nz]),
-            float(p @ np.broadcast_to(m[None, :], c.shape)[nz]))
+    return log_z, float(p @ bonds), float(p @ mag)
 
 
 def ising_log_z_enumerate(L: int, M: int, K: float, H: float = 0.0) -> float:
@@ -443,8 +443,10 @@ def potts_log_z_enumerate(L: int, M: int, q: int, K: float) -> float:
 
 
 # ---------------------------------------------------------------------------- dispatch
-def _bipartite(L: int, M: int) -> bool:
-    return L % 2 == 0 and M % 2 == 0
+def _kaufman_applies(L: int, M: int, K: float, H: float) -> bool:
+    """Whether Kaufman's formula gives this case: zero field, ``K`` within float64 range, and
+    ``K >= 0`` or a torus with even sides (bipartite: the sublattice flip maps ``K`` to ``-K``)."""
+    return H == 0.0 and (K >= 0 or (L % 2 == 0 and M % 2 == 0)) and abs(K) <= _K_MAX_KAUFMAN
 
 
 def ising_log_z(L: int, M: int, K: float, H: float = 0.0) -> "float | None":
@@ -456,7 +458,7 @@ def ising_log_z(L: int, M: int, K: float, H: float = 0.0) -> "float | None":
     """
     L, M = _check_size(L, M)
     K, H = _check_real("K", K), _check_real("H", H)
-    if H == 0.0 and (K >= 0 or _bipartite(L, M)) and abs(K) <= _K_MAX_KAUFMAN:
+    if _kaufman_applies(L, M, K, H):
         return ising_log_z_kaufman(L, M, abs(K))
     if 2 ** min(L, M) <= MAX_TRANSFER_DIM:
         return ising_log_z_transfer(L, M, K, H)
@@ -476,7 +478,7 @@ def ising_mean_energy(L: int, M: int, K: float, H: float = 0.0) -> "float | None
     K, H = _check_real("K", K), _check_real("H", H)
     if H == 0.0 and K == 0.0:
         return 0.0
-    if H == 0.0 and (K > 0 or _bipartite(L, M)) and abs(K) <= _K_MAX_KAUFMAN:
+    if _kaufman_applies(L, M, K, H):
         return -abs(K) * _kaufman_dlogz_dk(L, M, abs(K))
     if 2 ** min(L, M) <= MAX_TRANSFER_DIM:
         gens = _ising_generators(min(L, M), True)
@@ -489,15 +491,14 @@ def potts_log_z(L: int, M: int, q: int, K: float) -> "float | None":
     """Exact log Z of the q-state Potts torus, or None when none is tractable.
 
     Transfer matrix in momentum sectors when ``q ** min(L, M) <= 6561`` (e.g. a 3-state 8 x 8
-    torus, about 2 CPU-seconds), else the dense one when ``<= 4096``; for ``q == 2`` on larger lattices the
-    exact identity ``Z_Potts(K) = exp(K N_bonds / 2) Z_Ising(K / 2)`` with Kaufman; else None.
+    torus, about 2 CPU-seconds; the same ``T`` as the dense :func:`potts_log_z_transfer`,
+    whose limit 4096 is lower); for ``q == 2`` on larger lattices the exact identity
+    ``Z_Potts(K) = exp(K N_bonds / 2) Z_Ising(K / 2)`` with Kaufman; else None.
     """
     L, M = _check_size(L, M)
     q, K = _check_q(q), _check_real("K", K)
     if q ** min(L, M) <= MAX_MOMENTUM_DIM:
         return potts_log_z_momentum(L, M, q, K)
-    if q ** min(L, M) <= MAX_TRANSFER_DIM:
-        return potts_log_z_transfer(L, M, q, K)
     if q == 2:
         z_ising = ising_log_z(L, M, K / 2.0)
         return None if z_ising is None else K * (2 * L * M) / 2.0 + z_ising

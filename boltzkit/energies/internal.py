@@ -113,7 +113,7 @@ from ..domains import Reals
 from ..errors import ConfigError, TargetError
 from ..geometry import dihedral_points, wrap_angle
 from ..probe import hessian_diag_fd, hessian_fd
-from .base import Energy, PriorHint
+from .base import Energy, PriorHint, scale_from_hessian
 
 __all__ = ["ZMatrix", "InternalCoordinateEnergy", "torus_window_log", "angle_window_log",
            "bond_window_log", "place_atom", "to_internal", "to_cartesian", "log_jacobian"]
@@ -444,42 +444,38 @@ class ZMatrix:
         canonical frame (module docstring). Defined for every real ``q``; vectorized over the
         batch and over the atoms of each dependency level (:meth:`_levels`; the per-atom
         arithmetic is that of :func:`place_atom`); differentiable (twice)."""
-        q = self._q(q)
         r, th, ph = self.split(q)
-        bsz = q.shape[0]
+        bsz, dev = r.shape[0], r.device
         order, refs = self.order.tolist(), self.refs.tolist()
-        zero = q.new_zeros(bsz)
+        zero = r.new_zeros(bsz)
         first = [None] * 3
-        first[0] = q.new_zeros(bsz, 3)
+        first[0] = r.new_zeros(bsz, 3)
         r1 = r[:, 0]
         first[1] = torch.stack([r1, zero, zero], dim=1)
         # atom 2: x_j + r (cos theta u + sin theta e_y), u the unit vector from j to k (on +-x)
         j = refs[2][0]
-        sgn = torch.where(r1 >= 0, 1.0, -1.0).to(q) * (1.0 if j == order[0] else -1.0)
+        sgn = torch.where(r1 >= 0, 1.0, -1.0).to(r) * (1.0 if j == order[0] else -1.0)
         first[2] = first[0 if j == order[0] else 1] + r[:, 1, None] * torch.stack(
             [torch.cos(th[:, 0]) * sgn, torch.sin(th[:, 0]), zero], dim=1)
         placed = torch.stack(first, dim=1)  # (B, placed, 3), in placement-level order
-        if self.n_atoms > 3:
-            levels, perm, slot = self._levels()
-            dev = q.device
-            perm = perm.to(dev)
-            # the NeRF coefficients of every atom p >= 3 at once, in level order, split by level
-            # (few autograd nodes: the double backward of NAAS's adjoint pays per node)
-            rr, tt, pp = r[:, 2:][:, perm], th[:, 1:][:, perm], ph[:, perm]
-            st = torch.sin(tt)
-            coef = torch.stack([-torch.cos(tt), st * torch.cos(pp), st * torch.sin(pp)], dim=-1)
-            sizes = [m for _, m in levels]
-            for (ref_slots, m), c, rl in zip(levels, coef.split(sizes, dim=1),
-                                             rr.unsqueeze(-1).split(sizes, dim=1)):
-                xj, xk, xl = placed.index_select(1, ref_slots.to(dev)).unflatten(1, (3, m)).unbind(1)
-                bc = _safe_unit(xj - xk)
-                nv = _safe_unit(torch.cross(xk - xl, bc, dim=-1))
-                mv = torch.cross(nv, bc, dim=-1)
-                d = (torch.stack([bc, mv, nv], dim=-1) @ c.unsqueeze(-1)).squeeze(-1)
-                placed = torch.cat([placed, xj + rl * d], dim=1)
-            return placed.index_select(1, slot.to(dev))
-        return placed.index_select(1, torch.as_tensor([order.index(i) for i in range(3)],
-                                                      device=q.device))
+        # atoms p >= 3 (none when N = 3: no levels, and slot is then the inverse of order)
+        levels, perm, slot = self._levels()
+        perm = perm.to(dev)
+        # the NeRF coefficients of every atom p >= 3 at once, in level order, split by level
+        # (few autograd nodes: the double backward of NAAS's adjoint pays per node)
+        rr, tt, pp = r[:, 2:][:, perm], th[:, 1:][:, perm], ph[:, perm]
+        st = torch.sin(tt)
+        coef = torch.stack([-torch.cos(tt), st * torch.cos(pp), st * torch.sin(pp)], dim=-1)
+        sizes = [m for _, m in levels]
+        for (ref_slots, m), c, rl in zip(levels, coef.split(sizes, dim=1),
+                                         rr.unsqueeze(-1).split(sizes, dim=1)):
+            xj, xk, xl = placed.index_select(1, ref_slots.to(dev)).unflatten(1, (3, m)).unbind(1)
+            bc = _safe_unit(xj - xk)
+            nv = _safe_unit(torch.cross(xk - xl, bc, dim=-1))
+            mv = torch.cross(nv, bc, dim=-1)
+            d = (torch.stack([bc, mv, nv], dim=-1) @ c.unsqueeze(-1)).squeeze(-1)
+            placed = torch.cat([placed, xj + rl * d], dim=1)
+        return placed.index_select(1, slot.to(dev))
 
     def log_jacobian(self, q: torch.Tensor) -> torch.Tensor:
         r"""``log J(q) = sum_{i>=1} 2 log|r_i| + sum_{i>=2} log|sin theta_i|`` (``(B,)``),
@@ -819,11 +815,10 @@ class InternalCoordinateEnergy(Energy):
         if self.soft_barrier is not None:
             grid = torch.linspace(-math.pi, math.pi, 73, dtype=torch.float64)[:-1]
             tors = [int(t) for t in self.zmatrix.torsion_index]
-            qs = q0.repeat(len(tors) * grid.numel(), 1)
-            for a, t in enumerate(tors):
-                qs[a * grid.numel():(a + 1) * grid.numel(), t] += grid
+            qs = q0.repeat(len(tors), grid.numel(), 1)  # (torsion, grid point, d)
+            qs[torch.arange(len(tors)), :, tors] += grid  # turn torsion a alone in block a
             with torch.no_grad():
-                u = self.energy(qs).to(torch.float64).reshape(len(tors), -1)
+                u = self.energy(qs.flatten(0, 1)).to(torch.float64).reshape(len(tors), -1)
                 u0 = self.energy(q0).to(torch.float64)
             barrier = torch.nan_to_num(u - u0, nan=math.inf).max(1).values
             found |= {t for t, b in zip(tors, barrier.tolist()) if b < self.soft_barrier}
@@ -854,23 +849,21 @@ class InternalCoordinateEnergy(Energy):
                 return None
             q0 = self.zmatrix.to_internal(ref)
             if self.hint == "full":
-                from .base import scale_from_hessian
-
                 prec = self.hessian(q0)
                 soft = self.soft_torsions(q0)
                 prec[soft, :] = 0.0
                 prec[:, soft] = 0.0
                 prec[soft, soft] = self.soft_std ** -2
                 scale = scale_from_hessian(prec, max_std=max(self.max_std, self.soft_std))
-                self._hint = PriorHint(q0.reshape(-1), scale)
                 self.soft_index = soft
-                return self._hint
-            hdiag = self.curvature(q0)
-            pos = hdiag > 0
-            std = torch.where(pos, hdiag.clamp_min(1e-300).rsqrt(), torch.full_like(hdiag, math.inf))
-            cap = torch.full_like(std, self.max_std)
-            cap[torch.as_tensor(self.zmatrix.torsion_index)] = self.torsion_std
-            self._hint = PriorHint(q0.reshape(-1), torch.minimum(std, cap))
+            else:
+                hdiag = self.curvature(q0)
+                pos = hdiag > 0
+                std = torch.where(pos, hdiag.clamp_min(1e-300).rsqrt(), torch.full_like(hdiag, math.inf))
+                cap = torch.full_like(std, self.max_std)
+                cap[torch.as_tensor(self.zmatrix.torsion_index)] = self.torsion_std
+                scale = torch.minimum(std, cap)
+            self._hint = PriorHint(q0.reshape(-1), scale)
         return self._hint
 
     def to_config(self):

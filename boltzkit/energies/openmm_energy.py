@@ -14,7 +14,7 @@ from .._utils import check_positive
 from ..domains import Reals
 from ..errors import ConfigError, TargetError, require
 from ..probe import hessian_fd
-from .base import Energy
+from .base import Energy, PriorHint, scale_from_hessian
 from ._bridge import _check_temperature, _lin_log, _NumpyBackedEnergy
 
 
@@ -24,7 +24,6 @@ class _OpenMMBackend:
 
     def __init__(self, system, platform: str, properties: dict):
         self.system = system
-        self.n_atoms = system.getNumParticles()
         self.platform = platform
         self.properties = dict(properties)
         self._context = None
@@ -406,11 +405,10 @@ class OpenMMEnergy(_NumpyBackedEnergy):
             g = torch.autograd.grad(u.sum(), xr)[0] if grad else None
         u = u.detach()
         bad = ~torch.isfinite(u)
-        u = torch.where(bad, torch.full_like(u, math.inf), u)
         if g is not None:
             bad = bad | ~torch.isfinite(g).all(1)
-            u = torch.where(bad, torch.full_like(u, math.inf), u)
             g = torch.where(bad[:, None], torch.zeros_like(g), g).to(flat.dtype)
+        u = torch.where(bad, torch.full_like(u, math.inf), u)
         return u.to(flat.dtype), g
 
     def _hvp(self, flat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -500,8 +498,6 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         if self.positions is None:
             return None
         if getattr(self, "_hint", None) is None:
-            from .base import PriorHint, scale_from_hessian
-
             xm = self.minimized_state()
             scale = scale_from_hessian(self.hessian(xm), max_std=self.hint_max_std)
             self._hint = PriorHint(xm.reshape(-1), scale)
@@ -560,29 +556,18 @@ class ShiftedEnergy(Energy):
             raise TargetError(f"origin must be {base.domain.dim} finite numbers, got {tuple(origin.shape)}")
         self.base = base
         self.register_buffer("origin", origin.float())
-        self._last = None
 
     def to_absolute(self, x: torch.Tensor) -> torch.Tensor:
         """Shifted states -> coordinates of the base target (same shape as ``x``)."""
         return (x.reshape(x.shape[0], -1) + self.origin.to(x)).reshape(x.shape)
 
-    def _absolute(self, x):
-        # the same input tensor maps to the same absolute tensor, so a base target's
-        # energy -> grad_energy cache keeps working through the shift
-        last = self._last
-        if last is not None and last[0] is x and last[1] == x._version:
-            return last[2]
-        xa = self.to_absolute(x)
-        self._last = (x, x._version, xa)
-        return xa
-
     def energy(self, x):
         if torch.is_grad_enabled() and x.requires_grad:
             return self.base.energy(self.to_absolute(x))
-        return self.base.energy(self._absolute(x))
+        return self.base.energy(self._mapped(x, self.to_absolute))
 
     def grad_energy(self, x):
-        return self.base.grad_energy(self._absolute(x))
+        return self.base.grad_energy(self._mapped(x, self.to_absolute))
 
     def exact_log_z(self):
         return self.base.exact_log_z()

@@ -41,6 +41,12 @@ def _moving_atoms(mol, j: int, k: int) -> np.ndarray:
     return seen
 
 
+def _bond_axis(x: np.ndarray, j: int, k: int) -> np.ndarray:
+    """Unit vectors ``(x_k - x_j) / |x_k - x_j|`` (B, 3) of bond ``j-k`` in each state."""
+    axis = x[:, k] - x[:, j]
+    return axis / np.linalg.norm(axis, axis=-1, keepdims=True)
+
+
 def _rotate(x: np.ndarray, mask: np.ndarray, origin: np.ndarray, axis: np.ndarray,
             angle: np.ndarray) -> None:
     """In place: rotate atoms ``mask`` of each state about ``axis`` (B, 3, unit) through
@@ -160,9 +166,7 @@ class TorsionEnergy(_NumpyBackedEnergy):
         x = np.repeat(self.template[None], b, axis=0)
         for t, (_, j, k, _) in enumerate(self.torsions):
             delta = th[:, t] - dihedral_np(x, self.torsions[t])
-            axis = x[:, k] - x[:, j]
-            axis /= np.linalg.norm(axis, axis=-1, keepdims=True)
-            _rotate(x, self._masks[t], x[:, k], axis, delta)
+            _rotate(x, self._masks[t], x[:, k], _bond_axis(x, j, k), delta)
         return x
 
     def _backend(self, th, grad):
@@ -183,10 +187,8 @@ class TorsionEnergy(_NumpyBackedEnergy):
         u[~np.isfinite(u)] = math.inf
         if grad:
             for t, (_, j, k, _) in enumerate(self.torsions):
-                axis = x[:, k] - x[:, j]
-                axis /= np.linalg.norm(axis, axis=-1, keepdims=True)
                 m = self._masks[t]
-                lever = np.cross(axis[:, None, :], x[:, m, :] - x[:, k][:, None, :])
+                lever = np.cross(_bond_axis(x, j, k)[:, None, :], x[:, m, :] - x[:, k][:, None, :])
                 g[:, t] = (gx[:, m, :] * lever).sum((1, 2))
             g /= self.kT
             g[~np.isfinite(u) | ~np.isfinite(g).all(1)] = 0.0
