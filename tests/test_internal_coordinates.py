@@ -624,3 +624,16 @@ def test_alanine_basin_energy_confines_phi_psi(ala_ic):
     assert float(lw(ic0).min()) < -1.0
     with pytest.raises(TargetError, match="basin must be one of"):
         ala.basin("beta")
+
+
+@pytest.mark.parametrize("hint", ["diagonal", "full"])
+def test_three_atoms_have_no_torsions_to_scan(hint):
+    """A 3-atom molecule (two bonds, one angle, no dihedral) with a reference structure: the
+    rigid torsion scan has nothing to turn, and the harmonic frame still comes out."""
+    n, bonds = 3, [(0, 1), (1, 2)]
+    ref = torch.tensor([[0, 0, 0], [1, 0, 0], [1.3, 0.95, 0]], dtype=torch.float64)
+    ic = InternalCoordinateEnergy(_spring_energy(n, bonds), ZMatrix.from_bonds(n, bonds), reference=ref,
+                                  hint=hint)
+    assert ic.domain.dim == 3 and ic.soft_torsions() == []
+    h = ic.prior_hint()
+    assert h is not None and bool(torch.isfinite(torch.as_tensor(h.loc)).all())

@@ -812,7 +812,7 @@ class InternalCoordinateEnergy(Energy):
             q0 = self.zmatrix.to_internal(ref)
         q0 = self._q64(q0)[:1]
         found = set(self._soft_given)
-        if self.soft_barrier is not None:
+        if self.soft_barrier is not None and len(self.zmatrix.torsion_index):  # 3 atoms: none
             grid = torch.linspace(-math.pi, math.pi, 73, dtype=torch.float64)[:-1]
             tors = [int(t) for t in self.zmatrix.torsion_index]
             qs = q0.repeat(len(tors), grid.numel(), 1)  # (torsion, grid point, d)

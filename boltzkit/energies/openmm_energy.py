@@ -433,9 +433,10 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         if self.com_restraint is not None:
             c = pos.mean(1)  # (B, 3)
             k = 1.0 / self.com_restraint ** 2
-            u = u + 0.5 * k * (c * c).sum(1)
+            ok = np.isfinite(u)  # a state the backend set to +inf stays there (NaN input: NaN centre)
+            u = np.where(ok, u + 0.5 * k * (c * c).sum(1), u)
             if g is not None:
-                g = g + np.tile(k * c / self.n_atoms, (1, self.n_atoms))
+                g = np.where(ok[:, None], g + np.tile(k * c / self.n_atoms, (1, self.n_atoms)), g)
         if self.energy_cut is not None:
             u, g = _lin_log(u, g, self.energy_cut)
         if g is not None:
