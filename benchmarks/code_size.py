@@ -6,18 +6,20 @@ probe, island SMC, SMC-corrected NAAS/PDNS, SCLD training, sc_latent, the torch 
 so the raw count of ``boltzkit/`` mixes two things. This script separates them with ``git blame``
 (``-w -M -C -C``: whitespace ignored, lines followed through moves and copies across files):
 
-* ``old``      -- lines written before the issue was filed and still here unchanged;
-* ``refactor`` -- lines whose last change is a commit of the refactoring itself (issue #22:
-  kernel layer, MCMC driver, shared checks and components, bio slices, file splits...), listed
-  by hash in ``REFACTOR`` below;
+* ``old``      -- lines written before the issue was filed (the refactoring's edits of them
+  are traced back to the line they replaced: ``git blame --ignore-revs-file`` with the
+  refactoring's commits, listed by hash in ``REFACTOR`` below);
+* ``refactor`` -- lines the refactoring (issue #22: kernel layer, MCMC driver, shared checks and
+  components, bio slices, file splits...) added with no earlier counterpart;
 * ``speed``    -- lines last changed by the speed work of issue #23 (``SPEED``), which added no
   feature; reported apart and counted with the same features in the conservative total;
 * ``features`` -- every other line written after the filing: the new features and fixes that
   other issues asked for.
 
-"Same features" = old + refactor (+ speed, conservatively). A line of an old feature that a
-later feature commit edited counts as a feature line, so the split is approximate in that
-direction; ``features_by_commit`` lists the largest contributors for review.
+"Same features" = old + refactor (+ speed, conservatively). git's matching of an ignored
+commit's lines to the lines they replaced is a heuristic, and a line of an old feature that a
+later feature commit edited counts as a feature line, so the split is approximate;
+``features_by_commit`` lists the largest contributors for review.
 
 Run:  python benchmarks/code_size.py   -> benchmarks/results/code_size.json  (about a minute)
 """
@@ -28,6 +30,7 @@ import collections
 import json
 import pathlib
 import subprocess
+import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -65,9 +68,14 @@ def main() -> None:
 
     old = set(git("rev-list", FILING).split())
     files = [f for f in git("ls-files", "boltzkit").split() if f.endswith(".py")]
+    # The refactoring's edits of older lines go back to the lines they replaced (git blame
+    # --ignore-revs-file); only the lines it added without a counterpart stay its own.
+    ignore = pathlib.Path(tempfile.mkstemp(suffix=".revs")[1])
+    ignore.write_text("\n".join(git("rev-parse", h).strip() for h in refactor) + "\n")
     per_commit: collections.Counter = collections.Counter()
     for f in files:
-        for line in git("blame", "--line-porcelain", "-w", "-M", "-C", "-C", "HEAD", "--", f).splitlines():
+        for line in git("blame", "--line-porcelain", "-w", "-M", "-C", "-C", "--ignore-revs-file",
+                        str(ignore), "HEAD", "--", f).splitlines():
             head = line.split(" ", 1)[0]
             if len(head) == 40 and all(c in "0123456789abcdef" for c in head) and line.count(" ") >= 2:
                 per_commit[head] += 1
@@ -97,6 +105,7 @@ def main() -> None:
             {"commit": c[:7], "lines": n, "subject": git("log", "-1", "--format=%s", c).strip()[:100]}
             for n, c in feats[:40]],
     }
+    ignore.unlink()
     pathlib.Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "features_by_commit"}, indent=1))
 
