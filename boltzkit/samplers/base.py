@@ -318,10 +318,14 @@ class TrainableSampler(Sampler):
         return frac, islands, n_mcmc
 
     @staticmethod
-    def _optimizer_step(net, optimizer, *, grad_clip=None, ema=None) -> None:
-        """Step ``optimizer`` on the gradients already in ``net``: their norm cut to ``grad_clip``
-        first (the rank-averaged gradient under torchrun; None: no cut), then the EMA copy
-        ``ema`` (when given) updated."""
+    def _optimizer_step(net, optimizer, loss=None, *, grad_clip=None, ema=None) -> None:
+        """Step ``optimizer`` on the gradients of ``loss`` (cleared, then back-propagated; None:
+        the gradients already in ``net``): their norm cut to ``grad_clip`` first (the
+        rank-averaged gradient under torchrun; None: no cut), then the EMA copy ``ema`` (when
+        given) updated."""
+        if loss is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if grad_clip is not None:
             dist.sync_gradients(optimizer)  # clip the rank-averaged gradient (no-op on one process)
             torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)

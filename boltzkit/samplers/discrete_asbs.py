@@ -723,10 +723,8 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
         elif i % cfg.resample_every == 0:
             self._refill(phase, gen)
         net.train()
-        opt.zero_grad(set_to_none=True)
         loss = loss_fn(self.buffer.sample(cfg.batch_size, generator=gen), gen)
-        loss.backward()
-        self._optimizer_step(net, opt, grad_clip=cfg.grad_clip, ema=ema)
+        self._optimizer_step(net, opt, loss, grad_clip=cfg.grad_clip, ema=ema)
         if i == length - 1:  # end of the phase: the network continues from its EMA
             net.load_state_dict(ema.shadow.state_dict())
         out = {"loss": float(loss.detach()), "stage": stage, "phase": float(phase == "corrector"),

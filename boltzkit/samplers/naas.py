@@ -594,9 +594,7 @@ class NAAS(TrainableSampler):
             batch = self.buffer.sample(c.train_batch_size, generator=gen)
             out = self.net(batch["t"], batch["x"])
             lval = (batch["w"] * (out - batch["target"]).pow(2).mean(-1)).mean()
-            self.opt.zero_grad(set_to_none=True)
-            lval.backward()
-            self._optimizer_step(self.net, self.opt, ema=self.ema)
+            self._optimizer_step(self.net, self.opt, lval, ema=self.ema)
             loss += float(lval.detach()) / c.updates_per_step
         metrics = {"loss": loss}
         # prior stage: reciprocal adjoint matching towards exp(-U_0 - V_0)
@@ -642,9 +640,7 @@ class NAAS(TrainableSampler):
             out = self.prior_net(s.squeeze(1), ys)
             resid = out - target / self.prior_sched.control_scale(s, self.target_scale)
             lval = (batch["w"] * resid.pow(2).mean(-1)).mean()
-            self.prior_opt.zero_grad(set_to_none=True)
-            lval.backward()
-            self._optimizer_step(self.prior_net, self.prior_opt, ema=self.prior_ema)
+            self._optimizer_step(self.prior_net, self.prior_opt, lval, ema=self.prior_ema)
             total += float(lval.detach()) / c.prior_updates_per_step
         return total
 
@@ -727,12 +723,7 @@ class NAAS(TrainableSampler):
         loss = 0.0
         for _ in range(c.updates_per_step):
             lval = self.scld_loss(self.net, self.buffer.sample(c.train_batch_size, generator=gen))
-            self.opt.zero_grad(set_to_none=True)
-            lval.backward()
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), SCLD_GRAD_CLIP)
-            self.opt.step()
-            if self.ema is not None:
-                self.ema.update(self.net)
+            self._optimizer_step(self.net, self.opt, lval, grad_clip=SCLD_GRAD_CLIP, ema=self.ema)
             loss += float(lval.detach()) / c.updates_per_step
         return {"loss": loss, "log_z": run.log_z, "segment_ess_frac": run.ess_frac,
                 "energy_grads": float(self.ref.n_grad), "energy_hvps": float(self.ref.n_hvp)}

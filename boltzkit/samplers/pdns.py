@@ -651,9 +651,7 @@ class PDNS(TrainableSampler):
         self.model.train()
         loss = self.inst.scld_loss(self.model, self.buffer.sample(cfg.scld_train_rows, generator=gen),
                                    cfg.scld_segments)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self._optimizer_step(self.model, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
+        self._optimizer_step(self.model, self.optimizer, loss, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": float(loss.detach()), **self._metrics}
 
     def train_step(self) -> dict:
@@ -665,9 +663,7 @@ class PDNS(TrainableSampler):
         x, weights = self.batch
         self.model.train()
         loss = self.inst.loss(self.model, x, weights, gen)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self._optimizer_step(self.model, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
+        self._optimizer_step(self.model, self.optimizer, loss, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": float(loss.detach()), **self._metrics}
 
     # ------------------------------------------------------------------ state

@@ -621,11 +621,9 @@ class TR2D2(TrainableSampler):
         weights = dist.softmax_across_ranks(data["log_weights"])  # softmax on one process
         pooled_lw = dist.all_gather_tensor(data["log_weights"].detach())
         self.net.train()
-        self.optimizer.zero_grad(set_to_none=True)
         loss = wdce_loss(lambda t: self.policy_logits(t, self.net), data["samples"], weights, self.q,
                          cfg.n_replicates, generator=gen, mode=cfg.mask_mode)
-        loss.backward()
-        self._optimizer_step(self.net, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
+        self._optimizer_step(self.net, self.optimizer, loss, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": float(loss.detach()), "buffer_mean_reward": float(data["reward"].mean()),
                 "buffer_ess_frac": ess_kish(pooled_lw) / pooled_lw.numel(),  # of every rank's buffer
                 "buffer_size": float(weights.numel()), "reward_calls": float(self.reward_calls),
