@@ -199,10 +199,11 @@ class Sampler:
         return {"method": self.name, "target": tgt.to_config() if hasattr(tgt, "to_config") else {},
                 "config": self.config_dict(), "seed": self.seed, "device": str(self.device)}
 
-    def _chunks(self, n: int) -> list:
-        """Sizes of consecutive chunks of ``n`` draws, ``config.sample_batch_size`` at most each."""
+    def _chunked(self, draw, n: int) -> list:
+        """``draw(m)`` over consecutive chunks of ``n`` draws (``config.sample_batch_size`` at
+        most each), in order; its outputs gathered position by position, one tuple each."""
         size = self.config.sample_batch_size
-        return [min(size, n - s) for s in range(0, n, size)]
+        return list(zip(*(draw(min(size, n - s)) for s in range(0, n, size))))
 
     def _no_checkpoint(self, checkpoint) -> None:
         """``fit``'s refusal of a checkpoint, for the samplers that do not train."""

@@ -753,14 +753,12 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
         """Raw trajectories of the EMA controller, in chunks: (CyclicPath, float64 log w)."""
         self._require_fit()
         gen = self.gens["sample"] if generator is None else generator
-        parts = []
-        for m in self._chunks(n_samples):
-            parts.append(self.rollout(self.ema_controller.shadow, m, generator=gen))
-        paths = [p for p, _ in parts]
+        paths, lws = self._chunked(lambda m: self.rollout(self.ema_controller.shadow, m, generator=gen),
+                                   n_samples)
         joined = CyclicPath(torch.cat([p.x0 for p in paths]), torch.cat([p.x1 for p in paths]),
                             torch.cat([p.log_ratio for p in paths]), sum(p.n_capped for p in paths),
                             torch.cat([p.n_jumps for p in paths]))
-        return joined, torch.cat([lw for _, lw in parts])
+        return joined, torch.cat(lws)
 
     def _smc_proposal(self, n: int, generator) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
         """:meth:`sample_smc` (SMC over inverse temperature started from these paths; see

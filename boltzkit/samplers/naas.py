@@ -761,17 +761,17 @@ class NAAS(TrainableSampler):
             return self.sample_smc(n_samples)
         net, prior_net = self.sampling_nets()
         gen = self.gens["sample"]
-        xs, lws = [], []
         grads0 = self.ref.n_grad
-        for m in self._chunks(n_samples):
+
+        def draw(m):
             x, lw, _ = self._simulate(m, net, prior_net, gen)
             if lw is None:
                 raise TrainingDivergedError(
                     "NAAS sampling produced non-finite states; increase n_time_steps, lower "
                     "relaxation or set grad_clip")
-            xs.append(x.cpu())
-            lws.append(lw.cpu())
-        x, lw = torch.cat(xs), torch.cat(lws)
+            return x.cpu(), lw.cpu()
+
+        x, lw = map(torch.cat, self._chunked(draw, n_samples))
         if self.frame is not None:
             x = self.frame.to_x(x)
         return result_from_log_weights(x, lw, exact_log_z=self.target.exact_log_z(),

@@ -702,12 +702,8 @@ class PDNS(TrainableSampler):
         t0 = time.perf_counter()
         net, gen = self.ema.shadow, self.gens["sample"]
         net.eval()
-        xs, lws = [], []
-        for m in self._chunks(n_samples):
-            x, lw, _ = self.inst.rollout(net, m, gen, train=False)
-            xs.append(x)
-            lws.append(lw)
-        x, lw = torch.cat(xs), torch.cat(lws)
+        draw = lambda m: self.inst.rollout(net, m, gen, train=False)[:2]  # noqa: E731 (states, log w)
+        x, lw = map(torch.cat, self._chunked(draw, n_samples))
         diag = {**self._stage_diagnostics(), "final_prox_step": self.schedule.step,
                 "sample_wall_time_s": time.perf_counter() - t0}
         return result_from_log_weights(self.inst.decode(x).cpu(), lw.cpu(),

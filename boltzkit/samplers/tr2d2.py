@@ -649,17 +649,16 @@ class TR2D2(TrainableSampler):
         """
         self._require_fit()
         gen = self.gens["sample"] if generator is None else generator
-        paths, refs, objs, rs = [], [], [], []
         net = self._rollout_net()
-        for m in self._chunks(n_samples):
+
+        def draw(m):
             path = masked_rollout(lambda t: self.policy_logits(t, net), m, self.L, self.q, generator=gen,
                                   n_steps=len(self.blocks), device=self.device)
-            refs.append(path_log_prob(self.ref, path, self.q))
-            obj, r = self._reward(path.x, count=False)  # evaluation, not training cost
-            paths.append(path)
-            objs.append(obj)
-            rs.append(r)
-        return MaskedPath.join(paths, self.blocks), torch.cat(refs), torch.cat(objs), torch.cat(rs)
+            log_ref = path_log_prob(self.ref, path, self.q)
+            return path, log_ref, *self._reward(path.x, count=False)  # evaluation, not training cost
+
+        paths, *rest = self._chunked(draw, n_samples)
+        return MaskedPath.join(paths, self.blocks), *map(torch.cat, rest)
 
     def sample(self, n_samples: int):
         """Draw ``n_samples`` sequences from the fine-tuned policy with their exact weights for p*."""
