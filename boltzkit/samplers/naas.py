@@ -175,7 +175,7 @@ from ..nn.continuous_nets import make_control_net
 from ..nn.ema import EMA
 from ..nn.buffers import ReplayBuffer
 from ._shared.scld import check_smc_config, controlled_backward, segment_buffer, segment_loss, segment_rollout
-from ._shared.smc import MALARejuvenation, island_result, run_islands
+from ._shared.smc import MALARejuvenation, controlled_islands, island_result
 from ..kernels.langevin import default_step_size
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
                           gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_space,
@@ -853,23 +853,13 @@ class NAAS(TrainableSampler):
             lw = torch.zeros(n, dtype=torch.float64, device=self.device)
         else:
             lw = lw + ref.log_prior(x)
-        drift = self._annealed_drift(net)
-        back = self._backward_kernel(net)
         ts = self.ts
-
-        def step(k, x, carry):
-            (log_g,) = carry
-            mv = euler_maruyama(drift, ref.sigma, x, ts[k:k + 2], generator=gen,
-                                project=self.project, n_dof=self.n_dof, backward=back)
-            if not bool(torch.isfinite(mv.x).all()):
-                raise TrainingDivergedError("NAAS SMC produced non-finite states; increase "
-                                            "n_time_steps, lower relaxation or set grad_clip")
-            log_g_new = self.log_gamma(float(ts[k + 1]), mv.x)
-            return mv.x, log_g_new - log_g + mv.log_bwd - mv.log_fwd, (log_g_new,)
-
-        rejuv = self._mala_rejuvenation(n_mcmc)
-        run = run_islands(x, lw, ts.numel() - 1, step, frac=frac, n_islands=islands, generator=gen,
-                          rejuvenate=rejuv, carry=(ref.log_prior(x),))
+        run = controlled_islands(
+            x, lw, ts, self._annealed_drift(net), ref.sigma,
+            lambda k, y: self.log_gamma(float(ts[k]), y),
+            generator=gen, project=self.project, n_dof=self.n_dof, backward=self._backward_kernel(net),
+            diverged="NAAS SMC produced non-finite states; increase n_time_steps, lower relaxation "
+                     "or set grad_clip", frac=frac, n_islands=islands, rejuvenate=self._mala_rejuvenation(n_mcmc))
         x = run.x.cpu()
         if self.frame is not None:
             x = self.frame.to_x(x)

@@ -146,7 +146,7 @@ from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
                           state_space, time_grid)
 from ._shared.scld import check_smc_config, segment_buffer, segment_loss, segment_rollout
-from ._shared.smc import MALARejuvenation, island_result, run_islands
+from ._shared.smc import MALARejuvenation, controlled_islands, island_result
 from ..kernels.langevin import default_step_size
 from .._utils import check_fraction
 from .base import SamplerConfig, TrainableSampler, check_count, check_choice, check_flag, check_number
@@ -488,28 +488,16 @@ class _BrownianBridge:
 
     @torch.no_grad()
     def smc(self, net, n, generator, *, frac, n_islands, mcmc_steps):
-        """Island SMC along the controlled path (:func:`~boltzkit.samplers._shared.smc.run_islands`);
+        """Island SMC along the controlled path (:func:`~boltzkit.samplers._shared.smc.controlled_islands`);
         returns an :class:`~boltzkit.samplers._shared.smc.IslandRun` in the sampler's frame."""
         coef = self._coef
-        drift = (lambda t, x: coef[t] * net(t, x))
-        back = brownian_bridge_kernel(self.sched.variance)
-        ts = self.ts
-
-        def step(k, x, carry):
-            (log_g,) = carry
-            mv = euler_maruyama(drift, None, x, ts[k:k + 2], generator=generator, project=self.project,
-                                n_dof=self.n_dof, noise_var=self.sched.step_variance, backward=back)
-            if not bool(torch.isfinite(mv.x).all()):
-                raise TrainingDivergedError("PDNS SMC produced non-finite states; raise n_time_steps "
-                                            "or lower noise_ratio")
-            log_g_new = self.log_gamma(k + 1, mv.x)
-            return mv.x, log_g_new - log_g + mv.log_bwd - mv.log_fwd, (log_g_new,)
-
-        x0 = torch.zeros(n, self.dim, device=self.device)
-        lw0 = torch.zeros(n, dtype=torch.float64, device=self.device)
-        return run_islands(x0, lw0, ts.numel() - 1, step, frac=frac, n_islands=n_islands,
-                           generator=generator, rejuvenate=self.rejuvenation(mcmc_steps),
-                           carry=(lw0.clone(),))
+        return controlled_islands(
+            torch.zeros(n, self.dim, device=self.device), torch.zeros(n, dtype=torch.float64, device=self.device),
+            self.ts, lambda t, x: coef[t] * net(t, x), None, self.log_gamma, generator=generator,
+            project=self.project, n_dof=self.n_dof, backward=brownian_bridge_kernel(self.sched.variance),
+            noise_var=self.sched.step_variance, frac=frac, n_islands=n_islands,
+            diverged="PDNS SMC produced non-finite states; raise n_time_steps or lower noise_ratio",
+            rejuvenate=self.rejuvenation(mcmc_steps))
 
     def rejuvenation(self, mcmc_steps: int):
         """``mcmc_steps`` MALA moves on ``gamma_k`` in ``y = c_k x`` (where every level has the

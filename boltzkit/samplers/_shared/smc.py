@@ -52,7 +52,7 @@ JENSEN_ROUNDING = 1e-12  # a Jensen bias below this is float rounding (exact run
 MIN_RELIABLE_ISLANDS = 8  # fewer islands: the spread (and so the error bar) is itself too uncertain
 ISLAND_SPREAD_CONFIDENCE = 0.95  # the spread limit applies to this one-sided upper bound of the spread
 
-__all__ = ["IslandRun", "run_islands", "island_result", "check_smc_options", "check_islands", "MALARejuvenation",
+__all__ = ["IslandRun", "run_islands", "controlled_islands", "island_result", "check_smc_options", "check_islands", "MALARejuvenation",
            "spread_upper_bound", "capped_drift", "DRIFT_CAP"]
 
 MALA_TARGET_ACCEPT = 0.574
@@ -177,6 +177,34 @@ def run_islands(x: torch.Tensor, lw: torch.Tensor, n_levels: int, step: Callable
     acc = getattr(rejuvenate, "acceptance", None)
     return IslandRun(x=x, lw=lw, island_log_z=island_log_z, resample_events=events,
                      acceptance=float(sum(acc) / len(acc)) if acc else None)
+
+
+def controlled_islands(x: torch.Tensor, lw: torch.Tensor, ts: torch.Tensor, drift: Callable,
+                       diffusion: "Callable | None", log_gamma: Callable, *, generator, project, n_dof,
+                       backward: Callable, noise_var: "Callable | None" = None, diverged: str,
+                       **islands) -> IslandRun:
+    """:func:`run_islands` along a controlled Euler-Maruyama path on the grid ``ts`` (NAAS and
+    PDNS ``sample_smc``): level ``k`` moves by one step of ``drift`` (noise ``diffusion`` or
+    ``noise_var``, :func:`~boltzkit.nn.sde.euler_maruyama`) and is weighted by
+    ``log gamma_{k+1}(x_{k+1}) + log B_k(x_k | x_{k+1}) - log gamma_k(x_k) - log q_k(x_{k+1} | x_k)``,
+    ``log_gamma(k, x)`` the intermediate targets (float64, ``gamma_0`` at the start points
+    carried), ``B_k`` the ``backward`` kernels. A non-finite state raises TrainingDivergedError
+    with the message ``diverged``. ``islands``: :func:`run_islands`'s keywords (``frac``,
+    ``n_islands``, ``rejuvenate``)."""
+    from ...errors import TrainingDivergedError
+    from ...nn.sde import euler_maruyama
+
+    def step(k, x, carry):
+        (log_g,) = carry
+        mv = euler_maruyama(drift, diffusion, x, ts[k:k + 2], generator=generator, project=project,
+                            n_dof=n_dof, noise_var=noise_var, backward=backward)
+        if not bool(torch.isfinite(mv.x).all()):
+            raise TrainingDivergedError(diverged)
+        log_g_new = log_gamma(k + 1, mv.x)
+        return mv.x, log_g_new - log_g + mv.log_bwd - mv.log_fwd, (log_g_new,)
+
+    return run_islands(x, lw, ts.numel() - 1, step, generator=generator, carry=(log_gamma(0, x),),
+                       **islands)
 
 
 def island_result(samples, run: IslandRun, *, log_shift: float = 0.0, exact_log_z=None,
