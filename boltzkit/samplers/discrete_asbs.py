@@ -606,7 +606,7 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
         """(CyclicPath, float64 log w for the true target, float64 energies U(x_1))."""
         cfg = self.config
         x0 = sample_source(self.source, n, self.n_sites, self.q, generator=generator, device=self.device)
-        path = cyclic_rollout(autocast_net(controller, self.device, self._amp), x0, self.times, self.noise, self.q, generator=generator,
+        path = cyclic_rollout(self._net(controller), x0, self.times, self.noise, self.q, generator=generator,
                               max_jump=cfg.max_jump)
         log_p1 = source_log_terminal(self.source, path.x1, self.noise.integral(cfg.t0, 1.0), self.q)
         u = index_energy(self.target, path.x1)

@@ -427,11 +427,7 @@ class TR2D2(TrainableSampler):
     def policy_logits(self, tokens, net=None):
         """Logits of the fine-tuned policy (the EMA copy when ``ema_decay > 0``)."""
         net = self._rollout_net() if net is None else net
-        if self.residual:
-            with torch.no_grad():
-                ref = self.ref(tokens)
-            return ref + net(tokens)
-        return net(tokens)
+        return self.ref(tokens) + net(tokens) if self.residual else net(tokens)  # ref: frozen, no graph
 
     def finetuned_model(self):
         """The fine-tuned policy as a :class:`~boltzkit.bio.sequences.masked_diffusion.MaskedDiffusion` (a copy)."""
