@@ -673,14 +673,13 @@ class SlackLangevin(ProjectedLangevin):
 
     def _init_state(self, x):
         with torch.no_grad():
-            g = self.domain._stack(self.domain.inequalities, x)
+            g = self._ineq(x)
         sign = torch.randint(0, 2, g.shape, generator=self.gens["init"], device=x.device).to(x.dtype) * 2 - 1
         return torch.cat([x, sign * torch.sqrt((-g).clamp_min(1e-12))], dim=1)
 
     def _eq(self, z):
-        dom = self.domain
         x, s = z[:, :self._d], z[:, self._d:]
-        return torch.cat([dom._stack(dom.equalities, x), dom._stack(dom.inequalities, x) + s * s], dim=1)
+        return torch.cat([super()._eq(x), self._ineq(x) + s * s], dim=1)
 
     def _energy(self, z):
         u = self.target.energy(self.domain.unflatten(z[:, :self._d]))
