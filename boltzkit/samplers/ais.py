@@ -457,24 +457,24 @@ class _Annealer:
         running = [(zero + self.log_z0, zero)]
         ladder = [0.0]
         kept = []
-        k = 0
+        k, total = 0, "?" if lambdas is None else lambdas.size - 1
         while ladder[-1] < 1.0:
             k += 1
+            u0, u64 = self.u0(x).double(), u.double()  # the reference and target energies at x
             if lambdas is not None:
                 lam = float(lambdas[k])
             else:
                 if k > max_levels:
                     raise ConfigError(f"the adaptive ladder needs more than max_levels={max_levels} "
                                       f"levels (at lambda={ladder[-1]:.4g}); lower cess or raise max_levels")
-                lam = self.next_level(logw, u.double(), self.u0(x).double(), ladder[-1], cess, islands)
+                lam = self.next_level(logw, u64, u0, ladder[-1], cess, islands)
             dlam, da = lam - ladder[-1], self.ref_coef(lam) - self.ref_coef(ladder[-1])
             ladder.append(lam)
-            total = lambdas.size - 1 if lambdas is not None else "?"
             self.where = f"at annealing level {k} of {total}"
             if self.beta_start == 1.0:  # geometric path: da = -dlam
-                logw += dlam * (self.u0(x).double() - u.double())
+                logw += dlam * (u0 - u64)
             else:
-                logw -= da * self.u0(x).double() + dlam * u.double()
+                logw -= da * u0 + dlam * u64
             running.append(running_log_z(logw, log_acc, self.log_z0))
             if resample_ess is not None:
                 (x, u, g), logw, log_acc, events = resample_islands((x, u, g), logw, log_acc,
