@@ -263,7 +263,7 @@ class SMC(Sampler):
         :meth:`sample_from`); its first level keeps lambda = lam0 (resample and move the
         population there before tempering), so the ladder holds lam0 twice. An adaptive run
         ends at lambda = ``stop`` (a partial ladder: log Z of exp(-stop U))."""
-        from ._shared.smc import resample_islands, running_log_z
+        from ._shared.smc import island_ess, resample_islands, running_log_z
 
         cfg = self.config
         dev, dom = self.device, self.target.domain
@@ -307,10 +307,9 @@ class SMC(Sampler):
                     first = False
                     logw = logw - (new - lam) * u
                     running.append(running_log_z(logw, log_acc, log_z0))
-                    lw = logw.view(M, -1)
-                    ess_hist.append(torch.exp(2 * torch.logsumexp(lw, 1) - torch.logsumexp(2 * lw, 1)).mean()
-                                    / lw.shape[1])
-                    (x,), logw, log_acc, k = resample_islands((x,), logw, log_acc, cfg.resample_ess, gen)
+                    ess = island_ess(logw, M)
+                    ess_hist.append(ess.mean() / (n // M))
+                    (x,), logw, log_acc, k = resample_islands((x,), logw, log_acc, cfg.resample_ess, gen, ess=ess)
                     events += k
                     rate = torch.zeros((), dtype=torch.float64, device=dev)
                     for _ in range(self.n_sweeps):

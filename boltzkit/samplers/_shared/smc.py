@@ -322,17 +322,24 @@ def systematic_indices(logw: torch.Tensor, m: int, generator) -> torch.Tensor:
     return torch.searchsorted(cdf, pos).clamp_(max=logw.numel() - 1)
 
 
-def resample_islands(tensors: tuple, logw, log_acc, frac: float, generator):
+def island_ess(logw: torch.Tensor, islands: int) -> torch.Tensor:
+    """Kish ESS (islands,) of each island (contiguous block) of the log-weights ``logw``."""
+    lw = logw.view(islands, -1)
+    return torch.exp(2 * torch.logsumexp(lw, 1) - torch.logsumexp(2 * lw, 1))
+
+
+def resample_islands(tensors: tuple, logw, log_acc, frac: float, generator, *, ess=None):
     """Systematic resampling, within each island (contiguous blocks of ``logw``) whose ESS is
     below ``frac`` times its size; a resampled island's mean weight moves into ``log_acc``
     and its weights restart at 0, so ``log_acc + logmeanexp(logw)`` stays its log Z.
 
-    ``tensors`` (each indexed by particle along dim 0) are reordered with the particles.
+    ``tensors`` (each indexed by particle along dim 0) are reordered with the particles;
+    ``ess``: the islands' :func:`island_ess`, where the caller has computed it already.
     Returns ``(tensors, logw, log_acc, number of islands resampled)``."""
     islands = log_acc.numel()
     m = logw.numel() // islands
     lw = logw.view(islands, m)
-    ess = torch.exp(2 * torch.logsumexp(lw, 1) - torch.logsumexp(2 * lw, 1))
+    ess = island_ess(logw, islands) if ess is None else ess
     need = ess < frac * m
     if not bool(need.any()):
         return tensors, logw, log_acc, 0
