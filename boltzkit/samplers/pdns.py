@@ -626,31 +626,33 @@ class PDNS(TrainableSampler):
                          "stage_kl": tilted_kl(s), "stage_ess_frac": ess_fraction(s),
                          "ess_frac": est.ess_frac, "log_z": est.log_z}
 
-    def _scld_step(self) -> dict:
-        """SCLD: a fresh SMC pass of the current network every ``inner_steps`` steps, its
-        segments into the buffer; one gradient step of the segment log-variance."""
-        cfg, gen = self.config, self.gens["train"]
-        if self.step % cfg.inner_steps == 0 or not len(self.buffer):
-            run = self.inst.scld_rollout(self.model, cfg.batch_size, gen, n_segments=cfg.scld_segments,
-                                         mcmc_steps=cfg.smc_mcmc_steps)
-            self.buffer.add(**run.rows)
-            self._metrics = {"log_z": run.log_z, "segment_ess_frac": run.ess_frac,
-                             "energy_evals": float(self.inst.n_energy)}
-        self.model.train()
-        loss = self.inst.scld_loss(self.model, self.buffer.sample(cfg.scld_train_rows, generator=gen),
-                                   cfg.scld_segments)
-        self._optimizer_step(self.model, self.optimizer, loss, grad_clip=cfg.grad_clip, ema=self.ema)
-        return {"loss": float(loss.detach()), **self._metrics}
+    def _new_segments(self, generator) -> None:
+        """SCLD: a fresh SMC pass of the current network, its segments into the buffer."""
+        cfg = self.config
+        run = self.inst.scld_rollout(self.model, cfg.batch_size, generator, n_segments=cfg.scld_segments,
+                                     mcmc_steps=cfg.smc_mcmc_steps)
+        self.buffer.add(**run.rows)
+        self._metrics = {"log_z": run.log_z, "segment_ess_frac": run.ess_frac,
+                         "energy_evals": float(self.inst.n_energy)}
 
     def train_step(self) -> dict:
+        """One gradient step: of the weighted loss on the stage batch (a fresh batch every
+        ``inner_steps`` steps) or, with ``train_on="smc"`` (SCLD), of the segment log-variance
+        on buffered segments (a fresh SMC pass every ``inner_steps`` steps)."""
         cfg, gen = self.config, self.gens["train"]
+        fresh = self.step % cfg.inner_steps == 0
         if cfg.train_on == "smc":
-            return self._scld_step()
-        if self.step % cfg.inner_steps == 0 or self.batch is None:
-            self._new_batch(gen)
-        x, weights = self.batch
-        self.model.train()
-        loss = self.inst.loss(self.model, x, weights, gen)
+            if fresh or not len(self.buffer):
+                self._new_segments(gen)
+            self.model.train()
+            loss = self.inst.scld_loss(self.model, self.buffer.sample(cfg.scld_train_rows, generator=gen),
+                                       cfg.scld_segments)
+        else:
+            if fresh or self.batch is None:
+                self._new_batch(gen)
+            x, weights = self.batch
+            self.model.train()
+            loss = self.inst.loss(self.model, x, weights, gen)
         self._optimizer_step(self.model, self.optimizer, loss, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": float(loss.detach()), **self._metrics}
 
