@@ -107,7 +107,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -117,10 +117,12 @@ from .._registry import register
 from .._utils import progress_bar
 from ..domains import Categorical, Reals
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
+from ..estimators.importance import log_z_from_log_weights
 from ..result import result_from_log_weights
-from ._shared.smc import (MALA_TARGET_ACCEPT, STEP_GAIN, capped_drift, check_islands, pool_islands,
-                          resample_islands, running_log_z, systematic_indices)
+from ._shared.smc import (MALA_TARGET_ACCEPT, STEP_GAIN, capped_drift, check_islands, island_reliability,
+                          pool_islands, resample_islands, running_log_z, systematic_indices)
 from .base import Sampler, SamplerConfig, check_count, check_flag, check_number
+from .smc import default_n_islands
 from ..kernels.categorical import random_scan_metropolis
 from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
 
@@ -641,10 +643,6 @@ class AIS(AnnealedSampler):
                                            history=history, **kw)
         # SMC: particles of one island share ancestors, so the error bar comes from the
         # independent islands' log Z (the same log Z as the pooled weights)
-        from dataclasses import replace
-
-        from ..estimators.importance import log_z_from_log_weights
-
         est = log_z_from_log_weights(smc["island_log_z"], warn=False)
         pilot_isl = diag.pop("pilot_island_log_z", None)
         if pilot_isl is not None:
@@ -657,8 +655,6 @@ class AIS(AnnealedSampler):
         res = result_from_log_weights(x, lw, exact_log_z=exact, diagnostics=diag, history=history,
                                       warn=False, **kw)
         res = replace(res, log_z_stderr=est.stderr)
-        from ._shared.smc import island_reliability
-
         island_reliability(res, smc["island_log_z"], stacklevel=3)
         return res
 
@@ -702,14 +698,10 @@ class AIS(AnnealedSampler):
             (ADAPTIVE_RESAMPLE_ESS if lambdas is None else None)
         n_isl = 1
         if resample is not None:
-            from .smc import default_n_islands
-
             n_isl = cfg.n_islands or default_n_islands(n)
             check_islands(n, n_isl)
         pilot = {}
         if lambdas is None:  # the ladder from an independent pilot run
-            from .smc import default_n_islands
-
             n_p = max(256, int(n * cfg.pilot))
             m_p = default_n_islands(n_p)
             n_p -= n_p % m_p
