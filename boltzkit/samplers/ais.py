@@ -122,7 +122,7 @@ from ..result import result_from_log_weights
 from ._shared.smc import (MALA_TARGET_ACCEPT, STEP_GAIN, capped_drift, check_islands, island_reliability,
                           pool_islands, resample_islands, running_log_z, systematic_indices)
 from .base import Sampler, SamplerConfig, check_count, check_flag, check_number
-from .smc import default_n_islands
+from .smc import SWEEP_PER_ENERGY, _kernel_of, _local_moves, default_n_islands, next_lambda
 from ..kernels.categorical import random_scan_metropolis
 from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
 
@@ -414,8 +414,6 @@ class _Annealer:
     def next_level(self, logw, u, u0, lam: float, cess: float, islands: int) -> float:
         """The adaptive ladder's next lambda, within the current stage of the path (the increment
         ``-(a' - a) U_0 - (lambda' - lambda) U`` is linear in lambda' only within a stage)."""
-        from .smc import next_lambda
-
         b = self.beta_start
         if lam < b:  # geometric stage, in t = lambda / b
             t = next_lambda(logw, b * u - u0, lam / b, cess, islands)
@@ -581,8 +579,6 @@ class AIS(AnnealedSampler):
             grad = getattr(profile, "grad_s", float("nan"))
             per = (1.0 + grad / e if math.isfinite(grad) else 3.0) * (cfg.n_leapfrog if cfg.kernel == "hmc" else 1)
         else:
-            from ..samplers.smc import SWEEP_PER_ENERGY, _local_moves
-
             per = SWEEP_PER_ENERGY if _local_moves(target) else 1.3 * dom.n_sites
         if _adaptive(cfg, dom):  # the ladder's length is unknown before the pilot: a typical one
             levels = max(cfg.min_levels, ADAPTIVE_LEVELS_PER_SQRT_DIM * math.sqrt(dom.dim)) + cfg.pilot * ADAPTIVE_LEVELS_PER_SQRT_DIM * math.sqrt(dom.dim)
@@ -759,8 +755,6 @@ class AIS(AnnealedSampler):
 
     # ----------------------------------------------------------------- categorical
     def _run_categorical(self, n, lambdas, gen, bar):
-        from .smc import _kernel_of
-
         dom = self.target.domain
         _, sweep = _kernel_of(self.target, self.kernel)
         log_z0 = dom.log_size()
