@@ -41,8 +41,8 @@ from typing import Callable
 
 import torch
 
-from ...errors import ConfigError, UnreliableEstimateWarning
-from ...estimators.importance import log_z_from_log_weights
+from ...errors import ConfigError, TrainingDivergedError, UnreliableEstimateWarning
+from ...estimators.importance import PARETO_K_LIMIT, log_z_from_log_weights, pareto_k
 from ...kernels.langevin import adapt_log_step, mala_move
 from ...result import result_from_log_weights
 
@@ -191,7 +191,6 @@ def controlled_islands(x: torch.Tensor, lw: torch.Tensor, ts: torch.Tensor, drif
     carried), ``B_k`` the ``backward`` kernels. A non-finite state raises TrainingDivergedError
     with the message ``diverged``. ``islands``: :func:`run_islands`'s keywords (``frac``,
     ``n_islands``, ``rejuvenate``)."""
-    from ...errors import TrainingDivergedError
     from ...nn.sde import euler_maruyama
 
     def step(k, x, carry):
@@ -271,8 +270,6 @@ def island_reliability(res, island_log_z, *, stacklevel: int = 2,
     0.5 % of runs at M = 32), and a mode every island missed. The island diagnostics are stored
     in ``res.diagnostics`` (``island_log_z_std``, ``island_log_z_std_upper``, ``island_jensen_bias``, ``island_pareto_k``,
     ``island_max_share``, ``unreliable_because``)."""
-    from ...estimators.importance import PARETO_K_LIMIT, pareto_k
-
     lz = torch.as_tensor(island_log_z).double().cpu()
     M = lz.numel()
     spread = float(lz.std()) if M > 1 else float("nan")
