@@ -176,8 +176,12 @@ def _new_rows(samples: torch.Tensor, old: "torch.Tensor | None") -> torch.Tensor
     return first if b else torch.zeros(0, dtype=torch.bool)
 
 
-def _merge(old: dict, new: dict) -> dict:
-    """Concatenate buffer entries (no truncation)."""
+def _merge(old: dict, samples, log_weights, extras: dict, ok: torch.Tensor) -> dict:
+    """The buffer entries ``old`` followed by the added rows that pass ``ok`` and are new
+    sequences (:func:`_new_rows`); no truncation."""
+    ok = ok & _new_rows(samples, old["samples"] if old else None)
+    new = {"samples": samples[ok], "log_weights": log_weights[ok].to(torch.float64),
+           **{k: v[ok] for k, v in extras.items()}}
     if not old:
         return new
     if set(new) != set(old):
@@ -193,11 +197,8 @@ class TopKBuffer(ReplayBuffer):
     """
 
     def add(self, samples, log_weights, **extras):
-        reward = extras["reward"]
-        ok = torch.isfinite(log_weights) & torch.isfinite(reward)
-        ok &= _new_rows(samples, self.data["samples"] if self.data else None)
-        new = _merge(self.data, {"samples": samples[ok], "log_weights": log_weights[ok].to(torch.float64),
-                                 **{k: v[ok] for k, v in extras.items()}})
+        ok = torch.isfinite(log_weights) & torch.isfinite(extras["reward"])
+        new = _merge(self.data, samples, log_weights, extras, ok)
         key = torch.argsort(new["log_weights"], descending=True, stable=True)
         key = key[torch.argsort(new["reward"][key], descending=True, stable=True)]
         self.data = {k: v[key[:self.capacity]] for k, v in new.items()}
@@ -212,11 +213,8 @@ class ParetoArchive(ReplayBuffer):
     """
 
     def add(self, samples, log_weights, **extras):
-        obj = extras["objectives"]
-        ok = torch.isfinite(log_weights) & torch.isfinite(obj).all(-1)
-        ok &= _new_rows(samples, self.data["samples"] if self.data else None)
-        new = _merge(self.data, {"samples": samples[ok], "log_weights": log_weights[ok].to(torch.float64),
-                                 **{k: v[ok] for k, v in extras.items()}})
+        ok = torch.isfinite(log_weights) & torch.isfinite(extras["objectives"]).all(-1)
+        new = _merge(self.data, samples, log_weights, extras, ok)
         front = pareto_mask(new["objectives"])
         new = {k: v[front] for k, v in new.items()}
         keep = torch.argsort(new["objectives"].sum(-1), descending=True, stable=True)[:self.capacity]
