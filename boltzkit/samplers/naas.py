@@ -859,7 +859,8 @@ class NAAS(TrainableSampler):
             lambda k, y: self.log_gamma(float(ts[k]), y),
             generator=gen, project=self.project, n_dof=self.n_dof, backward=self._backward_kernel(net),
             diverged="NAAS SMC produced non-finite states; increase n_time_steps, lower relaxation "
-                     "or set grad_clip", frac=frac, n_islands=islands, rejuvenate=self._mala_rejuvenation(n_mcmc))
+                     "or set grad_clip",
+            frac=frac, n_islands=islands, rejuvenate=self._mala_rejuvenation(n_mcmc))
         x = run.x.cpu()
         if self.frame is not None:
             x = self.frame.to_x(x)

@@ -52,8 +52,8 @@ JENSEN_ROUNDING = 1e-12  # a Jensen bias below this is float rounding (exact run
 MIN_RELIABLE_ISLANDS = 8  # fewer islands: the spread (and so the error bar) is itself too uncertain
 ISLAND_SPREAD_CONFIDENCE = 0.95  # the spread limit applies to this one-sided upper bound of the spread
 
-__all__ = ["IslandRun", "run_islands", "controlled_islands", "island_result", "check_smc_options", "check_islands", "MALARejuvenation",
-           "spread_upper_bound", "capped_drift", "DRIFT_CAP"]
+__all__ = ["IslandRun", "run_islands", "controlled_islands", "island_result", "check_smc_options", "check_islands",
+           "MALARejuvenation", "spread_upper_bound", "capped_drift", "DRIFT_CAP"]
 
 MALA_TARGET_ACCEPT = 0.574
 STEP_GAIN = 1.0  # Robbins-Monro gain of the level-to-level step-size adaptation (AIS too)
