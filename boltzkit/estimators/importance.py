@@ -118,7 +118,7 @@ def _pareto_k_of_tail(lw: np.ndarray, n: int) -> float:
     xstar = q1 if q1 > 0 else x[-1] / 4.0
     j = np.arange(1, mgrid + 1)
     theta = 1.0 / x[-1] + (1.0 - np.sqrt(mgrid / (j - 0.5))) / (prior * xstar)
-    kk = np.array([np.mean(np.log1p(-t * x)) for t in theta])
+    kk = np.log1p(-theta[:, None] * x).mean(1)  # (mgrid,): one row per theta
     ll = nm * (np.log(-theta / kk) - kk - 1.0)
     with np.errstate(over="ignore"):  # overflow -> inf -> weight 0, which is the right limit
         wt = 1.0 / np.exp(ll - ll[:, None]).sum(axis=1)

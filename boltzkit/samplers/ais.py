@@ -107,7 +107,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -117,10 +117,12 @@ from .._registry import register
 from .._utils import progress_bar
 from ..domains import Categorical, Reals
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
+from ..estimators.importance import log_z_from_log_weights
 from ..result import result_from_log_weights
-from ._shared.smc import (MALA_TARGET_ACCEPT, STEP_GAIN, capped_drift, check_islands, pool_islands,
-                          resample_islands, running_log_z, systematic_indices)
+from ._shared.smc import (MALA_TARGET_ACCEPT, STEP_GAIN, capped_drift, check_islands, island_reliability,
+                          pool_islands, resample_islands, running_log_z, systematic_indices)
 from .base import Sampler, SamplerConfig, check_count, check_flag, check_number
+from .smc import SWEEP_PER_ENERGY, _kernel_of, _local_moves, default_n_islands, next_lambda
 from ..kernels.categorical import random_scan_metropolis
 from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
 
@@ -412,8 +414,6 @@ class _Annealer:
     def next_level(self, logw, u, u0, lam: float, cess: float, islands: int) -> float:
         """The adaptive ladder's next lambda, within the current stage of the path (the increment
         ``-(a' - a) U_0 - (lambda' - lambda) U`` is linear in lambda' only within a stage)."""
-        from .smc import next_lambda
-
         b = self.beta_start
         if lam < b:  # geometric stage, in t = lambda / b
             t = next_lambda(logw, b * u - u0, lam / b, cess, islands)
@@ -457,24 +457,24 @@ class _Annealer:
         running = [(zero + self.log_z0, zero)]
         ladder = [0.0]
         kept = []
-        k = 0
+        k, total = 0, "?" if lambdas is None else lambdas.size - 1
         while ladder[-1] < 1.0:
             k += 1
+            u0, u64 = self.u0(x).double(), u.double()  # the reference and target energies at x
             if lambdas is not None:
                 lam = float(lambdas[k])
             else:
                 if k > max_levels:
                     raise ConfigError(f"the adaptive ladder needs more than max_levels={max_levels} "
                                       f"levels (at lambda={ladder[-1]:.4g}); lower cess or raise max_levels")
-                lam = self.next_level(logw, u.double(), self.u0(x).double(), ladder[-1], cess, islands)
+                lam = self.next_level(logw, u64, u0, ladder[-1], cess, islands)
             dlam, da = lam - ladder[-1], self.ref_coef(lam) - self.ref_coef(ladder[-1])
             ladder.append(lam)
-            total = lambdas.size - 1 if lambdas is not None else "?"
             self.where = f"at annealing level {k} of {total}"
             if self.beta_start == 1.0:  # geometric path: da = -dlam
-                logw += dlam * (self.u0(x).double() - u.double())
+                logw += dlam * (u0 - u64)
             else:
-                logw -= da * self.u0(x).double() + dlam * u.double()
+                logw -= da * u0 + dlam * u64
             running.append(running_log_z(logw, log_acc, self.log_z0))
             if resample_ess is not None:
                 (x, u, g), logw, log_acc, events = resample_islands((x, u, g), logw, log_acc,
@@ -579,8 +579,6 @@ class AIS(AnnealedSampler):
             grad = getattr(profile, "grad_s", float("nan"))
             per = (1.0 + grad / e if math.isfinite(grad) else 3.0) * (cfg.n_leapfrog if cfg.kernel == "hmc" else 1)
         else:
-            from ..samplers.smc import SWEEP_PER_ENERGY, _local_moves
-
             per = SWEEP_PER_ENERGY if _local_moves(target) else 1.3 * dom.n_sites
         if _adaptive(cfg, dom):  # the ladder's length is unknown before the pilot: a typical one
             levels = max(cfg.min_levels, ADAPTIVE_LEVELS_PER_SQRT_DIM * math.sqrt(dom.dim)) + cfg.pilot * ADAPTIVE_LEVELS_PER_SQRT_DIM * math.sqrt(dom.dim)
@@ -641,10 +639,6 @@ class AIS(AnnealedSampler):
                                            history=history, **kw)
         # SMC: particles of one island share ancestors, so the error bar comes from the
         # independent islands' log Z (the same log Z as the pooled weights)
-        from dataclasses import replace
-
-        from ..estimators.importance import log_z_from_log_weights
-
         est = log_z_from_log_weights(smc["island_log_z"], warn=False)
         pilot_isl = diag.pop("pilot_island_log_z", None)
         if pilot_isl is not None:
@@ -657,8 +651,6 @@ class AIS(AnnealedSampler):
         res = result_from_log_weights(x, lw, exact_log_z=exact, diagnostics=diag, history=history,
                                       warn=False, **kw)
         res = replace(res, log_z_stderr=est.stderr)
-        from ._shared.smc import island_reliability
-
         island_reliability(res, smc["island_log_z"], stacklevel=3)
         return res
 
@@ -702,14 +694,10 @@ class AIS(AnnealedSampler):
             (ADAPTIVE_RESAMPLE_ESS if lambdas is None else None)
         n_isl = 1
         if resample is not None:
-            from .smc import default_n_islands
-
             n_isl = cfg.n_islands or default_n_islands(n)
             check_islands(n, n_isl)
         pilot = {}
         if lambdas is None:  # the ladder from an independent pilot run
-            from .smc import default_n_islands
-
             n_p = max(256, int(n * cfg.pilot))
             m_p = default_n_islands(n_p)
             n_p -= n_p % m_p
@@ -767,8 +755,6 @@ class AIS(AnnealedSampler):
 
     # ----------------------------------------------------------------- categorical
     def _run_categorical(self, n, lambdas, gen, bar):
-        from .smc import _kernel_of
-
         dom = self.target.domain
         _, sweep = _kernel_of(self.target, self.kernel)
         log_z0 = dom.log_size()

@@ -199,10 +199,11 @@ class Sampler:
         return {"method": self.name, "target": tgt.to_config() if hasattr(tgt, "to_config") else {},
                 "config": self.config_dict(), "seed": self.seed, "device": str(self.device)}
 
-    def _chunks(self, n: int) -> list:
-        """Sizes of consecutive chunks of ``n`` draws, ``config.sample_batch_size`` at most each."""
+    def _chunked(self, draw, n: int) -> list:
+        """``draw(m)`` over consecutive chunks of ``n`` draws (``config.sample_batch_size`` at
+        most each), in order; its outputs gathered position by position, one tuple each."""
         size = self.config.sample_batch_size
-        return [min(size, n - s) for s in range(0, n, size)]
+        return list(zip(*(draw(min(size, n - s)) for s in range(0, n, size))))
 
     def _no_checkpoint(self, checkpoint) -> None:
         """``fit``'s refusal of a checkpoint, for the samplers that do not train."""
@@ -318,10 +319,14 @@ class TrainableSampler(Sampler):
         return frac, islands, n_mcmc
 
     @staticmethod
-    def _optimizer_step(net, optimizer, *, grad_clip=None, ema=None) -> None:
-        """Step ``optimizer`` on the gradients already in ``net``: their norm cut to ``grad_clip``
-        first (the rank-averaged gradient under torchrun; None: no cut), then the EMA copy
-        ``ema`` (when given) updated."""
+    def _optimizer_step(net, optimizer, loss=None, *, grad_clip=None, ema=None) -> None:
+        """Step ``optimizer`` on the gradients of ``loss`` (cleared, then back-propagated; None:
+        the gradients already in ``net``): their norm cut to ``grad_clip`` first (the
+        rank-averaged gradient under torchrun; None: no cut), then the EMA copy ``ema`` (when
+        given) updated."""
+        if loss is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if grad_clip is not None:
             dist.sync_gradients(optimizer)  # clip the rank-averaged gradient (no-op on one process)
             torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)

@@ -606,7 +606,7 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
         """(CyclicPath, float64 log w for the true target, float64 energies U(x_1))."""
         cfg = self.config
         x0 = sample_source(self.source, n, self.n_sites, self.q, generator=generator, device=self.device)
-        path = cyclic_rollout(autocast_net(controller, self.device, self._amp), x0, self.times, self.noise, self.q, generator=generator,
+        path = cyclic_rollout(self._net(controller), x0, self.times, self.noise, self.q, generator=generator,
                               max_jump=cfg.max_jump)
         log_p1 = source_log_terminal(self.source, path.x1, self.noise.integral(cfg.t0, 1.0), self.q)
         u = index_energy(self.target, path.x1)
@@ -723,10 +723,8 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
         elif i % cfg.resample_every == 0:
             self._refill(phase, gen)
         net.train()
-        opt.zero_grad(set_to_none=True)
         loss = loss_fn(self.buffer.sample(cfg.batch_size, generator=gen), gen)
-        loss.backward()
-        self._optimizer_step(net, opt, grad_clip=cfg.grad_clip, ema=ema)
+        self._optimizer_step(net, opt, loss, grad_clip=cfg.grad_clip, ema=ema)
         if i == length - 1:  # end of the phase: the network continues from its EMA
             net.load_state_dict(ema.shadow.state_dict())
         out = {"loss": float(loss.detach()), "stage": stage, "phase": float(phase == "corrector"),
@@ -755,14 +753,12 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
         """Raw trajectories of the EMA controller, in chunks: (CyclicPath, float64 log w)."""
         self._require_fit()
         gen = self.gens["sample"] if generator is None else generator
-        parts = []
-        for m in self._chunks(n_samples):
-            parts.append(self.rollout(self.ema_controller.shadow, m, generator=gen))
-        paths = [p for p, _ in parts]
+        paths, lws = self._chunked(lambda m: self.rollout(self.ema_controller.shadow, m, generator=gen),
+                                   n_samples)
         joined = CyclicPath(torch.cat([p.x0 for p in paths]), torch.cat([p.x1 for p in paths]),
                             torch.cat([p.log_ratio for p in paths]), sum(p.n_capped for p in paths),
                             torch.cat([p.n_jumps for p in paths]))
-        return joined, torch.cat([lw for _, lw in parts])
+        return joined, torch.cat(lws)
 
     def _smc_proposal(self, n: int, generator) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
         """:meth:`sample_smc` (SMC over inverse temperature started from these paths; see

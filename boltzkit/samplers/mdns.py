@@ -381,11 +381,11 @@ class MDNS(NeuralStartSMC, TrainableSampler):
         blocks = (unmask_schedule(self.n_sites, n_unmask_steps) if n_unmask_steps is not None
                   else self._sample_blocks)
         gen = self.gens["sample"] if generator is None else generator
-        paths, lws = [], []
-        for m in self._chunks(n_samples):
+        def draw(m):
             path, u = self.rollout(self.ema.shadow, m, generator=gen, blocks=blocks)
-            paths.append(path)
-            lws.append(-u - path.log_q)
+            return path, -u - path.log_q
+
+        paths, lws = self._chunked(draw, n_samples)
         return MaskedPath.join(paths, blocks), torch.cat(lws)
 
     def sample(self, n_samples: int, *, n_unmask_steps: "int | None" = None,

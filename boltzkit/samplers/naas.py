@@ -175,7 +175,7 @@ from ..nn.continuous_nets import make_control_net
 from ..nn.ema import EMA
 from ..nn.buffers import ReplayBuffer
 from ._shared.scld import check_smc_config, controlled_backward, segment_buffer, segment_loss, segment_rollout
-from ._shared.smc import MALARejuvenation, island_result, run_islands
+from ._shared.smc import MALARejuvenation, controlled_islands, island_result
 from ..kernels.langevin import default_step_size
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
                           gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_space,
@@ -594,9 +594,7 @@ class NAAS(TrainableSampler):
             batch = self.buffer.sample(c.train_batch_size, generator=gen)
             out = self.net(batch["t"], batch["x"])
             lval = (batch["w"] * (out - batch["target"]).pow(2).mean(-1)).mean()
-            self.opt.zero_grad(set_to_none=True)
-            lval.backward()
-            self._optimizer_step(self.net, self.opt, ema=self.ema)
+            self._optimizer_step(self.net, self.opt, lval, ema=self.ema)
             loss += float(lval.detach()) / c.updates_per_step
         metrics = {"loss": loss}
         # prior stage: reciprocal adjoint matching towards exp(-U_0 - V_0)
@@ -642,9 +640,7 @@ class NAAS(TrainableSampler):
             out = self.prior_net(s.squeeze(1), ys)
             resid = out - target / self.prior_sched.control_scale(s, self.target_scale)
             lval = (batch["w"] * resid.pow(2).mean(-1)).mean()
-            self.prior_opt.zero_grad(set_to_none=True)
-            lval.backward()
-            self._optimizer_step(self.prior_net, self.prior_opt, ema=self.prior_ema)
+            self._optimizer_step(self.prior_net, self.prior_opt, lval, ema=self.prior_ema)
             total += float(lval.detach()) / c.prior_updates_per_step
         return total
 
@@ -727,12 +723,7 @@ class NAAS(TrainableSampler):
         loss = 0.0
         for _ in range(c.updates_per_step):
             lval = self.scld_loss(self.net, self.buffer.sample(c.train_batch_size, generator=gen))
-            self.opt.zero_grad(set_to_none=True)
-            lval.backward()
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), SCLD_GRAD_CLIP)
-            self.opt.step()
-            if self.ema is not None:
-                self.ema.update(self.net)
+            self._optimizer_step(self.net, self.opt, lval, grad_clip=SCLD_GRAD_CLIP, ema=self.ema)
             loss += float(lval.detach()) / c.updates_per_step
         return {"loss": loss, "log_z": run.log_z, "segment_ess_frac": run.ess_frac,
                 "energy_grads": float(self.ref.n_grad), "energy_hvps": float(self.ref.n_hvp)}
@@ -770,17 +761,17 @@ class NAAS(TrainableSampler):
             return self.sample_smc(n_samples)
         net, prior_net = self.sampling_nets()
         gen = self.gens["sample"]
-        xs, lws = [], []
         grads0 = self.ref.n_grad
-        for m in self._chunks(n_samples):
+
+        def draw(m):
             x, lw, _ = self._simulate(m, net, prior_net, gen)
             if lw is None:
                 raise TrainingDivergedError(
                     "NAAS sampling produced non-finite states; increase n_time_steps, lower "
                     "relaxation or set grad_clip")
-            xs.append(x.cpu())
-            lws.append(lw.cpu())
-        x, lw = torch.cat(xs), torch.cat(lws)
+            return x.cpu(), lw.cpu()
+
+        x, lw = map(torch.cat, self._chunked(draw, n_samples))
         if self.frame is not None:
             x = self.frame.to_x(x)
         return result_from_log_weights(x, lw, exact_log_z=self.target.exact_log_z(),
@@ -862,23 +853,14 @@ class NAAS(TrainableSampler):
             lw = torch.zeros(n, dtype=torch.float64, device=self.device)
         else:
             lw = lw + ref.log_prior(x)
-        drift = self._annealed_drift(net)
-        back = self._backward_kernel(net)
         ts = self.ts
-
-        def step(k, x, carry):
-            (log_g,) = carry
-            mv = euler_maruyama(drift, ref.sigma, x, ts[k:k + 2], generator=gen,
-                                project=self.project, n_dof=self.n_dof, backward=back)
-            if not bool(torch.isfinite(mv.x).all()):
-                raise TrainingDivergedError("NAAS SMC produced non-finite states; increase "
-                                            "n_time_steps, lower relaxation or set grad_clip")
-            log_g_new = self.log_gamma(float(ts[k + 1]), mv.x)
-            return mv.x, log_g_new - log_g + mv.log_bwd - mv.log_fwd, (log_g_new,)
-
-        rejuv = self._mala_rejuvenation(n_mcmc)
-        run = run_islands(x, lw, ts.numel() - 1, step, frac=frac, n_islands=islands, generator=gen,
-                          rejuvenate=rejuv, carry=(ref.log_prior(x),))
+        run = controlled_islands(
+            x, lw, ts, self._annealed_drift(net), ref.sigma,
+            lambda k, y: self.log_gamma(float(ts[k]), y),
+            generator=gen, project=self.project, n_dof=self.n_dof, backward=self._backward_kernel(net),
+            diverged="NAAS SMC produced non-finite states; increase n_time_steps, lower relaxation "
+                     "or set grad_clip",
+            frac=frac, n_islands=islands, rejuvenate=self._mala_rejuvenation(n_mcmc))
         x = run.x.cpu()
         if self.frame is not None:
             x = self.frame.to_x(x)

@@ -469,28 +469,24 @@ class OLLA(_ConstrainedLangevin):
         the chosen kind of derivative, the other one is used from then on.
         """
         b, k, d = v.shape
-        xk = x.detach().repeat_interleave(k, dim=0).requires_grad_(True)
-        uk, vk = u.reshape(b * k, d), v.reshape(b * k, d)
-        dom = self.domain
         err = None
         for _ in range(2):
             try:
-                with torch.enable_grad():
-                    if self._hvp_mode == "forward":
+                if self._hvp_mode == "forward":
+                    xk = x.detach().repeat_interleave(k, dim=0).requires_grad_(True)
+                    with torch.enable_grad():
                         with fwAD.dual_level(), warnings.catch_warnings():
                             # torch scripts its forward-AD decompositions on first use (its warning)
                             warnings.filterwarnings("ignore", message=".*torch.jit.script.*",
                                                     category=DeprecationWarning)
-                            out = dom.values_cols(fwAD.make_dual(xk, vk), cols)
+                            out = self.domain.values_cols(fwAD.make_dual(xk, v.reshape(b * k, d)), cols)
                             jv = fwAD.unpack_dual(out).tangent
                         if jv is None:  # constant constraints
                             jv = torch.zeros_like(out)
-                    else:
-                        c = dom.values_cols(xk, cols)
-                        jac = batched_jacobian(c, xk, create_graph=True)
-                        jv = torch.einsum("npd,nd->np", jac, vk)
-                    hv = batched_jacobian(jv, xk)  # (B K, P, D): rows Hess c_i v_k
-                return torch.einsum("npd,nd->np", hv, uk)
+                        hv = batched_jacobian(jv, xk)  # (B K, P, D): rows Hess c_i v_k
+                else:  # J v by reverse mode, then its gradient
+                    hv = self._hessian_times(x, cols, v).reshape(b * k, -1, d)
+                return torch.einsum("npd,nd->np", hv, u.reshape(b * k, d))
             except (RuntimeError, NotImplementedError) as exc:
                 err = exc
                 self._hvp_mode = "reverse" if self._hvp_mode == "forward" else "forward"
@@ -673,14 +669,13 @@ class SlackLangevin(ProjectedLangevin):
 
     def _init_state(self, x):
         with torch.no_grad():
-            g = self.domain._stack(self.domain.inequalities, x)
+            g = self._ineq(x)
         sign = torch.randint(0, 2, g.shape, generator=self.gens["init"], device=x.device).to(x.dtype) * 2 - 1
         return torch.cat([x, sign * torch.sqrt((-g).clamp_min(1e-12))], dim=1)
 
     def _eq(self, z):
-        dom = self.domain
         x, s = z[:, :self._d], z[:, self._d:]
-        return torch.cat([dom._stack(dom.equalities, x), dom._stack(dom.inequalities, x) + s * s], dim=1)
+        return torch.cat([super()._eq(x), self._ineq(x) + s * s], dim=1)
 
     def _energy(self, z):
         u = self.target.energy(self.domain.unflatten(z[:, :self._d]))

@@ -146,7 +146,7 @@ from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
                           state_space, time_grid)
 from ._shared.scld import check_smc_config, segment_buffer, segment_loss, segment_rollout
-from ._shared.smc import MALARejuvenation, island_result, run_islands
+from ._shared.smc import MALARejuvenation, controlled_islands, island_result
 from ..kernels.langevin import default_step_size
 from .._utils import check_fraction
 from .base import SamplerConfig, TrainableSampler, check_count, check_choice, check_flag, check_number
@@ -488,28 +488,16 @@ class _BrownianBridge:
 
     @torch.no_grad()
     def smc(self, net, n, generator, *, frac, n_islands, mcmc_steps):
-        """Island SMC along the controlled path (:func:`~boltzkit.samplers._shared.smc.run_islands`);
+        """Island SMC along the controlled path (:func:`~boltzkit.samplers._shared.smc.controlled_islands`);
         returns an :class:`~boltzkit.samplers._shared.smc.IslandRun` in the sampler's frame."""
         coef = self._coef
-        drift = (lambda t, x: coef[t] * net(t, x))
-        back = brownian_bridge_kernel(self.sched.variance)
-        ts = self.ts
-
-        def step(k, x, carry):
-            (log_g,) = carry
-            mv = euler_maruyama(drift, None, x, ts[k:k + 2], generator=generator, project=self.project,
-                                n_dof=self.n_dof, noise_var=self.sched.step_variance, backward=back)
-            if not bool(torch.isfinite(mv.x).all()):
-                raise TrainingDivergedError("PDNS SMC produced non-finite states; raise n_time_steps "
-                                            "or lower noise_ratio")
-            log_g_new = self.log_gamma(k + 1, mv.x)
-            return mv.x, log_g_new - log_g + mv.log_bwd - mv.log_fwd, (log_g_new,)
-
-        x0 = torch.zeros(n, self.dim, device=self.device)
-        lw0 = torch.zeros(n, dtype=torch.float64, device=self.device)
-        return run_islands(x0, lw0, ts.numel() - 1, step, frac=frac, n_islands=n_islands,
-                           generator=generator, rejuvenate=self.rejuvenation(mcmc_steps),
-                           carry=(lw0.clone(),))
+        return controlled_islands(
+            torch.zeros(n, self.dim, device=self.device), torch.zeros(n, dtype=torch.float64, device=self.device),
+            self.ts, lambda t, x: coef[t] * net(t, x), None, self.log_gamma, generator=generator,
+            project=self.project, n_dof=self.n_dof, backward=brownian_bridge_kernel(self.sched.variance),
+            noise_var=self.sched.step_variance, frac=frac, n_islands=n_islands,
+            diverged="PDNS SMC produced non-finite states; raise n_time_steps or lower noise_ratio",
+            rejuvenate=self.rejuvenation(mcmc_steps))
 
     def rejuvenation(self, mcmc_steps: int):
         """``mcmc_steps`` MALA moves on ``gamma_k`` in ``y = c_k x`` (where every level has the
@@ -638,36 +626,34 @@ class PDNS(TrainableSampler):
                          "stage_kl": tilted_kl(s), "stage_ess_frac": ess_fraction(s),
                          "ess_frac": est.ess_frac, "log_z": est.log_z}
 
-    def _scld_step(self) -> dict:
-        """SCLD: a fresh SMC pass of the current network every ``inner_steps`` steps, its
-        segments into the buffer; one gradient step of the segment log-variance."""
-        cfg, gen = self.config, self.gens["train"]
-        if self.step % cfg.inner_steps == 0 or not len(self.buffer):
-            run = self.inst.scld_rollout(self.model, cfg.batch_size, gen, n_segments=cfg.scld_segments,
-                                         mcmc_steps=cfg.smc_mcmc_steps)
-            self.buffer.add(**run.rows)
-            self._metrics = {"log_z": run.log_z, "segment_ess_frac": run.ess_frac,
-                             "energy_evals": float(self.inst.n_energy)}
-        self.model.train()
-        loss = self.inst.scld_loss(self.model, self.buffer.sample(cfg.scld_train_rows, generator=gen),
-                                   cfg.scld_segments)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self._optimizer_step(self.model, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
-        return {"loss": float(loss.detach()), **self._metrics}
+    def _new_segments(self, generator) -> None:
+        """SCLD: a fresh SMC pass of the current network, its segments into the buffer."""
+        cfg = self.config
+        run = self.inst.scld_rollout(self.model, cfg.batch_size, generator, n_segments=cfg.scld_segments,
+                                     mcmc_steps=cfg.smc_mcmc_steps)
+        self.buffer.add(**run.rows)
+        self._metrics = {"log_z": run.log_z, "segment_ess_frac": run.ess_frac,
+                         "energy_evals": float(self.inst.n_energy)}
 
     def train_step(self) -> dict:
+        """One gradient step: of the weighted loss on the stage batch (a fresh batch every
+        ``inner_steps`` steps) or, with ``train_on="smc"`` (SCLD), of the segment log-variance
+        on buffered segments (a fresh SMC pass every ``inner_steps`` steps)."""
         cfg, gen = self.config, self.gens["train"]
+        fresh = self.step % cfg.inner_steps == 0
         if cfg.train_on == "smc":
-            return self._scld_step()
-        if self.step % cfg.inner_steps == 0 or self.batch is None:
-            self._new_batch(gen)
-        x, weights = self.batch
-        self.model.train()
-        loss = self.inst.loss(self.model, x, weights, gen)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self._optimizer_step(self.model, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
+            if fresh or not len(self.buffer):
+                self._new_segments(gen)
+            self.model.train()
+            loss = self.inst.scld_loss(self.model, self.buffer.sample(cfg.scld_train_rows, generator=gen),
+                                       cfg.scld_segments)
+        else:
+            if fresh or self.batch is None:
+                self._new_batch(gen)
+            x, weights = self.batch
+            self.model.train()
+            loss = self.inst.loss(self.model, x, weights, gen)
+        self._optimizer_step(self.model, self.optimizer, loss, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": float(loss.detach()), **self._metrics}
 
     # ------------------------------------------------------------------ state
@@ -706,12 +692,8 @@ class PDNS(TrainableSampler):
         t0 = time.perf_counter()
         net, gen = self.ema.shadow, self.gens["sample"]
         net.eval()
-        xs, lws = [], []
-        for m in self._chunks(n_samples):
-            x, lw, _ = self.inst.rollout(net, m, gen, train=False)
-            xs.append(x)
-            lws.append(lw)
-        x, lw = torch.cat(xs), torch.cat(lws)
+        draw = lambda m: self.inst.rollout(net, m, gen, train=False)[:2]  # noqa: E731 (states, log w)
+        x, lw = map(torch.cat, self._chunked(draw, n_samples))
         diag = {**self._stage_diagnostics(), "final_prox_step": self.schedule.step,
                 "sample_wall_time_s": time.perf_counter() - t0}
         return result_from_log_weights(self.inst.decode(x).cpu(), lw.cpu(),

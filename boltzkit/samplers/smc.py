@@ -66,9 +66,10 @@ from .._registry import register
 from .._utils import progress_bar
 from ..domains import Categorical
 from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError, TargetError, UnreliableEstimateWarning
-from ..estimators.importance import ess_kish
+from ..estimators.importance import ess_kish, log_z_from_log_weights
 from ..result import result_from_log_weights
-from ._shared.smc import check_islands, island_reliability, pool_islands
+from ._shared.smc import (check_islands, island_ess, island_reliability, pool_islands, resample_islands,
+                          running_log_z)
 from .base import Sampler, SamplerConfig, check_count
 
 KERNELS = ("auto", "heat_bath", "metropolis", "swendsen_wang")
@@ -263,8 +264,6 @@ class SMC(Sampler):
         :meth:`sample_from`); its first level keeps lambda = lam0 (resample and move the
         population there before tempering), so the ladder holds lam0 twice. An adaptive run
         ends at lambda = ``stop`` (a partial ladder: log Z of exp(-stop U))."""
-        from ._shared.smc import resample_islands, running_log_z
-
         cfg = self.config
         dev, dom = self.device, self.target.domain
         gen = self.gens["sample"] if generator is None else generator
@@ -307,10 +306,9 @@ class SMC(Sampler):
                     first = False
                     logw = logw - (new - lam) * u
                     running.append(running_log_z(logw, log_acc, log_z0))
-                    lw = logw.view(M, -1)
-                    ess_hist.append(torch.exp(2 * torch.logsumexp(lw, 1) - torch.logsumexp(2 * lw, 1)).mean()
-                                    / lw.shape[1])
-                    (x,), logw, log_acc, k = resample_islands((x,), logw, log_acc, cfg.resample_ess, gen)
+                    ess = island_ess(logw, M)
+                    ess_hist.append(ess.mean() / (n // M))
+                    (x,), logw, log_acc, k = resample_islands((x,), logw, log_acc, cfg.resample_ess, gen, ess=ess)
                     events += k
                     rate = torch.zeros((), dtype=torch.float64, device=dev)
                     for _ in range(self.n_sweeps):
@@ -362,7 +360,6 @@ class SMC(Sampler):
                 who: "str | None" = None, pilot_sweeps: int = 0):
         """The weighted Result of one main run ``r`` (+ its pilots' sweeps), island error bar."""
         from .ais import running_history
-        from ..estimators.importance import log_z_from_log_weights
 
         cfg = self.config
         x, logw, log_acc, running, lambdas = r["x"], r["logw"], r["log_acc"], r["running"], r["lambdas"]

@@ -176,8 +176,12 @@ def _new_rows(samples: torch.Tensor, old: "torch.Tensor | None") -> torch.Tensor
     return first if b else torch.zeros(0, dtype=torch.bool)
 
 
-def _merge(old: dict, new: dict) -> dict:
-    """Concatenate buffer entries (no truncation)."""
+def _merge(old: dict, samples, log_weights, extras: dict, ok: torch.Tensor) -> dict:
+    """The buffer entries ``old`` followed by the added rows that pass ``ok`` and are new
+    sequences (:func:`_new_rows`); no truncation."""
+    ok = ok & _new_rows(samples, old["samples"] if old else None)
+    new = {"samples": samples[ok], "log_weights": log_weights[ok].to(torch.float64),
+           **{k: v[ok] for k, v in extras.items()}}
     if not old:
         return new
     if set(new) != set(old):
@@ -193,11 +197,8 @@ class TopKBuffer(ReplayBuffer):
     """
 
     def add(self, samples, log_weights, **extras):
-        reward = extras["reward"]
-        ok = torch.isfinite(log_weights) & torch.isfinite(reward)
-        ok &= _new_rows(samples, self.data["samples"] if self.data else None)
-        new = _merge(self.data, {"samples": samples[ok], "log_weights": log_weights[ok].to(torch.float64),
-                                 **{k: v[ok] for k, v in extras.items()}})
+        ok = torch.isfinite(log_weights) & torch.isfinite(extras["reward"])
+        new = _merge(self.data, samples, log_weights, extras, ok)
         key = torch.argsort(new["log_weights"], descending=True, stable=True)
         key = key[torch.argsort(new["reward"][key], descending=True, stable=True)]
         self.data = {k: v[key[:self.capacity]] for k, v in new.items()}
@@ -212,11 +213,8 @@ class ParetoArchive(ReplayBuffer):
     """
 
     def add(self, samples, log_weights, **extras):
-        obj = extras["objectives"]
-        ok = torch.isfinite(log_weights) & torch.isfinite(obj).all(-1)
-        ok &= _new_rows(samples, self.data["samples"] if self.data else None)
-        new = _merge(self.data, {"samples": samples[ok], "log_weights": log_weights[ok].to(torch.float64),
-                                 **{k: v[ok] for k, v in extras.items()}})
+        ok = torch.isfinite(log_weights) & torch.isfinite(extras["objectives"]).all(-1)
+        new = _merge(self.data, samples, log_weights, extras, ok)
         front = pareto_mask(new["objectives"])
         new = {k: v[front] for k, v in new.items()}
         keep = torch.argsort(new["objectives"].sum(-1), descending=True, stable=True)[:self.capacity]
@@ -427,11 +425,7 @@ class TR2D2(TrainableSampler):
     def policy_logits(self, tokens, net=None):
         """Logits of the fine-tuned policy (the EMA copy when ``ema_decay > 0``)."""
         net = self._rollout_net() if net is None else net
-        if self.residual:
-            with torch.no_grad():
-                ref = self.ref(tokens)
-            return ref + net(tokens)
-        return net(tokens)
+        return self.ref(tokens) + net(tokens) if self.residual else net(tokens)  # ref: frozen, no graph
 
     def finetuned_model(self):
         """The fine-tuned policy as a :class:`~boltzkit.bio.sequences.masked_diffusion.MaskedDiffusion` (a copy)."""
@@ -621,11 +615,9 @@ class TR2D2(TrainableSampler):
         weights = dist.softmax_across_ranks(data["log_weights"])  # softmax on one process
         pooled_lw = dist.all_gather_tensor(data["log_weights"].detach())
         self.net.train()
-        self.optimizer.zero_grad(set_to_none=True)
         loss = wdce_loss(lambda t: self.policy_logits(t, self.net), data["samples"], weights, self.q,
                          cfg.n_replicates, generator=gen, mode=cfg.mask_mode)
-        loss.backward()
-        self._optimizer_step(self.net, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
+        self._optimizer_step(self.net, self.optimizer, loss, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": float(loss.detach()), "buffer_mean_reward": float(data["reward"].mean()),
                 "buffer_ess_frac": ess_kish(pooled_lw) / pooled_lw.numel(),  # of every rank's buffer
                 "buffer_size": float(weights.numel()), "reward_calls": float(self.reward_calls),
@@ -651,17 +643,16 @@ class TR2D2(TrainableSampler):
         """
         self._require_fit()
         gen = self.gens["sample"] if generator is None else generator
-        paths, refs, objs, rs = [], [], [], []
         net = self._rollout_net()
-        for m in self._chunks(n_samples):
+
+        def draw(m):
             path = masked_rollout(lambda t: self.policy_logits(t, net), m, self.L, self.q, generator=gen,
                                   n_steps=len(self.blocks), device=self.device)
-            refs.append(path_log_prob(self.ref, path, self.q))
-            obj, r = self._reward(path.x, count=False)  # evaluation, not training cost
-            paths.append(path)
-            objs.append(obj)
-            rs.append(r)
-        return MaskedPath.join(paths, self.blocks), torch.cat(refs), torch.cat(objs), torch.cat(rs)
+            log_ref = path_log_prob(self.ref, path, self.q)
+            return path, log_ref, *self._reward(path.x, count=False)  # evaluation, not training cost
+
+        paths, *rest = self._chunked(draw, n_samples)
+        return MaskedPath.join(paths, self.blocks), *map(torch.cat, rest)
 
     def sample(self, n_samples: int):
         """Draw ``n_samples`` sequences from the fine-tuned policy with their exact weights for p*."""

@@ -41,7 +41,7 @@ import math
 import torch
 
 from ...errors import ConfigError, TrainingDivergedError
-from ..base import check_number
+from ..base import check_choice, check_count, check_number
 
 __all__ = ["ProximalSchedule", "tilted_kl", "ess_fraction", "SCHEDULES", "ANCHORS"]
 
@@ -91,10 +91,8 @@ class ProximalSchedule:
     def __init__(self, mode: str = "adaptive", anchor: str = "path", *, kl_budget: float = 0.5,
                  ess_target: "float | None" = None, eta: float = 1.0, eta_growth: float = 1.0,
                  tol: float = 1e-3, patience: int = 3):
-        if mode not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {mode!r}")
-        if anchor not in ANCHORS:
-            raise ConfigError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
+        check_choice("schedule", mode, SCHEDULES)
+        check_choice("anchor", anchor, ANCHORS)
         check_number("kl_budget", kl_budget)
         check_number("eta", eta)
         check_number("tol", tol, upper=1.0)
@@ -103,8 +101,7 @@ class ProximalSchedule:
         if isinstance(eta_growth, bool) or not isinstance(eta_growth, (int, float)) \
                 or not math.isfinite(eta_growth) or eta_growth < 1:
             raise ConfigError(f"eta_growth must be a finite number >= 1, got {eta_growth!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ConfigError(f"patience must be an integer >= 1, got {patience!r}")
+        check_count("patience", patience)
         self.mode, self.anchor, self.patience = mode, anchor, patience
         self.kl_budget, self.ess_target = float(kl_budget), ess_target
         self.eta, self.eta_growth, self.tol = float(eta), float(eta_growth), float(tol)

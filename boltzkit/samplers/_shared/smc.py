@@ -41,8 +41,8 @@ from typing import Callable
 
 import torch
 
-from ...errors import ConfigError, UnreliableEstimateWarning
-from ...estimators.importance import log_z_from_log_weights
+from ...errors import ConfigError, TrainingDivergedError, UnreliableEstimateWarning
+from ...estimators.importance import PARETO_K_LIMIT, log_z_from_log_weights, pareto_k
 from ...kernels.langevin import adapt_log_step, mala_move
 from ...result import result_from_log_weights
 
@@ -52,8 +52,8 @@ JENSEN_ROUNDING = 1e-12  # a Jensen bias below this is float rounding (exact run
 MIN_RELIABLE_ISLANDS = 8  # fewer islands: the spread (and so the error bar) is itself too uncertain
 ISLAND_SPREAD_CONFIDENCE = 0.95  # the spread limit applies to this one-sided upper bound of the spread
 
-__all__ = ["IslandRun", "run_islands", "island_result", "check_smc_options", "check_islands", "MALARejuvenation",
-           "spread_upper_bound", "capped_drift", "DRIFT_CAP"]
+__all__ = ["IslandRun", "run_islands", "controlled_islands", "island_result", "check_smc_options", "check_islands",
+           "MALARejuvenation", "spread_upper_bound", "capped_drift", "DRIFT_CAP"]
 
 MALA_TARGET_ACCEPT = 0.574
 STEP_GAIN = 1.0  # Robbins-Monro gain of the level-to-level step-size adaptation (AIS too)
@@ -179,6 +179,33 @@ def run_islands(x: torch.Tensor, lw: torch.Tensor, n_levels: int, step: Callable
                      acceptance=float(sum(acc) / len(acc)) if acc else None)
 
 
+def controlled_islands(x: torch.Tensor, lw: torch.Tensor, ts: torch.Tensor, drift: Callable,
+                       diffusion: "Callable | None", log_gamma: Callable, *, generator, project, n_dof,
+                       backward: Callable, noise_var: "Callable | None" = None, diverged: str,
+                       **islands) -> IslandRun:
+    """:func:`run_islands` along a controlled Euler-Maruyama path on the grid ``ts`` (NAAS and
+    PDNS ``sample_smc``): level ``k`` moves by one step of ``drift`` (noise ``diffusion`` or
+    ``noise_var``, :func:`~boltzkit.nn.sde.euler_maruyama`) and is weighted by
+    ``log gamma_{k+1}(x_{k+1}) + log B_k(x_k | x_{k+1}) - log gamma_k(x_k) - log q_k(x_{k+1} | x_k)``,
+    ``log_gamma(k, x)`` the intermediate targets (float64, ``gamma_0`` at the start points
+    carried), ``B_k`` the ``backward`` kernels. A non-finite state raises TrainingDivergedError
+    with the message ``diverged``. ``islands``: :func:`run_islands`'s keywords (``frac``,
+    ``n_islands``, ``rejuvenate``)."""
+    from ...nn.sde import euler_maruyama
+
+    def step(k, x, carry):
+        (log_g,) = carry
+        mv = euler_maruyama(drift, diffusion, x, ts[k:k + 2], generator=generator, project=project,
+                            n_dof=n_dof, noise_var=noise_var, backward=backward)
+        if not bool(torch.isfinite(mv.x).all()):
+            raise TrainingDivergedError(diverged)
+        log_g_new = log_gamma(k + 1, mv.x)
+        return mv.x, log_g_new - log_g + mv.log_bwd - mv.log_fwd, (log_g_new,)
+
+    return run_islands(x, lw, ts.numel() - 1, step, generator=generator, carry=(log_gamma(0, x),),
+                       **islands)
+
+
 def island_result(samples, run: IslandRun, *, log_shift: float = 0.0, exact_log_z=None,
                   diagnostics: dict, who: str, **result_kwargs):
     """A weighted :class:`~boltzkit.result.Result` of an island run: weights ``run.lw +
@@ -243,8 +270,6 @@ def island_reliability(res, island_log_z, *, stacklevel: int = 2,
     0.5 % of runs at M = 32), and a mode every island missed. The island diagnostics are stored
     in ``res.diagnostics`` (``island_log_z_std``, ``island_log_z_std_upper``, ``island_jensen_bias``, ``island_pareto_k``,
     ``island_max_share``, ``unreliable_because``)."""
-    from ...estimators.importance import PARETO_K_LIMIT, pareto_k
-
     lz = torch.as_tensor(island_log_z).double().cpu()
     M = lz.numel()
     spread = float(lz.std()) if M > 1 else float("nan")
@@ -294,17 +319,24 @@ def systematic_indices(logw: torch.Tensor, m: int, generator) -> torch.Tensor:
     return torch.searchsorted(cdf, pos).clamp_(max=logw.numel() - 1)
 
 
-def resample_islands(tensors: tuple, logw, log_acc, frac: float, generator):
+def island_ess(logw: torch.Tensor, islands: int) -> torch.Tensor:
+    """Kish ESS (islands,) of each island (contiguous block) of the log-weights ``logw``."""
+    lw = logw.view(islands, -1)
+    return torch.exp(2 * torch.logsumexp(lw, 1) - torch.logsumexp(2 * lw, 1))
+
+
+def resample_islands(tensors: tuple, logw, log_acc, frac: float, generator, *, ess=None):
     """Systematic resampling, within each island (contiguous blocks of ``logw``) whose ESS is
     below ``frac`` times its size; a resampled island's mean weight moves into ``log_acc``
     and its weights restart at 0, so ``log_acc + logmeanexp(logw)`` stays its log Z.
 
-    ``tensors`` (each indexed by particle along dim 0) are reordered with the particles.
+    ``tensors`` (each indexed by particle along dim 0) are reordered with the particles;
+    ``ess``: the islands' :func:`island_ess`, where the caller has computed it already.
     Returns ``(tensors, logw, log_acc, number of islands resampled)``."""
     islands = log_acc.numel()
     m = logw.numel() // islands
     lw = logw.view(islands, m)
-    ess = torch.exp(2 * torch.logsumexp(lw, 1) - torch.logsumexp(2 * lw, 1))
+    ess = island_ess(logw, islands) if ess is None else ess
     need = ess < frac * m
     if not bool(need.any()):
         return tensors, logw, log_acc, 0
