@@ -12,8 +12,8 @@ from ._api import sample  # noqa: E402
 from ._registry import Choice, explain, register, registry, select  # noqa: E402
 from .result import Result  # noqa: E402
 from .constraints import constrain  # noqa: E402
-from . import cv, free_energy  # noqa: E402  (pymbar loads on first use)
-from .free_energy import free_energy_difference, mbar  # noqa: E402
+from . import cv, free_energy  # noqa: E402,F401  (public; pymbar loads on first use)
+from .free_energy import free_energy_difference, mbar  # noqa: E402,F401  (public)
 from . import bio, datasets  # noqa: E402  (cheap: anndata/scanpy load only inside its readers)
 
 

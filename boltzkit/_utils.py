@@ -25,6 +25,31 @@ def check_count(name, value, *, minimum=1, allow_none=False):
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def check_number(name, value, *, allow_zero: bool = False, allow_none: bool = False, upper=None):
+    """Raise ConfigError unless ``value`` is a finite real number > 0 (>= 0 with ``allow_zero``;
+    at most ``upper`` when given; None when allowed): the one check of float options."""
+    if value is None and allow_none:
+        return
+    low_ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not low_ok or (upper is not None and value > upper):
+        bound = ("non-negative" if allow_zero else "positive") + " finite number"
+        bound += f" <= {upper}" if upper is not None else ""
+        raise ConfigError(f"{name} must be a {bound}, got {value!r}")
+
+
+def check_choice(name, value, choices):
+    """Raise ConfigError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_flag(name, value):
+    """Raise ConfigError unless ``value`` is True or False."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+
+
 def package_files(package: str, relatives, *, not_installed: str, missing) -> "list[str]":
     """Paths of data files shipped inside an installed package, located without importing it (so
     loading them costs only the file read).

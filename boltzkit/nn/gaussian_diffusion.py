@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
-from .._utils import check_count, check_fraction, check_training_options
+from .._utils import check_choice, check_count, check_fraction, check_training_options
 from ..errors import ConfigError
 
 
@@ -105,12 +105,9 @@ def check_diffusion_options(cfg) -> None:
         raise ConfigError(f"sampling_steps ({cfg.sampling_steps}) cannot exceed n_timesteps "
                           f"({cfg.n_timesteps})")
     check_training_options(cfg)
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
-    if cfg.parametrization not in PARAMETRIZATIONS:
-        raise ConfigError(f"parametrization must be one of {PARAMETRIZATIONS}, got {cfg.parametrization!r}")
-    if cfg.variance not in VARIANCES:
-        raise ConfigError(f"variance must be one of {VARIANCES}, got {cfg.variance!r}")
+    check_choice("schedule", cfg.schedule, SCHEDULES)
+    check_choice("parametrization", cfg.parametrization, PARAMETRIZATIONS)
+    check_choice("variance", cfg.variance, VARIANCES)
     if cfg.sampler not in ("ancestral", "ddim"):
         raise ConfigError(f"sampler must be 'ancestral' or 'ddim', got {cfg.sampler!r}")
     if not cfg.ddim_eta >= 0:

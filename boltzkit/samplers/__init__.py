@@ -6,7 +6,7 @@ from .base import Sampler, SamplerConfig, TrainableSampler
 from .mcmc import HeatBath, Metropolis, SwendsenWang, Wolff
 from .mdns import MDNS, MDNSConfig
 from .discrete_asbs import DiscreteASBS, DiscreteASBSConfig
-from .mala import MALA, hmc_step, mala_step
+from .mala import MALA, hmc_step, mala_step  # noqa: F401  (public kernels, re-exported)
 from .olla import OLLA, ProjectedLangevin, SlackLangevin
 from .naas import NAAS, NAASConfig
 from .pdns import PDNS, PDNSConfig

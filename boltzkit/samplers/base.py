@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
-from .._utils import (atomic_path, check_count, progress_bar, progress_enabled, rank_generators,
-                      resolve_device, resolve_seed)
+from .._utils import (atomic_path, check_choice, check_count, check_flag, check_number,  # noqa: F401
+                      progress_bar, progress_enabled, rank_generators, resolve_device, resolve_seed)
 from ..domains import Categorical, Reals
 from ..energies.base import framed, validate_target
 from .._finite import at_step
@@ -214,31 +214,6 @@ class Sampler:
     def _require_fit(self):
         if self.target is None:
             raise ConfigError(f"{type(self).__name__}.sample() called before fit(target)")
-
-
-def check_number(name, value, *, allow_zero: bool = False, allow_none: bool = False, upper=None):
-    """Raise ConfigError unless ``value`` is a finite real number > 0 (>= 0 with ``allow_zero``;
-    at most ``upper`` when given; None when allowed): the one check of float options."""
-    if value is None and allow_none:
-        return
-    low_ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
-        and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not low_ok or (upper is not None and value > upper):
-        bound = ("non-negative" if allow_zero else "positive") + " finite number"
-        bound += f" <= {upper}" if upper is not None else ""
-        raise ConfigError(f"{name} must be a {bound}, got {value!r}")
-
-
-def check_choice(name, value, choices):
-    """Raise ConfigError unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-
-
-def check_flag(name, value):
-    """Raise ConfigError unless ``value`` is True or False."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be True or False, got {value!r}")
 
 
 class TrainableSampler(Sampler):

@@ -53,7 +53,7 @@ from torch import nn
 from ..._registry import register
 from ..._utils import check_count
 from ...errors import ConfigError
-from ...samplers.base import check_choice
+from ..._utils import check_choice
 from ..generative import ConditionalMLP, GeneTokenDiT
 from .dataset import CellExpressionDomain, PCABasis
 from .generator import CellGenerator, CellGeneratorOptions

@@ -31,7 +31,8 @@ from ..._utils import check_count
 from ...errors import ConfigError, DatasetError, TargetError
 from ...nn.gaussian_diffusion import DiffusionOptions, check_diffusion_options, check_guidance_options
 from ...result import Result
-from ...samplers.base import SamplerConfig, check_number
+from ..._utils import check_number
+from ...samplers.base import SamplerConfig
 from ..generative import DataDiffusionSampler
 from .dataset import ANNDATA_KIND, CellDataset, allocate, as_target, is_anndata
 from .io import var_to_json

@@ -87,7 +87,7 @@ from torch import nn
 from ..._registry import register
 from ..._utils import check_count, check_fraction
 from ...errors import DatasetError
-from ...samplers.base import check_number
+from ..._utils import check_number
 from ..generative import ConditionalMLP
 from ..common import dense_rows
 from .dataset import TARGET_SUM, CellExpressionDomain

@@ -81,7 +81,8 @@ from ..._utils import check_count
 from ...errors import ConfigError, DatasetError, TargetError
 from ...nn.gaussian_diffusion import DiffusionOptions, check_diffusion_options
 from ...result import Result
-from ...samplers.base import SamplerConfig, check_choice
+from ..._utils import check_choice
+from ...samplers.base import SamplerConfig
 from ..generative import DataDiffusionSampler, GeneTokenDiT
 from .dataset import SCALE, ExpressionDomain, SpatialDataset
 from .encoders import dihedral, embed_dataset, make_encoder, standardization
