@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import sys
@@ -14,7 +15,13 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, MissingDependencyError
+
+
+def _finite_real(value) -> bool:
+    """Whether ``value`` is a finite real number (a Python or numpy int or float, not a bool)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 def check_count(name, value, *, minimum=1, allow_none=False):
@@ -30,8 +37,7 @@ def check_number(name, value, *, allow_zero: bool = False, allow_none: bool = Fa
     at most ``upper`` when given; None when allowed): the one check of float options."""
     if value is None and allow_none:
         return
-    low_ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
-        and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    low_ok = _finite_real(value) and (value >= 0 if allow_zero else value > 0)
     if not low_ok or (upper is not None and value > upper):
         bound = ("non-negative" if allow_zero else "positive") + " finite number"
         bound += f" <= {upper}" if upper is not None else ""
@@ -50,6 +56,35 @@ def check_flag(name, value):
         raise ConfigError(f"{name} must be True or False, got {value!r}")
 
 
+def check_fraction(name, value, *, allow_none=False):
+    """Raise ConfigError unless ``value`` is a real number in [0, 1) (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    if not _finite_real(value) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be in [0, 1){' or None' if allow_none else ''}, got {value!r}")
+
+
+def check_positive(name, value, *, allow_none: bool = False, what: str = "a positive number",
+                   error: type = ConfigError) -> "float | None":
+    """``float(value)`` when ``value`` is a finite real number > 0 (None when allowed); else
+    ``error`` (ConfigError unless the caller's layer raises another) naming ``name``."""
+    if value is None and allow_none:
+        return None
+    if not _finite_real(value) or value <= 0:
+        raise error(f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}")
+    return float(value)
+
+
+def check_training_options(cfg, *, check_lr: bool = True):
+    """The options of a trained network: ``lr`` a positive number, ``ema_decay`` in [0, 1),
+    ``grad_clip`` positive or None."""
+    if check_lr:
+        check_positive("lr", cfg.lr)
+    check_fraction("ema_decay", cfg.ema_decay)
+    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
+        raise ConfigError(f"grad_clip must be positive or None, got {cfg.grad_clip!r}")
+
+
 def package_files(package: str, relatives, *, not_installed: str, missing) -> "list[str]":
     """Paths of data files shipped inside an installed package, located without importing it (so
     loading them costs only the file read).
@@ -58,10 +93,6 @@ def package_files(package: str, relatives, *, not_installed: str, missing) -> "l
     exception ``missing(absent)`` -- the caller's error class and wording; ``absent`` lists the
     paths not found -- when the installation lacks some of the files.
     """
-    import importlib.util
-
-    from .errors import MissingDependencyError
-
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependencyError(not_installed)
@@ -78,37 +109,6 @@ def module_device(module: torch.nn.Module) -> torch.device:
     for t in list(module.parameters()) + list(module.buffers()):
         return t.device
     return torch.device("cpu")
-
-
-def check_fraction(name, value, *, allow_none=False):
-    """Raise ConfigError unless ``value`` is a real number in [0, 1) (or None when allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not 0.0 <= value < 1.0:
-        raise ConfigError(f"{name} must be in [0, 1){' or None' if allow_none else ''}, got {value!r}")
-
-
-def check_positive(name, value, *, allow_none: bool = False, what: str = "a positive number",
-                   error: type = ConfigError) -> "float | None":
-    """``float(value)`` when ``value`` is a finite real number > 0 (None when allowed); else
-    ``error`` (ConfigError unless the caller's layer raises another) naming ``name``."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value) or value <= 0:
-        raise error(f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}")
-    return float(value)
-
-
-def check_training_options(cfg, *, check_lr: bool = True):
-    """The options of a trained network: ``lr`` a positive number, ``ema_decay`` in [0, 1),
-    ``grad_clip`` positive or None."""
-    if check_lr:
-        check_positive("lr", cfg.lr)
-    check_fraction("ema_decay", cfg.ema_decay)
-    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
-        raise ConfigError(f"grad_clip must be positive or None, got {cfg.grad_clip!r}")
 
 
 # ---------------------------------------------------------------------------- devices
