@@ -59,11 +59,9 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
 
 
-def count_tree(rev: str | None) -> int:
-    files = [f for f in git("ls-tree", "-r", "--name-only", rev or "HEAD", "boltzkit").split()
-             if f.endswith(".py")]
-    if rev is None:
-        return sum(len((ROOT / f).read_text().splitlines()) for f in files)
+def count_tree(rev: str) -> int:
+    """Lines of the Python files under boltzkit/ at commit ``rev``."""
+    files = [f for f in git("ls-tree", "-r", "--name-only", rev, "boltzkit").split() if f.endswith(".py")]
     return sum(len(git("show", f"{rev}:{f}").splitlines()) for f in files)
 
 
