@@ -154,11 +154,6 @@ def ising_log_z_kaufman(L: int, M: int, K: float) -> float:
         Lattice sides (bond convention of the module docstring; any size >= 1).
     K : float
         Reduced coupling beta J, ``0 <= K <= 300``.
-
-    Returns
-    -------
-    float
-        Natural log of the partition function.
     """
     L, M = _check_size(L, M)
     K = _check_real("K", K)
@@ -210,10 +205,14 @@ def _kaufman_dlogz_dk(L: int, M: int, K: float) -> float:
 
 
 # ---------------------------------------------------------------------------- transfer matrix
+def _digits(idx: np.ndarray, q: int, width: int) -> np.ndarray:
+    """Base-q digits (len(idx), width) of the integers ``idx``, first site most significant."""
+    return (idx[:, None] // q ** np.arange(width - 1, -1, -1, dtype=np.int64)) % q
+
+
 def _row_digits(q: int, width: int) -> np.ndarray:
-    """All q**width rows as digits (q**width, width), first site most significant."""
-    idx = np.arange(q**width)
-    return (idx[:, None] // q ** np.arange(width - 1, -1, -1)) % q
+    """All q**width rows as digits (q**width, width)."""
+    return _digits(np.arange(q**width), q, width)
 
 
 def _transfer_log_z(gens: list[np.ndarray], coefs: list[float], M: int,
@@ -246,11 +245,11 @@ def _transfer_log_z(gens: list[np.ndarray], coefs: list[float], M: int,
     return log_z, d
 
 
-def _check_transfer_dim(q: int, width: int, what: str):
-    if q**width > MAX_TRANSFER_DIM:
+def _check_transfer_dim(q: int, width: int, what: str, limit: int = MAX_TRANSFER_DIM):
+    if q**width > limit:
         raise TargetError(f"{what}: the row transfer matrix has q**width = {q}**{width} = "
-                          f"{q**width} states, above the limit {MAX_TRANSFER_DIM}; use a "
-                          "narrower lattice (width = min(L, M))")
+                          f"{q**width} states, above the limit {limit}; use a narrower lattice "
+                          "(width = min(L, M))")
 
 
 def _ising_generators(width: int, with_field: bool):
@@ -274,11 +273,6 @@ def ising_log_z_transfer(L: int, M: int, K: float, H: float = 0.0) -> float:
         Lattice sides.
     K, H : float
         Reduced coupling beta J (any sign) and reduced field beta h.
-
-    Returns
-    -------
-    float
-        Natural log of the partition function.
     """
     L, M = _check_size(L, M)
     K, H = _check_real("K", K), _check_real("H", H)
@@ -331,9 +325,7 @@ def potts_log_z_momentum(L: int, M: int, q: int, K: float) -> float:
     L, M = _check_size(L, M)
     q, K = _check_q(q), _check_real("K", K)
     w, n = min(L, M), max(L, M)
-    if q**w > MAX_MOMENTUM_DIM:
-        raise TargetError(f"potts_log_z_momentum: q**width = {q}**{w} = {q**w} row states, above "
-                          f"the limit {MAX_MOMENTUM_DIM}; use a narrower lattice (width = min(L, M))")
+    _check_transfer_dim(q, w, "potts_log_z_momentum", MAX_MOMENTUM_DIM)
     digits = _row_digits(q, w)
     place = q ** np.arange(w - 1, -1, -1)
     shifted = np.stack([np.roll(digits, m, axis=1) @ place for m in range(w)], 1)  # index of S^m r
@@ -370,24 +362,36 @@ def _check_enum(n_states: int, what: str):
             f"{MAX_ENUMERATE_STATES:.3g}; use the transfer matrix or Kaufman's formula")
 
 
+def _count_states(L: int, M: int, q: int, size: int, key, what: str) -> np.ndarray:
+    """``counts[k]``: how many of the q**(L M) states ``x`` (int8 ``(b, L, M)`` chunks) have
+    ``key(x) = k`` (an integer in ``[0, size)``)."""
+    n = L * M
+    _check_enum(q**n, what)
+    counts = np.zeros(size, dtype=np.int64)
+    for start in range(0, q**n, _CHUNK):
+        idx = np.arange(start, min(start + _CHUNK, q**n), dtype=np.int64)
+        counts += np.bincount(key(_digits(idx, q, n).astype(np.int8).reshape(-1, L, M)), minlength=size)
+    return counts
+
+
+def _equal_bonds(x: np.ndarray) -> np.ndarray:
+    """Number of bonds (of the torus's 2 L M) joining equal sites, per state of ``x`` (b, L, M)."""
+    return (x == np.roll(x, 1, axis=1)).sum((1, 2)) + (x == np.roll(x, 1, axis=2)).sum((1, 2))
+
+
 @lru_cache(maxsize=16)
 def _ising_dos(L: int, M: int):
-    """Density of states of the Ising torus: counts[b + 2N, m + N] of (bond sum b, magnetization m)."""
+    """Density of states of the Ising torus: counts[b + 2N, m + N] of (bond sum b, magnetization m).
+
+    Counted over digits ``d = (s + 1) / 2``: ``b + 2N = 2 (equal bonds)``, ``m + N = 2 sum d``."""
     n = L * M
-    _check_enum(2**n, "ising_log_z_enumerate")
     nb = 2 * n
-    counts = np.zeros((2 * nb + 1) * (2 * n + 1), dtype=np.int64)
-    shifts = np.arange(n, dtype=np.int64)
-    for start in range(0, 2**n, _CHUNK):
-        idx = np.arange(start, min(start + _CHUNK, 2**n), dtype=np.int64)
-        s = (2 * ((idx[:, None] >> shifts) & 1) - 1).astype(np.int8).reshape(-1, L, M)
-        b = (s * np.roll(s, 1, axis=1)).sum((1, 2)) + (s * np.roll(s, 1, axis=2)).sum((1, 2))
-        m = s.sum((1, 2))
-        counts += np.bincount((b + nb) * (2 * n + 1) + (m + n), minlength=counts.size)
-    counts = counts.reshape(2 * nb + 1, 2 * n + 1)
+    counts = _count_states(L, M, 2, (2 * nb + 1) * (2 * n + 1),
+                           lambda d: 2 * _equal_bonds(d) * (2 * n + 1) + 2 * d.sum((1, 2)),
+                           "ising_log_z_enumerate")
     b_vals = np.arange(-nb, nb + 1, dtype=float)
     m_vals = np.arange(-n, n + 1, dtype=float)
-    return b_vals, m_vals, counts
+    return b_vals, m_vals, counts.reshape(2 * nb + 1, 2 * n + 1)
 
 
 def _ising_enum_stats(L, M, K, H):
@@ -416,16 +420,8 @@ def ising_log_z_enumerate(L: int, M: int, K: float, H: float = 0.0) -> float:
 def _potts_dos(L: int, M: int, q: int):
     """counts[b] of the number of satisfied bonds b in 0..2N on the Potts torus."""
     n = L * M
-    total = q**n
-    _check_enum(total, "potts_log_z_enumerate")
-    counts = np.zeros(2 * n + 1, dtype=np.int64)
-    powers = q ** np.arange(n - 1, -1, -1, dtype=np.int64)
-    for start in range(0, total, _CHUNK):
-        idx = np.arange(start, min(start + _CHUNK, total), dtype=np.int64)
-        x = ((idx[:, None] // powers) % q).astype(np.int8).reshape(-1, L, M)
-        b = (x == np.roll(x, 1, axis=1)).sum((1, 2)) + (x == np.roll(x, 1, axis=2)).sum((1, 2))
-        counts += np.bincount(b, minlength=counts.size)
-    return np.arange(2 * n + 1, dtype=float), counts
+    return np.arange(2 * n + 1, dtype=float), _count_states(L, M, q, 2 * n + 1, _equal_bonds,
+                                                             "potts_log_z_enumerate")
 
 
 def _potts_enum_stats(L, M, q, K):
@@ -569,7 +565,7 @@ def onsager_energy_per_site(K: float) -> float:
 class Enumeration(NamedTuple):
     """All states of a small categorical target with their exact probabilities.
 
-    ``states`` (S, *event_shape) int64 index representation, in :func:`state_to_index`
+    ``states`` (S, *event_shape) int64 index representation on CPU, in :func:`state_to_index`
     order (row ``i`` is the state of index ``i``); ``energies`` and ``log_probs`` (S,)
     float64; ``log_z`` the exact log normalizing constant.
     """
@@ -646,7 +642,8 @@ def _enumerated_energies(energy, max_states: int, batch_size: int, dtype):
 
 def enumerate_states(energy, max_states: int = 2**22, *, batch_size: int = 2**16,
                      dtype: "torch.dtype | None" = None) -> Enumeration:
-    """Exact Boltzmann distribution of a small energy on a categorical domain, by enumeration.
+    """Exact Boltzmann distribution (an :class:`Enumeration`) of a small energy on a categorical
+    domain, by enumeration.
 
     Every state is evaluated through ``energy.energy(energy.domain.decode(idx))`` in batches
     on the energy's device; log-probabilities and log Z are computed in float64.
@@ -663,12 +660,6 @@ def enumerate_states(energy, max_states: int = 2**22, *, batch_size: int = 2**16
     dtype : torch.dtype, optional
         Cast floating physical states (e.g. Ising spins) to this dtype before the energy
         call; ``torch.float64`` makes float-valued energies exact to double precision.
-
-    Returns
-    -------
-    Enumeration
-        ``states`` (S, *event_shape) int64 on CPU, ``energies``, ``log_probs`` (S,) float64,
-        ``log_z`` float.
     """
     states, us = [], []
     for idx, _, u in _enumerated_energies(energy, max_states, batch_size, dtype):
