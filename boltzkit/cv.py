@@ -97,23 +97,21 @@ def as_cv(cv, x_example=None) -> CollectiveVariable:
 # ----------------------------------------------------------------------------- molecules
 def phi_psi(phi_atoms=ALANINE_PHI, psi_atoms=ALANINE_PSI) -> CollectiveVariable:
     """Backbone dihedrals ``(phi, psi)`` (radians) of Cartesian states ``(B, 3N)`` or ``(B, N, 3)``."""
-    quads = [tuple(phi_atoms), tuple(psi_atoms)]
-    return CollectiveVariable(lambda x: dihedral(x, quads), ("phi", "psi"), (True, True))
+    return _dihedral_cv(("phi", "psi"), [tuple(phi_atoms), tuple(psi_atoms)])
 
 
-def _dihedral_cv(name: str, atoms) -> CollectiveVariable:
-    quad = tuple(atoms)
-    return CollectiveVariable(lambda x: dihedral(x, quad), (name,), (True,))
+def _dihedral_cv(names: tuple, quads) -> CollectiveVariable:
+    return CollectiveVariable(lambda x: dihedral(x, quads), names, (True,) * len(names))
 
 
 def phi(atoms=ALANINE_PHI) -> CollectiveVariable:
     """Backbone dihedral phi (radians) of Cartesian states."""
-    return _dihedral_cv("phi", atoms)
+    return _dihedral_cv(("phi",), tuple(atoms))
 
 
 def psi(atoms=ALANINE_PSI) -> CollectiveVariable:
     """Backbone dihedral psi (radians) of Cartesian states."""
-    return _dihedral_cv("psi", atoms)
+    return _dihedral_cv(("psi",), tuple(atoms))
 
 
 # ----------------------------------------------------------------------------- lattices

@@ -38,7 +38,8 @@ def as_atoms(x) -> torch.Tensor:
         return x.reshape(x.shape[0], -1, 3)
     if x.ndim == 3 and x.shape[-1] == 3:
         return x
-    raise TargetError(f"coordinates must have shape (B, 3N) or (B, N, 3), got {tuple(x.shape)}")
+    raise TargetError(f"coordinates must have shape (B, 3N) or (B, N, 3), got {tuple(x.shape)}; add a "
+                      "batch dimension with x[None] for one state")
 
 
 def dihedral(x, atoms) -> torch.Tensor:

@@ -68,6 +68,7 @@ class _NumpyBackedEnergy(Energy):
     """
 
     hvp_step: float = 1e-4
+    _shape_hint = ""  # other accepted shapes, for the error message of a wrong batch
 
     def __init__(self, domain, name=None):
         super().__init__(domain, name)
@@ -82,14 +83,11 @@ class _NumpyBackedEnergy(Energy):
         d = self.domain.dim
         if not isinstance(x, torch.Tensor) or x.ndim < 2 or x[0].numel() != d:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise TargetError(f"{self.name} expects a batch of shape (B, {d}){self._shape_hint()}, "
+            raise TargetError(f"{self.name} expects a batch of shape (B, {d}){self._shape_hint}, "
                               f"got {shape}; add a batch dimension with x[None] for one state")
         if not x.dtype.is_floating_point:
             raise TargetError(f"{self.name} needs floating-point states, got {x.dtype}")
         return x.reshape(x.shape[0], d)
-
-    def _shape_hint(self) -> str:
-        return ""
 
     # -- evaluation
     def _evaluate(self, flat: torch.Tensor, grad: bool):

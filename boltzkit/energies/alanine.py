@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-from importlib import resources
 
 import numpy as np
 import torch
@@ -35,12 +34,10 @@ from .._utils import check_positive, package_files
 from ..errors import DatasetError, MissingDependencyError, TargetError, require
 from ..geometry import dihedral, signed_volume, wrap_angle
 from .base import Energy
-from .openmm_energy import OpenMMEnergy
+from .openmm_energy import OpenMMEnergy, _bfgs
 
 
 ALANINE_BASINS = ("C7eq", "alpha_R", "C7ax")
-# the boxes, in degrees: alpha_R = phi in (-120, 0], psi in (-120, 50); C7ax = phi in (0, 120);
-# C7eq = everything else
 ALPHA_R_PHI, ALPHA_R_PSI, C7AX_PHI = (-120.0, 0.0), (-120.0, 50.0), (0.0, 120.0)
 ALANINE_REFERENCE_FILE = "alanine_dipeptide_reference.npz"
 
@@ -257,13 +254,11 @@ def load_alanine_reference() -> dict:
     ``energy`` (potential energy, kT), ``run`` (index of the independent run), and ``meta``
     (dict: settings, basin free energies with standard errors, per-run values).
     """
-    try:
-        ref = resources.files("boltzkit").joinpath("data", ALANINE_REFERENCE_FILE)
-        with ref.open("rb") as fh:
-            data = dict(np.load(fh, allow_pickle=False))
-    except FileNotFoundError as exc:
-        raise DatasetError(f"the reference file boltzkit/data/{ALANINE_REFERENCE_FILE} is missing; "
-                           "regenerate it with benchmarks/alanine_reference.py") from exc
+    (path,) = package_files(
+        "boltzkit", [f"data/{ALANINE_REFERENCE_FILE}"], not_installed="boltzkit is not installed",
+        missing=lambda absent: DatasetError(f"the reference file boltzkit/data/{ALANINE_REFERENCE_FILE} is "
+                                            "missing; regenerate it with benchmarks/alanine_reference.py"))
+    data = dict(np.load(path, allow_pickle=False))
     data["meta"] = json.loads(str(data.pop("meta_json")))
     return data
 
@@ -297,17 +292,13 @@ class AlanineDipeptide(OpenMMEnergy):
         "implicit" adds the OBC1 generalized-Born term (about 10x the cost per evaluation).
     temperature : float
         Kelvin (300 K: kT = 2.494339 kJ/mol).
-    platform : str
-        See :class:`OpenMMEnergy` ("auto": Reference in vacuum, CPU with one thread implicit).
     com_restraint : float or None
         Centre-of-geometry restraint width in nm (default 0.1; None for the raw, improper
         translation-invariant density). It does not change any internal-coordinate statistic.
-    energy_cut : float or None
-        Lin-log regularization of clash energies above this value (kT).
-    backend : {"auto", "openmm", "torch"}
-        Who evaluates the force field (:class:`OpenMMEnergy`): "auto" is OpenMM for CPU
-        states and, in vacuum (ff96 has only bonds, angles, torsions and nonbonded terms),
-        the batched torch force field for states on an accelerator.
+    platform, platform_properties, energy_cut, hvp_step, backend
+        As in :class:`OpenMMEnergy`: platform "auto" is Reference in vacuum, CPU with one thread
+        implicit; backend "auto" uses the torch force field for accelerator states in vacuum only
+        (ff96 has only bonds, angles, torsions and nonbonded terms there).
     coordinates : {"internal", "cartesian"}
         Where :func:`boltzkit.sample` samples the molecule (:meth:`sampling_view`).
         "internal" (default): in bonds, angles and dihedrals (:meth:`internal`), with the
@@ -368,12 +359,10 @@ class AlanineDipeptide(OpenMMEnergy):
                 "coordinates": self.coordinates}
 
     def sampling_view(self):
-        """With ``coordinates="internal"``: sample :meth:`internal` (built once) and return
-        Cartesian states (``to_cartesian``: canonical frame, centred) with the Cartesian log Z
-        (``cartesian_log_z``). NAAS defaults there to the benchmark's setting (K = 256 time
-        steps, 40 training steps of 64 trajectories, lr 3e-4: about 8 CPU-minutes; longer
-        training did not raise the ESS, ``benchmarks/results/alanine_dipeptide.json``).
-        None with ``coordinates="cartesian"``."""
+        """:meth:`internal` (built once) with ``coordinates="internal"`` (see there), else None.
+        NAAS defaults there to the benchmark's setting (K = 256 time steps, 40 training steps of
+        64 trajectories, lr 3e-4: about 8 CPU-minutes; longer training did not raise the ESS,
+        ``benchmarks/results/alanine_dipeptide.json``)."""
         from .base import SamplingView
 
         if self.coordinates == "cartesian":
@@ -446,8 +435,6 @@ class AlanineDipeptide(OpenMMEnergy):
         return cache[name].clone()
 
     def _held_minimum(self, phi_psi_deg) -> torch.Tensor:
-        from scipy.optimize import minimize
-
         ic = self.internal(hint="diagonal", soft_barrier=None)
         q = ic.to_internal(self.minimized_state()).double()
         idx, sign, offset = _backbone_torsions(ic, q[0])
@@ -456,14 +443,13 @@ class AlanineDipeptide(OpenMMEnergy):
         free = torch.ones(q.shape[1], dtype=torch.bool)
         free[list(idx)] = False
 
-        def fun(v):
+        def energy_and_grad(v):  # v: the free coordinates (1, n_free)
             qq = q.clone()
-            qq[0, free] = torch.from_numpy(v)
+            qq[:, free] = v
             u, g = ic.energy_and_grad(qq)
-            return float(u[0]), g[0, free].numpy().astype(np.float64)
+            return u, g[:, free]
 
-        res = minimize(fun, q[0, free].numpy(), jac=True, method="BFGS",
-                       options={"maxiter": 5000, "gtol": 1e-4})
+        res = _bfgs(energy_and_grad, q[0, free])
         q[0, free] = torch.from_numpy(np.asarray(res.x, dtype=np.float64))
         return ic.to_cartesian(q).reshape(1, -1)
 
@@ -536,11 +522,10 @@ class BasinEnergy(Energy):
     """
 
     def __init__(self, ic, basin: str, *, wall: float = 50.0, wall_width: float = 0.2):
-        wall_k = check_positive("wall", wall, error=TargetError)
-        wall_width = check_positive("wall_width", wall_width, error=TargetError)
+        self.wall_k = check_positive("wall", wall, error=TargetError)
+        self.wall_width = check_positive("wall_width", wall_width, error=TargetError)
         super().__init__(ic.domain, name=f"{ic.cartesian_energy.name}[{basin}]")
         self.ic, self.basin = ic, basin
-        self.wall_k, self.wall_width = wall_k, wall_width
         self.index, self.sign, self.offset = _backbone_torsions(ic, ic.prior_hint().loc)
 
     def angles(self, q):

@@ -3,13 +3,10 @@
 ``U`` is in units of kT (temperature folded in, pymbar's reduced potential). Every energy
 is batched: ``energy(x)`` maps ``(B, *event_shape)`` to ``(B,)``.
 
-Prior hints. A continuous target may say where its mass sits and how wide it is by
-overriding :meth:`Energy.prior_hint` to return a :class:`PriorHint` ``(loc, scale)``; the
-continuous samplers (NAAS, PDNS, MALA, AIS) then centre and scale their Gaussian prior,
-reference or chain start on it and work in the standardized coordinates
-``z = scale^{-1} (x - loc)`` (:class:`FramedEnergy`), returning samples and weights in the
-target's own coordinates. Molecules (:class:`~boltzkit.energies.molecular.OpenMMEnergy`)
-give the harmonic frame of their minimized structure.
+Prior hints (:meth:`Energy.prior_hint`, :class:`PriorHint`, :class:`FramedEnergy`): where a
+continuous target's mass sits and how wide it is; molecules
+(:class:`~boltzkit.energies.molecular.OpenMMEnergy`) give the harmonic frame of their
+minimized structure.
 """
 
 from __future__ import annotations
@@ -117,7 +114,9 @@ class Energy(torch.nn.Module):
         """``fn(z)``, the same output tensor again while the same input tensor ``z`` (same
         version) comes back: a target that maps its states before evaluating a base target
         (:class:`FramedEnergy`, ``ShiftedEnergy``) keeps the base's ``energy`` ->
-        ``grad_energy`` cache working."""
+        ``grad_energy`` cache working. Not cached when ``z`` is being differentiated."""
+        if torch.is_grad_enabled() and z.requires_grad:
+            return fn(z)
         last = getattr(self, "_map_cache", None)
         if last is not None and last[0] is z and last[1] == z._version:
             return last[2]
@@ -296,8 +295,6 @@ class FramedEnergy(Energy):
         self.base, self.hint = base, hint
 
     def energy(self, z):
-        if torch.is_grad_enabled() and z.requires_grad:
-            return self.base.energy(self.hint.to_x(z))
         return self.base.energy(self._mapped(z, self.hint.to_x))
 
     def grad_energy(self, z):

@@ -39,7 +39,7 @@ from scipy import integrate, special
 
 from ..domains import Categorical
 from ..errors import IncompatibleMethodError, TargetError
-from .lattice import BETA_C_ISING as K_C_ISING  # K_c = ln(1 + sqrt 2) / 2
+from .lattice import BETA_C_ISING as K_C_ISING, _check_q  # K_c = ln(1 + sqrt 2) / 2
 MAX_TRANSFER_DIM = 4096          # largest row-state space for the transfer matrix (q**width)
 MAX_MOMENTUM_DIM = 6561          # largest q**width for the momentum-sector transfer matrix (~2 s)
 MAX_ENUMERATE_STATES = 2**26     # largest brute-force density-of-states enumeration
@@ -50,7 +50,8 @@ __all__ = [
     "ising_log_z_enumerate", "ising_mean_energy", "onsager_free_energy_per_site",
     "onsager_energy_per_site", "potts_log_z", "potts_log_z_transfer", "potts_log_z_momentum", "potts_log_z_enumerate",
     "potts_mean_energy", "Enumeration", "enumerate_states", "iter_states",
-    "exact_marginal_pmf", "state_to_index",
+    "exact_marginal_pmf", "state_to_index", "ThermoCurve", "ising_curve", "potts_curve",
+    "ising_curve_enumerate",
 ]
 
 
@@ -67,12 +68,6 @@ def _check_real(name: str, v) -> float:
     if not math.isfinite(v):
         raise TargetError(f"{name} must be a finite number, got {v!r}")
     return v
-
-
-def _check_q(q) -> int:
-    if isinstance(q, bool) or int(q) != q or q < 2:
-        raise TargetError(f"q (number of Potts states) must be an integer >= 2, got {q!r}")
-    return int(q)
 
 
 def _signed_logsumexp(log_abs, signs) -> tuple[float, float]:
@@ -118,10 +113,6 @@ def _kaufman_parts(L: int, M: int, K: float):
     return 0.5 * M * gamma, 0.5 * M * dgamma
 
 
-def _log2cosh(x):
-    return np.logaddexp(x, -x)
-
-
 def _log_abs_2sinh(x):
     ax = np.abs(x)
     with np.errstate(divide="ignore"):
@@ -131,7 +122,8 @@ def _log_abs_2sinh(x):
 def _kaufman_terms(x):
     """(sign, log|.|) per factor for the four products Z_1..Z_4 (rows), each of length L."""
     odd, even = x[1::2], x[0::2]
-    log_f = np.stack([_log2cosh(odd), _log_abs_2sinh(odd), _log2cosh(even), _log_abs_2sinh(even)])
+    log_f = np.stack([np.logaddexp(odd, -odd), _log_abs_2sinh(odd), np.logaddexp(even, -even),
+                      _log_abs_2sinh(even)])
     sign_f = np.stack([np.ones_like(odd), np.sign(odd), np.ones_like(even), np.sign(even)])
     return log_f, sign_f
 
@@ -146,14 +138,8 @@ def ising_log_z_kaufman(L: int, M: int, K: float) -> float:
 
     with :math:`\cosh\gamma_k = \cosh 2K \coth 2K - \cos(\pi k/L)` and the signed
     :math:`\gamma_0 = 2K + \ln\tanh K`. Evaluated in log space (no overflow at 256 x 256 or
-    larger) with a signed log-sum-exp of the four products.
-
-    Parameters
-    ----------
-    L, M : int
-        Lattice sides (bond convention of the module docstring; any size >= 1).
-    K : float
-        Reduced coupling beta J, ``0 <= K <= 300``.
+    larger) with a signed log-sum-exp of the four products. Any sides ``L, M >= 1``;
+    ``0 <= K <= 300`` (module conventions).
     """
     L, M = _check_size(L, M)
     K = _check_real("K", K)
@@ -263,17 +249,9 @@ def _ising_generators(width: int, with_field: bool):
 
 
 def ising_log_z_transfer(L: int, M: int, K: float, H: float = 0.0) -> float:
-    """Exact log Z of the Ising model on an ``L x M`` torus by the row transfer matrix.
-
-    The row width is ``min(L, M)`` (at most 12, 4096 row states); any field ``H``.
-
-    Parameters
-    ----------
-    L, M : int
-        Lattice sides.
-    K, H : float
-        Reduced coupling beta J (any sign) and reduced field beta h.
-    """
+    """Exact log Z of the Ising model on an ``L x M`` torus by the row transfer matrix, for any
+    coupling ``K`` (either sign) and field ``H`` (module conventions). The row width is
+    ``min(L, M)`` (at most 12, 4096 row states)."""
     L, M = _check_size(L, M)
     K, H = _check_real("K", K), _check_real("H", H)
     width, length = min(L, M), max(L, M)
@@ -290,19 +268,8 @@ def _potts_generators(q: int, width: int):
 
 
 def potts_log_z_transfer(L: int, M: int, q: int, K: float) -> float:
-    """Exact log Z of the q-state Potts model on an ``L x M`` torus (row transfer matrix).
-
-    Needs ``q ** min(L, M) <= 4096``.
-
-    Parameters
-    ----------
-    L, M : int
-        Lattice sides.
-    q : int
-        Number of Potts states.
-    K : float
-        Reduced coupling beta J (any sign).
-    """
+    """Exact log Z of the q-state Potts model on an ``L x M`` torus (row transfer matrix), for
+    any coupling ``K`` (either sign; module conventions). Needs ``q ** min(L, M) <= 4096``."""
     L, M = _check_size(L, M)
     q, K = _check_q(q), _check_real("K", K)
     width, length = min(L, M), max(L, M)
@@ -355,18 +322,14 @@ def potts_log_z_momentum(L: int, M: int, q: int, K: float) -> float:
 
 
 # ---------------------------------------------------------------------------- enumeration
-def _check_enum(n_states: int, what: str):
-    if n_states > MAX_ENUMERATE_STATES:
-        raise IncompatibleMethodError(
-            f"{what}: brute force would visit {n_states:.3g} states, above the limit "
-            f"{MAX_ENUMERATE_STATES:.3g}; use the transfer matrix or Kaufman's formula")
-
-
 def _count_states(L: int, M: int, q: int, size: int, key, what: str) -> np.ndarray:
     """``counts[k]``: how many of the q**(L M) states ``x`` (int8 ``(b, L, M)`` chunks) have
     ``key(x) = k`` (an integer in ``[0, size)``)."""
     n = L * M
-    _check_enum(q**n, what)
+    if q**n > MAX_ENUMERATE_STATES:
+        raise IncompatibleMethodError(
+            f"{what}: brute force would visit {q**n:.3g} states, above the limit "
+            f"{MAX_ENUMERATE_STATES:.3g}; use the transfer matrix or Kaufman's formula")
     counts = np.zeros(size, dtype=np.int64)
     for start in range(0, q**n, _CHUNK):
         idx = np.arange(start, min(start + _CHUNK, q**n), dtype=np.int64)
@@ -823,5 +786,3 @@ def ising_curve_enumerate(L: int, betas, J: float = 1.0, M: "int | None" = None)
         cap[i] = (beta * J) ** 2 * var / (L * M)
     return ThermoCurve(b, lz, e, cap)
 
-
-__all__ += ["ThermoCurve", "ising_curve", "potts_curve", "ising_curve_enumerate"]

@@ -108,10 +108,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .._utils import check_positive
+from .._utils import check_choice, check_positive
 from ..domains import Reals
 from ..errors import ConfigError, TargetError
-from ..geometry import dihedral_points, wrap_angle
+from ..geometry import as_atoms, dihedral_points, wrap_angle
 from ..probe import hessian_diag_fd, hessian_fd
 from .base import Energy, PriorHint, scale_from_hessian
 
@@ -276,8 +276,7 @@ class ZMatrix:
         if isinstance(n_atoms, bool) or int(n_atoms) != n_atoms or n_atoms < 3:
             raise TargetError(f"n_atoms must be an integer >= 3, got {n_atoms!r}")
         n = int(n_atoms)
-        if torsion_refs not in ("sibling", "chain"):
-            raise ConfigError(f"torsion_refs must be 'sibling' or 'chain', got {torsion_refs!r}")
+        check_choice("torsion_refs", torsion_refs, ("sibling", "chain"))
         if int(root) != root or not 0 <= root < n:
             raise TargetError(f"root must be an atom index in [0, {n}), got {root!r}")
         nbr = [set() for _ in range(n)]
@@ -373,20 +372,17 @@ class ZMatrix:
 
     # -- maps
     def _atoms(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(x)
-        n = self.n_atoms
-        if x.ndim == 2 and x.shape[1] == 3 * n:
-            return x.reshape(x.shape[0], n, 3)
-        if x.ndim == 3 and x.shape[1:] == (n, 3):
-            return x
-        raise TargetError(f"Cartesian states must have shape (B, {3 * n}) or (B, {n}, 3), got "
-                          f"{tuple(x.shape)}; add a batch dimension with x[None] for one state")
+        p, n = as_atoms(x), self.n_atoms
+        if p.shape[1] != n:
+            raise TargetError(f"Cartesian states must have shape (B, {3 * n}) or (B, {n}, 3), got "
+                              f"{tuple(torch.as_tensor(x).shape)}")
+        return p
 
     def _q(self, q: torch.Tensor) -> torch.Tensor:
         q = torch.as_tensor(q)
         if q.ndim != 2 or q.shape[1] != self.n_dof:
             raise TargetError(f"internal coordinates must have shape (B, {self.n_dof}), got "
-                              f"{tuple(q.shape)}")
+                              f"{tuple(q.shape)}; add a batch dimension with q[None] for one state")
         if not q.dtype.is_floating_point:
             raise TargetError(f"internal coordinates must be floating point, got {q.dtype}")
         return q
@@ -548,15 +544,11 @@ def log_jacobian(q: torch.Tensor, zmatrix: ZMatrix) -> torch.Tensor:
 class InternalCoordinateEnergy(Energy):
     r"""A Cartesian molecular target seen in internal coordinates, on ``Reals(3N - 6)``.
 
-    ``u_q(q) = u_x(x(q)) - log J(q) - log W(q)``, i.e. ``u_x - log J - sum_bonds log g(r)
-    - sum_angles log w(theta) - sum_dihedrals log h(phi - c)``, with ``x(q)`` the canonical-frame structure
-    (:meth:`ZMatrix.to_cartesian`) moved so that its centre of geometry is at the origin,
-    ``J`` the Jacobian and ``W`` the partitions of unity over bonds, angles and dihedrals
-    (module docstring). ``exp(-u_q)`` is finite-mass on all of ``R^{3N-6}`` and its
-    normalizing constant is exactly the canonical internal-coordinate partition function
-    ``Z_q = int exp(-u_x(x(q))) J(q) dq`` over ``r > 0, theta in (0, pi), phi in (-pi, pi]``,
-    i.e. ``Z_x = Z_q * 8 pi^2 * (translation volume)``. Dihedrals are used as they are (the
-    energy is ``2 pi``-periodic in them); :meth:`wrap` gives canonical values.
+    ``u_q(q) = u_x(x(q)) - log J(q) - log W(q)`` with ``x(q)`` the canonical-frame structure
+    (:meth:`ZMatrix.to_cartesian`) moved so that its centre of geometry is at the origin, ``J``
+    the Jacobian and ``W`` the partitions of unity (module docstring): ``exp(-u_q)`` has on all of
+    ``R^{3N-6}`` exactly the canonical ``Z_q = int exp(-u_x(x(q))) J(q) dq`` over ``r > 0, theta
+    in (0, pi), phi in (-pi, pi]``. Dihedrals are used as they are; :meth:`wrap` gives canonical values.
 
     Parameters
     ----------
@@ -639,8 +631,7 @@ class InternalCoordinateEnergy(Energy):
         self.torsion_std = check_positive("torsion_std", torsion_std)
         self.max_std = check_positive("max_std", max_std)
         self.hessian_step = check_positive("hessian_step", hessian_step)
-        if hint not in ("diagonal", "full"):
-            raise ConfigError(f"hint must be 'diagonal' or 'full', got {hint!r}")
+        check_choice("hint", hint, ("diagonal", "full"))
         self.hint = hint
         self.soft_std = check_positive("soft_std", soft_std)
         self.soft_barrier = None if soft_barrier is None else check_positive("soft_barrier", soft_barrier)
@@ -685,14 +676,7 @@ class InternalCoordinateEnergy(Energy):
 
     # -- coordinate maps
     def _q64(self, q) -> torch.Tensor:
-        q = torch.as_tensor(q)
-        d = self.domain.dim
-        if q.ndim != 2 or q.shape[1] != d:
-            raise TargetError(f"{self.name} expects a batch of shape (B, {d}), got {tuple(q.shape)}; "
-                              "add a batch dimension with q[None] for one state")
-        if not q.dtype.is_floating_point:
-            raise TargetError(f"{self.name} needs floating-point states, got {q.dtype}")
-        return q.to(torch.float64)
+        return self.zmatrix._q(q).to(torch.float64)
 
     def _cartesian64(self, q64: torch.Tensor) -> torch.Tensor:
         x = self.zmatrix.to_cartesian(q64)

@@ -25,6 +25,12 @@ def potts_beta_c(q: int) -> float:
     return math.log(1.0 + math.sqrt(q))
 
 
+def _check_q(q) -> int:
+    if isinstance(q, bool) or int(q) != q or q < 2:
+        raise TargetError(f"q (number of Potts states) must be an integer >= 2, got {q!r}")
+    return int(q)
+
+
 def _check_lattice_args(L, beta, J):
     if int(L) != L or L < 3:
         raise TargetError(f"L must be an integer >= 3 (L = 2 double-counts periodic bonds), got {L!r}")
@@ -153,8 +159,7 @@ class Potts(_LatticeEnergy, Energy):
     _kind = "potts"
 
     def __init__(self, L: int = 16, q: int = 3, beta: "float | None" = None, J: float = 1.0):
-        if int(q) != q or q < 2:
-            raise TargetError(f"q must be an integer >= 2, got {q!r}")
+        q = _check_q(q)
         beta = potts_beta_c(int(q)) / J if beta is None else beta
         _check_lattice_args(L, beta, J)
         super().__init__(Lattice((int(L), int(L)), int(q)), name=f"Potts(L={int(L)}, q={int(q)}, beta={beta:g})")

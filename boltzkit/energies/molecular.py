@@ -40,18 +40,15 @@ Units and conventions
   :class:`AlanineDipeptide` uses ``com_restraint=0.1`` by default. ``Z_int`` is not known
   in closed form, so :meth:`exact_log_z` returns None; compare basin free-energy
   differences instead (:mod:`boltzkit.analysis`).
-* Second derivatives: OpenMM and RDKit give energies and gradients only. The autograd
-  function behind :meth:`energy` supports double backward (Hessian-vector products, used by
-  adjoint samplers such as NAAS) through a central finite difference of the gradient along
-  the vector, step ``hvp_step``; one HVP costs two extra force evaluations.
+* Second derivatives: OpenMM and RDKit give energies and gradients only; the Hessian-vector
+  products are finite differences of the gradient (:mod:`._bridge`).
 
 Cost (this 2-core CPU, measured): alanine dipeptide vacuum on the Reference platform about
 45 us per energy+force evaluation in a batch of 200, OBC1 implicit about 0.4 ms (CPU platform,
 1 thread) -- Python-side state extraction dominates in vacuum; the evaluation loops over the
-batch in one reused OpenMM ``Context``. ``energy(x)`` outside autograd computes the forces
-too and caches them, so the usual ``energy(x)`` then ``grad_energy(x)`` of MCMC kernels costs
-one OpenMM call per state. A process pool was not added: at 22 atoms the brief measured
-no gain from 2 processes in vacuum and 13 % in implicit solvent.
+batch in one reused OpenMM ``Context`` (``energy(x)`` then ``grad_energy(x)``, as MCMC kernels
+call them, is one OpenMM call per state: :mod:`._bridge`). A process pool was not added: at 22
+atoms the brief measured no gain from 2 processes in vacuum and 13 % in implicit solvent.
 """
 
 from .alanine import AlanineDipeptide, BasinEnergy, alanine_dipeptide_files, alanine_dipeptide_system

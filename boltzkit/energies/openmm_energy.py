@@ -5,12 +5,13 @@ centre-of-geometry restraint and the cost are described in :mod:`boltzkit.energi
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import torch
 
-from .._utils import check_positive
+from .._utils import check_choice, check_positive
 from ..domains import Reals
 from ..errors import ConfigError, TargetError, require
 from ..probe import hessian_fd
@@ -86,20 +87,16 @@ class _OpenMMBackend:
         return u, f
 
 
-_FAST_READERS: "list" = []
-
-
+@functools.lru_cache(maxsize=None)
 def _fast_state_readers():
     """``(energy(state) -> float kJ/mol, fill(state, kind, out (N, 3) float64), forces kind)``
     from OpenMM's SWIG layer, or None when this OpenMM does not expose them."""
-    if not _FAST_READERS:
-        mm = require("openmm", "molecular")
-        low = getattr(mm, "_openmm", None)
-        energy = getattr(low, "State_getPotentialEnergy", None)
-        fill = getattr(mm.State, "_getVectorAsNumpy", None)
-        kind = getattr(mm.State, "Forces", None)
-        _FAST_READERS.append(None if None in (energy, fill, kind) else (energy, fill, kind))
-    return _FAST_READERS[0]
+    mm = require("openmm", "molecular")
+    low = getattr(mm, "_openmm", None)
+    energy = getattr(low, "State_getPotentialEnergy", None)
+    fill = getattr(mm.State, "_getVectorAsNumpy", None)
+    kind = getattr(mm.State, "Forces", None)
+    return None if None in (energy, fill, kind) else (energy, fill, kind)
 
 
 # ============================================================================ torch force field
@@ -117,14 +114,11 @@ class TorchForceField:
     Lorentz-Berthelot mixing over all pairs, the exceptions' own parameters in place of the
     mixed ones for the excluded and 1-4 pairs) and ``CMMotionRemover`` (no energy).
 
-    :meth:`supports` says whether a System has only these (no constraints, no virtual sites,
-    no parameter offsets); :class:`OpenMMEnergy` then evaluates it here for states on an
-    accelerator (``backend="auto"``) or always (``backend="torch"``): one vectorized pass over
-    the batch on the states' device instead of one Context call per state through the host,
-    and exact second derivatives by autograd instead of the finite-difference Hessian-vector
-    product. On CPU it is slower than OpenMM's Reference platform (eager torch pays per
-    operation; measured in ``docs/performance.md``). Agreement with OpenMM's Reference platform is tested to 1e-6
-    kJ/mol on energies and 1e-5 relative on forces (``tests/test_molecular.py``).
+    :meth:`unsupported` says why a System has more than these (constraints, virtual sites,
+    parameter offsets); :class:`OpenMMEnergy` evaluates the others here as its ``backend``
+    "torch" (when, and what it costs: see there), with exact second derivatives by autograd.
+    Agreement with OpenMM's Reference platform is tested to 1e-6 kJ/mol on energies and 1e-5
+    relative on forces (``tests/test_molecular.py``).
     """
 
     def __init__(self, system):
@@ -318,8 +312,7 @@ class OpenMMEnergy(_NumpyBackedEnergy):
                  com_restraint: "float | None" = None, energy_cut: "float | None" = None,
                  hvp_step: float = 1e-4, backend: str = "auto", name: "str | None" = None):
         mm = require("openmm", "molecular")
-        if backend not in ("auto", "openmm", "torch"):
-            raise ConfigError(f"backend must be 'auto', 'openmm' or 'torch', got {backend!r}")
+        check_choice("backend", backend, ("auto", "openmm", "torch"))
         unit = require("openmm.unit", "molecular")
         if not isinstance(system, mm.System):
             raise TargetError(f"system must be an openmm.System, got {type(system).__name__}")
@@ -352,6 +345,7 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         else:
             props = dict(platform_properties or {})
         self.n_atoms = n
+        self._shape_hint = f" or (B, {n}, 3)"
         self.openmm_topology = topology
         self._backend_impl = _OpenMMBackend(system, platform, props)
         _ = self._backend_impl.context  # fail early on a bad platform
@@ -378,9 +372,7 @@ class OpenMMEnergy(_NumpyBackedEnergy):
 
     def _torch_for(self, flat: torch.Tensor) -> bool:
         """Whether these states are evaluated by :class:`TorchForceField` (``backend``)."""
-        if self._ff is None:
-            return False
-        return self._backend_choice == "torch" or flat.device.type != "cpu"
+        return self._ff is not None and (self._backend_choice == "torch" or flat.device.type != "cpu")
 
     # -- torch backend: same conventions as _backend (restraint, cut, +inf and zero gradient)
     def _torch_u(self, flat: torch.Tensor) -> torch.Tensor:
@@ -421,9 +413,6 @@ class OpenMMEnergy(_NumpyBackedEnergy):
             (hv,) = torch.autograd.grad(g, xr, grad_outputs=w.detach().to(torch.float64))
         return torch.where(torch.isfinite(hv), hv, torch.zeros_like(hv)).to(flat.dtype)
 
-    def _shape_hint(self):
-        return f" or (B, {self.n_atoms}, 3)"
-
     def _backend(self, x, grad):
         n = x.shape[0]
         pos = x.reshape(n, self.n_atoms, 3)
@@ -463,16 +452,8 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         """The reference structure relaxed to the nearest local minimum of ``u`` (``(1, 3N)``
         float64), by BFGS (scipy) on the target's own energy and gradient; cached."""
         if getattr(self, "_minimized", None) is None:
-            from scipy.optimize import minimize
-
             x0 = self.reference_state().double().reshape(-1)
-
-            def fun(v):
-                u, g = self.energy_and_grad(torch.from_numpy(v)[None])
-                return float(u[0]), g[0].numpy().astype(np.float64)
-
-            res = minimize(fun, x0.numpy(), jac=True, method="BFGS",
-                           options={"maxiter": 5000, "gtol": 1e-4})
+            res = _bfgs(self.energy_and_grad, x0)
             xm = torch.from_numpy(np.asarray(res.x, dtype=np.float64))[None]
             if not math.isfinite(float(res.fun)) or float(res.fun) > float(self.energy(x0[None])[0]):
                 xm = x0[None].clone()  # never worse than the shipped structure
@@ -539,6 +520,18 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         return md.Trajectory(xyz.reshape(-1, self.n_atoms, 3), self.mdtraj_topology)
 
 
+def _bfgs(energy_and_grad, x0: torch.Tensor):
+    """scipy's BFGS result for the energy whose ``energy_and_grad`` maps a batch of one
+    ``(1, d)`` to ``(u, grad u)``, started at ``x0`` ``(d,)`` float64."""
+    from scipy.optimize import minimize
+
+    def fun(v):
+        u, g = energy_and_grad(torch.from_numpy(v)[None])
+        return float(u[0]), g[0].numpy().astype(np.float64)
+
+    return minimize(fun, x0.numpy(), jac=True, method="BFGS", options={"maxiter": 5000, "gtol": 1e-4})
+
+
 class ShiftedEnergy(Energy):
     """``x -> base.energy(origin + x)``: a target translated so that ``origin`` sits at 0.
 
@@ -563,8 +556,6 @@ class ShiftedEnergy(Energy):
         return (x.reshape(x.shape[0], -1) + self.origin.to(x)).reshape(x.shape)
 
     def energy(self, x):
-        if torch.is_grad_enabled() and x.requires_grad:
-            return self.base.energy(self.to_absolute(x))
         return self.base.energy(self._mapped(x, self.to_absolute))
 
     def grad_energy(self, x):

@@ -73,6 +73,11 @@ class _ParticleEnergy(Energy):
         p = self._particles(x)
         return pairwise_distances(p, self.domain.n_particles, self.domain.spatial_dim)
 
+    def to_config(self):
+        dom = self.domain
+        return {**super().to_config(), "type": type(self).__name__, "n_particles": dom.n_particles,
+                "spatial_dim": dom.spatial_dim}
+
 
 class MultiDoubleWell(_ParticleEnergy):
     r"""Pairwise double-well potential ``sum_{i<j} a (r-r0)^4 + b (r-r0)^2 + c`` (units of kT).
@@ -102,9 +107,7 @@ class MultiDoubleWell(_ParticleEnergy):
         return (self.a * r2 * r2 + self.b * r2 + self.c).sum(-1)
 
     def to_config(self):
-        dom = self.domain
-        return {**super().to_config(), "type": type(self).__name__, "n_particles": dom.n_particles,
-                "spatial_dim": dom.spatial_dim, "a": self.a, "b": self.b, "c": self.c, "r0": self.r0}
+        return {**super().to_config(), "a": self.a, "b": self.b, "c": self.c, "r0": self.r0}
 
 
 class DoubleWell4(MultiDoubleWell):
@@ -171,8 +174,5 @@ class LennardJones(_ParticleEnergy):
         return e
 
     def to_config(self):
-        dom = self.domain
-        return {**super().to_config(), "type": "LennardJones", "n_particles": dom.n_particles,
-                "spatial_dim": dom.spatial_dim, "epsilon": self.epsilon, "r_m": self.r_m,
-                "oscillator": self.oscillator, "oscillator_scale": self.oscillator_scale,
-                "pairs": self.pairs}
+        return {**super().to_config(), "epsilon": self.epsilon, "r_m": self.r_m,
+                "oscillator": self.oscillator, "oscillator_scale": self.oscillator_scale, "pairs": self.pairs}

@@ -9,17 +9,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from scipy import constants
 
 from ..domains import Reals
 from ..errors import TargetError, require
 from ..geometry import dihedral_np
 from ._bridge import _check_temperature, _NumpyBackedEnergy
-
-
-def _kcal_per_mol_kT(temperature: float) -> float:
-    from scipy import constants
-
-    return constants.R * temperature / 4184.0  # kcal/mol
 
 
 def _moving_atoms(mol, j: int, k: int) -> np.ndarray:
@@ -135,7 +130,7 @@ class TorsionEnergy(_NumpyBackedEnergy):
                     raise TargetError(f"torsion {(i, j, k, l)}: atoms {a} and {b} are not bonded")
         super().__init__(Reals(len(tors)), name=name or f"Torsions({smiles or 'molecule'})")
         self.temperature = _check_temperature(temperature)
-        self.kT = _kcal_per_mol_kT(self.temperature)
+        self.kT = constants.R * self.temperature / 4184.0  # kcal/mol
         self.smiles, self.variant = smiles, variant
         self.torsions = tors
         self.n_atoms = n
@@ -225,13 +220,11 @@ def from_smiles(smiles: str, temperature: float = 300.0, *, torsions=None, n_con
     Parameters
     ----------
     smiles : str
-    temperature : float
-        Kelvin.
+    temperature, variant : as in :class:`TorsionEnergy`
     torsions : sequence of (i, j, k, l), optional
         Atom indices (hydrogens are appended after the heavy atoms of the SMILES); default
         :func:`rotatable_torsions`.
     n_conformers, seed, max_iters : conformer search settings.
-    variant : "MMFF94" or "MMFF94s"
 
     Examples
     --------
