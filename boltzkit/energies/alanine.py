@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import torch
 
 from .._utils import check_positive, package_files
-from ..errors import DatasetError, MissingDependencyError, TargetError, require
+from ..errors import DatasetError, MissingDependencyError, TargetError, UnreliableEstimateWarning, require
 from ..geometry import dihedral, signed_volume, wrap_angle
-from .base import Energy
+from .base import Energy, SamplingView
 from .openmm_energy import OpenMMEnergy, _bfgs
 
 
@@ -144,10 +145,6 @@ def basin_free_energies(phi, psi, log_weights=None, *, reference: str = "C7eq",
         ess = basin_ess(phi, psi, log_weights)
         few = {b: e for b, e in ess.items() if 0 < e < min_ess}
         if few:
-            import warnings
-
-            from ..errors import UnreliableEstimateWarning
-
             warnings.warn("basin free energies rest on few effective samples ("
                           + ", ".join(f"{b}: {e:.1f}" for b, e in few.items())
                           + f" < {min_ess:g}); the error bars understate the error. Draw more "
@@ -323,10 +320,8 @@ class AlanineDipeptide(OpenMMEnergy):
     phi > 0 (C7ax) in 150 ns in ff96; it is the standard mode-collapse test.
 
     Samplers started from the Cartesian harmonic frame (:meth:`prior_hint`) stay in C7eq /
-    alpha_R; :meth:`internal` gives the same molecule in internal coordinates with phi, psi
-    and the methyl rotors spread over their circle, from which NAAS and AIS visit C7ax and
-    estimate log Z far better (``benchmarks/alanine_dipeptide.py``, methods ``*_ic``), so
-    ``bk.sample`` samples there by default (``coordinates``).
+    alpha_R; from :meth:`internal` NAAS and AIS visit C7ax and estimate log Z far better
+    (``benchmarks/alanine_dipeptide.py``, methods ``*_ic``), hence the default ``coordinates``.
     """
 
     sample_plot = "boltzkit.energies.alanine:ramachandran_sample_plot"  # the Ramachandran map
@@ -363,8 +358,6 @@ class AlanineDipeptide(OpenMMEnergy):
         NAAS defaults there to the benchmark's setting (K = 256 time steps, 40 training steps of
         64 trajectories, lr 3e-4: about 8 CPU-minutes; longer training did not raise the ESS,
         ``benchmarks/results/alanine_dipeptide.json``)."""
-        from .base import SamplingView
-
         if self.coordinates == "cartesian":
             return None
         if self._view is None:
@@ -400,8 +393,7 @@ class AlanineDipeptide(OpenMMEnergy):
         """This molecule confined to one Ramachandran basin (the boxes of
         :func:`alanine_basin`), in internal coordinates.
 
-        ``u_q`` plus a wall on the (phi, psi) distance outside the basin (:class:`BasinEnergy`:
-        slope ``wall`` kT/rad beyond ``wall_width`` rad, quadratic within).
+        ``u_q`` plus a wall on the (phi, psi) distance outside the basin (:class:`BasinEnergy`).
         The internal coordinates are built around the basin's own structure
         (:meth:`basin_structure`): the prior hint is the harmonic frame there and the dihedral
         windows are centred on it (a basin across a window's seam would be split between two
@@ -428,10 +420,8 @@ class AlanineDipeptide(OpenMMEnergy):
         local minimum of its own (in vacuum, alpha_R relaxes towards C7eq)."""
         cache = self.__dict__.setdefault("_basin_structures", {})
         if name not in cache:
-            if name not in self.BASIN_CENTRES_DEG:
-                cache[name] = self.minimized_state()
-            else:
-                cache[name] = self._held_minimum(self.BASIN_CENTRES_DEG[name])
+            centre = self.BASIN_CENTRES_DEG.get(name)
+            cache[name] = self.minimized_state() if centre is None else self._held_minimum(centre)
         return cache[name].clone()
 
     def _held_minimum(self, phi_psi_deg) -> torch.Tensor:
@@ -461,8 +451,7 @@ class AlanineDipeptide(OpenMMEnergy):
         phi, psi : ndarray ``(B,)`` float64
         """
         md = require("mdtraj", "molecular")
-        ang = md.compute_dihedrals(self.to_mdtraj(x), [self.PHI_ATOMS, self.PSI_ATOMS])
-        ang = ang.astype(np.float64)
+        ang = md.compute_dihedrals(self.to_mdtraj(x), [self.PHI_ATOMS, self.PSI_ATOMS]).astype(np.float64)
         return ang[:, 0], ang[:, 1]
 
     def phi_psi_torch(self, x) -> "tuple[torch.Tensor, torch.Tensor]":

@@ -11,15 +11,16 @@ minimized structure.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from .._utils import module_device
+from .._utils import module_device, torch_generator
 from ..domains import Domain
-from ..errors import TargetError
+from ..errors import NonFiniteEnergyError, TargetError
 
 
 class Energy(torch.nn.Module):
@@ -171,8 +172,6 @@ class SamplingView:
         """The :class:`~boltzkit.result.Result` ``res`` of ``self.target`` as one of
         ``original``: samples mapped by ``to_target``, log Z converted (or None), the view's
         own log Z and its coordinates in ``diagnostics``."""
-        import dataclasses
-
         with torch.no_grad():
             x = self.to_target(res.samples)
         x = torch.as_tensor(x).detach().to("cpu", res.samples.dtype)
@@ -346,8 +345,6 @@ def check_energy_values(u: torch.Tensor, batch: int, *, name: str = "energy") ->
     bad = ~torch.isfinite(u)
     if bool(bad.any()):
         idx = bad.nonzero().flatten()
-        from ..errors import NonFiniteEnergyError
-
         raise NonFiniteEnergyError(f"{name} returned {int(idx.numel())} NaN or infinite values out of "
                                    f"{batch} (first at batch index {int(idx[0])}); the energy must be "
                                    "finite on the domain. Check for overflow or log of non-positive numbers.")
@@ -364,8 +361,6 @@ def index_energy(energy, x: torch.Tensor) -> torch.Tensor:
 def validate_target(target, *, n: int = 8, seed: int = 0, needs_grad: bool = False,
                     device: "torch.device | str" = "cpu") -> None:
     """Boundary check run before any work: evaluate the target on reference draws."""
-    from .._utils import torch_generator
-
     kind = getattr(target, "kind", None)
     if kind is None or not hasattr(target, "domain"):
         raise TargetError(f"{type(target).__name__} is not a boltzkit target: it needs a "

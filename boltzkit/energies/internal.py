@@ -741,10 +741,6 @@ class InternalCoordinateEnergy(Energy):
             u = self.energy(q)
         return u, self.grad_energy(q)
 
-    def exact_log_z(self):
-        """None: ``Z_q`` of a molecule is not known in closed form."""
-        return None
-
     def cartesian_log_z(self, log_z_q: float) -> "float | None":
         r"""``log Z_x`` of the Cartesian target from ``log Z_q`` of this one, when the Cartesian
         target restrains its centre of geometry with width ``s`` (``com_restraint``):
@@ -842,8 +838,7 @@ class InternalCoordinateEnergy(Energy):
                 self.soft_index = soft
             else:
                 hdiag = self.curvature(q0)
-                pos = hdiag > 0
-                std = torch.where(pos, hdiag.clamp_min(1e-300).rsqrt(), torch.full_like(hdiag, math.inf))
+                std = torch.where(hdiag > 0, hdiag.clamp_min(1e-300).rsqrt(), torch.full_like(hdiag, math.inf))
                 cap = torch.full_like(std, self.max_std)
                 cap[torch.as_tensor(self.zmatrix.torsion_index)] = self.torsion_std
                 scale = torch.minimum(std, cap)

@@ -27,7 +27,7 @@ def potts_beta_c(q: int) -> float:
 
 def _check_q(q) -> int:
     if isinstance(q, bool) or int(q) != q or q < 2:
-        raise TargetError(f"q (number of Potts states) must be an integer >= 2, got {q!r}")
+        raise TargetError(f"q must be an integer >= 2 (the number of Potts states), got {q!r}")
     return int(q)
 
 

@@ -6,10 +6,8 @@ this module gathers them and states the conventions they share.
 
 * :class:`OpenMMEnergy` -- any ``openmm.System`` as a batched target ``u(x) = U(x) / kT`` on
   Cartesian coordinates in nm, with forces as its gradient.
-* :class:`AlanineDipeptide` -- ACE-ALA-NME (22 atoms, AMBER ff96, vacuum or OBC1 implicit
-  solvent) built from the files that ship inside the ``openmmtools`` wheel (no downloads).
-* :func:`from_smiles` / :class:`TorsionEnergy` -- a small molecule from a SMILES string as a
-  target on its rotatable torsions (MMFF94 energy with rigid bonds and angles).
+* :class:`AlanineDipeptide` -- ACE-ALA-NME in AMBER ff96, shipped with openmmtools (:mod:`.alanine`).
+* :func:`from_smiles` / :class:`TorsionEnergy` -- a SMILES molecule on its rotatable torsions (:mod:`.smiles`).
 
 Optional dependencies (``pip install 'boltzkit[molecular]'``: openmm, openmmtools, mdtraj,
 rdkit) are imported lazily when a target is built; importing boltzkit never imports them.

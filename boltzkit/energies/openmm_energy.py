@@ -145,9 +145,7 @@ class TorchForceField:
                     tors.append((a, b, c, d, per, phase._value, k._value))
             elif isinstance(force, mm.NonbondedForce):
                 par = [force.getParticleParameters(i) for i in range(n)]
-                q = [p[0]._value for p in par]
-                sg = [p[1]._value for p in par]
-                ep = [p[2]._value for p in par]
+                q, sg, ep = ([p[c]._value for p in par] for c in range(3))  # charge, sigma, epsilon
                 for i in range(n):
                     for j in range(i + 1, n):
                         pairs[(i, j)] = (q[i] * q[j], 0.5 * (sg[i] + sg[j]), math.sqrt(ep[i] * ep[j]))
@@ -470,12 +468,11 @@ class OpenMMEnergy(_NumpyBackedEnergy):
         """Harmonic (Laplace) frame of the reference structure, or None without positions.
 
         ``loc`` is :meth:`minimized_state`, ``scale`` the inverse square root of the Hessian
-        there (:func:`~boltzkit.energies.base.scale_from_hessian`, flat directions such as
-        rotations widened to ``hint_max_std`` nm), so the standard normal in the sampler's
-        coordinates is the harmonic approximation of the basin of the reference structure:
-        bond, angle and torsion directions all get their own width (about 0.001 nm for C-H
-        stretches; soft collective modes are capped at ``hint_max_std`` = 0.05 nm, beyond
-        which their linearization distorts bonds). Computed once and cached.
+        there (:func:`~boltzkit.energies.base.scale_from_hessian`), so the standard normal in
+        the sampler's coordinates is the harmonic approximation of the basin of the reference
+        structure: bond, angle and torsion directions all get their own width (about 0.001 nm
+        for C-H stretches); flat and soft collective modes (rotations) are capped at
+        ``hint_max_std`` (0.05 nm, beyond which their linearization distorts bonds). Cached.
         """
         if self.positions is None:
             return None

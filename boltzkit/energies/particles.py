@@ -133,9 +133,8 @@ class LennardJones(_ParticleEnergy):
     oscillator_scale : float
         ``k`` (1 in the benchmarks).
     pairs : {"once", "ordered"}
-        ``"once"``: each unordered pair once (``f = 1``; physical convention, LJ-13 minimum
-        -44.326801). ``"ordered"``: sum over ordered pairs (``f = 2``), the convention of the
-        DEM / AS / ASBS benchmark code.
+        Each unordered pair once (``f = 1``) or the sum over ordered pairs (``f = 2``) of the
+        DEM / AS / ASBS benchmark code (module docstring).
     """
 
     def __init__(self, n_particles: int = 13, spatial_dim: int = 3, *, epsilon: float = 1.0,

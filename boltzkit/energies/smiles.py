@@ -153,8 +153,7 @@ class TorsionEnergy(_NumpyBackedEnergy):
 
     def conformers(self, theta) -> np.ndarray:
         """Cartesian coordinates (Angstrom) ``(B, N, 3)`` of the torsion states ``theta`` (B, k)."""
-        th = self._flat(torch.as_tensor(theta)).detach().cpu().double().numpy()
-        return self._build(th)
+        return self._build(self._flat(torch.as_tensor(theta)).detach().cpu().double().numpy())
 
     def _build(self, th: np.ndarray) -> np.ndarray:
         b = th.shape[0]
