@@ -53,7 +53,8 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["SDEPath", "VEPriorSchedule", "state_space", "time_grid", "gaussian_log_prob", "euler_maruyama",
+__all__ = ["SDEPath", "VEPriorSchedule", "state_space", "state_noise", "time_grid", "gaussian_log_prob",
+           "euler_maruyama",
            "reversed_reference_kernel", "brownian_bridge_kernel", "path_log_weight",
            "lean_adjoint", "vjp", "grad_and_hvp"]
 
@@ -73,6 +74,13 @@ def state_space(domain) -> "tuple[Callable | None, int]":
     if project is not None and n_dof == domain.event_numel:
         project = None  # projection is the identity
     return project, n_dof
+
+
+def state_noise(shape, generator: torch.Generator, device, project: "Callable | None" = None) -> torch.Tensor:
+    """Standard normal draws of ``shape`` from ``generator`` (on its device), moved to ``device``
+    and projected onto the state space (``project`` of :func:`state_space`)."""
+    eps = torch.randn(shape, generator=generator, device=generator.device).to(device)
+    return eps if project is None else project(eps)
 
 
 def time_grid(n_steps: int, *, refine_end: float = 1.0, dtype=torch.float64,

@@ -174,12 +174,13 @@ from ..result import result_from_log_weights
 from ..nn.continuous_nets import make_control_net
 from ..nn.ema import EMA
 from ..nn.buffers import ReplayBuffer
-from ._shared.scld import check_smc_config, controlled_backward, segment_buffer, segment_loss, segment_rollout
+from ._shared.scld import (check_smc_config, control_shift, controlled_backward, segment_buffer,
+                           segment_loss, segment_rollout)
 from ._shared.smc import MALARejuvenation, controlled_islands, island_result
 from ..kernels.langevin import default_step_size
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
-                          gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_space,
-                          time_grid)
+                          gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_noise,
+                          state_space, time_grid)
 from .._utils import check_fraction
 from .base import SamplerConfig, TrainableSampler, check_count, check_choice, check_flag, check_number
 
@@ -302,23 +303,6 @@ class NAASConfig(SamplerConfig):
         check_choice("scld_backward", self.scld_backward, ("learned", "fixed"))
 
 
-class _GradCache:
-    """One-entry cache of the (clipped, projected) energy gradient at a state tensor."""
-
-    def __init__(self):
-        self.x, self.g = None, None
-
-    def get(self, x):
-        c = self.x
-        if c is not None and (c is x or (c.data_ptr() == x.data_ptr() and c.shape == x.shape
-                                         and c.dtype == x.dtype and c._version == x._version)):
-            return self.g
-        return None
-
-    def put(self, x, g):
-        self.x, self.g = x, g
-
-
 class AnnealedLangevin:
     r"""The NAAS reference: ``dX = -(sigma_t^2/2) grad U_t(X) dt + sigma_t dW`` along
     ``U_t = (1 - beta_t) |x|^2/(2 s_0^2) + beta_t E(x)``.
@@ -340,9 +324,8 @@ class AnnealedLangevin:
         self.s0, self.s1 = float(prior_std), float(target_scale)
         self.relaxation, self.fixed_sigma = float(relaxation), sigma
         self.beta_power, self.grad_clip = float(beta_power), grad_clip
-        self.n_grad = 0
-        self.n_hvp = 0
-        self._cache = _GradCache()
+        self.n_grad = self.n_hvp = 0
+        self._cache = (None, None)  # the last state tensor seen and its (clipped, projected) gradient
 
     # -- schedules
     def beta(self, t: float) -> float:
@@ -367,31 +350,30 @@ class AnnealedLangevin:
         """Scale ``g`` down to norm ``limit``: per particle on particle systems, per sample
         otherwise (then re-projected). ``relative``: the limit is ``limit`` times the batch
         median of the norms."""
-        if isinstance(self.domain, ParticleCloud):
-            p = self.domain.as_particles(g)
-            n = p.norm(dim=-1, keepdim=True)
-            lim = limit * n.median() if relative else limit
-            p = p * (lim / n.clamp_min(lim)).nan_to_num(1.0)
-            return self._proj(self.domain.flatten(p))
-        n = g.norm(dim=-1, keepdim=True)
+        particles = isinstance(self.domain, ParticleCloud)
+        p = self.domain.as_particles(g) if particles else g
+        n = p.norm(dim=-1, keepdim=True)
         lim = limit * n.median() if relative else limit
-        return g * (lim / n.clamp_min(lim)).nan_to_num(1.0)
-
-    def _clip(self, g):
-        return g if self.grad_clip is None else self.clip_norm(g, self.grad_clip)
+        p = p * (lim / n.clamp_min(lim)).nan_to_num(1.0)
+        return self._proj(self.domain.flatten(p)) if particles else p
 
     def _proj(self, v):
         return v if self.project is None else self.project(v)
 
+    def _checked(self, x, g):
+        """The energy gradient ``g`` at ``x`` checked for non-finite values, clipped and projected."""
+        check_energies(None, x, grad=g, name=f"{self.energy.name}.energy", energy_fn=self.energy.energy)
+        return self._proj(g if self.grad_clip is None else self.clip_norm(g, self.grad_clip))
+
     def grad_energy(self, x: torch.Tensor) -> torch.Tensor:
         """Clipped, projected ``grad E(x)``, cached for the last state tensor seen."""
-        g = self._cache.get(x)
-        if g is None:
-            g = self.energy.grad_energy(x.detach())
-            check_energies(None, x, grad=g, name=f"{self.energy.name}.energy", energy_fn=self.energy.energy)
-            g = self._proj(self._clip(g))
-            self.n_grad += x.shape[0]
-            self._cache.put(x, g)
+        c, g = self._cache
+        if c is not None and (c is x or (c.data_ptr() == x.data_ptr() and c.shape == x.shape
+                                         and c.dtype == x.dtype and c._version == x._version)):
+            return g
+        g = self._checked(x, self.energy.grad_energy(x.detach()))
+        self.n_grad += x.shape[0]
+        self._cache = (x, g)
         return g
 
     def grad_u(self, t: float, x):
@@ -408,12 +390,11 @@ class AnnealedLangevin:
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self.energy.energy(xg).sum(), xg, create_graph=True)
-            check_energies(None, x, grad=g, name=f"{self.energy.name}.energy", energy_fn=self.energy.energy)
-            gc = self._proj(self._clip(g))
+            gc = self._checked(x, g)
             (hv,) = torch.autograd.grad(gc, xg, grad_outputs=a.detach())
         self.n_grad += x.shape[0]
         self.n_hvp += x.shape[0]
-        self._cache.put(x, gc.detach())
+        self._cache = (x, gc.detach())
         return -0.5 * s2 * self._proj((1.0 - b) * a / self.s0 ** 2 + b * hv)
 
     def work_grad(self, t: float, t_next: float, x):
@@ -473,10 +454,9 @@ class NAAS(TrainableSampler):
                                     device=self.device)
         self._hs = torch.diff(self.ts).to(self.device, torch.float32)
         with self._seeded_init():  # network init from the sampler's own stream
-            self.net = make_control_net(target.domain, hidden=c.hidden, n_layers=c.n_layers,
-                                        input_scale=self.prior_std).to(self.device)
-            self.prior_net = make_control_net(target.domain, hidden=c.hidden, n_layers=c.n_layers,
-                                              input_scale=self.prior_std).to(self.device)
+            self.net, self.prior_net = (make_control_net(target.domain, hidden=c.hidden, n_layers=c.n_layers,
+                                                         input_scale=self.prior_std).to(self.device)
+                                        for _ in range(2))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=c.lr)
         self.prior_opt = torch.optim.Adam(self.prior_net.parameters(), lr=c.prior_lr)
         self.ema = EMA(self.net, c.ema_decay) if c.ema_decay is not None else None
@@ -537,7 +517,7 @@ class NAAS(TrainableSampler):
         ``log B - log F`` (the Dirac source cancels the first bridge), or, without the prior
         stage, draws from the reference prior and None."""
         if not self._prior_on:
-            return self.prior_std * self._reference_draw(n, generator), None
+            return self.prior_std * state_noise((n, self.dim), generator, self.device, self.project), None
         sched = self.prior_sched
         y0 = torch.zeros(n, self.dim, device=self.device)
         ppath = euler_maruyama(self._prior_drift(prior_net), None, y0, self.prior_ts,
@@ -545,10 +525,6 @@ class NAAS(TrainableSampler):
                                noise_var=sched.step_variance,
                                backward=brownian_bridge_kernel(sched.variance))
         return ppath.x, ppath.log_bwd - ppath.log_fwd
-
-    def _reference_draw(self, n, generator):
-        eps = torch.randn(n, self.dim, generator=generator, device=self.device)
-        return eps if self.project is None else self.project(eps)
 
     def adjoint(self, xs: torch.Tensor) -> torch.Tensor:
         """Lean adjoint ``a`` of the annealed stage along stored states ``xs`` (K + 1, B, D)."""
@@ -632,9 +608,7 @@ class NAAS(TrainableSampler):
             y, target = batch["y"], batch["target"]
             n = y.shape[0]
             s = torch.rand(n, 1, generator=gen, device=gen.device).to(self.device)
-            xi = torch.randn(y.shape, generator=gen, device=gen.device).to(self.device)
-            if self.project is not None:
-                xi = self.project(xi)
+            xi = state_noise(y.shape, gen, self.device, self.project)
             v = self.prior_sched.variance_tensor(s)  # bridge from the origin to y
             ys = (v / var1) * y + torch.sqrt((v * (var1 - v) / var1).clamp_min(0.0)) * xi
             out = self.prior_net(s.squeeze(1), ys)
@@ -654,7 +628,7 @@ class NAAS(TrainableSampler):
         c, ref = self.config, self.ref
         net = self.net if net is None else net
         gen = self.gens["train"] if generator is None else generator
-        x = self.prior_std * self._reference_draw(n, gen)
+        x = self.prior_std * state_noise((n, self.dim), gen, self.device, self.project)
         return segment_rollout(
             x, ref.log_prior(x), self.ts, c.scld_segments, ref_drift=ref.drift,
             control=lambda t, y: ref.sigma(t) * net(t, y),
@@ -670,18 +644,11 @@ class NAAS(TrainableSampler):
         stored segment ``rows`` under ``net``; differentiable in the network's parameters."""
         c = self.config
         ts = self.ts.to(self.device, torch.float32)
-
-        def scaled(times):  # (k, x) -> h_k sigma_k v(times[k], x), projected
-            def shift(k, x):
-                v = net(times[k], x)
-                v = v if self.project is None else self.project(v)
-                return (self._hs[k] * self._sigmas[k])[:, None] * v
-            return shift
-
-        var = self._hs * self._sigmas ** 2
-        # forward shift at (t_k, x_k); the learned backward one at (t_{k+1}, x_{k+1})
-        return segment_loss(rows, scaled(ts[:-1]), c.scld_segments, c.n_time_steps // c.scld_segments, var,
-                            bshift=scaled(ts[1:]), bvar=var)
+        scale, var = self._hs * self._sigmas, self._hs * self._sigmas ** 2
+        # the forward shift h_k sigma_k v at (t_k, x_k); the learned backward one at (t_{k+1}, x_{k+1})
+        return segment_loss(rows, control_shift(net, ts[:-1], scale, self.project), c.scld_segments,
+                            c.n_time_steps // c.scld_segments, var,
+                            bshift=control_shift(net, ts[1:], scale, self.project), bvar=var)
 
     def _backward_control(self, net):
         """The learned backward drift ``c_B(t_k, t_{k+1}, x) = sigma_{t_k} v(t_{k+1}, x)``

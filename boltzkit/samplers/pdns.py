@@ -144,8 +144,8 @@ from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
-                          state_space, time_grid)
-from ._shared.scld import check_smc_config, segment_buffer, segment_loss, segment_rollout
+                          state_noise, state_space, time_grid)
+from ._shared.scld import check_smc_config, control_shift, segment_buffer, segment_loss, segment_rollout
 from ._shared.smc import MALARejuvenation, controlled_islands, island_result
 from ..kernels.langevin import default_step_size
 from .._utils import check_fraction
@@ -339,9 +339,7 @@ def pilot_reference_std(energy, dim, project, n_dof, device, generator) -> "tupl
     """
     scales = torch.tensor(_PILOT_SCALES, dtype=torch.float64)
     n = _PILOT_PER_SCALE
-    z = torch.randn(len(scales) * n, dim, generator=generator, device=generator.device).to(device)
-    if project is not None:
-        z = project(z)
+    z = state_noise((len(scales) * n, dim), generator, device, project)
     x64 = z.to(torch.float64) * scales.to(device).repeat_interleave(n).unsqueeze(1)
     r2 = x64.pow(2).sum(-1)
     # log of the mixture density (1/S) sum_c N(x; 0, c^2 I) in the n_dof-dimensional state space
@@ -417,10 +415,6 @@ class _BrownianBridge:
         return make_control_net(self.domain, hidden=cfg.hidden or 64, n_layers=cfg.n_layers,
                                 input_scale=self.reference_std)
 
-    def _noise(self, shape, generator):
-        xi = torch.randn(shape, generator=generator, device=generator.device).to(self.device)
-        return xi if self.project is None else self.project(xi)
-
     @torch.no_grad()
     def rollout(self, net, n, generator, *, train):
         """``(x, log_w, reward)``: terminal states (n, dim), float64 exact path log-weights and
@@ -450,7 +444,7 @@ class _BrownianBridge:
         k = torch.randint(0, self._t.numel(), (x1.shape[0],), generator=generator,
                           device=generator.device).to(self.device)
         rem = self._rem[k].unsqueeze(1)  # the bridge: X_t ~ N((1 - rem/v1) X_1, (v1 - rem) rem/v1 I)
-        noise = self._noise(x1.shape, generator)
+        noise = state_noise(x1.shape, generator, self.device, self.project)
         xt = (1.0 - rem / self.v1) * x1 + torch.sqrt((self.v1 - rem) * rem / self.v1) * noise
         target = (x1 - xt) / torch.sqrt(rem)
         per_row = (net(self._t[k], xt) - target).pow(2).sum(-1) / self.n_dof
@@ -536,11 +530,8 @@ class _BrownianBridge:
 
     def scld_loss(self, net, rows, n_segments):
         """SCLD loss of stored segment ``rows`` under ``net`` (differentiable)."""
-        def shift(k, x):
-            v = net(self._t[k], x)
-            return self._shift[k, None] * (v if self.project is None else self.project(v))
-
-        return segment_loss(rows, shift, n_segments, self._t.numel() // n_segments, self._var)
+        return segment_loss(rows, control_shift(net, self._t, self._shift, self.project), n_segments,
+                            self._t.numel() // n_segments, self._var)
 
     def decode(self, x):
         return x if self.frame is None else self.frame.to_x(x)

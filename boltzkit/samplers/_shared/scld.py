@@ -62,7 +62,8 @@ from ...nn.sde import euler_maruyama
 from .smc import resample_islands
 
 __all__ = ["SegmentRun", "segment_rollout", "segment_loss", "segment_log_weights", "segment_log_variance",
-           "controlled_backward", "check_smc_config", "segment_buffer", "SCLD_BUFFER_ITERATIONS"]
+           "controlled_backward", "control_shift", "check_smc_config", "segment_buffer",
+           "SCLD_BUFFER_ITERATIONS"]
 
 SCLD_BUFFER_ITERATIONS = 4  # the segment buffer holds this many training passes' rows by default
 
@@ -203,6 +204,17 @@ def controlled_backward(backward: Callable, backward_control: Callable, project=
         return shift - (t_next - t) * (d if project is None else project(d)), var
 
     return back
+
+
+def control_shift(net, times: torch.Tensor, scale: torch.Tensor, project=None) -> Callable:
+    """``shift(k, x) = scale_k net(times_k, x)`` (projected) at level indices ``k``: the control's
+    shift of the Gaussian kernels' means, as :func:`segment_loss` takes it."""
+
+    def shift(k, x):
+        v = net(times[k], x)
+        return scale[k, None] * (v if project is None else project(v))
+
+    return shift
 
 
 def segment_loss(rows: dict, shift: Callable, n_segments: int, seg_len: int, var: torch.Tensor, *,
