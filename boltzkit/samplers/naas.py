@@ -90,13 +90,9 @@ Choices made where the brief leaves NAAS open (each chosen to pass the exact-tru
   Langevin Diffusions", ICLR 2025, arXiv 2412.07081): instead of adjoint matching, every step
   runs the controlled path as SMC from ``pi_0`` (no prior stage), cut into ``scld_segments``
   equal segments with resampling (and ``smc_mcmc_steps`` MALA moves) at each boundary, stores
-  each particle's segment (states and reference residuals, detached; start points = the
-  resampled particles) in a replay buffer, and minimizes the per-segment log-variance
-
-      L(theta) = mean_s Var_i[ log gamma_b(x_b^i) - log gamma_a(x_a^i)
-                               + sum_{k=a}^{b-1} (log B_k - log q^theta_k)(x_k^i, x_{k+1}^i) ]
-
-  (:mod:`boltzkit.samplers._shared.scld`). By default (``scld_backward="learned"``) the
+  each particle's segment in a replay buffer, and minimizes the mean over segments of the
+  variance of their log-weights (objective and failure modes:
+  :mod:`boltzkit.samplers._shared.scld`). By default (``scld_backward="learned"``) the
   backward kernels are learned with the same network, as in SCLD's CMCD form: reverse ULA
   shifted by ``-h_k sigma_{t_k} v(t_{k+1}, x_{k+1})``, in training and in :meth:`NAAS.sample`
   and :meth:`NAAS.sample_smc` alike (any normalized backward kernel keeps ``E[w] = Z``; one
@@ -142,9 +138,7 @@ Failure modes
   mass between modes.
 * SCLD training (``train_on="smc"``): the log-variance gradient is a score-function
   estimate weighted by the centred segment log-weights, noisy where those are heavy-tailed
-  (many-well-32); a mode no training particle reaches gets no rows; with
-  ``scld_backward="fixed"`` the loss cannot approach zero (above). Measured against SMC at equal
-  evaluations in ``benchmarks/scld.py``.
+  (many-well-32). Measured against SMC at equal evaluations in ``benchmarks/scld.py``.
 * A too large ``relaxation * h`` or a stiff energy (Lennard-Jones) makes explicit Euler
   unstable (``TrainingDivergedError``): raise ``n_time_steps``, lower ``relaxation`` or set
   ``grad_clip``.
@@ -211,29 +205,20 @@ class NAASConfig(SamplerConfig):
         None = the rows of one iteration's fresh trajectories, i.e. on-policy regression),
         times_per_trajectory (time points per fresh trajectory pushed to the buffer), lr,
         hidden, n_layers, ema_decay (None: no EMA), running_window (iterations pooled in
-        the running log Z), train_on ("paths": adjoint matching as above; "smc": SCLD, the
-        per-segment log-variance on the resampled sub-trajectories of an SMC pass, see the
+        the running log Z), train_on ("paths": adjoint matching; "smc": SCLD training, see the
         module docstring; the prior stage is then off), scld_segments (equal segments of the
         path, a divisor of n_time_steps), scld_buffer_size (segment rows kept; None = 4
-        iterations' rows), scld_backward ("learned": the backward kernels are the reverse-ULA
-        ones shifted by ``-h sigma_t v(t_{k+1}, x_{k+1})``, the same network with the opposite
-        sign as in SCLD / CMCD, used by sample and sample_smc too; "fixed": reverse ULA).
+        iterations' rows), scld_backward ("learned" or "fixed" backward kernels, module docstring).
     Sampling
         sample_batch_size; resample_ess (None: plain importance sampling of whole paths; a
         fraction in (0, 1]: the sampled chain runs as an SMC sampler, see
         :meth:`NAAS.sample_smc`), n_islands (independent particle islands of the SMC sampler;
         its log Z error bar comes from their spread), smc_mcmc_steps (MALA rejuvenation steps
         per level of the SMC sampler; 0: none).
-    Regression
-        importance_weighted: weight each trajectory's regression rows by its self-normalized
-        path weight (targets the optimal control directly; False: the paper's on-policy
-        fixed-point regression, which can collapse modes); min_weight_ess: the weights are
-        tempered (``w^a``, ``a <= 1``) so that their batch ESS fraction stays at least this.
-    Coordinates
-        use_prior_hint: when the target gives a :meth:`~boltzkit.energies.Energy.prior_hint`
-        (e.g. a molecule's harmonic frame), run in its standardized coordinates ``z``
-        (``prior_std`` and ``target_scale`` are then in units of the hint's scale) and return
-        samples and weights in the target's coordinates.
+    Regression and coordinates (module docstring)
+        importance_weighted (False: the paper's on-policy regression), min_weight_ess (the
+        weights' tempering keeps their batch ESS fraction at least this), use_prior_hint (run
+        in the standardized frame of the target's prior hint).
     """
 
     n_steps: int = 200
@@ -472,15 +457,14 @@ class NAAS(TrainableSampler):
         self._recent_lw: deque = deque(maxlen=c.running_window)
 
     def _grad_clip(self):
-        """``grad_clip`` resolved: "auto" is ``AUTO_CLIP * sqrt(n_dof)`` in a prior-hint frame
-        (where the equilibrium gradient norm is about ``sqrt(n_dof)``, since ``E_p |grad u|^2 =
-        E_p[lap u]`` is ``n_dof`` for a standardized basin), and no clipping otherwise."""
+        """``grad_clip`` resolved: "auto" is ``AUTO_CLIP`` times the equilibrium gradient norm in a
+        prior-hint frame, about ``sqrt(n_dof) / target_scale`` (``E_p |grad u|^2 = E_p[lap u]`` is
+        ``n_dof`` for a standardized basin), and no clipping otherwise."""
         c = self.config
         if c.grad_clip != "auto":
             return c.grad_clip
         if self.frame is None:
             return None
-        # the equilibrium gradient norm in the frame is about sqrt(n_dof) / target_scale
         return AUTO_CLIP * math.sqrt(state_space(self.target.domain)[1]) / self.target_scale
 
     # ------------------------------------------------------------------ simulation
@@ -772,39 +756,28 @@ class NAAS(TrainableSampler):
                    n_islands: "int | None" = None, mcmc_steps: "int | None" = None):
         r"""Run the trained (or untrained, ``n_steps=0``) chain as an SMC sampler.
 
-        Sequential Controlled Langevin Diffusions (Chen, Richter, Berner et al., ICLR 2025,
-        arXiv 2412.07081) view; SMC samplers with backward kernels: Del Moral, Doucet & Jasra,
-        JRSS B 68 (2006). Intermediate targets ``gamma_k`` = :meth:`log_gamma` at ``t_k``;
-        particles move by the controlled Euler step ``q_k`` and are weighted by
-
-            log w_k = log gamma_{k+1}(x_{k+1}) + log B_k(x_k | x_{k+1})
-                      - log gamma_k(x_k) - log q_k(x_{k+1} | x_k)
-
-        with ``B_k`` the reverse annealed-Langevin (ULA) kernel, the backward kernel of the
-        whole-path weight. The product of the increments over ``k`` is the whole-path weight of
-        :meth:`sample` (the prior stage enters once, at ``t = 0``), so with ``resample_ess``
-        = None nothing changes; with it, an island whose ESS drops below ``resample_ess``
-        times its size is resampled (systematic) and its mean weight carried into its running
-        log Z, which stays unbiased for Z. log Z and its error bar come from the
-        ``n_islands`` independent islands. With a zero control (``n_steps=0``) this is SMC
-        with ULA moves along the geometric path; a trained control makes the increments
-        flatter. Costs one energy evaluation per particle and level beyond :meth:`sample`.
+        The island SMC of :mod:`boltzkit.samplers._shared.smc` (papers, weight increments,
+        resampling, MALA rejuvenation, log Z and its error bar from ``n_islands`` independent
+        islands; shared with :meth:`PDNS.sample_smc <boltzkit.samplers.pdns.PDNS.sample_smc>`)
+        along this chain: intermediate targets ``gamma_k`` = :meth:`log_gamma` at ``t_k``, moves
+        by the controlled Euler step ``q_k``, backward kernels ``B_k`` those of the whole-path
+        weight (reverse annealed Langevin, ULA). The product of the increments over ``k`` is the
+        whole-path weight of :meth:`sample` (the prior stage enters once, at ``t = 0``). With a
+        zero control (``n_steps=0``) this is SMC with ULA moves along the geometric path; a
+        trained control makes the increments flatter. Costs one energy evaluation per particle
+        and level beyond :meth:`sample`.
 
         ``resample_ess``, ``n_islands`` and ``mcmc_steps`` default to the config's (0.5, 16 and
         ``smc_mcmc_steps`` where the config leaves ``resample_ess`` None), so one trained sampler
-        can be sampled both ways. ``mcmc_steps`` > 0 adds MALA rejuvenation on ``gamma_{k+1}``
-        after every level (:class:`~boltzkit.samplers._shared.smc.MALARejuvenation`; one energy
-        gradient per step and one per level to start it, counted in
-        ``diagnostics["sampling_energy_grads"]``). The island machinery is shared with
-        :meth:`PDNS.sample_smc <boltzkit.samplers.pdns.PDNS.sample_smc>`
-        (:mod:`boltzkit.samplers._shared.smc`).
+        can be sampled both ways. ``mcmc_steps`` > 0 adds MALA moves on ``gamma_{k+1}`` after
+        every level (one energy gradient per step and one per level to start it, counted in
+        ``diagnostics["sampling_energy_grads"]``).
 
-        Reliability: beyond the weight diagnostics, the result is flagged unreliable when the
-        islands' log Z spread ``s`` implies a log-mean-exp (Jensen) bias ``(e^{s^2} - 1) / (2M)``
-        above the error bar (many-well-32, untrained, 64 levels: s = 2.2, bias ~ 3.9 vs an error
-        bar of 0.55, while the estimate was 1.9 low and the weights looked healthy). The check
-        assumes roughly normal island log Z; it misses heavier tails (many-well-8, untrained,
-        8 levels: 0.73 low, 4.4 error bars, s = 1.1, not flagged).
+        Reliability (:func:`~boltzkit.samplers._shared.smc.island_result`): on many-well-32,
+        untrained, 64 levels, the islands' spread s = 2.2 implied a Jensen bias ~ 3.9 against an
+        error bar of 0.55 (flagged), while the estimate was 1.9 low and the weights looked
+        healthy. The spread check assumes roughly normal island log Z and misses heavier tails
+        (many-well-8, untrained, 8 levels: 0.73 low, 4.4 error bars, s = 1.1, not flagged).
 
         Returns a weighted :class:`~boltzkit.result.Result` (final weights after the last
         resampling, island blocks contiguous) with ``diagnostics["resample_events"]``.

@@ -170,13 +170,10 @@ def pdns_priority(target) -> int:
 class PDNSConfig(SamplerConfig):
     """Options of :class:`PDNS`.
 
-    Proximal schedule (:class:`~boltzkit.samplers._shared.proximal.ProximalSchedule`)
-        schedule ("adaptive", "constant" or "none" = plain WDCE), anchor ("model" or "path"),
-        kl_budget (adaptive: nats per stage), ess_target (adaptive: ESS-fraction criterion
-        instead of the KL budget), eta and eta_growth (constant: ``eta_k = eta * growth**k``),
-        tol (stopping rule), patience (path anchor: repeated stages before the KL budget is
-        counted on top of the current mismatch), rollouts_per_stage (fresh batches of the frozen
-        proposal per stage).
+    Proximal schedule
+        schedule ("none" = plain WDCE), anchor, kl_budget, ess_target, eta, eta_growth, tol,
+        patience: the options of :class:`~boltzkit.samplers._shared.proximal.ProximalSchedule`;
+        rollouts_per_stage (fresh batches of the frozen proposal per stage).
     Training
         n_steps (gradient steps), batch_size (trajectories per fresh batch), inner_steps
         (gradient steps per fresh batch), n_replicates (re-maskings / bridge times per sample
@@ -206,8 +203,7 @@ class PDNSConfig(SamplerConfig):
         GMM-40, untrained, 100 levels, 2048 particles: log Z error -1.94 +- 0.38 and 37 modes
         with power 1, +0.05 +- 0.07 and all 40 with power 3).
     SCLD training (continuous targets)
-        train_on ("paths": proximal WDCE as above; "smc": SCLD, the per-segment log-variance on
-        the resampled sub-trajectories of an SMC pass, see the module docstring), scld_segments
+        train_on ("paths": proximal WDCE; "smc": SCLD, see the module docstring), scld_segments
         (a divisor of n_time_steps), scld_buffer_size (segment rows kept; None = 4 passes'
         rows), scld_train_rows (rows per gradient step).
     """
@@ -298,16 +294,13 @@ class _MaskedCTMC:
     def make_net(self):
         return discrete_net_from_config(self.domain, self.cfg)
 
-    def energy(self, x):
-        return index_energy(self.target, x)
-
     @torch.no_grad()
     def rollout(self, net, n, generator, *, train):
         """``(x, log_w, reward)``: index configurations (n, D), float64 exact path log-weights
         ``-U - log q(x | order)`` and terminal rewards ``-U - log nu``."""
         path = masked_rollout(net, n, self.n_sites, self.q, generator=generator, device=self.device,
                               n_steps=self.train_passes if train else self.sample_passes)
-        u = self.energy(path.x)
+        u = index_energy(self.target, path.x)
         return path.x, -u - path.log_q, -u - self.log_nu
 
     def loss(self, net, x, weights, generator):
@@ -396,19 +389,19 @@ class _BrownianBridge:
         self.sched = VEPriorSchedule(self.reference_std, cfg.noise_ratio)
         self.ts = time_grid(cfg.n_time_steps)
         ts = self.ts.tolist()
+        steps = list(zip(ts, ts[1:]))
         self.v1 = self.sched.variance(1.0)
+        # per grid time: the remaining reference variance v1 - v_t and the step variance
+        rem = [self.v1 - self.sched.variance(a) for a, _ in steps]
+        var = [self.sched.step_variance(a, b) for a, b in steps]
         # drift coefficient of the network output at each grid time: (step variance / h) / sqrt(v1 - v_t)
-        self._coef = {a: self.sched.step_variance(a, b) / (b - a)
-                      / math.sqrt(self.v1 - self.sched.variance(a)) for a, b in zip(ts, ts[1:])}
+        self._coef = {a: v / (b - a) / math.sqrt(r) for (a, b), v, r in zip(steps, var, rem)}
         self._t = torch.tensor(ts[:-1], dtype=torch.float32, device=device)
-        # remaining reference variance v1 - v_t at each grid time (float64 before the cast)
-        self._rem = torch.tensor([self.v1 - self.sched.variance(a) for a in ts[:-1]],
-                                 dtype=torch.float32, device=device)
+        self._rem = torch.tensor(rem, dtype=torch.float32, device=device)
         # per level: mean shift per unit network output (h_k coef_k) and step variance (SCLD loss)
-        self._shift = torch.tensor([(b - a) * self._coef[a] for a, b in zip(ts, ts[1:])],
-                                   dtype=torch.float32, device=device)
-        self._var = torch.tensor([self.sched.step_variance(a, b) for a, b in zip(ts, ts[1:])],
-                                 dtype=torch.float64, device=device)
+        self._shift = torch.tensor([(b - a) * self._coef[a] for a, b in steps], dtype=torch.float32,
+                                   device=device)
+        self._var = torch.tensor(var, dtype=torch.float64, device=device)
 
     def make_net(self):
         cfg = self.cfg
@@ -471,10 +464,7 @@ class _BrownianBridge:
         return pot, (1.0 - beta) * y / self.v1 + beta * self.target.grad_energy(y)
 
     def log_gamma(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        """``log gamma_k(x) = log N(x; 0, v(t_k)) + beta_k r(c_k x)`` (float64), ``r`` the terminal
-        reward: in ``y = c_k x`` the PDNS stage target ``nu^(1 - beta) pi^beta`` shrunk to the
-        reference's scale at ``t_k``. ``gamma_0`` is the Dirac source (0 here) and ``gamma_K =
-        exp(-U)``."""
+        """``log gamma_k(x)`` of :meth:`PDNS.sample_smc` (float64; 0 for the Dirac source ``gamma_0``)."""
         if k == 0:
             return torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         beta, c = self.smc_level(k)
@@ -700,27 +690,21 @@ class PDNS(TrainableSampler):
                    n_islands: "int | None" = None, mcmc_steps: "int | None" = None) -> Result:
         r"""Run the trained (or untrained, ``n_steps=0``) continuous sampler as an SMC sampler.
 
-        Sequential Controlled Langevin Diffusions view (Chen, Richter, Berner et al., ICLR 2025,
-        arXiv 2412.07081) with the SMC-sampler weights of Del Moral, Doucet & Jasra (JRSS B 68,
-        2006). The controlled path needs intermediate targets; PDNS's own path-anchored stage
-        targets ``nu^(1 - beta) pi^beta`` are used, placed along diffusion time: at grid time
-        ``t_k`` the particles are weighted toward
+        The island SMC of :mod:`boltzkit.samplers._shared.smc` (papers, weight increments, resampling
+        below ``resample_ess``, ``mcmc_steps`` MALA moves on ``gamma_{k+1}``, log Z and its error bar
+        from ``n_islands`` islands; shared with :meth:`NAAS.sample_smc
+        <boltzkit.samplers.naas.NAAS.sample_smc>`). The controlled path needs intermediate targets;
+        PDNS's own path-anchored stage targets ``nu^(1 - beta) pi^beta`` are used, placed along
+        diffusion time: at grid time ``t_k`` the particles are weighted toward
 
             gamma_k(x) = N(x; 0, v(t_k)) exp(beta_k r(c_k x)),   c_k = sqrt(v(1) / v(t_k)),
 
         with ``r = -U - log nu`` the terminal reward and ``beta_k = t_k**smc_beta_power``; in
         ``y = c_k x`` this is the geometric path from the reference's terminal law to the target,
         shrunk to the reference's marginal scale at ``t_k`` (``gamma_0`` is the Dirac source,
-        ``gamma_K = exp(-U)``). Particles move by the controlled Euler step ``q_k`` and the
-        Brownian-bridge backward kernel ``B_k`` makes the increment
-
-            log w_k = log gamma_{k+1}(x_{k+1}) + log B_k(x_k | x_{k+1}) - log gamma_k(x_k) - log q_k(x_{k+1} | x_k)
-
-        telescope to the whole-path weight of :meth:`sample` (tested draw for draw). Islands whose
-        ESS falls below ``resample_ess`` are resampled and ``mcmc_steps`` MALA moves on
-        ``gamma_{k+1}`` may follow each level (energy gradients needed); log Z and its error bar
-        come from ``n_islands`` independent islands (:mod:`boltzkit.samplers._shared.smc`, shared
-        with :meth:`NAAS.sample_smc <boltzkit.samplers.naas.NAAS.sample_smc>`). With zero control
+        ``gamma_K = exp(-U)``). Particles move by the controlled Euler step ``q_k``; with the
+        Brownian-bridge backward kernels ``B_k`` the increments telescope to the whole-path weight
+        of :meth:`sample` (tested draw for draw). MALA needs energy gradients. With zero control
         (``n_steps=0``) this is plain SMC along that path, whose moves are the reference's
         Brownian increments (plus MALA if asked).
 
