@@ -97,9 +97,7 @@ class EGNNLite(nn.Module):
 
     Parameters
     ----------
-    n_particles, spatial_dim : int
-    hidden : int
-    n_layers : int
+    n_particles, spatial_dim, hidden, n_layers : int
     input_scale, output_scale : float
         Positions are divided by ``input_scale`` on input; the displacement is multiplied
         by ``output_scale``.

@@ -149,9 +149,7 @@ def transition_log_prob(x: torch.Tensor, y: torch.Tensor, gamma_bar, q: int) -> 
     """float64 ``log p^r(y | x)`` of the reference over an interval with integrated rate
     ``gamma_bar`` (scalar or one per row); x, y int64 (B, D). Returns (B,)."""
     log_a, log_b = move_stay_log_probs(gamma_bar, q)
-    moved = (x != y).to(torch.float64)
-    d = x.shape[-1]
-    return d * log_b + moved.sum(-1) * (log_a - log_b)
+    return x.shape[-1] * log_b + (x != y).to(torch.float64).sum(-1) * (log_a - log_b)
 
 
 def bridge_probs(x0: torch.Tensor, x1: torch.Tensor, gamma_0t, gamma_t1, q: int) -> torch.Tensor:

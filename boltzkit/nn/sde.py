@@ -28,11 +28,6 @@ kernels are Gaussian, ``B_k = N(x_{k+1} + shift, var I)``; two standard choices 
 AIS-style weights) and :func:`brownian_bridge_kernel` (the exact reversal of a drift-free
 reference started from a point, as in Adjoint Sampling).
 
-Prior-stage noise
------------------
-:class:`VEPriorSchedule` is the variance-exploding Brownian motion from a point used by NAAS's
-prior stage and by PDNS's continuous reference (its time-1 law is ``N(0, s_0^2 I)``).
-
 Lean adjoint
 ------------
 :func:`lean_adjoint` integrates, backward along a stored trajectory, the exact discrete
@@ -235,9 +230,7 @@ def brownian_bridge_kernel(variance: Callable[[float], float], start: "torch.Ten
 
     def backward(t, t_next, x, x_next):
         v0, v1 = float(variance(t)), float(variance(t_next))
-        rho = v0 / v1
-        shift = (rho - 1.0) * (x_next - start)
-        return shift, v0 * (v1 - v0) / v1
+        return (v0 / v1 - 1.0) * (x_next - start), v0 * (v1 - v0) / v1
 
     return backward
 
@@ -324,8 +317,9 @@ def lean_adjoint(xs: torch.Tensor, ts: torch.Tensor,
 
 
 class VEPriorSchedule:
-    r"""Noise schedule of the prior stage: variance-exploding Brownian motion from the origin,
-    ``g(s)^2 = v'(s)`` with ``v(s) = s_0^2 (1 - r^{-2s}) / (1 - r^{-2})`` on ``s`` in [0, 1].
+    r"""Noise schedule of NAAS's prior stage and PDNS's continuous reference: variance-exploding
+    Brownian motion from the origin, ``g(s)^2 = v'(s)`` with ``v(s) = s_0^2 (1 - r^{-2s}) /
+    (1 - r^{-2})`` on ``s`` in [0, 1].
 
     The time-1 law is exactly ``N(0, s_0^2) = pi_0``; the noise decays geometrically by the
     factor ``r`` (``prior_noise_ratio``) so that the controlled endpoint can be sharp.

@@ -124,8 +124,7 @@ class TimeFiLM(nn.Module):
     n_blocks : int
         Number of residual blocks that receive an injection.
     scale : float
-        Multiplies ``t`` before the sinusoidal features (1000 makes ``t`` in [0, 1] look like
-        diffusion step indices).
+        Multiplies ``t`` before the sinusoidal features (:class:`SinusoidalTimeEmbedding`).
     """
 
     def __init__(self, hidden: int, n_blocks: int, *, scale: float = 1000.0):

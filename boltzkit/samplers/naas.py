@@ -96,12 +96,11 @@ Choices made where the brief leaves NAAS open (each chosen to pass the exact-tru
   backward kernels are learned with the same network, as in SCLD's CMCD form: reverse ULA
   shifted by ``-h_k sigma_{t_k} v(t_{k+1}, x_{k+1})``, in training and in :meth:`NAAS.sample`
   and :meth:`NAAS.sample_smc` alike (any normalized backward kernel keeps ``E[w] = Z``; one
-  more network pass per step). With the fixed reverse-ULA kernel (``"fixed"``) the best
-  forward control leaves about the annealing increment ``gamma_{k+1}(x_k) / gamma_k(x_k)`` per
-  step, which no control can flatten: on a 2-D Gaussian (16 levels, 40 steps) the segment
-  log-variance fell 4.97 -> 2.98 and the whole-path ESS *dropped* 0.16 -> 0.03, against 0.23
-  and 0.57 with the learned kernel. Training needs no Hessian-vector products (one energy
-  gradient per particle and level, one energy per particle and segment).
+  more network pass per step). With the fixed reverse-ULA kernel (``"fixed"``) no control
+  flattens the annealing increments (the failure mode there): on a 2-D Gaussian (16 levels,
+  40 steps) the segment log-variance fell 4.97 -> 2.98 and the whole-path ESS *dropped*
+  0.16 -> 0.03, against 0.23 and 0.57 with the learned kernel. Training needs no Hessian-vector
+  products (one energy gradient per particle and level, one energy per particle and segment).
 * Energy gradients may be clipped (``grad_clip``; per particle on particle systems, per
   sample otherwise). The clipped gradient defines the reference drift *and* its backward
   kernels, so the weights stay exact. ``grad_clip="auto"`` (default) clips at
@@ -266,18 +265,15 @@ class NAASConfig(SamplerConfig):
             check_count(nm, getattr(self, nm))
         for nm in ("n_layers", "buffer_size"):
             check_count(nm, getattr(self, nm), allow_none=True)
-        for nm in ("relaxation", "beta_power", "lr", "prior_lr"):
+        for nm in ("relaxation", "beta_power", "lr", "prior_lr", "prior_noise_ratio"):
             check_number(nm, getattr(self, nm))
-        for nm in ("prior_std", "target_scale"):
+        for nm in ("prior_std", "target_scale", "sigma", "adjoint_clip"):
             check_number(nm, getattr(self, nm), allow_none=True)
-        check_number("prior_noise_ratio", self.prior_noise_ratio)
         if self.prior_noise_ratio <= 1.0:
             raise ConfigError(f"prior_noise_ratio (sigma_max / sigma_min of the prior stage) must "
                               f"be > 1, got {self.prior_noise_ratio!r}")
-        check_number("sigma", self.sigma, allow_none=True)
         if self.grad_clip != "auto":
             check_number("grad_clip", self.grad_clip, allow_none=True)
-        check_number("adjoint_clip", self.adjoint_clip, allow_none=True)
         check_number("min_weight_ess", self.min_weight_ess, allow_zero=True, upper=1)
         if not (isinstance(self.refine_end, (int, float)) and self.refine_end >= 1):
             raise ConfigError(f"refine_end must be >= 1 (1 = uniform grid), got {self.refine_end!r}")
@@ -431,7 +427,8 @@ class NAAS(TrainableSampler):
         self.prior_ts = time_grid(c.prior_time_steps)
         self.prior_sched = VEPriorSchedule(self.prior_std, c.prior_noise_ratio)
         pt = self.prior_ts.tolist()
-        # drift coefficient of the prior network output: (step-averaged g^2) x control scale
+        # drift coefficient of the prior network output, code form g^2 c: (g^2 averaged over the
+        # step, matching the exact step variance) x control scale
         self._prior_g2 = {a: self.prior_sched.step_variance(a, b) / (b - a)
                           * self.prior_sched.control_scale(a, self.target_scale)
                           for a, b in zip(pt, pt[1:])}
@@ -460,19 +457,12 @@ class NAAS(TrainableSampler):
         """``grad_clip`` resolved: "auto" is ``AUTO_CLIP`` times the equilibrium gradient norm in a
         prior-hint frame, about ``sqrt(n_dof) / target_scale`` (``E_p |grad u|^2 = E_p[lap u]`` is
         ``n_dof`` for a standardized basin), and no clipping otherwise."""
-        c = self.config
-        if c.grad_clip != "auto":
-            return c.grad_clip
-        if self.frame is None:
-            return None
-        return AUTO_CLIP * math.sqrt(state_space(self.target.domain)[1]) / self.target_scale
+        auto = self.config.grad_clip == "auto"
+        if auto and self.frame is not None:
+            return AUTO_CLIP * math.sqrt(state_space(self.target.domain)[1]) / self.target_scale
+        return None if auto else self.config.grad_clip
 
     # ------------------------------------------------------------------ simulation
-    def _prior_drift(self, net):
-        # code form g^2 c, with g^2 averaged over the step (matches the exact step variance)
-        g2 = self._prior_g2
-        return lambda s, y: g2[s] * net(s, y)
-
     def _annealed_drift(self, net):
         ref = self.ref
         return lambda t, x: ref.drift(t, x) + ref.sigma(t) * net(t, x)
@@ -482,8 +472,6 @@ class NAAS(TrainableSampler):
         """Run the full chain for ``n`` samples; returns (x_K, log_w float64, annealed path)."""
         ref = self.ref
         x0, lw_start = self._start(n, prior_net, generator)
-        if lw_start is None:
-            lw_start = -ref.log_prior(x0)
         path = euler_maruyama(self._annealed_drift(net), ref.sigma, x0, self.ts,
                               generator=generator, project=self.project, n_dof=self.n_dof,
                               backward=self._backward_kernel(net), record=record)
@@ -497,14 +485,15 @@ class NAAS(TrainableSampler):
         return x, lw, path
 
     def _start(self, n: int, prior_net, generator):
-        """The annealed chain's start: the prior stage's end points with their log-weight
-        ``log B - log F`` (the Dirac source cancels the first bridge), or, without the prior
-        stage, draws from the reference prior and None."""
+        """The annealed chain's start and its log-weight ``-log`` of its density: the prior
+        stage's end points with ``log B - log F`` (the Dirac source cancels the first bridge),
+        or, without the prior stage, draws from the reference prior with ``-log pi_0``."""
         if not self._prior_on:
-            return self.prior_std * state_noise((n, self.dim), generator, self.device, self.project), None
-        sched = self.prior_sched
+            x = self.prior_std * state_noise((n, self.dim), generator, self.device, self.project)
+            return x, -self.ref.log_prior(x)
+        sched, g2 = self.prior_sched, self._prior_g2
         y0 = torch.zeros(n, self.dim, device=self.device)
-        ppath = euler_maruyama(self._prior_drift(prior_net), None, y0, self.prior_ts,
+        ppath = euler_maruyama(lambda s, y: g2[s] * prior_net(s, y), None, y0, self.prior_ts,
                                generator=generator, project=self.project, n_dof=self.n_dof,
                                noise_var=sched.step_variance,
                                backward=brownian_bridge_kernel(sched.variance))
@@ -541,25 +530,21 @@ class NAAS(TrainableSampler):
         m = min(c.times_per_trajectory, K)
         k_idx = torch.randint(0, K, (B, m), generator=gen, device=gen.device).to(self.device)
         b_idx = torch.arange(B, device=self.device)[:, None].expand(B, m)
-        sig = self._sigmas
         t_rows = self.ts[:-1].to(self.device, torch.float32)[k_idx].reshape(-1)
         w = self._trajectory_weights(lw)
         self.buffer.add(t=t_rows, x=path.xs[k_idx, b_idx].reshape(B * m, -1),
-                        target=(-sig[k_idx][..., None] * adj[k_idx, b_idx]).reshape(B * m, -1),
+                        target=(-self._sigmas[k_idx][..., None] * adj[k_idx, b_idx]).reshape(B * m, -1),
                         w=w[b_idx].reshape(-1))
-        # annealed stage: adjoint matching
+
+        def matching(b):  # annealed stage: adjoint matching
+            return (b["w"] * (self.net(b["t"], b["x"]) - b["target"]).pow(2).mean(-1)).mean()
+
         self.net.train()
-        loss = 0.0
-        for _ in range(c.updates_per_step):
-            batch = self.buffer.sample(c.train_batch_size, generator=gen)
-            out = self.net(batch["t"], batch["x"])
-            lval = (batch["w"] * (out - batch["target"]).pow(2).mean(-1)).mean()
-            self._optimizer_step(self.net, self.opt, lval, ema=self.ema)
-            loss += float(lval.detach()) / c.updates_per_step
-        metrics = {"loss": loss}
+        metrics = {"loss": self._updates(c.updates_per_step, self.net, self.opt, self.ema, self.buffer,
+                                         matching)}
         # prior stage: reciprocal adjoint matching towards exp(-U_0 - V_0)
         if self._prior_on:
-            metrics["prior_loss"] = self._prior_updates(path.xs[0], -adj[0], w, gen)
+            metrics["prior_loss"] = self._prior_updates(path.xs[0], -adj[0], w)
         # diagnostics of the fresh, current-model trajectories
         est = log_z_from_log_weights(lw, warn=False)
         self._recent_lw.append(lw.detach().cpu())
@@ -582,25 +567,32 @@ class NAAS(TrainableSampler):
         self._weight_power = a
         return (lw.shape[0] * dist.softmax_across_ranks(a * lw)).float().to(self.device)
 
-    def _prior_updates(self, x0: torch.Tensor, target0: torch.Tensor, w: torch.Tensor, gen) -> float:
-        c = self.config
+    def _updates(self, n: int, net, opt, ema, buffer, loss, grad_clip=None) -> float:
+        """``n`` optimizer steps of ``net`` on ``loss(batch)``, each batch ``train_batch_size`` rows
+        of ``buffer``; returns the mean loss."""
+        gen, total = self.gens["train"], 0.0
+        for _ in range(n):
+            lval = loss(buffer.sample(self.config.train_batch_size, generator=gen))
+            self._optimizer_step(net, opt, lval, grad_clip=grad_clip, ema=ema)
+            total += float(lval.detach()) / n
+        return total
+
+    def _prior_updates(self, x0: torch.Tensor, target0: torch.Tensor, w: torch.Tensor) -> float:
+        gen, sched, var1 = self.gens["train"], self.prior_sched, self.prior_std ** 2
         self.prior_buffer.add(y=x0, target=target0, w=w)
-        var1 = self.prior_std ** 2
-        total = 0.0
-        for _ in range(c.prior_updates_per_step):
-            batch = self.prior_buffer.sample(c.train_batch_size, generator=gen)
-            y, target = batch["y"], batch["target"]
-            n = y.shape[0]
-            s = torch.rand(n, 1, generator=gen, device=gen.device).to(self.device)
+
+        def matching(batch):  # on the bridge from the origin to y at a uniform time s
+            y = batch["y"]
+            s = torch.rand(y.shape[0], 1, generator=gen, device=gen.device).to(self.device)
             xi = state_noise(y.shape, gen, self.device, self.project)
-            v = self.prior_sched.variance_tensor(s)  # bridge from the origin to y
+            v = sched.variance_tensor(s)
             ys = (v / var1) * y + torch.sqrt((v * (var1 - v) / var1).clamp_min(0.0)) * xi
             out = self.prior_net(s.squeeze(1), ys)
-            resid = out - target / self.prior_sched.control_scale(s, self.target_scale)
-            lval = (batch["w"] * resid.pow(2).mean(-1)).mean()
-            self._optimizer_step(self.prior_net, self.prior_opt, lval, ema=self.prior_ema)
-            total += float(lval.detach()) / c.prior_updates_per_step
-        return total
+            return (batch["w"] * (out - batch["target"] / sched.control_scale(s, self.target_scale))
+                    .pow(2).mean(-1)).mean()
+
+        return self._updates(self.config.prior_updates_per_step, self.prior_net, self.prior_opt,
+                             self.prior_ema, self.prior_buffer, matching)
 
     # ------------------------------------------------------------------ SCLD training
     @torch.no_grad()
@@ -667,15 +659,12 @@ class NAAS(TrainableSampler):
         return rejuv
 
     def _scld_step(self) -> dict:
-        c, gen = self.config, self.gens["train"]
+        c = self.config
         run = self.scld_rollout(c.batch_size)
         self.buffer.add(**run.rows)
         self.net.train()
-        loss = 0.0
-        for _ in range(c.updates_per_step):
-            lval = self.scld_loss(self.net, self.buffer.sample(c.train_batch_size, generator=gen))
-            self._optimizer_step(self.net, self.opt, lval, grad_clip=SCLD_GRAD_CLIP, ema=self.ema)
-            loss += float(lval.detach()) / c.updates_per_step
+        loss = self._updates(c.updates_per_step, self.net, self.opt, self.ema, self.buffer,
+                             lambda rows: self.scld_loss(self.net, rows), grad_clip=SCLD_GRAD_CLIP)
         return {"loss": loss, "log_z": run.log_z, "segment_ess_frac": run.ess_frac,
                 "energy_grads": float(self.ref.n_grad), "energy_hvps": float(self.ref.n_hvp)}
 
@@ -789,10 +778,7 @@ class NAAS(TrainableSampler):
         gen, ref, n = self.gens["sample"], self.ref, int(n_samples)
         grads0 = ref.n_grad
         x, lw = self._start(n, prior_net, gen)
-        if lw is None:
-            lw = torch.zeros(n, dtype=torch.float64, device=self.device)
-        else:
-            lw = lw + ref.log_prior(x)
+        lw = lw + ref.log_prior(x)  # the weight relative to gamma_0 = pi_0 (0 without the prior stage)
         ts = self.ts
         run = controlled_islands(
             x, lw, ts, self._annealed_drift(net), ref.sigma,

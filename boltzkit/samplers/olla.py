@@ -322,9 +322,8 @@ class _ConstrainedLangevin(MCMCSampler):
             "n_burnin_steps": self.burn_in, "n_sampling_steps": n_steps_run,
             "step_size": cfg.step_size, **landing,
         })
-        history = self.history
         for k in getattr(self, "_stat_keys", ()):
-            v = history[k]
+            v = self.history[k]
             diag[k] = float(np.mean(v[self.burn_in:])) if len(v) > self.burn_in else float("nan")
         return dom.unflatten(samples)
 
@@ -430,11 +429,10 @@ class OLLA(_ConstrainedLangevin):
 
     def _setup(self):
         cfg = self.config
-        mode = cfg.curvature
-        if mode == "auto":
-            mode = "exact" if self.domain.event_numel <= cfg.exact_max_dim else "hutchinson"
-        self.curvature_mode = mode
-        self._hvp_mode = "reverse" if self.domain.event_numel <= cfg.exact_max_dim else "forward"
+        small = self.domain.event_numel <= cfg.exact_max_dim
+        auto = "exact" if small else "hutchinson"
+        self.curvature_mode = auto if cfg.curvature == "auto" else cfg.curvature
+        self._hvp_mode = "reverse" if small else "forward"
 
     def _curvature(self, x, cols, jac, mask, solver, gen):
         """tau_i = tr(Pi Hess c_i) of the active constraints, (B, P).

@@ -111,13 +111,11 @@ SCLD training (``train_on="smc"``, continuous targets; Chen, Richter, Berner et 
 arXiv 2412.07081). Instead of proximal WDCE, every ``inner_steps`` gradient steps the current
 network runs the controlled path as SMC toward the stage targets of :meth:`PDNS.sample_smc`,
 cut into ``scld_segments`` equal segments with resampling (and ``smc_mcmc_steps`` MALA moves) at
-every boundary; each gradient step minimizes the mean over segments of the variance of the
-segment log-weights ``log gamma_b(x_b) - log gamma_a(x_a) + sum_k (log B_k - log q^theta_k)`` on
-``scld_train_rows`` stored segments (states detached, start points the resampled particles;
-:mod:`boltzkit.samplers._shared.scld`, shared with NAAS). The proximal schedule is not used.
-Failure modes: the Brownian-bridge backward kernels are fixed, so no control makes the segment
-weights constant and the loss stays above zero; the stage targets are not the reference's
-marginals, so early segments carry large weight spreads that dominate the loss.
+every boundary; each gradient step minimizes the SCLD loss on ``scld_train_rows`` stored segments
+(objective and failure modes: :mod:`boltzkit.samplers._shared.scld`, shared with NAAS). The
+proximal schedule is not used. Failure modes: the Brownian-bridge backward kernels are fixed, so
+the loss stays above zero; the stage targets are not the reference's marginals, so early
+segments carry large weight spreads that dominate the loss.
 """
 
 from __future__ import annotations
@@ -143,7 +141,7 @@ from ..nn.ctmc import masked_rollout, unmask_schedule, wdce_loss
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
-from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
+from ..nn.sde import (LOG_2PI, VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
                           state_noise, state_space, time_grid)
 from ._shared.scld import check_smc_config, control_shift, segment_buffer, segment_loss, segment_rollout
 from ._shared.smc import MALARejuvenation, controlled_islands, island_result
@@ -158,11 +156,8 @@ DEFAULT_PRIORITY, MULTIMODAL_PRIORITY = 3, 12
 
 
 def pdns_priority(target) -> int:
-    """Priority of ``"pdns"`` in the automatic choice of ``bk.sample`` for ``target``.
-
-    12 (above MDNS and NAAS, 10) when the target declares itself multimodal with high
-    barriers, ``target.multimodal = True``; 3 otherwise.
-    """
+    """Priority of ``"pdns"`` in the automatic choice of ``bk.sample`` for ``target``: 12 when
+    ``target.multimodal is True``, else 3 (the module docstring's "Selection")."""
     return MULTIMODAL_PRIORITY if getattr(target, "multimodal", False) is True else DEFAULT_PRIORITY
 
 
@@ -250,16 +245,16 @@ class PDNSConfig(SamplerConfig):
     def __post_init__(self):
         self.make_schedule()  # validates the schedule options
         for name in ("n_steps", "inner_steps", "n_replicates", "rollouts_per_stage", "n_heads",
-                     "n_time_steps", "sample_batch_size"):
+                     "n_time_steps", "sample_batch_size", "scld_train_rows"):
             check_count(name, getattr(self, name))
         check_count("batch_size", self.batch_size, minimum=2)  # weights are normalized over the batch
         for name in ("hidden", "n_layers", "n_unmask_steps", "train_unmask_steps"):
             check_count(name, getattr(self, name), allow_none=True)
-        check_number("lr", self.lr)
+        for name in ("lr", "noise_ratio", "smc_beta_power"):
+            check_number(name, getattr(self, name))
         check_number("grad_clip", self.grad_clip, allow_none=True)
         if self.reference_std != "auto":
             check_number("reference_std", self.reference_std)
-        check_number("noise_ratio", self.noise_ratio)
         if self.noise_ratio <= 1.0:
             raise ConfigError(f"noise_ratio (largest / smallest noise level) must be > 1, got "
                               f"{self.noise_ratio!r}")
@@ -269,8 +264,6 @@ class PDNSConfig(SamplerConfig):
         check_choice("mask_mode", self.mask_mode, ("lambda", "count"))
         check_choice("net", self.net, ("auto", "transformer", "cnn"))
         check_smc_config(self)
-        check_number("smc_beta_power", self.smc_beta_power)
-        check_count("scld_train_rows", self.scld_train_rows)
 
     def make_schedule(self) -> ProximalSchedule:
         """A fresh :class:`ProximalSchedule` with these options."""
@@ -330,14 +323,13 @@ def pilot_reference_std(energy, dim, project, n_dof, device, generator) -> "tupl
     energy evaluations. Returns ``(None, info)`` when the pilot's ESS is below 10 (a target too
     narrow or too high-dimensional for it).
     """
-    scales = torch.tensor(_PILOT_SCALES, dtype=torch.float64)
+    scales = torch.tensor(_PILOT_SCALES, dtype=torch.float64, device=device)
     n = _PILOT_PER_SCALE
     z = state_noise((len(scales) * n, dim), generator, device, project)
-    x64 = z.to(torch.float64) * scales.to(device).repeat_interleave(n).unsqueeze(1)
+    x64 = z.to(torch.float64) * scales.repeat_interleave(n).unsqueeze(1)
     r2 = x64.pow(2).sum(-1)
     # log of the mixture density (1/S) sum_c N(x; 0, c^2 I) in the n_dof-dimensional state space
-    comp = -0.5 * r2.unsqueeze(1) / scales.to(device).pow(2) - n_dof * torch.log(scales.to(device)) \
-        - 0.5 * n_dof * math.log(2 * math.pi)
+    comp = -0.5 * r2.unsqueeze(1) / scales.pow(2) - n_dof * torch.log(scales) - 0.5 * n_dof * LOG_2PI
     log_q = torch.logsumexp(comp, 1) - math.log(len(scales))
     u = energy(x64.to(torch.get_default_dtype())).to(torch.float64)
     log_w = torch.where(torch.isfinite(u), -u - log_q, torch.full_like(u, -math.inf))
@@ -446,8 +438,7 @@ class _BrownianBridge:
 
     # -------------------------------------------------------------- SMC view
     def smc_level(self, k: int) -> "tuple[float, float]":
-        """``(beta_k, c_k)`` of SMC level ``k >= 1``: the annealing exponent ``t_k**p`` and the
-        scale ``c_k = sqrt(v(1) / v(t_k))`` from the reference's marginal at ``t_k`` to ``nu``."""
+        """``(beta_k, c_k)`` of SMC level ``k >= 1`` (:meth:`PDNS.sample_smc`)."""
         t = float(self.ts[k])
         return t ** self.cfg.smc_beta_power, math.sqrt(self.v1 / self.sched.variance(t))
 
@@ -657,13 +648,8 @@ class PDNS(TrainableSampler):
                           f"to a tempered target. {consequence}", ConvergenceWarning, stacklevel=3)
 
     def sample(self, n_samples: int) -> Result:
-        """Draw ``n_samples`` weighted samples from the trained (EMA) sampler.
-
-        Returns
-        -------
-        Result with samples in the domain's physical representation, float64 exact path
-        log-weights, log Z +- stderr, ESS and the final proximal stage in ``diagnostics``.
-        """
+        """Draw ``n_samples`` weighted samples from the trained (EMA) sampler, in the domain's
+        physical representation (the Result of the module docstring's "Returns")."""
         self._require_fit()
         check_count("n_samples", n_samples, minimum=2)
         if self.config.resample_ess is not None:
@@ -731,7 +717,6 @@ class PDNS(TrainableSampler):
             raise IncompatibleMethodError(
                 "PDNS.sample_smc runs the continuous (Brownian-reference) sampler as SMC; for "
                 "lattices and sequences use PDNS.sample or method='smc'")
-        cfg = self.config
         check_count("n_samples", n_samples, minimum=2)
         frac, islands, n_mcmc = self._smc_options(n_samples, resample_ess, n_islands, mcmc_steps)
         if self.step > 0:
@@ -744,7 +729,7 @@ class PDNS(TrainableSampler):
         run = inst.smc(net, int(n_samples), self.gens["sample"], frac=frac, n_islands=islands,
                        mcmc_steps=n_mcmc)
         diag = {**self._stage_diagnostics(), "resample_ess": frac, "smc_mcmc_steps": n_mcmc,
-                "smc_beta_power": cfg.smc_beta_power,
+                "smc_beta_power": self.config.smc_beta_power,
                 "sampling_energy_evals": int(inst.n_energy - e0),
                 "sampling_energy_grads": int(inst.n_grad - g0),
                 "sample_wall_time_s": time.perf_counter() - t0}
