@@ -171,12 +171,11 @@ def euler_maruyama(drift: Drift, diffusion: Diffusion, x0: torch.Tensor, ts: tor
                           f"{tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__}")
     n_dof = x0.shape[1] if n_dof is None else int(n_dof)
     x = x0
-    n_steps = ts_cpu.numel() - 1
     xs = [x0] if record else None
     noises = [] if record_noise else None
     log_fwd = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
     log_bwd = torch.zeros_like(log_fwd) if backward is not None else None
-    for k in range(n_steps):
+    for k in range(ts_cpu.numel() - 1):
         t, t_next = float(ts_cpu[k]), float(ts_cpu[k + 1])
         h = t_next - t
         var = float(noise_var(t, t_next)) if noise_var is not None else float(diffusion(t)) ** 2 * h

@@ -588,8 +588,8 @@ class NAAS(TrainableSampler):
             v = sched.variance_tensor(s)
             ys = (v / var1) * y + torch.sqrt((v * (var1 - v) / var1).clamp_min(0.0)) * xi
             out = self.prior_net(s.squeeze(1), ys)
-            return (batch["w"] * (out - batch["target"] / sched.control_scale(s, self.target_scale))
-                    .pow(2).mean(-1)).mean()
+            resid = out - batch["target"] / sched.control_scale(s, self.target_scale)
+            return (batch["w"] * resid.pow(2).mean(-1)).mean()
 
         return self._updates(self.config.prior_updates_per_step, self.prior_net, self.prior_opt,
                              self.prior_ema, self.prior_buffer, matching)
