@@ -20,15 +20,9 @@ from torch import nn
 from ..domains import Reals
 from ..domains.particles import ParticleCloud
 from ..errors import ConfigError
-from .time_embedding import FourierTimeEmbedding
+from .time_embedding import FourierTimeEmbedding, _zero_
 
 __all__ = ["FourierMLP", "EGNNLite", "make_control_net"]
-
-
-def _zero_(layer: nn.Linear) -> nn.Linear:
-    nn.init.zeros_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    return layer
 
 
 class FourierMLP(nn.Module):
@@ -103,9 +97,7 @@ class EGNNLite(nn.Module):
 
     Parameters
     ----------
-    n_particles, spatial_dim : int
-    hidden : int
-    n_layers : int
+    n_particles, spatial_dim, hidden, n_layers : int
     input_scale, output_scale : float
         Positions are divided by ``input_scale`` on input; the displacement is multiplied
         by ``output_scale``.

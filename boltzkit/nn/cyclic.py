@@ -149,9 +149,7 @@ def transition_log_prob(x: torch.Tensor, y: torch.Tensor, gamma_bar, q: int) -> 
     """float64 ``log p^r(y | x)`` of the reference over an interval with integrated rate
     ``gamma_bar`` (scalar or one per row); x, y int64 (B, D). Returns (B,)."""
     log_a, log_b = move_stay_log_probs(gamma_bar, q)
-    moved = (x != y).to(torch.float64)
-    d = x.shape[-1]
-    return d * log_b + moved.sum(-1) * (log_a - log_b)
+    return x.shape[-1] * log_b + (x != y).to(torch.float64).sum(-1) * (log_a - log_b)
 
 
 def bridge_probs(x0: torch.Tensor, x1: torch.Tensor, gamma_0t, gamma_t1, q: int) -> torch.Tensor:
@@ -236,10 +234,16 @@ def source_log_terminal(source: str, x1: torch.Tensor, gamma_total, q: int) -> t
     b, d = x1.shape
     if source == "uniform":
         return torch.full((b,), -d * math.log(q), dtype=torch.float64, device=x1.device)
-    log_a, log_b = move_stay_log_probs(torch.as_tensor(gamma_total, dtype=torch.float64), q)
     counts = torch.nn.functional.one_hot(x1, q).sum(1).to(torch.float64)  # (B, q): n_c(x1)
-    log_a, log_b = log_a.to(x1.device), log_b.to(x1.device)
-    return torch.logsumexp(counts * log_b + (d - counts) * log_a, dim=-1) - math.log(q)
+    return _delta_log_terminal(counts, d, gamma_total, q) - math.log(q)
+
+
+def _delta_log_terminal(counts: torch.Tensor, d: int, gamma_total, q: int) -> torch.Tensor:
+    """``log p^r_1 + log q`` of the delta source at states with value counts ``counts`` (last
+    axis: ``n_c`` for c = 0..q-1)."""
+    log_a, log_b = move_stay_log_probs(torch.as_tensor(gamma_total, dtype=torch.float64), q)
+    log_a, log_b = log_a.to(counts.device), log_b.to(counts.device)
+    return torch.logsumexp(counts * log_b + (d - counts) * log_a, dim=-1)
 
 
 def source_log_terminal_score(source: str, x: torch.Tensor, gamma_total, q: int) -> torch.Tensor:
@@ -263,16 +267,11 @@ def source_log_terminal_score(source: str, x: torch.Tensor, gamma_total, q: int)
     b, d = x.shape
     if source == "uniform":
         return torch.zeros(b, d, q, dtype=torch.float64, device=x.device)
-    log_a, log_b = move_stay_log_probs(torch.as_tensor(gamma_total, dtype=torch.float64), q)
-    log_a, log_b = log_a.to(x.device), log_b.to(x.device)
     eye = torch.eye(q, dtype=torch.float64, device=x.device)
     counts = eye[x].sum(1)  # (B, q): n_c(x)
     moved = counts[:, None, None, :] - eye[x][:, :, None, :] + eye[None, None, :, :]  # (B, D, n, c)
-
-    def log_p(n_c):  # log p^r_1 up to the common -log q, from the counts over the last axis
-        return torch.logsumexp(n_c * log_b + (d - n_c) * log_a, dim=-1)
-
-    return log_p(moved) - log_p(counts)[:, None, None]
+    return (_delta_log_terminal(moved, d, gamma_total, q)
+            - _delta_log_terminal(counts, d, gamma_total, q)[:, None, None])
 
 
 # ---------------------------------------------------------------------------- tau-leaping

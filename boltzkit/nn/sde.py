@@ -28,11 +28,6 @@ kernels are Gaussian, ``B_k = N(x_{k+1} + shift, var I)``; two standard choices 
 AIS-style weights) and :func:`brownian_bridge_kernel` (the exact reversal of a drift-free
 reference started from a point, as in Adjoint Sampling).
 
-Prior-stage noise
------------------
-:class:`VEPriorSchedule` is the variance-exploding Brownian motion from a point used by NAAS's
-prior stage and by PDNS's continuous reference (its time-1 law is ``N(0, s_0^2 I)``).
-
 Lean adjoint
 ------------
 :func:`lean_adjoint` integrates, backward along a stored trajectory, the exact discrete
@@ -53,7 +48,8 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["SDEPath", "VEPriorSchedule", "state_space", "time_grid", "gaussian_log_prob", "euler_maruyama",
+__all__ = ["SDEPath", "VEPriorSchedule", "state_space", "state_noise", "time_grid", "gaussian_log_prob",
+           "euler_maruyama",
            "reversed_reference_kernel", "brownian_bridge_kernel", "path_log_weight",
            "lean_adjoint", "vjp", "grad_and_hvp"]
 
@@ -73,6 +69,13 @@ def state_space(domain) -> "tuple[Callable | None, int]":
     if project is not None and n_dof == domain.event_numel:
         project = None  # projection is the identity
     return project, n_dof
+
+
+def state_noise(shape, generator: torch.Generator, device, project: "Callable | None" = None) -> torch.Tensor:
+    """Standard normal draws of ``shape`` from ``generator`` (on its device), moved to ``device``
+    and projected onto the state space (``project`` of :func:`state_space`)."""
+    eps = torch.randn(shape, generator=generator, device=generator.device).to(device)
+    return eps if project is None else project(eps)
 
 
 def time_grid(n_steps: int, *, refine_end: float = 1.0, dtype=torch.float64,
@@ -168,12 +171,11 @@ def euler_maruyama(drift: Drift, diffusion: Diffusion, x0: torch.Tensor, ts: tor
                           f"{tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__}")
     n_dof = x0.shape[1] if n_dof is None else int(n_dof)
     x = x0
-    n_steps = ts_cpu.numel() - 1
     xs = [x0] if record else None
     noises = [] if record_noise else None
     log_fwd = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
     log_bwd = torch.zeros_like(log_fwd) if backward is not None else None
-    for k in range(n_steps):
+    for k in range(ts_cpu.numel() - 1):
         t, t_next = float(ts_cpu[k]), float(ts_cpu[k + 1])
         h = t_next - t
         var = float(noise_var(t, t_next)) if noise_var is not None else float(diffusion(t)) ** 2 * h
@@ -227,9 +229,7 @@ def brownian_bridge_kernel(variance: Callable[[float], float], start: "torch.Ten
 
     def backward(t, t_next, x, x_next):
         v0, v1 = float(variance(t)), float(variance(t_next))
-        rho = v0 / v1
-        shift = (rho - 1.0) * (x_next - start)
-        return shift, v0 * (v1 - v0) / v1
+        return (v0 / v1 - 1.0) * (x_next - start), v0 * (v1 - v0) / v1
 
     return backward
 
@@ -316,8 +316,9 @@ def lean_adjoint(xs: torch.Tensor, ts: torch.Tensor,
 
 
 class VEPriorSchedule:
-    r"""Noise schedule of the prior stage: variance-exploding Brownian motion from the origin,
-    ``g(s)^2 = v'(s)`` with ``v(s) = s_0^2 (1 - r^{-2s}) / (1 - r^{-2})`` on ``s`` in [0, 1].
+    r"""Noise schedule of NAAS's prior stage and PDNS's continuous reference: variance-exploding
+    Brownian motion from the origin, ``g(s)^2 = v'(s)`` with ``v(s) = s_0^2 (1 - r^{-2s}) /
+    (1 - r^{-2})`` on ``s`` in [0, 1].
 
     The time-1 law is exactly ``N(0, s_0^2) = pi_0``; the noise decays geometrically by the
     factor ``r`` (``prior_noise_ratio``) so that the controlled endpoint can be sharp.

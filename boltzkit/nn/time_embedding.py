@@ -22,6 +22,12 @@ from torch import nn
 __all__ = ["FourierTimeEmbedding", "SinusoidalTimeEmbedding", "TimeFiLM", "as_time_column"]
 
 
+def _zero_(layer: nn.Linear) -> nn.Linear:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 def as_time_column(t, batch: "int | None" = None, *, device=None, dtype=torch.float32) -> torch.Tensor:
     """Normalize ``t`` to a ``(B, 1)`` tensor; a scalar is broadcast to ``batch`` rows."""
     t = torch.as_tensor(t, device=device, dtype=dtype)
@@ -118,18 +124,14 @@ class TimeFiLM(nn.Module):
     n_blocks : int
         Number of residual blocks that receive an injection.
     scale : float
-        Multiplies ``t`` before the sinusoidal features (1000 makes ``t`` in [0, 1] look like
-        diffusion step indices).
+        Multiplies ``t`` before the sinusoidal features (:class:`SinusoidalTimeEmbedding`).
     """
 
     def __init__(self, hidden: int, n_blocks: int, *, scale: float = 1000.0):
         super().__init__()
         self.embed = SinusoidalTimeEmbedding(out_dim=hidden, n_freq=max(hidden // 2, 8), scale=scale)
-        self.inject = nn.Linear(hidden, hidden * n_blocks)
-        self.film = nn.Linear(hidden, 2 * hidden)
-        for lin in (self.inject, self.film):
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
+        self.inject = _zero_(nn.Linear(hidden, hidden * n_blocks))
+        self.film = _zero_(nn.Linear(hidden, 2 * hidden))
         self.n_blocks = int(n_blocks)
 
     def forward(self, t, batch: "int | None" = None):

@@ -90,22 +90,17 @@ Choices made where the brief leaves NAAS open (each chosen to pass the exact-tru
   Langevin Diffusions", ICLR 2025, arXiv 2412.07081): instead of adjoint matching, every step
   runs the controlled path as SMC from ``pi_0`` (no prior stage), cut into ``scld_segments``
   equal segments with resampling (and ``smc_mcmc_steps`` MALA moves) at each boundary, stores
-  each particle's segment (states and reference residuals, detached; start points = the
-  resampled particles) in a replay buffer, and minimizes the per-segment log-variance
-
-      L(theta) = mean_s Var_i[ log gamma_b(x_b^i) - log gamma_a(x_a^i)
-                               + sum_{k=a}^{b-1} (log B_k - log q^theta_k)(x_k^i, x_{k+1}^i) ]
-
-  (:mod:`boltzkit.samplers._shared.scld`). By default (``scld_backward="learned"``) the
+  each particle's segment in a replay buffer, and minimizes the mean over segments of the
+  variance of their log-weights (objective and failure modes:
+  :mod:`boltzkit.samplers._shared.scld`). By default (``scld_backward="learned"``) the
   backward kernels are learned with the same network, as in SCLD's CMCD form: reverse ULA
   shifted by ``-h_k sigma_{t_k} v(t_{k+1}, x_{k+1})``, in training and in :meth:`NAAS.sample`
   and :meth:`NAAS.sample_smc` alike (any normalized backward kernel keeps ``E[w] = Z``; one
-  more network pass per step). With the fixed reverse-ULA kernel (``"fixed"``) the best
-  forward control leaves about the annealing increment ``gamma_{k+1}(x_k) / gamma_k(x_k)`` per
-  step, which no control can flatten: on a 2-D Gaussian (16 levels, 40 steps) the segment
-  log-variance fell 4.97 -> 2.98 and the whole-path ESS *dropped* 0.16 -> 0.03, against 0.23
-  and 0.57 with the learned kernel. Training needs no Hessian-vector products (one energy
-  gradient per particle and level, one energy per particle and segment).
+  more network pass per step). With the fixed reverse-ULA kernel (``"fixed"``) no control
+  flattens the annealing increments (the failure mode there): on a 2-D Gaussian (16 levels,
+  40 steps) the segment log-variance fell 4.97 -> 2.98 and the whole-path ESS *dropped*
+  0.16 -> 0.03, against 0.23 and 0.57 with the learned kernel. Training needs no Hessian-vector
+  products (one energy gradient per particle and level, one energy per particle and segment).
 * Energy gradients may be clipped (``grad_clip``; per particle on particle systems, per
   sample otherwise). The clipped gradient defines the reference drift *and* its backward
   kernels, so the weights stay exact. ``grad_clip="auto"`` (default) clips at
@@ -142,9 +137,7 @@ Failure modes
   mass between modes.
 * SCLD training (``train_on="smc"``): the log-variance gradient is a score-function
   estimate weighted by the centred segment log-weights, noisy where those are heavy-tailed
-  (many-well-32); a mode no training particle reaches gets no rows; with
-  ``scld_backward="fixed"`` the loss cannot approach zero (above). Measured against SMC at equal
-  evaluations in ``benchmarks/scld.py``.
+  (many-well-32). Measured against SMC at equal evaluations in ``benchmarks/scld.py``.
 * A too large ``relaxation * h`` or a stiff energy (Lennard-Jones) makes explicit Euler
   unstable (``TrainingDivergedError``): raise ``n_time_steps``, lower ``relaxation`` or set
   ``grad_clip``.
@@ -174,12 +167,13 @@ from ..result import result_from_log_weights
 from ..nn.continuous_nets import make_control_net
 from ..nn.ema import EMA
 from ..nn.buffers import ReplayBuffer
-from ._shared.scld import check_smc_config, controlled_backward, segment_buffer, segment_loss, segment_rollout
+from ._shared.scld import (check_smc_config, control_shift, controlled_backward, segment_buffer,
+                           segment_loss, segment_rollout)
 from ._shared.smc import MALARejuvenation, controlled_islands, island_result
 from ..kernels.langevin import default_step_size
 from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama,
-                          gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_space,
-                          time_grid)
+                          gaussian_log_prob, lean_adjoint, reversed_reference_kernel, state_noise,
+                          state_space, time_grid)
 from .._utils import check_fraction
 from .base import SamplerConfig, TrainableSampler, check_count, check_choice, check_flag, check_number
 
@@ -210,29 +204,20 @@ class NAASConfig(SamplerConfig):
         None = the rows of one iteration's fresh trajectories, i.e. on-policy regression),
         times_per_trajectory (time points per fresh trajectory pushed to the buffer), lr,
         hidden, n_layers, ema_decay (None: no EMA), running_window (iterations pooled in
-        the running log Z), train_on ("paths": adjoint matching as above; "smc": SCLD, the
-        per-segment log-variance on the resampled sub-trajectories of an SMC pass, see the
+        the running log Z), train_on ("paths": adjoint matching; "smc": SCLD training, see the
         module docstring; the prior stage is then off), scld_segments (equal segments of the
         path, a divisor of n_time_steps), scld_buffer_size (segment rows kept; None = 4
-        iterations' rows), scld_backward ("learned": the backward kernels are the reverse-ULA
-        ones shifted by ``-h sigma_t v(t_{k+1}, x_{k+1})``, the same network with the opposite
-        sign as in SCLD / CMCD, used by sample and sample_smc too; "fixed": reverse ULA).
+        iterations' rows), scld_backward ("learned" or "fixed" backward kernels, module docstring).
     Sampling
         sample_batch_size; resample_ess (None: plain importance sampling of whole paths; a
         fraction in (0, 1]: the sampled chain runs as an SMC sampler, see
         :meth:`NAAS.sample_smc`), n_islands (independent particle islands of the SMC sampler;
         its log Z error bar comes from their spread), smc_mcmc_steps (MALA rejuvenation steps
         per level of the SMC sampler; 0: none).
-    Regression
-        importance_weighted: weight each trajectory's regression rows by its self-normalized
-        path weight (targets the optimal control directly; False: the paper's on-policy
-        fixed-point regression, which can collapse modes); min_weight_ess: the weights are
-        tempered (``w^a``, ``a <= 1``) so that their batch ESS fraction stays at least this.
-    Coordinates
-        use_prior_hint: when the target gives a :meth:`~boltzkit.energies.Energy.prior_hint`
-        (e.g. a molecule's harmonic frame), run in its standardized coordinates ``z``
-        (``prior_std`` and ``target_scale`` are then in units of the hint's scale) and return
-        samples and weights in the target's coordinates.
+    Regression and coordinates (module docstring)
+        importance_weighted (False: the paper's on-policy regression), min_weight_ess (the
+        weights' tempering keeps their batch ESS fraction at least this), use_prior_hint (run
+        in the standardized frame of the target's prior hint).
     """
 
     n_steps: int = 200
@@ -280,18 +265,15 @@ class NAASConfig(SamplerConfig):
             check_count(nm, getattr(self, nm))
         for nm in ("n_layers", "buffer_size"):
             check_count(nm, getattr(self, nm), allow_none=True)
-        for nm in ("relaxation", "beta_power", "lr", "prior_lr"):
+        for nm in ("relaxation", "beta_power", "lr", "prior_lr", "prior_noise_ratio"):
             check_number(nm, getattr(self, nm))
-        for nm in ("prior_std", "target_scale"):
+        for nm in ("prior_std", "target_scale", "sigma", "adjoint_clip"):
             check_number(nm, getattr(self, nm), allow_none=True)
-        check_number("prior_noise_ratio", self.prior_noise_ratio)
         if self.prior_noise_ratio <= 1.0:
             raise ConfigError(f"prior_noise_ratio (sigma_max / sigma_min of the prior stage) must "
                               f"be > 1, got {self.prior_noise_ratio!r}")
-        check_number("sigma", self.sigma, allow_none=True)
         if self.grad_clip != "auto":
             check_number("grad_clip", self.grad_clip, allow_none=True)
-        check_number("adjoint_clip", self.adjoint_clip, allow_none=True)
         check_number("min_weight_ess", self.min_weight_ess, allow_zero=True, upper=1)
         if not (isinstance(self.refine_end, (int, float)) and self.refine_end >= 1):
             raise ConfigError(f"refine_end must be >= 1 (1 = uniform grid), got {self.refine_end!r}")
@@ -300,23 +282,6 @@ class NAASConfig(SamplerConfig):
         for nm in ("prior_stage", "use_prior_hint", "importance_weighted"):
             check_flag(nm, getattr(self, nm))
         check_choice("scld_backward", self.scld_backward, ("learned", "fixed"))
-
-
-class _GradCache:
-    """One-entry cache of the (clipped, projected) energy gradient at a state tensor."""
-
-    def __init__(self):
-        self.x, self.g = None, None
-
-    def get(self, x):
-        c = self.x
-        if c is not None and (c is x or (c.data_ptr() == x.data_ptr() and c.shape == x.shape
-                                         and c.dtype == x.dtype and c._version == x._version)):
-            return self.g
-        return None
-
-    def put(self, x, g):
-        self.x, self.g = x, g
 
 
 class AnnealedLangevin:
@@ -340,9 +305,8 @@ class AnnealedLangevin:
         self.s0, self.s1 = float(prior_std), float(target_scale)
         self.relaxation, self.fixed_sigma = float(relaxation), sigma
         self.beta_power, self.grad_clip = float(beta_power), grad_clip
-        self.n_grad = 0
-        self.n_hvp = 0
-        self._cache = _GradCache()
+        self.n_grad = self.n_hvp = 0
+        self._cache = (None, None)  # the last state tensor seen and its (clipped, projected) gradient
 
     # -- schedules
     def beta(self, t: float) -> float:
@@ -367,31 +331,30 @@ class AnnealedLangevin:
         """Scale ``g`` down to norm ``limit``: per particle on particle systems, per sample
         otherwise (then re-projected). ``relative``: the limit is ``limit`` times the batch
         median of the norms."""
-        if isinstance(self.domain, ParticleCloud):
-            p = self.domain.as_particles(g)
-            n = p.norm(dim=-1, keepdim=True)
-            lim = limit * n.median() if relative else limit
-            p = p * (lim / n.clamp_min(lim)).nan_to_num(1.0)
-            return self._proj(self.domain.flatten(p))
-        n = g.norm(dim=-1, keepdim=True)
+        particles = isinstance(self.domain, ParticleCloud)
+        p = self.domain.as_particles(g) if particles else g
+        n = p.norm(dim=-1, keepdim=True)
         lim = limit * n.median() if relative else limit
-        return g * (lim / n.clamp_min(lim)).nan_to_num(1.0)
-
-    def _clip(self, g):
-        return g if self.grad_clip is None else self.clip_norm(g, self.grad_clip)
+        p = p * (lim / n.clamp_min(lim)).nan_to_num(1.0)
+        return self._proj(self.domain.flatten(p)) if particles else p
 
     def _proj(self, v):
         return v if self.project is None else self.project(v)
 
+    def _checked(self, x, g):
+        """The energy gradient ``g`` at ``x`` checked for non-finite values, clipped and projected."""
+        check_energies(None, x, grad=g, name=f"{self.energy.name}.energy", energy_fn=self.energy.energy)
+        return self._proj(g if self.grad_clip is None else self.clip_norm(g, self.grad_clip))
+
     def grad_energy(self, x: torch.Tensor) -> torch.Tensor:
         """Clipped, projected ``grad E(x)``, cached for the last state tensor seen."""
-        g = self._cache.get(x)
-        if g is None:
-            g = self.energy.grad_energy(x.detach())
-            check_energies(None, x, grad=g, name=f"{self.energy.name}.energy", energy_fn=self.energy.energy)
-            g = self._proj(self._clip(g))
-            self.n_grad += x.shape[0]
-            self._cache.put(x, g)
+        c, g = self._cache
+        if c is not None and (c is x or (c.data_ptr() == x.data_ptr() and c.shape == x.shape
+                                         and c.dtype == x.dtype and c._version == x._version)):
+            return g
+        g = self._checked(x, self.energy.grad_energy(x.detach()))
+        self.n_grad += x.shape[0]
+        self._cache = (x, g)
         return g
 
     def grad_u(self, t: float, x):
@@ -408,12 +371,11 @@ class AnnealedLangevin:
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self.energy.energy(xg).sum(), xg, create_graph=True)
-            check_energies(None, x, grad=g, name=f"{self.energy.name}.energy", energy_fn=self.energy.energy)
-            gc = self._proj(self._clip(g))
+            gc = self._checked(x, g)
             (hv,) = torch.autograd.grad(gc, xg, grad_outputs=a.detach())
         self.n_grad += x.shape[0]
         self.n_hvp += x.shape[0]
-        self._cache.put(x, gc.detach())
+        self._cache = (x, gc.detach())
         return -0.5 * s2 * self._proj((1.0 - b) * a / self.s0 ** 2 + b * hv)
 
     def work_grad(self, t: float, t_next: float, x):
@@ -465,7 +427,8 @@ class NAAS(TrainableSampler):
         self.prior_ts = time_grid(c.prior_time_steps)
         self.prior_sched = VEPriorSchedule(self.prior_std, c.prior_noise_ratio)
         pt = self.prior_ts.tolist()
-        # drift coefficient of the prior network output: (step-averaged g^2) x control scale
+        # drift coefficient of the prior network output, code form g^2 c: (g^2 averaged over the
+        # step, matching the exact step variance) x control scale
         self._prior_g2 = {a: self.prior_sched.step_variance(a, b) / (b - a)
                           * self.prior_sched.control_scale(a, self.target_scale)
                           for a, b in zip(pt, pt[1:])}
@@ -473,10 +436,9 @@ class NAAS(TrainableSampler):
                                     device=self.device)
         self._hs = torch.diff(self.ts).to(self.device, torch.float32)
         with self._seeded_init():  # network init from the sampler's own stream
-            self.net = make_control_net(target.domain, hidden=c.hidden, n_layers=c.n_layers,
-                                        input_scale=self.prior_std).to(self.device)
-            self.prior_net = make_control_net(target.domain, hidden=c.hidden, n_layers=c.n_layers,
-                                              input_scale=self.prior_std).to(self.device)
+            self.net, self.prior_net = (make_control_net(target.domain, hidden=c.hidden, n_layers=c.n_layers,
+                                                         input_scale=self.prior_std).to(self.device)
+                                        for _ in range(2))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=c.lr)
         self.prior_opt = torch.optim.Adam(self.prior_net.parameters(), lr=c.prior_lr)
         self.ema = EMA(self.net, c.ema_decay) if c.ema_decay is not None else None
@@ -492,23 +454,15 @@ class NAAS(TrainableSampler):
         self._recent_lw: deque = deque(maxlen=c.running_window)
 
     def _grad_clip(self):
-        """``grad_clip`` resolved: "auto" is ``AUTO_CLIP * sqrt(n_dof)`` in a prior-hint frame
-        (where the equilibrium gradient norm is about ``sqrt(n_dof)``, since ``E_p |grad u|^2 =
-        E_p[lap u]`` is ``n_dof`` for a standardized basin), and no clipping otherwise."""
-        c = self.config
-        if c.grad_clip != "auto":
-            return c.grad_clip
-        if self.frame is None:
-            return None
-        # the equilibrium gradient norm in the frame is about sqrt(n_dof) / target_scale
-        return AUTO_CLIP * math.sqrt(state_space(self.target.domain)[1]) / self.target_scale
+        """``grad_clip`` resolved: "auto" is ``AUTO_CLIP`` times the equilibrium gradient norm in a
+        prior-hint frame, about ``sqrt(n_dof) / target_scale`` (``E_p |grad u|^2 = E_p[lap u]`` is
+        ``n_dof`` for a standardized basin), and no clipping otherwise."""
+        auto = self.config.grad_clip == "auto"
+        if auto and self.frame is not None:
+            return AUTO_CLIP * math.sqrt(state_space(self.target.domain)[1]) / self.target_scale
+        return None if auto else self.config.grad_clip
 
     # ------------------------------------------------------------------ simulation
-    def _prior_drift(self, net):
-        # code form g^2 c, with g^2 averaged over the step (matches the exact step variance)
-        g2 = self._prior_g2
-        return lambda s, y: g2[s] * net(s, y)
-
     def _annealed_drift(self, net):
         ref = self.ref
         return lambda t, x: ref.drift(t, x) + ref.sigma(t) * net(t, x)
@@ -518,8 +472,6 @@ class NAAS(TrainableSampler):
         """Run the full chain for ``n`` samples; returns (x_K, log_w float64, annealed path)."""
         ref = self.ref
         x0, lw_start = self._start(n, prior_net, generator)
-        if lw_start is None:
-            lw_start = -ref.log_prior(x0)
         path = euler_maruyama(self._annealed_drift(net), ref.sigma, x0, self.ts,
                               generator=generator, project=self.project, n_dof=self.n_dof,
                               backward=self._backward_kernel(net), record=record)
@@ -533,22 +485,19 @@ class NAAS(TrainableSampler):
         return x, lw, path
 
     def _start(self, n: int, prior_net, generator):
-        """The annealed chain's start: the prior stage's end points with their log-weight
-        ``log B - log F`` (the Dirac source cancels the first bridge), or, without the prior
-        stage, draws from the reference prior and None."""
+        """The annealed chain's start and its log-weight ``-log`` of its density: the prior
+        stage's end points with ``log B - log F`` (the Dirac source cancels the first bridge),
+        or, without the prior stage, draws from the reference prior with ``-log pi_0``."""
         if not self._prior_on:
-            return self.prior_std * self._reference_draw(n, generator), None
-        sched = self.prior_sched
+            x = self.prior_std * state_noise((n, self.dim), generator, self.device, self.project)
+            return x, -self.ref.log_prior(x)
+        sched, g2 = self.prior_sched, self._prior_g2
         y0 = torch.zeros(n, self.dim, device=self.device)
-        ppath = euler_maruyama(self._prior_drift(prior_net), None, y0, self.prior_ts,
+        ppath = euler_maruyama(lambda s, y: g2[s] * prior_net(s, y), None, y0, self.prior_ts,
                                generator=generator, project=self.project, n_dof=self.n_dof,
                                noise_var=sched.step_variance,
                                backward=brownian_bridge_kernel(sched.variance))
         return ppath.x, ppath.log_bwd - ppath.log_fwd
-
-    def _reference_draw(self, n, generator):
-        eps = torch.randn(n, self.dim, generator=generator, device=self.device)
-        return eps if self.project is None else self.project(eps)
 
     def adjoint(self, xs: torch.Tensor) -> torch.Tensor:
         """Lean adjoint ``a`` of the annealed stage along stored states ``xs`` (K + 1, B, D)."""
@@ -581,25 +530,21 @@ class NAAS(TrainableSampler):
         m = min(c.times_per_trajectory, K)
         k_idx = torch.randint(0, K, (B, m), generator=gen, device=gen.device).to(self.device)
         b_idx = torch.arange(B, device=self.device)[:, None].expand(B, m)
-        sig = self._sigmas
         t_rows = self.ts[:-1].to(self.device, torch.float32)[k_idx].reshape(-1)
         w = self._trajectory_weights(lw)
         self.buffer.add(t=t_rows, x=path.xs[k_idx, b_idx].reshape(B * m, -1),
-                        target=(-sig[k_idx][..., None] * adj[k_idx, b_idx]).reshape(B * m, -1),
+                        target=(-self._sigmas[k_idx][..., None] * adj[k_idx, b_idx]).reshape(B * m, -1),
                         w=w[b_idx].reshape(-1))
-        # annealed stage: adjoint matching
+
+        def matching(b):  # annealed stage: adjoint matching
+            return (b["w"] * (self.net(b["t"], b["x"]) - b["target"]).pow(2).mean(-1)).mean()
+
         self.net.train()
-        loss = 0.0
-        for _ in range(c.updates_per_step):
-            batch = self.buffer.sample(c.train_batch_size, generator=gen)
-            out = self.net(batch["t"], batch["x"])
-            lval = (batch["w"] * (out - batch["target"]).pow(2).mean(-1)).mean()
-            self._optimizer_step(self.net, self.opt, lval, ema=self.ema)
-            loss += float(lval.detach()) / c.updates_per_step
-        metrics = {"loss": loss}
+        metrics = {"loss": self._updates(c.updates_per_step, self.net, self.opt, self.ema, self.buffer,
+                                         matching)}
         # prior stage: reciprocal adjoint matching towards exp(-U_0 - V_0)
         if self._prior_on:
-            metrics["prior_loss"] = self._prior_updates(path.xs[0], -adj[0], w, gen)
+            metrics["prior_loss"] = self._prior_updates(path.xs[0], -adj[0], w)
         # diagnostics of the fresh, current-model trajectories
         est = log_z_from_log_weights(lw, warn=False)
         self._recent_lw.append(lw.detach().cpu())
@@ -622,27 +567,32 @@ class NAAS(TrainableSampler):
         self._weight_power = a
         return (lw.shape[0] * dist.softmax_across_ranks(a * lw)).float().to(self.device)
 
-    def _prior_updates(self, x0: torch.Tensor, target0: torch.Tensor, w: torch.Tensor, gen) -> float:
-        c = self.config
+    def _updates(self, n: int, net, opt, ema, buffer, loss, grad_clip=None) -> float:
+        """``n`` optimizer steps of ``net`` on ``loss(batch)``, each batch ``train_batch_size`` rows
+        of ``buffer``; returns the mean loss."""
+        gen, total = self.gens["train"], 0.0
+        for _ in range(n):
+            lval = loss(buffer.sample(self.config.train_batch_size, generator=gen))
+            self._optimizer_step(net, opt, lval, grad_clip=grad_clip, ema=ema)
+            total += float(lval.detach()) / n
+        return total
+
+    def _prior_updates(self, x0: torch.Tensor, target0: torch.Tensor, w: torch.Tensor) -> float:
+        gen, sched, var1 = self.gens["train"], self.prior_sched, self.prior_std ** 2
         self.prior_buffer.add(y=x0, target=target0, w=w)
-        var1 = self.prior_std ** 2
-        total = 0.0
-        for _ in range(c.prior_updates_per_step):
-            batch = self.prior_buffer.sample(c.train_batch_size, generator=gen)
-            y, target = batch["y"], batch["target"]
-            n = y.shape[0]
-            s = torch.rand(n, 1, generator=gen, device=gen.device).to(self.device)
-            xi = torch.randn(y.shape, generator=gen, device=gen.device).to(self.device)
-            if self.project is not None:
-                xi = self.project(xi)
-            v = self.prior_sched.variance_tensor(s)  # bridge from the origin to y
+
+        def matching(batch):  # on the bridge from the origin to y at a uniform time s
+            y = batch["y"]
+            s = torch.rand(y.shape[0], 1, generator=gen, device=gen.device).to(self.device)
+            xi = state_noise(y.shape, gen, self.device, self.project)
+            v = sched.variance_tensor(s)
             ys = (v / var1) * y + torch.sqrt((v * (var1 - v) / var1).clamp_min(0.0)) * xi
             out = self.prior_net(s.squeeze(1), ys)
-            resid = out - target / self.prior_sched.control_scale(s, self.target_scale)
-            lval = (batch["w"] * resid.pow(2).mean(-1)).mean()
-            self._optimizer_step(self.prior_net, self.prior_opt, lval, ema=self.prior_ema)
-            total += float(lval.detach()) / c.prior_updates_per_step
-        return total
+            resid = out - batch["target"] / sched.control_scale(s, self.target_scale)
+            return (batch["w"] * resid.pow(2).mean(-1)).mean()
+
+        return self._updates(self.config.prior_updates_per_step, self.prior_net, self.prior_opt,
+                             self.prior_ema, self.prior_buffer, matching)
 
     # ------------------------------------------------------------------ SCLD training
     @torch.no_grad()
@@ -654,7 +604,7 @@ class NAAS(TrainableSampler):
         c, ref = self.config, self.ref
         net = self.net if net is None else net
         gen = self.gens["train"] if generator is None else generator
-        x = self.prior_std * self._reference_draw(n, gen)
+        x = self.prior_std * state_noise((n, self.dim), gen, self.device, self.project)
         return segment_rollout(
             x, ref.log_prior(x), self.ts, c.scld_segments, ref_drift=ref.drift,
             control=lambda t, y: ref.sigma(t) * net(t, y),
@@ -670,18 +620,11 @@ class NAAS(TrainableSampler):
         stored segment ``rows`` under ``net``; differentiable in the network's parameters."""
         c = self.config
         ts = self.ts.to(self.device, torch.float32)
-
-        def scaled(times):  # (k, x) -> h_k sigma_k v(times[k], x), projected
-            def shift(k, x):
-                v = net(times[k], x)
-                v = v if self.project is None else self.project(v)
-                return (self._hs[k] * self._sigmas[k])[:, None] * v
-            return shift
-
-        var = self._hs * self._sigmas ** 2
-        # forward shift at (t_k, x_k); the learned backward one at (t_{k+1}, x_{k+1})
-        return segment_loss(rows, scaled(ts[:-1]), c.scld_segments, c.n_time_steps // c.scld_segments, var,
-                            bshift=scaled(ts[1:]), bvar=var)
+        scale, var = self._hs * self._sigmas, self._hs * self._sigmas ** 2
+        # the forward shift h_k sigma_k v at (t_k, x_k); the learned backward one at (t_{k+1}, x_{k+1})
+        return segment_loss(rows, control_shift(net, ts[:-1], scale, self.project), c.scld_segments,
+                            c.n_time_steps // c.scld_segments, var,
+                            bshift=control_shift(net, ts[1:], scale, self.project), bvar=var)
 
     def _backward_control(self, net):
         """The learned backward drift ``c_B(t_k, t_{k+1}, x) = sigma_{t_k} v(t_{k+1}, x)``
@@ -716,15 +659,12 @@ class NAAS(TrainableSampler):
         return rejuv
 
     def _scld_step(self) -> dict:
-        c, gen = self.config, self.gens["train"]
+        c = self.config
         run = self.scld_rollout(c.batch_size)
         self.buffer.add(**run.rows)
         self.net.train()
-        loss = 0.0
-        for _ in range(c.updates_per_step):
-            lval = self.scld_loss(self.net, self.buffer.sample(c.train_batch_size, generator=gen))
-            self._optimizer_step(self.net, self.opt, lval, grad_clip=SCLD_GRAD_CLIP, ema=self.ema)
-            loss += float(lval.detach()) / c.updates_per_step
+        loss = self._updates(c.updates_per_step, self.net, self.opt, self.ema, self.buffer,
+                             lambda rows: self.scld_loss(self.net, rows), grad_clip=SCLD_GRAD_CLIP)
         return {"loss": loss, "log_z": run.log_z, "segment_ess_frac": run.ess_frac,
                 "energy_grads": float(self.ref.n_grad), "energy_hvps": float(self.ref.n_hvp)}
 
@@ -805,39 +745,28 @@ class NAAS(TrainableSampler):
                    n_islands: "int | None" = None, mcmc_steps: "int | None" = None):
         r"""Run the trained (or untrained, ``n_steps=0``) chain as an SMC sampler.
 
-        Sequential Controlled Langevin Diffusions (Chen, Richter, Berner et al., ICLR 2025,
-        arXiv 2412.07081) view; SMC samplers with backward kernels: Del Moral, Doucet & Jasra,
-        JRSS B 68 (2006). Intermediate targets ``gamma_k`` = :meth:`log_gamma` at ``t_k``;
-        particles move by the controlled Euler step ``q_k`` and are weighted by
-
-            log w_k = log gamma_{k+1}(x_{k+1}) + log B_k(x_k | x_{k+1})
-                      - log gamma_k(x_k) - log q_k(x_{k+1} | x_k)
-
-        with ``B_k`` the reverse annealed-Langevin (ULA) kernel, the backward kernel of the
-        whole-path weight. The product of the increments over ``k`` is the whole-path weight of
-        :meth:`sample` (the prior stage enters once, at ``t = 0``), so with ``resample_ess``
-        = None nothing changes; with it, an island whose ESS drops below ``resample_ess``
-        times its size is resampled (systematic) and its mean weight carried into its running
-        log Z, which stays unbiased for Z. log Z and its error bar come from the
-        ``n_islands`` independent islands. With a zero control (``n_steps=0``) this is SMC
-        with ULA moves along the geometric path; a trained control makes the increments
-        flatter. Costs one energy evaluation per particle and level beyond :meth:`sample`.
+        The island SMC of :mod:`boltzkit.samplers._shared.smc` (papers, weight increments,
+        resampling, MALA rejuvenation, log Z and its error bar from ``n_islands`` independent
+        islands; shared with :meth:`PDNS.sample_smc <boltzkit.samplers.pdns.PDNS.sample_smc>`)
+        along this chain: intermediate targets ``gamma_k`` = :meth:`log_gamma` at ``t_k``, moves
+        by the controlled Euler step ``q_k``, backward kernels ``B_k`` those of the whole-path
+        weight (reverse annealed Langevin, ULA). The product of the increments over ``k`` is the
+        whole-path weight of :meth:`sample` (the prior stage enters once, at ``t = 0``). With a
+        zero control (``n_steps=0``) this is SMC with ULA moves along the geometric path; a
+        trained control makes the increments flatter. Costs one energy evaluation per particle
+        and level beyond :meth:`sample`.
 
         ``resample_ess``, ``n_islands`` and ``mcmc_steps`` default to the config's (0.5, 16 and
         ``smc_mcmc_steps`` where the config leaves ``resample_ess`` None), so one trained sampler
-        can be sampled both ways. ``mcmc_steps`` > 0 adds MALA rejuvenation on ``gamma_{k+1}``
-        after every level (:class:`~boltzkit.samplers._shared.smc.MALARejuvenation`; one energy
-        gradient per step and one per level to start it, counted in
-        ``diagnostics["sampling_energy_grads"]``). The island machinery is shared with
-        :meth:`PDNS.sample_smc <boltzkit.samplers.pdns.PDNS.sample_smc>`
-        (:mod:`boltzkit.samplers._shared.smc`).
+        can be sampled both ways. ``mcmc_steps`` > 0 adds MALA moves on ``gamma_{k+1}`` after
+        every level (one energy gradient per step and one per level to start it, counted in
+        ``diagnostics["sampling_energy_grads"]``).
 
-        Reliability: beyond the weight diagnostics, the result is flagged unreliable when the
-        islands' log Z spread ``s`` implies a log-mean-exp (Jensen) bias ``(e^{s^2} - 1) / (2M)``
-        above the error bar (many-well-32, untrained, 64 levels: s = 2.2, bias ~ 3.9 vs an error
-        bar of 0.55, while the estimate was 1.9 low and the weights looked healthy). The check
-        assumes roughly normal island log Z; it misses heavier tails (many-well-8, untrained,
-        8 levels: 0.73 low, 4.4 error bars, s = 1.1, not flagged).
+        Reliability (:func:`~boltzkit.samplers._shared.smc.island_result`): on many-well-32,
+        untrained, 64 levels, the islands' spread s = 2.2 implied a Jensen bias ~ 3.9 against an
+        error bar of 0.55 (flagged), while the estimate was 1.9 low and the weights looked
+        healthy. The spread check assumes roughly normal island log Z and misses heavier tails
+        (many-well-8, untrained, 8 levels: 0.73 low, 4.4 error bars, s = 1.1, not flagged).
 
         Returns a weighted :class:`~boltzkit.result.Result` (final weights after the last
         resampling, island blocks contiguous) with ``diagnostics["resample_events"]``.
@@ -849,10 +778,7 @@ class NAAS(TrainableSampler):
         gen, ref, n = self.gens["sample"], self.ref, int(n_samples)
         grads0 = ref.n_grad
         x, lw = self._start(n, prior_net, gen)
-        if lw is None:
-            lw = torch.zeros(n, dtype=torch.float64, device=self.device)
-        else:
-            lw = lw + ref.log_prior(x)
+        lw = lw + ref.log_prior(x)  # the weight relative to gamma_0 = pi_0 (0 without the prior stage)
         ts = self.ts
         run = controlled_islands(
             x, lw, ts, self._annealed_drift(net), ref.sigma,

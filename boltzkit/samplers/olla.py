@@ -66,10 +66,9 @@ the radius error to first order): sd = sqrt((d - 1) dt / alpha) / sqrt(1 - alpha
 mu = dt (d - 1)^2 / (2 alpha). At the defaults (dt = 1e-3, alpha = 100) E|h| = 0.0078 on S^9
 (tail about 4 sd: the 4.4 % seen there); but mu grows as d^2: on S^99 at dt = 2e-3,
 alpha = 50 the samples sit 17 % outside the sphere (predicted 20 %). Keep
-``dt (d - 1)^2 / alpha`` (generally dt |tau|^2 / alpha) small, or land the output. Measured on
-S^2, S^9, S^39: prediction within 3 %; S^99: 15 % high. ``land_samples=True`` lands the returned copies to
-1e-6 x domain.tol by Gauss-Newton steps (the chains run on unlanded); on a von Mises-Fisher law
-on S^4 the landed samples keep E mu.x = A_d(kappa) within the test's error.
+``dt (d - 1)^2 / alpha`` (generally dt |tau|^2 / alpha) small, or land the output
+(``land_samples``, :class:`OLLAConfig`). Measured on S^2, S^9, S^39: prediction within 3 %;
+S^99: 15 % high (benchmarks/olla_scaling.py).
 
 Where it pays (benchmarks/olla_scaling.py: vMF on great spheres S^{k-1} in R^d cut out by the
 sphere and p - 1 linear equalities, equal step size 2e-3, accuracy checked per run; 2-core CPU
@@ -147,9 +146,7 @@ class OLLAConfig(ConstrainedLangevinConfig):
     alpha : landing rate; alpha * step_size must be < 1.
     epsilon : inequality margin: an active inequality is driven to g = -epsilon (units of g).
         "auto" (boltzkit's default) uses epsilon_j = EPS_KICK * sqrt(2 dt) |grad g_j| / (alpha dt),
-        so the landing kick of an active inequality is EPS_KICK = 1.7 noise standard deviations;
-        this cancels the first-order boundary-layer bias (see the module notes). The paper's
-        experiments use epsilon = 1.0.
+        a landing kick of EPS_KICK noise standard deviations (the module's "Inequality margin").
     proj_damp : Tikhonov damping delta of the Gram matrix J J^T + delta I.
     curvature : "exact" (Hessians), "hutchinson" (n_hutchinson probes), "none", or "auto"
         (exact up to ``exact_max_dim`` coordinates, Hutchinson above).
@@ -158,7 +155,8 @@ class OLLAConfig(ConstrainedLangevinConfig):
         unlanded, so the dynamics and its law are unchanged. The landing moves each sample by
         about its violation, O(sqrt(dt / alpha)), along the normal space: a change of the law
         of the same order as the discretization error (none for a sphere and any law that the
-        radial map leaves alone; measured on a von Mises-Fisher law in tests/test_olla.py).
+        radial map leaves alone; on a von Mises-Fisher law on S^4 the landed samples keep
+        E mu.x = A_d(kappa) within the error of tests/test_olla.py).
     """
 
     alpha: float = 100.0
@@ -324,9 +322,8 @@ class _ConstrainedLangevin(MCMCSampler):
             "n_burnin_steps": self.burn_in, "n_sampling_steps": n_steps_run,
             "step_size": cfg.step_size, **landing,
         })
-        history = self.history
         for k in getattr(self, "_stat_keys", ()):
-            v = history[k]
+            v = self.history[k]
             diag[k] = float(np.mean(v[self.burn_in:])) if len(v) > self.burn_in else float("nan")
         return dom.unflatten(samples)
 
@@ -432,11 +429,10 @@ class OLLA(_ConstrainedLangevin):
 
     def _setup(self):
         cfg = self.config
-        mode = cfg.curvature
-        if mode == "auto":
-            mode = "exact" if self.domain.event_numel <= cfg.exact_max_dim else "hutchinson"
-        self.curvature_mode = mode
-        self._hvp_mode = "reverse" if self.domain.event_numel <= cfg.exact_max_dim else "forward"
+        small = self.domain.event_numel <= cfg.exact_max_dim
+        auto = "exact" if small else "hutchinson"
+        self.curvature_mode = auto if cfg.curvature == "auto" else cfg.curvature
+        self._hvp_mode = "reverse" if small else "forward"
 
     def _curvature(self, x, cols, jac, mask, solver, gen):
         """tau_i = tr(Pi Hess c_i) of the active constraints, (B, P).
@@ -499,21 +495,13 @@ class OLLA(_ConstrainedLangevin):
         return {"eq_violation_mean_predicted": self.predicted_eq_violation(samples)}
 
     def predicted_eq_violation(self, x: torch.Tensor, *, n_states: int = 64, n_probes: int = 8) -> float:
-        """Predicted stationary mean |h_i| of the equality constraints at the current settings.
-
-        Per step, ``h_i`` changes by the landing ``-alpha dt h_i``, by the second-order term of
-        the noise ``dt xi^T (Pi H_i Pi) xi`` (H_i its Hessian; the Ito term removes its mean)
-        and by the second-order term of the normal step itself, ``dt^2 n^T H_i n / 2`` with
-        ``n = J^T G^{-1} tau`` (the Ito drift). In the stationary state ``h_i`` is then about
-        normal with mean ``mu_i = dt n^T H_i n / (2 alpha)`` and standard deviation
-        ``sd_i = ||Pi H_i Pi||_F sqrt(dt / (alpha (1 - alpha dt / 2)))``, and the prediction is
-        the folded-normal mean ``E|h_i|``, averaged over up to ``n_states`` of the states ``x``
-        (flat, (B, D)); traces and norms exactly (all D directions) for D <= 16, else with
-        ``n_probes`` Rademacher probes. Returns the largest over the equalities (a curved one
-        dominates ``violation_mean``; linear equalities have H = 0). Sphere S^{d-1}, h =
-        (|x|^2 - 1)/2: ``sd = sqrt((d - 1) dt / (alpha (1 - alpha dt / 2)))``, ``mu = dt (d - 1)^2 /
-        (2 alpha)``. Leading order in dt: measured on S^9 and S^39 within 3 %, on S^99 (mu = 0.2)
-        15 % high (benchmarks/olla_scaling.py). Returns 0.0 without equalities.
+        """Predicted stationary mean |h_i| of the equality constraints at the current settings:
+        the folded-normal ``E|h_i|`` of the module's violation bound (leading order in dt; its
+        derivation, the sphere's closed form and the measured accuracy are there), averaged over
+        up to ``n_states`` of the states ``x`` (flat, (B, D)); traces and norms exactly (all D
+        directions) for D <= 16, else with ``n_probes`` Rademacher probes. Returns the largest
+        over the equalities (a curved one dominates ``violation_mean``; linear equalities have
+        H = 0), 0.0 without equalities.
         """
         cfg, dom = self.config, self.domain
         m = dom.n_eq

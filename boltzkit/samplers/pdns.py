@@ -111,13 +111,11 @@ SCLD training (``train_on="smc"``, continuous targets; Chen, Richter, Berner et 
 arXiv 2412.07081). Instead of proximal WDCE, every ``inner_steps`` gradient steps the current
 network runs the controlled path as SMC toward the stage targets of :meth:`PDNS.sample_smc`,
 cut into ``scld_segments`` equal segments with resampling (and ``smc_mcmc_steps`` MALA moves) at
-every boundary; each gradient step minimizes the mean over segments of the variance of the
-segment log-weights ``log gamma_b(x_b) - log gamma_a(x_a) + sum_k (log B_k - log q^theta_k)`` on
-``scld_train_rows`` stored segments (states detached, start points the resampled particles;
-:mod:`boltzkit.samplers._shared.scld`, shared with NAAS). The proximal schedule is not used.
-Failure modes: the Brownian-bridge backward kernels are fixed, so no control makes the segment
-weights constant and the loss stays above zero; the stage targets are not the reference's
-marginals, so early segments carry large weight spreads that dominate the loss.
+every boundary; each gradient step minimizes the SCLD loss on ``scld_train_rows`` stored segments
+(objective and failure modes: :mod:`boltzkit.samplers._shared.scld`, shared with NAAS). The
+proximal schedule is not used. Failure modes: the Brownian-bridge backward kernels are fixed, so
+the loss stays above zero; the stage targets are not the reference's marginals, so early
+segments carry large weight spreads that dominate the loss.
 """
 
 from __future__ import annotations
@@ -143,9 +141,9 @@ from ..nn.ctmc import masked_rollout, unmask_schedule, wdce_loss
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from ._shared.proximal import ProximalSchedule, ess_fraction, tilted_kl
-from ..nn.sde import (VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
-                          state_space, time_grid)
-from ._shared.scld import check_smc_config, segment_buffer, segment_loss, segment_rollout
+from ..nn.sde import (LOG_2PI, VEPriorSchedule, brownian_bridge_kernel, euler_maruyama, gaussian_log_prob,
+                          state_noise, state_space, time_grid)
+from ._shared.scld import check_smc_config, control_shift, segment_buffer, segment_loss, segment_rollout
 from ._shared.smc import MALARejuvenation, controlled_islands, island_result
 from ..kernels.langevin import default_step_size
 from .._utils import check_fraction
@@ -158,11 +156,8 @@ DEFAULT_PRIORITY, MULTIMODAL_PRIORITY = 3, 12
 
 
 def pdns_priority(target) -> int:
-    """Priority of ``"pdns"`` in the automatic choice of ``bk.sample`` for ``target``.
-
-    12 (above MDNS and NAAS, 10) when the target declares itself multimodal with high
-    barriers, ``target.multimodal = True``; 3 otherwise.
-    """
+    """Priority of ``"pdns"`` in the automatic choice of ``bk.sample`` for ``target``: 12 when
+    ``target.multimodal is True``, else 3 (the module docstring's "Selection")."""
     return MULTIMODAL_PRIORITY if getattr(target, "multimodal", False) is True else DEFAULT_PRIORITY
 
 
@@ -170,13 +165,10 @@ def pdns_priority(target) -> int:
 class PDNSConfig(SamplerConfig):
     """Options of :class:`PDNS`.
 
-    Proximal schedule (:class:`~boltzkit.samplers._shared.proximal.ProximalSchedule`)
-        schedule ("adaptive", "constant" or "none" = plain WDCE), anchor ("model" or "path"),
-        kl_budget (adaptive: nats per stage), ess_target (adaptive: ESS-fraction criterion
-        instead of the KL budget), eta and eta_growth (constant: ``eta_k = eta * growth**k``),
-        tol (stopping rule), patience (path anchor: repeated stages before the KL budget is
-        counted on top of the current mismatch), rollouts_per_stage (fresh batches of the frozen
-        proposal per stage).
+    Proximal schedule
+        schedule ("none" = plain WDCE), anchor, kl_budget, ess_target, eta, eta_growth, tol,
+        patience: the options of :class:`~boltzkit.samplers._shared.proximal.ProximalSchedule`;
+        rollouts_per_stage (fresh batches of the frozen proposal per stage).
     Training
         n_steps (gradient steps), batch_size (trajectories per fresh batch), inner_steps
         (gradient steps per fresh batch), n_replicates (re-maskings / bridge times per sample
@@ -206,8 +198,7 @@ class PDNSConfig(SamplerConfig):
         GMM-40, untrained, 100 levels, 2048 particles: log Z error -1.94 +- 0.38 and 37 modes
         with power 1, +0.05 +- 0.07 and all 40 with power 3).
     SCLD training (continuous targets)
-        train_on ("paths": proximal WDCE as above; "smc": SCLD, the per-segment log-variance on
-        the resampled sub-trajectories of an SMC pass, see the module docstring), scld_segments
+        train_on ("paths": proximal WDCE; "smc": SCLD, see the module docstring), scld_segments
         (a divisor of n_time_steps), scld_buffer_size (segment rows kept; None = 4 passes'
         rows), scld_train_rows (rows per gradient step).
     """
@@ -254,16 +245,16 @@ class PDNSConfig(SamplerConfig):
     def __post_init__(self):
         self.make_schedule()  # validates the schedule options
         for name in ("n_steps", "inner_steps", "n_replicates", "rollouts_per_stage", "n_heads",
-                     "n_time_steps", "sample_batch_size"):
+                     "n_time_steps", "sample_batch_size", "scld_train_rows"):
             check_count(name, getattr(self, name))
         check_count("batch_size", self.batch_size, minimum=2)  # weights are normalized over the batch
         for name in ("hidden", "n_layers", "n_unmask_steps", "train_unmask_steps"):
             check_count(name, getattr(self, name), allow_none=True)
-        check_number("lr", self.lr)
+        for name in ("lr", "noise_ratio", "smc_beta_power"):
+            check_number(name, getattr(self, name))
         check_number("grad_clip", self.grad_clip, allow_none=True)
         if self.reference_std != "auto":
             check_number("reference_std", self.reference_std)
-        check_number("noise_ratio", self.noise_ratio)
         if self.noise_ratio <= 1.0:
             raise ConfigError(f"noise_ratio (largest / smallest noise level) must be > 1, got "
                               f"{self.noise_ratio!r}")
@@ -273,8 +264,6 @@ class PDNSConfig(SamplerConfig):
         check_choice("mask_mode", self.mask_mode, ("lambda", "count"))
         check_choice("net", self.net, ("auto", "transformer", "cnn"))
         check_smc_config(self)
-        check_number("smc_beta_power", self.smc_beta_power)
-        check_count("scld_train_rows", self.scld_train_rows)
 
     def make_schedule(self) -> ProximalSchedule:
         """A fresh :class:`ProximalSchedule` with these options."""
@@ -298,16 +287,13 @@ class _MaskedCTMC:
     def make_net(self):
         return discrete_net_from_config(self.domain, self.cfg)
 
-    def energy(self, x):
-        return index_energy(self.target, x)
-
     @torch.no_grad()
     def rollout(self, net, n, generator, *, train):
         """``(x, log_w, reward)``: index configurations (n, D), float64 exact path log-weights
         ``-U - log q(x | order)`` and terminal rewards ``-U - log nu``."""
         path = masked_rollout(net, n, self.n_sites, self.q, generator=generator, device=self.device,
                               n_steps=self.train_passes if train else self.sample_passes)
-        u = self.energy(path.x)
+        u = index_energy(self.target, path.x)
         return path.x, -u - path.log_q, -u - self.log_nu
 
     def loss(self, net, x, weights, generator):
@@ -337,16 +323,13 @@ def pilot_reference_std(energy, dim, project, n_dof, device, generator) -> "tupl
     energy evaluations. Returns ``(None, info)`` when the pilot's ESS is below 10 (a target too
     narrow or too high-dimensional for it).
     """
-    scales = torch.tensor(_PILOT_SCALES, dtype=torch.float64)
+    scales = torch.tensor(_PILOT_SCALES, dtype=torch.float64, device=device)
     n = _PILOT_PER_SCALE
-    z = torch.randn(len(scales) * n, dim, generator=generator, device=generator.device).to(device)
-    if project is not None:
-        z = project(z)
-    x64 = z.to(torch.float64) * scales.to(device).repeat_interleave(n).unsqueeze(1)
+    z = state_noise((len(scales) * n, dim), generator, device, project)
+    x64 = z.to(torch.float64) * scales.repeat_interleave(n).unsqueeze(1)
     r2 = x64.pow(2).sum(-1)
     # log of the mixture density (1/S) sum_c N(x; 0, c^2 I) in the n_dof-dimensional state space
-    comp = -0.5 * r2.unsqueeze(1) / scales.to(device).pow(2) - n_dof * torch.log(scales.to(device)) \
-        - 0.5 * n_dof * math.log(2 * math.pi)
+    comp = -0.5 * r2.unsqueeze(1) / scales.pow(2) - n_dof * torch.log(scales) - 0.5 * n_dof * LOG_2PI
     log_q = torch.logsumexp(comp, 1) - math.log(len(scales))
     u = energy(x64.to(torch.get_default_dtype())).to(torch.float64)
     log_w = torch.where(torch.isfinite(u), -u - log_q, torch.full_like(u, -math.inf))
@@ -398,28 +381,24 @@ class _BrownianBridge:
         self.sched = VEPriorSchedule(self.reference_std, cfg.noise_ratio)
         self.ts = time_grid(cfg.n_time_steps)
         ts = self.ts.tolist()
+        steps = list(zip(ts, ts[1:]))
         self.v1 = self.sched.variance(1.0)
+        # per grid time: the remaining reference variance v1 - v_t and the step variance
+        rem = [self.v1 - self.sched.variance(a) for a, _ in steps]
+        var = [self.sched.step_variance(a, b) for a, b in steps]
         # drift coefficient of the network output at each grid time: (step variance / h) / sqrt(v1 - v_t)
-        self._coef = {a: self.sched.step_variance(a, b) / (b - a)
-                      / math.sqrt(self.v1 - self.sched.variance(a)) for a, b in zip(ts, ts[1:])}
+        self._coef = {a: v / (b - a) / math.sqrt(r) for (a, b), v, r in zip(steps, var, rem)}
         self._t = torch.tensor(ts[:-1], dtype=torch.float32, device=device)
-        # remaining reference variance v1 - v_t at each grid time (float64 before the cast)
-        self._rem = torch.tensor([self.v1 - self.sched.variance(a) for a in ts[:-1]],
-                                 dtype=torch.float32, device=device)
+        self._rem = torch.tensor(rem, dtype=torch.float32, device=device)
         # per level: mean shift per unit network output (h_k coef_k) and step variance (SCLD loss)
-        self._shift = torch.tensor([(b - a) * self._coef[a] for a, b in zip(ts, ts[1:])],
-                                   dtype=torch.float32, device=device)
-        self._var = torch.tensor([self.sched.step_variance(a, b) for a, b in zip(ts, ts[1:])],
-                                 dtype=torch.float64, device=device)
+        self._shift = torch.tensor([(b - a) * self._coef[a] for a, b in steps], dtype=torch.float32,
+                                   device=device)
+        self._var = torch.tensor(var, dtype=torch.float64, device=device)
 
     def make_net(self):
         cfg = self.cfg
         return make_control_net(self.domain, hidden=cfg.hidden or 64, n_layers=cfg.n_layers,
                                 input_scale=self.reference_std)
-
-    def _noise(self, shape, generator):
-        xi = torch.randn(shape, generator=generator, device=generator.device).to(self.device)
-        return xi if self.project is None else self.project(xi)
 
     @torch.no_grad()
     def rollout(self, net, n, generator, *, train):
@@ -450,7 +429,7 @@ class _BrownianBridge:
         k = torch.randint(0, self._t.numel(), (x1.shape[0],), generator=generator,
                           device=generator.device).to(self.device)
         rem = self._rem[k].unsqueeze(1)  # the bridge: X_t ~ N((1 - rem/v1) X_1, (v1 - rem) rem/v1 I)
-        noise = self._noise(x1.shape, generator)
+        noise = state_noise(x1.shape, generator, self.device, self.project)
         xt = (1.0 - rem / self.v1) * x1 + torch.sqrt((self.v1 - rem) * rem / self.v1) * noise
         target = (x1 - xt) / torch.sqrt(rem)
         per_row = (net(self._t[k], xt) - target).pow(2).sum(-1) / self.n_dof
@@ -459,8 +438,7 @@ class _BrownianBridge:
 
     # -------------------------------------------------------------- SMC view
     def smc_level(self, k: int) -> "tuple[float, float]":
-        """``(beta_k, c_k)`` of SMC level ``k >= 1``: the annealing exponent ``t_k**p`` and the
-        scale ``c_k = sqrt(v(1) / v(t_k))`` from the reference's marginal at ``t_k`` to ``nu``."""
+        """``(beta_k, c_k)`` of SMC level ``k >= 1`` (:meth:`PDNS.sample_smc`)."""
         t = float(self.ts[k])
         return t ** self.cfg.smc_beta_power, math.sqrt(self.v1 / self.sched.variance(t))
 
@@ -477,10 +455,7 @@ class _BrownianBridge:
         return pot, (1.0 - beta) * y / self.v1 + beta * self.target.grad_energy(y)
 
     def log_gamma(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        """``log gamma_k(x) = log N(x; 0, v(t_k)) + beta_k r(c_k x)`` (float64), ``r`` the terminal
-        reward: in ``y = c_k x`` the PDNS stage target ``nu^(1 - beta) pi^beta`` shrunk to the
-        reference's scale at ``t_k``. ``gamma_0`` is the Dirac source (0 here) and ``gamma_K =
-        exp(-U)``."""
+        """``log gamma_k(x)`` of :meth:`PDNS.sample_smc` (float64; 0 for the Dirac source ``gamma_0``)."""
         if k == 0:
             return torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         beta, c = self.smc_level(k)
@@ -536,11 +511,8 @@ class _BrownianBridge:
 
     def scld_loss(self, net, rows, n_segments):
         """SCLD loss of stored segment ``rows`` under ``net`` (differentiable)."""
-        def shift(k, x):
-            v = net(self._t[k], x)
-            return self._shift[k, None] * (v if self.project is None else self.project(v))
-
-        return segment_loss(rows, shift, n_segments, self._t.numel() // n_segments, self._var)
+        return segment_loss(rows, control_shift(net, self._t, self._shift, self.project), n_segments,
+                            self._t.numel() // n_segments, self._var)
 
     def decode(self, x):
         return x if self.frame is None else self.frame.to_x(x)
@@ -676,13 +648,8 @@ class PDNS(TrainableSampler):
                           f"to a tempered target. {consequence}", ConvergenceWarning, stacklevel=3)
 
     def sample(self, n_samples: int) -> Result:
-        """Draw ``n_samples`` weighted samples from the trained (EMA) sampler.
-
-        Returns
-        -------
-        Result with samples in the domain's physical representation, float64 exact path
-        log-weights, log Z +- stderr, ESS and the final proximal stage in ``diagnostics``.
-        """
+        """Draw ``n_samples`` weighted samples from the trained (EMA) sampler, in the domain's
+        physical representation (the Result of the module docstring's "Returns")."""
         self._require_fit()
         check_count("n_samples", n_samples, minimum=2)
         if self.config.resample_ess is not None:
@@ -709,27 +676,21 @@ class PDNS(TrainableSampler):
                    n_islands: "int | None" = None, mcmc_steps: "int | None" = None) -> Result:
         r"""Run the trained (or untrained, ``n_steps=0``) continuous sampler as an SMC sampler.
 
-        Sequential Controlled Langevin Diffusions view (Chen, Richter, Berner et al., ICLR 2025,
-        arXiv 2412.07081) with the SMC-sampler weights of Del Moral, Doucet & Jasra (JRSS B 68,
-        2006). The controlled path needs intermediate targets; PDNS's own path-anchored stage
-        targets ``nu^(1 - beta) pi^beta`` are used, placed along diffusion time: at grid time
-        ``t_k`` the particles are weighted toward
+        The island SMC of :mod:`boltzkit.samplers._shared.smc` (papers, weight increments, resampling
+        below ``resample_ess``, ``mcmc_steps`` MALA moves on ``gamma_{k+1}``, log Z and its error bar
+        from ``n_islands`` islands; shared with :meth:`NAAS.sample_smc
+        <boltzkit.samplers.naas.NAAS.sample_smc>`). The controlled path needs intermediate targets;
+        PDNS's own path-anchored stage targets ``nu^(1 - beta) pi^beta`` are used, placed along
+        diffusion time: at grid time ``t_k`` the particles are weighted toward
 
             gamma_k(x) = N(x; 0, v(t_k)) exp(beta_k r(c_k x)),   c_k = sqrt(v(1) / v(t_k)),
 
         with ``r = -U - log nu`` the terminal reward and ``beta_k = t_k**smc_beta_power``; in
         ``y = c_k x`` this is the geometric path from the reference's terminal law to the target,
         shrunk to the reference's marginal scale at ``t_k`` (``gamma_0`` is the Dirac source,
-        ``gamma_K = exp(-U)``). Particles move by the controlled Euler step ``q_k`` and the
-        Brownian-bridge backward kernel ``B_k`` makes the increment
-
-            log w_k = log gamma_{k+1}(x_{k+1}) + log B_k(x_k | x_{k+1}) - log gamma_k(x_k) - log q_k(x_{k+1} | x_k)
-
-        telescope to the whole-path weight of :meth:`sample` (tested draw for draw). Islands whose
-        ESS falls below ``resample_ess`` are resampled and ``mcmc_steps`` MALA moves on
-        ``gamma_{k+1}`` may follow each level (energy gradients needed); log Z and its error bar
-        come from ``n_islands`` independent islands (:mod:`boltzkit.samplers._shared.smc`, shared
-        with :meth:`NAAS.sample_smc <boltzkit.samplers.naas.NAAS.sample_smc>`). With zero control
+        ``gamma_K = exp(-U)``). Particles move by the controlled Euler step ``q_k``; with the
+        Brownian-bridge backward kernels ``B_k`` the increments telescope to the whole-path weight
+        of :meth:`sample` (tested draw for draw). MALA needs energy gradients. With zero control
         (``n_steps=0``) this is plain SMC along that path, whose moves are the reference's
         Brownian increments (plus MALA if asked).
 
@@ -756,7 +717,6 @@ class PDNS(TrainableSampler):
             raise IncompatibleMethodError(
                 "PDNS.sample_smc runs the continuous (Brownian-reference) sampler as SMC; for "
                 "lattices and sequences use PDNS.sample or method='smc'")
-        cfg = self.config
         check_count("n_samples", n_samples, minimum=2)
         frac, islands, n_mcmc = self._smc_options(n_samples, resample_ess, n_islands, mcmc_steps)
         if self.step > 0:
@@ -769,7 +729,7 @@ class PDNS(TrainableSampler):
         run = inst.smc(net, int(n_samples), self.gens["sample"], frac=frac, n_islands=islands,
                        mcmc_steps=n_mcmc)
         diag = {**self._stage_diagnostics(), "resample_ess": frac, "smc_mcmc_steps": n_mcmc,
-                "smc_beta_power": cfg.smc_beta_power,
+                "smc_beta_power": self.config.smc_beta_power,
                 "sampling_energy_evals": int(inst.n_energy - e0),
                 "sampling_energy_grads": int(inst.n_grad - g0),
                 "sample_wall_time_s": time.perf_counter() - t0}

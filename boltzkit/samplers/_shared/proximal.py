@@ -68,17 +68,13 @@ class ProximalSchedule:
 
     Parameters
     ----------
-    mode : "adaptive", "constant" or "none" (see the module docstring).
-    anchor : "path" (``log_w - lam_k reward``: the stage target is the iterate ``P_k``) or
-        "model" (``a_k log_w``: the proximal step from the sampler that drew the batch).
-    kl_budget : adaptive: KL budget per stage, in nats.
-    ess_target : adaptive: if given, use the tilted weights' ESS fraction (in (0, 1)) as the
-        criterion instead of ``kl_budget``.
+    mode, anchor : "adaptive", "constant" or "none"; "path" or "model" (module docstring).
+    kl_budget, ess_target : adaptive: the KL budget per stage, in nats, or, if given, the tilted
+        weights' ESS fraction (in (0, 1)) as the criterion instead.
     eta, eta_growth : constant: ``eta_k = eta * eta_growth**k``.
     tol : stopping rule: the proximal phase ends once ``lam_k <= tol``.
-    patience : adaptive "path" anchor: after this many stages that repeat the current target
-        (the sampler does not fit it within the budget), the next step's budget is counted on
-        top of the current mismatch.
+    patience : adaptive "path" anchor: stalled stages before the budget counts on top of the
+        current mismatch (module docstring).
 
     Attributes
     ----------

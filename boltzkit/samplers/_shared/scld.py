@@ -28,7 +28,7 @@ For an Euler-Maruyama kernel whose control shifts the mean by ``m_k(theta)``,
 ``-log q^theta_k = |r_k - m_k(theta)|^2 / (2 var_k) + const`` with ``r_k = x_{k+1} - x_k -
 h_k b_k(x_k)`` the residual of the reference drift, so a stored row needs ``(x_k, r_k)`` and one
 constant; the loss costs network passes only, no energy evaluations
-(:func:`segment_log_weights`, :func:`segment_log_variance`). The states are held fixed, so rows
+(:func:`segment_loss`, :func:`segment_log_variance`). The states are held fixed, so rows
 from older controls (a replay buffer) are valid inputs: the log-variance loss needs no
 reparametrization and no importance weights.
 
@@ -61,8 +61,9 @@ from ...nn.buffers import ReplayBuffer
 from ...nn.sde import euler_maruyama
 from .smc import resample_islands
 
-__all__ = ["SegmentRun", "segment_rollout", "segment_loss", "segment_log_weights", "segment_log_variance",
-           "controlled_backward", "check_smc_config", "segment_buffer", "SCLD_BUFFER_ITERATIONS"]
+__all__ = ["SegmentRun", "segment_rollout", "segment_loss", "segment_log_variance",
+           "controlled_backward", "control_shift", "check_smc_config", "segment_buffer",
+           "SCLD_BUFFER_ITERATIONS"]
 
 SCLD_BUFFER_ITERATIONS = 4  # the segment buffer holds this many training passes' rows by default
 
@@ -100,10 +101,12 @@ class SegmentRun:
     """Output of :func:`segment_rollout`: ``rows`` (one per particle and segment: ``x``
     ((L + 1) * D) the states ``x_a..x_b``, ``r`` (L * D) the residuals of the reference step,
     with a learned backward kernel ``br`` (L * D) the residuals of the fixed backward kernel,
-    ``c`` (float64) the control-free part of the segment log-weight, ``seg`` the segment index),
-    ``log_w`` (S, n) the segments' actual incremental log-weights, ``start`` (S, n, D) the
-    segments' start points (resampled after the first), ``x`` the final particles, ``log_z``
-    the pass's SMC estimate, ``ess_frac`` the mean ESS fraction of the segment increments."""
+    ``c`` (float64) the control-free part of the segment log-weight (``log gamma_b - log gamma_a
+    + sum_k (n_dof / 2) log(2 pi var_k)`` plus ``sum_k log B_k``, of a learned backward kernel
+    only its normalizers), ``seg`` the segment index), ``log_w`` (S, n) the segments' actual
+    incremental log-weights, ``start`` (S, n, D) the segments' start points (resampled after the
+    first), ``x`` the final particles, ``log_z`` the pass's SMC estimate, ``ess_frac`` the mean
+    ESS fraction of the segment increments."""
 
     rows: dict
     log_w: torch.Tensor
@@ -205,6 +208,17 @@ def controlled_backward(backward: Callable, backward_control: Callable, project=
     return back
 
 
+def control_shift(net, times: torch.Tensor, scale: torch.Tensor, project=None) -> Callable:
+    """``shift(k, x) = scale_k net(times_k, x)`` (projected) at level indices ``k``: the control's
+    shift of the Gaussian kernels' means, as :func:`segment_loss` takes it."""
+
+    def shift(k, x):
+        v = net(times[k], x)
+        return scale[k, None] * (v if project is None else project(v))
+
+    return shift
+
+
 def segment_loss(rows: dict, shift: Callable, n_segments: int, seg_len: int, var: torch.Tensor, *,
                  bshift: "Callable | None" = None, bvar: "torch.Tensor | None" = None) -> torch.Tensor:
     """The SCLD loss of stored segment ``rows`` (:class:`SegmentRun` rows): the mean over
@@ -214,7 +228,9 @@ def segment_loss(rows: dict, shift: Callable, n_segments: int, seg_len: int, var
     (projected) at level indices ``k`` (R * L,) and states ``x`` (R * L, D), differentiable in
     the network's parameters; ``var`` (K,): the forward step variances of all levels. With a
     learned backward kernel (rows with ``br``), ``bshift(k, x_next)`` is its shift
-    ``h_k c_B(t_{k+1}, x_{k+1})`` and ``bvar`` (K,) its variances.
+    ``h_k c_B(t_{k+1}, x_{k+1})`` and ``bvar`` (K,) its variances. A row's log-weight is
+    ``c + sum_k |r_k - m_k|^2 / (2 var_k)`` (``m_k`` the shift; ``- sum_k |r^B_k + m^B_k|^2 /
+    (2 var^B_k)`` more with the learned backward kernel, ``r^B_k`` the stored ``br``).
     """
     seg = rows["seg"]
     R, L = seg.shape[0], seg_len
@@ -222,31 +238,11 @@ def segment_loss(rows: dict, shift: Callable, n_segments: int, seg_len: int, var
     D = rows["x"].shape[1] // (L + 1)
     xs = rows["x"].view(R, L + 1, D)
     m = shift(k, xs[:, :-1].reshape(R * L, D)).view(R, L, D)
-    kw = {}
+    quad = (rows["r"].view(R, L, D) - m).pow(2).sum(-1) / (2.0 * var.to(m)[k].view(R, L))
     if "br" in rows:
         mb = bshift(k, xs[:, 1:].reshape(R * L, D)).view(R, L, D)
-        kw = {"bresid": rows["br"].view(R, L, D), "bshift": mb, "bvar": bvar.to(m)[k].view(R, L)}
-    log_w = segment_log_weights(rows["c"], rows["r"].view(R, L, D), m, var.to(m)[k].view(R, L), **kw)
-    return segment_log_variance(log_w, seg, n_segments)
-
-
-def segment_log_weights(const: torch.Tensor, resid: torch.Tensor, shift: torch.Tensor,
-                        var: torch.Tensor, *, bresid: "torch.Tensor | None" = None,
-                        bshift: "torch.Tensor | None" = None, bvar: "torch.Tensor | None" = None) -> torch.Tensor:
-    """``log w = const + sum_k |r_k - m_k|^2 / (2 var_k)`` for rows of stored segments
-    (``- sum_k |r^B_k + m^B_k|^2 / (2 var^B_k)`` more with a learned backward kernel whose fixed
-    residuals are ``bresid`` and whose learned shift of the mean is ``-bshift``).
-
-    ``const`` (R,) float64: the control-free part of the segment log-weight (``log gamma_b -
-    log gamma_a + sum log B_k + sum (n_dof / 2) log(2 pi var_k)``); ``resid`` (R, L, D): the
-    residuals ``r_k`` of the reference step; ``shift`` (R, L, D): the control's shift ``m_k`` of
-    the forward mean (carries the gradient); ``var`` (R, L) or (L,): the forward step variances.
-    Returns float64 (R,), differentiable through ``shift``.
-    """
-    quad = (resid - shift).pow(2).sum(-1) / (2.0 * var)
-    if bresid is not None:
-        quad = quad - (bresid + bshift).pow(2).sum(-1) / (2.0 * bvar)
-    return const + quad.sum(-1).to(torch.float64)
+        quad = quad - (rows["br"].view(R, L, D) + mb).pow(2).sum(-1) / (2.0 * bvar.to(m)[k].view(R, L))
+    return segment_log_variance(rows["c"] + quad.sum(-1).to(torch.float64), seg, n_segments)
 
 
 def segment_log_variance(log_w: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
