@@ -221,10 +221,14 @@ class DataDiffusionSampler(TrainableSampler):
                                      eta=cfg.ddim_eta, generator=self.gens["sample"], device=self.device,
                                      clip_x0=clip)
 
-    def _data_result(self, samples, wall: float, diagnostics: dict, config: dict, **after) -> Result:
+    def _data_result(self, samples, wall: float, diagnostics: dict, config: dict, what: str = "values",
+                     **after) -> Result:
         """The Result of generated data: ``diagnostics`` then the keys every data model reports,
         then ``after``; the config with ``config`` added; the training data's config as target
-        when the sampler has none (a loaded model)."""
+        when the sampler has none (a loaded model). Non-finite samples (of ``what``) raise."""
+        if not bool(torch.isfinite(samples).all()):
+            raise ConfigError(f"sampling produced non-finite {what}; the model is not trained "
+                              "enough or diverged (check result.history, lower lr)")
         cfg = self.config
         diag = {"log_z_unavailable": f"{self.name} is a conditional generative model of data: there is "
                                      "no energy and no normalizing constant to estimate",

@@ -49,7 +49,16 @@ from ..errors import ConfigError
 @dataclass(frozen=True, kw_only=True)
 class DiffusionOptions:
     """The options every conditional diffusion sampler shares (training of the denoiser, the
-    forward process and the sampler); a method's Config inherits them and may change a default."""
+    forward process and the sampler); a method's Config inherits them and may change a default.
+
+    Attributes
+    ----------
+    lr, weight_decay, grad_clip, ema_decay : AdamW training of the denoiser, EMA of its weights.
+    n_timesteps, schedule, parametrization, variance : the diffusion (see :class:`GaussianDiffusion`).
+    sampler, sampling_steps, ddim_eta : "ancestral" or "ddim" on ``sampling_steps`` respaced steps
+        (None = all), with DDIM noise ``ddim_eta``.
+    sample_batch_size : rows per sampling chunk.
+    """
 
     lr: float = 1e-3
     weight_decay: float = 0.0

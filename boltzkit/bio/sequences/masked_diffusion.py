@@ -35,7 +35,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..._utils import atomic_path, check_count, module_device, progress_bar, resolve_device, torch_generator
+from ..._utils import (atomic_path, check_choice, check_count, check_positive, module_device, progress_bar,
+                       resolve_device, torch_generator)
 from ...domains.base import Sequence
 from ...errors import ConfigError, DatasetError, DomainError, TrainingDivergedError
 from ...nn.ctmc import MaskedPath, masked_rollout, path_log_prob, remask, unmask_schedule, wdce_loss
@@ -210,9 +211,8 @@ class MaskedDiffusion(nn.Module):
         return self.domain.validate(x.long(), "tokens")
 
     def _gen(self, seed, generator):
-        if generator is not None:
-            return generator
-        return torch_generator(0 if seed is None else int(seed), self.device)
+        seed = 0 if seed is None else int(seed)
+        return torch_generator(seed, self.device) if generator is None else generator
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -255,8 +255,7 @@ class MaskedDiffusion(nn.Module):
         """Continue training on ``dataset`` (same arguments as :meth:`pretrain`)."""
         check_count("n_steps", n_steps, minimum=0)
         check_count("batch_size", batch_size)
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ConfigError(f"lr must be a positive number, got {lr!r}")
+        check_positive("lr", lr)
         if dataset.length != self.length or list(dataset.alphabet) != list(self.domain.alphabet):
             raise DatasetError(f"the data set ({dataset.length} positions over {''.join(dataset.alphabet)!r}) "
                                f"does not match the model ({self.length} over "
@@ -334,8 +333,7 @@ class MaskedDiffusion(nn.Module):
         ``return_stderr=True`` also returns the Monte-Carlo standard error per sequence.
         """
         check_count("n_mc", n_mc)
-        if estimator not in ("orders", "masks"):
-            raise ConfigError(f"estimator must be 'orders' or 'masks', got {estimator!r}")
+        check_choice("estimator", estimator, ("orders", "masks"))
         x = self.tokens(tokens).to(self.device)
         gen = self._gen(seed, generator)
         self.net.eval()

@@ -27,11 +27,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..._utils import check_count
+from ..._utils import check_count, check_number
 from ...errors import ConfigError, DatasetError, TargetError
 from ...nn.gaussian_diffusion import DiffusionOptions, check_diffusion_options, check_guidance_options
 from ...result import Result
-from ..._utils import check_number
 from ...samplers.base import SamplerConfig
 from ..generative import DataDiffusionSampler
 from .dataset import ANNDATA_KIND, CellDataset, allocate, as_target, is_anndata
@@ -55,6 +54,8 @@ class CellGeneratorOptions(DiffusionOptions, SamplerConfig):
     guidance : classifier-free guidance weight ``w >= 0`` (0 = plain conditional sampling).
     cond_dropout : probability of training on the null label.
     batch_size : training batch; lr_min : end of the cosine learning-rate decay from ``lr``.
+
+    The diffusion's options are those of :class:`~boltzkit.nn.gaussian_diffusion.DiffusionOptions`.
     """
 
     label_key: "str | None" = None
@@ -203,32 +204,6 @@ class CellGenerator(DataDiffusionSampler):
             return (1 + w) * c - w * u
         return guided
 
-    def _generate(self, n_samples, condition, draw, what: str) -> Result:
-        """Per-label counts, then ``draw(labels)`` on chunks of ``sample_batch_size`` labels,
-        checked finite, as a Result."""
-        cond = self.config.condition if condition is None else condition
-        counts = self._label_counts(cond, n_samples)
-        t0 = time.perf_counter()
-        codes = torch.as_tensor(np.repeat(np.arange(counts.size), counts), device=self.device)
-        out = [draw(c) for c in codes.split(self.config.sample_batch_size)]
-        samples = torch.cat(out).float().cpu()  # never empty: a request asks for >= 1 cell
-        if not bool(torch.isfinite(samples).all()):
-            raise ConfigError(f"sampling produced non-finite {what}; the model is not trained "
-                              "enough or diverged (check result.history, lower lr)")
-        cats, cfg = self.info["categories"], self.config
-        condition = {str(k): int(v) for k, v in cfg.condition.items()} if isinstance(cfg.condition, Mapping) \
-            else cfg.condition
-        return self._data_result(
-            samples, time.perf_counter() - t0,
-            {"anndata_kind": ANNDATA_KIND, "n_cells": int(samples.shape[0]), "n_genes": int(samples.shape[1]),
-             "cells_per_label": {c: int(n) for c, n in zip(cats, counts)},
-             "representation": self.info["representation"], "space": getattr(cfg, "space", "latent"),
-             "guidance": float(cfg.guidance)},
-            {"condition": condition, "gene_names": list(self.info["gene_names"]),
-             "label_key": self.info["label_key"], "label_categories": list(cats),
-             "labels": [cats[i] for i in codes.cpu().numpy()], "representation": self.info["representation"],
-             "layer": self.info["layer"], "uns_log1p": bool(self.info["uns_log1p"]), "var": self.info.get("var")})
-
     @torch.no_grad()
     def generate(self, n_samples: "int | None" = None, condition=None) -> Result:
         """Generate cells.
@@ -249,7 +224,27 @@ class CellGenerator(DataDiffusionSampler):
             cell in ``result.config["labels"]``; ``result.to_anndata()`` gives the sparse AnnData.
         """
         self._require_model()
-        return self._generate(n_samples, condition, self._drawer(), self.drawn)
+        draw = self._drawer()
+        cond = self.config.condition if condition is None else condition
+        counts = self._label_counts(cond, n_samples)
+        t0 = time.perf_counter()
+        codes = torch.as_tensor(np.repeat(np.arange(counts.size), counts), device=self.device)
+        out = [draw(c) for c in codes.split(self.config.sample_batch_size)]
+        samples = torch.cat(out).float().cpu()  # never empty: a request asks for >= 1 cell
+        cats, cfg = self.info["categories"], self.config
+        condition = {str(k): int(v) for k, v in cfg.condition.items()} if isinstance(cfg.condition, Mapping) \
+            else cfg.condition
+        return self._data_result(
+            samples, time.perf_counter() - t0,
+            {"anndata_kind": ANNDATA_KIND, "n_cells": int(samples.shape[0]), "n_genes": int(samples.shape[1]),
+             "cells_per_label": {c: int(n) for c, n in zip(cats, counts)},
+             "representation": self.info["representation"], "space": getattr(cfg, "space", "latent"),
+             "guidance": float(cfg.guidance)},
+            {"condition": condition, "gene_names": list(self.info["gene_names"]),
+             "label_key": self.info["label_key"], "label_categories": list(cats),
+             "labels": [cats[i] for i in codes.cpu().numpy()], "representation": self.info["representation"],
+             "layer": self.info["layer"], "uns_log1p": bool(self.info["uns_log1p"]), "var": self.info.get("var")},
+            self.drawn)
 
     drawn = "values"  # what the drawer makes, for the non-finite error
 
