@@ -149,8 +149,7 @@ def beta_schedule(name: str, n_timesteps: int) -> np.ndarray:
     n_timesteps : int
         Number of diffusion steps ``T``.
     """
-    if not isinstance(n_timesteps, (int, np.integer)) or n_timesteps < 2:
-        raise ConfigError(f"n_timesteps must be an integer >= 2, got {n_timesteps!r}")
+    check_count("n_timesteps", n_timesteps, minimum=2)
     if name == "linear":
         if n_timesteps < 20:
             raise ConfigError(f"the linear schedule needs n_timesteps >= 20 (its last beta is "
@@ -355,11 +354,8 @@ class GaussianDiffusion:
         losses = {"mse": mse}
         if v is not None:
             frozen = torch.stack([pred.detach(), v], dim=1)
-            p = self.p_mean_variance(model, xt, t, out=frozen)
-            losses["vb"] = self.vb_term(p, x0, xt, t)
-            losses["loss"] = mse + losses["vb"]
-        else:
-            losses["loss"] = mse
+            losses["vb"] = self.vb_term(self.p_mean_variance(model, xt, t, out=frozen), x0, xt, t)
+        losses["loss"] = mse + losses["vb"] if v is not None else mse
         return losses
 
     def vb_term(self, p: dict, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -243,11 +243,9 @@ class MaskedDiffusion(nn.Module):
             torch.manual_seed(int(seed))
             model = cls(dataset.domain, net=net, hidden=hidden, n_layers=n_layers, n_heads=n_heads,
                         pad=dataset.pad, n_unmask_steps=n_unmask_steps)
-        model.to(dev)
-        model.fit(dataset, n_steps=n_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                  grad_clip=grad_clip, ema_decay=ema_decay, mask_mode=mask_mode, seed=seed,
-                  progress=progress)
-        return model
+        return model.to(dev).fit(dataset, n_steps=n_steps, batch_size=batch_size, lr=lr,
+                                 weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay,
+                                 mask_mode=mask_mode, seed=seed, progress=progress)
 
     def fit(self, dataset, *, n_steps: int = 2000, batch_size: int = 128, lr: float = 1e-3,
             weight_decay: float = 0.0, grad_clip: "float | None" = 1.0, ema_decay: float = 0.999,

@@ -1,9 +1,8 @@
 r"""What the cell-type-conditional generators (``sc_diffusion``, ``sc_latent``) share.
 
 :class:`CellGenerator` trains on a :class:`~boltzkit.bio.single_cell.dataset.CellDataset` (or
-an AnnData with ``label_key``) and generates cells of requested types. The request
-(``condition``) is None (every type in the training proportions, largest-remainder rounding),
-one type, or ``{type: n_cells}``; types without training cells are refused. Training drops the
+an AnnData with ``label_key``) and generates cells of requested types (``condition``, see
+:class:`CellGeneratorOptions`; types without training cells are refused). Training drops the
 label with probability ``cond_dropout`` (the null label ``n_types``), so one network carries the
 conditional and the unconditional noise predictor, and sampling uses classifier-free guidance
 (Ho & Salimans, arXiv 2207.12598)::
@@ -11,10 +10,8 @@ conditional and the unconditional noise predictor, and sampling uses classifier-
     eps = (1 + w) eps(x, t, y) - w eps(x, t, null)
 
 with weight ``w = guidance`` (0: the learned conditional law itself). The learning rate decays
-on a cosine from ``lr`` to ``lr_min``. Generated cells come back as a
-:class:`~boltzkit.result.Result` grouped by type in category order, each cell's type in
-``result.config["labels"]``, with what :func:`~boltzkit.bio.single_cell.io.result_to_anndata`
-needs to write the AnnData.
+on a cosine from ``lr`` to ``lr_min``. Generated cells come back as :meth:`CellGenerator.generate`
+describes, with what :func:`~boltzkit.bio.single_cell.io.result_to_anndata` needs.
 """
 
 from __future__ import annotations

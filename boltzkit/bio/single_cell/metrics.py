@@ -5,22 +5,16 @@ All distribution metrics compare a *candidate* set (generated cells) with a *ref
 log-normalised expression -> highly variable genes -> PCA); the type classifier of the label
 fidelity is fitted on other real cells:
 
-* :func:`mmd2` -- unbiased MMD^2 with a sum of RBF kernels (bandwidths {1/4, 1/2, 1, 2, 4} x
-  the median pairwise squared distance) and a permutation p-value;
-* :func:`wasserstein2` -- exact W2 between equal-size sets (``scipy.optimize.
-  linear_sum_assignment``); :func:`sliced_wasserstein` -- sliced W1/W2 with random directions;
+* :func:`mmd2` -- unbiased MMD^2 with a sum of RBF kernels and a permutation p-value;
+* :func:`wasserstein2` -- exact W2; :func:`sliced_wasserstein` -- sliced W1/W2;
 * :func:`energy_distance` -- from :func:`boltzkit.bio.common.energy_distance`;
-* :func:`classifier_auc` -- cross-validated real-vs-generated AUC (kNN k=5, logistic
-  regression; 0.5 = indistinguishable);
-* :func:`label_fidelity` -- a logistic-regression cell-type classifier trained on real cells,
-  applied to generated cells: accuracy against the requested label and macro-F1;
-* :func:`moment_correlations` -- per type, Pearson / Spearman correlation across genes of the
-  per-gene means and variances (candidate vs reference);
-* :func:`marker_overlap` -- per type, Jaccard overlap of the top-20 markers from
-  ``scanpy.tl.rank_genes_groups`` (Wilcoxon) run on each set;
-* :func:`correlation_error` -- Frobenius norm of the difference of the gene-gene correlation
-  matrices of the top-50 most variable genes; :func:`within_type_correlation_error` -- the same
-  within each type (what a per-gene independent model cannot carry).
+* :func:`classifier_auc` -- cross-validated real-vs-generated AUC (0.5 = indistinguishable);
+* :func:`label_fidelity` -- accuracy and macro-F1 of a cell-type classifier trained on real cells;
+* :func:`moment_correlations` -- per type, correlations of the per-gene means and variances;
+* :func:`marker_overlap` -- per type, Jaccard overlap of the top markers (scanpy, Wilcoxon);
+* :func:`correlation_error` -- error of the gene-gene correlation matrix;
+  :func:`within_type_correlation_error` -- the same within each type (what a per-gene
+  independent model cannot carry).
 
 :func:`evaluate` computes all of them for one candidate; :func:`evaluate_with_floor` also
 computes them for other held-out real cells against the same reference (the noise floor: a

@@ -15,11 +15,8 @@ Readers:
   ``adata.uns["spatial"][library_id]["images"|"scalefactors"]``;
 * :meth:`SpatialDataset.from_hest` -- one HEST-1k sample (``st/<id>.h5ad`` + ``wsis/<id>.tif``).
 
-Gene selection (:func:`select_genes`) follows Stem: per-slide highly variable genes (when there
-are more than 2000 genes), mitochondrial / ribosomal genes dropped, then the intersection of the
-top-k genes by mean and by standard deviation of the raw counts; with ``n_genes`` genes or fewer
-every gene is kept. :func:`~boltzkit.bio.spatial.io.result_to_anndata` turns a Stem
-:class:`~boltzkit.result.Result` back into AnnData.
+Gene selection (:func:`select_genes`) follows Stem. :func:`~boltzkit.bio.spatial.io.result_to_anndata`
+turns a Stem :class:`~boltzkit.result.Result` back into AnnData.
 
 anndata, scanpy and image readers are imported only when used (extra ``boltzkit[bio]``).
 """
@@ -503,14 +500,12 @@ class SpatialDataset:
             full = max(224.0, float(spot_diam)) if patch_size is None else float(patch_size)
             psize = max(2, int(round(full * scale)))
         keep = x.sum(1) > 0 if drop_empty else np.ones(x.shape[0], dtype=bool)
-        obs = [str(o) for o in adata.obs_names]
-        sel = lambda a: None if a is None else a[keep]  # noqa: E731
         slide_name = str(lib) if lib is not None else (name or "slide")
         ds = cls(expression=x[keep], gene_names=names,
                  coords=None if coords is None else coords[keep] * scale,
                  images=None if img is None else {slide_name: img},
                  slide=np.full(int(keep.sum()), slide_name, dtype=object), patch_size=psize,
-                 embeddings=sel(emb), obs_names=[o for o, k in zip(obs, keep) if k],
+                 embeddings=None if emb is None else emb[keep], obs_names=np.asarray(adata.obs_names)[keep],
                  name=name or slide_name, provenance=provenance)
         ds.meta = {"n_dropped_empty": int((~keep).sum()), "image_scale": scale,
                    "library_id": None if lib is None else str(lib)}

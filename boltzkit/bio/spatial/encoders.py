@@ -197,12 +197,9 @@ class CallableEncoder:
 
 def make_encoder(spec, *, cnn_dim: int = 64):
     """Encoder from a name ("stain", "cnn") or an object; ``None`` for "precomputed"."""
-    if spec == "stain":
-        return StainStatsEncoder()
-    if spec == "cnn":
-        return SmallCNNEncoder(cnn_dim)
-    if spec == "precomputed":
-        return None
+    named = {"stain": StainStatsEncoder, "cnn": lambda: SmallCNNEncoder(cnn_dim), "precomputed": lambda: None}
+    if isinstance(spec, str) and spec in named:
+        return named[spec]()
     if isinstance(spec, str):
         raise ConfigError(f"unknown encoder {spec!r}; use 'stain', 'cnn', 'precomputed' "
                           "(embeddings from adata.obsm) or an ImageEncoder object")
