@@ -11,10 +11,8 @@ condition ``c`` (an image embedding, a cell type), trained on the denoising loss
 * :class:`ConditionalMLP` -- flat vectors (``sc_diffusion``; the latent prior of ``sc_latent``);
 
 both conditioned through adaLN-Zero, so that they start at exactly zero.
-:class:`DataDiffusionSampler` holds the denoiser with its EMA copy, AdamW and the
-:class:`~boltzkit.nn.gaussian_diffusion.GaussianDiffusion`, its training step and sampler,
-``save``, and the :class:`~boltzkit.result.Result` of a model of data: ``log_z`` None (there
-is no energy and no normalizing constant), the training data's config as its target.
+:class:`DataDiffusionSampler` is the base of these samplers; the :class:`~boltzkit.result.Result`
+of a model of data has ``log_z`` None (there is no energy and no normalizing constant).
 """
 
 from __future__ import annotations
@@ -250,5 +248,4 @@ class DataDiffusionSampler(TrainableSampler):
 
     def save(self, path) -> None:
         """Write the trained model (networks, EMA, optimizers, normalisation, names); atomic."""
-        self._require_model()
-        self.save_checkpoint(path)
+        self.save_checkpoint(path)  # (_extra_state raises first when there is no model)

@@ -115,10 +115,9 @@ def check_diffusion_options(cfg) -> None:
         raise ConfigError(f"sampling_steps ({cfg.sampling_steps}) cannot exceed n_timesteps "
                           f"({cfg.n_timesteps})")
     check_training_options(cfg)
-    check_choice("schedule", cfg.schedule, SCHEDULES)
-    check_choice("parametrization", cfg.parametrization, PARAMETRIZATIONS)
-    check_choice("variance", cfg.variance, VARIANCES)
-    check_choice("sampler", cfg.sampler, SAMPLERS)
+    for name, choices in (("schedule", SCHEDULES), ("parametrization", PARAMETRIZATIONS),
+                          ("variance", VARIANCES), ("sampler", SAMPLERS)):
+        check_choice(name, getattr(cfg, name), choices)
     if not cfg.ddim_eta >= 0:
         raise ConfigError(f"ddim_eta must be >= 0, got {cfg.ddim_eta!r}")
 
@@ -340,13 +339,8 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------ training
     def training_losses(self, model: Model, x0: torch.Tensor, t: torch.Tensor,
                         noise: torch.Tensor) -> dict:
-        """Per-example losses ``(B,)``: ``loss`` = ``mse`` (+ ``vb`` for learned variance).
-
-        ``mse`` is the mean squared error of the prediction against its target; ``vb`` is the
-        variational-bound term of the step (KL for ``t > 0``, Gaussian negative log-density of
-        ``x_0`` at ``t = 0``), computed with the predicted mean detached so it trains only the
-        variance head (IDDPM hybrid loss). All in nats per entry.
-        """
+        """Per-example losses ``(B,)``: ``loss`` = ``mse`` (+ ``vb`` for learned variance, with
+        the predicted mean detached: the hybrid loss of the module docstring), nats per entry."""
         xt = self.q_sample(x0, t, noise)
         out = model(xt, self._model_t(t))
         pred, v = self._split_output(out, xt)

@@ -189,9 +189,7 @@ class SequenceDataset:
         return int(self.tokens.shape[0])
 
     def __getitem__(self, idx) -> "SequenceDataset":
-        idx = torch.as_tensor(idx)
-        if idx.ndim == 0:
-            idx = idx.view(1)
+        idx = torch.atleast_1d(torch.as_tensor(idx))
         return SequenceDataset(self.tokens[idx], self.alphabet, pad=self.pad, name=self.name,
                                labels=None if self.labels is None else self.labels[idx], info=self.info)
 

@@ -10,12 +10,9 @@ any-order autoregressive sampling).
 * :meth:`MaskedDiffusion.pretrain` fits the denoiser to a :class:`~boltzkit.datasets.SequenceDataset`
   with the MDLM loss (the masked-token cross-entropy with ELBO weight 1/lambda; the uniform-weight
   case of :func:`~boltzkit.nn.ctmc.wdce_loss`).
-* :meth:`MaskedDiffusion.elbo` is the per-sequence evidence lower bound
-  ``E_sigma log q(x | sigma) <= log p(x)`` of the one-position-per-step model, estimated without
-  bias from random orders (or random maskings).
-* :meth:`MaskedDiffusion.exact_log_prob` computes ``log p(x) = log E_sigma q(x | sigma)`` exactly
-  by dynamic programming over the 2^L subsets of revealed positions (short sequences only;
-  for tests and toy problems).
+* :meth:`MaskedDiffusion.elbo` is the per-sequence evidence lower bound ``<= log p(x)``
+  (unbiased Monte Carlo over orders or maskings);
+* :meth:`MaskedDiffusion.exact_log_prob` computes ``log p(x)`` exactly (short sequences only).
 * :meth:`MaskedDiffusion.from_markov_chain` wraps a first-order Markov chain as an exact denoiser
   (its conditionals given any revealed set are closed-form), so ``p(x)`` is the chain's law exactly.
 

@@ -103,12 +103,10 @@ class GaussianPCABaseline:
         self.means, self.chols = [], []
         for c in range(len(ds.categories)):
             zc = z[ds.codes == c]
-            mu = zc.mean(0)
-            cov = np.cov(zc.T) if zc.shape[0] > 1 else np.zeros((z.shape[1], z.shape[1]))
-            cov = np.atleast_2d(cov)
+            cov = np.atleast_2d(np.cov(zc.T)) if zc.shape[0] > 1 else np.zeros((z.shape[1], z.shape[1]))
             cov = (1 - self.shrinkage) * cov + self.shrinkage * np.diag(np.diag(cov))
             w, v = np.linalg.eigh(cov)
-            self.means.append(mu)
+            self.means.append(zc.mean(0))
             self.chols.append(v * np.sqrt(np.clip(w, 0, None)))
         return self
 
@@ -165,8 +163,7 @@ class NegativeBinomialBaseline:
         s = self.size[pick]
         mu = s[:, None] * self.rho[codes]
         theta = self.theta[codes]
-        lam = rng.gamma(theta, np.where(mu > 0, mu / theta, 0.0))
-        counts = rng.poisson(lam).astype(np.float64)
+        counts = rng.poisson(rng.gamma(theta, np.where(mu > 0, mu / theta, 0.0))).astype(np.float64)
         return _to_representation(self.ds, counts, s), labels
 
 

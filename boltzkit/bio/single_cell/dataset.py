@@ -409,8 +409,7 @@ def _check_values(x, genes, representation, where="the matrix"):
                            "remove those genes (adata = adata[:, ~mask].copy()) or fix the values")
     neg = v < 0
     if neg.any():
-        ints = np.all(v == np.round(v))
-        what = "negative counts" if (representation == "counts" or ints) else "negative values"
+        what = "negative counts" if representation == "counts" or is_integer_valued(x) else "negative values"
         raise DatasetError(
             f"{where} has {what} in {genes_with(neg)} (min {v.min():.3g}). Cells are "
             "generated as counts or log-normalised expression, both non-negative; scaled or centred "

@@ -90,14 +90,11 @@ class CellGenerator(DataDiffusionSampler):
     """Base of the cell generators: the dataset checks and ``info``, label dropout, guidance,
     the cosine learning rate, generation in chunks and the Result. A subclass builds its
     networks in ``_build(dim, n_labels)`` (``dim = info[dim_key]``), prepares its training data
-    in ``_setup_cells(dataset)`` and may refuse a dataset in ``unsuitable(dataset)``."""
+    in ``_setup_cells(dataset)``, gives ``_drawer() -> draw(label codes of a chunk) -> cells`` and
+    may refuse a dataset in ``unsuitable(dataset)``."""
 
     dim_key = "dim"
     as_target_hint = "label_key=..."
-
-    def __init__(self, config=None, /, **kw):
-        super().__init__(config, **kw)
-        self._n_total = self.default_n_steps()
 
     @staticmethod
     def unsuitable(target) -> "str | None":
@@ -132,9 +129,6 @@ class CellGenerator(DataDiffusionSampler):
                      "var": var_to_json(getattr(target, "var", None))}
         self._y = torch.as_tensor(target.codes, device=self.device)
         self._setup_cells(target)
-
-    def _setup_cells(self, target) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ training
     def _set_lr(self, frac: float) -> None:
@@ -210,8 +204,7 @@ class CellGenerator(DataDiffusionSampler):
         n_samples : int, optional
             Number of cells (not used when ``condition`` is a dict).
         condition : None, str or {label: int}, optional
-            None: the configured ``condition``; if that is None too, every label in the
-            training proportions (largest-remainder rounding).
+            As :class:`CellGeneratorOptions`'s ``condition``; None: the configured one.
 
         Returns
         -------
@@ -244,10 +237,6 @@ class CellGenerator(DataDiffusionSampler):
             self.drawn)
 
     drawn = "values"  # what the drawer makes, for the non-finite error
-
-    def _drawer(self):  # pragma: no cover - abstract
-        """``draw(labels) -> cells`` (a function of the label codes of one chunk)."""
-        raise NotImplementedError
 
     def sample(self, n_samples: "int | None" = None) -> Result:
         """``generate(n_samples)`` with the configured condition; used by ``bk.sample``."""

@@ -141,8 +141,7 @@ def pbmc68k(adata=None, *, target_sum: float = TARGET_SUM):
         layout = "raw log-normalised (scanpy <= 1.12)"
         if size is None:
             raise DatasetError("rebuilding counts from raw.X needs obs['n_counts'] (library sizes)")
-        raw_genes = [str(g) for g in adata.raw.var_names]
-        pos = {g: i for i, g in enumerate(raw_genes)}
+        pos = {str(g): i for i, g in enumerate(adata.raw.var_names)}
         if any(g not in pos for g in genes):
             raise DatasetError("raw.var_names do not contain all of var_names; not a pbmc68k_reduced file")
         logn = sparse.csr_matrix(adata.raw.X, dtype=np.float64)[:, [pos[g] for g in genes]]

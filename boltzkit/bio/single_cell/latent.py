@@ -154,7 +154,8 @@ class SCLatentDiffusionConfig(CellGeneratorOptions):
         rate, KL weight ``beta`` and input dropout.
     ae_kl_warmup : fraction of ``ae_steps`` over which the KL weight rises linearly from 0 (the
         dispersions are held fixed until then).
-    ae_theta_lr : learning-rate factor of the log dispersions (they travel several units).
+    ae_theta_lr : learning-rate factor of the log dispersions (with Adam a parameter moves ~lr
+        per step, and log theta must travel several units: theta from 0.1 to 1e3 across genes).
     library_input : the decoder sees ``log l`` besides ``z``.
     ae_labels : label-conditional encoder and decoder (a conditional VAE).
     prior_posterior_draws : fit the prior to draws ``z ~ q(z | x)`` (else to the means).
@@ -232,8 +233,6 @@ class SCLatentDiffusion(CellGenerator):
                                     cfg.library_input, n_labels if cfg.ae_labels else 0).to(self.device)
             prior = ConditionalMLP(cfg.latent + 1, n_labels, cfg.hidden, cfg.depth, cfg.mlp_ratio,
                                    cfg.variance == "learned_range")
-        # the dispersions get a 10x learning rate: with Adam a parameter moves ~lr per step, and
-        # log theta must travel several units (theta from 0.1 to 1e3 across genes)
         nets = [p for n, p in self.ae.named_parameters() if n != "log_theta"]
         self.ae_opt = torch.optim.Adam([{"params": nets}, {"params": [self.ae.log_theta], "lr": cfg.ae_theta_lr * cfg.ae_lr}],
                                        lr=cfg.ae_lr)

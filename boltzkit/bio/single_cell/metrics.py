@@ -109,16 +109,19 @@ def mmd2(x, y, *, n_perm: int = 200, seed: int = 0) -> "tuple[float, float]":
     return float(obs), float((1 + np.sum(perms >= obs)) / (1 + n_perm))
 
 
-def wasserstein2(x, y, *, seed: int = 0) -> float:
-    """Exact W2 between empirical sets by optimal assignment; the larger set is subsampled to
-    the size of the smaller (``seed``)."""
+def _equal_sizes(x, y, seed: int, *, shuffle: bool) -> "list[np.ndarray]":
+    """``x`` and ``y`` as 2-D arrays of the smaller one's size: rows drawn without replacement
+    (``seed``) from the larger one, and from both when ``shuffle``."""
     x, y = _as2d(x, "x"), _as2d(y, "y")
     rng = np.random.default_rng(seed)
     n = min(x.shape[0], y.shape[0])
-    if x.shape[0] > n:
-        x = x[rng.choice(x.shape[0], n, replace=False)]
-    if y.shape[0] > n:
-        y = y[rng.choice(y.shape[0], n, replace=False)]
+    return [a[rng.choice(a.shape[0], n, replace=False)] if shuffle or a.shape[0] > n else a for a in (x, y)]
+
+
+def wasserstein2(x, y, *, seed: int = 0) -> float:
+    """Exact W2 between empirical sets by optimal assignment; the larger set is subsampled to
+    the size of the smaller (``seed``)."""
+    x, y = _equal_sizes(x, y, seed, shuffle=False)
     c = cdist(x, y, "sqeuclidean")
     r, col = linear_sum_assignment(c)
     return float(np.sqrt(c[r, col].mean()))
@@ -157,11 +160,8 @@ def classifier_auc(x, y, *, method: str = "knn", folds: int = 5, seed: int = 0) 
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.neighbors import KNeighborsClassifier
 
-    x, y = _as2d(x, "x"), _as2d(y, "y")
-    rng = np.random.default_rng(seed)
-    n = min(x.shape[0], y.shape[0])
-    x = x[rng.choice(x.shape[0], n, replace=False)]
-    y = y[rng.choice(y.shape[0], n, replace=False)]
+    x, y = _equal_sizes(x, y, seed, shuffle=True)
+    n = x.shape[0]
     z = np.concatenate([x, y])
     lab = np.r_[np.zeros(n), np.ones(n)]
     if method == "knn":

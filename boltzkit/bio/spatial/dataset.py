@@ -9,10 +9,8 @@ cut around the spots on demand.
 
 Readers:
 
-* :meth:`SpatialDataset.from_anndata` -- the scanpy / squidpy / Visium convention: expression
-  in ``adata.X`` or a layer, spot pixel coordinates (full resolution) in
-  ``adata.obsm["spatial"]``, images and scale factors in
-  ``adata.uns["spatial"][library_id]["images"|"scalefactors"]``;
+* :meth:`SpatialDataset.from_anndata` -- the scanpy / squidpy / Visium convention (spot pixel
+  coordinates in ``adata.obsm["spatial"]``, images and scale factors in ``adata.uns["spatial"]``);
 * :meth:`SpatialDataset.from_hest` -- one HEST-1k sample (``st/<id>.h5ad`` + ``wsis/<id>.tif``).
 
 Gene selection (:func:`select_genes`) follows Stem. :func:`~boltzkit.bio.spatial.io.result_to_anndata`
@@ -233,7 +231,6 @@ class SpatialDataset:
                       else np.asarray([str(s) for s in slide], dtype=object))
         if self.slide.shape != (n,):
             raise DatasetError(f"slide must have one entry per spot ({n}), got shape {self.slide.shape}")
-        # expression and genes
         self.gene_names = None if gene_names is None else [str(g) for g in gene_names]
         self.expression = None
         if expression is not None:
@@ -243,15 +240,12 @@ class SpatialDataset:
             if x.ndim != 2 or x.shape[1] != len(self.gene_names):
                 raise DatasetError(f"expression has shape {x.shape} but there are "
                                    f"{len(self.gene_names)} gene names")
-            if x.shape[1] == 0:
-                raise DatasetError("the dataset has no genes")
             if not np.isfinite(x).all() or (x < 0).any():
                 raise DatasetError(f"expression must be finite and non-negative on the {SCALE} "
                                    "scale; found NaN/inf or negative values (scaled or centred data?). "
                                    "Pass raw counts with transform='log2'")
             self.expression = x
         self.domain = None if self.gene_names is None else ExpressionDomain(self.gene_names)
-        # coordinates and images
         self.coords = None if coords is None else np.asarray(coords, dtype=np.float64)
         if self.coords is not None and (self.coords.shape != (n, 2) or not np.isfinite(self.coords).all()):
             raise DatasetError(f"coords must be finite with shape ({n}, 2) as (x, y) pixels, "

@@ -146,10 +146,8 @@ class StainStatsEncoder:
 
 
 class SmallCNNEncoder(nn.Module):
-    """Three stride-2 convolutions on RGB + optical density, global mean and max pooling, linear.
-
-    Trained jointly with the model that uses it (``trainable = True``).
-    """
+    """Three stride-2 convolutions on RGB + optical density, global mean and max pooling, linear;
+    trained jointly with the model that uses it (``trainable = True``)."""
 
     trainable = True
 

@@ -302,20 +302,15 @@ class Stem(DataDiffusionSampler):
 
     @torch.no_grad()
     def predict(self, condition=None, n_samples: "int | None" = None) -> Result:
-        """Draw ``n_samples`` expression profiles for every spot of ``condition``.
+        """Draw ``n_samples`` expression profiles for every spot of ``condition``: the Result of
+        the module docstring's "Returns", ``samples`` ``(spots, n_samples, genes)``.
 
         Parameters
         ----------
         condition : SpatialDataset or array (n, D), optional
-            Spots to predict (images, or embeddings with ``encoder="precomputed"``); default the
-            configured ``condition``, else the training spots.
+            Spots to predict (as :class:`StemConfig`'s); default the configured ones, else the training spots.
         n_samples : int, optional
             Samples per spot (default 20, as in the paper).
-
-        Returns
-        -------
-        Result
-            ``samples`` ``(spots, n_samples, genes)`` on the log2(1+x) scale; ``log_z`` None.
         """
         self._require_model()
         k = self.default_n_samples if n_samples is None else n_samples
