@@ -396,9 +396,11 @@ class GaussianDiffusion:
             raise ConfigError(f"ddim eta must be >= 0, got {eta!r}")
 
         def step(i, p, x):
-            ab, ab_prev = float(self.alphas_cumprod[i]), float(self.alphas_cumprod_prev[i])
+            ab = float(self.alphas_cumprod[i])
+            ab_prev = float(self.alphas_cumprod_prev[i])
             sigma = eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
-            x = math.sqrt(ab_prev) * p["x0"] + math.sqrt(max(1.0 - ab_prev - sigma ** 2, 0.0)) * p["eps"]
+            x = (math.sqrt(ab_prev) * p["x0"]
+                 + math.sqrt(max(1.0 - ab_prev - sigma ** 2, 0.0)) * p["eps"])
             if i > 0 and sigma > 0:
                 x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             return x

@@ -60,8 +60,7 @@ def net_charge(tokens: torch.Tensor, alphabet: Seq[str], *, pad: "str | None" = 
     """Net charge at ``ph`` (Henderson-Hasselbalch, free termini, CRC pKa values), float64 (B,)."""
     tokens = torch.as_tensor(tokens)
     res = _residue_mask(tokens, list(alphabet), pad)
-    onehot = F.one_hot(tokens, len(alphabet)).double() * res.unsqueeze(-1)
-    counts = onehot.sum(1)  # (B, q)
+    counts = (F.one_hot(tokens, len(alphabet)).double() * res.unsqueeze(-1)).sum(1)  # (B, q)
     pos = {a: 1.0 / (1.0 + 10 ** (ph - pk)) for a, pk in PKA["positive"].items()}
     neg = {a: 1.0 / (1.0 + 10 ** (pk - ph)) for a, pk in PKA["negative"].items()}
     charge = counts @ (_table(alphabet, pos) - _table(alphabet, neg)).to(counts)
@@ -254,8 +253,8 @@ class SiteLinearOracle(nn.Module):
         mx, my = X.mean(0), y.mean()
         Xc = X - mx
         w = np.linalg.solve(Xc.T @ Xc + l2 * np.eye(X.shape[1]), Xc.T @ (y - my))
-        W = w.reshape(dataset.length, len(dataset.alphabet))
-        return cls(W, my - mx @ w, name=name, info={"n_train": len(dataset)})
+        return cls(w.reshape(dataset.length, len(dataset.alphabet)), my - mx @ w, name=name,
+                   info={"n_train": len(dataset)})
 
 
 def ars_oracles(dataset=None, *, seed: int = 0, l2: float = 10.0

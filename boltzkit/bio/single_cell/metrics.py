@@ -69,9 +69,8 @@ class CellEmbedding:
 
     def __init__(self, x, n_pcs: int = 50, n_hvg: "int | None" = None):
         x = _as2d(x, "x")
-        var = x.var(0)
         self.genes = (np.arange(x.shape[1]) if n_hvg is None or n_hvg >= x.shape[1]
-                      else np.sort(np.argsort(-var, kind="stable")[:n_hvg]))
+                      else np.sort(np.argsort(-x.var(0), kind="stable")[:n_hvg]))
         self.pca = PCABasis(x[:, self.genes], n_pcs)
 
     def __call__(self, x) -> np.ndarray:
@@ -101,8 +100,7 @@ def mmd2(x, y, *, n_perm: int = 200, seed: int = 0) -> "tuple[float, float]":
         kxy = a @ k @ b / (n * m)
         return kxx + kyy - 2 * kxy
 
-    first = np.zeros(n + m, dtype=bool)
-    first[:n] = True
+    first = np.arange(n + m) < n
     obs = stat(first)
     rng = np.random.default_rng(seed)
     perms = np.array([stat(rng.permutation(first)) for _ in range(n_perm)])

@@ -173,8 +173,7 @@ def select_genes(counts, gene_names: Sequence[str], n_genes: int = 200, *, slide
     sub = counts[:, candidates]
     by_mean = np.argsort(-sub.mean(0), kind="stable")
     by_std = np.argsort(-sub.std(0), kind="stable")
-    rank_std = np.empty_like(by_std)
-    rank_std[by_std] = np.arange(by_std.size)
+    rank_std = np.argsort(by_std)  # the inverse permutation: each gene's rank by std
     # the i-th gene by mean is in top_k(mean) & top_k(std) from k = max(i, its std rank) + 1 on,
     # so the first k >= n_genes where they share n_genes genes is the n_genes-th smallest such k
     first = np.maximum(np.arange(by_mean.size), rank_std[by_mean])
