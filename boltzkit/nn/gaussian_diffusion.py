@@ -55,8 +55,7 @@ class DiffusionOptions:
     ----------
     lr, weight_decay, grad_clip, ema_decay : AdamW training of the denoiser, EMA of its weights.
     n_timesteps, schedule, parametrization, variance : the diffusion (see :class:`GaussianDiffusion`).
-    sampler, sampling_steps, ddim_eta : "ancestral" or "ddim" on ``sampling_steps`` respaced steps
-        (None = all), with DDIM noise ``ddim_eta``.
+    sampler, sampling_steps, ddim_eta : "ancestral" or "ddim" on respaced steps (None = all), DDIM noise.
     sample_batch_size : rows per sampling chunk.
     """
 

@@ -168,12 +168,9 @@ def pbmc68k(adata=None, *, target_sum: float = TARGET_SUM):
         x0 = dense_rows(x0)
         if (x0 < 0).any():
             out.layers["scaled"] = x0.astype(np.float32)
-    for k in adata.obsm.keys():
-        out.obsm[k] = np.asarray(adata.obsm[k])
-    for k in adata.varm.keys():
-        out.varm[k] = np.asarray(adata.varm[k])
-    for k in adata.obsp.keys():
-        out.obsp[k] = adata.obsp[k]
+    for slot in ("obsm", "varm"):
+        getattr(out, slot).update({k: np.asarray(v) for k, v in getattr(adata, slot).items()})
+    out.obsp.update(adata.obsp)
     out.uns.update({k: v for k, v in adata.uns.items() if k != "log1p"})
     out.uns["log1p"] = {"base": None}
     out.uns["boltzkit"] = {"provenance": "real: 10x PBMC 68k (scanpy pbmc68k_reduced, 700 cells)",
