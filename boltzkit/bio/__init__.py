@@ -1,16 +1,13 @@
 """Biology as vertical slices: each holds its data, domain, IO, metrics, baselines and models.
 
-* :mod:`boltzkit.bio.spatial` -- spatial transcriptomics: :class:`~boltzkit.bio.spatial.dataset.
-  SpatialDataset`, image encoders, semi-synthetic tissue, metrics, baselines and the Stem sampler;
-* :mod:`boltzkit.bio.single_cell` -- single cells: :class:`~boltzkit.bio.single_cell.dataset.
-  CellDataset`, AnnData IO, metrics with a real-vs-real floor, baselines, figures and the
-  ``sc_diffusion`` / ``sc_latent`` samplers;
-* :mod:`boltzkit.bio.sequences` -- peptides and DNA: :class:`~boltzkit.bio.sequences.dataset.
-  SequenceDataset`, the masked diffusion model that ``tr2d2`` fine-tunes, oracles and metrics.
+* :mod:`boltzkit.bio.spatial` -- spatial transcriptomics (the Stem sampler);
+* :mod:`boltzkit.bio.single_cell` -- single cells (the ``sc_diffusion`` / ``sc_latent`` samplers);
+* :mod:`boltzkit.bio.sequences` -- peptides and DNA (the masked diffusion model ``tr2d2`` fine-tunes).
 
-The datasets are re-exported by :mod:`boltzkit.datasets` (``bk.datasets``). A slice's sampler
-modules register their methods when imported; the registry imports them (:data:`SAMPLERS`) on
-first use, so ``import boltzkit`` loads none of them. Submodules are imported on first use.
+Each slice's package docstring lists its modules. The datasets are re-exported by
+:mod:`boltzkit.datasets` (``bk.datasets``). A slice's sampler modules register their methods when
+imported; the registry imports them (:data:`SAMPLERS`) on first use, so ``import boltzkit`` loads
+none of them. Submodules are imported on first use.
 """
 
 import importlib

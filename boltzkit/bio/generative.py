@@ -11,10 +11,8 @@ condition ``c`` (an image embedding, a cell type), trained on the denoising loss
 * :class:`ConditionalMLP` -- flat vectors (``sc_diffusion``; the latent prior of ``sc_latent``);
 
 both conditioned through adaLN-Zero, so that they start at exactly zero.
-:class:`DataDiffusionSampler` holds the denoiser with its EMA copy, AdamW and the
-:class:`~boltzkit.nn.gaussian_diffusion.GaussianDiffusion`, its training step and sampler,
-``save``, and the :class:`~boltzkit.result.Result` of a model of data: ``log_z`` None (there
-is no energy and no normalizing constant), the training data's config as its target.
+:class:`DataDiffusionSampler` is the base of these samplers; the :class:`~boltzkit.result.Result`
+of a model of data has ``log_z`` None (there is no energy and no normalizing constant).
 """
 
 from __future__ import annotations
@@ -221,10 +219,14 @@ class DataDiffusionSampler(TrainableSampler):
                                      eta=cfg.ddim_eta, generator=self.gens["sample"], device=self.device,
                                      clip_x0=clip)
 
-    def _data_result(self, samples, wall: float, diagnostics: dict, config: dict, **after) -> Result:
+    def _data_result(self, samples, wall: float, diagnostics: dict, config: dict, what: str = "values",
+                     **after) -> Result:
         """The Result of generated data: ``diagnostics`` then the keys every data model reports,
         then ``after``; the config with ``config`` added; the training data's config as target
-        when the sampler has none (a loaded model)."""
+        when the sampler has none (a loaded model). Non-finite samples (of ``what``) raise."""
+        if not bool(torch.isfinite(samples).all()):
+            raise ConfigError(f"sampling produced non-finite {what}; the model is not trained "
+                              "enough or diverged (check result.history, lower lr)")
         cfg = self.config
         diag = {"log_z_unavailable": f"{self.name} is a conditional generative model of data: there is "
                                      "no energy and no normalizing constant to estimate",
@@ -246,5 +248,4 @@ class DataDiffusionSampler(TrainableSampler):
 
     def save(self, path) -> None:
         """Write the trained model (networks, EMA, optimizers, normalisation, names); atomic."""
-        self._require_model()
-        self.save_checkpoint(path)
+        self.save_checkpoint(path)  # (_extra_state raises first when there is no model)

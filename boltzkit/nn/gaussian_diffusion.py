@@ -49,7 +49,15 @@ from ..errors import ConfigError
 @dataclass(frozen=True, kw_only=True)
 class DiffusionOptions:
     """The options every conditional diffusion sampler shares (training of the denoiser, the
-    forward process and the sampler); a method's Config inherits them and may change a default."""
+    forward process and the sampler); a method's Config inherits them and may change a default.
+
+    Attributes
+    ----------
+    lr, weight_decay, grad_clip, ema_decay : AdamW training of the denoiser, EMA of its weights.
+    n_timesteps, schedule, parametrization, variance : the diffusion (see :class:`GaussianDiffusion`).
+    sampler, sampling_steps, ddim_eta : "ancestral" or "ddim" on respaced steps (None = all), DDIM noise.
+    sample_batch_size : rows per sampling chunk.
+    """
 
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -70,6 +78,7 @@ __all__ = ["GaussianDiffusion", "beta_schedule", "space_timesteps", "PARAMETRIZA
 PARAMETRIZATIONS = ("eps", "x0", "v")
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 SCHEDULES = ("linear", "cosine")
+SAMPLERS = ("ancestral", "ddim")
 
 
 def optimize_denoiser(diffusion, denoise, x0: torch.Tensor, *, generator, optimizer, model, ema,
@@ -105,11 +114,9 @@ def check_diffusion_options(cfg) -> None:
         raise ConfigError(f"sampling_steps ({cfg.sampling_steps}) cannot exceed n_timesteps "
                           f"({cfg.n_timesteps})")
     check_training_options(cfg)
-    check_choice("schedule", cfg.schedule, SCHEDULES)
-    check_choice("parametrization", cfg.parametrization, PARAMETRIZATIONS)
-    check_choice("variance", cfg.variance, VARIANCES)
-    if cfg.sampler not in ("ancestral", "ddim"):
-        raise ConfigError(f"sampler must be 'ancestral' or 'ddim', got {cfg.sampler!r}")
+    for name, choices in (("schedule", SCHEDULES), ("parametrization", PARAMETRIZATIONS),
+                          ("variance", VARIANCES), ("sampler", SAMPLERS)):
+        check_choice(name, getattr(cfg, name), choices)
     if not cfg.ddim_eta >= 0:
         raise ConfigError(f"ddim_eta must be >= 0, got {cfg.ddim_eta!r}")
 
@@ -140,8 +147,7 @@ def beta_schedule(name: str, n_timesteps: int) -> np.ndarray:
     n_timesteps : int
         Number of diffusion steps ``T``.
     """
-    if not isinstance(n_timesteps, (int, np.integer)) or n_timesteps < 2:
-        raise ConfigError(f"n_timesteps must be an integer >= 2, got {n_timesteps!r}")
+    check_count("n_timesteps", n_timesteps, minimum=2)
     if name == "linear":
         if n_timesteps < 20:
             raise ConfigError(f"the linear schedule needs n_timesteps >= 20 (its last beta is "
@@ -190,11 +196,8 @@ class GaussianDiffusion:
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or betas.size < 1 or not np.all((betas > 0) & (betas <= 1)):
             raise ConfigError("betas must be a 1-D array of values in (0, 1]")
-        if parametrization not in PARAMETRIZATIONS:
-            raise ConfigError(f"unknown parametrization {parametrization!r}; choose one of "
-                              f"{', '.join(PARAMETRIZATIONS)}")
-        if variance not in VARIANCES:
-            raise ConfigError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+        check_choice("parametrization", parametrization, PARAMETRIZATIONS)
+        check_choice("variance", variance, VARIANCES)
         self.parametrization, self.variance = parametrization, variance
         self.n_timesteps = int(betas.size)
         self.timestep_map = (np.arange(self.n_timesteps) if timestep_map is None
@@ -335,13 +338,8 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------ training
     def training_losses(self, model: Model, x0: torch.Tensor, t: torch.Tensor,
                         noise: torch.Tensor) -> dict:
-        """Per-example losses ``(B,)``: ``loss`` = ``mse`` (+ ``vb`` for learned variance).
-
-        ``mse`` is the mean squared error of the prediction against its target; ``vb`` is the
-        variational-bound term of the step (KL for ``t > 0``, Gaussian negative log-density of
-        ``x_0`` at ``t = 0``), computed with the predicted mean detached so it trains only the
-        variance head (IDDPM hybrid loss). All in nats per entry.
-        """
+        """Per-example losses ``(B,)``: ``loss`` = ``mse`` (+ ``vb`` for learned variance, with
+        the predicted mean detached: the hybrid loss of the module docstring), nats per entry."""
         xt = self.q_sample(x0, t, noise)
         out = model(xt, self._model_t(t))
         pred, v = self._split_output(out, xt)
@@ -349,11 +347,8 @@ class GaussianDiffusion:
         losses = {"mse": mse}
         if v is not None:
             frozen = torch.stack([pred.detach(), v], dim=1)
-            p = self.p_mean_variance(model, xt, t, out=frozen)
-            losses["vb"] = self.vb_term(p, x0, xt, t)
-            losses["loss"] = mse + losses["vb"]
-        else:
-            losses["loss"] = mse
+            losses["vb"] = self.vb_term(self.p_mean_variance(model, xt, t, out=frozen), x0, xt, t)
+        losses["loss"] = mse + losses["vb"] if v is not None else mse
         return losses
 
     def vb_term(self, p: dict, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -367,25 +362,28 @@ class GaussianDiffusion:
         return _mean_flat(torch.where(first, nll, kl))
 
     # ------------------------------------------------------------------ sampling
-    def _steps(self):
-        return range(self.n_timesteps - 1, -1, -1)
+    def _reverse(self, model: Model, shape, step, *, generator, device, noise, clip_x0, dtype):
+        """From ``x_T ~ N(0, I)`` (or ``noise``) down to ``x_0``: ``x = step(i, p, x)`` at each step
+        ``i = T-1, ..., 0``, with ``p`` the reverse-step dict of :meth:`p_mean_variance`."""
+        x = (torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+             if noise is None else noise)
+        for i in range(self.n_timesteps - 1, -1, -1):
+            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            x = step(i, self.p_mean_variance(model, x, t, clip_x0=clip_x0), x)
+        return x
 
     @torch.no_grad()
     def p_sample_loop(self, model: Model, shape, *, generator: "torch.Generator | None" = None,
                       device="cpu", noise: "torch.Tensor | None" = None,
                       clip_x0: "tuple[float, float] | None" = None, dtype=torch.float32) -> torch.Tensor:
         """Ancestral sampling from ``x_T ~ N(0, I)`` (or ``noise``) down to ``x_0``."""
-        x = (torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-             if noise is None else noise)
-        for i in self._steps():
-            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            p = self.p_mean_variance(model, x, t, clip_x0=clip_x0)
-            if i > 0:
-                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x = p["mean"] + torch.exp(0.5 * p["log_variance"]) * z
-            else:
-                x = p["mean"]
-        return x
+        def step(i, p, x):
+            if i == 0:
+                return p["mean"]
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            return p["mean"] + torch.exp(0.5 * p["log_variance"]) * z
+        return self._reverse(model, shape, step, generator=generator, device=device, noise=noise,
+                             clip_x0=clip_x0, dtype=dtype)
 
     @torch.no_grad()
     def ddim_sample_loop(self, model: Model, shape, *, eta: float = 0.0,
@@ -395,11 +393,8 @@ class GaussianDiffusion:
         """DDIM sampling; ``eta = 0`` is deterministic, ``eta = 1`` matches ancestral variance."""
         if not 0.0 <= eta:
             raise ConfigError(f"ddim eta must be >= 0, got {eta!r}")
-        x = (torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-             if noise is None else noise)
-        for i in self._steps():
-            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            p = self.p_mean_variance(model, x, t, clip_x0=clip_x0)
+
+        def step(i, p, x):
             ab = float(self.alphas_cumprod[i])
             ab_prev = float(self.alphas_cumprod_prev[i])
             sigma = eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
@@ -407,14 +402,14 @@ class GaussianDiffusion:
                  + math.sqrt(max(1.0 - ab_prev - sigma ** 2, 0.0)) * p["eps"])
             if i > 0 and sigma > 0:
                 x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return x
+            return x
+        return self._reverse(model, shape, step, generator=generator, device=device, noise=noise,
+                             clip_x0=clip_x0, dtype=dtype)
 
     def sample(self, model: Model, shape, *, method: str = "ancestral", n_steps: "int | None" = None,
                eta: float = 0.0, **kw) -> torch.Tensor:
         """Sample with ``method`` ("ancestral" or "ddim") on ``n_steps`` respaced steps."""
-        proc = self.respaced(n_steps)
-        if method == "ancestral":
-            return proc.p_sample_loop(model, shape, **kw)
+        check_choice("sampler", method, SAMPLERS)
         if method == "ddim":
-            return proc.ddim_sample_loop(model, shape, eta=eta, **kw)
-        raise ConfigError(f"unknown sampler {method!r}; choose 'ancestral' or 'ddim'")
+            return self.respaced(n_steps).ddim_sample_loop(model, shape, eta=eta, **kw)
+        return self.respaced(n_steps).p_sample_loop(model, shape, **kw)

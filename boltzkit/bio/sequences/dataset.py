@@ -6,15 +6,10 @@ it from strings (:meth:`SequenceDataset.from_strings`) or a FASTA file
 (:meth:`SequenceDataset.from_fasta`); its :attr:`~SequenceDataset.domain` is a
 :class:`~boltzkit.domains.Sequence`.
 
-Two loaders read real data that ships inside installable packages (no downloads):
-
-* :func:`peptides` -- modlamp's ``AMPvsUniProt.csv``: 2,600 antimicrobial peptides and 2,600
-  UniProt controls, label 1 = AMP (``pip install 'boltzkit[sequences]'``, i.e. ``modlamp``);
-* :func:`ars_dna` -- logomaker's yeast ARS1 mutant library (603,569 sequences of 150 bp with
-  library and selected read counts; label ``log((selected + 1) / (library + 1))``,
-  ``pip install 'boltzkit[sequences]'``, i.e. ``logomaker``).
-
-The packages are located, never imported, so loading costs only the file read.
+Two loaders read real data that ships inside installable packages (no downloads; ``pip install
+'boltzkit[sequences]'``): :func:`peptides` (modlamp's antimicrobial peptides and UniProt
+controls) and :func:`ars_dna` (logomaker's yeast ARS1 mutant library). The packages are located,
+never imported, so loading costs only the file read.
 """
 
 from __future__ import annotations
@@ -122,14 +117,12 @@ class SequenceDataset:
         L = int(lengths.max()) if length is None else int(length)
         if L < 1:
             raise DatasetError(f"length must be a positive integer, got {length!r}")
-        keep = np.ones(len(seqs), dtype=bool)
-        longer = np.flatnonzero(lengths > L)
-        if longer.size:
-            if not drop_longer:
-                i = int(longer[0])
-                raise DatasetError(f"{longer.size} sequence(s) are longer than length={L} (first: index "
-                                   f"{i}, length {lengths[i]}); raise length or pass drop_longer=True")
-            keep[longer] = False
+        keep = lengths <= L
+        longer = np.flatnonzero(~keep)
+        if longer.size and not drop_longer:
+            i = int(longer[0])
+            raise DatasetError(f"{longer.size} sequence(s) are longer than length={L} (first: index "
+                               f"{i}, length {lengths[i]}); raise length or pass drop_longer=True")
         shorter = np.flatnonzero((lengths < L) & keep)
         if shorter.size and pad is None:
             i = int(shorter[0])
@@ -196,9 +189,7 @@ class SequenceDataset:
         return int(self.tokens.shape[0])
 
     def __getitem__(self, idx) -> "SequenceDataset":
-        idx = torch.as_tensor(idx)
-        if idx.ndim == 0:
-            idx = idx.view(1)
+        idx = torch.atleast_1d(torch.as_tensor(idx))
         return SequenceDataset(self.tokens[idx], self.alphabet, pad=self.pad, name=self.name,
                                labels=None if self.labels is None else self.labels[idx], info=self.info)
 

@@ -10,12 +10,9 @@ any-order autoregressive sampling).
 * :meth:`MaskedDiffusion.pretrain` fits the denoiser to a :class:`~boltzkit.datasets.SequenceDataset`
   with the MDLM loss (the masked-token cross-entropy with ELBO weight 1/lambda; the uniform-weight
   case of :func:`~boltzkit.nn.ctmc.wdce_loss`).
-* :meth:`MaskedDiffusion.elbo` is the per-sequence evidence lower bound
-  ``E_sigma log q(x | sigma) <= log p(x)`` of the one-position-per-step model, estimated without
-  bias from random orders (or random maskings).
-* :meth:`MaskedDiffusion.exact_log_prob` computes ``log p(x) = log E_sigma q(x | sigma)`` exactly
-  by dynamic programming over the 2^L subsets of revealed positions (short sequences only;
-  for tests and toy problems).
+* :meth:`MaskedDiffusion.elbo` is the per-sequence evidence lower bound ``<= log p(x)``
+  (unbiased Monte Carlo over orders or maskings);
+* :meth:`MaskedDiffusion.exact_log_prob` computes ``log p(x)`` exactly (short sequences only).
 * :meth:`MaskedDiffusion.from_markov_chain` wraps a first-order Markov chain as an exact denoiser
   (its conditionals given any revealed set are closed-form), so ``p(x)`` is the chain's law exactly.
 
@@ -35,7 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..._utils import atomic_path, check_count, module_device, progress_bar, resolve_device, torch_generator
+from ..._utils import (atomic_path, check_choice, check_count, check_positive, module_device, progress_bar,
+                       resolve_device, torch_generator)
 from ...domains.base import Sequence
 from ...errors import ConfigError, DatasetError, DomainError, TrainingDivergedError
 from ...nn.ctmc import MaskedPath, masked_rollout, path_log_prob, remask, unmask_schedule, wdce_loss
@@ -210,9 +208,8 @@ class MaskedDiffusion(nn.Module):
         return self.domain.validate(x.long(), "tokens")
 
     def _gen(self, seed, generator):
-        if generator is not None:
-            return generator
-        return torch_generator(0 if seed is None else int(seed), self.device)
+        seed = 0 if seed is None else int(seed)
+        return torch_generator(seed, self.device) if generator is None else generator
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -243,11 +240,9 @@ class MaskedDiffusion(nn.Module):
             torch.manual_seed(int(seed))
             model = cls(dataset.domain, net=net, hidden=hidden, n_layers=n_layers, n_heads=n_heads,
                         pad=dataset.pad, n_unmask_steps=n_unmask_steps)
-        model.to(dev)
-        model.fit(dataset, n_steps=n_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                  grad_clip=grad_clip, ema_decay=ema_decay, mask_mode=mask_mode, seed=seed,
-                  progress=progress)
-        return model
+        return model.to(dev).fit(dataset, n_steps=n_steps, batch_size=batch_size, lr=lr,
+                                 weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay,
+                                 mask_mode=mask_mode, seed=seed, progress=progress)
 
     def fit(self, dataset, *, n_steps: int = 2000, batch_size: int = 128, lr: float = 1e-3,
             weight_decay: float = 0.0, grad_clip: "float | None" = 1.0, ema_decay: float = 0.999,
@@ -255,8 +250,7 @@ class MaskedDiffusion(nn.Module):
         """Continue training on ``dataset`` (same arguments as :meth:`pretrain`)."""
         check_count("n_steps", n_steps, minimum=0)
         check_count("batch_size", batch_size)
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ConfigError(f"lr must be a positive number, got {lr!r}")
+        check_positive("lr", lr)
         if dataset.length != self.length or list(dataset.alphabet) != list(self.domain.alphabet):
             raise DatasetError(f"the data set ({dataset.length} positions over {''.join(dataset.alphabet)!r}) "
                                f"does not match the model ({self.length} over "
@@ -334,8 +328,7 @@ class MaskedDiffusion(nn.Module):
         ``return_stderr=True`` also returns the Monte-Carlo standard error per sequence.
         """
         check_count("n_mc", n_mc)
-        if estimator not in ("orders", "masks"):
-            raise ConfigError(f"estimator must be 'orders' or 'masks', got {estimator!r}")
+        check_choice("estimator", estimator, ("orders", "masks"))
         x = self.tokens(tokens).to(self.device)
         gen = self._gen(seed, generator)
         self.net.eval()

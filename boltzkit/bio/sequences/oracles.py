@@ -1,11 +1,9 @@
 r"""Peptide descriptors and the rewards of the sequence demos, trained here in seconds:
 
 * :func:`amp_oracles` -- two logistic-regression antimicrobial-peptide classifiers on
-  :func:`peptide_features` (amino-acid and dipeptide composition, net charge at pH 7, GRAVY,
-  hydrophobic moment, length), fitted to disjoint halves of the modlamp peptides: one to
-  fine-tune on and one to evaluate with, so reward hacking shows as a gap between the two;
-* :class:`PeptideObjectives` -- four objectives for multi-objective design (AMP score,
-  -GRAVY as a haemolysis proxy, hydrophobic moment, net-charge window);
+  :func:`peptide_features`, fitted to disjoint halves of the modlamp peptides: one to fine-tune
+  on and one to evaluate with, so reward hacking shows as a gap between the two;
+* :class:`PeptideObjectives` -- four objectives for multi-objective design;
 * :func:`ars_oracles` -- two additive (per-position) ridge regressions of ARS1 selection
   enrichment on disjoint halves of the logomaker library (:mod:`~boltzkit.bio.sequences.dataset`).
 
@@ -23,7 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...errors import ConfigError, DatasetError
+from ..._utils import check_choice
+from ...errors import DatasetError
 from .dataset import ars_dna, peptides
 
 __all__ = ["peptide_features", "net_charge", "gravy", "hydrophobic_moment", "LogisticOracle", "amp_oracles",
@@ -61,8 +60,7 @@ def net_charge(tokens: torch.Tensor, alphabet: Seq[str], *, pad: "str | None" = 
     """Net charge at ``ph`` (Henderson-Hasselbalch, free termini, CRC pKa values), float64 (B,)."""
     tokens = torch.as_tensor(tokens)
     res = _residue_mask(tokens, list(alphabet), pad)
-    onehot = F.one_hot(tokens, len(alphabet)).double() * res.unsqueeze(-1)
-    counts = onehot.sum(1)  # (B, q)
+    counts = (F.one_hot(tokens, len(alphabet)).double() * res.unsqueeze(-1)).sum(1)  # (B, q)
     pos = {a: 1.0 / (1.0 + 10 ** (ph - pk)) for a, pk in PKA["positive"].items()}
     neg = {a: 1.0 / (1.0 + 10 ** (pk - ph)) for a, pk in PKA["negative"].items()}
     charge = counts @ (_table(alphabet, pos) - _table(alphabet, neg)).to(counts)
@@ -149,12 +147,9 @@ class LogisticOracle(nn.Module):
     def __init__(self, weight, bias, mean, std, alphabet, *, pad="-", output: str = "prob",
                  name: str = "amp_oracle", info: "dict | None" = None):
         super().__init__()
-        if output not in ("prob", "logit", "log_prob"):
-            raise ConfigError(f"output must be 'prob', 'logit' or 'log_prob', got {output!r}")
-        self.register_buffer("weight", torch.as_tensor(np.asarray(weight, dtype=np.float64)))
-        self.register_buffer("bias", torch.tensor(float(bias), dtype=torch.float64))
-        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, dtype=np.float64)))
-        self.register_buffer("std", torch.as_tensor(np.asarray(std, dtype=np.float64)))
+        check_choice("output", output, ("prob", "logit", "log_prob"))
+        for key, value in (("weight", weight), ("bias", float(bias)), ("mean", mean), ("std", std)):
+            self.register_buffer(key, torch.as_tensor(np.asarray(value, dtype=np.float64)))
         self.alphabet, self.pad, self.output, self.name = list(alphabet), pad, output, name
         self.info = dict(info or {})
 
@@ -258,8 +253,8 @@ class SiteLinearOracle(nn.Module):
         mx, my = X.mean(0), y.mean()
         Xc = X - mx
         w = np.linalg.solve(Xc.T @ Xc + l2 * np.eye(X.shape[1]), Xc.T @ (y - my))
-        W = w.reshape(dataset.length, len(dataset.alphabet))
-        return cls(W, my - mx @ w, name=name, info={"n_train": len(dataset)})
+        return cls(w.reshape(dataset.length, len(dataset.alphabet)), my - mx @ w, name=name,
+                   info={"n_train": len(dataset)})
 
 
 def ars_oracles(dataset=None, *, seed: int = 0, l2: float = 10.0

@@ -37,26 +37,28 @@ def _check(ds):
                            "bk.datasets.as_target(adata, label_key=...)")
 
 
-def _per_label(spec, categories) -> np.ndarray:
+def _per_label(spec, categories) -> "tuple[np.ndarray, np.ndarray, np.ndarray]":
+    """(cells per label, the label code of each cell to generate, grouped by label, the labels as
+    names) for a request ``{label: n}`` or an array of one count per label."""
     if isinstance(spec, Mapping):
         unknown = [k for k in spec if k not in set(categories)]
         if unknown:
             raise ConfigError(f"unknown label(s) {unknown}; the labels are {list(categories)}")
-        return np.array([int(spec.get(c, 0)) for c in categories], dtype=np.int64)
-    arr = np.asarray(spec, dtype=np.int64)
-    if arr.shape != (len(categories),):
+        spec = [int(spec.get(c, 0)) for c in categories]
+    n = np.asarray(spec, dtype=np.int64)
+    if n.shape != (len(categories),):
         raise ConfigError(f"give cells per label as a dict or an array of {len(categories)} counts")
-    return arr
+    codes = np.repeat(np.arange(len(categories)), n)
+    return n, codes, np.asarray(categories, dtype=object)[codes]
 
 
 def _bootstrap(ds: CellDataset, cells_per_label, rng) -> "tuple[np.ndarray, np.ndarray, np.ndarray]":
     """(label code of each cell to generate, grouped by label; a training cell of the same label
     drawn for each, whose library and size factor it takes; the labels as names)."""
-    n = _per_label(cells_per_label, ds.categories)
-    codes = np.repeat(np.arange(len(ds.categories)), n)
+    n, codes, labels = _per_label(cells_per_label, ds.categories)
     pick = np.concatenate([rng.choice(np.flatnonzero(ds.codes == c), k) for c, k in enumerate(n)]
                           ).astype(np.int64) if n.sum() else np.zeros(0, np.int64)
-    return codes, pick, np.asarray(ds.categories, dtype=object)[codes]
+    return codes, pick, labels
 
 
 def _counts_and_size(ds: CellDataset):
@@ -101,27 +103,23 @@ class GaussianPCABaseline:
         self.means, self.chols = [], []
         for c in range(len(ds.categories)):
             zc = z[ds.codes == c]
-            mu = zc.mean(0)
-            cov = np.cov(zc.T) if zc.shape[0] > 1 else np.zeros((z.shape[1], z.shape[1]))
-            cov = np.atleast_2d(cov)
+            cov = np.atleast_2d(np.cov(zc.T)) if zc.shape[0] > 1 else np.zeros((z.shape[1], z.shape[1]))
             cov = (1 - self.shrinkage) * cov + self.shrinkage * np.diag(np.diag(cov))
             w, v = np.linalg.eigh(cov)
-            self.means.append(mu)
+            self.means.append(zc.mean(0))
             self.chols.append(v * np.sqrt(np.clip(w, 0, None)))
         return self
 
     def generate(self, cells_per_label) -> "tuple[np.ndarray, np.ndarray]":
         cats, rep = self.ds_info
-        n = _per_label(cells_per_label, cats)
+        n, _, labels = _per_label(cells_per_label, cats)
         rng = np.random.default_rng(self.seed)
-        codes = np.repeat(np.arange(len(cats)), n)
         z = np.concatenate([self.means[c] + rng.standard_normal((k, self.means[c].size)) @ self.chols[c].T
                             for c, k in enumerate(n)]) if n.sum() else np.zeros((0, self.basis.n_components))
         y = self.basis.inverse(z) + rng.standard_normal((z.shape[0], self.basis.mean.size)) * np.sqrt(
             self.basis.residual_variance)
         y = np.clip(y, 0, None)
-        x = np.round(np.expm1(y)) if rep == "counts" else y
-        return x, np.asarray(cats, dtype=object)[codes]
+        return (np.round(np.expm1(y)) if rep == "counts" else y), labels
 
 
 class NegativeBinomialBaseline:
@@ -165,8 +163,7 @@ class NegativeBinomialBaseline:
         s = self.size[pick]
         mu = s[:, None] * self.rho[codes]
         theta = self.theta[codes]
-        lam = rng.gamma(theta, np.where(mu > 0, mu / theta, 0.0))
-        counts = rng.poisson(lam).astype(np.float64)
+        counts = rng.poisson(rng.gamma(theta, np.where(mu > 0, mu / theta, 0.0))).astype(np.float64)
         return _to_representation(self.ds, counts, s), labels
 
 
@@ -296,9 +293,8 @@ class ScVIBaseline:
         a.obs["label"] = pd.Categorical(np.asarray(ds.categories, dtype=object)[ds.codes],
                                         categories=list(ds.categories))
         threads = torch.get_num_threads()
-        logging.getLogger("scvi").setLevel(logging.ERROR)
-        logging.getLogger("lightning").setLevel(logging.ERROR)
-        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+        for logger in ("scvi", "lightning", "lightning.pytorch"):
+            logging.getLogger(logger).setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             scvi.settings.seed = self.seed

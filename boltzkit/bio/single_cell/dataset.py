@@ -6,10 +6,8 @@ log-normalised values). It carries one categorical label per cell (``obs[label_k
 conditional generators (``"sc_diffusion"``, ``"sc_latent"``) condition on.
 
 * :meth:`CellDataset.from_anndata` / :func:`as_target` -- read an AnnData (``X`` or a layer;
-  a sparse matrix is kept sparse as CSR and only mini-batches of rows are densified),
-  with the checks biologists need before any training: a missing ``label_key`` (the ``obs``
-  columns are listed), genes with NaN, negative values (scaled data or negative counts), an
-  empty matrix; :meth:`CellDataset.to_anndata` writes the cells back.
+  a sparse matrix is kept sparse as CSR and only mini-batches of rows are densified), with the
+  checks biologists need before any training; :meth:`CellDataset.to_anndata` writes the cells back.
 
 Generated cells go back to AnnData in :mod:`~boltzkit.bio.single_cell.io` (with the PBMC
 reader), the exact synthetic law is in :mod:`~boltzkit.bio.single_cell.synthetic`.
@@ -373,9 +371,7 @@ class CellDataset:
         if lab.isna().any():
             raise DatasetError(f"obs[{label_key!r}] has {int(lab.isna().sum())} missing labels; drop "
                                "those cells or fill the labels first")
-        cats = None
-        if hasattr(lab, "cat"):
-            cats = [str(c) for c in lab.cat.categories]
+        cats = [str(c) for c in lab.cat.categories] if hasattr(lab, "cat") else None
         if provenance is None:
             info = adata.uns.get("boltzkit", {})
             provenance = str(info.get("provenance", "user data")) if hasattr(info, "get") else "user data"
@@ -413,8 +409,7 @@ def _check_values(x, genes, representation, where="the matrix"):
                            "remove those genes (adata = adata[:, ~mask].copy()) or fix the values")
     neg = v < 0
     if neg.any():
-        ints = np.all(v == np.round(v))
-        what = "negative counts" if (representation == "counts" or ints) else "negative values"
+        what = "negative counts" if representation == "counts" or is_integer_valued(x) else "negative values"
         raise DatasetError(
             f"{where} has {what} in {genes_with(neg)} (min {v.min():.3g}). Cells are "
             "generated as counts or log-normalised expression, both non-negative; scaled or centred "

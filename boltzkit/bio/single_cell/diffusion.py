@@ -14,19 +14,11 @@ Objective (``t`` uniform, label ``y`` replaced by the null label with probabilit
 
 with ``x_0`` the cell on a log scale (log-normalised values as given, or ``log1p(counts)`` for
 count data), standardised per gene (``space="genes"``), or its standardised coordinates on
-the top principal axes of the training cells (``space="pca"``). Sampling uses
-``eps = (1 + w) eps_theta(x, t, y) - w eps_theta(x, t, null)`` with guidance weight ``w``
-(``w = 0``, the default, samples the learned conditional law itself; ``w > 0`` sharpens the
-types at the cost of within-type diversity).
-
-Returns. ``bk.sample(adata, label_key=..., n_samples=..., condition=...)`` (and
-:meth:`SCDiffusion.sample` / :meth:`SCDiffusion.generate`) return a
-:class:`~boltzkit.result.Result` whose ``samples`` ``(n_cells, n_genes)`` are in the
-representation of the training matrix (log-normalised values, or integer counts obtained by
-inverting ``log1p`` and rounding), with the genes, the requested label of every cell and the
-label key in ``result.config``; ``log_z`` is None. ``condition``: None (every label in the
-training proportions), one label, or ``{label: n_cells}`` (then ``n_samples`` is not used).
-:func:`boltzkit.bio.single_cell.io.result_to_anndata` gives the AnnData.
+the top principal axes of the training cells (``space="pca"``). Sampling uses classifier-free
+guidance with weight ``w`` (:mod:`~boltzkit.bio.single_cell.generator`; ``w = 0``, the default,
+samples the learned conditional law itself); counts are generated as ``log1p`` values, inverted
+and rounded. ``bk.sample(adata, label_key=..., n_samples=..., condition=...)`` returns what
+:meth:`~boltzkit.bio.single_cell.generator.CellGenerator.generate` describes.
 
 Known failure modes.
 
@@ -51,9 +43,8 @@ import torch
 from torch import nn
 
 from ..._registry import register
-from ..._utils import check_count
+from ..._utils import check_choice, check_count
 from ...errors import ConfigError
-from ..._utils import check_choice
 from ..generative import ConditionalMLP, GeneTokenDiT
 from .dataset import CellExpressionDomain, PCABasis
 from .generator import CellGenerator, CellGeneratorOptions
@@ -78,8 +69,7 @@ class _DiTLabels(nn.Module):
 @dataclass(frozen=True, kw_only=True)
 class SCDiffusionConfig(CellGeneratorOptions):
     """Options of :class:`SCDiffusion` (and those of
-    :class:`~boltzkit.bio.single_cell.generator.CellGeneratorOptions`: ``label_key``,
-    ``condition``, ``guidance``, ``cond_dropout``, ``batch_size``, ``lr_min``).
+    :class:`~boltzkit.bio.single_cell.generator.CellGeneratorOptions`).
 
     Attributes
     ----------
@@ -88,14 +78,9 @@ class SCDiffusionConfig(CellGeneratorOptions):
     network : "mlp" (:class:`~boltzkit.bio.generative.ConditionalMLP`) or "dit" (Stem's
         gene-token transformer; for a few dozen genes at most).
     hidden, depth, mlp_ratio, heads : network size (``heads`` for "dit").
-    n_steps, lr, weight_decay, grad_clip, ema_decay : AdamW training with a cosine
-        learning-rate decay from ``lr`` to ``lr_min`` over the training steps.
-    n_timesteps, schedule, parametrization, variance : the diffusion (see
-        :class:`~boltzkit.nn.gaussian_diffusion.GaussianDiffusion`).
-    sampler, sampling_steps, ddim_eta : "ancestral" or "ddim" on respaced steps.
+    n_steps : training steps (the learning rate decays from ``lr`` to ``lr_min`` over them).
     clip_x0 : clamp the predicted clean cell to [0, largest training value] (on the log scale)
         while sampling (gene space), and the generated cells to that range (both spaces).
-    sample_batch_size : cells per sampling chunk.
     """
 
     space: str = "genes"

@@ -1,9 +1,8 @@
 r"""What the cell-type-conditional generators (``sc_diffusion``, ``sc_latent``) share.
 
 :class:`CellGenerator` trains on a :class:`~boltzkit.bio.single_cell.dataset.CellDataset` (or
-an AnnData with ``label_key``) and generates cells of requested types. The request
-(``condition``) is None (every type in the training proportions, largest-remainder rounding),
-one type, or ``{type: n_cells}``; types without training cells are refused. Training drops the
+an AnnData with ``label_key``) and generates cells of requested types (``condition``, see
+:class:`CellGeneratorOptions`; types without training cells are refused). Training drops the
 label with probability ``cond_dropout`` (the null label ``n_types``), so one network carries the
 conditional and the unconditional noise predictor, and sampling uses classifier-free guidance
 (Ho & Salimans, arXiv 2207.12598)::
@@ -11,10 +10,8 @@ conditional and the unconditional noise predictor, and sampling uses classifier-
     eps = (1 + w) eps(x, t, y) - w eps(x, t, null)
 
 with weight ``w = guidance`` (0: the learned conditional law itself). The learning rate decays
-on a cosine from ``lr`` to ``lr_min``. Generated cells come back as a
-:class:`~boltzkit.result.Result` grouped by type in category order, each cell's type in
-``result.config["labels"]``, with what :func:`~boltzkit.bio.single_cell.io.result_to_anndata`
-needs to write the AnnData.
+on a cosine from ``lr`` to ``lr_min``. Generated cells come back as :meth:`CellGenerator.generate`
+describes, with what :func:`~boltzkit.bio.single_cell.io.result_to_anndata` needs.
 """
 
 from __future__ import annotations
@@ -27,11 +24,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..._utils import check_count
+from ..._utils import check_count, check_number
 from ...errors import ConfigError, DatasetError, TargetError
 from ...nn.gaussian_diffusion import DiffusionOptions, check_diffusion_options, check_guidance_options
 from ...result import Result
-from ..._utils import check_number
 from ...samplers.base import SamplerConfig
 from ..generative import DataDiffusionSampler
 from .dataset import ANNDATA_KIND, CellDataset, allocate, as_target, is_anndata
@@ -55,6 +51,8 @@ class CellGeneratorOptions(DiffusionOptions, SamplerConfig):
     guidance : classifier-free guidance weight ``w >= 0`` (0 = plain conditional sampling).
     cond_dropout : probability of training on the null label.
     batch_size : training batch; lr_min : end of the cosine learning-rate decay from ``lr``.
+
+    The diffusion's options are those of :class:`~boltzkit.nn.gaussian_diffusion.DiffusionOptions`.
     """
 
     label_key: "str | None" = None
@@ -92,14 +90,11 @@ class CellGenerator(DataDiffusionSampler):
     """Base of the cell generators: the dataset checks and ``info``, label dropout, guidance,
     the cosine learning rate, generation in chunks and the Result. A subclass builds its
     networks in ``_build(dim, n_labels)`` (``dim = info[dim_key]``), prepares its training data
-    in ``_setup_cells(dataset)`` and may refuse a dataset in ``unsuitable(dataset)``."""
+    in ``_setup_cells(dataset)``, gives ``_drawer() -> draw(label codes of a chunk) -> cells`` and
+    may refuse a dataset in ``unsuitable(dataset)``."""
 
     dim_key = "dim"
     as_target_hint = "label_key=..."
-
-    def __init__(self, config=None, /, **kw):
-        super().__init__(config, **kw)
-        self._n_total = self.default_n_steps()
 
     @staticmethod
     def unsuitable(target) -> "str | None":
@@ -134,9 +129,6 @@ class CellGenerator(DataDiffusionSampler):
                      "var": var_to_json(getattr(target, "var", None))}
         self._y = torch.as_tensor(target.codes, device=self.device)
         self._setup_cells(target)
-
-    def _setup_cells(self, target) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ training
     def _set_lr(self, frac: float) -> None:
@@ -203,18 +195,32 @@ class CellGenerator(DataDiffusionSampler):
             return (1 + w) * c - w * u
         return guided
 
-    def _generate(self, n_samples, condition, draw, what: str) -> Result:
-        """Per-label counts, then ``draw(labels)`` on chunks of ``sample_batch_size`` labels,
-        checked finite, as a Result."""
+    @torch.no_grad()
+    def generate(self, n_samples: "int | None" = None, condition=None) -> Result:
+        """Generate cells.
+
+        Parameters
+        ----------
+        n_samples : int, optional
+            Number of cells (not used when ``condition`` is a dict).
+        condition : None, str or {label: int}, optional
+            As :class:`CellGeneratorOptions`'s ``condition``; None: the configured one.
+
+        Returns
+        -------
+        Result
+            ``samples`` ``(n_cells, n_genes)`` in the training representation (integer counts,
+            or log-normalised values), grouped by label in category order; the label of each
+            cell in ``result.config["labels"]``; ``result.to_anndata()`` gives the sparse AnnData.
+        """
+        self._require_model()
+        draw = self._drawer()
         cond = self.config.condition if condition is None else condition
         counts = self._label_counts(cond, n_samples)
         t0 = time.perf_counter()
         codes = torch.as_tensor(np.repeat(np.arange(counts.size), counts), device=self.device)
         out = [draw(c) for c in codes.split(self.config.sample_batch_size)]
         samples = torch.cat(out).float().cpu()  # never empty: a request asks for >= 1 cell
-        if not bool(torch.isfinite(samples).all()):
-            raise ConfigError(f"sampling produced non-finite {what}; the model is not trained "
-                              "enough or diverged (check result.history, lower lr)")
         cats, cfg = self.info["categories"], self.config
         condition = {str(k): int(v) for k, v in cfg.condition.items()} if isinstance(cfg.condition, Mapping) \
             else cfg.condition
@@ -227,35 +233,10 @@ class CellGenerator(DataDiffusionSampler):
             {"condition": condition, "gene_names": list(self.info["gene_names"]),
              "label_key": self.info["label_key"], "label_categories": list(cats),
              "labels": [cats[i] for i in codes.cpu().numpy()], "representation": self.info["representation"],
-             "layer": self.info["layer"], "uns_log1p": bool(self.info["uns_log1p"]), "var": self.info.get("var")})
-
-    @torch.no_grad()
-    def generate(self, n_samples: "int | None" = None, condition=None) -> Result:
-        """Generate cells.
-
-        Parameters
-        ----------
-        n_samples : int, optional
-            Number of cells (not used when ``condition`` is a dict).
-        condition : None, str or {label: int}, optional
-            None: the configured ``condition``; if that is None too, every label in the
-            training proportions (largest-remainder rounding).
-
-        Returns
-        -------
-        Result
-            ``samples`` ``(n_cells, n_genes)`` in the training representation (integer counts,
-            or log-normalised values), grouped by label in category order; the label of each
-            cell in ``result.config["labels"]``; ``result.to_anndata()`` gives the sparse AnnData.
-        """
-        self._require_model()
-        return self._generate(n_samples, condition, self._drawer(), self.drawn)
+             "layer": self.info["layer"], "uns_log1p": bool(self.info["uns_log1p"]), "var": self.info.get("var")},
+            self.drawn)
 
     drawn = "values"  # what the drawer makes, for the non-finite error
-
-    def _drawer(self):  # pragma: no cover - abstract
-        """``draw(labels) -> cells`` (a function of the label codes of one chunk)."""
-        raise NotImplementedError
 
     def sample(self, n_samples: "int | None" = None) -> Result:
         """``generate(n_samples)`` with the configured condition; used by ``bk.sample``."""

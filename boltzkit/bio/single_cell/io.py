@@ -2,13 +2,8 @@ r"""Single cells in and out of files: generated cells back to AnnData, and scanp
 
 * :func:`result_to_anndata` / :func:`generated_anndata` -- generated cells (a
   :class:`~boltzkit.result.Result` of ``"sc_latent"`` / ``"sc_diffusion"``, or a baseline's
-  counts) back to a sparse AnnData: counts in ``layers["counts"]``, scanpy's log-normalised
-  values in ``X``, ``obs["boltzkit_origin"] = "generated"``, the training ``var`` -- ready for
-  ``sc.pp.neighbors`` / ``sc.tl.umap``;
-* :func:`pbmc68k` -- scanpy's bundled ``pbmc68k_reduced`` (700 real PBMCs, 765 genes, 10
-  ``bulk_labels``) with the raw counts rebuilt exactly and ``X`` set to the log-normalised
-  values ``log1p(counts / n_counts * 1e4)``. Both file layouts are read: scanpy <= 1.12
-  (``raw.X`` log-normalised, ``X`` scaled) and scanpy >= 1.13 (``layers["counts"]``).
+  counts) back to a sparse AnnData, ready for ``sc.pp.neighbors`` / ``sc.tl.umap``;
+* :func:`pbmc68k` -- scanpy's bundled ``pbmc68k_reduced`` with the raw counts rebuilt exactly.
 
 Reading an AnnData into a dataset is :meth:`~boltzkit.bio.single_cell.dataset.CellDataset.
 from_anndata`. anndata and scanpy are imported only here, when used (extra ``boltzkit[bio]``).
@@ -87,12 +82,9 @@ def generated_anndata(x, labels, *, categories, label_key, gene_names, represent
 
 
 def result_to_anndata(result):
-    """Generated cells of a single-cell :class:`~boltzkit.result.Result` as AnnData
-    (:func:`generated_anndata`): counts in ``layers["counts"]`` and scanpy's log-normalised
-    values in ``X`` for count models, the values in ``X`` for log-normalised ones; sparse;
-    ``obs[label_key]`` the label each cell was generated for (the training categories),
-    ``obs["boltzkit_origin"] = "generated"``, ``var`` of the training AnnData, and
-    ``uns["boltzkit"]`` the method, seed and provenance."""
+    """Generated cells of a single-cell :class:`~boltzkit.result.Result` as AnnData laid out by
+    :func:`generated_anndata`: ``obs[label_key]`` the label each cell was generated for, ``var``
+    of the training AnnData, ``uns["boltzkit"]`` the method, seed and provenance."""
     cfg = result.config
     need = ("gene_names", "label_key", "labels", "label_categories", "representation")
     if result.diagnostics.get("anndata_kind") != ANNDATA_KIND or any(k not in cfg for k in need):
@@ -139,10 +131,7 @@ def pbmc68k(adata=None, *, target_sum: float = TARGET_SUM):
             warnings.simplefilter("ignore")
             adata = sc.datasets.pbmc68k_reduced()
     genes = [str(g) for g in adata.var_names]
-    if "n_counts" in adata.obs.columns:
-        size = np.asarray(adata.obs["n_counts"], dtype=np.float64)
-    else:
-        size = None
+    size = np.asarray(adata.obs["n_counts"], dtype=np.float64) if "n_counts" in adata.obs.columns else None
     if "counts" in adata.layers:
         layout = "counts layer (scanpy >= 1.13)"
         counts = sparse.csr_matrix(adata.layers["counts"], dtype=np.float64)
@@ -152,8 +141,7 @@ def pbmc68k(adata=None, *, target_sum: float = TARGET_SUM):
         layout = "raw log-normalised (scanpy <= 1.12)"
         if size is None:
             raise DatasetError("rebuilding counts from raw.X needs obs['n_counts'] (library sizes)")
-        raw_genes = [str(g) for g in adata.raw.var_names]
-        pos = {g: i for i, g in enumerate(raw_genes)}
+        pos = {str(g): i for i, g in enumerate(adata.raw.var_names)}
         if any(g not in pos for g in genes):
             raise DatasetError("raw.var_names do not contain all of var_names; not a pbmc68k_reduced file")
         logn = sparse.csr_matrix(adata.raw.X, dtype=np.float64)[:, [pos[g] for g in genes]]
@@ -180,12 +168,9 @@ def pbmc68k(adata=None, *, target_sum: float = TARGET_SUM):
         x0 = dense_rows(x0)
         if (x0 < 0).any():
             out.layers["scaled"] = x0.astype(np.float32)
-    for k in adata.obsm.keys():
-        out.obsm[k] = np.asarray(adata.obsm[k])
-    for k in adata.varm.keys():
-        out.varm[k] = np.asarray(adata.varm[k])
-    for k in adata.obsp.keys():
-        out.obsp[k] = adata.obsp[k]
+    for slot in ("obsm", "varm"):
+        getattr(out, slot).update({k: np.asarray(v) for k, v in getattr(adata, slot).items()})
+    out.obsp.update(adata.obsp)
     out.uns.update({k: v for k, v in adata.uns.items() if k != "log1p"})
     out.uns["log1p"] = {"base": None}
     out.uns["boltzkit"] = {"provenance": "real: 10x PBMC 68k (scanpy pbmc68k_reduced, 700 cells)",

@@ -85,9 +85,8 @@ import torch
 from torch import nn
 
 from ..._registry import register
-from ..._utils import check_count, check_fraction
+from ..._utils import check_count, check_fraction, check_number
 from ...errors import DatasetError
-from ..._utils import check_number
 from ..generative import ConditionalMLP
 from ..common import dense_rows
 from .dataset import TARGET_SUM, CellExpressionDomain
@@ -146,8 +145,7 @@ class NBAutoencoder(nn.Module):
 @dataclass(frozen=True, kw_only=True)
 class SCLatentDiffusionConfig(CellGeneratorOptions):
     """Options of :class:`SCLatentDiffusion` (and those of
-    :class:`~boltzkit.bio.single_cell.generator.CellGeneratorOptions`: ``label_key``,
-    ``condition``, ``guidance``, ``cond_dropout``, ``batch_size``, ``lr_min``).
+    :class:`~boltzkit.bio.single_cell.generator.CellGeneratorOptions`).
 
     Attributes
     ----------
@@ -156,16 +154,14 @@ class SCLatentDiffusionConfig(CellGeneratorOptions):
         rate, KL weight ``beta`` and input dropout.
     ae_kl_warmup : fraction of ``ae_steps`` over which the KL weight rises linearly from 0 (the
         dispersions are held fixed until then).
-    ae_theta_lr : learning-rate factor of the log dispersions (they travel several units).
+    ae_theta_lr : learning-rate factor of the log dispersions (with Adam a parameter moves ~lr
+        per step, and log theta must travel several units: theta from 0.1 to 1e3 across genes).
     library_input : the decoder sees ``log l`` besides ``z``.
     ae_labels : label-conditional encoder and decoder (a conditional VAE).
     prior_posterior_draws : fit the prior to draws ``z ~ q(z | x)`` (else to the means).
     hidden, depth, mlp_ratio : prior denoiser (:class:`~boltzkit.bio.generative.ConditionalMLP`).
-    n_steps : prior training steps (the total training is ``ae_steps + n_steps``).
-    lr, weight_decay, grad_clip, ema_decay : prior training (AdamW, cosine decay to ``lr_min``).
-    n_timesteps, schedule, parametrization, variance, sampler, sampling_steps, ddim_eta : the
-        diffusion (see :class:`~boltzkit.nn.gaussian_diffusion.GaussianDiffusion`).
-    sample_batch_size : cells per sampling chunk.
+    n_steps : prior training steps (the total training is ``ae_steps + n_steps``); the
+        :class:`~boltzkit.nn.gaussian_diffusion.DiffusionOptions` are the prior's.
     """
 
     latent: int = 16
@@ -237,8 +233,6 @@ class SCLatentDiffusion(CellGenerator):
                                     cfg.library_input, n_labels if cfg.ae_labels else 0).to(self.device)
             prior = ConditionalMLP(cfg.latent + 1, n_labels, cfg.hidden, cfg.depth, cfg.mlp_ratio,
                                    cfg.variance == "learned_range")
-        # the dispersions get a 10x learning rate: with Adam a parameter moves ~lr per step, and
-        # log theta must travel several units (theta from 0.1 to 1e3 across genes)
         nets = [p for n, p in self.ae.named_parameters() if n != "log_theta"]
         self.ae_opt = torch.optim.Adam([{"params": nets}, {"params": [self.ae.log_theta], "lr": cfg.ae_theta_lr * cfg.ae_lr}],
                                        lr=cfg.ae_lr)

@@ -5,22 +5,16 @@ All distribution metrics compare a *candidate* set (generated cells) with a *ref
 log-normalised expression -> highly variable genes -> PCA); the type classifier of the label
 fidelity is fitted on other real cells:
 
-* :func:`mmd2` -- unbiased MMD^2 with a sum of RBF kernels (bandwidths {1/4, 1/2, 1, 2, 4} x
-  the median pairwise squared distance) and a permutation p-value;
-* :func:`wasserstein2` -- exact W2 between equal-size sets (``scipy.optimize.
-  linear_sum_assignment``); :func:`sliced_wasserstein` -- sliced W1/W2 with random directions;
+* :func:`mmd2` -- unbiased MMD^2 with a sum of RBF kernels and a permutation p-value;
+* :func:`wasserstein2` -- exact W2; :func:`sliced_wasserstein` -- sliced W1/W2;
 * :func:`energy_distance` -- from :func:`boltzkit.bio.common.energy_distance`;
-* :func:`classifier_auc` -- cross-validated real-vs-generated AUC (kNN k=5, logistic
-  regression; 0.5 = indistinguishable);
-* :func:`label_fidelity` -- a logistic-regression cell-type classifier trained on real cells,
-  applied to generated cells: accuracy against the requested label and macro-F1;
-* :func:`moment_correlations` -- per type, Pearson / Spearman correlation across genes of the
-  per-gene means and variances (candidate vs reference);
-* :func:`marker_overlap` -- per type, Jaccard overlap of the top-20 markers from
-  ``scanpy.tl.rank_genes_groups`` (Wilcoxon) run on each set;
-* :func:`correlation_error` -- Frobenius norm of the difference of the gene-gene correlation
-  matrices of the top-50 most variable genes; :func:`within_type_correlation_error` -- the same
-  within each type (what a per-gene independent model cannot carry).
+* :func:`classifier_auc` -- cross-validated real-vs-generated AUC (0.5 = indistinguishable);
+* :func:`label_fidelity` -- accuracy and macro-F1 of a cell-type classifier trained on real cells;
+* :func:`moment_correlations` -- per type, correlations of the per-gene means and variances;
+* :func:`marker_overlap` -- per type, Jaccard overlap of the top markers (scanpy, Wilcoxon);
+* :func:`correlation_error` -- error of the gene-gene correlation matrix;
+  :func:`within_type_correlation_error` -- the same within each type (what a per-gene
+  independent model cannot carry).
 
 :func:`evaluate` computes all of them for one candidate; :func:`evaluate_with_floor` also
 computes them for other held-out real cells against the same reference (the noise floor: a
@@ -75,9 +69,8 @@ class CellEmbedding:
 
     def __init__(self, x, n_pcs: int = 50, n_hvg: "int | None" = None):
         x = _as2d(x, "x")
-        var = x.var(0)
         self.genes = (np.arange(x.shape[1]) if n_hvg is None or n_hvg >= x.shape[1]
-                      else np.sort(np.argsort(-var, kind="stable")[:n_hvg]))
+                      else np.sort(np.argsort(-x.var(0), kind="stable")[:n_hvg]))
         self.pca = PCABasis(x[:, self.genes], n_pcs)
 
     def __call__(self, x) -> np.ndarray:
@@ -107,24 +100,26 @@ def mmd2(x, y, *, n_perm: int = 200, seed: int = 0) -> "tuple[float, float]":
         kxy = a @ k @ b / (n * m)
         return kxx + kyy - 2 * kxy
 
-    first = np.zeros(n + m, dtype=bool)
-    first[:n] = True
+    first = np.arange(n + m) < n
     obs = stat(first)
     rng = np.random.default_rng(seed)
     perms = np.array([stat(rng.permutation(first)) for _ in range(n_perm)])
     return float(obs), float((1 + np.sum(perms >= obs)) / (1 + n_perm))
 
 
-def wasserstein2(x, y, *, seed: int = 0) -> float:
-    """Exact W2 between empirical sets by optimal assignment; the larger set is subsampled to
-    the size of the smaller (``seed``)."""
+def _equal_sizes(x, y, seed: int, *, shuffle: bool) -> "list[np.ndarray]":
+    """``x`` and ``y`` as 2-D arrays of the smaller one's size: rows drawn without replacement
+    (``seed``) from the larger one, and from both when ``shuffle``."""
     x, y = _as2d(x, "x"), _as2d(y, "y")
     rng = np.random.default_rng(seed)
     n = min(x.shape[0], y.shape[0])
-    if x.shape[0] > n:
-        x = x[rng.choice(x.shape[0], n, replace=False)]
-    if y.shape[0] > n:
-        y = y[rng.choice(y.shape[0], n, replace=False)]
+    return [a[rng.choice(a.shape[0], n, replace=False)] if shuffle or a.shape[0] > n else a for a in (x, y)]
+
+
+def wasserstein2(x, y, *, seed: int = 0) -> float:
+    """Exact W2 between empirical sets by optimal assignment; the larger set is subsampled to
+    the size of the smaller (``seed``)."""
+    x, y = _equal_sizes(x, y, seed, shuffle=False)
     c = cdist(x, y, "sqeuclidean")
     r, col = linear_sum_assignment(c)
     return float(np.sqrt(c[r, col].mean()))
@@ -163,11 +158,8 @@ def classifier_auc(x, y, *, method: str = "knn", folds: int = 5, seed: int = 0) 
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.neighbors import KNeighborsClassifier
 
-    x, y = _as2d(x, "x"), _as2d(y, "y")
-    rng = np.random.default_rng(seed)
-    n = min(x.shape[0], y.shape[0])
-    x = x[rng.choice(x.shape[0], n, replace=False)]
-    y = y[rng.choice(y.shape[0], n, replace=False)]
+    x, y = _equal_sizes(x, y, seed, shuffle=True)
+    n = x.shape[0]
     z = np.concatenate([x, y])
     lab = np.r_[np.zeros(n), np.ones(n)]
     if method == "knn":

@@ -9,17 +9,12 @@ cut around the spots on demand.
 
 Readers:
 
-* :meth:`SpatialDataset.from_anndata` -- the scanpy / squidpy / Visium convention: expression
-  in ``adata.X`` or a layer, spot pixel coordinates (full resolution) in
-  ``adata.obsm["spatial"]``, images and scale factors in
-  ``adata.uns["spatial"][library_id]["images"|"scalefactors"]``;
+* :meth:`SpatialDataset.from_anndata` -- the scanpy / squidpy / Visium convention (spot pixel
+  coordinates in ``adata.obsm["spatial"]``, images and scale factors in ``adata.uns["spatial"]``);
 * :meth:`SpatialDataset.from_hest` -- one HEST-1k sample (``st/<id>.h5ad`` + ``wsis/<id>.tif``).
 
-Gene selection (:func:`select_genes`) follows Stem: per-slide highly variable genes (when there
-are more than 2000 genes), mitochondrial / ribosomal genes dropped, then the intersection of the
-top-k genes by mean and by standard deviation of the raw counts; with ``n_genes`` genes or fewer
-every gene is kept. :func:`~boltzkit.bio.spatial.io.result_to_anndata` turns a Stem
-:class:`~boltzkit.result.Result` back into AnnData.
+Gene selection (:func:`select_genes`) follows Stem. :func:`~boltzkit.bio.spatial.io.result_to_anndata`
+turns a Stem :class:`~boltzkit.result.Result` back into AnnData.
 
 anndata, scanpy and image readers are imported only when used (extra ``boltzkit[bio]``).
 """
@@ -178,8 +173,7 @@ def select_genes(counts, gene_names: Sequence[str], n_genes: int = 200, *, slide
     sub = counts[:, candidates]
     by_mean = np.argsort(-sub.mean(0), kind="stable")
     by_std = np.argsort(-sub.std(0), kind="stable")
-    rank_std = np.empty_like(by_std)
-    rank_std[by_std] = np.arange(by_std.size)
+    rank_std = np.argsort(by_std)  # the inverse permutation: each gene's rank by std
     # the i-th gene by mean is in top_k(mean) & top_k(std) from k = max(i, its std rank) + 1 on,
     # so the first k >= n_genes where they share n_genes genes is the n_genes-th smallest such k
     first = np.maximum(np.arange(by_mean.size), rank_std[by_mean])
@@ -236,7 +230,6 @@ class SpatialDataset:
                       else np.asarray([str(s) for s in slide], dtype=object))
         if self.slide.shape != (n,):
             raise DatasetError(f"slide must have one entry per spot ({n}), got shape {self.slide.shape}")
-        # expression and genes
         self.gene_names = None if gene_names is None else [str(g) for g in gene_names]
         self.expression = None
         if expression is not None:
@@ -246,15 +239,12 @@ class SpatialDataset:
             if x.ndim != 2 or x.shape[1] != len(self.gene_names):
                 raise DatasetError(f"expression has shape {x.shape} but there are "
                                    f"{len(self.gene_names)} gene names")
-            if x.shape[1] == 0:
-                raise DatasetError("the dataset has no genes")
             if not np.isfinite(x).all() or (x < 0).any():
                 raise DatasetError(f"expression must be finite and non-negative on the {SCALE} "
                                    "scale; found NaN/inf or negative values (scaled or centred data?). "
                                    "Pass raw counts with transform='log2'")
             self.expression = x
         self.domain = None if self.gene_names is None else ExpressionDomain(self.gene_names)
-        # coordinates and images
         self.coords = None if coords is None else np.asarray(coords, dtype=np.float64)
         if self.coords is not None and (self.coords.shape != (n, 2) or not np.isfinite(self.coords).all()):
             raise DatasetError(f"coords must be finite with shape ({n}, 2) as (x, y) pixels, "
@@ -503,14 +493,12 @@ class SpatialDataset:
             full = max(224.0, float(spot_diam)) if patch_size is None else float(patch_size)
             psize = max(2, int(round(full * scale)))
         keep = x.sum(1) > 0 if drop_empty else np.ones(x.shape[0], dtype=bool)
-        obs = [str(o) for o in adata.obs_names]
-        sel = lambda a: None if a is None else a[keep]  # noqa: E731
         slide_name = str(lib) if lib is not None else (name or "slide")
         ds = cls(expression=x[keep], gene_names=names,
                  coords=None if coords is None else coords[keep] * scale,
                  images=None if img is None else {slide_name: img},
                  slide=np.full(int(keep.sum()), slide_name, dtype=object), patch_size=psize,
-                 embeddings=sel(emb), obs_names=[o for o, k in zip(obs, keep) if k],
+                 embeddings=None if emb is None else emb[keep], obs_names=np.asarray(adata.obs_names)[keep],
                  name=name or slide_name, provenance=provenance)
         ds.meta = {"n_dropped_empty": int((~keep).sum()), "image_scale": scale,
                    "library_id": None if lib is None else str(lib)}

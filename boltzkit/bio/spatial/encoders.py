@@ -146,10 +146,8 @@ class StainStatsEncoder:
 
 
 class SmallCNNEncoder(nn.Module):
-    """Three stride-2 convolutions on RGB + optical density, global mean and max pooling, linear.
-
-    Trained jointly with the model that uses it (``trainable = True``).
-    """
+    """Three stride-2 convolutions on RGB + optical density, global mean and max pooling, linear;
+    trained jointly with the model that uses it (``trainable = True``)."""
 
     trainable = True
 
@@ -197,12 +195,9 @@ class CallableEncoder:
 
 def make_encoder(spec, *, cnn_dim: int = 64):
     """Encoder from a name ("stain", "cnn") or an object; ``None`` for "precomputed"."""
-    if spec == "stain":
-        return StainStatsEncoder()
-    if spec == "cnn":
-        return SmallCNNEncoder(cnn_dim)
-    if spec == "precomputed":
-        return None
+    named = {"stain": StainStatsEncoder, "cnn": lambda: SmallCNNEncoder(cnn_dim), "precomputed": lambda: None}
+    if isinstance(spec, str) and spec in named:
+        return named[spec]()
     if isinstance(spec, str):
         raise ConfigError(f"unknown encoder {spec!r}; use 'stain', 'cnn', 'precomputed' "
                           "(embeddings from adata.obsm) or an ImageEncoder object")

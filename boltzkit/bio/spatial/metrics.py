@@ -46,9 +46,8 @@ def pearson_per_gene(pred, true) -> np.ndarray:
 def pcc_summary(pred, true, ks=(10, 50)) -> dict:
     """Mean PCC over all genes and over top-k genes (by true variance, and by the model's PCC)."""
     r = pearson_per_gene(pred, true)
-    var_true = _as2d(true, "true").var(0)
     out = {"pcc_all": float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")}
-    by_var = np.argsort(-var_true, kind="stable")
+    by_var = np.argsort(-_as2d(true, "true").var(0), kind="stable")
     by_model = np.argsort(-np.nan_to_num(r, nan=-np.inf), kind="stable")
     for k in ks:
         k = min(int(k), r.size)

@@ -77,11 +77,10 @@ import torch
 from torch import nn
 
 from ..._registry import register
-from ..._utils import check_count
+from ..._utils import check_choice, check_count
 from ...errors import ConfigError, DatasetError, TargetError
 from ...nn.gaussian_diffusion import DiffusionOptions, check_diffusion_options
 from ...result import Result
-from ..._utils import check_choice
 from ...samplers.base import SamplerConfig
 from ..generative import DataDiffusionSampler, GeneTokenDiT
 from .dataset import SCALE, ExpressionDomain, SpatialDataset
@@ -111,12 +110,9 @@ class StemConfig(DiffusionOptions, SamplerConfig):
         ``embeddings``) or an :class:`~boltzkit.bio.spatial.encoders.ImageEncoder` object.
     cnn_dim : embedding width of the "cnn" encoder.
     augment : train on random dihedral transforms of the patches (Stem).
-    n_steps, batch_size, lr, weight_decay, grad_clip, ema_decay : AdamW training
-        (paper: lr 1e-4, batch 256, EMA 0.9999, ~300k steps).
-    n_timesteps, schedule, parametrization, variance : the diffusion (paper: 1000, "linear",
-        "eps", "learned_range").
-    sampler : "ancestral" (paper) or "ddim"; sampling_steps : respaced steps (None = all);
-        ddim_eta : DDIM noise.
+    n_steps, batch_size : training steps and batch; with the
+        :class:`~boltzkit.nn.gaussian_diffusion.DiffusionOptions` (paper: lr 1e-4, batch 256,
+        EMA 0.9999, ~300k steps; 1000 "linear" steps, "eps", "learned_range", "ancestral").
     clip_x0 : clamp the predicted clean expression at 0 during sampling (paper: off).
     standardize : diffuse per-gene standardized expression (centred, unit variance over the
         training spots) instead of the raw log2(1+x) values (paper: raw).
@@ -156,11 +152,7 @@ class StemConfig(DiffusionOptions, SamplerConfig):
                               f"(n_spots, dim) array of embeddings, got {type(c).__name__}")
 
     def arch(self) -> dict:
-        base = dict(SIZES[self.size])
-        for k in base:
-            if getattr(self, k) is not None:
-                base[k] = getattr(self, k)
-        return base
+        return {k: v if getattr(self, k) is None else getattr(self, k) for k, v in SIZES[self.size].items()}
 
 
 # ---------------------------------------------------------------------------- the sampler
@@ -310,20 +302,15 @@ class Stem(DataDiffusionSampler):
 
     @torch.no_grad()
     def predict(self, condition=None, n_samples: "int | None" = None) -> Result:
-        """Draw ``n_samples`` expression profiles for every spot of ``condition``.
+        """Draw ``n_samples`` expression profiles for every spot of ``condition``: the Result of
+        the module docstring's "Returns", ``samples`` ``(spots, n_samples, genes)``.
 
         Parameters
         ----------
         condition : SpatialDataset or array (n, D), optional
-            Spots to predict (images, or embeddings with ``encoder="precomputed"``); default the
-            configured ``condition``, else the training spots.
+            Spots to predict (as :class:`StemConfig`'s); default the configured ones, else the training spots.
         n_samples : int, optional
             Samples per spot (default 20, as in the paper).
-
-        Returns
-        -------
-        Result
-            ``samples`` ``(spots, n_samples, genes)`` on the log2(1+x) scale; ``log_z`` None.
         """
         self._require_model()
         k = self.default_n_samples if n_samples is None else n_samples
@@ -341,22 +328,16 @@ class Stem(DataDiffusionSampler):
         out = [self._draw(lambda x, s, c=c: net(x, s, c), (c.shape[0], g), clip) * self.x_std + self.x_mean
                for c in cond.repeat_interleave(k, dim=0).split(self.config.sample_batch_size)]
         samples = torch.cat(out).reshape(n, k, g).float().cpu()
-        wall = time.perf_counter() - t0
-        if not bool(torch.isfinite(samples).all()):
-            raise ConfigError("sampling produced non-finite values; the model is not trained "
-                              "enough or diverged (check result.history / lower lr)")
-        return self._result(samples, condition, wall)
+        return self._result(samples, condition, time.perf_counter() - t0)
 
     def _result(self, samples, condition, wall) -> Result:
         if isinstance(condition, SpatialDataset):
-            cinfo = {"name": condition.name, "n_spots": condition.n_spots,
-                     "obs_names": list(condition.obs_names),
+            cinfo = {**_describe(condition), "obs_names": list(condition.obs_names),
                      "coords": None if condition.coords is None else condition.coords.tolist(),
-                     "slide": [str(s) for s in condition.slide], "provenance": condition.provenance}
+                     "slide": [str(s) for s in condition.slide]}
         else:
-            cinfo = {"name": "embeddings", "n_spots": int(samples.shape[0]),
-                     "obs_names": [f"spot{i}" for i in range(samples.shape[0])], "coords": None,
-                     "slide": None, "provenance": "embeddings given as an array"}
+            cinfo = {**_describe(condition), "obs_names": [f"spot{i}" for i in range(samples.shape[0])],
+                     "coords": None, "slide": None, "provenance": "embeddings given as an array"}
         n, k, g = samples.shape
         return self._data_result(samples, wall, {"n_spots": n, "samples_per_spot": k, "n_genes": g, "scale": SCALE},
                                  {"gene_names": list(self.info["gene_names"]), "condition": cinfo},

@@ -193,9 +193,7 @@ class TissueLaw:
         p = np.exp(eta - eta.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
         lib = np.exp(self.log_library + self.library_sigma * rng.normal(size=(n, k, 1)))
-        mu = lib * p
-        lam = rng.gamma(self.theta, mu / self.theta)
-        counts = rng.poisson(lam)
+        counts = rng.poisson(rng.gamma(self.theta, lib * p / self.theta))  # NB(lib p, theta), gamma-Poisson
         return np.log2(1.0 + counts), u
 
     def conditional_mean(self, features, *, m: int = 2000, seed: int = 0) -> np.ndarray:
