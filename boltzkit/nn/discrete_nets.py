@@ -54,6 +54,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
+from .ctmc import gather_sites
 from .time_embedding import TimeFiLM
 
 __all__ = ["SiteTransformer", "SiteCNN", "make_discrete_net", "relative_position_index"]
@@ -223,14 +224,14 @@ class SiteCNN(nn.Module):
                 h = self.blocks[1:](h + first.c2(F.gelu(a)))
             else:
                 h = self.blocks(h)
-            out = self.head(F.gelu(h))
-            return out.reshape(b, self.q, -1).transpose(1, 2)
-        emb, injections, shift, scale = cond
-        grid = (b, -1) + (1,) * len(self.shape)  # a (B, hidden) vector broadcast over the grid
-        h = (self.embed(tokens) + emb.unsqueeze(1)).transpose(1, 2).reshape(b, -1, *self.shape)
-        for block, inj in zip(self.blocks, injections):
-            h = block(h + inj.view(grid))
-        h = F.gelu(h) * (1.0 + scale.view(grid)) + shift.view(grid)
+            h = F.gelu(h)
+        else:
+            emb, injections, shift, scale = cond
+            grid = (b, -1) + (1,) * len(self.shape)  # a (B, hidden) vector broadcast over the grid
+            h = (self.embed(tokens) + emb.unsqueeze(1)).transpose(1, 2).reshape(b, -1, *self.shape)
+            for block, inj in zip(self.blocks, injections):
+                h = block(h + inj.view(grid))
+            h = F.gelu(h) * (1.0 + scale.view(grid)) + shift.view(grid)
         return self.head(h).reshape(b, self.q, -1).transpose(1, 2)
 
     def _folded_first_weight(self) -> torch.Tensor:
@@ -304,8 +305,7 @@ class SiteCNN(nn.Module):
         b, k = sites.shape
         cone, full = self._cone_cost(k)
         if self.time is not None or cone >= full:
-            logits = self(tokens)
-            return logits.gather(1, sites.unsqueeze(-1).expand(-1, -1, self.q))
+            return gather_sites(self(tokens), sites)
         nd, p = len(self.shape), 2 * self.radius + 1
         table, inside_table, sizes, strides, offsets = self._patch_geometry(tokens.device)
         if table is not None:

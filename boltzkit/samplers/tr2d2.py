@@ -66,10 +66,9 @@ Measured (2-core CPU shared with other jobs, ``torch.set_num_threads(1)``).
   E_pre[r] = 1.172, E_p*[r] = 2.286. After 60 WDCE steps (12 refreshes of 128 rollouts, lr
   1e-2, EMA 0.9), the default (tree, proper weights, every rollout) has a reward law at TV
   0.03-0.08 from p*'s and moves the mean reward 0.97-1.11 times as far as p* does (4 seeds);
-  the paper's top-k buffer: TV 0.31-0.39, 1.34-1.38 times (past p*). Earlier, before the
-  selection correction (150 steps, lr 3e-3): tree + ``"all"`` E[r] = 2.44 (overshoot), tree +
-  top-k 2.73. With a strongly greedy selection (temperature 0.1) the corrected weights give
-  mean(exp ell) / Z = 1.02 +- 0.14, the uncorrected 2.8 +- 0.2. About 0.1 s per step.
+  the paper's top-k buffer: TV 0.31-0.39, 1.34-1.38 times (past p*). With a strongly greedy
+  selection (temperature 0.1) the corrected weights give mean(exp ell) / Z = 1.02 +- 0.14, the
+  uncorrected 2.8 +- 0.2. About 0.1 s per step.
 * Peptides (``benchmarks/tr2d2_sequences.py``; modlamp AMPs, length 48, transformer MDM, reward
   P(AMP) from one oracle, scored by a second; 60 WDCE steps, 1,536 reward calls, 3 seeds; mean
   +- sd of the evaluation-oracle mean): pretrained 0.47 +- 0.03; alpha = 0.1: on-policy WDCE
@@ -131,6 +130,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from .. import distributed as dist
 from .._registry import register
@@ -139,7 +139,8 @@ from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..estimators.importance import ess_kish
 from ..result import result_from_log_weights
 from ..nn.buffers import ReplayBuffer
-from ..nn.ctmc import MaskedPath, site_log_probs, masked_rollout, path_log_prob, unmask_schedule, wdce_loss
+from ..nn.ctmc import (MaskedPath, draw_sites, masked_rollout, path_log_prob, site_log_probs, unmask_schedule,
+                       wdce_loss)
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from .._utils import check_training_options
@@ -230,9 +231,7 @@ class TR2D2Config(SamplerConfig):
     ----------
     n_steps : default number of optimizer (WDCE) steps.
     search : ``"mcts"`` (tree search, TR2-D2) or ``"none"`` (on-policy rollouts, same reward calls).
-    buffer : ``"all"`` (every rollout of the last refresh with its weight: no filtering),
-        ``"topk"`` or ``"pareto"`` (the paper's reward-filtered buffers: they trade exactness for
-        reward, the fine-tuned law tilts past ``p*``, and a warning says so) or ``"auto"`` (= all).
+    buffer : ``"all"`` (= ``"auto"``), ``"topk"`` or ``"pareto"`` (see the module notes).
     buffer_size : rows kept (None = rollouts per refresh, ``n_expansions * n_children``). With
         ``buffer="all"`` the buffer is first-in-first-out, so a multiple of the refresh size
         keeps the rollouts of several refreshes, each weighted against its own proposal (the
@@ -245,9 +244,7 @@ class TR2D2Config(SamplerConfig):
     selection_floor : share of the uniform choice mixed into every selection step (bounds the
         selection correction of ``tree_weights="proper"`` by ``1 / selection_floor`` per level;
         needed > 0 for argmax or Pareto selection, which give some children probability 0).
-    tree_weights : ``"proper"`` (default: each tree rollout's ``ell`` carries the selection
-        correction ``-sum_levels log(m p_pick)``, so the weighted buffer targets ``p*`` exactly)
-        or ``"naive"`` (the paper's: ``ell`` as if the rollout were on-policy; biased past ``p*``).
+    tree_weights : ``"proper"`` (default) or ``"naive"`` (the paper's; see the module notes).
     resample_every : optimizer steps per buffer refresh.
     n_replicates, mask_mode : WDCE re-maskings per buffered sequence and masking law.
     lr, weight_decay, grad_clip : AdamW settings.
@@ -368,9 +365,7 @@ class TR2D2(TrainableSampler):
         x0 = model.sample(8, generator=self.gens["init"])
         self.n_objectives = int(target.objectives(x0.to(self.device)).shape[1])
         # frozen reference and trainable policy
-        self.ref = copy.deepcopy(model.net).to(self.device).eval()
-        for p in self.ref.parameters():
-            p.requires_grad_(False)
+        self.ref = copy.deepcopy(model.net).to(self.device).eval().requires_grad_(False)
         trainable = any(p.requires_grad for p in model.net.parameters())
         mode = cfg.finetune if cfg.finetune != "auto" else ("copy" if trainable else "residual")
         if mode == "copy" and not trainable:
@@ -381,9 +376,7 @@ class TR2D2(TrainableSampler):
             if self.residual:
                 self.net = discrete_net_from_config(self.domain, cfg)  # zero output: pi = p_pre
             else:
-                self.net = copy.deepcopy(model.net)
-                for p in self.net.parameters():
-                    p.requires_grad_(True)
+                self.net = copy.deepcopy(model.net).requires_grad_(True)
         self.net.to(self.device).train()
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.net, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -418,9 +411,7 @@ class TR2D2(TrainableSampler):
     def _both(self, net, tokens):
         """(policy logits, reference logits) for tokens (B, L)."""
         ref = self.ref(tokens)
-        if self.residual:
-            return ref + net(tokens), ref
-        return net(tokens), ref
+        return (ref + net(tokens) if self.residual else net(tokens)), ref
 
     def policy_logits(self, tokens, net=None):
         """Logits of the fine-tuned policy (the EMA copy when ``ema_decay > 0``)."""
@@ -485,11 +476,8 @@ class TR2D2(TrainableSampler):
             rows = active.nonzero().flatten()
             sites = order[rows, self.starts[k]:self.starts[k + 1]]
             pol, ref = self._both(net, x[rows])
-            lp_pol, lp_ref = site_log_probs(pol, sites), site_log_probs(ref, sites)  # (m, n_k, q)
-            values = torch.multinomial(lp_pol.exp().reshape(-1, self.q), 1,
-                                       generator=generator).view(sites.shape)
-            log_pi[rows, k] = lp_pol.gather(-1, values.unsqueeze(-1)).squeeze(-1).sum(-1)
-            log_ref[rows, k] = lp_ref.gather(-1, values.unsqueeze(-1)).squeeze(-1).sum(-1)
+            values, log_pi[rows, k] = draw_sites(site_log_probs(pol, sites), generator)
+            log_ref[rows, k] = site_log_probs(ref, sites).gather(-1, values.unsqueeze(-1)).squeeze(-1).sum(-1)
             x[rows] = x[rows].scatter(1, sites, values)
             now = rows[start[rows] == k]
             first[now] = x[now]
@@ -515,11 +503,8 @@ class TR2D2(TrainableSampler):
                 p = front / front.sum()
             else:
                 score = self.target.scalarize(mean) + bonus
-                if cfg.temperature == 0:
-                    p = torch.zeros_like(score)
-                    p[score.argmax()] = 1.0
-                else:
-                    p = torch.softmax(score / cfg.temperature, 0)
+                p = (F.one_hot(score.argmax(), len(score)).to(score.dtype) if cfg.temperature == 0
+                     else torch.softmax(score / cfg.temperature, 0))
             m = len(cands)
             p = (1.0 - cfg.selection_floor) * p + cfg.selection_floor / m
             pick = int(torch.multinomial(p.to(gen.device).float(), 1, generator=gen))
@@ -550,19 +535,14 @@ class TR2D2(TrainableSampler):
         root = self._empty_tree()
         out = []
         for it in range(0, n_leaves, cfg.parallel):
-            if mode == "mcts":
-                picked = [self._select(root, gen) for _ in range(min(cfg.parallel, n_leaves - it))]
-                leaves = [leaf for leaf, _ in picked]
-                log_sel = [ls if cfg.tree_weights == "proper" else 0.0 for _, ls in picked]
-            else:
-                leaves = [root] * min(cfg.parallel, n_leaves - it)
-                log_sel = [0.0] * len(leaves)
+            # (leaf, selection log-weight); the root itself, with weight 0, while it has no children
+            picked = [self._select(root, gen) for _ in range(min(cfg.parallel, n_leaves - it))]
             xs, orders, starts, prefix = [], [], [], []
-            for leaf, sel in zip(leaves, log_sel):
+            for leaf, sel in picked:
+                sel = sel if cfg.tree_weights == "proper" else 0.0
                 c = self.starts[leaf.depth]
-                masked = leaf.order[c:]
                 perm = torch.argsort(torch.rand(M, self.L - c, generator=gen, device=self.device), dim=1)
-                orders.append(torch.cat([leaf.order[:c].expand(M, c), masked[perm]], 1))
+                orders.append(torch.cat([leaf.order[:c].expand(M, c), leaf.order[c:][perm]], 1))
                 xs.append(leaf.x.expand(M, self.L))
                 starts.append(torch.full((M,), leaf.depth, dtype=torch.long, device=self.device))
                 prefix.append(torch.full((M,), leaf.prefix + sel, dtype=torch.float64, device=self.device))
@@ -573,14 +553,14 @@ class TR2D2(TrainableSampler):
             out.append({"samples": x, "order": order, "log_weights": lw, "objectives": obj, "reward": r,
                         "log_pi": log_pi.sum(1), "log_ref": log_ref.sum(1)})
             if mode == "mcts":
+                leaves = [leaf for leaf, _ in picked]
                 self._expand_and_backup(leaves, first, order, start, log_pi, log_ref, obj)
         return {k: torch.cat([o[k] for o in out]) for k in out[0]}
 
     def _expand_and_backup(self, leaves, first, order, start, log_pi, log_ref, obj):
         M = self.config.n_children
         for i, leaf in enumerate(leaves):
-            rows = range(i * M, (i + 1) * M)
-            for j in rows:
+            for j in range(i * M, (i + 1) * M):
                 k = int(start[j])
                 leaf.children.append(_Node(first[j], order[j], leaf.depth + 1, leaf, obj[j].clone(),
                                            log_pi=float(log_pi[j, k]),
