@@ -20,10 +20,9 @@ so ``log w = -U(x) - log q(x | sigma)`` is an exact log importance weight on the
 space of (order, values): ``E[exp(log w)] = Z`` exactly, whatever K and whatever the network.
 No ``-log q`` per step constant is involved.
 
-This module holds the pieces shared by masked-diffusion samplers (MDNS, and later PDNS and
-TR2-D2): block schedules, batched rollouts, teacher-forced path log-likelihoods (with a
-memory-bounded backward pass) and the random re-masking of the weighted denoising
-cross-entropy (WDCE).
+This module holds the pieces shared by masked-diffusion samplers (MDNS, PDNS, TR2-D2): block
+schedules, batched rollouts, teacher-forced path log-likelihoods (with a memory-bounded backward
+pass) and the random re-masking of the weighted denoising cross-entropy (WDCE).
 """
 
 from __future__ import annotations

@@ -214,8 +214,6 @@ Known failure modes (brief 2.9)
   ``use_weights=False`` cold targets can blow up (see above); with weights, a degenerate batch
   (ESS of a few samples) makes the step follow those few paths. The self-normalized ESS and
   error bar are themselves estimates (Pareto k > 0.7 is flagged).
-* The discrete score costs ``D (q - 1)`` energy differences per sample for a generic energy
-  (closed-form local fields for ``Ising`` and ``Potts``).
 """
 
 from __future__ import annotations
@@ -346,14 +344,11 @@ def shift_invariant(energy) -> bool:
 
 def resolve_source(energy, source: str = "auto", corrector_loss: str = "closed_form",
                    noise_alpha: "float | None" = None) -> "tuple[str, float]":
-    """The (source, noise_alpha) that :class:`DiscreteASBS` uses for ``energy``.
-
-    ``source="auto"`` picks ``"delta"`` for shift-invariant targets (:func:`shift_invariant`),
-    where the closed-form corrector is the exact one, unless ``corrector_loss="tm"`` (which needs
-    a finite source score); otherwise ``"uniform"``. ``noise_alpha=None`` picks 0.5 (total
-    noise ``log 3``, the paper's) for the delta source and 0.05 (``log 21``, nearly
-    memoryless) for the uniform source, whose exact weights lose ESS when x_1 remembers x_0.
-    """
+    """The (source, noise_alpha) that :class:`DiscreteASBS` uses for ``energy``: ``source="auto"``
+    is ``"delta"`` for shift-invariant targets (:func:`shift_invariant`) unless
+    ``corrector_loss="tm"`` (which needs a finite source score), else ``"uniform"``;
+    ``noise_alpha=None`` is 0.5 for the delta source and 0.05 for the uniform source (the module
+    notes give the reasons)."""
     if source == "auto":
         source = "delta" if shift_invariant(energy) and corrector_loss != "tm" else "uniform"
     if noise_alpha is None:
@@ -520,8 +515,7 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
     Config = DiscreteASBSConfig
 
     def default_n_steps(self) -> int:
-        c, k = self.config.phase_lengths
-        return self.config.n_stages * (c + k)
+        return self.config.n_stages * sum(self.config.phase_lengths)
 
     # ------------------------------------------------------------------ setup
     def _setup(self, target) -> None:
@@ -534,20 +528,15 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
                                     device=self.device)
         with self._seeded_init():  # network init from the sampler's own stream
             self.controller = _SoftClamp(discrete_net_from_config(dom, cfg, time_conditioned=True),
-                                         cfg.log_phi_max)
-            self.corrector = _SoftClamp(discrete_net_from_config(dom, cfg), cfg.log_phi_max)
-        self.controller.to(self.device)
+                                         cfg.log_phi_max).to(self.device)
+            self.corrector = _SoftClamp(discrete_net_from_config(dom, cfg), cfg.log_phi_max).to(self.device)
         self._amp = amp_dtype(cfg.precision, self.device)
-        self.corrector.to(self.device)
-        self.opt_controller = torch.optim.AdamW(self.controller.parameters(), lr=cfg.lr,
-                                                weight_decay=cfg.weight_decay)
-        self.opt_corrector = torch.optim.AdamW(self.corrector.parameters(), lr=cfg.lr,
-                                               weight_decay=cfg.weight_decay)
-        self.ema_controller = EMA(self.controller, cfg.ema_decay)
-        self.ema_corrector = EMA(self.corrector, cfg.ema_decay)
+        nets = (self.controller, self.corrector)
+        self.opt_controller, self.opt_corrector = (
+            torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) for net in nets)
+        self.ema_controller, self.ema_corrector = (EMA(net, cfg.ema_decay) for net in nets)
         self.buffer = ReplayBuffer(cfg.buffer_size)
-        self.n_energy_evals = 0
-        self.n_score_evals = 0
+        self.n_energy_evals = self.n_score_evals = 0
         self._batch_stats: dict = {}
 
     # ------------------------------------------------------------------ pieces
@@ -561,9 +550,8 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
     def energy_scale(self, step: "int | None" = None) -> float:
         """Temperature warm-up factor multiplying the energy at training ``step``."""
         cfg, step = self.config, self.step if step is None else step
-        if cfg.warmup_steps == 0 or step >= cfg.warmup_steps:
-            return 1.0
-        return cfg.warmup_start + (1.0 - cfg.warmup_start) * step / cfg.warmup_steps
+        return (1.0 if step >= cfg.warmup_steps  # also without warm-up (warmup_steps=0)
+                else cfg.warmup_start + (1.0 - cfg.warmup_start) * step / cfg.warmup_steps)
 
     def rollout(self, controller, n: int, *, generator, scale: float = 1.0
                 ) -> "tuple[CyclicPath, torch.Tensor]":
@@ -670,12 +658,9 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
     def train_step(self) -> dict:
         cfg, gen = self.config, self.gens["train"]
         stage, phase, i, length = self.phase()
-        if phase == "controller":
-            net, ema, opt = self.controller, self.ema_controller, self.opt_controller
-            loss_fn = self.controller_loss
-        else:
-            net, ema, opt = self.corrector, self.ema_corrector, self.opt_corrector
-            loss_fn = self.corrector_loss
+        net, ema, opt, loss_fn = {
+            "controller": (self.controller, self.ema_controller, self.opt_controller, self.controller_loss),
+            "corrector": (self.corrector, self.ema_corrector, self.opt_corrector, self.corrector_loss)}[phase]
         if i == 0:
             self.buffer.clear()
             n_init = cfg.init_buffer_size or cfg.batch_size

@@ -154,8 +154,8 @@ class MDNSConfig(SamplerConfig):
     ema_decay : decay of the EMA copy that generates the buffer and the final samples.
     resample_every : WDCE: optimizer steps between two EMA rollouts into the buffer.
     n_replicates : WDCE: random re-maskings per buffered sample per step.
-    mask_mode : WDCE masking: "count" (default; mask m ~ U{1..D} sites, weight D/m, bounded)
-        or "lambda" (the paper's: mask each site with prob. lambda ~ U(0,1), weight 1/lambda).
+    mask_mode : WDCE masking law, "count" (default) or "lambda" (the paper's); see
+        :func:`~boltzkit.nn.ctmc.remask`.
     buffer_size : rows kept in the replay buffer (None = batch_size: the last rollout only).
     n_unmask_steps : network passes per sample when sampling (None = one site per step).
     train_unmask_steps : the same for training rollouts (None = n_unmask_steps).
@@ -253,11 +253,9 @@ class MDNS(NeuralStartSMC, TrainableSampler):
         self._train_blocks = unmask_schedule(self.n_sites, cfg.train_unmask_steps or cfg.n_unmask_steps)
         self._sample_blocks = unmask_schedule(self.n_sites, cfg.n_unmask_steps)
         with self._seeded_init():  # network init from the sampler's own stream
-            self.model = discrete_net_from_config(dom, cfg)
-        self.model.to(self.device)
+            self.model = discrete_net_from_config(dom, cfg).to(self.device)
         self._amp = amp_dtype(cfg.precision, self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema_decay)
         self.buffer = ReplayBuffer(cfg.buffer_size or cfg.batch_size)
         self.scale = {"adaptive": 0.0, "linear": cfg.warmup_start, None: 1.0}[cfg.warmup]
@@ -299,12 +297,6 @@ class MDNS(NeuralStartSMC, TrainableSampler):
                     lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
                 self.scale = float(lo)
 
-    @staticmethod
-    def _stats(lw: torch.Tensor) -> dict:
-        """History entries from one rollout batch, w.r.t. the true target (energy factor 1)."""
-        est = log_z_from_log_weights(lw, warn=False)
-        return {"ess_frac": est.ess_frac, "log_z": est.log_z, "log_z_stderr": est.stderr}
-
     # ------------------------------------------------------------------ training
     def train_step(self) -> dict:
         """One optimizer step of the configured objective; returns the history entries."""
@@ -317,7 +309,8 @@ class MDNS(NeuralStartSMC, TrainableSampler):
                                    blocks=self._train_blocks)
             self._update_scale(u, path.log_q)
             lw = -self.scale * u - path.log_q
-            self._batch_stats = self._stats(-u - path.log_q)
+            est = log_z_from_log_weights(-u - path.log_q, warn=False)  # w.r.t. the true target (s = 1)
+            self._batch_stats = {"ess_frac": est.ess_frac, "log_z": est.log_z, "log_z_stderr": est.stderr}
             if wdce:
                 self.buffer.add(path.x, lw)
         if wdce:
@@ -394,10 +387,9 @@ class MDNS(NeuralStartSMC, TrainableSampler):
         check_choice("refine", refine, REFINEMENTS)
         t0 = time.perf_counter()
         path, lw = self.sample_paths(n_samples, n_unmask_steps=n_unmask_steps)
-        sample_time = time.perf_counter() - t0
         diag = {"n_unmask_steps": len(path.blocks), "nfe_per_sample": len(path.blocks),
-                **self._train_diagnostics(), "sample_wall_time_s": sample_time, "loss": self.config.loss,
-                "final_energy_scale": self.scale}
+                **self._train_diagnostics(), "sample_wall_time_s": time.perf_counter() - t0,
+                "loss": self.config.loss, "final_energy_scale": self.scale}
         if self.scale < 1.0:
             warnings.warn(f"the temperature warm-up of MDNS stopped at energy factor {self.scale:.3f} < 1 "
                           f"after {self.step} steps: the network was trained on a hotter target. The "

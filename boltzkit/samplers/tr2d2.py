@@ -47,11 +47,9 @@ tilt training past ``p*``; choosing them raises a warning and the Result says
 ``trains_toward_p_star=False``.
 
 Buffers (``buffer=``): ``"all"`` (the default: every rollout of the last refresh with its
-weight, no filtering), ``"topk"`` (unique sequences with the largest (reward, ell): the paper's,
-biased past p*), ``"pareto"`` (the non-dominated set of the objective vectors, largest objective
-sums kept when full: biased). ``search="none"`` replaces the
-tree by plain policy rollouts (on-policy WDCE, the paper's "no MCTS" baseline) at the same number
-of reward calls.
+weight, no filtering), ``"topk"`` (:class:`TopKBuffer`, the paper's) or ``"pareto"``
+(:class:`ParetoArchive`), both biased past p*. ``search="none"`` replaces the tree by plain policy
+rollouts (on-policy WDCE, the paper's "no MCTS" baseline) at the same number of reward calls.
 
 Returns. :meth:`TR2D2.sample` draws fresh on-policy paths (independent of the tree), so its
 weights ``ell`` are exact importance weights for ``p*``: the :class:`~boltzkit.result.Result` has
@@ -169,12 +167,11 @@ def pareto_mask(obj: torch.Tensor) -> torch.Tensor:
 
 def _new_rows(samples: torch.Tensor, old: "torch.Tensor | None") -> torch.Tensor:
     """Boolean (B,): rows of ``samples`` that are neither in ``old`` nor repeated earlier."""
-    b = samples.shape[0]
     same = (samples.unsqueeze(0) == samples.unsqueeze(1)).all(-1)  # (B, B)
     first = ~torch.tril(same, diagonal=-1).any(1)
     if old is not None and old.shape[0]:
         first &= ~(samples.unsqueeze(1) == old.unsqueeze(0)).all(-1).any(1)
-    return first if b else torch.zeros(0, dtype=torch.bool)
+    return first
 
 
 def _merge(old: dict, samples, log_weights, extras: dict, ok: torch.Tensor) -> dict:
@@ -300,10 +297,9 @@ class TR2D2Config(SamplerConfig):
         check_choice("finetune", self.finetune, FINETUNE)
         check_choice("mask_mode", self.mask_mode, ("lambda", "count"))
         check_choice("net", self.net, ("cnn", "transformer"))
-        check_number("lr", self.lr)
         for name in ("c_explore", "temperature", "weight_decay"):
             check_number(name, getattr(self, name), allow_zero=True)
-        check_training_options(self, check_lr=False)
+        check_training_options(self)
         if self.reward_clip is not None and not math.isfinite(self.reward_clip):
             raise ConfigError(f"reward_clip must be a finite number or None, got {self.reward_clip!r}")
 
@@ -373,15 +369,12 @@ class TR2D2(TrainableSampler):
                               "one has none (an exact model?): use finetune='residual'")
         self.residual = mode == "residual"
         with self._seeded_init():  # network init from the sampler's own stream
-            if self.residual:
-                self.net = discrete_net_from_config(self.domain, cfg)  # zero output: pi = p_pre
-            else:
-                self.net = copy.deepcopy(model.net).requires_grad_(True)
+            self.net = (discrete_net_from_config(self.domain, cfg) if self.residual  # zero output: pi = p_pre
+                        else copy.deepcopy(model.net).requires_grad_(True))
         self.net.to(self.device).train()
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.net, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        kind = cfg.buffer if cfg.buffer != "auto" else "all"
-        self.buffer_kind = kind
+        self.buffer_kind = kind = cfg.buffer if cfg.buffer != "auto" else "all"
         self.bias_reason = self._bias_reason()
         if self.bias_reason is not None:
             warnings.warn(f"tr2d2: {self.bias_reason}, so fine-tuning tilts past the target p* (higher "
@@ -465,13 +458,10 @@ class TR2D2(TrainableSampler):
         the policy and the pretrained model (0 for steps before ``start``).
         """
         net = self._rollout_net() if net is None else net
-        x = x.clone()
-        b = x.shape[0]
-        K = len(self.blocks)
-        log_pi = torch.zeros(b, K, dtype=torch.float64, device=x.device)
+        x, first = x.clone(), x.clone()
+        log_pi = torch.zeros(x.shape[0], len(self.blocks), dtype=torch.float64, device=x.device)
         log_ref = torch.zeros_like(log_pi)
-        first = x.clone()
-        for k in range(int(start.min()), K):
+        for k in range(int(start.min()), len(self.blocks)):
             active = start <= k
             rows = active.nonzero().flatten()
             sites = order[rows, self.starts[k]:self.starts[k + 1]]
@@ -482,11 +472,6 @@ class TR2D2(TrainableSampler):
             now = rows[start[rows] == k]
             first[now] = x[now]
         return x, first, log_pi, log_ref
-
-    def _empty_tree(self):
-        x = torch.full((self.L,), self.q, dtype=torch.long, device=self.device)
-        return _Node(x, torch.arange(self.L, device=self.device), 0, None,
-                     torch.zeros(self.n_objectives, dtype=torch.float64, device=self.device))
 
     def _select(self, root, gen):
         cfg, K = self.config, len(self.blocks)
@@ -532,7 +517,9 @@ class TR2D2(TrainableSampler):
         check_choice("search mode", mode, SEARCHES)
         gen = self.gens["train"] if generator is None else generator
         M, n_leaves = cfg.n_children, cfg.n_expansions
-        root = self._empty_tree()
+        root = _Node(torch.full((self.L,), self.q, dtype=torch.long, device=self.device),  # all masked
+                     torch.arange(self.L, device=self.device), 0, None,
+                     torch.zeros(self.n_objectives, dtype=torch.float64, device=self.device))
         out = []
         for it in range(0, n_leaves, cfg.parallel):
             # (leaf, selection log-weight); the root itself, with weight 0, while it has no children
