@@ -87,16 +87,13 @@ class ReplayBuffer:
         """``n`` rows drawn uniformly: with replacement if ``replace``, else without (all rows
         if ``n >= len``)."""
         size = len(self)
+        if not size or (n >= size and not self.replace):
+            return self.get()  # every row (or the empty buffer's error)
         if self.replace:
-            if not size:
-                raise ConfigError("the replay buffer is empty; add rows first")
             # uniform slots of a ring of `capacity` slots whose oldest row sits at `_head` once full
             idx = torch.randint(0, size, (int(n),), generator=generator, device=generator.device)
             return self.get((idx - self._head) % size if size == self.capacity else idx)
-        if n >= size:
-            return self.get()
-        idx = torch.randperm(size, generator=generator, device=generator.device)[:n]
-        return self.get(idx)
+        return self.get(torch.randperm(size, generator=generator, device=generator.device)[:n])
 
     @staticmethod
     def fields_in(state: dict) -> tuple:

@@ -20,10 +20,9 @@ so ``log w = -U(x) - log q(x | sigma)`` is an exact log importance weight on the
 space of (order, values): ``E[exp(log w)] = Z`` exactly, whatever K and whatever the network.
 No ``-log q`` per step constant is involved.
 
-This module holds the pieces shared by masked-diffusion samplers (MDNS, and later PDNS and
-TR2-D2): block schedules, batched rollouts, teacher-forced path log-likelihoods (with a
-memory-bounded backward pass) and the random re-masking of the weighted denoising
-cross-entropy (WDCE).
+This module holds the pieces shared by masked-diffusion samplers (MDNS, PDNS, TR2-D2): block
+schedules, batched rollouts, teacher-forced path log-likelihoods (with a memory-bounded backward
+pass) and the random re-masking of the weighted denoising cross-entropy (WDCE).
 """
 
 from __future__ import annotations
@@ -80,10 +79,22 @@ class MaskedPath:
         return cls(*(torch.cat([getattr(p, k) for p in paths]) for k in ("x", "order", "log_q")), blocks)
 
 
+def gather_sites(logits: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
+    """The rows (B, k, q) of per-site ``logits`` (B, D, q) at ``sites`` (B, k)."""
+    return logits.gather(1, sites.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+
+
 def site_log_probs(logits: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
     """float64 log-probabilities (B, k, q) of the rows of ``logits`` at ``sites`` (B, k)."""
-    rows = logits.gather(1, sites.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-    return F.log_softmax(rows.double(), dim=-1)
+    return F.log_softmax(gather_sites(logits, sites).double(), dim=-1)
+
+
+def draw_sites(logp: torch.Tensor, generator: torch.Generator) -> "tuple[torch.Tensor, torch.Tensor]":
+    """One reveal step: values (B, k) drawn from the float64 log-probabilities ``logp`` (B, k, q)
+    of k sites, and the log-probability (B,) of the values drawn (summed over the sites)."""
+    values = torch.multinomial(logp.exp().reshape(-1, logp.shape[-1]), 1, generator=generator)
+    values = values.view(logp.shape[:-1])
+    return values, logp.gather(-1, values.unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
 def logits_at(net: Callable, tokens: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
@@ -95,10 +106,7 @@ def logits_at(net: Callable, tokens: torch.Tensor, sites: torch.Tensor) -> torch
     each site); otherwise the whole configuration is evaluated and gathered.
     """
     hook = getattr(net, "site_logits", None)
-    if hook is not None:
-        return hook(tokens, sites)
-    logits = net(tokens)
-    return logits.gather(1, sites.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    return hook(tokens, sites) if hook is not None else gather_sites(net(tokens), sites)
 
 
 class AutocastNet:
@@ -162,9 +170,8 @@ def masked_rollout(net: Callable, n: int, n_sites: int, q: int, *, generator: to
     start = 0
     for k in blocks:
         sites = order[:, start:start + k]
-        logp = F.log_softmax(logits_at(net, x, sites).double(), dim=-1)  # (n, k, q), float64
-        values = torch.multinomial(logp.exp().reshape(-1, q), 1, generator=generator).view(n, k)
-        log_q += logp.gather(-1, values.unsqueeze(-1)).squeeze(-1).sum(-1)
+        values, log_p = draw_sites(F.log_softmax(logits_at(net, x, sites).double(), dim=-1), generator)
+        log_q += log_p
         x.scatter_(1, sites, values)
         start += k
     return MaskedPath(x, order, log_q, blocks)

@@ -15,13 +15,11 @@ time ``t`` (a float or a (B,) tensor)::
 
     net(tokens, t) -> logits
 
-through a :class:`~boltzkit.nn.time_embedding.TimeFiLM`: a sinusoidal
-embedding of ``t`` (scaled by 1000) is added to the token embedding, a zero-initialized
-projection of it to the residual stream before every block, and a zero-initialized FiLM
-shift/scale modulates the features before the output head. The extra parameters are created
-after all the others and only when asked for, so a network built without the option is
-unchanged: same parameters, same initialization from the same seed, same state-dict keys,
-and its forward pass is the original one. Used by discrete ASBS (time-dependent CTMC rates).
+through a :class:`~boltzkit.nn.time_embedding.TimeFiLM` (t scaled by 1000; its embedding added to
+the token embedding, injections before every block, FiLM before the output head). The extra
+parameters are created after all the others and only when asked for, so a network built without
+the option is unchanged: same parameters, same initialization from the same seed, same state-dict
+keys, and its forward pass is the original one. Used by discrete ASBS (time-dependent CTMC rates).
 
 Two families, both translation-aware and periodic on periodic lattices:
 
@@ -37,12 +35,9 @@ Two families, both translation-aware and periodic on periodic lattices:
   receptive field in every layer. On non-periodic domains absolute position embeddings are
   added so that site-dependent targets can be represented.
 
-Measured for MDNS on Ising 6 x 6 at beta_c (2-core CPU, WDCE, batch 256, 800 steps): the CNN
-(hidden 32, 37k parameters) reached ESS 0.93, the transformer (hidden 32, 2 layers, 26k
-parameters) 0.84 while costing ~2x per training step and ~4x per rollout; without the locality
-prior the transformer learned far more slowly (ESS 0.02 after 400 steps where the CNN had 0.84).
-Full table in :mod:`boltzkit.samplers.mdns`. The output layer is zero-initialized, so an
-untrained network proposes the uniform distribution.
+Measured for MDNS (:mod:`boltzkit.samplers.mdns`, Ising 6 x 6 at beta_c): the CNN (hidden 32, 37k
+parameters) beat the transformer (hidden 32, 2 layers, 26k parameters) in ESS and in cost. The
+output layer is zero-initialized, so an untrained network proposes the uniform distribution.
 """
 
 from __future__ import annotations
@@ -54,6 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
+from .ctmc import gather_sites
 from .time_embedding import TimeFiLM
 
 __all__ = ["SiteTransformer", "SiteCNN", "make_discrete_net", "relative_position_index"]
@@ -201,8 +197,7 @@ class SiteCNN(nn.Module):
                               "use net='transformer'")
         conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(self.shape)]
         pad = "circular" if periodic else "zeros"
-        if n_blocks is None:
-            n_blocks = max(1, math.ceil((max(self.shape) - 1) / 4))
+        n_blocks = max(1, math.ceil((max(self.shape) - 1) / 4)) if n_blocks is None else n_blocks
         self.embed = nn.Embedding(self.q + 1, hidden)
         self.blocks = nn.Sequential(*[_ConvBlock(conv, hidden, pad) for _ in range(n_blocks)])
         self.head = conv(hidden, self.q, 1)
@@ -218,19 +213,20 @@ class SiteCNN(nn.Module):
             h = self.embed(tokens).transpose(1, 2).reshape(b, -1, *self.shape)
             if self.q + 1 < self.embed.embedding_dim:  # first convolution on one-hot tokens
                 first = self.blocks[0]
-                a = first.c1._conv_forward(self._one_hot(tokens, b), self._folded_first_weight(),
-                                           first.c1.bias)
+                onehot = F.one_hot(tokens, self.q + 1).to(self.embed.weight.dtype).transpose(1, 2)
+                a = first.c1._conv_forward(onehot.reshape(b, self.q + 1, *self.shape),
+                                           self._folded_first_weight(), first.c1.bias)
                 h = self.blocks[1:](h + first.c2(F.gelu(a)))
             else:
                 h = self.blocks(h)
-            out = self.head(F.gelu(h))
-            return out.reshape(b, self.q, -1).transpose(1, 2)
-        emb, injections, shift, scale = cond
-        grid = (b, -1) + (1,) * len(self.shape)  # a (B, hidden) vector broadcast over the grid
-        h = (self.embed(tokens) + emb.unsqueeze(1)).transpose(1, 2).reshape(b, -1, *self.shape)
-        for block, inj in zip(self.blocks, injections):
-            h = block(h + inj.view(grid))
-        h = F.gelu(h) * (1.0 + scale.view(grid)) + shift.view(grid)
+            h = F.gelu(h)
+        else:
+            emb, injections, shift, scale = cond
+            grid = (b, -1) + (1,) * len(self.shape)  # a (B, hidden) vector broadcast over the grid
+            h = (self.embed(tokens) + emb.unsqueeze(1)).transpose(1, 2).reshape(b, -1, *self.shape)
+            for block, inj in zip(self.blocks, injections):
+                h = block(h + inj.view(grid))
+            h = F.gelu(h) * (1.0 + scale.view(grid)) + shift.view(grid)
         return self.head(h).reshape(b, self.q, -1).transpose(1, 2)
 
     def _folded_first_weight(self) -> torch.Tensor:
@@ -238,10 +234,6 @@ class SiteCNN(nn.Module):
         is linear in the one-hot encoding of t, with weights ``W[o, t] = sum_c W1[o, c]
         gelu(E[t, c])`` (``q + 1`` input channels instead of ``hidden``). Differentiable."""
         return torch.einsum("oc...,tc->ot...", self.blocks[0].c1.weight, F.gelu(self.embed.weight))
-
-    def _one_hot(self, tokens: torch.Tensor, b: int) -> torch.Tensor:
-        onehot = F.one_hot(tokens, self.q + 1).to(self.embed.weight.dtype)
-        return onehot.transpose(1, 2).reshape(b, self.q + 1, *self.shape)
 
     # ------------------------------------------------------------------ logits at a few sites
     @property
@@ -304,8 +296,7 @@ class SiteCNN(nn.Module):
         b, k = sites.shape
         cone, full = self._cone_cost(k)
         if self.time is not None or cone >= full:
-            logits = self(tokens)
-            return logits.gather(1, sites.unsqueeze(-1).expand(-1, -1, self.q))
+            return gather_sites(self(tokens), sites)
         nd, p = len(self.shape), 2 * self.radius + 1
         table, inside_table, sizes, strides, offsets = self._patch_geometry(tokens.device)
         if table is not None:
@@ -319,28 +310,26 @@ class SiteCNN(nn.Module):
         conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
         mask = None if inside is None else inside.reshape(b * k, 1, *([p] * nd)).to(self.embed.weight.dtype)
         # first convolution of the first block on one-hot tokens: gelu(embed) folded into the weights
-        c1 = self.blocks[0].c1
         folded = self._folded_first_weight()
         onehot = F.one_hot(patch, self.q + 1).movedim(-1, 1).to(folded.dtype)
         if mask is not None:
             onehot = onehot * mask
-        h = None
+
+        def gelu(a):  # zero outside an open lattice
+            return F.gelu(a) if mask is None else F.gelu(a) * mask
+
+        h = None  # the residual stream, set by the first block
         for i, block in enumerate(self.blocks):
-            if i == 0:
-                a = conv(onehot, folded, c1.bias)
-            else:
-                a = F.gelu(h) if mask is None else F.gelu(h) * mask
-                a = conv(a, block.c1.weight, block.c1.bias)
+            a = (conv(onehot, folded, block.c1.bias) if i == 0
+                 else conv(gelu(h), block.c1.weight, block.c1.bias))
             if mask is not None:
                 mask = mask[crop1]
-            a = F.gelu(a) if mask is None else F.gelu(a) * mask
             # the residual stream: the embedding (first block, embedded on the inner cells only)
             res = self.embed(patch[crop[1:]]).movedim(-1, 1) if i == 0 else h[crop]
-            h = res + conv(a, block.c2.weight, block.c2.bias)
+            h = res + conv(gelu(a), block.c2.weight, block.c2.bias)
             if mask is not None:
                 mask = mask[crop1]
-        out = self.head(F.gelu(h))  # (Bk, q, 1...)
-        return out.reshape(b, k, self.q)
+        return self.head(F.gelu(h)).reshape(b, k, self.q)  # (Bk, q, 1...) -> (B, k, q)
 
 
 def _time_inputs(film: "TimeFiLM | None", t, batch: int):
@@ -378,10 +367,8 @@ def make_discrete_net(domain, kind: str = "auto", **kw) -> nn.Module:
     if kind == "transformer":
         return SiteTransformer(domain.event_shape, domain.q, periodic=periodic, **kw)
     if kind == "cnn":
-        kw.pop("n_heads", None)
-        kw.pop("absolute_positions", None)
-        if "n_layers" in kw:
-            kw["n_blocks"] = kw.pop("n_layers")
+        kw = {("n_blocks" if k == "n_layers" else k): v for k, v in kw.items()
+              if k not in ("n_heads", "absolute_positions")}
         return SiteCNN(domain.event_shape, domain.q, periodic=periodic, **kw)
     raise ConfigError(f"unknown network {kind!r}; choose 'auto', 'cnn' or 'transformer'")
 

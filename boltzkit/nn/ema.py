@@ -18,9 +18,7 @@ class EMA:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
-        self.shadow = copy.deepcopy(model).eval()
-        for p in self.shadow.parameters():
-            p.requires_grad_(False)
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
         self.n_updates = 0
 
     @torch.no_grad()

@@ -101,13 +101,9 @@ Choices where the paper / brief leave details open (and why)
   50 steps on Ising 3x3 beta = 0.6, and a log Z estimate 30 nats low with batch 256 x 16
   replicates). Self-normalized weights make the regression target the target path measure's
   conditional mean; the warm-up keeps them informative while the controller catches up.
-* Controller network: the shared site networks (``net="auto"``: the residual
-  :class:`~boltzkit.nn.discrete_nets.SiteCNN` on periodic lattices, else the
-  :class:`~boltzkit.nn.discrete_nets.SiteTransformer`) built with their
-  optional time input (``time_conditioned=True``): a sinusoidal embedding of t (scaled by
-  1000, as in the paper) added to the token embedding and to the residual stream before every
-  block, plus an adaLN-style shift/scale before the output head
-  (:class:`~boltzkit.nn.time_embedding.TimeFiLM`). The corrector is the same
+* Controller network: the shared site networks of :mod:`boltzkit.nn.discrete_nets` (``net="auto"``:
+  ``SiteCNN`` on periodic lattices, else ``SiteTransformer``) with their optional time input
+  (``time_conditioned=True``; t scaled by 1000, as in the paper). The corrector is the same
   network without time. Outputs are soft-clamped to ``log_phi_max * tanh(. / log_phi_max)``
   (float32 exp cannot overflow; brief pitfall 2.9).
 * Source (``source=``): ``"uniform"`` (the paper's ``beta_init = 0``), ``"delta"``, uniform
@@ -152,12 +148,9 @@ on the enumerable lattices the weighted-histogram TV to the exact pmf is the sam
 methods (0.15 / 0.12, dominated by the 10^4-sample noise). So at equal training cost discrete
 ASBS reaches log Z and observables of the same accuracy; its ESS is close to MDNS's on the
 small lattices (0.92-0.96 vs 0.95-0.96) but lower at the larger sizes (0.82-0.83 vs
-0.88-0.94), i.e. it needs more samples there for the same error bar. The training curves
-(batch ESS, ``*_cpu_ising6.png``) seemed to show the paper's effect early on (DASBS's batch
-ESS passing 0.85 after about 35 s on Ising 6x6, MDNS's after 90 s), but during the warm-up
-that batch ESS referred to the warm-up target exp(-s U), not to pi (fixed: ``history`` now
-refers to pi); measured against pi (below) there is no early lead. The previous default
-(uniform source, ``alpha = 0.05``) is shown for comparison.
+0.88-0.94), i.e. it needs more samples there for the same error bar. Measured against pi,
+the training curves (batch ESS, ``*_cpu_ising6.png``) show no early lead of DASBS either.
+The previous default (uniform source, ``alpha = 0.05``) is shown for comparison.
 
 Where it pays (``benchmarks/discrete_asbs_regime.py``; critical Ising / Potts, one thread of a
 shared 2-core CPU, defaults of both samplers; cost to reach ESS/N >= 0.1 and a log Z error
@@ -221,17 +214,13 @@ Known failure modes (brief 2.9)
   ``use_weights=False`` cold targets can blow up (see above); with weights, a degenerate batch
   (ESS of a few samples) makes the step follow those few paths. The self-normalized ESS and
   error bar are themselves estimates (Pareto k > 0.7 is flagged).
-* The discrete score costs ``D (q - 1)`` energy differences per sample for a generic energy
-  (closed-form local fields for ``Ising`` and ``Potts``).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -249,6 +238,7 @@ from ..nn.cyclic import (SOURCES, CyclicPath, cyclic_rollout, log_c, make_noise,
 from ..nn.ctmc import PRECISIONS, amp_dtype, autocast_net
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
+from .._utils import check_fraction, check_training_options
 from .base import SamplerConfig, TrainableSampler, check_choice, check_count, check_number
 from .smc import NeuralStartSMC
 
@@ -354,14 +344,11 @@ def shift_invariant(energy) -> bool:
 
 def resolve_source(energy, source: str = "auto", corrector_loss: str = "closed_form",
                    noise_alpha: "float | None" = None) -> "tuple[str, float]":
-    """The (source, noise_alpha) that :class:`DiscreteASBS` uses for ``energy``.
-
-    ``source="auto"`` picks ``"delta"`` for shift-invariant targets (:func:`shift_invariant`),
-    where the closed-form corrector is the exact one, unless ``corrector_loss="tm"`` (which needs
-    a finite source score); otherwise ``"uniform"``. ``noise_alpha=None`` picks 0.5 (total
-    noise ``log 3``, the paper's) for the delta source and 0.05 (``log 21``, nearly
-    memoryless) for the uniform source, whose exact weights lose ESS when x_1 remembers x_0.
-    """
+    """The (source, noise_alpha) that :class:`DiscreteASBS` uses for ``energy``: ``source="auto"``
+    is ``"delta"`` for shift-invariant targets (:func:`shift_invariant`) unless
+    ``corrector_loss="tm"`` (which needs a finite source score), else ``"uniform"``;
+    ``noise_alpha=None`` is 0.5 for the delta source and 0.05 for the uniform source (the module
+    notes give the reasons)."""
     if source == "auto":
         source = "delta" if shift_invariant(energy) and corrector_loss != "tm" else "uniform"
     if noise_alpha is None:
@@ -385,15 +372,6 @@ class _SoftClamp(nn.Module):
 
 
 # ============================================================================ config
-def _float_option(name, value, lo, hi, *, lo_open=True, hi_open=True):
-    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise ConfigError(f"{name} must be a number in {lb}{lo}, {hi}{rb}, got {value!r}")
-
-
 @dataclass(frozen=True, kw_only=True)
 class DiscreteASBSConfig(SamplerConfig):
     """Options of :class:`DiscreteASBS`.
@@ -414,19 +392,13 @@ class DiscreteASBSConfig(SamplerConfig):
         ``g / (alpha + t)``) or ``"const"`` (rate ``g``). ``noise_alpha=None``: 0.5 with the
         delta source, 0.05 with the uniform source (:func:`resolve_source`).
     t0 : start time of the grid (the paper's memoryless runs use 0.01 with alpha = 0.01).
-    source : law of x_0: ``"uniform"`` on Z_q^D (the paper's ``beta_init = 0``), ``"delta"``,
-        uniform over the q constant configurations (``beta_init = inf``), or ``"auto"``
-        (default): delta for Ising without field and Potts, else uniform
-        (:func:`resolve_source`). The delta source has an infinite discrete score, so it
-        cannot be used with ``corrector_loss="tm"``.
+    source : law of x_0, ``"uniform"``, ``"delta"`` or ``"auto"`` (default; see the module notes
+        and :func:`resolve_source`); ``"delta"`` cannot be used with ``corrector_loss="tm"``.
     controller_loss : ``"tm"`` (adjoint / target matching, default) or ``"dm"``.
     corrector_loss : ``"tm"``, ``"dm"``, ``"none"`` (corrector fixed at 0) or
-        ``"closed_form"`` (default): no corrector network; the controller's terminal target subtracts the
-        discrete score of the reference's terminal law ``p^r_1`` (:func:`~boltzkit.nn.cyclic.
-        source_log_terminal_score`). That is 0 for the uniform source, and for
-        the delta source it is the exact Schrödinger-bridge corrector of any target invariant
-        under the global shift ``x -> x + c`` (Ising without field, Potts); on other targets
-        it is an approximation (the weights stay exact).
+        ``"closed_form"`` (default): no corrector network; the controller's terminal target
+        subtracts the discrete score of the reference's terminal law ``p^r_1``
+        (:func:`~boltzkit.nn.cyclic.source_log_terminal_score`; see the module notes).
     bregman : ``"tlogt"`` (default), ``"-logt"`` or ``"t2"``.
     dm_eps : DM losses draw ``t`` in ``[t0, 1 - dm_eps (1 - t0)]``.
     use_weights : weight each pair's loss by ``B softmax(log w)`` (the paper's ``use_log_rnd``).
@@ -436,16 +408,13 @@ class DiscreteASBSConfig(SamplerConfig):
     lr, weight_decay, grad_clip : AdamW settings (``grad_clip=None`` disables clipping).
     ema_decay : EMA of both networks; the EMA controller generates the buffer and the samples,
         and each network is set to its EMA at the end of its phase.
-    net, hidden, n_layers, n_heads, absolute_positions : backbone (shared site networks):
-        ``"auto"`` is a residual CNN with circular padding on periodic lattices and a
-        transformer elsewhere; ``n_layers=None`` lets the CNN cover the lattice (2 transformer
-        layers).
+    net, hidden, n_layers, n_heads, absolute_positions : the site network, "auto", "cnn" or
+        "transformer", and its size (:func:`~boltzkit.nn.discrete_nets.make_discrete_net`).
     log_phi_max : soft bound on the network outputs (log-rates).
     max_jump : cap on a site's jump probability per tau-leaping step.
     sample_batch_size : trajectories per chunk in :meth:`DiscreteASBS.sample`.
-    precision : network arithmetic: "auto" (default: bf16 autocast on CUDA, float32 on CPU),
-        "float32" or "bf16". The path log-ratios are accumulated in float64 from the rates
-        actually used, so the weights stay exact at any precision.
+    precision : network arithmetic, "auto" (bf16 autocast on CUDA, float32 on CPU), "float32" or
+        "bf16"; the weights stay exact at any precision (:class:`~boltzkit.nn.ctmc.AutocastNet`).
     """
 
     n_stages: int = 1
@@ -495,9 +464,9 @@ class DiscreteASBSConfig(SamplerConfig):
             raise ConfigError(f"buffer_size ({self.buffer_size}) must be >= batch_size "
                               f"({self.batch_size}); each step draws batch_size pairs from it")
         check_choice("noise", self.noise, ("log_linear", "const"))
-        _float_option("noise_scale", self.noise_scale, 0.0, math.inf)
+        check_number("noise_scale", self.noise_scale)
         check_number("noise_alpha", self.noise_alpha, allow_none=True)
-        _float_option("t0", self.t0, 0.0, 1.0, lo_open=False)
+        check_fraction("t0", self.t0)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("controller_loss", self.controller_loss, ("tm", "dm"))
         check_choice("corrector_loss", self.corrector_loss, CORRECTOR_LOSSES)
@@ -506,16 +475,16 @@ class DiscreteASBSConfig(SamplerConfig):
             raise ConfigError("source='delta' has an infinite discrete score, so the corrector's target "
                               "matching is undefined; use corrector_loss='closed_form', 'dm' or 'none'")
         check_choice("bregman", self.bregman, BREGMAN)
-        _float_option("dm_eps", self.dm_eps, 0.0, 1.0)
+        for name in ("dm_eps", "max_jump"):  # in (0, 1)
+            check_fraction(name, getattr(self, name))
+            check_number(name, getattr(self, name))
         check_count("warmup_steps", self.warmup_steps, minimum=0)
-        _float_option("warmup_start", self.warmup_start, 0.0, 1.0, hi_open=False)
-        _float_option("lr", self.lr, 0.0, math.inf)
-        _float_option("weight_decay", self.weight_decay, 0.0, math.inf, lo_open=False)
+        check_number("warmup_start", self.warmup_start, upper=1)
         check_number("grad_clip", self.grad_clip, allow_none=True)
-        _float_option("ema_decay", self.ema_decay, 0.0, 1.0, lo_open=False)
+        check_training_options(self)
+        check_number("weight_decay", self.weight_decay, allow_zero=True)
         check_choice("net", self.net, ("auto", "transformer", "cnn"))
-        _float_option("log_phi_max", self.log_phi_max, 0.0, math.inf)
-        _float_option("max_jump", self.max_jump, 0.0, 1.0)
+        check_number("log_phi_max", self.log_phi_max)
 
     @property
     def phase_lengths(self) -> "tuple[int, int]":
@@ -546,8 +515,7 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
     Config = DiscreteASBSConfig
 
     def default_n_steps(self) -> int:
-        c, k = self.config.phase_lengths
-        return self.config.n_stages * (c + k)
+        return self.config.n_stages * sum(self.config.phase_lengths)
 
     # ------------------------------------------------------------------ setup
     def _setup(self, target) -> None:
@@ -560,20 +528,15 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
                                     device=self.device)
         with self._seeded_init():  # network init from the sampler's own stream
             self.controller = _SoftClamp(discrete_net_from_config(dom, cfg, time_conditioned=True),
-                                         cfg.log_phi_max)
-            self.corrector = _SoftClamp(discrete_net_from_config(dom, cfg), cfg.log_phi_max)
-        self.controller.to(self.device)
+                                         cfg.log_phi_max).to(self.device)
+            self.corrector = _SoftClamp(discrete_net_from_config(dom, cfg), cfg.log_phi_max).to(self.device)
         self._amp = amp_dtype(cfg.precision, self.device)
-        self.corrector.to(self.device)
-        self.opt_controller = torch.optim.AdamW(self.controller.parameters(), lr=cfg.lr,
-                                                weight_decay=cfg.weight_decay)
-        self.opt_corrector = torch.optim.AdamW(self.corrector.parameters(), lr=cfg.lr,
-                                               weight_decay=cfg.weight_decay)
-        self.ema_controller = EMA(self.controller, cfg.ema_decay)
-        self.ema_corrector = EMA(self.corrector, cfg.ema_decay)
+        nets = (self.controller, self.corrector)
+        self.opt_controller, self.opt_corrector = (
+            torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) for net in nets)
+        self.ema_controller, self.ema_corrector = (EMA(net, cfg.ema_decay) for net in nets)
         self.buffer = ReplayBuffer(cfg.buffer_size)
-        self.n_energy_evals = 0
-        self.n_score_evals = 0
+        self.n_energy_evals = self.n_score_evals = 0
         self._batch_stats: dict = {}
 
     # ------------------------------------------------------------------ pieces
@@ -587,9 +550,8 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
     def energy_scale(self, step: "int | None" = None) -> float:
         """Temperature warm-up factor multiplying the energy at training ``step``."""
         cfg, step = self.config, self.step if step is None else step
-        if cfg.warmup_steps == 0 or step >= cfg.warmup_steps:
-            return 1.0
-        return cfg.warmup_start + (1.0 - cfg.warmup_start) * step / cfg.warmup_steps
+        return (1.0 if step >= cfg.warmup_steps  # also without warm-up (warmup_steps=0)
+                else cfg.warmup_start + (1.0 - cfg.warmup_start) * step / cfg.warmup_steps)
 
     def rollout(self, controller, n: int, *, generator, scale: float = 1.0
                 ) -> "tuple[CyclicPath, torch.Tensor]":
@@ -633,38 +595,38 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
         """``net`` under the configured autocast (itself in float32)."""
         return autocast_net(net, self.device, self._amp)
 
-    def _bridge_times(self, n: int, gen, *, t_max: float = 1.0) -> torch.Tensor:
-        t0 = self.config.t0
-        u = torch.rand(n, generator=gen, device=self.device, dtype=torch.float64)
-        return t0 + (t_max - t0) * u
-
-    def _bridge(self, x0, x1, t, gen):
-        g0t = self.noise.integral(self.config.t0, t)
+    def _bridge(self, batch: dict, n_rep: int, gen, *, dm: bool):
+        """(x_1, t, x_t, Gamma(t, 1)) at ``n_rep`` bridge times per buffered pair (x_0, x_1), t
+        uniform on [t0, 1] (``dm``: on [t0, 1 - dm_eps (1 - t0)])."""
+        cfg = self.config
+        x0, x1 = batch["x0"].repeat_interleave(n_rep, 0), batch["samples"].repeat_interleave(n_rep, 0)
+        t_max = 1.0 - cfg.dm_eps * (1.0 - cfg.t0) if dm else 1.0
+        t = cfg.t0 + (t_max - cfg.t0) * torch.rand(x0.shape[0], generator=gen, device=self.device,
+                                                   dtype=torch.float64)
         gt1 = self.noise.integral(t, 1.0)
-        return sample_bridge(x0, x1, g0t, gt1, self.q, generator=gen), gt1
+        return x1, t, sample_bridge(x0, x1, self.noise.integral(cfg.t0, t), gt1, self.q, generator=gen), gt1
 
-    def _reduce(self, div: torch.Tensor, keep: torch.Tensor, weights) -> torch.Tensor:
+    def _dm_target(self, a: torch.Tensor, b: torch.Tensor, gt1: torch.Tensor) -> torch.Tensor:
+        """Denoising-matching target ``(1[a^d != n] - 1[a^d != b^d]) log c(Gamma(t, 1))``."""
+        n = torch.arange(self.q, device=self.device)
+        ind = (a.unsqueeze(-1) != n).float() - (b != a).float().unsqueeze(-1)
+        return ind * log_c(gt1, self.q).float().view(-1, 1, 1)
+
+    def _loss(self, target, log_rates, x, batch: dict, n_rep: int) -> torch.Tensor:
+        """Mean Bregman divergence of ``log_rates`` from ``target`` over the values n != x^d,
+        each pair weighted by ``B softmax(log w)`` over every rank's batch (``use_weights``)."""
+        keep = x.unsqueeze(-1) != torch.arange(self.q, device=self.device)
+        div = bregman_divergence(target.float(), log_rates, self.config.bregman)
         per_row = (div * keep).sum(dim=(1, 2)) / (self.n_sites * self.q)
-        if weights is not None:
-            per_row = per_row * weights
+        if self.config.use_weights:
+            lw = batch["log_weights"]
+            per_row = per_row * (lw.shape[0] * dist.softmax_across_ranks(lw)).float().repeat_interleave(n_rep)
         return per_row.mean()
-
-    def _weights(self, batch: dict, n_rep: int):
-        if not self.config.use_weights:
-            return None
-        lw = batch["log_weights"]
-        # normalized over every rank's batch (one process: B softmax(lw))
-        w = lw.shape[0] * dist.softmax_across_ranks(lw)
-        return w.float().repeat_interleave(n_rep)
 
     def controller_loss(self, batch: dict, gen) -> torch.Tensor:
         """Adjoint (target) matching or denoising matching loss of the controller."""
         cfg, q, r = self.config, self.q, self.config.n_replicates
-        x0 = batch["x0"].repeat_interleave(r, 0)
-        x1 = batch["samples"].repeat_interleave(r, 0)
-        t_max = 1.0 if cfg.controller_loss == "tm" else 1.0 - cfg.dm_eps * (1.0 - cfg.t0)
-        t = self._bridge_times(x0.shape[0], gen, t_max=t_max)
-        xt, gt1 = self._bridge(x0, x1, t, gen)
+        x1, t, xt, gt1 = self._bridge(batch, r, gen, dm=cfg.controller_loss == "dm")
         if cfg.controller_loss == "tm":
             target1 = batch["score"]  # (B, D, q)
             if cfg.corrector_loss in ("tm", "dm"):
@@ -675,46 +637,30 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
                     self.source, batch["samples"], self.noise.integral(cfg.t0, 1.0), q).float()
             target = controller_tm_target(target1.repeat_interleave(r, 0), x1, xt, q)
         else:  # log p^r_{1|t}(x1 | xt^{d<-n}) - log p^r_{1|t}(x1 | xt)
-            n = torch.arange(q, device=self.device)
-            ind = (x1.unsqueeze(-1) != n).float() - (xt != x1).float().unsqueeze(-1)
-            target = ind * log_c(gt1, q).float().view(-1, 1, 1)
-        log_phi = self._net(self.controller)(xt, t.float())
-        keep = xt.unsqueeze(-1) != torch.arange(q, device=self.device)
-        div = bregman_divergence(target.float(), log_phi, cfg.bregman)
-        return self._reduce(div, keep, self._weights(batch, r))
+            target = self._dm_target(x1, xt, gt1)
+        return self._loss(target, self._net(self.controller)(xt, t.float()), xt, batch, r)
 
     def corrector_loss(self, batch: dict, gen) -> torch.Tensor:
         """Target matching or denoising matching loss of the corrector."""
-        cfg, q = self.config, self.q
-        x0, x1 = batch["x0"], batch["samples"]
+        cfg, n_rep = self.config, 1
         if cfg.corrector_loss == "tm":
+            x0, x1 = batch["x0"], batch["samples"]
             with torch.no_grad():
                 t0 = torch.full((x0.shape[0],), float(cfg.t0), device=self.device)
-                target = corrector_tm_target(self._net(self.controller)(x0, t0), x0, x1, q)
-            n_rep = 1
+                target = corrector_tm_target(self._net(self.controller)(x0, t0), x0, x1, self.q)
         else:  # log p^r_{1|t}(x1^{d<-n} | xt) - log p^r_{1|t}(x1 | xt)
             n_rep = cfg.n_replicates
-            x0, x1 = x0.repeat_interleave(n_rep, 0), x1.repeat_interleave(n_rep, 0)
-            t = self._bridge_times(x0.shape[0], gen, t_max=1.0 - cfg.dm_eps * (1.0 - cfg.t0))
-            xt, gt1 = self._bridge(x0, x1, t, gen)
-            n = torch.arange(q, device=self.device)
-            ind = (xt.unsqueeze(-1) != n).float() - (x1 != xt).float().unsqueeze(-1)
-            target = ind * log_c(gt1, q).float().view(-1, 1, 1)
-        log_phihat = self._net(self.corrector)(x1)
-        keep = x1.unsqueeze(-1) != torch.arange(q, device=self.device)
-        div = bregman_divergence(target.float(), log_phihat, cfg.bregman)
-        return self._reduce(div, keep, self._weights(batch, n_rep))
+            x1, _, xt, gt1 = self._bridge(batch, n_rep, gen, dm=True)
+            target = self._dm_target(xt, x1, gt1)
+        return self._loss(target, self._net(self.corrector)(x1), x1, batch, n_rep)
 
     # ------------------------------------------------------------------ training
     def train_step(self) -> dict:
         cfg, gen = self.config, self.gens["train"]
         stage, phase, i, length = self.phase()
-        if phase == "controller":
-            net, ema, opt = self.controller, self.ema_controller, self.opt_controller
-            loss_fn = self.controller_loss
-        else:
-            net, ema, opt = self.corrector, self.ema_corrector, self.opt_corrector
-            loss_fn = self.corrector_loss
+        net, ema, opt, loss_fn = {
+            "controller": (self.controller, self.ema_controller, self.opt_controller, self.controller_loss),
+            "corrector": (self.corrector, self.ema_corrector, self.opt_corrector, self.corrector_loss)}[phase]
         if i == 0:
             self.buffer.clear()
             n_init = cfg.init_buffer_size or cfg.batch_size

@@ -63,11 +63,8 @@ inverse temperature with heat-bath sweeps up to the target; log Z stays unbiased
 islands, and an independent plain-SMC pilot up to s0 flags a proposal that misses mass there.
 A well-trained sampler starts at s0 = 1 (resampling and sweeps at the target only).
 
-Network (``net=``). ``"auto"`` picks
-:class:`~boltzkit.nn.discrete_nets.SiteCNN` (residual CNN, circular padding,
-receptive field covering the lattice, translation-equivariant) on periodic lattices and
-:class:`~boltzkit.nn.discrete_nets.SiteTransformer` (relative position bias with
-a locality prior, plus absolute positions on open domains) elsewhere, e.g. for ``Sequence``.
+Network (``net=``): the shared site networks of :mod:`boltzkit.nn.discrete_nets`; ``"auto"`` picks
+the translation-equivariant ``SiteCNN`` on periodic lattices and ``SiteTransformer`` elsewhere.
 
 Measured (Ising 6 x 6 at beta = 0.4407, exact log Z 34.1123 (Kaufman), WDCE, batch 256, one thread
 of a shared 2-core CPU, seed 0, 4096-8192 samples; ESS = Kish ESS fraction):
@@ -127,6 +124,7 @@ from ..domains import Categorical
 from ..energies.base import index_energy
 from ..errors import ConfigError, ConvergenceWarning
 from ..estimators.importance import log_z_from_log_weights
+from ..kernels.categorical import random_scan_metropolis
 from ..result import Result, result_from_log_weights
 from ..nn.buffers import ReplayBuffer
 from ..nn.ctmc import (PRECISIONS, MaskedPath, amp_dtype, autocast_net, backward_path_log_prob,
@@ -156,30 +154,23 @@ class MDNSConfig(SamplerConfig):
     ema_decay : decay of the EMA copy that generates the buffer and the final samples.
     resample_every : WDCE: optimizer steps between two EMA rollouts into the buffer.
     n_replicates : WDCE: random re-maskings per buffered sample per step.
-    mask_mode : WDCE masking: "count" (default; mask m ~ U{1..D} sites, weight D/m, bounded)
-        or "lambda" (the paper's: mask each site with prob. lambda ~ U(0,1), weight 1/lambda).
+    mask_mode : WDCE masking law, "count" (default) or "lambda" (the paper's); see
+        :func:`~boltzkit.nn.ctmc.remask`.
     buffer_size : rows kept in the replay buffer (None = batch_size: the last rollout only).
     n_unmask_steps : network passes per sample when sampling (None = one site per step).
     train_unmask_steps : the same for training rollouts (None = n_unmask_steps).
-    net : "auto" (a residual CNN with circular padding on periodic lattices, else a
-        transformer), "cnn" or "transformer"; hidden, n_layers, n_heads: its size
-        (``n_layers=None``: CNN blocks covering the lattice, or 2 transformer layers).
-    absolute_positions : transformer only: add absolute position embeddings (None = only on
-        non-periodic domains); needed for periodic lattices with site-dependent energies.
+    net, hidden, n_layers, n_heads, absolute_positions : the site network, "auto", "cnn" or
+        "transformer", and its size (:func:`~boltzkit.nn.discrete_nets.make_discrete_net`).
     warmup : temperature warm-up, the factor s in the training target exp(-s U):
         "adaptive" (default) starts at s = 0 and raises s after each rollout to the largest
         value at which the batch keeps an ESS fraction >= ``warmup_ess``; "linear" raises s
-        from ``warmup_start`` to 1 over ``warmup_steps`` steps; None trains at s = 1. The
-        weights returned by :meth:`MDNS.sample` are always for s = 1.
+        from ``warmup_start`` to 1 over ``warmup_steps`` steps; None trains at s = 1.
     sample_batch_size : paths per chunk in :meth:`MDNS.sample`.
-    precision : network arithmetic: "auto" (default: bf16 autocast on CUDA, float32 on CPU),
-        "float32" or "bf16". The path log-weights are accumulated in float64 from the logits
-        actually used, so they stay exact at any precision; bf16 only makes the proposal a
-        little coarser.
+    precision : network arithmetic, "auto" (bf16 autocast on CUDA, float32 on CPU), "float32" or
+        "bf16"; the weights stay exact at any precision (:class:`~boltzkit.nn.ctmc.AutocastNet`).
     refine : None, "resample" or "mcmc" (resample, then ``refine_sweeps`` Metropolis sweeps).
-    smc : :meth:`MDNS.sample` runs :meth:`MDNS.sample_smc` (the trained sampler as the weighted
-        start of SMC over inverse temperature with heat-bath sweeps; island error bar) instead of
-        plain importance sampling; ``bk.sample(target, method="mdns", smc=True)``.
+    smc : :meth:`MDNS.sample` runs :meth:`MDNS.sample_smc` (SMC-corrected sampling, see the
+        module notes) instead of plain importance sampling.
     smc_start_ess : the ESS fraction the proposal's weights keep at the SMC start level.
     """
 
@@ -262,11 +253,9 @@ class MDNS(NeuralStartSMC, TrainableSampler):
         self._train_blocks = unmask_schedule(self.n_sites, cfg.train_unmask_steps or cfg.n_unmask_steps)
         self._sample_blocks = unmask_schedule(self.n_sites, cfg.n_unmask_steps)
         with self._seeded_init():  # network init from the sampler's own stream
-            self.model = discrete_net_from_config(dom, cfg)
-        self.model.to(self.device)
+            self.model = discrete_net_from_config(dom, cfg).to(self.device)
         self._amp = amp_dtype(cfg.precision, self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema_decay)
         self.buffer = ReplayBuffer(cfg.buffer_size or cfg.batch_size)
         self.scale = {"adaptive": 0.0, "linear": cfg.warmup_start, None: 1.0}[cfg.warmup]
@@ -286,12 +275,8 @@ class MDNS(NeuralStartSMC, TrainableSampler):
         return path, self._energy(path.x)
 
     def _update_scale(self, u: torch.Tensor, log_q: torch.Tensor) -> None:
-        """Temperature warm-up: the factor multiplying the energy during training.
-
-        ``"linear"``: from ``warmup_start`` to 1 over ``warmup_steps`` steps. ``"adaptive"``: the
-        largest factor in [current, 1] at which the fresh batch keeps an ESS fraction of at least
-        ``warmup_ess`` (bisection on the batch's weights ``-s U - log q``; never decreases).
-        """
+        """The warm-up factor s of the energy after a fresh batch (``warmup`` in :class:`MDNSConfig`;
+        "adaptive": bisection on the batch's weights ``-s U - log q``, never decreasing)."""
         cfg = self.config
         u, log_q = dist.all_gather_tensor(u), dist.all_gather_tensor(log_q)  # one factor for all ranks
         if cfg.warmup == "linear":
@@ -312,38 +297,32 @@ class MDNS(NeuralStartSMC, TrainableSampler):
                     lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
                 self.scale = float(lo)
 
-    @staticmethod
-    def _stats(lw: torch.Tensor) -> dict:
-        """History entries from one rollout batch, w.r.t. the true target (energy factor 1)."""
-        est = log_z_from_log_weights(lw, warn=False)
-        return {"ess_frac": est.ess_frac, "log_z": est.log_z, "log_z_stderr": est.stderr}
-
     # ------------------------------------------------------------------ training
     def train_step(self) -> dict:
         """One optimizer step of the configured objective; returns the history entries."""
         cfg, gen = self.config, self.gens["train"]
         self.optimizer.zero_grad(set_to_none=True)
-        if cfg.loss == "wdce":
-            if self.step % cfg.resample_every == 0 or len(self.buffer) == 0:
-                path, u = self.rollout(self.ema.shadow, cfg.batch_size, generator=gen,
-                                       blocks=self._train_blocks)
-                self._update_scale(u, path.log_q)
-                lw = -self.scale * u - path.log_q
+        wdce, net = cfg.loss == "wdce", autocast_net(self.model, self.device, self._amp)
+        if not wdce or self.step % cfg.resample_every == 0 or len(self.buffer) == 0:
+            # WDCE: EMA rollouts into the buffer every resample_every steps; else on-policy paths
+            path, u = self.rollout(self.ema.shadow if wdce else self.model, cfg.batch_size, generator=gen,
+                                   blocks=self._train_blocks)
+            self._update_scale(u, path.log_q)
+            lw = -self.scale * u - path.log_q
+            est = log_z_from_log_weights(-u - path.log_q, warn=False)  # w.r.t. the true target (s = 1)
+            self._batch_stats = {"ess_frac": est.ess_frac, "log_z": est.log_z, "log_z_stderr": est.stderr}
+            if wdce:
                 self.buffer.add(path.x, lw)
-                self._batch_stats = self._stats(-u - path.log_q)
+        if wdce:
             batch = self.buffer.sample(cfg.batch_size, generator=gen)
             weights = dist.softmax_across_ranks(batch["log_weights"])  # softmax on one process
-            loss = wdce_loss(autocast_net(self.model, self.device, self._amp), batch["samples"], weights, self.q, cfg.n_replicates,
-                             generator=gen, mode=cfg.mask_mode)
+            loss = wdce_loss(net, batch["samples"], weights, self.q, cfg.n_replicates, generator=gen,
+                             mode=cfg.mask_mode)
             loss.backward()
             loss_value = float(loss.detach())
         else:
-            path, u = self.rollout(self.model, cfg.batch_size, generator=gen, blocks=self._train_blocks)
-            self._update_scale(u, path.log_q)
-            lw = -self.scale * u - path.log_q
-            self._batch_stats = self._stats(-u - path.log_q)
             coeffs, loss_value = self._path_loss(lw)
-            backward_path_log_prob(autocast_net(self.model, self.device, self._amp), path, self.q, coeffs)
+            backward_path_log_prob(net, path, self.q, coeffs)
         self._optimizer_step(self.model, self.optimizer, grad_clip=cfg.grad_clip, ema=self.ema)
         return {"loss": loss_value, **self._batch_stats, "energy_scale": self.scale}
 
@@ -408,43 +387,30 @@ class MDNS(NeuralStartSMC, TrainableSampler):
         check_choice("refine", refine, REFINEMENTS)
         t0 = time.perf_counter()
         path, lw = self.sample_paths(n_samples, n_unmask_steps=n_unmask_steps)
-        sample_time = time.perf_counter() - t0
         diag = {"n_unmask_steps": len(path.blocks), "nfe_per_sample": len(path.blocks),
-                **self._train_diagnostics(), "sample_wall_time_s": sample_time, "loss": self.config.loss,
-                "final_energy_scale": self.scale}
+                **self._train_diagnostics(), "sample_wall_time_s": time.perf_counter() - t0,
+                "loss": self.config.loss, "final_energy_scale": self.scale}
         if self.scale < 1.0:
             warnings.warn(f"the temperature warm-up of MDNS stopped at energy factor {self.scale:.3f} < 1 "
                           f"after {self.step} steps: the network was trained on a hotter target. The "
                           "weights are still exact, but the ESS will be poor; train longer (n_steps) or "
                           "lower warmup_ess.", ConvergenceWarning, stacklevel=2)
-        x = path.x
         kw = self._result_kwargs()
         if refine is None:
-            samples = self.domain.decode_flat(x)
-            return result_from_log_weights(samples, lw, diagnostics=diag, **kw)
+            return result_from_log_weights(self.domain.decode_flat(path.x), lw, diagnostics=diag, **kw)
         # refinement changes the returned samples only; log Z and ESS stay those of the raw weights
         est = log_z_from_log_weights(lw)
-        gen = self.gens["refine"]
-        idx = torch.multinomial(torch.softmax(lw, 0), n_samples, replacement=True, generator=gen)
-        x = x[idx]
+        gen, sweeps = self.gens["refine"], self.config.refine_sweeps
+        x = path.x[torch.multinomial(torch.softmax(lw, 0), n_samples, replacement=True, generator=gen)]
         diag.update(refine=refine, n_unique_after_resampling=int(torch.unique(x, dim=0).shape[0]),
                     log_z_source="raw importance weights (before refinement)")
-        if refine == "mcmc":
-            x, acc = self._metropolis(x, self.config.refine_sweeps, gen)
-            diag.update(refine_sweeps=self.config.refine_sweeps, refine_acceptance=acc)
-        samples = self.domain.decode_flat(x)
-        return Result(samples=samples, log_weights=None, log_z=est.log_z, log_z_stderr=est.stderr,
-                      ess=est.ess, diagnostics={**est.diagnostics(), **diag}, **kw)
+        if refine == "mcmc":  # random-site Metropolis (a uniformly random other value), D moves per sweep
+            x, acc = random_scan_metropolis(self._energy, x, self.q, generator=gen, n_sweeps=sweeps)
+            diag.update(refine_sweeps=sweeps, refine_acceptance=float(acc.mean()))
+        return Result(samples=self.domain.decode_flat(x), log_weights=None, log_z=est.log_z,
+                      log_z_stderr=est.stderr, ess=est.ess, diagnostics={**est.diagnostics(), **diag}, **kw)
 
     def _smc_proposal(self, n: int, generator) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
         """:meth:`sample_smc`'s proposal: (flat index states, float64 U(x), float64 path log-weights)."""
         path, lw = self.sample_paths(n, generator=generator)
         return path.x, -lw - path.log_q, lw
-
-    @torch.no_grad()
-    def _metropolis(self, x: torch.Tensor, n_sweeps: int, gen) -> "tuple[torch.Tensor, float]":
-        """Random-site Metropolis (propose a uniformly random other value), D moves per sweep."""
-        from ..kernels.categorical import random_scan_metropolis
-
-        x, acc = random_scan_metropolis(self._energy, x, self.q, generator=gen, n_sweeps=n_sweeps)
-        return x, float(acc.mean())

@@ -47,11 +47,9 @@ tilt training past ``p*``; choosing them raises a warning and the Result says
 ``trains_toward_p_star=False``.
 
 Buffers (``buffer=``): ``"all"`` (the default: every rollout of the last refresh with its
-weight, no filtering), ``"topk"`` (unique sequences with the largest (reward, ell): the paper's,
-biased past p*), ``"pareto"`` (the non-dominated set of the objective vectors, largest objective
-sums kept when full: biased). ``search="none"`` replaces the
-tree by plain policy rollouts (on-policy WDCE, the paper's "no MCTS" baseline) at the same number
-of reward calls.
+weight, no filtering), ``"topk"`` (:class:`TopKBuffer`, the paper's) or ``"pareto"``
+(:class:`ParetoArchive`), both biased past p*. ``search="none"`` replaces the tree by plain policy
+rollouts (on-policy WDCE, the paper's "no MCTS" baseline) at the same number of reward calls.
 
 Returns. :meth:`TR2D2.sample` draws fresh on-policy paths (independent of the tree), so its
 weights ``ell`` are exact importance weights for ``p*``: the :class:`~boltzkit.result.Result` has
@@ -66,10 +64,9 @@ Measured (2-core CPU shared with other jobs, ``torch.set_num_threads(1)``).
   E_pre[r] = 1.172, E_p*[r] = 2.286. After 60 WDCE steps (12 refreshes of 128 rollouts, lr
   1e-2, EMA 0.9), the default (tree, proper weights, every rollout) has a reward law at TV
   0.03-0.08 from p*'s and moves the mean reward 0.97-1.11 times as far as p* does (4 seeds);
-  the paper's top-k buffer: TV 0.31-0.39, 1.34-1.38 times (past p*). Earlier, before the
-  selection correction (150 steps, lr 3e-3): tree + ``"all"`` E[r] = 2.44 (overshoot), tree +
-  top-k 2.73. With a strongly greedy selection (temperature 0.1) the corrected weights give
-  mean(exp ell) / Z = 1.02 +- 0.14, the uncorrected 2.8 +- 0.2. About 0.1 s per step.
+  the paper's top-k buffer: TV 0.31-0.39, 1.34-1.38 times (past p*). With a strongly greedy
+  selection (temperature 0.1) the corrected weights give mean(exp ell) / Z = 1.02 +- 0.14, the
+  uncorrected 2.8 +- 0.2. About 0.1 s per step.
 * Peptides (``benchmarks/tr2d2_sequences.py``; modlamp AMPs, length 48, transformer MDM, reward
   P(AMP) from one oracle, scored by a second; 60 WDCE steps, 1,536 reward calls, 3 seeds; mean
   +- sd of the evaluation-oracle mean): pretrained 0.47 +- 0.03; alpha = 0.1: on-policy WDCE
@@ -131,6 +128,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from .. import distributed as dist
 from .._registry import register
@@ -139,7 +137,8 @@ from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..estimators.importance import ess_kish
 from ..result import result_from_log_weights
 from ..nn.buffers import ReplayBuffer
-from ..nn.ctmc import MaskedPath, site_log_probs, masked_rollout, path_log_prob, unmask_schedule, wdce_loss
+from ..nn.ctmc import (MaskedPath, draw_sites, masked_rollout, path_log_prob, site_log_probs, unmask_schedule,
+                       wdce_loss)
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from .._utils import check_training_options
@@ -168,12 +167,11 @@ def pareto_mask(obj: torch.Tensor) -> torch.Tensor:
 
 def _new_rows(samples: torch.Tensor, old: "torch.Tensor | None") -> torch.Tensor:
     """Boolean (B,): rows of ``samples`` that are neither in ``old`` nor repeated earlier."""
-    b = samples.shape[0]
     same = (samples.unsqueeze(0) == samples.unsqueeze(1)).all(-1)  # (B, B)
     first = ~torch.tril(same, diagonal=-1).any(1)
     if old is not None and old.shape[0]:
         first &= ~(samples.unsqueeze(1) == old.unsqueeze(0)).all(-1).any(1)
-    return first if b else torch.zeros(0, dtype=torch.bool)
+    return first
 
 
 def _merge(old: dict, samples, log_weights, extras: dict, ok: torch.Tensor) -> dict:
@@ -230,9 +228,7 @@ class TR2D2Config(SamplerConfig):
     ----------
     n_steps : default number of optimizer (WDCE) steps.
     search : ``"mcts"`` (tree search, TR2-D2) or ``"none"`` (on-policy rollouts, same reward calls).
-    buffer : ``"all"`` (every rollout of the last refresh with its weight: no filtering),
-        ``"topk"`` or ``"pareto"`` (the paper's reward-filtered buffers: they trade exactness for
-        reward, the fine-tuned law tilts past ``p*``, and a warning says so) or ``"auto"`` (= all).
+    buffer : ``"all"`` (= ``"auto"``), ``"topk"`` or ``"pareto"`` (see the module notes).
     buffer_size : rows kept (None = rollouts per refresh, ``n_expansions * n_children``). With
         ``buffer="all"`` the buffer is first-in-first-out, so a multiple of the refresh size
         keeps the rollouts of several refreshes, each weighted against its own proposal (the
@@ -245,9 +241,7 @@ class TR2D2Config(SamplerConfig):
     selection_floor : share of the uniform choice mixed into every selection step (bounds the
         selection correction of ``tree_weights="proper"`` by ``1 / selection_floor`` per level;
         needed > 0 for argmax or Pareto selection, which give some children probability 0).
-    tree_weights : ``"proper"`` (default: each tree rollout's ``ell`` carries the selection
-        correction ``-sum_levels log(m p_pick)``, so the weighted buffer targets ``p*`` exactly)
-        or ``"naive"`` (the paper's: ``ell`` as if the rollout were on-policy; biased past ``p*``).
+    tree_weights : ``"proper"`` (default) or ``"naive"`` (the paper's; see the module notes).
     resample_every : optimizer steps per buffer refresh.
     n_replicates, mask_mode : WDCE re-maskings per buffered sequence and masking law.
     lr, weight_decay, grad_clip : AdamW settings.
@@ -303,10 +297,9 @@ class TR2D2Config(SamplerConfig):
         check_choice("finetune", self.finetune, FINETUNE)
         check_choice("mask_mode", self.mask_mode, ("lambda", "count"))
         check_choice("net", self.net, ("cnn", "transformer"))
-        check_number("lr", self.lr)
         for name in ("c_explore", "temperature", "weight_decay"):
             check_number(name, getattr(self, name), allow_zero=True)
-        check_training_options(self, check_lr=False)
+        check_training_options(self)
         if self.reward_clip is not None and not math.isfinite(self.reward_clip):
             raise ConfigError(f"reward_clip must be a finite number or None, got {self.reward_clip!r}")
 
@@ -368,9 +361,7 @@ class TR2D2(TrainableSampler):
         x0 = model.sample(8, generator=self.gens["init"])
         self.n_objectives = int(target.objectives(x0.to(self.device)).shape[1])
         # frozen reference and trainable policy
-        self.ref = copy.deepcopy(model.net).to(self.device).eval()
-        for p in self.ref.parameters():
-            p.requires_grad_(False)
+        self.ref = copy.deepcopy(model.net).to(self.device).eval().requires_grad_(False)
         trainable = any(p.requires_grad for p in model.net.parameters())
         mode = cfg.finetune if cfg.finetune != "auto" else ("copy" if trainable else "residual")
         if mode == "copy" and not trainable:
@@ -378,17 +369,12 @@ class TR2D2(TrainableSampler):
                               "one has none (an exact model?): use finetune='residual'")
         self.residual = mode == "residual"
         with self._seeded_init():  # network init from the sampler's own stream
-            if self.residual:
-                self.net = discrete_net_from_config(self.domain, cfg)  # zero output: pi = p_pre
-            else:
-                self.net = copy.deepcopy(model.net)
-                for p in self.net.parameters():
-                    p.requires_grad_(True)
+            self.net = (discrete_net_from_config(self.domain, cfg) if self.residual  # zero output: pi = p_pre
+                        else copy.deepcopy(model.net).requires_grad_(True))
         self.net.to(self.device).train()
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.net, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        kind = cfg.buffer if cfg.buffer != "auto" else "all"
-        self.buffer_kind = kind
+        self.buffer_kind = kind = cfg.buffer if cfg.buffer != "auto" else "all"
         self.bias_reason = self._bias_reason()
         if self.bias_reason is not None:
             warnings.warn(f"tr2d2: {self.bias_reason}, so fine-tuning tilts past the target p* (higher "
@@ -418,9 +404,7 @@ class TR2D2(TrainableSampler):
     def _both(self, net, tokens):
         """(policy logits, reference logits) for tokens (B, L)."""
         ref = self.ref(tokens)
-        if self.residual:
-            return ref + net(tokens), ref
-        return net(tokens), ref
+        return (ref + net(tokens) if self.residual else net(tokens)), ref
 
     def policy_logits(self, tokens, net=None):
         """Logits of the fine-tuned policy (the EMA copy when ``ema_decay > 0``)."""
@@ -474,31 +458,20 @@ class TR2D2(TrainableSampler):
         the policy and the pretrained model (0 for steps before ``start``).
         """
         net = self._rollout_net() if net is None else net
-        x = x.clone()
-        b = x.shape[0]
-        K = len(self.blocks)
-        log_pi = torch.zeros(b, K, dtype=torch.float64, device=x.device)
+        x, first = x.clone(), x.clone()
+        log_pi = torch.zeros(x.shape[0], len(self.blocks), dtype=torch.float64, device=x.device)
         log_ref = torch.zeros_like(log_pi)
-        first = x.clone()
-        for k in range(int(start.min()), K):
+        for k in range(int(start.min()), len(self.blocks)):
             active = start <= k
             rows = active.nonzero().flatten()
             sites = order[rows, self.starts[k]:self.starts[k + 1]]
             pol, ref = self._both(net, x[rows])
-            lp_pol, lp_ref = site_log_probs(pol, sites), site_log_probs(ref, sites)  # (m, n_k, q)
-            values = torch.multinomial(lp_pol.exp().reshape(-1, self.q), 1,
-                                       generator=generator).view(sites.shape)
-            log_pi[rows, k] = lp_pol.gather(-1, values.unsqueeze(-1)).squeeze(-1).sum(-1)
-            log_ref[rows, k] = lp_ref.gather(-1, values.unsqueeze(-1)).squeeze(-1).sum(-1)
+            values, log_pi[rows, k] = draw_sites(site_log_probs(pol, sites), generator)
+            log_ref[rows, k] = site_log_probs(ref, sites).gather(-1, values.unsqueeze(-1)).squeeze(-1).sum(-1)
             x[rows] = x[rows].scatter(1, sites, values)
             now = rows[start[rows] == k]
             first[now] = x[now]
         return x, first, log_pi, log_ref
-
-    def _empty_tree(self):
-        x = torch.full((self.L,), self.q, dtype=torch.long, device=self.device)
-        return _Node(x, torch.arange(self.L, device=self.device), 0, None,
-                     torch.zeros(self.n_objectives, dtype=torch.float64, device=self.device))
 
     def _select(self, root, gen):
         cfg, K = self.config, len(self.blocks)
@@ -515,11 +488,8 @@ class TR2D2(TrainableSampler):
                 p = front / front.sum()
             else:
                 score = self.target.scalarize(mean) + bonus
-                if cfg.temperature == 0:
-                    p = torch.zeros_like(score)
-                    p[score.argmax()] = 1.0
-                else:
-                    p = torch.softmax(score / cfg.temperature, 0)
+                p = (F.one_hot(score.argmax(), len(score)).to(score.dtype) if cfg.temperature == 0
+                     else torch.softmax(score / cfg.temperature, 0))
             m = len(cands)
             p = (1.0 - cfg.selection_floor) * p + cfg.selection_floor / m
             pick = int(torch.multinomial(p.to(gen.device).float(), 1, generator=gen))
@@ -547,22 +517,19 @@ class TR2D2(TrainableSampler):
         check_choice("search mode", mode, SEARCHES)
         gen = self.gens["train"] if generator is None else generator
         M, n_leaves = cfg.n_children, cfg.n_expansions
-        root = self._empty_tree()
+        root = _Node(torch.full((self.L,), self.q, dtype=torch.long, device=self.device),  # all masked
+                     torch.arange(self.L, device=self.device), 0, None,
+                     torch.zeros(self.n_objectives, dtype=torch.float64, device=self.device))
         out = []
         for it in range(0, n_leaves, cfg.parallel):
-            if mode == "mcts":
-                picked = [self._select(root, gen) for _ in range(min(cfg.parallel, n_leaves - it))]
-                leaves = [leaf for leaf, _ in picked]
-                log_sel = [ls if cfg.tree_weights == "proper" else 0.0 for _, ls in picked]
-            else:
-                leaves = [root] * min(cfg.parallel, n_leaves - it)
-                log_sel = [0.0] * len(leaves)
+            # (leaf, selection log-weight); the root itself, with weight 0, while it has no children
+            picked = [self._select(root, gen) for _ in range(min(cfg.parallel, n_leaves - it))]
             xs, orders, starts, prefix = [], [], [], []
-            for leaf, sel in zip(leaves, log_sel):
+            for leaf, sel in picked:
+                sel = sel if cfg.tree_weights == "proper" else 0.0
                 c = self.starts[leaf.depth]
-                masked = leaf.order[c:]
                 perm = torch.argsort(torch.rand(M, self.L - c, generator=gen, device=self.device), dim=1)
-                orders.append(torch.cat([leaf.order[:c].expand(M, c), masked[perm]], 1))
+                orders.append(torch.cat([leaf.order[:c].expand(M, c), leaf.order[c:][perm]], 1))
                 xs.append(leaf.x.expand(M, self.L))
                 starts.append(torch.full((M,), leaf.depth, dtype=torch.long, device=self.device))
                 prefix.append(torch.full((M,), leaf.prefix + sel, dtype=torch.float64, device=self.device))
@@ -573,14 +540,14 @@ class TR2D2(TrainableSampler):
             out.append({"samples": x, "order": order, "log_weights": lw, "objectives": obj, "reward": r,
                         "log_pi": log_pi.sum(1), "log_ref": log_ref.sum(1)})
             if mode == "mcts":
+                leaves = [leaf for leaf, _ in picked]
                 self._expand_and_backup(leaves, first, order, start, log_pi, log_ref, obj)
         return {k: torch.cat([o[k] for o in out]) for k in out[0]}
 
     def _expand_and_backup(self, leaves, first, order, start, log_pi, log_ref, obj):
         M = self.config.n_children
         for i, leaf in enumerate(leaves):
-            rows = range(i * M, (i + 1) * M)
-            for j in rows:
+            for j in range(i * M, (i + 1) * M):
                 k = int(start[j])
                 leaf.children.append(_Node(first[j], order[j], leaf.depth + 1, leaf, obj[j].clone(),
                                            log_pi=float(log_pi[j, k]),
