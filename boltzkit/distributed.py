@@ -243,10 +243,6 @@ def broadcast_modules(modules, src: int = 0) -> None:
 _SYNCED = weakref.WeakKeyDictionary()  # optimizer -> True once its grads are averaged this step
 
 
-def _params(optimizer):
-    return [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
-
-
 def sync_gradients(optimizer: torch.optim.Optimizer) -> None:
     """Average the gradients of ``optimizer``'s parameters over the ranks, once per step.
 
@@ -258,7 +254,8 @@ def sync_gradients(optimizer: torch.optim.Optimizer) -> None:
     """
     if not is_distributed() or _SYNCED.get(optimizer):
         return
-    params, dev, w = _params(optimizer), _comm_device(), world_size()
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+    dev, w = _comm_device(), world_size()
     present = torch.tensor([p.grad is not None for p in params], dtype=torch.float64, device=dev)
     torch.distributed.all_reduce(present)
     by_dtype: dict = {}
@@ -270,10 +267,8 @@ def sync_gradients(optimizer: torch.optim.Optimizer) -> None:
                           for p in ps])
         torch.distributed.all_reduce(flat)
         flat /= w
-        i = 0
-        for p in ps:
-            g = flat[i:i + p.numel()].view_as(p).to(p.device)
-            i += p.numel()
+        for p, g in zip(ps, flat.split([p.numel() for p in ps])):
+            g = g.view_as(p).to(p.device)
             if p.grad is None:
                 p.grad = g.clone()
             else:
@@ -281,20 +276,12 @@ def sync_gradients(optimizer: torch.optim.Optimizer) -> None:
     _SYNCED[optimizer] = True
 
 
-def _pre_step(optimizer, args, kwargs):
-    sync_gradients(optimizer)
-
-
-def _post_step(optimizer, args, kwargs):
-    _SYNCED.pop(optimizer, None)
-
-
 def attach_gradient_sync(optimizer: torch.optim.Optimizer) -> None:
     """Make every ``optimizer.step()`` average the gradients over the ranks first (idempotent)."""
     if getattr(optimizer, "_boltzkit_grad_sync", False):
         return
-    optimizer.register_step_pre_hook(_pre_step)
-    optimizer.register_step_post_hook(_post_step)
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: sync_gradients(opt))
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: _SYNCED.pop(opt, None))
     optimizer._boltzkit_grad_sync = True
 
 
