@@ -316,10 +316,8 @@ class ConstrainedTarget(Energy):
         cfg = super().to_config()
         if self.base is not None and hasattr(self.base, "to_config"):
             cfg["energy"] = self.base.to_config()
-        elif self._fn is not None:
-            cfg["energy"] = {"name": _fn_name(self._fn)}
         else:
-            cfg["energy"] = {"name": "uniform"}
+            cfg["energy"] = {"name": "uniform" if self._fn is None else _fn_name(self._fn)}
         return cfg
 
 
@@ -341,8 +339,7 @@ def constrain(energy=None, *sets, equalities: Iterable[ConstraintFn] = (),
         Ready-made sets from :mod:`boltzkit.constraints` (``sphere(3)``, ``box(...)``, ...);
         they are intersected with each other and with the explicit constraints.
     equalities, inequalities : sequence of callables
-        Batched constraints ``(B, *event_shape) -> (B,)`` or ``(B, k)``; feasible means
-        ``h(x) = 0`` and ``g(x) <= 0``.
+        Batched constraints, as in :class:`Constrained`.
     dim : int, optional
         Ambient dimension when ``energy`` is not an Energy and no set fixes it.
     tol : float
@@ -364,15 +361,11 @@ def constrain(energy=None, *sets, equalities: Iterable[ConstraintFn] = (),
 
     eqs, ineqs = list(_as_tuple(equalities, "equalities")), list(_as_tuple(inequalities, "inequalities"))
     dims = {}
+    base_domain = energy.domain if isinstance(energy, Energy) else None
     if isinstance(energy, ConstrainedTarget):  # constrain again: merge the constraints
-        dom = energy.domain
-        eqs, ineqs = list(dom.equalities) + eqs, list(dom.inequalities) + ineqs
-        base_domain = dom.base
+        eqs, ineqs = list(base_domain.equalities) + eqs, list(base_domain.inequalities) + ineqs
+        base_domain = base_domain.base
         energy = energy.base if energy.base is not None else energy._fn
-    elif isinstance(energy, Energy):
-        base_domain = energy.domain
-    else:
-        base_domain = None
     for s in sets:
         if not isinstance(s, ConstraintSet):
             raise TargetError(f"positional arguments after the energy must be constraint sets such as "

@@ -61,19 +61,6 @@ def _vec(v, what: str, dim: "int | None" = None) -> torch.Tensor:
     return t
 
 
-def _mat(a, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The matrix ``(k, d)`` float64 and the norms ``(k,)`` of its rows (none zero)."""
-    t = torch.as_tensor(a, dtype=torch.float64)
-    if t.ndim == 1:
-        t = t[None]
-    if t.ndim != 2 or t.shape[0] < 1:
-        raise TargetError(f"{what} must be a matrix (k, d), got shape {tuple(t.shape)}")
-    norms = t.norm(dim=1)
-    if bool((norms == 0).any()):
-        raise TargetError(f"{what} has an all-zero row; every row must define a constraint")
-    return t, norms
-
-
 def _check_dim(dim) -> int:
     if int(dim) != dim or dim < 1:
         raise TargetError(f"dim must be a positive integer, got {dim!r}")
@@ -158,8 +145,15 @@ def stiefel(n: int, k: int) -> ConstraintSet:
 
 
 def _linear(a, b, what: str):
-    """``(x -> A x - b, (m, d))`` with the rows of ``A`` (m, d) normalized, and ``b`` with them."""
-    a, norms = _mat(a, "A")
+    """``(x -> A x - b, (m, d))`` with the rows of ``A`` (m, d; none zero) normalized, and ``b`` with them."""
+    a = torch.as_tensor(a, dtype=torch.float64)
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim != 2 or a.shape[0] < 1:
+        raise TargetError(f"A must be a matrix (k, d), got shape {tuple(a.shape)}")
+    norms = a.norm(dim=1)
+    if bool((norms == 0).any()):
+        raise TargetError("A has an all-zero row; every row must define a constraint")
     b = _vec(b, "b", a.shape[0])
     a, b = a / norms[:, None], b / norms
 
