@@ -134,9 +134,7 @@ def resolve_seed(seed: "int | None") -> int:
 
 
 def torch_generator(seed: int, device: "torch.device | str" = "cpu") -> torch.Generator:
-    gen = torch.Generator(device=torch.device(device))
-    gen.manual_seed(int(seed) % (2**63))
-    return gen
+    return torch.Generator(device=torch.device(device)).manual_seed(int(seed) % (2**63))
 
 
 def _child_generator(child: np.random.SeedSequence, device) -> torch.Generator:

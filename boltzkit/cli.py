@@ -145,8 +145,7 @@ def cmd_demo(a) -> int:
                        progress=not a.quiet)
     exact = target.exact_log_z()
     err = res_z.log_z - exact
-    if res.log_z is not None:  # the summary and the plot then show the exact value too
-        res = dataclasses.replace(res, diagnostics={**res.diagnostics, "exact_log_z": exact})
+    res = _with_exact(res, target)
     print(res.summary())
     print(f"\nlog Z estimate = {res_z.log_z:.5f} +- {res_z.log_z_stderr:.2g} ({res_z.method})")
     print(f"log Z exact    = {exact:.5f}  (Kaufman's closed form)")
@@ -163,7 +162,6 @@ def cmd_demo(a) -> int:
 
 
 # ============================================================================ free energies
-# (profile, curve): kept in this block so that the other subcommands can change independently
 CURVE_MARGIN = 1.1  # `boltzkit curve` anneals to 1.1 HI and reports LO..HI
 
 

@@ -29,14 +29,9 @@ def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
     plt = _plt()
     x = result.samples
     w = result.weights()
-    panels = ["samples"]
     lattice = x.ndim == 3
-    if lattice:
-        panels.insert(0, "snapshots")
-    if result.log_weights is not None:
-        panels.append("weights")
-    hist_keys = [k for k in ("loss", "ess_frac", "log_z") if k in result.history]
-    panels += [f"history:{k}" for k in hist_keys]
+    panels = ["snapshots"] * lattice + ["samples"] + ["weights"] * (result.log_weights is not None)
+    panels += [f"history:{k}" for k in ("loss", "ess_frac", "log_z") if k in result.history]
     ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.6 * nrow), squeeze=False)

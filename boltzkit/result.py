@@ -381,10 +381,8 @@ class Result:
         lines = [verdict] + ([f"  {step}"] if step else [])
         lines.append(f"boltzkit Result: method={self.method!r}, target={self.target.get('name', '?')}, "
                      f"n_samples={self.n_samples}, device={self.device}, seed={self.seed}")
-        if self.log_z is not None:
-            lines.append(f"  log Z = {self.log_z:.6f} +- {self.log_z_stderr:.2g}")
-        else:
-            lines.append(f"  log Z unavailable: {self.diagnostics.get('log_z_unavailable')}")
+        lines.append(f"  log Z = {self.log_z:.6f} +- {self.log_z_stderr:.2g}" if self.log_z is not None
+                     else f"  log Z unavailable: {self.diagnostics.get('log_z_unavailable')}")
         exact = self.diagnostics.get("exact_log_z")
         if exact is not None:
             lines.append(f"  exact log Z = {exact:.6f}  (error {self.log_z - exact:+.2e})"
@@ -419,9 +417,8 @@ class Result:
             arrays["log_weights"] = self.log_weights.numpy()
         for i, (k, v) in enumerate(self.history.items()):
             arrays[f"history_{i}"] = np.asarray(v)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
         return path
 
     @classmethod
@@ -437,9 +434,9 @@ class Result:
         with _open_result_file(path) as data:
             try:
                 return cls._from_npz(data, path)
+            except (ResultFileError, FileAccessError):
+                raise
             except BoltzkitError as exc:
-                if isinstance(exc, (ResultFileError, FileAccessError)):
-                    raise
                 raise ResultFileError(f"{path} holds an invalid result: {exc}") from exc
             except ValueError as exc:
                 if "pickle" in str(exc):
