@@ -281,16 +281,11 @@ class ConstrainedTarget(Energy):
                               f"got {type(base).__name__}")
         default = "uniform" if base is None else getattr(base, "name", None) or _fn_name(base)
         super().__init__(domain, name or f"constrained({default})")
-        if isinstance(base, torch.nn.Module):
-            self.base = base  # registered submodule: .to(device) moves it
-            self._fn = None
-        else:
-            self.base = None
-            self._fn = base
+        module = isinstance(base, torch.nn.Module)
+        self.base = base if module else None  # a registered submodule: .to(device) moves it
+        self._fn = None if module else base
 
     def _base_dtype(self) -> "torch.dtype | None":
-        if self.base is None:
-            return None
         for t in list(self.base.parameters()) + list(self.base.buffers()):
             if t.dtype.is_floating_point:
                 return t.dtype
@@ -301,9 +296,8 @@ class ConstrainedTarget(Energy):
             return x.reshape(x.shape[0], -1).sum(dim=1) * 0.0  # uniform; keeps the graph
         if self.base is not None:
             dt = self._base_dtype()
-            xin = x if dt is None else x.to(dt)
             fn = self.base.energy if hasattr(self.base, "energy") else self.base
-            return fn(xin).to(x.dtype)
+            return fn(x if dt is None else x.to(dt)).to(x.dtype)
         return self._fn(x).to(x.dtype)
 
     def grad_energy(self, x: torch.Tensor) -> torch.Tensor:

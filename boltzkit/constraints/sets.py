@@ -156,11 +156,7 @@ def _linear(a, b, what: str):
         raise TargetError("A has an all-zero row; every row must define a constraint")
     b = _vec(b, "b", a.shape[0])
     a, b = a / norms[:, None], b / norms
-
-    def f(x):
-        return x @ a.to(x).T - b.to(x)
-
-    return _named(f, what), tuple(a.shape)
+    return _named(lambda x: x @ a.to(x).T - b.to(x), what), tuple(a.shape)
 
 
 def affine(a, b) -> ConstraintSet:
@@ -177,11 +173,8 @@ def half_space(a, b: float) -> ConstraintSet:
     if float(n) == 0:
         raise TargetError("a must be a non-zero vector")
     a, b = a / n, float(b) / float(n)
-
-    def g(x):
-        return x @ a.to(x) - b
-
-    return ConstraintSet(f"half_space(d={a.numel()})", a.numel(), (), (_named(g, "half_space"),))
+    g = _named(lambda x: x @ a.to(x) - b, "half_space")
+    return ConstraintSet(f"half_space(d={a.numel()})", a.numel(), (), (g,))
 
 
 def polytope(a, b) -> ConstraintSet:
@@ -203,11 +196,8 @@ def box(lower, upper, dim: "int | None" = None) -> ConstraintSet:
     lo, hi = _vec(lower, "lower", dim), _vec(upper, "upper", dim)
     if bool((lo >= hi).any()):
         raise TargetError("box needs lower < upper in every coordinate")
-
-    def g(x):
-        return torch.cat([lo.to(x) - x, x - hi.to(x)], dim=1)
-
-    return ConstraintSet(f"box(d={dim})", dim, (), (_named(g, "box"),))
+    g = _named(lambda x: torch.cat([lo.to(x) - x, x - hi.to(x)], dim=1), "box")
+    return ConstraintSet(f"box(d={dim})", dim, (), (g,))
 
 
 def simplex(dim: int, *, probability: bool = True) -> ConstraintSet:
@@ -217,15 +207,8 @@ def simplex(dim: int, *, probability: bool = True) -> ConstraintSet:
     """
     dim = _check_dim(dim)
     scale = dim ** 0.5
-
-    def nonneg(x):
-        return -x
-
-    def total(x):
-        return (x.sum(-1) - 1.0) / scale
-
-    nonneg = _named(nonneg, "nonnegative")
-    total = _named(total, "sum_to_one" if probability else "sum_at_most_one")
+    nonneg = _named(lambda x: -x, "nonnegative")
+    total = _named(lambda x: (x.sum(-1) - 1.0) / scale, "sum_to_one" if probability else "sum_at_most_one")
     if probability:
         return ConstraintSet(f"simplex({dim})", dim, (total,), (nonneg,))
     return ConstraintSet(f"simplex({dim}, solid)", dim, (), (nonneg, total))
