@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .errors import ConfigError, MissingDependencyError
+from .errors import ConfigError, FileAccessError, MissingDependencyError
 
 
 def _finite_real(value) -> bool:
@@ -356,8 +356,6 @@ def atomic_path(path: "str | os.PathLike", suffix: str = "") -> Iterator[Path]:
     raised as :class:`~boltzkit.errors.FileAccessError` naming ``path``, not the temporary file;
     other exceptions of the body pass through unchanged.
     """
-    from .errors import FileAccessError
-
     path = Path(path)
 
     def failed(exc: OSError) -> FileAccessError:

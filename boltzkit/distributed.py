@@ -41,12 +41,19 @@ What happens across ranks
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import gc
 import os
+import warnings
 import weakref
 
 import numpy as np
 import torch
+
+from .errors import UnreliableEstimateWarning
+from .estimators.importance import log_z_from_log_weights
+from .result import result_from_log_weights
 
 __all__ = ["init", "shutdown", "is_distributed", "rank", "world_size", "local_rank", "is_main",
            "barrier", "device_for_rank", "local_count", "all_gather_tensor", "all_gather_log_weights",
@@ -301,11 +308,6 @@ def gather_result(res):
     """
     if not is_distributed():
         return res
-    import dataclasses
-
-    from .estimators.importance import log_z_from_log_weights
-    from .result import result_from_log_weights
-
     samples = all_gather_tensor(res.samples)
     d0 = broadcast_object(dict(res.diagnostics))
     meta = {k: getattr(res, k) for k in ("history", "method", "target", "config", "seed", "device")}
@@ -340,10 +342,6 @@ def sample_across_ranks(sampler, n_samples: int, **kw):
     """
     if not is_distributed():
         return sampler.sample(n_samples, **kw)
-    import warnings
-
-    from .errors import UnreliableEstimateWarning
-
     with warnings.catch_warnings():  # one rank's share says little; the pooled estimate warns
         warnings.simplefilter("ignore", UnreliableEstimateWarning)
         part = sampler.sample(local_count(n_samples), **kw)
@@ -353,8 +351,6 @@ def sample_across_ranks(sampler, n_samples: int, **kw):
 def shutdown() -> None:
     """Leave the process group this module started (no-op otherwise); call at the end of a run."""
     if is_distributed() and _STARTED_HERE:
-        import gc
-
         gc.collect()  # free tensors still tied to gloo work before its threads go away
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 import os
+import textwrap
 
 import numpy as np
 
@@ -103,8 +106,6 @@ def _sample_plot_of(config: dict):
     spec = config.get("sample_plot") if isinstance(config, dict) else None
     if not spec:
         return None
-    import importlib
-
     module, _, name = str(spec).partition(":")
     try:
         return getattr(importlib.import_module(module), name)
@@ -115,8 +116,6 @@ def _sample_plot_of(config: dict):
 def _hook_extras(drawer, **extras) -> dict:
     """The keyword arguments among ``extras`` (the Result, the target passed to ``plot``) that
     a ``sample_plot`` hook declares; hooks taking only ``(ax, x, w, config)`` get none."""
-    import inspect
-
     try:
         params = inspect.signature(drawer).parameters
     except (TypeError, ValueError):
@@ -150,8 +149,6 @@ def figure_title(result) -> str:
     exact = result.diagnostics.get("exact_log_z")
     if exact is not None:
         line += f"   exact {float(exact):.4f}"
-    import textwrap
-
     return "\n".join(textwrap.wrap(head, 110) + [line])
 
 

@@ -24,6 +24,7 @@ from ..domains.base import Domain, Reals
 from ..energies.base import Energy
 from ..errors import DomainError, TargetError
 from ._geometry import GramSolver, batched_jacobian, normal_component
+from .sets import ConstraintSet
 
 ConstraintFn = Callable[[torch.Tensor], torch.Tensor]
 _N_PROBE = 4
@@ -351,8 +352,6 @@ def constrain(energy=None, *sets, equalities: Iterable[ConstraintFn] = (),
     >>> vmf = bk.constrain(lambda x: -kappa * x[:, 2], bk.constraints.sphere(3))
     >>> res = bk.sample(vmf, n_samples=2000, seed=0)          # doctest: +SKIP
     """
-    from .sets import ConstraintSet
-
     eqs, ineqs = list(_as_tuple(equalities, "equalities")), list(_as_tuple(inequalities, "inequalities"))
     dims = {}
     base_domain = energy.domain if isinstance(energy, Energy) else None
