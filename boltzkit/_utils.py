@@ -290,10 +290,7 @@ class _Progress:
     def _line(self, now, final=False):
         self.t_last, self.printed = now, True
         elapsed, done = now - self.t0, self.n - self.n0
-        if self.total:
-            head = f"step {self.n}/{self.total} ({100 * self.n / self.total:.0f}%)"
-        else:
-            head = f"step {self.n}"
+        head = f"step {self.n}" + (f"/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else "")
         if final:
             tail = f"done in {format_duration(elapsed)}"
         else:
