@@ -310,14 +310,13 @@ def gather_result(res):
         return res
     samples = all_gather_tensor(res.samples)
     d0 = broadcast_object(dict(res.diagnostics))
-    meta = {k: getattr(res, k) for k in ("history", "method", "target", "config", "seed", "device")}
     if res.log_weights is None:
         ess = torch.tensor([float(res.ess)], dtype=torch.float64, device=_comm_device())
         torch.distributed.all_reduce(ess)
         head = broadcast_object((res.log_z, res.log_z_stderr))
-        return dataclasses.replace(res, samples=samples, ess=float(ess), log_z=head[0],
-                                   log_z_stderr=head[1],
-                                   diagnostics={**d0, "world_size": world_size()}, **meta)
+        return dataclasses.replace(res, samples=samples, ess=float(ess), log_z=head[0], log_z_stderr=head[1],
+                                   diagnostics={**d0, "world_size": world_size()})
+    meta = {k: getattr(res, k) for k in ("history", "method", "target", "config", "seed", "device")}
     lw = torch.from_numpy(all_gather_log_weights(res.log_weights))
     local_keys = set(log_z_from_log_weights(res.log_weights, warn=False).diagnostics())
     keep = {k: v for k, v in d0.items() if k not in local_keys}  # rank 0's estimate: recomputed

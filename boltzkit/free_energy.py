@@ -759,9 +759,8 @@ def log_z_path_of(res) -> LogZPath:
                           f"{lz.size}, stderr {se.size}")
     tgt = res.target if isinstance(res.target, dict) else {}
     dom = tgt.get("domain") or {}
-    beta = None
-    if "beta" in tgt and "q" in dom:  # categorical: annealed from the uniform distribution
-        beta = lam * float(tgt["beta"])
+    # categorical: annealed from the uniform distribution
+    beta = lam * float(tgt["beta"]) if "beta" in tgt and "q" in dom else None
     return LogZPath(lam, beta, lz, se)
 
 
