@@ -246,8 +246,7 @@ class Constrained(Domain):
 
     def reference(self, n, *, generator=None, device="cpu"):
         """Base draws moved towards the set by :meth:`land` (not necessarily feasible)."""
-        x = self.base.reference(n, generator=generator, device=device).to(torch.float64)
-        return self.land(x)
+        return self.land(self.base.reference(n, generator=generator, device=device).to(torch.float64))
 
     # ------------------------------------------------------------------ identity
     def to_config(self) -> dict:
