@@ -204,10 +204,8 @@ class Constrained(Domain):
         keep = act.any(dim=0)
         cols = torch.cat([torch.arange(m, device=xf.device), m + keep.nonzero().flatten()])
         a = act[:, keep]
-        if bool(keep.any()):
-            g_act = self._stack(self.inequalities, xf)[:, keep]
-        else:
-            g_act = xf.new_zeros(xf.shape[0], 0)
+        g_act = (self._stack(self.inequalities, xf)[:, keep] if bool(keep.any())
+                 else xf.new_zeros(xf.shape[0], 0))
         c = torch.cat([h, torch.where(a, g_act + margin, torch.zeros_like(g_act))], dim=1)
         mask = torch.cat([torch.ones_like(h, dtype=torch.bool), a], dim=1)
         return c, mask, cols, torch.cat([h.detach(), g0], dim=1)
@@ -238,8 +236,7 @@ class Constrained(Domain):
                     break
                 jac = batched_jacobian(c, xr) * mask[..., None]
             xf = xf.detach()
-            step = normal_component(jac, GramSolver(jac, mask).solve(c.detach() * mask))
-            new = xf - step
+            new = xf - normal_component(jac, GramSolver(jac, mask).solve(c.detach() * mask))
             ok = torch.isfinite(new).all(dim=1, keepdim=True)
             xf = torch.where(ok, new, xf)
         return xf.detach().reshape(shape).to(torch.float64)
