@@ -10,12 +10,17 @@ is chosen. ``select`` stays a pure function of the target's metadata, the profil
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import IncompatibleMethodError
+import torch
+
+from ._utils import resolve_device
+from .errors import IncompatibleMethodError, TargetError
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,7 @@ class SamplerSpec:
         if not isinstance(dom, self.domains):
             names = ", ".join(d.__name__ for d in self.domains)
             return f"needs a domain of type {names}, got {type(dom).__name__}"
-        if self.supports is not None:
-            return self.supports(target)
-        return None
+        return None if self.supports is None else self.supports(target)
 
 
 _REGISTRY: dict[str, SamplerSpec] = {}
@@ -123,10 +126,6 @@ class DeviceProfile:
 def probe(target, device="auto") -> DeviceProfile:
     """Time one batched energy evaluation of ``target`` and one reference network pass on
     ``device`` (a fraction of a second; the target's reference draws are its states)."""
-    import torch
-
-    from ._utils import resolve_device
-
     dev = resolve_device(device)
     dom = target.domain
     def timed(fn, reps=5):  # the median: a loaded machine is slower for the whole run too
@@ -168,8 +167,6 @@ def default_training_steps(target, cls) -> "int | None":
     """Training steps for a neural sampler on a categorical energy: NEURAL_STEPS_PER_SITE per
     site (within NEURAL_STEPS_RANGE; 504 for 6 x 6, 3584 for 16 x 16). None (the method's own
     default) for other targets or where the method has no ``n_steps`` option."""
-    import dataclasses
-
     sites = getattr(getattr(target, "domain", None), "n_sites", None)
     names = {f.name for f in dataclasses.fields(cls.Config)}
     if "n_steps" not in names or sites is None or getattr(target, "kind", None) != "energy":
@@ -211,15 +208,11 @@ def select(target, method: "str | None" = None, *, profile: "DeviceProfile | Non
     log Z when any compatible one does (a method without an estimate counts as fitting); on a CPU,
     methods that need no training come first among those that fit. When none fits, the fastest."""
     if getattr(target, "kind", None) is None or not hasattr(target, "domain"):
-        from .errors import TargetError
-
         raise TargetError(f"{type(target).__name__} is not a boltzkit target: it needs a `domain` and a "
                           "`kind`. Wrap a callable with bk.energies.Energy.from_function(fn, domain=...)")
     reg = registry()
     if method is not None:
         if method not in reg:
-            import difflib
-
             near = difflib.get_close_matches(str(method), list(reg), n=1, cutoff=0.6)
             raise IncompatibleMethodError(f"unknown method {method!r}"
                                           + (f" (did you mean {near[0]!r}?)" if near else "")

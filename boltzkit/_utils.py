@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .errors import ConfigError, MissingDependencyError
+from .errors import ConfigError, FileAccessError, MissingDependencyError
 
 
 def _finite_real(value) -> bool:
@@ -134,9 +134,7 @@ def resolve_seed(seed: "int | None") -> int:
 
 
 def torch_generator(seed: int, device: "torch.device | str" = "cpu") -> torch.Generator:
-    gen = torch.Generator(device=torch.device(device))
-    gen.manual_seed(int(seed) % (2**63))
-    return gen
+    return torch.Generator(device=torch.device(device)).manual_seed(int(seed) % (2**63))
 
 
 def _child_generator(child: np.random.SeedSequence, device) -> torch.Generator:
@@ -292,10 +290,7 @@ class _Progress:
     def _line(self, now, final=False):
         self.t_last, self.printed = now, True
         elapsed, done = now - self.t0, self.n - self.n0
-        if self.total:
-            head = f"step {self.n}/{self.total} ({100 * self.n / self.total:.0f}%)"
-        else:
-            head = f"step {self.n}"
+        head = f"step {self.n}" + (f"/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else "")
         if final:
             tail = f"done in {format_duration(elapsed)}"
         else:
@@ -358,8 +353,6 @@ def atomic_path(path: "str | os.PathLike", suffix: str = "") -> Iterator[Path]:
     raised as :class:`~boltzkit.errors.FileAccessError` naming ``path``, not the temporary file;
     other exceptions of the body pass through unchanged.
     """
-    from .errors import FileAccessError
-
     path = Path(path)
 
     def failed(exc: OSError) -> FileAccessError:

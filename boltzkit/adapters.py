@@ -39,11 +39,7 @@ def register_adapter(predicate: Predicate, convert: Convert, *, first: bool = Tr
     it may consume from). ``first=True`` puts it ahead of the built-in ones."""
     if not callable(predicate) or not callable(convert):
         raise ConfigError("register_adapter needs two callables: predicate(obj) and convert(obj, n_samples, options)")
-    entry = (predicate, convert)
-    if first:
-        _ADAPTERS.insert(0, entry)
-    else:
-        _ADAPTERS.append(entry)
+    _ADAPTERS.insert(0 if first else len(_ADAPTERS), (predicate, convert))
 
 
 def adapt(target, n_samples, options: dict) -> "tuple[Any, Any, dict]":

@@ -12,14 +12,20 @@ import json
 import math
 import sys
 import time
+import warnings
+from pathlib import Path
 
-from .errors import BoltzkitError, ConfigError
+from . import distributed as dist
+from . import energies, explain, methods, sample, select
+from .cv import from_spec
+from .energies import exact as ex
+from .errors import BoltzkitError, ConfigError, UnreliableEstimateWarning
+from .free_energy import write_csv
+from .result import Result
 
 
 def _targets():
-    from . import energies  # its molecular targets load on first use
-
-    return {
+    return {  # energies' molecular targets load on first use
         "alanine": lambda a: energies.AlanineDipeptide(a.solvent, coordinates=a.coordinates),
         "ising": lambda a: energies.Ising(L=a.L, beta=a.beta if a.beta is not None else energies.BETA_C_ISING,
                                           J=a.J, h=a.h),
@@ -77,9 +83,6 @@ def cmd_sample(a) -> int:
     """``bk.sample`` on a built-in target: the one sampling path (sampling views included, e.g.
     alanine in internal coordinates). Under torchrun the sampler trains data-parallel and the
     sample is pooled across the ranks inside ``bk.sample``; rank 0 prints and writes."""
-    from . import distributed as dist
-    from . import sample
-
     target = _targets()[a.target](a)
     t0 = time.perf_counter()
     dist.init()  # no-op without torchrun
@@ -99,8 +102,6 @@ def cmd_sample(a) -> int:
 
 
 def cmd_info(a) -> int:
-    from .result import Result
-
     res = Result.load(a.path)
     print(res.summary())
     print(f"  samples: shape {tuple(res.samples.shape)}, dtype {res.samples.dtype}")
@@ -112,26 +113,19 @@ def cmd_info(a) -> int:
 
 
 def cmd_explain(a) -> int:
-    from . import explain
-
     print(explain(_targets()[a.target](a)))
     return 0
 
 
 def cmd_methods(a) -> int:
-    from . import methods
-
     print(methods())
     return 0
 
 
 def cmd_demo(a) -> int:
     """Default target end to end: sample, estimate log Z, compare with the exact value, plot."""
-    from . import sample, select
-    from .energies import BETA_C_ISING, Ising
-
     L = 4 if a.quick else 6
-    target = Ising(L=L, beta=BETA_C_ISING)
+    target = energies.Ising(L=L, beta=energies.BETA_C_ISING)
     choice = select(target)
     print(f"boltzkit demo: {target.name} (periodic {L}x{L} Ising at the critical coupling)")
     print(f"method: {choice.name} -- {choice.reason}")
@@ -145,8 +139,7 @@ def cmd_demo(a) -> int:
                        progress=not a.quiet)
     exact = target.exact_log_z()
     err = res_z.log_z - exact
-    if res.log_z is not None:  # the summary and the plot then show the exact value too
-        res = dataclasses.replace(res, diagnostics={**res.diagnostics, "exact_log_z": exact})
+    res = _with_exact(res, target)
     print(res.summary())
     print(f"\nlog Z estimate = {res_z.log_z:.5f} +- {res_z.log_z_stderr:.2g} ({res_z.method})")
     print(f"log Z exact    = {exact:.5f}  (Kaufman's closed form)")
@@ -163,7 +156,6 @@ def cmd_demo(a) -> int:
 
 
 # ============================================================================ free energies
-# (profile, curve): kept in this block so that the other subcommands can change independently
 CURVE_MARGIN = 1.1  # `boltzkit curve` anneals to 1.1 HI and reports LO..HI
 
 
@@ -179,11 +171,6 @@ def _beta_range(text: str) -> "tuple[float, float]":
 
 def cmd_profile(a) -> int:
     """Free-energy profile of a saved Result along a collective variable: figure + table."""
-    from pathlib import Path
-
-    from .cv import from_spec
-    from .result import Result
-
     res = Result.load(a.path)
     prof = res.free_energy_profile(from_spec(a.cv), a.bins, n_bootstrap=a.n_bootstrap, seed=a.seed)
     out = a.out or str(Path(a.path).with_suffix("")) + "_profile_" + a.cv.replace(",", "_")
@@ -198,13 +185,6 @@ def cmd_profile(a) -> int:
 def cmd_curve(a) -> int:
     """U(beta) and C(beta) of a lattice from one annealing run, with the exact finite-lattice
     curves where they are tractable: figure + table."""
-    import warnings
-
-    from . import energies, sample
-    from .energies import exact as ex
-    from .errors import UnreliableEstimateWarning
-    from .free_energy import write_csv
-
     lo, hi = _beta_range(a.beta)
     top = CURVE_MARGIN * hi  # the local fits are one-sided (and dropped) near the last level
     if a.target == "ising":
@@ -342,9 +322,7 @@ def main(argv=None) -> int:
         print(f"boltzkit: error: {text}", file=sys.stderr)
         return 2
     finally:
-        from . import distributed
-
-        distributed.shutdown()
+        dist.shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,12 +41,19 @@ What happens across ranks
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import gc
 import os
+import warnings
 import weakref
 
 import numpy as np
 import torch
+
+from .errors import UnreliableEstimateWarning
+from .estimators.importance import log_z_from_log_weights
+from .result import result_from_log_weights
 
 __all__ = ["init", "shutdown", "is_distributed", "rank", "world_size", "local_rank", "is_main",
            "barrier", "device_for_rank", "local_count", "all_gather_tensor", "all_gather_log_weights",
@@ -243,10 +250,6 @@ def broadcast_modules(modules, src: int = 0) -> None:
 _SYNCED = weakref.WeakKeyDictionary()  # optimizer -> True once its grads are averaged this step
 
 
-def _params(optimizer):
-    return [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
-
-
 def sync_gradients(optimizer: torch.optim.Optimizer) -> None:
     """Average the gradients of ``optimizer``'s parameters over the ranks, once per step.
 
@@ -258,7 +261,8 @@ def sync_gradients(optimizer: torch.optim.Optimizer) -> None:
     """
     if not is_distributed() or _SYNCED.get(optimizer):
         return
-    params, dev, w = _params(optimizer), _comm_device(), world_size()
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+    dev, w = _comm_device(), world_size()
     present = torch.tensor([p.grad is not None for p in params], dtype=torch.float64, device=dev)
     torch.distributed.all_reduce(present)
     by_dtype: dict = {}
@@ -270,10 +274,8 @@ def sync_gradients(optimizer: torch.optim.Optimizer) -> None:
                           for p in ps])
         torch.distributed.all_reduce(flat)
         flat /= w
-        i = 0
-        for p in ps:
-            g = flat[i:i + p.numel()].view_as(p).to(p.device)
-            i += p.numel()
+        for p, g in zip(ps, flat.split([p.numel() for p in ps])):
+            g = g.view_as(p).to(p.device)
             if p.grad is None:
                 p.grad = g.clone()
             else:
@@ -281,20 +283,12 @@ def sync_gradients(optimizer: torch.optim.Optimizer) -> None:
     _SYNCED[optimizer] = True
 
 
-def _pre_step(optimizer, args, kwargs):
-    sync_gradients(optimizer)
-
-
-def _post_step(optimizer, args, kwargs):
-    _SYNCED.pop(optimizer, None)
-
-
 def attach_gradient_sync(optimizer: torch.optim.Optimizer) -> None:
     """Make every ``optimizer.step()`` average the gradients over the ranks first (idempotent)."""
     if getattr(optimizer, "_boltzkit_grad_sync", False):
         return
-    optimizer.register_step_pre_hook(_pre_step)
-    optimizer.register_step_post_hook(_post_step)
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: sync_gradients(opt))
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: _SYNCED.pop(opt, None))
     optimizer._boltzkit_grad_sync = True
 
 
@@ -314,21 +308,15 @@ def gather_result(res):
     """
     if not is_distributed():
         return res
-    import dataclasses
-
-    from .estimators.importance import log_z_from_log_weights
-    from .result import result_from_log_weights
-
     samples = all_gather_tensor(res.samples)
     d0 = broadcast_object(dict(res.diagnostics))
-    meta = {k: getattr(res, k) for k in ("history", "method", "target", "config", "seed", "device")}
     if res.log_weights is None:
         ess = torch.tensor([float(res.ess)], dtype=torch.float64, device=_comm_device())
         torch.distributed.all_reduce(ess)
         head = broadcast_object((res.log_z, res.log_z_stderr))
-        return dataclasses.replace(res, samples=samples, ess=float(ess), log_z=head[0],
-                                   log_z_stderr=head[1],
-                                   diagnostics={**d0, "world_size": world_size()}, **meta)
+        return dataclasses.replace(res, samples=samples, ess=float(ess), log_z=head[0], log_z_stderr=head[1],
+                                   diagnostics={**d0, "world_size": world_size()})
+    meta = {k: getattr(res, k) for k in ("history", "method", "target", "config", "seed", "device")}
     lw = torch.from_numpy(all_gather_log_weights(res.log_weights))
     local_keys = set(log_z_from_log_weights(res.log_weights, warn=False).diagnostics())
     keep = {k: v for k, v in d0.items() if k not in local_keys}  # rank 0's estimate: recomputed
@@ -353,10 +341,6 @@ def sample_across_ranks(sampler, n_samples: int, **kw):
     """
     if not is_distributed():
         return sampler.sample(n_samples, **kw)
-    import warnings
-
-    from .errors import UnreliableEstimateWarning
-
     with warnings.catch_warnings():  # one rank's share says little; the pooled estimate warns
         warnings.simplefilter("ignore", UnreliableEstimateWarning)
         part = sampler.sample(local_count(n_samples), **kw)
@@ -366,8 +350,6 @@ def sample_across_ranks(sampler, n_samples: int, **kw):
 def shutdown() -> None:
     """Leave the process group this module started (no-op otherwise); call at the end of a run."""
     if is_distributed() and _STARTED_HERE:
-        import gc
-
         gc.collect()  # free tensors still tied to gloo work before its threads go away
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -55,6 +55,7 @@ Failure modes
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import math
 import warnings
@@ -64,7 +65,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .cv import as_cv
 from .errors import BoltzkitError, TargetError, UnreliableEstimateWarning, require
+from .estimators.diagnostics import integrated_autocorr_time
+from .plot import _plt
 
 __all__ = ["FreeEnergyDifference", "MultistateFreeEnergies", "free_energy_difference", "mbar",
            "reduced_potentials", "state_draws", "MIN_OVERLAP", "FreeEnergyProfile", "histogram_profile",
@@ -483,8 +487,6 @@ class FreeEnergyProfile:
         return write_csv(path, f"{self.reference}; method: {self.method}; state: {self.state}", self.table())
 
     def to_json(self, path) -> "str":
-        import json
-
         doc = {"names": list(self.names), "periodic": list(self.periodic), "method": self.method,
                "reference": self.reference, "state": self.state, "n_samples": self.n_samples,
                "edges": [e.tolist() for e in self.edges],
@@ -498,8 +500,6 @@ class FreeEnergyProfile:
              exact=None, label=None):
         """1-D: F with a +-1 stderr band (and ``exact``, an array of F at the centres, dashed);
         2-D: a map of F clipped at ``max_kT`` with contour lines every 1 kT (Ramachandran style)."""
-        from .plot import _plt
-
         plt = _plt()
         if ax is None:
             _, ax = plt.subplots(figsize=(4.6, 3.6) if len(self.names) == 1 else (4.8, 4.0))
@@ -685,8 +685,6 @@ def profile_of_result(res, cv, bins=50, *, range=None, n_bootstrap: int = 200,
                       seed: int = 0) -> FreeEnergyProfile:
     """:meth:`boltzkit.result.Result.free_energy_profile` (weights respected; MCMC samples
     bootstrapped in blocks of their statistical inefficiency)."""
-    from .cv import as_cv
-
     cv = as_cv(cv, res.samples)
     vals = cv(res.samples)
     block = 1 if res.log_weights is not None else math.ceil(res._inflation() - 1e-9)
@@ -696,8 +694,6 @@ def profile_of_result(res, cv, bins=50, *, range=None, n_bootstrap: int = 200,
 
 
 def _mbar_profile(self: MultistateFreeEnergies, cv, bins=50, *, state=0, range=None) -> FreeEnergyProfile:
-    from .cv import as_cv
-
     cv = as_cv(cv, self._x)
     vals = cv(self._x)
     k, u = self._state_u(state)
@@ -763,9 +759,8 @@ def log_z_path_of(res) -> LogZPath:
                           f"{lz.size}, stderr {se.size}")
     tgt = res.target if isinstance(res.target, dict) else {}
     dom = tgt.get("domain") or {}
-    beta = None
-    if "beta" in tgt and "q" in dom:  # categorical: annealed from the uniform distribution
-        beta = lam * float(tgt["beta"])
+    # categorical: annealed from the uniform distribution
+    beta = lam * float(tgt["beta"]) if "beta" in tgt and "q" in dom else None
     return LogZPath(lam, beta, lz, se)
 
 
@@ -804,8 +799,6 @@ class ThermoCurveEstimate:
 
     def plot(self, path=None, *, exact=None, axes=None, label="SMC/AIS path"):
         """Two panels, U(beta) and C(beta), with +-1 stderr bands and the exact curves dashed."""
-        from .plot import _plt
-
         plt = _plt()
         if axes is None:
             _, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
@@ -865,8 +858,6 @@ def thermo_curves_from_path(beta, log_z, n_sites: int, *, window: "int | None" =
     n_sites : number of sites (the curves are per site)
     window : half-width in levels; default ``max(5, K // 25)``
     """
-    from .estimators.diagnostics import integrated_autocorr_time
-
     b, lz = np.asarray(beta, np.float64).reshape(-1), np.asarray(log_z, np.float64).reshape(-1)
     if b.size != lz.size or b.size < 8:
         raise TargetError(f"need beta and log Z at the same >= 8 levels, got {b.size} and {lz.size}")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 import os
+import textwrap
 
 import numpy as np
 
@@ -29,14 +32,9 @@ def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
     plt = _plt()
     x = result.samples
     w = result.weights()
-    panels = ["samples"]
     lattice = x.ndim == 3
-    if lattice:
-        panels.insert(0, "snapshots")
-    if result.log_weights is not None:
-        panels.append("weights")
-    hist_keys = [k for k in ("loss", "ess_frac", "log_z") if k in result.history]
-    panels += [f"history:{k}" for k in hist_keys]
+    panels = ["snapshots"] * lattice + ["samples"] + ["weights"] * (result.log_weights is not None)
+    panels += [f"history:{k}" for k in ("loss", "ess_frac", "log_z") if k in result.history]
     ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.6 * nrow), squeeze=False)
@@ -108,8 +106,6 @@ def _sample_plot_of(config: dict):
     spec = config.get("sample_plot") if isinstance(config, dict) else None
     if not spec:
         return None
-    import importlib
-
     module, _, name = str(spec).partition(":")
     try:
         return getattr(importlib.import_module(module), name)
@@ -120,8 +116,6 @@ def _sample_plot_of(config: dict):
 def _hook_extras(drawer, **extras) -> dict:
     """The keyword arguments among ``extras`` (the Result, the target passed to ``plot``) that
     a ``sample_plot`` hook declares; hooks taking only ``(ax, x, w, config)`` get none."""
-    import inspect
-
     try:
         params = inspect.signature(drawer).parameters
     except (TypeError, ValueError):
@@ -155,8 +149,6 @@ def figure_title(result) -> str:
     exact = result.diagnostics.get("exact_log_z")
     if exact is not None:
         line += f"   exact {float(exact):.4f}"
-    import textwrap
-
     return "\n".join(textwrap.wrap(head, 110) + [line])
 
 

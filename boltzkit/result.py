@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -15,10 +16,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from . import free_energy as _fe
 from ._utils import atomic_path, versions
 from .errors import (BoltzkitError, FileAccessError, MissingFileError, ResultFileError, TargetError,
                      UnreliableEstimateWarning)
-from .estimators.importance import normalized_weights, self_normalized_expectation
+from .estimators.importance import (ESS_FRAC_LIMIT, PARETO_K_LIMIT, ess_kish_of_subset,
+                                    log_z_from_log_weights, normalized_weights,
+                                    self_normalized_expectation)
+from .plot import plot_result
 
 FORMAT_VERSION = 1
 
@@ -68,10 +73,9 @@ def _open_result_file(path: Path):
         fh = open(path, "rb")
     except FileNotFoundError as exc:
         raise MissingFileError(f"no result file at {path}") from exc
-    except PermissionError as exc:
-        raise FileAccessError(f"cannot read {path}: permission denied") from exc
     except OSError as exc:
-        raise FileAccessError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        why = "permission denied" if isinstance(exc, PermissionError) else exc.strerror or exc
+        raise FileAccessError(f"cannot read {path}: {why}") from exc
     with fh:
         head = fh.read(4)
         if not head:
@@ -200,13 +204,9 @@ class Result:
                 raise TargetError(f"no sample falls in {nm}: the {what} is not estimable; draw "
                                   "more samples or widen the state definition")
         if self.log_weights is not None:  # few effective samples in a state: the error bar lies
-            from .estimators.importance import ess_kish_of_subset
-
             few = {nm: ess_kish_of_subset(w, m) for nm, m in zip(regions, out)}
             few = {nm: e for nm, e in few.items() if e < self.MIN_STATE_ESS}
             if few:
-                import warnings
-
                 warnings.warn(f"the {what} rests on few effective samples ("
                               + ", ".join(f"{nm}: {e:.1f}" for nm, e in few.items())
                               + f" < {self.MIN_STATE_ESS:g}); its error bar understates the error",
@@ -283,33 +283,25 @@ class Result:
         lowest bin is the reference (F = 0 there, see ``profile.reference``). Returns a
         :class:`boltzkit.free_energy.FreeEnergyProfile` (``.plot()``, ``.table()``, ``.to_csv()``).
         """
-        from .free_energy import profile_of_result
-
-        return profile_of_result(self, cv, bins, range=range, n_bootstrap=n_bootstrap, seed=seed)
+        return _fe.profile_of_result(self, cv, bins, range=range, n_bootstrap=n_bootstrap, seed=seed)
 
     @property
     def log_z_path(self):
         """Per-level ``(beta or lambda, log Z, stderr)`` of an annealing (AIS/SMC) run, as a
         :class:`boltzkit.free_energy.LogZPath` (``beta`` for lattice runs, where level lambda is
         the target at ``lambda beta``). Raises when the run recorded no path."""
-        from .free_energy import log_z_path_of
-
-        return log_z_path_of(self)
+        return _fe.log_z_path_of(self)
 
     def level_mbar(self, **kw):
         """MBAR over the levels of an AIS/SMC run made with ``keep_levels`` (all levels pooled;
         :func:`boltzkit.free_energy.level_mbar`, options ``stride``, ``target``)."""
-        from .free_energy import level_mbar
-
-        return level_mbar(self, **kw)
+        return _fe.level_mbar(self, **kw)
 
     def thermo_curves(self, *, window: "int | None" = None):
         """Energy and heat capacity per site over beta, ``U(beta)/N`` and ``C(beta)/N`` with
         error bars, from the log Z path of a lattice annealing run
         (:func:`boltzkit.free_energy.thermo_curves_from_path`)."""
-        from .free_energy import thermo_curves_of
-
-        return thermo_curves_of(self, window=window)
+        return _fe.thermo_curves_of(self, window=window)
 
     # ------------------------------------------------------------------ text
     def trust(self) -> "tuple[bool, str, str | None]":
@@ -325,8 +317,6 @@ class Result:
         if isinstance(k, (int, float)) and math.isfinite(k):
             facts.append(f"Pareto k {k:.2f}")
         if self.log_weights is not None and not self.reliable:
-            from .estimators.importance import ESS_FRAC_LIMIT, PARETO_K_LIMIT
-
             why.append(f"degenerate weights (needs ESS >= {100 * ESS_FRAC_LIMIT:g} % of n and "
                        f"Pareto k <= {PARETO_K_LIMIT:g})")
         elif self.log_weights is None and d.get("reliable") is False:
@@ -381,10 +371,8 @@ class Result:
         lines = [verdict] + ([f"  {step}"] if step else [])
         lines.append(f"boltzkit Result: method={self.method!r}, target={self.target.get('name', '?')}, "
                      f"n_samples={self.n_samples}, device={self.device}, seed={self.seed}")
-        if self.log_z is not None:
-            lines.append(f"  log Z = {self.log_z:.6f} +- {self.log_z_stderr:.2g}")
-        else:
-            lines.append(f"  log Z unavailable: {self.diagnostics.get('log_z_unavailable')}")
+        lines.append(f"  log Z = {self.log_z:.6f} +- {self.log_z_stderr:.2g}" if self.log_z is not None
+                     else f"  log Z unavailable: {self.diagnostics.get('log_z_unavailable')}")
         exact = self.diagnostics.get("exact_log_z")
         if exact is not None:
             lines.append(f"  exact log Z = {exact:.6f}  (error {self.log_z - exact:+.2e})"
@@ -409,9 +397,8 @@ class Result:
         path = Path(path)
         if path.suffix != ".npz":  # "run" -> "run.npz", "run.v2" -> "run.v2.npz"
             path = path.with_suffix(path.suffix + ".npz")
-        meta = {k: _jsonable(getattr(self, k)) for k in
-                ("log_z", "log_z_stderr", "ess", "diagnostics", "method", "target", "config",
-                 "seed", "device", "versions")}
+        meta = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)
+                if f.name not in ("samples", "log_weights", "history")}
         meta["format_version"] = FORMAT_VERSION
         meta["history_keys"] = list(self.history)
         arrays = {"samples": self.samples.numpy(), "__meta__": np.array(json.dumps(meta))}
@@ -419,9 +406,8 @@ class Result:
             arrays["log_weights"] = self.log_weights.numpy()
         for i, (k, v) in enumerate(self.history.items()):
             arrays[f"history_{i}"] = np.asarray(v)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
         return path
 
     @classmethod
@@ -437,9 +423,9 @@ class Result:
         with _open_result_file(path) as data:
             try:
                 return cls._from_npz(data, path)
+            except (ResultFileError, FileAccessError):
+                raise
             except BoltzkitError as exc:
-                if isinstance(exc, (ResultFileError, FileAccessError)):
-                    raise
                 raise ResultFileError(f"{path} holds an invalid result: {exc}") from exc
             except ValueError as exc:
                 if "pickle" in str(exc):
@@ -482,16 +468,12 @@ class Result:
     # ------------------------------------------------------------------ plots
     def plot(self, path: "str | os.PathLike | None" = None, *, target=None):
         """Standard figure: sample histogram, log-weight histogram, training curves."""
-        from .plot import plot_result
-
         return plot_result(self, path=path, target=target)
 
 
 def result_from_log_weights(samples, log_weights, *, log_z0: float = 0.0, exact_log_z=None,
                             warn: bool = True, **kw) -> Result:
     """Build a :class:`Result` from weighted samples with the shared IS estimator."""
-    from .estimators.importance import log_z_from_log_weights
-
     est = log_z_from_log_weights(log_weights, log_z0=log_z0, warn=False)
     diag = {**est.diagnostics(), **kw.pop("diagnostics", {})}
     if exact_log_z is not None:
@@ -499,8 +481,6 @@ def result_from_log_weights(samples, log_weights, *, log_z0: float = 0.0, exact_
     res = Result(samples=samples, log_weights=log_weights, log_z=est.log_z,
                  log_z_stderr=est.stderr, ess=est.ess, diagnostics=diag, **kw)
     if warn and not est.reliable:  # the advice fits the method that produced the weights
-        import warnings
-
         warnings.warn(f"{res.method or 'importance sampling'}: importance weights are degenerate (ESS "
                       f"{est.ess:.1f} of {est.n}, Pareto k {est.pareto_k:.2f}); the log Z error bar "
                       f"{est.stderr:.3g} is not reliable; {res.next_step()}", UnreliableEstimateWarning,
@@ -522,10 +502,9 @@ def iter_shards(path):
         what = " (the folder does not exist)" if not folder.exists() else ""
         raise MissingFileError(f"{folder} has no index.json: it is not a finished sample_to() "
                                f"folder{what}") from exc
-    except PermissionError as exc:
-        raise FileAccessError(f"cannot read {index_file}: permission denied") from exc
     except OSError as exc:
-        raise FileAccessError(f"cannot read {index_file}: {exc.strerror or exc}") from exc
+        why = "permission denied" if isinstance(exc, PermissionError) else exc.strerror or exc
+        raise FileAccessError(f"cannot read {index_file}: {why}") from exc
     try:
         index = json.loads(text)
         shards = [folder / s["file"] for s in index["shards"]]

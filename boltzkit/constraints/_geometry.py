@@ -27,9 +27,7 @@ def batched_jacobian(c: torch.Tensor, x: torch.Tensor, *, create_graph: bool = F
     eye = torch.eye(p, dtype=c.dtype, device=c.device).unsqueeze(1).expand(p, b, p)
     (jt,) = torch.autograd.grad(c, x, grad_outputs=eye, is_grads_batched=True,
                                 create_graph=create_graph, retain_graph=True, allow_unused=True)
-    if jt is None:  # constant constraints
-        return x.new_zeros(b, p, x.shape[1])
-    return jt.transpose(0, 1)
+    return x.new_zeros(b, p, x.shape[1]) if jt is None else jt.transpose(0, 1)  # None: constants
 
 
 class GramSolver:

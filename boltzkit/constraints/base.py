@@ -24,6 +24,7 @@ from ..domains.base import Domain, Reals
 from ..energies.base import Energy
 from ..errors import DomainError, TargetError
 from ._geometry import GramSolver, batched_jacobian, normal_component
+from .sets import ConstraintSet
 
 ConstraintFn = Callable[[torch.Tensor], torch.Tensor]
 _N_PROBE = 4
@@ -203,10 +204,8 @@ class Constrained(Domain):
         keep = act.any(dim=0)
         cols = torch.cat([torch.arange(m, device=xf.device), m + keep.nonzero().flatten()])
         a = act[:, keep]
-        if bool(keep.any()):
-            g_act = self._stack(self.inequalities, xf)[:, keep]
-        else:
-            g_act = xf.new_zeros(xf.shape[0], 0)
+        g_act = (self._stack(self.inequalities, xf)[:, keep] if bool(keep.any())
+                 else xf.new_zeros(xf.shape[0], 0))
         c = torch.cat([h, torch.where(a, g_act + margin, torch.zeros_like(g_act))], dim=1)
         mask = torch.cat([torch.ones_like(h, dtype=torch.bool), a], dim=1)
         return c, mask, cols, torch.cat([h.detach(), g0], dim=1)
@@ -237,16 +236,14 @@ class Constrained(Domain):
                     break
                 jac = batched_jacobian(c, xr) * mask[..., None]
             xf = xf.detach()
-            step = normal_component(jac, GramSolver(jac, mask).solve(c.detach() * mask))
-            new = xf - step
+            new = xf - normal_component(jac, GramSolver(jac, mask).solve(c.detach() * mask))
             ok = torch.isfinite(new).all(dim=1, keepdim=True)
             xf = torch.where(ok, new, xf)
         return xf.detach().reshape(shape).to(torch.float64)
 
     def reference(self, n, *, generator=None, device="cpu"):
         """Base draws moved towards the set by :meth:`land` (not necessarily feasible)."""
-        x = self.base.reference(n, generator=generator, device=device).to(torch.float64)
-        return self.land(x)
+        return self.land(self.base.reference(n, generator=generator, device=device).to(torch.float64))
 
     # ------------------------------------------------------------------ identity
     def to_config(self) -> dict:
@@ -281,16 +278,11 @@ class ConstrainedTarget(Energy):
                               f"got {type(base).__name__}")
         default = "uniform" if base is None else getattr(base, "name", None) or _fn_name(base)
         super().__init__(domain, name or f"constrained({default})")
-        if isinstance(base, torch.nn.Module):
-            self.base = base  # registered submodule: .to(device) moves it
-            self._fn = None
-        else:
-            self.base = None
-            self._fn = base
+        module = isinstance(base, torch.nn.Module)
+        self.base = base if module else None  # a registered submodule: .to(device) moves it
+        self._fn = None if module else base
 
     def _base_dtype(self) -> "torch.dtype | None":
-        if self.base is None:
-            return None
         for t in list(self.base.parameters()) + list(self.base.buffers()):
             if t.dtype.is_floating_point:
                 return t.dtype
@@ -301,9 +293,8 @@ class ConstrainedTarget(Energy):
             return x.reshape(x.shape[0], -1).sum(dim=1) * 0.0  # uniform; keeps the graph
         if self.base is not None:
             dt = self._base_dtype()
-            xin = x if dt is None else x.to(dt)
             fn = self.base.energy if hasattr(self.base, "energy") else self.base
-            return fn(xin).to(x.dtype)
+            return fn(x if dt is None else x.to(dt)).to(x.dtype)
         return self._fn(x).to(x.dtype)
 
     def grad_energy(self, x: torch.Tensor) -> torch.Tensor:
@@ -316,10 +307,8 @@ class ConstrainedTarget(Energy):
         cfg = super().to_config()
         if self.base is not None and hasattr(self.base, "to_config"):
             cfg["energy"] = self.base.to_config()
-        elif self._fn is not None:
-            cfg["energy"] = {"name": _fn_name(self._fn)}
         else:
-            cfg["energy"] = {"name": "uniform"}
+            cfg["energy"] = {"name": "uniform" if self._fn is None else _fn_name(self._fn)}
         return cfg
 
 
@@ -341,8 +330,7 @@ def constrain(energy=None, *sets, equalities: Iterable[ConstraintFn] = (),
         Ready-made sets from :mod:`boltzkit.constraints` (``sphere(3)``, ``box(...)``, ...);
         they are intersected with each other and with the explicit constraints.
     equalities, inequalities : sequence of callables
-        Batched constraints ``(B, *event_shape) -> (B,)`` or ``(B, k)``; feasible means
-        ``h(x) = 0`` and ``g(x) <= 0``.
+        Batched constraints, as in :class:`Constrained`.
     dim : int, optional
         Ambient dimension when ``energy`` is not an Energy and no set fixes it.
     tol : float
@@ -360,19 +348,13 @@ def constrain(energy=None, *sets, equalities: Iterable[ConstraintFn] = (),
     >>> vmf = bk.constrain(lambda x: -kappa * x[:, 2], bk.constraints.sphere(3))
     >>> res = bk.sample(vmf, n_samples=2000, seed=0)          # doctest: +SKIP
     """
-    from .sets import ConstraintSet
-
     eqs, ineqs = list(_as_tuple(equalities, "equalities")), list(_as_tuple(inequalities, "inequalities"))
     dims = {}
+    base_domain = energy.domain if isinstance(energy, Energy) else None
     if isinstance(energy, ConstrainedTarget):  # constrain again: merge the constraints
-        dom = energy.domain
-        eqs, ineqs = list(dom.equalities) + eqs, list(dom.inequalities) + ineqs
-        base_domain = dom.base
+        eqs, ineqs = list(base_domain.equalities) + eqs, list(base_domain.inequalities) + ineqs
+        base_domain = base_domain.base
         energy = energy.base if energy.base is not None else energy._fn
-    elif isinstance(energy, Energy):
-        base_domain = energy.domain
-    else:
-        base_domain = None
     for s in sets:
         if not isinstance(s, ConstraintSet):
             raise TargetError(f"positional arguments after the energy must be constraint sets such as "

@@ -61,19 +61,6 @@ def _vec(v, what: str, dim: "int | None" = None) -> torch.Tensor:
     return t
 
 
-def _mat(a, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The matrix ``(k, d)`` float64 and the norms ``(k,)`` of its rows (none zero)."""
-    t = torch.as_tensor(a, dtype=torch.float64)
-    if t.ndim == 1:
-        t = t[None]
-    if t.ndim != 2 or t.shape[0] < 1:
-        raise TargetError(f"{what} must be a matrix (k, d), got shape {tuple(t.shape)}")
-    norms = t.norm(dim=1)
-    if bool((norms == 0).any()):
-        raise TargetError(f"{what} has an all-zero row; every row must define a constraint")
-    return t, norms
-
-
 def _check_dim(dim) -> int:
     if int(dim) != dim or dim < 1:
         raise TargetError(f"dim must be a positive integer, got {dim!r}")
@@ -158,15 +145,18 @@ def stiefel(n: int, k: int) -> ConstraintSet:
 
 
 def _linear(a, b, what: str):
-    """``(x -> A x - b, (m, d))`` with the rows of ``A`` (m, d) normalized, and ``b`` with them."""
-    a, norms = _mat(a, "A")
+    """``(x -> A x - b, (m, d))`` with the rows of ``A`` (m, d; none zero) normalized, and ``b`` with them."""
+    a = torch.as_tensor(a, dtype=torch.float64)
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim != 2 or a.shape[0] < 1:
+        raise TargetError(f"A must be a matrix (k, d), got shape {tuple(a.shape)}")
+    norms = a.norm(dim=1)
+    if bool((norms == 0).any()):
+        raise TargetError("A has an all-zero row; every row must define a constraint")
     b = _vec(b, "b", a.shape[0])
     a, b = a / norms[:, None], b / norms
-
-    def f(x):
-        return x @ a.to(x).T - b.to(x)
-
-    return _named(f, what), tuple(a.shape)
+    return _named(lambda x: x @ a.to(x).T - b.to(x), what), tuple(a.shape)
 
 
 def affine(a, b) -> ConstraintSet:
@@ -183,11 +173,8 @@ def half_space(a, b: float) -> ConstraintSet:
     if float(n) == 0:
         raise TargetError("a must be a non-zero vector")
     a, b = a / n, float(b) / float(n)
-
-    def g(x):
-        return x @ a.to(x) - b
-
-    return ConstraintSet(f"half_space(d={a.numel()})", a.numel(), (), (_named(g, "half_space"),))
+    g = _named(lambda x: x @ a.to(x) - b, "half_space")
+    return ConstraintSet(f"half_space(d={a.numel()})", a.numel(), (), (g,))
 
 
 def polytope(a, b) -> ConstraintSet:
@@ -209,11 +196,8 @@ def box(lower, upper, dim: "int | None" = None) -> ConstraintSet:
     lo, hi = _vec(lower, "lower", dim), _vec(upper, "upper", dim)
     if bool((lo >= hi).any()):
         raise TargetError("box needs lower < upper in every coordinate")
-
-    def g(x):
-        return torch.cat([lo.to(x) - x, x - hi.to(x)], dim=1)
-
-    return ConstraintSet(f"box(d={dim})", dim, (), (_named(g, "box"),))
+    g = _named(lambda x: torch.cat([lo.to(x) - x, x - hi.to(x)], dim=1), "box")
+    return ConstraintSet(f"box(d={dim})", dim, (), (g,))
 
 
 def simplex(dim: int, *, probability: bool = True) -> ConstraintSet:
@@ -223,15 +207,8 @@ def simplex(dim: int, *, probability: bool = True) -> ConstraintSet:
     """
     dim = _check_dim(dim)
     scale = dim ** 0.5
-
-    def nonneg(x):
-        return -x
-
-    def total(x):
-        return (x.sum(-1) - 1.0) / scale
-
-    nonneg = _named(nonneg, "nonnegative")
-    total = _named(total, "sum_to_one" if probability else "sum_at_most_one")
+    nonneg = _named(lambda x: -x, "nonnegative")
+    total = _named(lambda x: (x.sum(-1) - 1.0) / scale, "sum_to_one" if probability else "sum_at_most_one")
     if probability:
         return ConstraintSet(f"simplex({dim})", dim, (total,), (nonneg,))
     return ConstraintSet(f"simplex({dim}, solid)", dim, (), (nonneg, total))

@@ -86,8 +86,7 @@ class ParticleCloud(Domain):
 
     # -- Domain interface
     def reference(self, n, *, generator=None, device="cpu"):
-        eps = torch.randn(n, *self.event_shape, generator=generator, device=device)
-        return self.project(eps)
+        return self.project(torch.randn(n, *self.event_shape, generator=generator, device=device))
 
     def contains(self, x):
         ok = torch.isfinite(x).all(dim=-1)
