@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .._utils import check_number
 from ..errors import ConfigError
 
 # A potential maps a batch y (B, d) to (U(y), grad U(y), *extras): every tensor has batch
@@ -37,7 +38,10 @@ Potential = Callable[[torch.Tensor], "tuple[torch.Tensor, ...]"]
 
 
 def _per_chain(step_size, x: torch.Tensor) -> torch.Tensor:
-    """Step size as a (B, 1) tensor (a scalar, or one value per chain)."""
+    """Step size as a (1, 1) tensor (a number) or a (B, 1) one (one value per chain)."""
+    if isinstance(step_size, (int, float)):  # one number: checked on the host, no device sync
+        check_number("step_size", step_size)
+        return torch.full((1, 1), step_size, dtype=x.dtype, device=x.device)
     h = torch.as_tensor(step_size, dtype=x.dtype, device=x.device)
     if h.numel() not in (1, x.shape[0]):
         raise ConfigError(f"step_size must be a number or have one entry per chain "

@@ -49,6 +49,7 @@ from ..result import result_from_log_weights
 from .base import SamplerConfig, check_number
 from . import ais as _ais
 from ..estimators.importance import LogZEstimate, log_z_from_log_weights
+from ..kernels.langevin import ula_move
 
 
 def jarzynski(work, *, log_z0: float = 0.0, warn: bool = True) -> LogZEstimate:
@@ -131,14 +132,11 @@ class Jarzynski(_ais.AnnealedSampler):
         cfg = self.config
         gen = self.gens["sample"]
         dt = float(cfg.dt)
-        noise_scale = math.sqrt(2.0 * dt)
         with self._ladder(n_samples, desc="jarzynski") as (lambdas, bar):
             ann = _ais._Annealer(self.target, cfg.init_std)
 
             def ula(pot, x, state, k):
-                xi = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-                y = x - dt * state[1] + noise_scale * xi
-                new = pot(y)
+                y, new, _ = ula_move(pot, x, state, dt, gen)
                 if not bool(torch.isfinite(new[0]).all()):
                     raise TrainingDivergedError(
                         f"driven Langevin diverged at step {k} of {lambdas.size - 1}: non-finite "
