@@ -409,7 +409,7 @@ class _Annealer:
 
     def ref_coef(self, lam: float) -> float:
         """Coefficient ``a(lambda)`` of the reference energy at level ``lambda``."""
-        return 1.0 - lam if self.beta_start == 1.0 else max(0.0, 1.0 - lam / self.beta_start)
+        return max(0.0, 1.0 - lam / self.beta_start)
 
     def next_level(self, logw, u, u0, lam: float, cess: float, islands: int) -> float:
         """The adaptive ladder's next lambda, within the current stage of the path (the increment
@@ -471,10 +471,7 @@ class _Annealer:
             dlam, da = lam - ladder[-1], self.ref_coef(lam) - self.ref_coef(ladder[-1])
             ladder.append(lam)
             self.where = f"at annealing level {k} of {total}"
-            if self.beta_start == 1.0:  # geometric path: da = -dlam
-                logw += dlam * (u0 - u64)
-            else:
-                logw -= da * u0 + dlam * u64
+            logw -= da * u0 + dlam * u64
             running.append(running_log_z(logw, log_acc, self.log_z0))
             if resample_ess is not None:
                 (x, u, g), logw, log_acc, events = resample_islands((x, u, g), logw, log_acc,
