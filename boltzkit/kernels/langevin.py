@@ -28,7 +28,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .._utils import check_number
 from ..errors import ConfigError
 
 # A potential maps a batch y (B, d) to (U(y), grad U(y), *extras): every tensor has batch
@@ -40,15 +39,17 @@ Potential = Callable[[torch.Tensor], "tuple[torch.Tensor, ...]"]
 def _per_chain(step_size, x: torch.Tensor) -> torch.Tensor:
     """Step size as a (1, 1) tensor (a number) or a (B, 1) one (one value per chain)."""
     if isinstance(step_size, (int, float)):  # one number: checked on the host, no device sync
-        check_number("step_size", step_size)
-        return torch.full((1, 1), step_size, dtype=x.dtype, device=x.device)
-    h = torch.as_tensor(step_size, dtype=x.dtype, device=x.device)
-    if h.numel() not in (1, x.shape[0]):
-        raise ConfigError(f"step_size must be a number or have one entry per chain "
-                          f"({x.shape[0]}), got {h.numel()} entries")
-    if not bool(torch.isfinite(h).all()) or bool((h <= 0).any()):
+        ok = math.isfinite(step_size) and step_size > 0
+        h = torch.full((1, 1), step_size, dtype=x.dtype, device=x.device)
+    else:
+        h = torch.as_tensor(step_size, dtype=x.dtype, device=x.device).reshape(-1, 1)
+        if h.numel() not in (1, x.shape[0]):
+            raise ConfigError(f"step_size must be a number or have one entry per chain "
+                              f"({x.shape[0]}), got {h.numel()} entries")
+        ok = bool(torch.isfinite(h).all()) and not bool((h <= 0).any())
+    if not ok:
         raise ConfigError(f"step_size must be finite and > 0, got {step_size!r}")
-    return h.reshape(-1, 1).expand(x.shape[0], 1)
+    return h
 
 
 def _accept(log_alpha: torch.Tensor, generator) -> torch.Tensor:
