@@ -119,8 +119,8 @@ from ..domains import Categorical, Reals
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..estimators.importance import log_z_from_log_weights
 from ..result import result_from_log_weights
-from ._shared.smc import (MALA_TARGET_ACCEPT, STEP_GAIN, capped_drift, check_islands, island_reliability,
-                          pool_islands, resample_islands, running_log_z, systematic_indices)
+from ._shared.smc import (ANNEALING_ADVICE, MALA_TARGET_ACCEPT, STEP_GAIN, IslandRun, capped_drift, check_islands,
+                          island_result, pool_islands, resample_islands, running_log_z, systematic_indices)
 from .base import Sampler, SamplerConfig, check_count, check_flag, check_number
 from .smc import SWEEP_PER_ENERGY, _kernel_of, _local_moves, default_n_islands, next_lambda
 from ..kernels.categorical import random_scan_metropolis
@@ -435,8 +435,8 @@ class _Annealer:
             resample_ess=None, n_islands: int = 1, cess: "float | None" = None,
             max_levels: int = 20_000, keep: int = 0):
         """Returns x (n, d), log-weights (float64, log Z_0 included), acceptance per level, and
-        None, or with ``resample_ess`` a dict of the islands' log Z (``island_log_z``) and the
-        number of resampling events (``resample_events``).
+        None, or with ``resample_ess`` the :class:`~._shared.smc.IslandRun` (the islands' log Z,
+        the number of resampling events).
 
         ``lambdas`` None: the adaptive ladder (each next lambda keeps the conditional ESS of
         the incremental weights at ``cess``); the ladder used is in ``self.lambdas``. ``keep``
@@ -496,9 +496,8 @@ class _Annealer:
         if resample_ess is None:
             return x, logw + self.log_z0, acc_hist, None
         island_log_z, logw = pool_islands(logw, log_acc)
-        island_log_z = island_log_z + self.log_z0
-        return (x, logw + self.log_z0, acc_hist,
-                {"island_log_z": island_log_z.cpu(), "resample_events": n_events})
+        run = IslandRun(x, logw + self.log_z0, (island_log_z + self.log_z0).cpu(), n_events, None)
+        return x, run.lw, acc_hist, run
 
 
 def refine_ladder(lambdas: np.ndarray, min_levels: int, knot: "float | None" = None) -> np.ndarray:
@@ -634,22 +633,14 @@ class AIS(AnnealedSampler):
         if not smc:
             return result_from_log_weights(x, lw, exact_log_z=exact, diagnostics=diag,
                                            history=history, **kw)
-        # SMC: particles of one island share ancestors, so the error bar comes from the
-        # independent islands' log Z (the same log Z as the pooled weights)
-        est = log_z_from_log_weights(smc["island_log_z"], warn=False)
         pilot_isl = diag.pop("pilot_island_log_z", None)
         if pilot_isl is not None:
             pest = log_z_from_log_weights(pilot_isl, warn=False)
             diag.update(pilot_log_z=pest.log_z, pilot_log_z_stderr=pest.stderr,
                         pilot_island_log_z_std=float(pilot_isl.std()))
-        diag.update(n_islands=int(smc["island_log_z"].numel()), resample_events=smc["resample_events"],
-                    log_z_stderr_from="between islands")
-        history["island_log_z"] = smc["island_log_z"].double().numpy()
-        res = result_from_log_weights(x, lw, exact_log_z=exact, diagnostics=diag, history=history,
-                                      warn=False, **kw)
-        res = replace(res, log_z_stderr=est.stderr)
-        island_reliability(res, smc["island_log_z"], stacklevel=3)
-        return res
+        history["island_log_z"] = smc.island_log_z.double().numpy()
+        return island_result(x, smc, exact_log_z=exact, diagnostics=diag, history=history, warn=False,
+                             who="AIS", advice=ANNEALING_ADVICE, **kw)
 
     # ----------------------------------------------------------------- continuous
     def _run_reals(self, n, lambdas, gen, bar):
@@ -705,7 +696,7 @@ class AIS(AnnealedSampler):
             lambdas = refine_ladder(ann.lambdas, cfg.min_levels, knot=beta_start)
             pilot = {"ladder_from": f"independent pilot run ({n_p} particles)", "pilot_particles": n_p,
                      "pilot_levels": int(ann.lambdas.size - 1), "cess": cfg.cess,
-                     "pilot_island_log_z": psmc["island_log_z"].double()}
+                     "pilot_island_log_z": psmc.island_log_z.double()}
             if bar is not None and hasattr(bar, "total"):
                 bar.total = lambdas.size - 1
         move, steps = mover()
@@ -720,7 +711,7 @@ class AIS(AnnealedSampler):
             x, lw = frame.to_x(x), lw + frame.log_det
             running["log_z_running"] = running["log_z_running"] + frame.log_det
             if smc:
-                smc["island_log_z"] = smc["island_log_z"] + frame.log_det
+                smc = replace(smc, lw=lw, island_log_z=smc.island_log_z + frame.log_det)
             if pilot:
                 pilot["pilot_island_log_z"] = pilot["pilot_island_log_z"] + frame.log_det
         n_levels = lambdas.size - 1

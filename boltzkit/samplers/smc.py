@@ -66,10 +66,9 @@ from .._registry import register
 from .._utils import progress_bar
 from ..domains import Categorical
 from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError, TargetError, UnreliableEstimateWarning
-from ..estimators.importance import ess_kish, log_z_from_log_weights
-from ..result import result_from_log_weights
-from ._shared.smc import (check_islands, island_ess, island_reliability, pool_islands, resample_islands,
-                          running_log_z)
+from ..estimators.importance import ess_kish
+from ._shared.smc import (ANNEALING_ADVICE, IslandRun, check_islands, island_ess, island_reliability,
+                          island_result, pool_islands, resample_islands, running_log_z)
 from .base import Sampler, SamplerConfig, check_count
 
 KERNELS = ("auto", "heat_bath", "metropolis", "swendsen_wang")
@@ -366,17 +365,13 @@ class SMC(Sampler):
         acc_hist, ess_hist, events, log_z0 = r["acc"], r["ess"], r["events"], r["log_z0"]
         wall = time.perf_counter() - t0
         island_log_z, lw_final = pool_islands(logw, log_acc)
-        island_log_z, lw_final = island_log_z + log_z0, (lw_final + log_z0).cpu()
-        isl = log_z_from_log_weights(island_log_z, warn=False)
-        spread = float(island_log_z.std())
+        run = IslandRun(x, lw_final + log_z0, island_log_z + log_z0, events, None)
         history = {**running_history(lambdas, running),
                    "ess_frac": torch.stack(ess_hist).cpu().numpy(),
                    "acceptance": torch.stack(acc_hist).cpu().numpy(),
-                   "island_log_z": island_log_z.cpu().numpy()}
-        diag = {"kernel": self.kernel, "n_levels": len(lambdas) - 1, "n_sweeps": self.n_sweeps,
-                "n_islands": M, "resample_events": events, "log_z0": log_z0,
-                "log_z_stderr_from": "between islands", "island_log_z_std": spread,
-                "island_ess_frac": isl.ess_frac, "energy_evaluations": r["n_energy"],
+                   "island_log_z": run.island_log_z.cpu().numpy()}
+        diag = {"kernel": self.kernel, "n_levels": len(lambdas) - 1, "n_sweeps": self.n_sweeps, "log_z0": log_z0,
+                "island_ess_frac": ess_kish(run.island_log_z) / M, "energy_evaluations": r["n_energy"],
                 "sweeps_total": n * self.n_sweeps * (len(lambdas) - 1) + pilot_sweeps,
                 "acceptance": float(np.mean(history["acceptance"])), "wall_time_s": wall,
                 "adaptive_ladder": cfg.schedule is None,
@@ -384,13 +379,10 @@ class SMC(Sampler):
                                 f"independent pilot run ({n_pilot} particles)" if n_pilot else
                                 "the particles themselves"), **extra}
         exact = getattr(self.target, "exact_log_z", lambda: None)()
-        res = result_from_log_weights(x.cpu(), lw_final, exact_log_z=exact, diagnostics=diag,
-                                      history=history, warn=False, **self._result_kwargs())
-        res = replace(res, log_z_stderr=isl.stderr)
-        kw = {} if who is None else {"advice": f"{who}: train longer, raise n_samples, n_sweeps or cess, "
-                                               "or use method='smc' from the uniform start."}
-        island_reliability(res, island_log_z, stacklevel=4, **kw)
-        return res
+        advice = ANNEALING_ADVICE if who is None else (f"{who}: train longer, raise n_samples, n_sweeps or "
+                                                      "cess, or use method='smc' from the uniform start.")
+        return island_result(x.cpu(), run, exact_log_z=exact, diagnostics=diag, history=history, warn=False,
+                             who="SMC", advice=advice, **self._result_kwargs())
 
     def sample_from(self, draw, n_samples: int, *, start_ess: float = 0.5,
                     generator: "torch.Generator | None" = None, who: str = "proposal"):

@@ -49,6 +49,7 @@ from ...result import result_from_log_weights
 ISLAND_SPREAD_LIMIT = 1.0  # islands' log Z standard deviation above this: not reliable
 ISLAND_MAX_SHARE = 0.25  # a heavy island tail is flagged when its largest island holds more of the Z sum
 JENSEN_ROUNDING = 1e-12  # a Jensen bias below this is float rounding (exact runs: all islands equal)
+ANNEALING_ADVICE = "Raise n_samples, the sweeps/MCMC steps per level or cess, or use another kernel."
 MIN_RELIABLE_ISLANDS = 8  # fewer islands: the spread (and so the error bar) is itself too uncertain
 ISLAND_SPREAD_CONFIDENCE = 0.95  # the spread limit applies to this one-sided upper bound of the spread
 
@@ -207,10 +208,11 @@ def controlled_islands(x: torch.Tensor, lw: torch.Tensor, ts: torch.Tensor, drif
 
 
 def island_result(samples, run: IslandRun, *, log_shift: float = 0.0, exact_log_z=None,
-                  diagnostics: dict, who: str, **result_kwargs):
+                  diagnostics: dict, who: str, advice: "str | None" = None, **result_kwargs):
     """A weighted :class:`~boltzkit.result.Result` of an island run: weights ``run.lw +
     log_shift``, log Z error bar from the spread of the independent islands, and the reliability
-    flag from :func:`island_reliability` (with a warning naming the fix)."""
+    flag from :func:`island_reliability`, with a warning naming the fix: ``advice``, by default
+    that of the trained path sampler ``who``."""
     isl = (run.island_log_z + log_shift).cpu()
     M = isl.numel()
     est = log_z_from_log_weights(isl, warn=False)
@@ -221,8 +223,8 @@ def island_result(samples, run: IslandRun, *, log_shift: float = 0.0, exact_log_
     res = result_from_log_weights(samples, (run.lw + log_shift).cpu(), exact_log_z=exact_log_z,
                                   diagnostics=diag, **result_kwargs)
     res = replace(res, log_z_stderr=est.stderr)
-    island_reliability(res, isl, stacklevel=3, advice=f"{who}: raise n_time_steps, add smc_mcmc_steps "
-                       "or train longer.")
+    island_reliability(res, isl, stacklevel=3,
+                       advice=advice or f"{who}: raise n_time_steps, add smc_mcmc_steps or train longer.")
     return res
 
 
@@ -239,9 +241,7 @@ def spread_upper_bound(spread: float, M: int, confidence: float = ISLAND_SPREAD_
     return spread * math.sqrt((M - 1) / chi2.ppf(1.0 - confidence, M - 1))
 
 
-def island_reliability(res, island_log_z, *, stacklevel: int = 2,
-                       advice: str = "Raise n_samples, the sweeps/MCMC steps per level or cess, or use "
-                                     "another kernel.") -> bool:
+def island_reliability(res, island_log_z, *, stacklevel: int = 2, advice: str = ANNEALING_ADVICE) -> bool:
     """Set ``res.diagnostics["reliable"]`` for an island SMC run and warn when it is False.
 
     Reliable needs the pooled weights' own check (ESS, Pareto k) and independent islands
