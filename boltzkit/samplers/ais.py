@@ -121,7 +121,7 @@ from ..estimators.importance import log_z_from_log_weights
 from ..result import result_from_log_weights
 from ._shared.smc import (ANNEALING_ADVICE, MALA_TARGET_ACCEPT, STEP_GAIN, IslandRun, capped_drift, check_islands,
                           island_result, pool_islands, resample_islands, running_log_z, systematic_indices)
-from .base import Sampler, SamplerConfig, check_count, check_flag, check_number
+from .base import Sampler, SamplerConfig, check_count, check_flag, check_fraction, check_number
 from .smc import SWEEP_PER_ENERGY, _kernel_of, _local_moves, default_n_islands, next_lambda
 from ..kernels.categorical import random_scan_metropolis
 from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
@@ -292,24 +292,15 @@ class AISConfig(SamplerConfig):
 
     def __post_init__(self):
         check_flag("use_prior_hint", self.use_prior_hint)
-        if self.resample_ess not in (None, "auto") and not (
-                isinstance(self.resample_ess, (int, float)) and not isinstance(self.resample_ess, bool)
-                and 0 < self.resample_ess <= 1):
-            raise ConfigError(f"resample_ess must be None, 'auto' or a fraction in (0, 1], got "
-                              f"{self.resample_ess!r}")
+        if self.resample_ess not in (None, "auto"):
+            check_number("resample_ess", self.resample_ess, upper=1)
         check_count("n_islands", self.n_islands, allow_none=True)
-        if not (isinstance(self.cess, (int, float)) and 0 < self.cess < 1) or isinstance(self.cess, bool):
-            raise ConfigError(f"cess must be a fraction in (0, 1), got {self.cess!r}")
-        if not (isinstance(self.pilot, (int, float)) and 0 < self.pilot < 1) or isinstance(self.pilot, bool):
-            raise ConfigError(f"pilot must be a fraction in (0, 1), got {self.pilot!r}")
+        for name in ("cess", "pilot"):  # fractions in (0, 1)
+            check_number(name, getattr(self, name))
+            check_fraction(name, getattr(self, name))
         check_count("max_levels", self.max_levels)
         check_count("min_levels", self.min_levels)
-        if self.beta_start is not None and not (
-                isinstance(self.beta_start, (int, float)) and not isinstance(self.beta_start, bool)
-                and 0 < self.beta_start <= 1):
-            raise ConfigError(f"beta_start must be None or an inverse-temperature ratio in (0, 1] "
-                              f"(e.g. 300 / 750 = 0.4 to start from the target at 750 K), got "
-                              f"{self.beta_start!r}")
+        check_number("beta_start", self.beta_start, allow_none=True, upper=1)
         check_count("keep_levels", self.keep_levels, minimum=0)
         if isinstance(self.schedule, str) and self.schedule in ("auto", "adaptive"):
             if self.n_steps is not None:
@@ -326,9 +317,8 @@ class AISConfig(SamplerConfig):
                               "(continuous), 'heat_bath' or 'metropolis' (categorical)")
         check_number("init_std", self.init_std, allow_none=True)
         check_number("step_size", self.step_size, allow_none=True)
-        if self.target_accept is not None and not (isinstance(self.target_accept, (int, float))
-                                                   and 0 < self.target_accept < 1):
-            raise ConfigError(f"target_accept must be in (0, 1) or None, got {self.target_accept!r}")
+        check_number("target_accept", self.target_accept, allow_none=True)
+        check_fraction("target_accept", self.target_accept, allow_none=True)
 
 
 def _resolve_kernel(target, kernel: str) -> str:

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
-from .._utils import (atomic_path, check_choice, check_count, check_flag, check_number,  # noqa: F401
-                      progress_bar, progress_enabled, rank_generators, resolve_device, resolve_seed)
+from .._utils import (atomic_path, check_choice, check_count, check_flag, check_fraction,  # noqa: F401
+                      check_number, progress_bar, progress_enabled, rank_generators, resolve_device, resolve_seed)
 from ..domains import Categorical, Reals
 from ..energies.base import framed, validate_target
 from .._finite import at_step

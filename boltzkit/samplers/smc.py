@@ -69,7 +69,7 @@ from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError, T
 from ..estimators.importance import ess_kish
 from ._shared.smc import (ANNEALING_ADVICE, IslandRun, check_islands, island_ess, island_reliability,
                           island_result, pool_islands, resample_islands, running_log_z)
-from .base import Sampler, SamplerConfig, check_count
+from .base import Sampler, SamplerConfig, check_choice, check_count, check_fraction, check_number
 
 KERNELS = ("auto", "heat_bath", "metropolis", "swendsen_wang")
 MIN_ISLAND = 32          # particles per island, at least
@@ -127,17 +127,14 @@ class SMCConfig(SamplerConfig):
     pilot: float = 0.125
 
     def __post_init__(self):
-        for nm in ("cess", "resample_ess"):
-            v = getattr(self, nm)
-            if not (isinstance(v, (int, float)) and 0 < v < 1) or isinstance(v, bool):
-                raise ConfigError(f"{nm} must be a fraction in (0, 1), got {v!r}")
+        for name in ("cess", "resample_ess"):  # fractions in (0, 1)
+            check_number(name, getattr(self, name))
+            check_fraction(name, getattr(self, name))
         check_count("n_sweeps", self.n_sweeps, allow_none=True)
         check_count("n_islands", self.n_islands, allow_none=True)
         check_count("max_levels", self.max_levels)
-        if not (isinstance(self.pilot, (int, float)) and 0 <= self.pilot < 1) or isinstance(self.pilot, bool):
-            raise ConfigError(f"pilot must be a fraction in [0, 1), got {self.pilot!r}")
-        if self.kernel not in KERNELS:
-            raise ConfigError(f"unknown kernel {self.kernel!r}; use one of {KERNELS}")
+        check_fraction("pilot", self.pilot)
+        check_choice("kernel", self.kernel, KERNELS)
         if self.schedule is not None:
             from .ais import annealing_schedule
 
@@ -402,8 +399,7 @@ class SMC(Sampler):
         """
         self._require_fit()
         check_count("n_samples", n_samples)
-        if isinstance(start_ess, bool) or not isinstance(start_ess, (int, float)) or not 0 < start_ess <= 1:
-            raise ConfigError(f"start_ess must be a fraction in (0, 1], got {start_ess!r}")
+        check_number("start_ess", start_ess, upper=1)
         n, cfg = int(n_samples), self.config
         M = self._islands(n)
         if cfg.schedule is not None or cfg.pilot <= 0:
