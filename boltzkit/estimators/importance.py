@@ -167,14 +167,18 @@ def log_z_from_log_weights(log_weights, *, log_z0: float = 0.0, warn: bool = Tru
     s = np.exp(lw - mx)
     log_z = float(mx + math.log(s.sum()) - math.log(n)) + log_z0
     w = s / s.sum()
-    ess = float(1.0 / np.sum(w * w))
+    return _estimate(log_z, float(1.0 / np.sum(w * w)), n, pareto_k(lw), float(w.max()), warn)
+
+
+def _estimate(log_z: float, ess: float, n: int, k: float, max_weight: float, warn: bool) -> LogZEstimate:
+    """The estimate of ``n`` weights of Kish ESS ``ess`` with its delta-method standard error; when
+    ``warn``, an UnreliableEstimateWarning for degenerate weights."""
     stderr = math.sqrt(max(n / ess - 1.0, 0.0) / max(n - 1, 1)) if n > 1 else float("inf")
-    est = LogZEstimate(log_z=log_z, stderr=stderr, ess=ess, n=n, pareto_k=pareto_k(lw),
-                       max_weight=float(w.max()))
+    est = LogZEstimate(log_z=log_z, stderr=stderr, ess=ess, n=n, pareto_k=k, max_weight=max_weight)
     if warn and not est.reliable:
-        warnings.warn(f"importance weights are degenerate (ESS {ess:.1f} of {n}, Pareto k "
-                      f"{est.pareto_k:.2f}); the log Z error bar {stderr:.3g} is not reliable. "
-                      "Train longer or draw more samples.", UnreliableEstimateWarning, stacklevel=2)
+        warnings.warn(f"importance weights are degenerate (ESS {ess:.1f} of {n}, Pareto k {k:.2f}); the log "
+                      f"Z error bar {stderr:.3g} is not reliable. Train longer or draw more samples.",
+                      UnreliableEstimateWarning, stacklevel=3)
     return est
 
 
@@ -248,17 +252,9 @@ class LogWeightAccumulator:
         if not math.isfinite(self.max):
             raise TargetError("every log-weight is -inf: no sample has positive target density")
         log_z = self.max + math.log(self._s1) - math.log(n) + log_z0
-        ess = self._s1 * self._s1 / self._s2
-        stderr = math.sqrt(max(n / ess - 1.0, 0.0) / max(n - 1, 1)) if n > 1 else float("inf")
         k = (_pareto_k_of_tail(np.sort(self._tail), n) if _tail_size(n) + 1 <= self._tail.size
              else float("nan"))
-        est = LogZEstimate(log_z=log_z, stderr=stderr, ess=ess, n=n, pareto_k=k,
-                           max_weight=1.0 / self._s1)
-        if warn and not est.reliable:
-            warnings.warn(f"importance weights are degenerate (ESS {ess:.1f} of {n}, Pareto k "
-                          f"{k:.2f}); the log Z error bar {stderr:.3g} is not reliable.",
-                          UnreliableEstimateWarning, stacklevel=2)
-        return est
+        return _estimate(log_z, self._s1 * self._s1 / self._s2, n, k, 1.0 / self._s1, warn)
 
 
 def self_normalized_expectation(values, log_weights) -> "tuple[float, float]":

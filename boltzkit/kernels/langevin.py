@@ -61,11 +61,7 @@ def _accept(log_alpha: torch.Tensor, generator) -> torch.Tensor:
 
 
 def _select(accept: torch.Tensor, new: tuple, old: tuple) -> tuple:
-    out = []
-    for a, b in zip(new, old):
-        mask = accept.view(-1, *([1] * (a.ndim - 1)))
-        out.append(torch.where(mask, a, b))
-    return tuple(out)
+    return tuple(torch.where(accept.view(-1, *([1] * (a.ndim - 1))), a, b) for a, b in zip(new, old))
 
 
 def mala_move(potential: Potential, x: torch.Tensor, state: tuple, step_size,

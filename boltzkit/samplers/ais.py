@@ -322,8 +322,6 @@ class AISConfig(SamplerConfig):
 
 
 def _resolve_kernel(target, kernel: str) -> str:
-    from ..kernels.lattice import local_incompatibility
-
     dom = target.domain
     if isinstance(dom, Reals):
         if kernel == "auto":
@@ -333,7 +331,7 @@ def _resolve_kernel(target, kernel: str) -> str:
                               f"continuous: use 'mala' or 'hmc'")
         return kernel
     if isinstance(dom, Categorical):
-        lattice = local_incompatibility(target) is None  # the target offers lattice_model()
+        lattice = _local_moves(target)  # the target offers lattice_model()
         if kernel == "auto":
             return "heat_bath" if lattice else "metropolis"
         if kernel == "heat_bath" and not lattice:
@@ -439,7 +437,7 @@ class _Annealer:
             raise TargetError(f"{self.target.name}.energy is not finite at {int(bad.sum())} of {n} "
                               f"reference draws from N(0, {math.sqrt(self.s2):g}^2 I); change init_std")
         logw = torch.zeros(n, dtype=torch.float64, device=device)
-        islands = n_islands if resample_ess is not None else 1
+        islands = n_islands  # 1 without resampling
         log_acc = torch.zeros(islands, dtype=torch.float64, device=device)  # log Z so far, per island
         n_events = 0
         acc_hist = []
@@ -610,12 +608,9 @@ class AIS(AnnealedSampler):
         with self._ladder(n_samples, desc=f"ais ({self.kernel})") as (lambdas, bar):
             run = self._run_reals if isinstance(self.target.domain, Reals) else self._run_categorical
             x, lw, extra = run(int(n_samples), lambdas, self.gens["sample"], bar)
-        exact = None
-        if isinstance(self.target.domain, Reals):
-            exact = self.target.exact_log_z()
+        exact = self.target.exact_log_z() if isinstance(self.target.domain, Reals) else None
         smc = extra.pop("smc", None)
-        history_lambdas = extra["running"]["lambda"]
-        diag = {"kernel": self.kernel, "n_levels": int(history_lambdas.size - 1), "n_mcmc": cfg.n_mcmc,
+        diag = {"kernel": self.kernel, "n_levels": int(extra["running"]["lambda"].size - 1), "n_mcmc": cfg.n_mcmc,
                 "acceptance": float(np.mean(extra["acceptance"])),
                 "log_weight_std": float(lw.std()), **extra.pop("diag", {})}
         history = {**extra.pop("running"), **extra}

@@ -26,7 +26,7 @@ import torch
 
 from .. import distributed as dist
 from .._utils import (atomic_path, check_choice, check_count, check_flag, check_fraction,  # noqa: F401
-                      check_number, progress_bar, progress_enabled, rank_generators, resolve_device, resolve_seed)
+                      check_number, progress_bar, rank_generators, resolve_device, resolve_seed)
 from ..domains import Categorical, Reals
 from ..energies.base import framed, validate_target
 from .._finite import at_step
@@ -450,8 +450,7 @@ class TrainableSampler(Sampler):
             self._distribute()
         if checkpoint is not None and Path(checkpoint).exists():
             self.load_checkpoint(checkpoint)
-        bar = progress_bar(total=n_steps, initial=self.step, desc=f"{self.name} training",
-                           enabled=self.progress) if progress_enabled(self.progress) else progress_bar(enabled=False)
+        bar = progress_bar(total=n_steps, initial=self.step, desc=f"{self.name} training", enabled=self.progress)
         try:
             while self.step < n_steps:
                 t0 = time.perf_counter()

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from ..._utils import progress_bar
-from ...errors import ConfigError
 from ...estimators.diagnostics import MIN_STEPS_PER_TAU, autocorr_estimate
 from ...result import Result
 from ..base import Sampler, SamplerConfig, check_count
@@ -106,9 +105,7 @@ class MCMCSampler(Sampler):
         """Attach ``target``, start the chains and run ``n_steps`` (default ``burn_in``) steps."""
         self._no_checkpoint(checkpoint)
         burn_in = self.config.burn_in if n_steps is None else n_steps
-        if not isinstance(burn_in, (int, np.integer)) or isinstance(burn_in, bool) or burn_in < 0:
-            raise ConfigError(f"n_steps (burn-in {self.step_unit}) must be a non-negative integer, "
-                              f"got {n_steps!r}")
+        check_count(f"n_steps (burn-in {self.step_unit})", burn_in, minimum=0)
         self.n_total, self._history = 0, {}
         self._start(target, **kw)
         self.burn_in = int(burn_in)
