@@ -38,16 +38,8 @@ n / 32 islands (:func:`boltzkit.samplers.smc.default_n_islands`). Measured with 
 AIS on 200 geometric levels: -0.39 +- 0.35, ESS 8, flagged). Give ``n_steps`` (or a
 ``schedule``) for plain AIS on a fixed ladder, as before.
 
-**Temperature ladder** (``beta_start=b`` in (0, 1), continuous targets): the path goes
-geometrically from pi_0 to exp(-b U), the target at the higher temperature T / b, then tempers
-``exp(-beta U)`` from beta = b to 1; level lambda has ``log gamma = -max(0, 1 - lambda / b) U_0
-- lambda U``. The increments stay exact (log Z unbiased, and each tempering level's running log Z
-is log Z(beta)), and with ``keep_levels`` :func:`~boltzkit.free_energy.level_mbar` pools the
-tempering levels, i.e. MBAR over temperatures as in replica exchange.
-
-``keep_levels=m`` keeps m particles of every level (systematic resampling of the weighted
-particles after the move) with their reference and target energies, so MBAR can pool all
-levels (:func:`boltzkit.free_energy.level_mbar`): no extra energy evaluations.
+A **temperature ladder** (``beta_start``) and per-level samples for MBAR over the levels
+(``keep_levels``, no extra energy evaluations) are options of :class:`AISConfig`.
 
 * ``Reals``: pi_0 = N(0, init_std^2 I) (in the standardized frame of the target's
   :meth:`~boltzkit.energies.Energy.prior_hint` when it gives one: N(loc, init_std^2 S S^T)
@@ -88,14 +80,12 @@ Failure modes
 * SMC islands of ~32 particles keep a mode of mass p only when 32 p is not small: rarer modes
   live in a few islands, whose spread (the error bar) then grows -- or, when no island holds
   them, they are missed silently, as in plain AIS.
-* Small budgets: islands of ~32 particles on many-well-32 have a log Z spread of about 1.3,
-  but the sample spread of the 8 islands of a 256-particle run came out 0.76-0.95 in 4 of 20
-  seeds, and those runs were 3.4-4.3 error bars low. :func:`~boltzkit.samplers.smc.island_reliability`
-  therefore applies its spread limit to the 95 % upper bound of the spread and never calls
-  fewer than 8 islands reliable; such runs are flagged (``diagnostics["unreliable_because"]``).
-  The price: at n = 2,048-4,096 (32 islands of 64-128, spread 0.8-0.95, near the limit)
-  most many-well-32 runs are flagged although right; at the default 10,000 (25 islands,
-  spread 0.4-0.7) none of 8 seeds was (``benchmarks/smc_small_budget.py``).
+* Small budgets: few islands can show a spread far below their true one (measured on
+  many-well-32 in :func:`~boltzkit.samplers.smc.island_reliability`, which therefore bounds the
+  spread from above and never calls fewer than 8 islands reliable; such runs are flagged,
+  ``diagnostics["unreliable_because"]``). The price: at n = 2,048-4,096 (32 islands of 64-128,
+  spread 0.8-0.95, near the limit) most many-well-32 runs are flagged although right; at the
+  default 10,000 (25 islands, spread 0.4-0.7) none of 8 seeds was (``benchmarks/smc_small_budget.py``).
   The pilot's own log Z (``diagnostics["pilot_log_z"]`` +- ``pilot_log_z_stderr``) comes from
   its short, self-chosen ladder: it is biased low (many-well-32 at n = 10,000: about -1 +- 0.3
   while the main run is right) and is information, not a check.
@@ -211,12 +201,10 @@ class AISConfig(SamplerConfig):
         "metropolis" (any categorical energy). "auto" = MALA / heat bath / Metropolis.
     n_mcmc : transitions (MCMC steps or lattice sweeps) per level.
     schedule : "auto" (default), "adaptive", "geometric", "sigmoid", "linear", or an explicit
-        tuple of lambdas from 0 to 1. "adaptive" (continuous targets): each next lambda is the
-        largest whose conditional ESS stays at ``cess`` (Zhou, Johansen & Aston 2016), chosen by
-        an independent pilot run (``pilot``), refined to ``min_levels`` and then held fixed (the
-        main run's step sizes still adapt level by level on its own particles, an O(1/N)
-        coupling of the islands, see below). "auto" = "adaptive" on a continuous target when
-        ``n_steps`` is not given, else "geometric".
+        tuple of lambdas from 0 to 1. "adaptive" (continuous targets): the module docstring's
+        pilot-chosen ladder (the main run's step sizes still adapt level by level on its own
+        particles, an O(1/N) coupling of the islands, see below). "auto" = "adaptive" on a
+        continuous target when ``n_steps`` is not given, else "geometric".
     init_std : standard deviation of the Gaussian reference pi_0 (Reals). None (default): 1 in
         the frame of the target's prior hint, or, without a hint, 1 in the frame of the scale
         probe (:func:`boltzkit.probe.probe_frame`: pi_0 = N(c, C) covering every minimum it
@@ -230,12 +218,9 @@ class AISConfig(SamplerConfig):
         ``x = loc + S z``, anneal in ``z`` from N(0, init_std^2 I), i.e. from
         N(loc, init_std^2 S S^T) in ``x``; samples, weights and log Z are returned in ``x``.
     resample_ess : (Reals) None (plain AIS), "auto" (default: 0.5 with the adaptive ladder,
-        None with a fixed one) or a fraction in (0, 1]: an SMC sampler that resamples an island
-        (systematic resampling) whenever its ESS falls below this fraction of the island size.
-    n_islands : (with ``resample_ess``) number of independent particle islands; particles
-        are resampled only within their island, so the islands' log Z are independent and
-        give the error bar, and the samples are stored island by island (contiguous blocks).
-        None (default): :func:`boltzkit.samplers.smc.default_n_islands` (about n / 32, 2 to 32).
+        None with a fixed one) or a fraction in (0, 1]: the SMC sampler of the module docstring.
+    n_islands : (with ``resample_ess``) number of independent particle islands; the samples
+        are stored island by island (contiguous blocks). None (default): :func:`boltzkit.samplers.smc.default_n_islands` (about n / 32, 2 to 32).
     cess : (adaptive ladder) conditional-ESS fraction kept between consecutive levels.
     pilot : (adaptive ladder) fraction of the particles (at least 256) of the pilot run that
         chooses the ladder and the step sizes.
@@ -767,22 +752,11 @@ def ais(target, *, n_samples: int = 1024, n_steps: "int | None" = None, kernel: 
         On a ``Reals`` or categorical domain.
     n_samples : int
         Number of particles (independent annealing runs, batched).
-    n_steps : int or None
-        Number of annealing levels K of a fixed ladder (ignored when ``schedule`` is an explicit
-        sequence); None: the adaptive ladder on a continuous target, 200 levels on a lattice.
-    kernel : str
-        "auto", "mala", "hmc" (Reals); "auto", "heat_bath", "metropolis" (categorical).
-    n_mcmc : int
-        Transitions per level.
-    schedule : str or sequence of float
-        See :func:`annealing_schedule`.
+    n_steps, kernel, n_mcmc, schedule, **options :
+        :class:`AISConfig` fields (levels, MCMC kernel and transitions per level, ladder; SMC,
+        adaptive ladder, MBAR levels, temperature ladder).
     seed, device, progress :
         As in :func:`boltzkit.sample`.
-    **options :
-        Further :class:`AISConfig` fields: ``init_std``, ``step_size``, ``target_accept``,
-        ``adapt_step_size``, ``n_leapfrog``, ``resample_ess``, ``n_islands`` (SMC), ``cess``,
-        ``pilot``, ``max_levels`` (adaptive ladder), ``keep_levels`` (MBAR over the levels),
-        ``beta_start`` (temperature ladder).
 
     Returns
     -------

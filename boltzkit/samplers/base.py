@@ -5,9 +5,8 @@ device and seed handling, ``fit`` then ``sample``.
 
 ``TrainableSampler``: the shared training loop of neural samplers -- progress bar, history,
 divergence check, atomic checkpoints and resume-to-total-steps, and data-parallel training
-under ``torchrun`` with no change to the sampler (:mod:`boltzkit.distributed`). A subclass implements
-``_setup(target)``, ``train_step() -> dict``, ``_state_dict()``, ``_load_state_dict(d)`` and
-``sample(n)``, so its module reads as the paper's objective plus little else.
+under ``torchrun`` with no change to the sampler (:mod:`boltzkit.distributed`); what a subclass
+implements is listed on the class.
 """
 
 from __future__ import annotations

@@ -77,9 +77,9 @@ def jarzynski(work, *, log_z0: float = 0.0, warn: bool = True) -> LogZEstimate:
     w = np.asarray(work, dtype=np.float64)
     if w.ndim != 1 or w.size < 2:
         raise TargetError(f"work must be a 1-D array of at least 2 values, got shape {w.shape}")
-    if np.isnan(w).any() or (w == -np.inf).any():
-        bad = int(np.flatnonzero(np.isnan(w) | (w == -np.inf))[0])
-        raise TargetError(f"work contains NaN or -inf (first at index {bad}); check the protocol "
+    bad = np.flatnonzero(np.isnan(w) | (w == -np.inf))
+    if bad.size:
+        raise TargetError(f"work contains NaN or -inf (first at index {bad[0]}); check the protocol "
                           "energies along the trajectories")
     if not math.isfinite(log_z0):
         raise TargetError(f"log_z0 must be finite, got {log_z0!r}")
@@ -90,9 +90,10 @@ def jarzynski(work, *, log_z0: float = 0.0, warn: bool = True) -> LogZEstimate:
 class JarzynskiConfig(SamplerConfig):
     """Options of driven Langevin / Jarzynski.
 
-    n_steps : number of ULA steps (levels) K.
-    dt : ULA time step.
-    schedule : lambda schedule ("linear", "geometric", "sigmoid" or an explicit tuple).
+    n_steps : number of ULA steps (levels) K, one per level.
+    dt : ULA time step; the total protocol time is ``n_steps * dt``.
+    schedule : lambda schedule ("linear", "geometric", "sigmoid" or an explicit tuple), see
+        :func:`~boltzkit.samplers.ais.annealing_schedule`.
     init_std : standard deviation of the Gaussian start N(0, init_std^2 I).
     """
 
@@ -164,14 +165,8 @@ def annealed_langevin(target, *, n_samples: int = 1024, n_steps: int = 1000, dt:
     target : Energy on ``Reals``
     n_samples : int
         Number of independent trajectories.
-    n_steps : int
-        Number of ULA steps K (one per level).
-    dt : float
-        ULA time step; total protocol time is ``n_steps * dt``.
-    schedule : str or sequence of float
-        Lambda schedule, see :func:`~boltzkit.samplers.ais.annealing_schedule`.
-    init_std : float
-        The start is N(0, init_std^2 I).
+    n_steps, dt, schedule, init_std :
+        As in :class:`JarzynskiConfig`.
     seed, device, progress :
         As in :func:`boltzkit.sample`.
 

@@ -54,15 +54,13 @@ from .._finite import check_energies
 from .._registry import register
 from ..domains import Reals
 from ..errors import TargetError
+from ..kernels.langevin import (Potential, adapt_log_step, default_step_size, hmc_move,  # noqa: F401 (re-exported)
+                                hmc_step, mala_move, mala_step)
 from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
 from .base import check_flag, check_fraction, check_number
 
 LOG_Z_UNAVAILABLE = ("MALA is an MCMC sampler: it draws correlated, unweighted samples and no "
                      "normalizing constant; use method='ais' for log Z")
-
-# the kernels live in boltzkit.kernels.langevin; re-exported here for existing imports
-from ..kernels.langevin import (Potential, adapt_log_step, default_step_size, hmc_move,  # noqa: E402,F401
-                                hmc_step, mala_move, mala_step)
 
 
 # ============================================================================ sampler

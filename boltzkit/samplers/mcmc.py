@@ -46,18 +46,14 @@ import torch
 
 from .._registry import register
 from ..domains import Lattice
+from ..energies.lattice import LatticeModel
 from ..errors import IncompatibleMethodError
+from ..kernels.lattice import (checkerboard_sweep, cluster_incompatibility, fk_clusters,  # noqa: F401 (re-exported)
+                               lattice_model, local_incompatibility, swendsen_wang_update, wolff_update)
 from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
 from .base import check_count
 
 LOG_Z_UNAVAILABLE = "MCMC draws samples without a normalizing constant; use method='ais' for log Z"
-
-
-# the kernels live in boltzkit.kernels.lattice (re-exported here for existing imports)
-from ..energies.lattice import LatticeModel  # noqa: E402,F401
-from ..kernels.lattice import (checkerboard_sweep, cluster_incompatibility,  # noqa: E402,F401
-                               fk_clusters, lattice_model, local_incompatibility,
-                               swendsen_wang_update, wolff_update)
 
 
 # ============================================================================ samplers

@@ -112,9 +112,8 @@ class SMCConfig(SamplerConfig):
         multiple of it).
     schedule : None (adaptive ladder) or an explicit increasing sequence of lambdas from 0 to 1.
     max_levels : stop with an error if the adaptive ladder needs more levels than this.
-    pilot : fraction of n_samples (at least 256) for an independent pilot run that chooses the
-        adaptive ladder; the main run then uses it fixed, so its islands are exactly independent
-        and each island's Z is exactly unbiased. 0 adapts on the main particles (O(1/N) coupling).
+    pilot : fraction of n_samples (at least 256) for the independent pilot run that chooses the
+        adaptive ladder (see Failure modes); 0 adapts on the main particles.
     """
 
     cess: float = 0.97
