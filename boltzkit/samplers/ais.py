@@ -109,10 +109,10 @@ from ..domains import Categorical, Reals
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..estimators.importance import log_z_from_log_weights
 from ..result import result_from_log_weights
-from ._shared.smc import (ANNEALING_ADVICE, MALA_TARGET_ACCEPT, STEP_GAIN, IslandRun, capped_drift, check_islands,
-                          island_result, pool_islands, resample_islands, running_log_z, systematic_indices)
+from ._shared.smc import (ANNEALING_ADVICE, MALA_TARGET_ACCEPT, STEP_GAIN, IslandRun, capped_drift, island_result,
+                          pool_islands, resample_islands, running_log_z, systematic_indices)
 from .base import Sampler, SamplerConfig, check_count, check_flag, check_fraction, check_number
-from .smc import SWEEP_PER_ENERGY, _kernel_of, _local_moves, default_n_islands, next_lambda
+from .smc import SWEEP_PER_ENERGY, _kernel_of, _local_moves, checked_islands, default_n_islands, next_lambda
 from ..kernels.categorical import random_scan_metropolis
 from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
 
@@ -220,7 +220,8 @@ class AISConfig(SamplerConfig):
     resample_ess : (Reals) None (plain AIS), "auto" (default: 0.5 with the adaptive ladder,
         None with a fixed one) or a fraction in (0, 1]: the SMC sampler of the module docstring.
     n_islands : (with ``resample_ess``) number of independent particle islands; the samples
-        are stored island by island (contiguous blocks). None (default): :func:`boltzkit.samplers.smc.default_n_islands` (about n / 32, 2 to 32).
+        are stored island by island (contiguous blocks). None (default):
+        :func:`boltzkit.samplers.smc.default_n_islands` (about n / 32, 2 to 32).
     cess : (adaptive ladder) conditional-ESS fraction kept between consecutive levels.
     pilot : (adaptive ladder) fraction of the particles (at least 256) of the pilot run that
         chooses the ladder and the step sizes.
@@ -636,11 +637,8 @@ class AIS(AnnealedSampler):
                     state = cap_state(state)
                 acc_sum = 0.0
                 for _ in range(cfg.n_mcmc):
-                    if self.kernel == "mala":
-                        x, state, acc = mala_move(pot, x, state, h, gen)
-                    else:
-                        x, state, acc = hmc_move(pot, x, state, h, cfg.n_leapfrog, gen,
-                                                  jitter=HMC_JITTER)
+                    x, state, acc = mala_move(pot, x, state, h, gen) if self.kernel == "mala" else \
+                        hmc_move(pot, x, state, h, cfg.n_leapfrog, gen, jitter=HMC_JITTER)
                     acc_sum += float(acc.double().mean())
                 rate = acc_sum / cfg.n_mcmc
                 if cfg.adapt_step_size:
@@ -650,10 +648,7 @@ class AIS(AnnealedSampler):
 
         resample = cfg.resample_ess if cfg.resample_ess != "auto" else \
             (ADAPTIVE_RESAMPLE_ESS if lambdas is None else None)
-        n_isl = 1
-        if resample is not None:
-            n_isl = cfg.n_islands or default_n_islands(n)
-            check_islands(n, n_isl)
+        n_isl = 1 if resample is None else checked_islands(n, cfg.n_islands)
         pilot = {}
         if lambdas is None:  # the ladder from an independent pilot run
             n_p = max(256, int(n * cfg.pilot))
@@ -670,7 +665,6 @@ class AIS(AnnealedSampler):
             if bar is not None and hasattr(bar, "total"):
                 bar.total = lambdas.size - 1
         move, steps = mover()
-        pilot_evals = (pilot["pilot_particles"] * (pilot["pilot_levels"] + 1) * (cfg.n_mcmc + 1)) if pilot else 0
         x, lw, acc, smc = ann.run(n, lambdas, move, gen, bar=bar, device=self.device,
                                   resample_ess=resample, n_islands=n_isl, keep=cfg.keep_levels)
         running = ann.running
@@ -684,9 +678,9 @@ class AIS(AnnealedSampler):
                 smc = replace(smc, lw=lw, island_log_z=smc.island_log_z + frame.log_det)
             if pilot:
                 pilot["pilot_island_log_z"] = pilot["pilot_island_log_z"] + frame.log_det
-        n_levels = lambdas.size - 1
-        evals = n * n_levels * (cfg.n_mcmc * (cfg.n_leapfrog if self.kernel == "hmc" else 1) + 1) + n
-        evals += pilot_evals
+        evals = n * (lambdas.size - 1) * (cfg.n_mcmc * (cfg.n_leapfrog if self.kernel == "hmc" else 1) + 1) + n
+        if pilot:
+            evals += pilot["pilot_particles"] * (pilot["pilot_levels"] + 1) * (cfg.n_mcmc + 1)
         return x, lw, {"acceptance": acc, "step_size": np.asarray(steps), "smc": smc, "running": running,
                        **kept,
                        "diag": {"log_z0": ann.log_z0, "init_std": init_std, "adaptive_ladder": bool(pilot),

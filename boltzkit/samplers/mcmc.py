@@ -145,17 +145,14 @@ class LatticeMCMC(MCMCSampler):
         return {}
 
 
-_LATTICE_DOMAINS = (Lattice,)
-
-
-@register("metropolis", domains=_LATTICE_DOMAINS, priority=1, provides_log_z=False,
+@register("metropolis", domains=(Lattice,), priority=1, provides_log_z=False,
           paper="Metropolis et al., J. Chem. Phys. 21, 1087 (1953)",
           supports=local_incompatibility)
 class Metropolis(LatticeMCMC):
     """Checkerboard single-site Metropolis for Ising and Potts lattices."""
 
 
-@register("heat_bath", domains=_LATTICE_DOMAINS, priority=2, provides_log_z=False,
+@register("heat_bath", domains=(Lattice,), priority=2, provides_log_z=False,
           paper="Glauber, J. Math. Phys. 4, 294 (1963)", supports=local_incompatibility)
 class HeatBath(LatticeMCMC):
     """Checkerboard single-site heat-bath (Gibbs) updates for Ising and Potts lattices."""
@@ -163,7 +160,7 @@ class HeatBath(LatticeMCMC):
     rule = "heat_bath"
 
 
-@register("swendsen_wang", domains=_LATTICE_DOMAINS, priority=5, provides_log_z=False,
+@register("swendsen_wang", domains=(Lattice,), priority=5, provides_log_z=False,
           paper="Swendsen & Wang, Phys. Rev. Lett. 58, 86 (1987)",
           supports=cluster_incompatibility)
 class SwendsenWang(LatticeMCMC):
@@ -176,7 +173,7 @@ class SwendsenWang(LatticeMCMC):
         return swendsen_wang_update(self.target, x, generator=generator)
 
 
-@register("wolff", domains=_LATTICE_DOMAINS, priority=3, provides_log_z=False,
+@register("wolff", domains=(Lattice,), priority=3, provides_log_z=False,
           paper="Wolff, Phys. Rev. Lett. 62, 361 (1989)", supports=cluster_incompatibility)
 class Wolff(LatticeMCMC):
     """Wolff single-cluster updates for Ising (h = 0) and Potts lattices.

@@ -174,6 +174,13 @@ def cess_fraction(logw: torch.Tensor, u: torch.Tensor, delta: float, n_islands: 
     return float(torch.exp(num - den).mean())
 
 
+def checked_islands(n: int, n_islands: "int | None") -> int:
+    """Islands for ``n`` particles: ``n_islands``, or :func:`default_n_islands` when None; checked."""
+    M = n_islands or default_n_islands(n)
+    check_islands(n, M)
+    return M
+
+
 def next_lambda(logw, u, lam: float, cess: float, n_islands: int, *, iters: int = 60) -> float:
     """Largest lambda' in (lam, 1] whose conditional ESS fraction is at least ``cess`` (bisection)."""
     hi = 1.0 - lam
@@ -318,12 +325,6 @@ class SMC(Sampler):
         return {"x": x, "logw": logw, "log_acc": log_acc, "running": running, "lambdas": lambdas,
                 "acc": acc_hist, "ess": ess_hist, "events": events, "n_energy": n_energy, "log_z0": log_z0}
 
-    def _islands(self, n: int) -> int:
-        """Islands for ``n`` particles (the config's or :func:`default_n_islands`), checked."""
-        M = self.config.n_islands or default_n_islands(n)
-        check_islands(n, M)
-        return M
-
     def _pilot_size(self, n: int) -> int:
         """Particles of the independent ladder pilot (0 with a fixed schedule or ``pilot=0``)."""
         cfg = self.config
@@ -341,7 +342,7 @@ class SMC(Sampler):
         self._require_fit()
         check_count("n_samples", n_samples)
         n = int(n_samples)
-        M = self._islands(n)
+        M = checked_islands(n, self.config.n_islands)
         t0 = time.perf_counter()
         ladder, n_pilot = self.config.schedule, self._pilot_size(n)
         if n_pilot:  # the ladder from an independent pilot: islands iid
@@ -399,9 +400,9 @@ class SMC(Sampler):
         self._require_fit()
         check_count("n_samples", n_samples)
         check_number("start_ess", start_ess, upper=1)
-        n, cfg = int(n_samples), self.config
-        M = self._islands(n)
-        if cfg.schedule is not None or cfg.pilot <= 0:
+        n = int(n_samples)
+        M, n_pilot = checked_islands(n, self.config.n_islands), self._pilot_size(n)
+        if not n_pilot:
             raise ConfigError("a proposal start needs the independent pilot (it chooses the start level "
                               "and the ladder, and checks the proposal's coverage): leave schedule=None "
                               "and pilot > 0")
@@ -414,7 +415,6 @@ class SMC(Sampler):
             lam0, ess = start_level(u, lw, start_ess) if lam0 is None else (lam0, None)
             return (x.to(self.device), u, lw + (1.0 - lam0) * u, lam0), ess
 
-        n_pilot = self._pilot_size(n)
         m_pilot = default_n_islands(n_pilot)
         pilot_start, pilot_ess = population(n_pilot)
         if pilot_ess < start_ess:  # the proposal helps at no level: plain SMC from the uniform start
