@@ -360,9 +360,8 @@ class _Annealer:
     ``move(potential, x, state, k) -> (x, state, acceptance_rate)`` performs the transitions of
     level k on gamma_k; ``potential(y) = (U_k(y), grad U_k(y), U(y), grad U(y))`` with
     ``U_k = a(lambda_k) |y|^2 / (2 s0^2) + lambda_k U`` and ``state = potential(x)``, where
-    ``a(lambda) = max(0, 1 - lambda / beta_start)``: the geometric path when ``beta_start`` = 1;
-    otherwise the geometric path to ``exp(-beta_start U)`` (lambda up to beta_start), then plain
-    tempering ``exp(-lambda U)`` up to lambda = 1 (see ``AISConfig.beta_start``).
+    ``a(lambda) = max(0, 1 - lambda / beta_start)`` (the geometric path when ``beta_start`` = 1;
+    ``AISConfig.beta_start``).
     """
 
     def __init__(self, target, init_std: float, beta_start: float = 1.0):

@@ -473,8 +473,7 @@ def start_level(u: torch.Tensor, log_w: torch.Tensor, start_ess: float, *, grid:
 
     def ess(lam):
         lam = torch.as_tensor(lam, dtype=torch.float64, device=u.device).reshape(-1, 1)
-        lw = log_w[None] + (1.0 - lam) * u[None]
-        return torch.exp(2 * torch.logsumexp(lw, 1) - torch.logsumexp(2 * lw, 1)) / n
+        return island_ess(log_w[None] + (1.0 - lam) * u[None], lam.numel()) / n
 
     lams = torch.linspace(0.0, 1.0, grid + 1, dtype=torch.float64, device=u.device)
     e = ess(lams)

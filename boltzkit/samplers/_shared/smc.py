@@ -311,12 +311,14 @@ def island_reliability(res, island_log_z, *, stacklevel: int = 2, advice: str = 
 
 
 def systematic_indices(logw: torch.Tensor, m: int, generator) -> torch.Tensor:
-    """``m`` indices drawn by systematic resampling from the normalised weights ``exp(logw)``."""
-    cdf = torch.cumsum(torch.softmax(logw.double(), 0), 0)
-    cdf[-1] = 1.0
-    pos = (torch.rand((), generator=generator, dtype=torch.float64, device=logw.device)
+    """``m`` indices drawn by systematic resampling from the normalised weights ``exp(logw)``;
+    ``logw`` (n,), or (R, n) for R independent draws (R, m), one uniform per row."""
+    lw = logw.double().reshape(-1, logw.shape[-1])
+    cdf = torch.cumsum(torch.softmax(lw, 1), 1)
+    cdf[:, -1] = 1.0
+    pos = (torch.rand(lw.shape[0], 1, generator=generator, dtype=torch.float64, device=logw.device)
            + torch.arange(m, dtype=torch.float64, device=logw.device)) / m
-    return torch.searchsorted(cdf, pos).clamp_(max=logw.numel() - 1)
+    return torch.searchsorted(cdf, pos).clamp_(max=lw.shape[1] - 1).view(*logw.shape[:-1], m)
 
 
 def island_ess(logw: torch.Tensor, islands: int) -> torch.Tensor:
@@ -341,11 +343,7 @@ def resample_islands(tensors: tuple, logw, log_acc, frac: float, generator, *, e
     if not bool(need.any()):
         return tensors, logw, log_acc, 0
     log_acc = log_acc + torch.where(need, torch.logsumexp(lw, 1) - math.log(m), torch.zeros_like(log_acc))
-    cdf = torch.cumsum(torch.softmax(lw, 1), 1)
-    cdf[:, -1] = 1.0
-    pos = (torch.rand(islands, 1, generator=generator, dtype=torch.float64, device=logw.device)
-           + torch.arange(m, dtype=torch.float64, device=logw.device)) / m
-    idx = torch.searchsorted(cdf, pos).clamp_(max=m - 1)
+    idx = systematic_indices(lw, m, generator)
     keep = torch.arange(m, device=logw.device).expand(islands, m)
     idx = torch.where(need[:, None], idx, keep) + m * torch.arange(islands, device=logw.device)[:, None]
     idx = idx.reshape(-1)
