@@ -157,8 +157,8 @@ def log_z_from_log_weights(log_weights, *, log_z0: float = 0.0, warn: bool = Tru
     n = lw.size
     if n == 0:
         raise TargetError("no log-weights were given; draw at least two samples")
-    if np.isnan(lw).any():
-        bad = np.flatnonzero(np.isnan(lw))
+    bad = np.flatnonzero(np.isnan(lw))
+    if bad.size:
         raise TargetError(f"{bad.size} of {n} log-weights are NaN (first at index {bad[0]}); "
                           "the target or the sampler produced NaN energies or densities")
     if not np.isfinite(lw).any():
@@ -209,8 +209,8 @@ class LogWeightAccumulator:
         lw = _as_f64(log_weights)
         if lw.size == 0:
             return
-        if np.isnan(lw).any():
-            bad = np.flatnonzero(np.isnan(lw))
+        bad = np.flatnonzero(np.isnan(lw))
+        if bad.size:
             raise TargetError(f"{bad.size} log-weights of this chunk are NaN (first at index "
                               f"{bad[0]}); the target or the sampler produced NaN energies or densities")
         new_max = max(self.max, float(lw.max()))
@@ -221,10 +221,7 @@ class LogWeightAccumulator:
             self._s2 = self._s2 * shift * shift + float(np.sum(d * d))
             self.max = new_max
         self.n += lw.size
-        tail = np.concatenate([self._tail, lw])
-        if tail.size > self.tail_capacity:
-            tail = np.partition(tail, tail.size - self.tail_capacity)[-self.tail_capacity:]
-        self._tail = tail
+        self._keep_tail(lw, self.tail_capacity)
 
     def merge(self, other: "LogWeightAccumulator") -> None:
         """Add the weights fed to ``other`` (e.g. another rank's), as if fed here."""
@@ -238,11 +235,13 @@ class LogWeightAccumulator:
             self._s2 = self._s2 * a * a + other._s2 * b * b
             self.max = new_max
         self.n += other.n
-        tail = np.concatenate([self._tail, other._tail])
-        cap = max(self.tail_capacity, other.tail_capacity)
-        if tail.size > cap:
-            tail = np.partition(tail, tail.size - cap)[-cap:]
-        self._tail, self.tail_capacity = tail, cap
+        self._keep_tail(other._tail, max(self.tail_capacity, other.tail_capacity))
+
+    def _keep_tail(self, values, cap: int) -> None:
+        """Keep the ``cap`` largest of the stored tail and ``values`` (the Pareto fit's input)."""
+        tail = np.concatenate([self._tail, values])
+        self._tail = np.partition(tail, tail.size - cap)[-cap:] if tail.size > cap else tail
+        self.tail_capacity = cap
 
     def estimate(self, *, log_z0: float = 0.0, warn: bool = True) -> LogZEstimate:
         """The :class:`LogZEstimate` of all weights fed so far."""

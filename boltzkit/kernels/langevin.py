@@ -134,21 +134,9 @@ def _potential(energy_fn, grad_fn) -> Potential:
 
 def mala_step(energy_fn, grad_fn, x: torch.Tensor, step_size,
               generator: "torch.Generator | None" = None):
-    """One MALA step targeting exp(-energy_fn).
-
-    Parameters
-    ----------
-    energy_fn, grad_fn : callable
-        Batched ``(B, d) -> (B,)`` energy and ``(B, d) -> (B, d)`` gradient.
-    x : Tensor (B, d)
-    step_size : float or Tensor (B,)
-    generator : torch.Generator
-
-    Returns
-    -------
-    x_new : Tensor (B, d)
-    accepted : bool Tensor (B,)
-    """
+    """One MALA step targeting exp(-energy_fn): ``energy_fn`` and ``grad_fn`` are the batched
+    ``(B, d) -> (B,)`` energy and ``(B, d) -> (B, d)`` gradient, the other arguments those of
+    :func:`mala_move`. Returns ``(x_new, accepted)``: Tensor (B, d) and bool Tensor (B,)."""
     pot = _potential(energy_fn, grad_fn)
     x_new, _, acc = mala_move(pot, x, pot(x), step_size, generator)
     return x_new, acc

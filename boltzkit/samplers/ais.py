@@ -45,13 +45,11 @@ A **temperature ladder** (``beta_start``) and per-level samples for MBAR over th
   :meth:`~boltzkit.energies.Energy.prior_hint` when it gives one: N(loc, init_std^2 S S^T)
   in ``x``), log Z_0 is folded into the weights; T_k is MALA or HMC
   (:mod:`boltzkit.samplers.mala`) on gamma_k. MALA's drift ``h grad U_k`` is cut to 10 times
-  its noise norm (truncated-drift MALA, :func:`~boltzkit.samplers._shared.smc.capped_drift`;
-  still exact): a reference draw in a steric clash (alanine dipeptide: U ~ 1e10 kT) would
-  otherwise be thrown to coordinates ~1e8 where the energy's gradient is NaN. The step size of level k is set from the mean
-  acceptance of level k-1 (Robbins-Monro on log h toward ``target_accept``). Like any
-  population-adapted SMC kernel this couples the particles through the past, an O(1/N) effect
-  far below the reported error bar; pass ``adapt_step_size=False`` for exactly independent
-  particles.
+  its noise norm (truncated-drift MALA, still exact; why: :func:`~boltzkit.samplers._shared.smc.capped_drift`).
+  The step size of level k is set from the mean acceptance of level k-1 (Robbins-Monro on log
+  h toward ``target_accept``). Like any population-adapted SMC kernel this couples the
+  particles through the past, an O(1/N) effect far below the reported error bar; pass
+  ``adapt_step_size=False`` for exactly independent particles.
 * Ising / Potts: pi_0 uniform (log Z_0 = n_sites log q), gamma_k = exp(-lambda_k U), T_k =
   checkerboard heat-bath sweeps (:func:`boltzkit.samplers.mcmc.checkerboard_sweep`).
 * Other categorical energies: pi_0 uniform in the index representation; T_k = random-scan

@@ -163,9 +163,8 @@ class Sampler:
                 shards += rank_shards
                 acc.merge(rank_acc)
         index = {"method": self.name, "n_samples": int(n_samples), "shards": shards,
-                 "seed": self.seed, "config": self.config_dict(), "world_size": dist.world_size()}
-        tgt = self.target
-        index["target"] = tgt.to_config() if hasattr(tgt, "to_config") else {}
+                 "seed": self.seed, "config": self.config_dict(), "world_size": dist.world_size(),
+                 "target": Sampler._result_kwargs(self)["target"]}
         if has_weights:
             est = acc.estimate()
             index.update(log_z=est.log_z, log_z_stderr=est.stderr, ess=est.ess,

@@ -173,9 +173,7 @@ def annealed_langevin(target, *, n_samples: int = 1024, n_steps: int = 1000, dt:
     Returns
     -------
     Result
-        Final points, log-weights ``log Z_0 - W``, ``log_z`` +- ``log_z_stderr``. The estimate
-        is biased by the ULA discretization (O(dt)); the error bar covers only the Monte-Carlo
-        error.
+        See the module docstring (Returns; Failure modes: the O(dt) bias outside the error bar).
     """
     sampler = Jarzynski(seed=seed, device=device, progress=progress, n_steps=n_steps, dt=dt,
                         schedule=schedule, init_std=init_std)

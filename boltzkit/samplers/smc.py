@@ -390,10 +390,8 @@ class SMC(Sampler):
         ``log_w = -U(x) - log q(path)``, where ``q`` is the probability of the whole path that
         produced x (for MDNS the order of revelation and the values; for discrete ASBS the
         jump chain), so ``E[exp(log_w)] = Z`` (see :class:`NeuralStartSMC` for the construction).
-        The start level is :func:`start_level` of an independent pilot draw (or of the
-        population itself with ``pilot=0`` / a fixed ``schedule``, which then must start at the
-        chosen level); from there the ladder to lambda = 1 is adaptive (CESS) as in
-        :meth:`sample`. ``generator`` (default the sampler's own ``sample`` stream) drives both
+        The start level is :func:`start_level` of an independent pilot draw (``pilot`` > 0 and no
+        fixed ``schedule``); from there the ladder to lambda = 1 is adaptive (CESS) as in :meth:`sample`. ``generator`` (default the sampler's own ``sample`` stream) drives both
         the draws and the SMC moves. Returns the weighted Result with ``start_lambda``,
         ``start_ess_frac`` and ``proposal_draws`` in its diagnostics.
         """
