@@ -420,8 +420,7 @@ class _Annealer:
             raise TargetError(f"{self.target.name}.energy is not finite at {int(bad.sum())} of {n} "
                               f"reference draws from N(0, {math.sqrt(self.s2):g}^2 I); change init_std")
         logw = torch.zeros(n, dtype=torch.float64, device=device)
-        islands = n_islands  # 1 without resampling
-        log_acc = torch.zeros(islands, dtype=torch.float64, device=device)  # log Z so far, per island
+        log_acc = torch.zeros(n_islands, dtype=torch.float64, device=device)  # log Z so far, per island
         n_events = 0
         acc_hist = []
         zero = torch.zeros((), dtype=torch.float64, device=device)
@@ -438,7 +437,7 @@ class _Annealer:
                 if k > max_levels:
                     raise ConfigError(f"the adaptive ladder needs more than max_levels={max_levels} "
                                       f"levels (at lambda={ladder[-1]:.4g}); lower cess or raise max_levels")
-                lam = self.next_level(logw, u64, u0, ladder[-1], cess, islands)
+                lam = self.next_level(logw, u64, u0, ladder[-1], cess, n_islands)
             dlam, da = lam - ladder[-1], self.ref_coef(lam) - self.ref_coef(ladder[-1])
             ladder.append(lam)
             self.where = f"at annealing level {k} of {total}"
@@ -453,8 +452,8 @@ class _Annealer:
             u, g = state[2], state[3]
             acc_hist.append(acc)
             if keep:
-                idx = systematic_indices(logw + log_acc.repeat_interleave(n // islands), keep, generator)
-                kept.append((x[idx], self.u0(x[idx]).double(), u[idx].double(), idx // (n // islands)))
+                idx = systematic_indices(logw + log_acc.repeat_interleave(n // n_islands), keep, generator)
+                kept.append((x[idx], self.u0(x[idx]).double(), u[idx].double(), idx // (n // n_islands)))
             if bar is not None:
                 bar.update(1)
                 if k % 20 == 0 or lam == 1.0:
