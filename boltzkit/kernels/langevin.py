@@ -128,8 +128,11 @@ def hmc_move(potential: Potential, x: torch.Tensor, state: tuple, step_size, n_l
     return x_new, tuple(state_new), acc
 
 
-def _potential(energy_fn, grad_fn) -> Potential:
-    return lambda y: (energy_fn(y), grad_fn(y))
+def _stateless(move, energy_fn, grad_fn, x: torch.Tensor, *args):
+    """One ``move`` on the potential ``y -> (energy_fn(y), grad_fn(y))`` from ``x`` (no cached
+    state): ``(x_new, accepted)``."""
+    x_new, _, acc = move(lambda y: (energy_fn(y), grad_fn(y)), x, (energy_fn(x), grad_fn(x)), *args)
+    return x_new, acc
 
 
 def mala_step(energy_fn, grad_fn, x: torch.Tensor, step_size,
@@ -137,17 +140,13 @@ def mala_step(energy_fn, grad_fn, x: torch.Tensor, step_size,
     """One MALA step targeting exp(-energy_fn): ``energy_fn`` and ``grad_fn`` are the batched
     ``(B, d) -> (B,)`` energy and ``(B, d) -> (B, d)`` gradient, the other arguments those of
     :func:`mala_move`. Returns ``(x_new, accepted)``: Tensor (B, d) and bool Tensor (B,)."""
-    pot = _potential(energy_fn, grad_fn)
-    x_new, _, acc = mala_move(pot, x, pot(x), step_size, generator)
-    return x_new, acc
+    return _stateless(mala_move, energy_fn, grad_fn, x, step_size, generator)
 
 
 def hmc_step(energy_fn, grad_fn, x: torch.Tensor, step_size, n_leapfrog: int = 10,
              generator: "torch.Generator | None" = None):
     """One HMC step targeting exp(-energy_fn); returns ``(x_new, accepted)`` like :func:`mala_step`."""
-    pot = _potential(energy_fn, grad_fn)
-    x_new, _, acc = hmc_move(pot, x, pot(x), step_size, n_leapfrog, generator)
-    return x_new, acc
+    return _stateless(hmc_move, energy_fn, grad_fn, x, step_size, n_leapfrog, generator)
 
 
 def adapt_log_step(log_step: float, acceptance: float, target: float, gain: float) -> float:

@@ -45,11 +45,12 @@ A **temperature ladder** (``beta_start``) and per-level samples for MBAR over th
   :meth:`~boltzkit.energies.Energy.prior_hint` when it gives one: N(loc, init_std^2 S S^T)
   in ``x``), log Z_0 is folded into the weights; T_k is MALA or HMC
   (:mod:`boltzkit.samplers.mala`) on gamma_k. MALA's drift ``h grad U_k`` is cut to 10 times
-  its noise norm (truncated-drift MALA, still exact; why: :func:`~boltzkit.samplers._shared.smc.capped_drift`).
-  The step size of level k is set from the mean acceptance of level k-1 (Robbins-Monro on log
-  h toward ``target_accept``). Like any population-adapted SMC kernel this couples the
-  particles through the past, an O(1/N) effect far below the reported error bar; pass
-  ``adapt_step_size=False`` for exactly independent particles.
+  its noise norm (truncated-drift MALA, still exact; why:
+  :func:`~boltzkit.samplers._shared.smc.capped_drift`). The step size of level k is set from
+  the mean acceptance of level k-1 (Robbins-Monro on log h toward ``target_accept``). Like any
+  population-adapted SMC kernel this couples the particles through the past, an O(1/N) effect
+  far below the reported error bar; pass ``adapt_step_size=False`` for exactly independent
+  particles.
 * Ising / Potts: pi_0 uniform (log Z_0 = n_sites log q), gamma_k = exp(-lambda_k U), T_k =
   checkerboard heat-bath sweeps (:func:`boltzkit.samplers.mcmc.checkerboard_sweep`).
 * Other categorical energies: pi_0 uniform in the index representation; T_k = random-scan
@@ -107,8 +108,8 @@ from ..domains import Categorical, Reals
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..estimators.importance import log_z_from_log_weights
 from ..result import result_from_log_weights
-from ._shared.smc import (ANNEALING_ADVICE, MALA_TARGET_ACCEPT, STEP_GAIN, IslandRun, capped_drift, island_result,
-                          pool_islands, resample_islands, running_log_z, systematic_indices)
+from ._shared.smc import (ANNEALING_ADVICE, MALA_TARGET_ACCEPT, STEP_GAIN, IslandRun, capped_drift,
+                          island_result, pool_islands, resample_islands, running_log_z, systematic_indices)
 from .base import Sampler, SamplerConfig, check_count, check_flag, check_fraction, check_number
 from .smc import SWEEP_PER_ENERGY, _kernel_of, _local_moves, checked_islands, default_n_islands, next_lambda
 from ..kernels.categorical import random_scan_metropolis
@@ -127,9 +128,8 @@ ADAPTIVE_LEVELS_PER_SQRT_DIM = 20.0  # typical adaptive-ladder length / sqrt(d),
 
 def _adaptive(cfg, domain) -> bool:
     """Whether ``cfg`` asks for the adaptive ladder on ``domain``."""
-    if cfg.schedule == "adaptive":
-        return True
-    return cfg.schedule == "auto" and cfg.n_steps is None and isinstance(domain, Reals)
+    return cfg.schedule == "adaptive" or (cfg.schedule == "auto" and cfg.n_steps is None
+                                          and isinstance(domain, Reals))
 
 
 def annealing_schedule(n_steps: int, schedule="geometric") -> np.ndarray:
@@ -592,7 +592,8 @@ class AIS(AnnealedSampler):
             x, lw, extra = run(int(n_samples), lambdas, self.gens["sample"], bar)
         exact = self.target.exact_log_z() if isinstance(self.target.domain, Reals) else None
         smc = extra.pop("smc", None)
-        diag = {"kernel": self.kernel, "n_levels": int(extra["running"]["lambda"].size - 1), "n_mcmc": cfg.n_mcmc,
+        diag = {"kernel": self.kernel, "n_levels": int(extra["running"]["lambda"].size - 1),
+                "n_mcmc": cfg.n_mcmc,
                 "acceptance": float(np.mean(extra["acceptance"])),
                 "log_weight_std": float(lw.std()), **extra.pop("diag", {})}
         history = {**extra.pop("running"), **extra}
@@ -674,7 +675,8 @@ class AIS(AnnealedSampler):
                 smc = replace(smc, lw=lw, island_log_z=smc.island_log_z + frame.log_det)
             if pilot:
                 pilot["pilot_island_log_z"] = pilot["pilot_island_log_z"] + frame.log_det
-        evals = n * (lambdas.size - 1) * (cfg.n_mcmc * (cfg.n_leapfrog if self.kernel == "hmc" else 1) + 1) + n
+        per_level = cfg.n_mcmc * (cfg.n_leapfrog if self.kernel == "hmc" else 1) + 1
+        evals = n * (lambdas.size - 1) * per_level + n
         if pilot:
             evals += pilot["pilot_particles"] * (pilot["pilot_levels"] + 1) * (cfg.n_mcmc + 1)
         return x, lw, {"acceptance": acc, "step_size": np.asarray(steps), "smc": smc, "running": running,

@@ -448,7 +448,8 @@ class TrainableSampler(Sampler):
             self._distribute()
         if checkpoint is not None and Path(checkpoint).exists():
             self.load_checkpoint(checkpoint)
-        bar = progress_bar(total=n_steps, initial=self.step, desc=f"{self.name} training", enabled=self.progress)
+        bar = progress_bar(total=n_steps, initial=self.step, desc=f"{self.name} training",
+                           enabled=self.progress)
         try:
             while self.step < n_steps:
                 t0 = time.perf_counter()

@@ -54,8 +54,8 @@ from .._finite import check_energies
 from .._registry import register
 from ..domains import Reals
 from ..errors import TargetError
-from ..kernels.langevin import (Potential, adapt_log_step, default_step_size, hmc_move,  # noqa: F401 (re-exported)
-                                hmc_step, mala_move, mala_step)
+from ..kernels.langevin import (Potential, adapt_log_step, default_step_size,  # noqa: F401 (re-exported)
+                                hmc_move, hmc_step, mala_move, mala_step)
 from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
 from .base import check_flag, check_fraction, check_number
 

@@ -48,8 +48,9 @@ from .._registry import register
 from ..domains import Lattice
 from ..energies.lattice import LatticeModel
 from ..errors import IncompatibleMethodError
-from ..kernels.lattice import (checkerboard_sweep, cluster_incompatibility, fk_clusters,  # noqa: F401 (re-exported)
-                               lattice_model, local_incompatibility, swendsen_wang_update, wolff_update)
+from ..kernels.lattice import (checkerboard_sweep, cluster_incompatibility,  # noqa: F401 (re-exported)
+                               fk_clusters, lattice_model, local_incompatibility, swendsen_wang_update,
+                               wolff_update)
 from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
 from .base import check_count
 

@@ -367,8 +367,9 @@ class SMC(Sampler):
                    "ess_frac": torch.stack(ess_hist).cpu().numpy(),
                    "acceptance": torch.stack(acc_hist).cpu().numpy(),
                    "island_log_z": run.island_log_z.cpu().numpy()}
-        diag = {"kernel": self.kernel, "n_levels": len(lambdas) - 1, "n_sweeps": self.n_sweeps, "log_z0": log_z0,
-                "island_ess_frac": ess_kish(run.island_log_z) / M, "energy_evaluations": r["n_energy"],
+        diag = {"kernel": self.kernel, "n_levels": len(lambdas) - 1, "n_sweeps": self.n_sweeps,
+                "log_z0": log_z0, "island_ess_frac": ess_kish(run.island_log_z) / M,
+                "energy_evaluations": r["n_energy"],
                 "sweeps_total": n * self.n_sweeps * (len(lambdas) - 1) + pilot_sweeps,
                 "acceptance": float(np.mean(history["acceptance"])), "wall_time_s": wall,
                 "adaptive_ladder": cfg.schedule is None,
@@ -391,7 +392,8 @@ class SMC(Sampler):
         produced x (for MDNS the order of revelation and the values; for discrete ASBS the
         jump chain), so ``E[exp(log_w)] = Z`` (see :class:`NeuralStartSMC` for the construction).
         The start level is :func:`start_level` of an independent pilot draw (``pilot`` > 0 and no
-        fixed ``schedule``); from there the ladder to lambda = 1 is adaptive (CESS) as in :meth:`sample`. ``generator`` (default the sampler's own ``sample`` stream) drives both
+        fixed ``schedule``); from there the ladder to lambda = 1 is adaptive (CESS) as in
+        :meth:`sample`. ``generator`` (default the sampler's own ``sample`` stream) drives both
         the draws and the SMC moves. Returns the weighted Result with ``start_lambda``,
         ``start_ess_frac`` and ``proposal_draws`` in its diagnostics.
         """

@@ -41,6 +41,7 @@ from typing import Callable
 
 import torch
 
+from ..._utils import check_count, check_number
 from ...errors import ConfigError, TrainingDivergedError, UnreliableEstimateWarning
 from ...estimators.importance import PARETO_K_LIMIT, log_z_from_log_weights, pareto_k
 from ...kernels.langevin import adapt_log_step, mala_move
@@ -90,8 +91,6 @@ def capped_drift(potential: Callable, step_size: float, dim: int, cap: float = D
 
 def check_smc_options(n_samples: int, frac, n_islands: int, mcmc_steps: int = 0) -> None:
     """Validate the SMC options before any work (clear message naming the fix)."""
-    from ..base import check_count, check_number
-
     check_number("resample_ess", frac, upper=1)
     check_count("n_islands", n_islands)
     check_count("smc_mcmc_steps", mcmc_steps, minimum=0)
