@@ -90,9 +90,8 @@ class MCMCSampler(Sampler):
     def _record(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _observables(self, trace: dict) -> list:
-        """``(name or None, (n_rec, n_chains) tensor, sets_ess)`` whose tau_int are measured."""
-        raise NotImplementedError  # pragma: no cover - abstract
+    def _observables(self, trace: dict) -> list:  # pragma: no cover - abstract (module docstring)
+        raise NotImplementedError
 
     def _finish(self, samples: torch.Tensor, trace: dict, diag: dict) -> torch.Tensor:
         return samples
