@@ -13,7 +13,6 @@ __all__ = ["AutocorrEstimate", "autocorr_estimate", "autocorr_function", "ess_mc
            "ais", "annealing_schedule", "jarzynski", "annealed_langevin"]
 
 
-
 def __getattr__(name):  # the annealing samplers live in boltzkit.samplers; their functional forms stay here
     if name in ("ais", "annealing_schedule"):
         from ..samplers import ais as module

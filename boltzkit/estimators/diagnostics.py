@@ -153,20 +153,8 @@ def autocorr_estimate(x, *, c: float = 5.0, min_steps_per_tau: float = MIN_STEPS
 
 def integrated_autocorr_time(x, *, c: float = 5.0, min_steps_per_tau: float = MIN_STEPS_PER_TAU,
                              warn: bool = True) -> float:
-    """Integrated autocorrelation time tau_int = 1 + 2 sum rho(t) (>= 1), in steps.
-
-    Parameters
-    ----------
-    x : array or Tensor, shape (n_steps,) or (n_steps, n_chains)
-    c : float
-        Sokal window constant (default 5).
-    min_steps_per_tau, warn :
-        see :func:`autocorr_estimate`.
-
-    Returns
-    -------
-    float
-        tau_int; the effective sample size is ``x.size / tau_int``.
+    """Integrated autocorrelation time tau_int = 1 + 2 sum rho(t) (>= 1), in steps, of
+    :func:`autocorr_estimate` (same arguments); the effective sample size is ``x.size / tau_int``.
 
     Examples
     --------

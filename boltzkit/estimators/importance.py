@@ -157,8 +157,8 @@ def log_z_from_log_weights(log_weights, *, log_z0: float = 0.0, warn: bool = Tru
     n = lw.size
     if n == 0:
         raise TargetError("no log-weights were given; draw at least two samples")
-    if np.isnan(lw).any():
-        bad = np.flatnonzero(np.isnan(lw))
+    bad = np.flatnonzero(np.isnan(lw))
+    if bad.size:
         raise TargetError(f"{bad.size} of {n} log-weights are NaN (first at index {bad[0]}); "
                           "the target or the sampler produced NaN energies or densities")
     if not np.isfinite(lw).any():
@@ -167,14 +167,18 @@ def log_z_from_log_weights(log_weights, *, log_z0: float = 0.0, warn: bool = Tru
     s = np.exp(lw - mx)
     log_z = float(mx + math.log(s.sum()) - math.log(n)) + log_z0
     w = s / s.sum()
-    ess = float(1.0 / np.sum(w * w))
+    return _estimate(log_z, float(1.0 / np.sum(w * w)), n, pareto_k(lw), float(w.max()), warn)
+
+
+def _estimate(log_z: float, ess: float, n: int, k: float, max_weight: float, warn: bool) -> LogZEstimate:
+    """The estimate of ``n`` weights of Kish ESS ``ess`` with its delta-method standard error; when
+    ``warn``, an UnreliableEstimateWarning for degenerate weights."""
     stderr = math.sqrt(max(n / ess - 1.0, 0.0) / max(n - 1, 1)) if n > 1 else float("inf")
-    est = LogZEstimate(log_z=log_z, stderr=stderr, ess=ess, n=n, pareto_k=pareto_k(lw),
-                       max_weight=float(w.max()))
+    est = LogZEstimate(log_z=log_z, stderr=stderr, ess=ess, n=n, pareto_k=k, max_weight=max_weight)
     if warn and not est.reliable:
-        warnings.warn(f"importance weights are degenerate (ESS {ess:.1f} of {n}, Pareto k "
-                      f"{est.pareto_k:.2f}); the log Z error bar {stderr:.3g} is not reliable. "
-                      "Train longer or draw more samples.", UnreliableEstimateWarning, stacklevel=2)
+        warnings.warn(f"importance weights are degenerate (ESS {ess:.1f} of {n}, Pareto k {k:.2f}); the log "
+                      f"Z error bar {stderr:.3g} is not reliable. Train longer or draw more samples.",
+                      UnreliableEstimateWarning, stacklevel=3)
     return est
 
 
@@ -205,8 +209,8 @@ class LogWeightAccumulator:
         lw = _as_f64(log_weights)
         if lw.size == 0:
             return
-        if np.isnan(lw).any():
-            bad = np.flatnonzero(np.isnan(lw))
+        bad = np.flatnonzero(np.isnan(lw))
+        if bad.size:
             raise TargetError(f"{bad.size} log-weights of this chunk are NaN (first at index "
                               f"{bad[0]}); the target or the sampler produced NaN energies or densities")
         new_max = max(self.max, float(lw.max()))
@@ -217,10 +221,7 @@ class LogWeightAccumulator:
             self._s2 = self._s2 * shift * shift + float(np.sum(d * d))
             self.max = new_max
         self.n += lw.size
-        tail = np.concatenate([self._tail, lw])
-        if tail.size > self.tail_capacity:
-            tail = np.partition(tail, tail.size - self.tail_capacity)[-self.tail_capacity:]
-        self._tail = tail
+        self._keep_tail(lw, self.tail_capacity)
 
     def merge(self, other: "LogWeightAccumulator") -> None:
         """Add the weights fed to ``other`` (e.g. another rank's), as if fed here."""
@@ -234,11 +235,13 @@ class LogWeightAccumulator:
             self._s2 = self._s2 * a * a + other._s2 * b * b
             self.max = new_max
         self.n += other.n
-        tail = np.concatenate([self._tail, other._tail])
-        cap = max(self.tail_capacity, other.tail_capacity)
-        if tail.size > cap:
-            tail = np.partition(tail, tail.size - cap)[-cap:]
-        self._tail, self.tail_capacity = tail, cap
+        self._keep_tail(other._tail, max(self.tail_capacity, other.tail_capacity))
+
+    def _keep_tail(self, values, cap: int) -> None:
+        """Keep the ``cap`` largest of the stored tail and ``values`` (the Pareto fit's input)."""
+        tail = np.concatenate([self._tail, values])
+        self._tail = np.partition(tail, tail.size - cap)[-cap:] if tail.size > cap else tail
+        self.tail_capacity = cap
 
     def estimate(self, *, log_z0: float = 0.0, warn: bool = True) -> LogZEstimate:
         """The :class:`LogZEstimate` of all weights fed so far."""
@@ -248,17 +251,9 @@ class LogWeightAccumulator:
         if not math.isfinite(self.max):
             raise TargetError("every log-weight is -inf: no sample has positive target density")
         log_z = self.max + math.log(self._s1) - math.log(n) + log_z0
-        ess = self._s1 * self._s1 / self._s2
-        stderr = math.sqrt(max(n / ess - 1.0, 0.0) / max(n - 1, 1)) if n > 1 else float("inf")
         k = (_pareto_k_of_tail(np.sort(self._tail), n) if _tail_size(n) + 1 <= self._tail.size
              else float("nan"))
-        est = LogZEstimate(log_z=log_z, stderr=stderr, ess=ess, n=n, pareto_k=k,
-                           max_weight=1.0 / self._s1)
-        if warn and not est.reliable:
-            warnings.warn(f"importance weights are degenerate (ESS {ess:.1f} of {n}, Pareto k "
-                          f"{k:.2f}); the log Z error bar {stderr:.3g} is not reliable.",
-                          UnreliableEstimateWarning, stacklevel=2)
-        return est
+        return _estimate(log_z, self._s1 * self._s1 / self._s2, n, k, 1.0 / self._s1, warn)
 
 
 def self_normalized_expectation(values, log_weights) -> "tuple[float, float]":

@@ -37,14 +37,19 @@ Potential = Callable[[torch.Tensor], "tuple[torch.Tensor, ...]"]
 
 
 def _per_chain(step_size, x: torch.Tensor) -> torch.Tensor:
-    """Step size as a (B, 1) tensor (a scalar, or one value per chain)."""
-    h = torch.as_tensor(step_size, dtype=x.dtype, device=x.device)
-    if h.numel() not in (1, x.shape[0]):
-        raise ConfigError(f"step_size must be a number or have one entry per chain "
-                          f"({x.shape[0]}), got {h.numel()} entries")
-    if not bool(torch.isfinite(h).all()) or bool((h <= 0).any()):
+    """Step size as a (1, 1) tensor (a number) or a (B, 1) one (one value per chain)."""
+    if isinstance(step_size, (int, float)):  # one number: checked on the host, no device sync
+        ok = math.isfinite(step_size) and step_size > 0
+        h = torch.full((1, 1), step_size, dtype=x.dtype, device=x.device)
+    else:
+        h = torch.as_tensor(step_size, dtype=x.dtype, device=x.device).reshape(-1, 1)
+        if h.numel() not in (1, x.shape[0]):
+            raise ConfigError(f"step_size must be a number or have one entry per chain "
+                              f"({x.shape[0]}), got {h.numel()} entries")
+        ok = bool(torch.isfinite(h).all()) and not bool((h <= 0).any())
+    if not ok:
         raise ConfigError(f"step_size must be finite and > 0, got {step_size!r}")
-    return h.reshape(-1, 1).expand(x.shape[0], 1)
+    return h
 
 
 def _accept(log_alpha: torch.Tensor, generator) -> torch.Tensor:
@@ -56,11 +61,7 @@ def _accept(log_alpha: torch.Tensor, generator) -> torch.Tensor:
 
 
 def _select(accept: torch.Tensor, new: tuple, old: tuple) -> tuple:
-    out = []
-    for a, b in zip(new, old):
-        mask = accept.view(-1, *([1] * (a.ndim - 1)))
-        out.append(torch.where(mask, a, b))
-    return tuple(out)
+    return tuple(torch.where(accept.view(-1, *([1] * (a.ndim - 1))), a, b) for a, b in zip(new, old))
 
 
 def mala_move(potential: Potential, x: torch.Tensor, state: tuple, step_size,
@@ -127,38 +128,25 @@ def hmc_move(potential: Potential, x: torch.Tensor, state: tuple, step_size, n_l
     return x_new, tuple(state_new), acc
 
 
-def _potential(energy_fn, grad_fn) -> Potential:
-    return lambda y: (energy_fn(y), grad_fn(y))
+def _stateless(move, energy_fn, grad_fn, x: torch.Tensor, *args):
+    """One ``move`` on the potential ``y -> (energy_fn(y), grad_fn(y))`` from ``x`` (no cached
+    state): ``(x_new, accepted)``."""
+    x_new, _, acc = move(lambda y: (energy_fn(y), grad_fn(y)), x, (energy_fn(x), grad_fn(x)), *args)
+    return x_new, acc
 
 
 def mala_step(energy_fn, grad_fn, x: torch.Tensor, step_size,
               generator: "torch.Generator | None" = None):
-    """One MALA step targeting exp(-energy_fn).
-
-    Parameters
-    ----------
-    energy_fn, grad_fn : callable
-        Batched ``(B, d) -> (B,)`` energy and ``(B, d) -> (B, d)`` gradient.
-    x : Tensor (B, d)
-    step_size : float or Tensor (B,)
-    generator : torch.Generator
-
-    Returns
-    -------
-    x_new : Tensor (B, d)
-    accepted : bool Tensor (B,)
-    """
-    pot = _potential(energy_fn, grad_fn)
-    x_new, _, acc = mala_move(pot, x, pot(x), step_size, generator)
-    return x_new, acc
+    """One MALA step targeting exp(-energy_fn): ``energy_fn`` and ``grad_fn`` are the batched
+    ``(B, d) -> (B,)`` energy and ``(B, d) -> (B, d)`` gradient, the other arguments those of
+    :func:`mala_move`. Returns ``(x_new, accepted)``: Tensor (B, d) and bool Tensor (B,)."""
+    return _stateless(mala_move, energy_fn, grad_fn, x, step_size, generator)
 
 
 def hmc_step(energy_fn, grad_fn, x: torch.Tensor, step_size, n_leapfrog: int = 10,
              generator: "torch.Generator | None" = None):
     """One HMC step targeting exp(-energy_fn); returns ``(x_new, accepted)`` like :func:`mala_step`."""
-    pot = _potential(energy_fn, grad_fn)
-    x_new, _, acc = hmc_move(pot, x, pot(x), step_size, n_leapfrog, generator)
-    return x_new, acc
+    return _stateless(hmc_move, energy_fn, grad_fn, x, step_size, n_leapfrog, generator)
 
 
 def adapt_log_step(log_step: float, acceptance: float, target: float, gain: float) -> float:

@@ -38,25 +38,16 @@ n / 32 islands (:func:`boltzkit.samplers.smc.default_n_islands`). Measured with 
 AIS on 200 geometric levels: -0.39 +- 0.35, ESS 8, flagged). Give ``n_steps`` (or a
 ``schedule``) for plain AIS on a fixed ladder, as before.
 
-**Temperature ladder** (``beta_start=b`` in (0, 1), continuous targets): the path goes
-geometrically from pi_0 to exp(-b U), the target at the higher temperature T / b, then tempers
-``exp(-beta U)`` from beta = b to 1; level lambda has ``log gamma = -max(0, 1 - lambda / b) U_0
-- lambda U``. The increments stay exact (log Z unbiased, and each tempering level's running log Z
-is log Z(beta)), and with ``keep_levels`` :func:`~boltzkit.free_energy.level_mbar` pools the
-tempering levels, i.e. MBAR over temperatures as in replica exchange.
-
-``keep_levels=m`` keeps m particles of every level (systematic resampling of the weighted
-particles after the move) with their reference and target energies, so MBAR can pool all
-levels (:func:`boltzkit.free_energy.level_mbar`): no extra energy evaluations.
+A **temperature ladder** (``beta_start``) and per-level samples for MBAR over the levels
+(``keep_levels``, no extra energy evaluations) are options of :class:`AISConfig`.
 
 * ``Reals``: pi_0 = N(0, init_std^2 I) (in the standardized frame of the target's
   :meth:`~boltzkit.energies.Energy.prior_hint` when it gives one: N(loc, init_std^2 S S^T)
   in ``x``), log Z_0 is folded into the weights; T_k is MALA or HMC
   (:mod:`boltzkit.samplers.mala`) on gamma_k. MALA's drift ``h grad U_k`` is cut to 10 times
-  its noise norm (truncated-drift MALA, :func:`~boltzkit.samplers._shared.smc.capped_drift`;
-  still exact): a reference draw in a steric clash (alanine dipeptide: U ~ 1e10 kT) would
-  otherwise be thrown to coordinates ~1e8 where the energy's gradient is NaN. The step size of level k is set from the mean
-  acceptance of level k-1 (Robbins-Monro on log h toward ``target_accept``). Like any
+  its noise norm (truncated-drift MALA, still exact; why:
+  :func:`~boltzkit.samplers._shared.smc.capped_drift`). The step size of level k is set from
+  the mean acceptance of level k-1 (Robbins-Monro on log h toward ``target_accept``). Like any
   population-adapted SMC kernel this couples the particles through the past, an O(1/N) effect
   far below the reported error bar; pass ``adapt_step_size=False`` for exactly independent
   particles.
@@ -88,14 +79,12 @@ Failure modes
 * SMC islands of ~32 particles keep a mode of mass p only when 32 p is not small: rarer modes
   live in a few islands, whose spread (the error bar) then grows -- or, when no island holds
   them, they are missed silently, as in plain AIS.
-* Small budgets: islands of ~32 particles on many-well-32 have a log Z spread of about 1.3,
-  but the sample spread of the 8 islands of a 256-particle run came out 0.76-0.95 in 4 of 20
-  seeds, and those runs were 3.4-4.3 error bars low. :func:`~boltzkit.samplers.smc.island_reliability`
-  therefore applies its spread limit to the 95 % upper bound of the spread and never calls
-  fewer than 8 islands reliable; such runs are flagged (``diagnostics["unreliable_because"]``).
-  The price: at n = 2,048-4,096 (32 islands of 64-128, spread 0.8-0.95, near the limit)
-  most many-well-32 runs are flagged although right; at the default 10,000 (25 islands,
-  spread 0.4-0.7) none of 8 seeds was (``benchmarks/smc_small_budget.py``).
+* Small budgets: few islands can show a spread far below their true one (measured on
+  many-well-32 in :func:`~boltzkit.samplers.smc.island_reliability`, which therefore bounds the
+  spread from above and never calls fewer than 8 islands reliable; such runs are flagged,
+  ``diagnostics["unreliable_because"]``). The price: at n = 2,048-4,096 (32 islands of 64-128,
+  spread 0.8-0.95, near the limit) most many-well-32 runs are flagged although right; at the
+  default 10,000 (25 islands, spread 0.4-0.7) none of 8 seeds was (``benchmarks/smc_small_budget.py``).
   The pilot's own log Z (``diagnostics["pilot_log_z"]`` +- ``pilot_log_z_stderr``) comes from
   its short, self-chosen ladder: it is biased low (many-well-32 at n = 10,000: about -1 +- 0.3
   while the main run is right) and is information, not a check.
@@ -119,10 +108,10 @@ from ..domains import Categorical, Reals
 from ..errors import ConfigError, IncompatibleMethodError, TargetError
 from ..estimators.importance import log_z_from_log_weights
 from ..result import result_from_log_weights
-from ._shared.smc import (MALA_TARGET_ACCEPT, STEP_GAIN, capped_drift, check_islands, island_reliability,
-                          pool_islands, resample_islands, running_log_z, systematic_indices)
-from .base import Sampler, SamplerConfig, check_count, check_flag, check_number
-from .smc import SWEEP_PER_ENERGY, _kernel_of, _local_moves, default_n_islands, next_lambda
+from ._shared.smc import (ANNEALING_ADVICE, MALA_TARGET_ACCEPT, STEP_GAIN, IslandRun, capped_drift,
+                          island_result, pool_islands, resample_islands, running_log_z, systematic_indices)
+from .base import Sampler, SamplerConfig, check_count, check_flag, check_fraction, check_number
+from .smc import SWEEP_PER_ENERGY, _kernel_of, _local_moves, checked_islands, default_n_islands, next_lambda
 from ..kernels.categorical import random_scan_metropolis
 from ..kernels.langevin import adapt_log_step, default_step_size, hmc_move, mala_move
 
@@ -139,9 +128,8 @@ ADAPTIVE_LEVELS_PER_SQRT_DIM = 20.0  # typical adaptive-ladder length / sqrt(d),
 
 def _adaptive(cfg, domain) -> bool:
     """Whether ``cfg`` asks for the adaptive ladder on ``domain``."""
-    if cfg.schedule == "adaptive":
-        return True
-    return cfg.schedule == "auto" and cfg.n_steps is None and isinstance(domain, Reals)
+    return cfg.schedule == "adaptive" or (cfg.schedule == "auto" and cfg.n_steps is None
+                                          and isinstance(domain, Reals))
 
 
 def annealing_schedule(n_steps: int, schedule="geometric") -> np.ndarray:
@@ -211,12 +199,10 @@ class AISConfig(SamplerConfig):
         "metropolis" (any categorical energy). "auto" = MALA / heat bath / Metropolis.
     n_mcmc : transitions (MCMC steps or lattice sweeps) per level.
     schedule : "auto" (default), "adaptive", "geometric", "sigmoid", "linear", or an explicit
-        tuple of lambdas from 0 to 1. "adaptive" (continuous targets): each next lambda is the
-        largest whose conditional ESS stays at ``cess`` (Zhou, Johansen & Aston 2016), chosen by
-        an independent pilot run (``pilot``), refined to ``min_levels`` and then held fixed (the
-        main run's step sizes still adapt level by level on its own particles, an O(1/N)
-        coupling of the islands, see below). "auto" = "adaptive" on a continuous target when
-        ``n_steps`` is not given, else "geometric".
+        tuple of lambdas from 0 to 1. "adaptive" (continuous targets): the module docstring's
+        pilot-chosen ladder (the main run's step sizes still adapt level by level on its own
+        particles, an O(1/N) coupling of the islands, see below). "auto" = "adaptive" on a
+        continuous target when ``n_steps`` is not given, else "geometric".
     init_std : standard deviation of the Gaussian reference pi_0 (Reals). None (default): 1 in
         the frame of the target's prior hint, or, without a hint, 1 in the frame of the scale
         probe (:func:`boltzkit.probe.probe_frame`: pi_0 = N(c, C) covering every minimum it
@@ -230,12 +216,10 @@ class AISConfig(SamplerConfig):
         ``x = loc + S z``, anneal in ``z`` from N(0, init_std^2 I), i.e. from
         N(loc, init_std^2 S S^T) in ``x``; samples, weights and log Z are returned in ``x``.
     resample_ess : (Reals) None (plain AIS), "auto" (default: 0.5 with the adaptive ladder,
-        None with a fixed one) or a fraction in (0, 1]: an SMC sampler that resamples an island
-        (systematic resampling) whenever its ESS falls below this fraction of the island size.
-    n_islands : (with ``resample_ess``) number of independent particle islands; particles
-        are resampled only within their island, so the islands' log Z are independent and
-        give the error bar, and the samples are stored island by island (contiguous blocks).
-        None (default): :func:`boltzkit.samplers.smc.default_n_islands` (about n / 32, 2 to 32).
+        None with a fixed one) or a fraction in (0, 1]: the SMC sampler of the module docstring.
+    n_islands : (with ``resample_ess``) number of independent particle islands; the samples
+        are stored island by island (contiguous blocks). None (default):
+        :func:`boltzkit.samplers.smc.default_n_islands` (about n / 32, 2 to 32).
     cess : (adaptive ladder) conditional-ESS fraction kept between consecutive levels.
     pilot : (adaptive ladder) fraction of the particles (at least 256) of the pilot run that
         chooses the ladder and the step sizes.
@@ -292,24 +276,15 @@ class AISConfig(SamplerConfig):
 
     def __post_init__(self):
         check_flag("use_prior_hint", self.use_prior_hint)
-        if self.resample_ess not in (None, "auto") and not (
-                isinstance(self.resample_ess, (int, float)) and not isinstance(self.resample_ess, bool)
-                and 0 < self.resample_ess <= 1):
-            raise ConfigError(f"resample_ess must be None, 'auto' or a fraction in (0, 1], got "
-                              f"{self.resample_ess!r}")
+        if self.resample_ess not in (None, "auto"):
+            check_number("resample_ess", self.resample_ess, upper=1)
         check_count("n_islands", self.n_islands, allow_none=True)
-        if not (isinstance(self.cess, (int, float)) and 0 < self.cess < 1) or isinstance(self.cess, bool):
-            raise ConfigError(f"cess must be a fraction in (0, 1), got {self.cess!r}")
-        if not (isinstance(self.pilot, (int, float)) and 0 < self.pilot < 1) or isinstance(self.pilot, bool):
-            raise ConfigError(f"pilot must be a fraction in (0, 1), got {self.pilot!r}")
+        for name in ("cess", "pilot"):  # fractions in (0, 1)
+            check_number(name, getattr(self, name))
+            check_fraction(name, getattr(self, name))
         check_count("max_levels", self.max_levels)
         check_count("min_levels", self.min_levels)
-        if self.beta_start is not None and not (
-                isinstance(self.beta_start, (int, float)) and not isinstance(self.beta_start, bool)
-                and 0 < self.beta_start <= 1):
-            raise ConfigError(f"beta_start must be None or an inverse-temperature ratio in (0, 1] "
-                              f"(e.g. 300 / 750 = 0.4 to start from the target at 750 K), got "
-                              f"{self.beta_start!r}")
+        check_number("beta_start", self.beta_start, allow_none=True, upper=1)
         check_count("keep_levels", self.keep_levels, minimum=0)
         if isinstance(self.schedule, str) and self.schedule in ("auto", "adaptive"):
             if self.n_steps is not None:
@@ -326,14 +301,11 @@ class AISConfig(SamplerConfig):
                               "(continuous), 'heat_bath' or 'metropolis' (categorical)")
         check_number("init_std", self.init_std, allow_none=True)
         check_number("step_size", self.step_size, allow_none=True)
-        if self.target_accept is not None and not (isinstance(self.target_accept, (int, float))
-                                                   and 0 < self.target_accept < 1):
-            raise ConfigError(f"target_accept must be in (0, 1) or None, got {self.target_accept!r}")
+        check_number("target_accept", self.target_accept, allow_none=True)
+        check_fraction("target_accept", self.target_accept, allow_none=True)
 
 
 def _resolve_kernel(target, kernel: str) -> str:
-    from ..kernels.lattice import local_incompatibility
-
     dom = target.domain
     if isinstance(dom, Reals):
         if kernel == "auto":
@@ -343,7 +315,7 @@ def _resolve_kernel(target, kernel: str) -> str:
                               f"continuous: use 'mala' or 'hmc'")
         return kernel
     if isinstance(dom, Categorical):
-        lattice = local_incompatibility(target) is None  # the target offers lattice_model()
+        lattice = _local_moves(target)  # the target offers lattice_model()
         if kernel == "auto":
             return "heat_bath" if lattice else "metropolis"
         if kernel == "heat_bath" and not lattice:
@@ -386,9 +358,8 @@ class _Annealer:
     ``move(potential, x, state, k) -> (x, state, acceptance_rate)`` performs the transitions of
     level k on gamma_k; ``potential(y) = (U_k(y), grad U_k(y), U(y), grad U(y))`` with
     ``U_k = a(lambda_k) |y|^2 / (2 s0^2) + lambda_k U`` and ``state = potential(x)``, where
-    ``a(lambda) = max(0, 1 - lambda / beta_start)``: the geometric path when ``beta_start`` = 1;
-    otherwise the geometric path to ``exp(-beta_start U)`` (lambda up to beta_start), then plain
-    tempering ``exp(-lambda U)`` up to lambda = 1 (see ``AISConfig.beta_start``).
+    ``a(lambda) = max(0, 1 - lambda / beta_start)`` (the geometric path when ``beta_start`` = 1;
+    ``AISConfig.beta_start``).
     """
 
     def __init__(self, target, init_std: float, beta_start: float = 1.0):
@@ -409,7 +380,7 @@ class _Annealer:
 
     def ref_coef(self, lam: float) -> float:
         """Coefficient ``a(lambda)`` of the reference energy at level ``lambda``."""
-        return 1.0 - lam if self.beta_start == 1.0 else max(0.0, 1.0 - lam / self.beta_start)
+        return max(0.0, 1.0 - lam / self.beta_start)
 
     def next_level(self, logw, u, u0, lam: float, cess: float, islands: int) -> float:
         """The adaptive ladder's next lambda, within the current stage of the path (the increment
@@ -435,8 +406,8 @@ class _Annealer:
             resample_ess=None, n_islands: int = 1, cess: "float | None" = None,
             max_levels: int = 20_000, keep: int = 0):
         """Returns x (n, d), log-weights (float64, log Z_0 included), acceptance per level, and
-        None, or with ``resample_ess`` a dict of the islands' log Z (``island_log_z``) and the
-        number of resampling events (``resample_events``).
+        None, or with ``resample_ess`` the :class:`~._shared.smc.IslandRun` (the islands' log Z,
+        the number of resampling events).
 
         ``lambdas`` None: the adaptive ladder (each next lambda keeps the conditional ESS of
         the incremental weights at ``cess``); the ladder used is in ``self.lambdas``. ``keep``
@@ -449,8 +420,7 @@ class _Annealer:
             raise TargetError(f"{self.target.name}.energy is not finite at {int(bad.sum())} of {n} "
                               f"reference draws from N(0, {math.sqrt(self.s2):g}^2 I); change init_std")
         logw = torch.zeros(n, dtype=torch.float64, device=device)
-        islands = n_islands if resample_ess is not None else 1
-        log_acc = torch.zeros(islands, dtype=torch.float64, device=device)  # log Z so far, per island
+        log_acc = torch.zeros(n_islands, dtype=torch.float64, device=device)  # log Z so far, per island
         n_events = 0
         acc_hist = []
         zero = torch.zeros((), dtype=torch.float64, device=device)
@@ -467,14 +437,11 @@ class _Annealer:
                 if k > max_levels:
                     raise ConfigError(f"the adaptive ladder needs more than max_levels={max_levels} "
                                       f"levels (at lambda={ladder[-1]:.4g}); lower cess or raise max_levels")
-                lam = self.next_level(logw, u64, u0, ladder[-1], cess, islands)
+                lam = self.next_level(logw, u64, u0, ladder[-1], cess, n_islands)
             dlam, da = lam - ladder[-1], self.ref_coef(lam) - self.ref_coef(ladder[-1])
             ladder.append(lam)
             self.where = f"at annealing level {k} of {total}"
-            if self.beta_start == 1.0:  # geometric path: da = -dlam
-                logw += dlam * (u0 - u64)
-            else:
-                logw -= da * u0 + dlam * u64
+            logw -= da * u0 + dlam * u64
             running.append(running_log_z(logw, log_acc, self.log_z0))
             if resample_ess is not None:
                 (x, u, g), logw, log_acc, events = resample_islands((x, u, g), logw, log_acc,
@@ -485,8 +452,8 @@ class _Annealer:
             u, g = state[2], state[3]
             acc_hist.append(acc)
             if keep:
-                idx = systematic_indices(logw + log_acc.repeat_interleave(n // islands), keep, generator)
-                kept.append((x[idx], self.u0(x[idx]).double(), u[idx].double(), idx // (n // islands)))
+                idx = systematic_indices(logw + log_acc.repeat_interleave(n // n_islands), keep, generator)
+                kept.append((x[idx], self.u0(x[idx]).double(), u[idx].double(), idx // (n // n_islands)))
             if bar is not None:
                 bar.update(1)
                 if k % 20 == 0 or lam == 1.0:
@@ -499,9 +466,8 @@ class _Annealer:
         if resample_ess is None:
             return x, logw + self.log_z0, acc_hist, None
         island_log_z, logw = pool_islands(logw, log_acc)
-        island_log_z = island_log_z + self.log_z0
-        return (x, logw + self.log_z0, acc_hist,
-                {"island_log_z": island_log_z.cpu(), "resample_events": n_events})
+        run = IslandRun(x, logw + self.log_z0, (island_log_z + self.log_z0).cpu(), n_events, None)
+        return x, run.lw, acc_hist, run
 
 
 def refine_ladder(lambdas: np.ndarray, min_levels: int, knot: "float | None" = None) -> np.ndarray:
@@ -624,12 +590,10 @@ class AIS(AnnealedSampler):
         with self._ladder(n_samples, desc=f"ais ({self.kernel})") as (lambdas, bar):
             run = self._run_reals if isinstance(self.target.domain, Reals) else self._run_categorical
             x, lw, extra = run(int(n_samples), lambdas, self.gens["sample"], bar)
-        exact = None
-        if isinstance(self.target.domain, Reals):
-            exact = self.target.exact_log_z()
+        exact = self.target.exact_log_z() if isinstance(self.target.domain, Reals) else None
         smc = extra.pop("smc", None)
-        history_lambdas = extra["running"]["lambda"]
-        diag = {"kernel": self.kernel, "n_levels": int(history_lambdas.size - 1), "n_mcmc": cfg.n_mcmc,
+        diag = {"kernel": self.kernel, "n_levels": int(extra["running"]["lambda"].size - 1),
+                "n_mcmc": cfg.n_mcmc,
                 "acceptance": float(np.mean(extra["acceptance"])),
                 "log_weight_std": float(lw.std()), **extra.pop("diag", {})}
         history = {**extra.pop("running"), **extra}
@@ -637,22 +601,14 @@ class AIS(AnnealedSampler):
         if not smc:
             return result_from_log_weights(x, lw, exact_log_z=exact, diagnostics=diag,
                                            history=history, **kw)
-        # SMC: particles of one island share ancestors, so the error bar comes from the
-        # independent islands' log Z (the same log Z as the pooled weights)
-        est = log_z_from_log_weights(smc["island_log_z"], warn=False)
         pilot_isl = diag.pop("pilot_island_log_z", None)
         if pilot_isl is not None:
             pest = log_z_from_log_weights(pilot_isl, warn=False)
             diag.update(pilot_log_z=pest.log_z, pilot_log_z_stderr=pest.stderr,
                         pilot_island_log_z_std=float(pilot_isl.std()))
-        diag.update(n_islands=int(smc["island_log_z"].numel()), resample_events=smc["resample_events"],
-                    log_z_stderr_from="between islands")
-        history["island_log_z"] = smc["island_log_z"].double().numpy()
-        res = result_from_log_weights(x, lw, exact_log_z=exact, diagnostics=diag, history=history,
-                                      warn=False, **kw)
-        res = replace(res, log_z_stderr=est.stderr)
-        island_reliability(res, smc["island_log_z"], stacklevel=3)
-        return res
+        history["island_log_z"] = smc.island_log_z.double().numpy()
+        return island_result(x, smc, exact_log_z=exact, diagnostics=diag, history=history, warn=False,
+                             who="AIS", advice=ANNEALING_ADVICE, **kw)
 
     # ----------------------------------------------------------------- continuous
     def _run_reals(self, n, lambdas, gen, bar):
@@ -678,11 +634,8 @@ class AIS(AnnealedSampler):
                     state = cap_state(state)
                 acc_sum = 0.0
                 for _ in range(cfg.n_mcmc):
-                    if self.kernel == "mala":
-                        x, state, acc = mala_move(pot, x, state, h, gen)
-                    else:
-                        x, state, acc = hmc_move(pot, x, state, h, cfg.n_leapfrog, gen,
-                                                  jitter=HMC_JITTER)
+                    x, state, acc = mala_move(pot, x, state, h, gen) if self.kernel == "mala" else \
+                        hmc_move(pot, x, state, h, cfg.n_leapfrog, gen, jitter=HMC_JITTER)
                     acc_sum += float(acc.double().mean())
                 rate = acc_sum / cfg.n_mcmc
                 if cfg.adapt_step_size:
@@ -692,10 +645,7 @@ class AIS(AnnealedSampler):
 
         resample = cfg.resample_ess if cfg.resample_ess != "auto" else \
             (ADAPTIVE_RESAMPLE_ESS if lambdas is None else None)
-        n_isl = 1
-        if resample is not None:
-            n_isl = cfg.n_islands or default_n_islands(n)
-            check_islands(n, n_isl)
+        n_isl = 1 if resample is None else checked_islands(n, cfg.n_islands)
         pilot = {}
         if lambdas is None:  # the ladder from an independent pilot run
             n_p = max(256, int(n * cfg.pilot))
@@ -708,11 +658,10 @@ class AIS(AnnealedSampler):
             lambdas = refine_ladder(ann.lambdas, cfg.min_levels, knot=beta_start)
             pilot = {"ladder_from": f"independent pilot run ({n_p} particles)", "pilot_particles": n_p,
                      "pilot_levels": int(ann.lambdas.size - 1), "cess": cfg.cess,
-                     "pilot_island_log_z": psmc["island_log_z"].double()}
+                     "pilot_island_log_z": psmc.island_log_z.double()}
             if bar is not None and hasattr(bar, "total"):
                 bar.total = lambdas.size - 1
         move, steps = mover()
-        pilot_evals = (pilot["pilot_particles"] * (pilot["pilot_levels"] + 1) * (cfg.n_mcmc + 1)) if pilot else 0
         x, lw, acc, smc = ann.run(n, lambdas, move, gen, bar=bar, device=self.device,
                                   resample_ess=resample, n_islands=n_isl, keep=cfg.keep_levels)
         running = ann.running
@@ -723,12 +672,13 @@ class AIS(AnnealedSampler):
             x, lw = frame.to_x(x), lw + frame.log_det
             running["log_z_running"] = running["log_z_running"] + frame.log_det
             if smc:
-                smc["island_log_z"] = smc["island_log_z"] + frame.log_det
+                smc = replace(smc, lw=lw, island_log_z=smc.island_log_z + frame.log_det)
             if pilot:
                 pilot["pilot_island_log_z"] = pilot["pilot_island_log_z"] + frame.log_det
-        n_levels = lambdas.size - 1
-        evals = n * n_levels * (cfg.n_mcmc * (cfg.n_leapfrog if self.kernel == "hmc" else 1) + 1) + n
-        evals += pilot_evals
+        per_level = cfg.n_mcmc * (cfg.n_leapfrog if self.kernel == "hmc" else 1) + 1
+        evals = n * (lambdas.size - 1) * per_level + n
+        if pilot:
+            evals += pilot["pilot_particles"] * (pilot["pilot_levels"] + 1) * (cfg.n_mcmc + 1)
         return x, lw, {"acceptance": acc, "step_size": np.asarray(steps), "smc": smc, "running": running,
                        **kept,
                        "diag": {"log_z0": ann.log_z0, "init_std": init_std, "adaptive_ladder": bool(pilot),
@@ -794,22 +744,11 @@ def ais(target, *, n_samples: int = 1024, n_steps: "int | None" = None, kernel: 
         On a ``Reals`` or categorical domain.
     n_samples : int
         Number of particles (independent annealing runs, batched).
-    n_steps : int or None
-        Number of annealing levels K of a fixed ladder (ignored when ``schedule`` is an explicit
-        sequence); None: the adaptive ladder on a continuous target, 200 levels on a lattice.
-    kernel : str
-        "auto", "mala", "hmc" (Reals); "auto", "heat_bath", "metropolis" (categorical).
-    n_mcmc : int
-        Transitions per level.
-    schedule : str or sequence of float
-        See :func:`annealing_schedule`.
+    n_steps, kernel, n_mcmc, schedule, **options :
+        :class:`AISConfig` fields (levels, MCMC kernel and transitions per level, ladder; SMC,
+        adaptive ladder, MBAR levels, temperature ladder).
     seed, device, progress :
         As in :func:`boltzkit.sample`.
-    **options :
-        Further :class:`AISConfig` fields: ``init_std``, ``step_size``, ``target_accept``,
-        ``adapt_step_size``, ``n_leapfrog``, ``resample_ess``, ``n_islands`` (SMC), ``cess``,
-        ``pilot``, ``max_levels`` (adaptive ladder), ``keep_levels`` (MBAR over the levels),
-        ``beta_start`` (temperature ladder).
 
     Returns
     -------

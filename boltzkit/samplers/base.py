@@ -5,9 +5,8 @@ device and seed handling, ``fit`` then ``sample``.
 
 ``TrainableSampler``: the shared training loop of neural samplers -- progress bar, history,
 divergence check, atomic checkpoints and resume-to-total-steps, and data-parallel training
-under ``torchrun`` with no change to the sampler (:mod:`boltzkit.distributed`). A subclass implements
-``_setup(target)``, ``train_step() -> dict``, ``_state_dict()``, ``_load_state_dict(d)`` and
-``sample(n)``, so its module reads as the paper's objective plus little else.
+under ``torchrun`` with no change to the sampler (:mod:`boltzkit.distributed`); what a subclass
+implements is listed on the class.
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
-from .._utils import (atomic_path, check_choice, check_count, check_flag, check_number,  # noqa: F401
-                      progress_bar, progress_enabled, rank_generators, resolve_device, resolve_seed)
+from .._utils import (atomic_path, check_choice, check_count, check_flag, check_fraction,  # noqa: F401
+                      check_number, progress_bar, rank_generators, resolve_device, resolve_seed)
 from ..domains import Categorical, Reals
 from ..energies.base import framed, validate_target
 from .._finite import at_step
@@ -164,9 +163,8 @@ class Sampler:
                 shards += rank_shards
                 acc.merge(rank_acc)
         index = {"method": self.name, "n_samples": int(n_samples), "shards": shards,
-                 "seed": self.seed, "config": self.config_dict(), "world_size": dist.world_size()}
-        tgt = self.target
-        index["target"] = tgt.to_config() if hasattr(tgt, "to_config") else {}
+                 "seed": self.seed, "config": self.config_dict(), "world_size": dist.world_size(),
+                 "target": Sampler._result_kwargs(self)["target"]}
         if has_weights:
             est = acc.estimate()
             index.update(log_z=est.log_z, log_z_stderr=est.stderr, ess=est.ess,
@@ -451,7 +449,7 @@ class TrainableSampler(Sampler):
         if checkpoint is not None and Path(checkpoint).exists():
             self.load_checkpoint(checkpoint)
         bar = progress_bar(total=n_steps, initial=self.step, desc=f"{self.name} training",
-                           enabled=self.progress) if progress_enabled(self.progress) else progress_bar(enabled=False)
+                           enabled=self.progress)
         try:
             while self.step < n_steps:
                 t0 = time.perf_counter()

@@ -49,6 +49,7 @@ from ..result import result_from_log_weights
 from .base import SamplerConfig, check_number
 from . import ais as _ais
 from ..estimators.importance import LogZEstimate, log_z_from_log_weights
+from ..kernels.langevin import ula_move
 
 
 def jarzynski(work, *, log_z0: float = 0.0, warn: bool = True) -> LogZEstimate:
@@ -76,9 +77,9 @@ def jarzynski(work, *, log_z0: float = 0.0, warn: bool = True) -> LogZEstimate:
     w = np.asarray(work, dtype=np.float64)
     if w.ndim != 1 or w.size < 2:
         raise TargetError(f"work must be a 1-D array of at least 2 values, got shape {w.shape}")
-    if np.isnan(w).any() or (w == -np.inf).any():
-        bad = int(np.flatnonzero(np.isnan(w) | (w == -np.inf))[0])
-        raise TargetError(f"work contains NaN or -inf (first at index {bad}); check the protocol "
+    bad = np.flatnonzero(np.isnan(w) | (w == -np.inf))
+    if bad.size:
+        raise TargetError(f"work contains NaN or -inf (first at index {bad[0]}); check the protocol "
                           "energies along the trajectories")
     if not math.isfinite(log_z0):
         raise TargetError(f"log_z0 must be finite, got {log_z0!r}")
@@ -89,9 +90,10 @@ def jarzynski(work, *, log_z0: float = 0.0, warn: bool = True) -> LogZEstimate:
 class JarzynskiConfig(SamplerConfig):
     """Options of driven Langevin / Jarzynski.
 
-    n_steps : number of ULA steps (levels) K.
-    dt : ULA time step.
-    schedule : lambda schedule ("linear", "geometric", "sigmoid" or an explicit tuple).
+    n_steps : number of ULA steps (levels) K, one per level.
+    dt : ULA time step; the total protocol time is ``n_steps * dt``.
+    schedule : lambda schedule ("linear", "geometric", "sigmoid" or an explicit tuple), see
+        :func:`~boltzkit.samplers.ais.annealing_schedule`.
     init_std : standard deviation of the Gaussian start N(0, init_std^2 I).
     """
 
@@ -131,14 +133,11 @@ class Jarzynski(_ais.AnnealedSampler):
         cfg = self.config
         gen = self.gens["sample"]
         dt = float(cfg.dt)
-        noise_scale = math.sqrt(2.0 * dt)
         with self._ladder(n_samples, desc="jarzynski") as (lambdas, bar):
             ann = _ais._Annealer(self.target, cfg.init_std)
 
             def ula(pot, x, state, k):
-                xi = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-                y = x - dt * state[1] + noise_scale * xi
-                new = pot(y)
+                y, new, _ = ula_move(pot, x, state, dt, gen)
                 if not bool(torch.isfinite(new[0]).all()):
                     raise TrainingDivergedError(
                         f"driven Langevin diverged at step {k} of {lambdas.size - 1}: non-finite "
@@ -166,23 +165,15 @@ def annealed_langevin(target, *, n_samples: int = 1024, n_steps: int = 1000, dt:
     target : Energy on ``Reals``
     n_samples : int
         Number of independent trajectories.
-    n_steps : int
-        Number of ULA steps K (one per level).
-    dt : float
-        ULA time step; total protocol time is ``n_steps * dt``.
-    schedule : str or sequence of float
-        Lambda schedule, see :func:`~boltzkit.samplers.ais.annealing_schedule`.
-    init_std : float
-        The start is N(0, init_std^2 I).
+    n_steps, dt, schedule, init_std :
+        As in :class:`JarzynskiConfig`.
     seed, device, progress :
         As in :func:`boltzkit.sample`.
 
     Returns
     -------
     Result
-        Final points, log-weights ``log Z_0 - W``, ``log_z`` +- ``log_z_stderr``. The estimate
-        is biased by the ULA discretization (O(dt)); the error bar covers only the Monte-Carlo
-        error.
+        See the module docstring (Returns; Failure modes: the O(dt) bias outside the error bar).
     """
     sampler = Jarzynski(seed=seed, device=device, progress=progress, n_steps=n_steps, dt=dt,
                         schedule=schedule, init_std=init_std)

@@ -53,16 +53,14 @@ import torch
 from .._finite import check_energies
 from .._registry import register
 from ..domains import Reals
-from ..errors import ConfigError, TargetError
+from ..errors import TargetError
+from ..kernels.langevin import (Potential, adapt_log_step, default_step_size,  # noqa: F401 (re-exported)
+                                hmc_move, hmc_step, mala_move, mala_step)
 from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
-from .base import check_flag, check_number
+from .base import check_flag, check_fraction, check_number
 
 LOG_Z_UNAVAILABLE = ("MALA is an MCMC sampler: it draws correlated, unweighted samples and no "
                      "normalizing constant; use method='ais' for log Z")
-
-# the kernels live in boltzkit.kernels.langevin; re-exported here for existing imports
-from ..kernels.langevin import (Potential, adapt_log_step, default_step_size, hmc_move,  # noqa: E402,F401
-                                hmc_step, mala_move, mala_step)
 
 
 # ============================================================================ sampler
@@ -94,8 +92,8 @@ class MALAConfig(MCMCConfig):
         super().__post_init__()
         check_flag("use_prior_hint", self.use_prior_hint)
         check_number("step_size", self.step_size, allow_none=True)
-        if not (isinstance(self.target_accept, (int, float)) and 0 < self.target_accept < 1):
-            raise ConfigError(f"target_accept must be in (0, 1), got {self.target_accept!r}")
+        check_number("target_accept", self.target_accept)
+        check_fraction("target_accept", self.target_accept)
         check_number("init_std", self.init_std, allow_none=True)
 
 

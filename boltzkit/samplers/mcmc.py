@@ -46,18 +46,15 @@ import torch
 
 from .._registry import register
 from ..domains import Lattice
+from ..energies.lattice import LatticeModel
 from ..errors import IncompatibleMethodError
+from ..kernels.lattice import (checkerboard_sweep, cluster_incompatibility,  # noqa: F401 (re-exported)
+                               fk_clusters, lattice_model, local_incompatibility, swendsen_wang_update,
+                               wolff_update)
 from ._shared.mcmc_driver import MCMCConfig, MCMCSampler
 from .base import check_count
 
 LOG_Z_UNAVAILABLE = "MCMC draws samples without a normalizing constant; use method='ais' for log Z"
-
-
-# the kernels live in boltzkit.kernels.lattice (re-exported here for existing imports)
-from ..energies.lattice import LatticeModel  # noqa: E402,F401
-from ..kernels.lattice import (checkerboard_sweep, cluster_incompatibility,  # noqa: E402,F401
-                               fk_clusters, lattice_model, local_incompatibility,
-                               swendsen_wang_update, wolff_update)
 
 
 # ============================================================================ samplers
@@ -149,17 +146,14 @@ class LatticeMCMC(MCMCSampler):
         return {}
 
 
-_LATTICE_DOMAINS = (Lattice,)
-
-
-@register("metropolis", domains=_LATTICE_DOMAINS, priority=1, provides_log_z=False,
+@register("metropolis", domains=(Lattice,), priority=1, provides_log_z=False,
           paper="Metropolis et al., J. Chem. Phys. 21, 1087 (1953)",
           supports=local_incompatibility)
 class Metropolis(LatticeMCMC):
     """Checkerboard single-site Metropolis for Ising and Potts lattices."""
 
 
-@register("heat_bath", domains=_LATTICE_DOMAINS, priority=2, provides_log_z=False,
+@register("heat_bath", domains=(Lattice,), priority=2, provides_log_z=False,
           paper="Glauber, J. Math. Phys. 4, 294 (1963)", supports=local_incompatibility)
 class HeatBath(LatticeMCMC):
     """Checkerboard single-site heat-bath (Gibbs) updates for Ising and Potts lattices."""
@@ -167,7 +161,7 @@ class HeatBath(LatticeMCMC):
     rule = "heat_bath"
 
 
-@register("swendsen_wang", domains=_LATTICE_DOMAINS, priority=5, provides_log_z=False,
+@register("swendsen_wang", domains=(Lattice,), priority=5, provides_log_z=False,
           paper="Swendsen & Wang, Phys. Rev. Lett. 58, 86 (1987)",
           supports=cluster_incompatibility)
 class SwendsenWang(LatticeMCMC):
@@ -180,7 +174,7 @@ class SwendsenWang(LatticeMCMC):
         return swendsen_wang_update(self.target, x, generator=generator)
 
 
-@register("wolff", domains=_LATTICE_DOMAINS, priority=3, provides_log_z=False,
+@register("wolff", domains=(Lattice,), priority=3, provides_log_z=False,
           paper="Wolff, Phys. Rev. Lett. 62, 361 (1989)", supports=cluster_incompatibility)
 class Wolff(LatticeMCMC):
     """Wolff single-cluster updates for Ising (h = 0) and Potts lattices.

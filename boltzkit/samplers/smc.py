@@ -66,11 +66,10 @@ from .._registry import register
 from .._utils import progress_bar
 from ..domains import Categorical
 from ..errors import ConfigError, ConvergenceWarning, IncompatibleMethodError, TargetError, UnreliableEstimateWarning
-from ..estimators.importance import ess_kish, log_z_from_log_weights
-from ..result import result_from_log_weights
-from ._shared.smc import (check_islands, island_ess, island_reliability, pool_islands, resample_islands,
-                          running_log_z)
-from .base import Sampler, SamplerConfig, check_count
+from ..estimators.importance import ess_kish
+from ._shared.smc import (ANNEALING_ADVICE, IslandRun, check_islands, island_ess, island_reliability,
+                          island_result, pool_islands, resample_islands, running_log_z)
+from .base import Sampler, SamplerConfig, check_choice, check_count, check_fraction, check_number
 
 KERNELS = ("auto", "heat_bath", "metropolis", "swendsen_wang")
 MIN_ISLAND = 32          # particles per island, at least
@@ -113,9 +112,8 @@ class SMCConfig(SamplerConfig):
         multiple of it).
     schedule : None (adaptive ladder) or an explicit increasing sequence of lambdas from 0 to 1.
     max_levels : stop with an error if the adaptive ladder needs more levels than this.
-    pilot : fraction of n_samples (at least 256) for an independent pilot run that chooses the
-        adaptive ladder; the main run then uses it fixed, so its islands are exactly independent
-        and each island's Z is exactly unbiased. 0 adapts on the main particles (O(1/N) coupling).
+    pilot : fraction of n_samples (at least 256) for the independent pilot run that chooses the
+        adaptive ladder (see Failure modes); 0 adapts on the main particles.
     """
 
     cess: float = 0.97
@@ -128,17 +126,14 @@ class SMCConfig(SamplerConfig):
     pilot: float = 0.125
 
     def __post_init__(self):
-        for nm in ("cess", "resample_ess"):
-            v = getattr(self, nm)
-            if not (isinstance(v, (int, float)) and 0 < v < 1) or isinstance(v, bool):
-                raise ConfigError(f"{nm} must be a fraction in (0, 1), got {v!r}")
+        for name in ("cess", "resample_ess"):  # fractions in (0, 1)
+            check_number(name, getattr(self, name))
+            check_fraction(name, getattr(self, name))
         check_count("n_sweeps", self.n_sweeps, allow_none=True)
         check_count("n_islands", self.n_islands, allow_none=True)
         check_count("max_levels", self.max_levels)
-        if not (isinstance(self.pilot, (int, float)) and 0 <= self.pilot < 1) or isinstance(self.pilot, bool):
-            raise ConfigError(f"pilot must be a fraction in [0, 1), got {self.pilot!r}")
-        if self.kernel not in KERNELS:
-            raise ConfigError(f"unknown kernel {self.kernel!r}; use one of {KERNELS}")
+        check_fraction("pilot", self.pilot)
+        check_choice("kernel", self.kernel, KERNELS)
         if self.schedule is not None:
             from .ais import annealing_schedule
 
@@ -177,6 +172,13 @@ def cess_fraction(logw: torch.Tensor, u: torch.Tensor, delta: float, n_islands: 
     num = 2 * torch.logsumexp(lW + inc, 1)
     den = torch.logsumexp(lW + 2 * inc, 1)
     return float(torch.exp(num - den).mean())
+
+
+def checked_islands(n: int, n_islands: "int | None") -> int:
+    """Islands for ``n`` particles: ``n_islands``, or :func:`default_n_islands` when None; checked."""
+    M = n_islands or default_n_islands(n)
+    check_islands(n, M)
+    return M
 
 
 def next_lambda(logw, u, lam: float, cess: float, n_islands: int, *, iters: int = 60) -> float:
@@ -323,12 +325,6 @@ class SMC(Sampler):
         return {"x": x, "logw": logw, "log_acc": log_acc, "running": running, "lambdas": lambdas,
                 "acc": acc_hist, "ess": ess_hist, "events": events, "n_energy": n_energy, "log_z0": log_z0}
 
-    def _islands(self, n: int) -> int:
-        """Islands for ``n`` particles (the config's or :func:`default_n_islands`), checked."""
-        M = self.config.n_islands or default_n_islands(n)
-        check_islands(n, M)
-        return M
-
     def _pilot_size(self, n: int) -> int:
         """Particles of the independent ladder pilot (0 with a fixed schedule or ``pilot=0``)."""
         cfg = self.config
@@ -346,7 +342,7 @@ class SMC(Sampler):
         self._require_fit()
         check_count("n_samples", n_samples)
         n = int(n_samples)
-        M = self._islands(n)
+        M = checked_islands(n, self.config.n_islands)
         t0 = time.perf_counter()
         ladder, n_pilot = self.config.schedule, self._pilot_size(n)
         if n_pilot:  # the ladder from an independent pilot: islands iid
@@ -366,17 +362,14 @@ class SMC(Sampler):
         acc_hist, ess_hist, events, log_z0 = r["acc"], r["ess"], r["events"], r["log_z0"]
         wall = time.perf_counter() - t0
         island_log_z, lw_final = pool_islands(logw, log_acc)
-        island_log_z, lw_final = island_log_z + log_z0, (lw_final + log_z0).cpu()
-        isl = log_z_from_log_weights(island_log_z, warn=False)
-        spread = float(island_log_z.std())
+        run = IslandRun(x, lw_final + log_z0, island_log_z + log_z0, events, None)
         history = {**running_history(lambdas, running),
                    "ess_frac": torch.stack(ess_hist).cpu().numpy(),
                    "acceptance": torch.stack(acc_hist).cpu().numpy(),
-                   "island_log_z": island_log_z.cpu().numpy()}
+                   "island_log_z": run.island_log_z.cpu().numpy()}
         diag = {"kernel": self.kernel, "n_levels": len(lambdas) - 1, "n_sweeps": self.n_sweeps,
-                "n_islands": M, "resample_events": events, "log_z0": log_z0,
-                "log_z_stderr_from": "between islands", "island_log_z_std": spread,
-                "island_ess_frac": isl.ess_frac, "energy_evaluations": r["n_energy"],
+                "log_z0": log_z0, "island_ess_frac": ess_kish(run.island_log_z) / M,
+                "energy_evaluations": r["n_energy"],
                 "sweeps_total": n * self.n_sweeps * (len(lambdas) - 1) + pilot_sweeps,
                 "acceptance": float(np.mean(history["acceptance"])), "wall_time_s": wall,
                 "adaptive_ladder": cfg.schedule is None,
@@ -384,13 +377,10 @@ class SMC(Sampler):
                                 f"independent pilot run ({n_pilot} particles)" if n_pilot else
                                 "the particles themselves"), **extra}
         exact = getattr(self.target, "exact_log_z", lambda: None)()
-        res = result_from_log_weights(x.cpu(), lw_final, exact_log_z=exact, diagnostics=diag,
-                                      history=history, warn=False, **self._result_kwargs())
-        res = replace(res, log_z_stderr=isl.stderr)
-        kw = {} if who is None else {"advice": f"{who}: train longer, raise n_samples, n_sweeps or cess, "
-                                               "or use method='smc' from the uniform start."}
-        island_reliability(res, island_log_z, stacklevel=4, **kw)
-        return res
+        advice = ANNEALING_ADVICE if who is None else (f"{who}: train longer, raise n_samples, n_sweeps or "
+                                                      "cess, or use method='smc' from the uniform start.")
+        return island_result(x.cpu(), run, exact_log_z=exact, diagnostics=diag, history=history, warn=False,
+                             who="SMC", advice=advice, **self._result_kwargs())
 
     def sample_from(self, draw, n_samples: int, *, start_ess: float = 0.5,
                     generator: "torch.Generator | None" = None, who: str = "proposal"):
@@ -401,20 +391,18 @@ class SMC(Sampler):
         ``log_w = -U(x) - log q(path)``, where ``q`` is the probability of the whole path that
         produced x (for MDNS the order of revelation and the values; for discrete ASBS the
         jump chain), so ``E[exp(log_w)] = Z`` (see :class:`NeuralStartSMC` for the construction).
-        The start level is :func:`start_level` of an independent pilot draw (or of the
-        population itself with ``pilot=0`` / a fixed ``schedule``, which then must start at the
-        chosen level); from there the ladder to lambda = 1 is adaptive (CESS) as in
+        The start level is :func:`start_level` of an independent pilot draw (``pilot`` > 0 and no
+        fixed ``schedule``); from there the ladder to lambda = 1 is adaptive (CESS) as in
         :meth:`sample`. ``generator`` (default the sampler's own ``sample`` stream) drives both
         the draws and the SMC moves. Returns the weighted Result with ``start_lambda``,
         ``start_ess_frac`` and ``proposal_draws`` in its diagnostics.
         """
         self._require_fit()
         check_count("n_samples", n_samples)
-        if isinstance(start_ess, bool) or not isinstance(start_ess, (int, float)) or not 0 < start_ess <= 1:
-            raise ConfigError(f"start_ess must be a fraction in (0, 1], got {start_ess!r}")
-        n, cfg = int(n_samples), self.config
-        M = self._islands(n)
-        if cfg.schedule is not None or cfg.pilot <= 0:
+        check_number("start_ess", start_ess, upper=1)
+        n = int(n_samples)
+        M, n_pilot = checked_islands(n, self.config.n_islands), self._pilot_size(n)
+        if not n_pilot:
             raise ConfigError("a proposal start needs the independent pilot (it chooses the start level "
                               "and the ladder, and checks the proposal's coverage): leave schedule=None "
                               "and pilot > 0")
@@ -427,7 +415,6 @@ class SMC(Sampler):
             lam0, ess = start_level(u, lw, start_ess) if lam0 is None else (lam0, None)
             return (x.to(self.device), u, lw + (1.0 - lam0) * u, lam0), ess
 
-        n_pilot = self._pilot_size(n)
         m_pilot = default_n_islands(n_pilot)
         pilot_start, pilot_ess = population(n_pilot)
         if pilot_ess < start_ess:  # the proposal helps at no level: plain SMC from the uniform start
@@ -486,8 +473,7 @@ def start_level(u: torch.Tensor, log_w: torch.Tensor, start_ess: float, *, grid:
 
     def ess(lam):
         lam = torch.as_tensor(lam, dtype=torch.float64, device=u.device).reshape(-1, 1)
-        lw = log_w[None] + (1.0 - lam) * u[None]
-        return torch.exp(2 * torch.logsumexp(lw, 1) - torch.logsumexp(2 * lw, 1)) / n
+        return island_ess(log_w[None] + (1.0 - lam) * u[None], lam.numel()) / n
 
     lams = torch.linspace(0.0, 1.0, grid + 1, dtype=torch.float64, device=u.device)
     e = ess(lams)

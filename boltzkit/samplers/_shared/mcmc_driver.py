@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from ..._utils import progress_bar
-from ...errors import ConfigError
 from ...estimators.diagnostics import MIN_STEPS_PER_TAU, autocorr_estimate
 from ...result import Result
 from ..base import Sampler, SamplerConfig, check_count
@@ -91,9 +90,8 @@ class MCMCSampler(Sampler):
     def _record(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _observables(self, trace: dict) -> list:
-        """``(name or None, (n_rec, n_chains) tensor, sets_ess)`` whose tau_int are measured."""
-        raise NotImplementedError  # pragma: no cover - abstract
+    def _observables(self, trace: dict) -> list:  # pragma: no cover - abstract (module docstring)
+        raise NotImplementedError
 
     def _finish(self, samples: torch.Tensor, trace: dict, diag: dict) -> torch.Tensor:
         return samples
@@ -106,9 +104,7 @@ class MCMCSampler(Sampler):
         """Attach ``target``, start the chains and run ``n_steps`` (default ``burn_in``) steps."""
         self._no_checkpoint(checkpoint)
         burn_in = self.config.burn_in if n_steps is None else n_steps
-        if not isinstance(burn_in, (int, np.integer)) or isinstance(burn_in, bool) or burn_in < 0:
-            raise ConfigError(f"n_steps (burn-in {self.step_unit}) must be a non-negative integer, "
-                              f"got {n_steps!r}")
+        check_count(f"n_steps (burn-in {self.step_unit})", burn_in, minimum=0)
         self.n_total, self._history = 0, {}
         self._start(target, **kw)
         self.burn_in = int(burn_in)

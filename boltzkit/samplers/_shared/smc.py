@@ -41,6 +41,7 @@ from typing import Callable
 
 import torch
 
+from ..._utils import check_count, check_number
 from ...errors import ConfigError, TrainingDivergedError, UnreliableEstimateWarning
 from ...estimators.importance import PARETO_K_LIMIT, log_z_from_log_weights, pareto_k
 from ...kernels.langevin import adapt_log_step, mala_move
@@ -49,6 +50,7 @@ from ...result import result_from_log_weights
 ISLAND_SPREAD_LIMIT = 1.0  # islands' log Z standard deviation above this: not reliable
 ISLAND_MAX_SHARE = 0.25  # a heavy island tail is flagged when its largest island holds more of the Z sum
 JENSEN_ROUNDING = 1e-12  # a Jensen bias below this is float rounding (exact runs: all islands equal)
+ANNEALING_ADVICE = "Raise n_samples, the sweeps/MCMC steps per level or cess, or use another kernel."
 MIN_RELIABLE_ISLANDS = 8  # fewer islands: the spread (and so the error bar) is itself too uncertain
 ISLAND_SPREAD_CONFIDENCE = 0.95  # the spread limit applies to this one-sided upper bound of the spread
 
@@ -89,8 +91,6 @@ def capped_drift(potential: Callable, step_size: float, dim: int, cap: float = D
 
 def check_smc_options(n_samples: int, frac, n_islands: int, mcmc_steps: int = 0) -> None:
     """Validate the SMC options before any work (clear message naming the fix)."""
-    from ..base import check_count, check_number
-
     check_number("resample_ess", frac, upper=1)
     check_count("n_islands", n_islands)
     check_count("smc_mcmc_steps", mcmc_steps, minimum=0)
@@ -207,10 +207,11 @@ def controlled_islands(x: torch.Tensor, lw: torch.Tensor, ts: torch.Tensor, drif
 
 
 def island_result(samples, run: IslandRun, *, log_shift: float = 0.0, exact_log_z=None,
-                  diagnostics: dict, who: str, **result_kwargs):
+                  diagnostics: dict, who: str, advice: "str | None" = None, **result_kwargs):
     """A weighted :class:`~boltzkit.result.Result` of an island run: weights ``run.lw +
     log_shift``, log Z error bar from the spread of the independent islands, and the reliability
-    flag from :func:`island_reliability` (with a warning naming the fix)."""
+    flag from :func:`island_reliability`, with a warning naming the fix: ``advice``, by default
+    that of the trained path sampler ``who``."""
     isl = (run.island_log_z + log_shift).cpu()
     M = isl.numel()
     est = log_z_from_log_weights(isl, warn=False)
@@ -221,8 +222,8 @@ def island_result(samples, run: IslandRun, *, log_shift: float = 0.0, exact_log_
     res = result_from_log_weights(samples, (run.lw + log_shift).cpu(), exact_log_z=exact_log_z,
                                   diagnostics=diag, **result_kwargs)
     res = replace(res, log_z_stderr=est.stderr)
-    island_reliability(res, isl, stacklevel=3, advice=f"{who}: raise n_time_steps, add smc_mcmc_steps "
-                       "or train longer.")
+    island_reliability(res, isl, stacklevel=3,
+                       advice=advice or f"{who}: raise n_time_steps, add smc_mcmc_steps or train longer.")
     return res
 
 
@@ -239,9 +240,7 @@ def spread_upper_bound(spread: float, M: int, confidence: float = ISLAND_SPREAD_
     return spread * math.sqrt((M - 1) / chi2.ppf(1.0 - confidence, M - 1))
 
 
-def island_reliability(res, island_log_z, *, stacklevel: int = 2,
-                       advice: str = "Raise n_samples, the sweeps/MCMC steps per level or cess, or use "
-                                     "another kernel.") -> bool:
+def island_reliability(res, island_log_z, *, stacklevel: int = 2, advice: str = ANNEALING_ADVICE) -> bool:
     """Set ``res.diagnostics["reliable"]`` for an island SMC run and warn when it is False.
 
     Reliable needs the pooled weights' own check (ESS, Pareto k) and independent islands
@@ -311,12 +310,14 @@ def island_reliability(res, island_log_z, *, stacklevel: int = 2,
 
 
 def systematic_indices(logw: torch.Tensor, m: int, generator) -> torch.Tensor:
-    """``m`` indices drawn by systematic resampling from the normalised weights ``exp(logw)``."""
-    cdf = torch.cumsum(torch.softmax(logw.double(), 0), 0)
-    cdf[-1] = 1.0
-    pos = (torch.rand((), generator=generator, dtype=torch.float64, device=logw.device)
+    """``m`` indices drawn by systematic resampling from the normalised weights ``exp(logw)``;
+    ``logw`` (n,), or (R, n) for R independent draws (R, m), one uniform per row."""
+    lw = logw.double().reshape(-1, logw.shape[-1])
+    cdf = torch.cumsum(torch.softmax(lw, 1), 1)
+    cdf[:, -1] = 1.0
+    pos = (torch.rand(lw.shape[0], 1, generator=generator, dtype=torch.float64, device=logw.device)
            + torch.arange(m, dtype=torch.float64, device=logw.device)) / m
-    return torch.searchsorted(cdf, pos).clamp_(max=logw.numel() - 1)
+    return torch.searchsorted(cdf, pos).clamp_(max=lw.shape[1] - 1).view(*logw.shape[:-1], m)
 
 
 def island_ess(logw: torch.Tensor, islands: int) -> torch.Tensor:
@@ -341,11 +342,7 @@ def resample_islands(tensors: tuple, logw, log_acc, frac: float, generator, *, e
     if not bool(need.any()):
         return tensors, logw, log_acc, 0
     log_acc = log_acc + torch.where(need, torch.logsumexp(lw, 1) - math.log(m), torch.zeros_like(log_acc))
-    cdf = torch.cumsum(torch.softmax(lw, 1), 1)
-    cdf[:, -1] = 1.0
-    pos = (torch.rand(islands, 1, generator=generator, dtype=torch.float64, device=logw.device)
-           + torch.arange(m, dtype=torch.float64, device=logw.device)) / m
-    idx = torch.searchsorted(cdf, pos).clamp_(max=m - 1)
+    idx = systematic_indices(lw, m, generator)
     keep = torch.arange(m, device=logw.device).expand(islands, m)
     idx = torch.where(need[:, None], idx, keep) + m * torch.arange(islands, device=logw.device)[:, None]
     idx = idx.reshape(-1)
