@@ -318,10 +318,9 @@ class GaussianDiffusion:
             out = model(xt, self._model_t(t))
         pred, v = self._split_output(out, xt)
         # fixed variances stay (B, 1, ...) and broadcast against x_t
-        if self.variance == "fixed_small":
-            logvar = self._coef("posterior_log_variance", t, xt)
-        elif self.variance == "fixed_large":
-            logvar = self._coef("_large_log_variance", t, xt)
+        if v is None:
+            fixed = "_large_log_variance" if self.variance == "fixed_large" else "posterior_log_variance"
+            logvar = self._coef(fixed, t, xt)
         else:
             frac = (v.clamp(-1.0, 1.0) + 1.0) / 2.0
             logvar = (frac * self._coef("log_betas", t, xt)
