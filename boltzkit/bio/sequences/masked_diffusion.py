@@ -208,8 +208,7 @@ class MaskedDiffusion(nn.Module):
         return self.domain.validate(x.long(), "tokens")
 
     def _gen(self, seed, generator):
-        seed = 0 if seed is None else int(seed)
-        return torch_generator(seed, self.device) if generator is None else generator
+        return torch_generator(seed or 0, self.device) if generator is None else generator
 
     # ------------------------------------------------------------------ training
     @classmethod
