@@ -343,12 +343,11 @@ class GaussianDiffusion:
         out = model(xt, self._model_t(t))
         pred, v = self._split_output(out, xt)
         mse = _mean_flat((pred - self.target(x0, noise, t)) ** 2)
-        losses = {"mse": mse}
-        if v is not None:
-            frozen = torch.stack([pred.detach(), v], dim=1)
-            losses["vb"] = self.vb_term(self.p_mean_variance(model, xt, t, out=frozen), x0, xt, t)
-        losses["loss"] = mse + losses["vb"] if v is not None else mse
-        return losses
+        if v is None:
+            return {"mse": mse, "loss": mse}
+        frozen = torch.stack([pred.detach(), v], dim=1)
+        vb = self.vb_term(self.p_mean_variance(model, xt, t, out=frozen), x0, xt, t)
+        return {"mse": mse, "vb": vb, "loss": mse + vb}
 
     def vb_term(self, p: dict, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """One term of the variational bound, in nats per entry, from ``p_mean_variance``'s dict."""
