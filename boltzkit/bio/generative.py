@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..nn.ema import EMA
 from ..nn.gaussian_diffusion import GaussianDiffusion, optimize_denoiser
-from ..nn.time_embedding import SinusoidalTimeEmbedding
+from ..nn.time_embedding import SinusoidalTimeEmbedding, _zero_
 from ..result import Result
 from ..samplers.base import TrainableSampler
 
@@ -34,12 +34,6 @@ __all__ = ["GeneTokenDiT", "ConditionalMLP", "DataDiffusionSampler"]
 # ---------------------------------------------------------------------------- denoisers
 def _modulate(h, shift, scale):
     return h * (1 + scale) + shift
-
-
-def _zero(*layers) -> None:
-    for layer in layers:
-        nn.init.zeros_(layer.weight)
-        nn.init.zeros_(layer.bias)
 
 
 class _AdaLNZeroBlock(nn.Module):
@@ -56,8 +50,7 @@ class _AdaLNZeroBlock(nn.Module):
         width = int(hidden * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(hidden, width), nn.GELU(approximate="tanh"),
                                  nn.Linear(width, hidden))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
-        _zero(self.ada[1])
+        self.ada = nn.Sequential(nn.SiLU(), _zero_(nn.Linear(hidden, 6 * hidden)))
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(c)[:, None].chunk(6, dim=-1)
@@ -100,9 +93,8 @@ class GeneTokenDiT(nn.Module):
         self.c_embed = nn.Sequential(nn.Linear(cond_dim, width), nn.SiLU(), nn.Linear(width, hidden))
         self.blocks = nn.ModuleList(_AdaLNZeroBlock(hidden, heads, mlp_ratio) for _ in range(depth))
         self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
-        self.out = nn.Linear(hidden, 2 if learn_sigma else 1)
-        _zero(self.final_ada[1], self.out)
+        self.final_ada = nn.Sequential(nn.SiLU(), _zero_(nn.Linear(hidden, 2 * hidden)))
+        self.out = _zero_(nn.Linear(hidden, 2 if learn_sigma else 1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self.gene_embed + self.value_embed(x[..., None])
@@ -122,8 +114,7 @@ class _Block(nn.Module):
         self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         width = int(hidden * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(hidden, width), nn.SiLU(), nn.Linear(width, hidden))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 3 * hidden))
-        _zero(self.ada[1])
+        self.ada = nn.Sequential(nn.SiLU(), _zero_(nn.Linear(hidden, 3 * hidden)))
 
     def forward(self, h, c):
         shift, scale, gate = self.ada(c).chunk(3, dim=-1)
@@ -160,10 +151,9 @@ class ConditionalMLP(nn.Module):
         self.y_embed = nn.Embedding(n_labels + 1, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, mlp_ratio) for _ in range(depth))
         self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
-        self.out = nn.Linear(hidden, dim * (2 if learn_sigma else 1))
-        self.gain = nn.Linear(hidden, dim)
-        _zero(self.final_ada[1], self.out, self.gain)
+        self.final_ada = nn.Sequential(nn.SiLU(), _zero_(nn.Linear(hidden, 2 * hidden)))
+        self.out = _zero_(nn.Linear(hidden, dim * (2 if learn_sigma else 1)))
+        self.gain = _zero_(nn.Linear(hidden, dim))
 
     def forward(self, x, t, y):
         h = self.inp(x)

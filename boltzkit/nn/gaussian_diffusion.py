@@ -318,10 +318,9 @@ class GaussianDiffusion:
             out = model(xt, self._model_t(t))
         pred, v = self._split_output(out, xt)
         # fixed variances stay (B, 1, ...) and broadcast against x_t
-        if self.variance == "fixed_small":
-            logvar = self._coef("posterior_log_variance", t, xt)
-        elif self.variance == "fixed_large":
-            logvar = self._coef("_large_log_variance", t, xt)
+        if v is None:
+            fixed = "_large_log_variance" if self.variance == "fixed_large" else "posterior_log_variance"
+            logvar = self._coef(fixed, t, xt)
         else:
             frac = (v.clamp(-1.0, 1.0) + 1.0) / 2.0
             logvar = (frac * self._coef("log_betas", t, xt)
@@ -344,12 +343,11 @@ class GaussianDiffusion:
         out = model(xt, self._model_t(t))
         pred, v = self._split_output(out, xt)
         mse = _mean_flat((pred - self.target(x0, noise, t)) ** 2)
-        losses = {"mse": mse}
-        if v is not None:
-            frozen = torch.stack([pred.detach(), v], dim=1)
-            losses["vb"] = self.vb_term(self.p_mean_variance(model, xt, t, out=frozen), x0, xt, t)
-        losses["loss"] = mse + losses["vb"] if v is not None else mse
-        return losses
+        if v is None:
+            return {"mse": mse, "loss": mse}
+        frozen = torch.stack([pred.detach(), v], dim=1)
+        vb = self.vb_term(self.p_mean_variance(model, xt, t, out=frozen), x0, xt, t)
+        return {"mse": mse, "vb": vb, "loss": mse + vb}
 
     def vb_term(self, p: dict, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """One term of the variational bound, in nats per entry, from ``p_mean_variance``'s dict."""

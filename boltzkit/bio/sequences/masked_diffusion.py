@@ -208,8 +208,7 @@ class MaskedDiffusion(nn.Module):
         return self.domain.validate(x.long(), "tokens")
 
     def _gen(self, seed, generator):
-        seed = 0 if seed is None else int(seed)
-        return torch_generator(seed, self.device) if generator is None else generator
+        return torch_generator(seed or 0, self.device) if generator is None else generator
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -342,8 +341,7 @@ class MaskedDiffusion(nn.Module):
         else:
             rows_per = max(1, max_rows // n_mc)
             vals = []
-            for s in range(0, n, rows_per):
-                xb = x[s:s + rows_per]
+            for xb in x.split(rows_per):
                 masked_tokens, masked, w = remask(xb, self.q, n_mc, generator=gen, mode="count")
                 logp = F.log_softmax(self.net(masked_tokens).double(), dim=-1)
                 ll = logp.gather(-1, xb.repeat_interleave(n_mc, 0).unsqueeze(-1)).squeeze(-1)
@@ -375,9 +373,7 @@ class MaskedDiffusion(nn.Module):
         # every (sequence, revealed set) input; many coincide, so the network sees each once
         inp = torch.where(bits.bool().unsqueeze(0), x.unsqueeze(1), q).reshape(-1, L)
         uniq, inverse = torch.unique(inp, dim=0, return_inverse=True)
-        picked = torch.empty(uniq.shape[0], L, q, dtype=torch.float64, device=x.device)
-        for s in range(0, uniq.shape[0], batch_rows):
-            picked[s:s + batch_rows] = F.log_softmax(self.net(uniq[s:s + batch_rows]).double(), dim=-1)
+        picked = torch.cat([F.log_softmax(self.net(u).double(), dim=-1) for u in uniq.split(batch_rows)])
         lp = picked[inverse].view(n, n_sets, L, q)
         lp = lp.gather(-1, x.view(-1, 1, L, 1).expand(-1, n_sets, L, 1)).squeeze(-1)  # (n, S, L)
         logh = torch.full((n, n_sets), -math.inf, dtype=torch.float64, device=x.device)

@@ -183,8 +183,7 @@ def _auc(score: np.ndarray, y: np.ndarray) -> float:
 
     r = rankdata(score)
     n1 = int((y > 0.5).sum())
-    n0 = y.size - n1
-    return float((r[y > 0.5].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    return float((r[y > 0.5].sum() - n1 * (n1 + 1) / 2) / (n1 * (y.size - n1)))
 
 
 def amp_oracles(dataset=None, *, seed: int = 0, l2: float = 10.0, output: str = "prob"

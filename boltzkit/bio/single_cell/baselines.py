@@ -138,14 +138,13 @@ class NegativeBinomialBaseline:
     def fit(self, ds: CellDataset) -> "NegativeBinomialBaseline":
         _check(ds)
         self.ds = ds
-        counts, lib, size = _counts_and_size(ds)
-        self.size = size
+        counts, _, self.size = _counts_and_size(ds)
         T = len(ds.categories)
         self.rho = np.zeros((T, ds.n_genes))
         self.theta = np.full((T, ds.n_genes), 1e4)
         for c in range(T):  # sums of x, s x and x^2 only: a sparse matrix stays sparse
             sel = np.flatnonzero(ds.codes == c)
-            x, s = counts[sel], size[sel]
+            x, s = counts[sel], self.size[sel]
             sx = np.asarray(x.sum(0)).reshape(-1)
             rho = sx / s.sum()
             sx2 = np.asarray(x.multiply(x).sum(0) if hasattr(x, "multiply") else (x * x).sum(0)).reshape(-1)
@@ -207,9 +206,8 @@ class ConditionalVAEBaseline:
     def fit(self, ds: CellDataset) -> "ConditionalVAEBaseline":
         _check(ds)
         self.ds = ds
-        counts, lib, size = _counts_and_size(ds)
+        counts, self.lib, self.size = _counts_and_size(ds)
         counts = dense_rows(counts)  # (small data: the VAE trains on the dense matrix)
-        self.lib, self.size = lib, size
         dev = torch.device(self.device)
         gen = torch.Generator(device=dev).manual_seed(self.seed)
         with torch.random.fork_rng(devices=[]):
@@ -219,12 +217,11 @@ class ConditionalVAEBaseline:
         x = torch.as_tensor(counts, dtype=torch.float32, device=dev)
         logx = torch.log1p(x)
         onehot = nn.functional.one_hot(torch.as_tensor(ds.codes, device=dev), len(ds.categories)).float()
-        l = torch.as_tensor(lib, dtype=torch.float32, device=dev)
+        l = torch.as_tensor(self.lib, dtype=torch.float32, device=dev)
         self.history = []
         for step in range(self.n_steps):
             idx = torch.randint(0, x.shape[0], (self.batch_size,), generator=gen, device=dev)
-            h = self.net.enc(torch.cat([logx[idx], onehot[idx]], -1))
-            m, logv = h.chunk(2, -1)
+            m, logv = self.net.enc(torch.cat([logx[idx], onehot[idx]], -1)).chunk(2, -1)
             logv = logv.clamp(-10, 10)
             z = m + torch.exp(0.5 * logv) * torch.randn(m.shape, generator=gen, device=dev)
             mu = l[idx, None] * self.net.decode(z, onehot[idx])

@@ -278,9 +278,7 @@ class CellDataset:
 
     def subset(self, idx, *, name: "str | None" = None) -> "CellDataset":
         """The cells ``idx`` (indices or boolean mask); categories keep their order."""
-        idx = np.asarray(idx)
-        if idx.dtype == bool:
-            idx = np.flatnonzero(idx)
+        idx = np.arange(self.n_cells)[np.asarray(idx)]
         return CellDataset(self.x[idx], self.labels[idx], gene_names=self.gene_names,
                            label_key=self.label_key, representation=self.representation,
                            categories=self.categories, obs_names=[self.obs_names[i] for i in idx],

@@ -145,11 +145,10 @@ class SCDiffusion(CellGenerator):
         dev = self.device
         self.z_mean = torch.as_tensor(mean, dtype=torch.float32, device=dev)
         self.z_std = torch.as_tensor(std, dtype=torch.float32, device=dev)
-        self.basis = None
-        if basis is not None:
-            self.basis = {k: torch.as_tensor(v, dtype=torch.float32, device=dev) for k, v in
-                          (("mean", basis.mean), ("components", basis.components),
-                           ("residual_std", np.sqrt(basis.residual_variance)))}
+        self.basis = None if basis is None else {
+            k: torch.as_tensor(v, dtype=torch.float32, device=dev)
+            for k, v in (("mean", basis.mean), ("components", basis.components),
+                         ("residual_std", np.sqrt(basis.residual_variance)))}
         self._z0 = ((torch.as_tensor(z, dtype=torch.float32, device=dev) - self.z_mean) / self.z_std)
         self._build(z.shape[1], len(target.categories))
 

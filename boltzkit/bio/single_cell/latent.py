@@ -281,9 +281,8 @@ class SCLatentDiffusion(CellGenerator):
     def _encode_all(self) -> None:
         """Latent means and log libraries of every training cell, standardised (prior data)."""
         self.ae.eval()
-        n, chunks, sds = self._lib.numel(), [], []
-        for s in range(0, n, 1024):  # dense chunks of 1024 rows at most
-            idx = torch.arange(s, min(s + 1024, n), device=self.device)
+        chunks, sds = [], []  # dense chunks of 1024 rows at most
+        for idx in torch.arange(self._lib.numel(), device=self.device).split(1024):
             m, logv = self.ae.encode(self._batch(idx), self._lib[idx], self._y[idx])
             chunks.append(m)
             sds.append(torch.exp(0.5 * logv))

@@ -162,12 +162,10 @@ def classifier_auc(x, y, *, method: str = "knn", folds: int = 5, seed: int = 0) 
     n = x.shape[0]
     z = np.concatenate([x, y])
     lab = np.r_[np.zeros(n), np.ones(n)]
-    if method == "knn":
-        clf = KNeighborsClassifier(n_neighbors=5)
-    elif method == "logreg":
-        clf = _logreg(max_iter=2000)
-    else:
+    makers = {"knn": lambda: KNeighborsClassifier(n_neighbors=5), "logreg": lambda: _logreg(max_iter=2000)}
+    if method not in makers:
         raise ValueError(f"method must be 'knn' or 'logreg', got {method!r}")
+    clf = makers[method]()
     cv = StratifiedKFold(n_splits=min(folds, n), shuffle=True, random_state=seed)
     prob = cross_val_predict(clf, z, lab, cv=cv, method="predict_proba")[:, 1]
     return float(roc_auc_score(lab, prob))

@@ -64,10 +64,8 @@ class SyntheticCellLaw:
         w = rng.normal(0.0, state_effect / np.sqrt(rank), (n_genes, rank))
         u = rng.normal(0.0, 1.0, (n_types, n_states, rank))
         mu = np.exp(b + a[:, None, :] + u @ w.T)
-        pi = rng.dirichlet(np.full(n_states, 5.0), size=n_types)
-        theta = rng.uniform(2.0, 10.0, n_genes)
-        type_probs = rng.dirichlet(np.full(n_types, 10.0))
-        return cls(mu, pi, theta, type_probs)
+        return cls(mu, pi=rng.dirichlet(np.full(n_states, 5.0), size=n_types),
+                   theta=rng.uniform(2.0, 10.0, n_genes), type_probs=rng.dirichlet(np.full(n_types, 10.0)))
 
     @property
     def n_types(self) -> int:
@@ -110,9 +108,8 @@ class SyntheticCellLaw:
         k = np.concatenate([rng.choice(self.pi.shape[1], size=int(n), p=self.pi[ti])
                             for ti, n in enumerate(counts_per_type)]).astype(np.int64)
         mu = self.mu[t, k]
-        p = self.theta / (self.theta + mu)
-        x = rng.negative_binomial(np.broadcast_to(self.theta, mu.shape), p).astype(np.float64)
-        return x, t
+        x = rng.negative_binomial(np.broadcast_to(self.theta, mu.shape), self.theta / (self.theta + mu))
+        return x.astype(np.float64), t
 
     def dataset(self, n_cells: int, *, seed: int = 0, label_key: str = "cell_type") -> CellDataset:
         """``n_cells`` exact draws, types in the law's proportions, as a counts CellDataset."""

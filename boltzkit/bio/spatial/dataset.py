@@ -315,9 +315,7 @@ class SpatialDataset:
 
     def subset(self, idx, *, name: "str | None" = None) -> "SpatialDataset":
         """The spots ``idx`` (indices or a boolean mask) as a new dataset."""
-        idx = np.asarray(idx)
-        if idx.dtype == bool:
-            idx = np.flatnonzero(idx)
+        idx = np.arange(self.n_spots)[np.asarray(idx)]
         take = (lambda a: None if a is None else a[idx])
         slides = set(self.slide[idx])
         ds = SpatialDataset(expression=take(self.expression), gene_names=self.gene_names,
@@ -422,11 +420,11 @@ class SpatialDataset:
         var_names = [str(v) for v in adata.var_names]
         if genes is not None:
             genes = [str(g) for g in genes]
-            missing = [g for g in genes if g not in set(var_names)]
+            pos = {g: i for i, g in enumerate(var_names)}
+            missing = [g for g in genes if g not in pos]
             if missing:
                 raise DatasetError(f"{len(missing)} requested gene(s) are absent from the data, e.g. "
                                    f"{missing[:5]}; check genes=... against adata.var_names")
-            pos = {g: i for i, g in enumerate(var_names)}
             cols = np.array([pos[g] for g in genes])
             x = dense_rows(mat[:, cols])
         else:

@@ -235,11 +235,6 @@ def embed_patches(encoder, get_patches: Callable[[np.ndarray], torch.Tensor], n:
 
     ``get_patches(idx)`` returns the uint8 patches of spots ``idx``.
     """
-    out = []
-    for k in transforms:
-        rows = []
-        for start in range(0, n, chunk):
-            p = get_patches(np.arange(start, min(start + chunk, n))).to(device)
-            rows.append(encoder(dihedral(p, k)).float())
-        out.append(torch.cat(rows))
-    return torch.stack(out)
+    chunks = np.split(np.arange(n), np.arange(chunk, n, chunk))
+    return torch.stack([torch.cat([encoder(dihedral(get_patches(idx).to(device), k)).float()
+                                   for idx in chunks]) for k in transforms])

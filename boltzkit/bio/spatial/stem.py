@@ -282,7 +282,6 @@ class Stem(DataDiffusionSampler):
         return self._emb[ks, idx]
 
     def train_step(self) -> dict:
-        self.model.train()
         idx = torch.randint(0, self._x0.shape[0], (self.config.batch_size,), generator=self.gens["train"],
                             device=self.device)
         return self._denoiser_step(self.model["net"], self._x0[idx], self._train_cond(idx))

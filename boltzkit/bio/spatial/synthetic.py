@@ -184,10 +184,8 @@ class TissueLaw:
         ``(n, k)``; ``u`` (0 or 1) fixes the hidden state."""
         z = self.z(features)
         n = z.shape[0]
-        if u is None:
-            u = (rng.uniform(size=(n, k)) < self.pi(features)[:, None]).astype(np.float64)
-        else:
-            u = np.full((n, k), float(u))
+        u = ((rng.uniform(size=(n, k)) < self.pi(features)[:, None]).astype(np.float64) if u is None
+             else np.full((n, k), float(u)))
         eta = self.b + np.tanh(z @ self.V.T) @ self.W.T  # (n, G)
         eta = eta[:, None, :] + u[..., None] * self.delta  # (n, k, G)
         p = np.exp(eta - eta.max(-1, keepdims=True))
