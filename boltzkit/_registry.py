@@ -128,16 +128,15 @@ def probe(target, device="auto") -> DeviceProfile:
     ``device`` (a fraction of a second; the target's reference draws are its states)."""
     dev = resolve_device(device)
     dom = target.domain
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     def timed(fn, reps=5):  # the median: a loaded machine is slower for the whole run too
         fn()
         times = []
         for _ in range(reps):
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
+            sync()
             t0 = time.perf_counter()
             fn()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
+            sync()
             times.append(time.perf_counter() - t0)
         return sorted(times)[reps // 2]
 

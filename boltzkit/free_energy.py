@@ -182,6 +182,8 @@ def reduced_potentials(targets: Sequence, x: torch.Tensor, *, names=None) -> np.
 
 
 def _pool(results, targets, *, seed, decorrelate):
+    """``(checked targets, pooled draws x, draws per state, state names, u_kn)``."""
+    targets = _check_targets(results, targets)
     names = [_state_name(r, t, i) for i, (r, t) in enumerate(zip(results, targets))]
     draws = []
     for i, (r, t) in enumerate(zip(results, targets)):
@@ -193,7 +195,7 @@ def _pool(results, targets, *, seed, decorrelate):
         draws.append(x)
     x = torch.cat([d.to(draws[0].dtype) for d in draws])
     n_k = np.array([d.shape[0] for d in draws], dtype=np.int64)
-    return x, n_k, names
+    return targets, x, n_k, names, reduced_potentials(targets, x, names=names)
 
 
 # ----------------------------------------------------------------------------- results
@@ -375,9 +377,7 @@ def free_energy_difference(res_a, res_b, targets=None, *, seed: int = 0,
     -------
     FreeEnergyDifference (value, stderr, overlap); pymbar's ``bar`` does the estimation.
     """
-    targets = _check_targets([res_a, res_b], targets)
-    x, n_k, names = _pool([res_a, res_b], targets, seed=seed, decorrelate=decorrelate)
-    u = reduced_potentials(targets, x, names=names)
+    targets, x, n_k, names, u = _pool([res_a, res_b], targets, seed=seed, decorrelate=decorrelate)
     na = int(n_k[0])
     w_f = u[1, :na] - u[0, :na]
     w_r = u[0, na:] - u[1, na:]
@@ -412,9 +412,7 @@ def mbar(results: Sequence, targets: Sequence, *, seed: int = 0,
     results = list(results)
     if len(results) < 2:
         raise TargetError(f"MBAR needs at least two states, got {len(results)}")
-    targets = _check_targets(results, targets)
-    x, n_k, names = _pool(results, targets, seed=seed, decorrelate=decorrelate)
-    u = reduced_potentials(targets, x, names=names)
+    targets, x, n_k, names, u = _pool(results, targets, seed=seed, decorrelate=decorrelate)
     pm = pymbar_module()
     try:
         m = pm.MBAR(u, n_k)
