@@ -371,9 +371,6 @@ def atomic_path(path: "str | os.PathLike", suffix: str = "") -> Iterator[Path]:
     try:
         try:
             yield tmp_path
-        except OSError as exc:
-            raise failed(exc) from exc
-        try:
             with open(tmp_path, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.chmod(tmp_path, _new_file_mode(path))

@@ -280,11 +280,9 @@ class MultistateFreeEnergies:
         if not np.isfinite(a).all():
             raise TargetError("fn returned non-finite values")
         k, u = self._state_u(state)
-        if u is None:
-            out = self._mbar.compute_expectations(a)
-            return float(out["mu"][k]), float(out["sigma"][k])
-        out = self._mbar.compute_expectations(a, u_kn=u)
-        return float(out["mu"][0]), float(out["sigma"][0])
+        out = self._mbar.compute_expectations(a, u_kn=u)  # u=None: the sampled states
+        i = k if u is None else 0
+        return float(out["mu"][i]), float(out["sigma"][i])
 
     def region_free_energies(self, regions: dict, state=0) -> dict:
         """Free energies of regions of state space at one state, relative to the first region:

@@ -512,11 +512,9 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
         c = frame.to_x(c[None].to(torch.float64))[0]
         sh = frame.scale.to(dev, dtype)
         sh_m = torch.diag(sh) if sh.ndim == 1 else sh
-        sq_m = sq if full else torch.diag(sq)
-        sq = sh_m @ sq_m
+        sq = sh_m @ (sq if full else torch.diag(sq))
         mean_cov = sh_m @ (mean_cov if full else torch.diag(mean_cov)) @ sh_m.T
-        local_m = local if full else torch.diag_embed(local)
-        local = sh_m @ local_m @ sh_m.T
+        local = sh_m @ (local if full else torch.diag_embed(local)) @ sh_m.T
         widths = local.diagonal(dim1=1, dim2=2).sqrt()
         log_det_add = frame.log_det
     order = torch.argsort(rep_u)
@@ -536,8 +534,7 @@ def _covering(reps, local_cov, full):
     c = reps.mean(0)
     r = reps - c
     if full:
-        cov = r.T @ r / reps.shape[0] + local_cov
-        return c, _sqrt_psd(cov)
+        return c, _sqrt_psd(r.T @ r / reps.shape[0] + local_cov)
     return c, ((r * r).mean(0) + local_cov).sqrt()
 
 
@@ -546,10 +543,7 @@ def _distinct(x, u, local_cov, full, radius: float = 0.5):
     (in the harmonic metric ``local_cov^{-1}``) of a kept minimum is the same minimum."""
     order = torch.argsort(u)
     x, u = x[order], u[order]
-    if full:
-        zz = x @ torch.linalg.cholesky(torch.linalg.inv(local_cov))
-    else:
-        zz = x / local_cov.sqrt()
+    zz = x @ torch.linalg.cholesky(torch.linalg.inv(local_cov)) if full else x / local_cov.sqrt()
     close = (torch.cdist(zz, zz) <= radius).cpu()
     keep = torch.zeros(x.shape[0], dtype=torch.bool)
     for i in range(x.shape[0]):  # greedy over the probe's few hundred minima at most

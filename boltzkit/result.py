@@ -36,10 +36,8 @@ def _jsonable(obj):
     if isinstance(obj, (np.floating, float)):
         v = float(obj)
         return v if math.isfinite(v) else repr(v)  # 'nan', 'inf' survive the round trip
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
+    if isinstance(obj, (np.integer, np.bool_)):
+        return obj.item()
     if isinstance(obj, torch.Tensor) and obj.numel() == 1:
         return _jsonable(obj.item())
     if isinstance(obj, (str, int, bool)) or obj is None:
