@@ -144,11 +144,9 @@ def state_draws(res, *, seed: int = 0, decorrelate: bool = True, name: str = "st
         if finite.all() and np.ptp(lw_np) == 0:
             lw = None  # equal weights: exact draws
     if lw is None:
-        x = res.samples
         if decorrelate and res.log_weights is None:
-            stride = max(1, math.ceil(res._inflation() - 1e-9))
-            x = x[::stride]
-        return x
+            return res.samples[::max(1, math.ceil(res._inflation() - 1e-9))]
+        return res.samples
     if not decorrelate:
         raise TargetError(f"{name} has unequal importance weights; BAR/MBAR need unweighted draws, "
                           "so leave decorrelate=True (they are resampled by weight)")
@@ -682,9 +680,8 @@ def profile_of_result(res, cv, bins=50, *, range=None, n_bootstrap: int = 200,
     """:meth:`boltzkit.result.Result.free_energy_profile` (weights respected; MCMC samples
     bootstrapped in blocks of their statistical inefficiency)."""
     cv = as_cv(cv, res.samples)
-    vals = cv(res.samples)
     block = 1 if res.log_weights is not None else math.ceil(res._inflation() - 1e-9)
-    return histogram_profile(vals, res.weights(), bins, range=range, periodic=cv.periodic,
+    return histogram_profile(cv(res.samples), res.weights(), bins, range=range, periodic=cv.periodic,
                              names=cv.names, n_bootstrap=n_bootstrap, block=block, seed=seed,
                              state=str(res.target.get("name", res.method)))
 

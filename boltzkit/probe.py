@@ -473,7 +473,6 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
             break
     # curvature at the lowest distinct minima; Newton polish there
     nh = min(int(n_hessians), reps.shape[0])
-    gam_all = torch.cat(found_gamma)
     step = 1e-3 * metric_cov.diagonal().sqrt().min() if full else 1e-3 * metric_cov.sqrt().min()
     hess = hessian_fd(fn, reps[:nh], step) if full else hessian_diag_fd(fn, reps[:nh], step)
     covs = []
@@ -526,7 +525,7 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
                       laplace_log_z=laplace + log_det_add, narrowest_width=narrow,
                       mala_step_size=mala_h, n_evaluations=int(fn.n), n_starts=total_starts,
                       n_converged=total_conv, rounds=rnd + 1, hint_used=frame is not None,
-                      extra={"lbfgs_gamma_median": float(gam_all.median())})
+                      extra={"lbfgs_gamma_median": float(torch.cat(found_gamma).median())})
 
 
 def _covering(reps, local_cov, full):
