@@ -634,9 +634,8 @@ def histogram_profile(values, weights, bins=50, *, range=None, periodic=None, na
     idx = _bin_index(v, edges)
     inside = idx >= 0
     p = np.bincount(idx[inside], weights=w[inside], minlength=nb) / w.sum()
-    vol = _bin_volumes(edges)
     with np.errstate(divide="ignore"):
-        f_abs = -np.log(p / vol)
+        f_abs = -np.log(p / _bin_volumes(edges))
     if not np.isfinite(f_abs).any():
         raise TargetError("no sample falls inside the histogram range; widen range or bins")
     j = int(np.nanargmin(np.where(np.isfinite(f_abs), f_abs, np.nan)))
@@ -962,9 +961,8 @@ def level_mbar(res, *, stride: "int | None" = None, target=None,
     a0 = np.concatenate([u0[k - 1][mk] for k, mk in sel])
     a1 = np.concatenate([u[k - 1][mk] for k, mk in sel])
     states = [0] + levels
-    lam_s = lam[states]
     ref = np.asarray(h["lambda_u0"], np.float64) if "lambda_u0" in h else 1.0 - lam
-    u_kn = ref[states][:, None] * a0[None, :] + lam_s[:, None] * a1[None, :]
+    u_kn = ref[states][:, None] * a0[None, :] + lam[states][:, None] * a1[None, :]
     n_k = np.array([0] + [int(mk.sum()) for _, mk in sel], dtype=np.int64)
     if not np.isfinite(u_kn).all():
         raise TargetError("the kept reduced energies are not all finite")

@@ -373,5 +373,4 @@ def constrain(energy=None, *sets, equalities: Iterable[ConstraintFn] = (),
                               f"{numel} entries ({base_domain!r})")
     if dim is not None and int(dim) != numel:
         raise TargetError(f"dim={dim} does not match the energy's domain {base_domain!r}")
-    domain = Constrained(base_domain, eqs, ineqs, tol=tol)
-    return ConstrainedTarget(energy, domain, name=name)
+    return ConstrainedTarget(energy, Constrained(base_domain, eqs, ineqs, tol=tol), name=name)
