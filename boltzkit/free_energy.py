@@ -864,16 +864,15 @@ def thermo_curves_from_path(beta, log_z, n_sites: int, *, window: "int | None" =
     bm = 0.5 * (b[1:] + b[:-1])
     u = -np.diff(lz) / db                          # <E> (total) at the midpoints
     wide = min(WIDE_FACTOR * w, (K - 1) // 2)
+    spans = [(max(0, k - wide), min(K, k + wide + 1)) for k in builtins.range(K)]
     smooth = np.empty(K)
-    for k in builtins.range(K):                    # wide quadratic smooth, residuals -> tau
-        lo, hi = max(0, k - wide), min(K, k + wide + 1)
+    for k, (lo, hi) in enumerate(spans):           # wide quadratic smooth, residuals -> tau
         dx = bm[lo:hi] - bm[k]
         smooth[k] = np.polynomial.polynomial.polyfit(dx, u[lo:hi], 2)[0]
     resid = u - smooth
     e, ese, v, vse = (np.empty(K) for _ in builtins.range(4))
-    for k in builtins.range(K):
+    for k, (lo, hi) in enumerate(spans):
         coef, cov = _local_linear(bm, u, k, w)
-        lo, hi = max(0, k - wide), min(K, k + wide + 1)
         tau = max(1.0, integrated_autocorr_time(resid[lo:hi], warn=False))
         e[k], v[k] = coef[0], -coef[1]
         ese[k], vse[k] = math.sqrt(cov[0, 0] * tau), math.sqrt(cov[1, 1] * tau)

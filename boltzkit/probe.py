@@ -95,13 +95,12 @@ class _Counted:
         self.n = 0
 
     def __call__(self, x: torch.Tensor):
-        dt = x.dtype
         with torch.no_grad():
             u = self.energy.energy(x)
             g = self.energy.grad_energy(x)
         self.n += x.shape[0]
-        u = torch.as_tensor(u).to(dt).reshape(-1)
-        g = torch.as_tensor(g).to(dt).reshape(x.shape)
+        u = torch.as_tensor(u).to(x.dtype).reshape(-1)
+        g = torch.as_tensor(g).to(x.dtype).reshape(x.shape)
         bad = ~torch.isfinite(u) | ~torch.isfinite(g).all(-1)
         u = torch.where(bad, torch.full_like(u, math.inf), u)
         g = torch.where(bad[:, None], torch.zeros_like(g), g)
