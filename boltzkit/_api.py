@@ -65,10 +65,7 @@ def sample(target, method: "str | None" = None, *, n_samples: "int | None" = Non
     if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
         raise ConfigError(f"n_samples must be a positive integer, got {n_samples!r}")
     sampler = cls(device=device, seed=seed, progress=progress, **options)
-    fit_kw = {"n_steps": n_steps}
-    if checkpoint is not None:
-        fit_kw["checkpoint"] = checkpoint
-    sampler.fit(target, **fit_kw)
+    sampler.fit(target, n_steps=n_steps, checkpoint=checkpoint)
     from . import distributed
 
     return distributed.sample_across_ranks(sampler, n_samples)  # pooled under torchrun

@@ -128,16 +128,15 @@ def probe(target, device="auto") -> DeviceProfile:
     ``device`` (a fraction of a second; the target's reference draws are its states)."""
     dev = resolve_device(device)
     dom = target.domain
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     def timed(fn, reps=5):  # the median: a loaded machine is slower for the whole run too
         fn()
         times = []
         for _ in range(reps):
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
+            sync()
             t0 = time.perf_counter()
             fn()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
+            sync()
             times.append(time.perf_counter() - t0)
         return sorted(times)[reps // 2]
 
@@ -230,10 +229,9 @@ def select(target, method: "str | None" = None, *, profile: "DeviceProfile | Non
     best = ok[0]
     article = "an" if str(target.kind)[:1] in "aeiou" else "a"
     head = f"{_describe(target)} is {article} {target.kind} target on {type(target.domain).__name__}; "
-    paper = f" ({best.paper})" if best.paper else ""
     if profile is None or budget is None:
         reason = (head + f"{best.name!r} has the highest priority ({best.priority_for(target)}) among "
-                  "compatible methods" + paper)
+                  "compatible methods" + (f" ({best.paper})" if best.paper else ""))
         return Choice(best.name, reason, tuple(s.name for s in ok[1:]))
     pool = [s for s in ok if s.provides_log_z] or ok
     est = {s.name: estimate_seconds(s, target, profile) for s in pool}

@@ -278,9 +278,7 @@ class _Progress:
                           f"({self.total - self.n0} steps at {format_duration(per)} per step, measured "
                           f"over step{'s' if self.n > self.n_first + 1 else ''} {self.n_first + 1}"
                           f"{'-' + str(self.n) if self.n > self.n_first + 1 else ''}); progress=False silences these reports")
-        if self.bar is None and self.total and self.n >= self.total:
-            return  # close() prints the final line
-        if self.bar is None:
+        if self.bar is None and not (self.total and self.n >= self.total):  # at the end close() prints
             bucket = -1 if not self.total else int(100 * self.n / self.total) // PROGRESS_LOG_PERCENT
             since = now - self.t_last
             if (bucket > self.bucket and since >= PROGRESS_MIN_INTERVAL_S) or since >= PROGRESS_LOG_EVERY_S:
@@ -371,9 +369,6 @@ def atomic_path(path: "str | os.PathLike", suffix: str = "") -> Iterator[Path]:
     try:
         try:
             yield tmp_path
-        except OSError as exc:
-            raise failed(exc) from exc
-        try:
             with open(tmp_path, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.chmod(tmp_path, _new_file_mode(path))

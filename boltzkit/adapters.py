@@ -82,8 +82,7 @@ def _anndata_to_cells(adata, n_samples, options: dict):
     ``n_samples`` as ``{label: n}`` becomes ``condition``."""
     from .bio.single_cell.dataset import as_target
 
-    layer = options.pop("layer", "auto")
-    target = as_target(adata, label_key=options.get("label_key"), layer=layer)
+    target = as_target(adata, label_key=options.get("label_key"), layer=options.pop("layer", "auto"))
     return _cells_per_type(target, n_samples, options)
 
 

@@ -187,10 +187,8 @@ def cmd_curve(a) -> int:
     curves where they are tractable: figure + table."""
     lo, hi = _beta_range(a.beta)
     top = CURVE_MARGIN * hi  # the local fits are one-sided (and dropped) near the last level
-    if a.target == "ising":
-        target = energies.Ising(L=a.L, beta=top, J=a.J)
-    else:
-        target = energies.Potts(L=a.L, q=a.q, beta=top, J=a.J)
+    target = (energies.Ising(L=a.L, beta=top, J=a.J) if a.target == "ising"
+              else energies.Potts(L=a.L, q=a.q, beta=top, J=a.J))
     # SMC: a fine adaptive ladder (conditional ESS a.cess between levels); AIS: a.n_steps
     # evenly spaced levels. Either records log Z at every level (Result.log_z_path).
     opts = {"cess": a.cess} if a.method == "smc" else {"schedule": "linear", "n_steps": a.n_steps}
@@ -240,9 +238,6 @@ def _add_free_energy_commands(sub) -> None:
     pr.add_argument("--bins", type=int, default=60, help="bins per CV dimension")
     pr.add_argument("--n-bootstrap", type=int, default=200)
     pr.add_argument("--max-kt", type=float, default=None, help="colour / axis ceiling in kT")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--format", choices=("csv", "json"), default="csv")
-    pr.add_argument("--out", default=None, help="prefix of the .png and table written")
     pr.set_defaults(func=cmd_profile)
 
     cu = sub.add_parser("curve", help="U(beta), C(beta) of a lattice from one annealing run vs exact")
@@ -257,11 +252,12 @@ def _add_free_energy_commands(sub) -> None:
     cu.add_argument("--cess", type=float, default=0.999, help="smc: conditional ESS kept between levels")
     cu.add_argument("--n-steps", type=int, default=1000, help="ais: number of (evenly spaced) levels")
     cu.add_argument("--window", type=int, default=None, help="half-width (levels) of the local fits")
-    cu.add_argument("--seed", type=int, default=0)
-    cu.add_argument("--format", choices=("csv", "json"), default="csv")
-    cu.add_argument("--out", default=None, help="prefix of the .png and table written")
     cu.add_argument("--quiet", action="store_true")
     cu.set_defaults(func=cmd_curve)
+    for p in (pr, cu):
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--format", choices=("csv", "json"), default="csv")
+        p.add_argument("--out", default=None, help="prefix of the .png and table written")
 
 
 def build_parser() -> argparse.ArgumentParser:

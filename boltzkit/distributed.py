@@ -93,12 +93,8 @@ def init(backend: "str | None" = None, *, timeout_s: float = 1800.0) -> bool:
     bool : whether the process now runs with more than one rank.
     """
     d = _dist()
-    if d is None:
-        return False
-    if d.is_initialized():
+    if d is None or d.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return is_distributed()
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":

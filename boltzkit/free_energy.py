@@ -144,11 +144,9 @@ def state_draws(res, *, seed: int = 0, decorrelate: bool = True, name: str = "st
         if finite.all() and np.ptp(lw_np) == 0:
             lw = None  # equal weights: exact draws
     if lw is None:
-        x = res.samples
         if decorrelate and res.log_weights is None:
-            stride = max(1, math.ceil(res._inflation() - 1e-9))
-            x = x[::stride]
-        return x
+            return res.samples[::max(1, math.ceil(res._inflation() - 1e-9))]
+        return res.samples
     if not decorrelate:
         raise TargetError(f"{name} has unequal importance weights; BAR/MBAR need unweighted draws, "
                           "so leave decorrelate=True (they are resampled by weight)")
@@ -182,6 +180,8 @@ def reduced_potentials(targets: Sequence, x: torch.Tensor, *, names=None) -> np.
 
 
 def _pool(results, targets, *, seed, decorrelate):
+    """``(checked targets, pooled draws x, draws per state, state names, u_kn)``."""
+    targets = _check_targets(results, targets)
     names = [_state_name(r, t, i) for i, (r, t) in enumerate(zip(results, targets))]
     draws = []
     for i, (r, t) in enumerate(zip(results, targets)):
@@ -193,7 +193,7 @@ def _pool(results, targets, *, seed, decorrelate):
         draws.append(x)
     x = torch.cat([d.to(draws[0].dtype) for d in draws])
     n_k = np.array([d.shape[0] for d in draws], dtype=np.int64)
-    return x, n_k, names
+    return targets, x, n_k, names, reduced_potentials(targets, x, names=names)
 
 
 # ----------------------------------------------------------------------------- results
@@ -278,11 +278,9 @@ class MultistateFreeEnergies:
         if not np.isfinite(a).all():
             raise TargetError("fn returned non-finite values")
         k, u = self._state_u(state)
-        if u is None:
-            out = self._mbar.compute_expectations(a)
-            return float(out["mu"][k]), float(out["sigma"][k])
-        out = self._mbar.compute_expectations(a, u_kn=u)
-        return float(out["mu"][0]), float(out["sigma"][0])
+        out = self._mbar.compute_expectations(a, u_kn=u)  # u=None: the sampled states
+        i = k if u is None else 0
+        return float(out["mu"][i]), float(out["sigma"][i])
 
     def region_free_energies(self, regions: dict, state=0) -> dict:
         """Free energies of regions of state space at one state, relative to the first region:
@@ -375,9 +373,7 @@ def free_energy_difference(res_a, res_b, targets=None, *, seed: int = 0,
     -------
     FreeEnergyDifference (value, stderr, overlap); pymbar's ``bar`` does the estimation.
     """
-    targets = _check_targets([res_a, res_b], targets)
-    x, n_k, names = _pool([res_a, res_b], targets, seed=seed, decorrelate=decorrelate)
-    u = reduced_potentials(targets, x, names=names)
+    targets, x, n_k, names, u = _pool([res_a, res_b], targets, seed=seed, decorrelate=decorrelate)
     na = int(n_k[0])
     w_f = u[1, :na] - u[0, :na]
     w_r = u[0, na:] - u[1, na:]
@@ -412,9 +408,7 @@ def mbar(results: Sequence, targets: Sequence, *, seed: int = 0,
     results = list(results)
     if len(results) < 2:
         raise TargetError(f"MBAR needs at least two states, got {len(results)}")
-    targets = _check_targets(results, targets)
-    x, n_k, names = _pool(results, targets, seed=seed, decorrelate=decorrelate)
-    u = reduced_potentials(targets, x, names=names)
+    targets, x, n_k, names, u = _pool(results, targets, seed=seed, decorrelate=decorrelate)
     pm = pymbar_module()
     try:
         m = pm.MBAR(u, n_k)
@@ -640,9 +634,8 @@ def histogram_profile(values, weights, bins=50, *, range=None, periodic=None, na
     idx = _bin_index(v, edges)
     inside = idx >= 0
     p = np.bincount(idx[inside], weights=w[inside], minlength=nb) / w.sum()
-    vol = _bin_volumes(edges)
     with np.errstate(divide="ignore"):
-        f_abs = -np.log(p / vol)
+        f_abs = -np.log(p / _bin_volumes(edges))
     if not np.isfinite(f_abs).any():
         raise TargetError("no sample falls inside the histogram range; widen range or bins")
     j = int(np.nanargmin(np.where(np.isfinite(f_abs), f_abs, np.nan)))
@@ -686,9 +679,8 @@ def profile_of_result(res, cv, bins=50, *, range=None, n_bootstrap: int = 200,
     """:meth:`boltzkit.result.Result.free_energy_profile` (weights respected; MCMC samples
     bootstrapped in blocks of their statistical inefficiency)."""
     cv = as_cv(cv, res.samples)
-    vals = cv(res.samples)
     block = 1 if res.log_weights is not None else math.ceil(res._inflation() - 1e-9)
-    return histogram_profile(vals, res.weights(), bins, range=range, periodic=cv.periodic,
+    return histogram_profile(cv(res.samples), res.weights(), bins, range=range, periodic=cv.periodic,
                              names=cv.names, n_bootstrap=n_bootstrap, block=block, seed=seed,
                              state=str(res.target.get("name", res.method)))
 
@@ -872,16 +864,15 @@ def thermo_curves_from_path(beta, log_z, n_sites: int, *, window: "int | None" =
     bm = 0.5 * (b[1:] + b[:-1])
     u = -np.diff(lz) / db                          # <E> (total) at the midpoints
     wide = min(WIDE_FACTOR * w, (K - 1) // 2)
+    spans = [(max(0, k - wide), min(K, k + wide + 1)) for k in builtins.range(K)]
     smooth = np.empty(K)
-    for k in builtins.range(K):                    # wide quadratic smooth, residuals -> tau
-        lo, hi = max(0, k - wide), min(K, k + wide + 1)
+    for k, (lo, hi) in enumerate(spans):           # wide quadratic smooth, residuals -> tau
         dx = bm[lo:hi] - bm[k]
         smooth[k] = np.polynomial.polynomial.polyfit(dx, u[lo:hi], 2)[0]
     resid = u - smooth
     e, ese, v, vse = (np.empty(K) for _ in builtins.range(4))
-    for k in builtins.range(K):
+    for k, (lo, hi) in enumerate(spans):
         coef, cov = _local_linear(bm, u, k, w)
-        lo, hi = max(0, k - wide), min(K, k + wide + 1)
         tau = max(1.0, integrated_autocorr_time(resid[lo:hi], warn=False))
         e[k], v[k] = coef[0], -coef[1]
         ese[k], vse[k] = math.sqrt(cov[0, 0] * tau), math.sqrt(cov[1, 1] * tau)
@@ -969,9 +960,8 @@ def level_mbar(res, *, stride: "int | None" = None, target=None,
     a0 = np.concatenate([u0[k - 1][mk] for k, mk in sel])
     a1 = np.concatenate([u[k - 1][mk] for k, mk in sel])
     states = [0] + levels
-    lam_s = lam[states]
     ref = np.asarray(h["lambda_u0"], np.float64) if "lambda_u0" in h else 1.0 - lam
-    u_kn = ref[states][:, None] * a0[None, :] + lam_s[:, None] * a1[None, :]
+    u_kn = ref[states][:, None] * a0[None, :] + lam[states][:, None] * a1[None, :]
     n_k = np.array([0] + [int(mk.sum()) for _, mk in sel], dtype=np.int64)
     if not np.isfinite(u_kn).all():
         raise TargetError("the kept reduced energies are not all finite")

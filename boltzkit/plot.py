@@ -68,8 +68,7 @@ def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
                 flat = x.reshape(x.shape[0], -1).float().numpy()
                 if flat.shape[1] >= 2:
                     ax.hist2d(flat[:, 0], flat[:, 1], bins=80, weights=w, cmap="viridis")
-                    ax.set_xlabel("x[0]")
-                    ax.set_ylabel("x[1]")
+                    ax.set(xlabel="x[0]", ylabel="x[1]")
                 else:
                     ax.hist(flat[:, 0], bins=80, weights=w, density=True)
                     ax.set_xlabel("x")
@@ -90,8 +89,7 @@ def plot_result(result, path=None, *, target=None, n_snapshots: int = 4):
                 _scale_log_z_panel(ax, y, result)
             if key == "loss" and np.all(y > 0):
                 ax.set_yscale("log")
-            ax.set_xlabel("training step")
-            ax.set_title(key)
+            ax.set(xlabel="training step", title=key)
     for ax in axes[len(panels):]:
         ax.axis("off")
     fig.suptitle(figure_title(result), fontsize=10)

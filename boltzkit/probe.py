@@ -95,13 +95,12 @@ class _Counted:
         self.n = 0
 
     def __call__(self, x: torch.Tensor):
-        dt = x.dtype
         with torch.no_grad():
             u = self.energy.energy(x)
             g = self.energy.grad_energy(x)
         self.n += x.shape[0]
-        u = torch.as_tensor(u).to(dt).reshape(-1)
-        g = torch.as_tensor(g).to(dt).reshape(x.shape)
+        u = torch.as_tensor(u).to(x.dtype).reshape(-1)
+        g = torch.as_tensor(g).to(x.dtype).reshape(x.shape)
         bad = ~torch.isfinite(u) | ~torch.isfinite(g).all(-1)
         u = torch.where(bad, torch.full_like(u, math.inf), u)
         g = torch.where(bad[:, None], torch.zeros_like(g), g)
@@ -473,7 +472,6 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
             break
     # curvature at the lowest distinct minima; Newton polish there
     nh = min(int(n_hessians), reps.shape[0])
-    gam_all = torch.cat(found_gamma)
     step = 1e-3 * metric_cov.diagonal().sqrt().min() if full else 1e-3 * metric_cov.sqrt().min()
     hess = hessian_fd(fn, reps[:nh], step) if full else hessian_diag_fd(fn, reps[:nh], step)
     covs = []
@@ -512,11 +510,9 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
         c = frame.to_x(c[None].to(torch.float64))[0]
         sh = frame.scale.to(dev, dtype)
         sh_m = torch.diag(sh) if sh.ndim == 1 else sh
-        sq_m = sq if full else torch.diag(sq)
-        sq = sh_m @ sq_m
+        sq = sh_m @ (sq if full else torch.diag(sq))
         mean_cov = sh_m @ (mean_cov if full else torch.diag(mean_cov)) @ sh_m.T
-        local_m = local if full else torch.diag_embed(local)
-        local = sh_m @ local_m @ sh_m.T
+        local = sh_m @ (local if full else torch.diag_embed(local)) @ sh_m.T
         widths = local.diagonal(dim1=1, dim2=2).sqrt()
         log_det_add = frame.log_det
     order = torch.argsort(rep_u)
@@ -528,7 +524,7 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
                       laplace_log_z=laplace + log_det_add, narrowest_width=narrow,
                       mala_step_size=mala_h, n_evaluations=int(fn.n), n_starts=total_starts,
                       n_converged=total_conv, rounds=rnd + 1, hint_used=frame is not None,
-                      extra={"lbfgs_gamma_median": float(gam_all.median())})
+                      extra={"lbfgs_gamma_median": float(torch.cat(found_gamma).median())})
 
 
 def _covering(reps, local_cov, full):
@@ -536,8 +532,7 @@ def _covering(reps, local_cov, full):
     c = reps.mean(0)
     r = reps - c
     if full:
-        cov = r.T @ r / reps.shape[0] + local_cov
-        return c, _sqrt_psd(cov)
+        return c, _sqrt_psd(r.T @ r / reps.shape[0] + local_cov)
     return c, ((r * r).mean(0) + local_cov).sqrt()
 
 
@@ -546,10 +541,7 @@ def _distinct(x, u, local_cov, full, radius: float = 0.5):
     (in the harmonic metric ``local_cov^{-1}``) of a kept minimum is the same minimum."""
     order = torch.argsort(u)
     x, u = x[order], u[order]
-    if full:
-        zz = x @ torch.linalg.cholesky(torch.linalg.inv(local_cov))
-    else:
-        zz = x / local_cov.sqrt()
+    zz = x @ torch.linalg.cholesky(torch.linalg.inv(local_cov)) if full else x / local_cov.sqrt()
     close = (torch.cdist(zz, zz) <= radius).cpu()
     keep = torch.zeros(x.shape[0], dtype=torch.bool)
     for i in range(x.shape[0]):  # greedy over the probe's few hundred minima at most

@@ -36,10 +36,8 @@ def _jsonable(obj):
     if isinstance(obj, (np.floating, float)):
         v = float(obj)
         return v if math.isfinite(v) else repr(v)  # 'nan', 'inf' survive the round trip
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
+    if isinstance(obj, (np.integer, np.bool_)):
+        return obj.item()
     if isinstance(obj, torch.Tensor) and obj.numel() == 1:
         return _jsonable(obj.item())
     if isinstance(obj, (str, int, bool)) or obj is None:
@@ -183,8 +181,7 @@ class Result:
         if self.log_weights is None:
             return float(v.mean()), float(v.std(ddof=1) / math.sqrt(max(self.ess, 1.0)))
         mean, se = self_normalized_expectation(vals, self.log_weights)
-        jack = self._island_jackknife(self.weights(), lambda wi: float(np.sum(wi * v)))
-        return mean, se if jack is None else max(se, jack)
+        return mean, self._island_jackknife(se, self.weights(), lambda wi: float(np.sum(wi * v)))
 
     MIN_STATE_ESS = 10.0
 
@@ -226,19 +223,19 @@ class Result:
         pa, pb = float(np.sum(w * a)), float(np.sum(w * b))
         g = b / pb - a / pa
         se = math.sqrt(float(np.sum(w * w * g * g)) * self._inflation())
-        jack = self._island_jackknife(w, lambda wi: -math.log(float(np.sum(wi * b)) / float(np.sum(wi * a))))
-        return -math.log(pb / pa), se if jack is None else max(se, jack)
+        return -math.log(pb / pa), self._island_jackknife(
+            se, w, lambda wi: -math.log(float(np.sum(wi * b)) / float(np.sum(wi * a))))
 
-    def _island_jackknife(self, w: np.ndarray, stat: Callable[[np.ndarray], float]) -> "float | None":
-        """Delete-one-island jackknife error of ``stat(normalized weights)`` for an island SMC
-        result (``diagnostics["n_islands"]`` contiguous, independent blocks of samples), else None.
+    def _island_jackknife(self, se: float, w: np.ndarray, stat: Callable[[np.ndarray], float]) -> float:
+        """``se``, raised to the delete-one-island jackknife error of ``stat(normalized weights)``
+        for an island SMC result (``diagnostics["n_islands"]`` contiguous, independent blocks of samples).
 
         Resampling duplicates particles, so the weights' delta-method error counts copies of one
         lineage as independent samples; the islands are independent, and their jackknife sees
         how many lineages really carry a state (infinite when one island carries all of it)."""
         M = self.diagnostics.get("n_islands") if self.log_weights is not None else None
         if not isinstance(M, int) or M < 2 or w.size % M:
-            return None
+            return se
         island = np.arange(w.size) // (w.size // M)
         vals = []
         for i in range(M):
@@ -248,10 +245,10 @@ class Result:
             except (ZeroDivisionError, ValueError):  # a state empty without island i
                 v = float("nan")
             if not math.isfinite(v):
-                return float("inf")
+                return max(se, float("inf"))
             vals.append(v)
         vals = np.asarray(vals)
-        return float(math.sqrt((M - 1) / M * np.sum((vals - vals.mean()) ** 2)))
+        return max(se, float(math.sqrt((M - 1) / M * np.sum((vals - vals.mean()) ** 2))))
 
     def log_z_of(self, region) -> "tuple[float, float]":
         """``(log Z_A, stderr)``: the log normalizer of the target restricted to a region,
@@ -268,8 +265,7 @@ class Result:
         w, (a,) = self._masks("restricted log Z", region=region)
         pa = float(np.sum(w * a))
         se_p = math.sqrt(float(np.sum(w * w * (a / pa - 1.0) ** 2)) * self._inflation())
-        jack = self._island_jackknife(w, lambda wi: math.log(float(np.sum(wi * a))))
-        se_p = se_p if jack is None else max(se_p, jack)
+        se_p = self._island_jackknife(se_p, w, lambda wi: math.log(float(np.sum(wi * a))))
         return self.log_z + math.log(pa), math.hypot(self.log_z_stderr or 0.0, se_p)
 
     def free_energy_profile(self, cv, bins=50, *, range=None, n_bootstrap: int = 200,

@@ -82,8 +82,6 @@ def normal_component(jac: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
 
 def project_tangent(v: torch.Tensor, jac: torch.Tensor, solver: GramSolver) -> torch.Tensor:
     """``Pi v = v - J^T G^{-1} J v`` for v (B, D) or (B, K, D) (K vectors per state)."""
-    if jac.shape[1] == 0:
-        return v
     if v.ndim == 2:
         return v - normal_component(jac, solver.solve(torch.einsum("bpd,bd->bp", jac, v)))
     jv = torch.einsum("bpd,bkd->bpk", jac, v)
@@ -92,8 +90,6 @@ def project_tangent(v: torch.Tensor, jac: torch.Tensor, solver: GramSolver) -> t
 
 def tangent_projector(jac: torch.Tensor, solver: GramSolver) -> torch.Tensor:
     """The explicit projector Pi (B, D, D); O(D^2) memory per state, for small D only."""
-    b, p, d = jac.shape
+    b, _, d = jac.shape
     eye = torch.eye(d, dtype=jac.dtype, device=jac.device).expand(b, d, d)
-    if p == 0:
-        return eye.clone()
     return eye - jac.transpose(1, 2) @ solver.solve(jac)

@@ -282,17 +282,12 @@ class ConstrainedTarget(Energy):
         self.base = base if module else None  # a registered submodule: .to(device) moves it
         self._fn = None if module else base
 
-    def _base_dtype(self) -> "torch.dtype | None":
-        for t in list(self.base.parameters()) + list(self.base.buffers()):
-            if t.dtype.is_floating_point:
-                return t.dtype
-        return None
-
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         if self.base is None and self._fn is None:
             return x.reshape(x.shape[0], -1).sum(dim=1) * 0.0  # uniform; keeps the graph
         if self.base is not None:
-            dt = self._base_dtype()
+            dt = next((t.dtype for t in [*self.base.parameters(), *self.base.buffers()]
+                       if t.dtype.is_floating_point), None)
             fn = self.base.energy if hasattr(self.base, "energy") else self.base
             return fn(x if dt is None else x.to(dt)).to(x.dtype)
         return self._fn(x).to(x.dtype)
@@ -305,10 +300,8 @@ class ConstrainedTarget(Energy):
 
     def to_config(self) -> dict:
         cfg = super().to_config()
-        if self.base is not None and hasattr(self.base, "to_config"):
-            cfg["energy"] = self.base.to_config()
-        else:
-            cfg["energy"] = {"name": "uniform" if self._fn is None else _fn_name(self._fn)}
+        cfg["energy"] = (self.base.to_config() if hasattr(self.base, "to_config")
+                         else {"name": "uniform" if self._fn is None else _fn_name(self._fn)})
         return cfg
 
 
@@ -380,5 +373,4 @@ def constrain(energy=None, *sets, equalities: Iterable[ConstraintFn] = (),
                               f"{numel} entries ({base_domain!r})")
     if dim is not None and int(dim) != numel:
         raise TargetError(f"dim={dim} does not match the energy's domain {base_domain!r}")
-    domain = Constrained(base_domain, eqs, ineqs, tol=tol)
-    return ConstrainedTarget(energy, domain, name=name)
+    return ConstrainedTarget(energy, Constrained(base_domain, eqs, ineqs, tol=tol), name=name)

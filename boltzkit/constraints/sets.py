@@ -185,11 +185,8 @@ def polytope(a, b) -> ConstraintSet:
 
 def box(lower, upper, dim: "int | None" = None) -> ConstraintSet:
     """Axis-aligned box ``lower <= x <= upper`` (2 d inequalities; scalars need ``dim``)."""
-    if dim is None:
-        for v in (lower, upper):
-            t = torch.as_tensor(v)
-            if t.ndim == 1:
-                dim = t.numel()
+    if dim is None:  # the length of a vector bound (the upper one where both are vectors)
+        dim = next((t.numel() for t in map(torch.as_tensor, (upper, lower)) if t.ndim == 1), None)
         if dim is None:
             raise TargetError("box(lower, upper) with scalar bounds needs dim=d")
     dim = _check_dim(dim)

@@ -144,8 +144,7 @@ class Categorical(Domain):
         """Index -> physical representation."""
         if self.values is None:
             return idx.long()
-        vals = torch.tensor(self.values, device=idx.device, dtype=torch.float32)
-        return vals[idx.long()]
+        return torch.tensor(self.values, device=idx.device, dtype=torch.float32)[idx.long()]
 
     def decode_flat(self, idx: torch.Tensor) -> torch.Tensor:
         """Flat index configurations (B, D) -> physical states (B, *event_shape)."""
@@ -162,8 +161,7 @@ class Categorical(Domain):
             if x.dtype.is_floating_point:
                 ok &= flat == flat.round()
         else:
-            vals = torch.tensor(self.values, device=x.device, dtype=flat.dtype)
-            ok = (flat.unsqueeze(-1) == vals).any(-1)
+            ok = (flat.unsqueeze(-1) == torch.tensor(self.values, device=x.device, dtype=flat.dtype)).any(-1)
         return ok.all(dim=1)
 
     def _range_hint(self):
