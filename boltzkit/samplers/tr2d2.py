@@ -122,6 +122,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
 import warnings
 from dataclasses import dataclass
@@ -299,8 +300,10 @@ class TR2D2Config(SamplerConfig):
         check_choice("net", self.net, ("cnn", "transformer"))
         for name in ("c_explore", "temperature", "weight_decay"):
             check_number(name, getattr(self, name), allow_zero=True)
+        check_number("grad_clip", self.grad_clip, allow_none=True)
         check_training_options(self)
-        if self.reward_clip is not None and not math.isfinite(self.reward_clip):
+        if self.reward_clip is not None and not (isinstance(self.reward_clip, numbers.Real)
+                                                 and math.isfinite(self.reward_clip)):
             raise ConfigError(f"reward_clip must be a finite number or None, got {self.reward_clip!r}")
 
 
