@@ -17,7 +17,7 @@ from boltzkit.energies.exact import enumerate_states, exact_marginal_pmf
 from boltzkit.errors import ConfigError, IncompatibleMethodError
 from boltzkit.nn.buffers import ReplayBuffer
 from boltzkit.nn.ctmc import masked_rollout, path_log_prob, remask, unmask_schedule
-from boltzkit.samplers.mdns import MDNS
+from boltzkit.samplers.mdns import MDNS, MDNSConfig
 
 from _stats import assert_consistent, assert_rejects, chi2_gof_pvalue, z_limit
 
@@ -337,6 +337,13 @@ def test_bad_input_fails_before_work():
         MDNS(refine="sir")
     with pytest.raises(ConfigError, match="precision"):
         MDNS(precision="fp8")
+
+
+@pytest.mark.parametrize("name", ["warmup_ess", "grad_clip", "weight_decay"])
+@pytest.mark.parametrize("bad", ["x", [0.5], float("nan")])
+def test_non_numeric_options_raise_config_error(name, bad):
+    with pytest.raises(ConfigError, match=name):
+        MDNSConfig(**{name: bad})
 
 
 @quiet

@@ -19,7 +19,7 @@ from boltzkit.errors import ConfigError, IncompatibleMethodError, TargetError
 from boltzkit.bio.sequences.masked_diffusion import MaskedDiffusion
 from boltzkit.bio.sequences.metrics import best_of_n
 from boltzkit.rewards import RewardTarget
-from boltzkit.samplers.tr2d2 import TR2D2, ParetoArchive, TopKBuffer, dominated
+from boltzkit.samplers.tr2d2 import TR2D2, ParetoArchive, TopKBuffer, TR2D2Config, dominated
 
 from _stats import assert_consistent, assert_rejects, z_limit
 
@@ -383,3 +383,10 @@ def test_bad_options(target):
             TR2D2(**bad)
     with pytest.raises(ConfigError, match="residual"):
         _sampler(target, 0, finetune="copy")
+
+
+@pytest.mark.parametrize("name", ["reward_clip", "grad_clip"])
+@pytest.mark.parametrize("bad", ["x", [1.0], float("inf")])
+def test_non_numeric_options_raise_config_error(name, bad):
+    with pytest.raises(ConfigError, match=name):
+        TR2D2Config(**{name: bad})

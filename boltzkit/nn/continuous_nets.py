@@ -50,11 +50,8 @@ class FourierMLP(nn.Module):
         self.input_scale, self.output_scale = float(input_scale), float(output_scale)
         self.time_embed = FourierTimeEmbedding(hidden, act=act)
         self.x_embed = nn.Linear(self.dim, hidden)
-        layers = []
-        for _ in range(max(n_layers - 1, 0)):
-            layers += [act(), nn.Linear(hidden, hidden)]
-        layers += [act()]
-        self.body = nn.Sequential(*layers)
+        hidden_layers = (m for _ in range(max(n_layers - 1, 0)) for m in (act(), nn.Linear(hidden, hidden)))
+        self.body = nn.Sequential(*hidden_layers, act())
         self.out = nn.Linear(hidden, self.dim)
         if zero_init:
             _zero_(self.out)

@@ -167,13 +167,10 @@ def masked_rollout(net: Callable, n: int, n_sites: int, q: int, *, generator: to
     x = torch.full((n, n_sites), q, dtype=torch.long, device=device)
     order = torch.argsort(torch.rand(n, n_sites, generator=generator, device=device), dim=1)
     log_q = torch.zeros(n, dtype=torch.float64, device=device)
-    start = 0
-    for k in blocks:
-        sites = order[:, start:start + k]
+    for sites in order.split(blocks, dim=1):
         values, log_p = draw_sites(F.log_softmax(logits_at(net, x, sites).double(), dim=-1), generator)
         log_q += log_p
         x.scatter_(1, sites, values)
-        start += k
     return MaskedPath(x, order, log_q, blocks)
 
 
@@ -197,8 +194,7 @@ def _teacher_forced_chunks(net, path: MaskedPath, q: int, max_rows: int) -> Iter
         r = rank.unsqueeze(0)  # (1, B, D)
         inputs = torch.where(r >= lo.view(-1, 1, 1), q, x.unsqueeze(0))  # (c, B, D)
         mine = (r >= lo.view(-1, 1, 1)) & (r < hi.view(-1, 1, 1))  # sites scored at each step
-        logits = net(inputs.reshape(-1, d)).view(len(lo), b, d, q)
-        logp = F.log_softmax(logits.double(), dim=-1)
+        logp = F.log_softmax(net(inputs.reshape(-1, d)).view(len(lo), b, d, q).double(), dim=-1)
         picked = logp.gather(-1, x.expand(len(lo), b, d).unsqueeze(-1)).squeeze(-1)
         yield (picked * mine).sum(dim=(0, 2))
 

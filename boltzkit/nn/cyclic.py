@@ -172,11 +172,8 @@ def bridge_probs(x0: torch.Tensor, x1: torch.Tensor, gamma_0t, gamma_t1, q: int)
     la1, lb1 = move_stay_log_probs(gt1, q)
     la01, lb01 = move_stay_log_probs(g0t + gt1, q)
     n = torch.arange(q, device=x0.device)
-    at_x0 = x0.unsqueeze(-1) == n
-    at_x1 = x1.unsqueeze(-1) == n
-    same = (x0 == x1).unsqueeze(-1)
-    logp = (torch.where(at_x0, lb0, la0) + torch.where(at_x1, lb1, la1)
-            - torch.where(same, lb01, la01))
+    logp = (torch.where(x0.unsqueeze(-1) == n, lb0, la0) + torch.where(x1.unsqueeze(-1) == n, lb1, la1)
+            - torch.where((x0 == x1).unsqueeze(-1), lb01, la01))
     return logp.exp()
 
 
@@ -184,8 +181,7 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch
     """One draw per row of ``probs`` (..., q) by inverse CDF (int64 (...,))."""
     u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device,
                    dtype=probs.dtype)
-    cdf = probs.cumsum(-1)
-    return (u > cdf).sum(-1).clamp_(max=probs.shape[-1] - 1)
+    return (u > probs.cumsum(-1)).sum(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def sample_bridge(x0, x1, gamma_0t, gamma_t1, q: int, *, generator: torch.Generator) -> torch.Tensor:
@@ -200,8 +196,7 @@ def shift_index(x_from: torch.Tensor, x_to: torch.Tensor, q: int) -> torch.Tenso
     at the translated value: the move adds ``n - x_from^d`` to site d, and the same
     translation applied at ``x_to`` lands on this index.
     """
-    n = torch.arange(q, device=x_from.device)
-    return torch.remainder(n + (x_to - x_from).unsqueeze(-1), q)
+    return torch.remainder(torch.arange(q, device=x_from.device) + (x_to - x_from).unsqueeze(-1), q)
 
 
 # ---------------------------------------------------------------------------- sources
@@ -216,8 +211,7 @@ def sample_source(source: str, n: int, d: int, q: int, *, generator: torch.Gener
     _check_source(source)
     if source == "uniform":
         return torch.randint(0, q, (n, d), generator=generator, device=device)
-    c = torch.randint(0, q, (n, 1), generator=generator, device=device)
-    return c.expand(n, d).contiguous()
+    return torch.randint(0, q, (n, 1), generator=generator, device=device).expand(n, d).contiguous()
 
 
 def source_log_terminal(source: str, x1: torch.Tensor, gamma_total, q: int) -> torch.Tensor:
@@ -377,8 +371,7 @@ def cyclic_rollout(controller: Callable, x0: torch.Tensor, times: torch.Tensor,
     # host sync per step (the same float32 values torch.full(float(times[k])) gave)
     t_rows = times.to(device=x0.device, dtype=torch.get_default_dtype())
     for k in range(len(times) - 1):
-        t = t_rows[k].repeat(b)
-        x_new, lr, capped = tau_leap_step(x, controller(x, t), gammas[k], q,
+        x_new, lr, capped = tau_leap_step(x, controller(x, t_rows[k].repeat(b)), gammas[k], q,
                                           generator=generator, max_jump=max_jump)
         log_ratio += lr
         n_jumps += (x_new != x).sum(-1)

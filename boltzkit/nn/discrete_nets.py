@@ -50,7 +50,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError
 from .ctmc import gather_sites
-from .time_embedding import TimeFiLM
+from .time_embedding import TimeFiLM, _zero_
 
 __all__ = ["SiteTransformer", "SiteCNN", "make_discrete_net", "relative_position_index"]
 
@@ -88,8 +88,7 @@ def relative_position_index(shape: "tuple[int, ...]", periodic: bool
             lengths.append((torch.arange(2 * n - 1) - (n - 1)).abs().double())
         index = index * size + d
         n_index *= size
-    grids = torch.meshgrid(*lengths, indexing="ij")
-    distance = torch.sqrt(sum(g**2 for g in grids)).reshape(-1).float()
+    distance = torch.sqrt(sum(g**2 for g in torch.meshgrid(*lengths, indexing="ij"))).reshape(-1).float()
     return index, n_index, distance
 
 
@@ -149,8 +148,7 @@ class SiteTransformer(nn.Module):
         self.blocks = nn.ModuleList(_Block(hidden, n_heads, mlp_ratio) for _ in range(n_layers))
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, self.q)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        _zero_(self.head)
         self.time = TimeFiLM(hidden, n_layers) if time_conditioned else None  # created last
 
     def forward(self, tokens: torch.Tensor, t=None) -> torch.Tensor:
@@ -173,8 +171,7 @@ class SiteTransformer(nn.Module):
 class _ConvBlock(nn.Module):
     def __init__(self, conv, channels: int, pad_mode: str):
         super().__init__()
-        self.c1 = conv(channels, channels, 3, padding=1, padding_mode=pad_mode)
-        self.c2 = conv(channels, channels, 3, padding=1, padding_mode=pad_mode)
+        self.c1, self.c2 = (conv(channels, channels, 3, padding=1, padding_mode=pad_mode) for _ in range(2))
 
     def forward(self, h):
         return h + self.c2(F.gelu(self.c1(F.gelu(h))))
@@ -201,8 +198,7 @@ class SiteCNN(nn.Module):
         self.embed = nn.Embedding(self.q + 1, hidden)
         self.blocks = nn.Sequential(*[_ConvBlock(conv, hidden, pad) for _ in range(n_blocks)])
         self.head = conv(hidden, self.q, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        _zero_(self.head)
         self.time = TimeFiLM(hidden, n_blocks) if time_conditioned else None  # created last
 
     def forward(self, tokens: torch.Tensor, t=None) -> torch.Tensor:

@@ -663,8 +663,7 @@ class DiscreteASBS(NeuralStartSMC, TrainableSampler):
             "corrector": (self.corrector, self.ema_corrector, self.opt_corrector, self.corrector_loss)}[phase]
         if i == 0:
             self.buffer.clear()
-            n_init = cfg.init_buffer_size or cfg.batch_size
-            for _ in range(max(n_init // cfg.batch_size, 1)):
+            for _ in range(max((cfg.init_buffer_size or cfg.batch_size) // cfg.batch_size, 1)):
                 self._refill(phase, gen)
         elif i % cfg.resample_every == 0:
             self._refill(phase, gen)

@@ -116,6 +116,14 @@ EPS_KICK = 1.7  # inward landing kick of an active inequality, in noise standard
 LAND_REL_TOL = 1e-6  # land_samples: returned samples satisfy the constraints to 1e-6 * domain.tol
 
 
+def _probes(b: int, d: int, n: "int | None", like: torch.Tensor, gen) -> torch.Tensor:
+    """Directions of a trace estimate, (B, K, D) in ``like``'s dtype and device: the D unit
+    vectors (``n=None``, exact) or ``n`` Rademacher vectors drawn from ``gen``."""
+    if n is None:
+        return torch.eye(d, dtype=like.dtype, device=like.device).expand(b, d, d)
+    return torch.randint(0, 2, (b, n, d), generator=gen, device=like.device).to(like.dtype) * 2 - 1
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConstrainedLangevinConfig(MCMCConfig):
     """Options shared by the constrained Langevin samplers (``n_chains``, ``burn_in`` (old name
@@ -340,11 +348,9 @@ class _ConstrainedLangevin(MCMCSampler):
         """
         dom = self.domain
         tol = LAND_REL_TOL * dom.tol
-        with torch.no_grad():
-            before = dom.violation_from_values(dom.values_flat(samples))
+        before = dom.violation(samples)
         landed = dom.flatten(dom.land(dom.unflatten(samples), n_iter=self.config.land_iters, margin=0.0))
-        with torch.no_grad():
-            after = dom.violation_from_values(dom.values_flat(landed))
+        after = dom.violation(landed)
         moved = (landed - samples).norm(dim=1)
         if not bool((after <= tol).all()):
             warnings.warn(f"{self.name}: {int((after > tol).sum())} returned samples did not land within "
@@ -430,8 +436,8 @@ class OLLA(_ConstrainedLangevin):
     def _setup(self):
         cfg = self.config
         small = self.domain.event_numel <= cfg.exact_max_dim
-        auto = "exact" if small else "hutchinson"
-        self.curvature_mode = auto if cfg.curvature == "auto" else cfg.curvature
+        self.curvature_mode = (("exact" if small else "hutchinson") if cfg.curvature == "auto"
+                               else cfg.curvature)
         self._hvp_mode = "reverse" if small else "forward"
 
     def _curvature(self, x, cols, jac, mask, solver, gen):
@@ -443,16 +449,12 @@ class OLLA(_ConstrainedLangevin):
         b, p, d = jac.shape
         if self.curvature_mode == "none" or p == 0:
             return jac.new_zeros(b, p)
-        if self.curvature_mode == "exact":
-            v = torch.eye(d, dtype=x.dtype, device=x.device).expand(b, d, d)
-            u = tangent_projector(jac, solver)  # symmetric: row k is Pi e_k
-        else:
-            n = self.config.n_hutchinson
-            v = torch.randint(0, 2, (b, n, d), generator=gen, device=x.device).to(x.dtype) * 2 - 1
-            u = project_tangent(v, jac, solver)
-        k = v.shape[1]
-        quad = self._bilinear(x, cols, u, v).reshape(b, k, p)
-        tau = quad.sum(1) if self.curvature_mode == "exact" else quad.mean(1)
+        exact = self.curvature_mode == "exact"
+        v = _probes(b, d, None if exact else self.config.n_hutchinson, x, gen)
+        # exact: the symmetric projector, whose row k is Pi e_k
+        u = tangent_projector(jac, solver) if exact else project_tangent(v, jac, solver)
+        quad = self._bilinear(x, cols, u, v).reshape(b, v.shape[1], p)
+        tau = quad.sum(1) if exact else quad.mean(1)
         return tau * mask
 
     def _bilinear(self, x, cols, u, v):
@@ -515,11 +517,7 @@ class OLLA(_ConstrainedLangevin):
             jac = batched_jacobian(dom.values_cols(xr, cols), xr).detach()
         solver = GramSolver(jac, None, cfg.proj_damp)
         exact = d <= 16
-        if exact:
-            v = torch.eye(d, dtype=xs.dtype, device=xs.device).expand(b, d, d)
-        else:
-            gen = torch.Generator(device=xs.device).manual_seed(0)
-            v = torch.randint(0, 2, (b, n_probes, d), generator=gen, device=xs.device).to(xs.dtype) * 2 - 1
+        v = _probes(b, d, None if exact else n_probes, xs, torch.Generator(device=xs.device).manual_seed(0))
         k = v.shape[1]
         phv = project_tangent(self._hessian_times(xs, cols, project_tangent(v, jac, solver)).reshape(b, k * m, d),
                               jac, solver).reshape(b, k, m, d)  # Pi H_i Pi v_k
@@ -609,8 +607,7 @@ class ProjectedLangevin(_ConstrainedLangevin):
     def _step(self, z, gen):
         cfg = self.config
         dt = cfg.step_size
-        with torch.no_grad():
-            viol = self.domain.violation_from_values(self.domain.values_flat(self._positions(z)))
+        viol = self.domain.violation(self._positions(z))
         with torch.enable_grad():
             zr = z.detach().requires_grad_(True)
             gf = self._grad_energy(zr, self._energy(zr))

@@ -404,8 +404,7 @@ class _BrownianBridge:
     def rollout(self, net, n, generator, *, train):
         """``(x, log_w, reward)``: terminal states (n, dim), float64 exact path log-weights and
         terminal rewards ``-U - log nu``."""
-        coef = self._coef
-        path = euler_maruyama(lambda t, x: coef[t] * net(t, x), None,
+        path = euler_maruyama(lambda t, x: self._coef[t] * net(t, x), None,
                               torch.zeros(n, self.dim, device=self.device), self.ts,
                               generator=generator, project=self.project, n_dof=self.n_dof,
                               noise_var=self.sched.step_variance,
@@ -465,10 +464,9 @@ class _BrownianBridge:
     def smc(self, net, n, generator, *, frac, n_islands, mcmc_steps):
         """Island SMC along the controlled path (:func:`~boltzkit.samplers._shared.smc.controlled_islands`);
         returns an :class:`~boltzkit.samplers._shared.smc.IslandRun` in the sampler's frame."""
-        coef = self._coef
         return controlled_islands(
             torch.zeros(n, self.dim, device=self.device), torch.zeros(n, dtype=torch.float64, device=self.device),
-            self.ts, lambda t, x: coef[t] * net(t, x), None, self.log_gamma, generator=generator,
+            self.ts, lambda t, x: self._coef[t] * net(t, x), None, self.log_gamma, generator=generator,
             project=self.project, n_dof=self.n_dof, backward=brownian_bridge_kernel(self.sched.variance),
             noise_var=self.sched.step_variance, frac=frac, n_islands=n_islands,
             diverged="PDNS SMC produced non-finite states; raise n_time_steps or lower noise_ratio",
@@ -496,7 +494,6 @@ class _BrownianBridge:
         """One SMC pass from the Dirac source toward the :meth:`log_gamma` stage targets, cut
         into ``n_segments`` segments resampled at every boundary: a
         :class:`~boltzkit.samplers._shared.scld.SegmentRun`."""
-        coef = self._coef
 
         def diverged(what):
             raise TrainingDivergedError(f"PDNS SCLD training: {what}; raise n_time_steps or lower noise_ratio")
@@ -504,9 +501,9 @@ class _BrownianBridge:
         x0 = torch.zeros(n, self.dim, device=self.device)
         return segment_rollout(
             x0, torch.zeros(n, dtype=torch.float64, device=self.device), self.ts, n_segments,
-            ref_drift=None, control=lambda t, x: coef[t] * net(t, x), noise_var=self.sched.step_variance,
-            backward=brownian_bridge_kernel(self.sched.variance), log_gamma=self.log_gamma,
-            generator=generator, project=self.project, n_dof=self.n_dof,
+            ref_drift=None, control=lambda t, x: self._coef[t] * net(t, x),
+            noise_var=self.sched.step_variance, backward=brownian_bridge_kernel(self.sched.variance),
+            log_gamma=self.log_gamma, generator=generator, project=self.project, n_dof=self.n_dof,
             rejuvenate=self.rejuvenation(mcmc_steps), on_nonfinite=diverged)
 
     def scld_loss(self, net, rows, n_segments):

@@ -122,6 +122,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
 import warnings
 from dataclasses import dataclass
@@ -142,6 +143,7 @@ from ..nn.ctmc import (MaskedPath, draw_sites, masked_rollout, path_log_prob, si
 from ..nn.discrete_nets import discrete_net_from_config
 from ..nn.ema import EMA
 from .._utils import check_training_options
+from ._shared.proximal import ess_fraction
 from .base import SamplerConfig, TrainableSampler, check_choice, check_count, check_number
 
 __all__ = ["TR2D2", "TR2D2Config", "TopKBuffer", "ParetoArchive", "dominated", "pareto_mask"]
@@ -299,8 +301,10 @@ class TR2D2Config(SamplerConfig):
         check_choice("net", self.net, ("cnn", "transformer"))
         for name in ("c_explore", "temperature", "weight_decay"):
             check_number(name, getattr(self, name), allow_zero=True)
+        check_number("grad_clip", self.grad_clip, allow_none=True)
         check_training_options(self)
-        if self.reward_clip is not None and not math.isfinite(self.reward_clip):
+        if self.reward_clip is not None and not (isinstance(self.reward_clip, numbers.Real)
+                                                 and math.isfinite(self.reward_clip)):
             raise ConfigError(f"reward_clip must be a finite number or None, got {self.reward_clip!r}")
 
 
@@ -354,8 +358,7 @@ class TR2D2(TrainableSampler):
         model = target.model
         self.domain, self.L, self.q = model.domain, model.length, model.q
         self.alpha = float(target.alpha)
-        steps = cfg.n_unmask_steps if cfg.n_unmask_steps is not None else model.n_unmask_steps
-        self.blocks = unmask_schedule(self.L, steps)
+        self.blocks = unmask_schedule(self.L, cfg.n_unmask_steps or model.n_unmask_steps)
         self.starts = [0] + list(np.cumsum(self.blocks))
         # reward check on this device with this seed, before any training
         x0 = model.sample(8, generator=self.gens["init"])
@@ -462,8 +465,7 @@ class TR2D2(TrainableSampler):
         log_pi = torch.zeros(x.shape[0], len(self.blocks), dtype=torch.float64, device=x.device)
         log_ref = torch.zeros_like(log_pi)
         for k in range(int(start.min()), len(self.blocks)):
-            active = start <= k
-            rows = active.nonzero().flatten()
+            rows = (start <= k).nonzero().flatten()
             sites = order[rows, self.starts[k]:self.starts[k + 1]]
             pol, ref = self._both(net, x[rows])
             values, log_pi[rows, k] = draw_sites(site_log_probs(pol, sites), generator)
@@ -566,10 +568,9 @@ class TR2D2(TrainableSampler):
         # top-k / Pareto: filter; "all": first in, first out (one refresh by default; a larger
         # buffer_size keeps earlier refreshes, each row with the weight of its own proposal)
         self.buffer.add(batch["samples"], batch["log_weights"], **extras)
-        w = torch.softmax(batch["log_weights"], 0)
         self._refresh_stats = {"rollout_mean_reward": float(batch["reward"].mean()),
                                "rollout_max_reward": float(batch["reward"].max()),
-                               "rollout_ess_frac": float(1.0 / (w * w).sum()) / w.numel(),
+                               "rollout_ess_frac": ess_fraction(batch["log_weights"]),
                                "rollout_mean_log_ratio": float((batch["log_ref"] - batch["log_pi"]).mean())}
 
     def train_step(self) -> dict:
