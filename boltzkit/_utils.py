@@ -77,12 +77,11 @@ def check_positive(name, value, *, allow_none: bool = False, what: str = "a posi
 
 def check_training_options(cfg, *, check_lr: bool = True):
     """The options of a trained network: ``lr`` a positive number, ``ema_decay`` in [0, 1),
-    ``grad_clip`` positive or None."""
+    ``grad_clip`` a positive finite number or None."""
     if check_lr:
         check_positive("lr", cfg.lr)
     check_fraction("ema_decay", cfg.ema_decay)
-    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
-        raise ConfigError(f"grad_clip must be positive or None, got {cfg.grad_clip!r}")
+    check_number("grad_clip", cfg.grad_clip, allow_none=True)
 
 
 def package_files(package: str, relatives, *, not_installed: str, missing) -> "list[str]":

@@ -291,3 +291,16 @@ def test_bad_input_is_refused():
         proc.respaced(11)
     with pytest.raises(ConfigError, match="sampler"):
         proc.sample(lambda x, t: torch.stack([x, x], 1), (4, 3), method="euler")
+
+
+@pytest.mark.parametrize("grad_clip", ["x", float("inf"), float("nan"), 0.0, -1.0])
+def test_shared_training_options_refuse_a_bad_grad_clip(grad_clip):
+    """``check_training_options`` (every trained model's lr/EMA/clip check) names a non-numeric or
+    non-finite grad_clip as a ConfigError, as it does a non-positive one."""
+    from boltzkit.bio.spatial.stem import StemConfig
+    from boltzkit.samplers.mdns import MDNSConfig
+
+    for config in (StemConfig, MDNSConfig):
+        with pytest.raises(ConfigError, match="grad_clip"):
+            config(grad_clip=grad_clip)
+    StemConfig(grad_clip=None), MDNSConfig(grad_clip=2.5)  # accepted

@@ -480,7 +480,6 @@ class DiscreteASBSConfig(SamplerConfig):
             check_number(name, getattr(self, name))
         check_count("warmup_steps", self.warmup_steps, minimum=0)
         check_number("warmup_start", self.warmup_start, upper=1)
-        check_number("grad_clip", self.grad_clip, allow_none=True)
         check_training_options(self)
         check_number("weight_decay", self.weight_decay, allow_zero=True)
         check_choice("net", self.net, ("auto", "transformer", "cnn"))

@@ -213,7 +213,6 @@ class MDNSConfig(SamplerConfig):
             check_count(name, getattr(self, name), allow_none=True)
         check_count("warmup_steps", self.warmup_steps, minimum=1 if self.warmup == "linear" else 0)
         check_count("refine_sweeps", self.refine_sweeps, minimum=0)
-        check_number("grad_clip", self.grad_clip, allow_none=True)
         check_number("weight_decay", self.weight_decay, allow_zero=True)
         check_training_options(self)
         check_choice("mask_mode", self.mask_mode, ("lambda", "count"))

@@ -301,7 +301,6 @@ class TR2D2Config(SamplerConfig):
         check_choice("net", self.net, ("cnn", "transformer"))
         for name in ("c_explore", "temperature", "weight_decay"):
             check_number(name, getattr(self, name), allow_zero=True)
-        check_number("grad_clip", self.grad_clip, allow_none=True)
         check_training_options(self)
         if self.reward_clip is not None and not (isinstance(self.reward_clip, numbers.Real)
                                                  and math.isfinite(self.reward_clip)):
