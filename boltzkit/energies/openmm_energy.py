@@ -130,19 +130,15 @@ class TorchForceField:
         n = system.getNumParticles()
         bonds, angles, tors = [], [], []
         pairs = {}
+        # rows of atom indices then parameters (quantities as plain numbers in OpenMM's units)
+        listed = {mm.HarmonicBondForce: ("Bond", bonds), mm.HarmonicAngleForce: ("Angle", angles),
+                  mm.PeriodicTorsionForce: ("Torsion", tors)}
         for force in system.getForces():
-            if isinstance(force, mm.HarmonicBondForce):
-                for i in range(force.getNumBonds()):
-                    a, b, r0, k = force.getBondParameters(i)
-                    bonds.append((a, b, r0._value, k._value))
-            elif isinstance(force, mm.HarmonicAngleForce):
-                for i in range(force.getNumAngles()):
-                    a, b, c, t0, k = force.getAngleParameters(i)
-                    angles.append((a, b, c, t0._value, k._value))
-            elif isinstance(force, mm.PeriodicTorsionForce):
-                for i in range(force.getNumTorsions()):
-                    a, b, c, d, per, phase, k = force.getTorsionParameters(i)
-                    tors.append((a, b, c, d, per, phase._value, k._value))
+            if type(force) in listed:
+                kind, rows = listed[type(force)]
+                get = getattr(force, f"get{kind}Parameters")
+                rows.extend(tuple(getattr(v, "_value", v) for v in get(i))
+                            for i in range(getattr(force, f"getNum{kind}s")()))
             elif isinstance(force, mm.NonbondedForce):
                 par = [force.getParticleParameters(i) for i in range(n)]
                 q, sg, ep = ([p[c]._value for p in par] for c in range(3))  # charge, sigma, epsilon
