@@ -355,9 +355,11 @@ def _ising_dos(L: int, M: int):
     return b_vals, m_vals, counts.reshape(2 * nb + 1, 2 * n + 1)
 
 
-def _ising_enum_stats(L, M, K, H):
-    """(log Z, <sum s_i s_j>, <sum s_i>) by brute-force enumeration."""
-    b, m, c = _ising_dos(L, M)
+def _enum_stats(dos, K, H=0.0):
+    """(log Z, <b>, <m>) from a density of states ``dos = (b, m, counts[i, j] of (b[i], m[j]))``
+    under the weight ``exp(K b + H m)``: for :func:`_ising_dos` the bond sum and the magnetization,
+    for :func:`_potts_dos` the satisfied bonds (and m = 0)."""
+    b, m, c = dos
     nz = c > 0
     bonds = np.broadcast_to(b[:, None], c.shape)[nz]
     mag = np.broadcast_to(m[None, :], c.shape)[nz]
@@ -374,29 +376,22 @@ def ising_log_z_enumerate(L: int, M: int, K: float, H: float = 0.0) -> float:
     cached, so further (K, H) values are cheap.
     """
     L, M = _check_size(L, M)
-    return _ising_enum_stats(L, M, _check_real("K", K), _check_real("H", H))[0]
+    return _enum_stats(_ising_dos(L, M), _check_real("K", K), _check_real("H", H))[0]
 
 
 @lru_cache(maxsize=16)
 def _potts_dos(L: int, M: int, q: int):
-    """counts[b] of the number of satisfied bonds b in 0..2N on the Potts torus."""
+    """counts[b, 0] of the number of satisfied bonds b in 0..2N on the Potts torus (one
+    magnetization column, 0, so that it reads like :func:`_ising_dos`)."""
     n = L * M
-    return np.arange(2 * n + 1, dtype=float), _count_states(L, M, q, 2 * n + 1, _equal_bonds,
-                                                             "potts_log_z_enumerate")
-
-
-def _potts_enum_stats(L, M, q, K):
-    b, c = _potts_dos(L, M, q)
-    nz = c > 0
-    logw = np.log(c[nz]) + K * b[nz]
-    log_z = float(special.logsumexp(logw))
-    return log_z, float(np.exp(logw - log_z) @ b[nz])
+    counts = _count_states(L, M, q, 2 * n + 1, _equal_bonds, "potts_log_z_enumerate")
+    return np.arange(2 * n + 1, dtype=float), np.zeros(1), counts[:, None]
 
 
 def potts_log_z_enumerate(L: int, M: int, q: int, K: float) -> float:
     """Exact log Z of the q-state Potts torus by visiting all q**(L M) states (tests only)."""
     L, M = _check_size(L, M)
-    return _potts_enum_stats(L, M, _check_q(q), _check_real("K", K))[0]
+    return _enum_stats(_potts_dos(L, M, _check_q(q)), _check_real("K", K))[0]
 
 
 # ---------------------------------------------------------------------------- dispatch
