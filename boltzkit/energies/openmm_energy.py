@@ -211,28 +211,24 @@ class TorchForceField:
         dt = pos.dtype
         xt = pos.transpose(1, 2)  # (B, 3, N)
         e = pos.new_zeros(pos.shape[0])
-        if t["bond"].shape[1]:
-            d = xt @ t["bond"].to(dt)
-            r0, k = t["bond_par"].to(dt).unbind(1)
-            e = e + (0.5 * k * (torch.sqrt(_dot(d, d)) - r0) ** 2).sum(1)
-        if t["angle_u"].shape[1]:
-            u, v = xt @ t["angle_u"].to(dt), xt @ t["angle_v"].to(dt)
-            c = _cross(u, v)
-            theta = torch.atan2(torch.sqrt(_dot(c, c)), _dot(u, v))
-            t0, k = t["angle_par"].to(dt).unbind(1)
-            e = e + (0.5 * k * (theta - t0) ** 2).sum(1)
-        if t["tors_1"].shape[1]:
-            b1, b2, b3 = (xt @ t[k].to(dt) for k in ("tors_1", "tors_2", "tors_3"))
-            n1, n2 = _cross(b1, b2), _cross(b2, b3)
-            phi = torch.atan2(torch.sqrt(_dot(b2, b2)) * _dot(b1, n2), _dot(n1, n2))  # as geometry.dihedral
-            per, phase, k = t["tors_par"].to(dt).unbind(1)
-            e = e + (k * (1.0 + torch.cos(per * phi - phase))).sum(1)
-        if t["pair"].shape[1]:
-            d = xt @ t["pair"].to(dt)
-            r2 = _dot(d, d)
-            qq, s, eps = t["pair_par"].to(dt).unbind(1)
-            s6 = (s * s / r2) ** 3
-            e = e + (ONE_4PI_EPS0 * qq * torch.rsqrt(r2) + 4.0 * eps * (s6 * s6 - s6)).sum(1)
+        d = xt @ t["bond"].to(dt)
+        r0, k = t["bond_par"].to(dt).unbind(1)
+        e = e + (0.5 * k * (torch.sqrt(_dot(d, d)) - r0) ** 2).sum(1)
+        u, v = xt @ t["angle_u"].to(dt), xt @ t["angle_v"].to(dt)
+        c = _cross(u, v)
+        theta = torch.atan2(torch.sqrt(_dot(c, c)), _dot(u, v))
+        t0, k = t["angle_par"].to(dt).unbind(1)
+        e = e + (0.5 * k * (theta - t0) ** 2).sum(1)
+        b1, b2, b3 = (xt @ t[k].to(dt) for k in ("tors_1", "tors_2", "tors_3"))
+        n1, n2 = _cross(b1, b2), _cross(b2, b3)
+        phi = torch.atan2(torch.sqrt(_dot(b2, b2)) * _dot(b1, n2), _dot(n1, n2))  # as geometry.dihedral
+        per, phase, k = t["tors_par"].to(dt).unbind(1)
+        e = e + (k * (1.0 + torch.cos(per * phi - phase))).sum(1)
+        d = xt @ t["pair"].to(dt)
+        r2 = _dot(d, d)
+        qq, s, eps = t["pair_par"].to(dt).unbind(1)
+        s6 = (s * s / r2) ** 3
+        e = e + (ONE_4PI_EPS0 * qq * torch.rsqrt(r2) + 4.0 * eps * (s6 * s6 - s6)).sum(1)
         return e
 
 
