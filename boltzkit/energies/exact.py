@@ -229,11 +229,14 @@ def _transfer_log_z(gens: list[np.ndarray], coefs: list[float], M: int,
     return log_z, d
 
 
-def _check_transfer_dim(q: int, width: int, what: str, limit: int = MAX_TRANSFER_DIM):
+def _transfer_sides(L: int, M: int, q: int, what: str, limit: int = MAX_TRANSFER_DIM):
+    """``(width, length) = (min(L, M), max(L, M))``, once ``q**width`` is within ``limit``."""
+    width = min(L, M)
     if q**width > limit:
         raise TargetError(f"{what}: the row transfer matrix has q**width = {q}**{width} = "
                           f"{q**width} states, above the limit {limit}; use a narrower lattice "
                           "(width = min(L, M))")
+    return width, max(L, M)
 
 
 def _ising_generators(width: int, with_field: bool):
@@ -252,8 +255,7 @@ def ising_log_z_transfer(L: int, M: int, K: float, H: float = 0.0) -> float:
     ``min(L, M)`` (at most 12, 4096 row states)."""
     L, M = _check_size(L, M)
     K, H = _check_real("K", K), _check_real("H", H)
-    width, length = min(L, M), max(L, M)
-    _check_transfer_dim(2, width, "ising_log_z_transfer")
+    width, length = _transfer_sides(L, M, 2, "ising_log_z_transfer")
     gens = _ising_generators(width, H != 0.0)
     return _transfer_log_z(gens, [K, H][:len(gens)], length)
 
@@ -270,8 +272,7 @@ def potts_log_z_transfer(L: int, M: int, q: int, K: float) -> float:
     any coupling ``K`` (either sign; module conventions). Needs ``q ** min(L, M) <= 4096``."""
     L, M = _check_size(L, M)
     q, K = _check_q(q), _check_real("K", K)
-    width, length = min(L, M), max(L, M)
-    _check_transfer_dim(q, width, "potts_log_z_transfer")
+    width, length = _transfer_sides(L, M, q, "potts_log_z_transfer")
     return _transfer_log_z(_potts_generators(q, width), [K], length)
 
 
@@ -289,8 +290,7 @@ def potts_log_z_momentum(L: int, M: int, q: int, K: float) -> float:
     """
     L, M = _check_size(L, M)
     q, K = _check_q(q), _check_real("K", K)
-    w, n = min(L, M), max(L, M)
-    _check_transfer_dim(q, w, "potts_log_z_momentum", MAX_MOMENTUM_DIM)
+    w, n = _transfer_sides(L, M, q, "potts_log_z_momentum", MAX_MOMENTUM_DIM)
     digits = _row_digits(q, w)
     place = q ** np.arange(w - 1, -1, -1)
     shifted = np.stack([np.roll(digits, m, axis=1) @ place for m in range(w)], 1)  # index of S^m r
