@@ -312,9 +312,7 @@ class ZMatrix:
 
         pos = {a: p for p, a in enumerate(seq)}
         refs = np.full((n, 3), -1, dtype=np.int64)
-        for p, i in enumerate(seq):
-            if p == 0:
-                continue
+        for p, i in enumerate(seq[1:], 1):
             j = parent[i]
             refs[p, 0] = j
             if p == 1:
@@ -330,8 +328,7 @@ class ZMatrix:
                            key=lambda a: (a != parent[k], pos[a]))
             rest = sorted((a for a in placed if a not in (i, j, k)), key=pos.get)
             first = (sib, via_k) if torsion_refs == "sibling" else (via_k, sib)
-            l = next(iter(first[0] or first[1] or rest))
-            refs[p, 2] = l
+            refs[p, 2] = next(iter(first[0] or first[1] or rest))
         zm = cls(seq, refs)
         zm.bonds = sorted({(min(a, b), max(a, b)) for a in range(n) for b in nbr[a]})
         zm.torsion_refs = torsion_refs
@@ -444,16 +441,15 @@ class ZMatrix:
         bsz, dev = r.shape[0], r.device
         order, refs = self.order.tolist(), self.refs.tolist()
         zero = r.new_zeros(bsz)
-        first = [None] * 3
-        first[0] = r.new_zeros(bsz, 3)
+        x0 = r.new_zeros(bsz, 3)
         r1 = r[:, 0]
-        first[1] = torch.stack([r1, zero, zero], dim=1)
+        x1 = torch.stack([r1, zero, zero], dim=1)
         # atom 2: x_j + r (cos theta u + sin theta e_y), u the unit vector from j to k (on +-x)
         j = refs[2][0]
         sgn = torch.where(r1 >= 0, 1.0, -1.0).to(r) * (1.0 if j == order[0] else -1.0)
-        first[2] = first[0 if j == order[0] else 1] + r[:, 1, None] * torch.stack(
+        x2 = (x0 if j == order[0] else x1) + r[:, 1, None] * torch.stack(
             [torch.cos(th[:, 0]) * sgn, torch.sin(th[:, 0]), zero], dim=1)
-        placed = torch.stack(first, dim=1)  # (B, placed, 3), in placement-level order
+        placed = torch.stack([x0, x1, x2], dim=1)  # (B, placed, 3), in placement-level order
         # atoms p >= 3 (none when N = 3: no levels, and slot is then the inverse of order)
         levels, perm, slot = self._levels()
         perm = perm.to(dev)
