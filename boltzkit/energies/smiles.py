@@ -248,10 +248,7 @@ def from_smiles(smiles: str, temperature: float = 300.0, *, torsions=None, n_con
     res = AllChem.MMFFOptimizeMoleculeConfs(mol, maxIters=int(max_iters), mmffVariant=variant)
     energies = [e if conv == 0 else e + 1e6 for conv, e in res]  # prefer converged minima
     best = cids[int(np.argmin(energies))]
-    single = Chem.Mol(mol, confId=best)
-    keep = Chem.Mol(single)
-    keep.RemoveAllConformers()
-    keep.AddConformer(single.GetConformer(best), assignId=True)
+    keep = Chem.Mol(mol, confId=best)  # a copy holding that conformer alone
     tors = rotatable_torsions(keep) if torsions is None else torsions
     return TorsionEnergy(Chem.MolToMolBlock(keep), tors, temperature, variant=variant,
                          smiles=smiles, name=f"Torsions({smiles})")
