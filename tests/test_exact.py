@@ -244,7 +244,7 @@ def test_enumeration_negative_controls(monkeypatch):
     wrong = enumerate_states(open_bc, dtype=torch.float64).log_z
     assert not close(wrong, truth, rel=1e-6)
     # 2) a transfer matrix whose rows are open chains (no wrap-around bond) disagrees
-    s = 2.0 * exact._row_digits(2, 4) - 1.0
+    s = 2.0 * exact._digits(np.arange(16), 2, 4) - 1.0
     intra = np.sum(s[:, 1:] * s[:, :-1], axis=1)
     g_open = s @ s.T + 0.5 * (intra[:, None] + intra[None, :])
     assert not close(exact._transfer_log_z([g_open], [K], 4), truth, rel=1e-6)

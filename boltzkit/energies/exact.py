@@ -194,11 +194,6 @@ def _digits(idx: np.ndarray, q: int, width: int) -> np.ndarray:
     return (idx[:, None] // q ** np.arange(width - 1, -1, -1, dtype=np.int64)) % q
 
 
-def _row_digits(q: int, width: int) -> np.ndarray:
-    """All q**width rows as digits (q**width, width)."""
-    return _digits(np.arange(q**width), q, width)
-
-
 def _transfer_log_z(gens: list[np.ndarray], coefs: list[float], M: int,
                     grad: bool = False):
     """log Z = log Tr exp(sum_j c_j G_j)^M for symmetric generator matrices G_j.
@@ -240,7 +235,7 @@ def _transfer_sides(L: int, M: int, q: int, what: str, limit: int = MAX_TRANSFER
 
 
 def _ising_generators(width: int, with_field: bool):
-    s = 2.0 * _row_digits(2, width) - 1.0
+    s = 2.0 * _digits(np.arange(2**width), 2, width) - 1.0
     intra = np.sum(s * np.roll(s, 1, axis=1), axis=1)
     g_k = s @ s.T + 0.5 * (intra[:, None] + intra[None, :])
     if not with_field:
@@ -261,7 +256,7 @@ def ising_log_z_transfer(L: int, M: int, K: float, H: float = 0.0) -> float:
 
 
 def _potts_generators(q: int, width: int):
-    d = _row_digits(q, width)
+    d = _digits(np.arange(q**width), q, width)
     onehot = (d[:, :, None] == np.arange(q)).reshape(len(d), -1).astype(float)
     intra = np.sum(d == np.roll(d, 1, axis=1), axis=1).astype(float)
     return [onehot @ onehot.T + 0.5 * (intra[:, None] + intra[None, :])]
@@ -291,7 +286,7 @@ def potts_log_z_momentum(L: int, M: int, q: int, K: float) -> float:
     L, M = _check_size(L, M)
     q, K = _check_q(q), _check_real("K", K)
     w, n = _transfer_sides(L, M, q, "potts_log_z_momentum", MAX_MOMENTUM_DIM)
-    digits = _row_digits(q, w)
+    digits = _digits(np.arange(q**w), q, w)
     place = q ** np.arange(w - 1, -1, -1)
     shifted = np.stack([np.roll(digits, m, axis=1) @ place for m in range(w)], 1)  # index of S^m r
     reps = np.nonzero(shifted.min(1) == np.arange(len(digits)))[0]  # smallest index of each orbit
