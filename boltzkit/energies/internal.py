@@ -621,12 +621,10 @@ class InternalCoordinateEnergy(Energy):
         if not isinstance(zmatrix, ZMatrix) or zmatrix.n_atoms != n:
             raise TargetError(f"zmatrix must be a ZMatrix over the {n} atoms of the Cartesian "
                               f"target, got {zmatrix!r}")
-        self.torsion_window = check_positive("torsion_window", torsion_window)
-        self.angle_window = check_positive("angle_window", angle_window)
-        self.bond_window = check_positive("bond_window", bond_window)
-        self.torsion_std = check_positive("torsion_std", torsion_std)
-        self.max_std = check_positive("max_std", max_std)
-        self.hessian_step = check_positive("hessian_step", hessian_step)
+        widths = dict(torsion_window=torsion_window, angle_window=angle_window, bond_window=bond_window,
+                      torsion_std=torsion_std, max_std=max_std, hessian_step=hessian_step)
+        for key, value in widths.items():
+            setattr(self, key, check_positive(key, value))
         check_choice("hint", hint, ("diagonal", "full"))
         self.hint = hint
         self.soft_std = check_positive("soft_std", soft_std)
