@@ -611,10 +611,8 @@ def enumerate_states(energy, max_states: int = 2**22, *, batch_size: int = 2**16
         Cast floating physical states (e.g. Ising spins) to this dtype before the energy
         call; ``torch.float64`` makes float-valued energies exact to double precision.
     """
-    states, us = [], []
-    for idx, _, u in _enumerated_energies(energy, max_states, batch_size, dtype):
-        us.append(u)
-        states.append(idx.cpu())
+    states, us = zip(*[(idx.cpu(), u) for idx, _, u in
+                       _enumerated_energies(energy, max_states, batch_size, dtype)])
     u = torch.cat(us)
     if not bool(torch.isfinite(u).all()):
         raise TargetError(f"{getattr(energy, 'name', 'energy')} returned non-finite energies "
