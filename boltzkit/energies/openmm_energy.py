@@ -62,14 +62,10 @@ class _OpenMMBackend:
         public methods are the fallback where those accessors are missing."""
         ctx = self.context
         n = pos.shape[0]
-        u = np.empty(n)
+        u = np.full(n, math.inf)  # stays for states with non-finite positions
         f = np.zeros_like(pos) if grad else None
         fast = _fast_state_readers()
-        ok = np.isfinite(pos).reshape(n, -1).all(1)
-        for b in range(n):
-            if not ok[b]:
-                u[b] = math.inf
-                continue
+        for b in np.flatnonzero(np.isfinite(pos).reshape(n, -1).all(1)):
             ctx.setPositions(pos[b])
             st = ctx.getState(getEnergy=True, getForces=grad)
             if fast is not None:
@@ -329,11 +325,10 @@ class OpenMMEnergy(_NumpyBackedEnergy):
                               "backend='openmm'")
         self._ff = TorchForceField(system) if (backend == "torch" or (backend == "auto" and not why)) else None
         self._backend_choice = backend
+        props = {}
         if platform == "auto":
             platform, props = _auto_platform(system)
-            props.update(platform_properties or {})
-        else:
-            props = dict(platform_properties or {})
+        props = {**props, **(platform_properties or {})}
         self.n_atoms = n
         self._shape_hint = f" or (B, {n}, 3)"
         self.openmm_topology = topology
