@@ -395,8 +395,7 @@ class ZMatrix:
         ``r > 0``, angles in ``[0, pi]``, dihedrals in ``(-pi, pi]``. Vectorized over atoms
         and batch; differentiable (away from degenerate geometries)."""
         p = self._atoms(x)
-        dev = p.device
-        ba, aa, ta = (torch.as_tensor(v, device=dev) for v in
+        ba, aa, ta = (torch.as_tensor(v, device=p.device) for v in
                       (self.bond_atoms, self.angle_atoms, self.torsion_atoms))
         r = (p[:, ba[:, 0]] - p[:, ba[:, 1]]).norm(dim=-1)
         u = p[:, aa[:, 0]] - p[:, aa[:, 1]]
@@ -512,9 +511,8 @@ class ZMatrix:
         th[:, 0] = wrap_angle(t2).abs()
         # atoms >= 3: (r, theta, phi) ~ (-r, pi - theta, phi + pi); (theta, phi) ~ (-theta, phi + pi)
         neg = r[:, 2:] < 0
-        t = torch.where(neg, pi - th[:, 1:], th[:, 1:])
+        t = wrap_angle(torch.where(neg, pi - th[:, 1:], th[:, 1:]))
         f = torch.where(neg, ph + pi, ph)
-        t = wrap_angle(t)
         f = torch.where(t < 0, f + pi, f)
         r[:, 2:] = r[:, 2:].abs()
         th[:, 1:] = t.abs()
