@@ -338,14 +338,14 @@ class ZMatrix:
     def from_mdtraj(cls, topology, root: int = 0, *, torsion_refs: str = "sibling") -> "ZMatrix":
         """Z-matrix from the bonds of an ``mdtraj.Topology`` (an ``openmm.app.Topology`` is
         accepted too)."""
-        if callable(getattr(topology, "bonds", None)):  # openmm.app.Topology
-            n = topology.getNumAtoms()
-            pairs = [(b[0].index, b[1].index) for b in topology.bonds()]
-        elif hasattr(topology, "bonds") and hasattr(topology, "n_atoms"):
+        bonds = getattr(topology, "bonds", None)
+        if callable(bonds):  # openmm.app.Topology
+            n, bonds = topology.getNumAtoms(), bonds()
+        elif bonds is not None and hasattr(topology, "n_atoms"):
             n = topology.n_atoms
-            pairs = [(b[0].index, b[1].index) for b in topology.bonds]
         else:
             raise TargetError(f"expected an mdtraj or OpenMM Topology, got {type(topology).__name__}")
+        pairs = [(b[0].index, b[1].index) for b in bonds]
         if not pairs:
             raise TargetError("the topology has no bonds; load it from a file that lists them "
                               "(PDB with CONECT records, prmtop, ...) or use ZMatrix.from_bonds")
@@ -643,16 +643,15 @@ class InternalCoordinateEnergy(Energy):
         self._hint = None
         self._last = None
         nt = zmatrix.n_atoms - 3
+        tc = torch.zeros(nt, dtype=torch.float64)
         if isinstance(torsion_center, str):
             if torsion_center != "reference":
                 raise ConfigError(f"torsion_center must be 'reference', None or {nt} numbers, "
                                   f"got {torsion_center!r}")
             ref = self.reference_structure()
-            tc = (torch.zeros(nt, dtype=torch.float64) if ref is None
-                  else zmatrix.to_internal(ref)[0, torch.as_tensor(zmatrix.torsion_index)])
-        elif torsion_center is None:
-            tc = torch.zeros(nt, dtype=torch.float64)
-        else:
+            if ref is not None:
+                tc = zmatrix.to_internal(ref)[0, torch.as_tensor(zmatrix.torsion_index)]
+        elif torsion_center is not None:
             tc = torch.as_tensor(torsion_center, dtype=torch.float64).detach().reshape(-1)
             if tc.numel() != nt or not bool(torch.isfinite(tc).all()):
                 raise ConfigError(f"torsion_center must have {nt} finite values (one per dihedral), "
