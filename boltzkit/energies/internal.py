@@ -704,8 +704,7 @@ class InternalCoordinateEnergy(Energy):
         """``u_q(q)`` in kT, ``(B,)``, in the dtype of ``q``; differentiable."""
         q64 = self._q64(q)
         x = self._cartesian64(q64)
-        ux = self.cartesian_energy.energy(x)
-        u = ux.to(torch.float64) + self._extra(q64)
+        u = self.cartesian_energy.energy(x).to(torch.float64) + self._extra(q64)
         u = torch.where(torch.isnan(u), torch.full_like(u, math.inf), u)
         if not (torch.is_grad_enabled() and q.requires_grad):
             self._last = (q, q._version, x)  # x is the tensor the Cartesian target cached
