@@ -99,9 +99,8 @@ def _kaufman_parts(L: int, M: int, K: float):
     Returns x (2L,) = M gamma_k / 2 and dx/dK (2L,), with gamma_0 signed.
     """
     s = math.sinh(2.0 * K)
-    k = np.arange(2 * L)
     # cosh(gamma_k) = cosh 2K coth 2K - cos(pi k / L) = 1 + y_k, written without cancellation
-    y = (s - 1.0) * ((s - 1.0) / s) + 2.0 * np.sin(np.pi * k / (2 * L)) ** 2
+    y = (s - 1.0) * ((s - 1.0) / s) + 2.0 * np.sin(np.pi * np.arange(2 * L) / (2 * L)) ** 2
     gamma = np.log1p(y + np.sqrt(y) * np.sqrt(y + 2.0))
     log_tanh = math.log(-math.expm1(-2.0 * K)) - math.log1p(math.exp(-2.0 * K))
     gamma[0] = 2.0 * K + log_tanh                      # signed: < 0 for K < K_c
