@@ -105,7 +105,7 @@ def test_mean_energy_equals_enumeration():
     for L, M in [(3, 3), (3, 4), (4, 4), (2, 4)]:
         for K, H in [(0.1, 0.0), (KC, 0.0), (0.6, 0.0), (1.0, 0.0), (-0.3, 0.0),
                      (0.3, 0.2), (-0.4, 0.1), (KC, -0.5)]:
-            _, bonds, mag = exact._ising_enum_stats(L, M, K, H)
+            _, bonds, mag = exact._enum_stats(exact._ising_dos(L, M), K, H)
             truth = -K * bonds - H * mag
             assert close(ising_mean_energy(L, M, K, H), truth), (L, M, K, H)
     assert ising_mean_energy(5, 5, 0.0) == 0.0
@@ -125,7 +125,7 @@ def test_mean_energy_kaufman_vs_transfer_and_brief():
 
 def test_mean_energy_exact_zero_gamma0(monkeypatch):
     """gamma_0 = 0 exactly (K = K_c) makes Z_4 vanish; its derivative must still count."""
-    truth = -KC * exact._ising_enum_stats(4, 4, KC, 0.0)[1]
+    truth = -KC * exact._enum_stats(exact._ising_dos(4, 4), KC, 0.0)[1]
     parts = exact._kaufman_parts
 
     def zero_gamma0(L, M, K):
@@ -166,7 +166,7 @@ def test_potts_transfer_equals_enumeration():
         for K in (0.3, potts_beta_c(q), 2.0, -0.5):
             en = potts_log_z_enumerate(L, M, q, K)
             assert close(potts_log_z_transfer(L, M, q, K), en), (L, M, q, K)
-            b_mean = exact._potts_enum_stats(L, M, q, K)[1]
+            b_mean = exact._enum_stats(exact._potts_dos(L, M, q), K)[1]
             assert close(potts_mean_energy(L, M, q, K), -K * b_mean), (L, M, q, K)
 
 
@@ -244,7 +244,7 @@ def test_enumeration_negative_controls(monkeypatch):
     wrong = enumerate_states(open_bc, dtype=torch.float64).log_z
     assert not close(wrong, truth, rel=1e-6)
     # 2) a transfer matrix whose rows are open chains (no wrap-around bond) disagrees
-    s = 2.0 * exact._row_digits(2, 4) - 1.0
+    s = 2.0 * exact._digits(np.arange(16), 2, 4) - 1.0
     intra = np.sum(s[:, 1:] * s[:, :-1], axis=1)
     g_open = s @ s.T + 0.5 * (intra[:, None] + intra[None, :])
     assert not close(exact._transfer_log_z([g_open], [K], 4), truth, rel=1e-6)

@@ -76,8 +76,9 @@ def _weights(n: int, log_weights) -> np.ndarray:
     return np.exp(lw - lw.max())
 
 
-def _block_sums(phi, psi, log_weights, n_blocks: int) -> np.ndarray:
-    """``(n_blocks, 3)`` summed weights per basin in contiguous blocks of the samples."""
+def _block_sums(phi, psi, log_weights, n_blocks: int) -> "tuple[np.ndarray, np.ndarray]":
+    """``(n_blocks, 3)`` summed weights per basin in contiguous blocks of the samples, and
+    their totals ``(3,)``."""
     lab = alanine_basin(phi, psi).ravel()
     if isinstance(n_blocks, bool) or int(n_blocks) != n_blocks or n_blocks < 2:
         raise TargetError(f"n_blocks must be an integer >= 2, got {n_blocks!r}")
@@ -85,8 +86,8 @@ def _block_sums(phi, psi, log_weights, n_blocks: int) -> np.ndarray:
         raise TargetError(f"{lab.size} samples cannot be split into {n_blocks} blocks; lower n_blocks")
     w = _weights(lab.size, log_weights)
     blocks = np.array_split(np.arange(lab.size), n_blocks)
-    return np.stack([np.bincount(lab[b], weights=w[b], minlength=len(ALANINE_BASINS))
-                     for b in blocks])
+    s = np.stack([np.bincount(lab[b], weights=w[b], minlength=len(ALANINE_BASINS)) for b in blocks])
+    return s, s.sum(0)
 
 
 def basin_populations(phi, psi, log_weights=None, *, n_blocks: int = 10) -> dict:
@@ -104,8 +105,7 @@ def basin_populations(phi, psi, log_weights=None, *, n_blocks: int = 10) -> dict
     -------
     dict ``basin -> (population, stderr)``.
     """
-    s = _block_sums(phi, psi, log_weights, n_blocks)
-    tot = s.sum(0)
+    s, tot = _block_sums(phi, psi, log_weights, n_blocks)
     full = tot / tot.sum()
     loo = (tot - s) / (tot - s).sum(1, keepdims=True)  # delete-one-block estimates
     se = np.sqrt((n_blocks - 1) / n_blocks * ((loo - loo.mean(0)) ** 2).sum(0))
@@ -138,8 +138,7 @@ def basin_free_energies(phi, psi, log_weights=None, *, reference: str = "C7eq",
     """
     if reference not in ALANINE_BASINS:
         raise TargetError(f"reference must be one of {ALANINE_BASINS}, got {reference!r}")
-    s = _block_sums(phi, psi, log_weights, n_blocks)
-    tot = s.sum(0)
+    s, tot = _block_sums(phi, psi, log_weights, n_blocks)
     r = ALANINE_BASINS.index(reference)
     if log_weights is not None:
         ess = basin_ess(phi, psi, log_weights)

@@ -99,9 +99,8 @@ def _kaufman_parts(L: int, M: int, K: float):
     Returns x (2L,) = M gamma_k / 2 and dx/dK (2L,), with gamma_0 signed.
     """
     s = math.sinh(2.0 * K)
-    k = np.arange(2 * L)
     # cosh(gamma_k) = cosh 2K coth 2K - cos(pi k / L) = 1 + y_k, written without cancellation
-    y = (s - 1.0) * ((s - 1.0) / s) + 2.0 * np.sin(np.pi * k / (2 * L)) ** 2
+    y = (s - 1.0) * ((s - 1.0) / s) + 2.0 * np.sin(np.pi * np.arange(2 * L) / (2 * L)) ** 2
     gamma = np.log1p(y + np.sqrt(y) * np.sqrt(y + 2.0))
     log_tanh = math.log(-math.expm1(-2.0 * K)) - math.log1p(math.exp(-2.0 * K))
     gamma[0] = 2.0 * K + log_tanh                      # signed: < 0 for K < K_c
@@ -194,11 +193,6 @@ def _digits(idx: np.ndarray, q: int, width: int) -> np.ndarray:
     return (idx[:, None] // q ** np.arange(width - 1, -1, -1, dtype=np.int64)) % q
 
 
-def _row_digits(q: int, width: int) -> np.ndarray:
-    """All q**width rows as digits (q**width, width)."""
-    return _digits(np.arange(q**width), q, width)
-
-
 def _transfer_log_z(gens: list[np.ndarray], coefs: list[float], M: int,
                     grad: bool = False):
     """log Z = log Tr exp(sum_j c_j G_j)^M for symmetric generator matrices G_j.
@@ -229,15 +223,18 @@ def _transfer_log_z(gens: list[np.ndarray], coefs: list[float], M: int,
     return log_z, d
 
 
-def _check_transfer_dim(q: int, width: int, what: str, limit: int = MAX_TRANSFER_DIM):
+def _transfer_sides(L: int, M: int, q: int, what: str, limit: int = MAX_TRANSFER_DIM):
+    """``(width, length) = (min(L, M), max(L, M))``, once ``q**width`` is within ``limit``."""
+    width = min(L, M)
     if q**width > limit:
         raise TargetError(f"{what}: the row transfer matrix has q**width = {q}**{width} = "
                           f"{q**width} states, above the limit {limit}; use a narrower lattice "
                           "(width = min(L, M))")
+    return width, max(L, M)
 
 
 def _ising_generators(width: int, with_field: bool):
-    s = 2.0 * _row_digits(2, width) - 1.0
+    s = 2.0 * _digits(np.arange(2**width), 2, width) - 1.0
     intra = np.sum(s * np.roll(s, 1, axis=1), axis=1)
     g_k = s @ s.T + 0.5 * (intra[:, None] + intra[None, :])
     if not with_field:
@@ -252,14 +249,13 @@ def ising_log_z_transfer(L: int, M: int, K: float, H: float = 0.0) -> float:
     ``min(L, M)`` (at most 12, 4096 row states)."""
     L, M = _check_size(L, M)
     K, H = _check_real("K", K), _check_real("H", H)
-    width, length = min(L, M), max(L, M)
-    _check_transfer_dim(2, width, "ising_log_z_transfer")
+    width, length = _transfer_sides(L, M, 2, "ising_log_z_transfer")
     gens = _ising_generators(width, H != 0.0)
     return _transfer_log_z(gens, [K, H][:len(gens)], length)
 
 
 def _potts_generators(q: int, width: int):
-    d = _row_digits(q, width)
+    d = _digits(np.arange(q**width), q, width)
     onehot = (d[:, :, None] == np.arange(q)).reshape(len(d), -1).astype(float)
     intra = np.sum(d == np.roll(d, 1, axis=1), axis=1).astype(float)
     return [onehot @ onehot.T + 0.5 * (intra[:, None] + intra[None, :])]
@@ -270,8 +266,7 @@ def potts_log_z_transfer(L: int, M: int, q: int, K: float) -> float:
     any coupling ``K`` (either sign; module conventions). Needs ``q ** min(L, M) <= 4096``."""
     L, M = _check_size(L, M)
     q, K = _check_q(q), _check_real("K", K)
-    width, length = min(L, M), max(L, M)
-    _check_transfer_dim(q, width, "potts_log_z_transfer")
+    width, length = _transfer_sides(L, M, q, "potts_log_z_transfer")
     return _transfer_log_z(_potts_generators(q, width), [K], length)
 
 
@@ -289,9 +284,8 @@ def potts_log_z_momentum(L: int, M: int, q: int, K: float) -> float:
     """
     L, M = _check_size(L, M)
     q, K = _check_q(q), _check_real("K", K)
-    w, n = min(L, M), max(L, M)
-    _check_transfer_dim(q, w, "potts_log_z_momentum", MAX_MOMENTUM_DIM)
-    digits = _row_digits(q, w)
+    w, n = _transfer_sides(L, M, q, "potts_log_z_momentum", MAX_MOMENTUM_DIM)
+    digits = _digits(np.arange(q**w), q, w)
     place = q ** np.arange(w - 1, -1, -1)
     shifted = np.stack([np.roll(digits, m, axis=1) @ place for m in range(w)], 1)  # index of S^m r
     reps = np.nonzero(shifted.min(1) == np.arange(len(digits)))[0]  # smallest index of each orbit
@@ -355,9 +349,11 @@ def _ising_dos(L: int, M: int):
     return b_vals, m_vals, counts.reshape(2 * nb + 1, 2 * n + 1)
 
 
-def _ising_enum_stats(L, M, K, H):
-    """(log Z, <sum s_i s_j>, <sum s_i>) by brute-force enumeration."""
-    b, m, c = _ising_dos(L, M)
+def _enum_stats(dos, K, H=0.0):
+    """(log Z, <b>, <m>) from a density of states ``dos = (b, m, counts[i, j] of (b[i], m[j]))``
+    under the weight ``exp(K b + H m)``: for :func:`_ising_dos` the bond sum and the magnetization,
+    for :func:`_potts_dos` the satisfied bonds (and m = 0)."""
+    b, m, c = dos
     nz = c > 0
     bonds = np.broadcast_to(b[:, None], c.shape)[nz]
     mag = np.broadcast_to(m[None, :], c.shape)[nz]
@@ -374,29 +370,22 @@ def ising_log_z_enumerate(L: int, M: int, K: float, H: float = 0.0) -> float:
     cached, so further (K, H) values are cheap.
     """
     L, M = _check_size(L, M)
-    return _ising_enum_stats(L, M, _check_real("K", K), _check_real("H", H))[0]
+    return _enum_stats(_ising_dos(L, M), _check_real("K", K), _check_real("H", H))[0]
 
 
 @lru_cache(maxsize=16)
 def _potts_dos(L: int, M: int, q: int):
-    """counts[b] of the number of satisfied bonds b in 0..2N on the Potts torus."""
+    """counts[b, 0] of the number of satisfied bonds b in 0..2N on the Potts torus (one
+    magnetization column, 0, so that it reads like :func:`_ising_dos`)."""
     n = L * M
-    return np.arange(2 * n + 1, dtype=float), _count_states(L, M, q, 2 * n + 1, _equal_bonds,
-                                                             "potts_log_z_enumerate")
-
-
-def _potts_enum_stats(L, M, q, K):
-    b, c = _potts_dos(L, M, q)
-    nz = c > 0
-    logw = np.log(c[nz]) + K * b[nz]
-    log_z = float(special.logsumexp(logw))
-    return log_z, float(np.exp(logw - log_z) @ b[nz])
+    counts = _count_states(L, M, q, 2 * n + 1, _equal_bonds, "potts_log_z_enumerate")
+    return np.arange(2 * n + 1, dtype=float), np.zeros(1), counts[:, None]
 
 
 def potts_log_z_enumerate(L: int, M: int, q: int, K: float) -> float:
     """Exact log Z of the q-state Potts torus by visiting all q**(L M) states (tests only)."""
     L, M = _check_size(L, M)
-    return _potts_enum_stats(L, M, _check_q(q), _check_real("K", K))[0]
+    return _enum_stats(_potts_dos(L, M, _check_q(q)), _check_real("K", K))[0]
 
 
 # ---------------------------------------------------------------------------- dispatch
@@ -621,10 +610,8 @@ def enumerate_states(energy, max_states: int = 2**22, *, batch_size: int = 2**16
         Cast floating physical states (e.g. Ising spins) to this dtype before the energy
         call; ``torch.float64`` makes float-valued energies exact to double precision.
     """
-    states, us = [], []
-    for idx, _, u in _enumerated_energies(energy, max_states, batch_size, dtype):
-        us.append(u)
-        states.append(idx.cpu())
+    states, us = zip(*[(idx.cpu(), u) for idx, _, u in
+                       _enumerated_energies(energy, max_states, batch_size, dtype)])
     u = torch.cat(us)
     if not bool(torch.isfinite(u).all()):
         raise TargetError(f"{getattr(energy, 'name', 'energy')} returned non-finite energies "

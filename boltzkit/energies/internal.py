@@ -312,9 +312,7 @@ class ZMatrix:
 
         pos = {a: p for p, a in enumerate(seq)}
         refs = np.full((n, 3), -1, dtype=np.int64)
-        for p, i in enumerate(seq):
-            if p == 0:
-                continue
+        for p, i in enumerate(seq[1:], 1):
             j = parent[i]
             refs[p, 0] = j
             if p == 1:
@@ -330,8 +328,7 @@ class ZMatrix:
                            key=lambda a: (a != parent[k], pos[a]))
             rest = sorted((a for a in placed if a not in (i, j, k)), key=pos.get)
             first = (sib, via_k) if torsion_refs == "sibling" else (via_k, sib)
-            l = next(iter(first[0] or first[1] or rest))
-            refs[p, 2] = l
+            refs[p, 2] = next(iter(first[0] or first[1] or rest))
         zm = cls(seq, refs)
         zm.bonds = sorted({(min(a, b), max(a, b)) for a in range(n) for b in nbr[a]})
         zm.torsion_refs = torsion_refs
@@ -341,14 +338,14 @@ class ZMatrix:
     def from_mdtraj(cls, topology, root: int = 0, *, torsion_refs: str = "sibling") -> "ZMatrix":
         """Z-matrix from the bonds of an ``mdtraj.Topology`` (an ``openmm.app.Topology`` is
         accepted too)."""
-        if callable(getattr(topology, "bonds", None)):  # openmm.app.Topology
-            n = topology.getNumAtoms()
-            pairs = [(b[0].index, b[1].index) for b in topology.bonds()]
-        elif hasattr(topology, "bonds") and hasattr(topology, "n_atoms"):
+        bonds = getattr(topology, "bonds", None)
+        if callable(bonds):  # openmm.app.Topology
+            n, bonds = topology.getNumAtoms(), bonds()
+        elif bonds is not None and hasattr(topology, "n_atoms"):
             n = topology.n_atoms
-            pairs = [(b[0].index, b[1].index) for b in topology.bonds]
         else:
             raise TargetError(f"expected an mdtraj or OpenMM Topology, got {type(topology).__name__}")
+        pairs = [(b[0].index, b[1].index) for b in bonds]
         if not pairs:
             raise TargetError("the topology has no bonds; load it from a file that lists them "
                               "(PDB with CONECT records, prmtop, ...) or use ZMatrix.from_bonds")
@@ -398,8 +395,7 @@ class ZMatrix:
         ``r > 0``, angles in ``[0, pi]``, dihedrals in ``(-pi, pi]``. Vectorized over atoms
         and batch; differentiable (away from degenerate geometries)."""
         p = self._atoms(x)
-        dev = p.device
-        ba, aa, ta = (torch.as_tensor(v, device=dev) for v in
+        ba, aa, ta = (torch.as_tensor(v, device=p.device) for v in
                       (self.bond_atoms, self.angle_atoms, self.torsion_atoms))
         r = (p[:, ba[:, 0]] - p[:, ba[:, 1]]).norm(dim=-1)
         u = p[:, aa[:, 0]] - p[:, aa[:, 1]]
@@ -444,16 +440,15 @@ class ZMatrix:
         bsz, dev = r.shape[0], r.device
         order, refs = self.order.tolist(), self.refs.tolist()
         zero = r.new_zeros(bsz)
-        first = [None] * 3
-        first[0] = r.new_zeros(bsz, 3)
+        x0 = r.new_zeros(bsz, 3)
         r1 = r[:, 0]
-        first[1] = torch.stack([r1, zero, zero], dim=1)
+        x1 = torch.stack([r1, zero, zero], dim=1)
         # atom 2: x_j + r (cos theta u + sin theta e_y), u the unit vector from j to k (on +-x)
         j = refs[2][0]
         sgn = torch.where(r1 >= 0, 1.0, -1.0).to(r) * (1.0 if j == order[0] else -1.0)
-        first[2] = first[0 if j == order[0] else 1] + r[:, 1, None] * torch.stack(
+        x2 = (x0 if j == order[0] else x1) + r[:, 1, None] * torch.stack(
             [torch.cos(th[:, 0]) * sgn, torch.sin(th[:, 0]), zero], dim=1)
-        placed = torch.stack(first, dim=1)  # (B, placed, 3), in placement-level order
+        placed = torch.stack([x0, x1, x2], dim=1)  # (B, placed, 3), in placement-level order
         # atoms p >= 3 (none when N = 3: no levels, and slot is then the inverse of order)
         levels, perm, slot = self._levels()
         perm = perm.to(dev)
@@ -516,9 +511,8 @@ class ZMatrix:
         th[:, 0] = wrap_angle(t2).abs()
         # atoms >= 3: (r, theta, phi) ~ (-r, pi - theta, phi + pi); (theta, phi) ~ (-theta, phi + pi)
         neg = r[:, 2:] < 0
-        t = torch.where(neg, pi - th[:, 1:], th[:, 1:])
+        t = wrap_angle(torch.where(neg, pi - th[:, 1:], th[:, 1:]))
         f = torch.where(neg, ph + pi, ph)
-        t = wrap_angle(t)
         f = torch.where(t < 0, f + pi, f)
         r[:, 2:] = r[:, 2:].abs()
         th[:, 1:] = t.abs()
@@ -625,12 +619,10 @@ class InternalCoordinateEnergy(Energy):
         if not isinstance(zmatrix, ZMatrix) or zmatrix.n_atoms != n:
             raise TargetError(f"zmatrix must be a ZMatrix over the {n} atoms of the Cartesian "
                               f"target, got {zmatrix!r}")
-        self.torsion_window = check_positive("torsion_window", torsion_window)
-        self.angle_window = check_positive("angle_window", angle_window)
-        self.bond_window = check_positive("bond_window", bond_window)
-        self.torsion_std = check_positive("torsion_std", torsion_std)
-        self.max_std = check_positive("max_std", max_std)
-        self.hessian_step = check_positive("hessian_step", hessian_step)
+        widths = dict(torsion_window=torsion_window, angle_window=angle_window, bond_window=bond_window,
+                      torsion_std=torsion_std, max_std=max_std, hessian_step=hessian_step)
+        for key, value in widths.items():
+            setattr(self, key, check_positive(key, value))
         check_choice("hint", hint, ("diagonal", "full"))
         self.hint = hint
         self.soft_std = check_positive("soft_std", soft_std)
@@ -651,16 +643,15 @@ class InternalCoordinateEnergy(Energy):
         self._hint = None
         self._last = None
         nt = zmatrix.n_atoms - 3
+        tc = torch.zeros(nt, dtype=torch.float64)
         if isinstance(torsion_center, str):
             if torsion_center != "reference":
                 raise ConfigError(f"torsion_center must be 'reference', None or {nt} numbers, "
                                   f"got {torsion_center!r}")
             ref = self.reference_structure()
-            tc = (torch.zeros(nt, dtype=torch.float64) if ref is None
-                  else zmatrix.to_internal(ref)[0, torch.as_tensor(zmatrix.torsion_index)])
-        elif torsion_center is None:
-            tc = torch.zeros(nt, dtype=torch.float64)
-        else:
+            if ref is not None:
+                tc = zmatrix.to_internal(ref)[0, torch.as_tensor(zmatrix.torsion_index)]
+        elif torsion_center is not None:
             tc = torch.as_tensor(torsion_center, dtype=torch.float64).detach().reshape(-1)
             if tc.numel() != nt or not bool(torch.isfinite(tc).all()):
                 raise ConfigError(f"torsion_center must have {nt} finite values (one per dihedral), "
@@ -713,8 +704,7 @@ class InternalCoordinateEnergy(Energy):
         """``u_q(q)`` in kT, ``(B,)``, in the dtype of ``q``; differentiable."""
         q64 = self._q64(q)
         x = self._cartesian64(q64)
-        ux = self.cartesian_energy.energy(x)
-        u = ux.to(torch.float64) + self._extra(q64)
+        u = self.cartesian_energy.energy(x).to(torch.float64) + self._extra(q64)
         u = torch.where(torch.isnan(u), torch.full_like(u, math.inf), u)
         if not (torch.is_grad_enabled() and q.requires_grad):
             self._last = (q, q._version, x)  # x is the tensor the Cartesian target cached

@@ -62,14 +62,10 @@ class _OpenMMBackend:
         public methods are the fallback where those accessors are missing."""
         ctx = self.context
         n = pos.shape[0]
-        u = np.empty(n)
+        u = np.full(n, math.inf)  # stays for states with non-finite positions
         f = np.zeros_like(pos) if grad else None
         fast = _fast_state_readers()
-        ok = np.isfinite(pos).reshape(n, -1).all(1)
-        for b in range(n):
-            if not ok[b]:
-                u[b] = math.inf
-                continue
+        for b in np.flatnonzero(np.isfinite(pos).reshape(n, -1).all(1)):
             ctx.setPositions(pos[b])
             st = ctx.getState(getEnergy=True, getForces=grad)
             if fast is not None:
@@ -130,19 +126,15 @@ class TorchForceField:
         n = system.getNumParticles()
         bonds, angles, tors = [], [], []
         pairs = {}
+        # rows of atom indices then parameters (quantities as plain numbers in OpenMM's units)
+        listed = {mm.HarmonicBondForce: ("Bond", bonds), mm.HarmonicAngleForce: ("Angle", angles),
+                  mm.PeriodicTorsionForce: ("Torsion", tors)}
         for force in system.getForces():
-            if isinstance(force, mm.HarmonicBondForce):
-                for i in range(force.getNumBonds()):
-                    a, b, r0, k = force.getBondParameters(i)
-                    bonds.append((a, b, r0._value, k._value))
-            elif isinstance(force, mm.HarmonicAngleForce):
-                for i in range(force.getNumAngles()):
-                    a, b, c, t0, k = force.getAngleParameters(i)
-                    angles.append((a, b, c, t0._value, k._value))
-            elif isinstance(force, mm.PeriodicTorsionForce):
-                for i in range(force.getNumTorsions()):
-                    a, b, c, d, per, phase, k = force.getTorsionParameters(i)
-                    tors.append((a, b, c, d, per, phase._value, k._value))
+            if type(force) in listed:
+                kind, rows = listed[type(force)]
+                get = getattr(force, f"get{kind}Parameters")
+                rows.extend(tuple(getattr(v, "_value", v) for v in get(i))
+                            for i in range(getattr(force, f"getNum{kind}s")()))
             elif isinstance(force, mm.NonbondedForce):
                 par = [force.getParticleParameters(i) for i in range(n)]
                 q, sg, ep = ([p[c]._value for p in par] for c in range(3))  # charge, sigma, epsilon
@@ -215,28 +207,24 @@ class TorchForceField:
         dt = pos.dtype
         xt = pos.transpose(1, 2)  # (B, 3, N)
         e = pos.new_zeros(pos.shape[0])
-        if t["bond"].shape[1]:
-            d = xt @ t["bond"].to(dt)
-            r0, k = t["bond_par"].to(dt).unbind(1)
-            e = e + (0.5 * k * (torch.sqrt(_dot(d, d)) - r0) ** 2).sum(1)
-        if t["angle_u"].shape[1]:
-            u, v = xt @ t["angle_u"].to(dt), xt @ t["angle_v"].to(dt)
-            c = _cross(u, v)
-            theta = torch.atan2(torch.sqrt(_dot(c, c)), _dot(u, v))
-            t0, k = t["angle_par"].to(dt).unbind(1)
-            e = e + (0.5 * k * (theta - t0) ** 2).sum(1)
-        if t["tors_1"].shape[1]:
-            b1, b2, b3 = (xt @ t[k].to(dt) for k in ("tors_1", "tors_2", "tors_3"))
-            n1, n2 = _cross(b1, b2), _cross(b2, b3)
-            phi = torch.atan2(torch.sqrt(_dot(b2, b2)) * _dot(b1, n2), _dot(n1, n2))  # as geometry.dihedral
-            per, phase, k = t["tors_par"].to(dt).unbind(1)
-            e = e + (k * (1.0 + torch.cos(per * phi - phase))).sum(1)
-        if t["pair"].shape[1]:
-            d = xt @ t["pair"].to(dt)
-            r2 = _dot(d, d)
-            qq, s, eps = t["pair_par"].to(dt).unbind(1)
-            s6 = (s * s / r2) ** 3
-            e = e + (ONE_4PI_EPS0 * qq * torch.rsqrt(r2) + 4.0 * eps * (s6 * s6 - s6)).sum(1)
+        d = xt @ t["bond"].to(dt)
+        r0, k = t["bond_par"].to(dt).unbind(1)
+        e = e + (0.5 * k * (torch.sqrt(_dot(d, d)) - r0) ** 2).sum(1)
+        u, v = xt @ t["angle_u"].to(dt), xt @ t["angle_v"].to(dt)
+        c = _cross(u, v)
+        theta = torch.atan2(torch.sqrt(_dot(c, c)), _dot(u, v))
+        t0, k = t["angle_par"].to(dt).unbind(1)
+        e = e + (0.5 * k * (theta - t0) ** 2).sum(1)
+        b1, b2, b3 = (xt @ t[k].to(dt) for k in ("tors_1", "tors_2", "tors_3"))
+        n1, n2 = _cross(b1, b2), _cross(b2, b3)
+        phi = torch.atan2(torch.sqrt(_dot(b2, b2)) * _dot(b1, n2), _dot(n1, n2))  # as geometry.dihedral
+        per, phase, k = t["tors_par"].to(dt).unbind(1)
+        e = e + (k * (1.0 + torch.cos(per * phi - phase))).sum(1)
+        d = xt @ t["pair"].to(dt)
+        r2 = _dot(d, d)
+        qq, s, eps = t["pair_par"].to(dt).unbind(1)
+        s6 = (s * s / r2) ** 3
+        e = e + (ONE_4PI_EPS0 * qq * torch.rsqrt(r2) + 4.0 * eps * (s6 * s6 - s6)).sum(1)
         return e
 
 
@@ -337,11 +325,10 @@ class OpenMMEnergy(_NumpyBackedEnergy):
                               "backend='openmm'")
         self._ff = TorchForceField(system) if (backend == "torch" or (backend == "auto" and not why)) else None
         self._backend_choice = backend
+        props = {}
         if platform == "auto":
             platform, props = _auto_platform(system)
-            props.update(platform_properties or {})
-        else:
-            props = dict(platform_properties or {})
+        props = {**props, **(platform_properties or {})}
         self.n_atoms = n
         self._shape_hint = f" or (B, {n}, 3)"
         self.openmm_topology = topology

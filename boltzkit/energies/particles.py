@@ -70,8 +70,7 @@ class _ParticleEnergy(Energy):
 
     def distances(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, n (n - 1) / 2)`` interatomic distances of the unordered pairs."""
-        p = self._particles(x)
-        return pairwise_distances(p, self.domain.n_particles, self.domain.spatial_dim)
+        return pairwise_distances(self._particles(x), self.domain.n_particles, self.domain.spatial_dim)
 
     def to_config(self):
         dom = self.domain

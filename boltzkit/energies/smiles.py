@@ -156,16 +156,14 @@ class TorsionEnergy(_NumpyBackedEnergy):
         return self._build(self._flat(torch.as_tensor(theta)).detach().cpu().double().numpy())
 
     def _build(self, th: np.ndarray) -> np.ndarray:
-        b = th.shape[0]
-        x = np.repeat(self.template[None], b, axis=0)
+        x = np.repeat(self.template[None], th.shape[0], axis=0)
         for t, (_, j, k, _) in enumerate(self.torsions):
             delta = th[:, t] - dihedral_np(x, self.torsions[t])
             _rotate(x, self._masks[t], x[:, k], _bond_axis(x, j, k), delta)
         return x
 
     def _backend(self, th, grad):
-        b = th.shape[0]
-        u = np.full(b, math.inf)
+        u = np.full(th.shape[0], math.inf)
         g = np.zeros_like(th) if grad else None
         ok = np.isfinite(th).all(1)
         if not ok.any():
@@ -248,10 +246,7 @@ def from_smiles(smiles: str, temperature: float = 300.0, *, torsions=None, n_con
     res = AllChem.MMFFOptimizeMoleculeConfs(mol, maxIters=int(max_iters), mmffVariant=variant)
     energies = [e if conv == 0 else e + 1e6 for conv, e in res]  # prefer converged minima
     best = cids[int(np.argmin(energies))]
-    single = Chem.Mol(mol, confId=best)
-    keep = Chem.Mol(single)
-    keep.RemoveAllConformers()
-    keep.AddConformer(single.GetConformer(best), assignId=True)
+    keep = Chem.Mol(mol, confId=best)  # a copy holding that conformer alone
     tors = rotatable_torsions(keep) if torsions is None else torsions
     return TorsionEnergy(Chem.MolToMolBlock(keep), tors, temperature, variant=variant,
                          smiles=smiles, name=f"Torsions({smiles})")
