@@ -50,7 +50,14 @@ c338aa7 7b6e8a3 f721625 f330cf7 73cde2c 36763c5 555e99f 9396768 4704558 9796827 
 eacee33 e81b77f fe408e4 8d9ecac 0c21f54 4a28e3c b2c621c ecb688c c1a96a3 b931d31 5f714b1 0315f20
 7eb0ab0 f775bf7 79ea1ad 74b50c6 68ad7c5 fe3b6ea 0fda043 4368648 24cecb2 20e4d3a a3d800b a3a52a4
 6ac1c36 e962690 05db01b 3f16ea2 4266723 151c305
-""".split()  # session 9: the sequence slice, six clean-up passes, validators, four edge-case fixes
+""".split() + """
+e192ad4 afd0533 754e1ed 776133f 87f82dd 9b1bc7a a909e4c 6ea4f3f 69f272e bb42b38 dfad4e9 cb48c65 bbf0de3
+fff4562 2d18eb4 c2236a8 7f36a9e ef9c0e7 545b0d9 bea7579 56ad6ce fdbe0da 242568c db3896c 37157d1
+e80b52f eb003dc cf80da8 f592c57 896b47c b783bc7 694b1d9 04a2768 0ee6ae0 dbd8ee2 78ca87c 812ff14
+91d2a3a e60b122 4bbcfd4 40ee121 418251e 38d09a5 8688a0f 1aa4e8e b6c3a29 bc89ce6 5b057df 229f649
+9094c34 08a3e6b e084ed1 ba8fa41 82e5cf3 15daf20 d30c4b0 93cf6ee 1a487f3 bca8962 52c8496 9b81def
+4ade153 a44464d 534a3b7 39de5e2 5dd90b6 bc63625 8f061d6 5a837d6 b5bc792 ef397a9
+""".split()  # sessions 9-10: the sequence slice, clean-up passes, validators, edge-case fixes
 # Commits of the speed work (issue #23): same features, faster.
 SPEED = "a972a5a f7fd2ff e94414c 3382484 6865697 c16bc83 0da7156 c0e827f 37a19a8".split()
 
