@@ -8,6 +8,9 @@ does not come from boltzkit's own samplers:
 * ``gmm40``: FAB's 40-mode mixture (fab-torch's instance, ``torch.manual_seed(0)``), log Z = 0;
   modes covered = components hit by 4,000 points resampled by weight.
 * ``mw32``: Many-Well-32, log Z = 164.6956753 (1-D quadrature).
+* ``gmm40x1000``: the same mixture in units 1000x smaller (modes at up to +-40,000, widths
+  1,000), log Z = 0; ``two_far``: a width-10 mode and a width-3 mode of three times its weight
+  2,000 apart, log Z = log 4 (both far outside the probe's first +-50 box).
 * ``ho15``: openmmtools' ``HarmonicOscillatorArray`` (5 particles, 15 dof, K = 90 kcal/mol/A^2,
   300 K) as :class:`~boltzkit.energies.OpenMMEnergy` without positions (so without a prior
   hint); log Z = (3N/2) log(2 pi kT / K) = -58.3826.
@@ -33,7 +36,8 @@ reliability flag, the probe's energy evaluations and its minima, the sampler's o
 evaluations where it reports them, and the wall time (2-core CPU shared with other jobs:
 timings are indicative only).
 
-Calibration (``--calibration 20``): GMM-40 with AIS defaults (2,000 particles) over 20 seeds;
+Calibration (``--calibration 20 [--calibration-target gmm40x1000]``): GMM-40 (or another mixture
+above) with AIS defaults (2,000 particles) over 20 seeds;
 the fraction of seeds with |error| <= 3 stderr, whether every seed outside is flagged
 unreliable, and the smallest number of modes covered.
 
@@ -89,7 +93,17 @@ def targets():
         g = ManyWell(32)
         return g, g.exact_log_z()
 
-    return {"aniso15": aniso, "gmm40": gmm, "mw32": mw, "ho15": oscillator_array}
+    def gmm_far():  # FAB's mixture in units 1000x smaller: modes at up to +-40,000, widths 1,000
+        g = GaussianMixture.gmm40()
+        g = GaussianMixture(g.means * 1000.0, g.stds * 1000.0)
+        return g, g.exact_log_z()
+
+    def two_far():  # a wide mode and a narrow, heavier one 2,000 apart: log Z = log 4
+        g = GaussianMixture([[-1000.0, 0.0], [1000.0, 5.0]], [10.0, 3.0], [1.0, 3.0])
+        return g, g.exact_log_z()
+
+    return {"aniso15": aniso, "gmm40": gmm, "mw32": mw, "ho15": oscillator_array,
+            "gmm40x1000": gmm_far, "two_far": two_far}
 
 
 def run_one(target, exact, method, seed, **opts):
@@ -145,14 +159,14 @@ def trained_naas(name, target, exact, n, n_steps=None):
     return out
 
 
-def calibrate(n_seeds, n_samples):
-    """GMM-40 with AIS defaults over seeds: |z| <= 3 in >= 95 % of the seeds, and every seed
-    outside flagged unreliable (issue 24's calibration criterion)."""
-    g = GaussianMixture.gmm40()
-    rows = [run_one(g, 0.0, "ais", seed, n_samples=n_samples) for seed in range(n_seeds)]
+def calibrate(n_seeds, n_samples, name="gmm40"):
+    """A mixture (GMM-40 by default) with AIS defaults over seeds: |z| <= 3 in >= 95 % of the
+    seeds, and every seed outside flagged unreliable (issue 24's calibration criterion)."""
+    g, exact = targets()[name]()
+    rows = [run_one(g, exact, "ais", seed, n_samples=n_samples) for seed in range(n_seeds)]
     z = np.array([r["z_score"] for r in rows])
     outside = np.abs(z) > 3
-    summary = {"target": "gmm40", "method": "ais (defaults)", "n_samples": n_samples,
+    summary = {"target": name, "method": "ais (defaults)", "n_samples": n_samples,
                "n_seeds": n_seeds, "fraction_within_3se": float(1 - outside.mean()),
                "outside_all_flagged": bool(all(not rows[i]["reliable"] for i in np.flatnonzero(outside))),
                "mean_z": float(z.mean()), "std_z": float(z.std(ddof=1)) if n_seeds > 1 else None,
@@ -204,6 +218,7 @@ def main(argv=None):
                         "(bk.sample's default method), sampled plain and as SMC")
     p.add_argument("--calibration", type=int, default=0,
                    help="seeds of the GMM-40 calibration run (AIS defaults, 2,000 particles)")
+    p.add_argument("--calibration-target", default="gmm40", help="mixture of the calibration run")
     p.add_argument("--out", default=str(RESULTS / "scale_defaults"))
     a = p.parse_args(argv)
     q = 0.1 if a.quick else 1.0
@@ -230,7 +245,7 @@ def main(argv=None):
                                                    n_steps=0, resample_ess=0.5, n_islands=16)})
             if name in a.naas_trained.split(","):  # bk.sample's default method, default training
                 rows += trained_naas(name, target, exact, 16 * int(256 * q))
-    calibration = calibrate(a.calibration, int(2000 * q)) if a.calibration else None
+    calibration = calibrate(a.calibration, int(2000 * q), a.calibration_target) if a.calibration else None
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"device": "cpu (2 cores shared)", "torch": torch.__version__,

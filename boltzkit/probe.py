@@ -43,7 +43,11 @@ Starts
   over ``radii`` (default 0.1 .. 100, so modes in a box of +-50 and widths from 1e-3 to 1e2
   are reached without any scale given). Later rounds draw from the covering Gaussian of the
   minima found so far, widened by ``widen``, until a round adds fewer than ``min_new`` of its
-  starts as new minima or ``max_rounds`` is reached.
+  starts as new minima or ``max_rounds`` is reached. A minimum farther from the origin than
+  every start so far means the target is larger than that box: the next round starts again
+  from the origin, out to three times that minimum's distance (so a narrow mode on the far
+  side of a wide one is reached: FAB's mixture in units 1000x smaller keeps 35 of its 36
+  distinct minima, where the first box alone found 1-2).
 * With a target's :meth:`~boltzkit.energies.Energy.prior_hint` (``use_prior_hint=True``) the
   probe runs in the hint's standardized coordinates and returns its frame composed with the
   hint's.
@@ -409,9 +413,14 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
     total_starts = total_conv = 0
     reps = None
     metric_cov = None  # (d,) or (d, d) local covariance used to tell minima apart
+    reach = 0.0  # the farthest start from the origin so far
     for rnd in range(int(max_rounds)):
-        if rnd == 0:
-            r = torch.logspace(math.log10(lo_r), math.log10(hi_r), n_starts, dtype=dtype).to(dev)
+        far = 0.0 if reps is None or frame is not None else float(reps.norm(dim=-1).max())
+        if rnd == 0 or far > reach:
+            # round 1, or a minimum beyond every start so far: the target is larger than the
+            # search box, so search again out to three times that minimum's distance
+            r0, r1 = (lo_r, hi_r) if rnd == 0 else (reach / math.sqrt(d), 3.0 * far / math.sqrt(d))
+            r = torch.logspace(math.log10(r0), math.log10(r1), n_starts, dtype=dtype).to(dev)
             if frame is not None:  # in a hint's frame the target is near N(0, I)
                 r = torch.ones(n_starts, dtype=dtype, device=dev)
             x0 = r[:, None] * randn(n_starts, d)
@@ -438,6 +447,7 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
         if x0.shape[0] == 0:
             raise TargetError(f"{getattr(target, 'name', target)}: the energy is not finite at any "
                               "probe start; give the target a prior_hint() or pass init_std")
+        reach = max(reach, float(x0.norm(dim=-1).max()))
         polish = newton_max_dim < d <= full_max_dim
         x, u, g, conv, gamma = minimize(fn, x0, max_iter=min(max_iter, 100) if polish else max_iter,
                                         newton=d <= newton_max_dim, curvature_range=(lo_l, hi_l))
@@ -468,7 +478,8 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
         n_before = 0 if reps is None else reps.shape[0]
         reps, rep_u = _distinct(allx, allu, metric_cov, full)
         n_new = reps.shape[0] - n_before
-        if (rnd > 0 and n_new < min_new * n_starts) or fn.n >= max_evaluations:
+        grow = frame is None and float(reps.norm(dim=-1).max()) > reach
+        if (rnd > 0 and n_new < min_new * n_starts and not grow) or fn.n >= max_evaluations:
             break
     # curvature at the lowest distinct minima; Newton polish there
     nh = min(int(n_hessians), reps.shape[0])

@@ -78,6 +78,20 @@ def test_probe_finds_a_mixtures_modes_and_box_without_hint():
     assert abs(p.laplace_log_z - math.log(1.3)) > 0.1
 
 
+def test_probe_searches_beyond_its_box_when_a_minimum_lies_outside():
+    # modes 2,000 apart, far outside the default +-50 box: from every default start the wide
+    # mode's tails dominate, so only a search grown to the scale of the minimum it found
+    # reaches the narrow, heavier one (log Z = log 4)
+    gm = GaussianMixture([[-1000.0, 0.0], [1000.0, 5.0]], [10.0, 3.0], [1.0, 3.0])
+    p = probe_scale(gm, seed=0)
+    assert sorted(gm.mode_assignment(p.minima.float()).tolist()) == [0, 1]
+    assert p.laplace_log_z == pytest.approx(math.log(4.0), abs=1e-6)
+    assert float(p.to_z(gm.means.double()).norm(dim=-1).max()) < 2.0
+    # negative control: the first round alone (the default box) sees only the wide mode
+    one = probe_scale(gm, seed=0, max_rounds=1)
+    assert one.n_minima == 1 and abs(one.laplace_log_z - math.log(4.0)) > 1.0
+
+
 def test_probe_gmm40_box_and_mode_count():
     g = GaussianMixture.gmm40()
     p = probe_scale(g, seed=0)
