@@ -308,7 +308,9 @@ class Result:
         d, why, facts = self.diagnostics, [], []
         n = max(self.n_samples, 1)
         if math.isfinite(self.ess):
-            facts.append(f"ESS {self.ess:.0f} of {self.n_samples} ({100 * self.ess / n:.2g} %)")
+            pct = 100 * self.ess / n
+            facts.append(f"ESS {self.ess:.0f} of {self.n_samples} ({pct:.0f} %)" if pct >= 10
+                         else f"ESS {self.ess:.0f} of {self.n_samples} ({pct:.2g} %)")
         k = d.get("pareto_k")
         if isinstance(k, (int, float)) and math.isfinite(k):
             facts.append(f"Pareto k {k:.2f}")
@@ -325,10 +327,13 @@ class Result:
         exact = d.get("exact_log_z")
         if exact is not None and self.log_z is not None and self.log_z_stderr is not None:
             err = self.log_z - float(exact)
-            z = abs(err) / max(self.log_z_stderr, 1e-300)
-            facts.append(f"log Z {err:+.2g} from exact ({z:.1f} se)")
+            z = abs(err) / self.log_z_stderr if self.log_z_stderr > 0 else math.inf
+            zs = f"{z:.1f}" if z < 1e4 else f"{z:.2g}"
+            facts.append(f"log Z {err:+.2g} from exact ({zs} se)" if math.isfinite(z)
+                         else f"log Z {err:+.2g} from exact (error bar 0)")
             if z > 4.0 and abs(err) > 1e-8:
-                why.append(f"log Z is {z:.1f} standard errors from the exact value")
+                why.append(f"log Z is {zs} standard errors from the exact value" if math.isfinite(z)
+                           else f"log Z is {err:+.2g} from the exact value with an error bar of 0")
         trusted = not why
         verdict = ("trusted: " if trusted else "NOT trusted: " + "; ".join(why) + ". ") + ", ".join(facts)
         return trusted, verdict.strip().rstrip(":"), None if trusted else self.next_step()

@@ -292,6 +292,14 @@ def test_summary_says_first_whether_to_trust_and_the_method_specific_next_step()
     far = Result(**{**{f: getattr(ok, f) for f in ("samples", "log_weights", "log_z", "log_z_stderr", "ess",
                                                   "method", "target")}, "diagnostics": {"exact_log_z": 1.0}})
     assert far.summary().startswith("NOT trusted: log Z is 100.0 standard errors from the exact value")
+    # a zero error bar (one mode found, every weight equal) says so, not "1e300 standard errors"
+    flat = Result(**{**{f: getattr(far, f) for f in ("samples", "log_weights", "log_z", "method", "target",
+                                                    "diagnostics")}, "log_z_stderr": 0.0, "ess": 64.0})
+    assert flat.summary().startswith("NOT trusted: log Z is -1 from the exact value with an error bar of 0")
+    assert "e+" not in flat.trust()[1]
+    exact = Result(**{**{f: getattr(flat, f) for f in ("samples", "log_weights", "log_z_stderr", "method",
+                                                      "target", "ess")}, "log_z": 1.0, "diagnostics": {"exact_log_z": 1.0}})
+    assert exact.trust()[0]  # negative control: an exact answer with no error bar is trusted
 
 
 def test_figure_states_trust_exact_value_and_zooms_on_the_final_agreement(tmp_path):
