@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 import boltzkit as bk
-from boltzkit.domains import Lattice, Reals, Sequence
+from boltzkit.domains import Categorical, Lattice, Reals, Sequence
 from boltzkit.energies import Energy, Ising, Potts
 from boltzkit.errors import (ConfigError, DomainError, IncompatibleMethodError, TargetError,
                              UnreliableEstimateWarning)
@@ -40,6 +40,9 @@ def test_domain_validation_messages():
         Reals(0)
     with pytest.raises(DomainError, match="q"):
         Lattice((3, 3), 1)
+    # error messages print domains by their constructor, not as <... object at 0x...>
+    assert repr(Categorical(12, 3)) == "Categorical(shape=(12,), q=3)"
+    assert repr(Lattice((3, 3), 3, periodic=False)) == "Lattice(shape=(3, 3), q=3, periodic=False)"
 
 
 def test_sequence_strings():

@@ -173,6 +173,10 @@ class Categorical(Domain):
         return {"type": type(self).__name__, "shape": list(self.event_shape), "q": self.q,
                 "values": None if self.values is None else list(self.values)}
 
+    def __repr__(self):
+        v = "" if self.values is None else f", values={self.values}"
+        return f"{type(self).__name__}(shape={self.event_shape}, q={self.q}{v})"
+
 
 class Lattice(Categorical):
     """A ``shape`` lattice (periodic by default) of sites with ``q`` states each."""
@@ -185,8 +189,7 @@ class Lattice(Categorical):
         return {**super().to_config(), "periodic": self.periodic}
 
     def __repr__(self):
-        v = "" if self.values is None else f", values={self.values}"
-        return f"Lattice(shape={self.event_shape}, q={self.q}{v})"
+        return super().__repr__()[:-1] + ("" if self.periodic else ", periodic=False") + ")"
 
 
 class Sequence(Categorical):
