@@ -242,6 +242,26 @@ def test_windows_are_partitions_of_unity():
         -stats.norm.cdf(-4 * math.pi / 0.5) / stats.norm.cdf(-2 * math.pi / 0.5)))) < 1e-8
 
 
+def test_torus_windowed_energy_samples_one_period_of_a_periodic_target():
+    import boltzkit as bk
+    from boltzkit.energies.internal import TorusWindowedEnergy
+
+    kappa, mu = torch.tensor([2.0, 0.5], dtype=torch.float64), torch.tensor([2.5, -1.0], dtype=torch.float64)
+    vm = Energy.from_function(lambda x: -(kappa.to(x) * torch.cos(x - mu.to(x))).sum(-1), Reals(2))
+    exact = float(torch.log(2 * math.pi * torch.special.i0(kappa)).sum())  # von Mises on the torus
+    w = TorusWindowedEnergy(vm, mu)
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    fd = torch.stack([(w.energy(x + 1e-6 * e) - w.energy(x - 1e-6 * e)) / 2e-6
+                      for e in torch.eye(2, dtype=torch.float64)], 1)
+    torch.testing.assert_close(w.grad_energy(x), fd, rtol=1e-6, atol=1e-6)
+    res = bk.sample(w, method="ais", n_samples=1000, seed=0, device="cpu", progress=False)
+    assert res.diagnostics["prior_hint"] and res.diagnostics["reliable"]
+    assert_consistent(res.log_z, res.log_z_stderr, exact, bias=res.log_z_stderr ** 2)
+    assert_rejects(res.log_z, res.log_z_stderr, exact + math.log(2.0))  # two periods' mass
+    with pytest.raises(TargetError, match="Reals"):
+        TorusWindowedEnergy(bk.energies.Ising(L=3, beta=0.3), [0.0])
+
+
 def test_windows_preserve_integrals_by_quadrature():
     f = lambda t: math.exp(math.cos(t) + 0.5 * math.sin(2 * t) - 0.3 * math.sin(t))
     period = integrate.quad(f, -math.pi, math.pi, epsabs=0, epsrel=1e-12)[0]

@@ -459,6 +459,28 @@ def test_torsion_energy_gradient_periodicity_batching(ala_torsions):
     assert t.exact_log_z() is None
 
 
+def test_bk_sample_a_smiles_molecule_gives_the_torus_log_z():
+    # butane's central torsion: the energy is 2 pi-periodic, so on R it has infinite mass;
+    # bk.sample samples one period (the sampling view) and reports log Z of the circle
+    pytest.importorskip("rdkit")
+    t = bk.energies.from_smiles("CCCC")
+    grid = torch.linspace(-math.pi, math.pi, 401, dtype=torch.float64)[:-1, None]
+    exact = float(torch.logsumexp(-t.energy(grid).double(), 0) + math.log(2 * math.pi / 400))
+    res = bk.sample(t, n_samples=1000, seed=0, progress=False)
+    assert res.diagnostics["coordinates"].startswith("torsions on one period")
+    assert res.diagnostics["reliable"]
+    assert float(res.samples.min()) >= -math.pi and float(res.samples.max()) < math.pi
+    assert_consistent(res.log_z, res.log_z_stderr, exact, bias=res.log_z_stderr ** 2)
+    # negative control: half a kT off is rejected (without the view, 21.9 for pentane)
+    assert_rejects(res.log_z, res.log_z_stderr, exact + 0.5)
+    # the trans well (|theta| > 2 pi / 3) holds the mass the quadrature gives it
+    trans = (grid[:, 0].abs() > 2 * math.pi / 3).double()
+    p_exact = float((torch.softmax(-t.energy(grid).double(), 0) * trans).sum())
+    p = float((torch.softmax(res.log_weights.double(), 0) * (res.samples[:, 0].abs() > 2 * math.pi / 3)).sum())
+    se = math.sqrt(p_exact * (1 - p_exact) / res.ess)
+    assert abs(p - p_exact) < 4 * se and abs(p - 1.0) > 4 * se
+
+
 def test_from_smiles_bad_input():
     pytest.importorskip("rdkit")
     with pytest.raises(bk.errors.TargetError, match="parse"):

@@ -115,7 +115,7 @@ from ..geometry import as_atoms, dihedral_points, wrap_angle
 from ..probe import hessian_diag_fd, hessian_fd
 from .base import Energy, PriorHint, scale_from_hessian
 
-__all__ = ["ZMatrix", "InternalCoordinateEnergy", "torus_window_log", "angle_window_log",
+__all__ = ["ZMatrix", "InternalCoordinateEnergy", "TorusWindowedEnergy", "torus_window_log", "angle_window_log",
            "bond_window_log", "place_atom", "to_internal", "to_cartesian", "log_jacobian"]
 
 _EPS = 1e-12   # smoothing of |r| and |sin theta| in the Jacobian (module docstring)
@@ -175,6 +175,49 @@ def bond_window_log(r: torch.Tensor, width: float = 0.01) -> torch.Tensor:
     places the atom where ``r`` does with the angle and dihedral reflected). Elementwise."""
     w = check_positive("width", width)
     return torch.special.log_ndtr(torch.as_tensor(r) / w)
+
+
+class TorusWindowedEnergy(Energy):
+    r"""A ``2 pi``-periodic energy on ``Reals(k)`` made normalizable with the mass of one period:
+    ``u_w(theta) = u(theta) - sum_t log h(theta_t - c_t)`` (:func:`torus_window_log`).
+
+    ``exp(-u)`` has infinite mass on ``R^k``; ``exp(-u_w)`` has exactly ``Z`` of the torus
+    ``[c - pi, c + pi)^k`` (the window's copies sum to 1), and equals ``exp(-u)`` there up to
+    the window's soft edges at ``c +- pi``. Its samples, wrapped, are samples of the torus
+    density; its log Z is the torus's. Put ``c`` at a minimum: the edges then fall on the
+    barriers, where the window's slope costs little.
+    """
+
+    def __init__(self, base: Energy, center, width: float = 0.5):
+        dom = getattr(base, "domain", None)
+        if not isinstance(dom, Reals):
+            raise TargetError(f"a torus window needs a target on Reals(k), got {dom!r}")
+        c = torch.as_tensor(center, dtype=torch.float64).detach().reshape(-1)
+        if c.numel() != dom.dim or not bool(torch.isfinite(c).all()):
+            raise ConfigError(f"center must be {dom.dim} finite angles, got {tuple(c.shape)}")
+        super().__init__(dom, name=f"{getattr(base, 'name', type(base).__name__)}(torus window)")
+        self.base, self.width = base, check_positive("width", width)
+        self.register_buffer("center", c)
+
+    def prior_hint(self) -> PriorHint:
+        """One period about ``c``: the uniform law's width ``pi / sqrt(3)`` per angle."""
+        return PriorHint(self.center, torch.full_like(self.center, math.pi / math.sqrt(3.0)))
+
+    def _log_window(self, x):
+        return torus_window_log(x - self.center.to(x), self.width).sum(-1)
+
+    def energy(self, x):
+        return self.base.energy(x) - self._log_window(x)
+
+    def grad_energy(self, x):
+        with torch.enable_grad():
+            t = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self._log_window(t).sum(), t)
+        return self.base.grad_energy(x) - g
+
+    def to_config(self):
+        cfg = self.base.to_config() if hasattr(self.base, "to_config") else {}
+        return {**cfg, "torus_window": {"center": self.center.tolist(), "width": self.width}}
 
 
 # ============================================================================ geometry

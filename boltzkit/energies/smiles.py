@@ -15,6 +15,8 @@ from ..domains import Reals
 from ..errors import TargetError, require
 from ..geometry import dihedral_np
 from ._bridge import _check_temperature, _NumpyBackedEnergy
+from .base import SamplingView
+from .internal import TorusWindowedEnergy
 
 
 def _moving_atoms(mol, j: int, k: int) -> np.ndarray:
@@ -88,8 +90,10 @@ class TorsionEnergy(_NumpyBackedEnergy):
 
     Domain and periodicity: ``Reals(k)`` with **periodic meaning** -- ``u`` is 2 pi-periodic in
     every coordinate, so the target is a density on the torus ``[-pi, pi)^k``; on ``R^k`` it
-    has infinite mass (``exact_log_z()`` is None). Wrap samples with :meth:`wrap` before
-    histogramming. This torsion-space density is *not* the marginal of the Cartesian
+    has infinite mass (``exact_log_z()`` is None). :func:`boltzkit.sample` samples it through
+    :meth:`sampling_view` (one period, windowed about the template's torsions) and returns
+    samples wrapped to ``[-pi, pi)`` and the log Z of the torus. Wrap other samples with
+    :meth:`wrap` before histogramming. This torsion-space density is *not* the marginal of the Cartesian
     Boltzmann distribution (no bond/angle fluctuations, no metric/Jacobian factor); it is the
     conditional density at the rigid template geometry.
 
@@ -146,6 +150,15 @@ class TorsionEnergy(_NumpyBackedEnergy):
     def wrap(self, theta: torch.Tensor) -> torch.Tensor:
         """Angles mapped to ``[-pi, pi)``."""
         return torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
+
+    def sampling_view(self) -> SamplingView:
+        """Where :func:`boltzkit.sample` samples these torsions: on ``R^k`` with a periodic
+        window of one turn centred at the template's torsions
+        (:class:`~boltzkit.energies.internal.TorusWindowedEnergy`, the same log Z as the
+        torus), samples wrapped back to ``[-pi, pi)``."""
+        return SamplingView(TorusWindowedEnergy(self, self.theta0), self.wrap, lambda log_z: log_z,
+                            description="torsions on one period about the template (log Z of "
+                                        "the torus), wrapped to [-pi, pi)")
 
     def reference_state(self) -> torch.Tensor:
         """The torsions of the minimized template conformer, ``(1, k)`` float32."""
