@@ -68,7 +68,9 @@ Failure modes
   with 3,300 evaluations) are found reliably. More ``n_starts`` or ``max_rounds`` help, and
   samplers must still check coverage.
 * A flat direction (no confinement, rotations of a molecule in vacuum) has no curvature; its
-  width is clipped to ``max_width``. A target without any minimum (energy unbounded below
+  width is clipped to ``max_width``. Where the minima keep spreading to the end of the search
+  (a periodic or flat direction: infinite mass on ``Reals(d)``) the probe says so
+  (``receding``) and :func:`probe_frame` refuses the target. A target without any minimum (energy unbounded below
   within the search radius) raises :class:`~boltzkit.errors.TargetError`.
 * Non-smooth energies or energies computed in float32 make the finite-difference Hessian
   noisy; the probe evaluates in float64 (``dtype``).
@@ -285,6 +287,10 @@ class ScaleProbe:
     n_evaluations : energy-and-gradient evaluations (states) the probe spent.
     n_starts, n_converged, rounds : starts used, how many converged, search rounds.
     hint_used : the probe ran in the frame of the target's own prior hint.
+    receding : the search ended at its limits with its minima still spreading (each round
+        found them farther out): the energy does not confine the states, e.g. a periodic
+        coordinate or a flat direction, so its mass on ``Reals(d)`` is infinite.
+        :func:`probe_frame` refuses such a target.
     """
 
     centre: torch.Tensor
@@ -301,6 +307,7 @@ class ScaleProbe:
     n_converged: int
     rounds: int
     hint_used: bool = False
+    receding: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -336,6 +343,7 @@ class ScaleProbe:
         return {"n_evaluations": int(self.n_evaluations), "n_minima": self.n_minima,
                 "n_starts": int(self.n_starts), "n_converged": int(self.n_converged),
                 "rounds": int(self.rounds), "hint_used": bool(self.hint_used),
+                "receding": bool(self.receding),
                 "prior_width_min": float(w.min()), "prior_width_max": float(w.max()),
                 "local_width_min": float(lw.min()), "local_width_max": float(lw.max()),
                 "minima_box_min": self.minima.min(0).values.tolist() if self.dim <= 8 else None,
@@ -414,6 +422,7 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
     reps = None
     metric_cov = None  # (d,) or (d, d) local covariance used to tell minima apart
     reach = 0.0  # the farthest start from the origin so far
+    extents = []  # per round: the farthest distinct minimum from their mean
     for rnd in range(int(max_rounds)):
         far = 0.0 if reps is None or frame is not None else float(reps.norm(dim=-1).max())
         if rnd == 0 or far > reach:
@@ -477,10 +486,17 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
                 metric_cov = metric_cov.diagonal().clone()
         n_before = 0 if reps is None else reps.shape[0]
         reps, rep_u = _distinct(allx, allu, metric_cov, full)
+        extents.append(float((reps - reps.mean(0)).norm(dim=-1).max()))
         n_new = reps.shape[0] - n_before
         grow = frame is None and float(reps.norm(dim=-1).max()) > reach
-        if (rnd > 0 and n_new < min_new * n_starts and not grow) or fn.n >= max_evaluations:
+        done = rnd > 0 and n_new < min_new * n_starts and not grow
+        if done or fn.n >= max_evaluations:
             break
+    # a search stopped by its limits while each of its last two rounds spread the minima 1.3x
+    # wider: they recede as far as it looks (periodic or flat directions: 1.5-6x per round;
+    # GMM-40, many-well-32 and mixtures at any scale end at most 1.0x wider)
+    receding = not done and len(extents) > 2 and all(
+        b > 1.3 * a for a, b in zip(extents[-3:-1], extents[-2:]))
     # curvature at the lowest distinct minima; Newton polish there
     nh = min(int(n_hessians), reps.shape[0])
     step = 1e-3 * metric_cov.diagonal().sqrt().min() if full else 1e-3 * metric_cov.sqrt().min()
@@ -535,7 +551,9 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
                       laplace_log_z=laplace + log_det_add, narrowest_width=narrow,
                       mala_step_size=mala_h, n_evaluations=int(fn.n), n_starts=total_starts,
                       n_converged=total_conv, rounds=rnd + 1, hint_used=frame is not None,
-                      extra={"lbfgs_gamma_median": float(torch.cat(found_gamma).median())})
+                      receding=receding,
+                      extra={"lbfgs_gamma_median": float(torch.cat(found_gamma).median()),
+                             "extents": extents})
 
 
 def _covering(reps, local_cov, full):
@@ -572,5 +590,15 @@ def probe_frame(target, *, generator: "torch.Generator | None" = None, **options
     from .energies.base import FramedEnergy
 
     pr = probe_scale(target, generator=generator, **options)
+    if pr.receding:
+        e = pr.extra["extents"]
+        raise TargetError(
+            f"{getattr(target, 'name', target)}: the scale probe's minima kept receding (over its "
+            f"{pr.rounds} search rounds they spread from {e[0]:.3g} to {e[-1]:.3g} about their "
+            f"centre): the energy does not confine the states along some direction (a periodic "
+            f"coordinate, a flat direction), so its mass on Reals({pr.dim}) is infinite. Sample a "
+            f"periodic energy on one period (boltzkit.energies.internal.TorusWindowedEnergy), "
+            f"confine flat directions, or, if the target really is that wide, give it a "
+            f"prior_hint() or pass init_std")
     hint = pr.hint()
     return FramedEnergy(target, hint), hint, pr

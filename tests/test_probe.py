@@ -92,9 +92,29 @@ def test_probe_searches_beyond_its_box_when_a_minimum_lies_outside():
     assert one.n_minima == 1 and abs(one.laplace_log_z - math.log(4.0)) > 1.0
 
 
+@pytest.mark.parametrize("energy", [lambda x: -torch.cos(x).sum(-1),      # periodic
+                                    lambda x: 0.5 * (x[:, 1:] ** 2).sum(-1)])  # one flat direction
+def test_a_target_with_infinite_mass_is_refused_before_sampling(energy):
+    import boltzkit as bk
+
+    t = Energy.from_function(energy, Reals(3))
+    p = probe_scale(t, seed=0)
+    assert p.receding and p.summary()["receding"]
+    assert p.extra["extents"][-1] > 1.69 * p.extra["extents"][-3]  # 1.3x wider twice
+    with pytest.raises(TargetError, match="kept receding.*infinite.*TorusWindowedEnergy"):
+        bk.sample(t, method="ais", n_samples=64, seed=0, progress=False)
+    # negative controls: many minima in a bounded box (many-well-8: 16), and modes far out
+    # (the two-mode mixture above) close their search
+    from boltzkit.energies import ManyWell
+
+    assert not probe_scale(ManyWell(8), seed=0).receding
+    assert not probe_scale(GaussianMixture([[-1000.0, 0.0], [1000.0, 5.0]], [10.0, 3.0]), seed=0).receding
+
+
 def test_probe_gmm40_box_and_mode_count():
     g = GaussianMixture.gmm40()
     p = probe_scale(g, seed=0)
+    assert not p.receding
     modes = torch.unique(g.mode_assignment(p.minima.float()))
     assert modes.numel() >= 30  # FAB's instance has 36 distinct minima (4 pairs overlap)
     # the box of the minima is the box of the means, up to the modes missed
