@@ -32,7 +32,14 @@ def _targets():
         "potts": lambda a: energies.Potts(L=a.L, q=a.q, beta=a.beta, J=a.J),
         "gmm40": lambda a: energies.GaussianMixture.gmm40(),
         "manywell": lambda a: energies.ManyWell(a.dim),
+        "smiles": _smiles_target,
     }
+
+
+def _smiles_target(a):
+    if not a.smiles:
+        raise ConfigError("the smiles target needs a molecule: --smiles CCCC (butane), for example")
+    return energies.from_smiles(a.smiles, temperature=a.temperature)
 
 
 def _parse_value(v: str):
@@ -65,6 +72,9 @@ def _add_target_args(p):
     p.add_argument("--solvent", choices=("vacuum", "implicit"), default="vacuum", help="alanine")
     p.add_argument("--coordinates", choices=("internal", "cartesian"), default="internal",
                    help="where alanine is sampled (states are returned in Cartesian nm)")
+    p.add_argument("--smiles", default=None,
+                   help="molecule of the smiles target (its rotatable torsions, MMFF94; log Z of the torus)")
+    p.add_argument("--temperature", type=float, default=300.0, help="kelvin (smiles)")
 
 
 def _with_exact(res, target):

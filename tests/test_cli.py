@@ -83,3 +83,26 @@ def test_cli_samples_alanine_in_internal_coordinates(tmp_path, capsys):
     assert res.target["coordinates"] == "internal" and res.log_z is not None
     assert main(["explain", "alanine", "--coordinates", "cartesian"]) == 0
     assert "other coordinates" not in capsys.readouterr().out
+
+
+def test_cli_samples_a_smiles_molecule_on_its_torsions(tmp_path, capsys):
+    pytest.importorskip("rdkit")
+    out = tmp_path / "butane.npz"
+    rc = main(["sample", "smiles", "--smiles", "CCCC", "--n-samples", "256", "--seed", "0", "--quiet",
+               "--out", str(out)])
+    assert rc == 0
+    res = Result.load(out)
+    assert res.method == "ais" and res.samples.shape == (256, 1)
+    assert res.diagnostics["coordinates"].startswith("torsions on one period")
+    import math
+
+    import torch
+
+    from boltzkit.energies import from_smiles
+
+    grid = torch.linspace(-math.pi, math.pi, 401, dtype=torch.float64)[:-1, None]
+    exact = float(torch.logsumexp(-from_smiles("CCCC").energy(grid).double(), 0) + math.log(2 * math.pi / 400))
+    assert abs(res.log_z - exact) < 4 * res.log_z_stderr + res.log_z_stderr ** 2  # 1-D quadrature
+    assert abs(res.log_z - exact - 0.3) > 4 * res.log_z_stderr  # negative control
+    assert main(["sample", "smiles", "--quiet"]) == 2
+    assert "--smiles CCCC" in capsys.readouterr().err
