@@ -11,6 +11,8 @@ does not come from boltzkit's own samplers:
 * ``gmm40x1000``: the same mixture in units 1000x smaller (modes at up to +-40,000, widths
   1,000), log Z = 0; ``two_far``: a width-10 mode and a width-3 mode of three times its weight
   2,000 apart, log Z = log 4 (both far outside the probe's first +-50 box).
+* ``banana``: Haario et al.'s twisted Gaussian (x0 ~ N(0, 100), x1 + 0.1 x0^2 - 10 ~ N(0, 1)),
+  log Z = 0: a curved ridge whose arms lie tens of local widths off the minimum's axes.
 * ``ho15``: openmmtools' ``HarmonicOscillatorArray`` (5 particles, 15 dof, K = 90 kcal/mol/A^2,
   300 K) as :class:`~boltzkit.energies.OpenMMEnergy` without positions (so without a prior
   hint); log Z = (3N/2) log(2 pi kT / K) = -58.3826.
@@ -102,8 +104,15 @@ def targets():
         g = GaussianMixture([[-1000.0, 0.0], [1000.0, 5.0]], [10.0, 3.0], [1.0, 3.0])
         return g, g.exact_log_z()
 
+    def banana():  # Haario et al.'s twisted Gaussian (b = 0.1): a curved ridge, log Z = 0
+        def u(x, b=0.1):
+            y = x[:, 1] + b * x[:, 0] ** 2 - 100 * b
+            return 0.5 * (x[:, 0] ** 2 / 100 + y ** 2) + math.log(2 * math.pi * 10)
+
+        return bk.energies.Energy.from_function(u, bk.domains.Reals(2), name="banana", log_z=0.0), 0.0
+
     return {"aniso15": aniso, "gmm40": gmm, "mw32": mw, "ho15": oscillator_array,
-            "gmm40x1000": gmm_far, "two_far": two_far}
+            "gmm40x1000": gmm_far, "two_far": two_far, "banana": banana}
 
 
 def run_one(target, exact, method, seed, **opts):
@@ -170,7 +179,8 @@ def calibrate(n_seeds, n_samples, name="gmm40"):
                "n_seeds": n_seeds, "fraction_within_3se": float(1 - outside.mean()),
                "outside_all_flagged": bool(all(not rows[i]["reliable"] for i in np.flatnonzero(outside))),
                "mean_z": float(z.mean()), "std_z": float(z.std(ddof=1)) if n_seeds > 1 else None,
-               "min_modes_covered": int(min(r["modes_covered"] for r in rows)),
+               "min_modes_covered": (int(min(r["modes_covered"] for r in rows))
+                                     if all("modes_covered" in r for r in rows) else None),
                "z_scores": z.tolist()}
     print(json.dumps(summary), flush=True)
     return summary
@@ -218,7 +228,8 @@ def main(argv=None):
                         "(bk.sample's default method), sampled plain and as SMC")
     p.add_argument("--calibration", type=int, default=0,
                    help="seeds of the GMM-40 calibration run (AIS defaults, 2,000 particles)")
-    p.add_argument("--calibration-target", default="gmm40", help="mixture of the calibration run")
+    p.add_argument("--calibration-target", default="gmm40", help="target of the calibration run")
+    p.add_argument("--calibration-n", type=int, default=2000, help="particles per calibration run")
     p.add_argument("--out", default=str(RESULTS / "scale_defaults"))
     a = p.parse_args(argv)
     q = 0.1 if a.quick else 1.0
@@ -245,7 +256,7 @@ def main(argv=None):
                                                    n_steps=0, resample_ess=0.5, n_islands=16)})
             if name in a.naas_trained.split(","):  # bk.sample's default method, default training
                 rows += trained_naas(name, target, exact, 16 * int(256 * q))
-    calibration = calibrate(a.calibration, int(2000 * q), a.calibration_target) if a.calibration else None
+    calibration = calibrate(a.calibration, int(a.calibration_n * q), a.calibration_target) if a.calibration else None
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"device": "cpu (2 cores shared)", "torch": torch.__version__,

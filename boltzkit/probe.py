@@ -25,6 +25,13 @@ continuous samplers use it exactly as a target-given hint. In the frame the narr
 width is :attr:`ScaleProbe.narrowest_width` (NAAS ``target_scale``; PDNS would use it the same
 way), and :attr:`ScaleProbe.mala_step_size` is a MALA step for it.
 
+Mass off the minima's axes: descents from broad starts stop at their first point in the typical
+energy band ``U <= U_min + d/2 + 2 sqrt(d/2)`` (inside the 99.9 % ellipsoid of a Gaussian, so a
+Gaussian or a mixture of them is left as it is). On a curved ridge (Haario's banana: its arms lie
+tens of local widths off the minimum's axes) most band points fall outside the covering
+Gaussian; then ``c`` and ``C`` are the moments of minima and band points together, widened 1.5x
+(``extra["band_widened"]``).
+
 Use by the samplers
 -------------------
 Where the user gives no scale (``init_std`` / ``prior_std`` / ``target_scale`` left at None)
@@ -131,7 +138,8 @@ def _two_loop(g, S, Y, rho, gamma):
 
 
 def minimize(fn, x0: torch.Tensor, *, max_iter: int = 400, memory: int = 20, tol: float = 1e-9,
-             max_backtracks: int = 40, newton: bool = False, curvature_range=(1e-6, 1e12)):
+             max_backtracks: int = 40, newton: bool = False, curvature_range=(1e-6, 1e12),
+             stop_below: "float | None" = None):
     """Batched L-BFGS (or saddle-free Newton) with Armijo backtracking, one independent
     minimization per row.
 
@@ -148,6 +156,8 @@ def minimize(fn, x0: torch.Tensor, *, max_iter: int = 400, memory: int = 20, tol
     tol : float
         A row stops when its estimated Newton decrement ``-g . p`` (in units of kT, so it
         does not depend on the target's length scale) falls below ``tol``.
+    stop_below : float, optional
+        A row also stops (not converged) at its first iterate with energy at most this.
 
     Returns
     -------
@@ -164,6 +174,8 @@ def minimize(fn, x0: torch.Tensor, *, max_iter: int = 400, memory: int = 20, tol
     rho = torch.zeros(B, m, dtype=x.dtype, device=x.device)
     gamma = 1.0 / g.norm(dim=-1).clamp_min(1e-300)  # first step has unit length
     active = torch.isfinite(u)
+    if stop_below is not None:
+        active &= ~(u <= stop_below)
     converged = torch.zeros(B, dtype=torch.bool, device=x.device)
     n_pairs = torch.zeros(B, dtype=torch.long, device=x.device)
     for _ in range(int(max_iter)):
@@ -221,6 +233,8 @@ def minimize(fn, x0: torch.Tensor, *, max_iter: int = 400, memory: int = 20, tol
             gamma[gi] = sy[good] / (yv[good] * yv[good]).sum(-1)
             n_pairs[gi] += 1
         x[idx], u[idx], g[idx] = xn, un, gn
+        if stop_below is not None:
+            active[idx[un <= stop_below]] = False
     return x, u, g, converged, gamma
 
 
@@ -349,6 +363,7 @@ class ScaleProbe:
                 "minima_box_min": self.minima.min(0).values.tolist() if self.dim <= 8 else None,
                 "minima_box_max": self.minima.max(0).values.tolist() if self.dim <= 8 else None,
                 "narrowest_width": float(self.narrowest_width),
+                "band_widened": bool(self.extra.get("band_widened", False)),
                 "mala_step_size": float(self.mala_step_size),
                 "laplace_log_z": float(self.laplace_log_z)}
 
@@ -520,6 +535,10 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
     local = torch.cat([covs, mean_cov.expand(reps.shape[0] - nh, *mean_cov.shape)])
     widths = local.diagonal(dim1=1, dim2=2).sqrt() if full else local.sqrt()
     c, sq = _covering(reps, mean_cov, full)
+    seed = generator.initial_seed() + 104729  # its own stream: the caller's is left as it was
+    explore_gen = torch.Generator(device=generator.device).manual_seed(seed)
+    c, sq, explored = _explore(fn, reps, rep_u, mean_cov, c, sq, full, explore_gen, dtype, n_starts=n_starts,
+                               radii=(lo_r, max(hi_r, reach / math.sqrt(d))), frame=frame)
     # Laplace masses: -U_i + 1/2 log det(2 pi H_i^{-1})
     logdet = torch.linalg.slogdet(local)[1] if full else local.log().sum(-1)
     laplace = float(torch.logsumexp(-rep_u + 0.5 * logdet + 0.5 * d * math.log(2 * math.pi), 0))
@@ -553,7 +572,37 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
                       n_converged=total_conv, rounds=rnd + 1, hint_used=frame is not None,
                       receding=receding,
                       extra={"lbfgs_gamma_median": float(torch.cat(found_gamma).median()),
-                             "extents": extents})
+                             "extents": extents, **explored})
+
+
+def _explore(fn, reps, rep_u, local_cov, c, sq, full, gen, dtype, *, n_starts: int, radii, frame,
+             outside_limit: float = 0.1):
+    """Where the mass lies that the Laplace picture misses. Descents from broad starts stop at
+    their first point in the typical energy band ``U <= U_min + d/2 + 2 sqrt(d/2)`` (for a
+    Gaussian that is inside its 99.9 % ellipsoid, so it adds nothing); a curved ridge (a
+    banana's arms lie tens of local widths off its minimum's axes) or a long anharmonic arm
+    is entered far from the minimum. When more than ``outside_limit`` of the band points lie
+    outside the covering Gaussian's 99.9 % ellipsoid, the covering becomes the moments of
+    minima and band points together, widened 1.5x. Returns ``(c, sq, summary)``."""
+    from scipy.stats import chi2
+
+    d, dev = reps.shape[1], reps.device
+    band = float(rep_u.min()) + 0.5 * d + 2.0 * math.sqrt(0.5 * d)
+    r = torch.logspace(math.log10(radii[0]), math.log10(radii[1]), n_starts, dtype=dtype).to(dev)
+    if frame is not None:
+        r = torch.full((n_starts,), 3.0, dtype=dtype, device=dev)
+    z = torch.randn(n_starts, d, generator=gen, dtype=torch.float64, device=gen.device).to(dev, dtype)
+    x, u, *_ = minimize(fn, r[:, None] * z, newton=False, stop_below=band)
+    pts = x[u <= band]
+    if pts.shape[0] == 0:
+        return c, sq, {"band_points": 0, "band_outside_fraction": 0.0, "band_widened": False}
+    zz = torch.linalg.solve(sq, (pts - c).T).T if full else (pts - c) / sq
+    frac = float(((zz * zz).sum(-1) > float(chi2.ppf(0.999, d))).double().mean())
+    wide = frac > outside_limit
+    if wide:  # widened by 1.5: the band stops short of the arms' tails
+        c, sq = _covering(torch.cat([reps, pts]), local_cov, full)
+        sq = 1.5 * sq
+    return c, sq, {"band_points": int(pts.shape[0]), "band_outside_fraction": frac, "band_widened": wide}
 
 
 def _covering(reps, local_cov, full):

@@ -92,6 +92,27 @@ def test_probe_searches_beyond_its_box_when_a_minimum_lies_outside():
     assert one.n_minima == 1 and abs(one.laplace_log_z - math.log(4.0)) > 1.0
 
 
+def banana(x, b=0.1):
+    """Haario et al.'s twisted Gaussian: x0 ~ N(0, 10^2), x1 + b x0^2 - 100 b ~ N(0, 1); log Z = 0."""
+    y = x[:, 1] + b * x[:, 0] ** 2 - 100 * b
+    return 0.5 * (x[:, 0] ** 2 / 100 + y ** 2) + math.log(2 * math.pi * 10)
+
+
+def test_probe_widens_its_frame_over_a_curved_ridge():
+    # the minimum (0, 10) has local widths (10, 1), but the ridge bends down to x1 = -30 at
+    # x0 = 20: the Laplace frame puts that 2-sigma point 40 widths out
+    t = Energy.from_function(banana, Reals(2))
+    p = probe_scale(t, seed=0)
+    assert p.n_minima == 1 and p.extra["band_widened"] and p.extra["band_outside_fraction"] > 0.1
+    np.testing.assert_allclose(p.minima_widths[0].numpy(), [10.0, 1.0], rtol=1e-3)
+    arms = torch.tensor([[20.0, -30.0], [-20.0, -30.0]], dtype=torch.float64)
+    assert float(p.to_z(arms).norm(dim=-1).max()) < 3.0
+    # negative control: a Gaussian's typical band lies inside its 99.9 % ellipsoid, nothing moves
+    g = probe_scale(Gaussian(MEAN[:4], std=WIDTHS[:4]), seed=0)
+    assert g.extra["band_outside_fraction"] == 0.0 and not g.extra["band_widened"]
+    np.testing.assert_allclose(g.widths().numpy(), WIDTHS[:4], rtol=1e-6)
+
+
 @pytest.mark.parametrize("energy", [lambda x: -torch.cos(x).sum(-1),      # periodic
                                     lambda x: 0.5 * (x[:, 1:] ** 2).sum(-1)])  # one flat direction
 def test_a_target_with_infinite_mass_is_refused_before_sampling(energy):
