@@ -28,13 +28,15 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 def check_energies(u: "torch.Tensor | None", x: torch.Tensor, *, name: str, where: str = "",
-                   grad: "torch.Tensor | None" = None, energy_fn=None) -> None:
+                   grad: "torch.Tensor | None" = None, energy_fn=None, energy=None) -> None:
     """Raise :class:`NonFiniteEnergyError` if ``u`` (B,) holds NaN or ``-inf`` at finite states
     ``x`` (B, ...), or ``grad`` (B, ...) is non-finite where the energy is finite.
 
     ``name`` names the energy (``"DoubleWell.energy"``), ``where`` the place in the run
     (``"AIS level 12 of 200"``). With gradients only (``u=None``), ``energy_fn`` is evaluated
-    at the offending states for the message. Costs one device sync when all is well.
+    at the offending states for the message. ``energy``: the energy evaluated; where it is a
+    target seen in a frame (it has ``hint.to_x``, e.g. a scale probe's frame), the message
+    gives the states in the target's own coordinates. Costs one device sync when all is well.
     """
     ok_x = torch.isfinite(_flat(x)).all(1)
     bad_u = None if u is None else (torch.isnan(u) | torch.isneginf(u)) & ok_x
@@ -62,7 +64,11 @@ def check_energies(u: "torch.Tensor | None", x: torch.Tensor, *, name: str, wher
             text += f" (the energy there: {n_nan} NaN of {k})" if n_nan else " whose energies are finite"
         parts.append(text)
         sel |= bad_g
-    xs = _flat(x[sel].detach()).double()
+    xs = x[sel].detach()
+    to_x = getattr(getattr(energy, "hint", None), "to_x", None)
+    if callable(to_x):  # a framed target: report the user's coordinates, not the frame's
+        xs = to_x(xs.double())
+    xs = _flat(xs).double()
     good = ok_x & ~sel if u is None else ok_x & ~sel & torch.isfinite(u)
     u_range = ""
     if u is not None and bool(good.any()):

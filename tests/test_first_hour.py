@@ -216,6 +216,22 @@ def test_nan_late_in_a_run_is_named_not_dropped_or_called_divergence(method):
     assert torch.isfinite(res.samples).all()
 
 
+@pytest.mark.parametrize("method", ["ais", "mala", "naas"])
+def test_nan_states_are_reported_in_the_targets_coordinates_not_the_probes_frame(method):
+    # a Gaussian at (1000, 1000) with NaN beyond x0 = 1003: the samplers run in the scale
+    # probe's frame (z = x - 1000), the message gives x (before: x[0] in [3.1, 3.3])
+    def u(x):
+        e = 0.5 * ((x - 1000.0) ** 2).sum(-1)
+        return torch.where(x[:, 0] > 1003.0, torch.full_like(e, float("nan")), e)
+
+    t = bk.energies.Energy.from_function(u, bk.domains.Reals(2), name="far")
+    opts = {"n_steps": 5} if method == "naas" else {}
+    with pytest.raises(bk.errors.NonFiniteEnergyError) as info:
+        bk.sample(t, method, n_samples=2000, seed=0, progress=False, **opts)
+    lo = float(str(info.value).split("x[0] in [")[1].split(",")[0])
+    assert 1003.0 <= lo < 1010.0, str(info.value)
+
+
 def test_plus_inf_is_zero_density_not_an_error():
     from boltzkit._finite import check_energies
 

@@ -372,7 +372,7 @@ class _Annealer:
 
     def raw(self, y):
         u, g = self.target.energy(y), self.target.grad_energy(y)
-        check_energies(u, y, grad=g, name=f"{self.target.name}.energy", where=self.where)
+        check_energies(u, y, grad=g, name=f"{self.target.name}.energy", where=self.where, energy=self.target)
         return u, g
 
     def u0(self, y):
@@ -716,7 +716,8 @@ class AIS(AnnealedSampler):
         for k in range(1, lambdas.size):
             lam, dlam = float(lambdas[k]), float(lambdas[k] - lambdas[k - 1])
             u = self.target.energy(x).double()
-            check_energies(u, x, name=f"{self.target.name}.energy", where=f"at ais level {k} of {lambdas.size - 1}")
+            check_energies(u, x, name=f"{self.target.name}.energy", where=f"at ais level {k} of {lambdas.size - 1}",
+                           energy=self.target)
             logw -= dlam * u
             running.append(running_log_z(logw, one, log_z0))
             rate = 0.0

@@ -119,7 +119,8 @@ class MALA(MCMCSampler):
     def _potential(self, y):
         u, g = self.work.energy(y), self.work.grad_energy(y)
         where = f"at mala step {self.n_total + 1}" if self.state is not None else "at mala's starting states"
-        check_energies(u, y, grad=g, name=f"{self.target.name}.energy", where=where)  # never a silent rejection
+        check_energies(u, y, grad=g, name=f"{self.target.name}.energy", where=where,  # never a silent rejection
+                       energy=self.work)
         return u, g
 
     def _start(self, target) -> None:

@@ -343,7 +343,8 @@ class AnnealedLangevin:
 
     def _checked(self, x, g):
         """The energy gradient ``g`` at ``x`` checked for non-finite values, clipped and projected."""
-        check_energies(None, x, grad=g, name=f"{self.energy.name}.energy", energy_fn=self.energy.energy)
+        check_energies(None, x, grad=g, name=f"{self.energy.name}.energy", energy_fn=self.energy.energy,
+                       energy=self.energy)
         return self._proj(g if self.grad_clip is None else self.clip_norm(g, self.grad_clip))
 
     def grad_energy(self, x: torch.Tensor) -> torch.Tensor:
@@ -479,7 +480,8 @@ class NAAS(TrainableSampler):
         if not bool(torch.isfinite(x).all()):
             return x, None, path
         u = self.work.energy(x)
-        check_energies(u, x, name=f"{self.work.name}.energy", where="at the trajectories' end states")
+        check_energies(u, x, name=f"{self.work.name}.energy", where="at the trajectories' end states",
+                       energy=self.work)
         log_gamma = -u.to(torch.float64)
         lw = log_gamma + path.log_bwd - path.log_fwd + lw_start + self._log_det
         return x, lw, path
