@@ -314,9 +314,9 @@ class Result:
         k = d.get("pareto_k")
         if isinstance(k, (int, float)) and math.isfinite(k):
             facts.append(f"Pareto k {k:.2f}")
-        if self.log_weights is not None and not self.reliable:
-            why.append(f"degenerate weights (needs ESS >= {100 * ESS_FRAC_LIMIT:g} % of n and "
-                       f"Pareto k <= {PARETO_K_LIMIT:g})")
+        if self.log_weights is not None and not self.reliable:  # the method's reason, where it gives one
+            why.append(d.get("unreliable_because") or f"degenerate weights (needs ESS >= "
+                       f"{100 * ESS_FRAC_LIMIT:g} % of n and Pareto k <= {PARETO_K_LIMIT:g})")
         elif self.log_weights is None and d.get("reliable") is False:
             why.append("flagged unreliable by the method")
         if self.log_weights is None and d.get("tau_converged") is False:

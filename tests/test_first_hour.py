@@ -316,6 +316,15 @@ def test_summary_says_first_whether_to_trust_and_the_method_specific_next_step()
     exact = Result(**{**{f: getattr(flat, f) for f in ("samples", "log_weights", "log_z_stderr", "method",
                                                       "target", "ess")}, "log_z": 1.0, "diagnostics": {"exact_log_z": 1.0}})
     assert exact.trust()[0]  # negative control: an exact answer with no error bar is trusted
+    # healthy pooled weights flagged for the islands' spread: the verdict gives that reason
+    why = "islands disagree (log Z spread 0.90 between 32 islands; limit 0.5)"
+    isl = Result(**{**{f: getattr(ok, f) for f in ("samples", "log_weights", "log_z", "log_z_stderr", "ess",
+                                                  "method", "target")},
+                    "diagnostics": {"reliable": False, "unreliable_because": why}})
+    assert isl.trust()[1].startswith("NOT trusted: " + why) and "degenerate" not in isl.trust()[1]
+    plain = Result(**{**{f: getattr(isl, f) for f in ("samples", "log_weights", "log_z", "log_z_stderr", "ess",
+                                                     "method", "target")}, "diagnostics": {"reliable": False}})
+    assert plain.trust()[1].startswith("NOT trusted: degenerate weights")  # no reason given: the generic one
 
 
 def test_figure_states_trust_exact_value_and_zooms_on_the_final_agreement(tmp_path):
