@@ -77,7 +77,11 @@ Failure modes
 * A flat direction (no confinement, rotations of a molecule in vacuum) has no curvature; its
   width is clipped to ``max_width``. Where the minima keep spreading to the end of the search
   (a periodic or flat direction: infinite mass on ``Reals(d)``) the probe says so
-  (``receding``) and :func:`probe_frame` refuses the target. A target without any minimum (energy unbounded below
+  (``receding``) and :func:`probe_frame` refuses the target.
+* Power-law tails (Cauchy, Student t) hold mass that no Gaussian frame reaches: the energy is
+  evaluated at 10 and 100 covering widths past the typical radius along 16 directions, and
+  where it rises by less than ``3 (d + 2) log 10`` kT along one of them (:attr:`ScaleProbe.heavy_tail`)
+  :func:`probe_frame` warns and :meth:`~boltzkit.result.Result.trust` does not trust the result. A target without any minimum (energy unbounded below
   within the search radius) raises :class:`~boltzkit.errors.TargetError`.
 * Non-smooth energies or energies computed in float32 make the finite-difference Hessian
   noisy; the probe evaluates in float64 (``dtype``).
@@ -97,6 +101,9 @@ from .errors import ConfigError, TargetError
 __all__ = ["ScaleProbe", "probe_scale", "probe_frame", "minimize", "hessian_fd", "hessian_diag_fd"]
 
 DEFAULT_RADII = (0.1, 100.0)
+HEAVY_TAIL = ("heavy tails: the energy rises only logarithmically far out along some direction (a power "
+              "law), so the Gaussian reference misses the tail's mass and log Z comes out low. Map the "
+              "heavy coordinate (e.g. sample log r for a radius) or give a prior_hint as wide as the tail")
 
 
 # ============================================================================ evaluation
@@ -332,6 +339,14 @@ class ScaleProbe:
     def n_minima(self) -> int:
         return int(self.minima.shape[0])
 
+    @property
+    def heavy_tail(self) -> bool:
+        """The energy rises along some direction no faster than a power law ``|x|^-(d + nu)``
+        with ``nu <= 2 d + 6`` (from 10 to 100 covering widths past the typical radius, by less
+        than ``3 (d + 2) log 10`` kT): a Gaussian reference misses the tail's mass."""
+        rise = self.extra.get("tail_growth", math.inf)
+        return bool(rise < 3.0 * (self.dim + 2) * math.log(10.0))
+
     def covariance(self) -> torch.Tensor:
         """``C = S S^T`` (d, d)."""
         s = self.scale
@@ -364,6 +379,8 @@ class ScaleProbe:
                 "minima_box_max": self.minima.max(0).values.tolist() if self.dim <= 8 else None,
                 "narrowest_width": float(self.narrowest_width),
                 "band_widened": bool(self.extra.get("band_widened", False)),
+                "tail_growth": float(self.extra.get("tail_growth", math.inf)),
+                "heavy_tail": self.heavy_tail,
                 "mala_step_size": float(self.mala_step_size),
                 "laplace_log_z": float(self.laplace_log_z)}
 
@@ -539,6 +556,7 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
     explore_gen = torch.Generator(device=generator.device).manual_seed(seed)
     c, sq, explored = _explore(fn, reps, rep_u, mean_cov, c, sq, full, explore_gen, dtype, n_starts=n_starts,
                                radii=(lo_r, max(hi_r, reach / math.sqrt(d))), frame=frame)
+    explored["tail_growth"] = _tail_growth(fn, reps[int(rep_u.argmin())], sq, full, explore_gen, dtype)
     # Laplace masses: -U_i + 1/2 log det(2 pi H_i^{-1})
     logdet = torch.linalg.slogdet(local)[1] if full else local.log().sum(-1)
     laplace = float(torch.logsumexp(-rep_u + 0.5 * logdet + 0.5 * d * math.log(2 * math.pi), 0))
@@ -605,6 +623,22 @@ def _explore(fn, reps, rep_u, local_cov, c, sq, full, gen, dtype, *, n_starts: i
     return c, sq, {"band_points": int(pts.shape[0]), "band_outside_fraction": frac, "band_widened": wide}
 
 
+def _tail_growth(fn, m, sq, full, gen, dtype, *, n_dirs: int = 16, radii=(10.0, 100.0)) -> float:
+    """The smallest rise of the energy from ``radii[0] sqrt(d)`` to ``radii[1] sqrt(d)``
+    covering widths out of the lowest minimum, over ``n_dirs`` random directions (a non-finite
+    energy far out counts as an infinite rise). A Gaussian rises by ``d (r_1^2 - r_0^2) / 2``
+    (thousands); a power-law tail ``|x|^-(d + nu)`` only by ``(d + nu) log(r_1 / r_0)``."""
+    d = m.numel()
+    e = torch.randn(n_dirs, d, generator=gen, dtype=torch.float64, device=gen.device).to(m.device, dtype)
+    e = math.sqrt(d) * e / e.norm(dim=-1, keepdim=True)  # past the typical radius sqrt(d)
+    step = (e @ sq.T) if full else e * sq
+    u0, _ = fn(m + radii[0] * step)
+    u1, _ = fn(m + radii[1] * step)
+    rise = torch.nan_to_num(u1 - u0, nan=math.inf, posinf=math.inf)
+    rise = torch.where(torch.isfinite(u0) & torch.isfinite(u1), rise, torch.full_like(rise, math.inf))
+    return float(rise.min())
+
+
 def _covering(reps, local_cov, full):
     """Centre and square root of ``Cov(minima) + local_cov`` (matrix, or (d,) when diagonal)."""
     c = reps.mean(0)
@@ -649,5 +683,11 @@ def probe_frame(target, *, generator: "torch.Generator | None" = None, **options
             f"periodic energy on one period (boltzkit.energies.internal.TorusWindowedEnergy), "
             f"confine flat directions, or, if the target really is that wide, give it a "
             f"prior_hint() or pass init_std")
+    if pr.heavy_tail:
+        import warnings
+
+        from .errors import UnreliableEstimateWarning
+
+        warnings.warn(f"{getattr(target, 'name', target)}: {HEAVY_TAIL}", UnreliableEstimateWarning, stacklevel=3)
     hint = pr.hint()
     return FramedEnergy(target, hint), hint, pr

@@ -319,6 +319,10 @@ class Result:
                        f"{100 * ESS_FRAC_LIMIT:g} % of n and Pareto k <= {PARETO_K_LIMIT:g})")
         elif self.log_weights is None and d.get("reliable") is False:
             why.append("flagged unreliable by the method")
+        probe = d.get("scale_probe")
+        if isinstance(probe, dict) and probe.get("heavy_tail"):
+            why.append(f"heavy tails (the energy rises by {probe.get('tail_growth', float('nan')):.3g} kT from 10 to "
+                       "100 frame widths: a power law; the reference misses tail mass)")
         if self.log_weights is None and d.get("tau_converged") is False:
             why.append("the chains' autocorrelation time has not converged")
         for key in ("modes_covered", "basins_covered"):
@@ -347,6 +351,10 @@ class Result:
         spec = registry().get(self.method)
         cls = spec.cls if spec is not None else None
         cfg, d = dict(self.config), self.diagnostics
+        probe = d.get("scale_probe")
+        if isinstance(probe, dict) and probe.get("heavy_tail"):  # no budget fixes a missed tail
+            return ("next: map the heavy-tailed coordinate (e.g. sample log r for a radius) or give the "
+                    "target a prior_hint() as wide as its tail")
         tips = []
         steps = d.get("train_steps", cfg.get("n_steps"))
         if cls is not None and hasattr(cls, "train_step"):  # a neural sampler: its training budget

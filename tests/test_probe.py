@@ -113,6 +113,33 @@ def test_probe_widens_its_frame_over_a_curved_ridge():
     np.testing.assert_allclose(g.widths().numpy(), WIDTHS[:4], rtol=1e-6)
 
 
+def _student(nu, d):
+    return Energy.from_function(lambda x: 0.5 * (nu + d) * torch.log1p((x * x).sum(-1) / nu), Reals(d))
+
+
+def test_power_law_tails_are_flagged_and_the_result_is_not_trusted():
+    import warnings
+
+    import boltzkit as bk
+    from boltzkit.errors import UnreliableEstimateWarning
+
+    for nu, d in ((1, 1), (3, 1), (5, 10)):  # Cauchy, t3, a 10-D t5
+        assert probe_scale(_student(nu, d), seed=0).heavy_tail, (nu, d)
+    # negative controls: exponential tails, a t30 (Gaussian-like), a 200-D Gaussian
+    assert not probe_scale(Energy.from_function(lambda x: x.abs().sum(-1), Reals(1)), seed=0).heavy_tail
+    assert not probe_scale(_student(30, 1), seed=0).heavy_tail
+    assert not probe_scale(Gaussian(np.zeros(200), std=1.0), seed=0).heavy_tail
+    # Cauchy: log Z = log pi; AIS from the Gaussian frame comes out low and now says so first
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = bk.sample(_student(1, 1), method="ais", n_samples=2000, seed=0, progress=False)
+    assert any("heavy tails" in str(w.message) and issubclass(w.category, UnreliableEstimateWarning)
+               for w in caught)
+    ok, verdict, nxt = res.trust()
+    assert not ok and "heavy tails" in verdict and "log r" in nxt
+    assert res.diagnostics["scale_probe"]["heavy_tail"]
+
+
 @pytest.mark.parametrize("energy", [lambda x: -torch.cos(x).sum(-1),      # periodic
                                     lambda x: 0.5 * (x[:, 1:] ** 2).sum(-1)])  # one flat direction
 def test_a_target_with_infinite_mass_is_refused_before_sampling(energy):
