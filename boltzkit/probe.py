@@ -78,11 +78,13 @@ Failure modes
   width is clipped to ``max_width``. Where the minima keep spreading to the end of the search
   (a periodic or flat direction: infinite mass on ``Reals(d)``) the probe says so
   (``receding``) and :func:`probe_frame` refuses the target.
+  A target without any minimum (energy unbounded below within the search radius) raises
+  :class:`~boltzkit.errors.TargetError`.
 * Power-law tails (Cauchy, Student t) hold mass that no Gaussian frame reaches: the energy is
   evaluated at 10 and 100 covering widths past the typical radius along 16 directions, and
-  where it rises by less than ``3 (d + 2) log 10`` kT along one of them (:attr:`ScaleProbe.heavy_tail`)
-  :func:`probe_frame` warns and :meth:`~boltzkit.result.Result.trust` does not trust the result. A target without any minimum (energy unbounded below
-  within the search radius) raises :class:`~boltzkit.errors.TargetError`.
+  where it rises by less than ``3 (d + 2) log 10`` kT along one of them
+  (:attr:`ScaleProbe.heavy_tail`) :func:`probe_frame` warns and
+  :meth:`~boltzkit.result.Result.trust` does not trust the result.
 * Non-smooth energies or energies computed in float32 make the finite-difference Hessian
   noisy; the probe evaluates in float64 (``dtype``).
 * Minima are found by descent, so saddles with zero gradient at a start are possible but
@@ -552,11 +554,11 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
     local = torch.cat([covs, mean_cov.expand(reps.shape[0] - nh, *mean_cov.shape)])
     widths = local.diagonal(dim1=1, dim2=2).sqrt() if full else local.sqrt()
     c, sq = _covering(reps, mean_cov, full)
-    seed = generator.initial_seed() + 104729  # its own stream: the caller's is left as it was
-    explore_gen = torch.Generator(device=generator.device).manual_seed(seed)
-    c, sq, explored = _explore(fn, reps, rep_u, mean_cov, c, sq, full, explore_gen, dtype, n_starts=n_starts,
-                               radii=(lo_r, max(hi_r, reach / math.sqrt(d))), frame=frame)
-    explored["tail_growth"] = _tail_growth(fn, reps[int(rep_u.argmin())], sq, full, explore_gen, dtype)
+    # the band and tail checks draw from their own stream: the caller's is left as it was
+    check_gen = torch.Generator(device=generator.device).manual_seed(generator.initial_seed() + 104729)
+    c, sq, checks = _cover_band(fn, reps, rep_u, mean_cov, c, sq, full, check_gen, dtype, n_starts=n_starts,
+                                radii=(lo_r, max(hi_r, reach / math.sqrt(d))), frame=frame)
+    checks["tail_growth"] = _tail_growth(fn, reps[int(rep_u.argmin())], sq, full, check_gen, dtype)
     # Laplace masses: -U_i + 1/2 log det(2 pi H_i^{-1})
     logdet = torch.linalg.slogdet(local)[1] if full else local.log().sum(-1)
     laplace = float(torch.logsumexp(-rep_u + 0.5 * logdet + 0.5 * d * math.log(2 * math.pi), 0))
@@ -590,11 +592,11 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
                       n_converged=total_conv, rounds=rnd + 1, hint_used=frame is not None,
                       receding=receding,
                       extra={"lbfgs_gamma_median": float(torch.cat(found_gamma).median()),
-                             "extents": extents, **explored})
+                             "extents": extents, **checks})
 
 
-def _explore(fn, reps, rep_u, local_cov, c, sq, full, gen, dtype, *, n_starts: int, radii, frame,
-             outside_limit: float = 0.1):
+def _cover_band(fn, reps, rep_u, local_cov, c, sq, full, gen, dtype, *, n_starts: int, radii, frame,
+                outside_limit: float = 0.1):
     """Where the mass lies that the Laplace picture misses. Descents from broad starts stop at
     their first point in the typical energy band ``U <= U_min + d/2 + 2 sqrt(d/2)`` (for a
     Gaussian that is inside its 99.9 % ellipsoid, so it adds nothing); a curved ridge (a
@@ -679,7 +681,8 @@ def probe_frame(target, *, generator: "torch.Generator | None" = None, **options
             f"{getattr(target, 'name', target)}: the scale probe's minima kept receding (over its "
             f"{pr.rounds} search rounds they spread from {e[0]:.3g} to {e[-1]:.3g} about their "
             f"centre): the energy does not confine the states along some direction (a periodic "
-            f"coordinate, a flat direction), so its mass on Reals({pr.dim}) is infinite. Sample a "
+            f"coordinate, a flat direction), so its mass on Reals({pr.dim}) is infinite, or spread "
+            f"too wide for a covering frame (a funnel). Sample a "
             f"periodic energy on one period (boltzkit.energies.internal.TorusWindowedEnergy), "
             f"confine flat directions, or, if the target really is that wide, give it a "
             f"prior_hint() or pass init_std")
