@@ -85,3 +85,12 @@ def test_nn_is_public_and_models_do_not_load_the_samplers():
             "from boltzkit.nn.ema import EMA; assert EMA is nn.EMA; "
             "import importlib.util as u; assert u.find_spec('boltzkit.samplers._shared.ema') is None")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_targets_do_not_load_the_scale_probe():
+    # layering (docs/architecture.md): targets sit above the probe; their finite-difference
+    # Hessians come from the utilities layer
+    code = ("import sys, boltzkit.energies.internal, boltzkit.energies.openmm_energy, boltzkit.energies.smiles; "
+            "assert 'boltzkit.probe' not in sys.modules, 'a target imported the probe'; "
+            "import boltzkit.probe as p, boltzkit._numerics as n; assert p.hessian_fd is n.hessian_fd")
+    subprocess.run([sys.executable, "-c", code], check=True)

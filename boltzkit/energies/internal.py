@@ -112,7 +112,7 @@ from .._utils import check_choice, check_positive
 from ..domains import Reals
 from ..errors import ConfigError, TargetError
 from ..geometry import as_atoms, dihedral_points, wrap_angle
-from ..probe import hessian_diag_fd, hessian_fd
+from .._numerics import hessian_diag_fd, hessian_fd
 from .base import Energy, PriorHint, scale_from_hessian
 
 __all__ = ["ZMatrix", "InternalCoordinateEnergy", "TorusWindowedEnergy", "torus_window_log", "angle_window_log",

@@ -14,7 +14,7 @@ import torch
 from .._utils import check_choice, check_positive
 from ..domains import Reals
 from ..errors import ConfigError, TargetError, require
-from ..probe import hessian_fd
+from .._numerics import hessian_fd
 from .base import Energy, PriorHint, scale_from_hessian
 from ._bridge import _check_temperature, _lin_log, _NumpyBackedEnergy
 
