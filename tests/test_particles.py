@@ -199,3 +199,16 @@ def test_networks_start_at_zero_and_pick_by_domain():
     net = FourierMLP(3, zero_init=False)
     y = torch.randn(5, 3)
     assert torch.allclose(net(0.25, y), net(torch.full((5,), 0.25), y))
+
+
+def test_naas_defaults_on_a_particle_system_say_the_reference_diverged_and_how_to_set_its_scale():
+    # no scale probe for particle clouds: with prior_std = target_scale = 1 NAAS's reference
+    # steps explode on DW-4 within the first training step. That is the sampler's fault and
+    # must read so (it was a NonFiniteEnergyError calling it "a fault of the energy")
+    import boltzkit as bk
+
+    with pytest.raises(bk.errors.TrainingDivergedError) as info:
+        bk.sample(DoubleWell4(), method="naas", n_steps=2, seed=0, progress=False)
+    msg = str(info.value)
+    assert "reference diverged" in msg and "prior_std" in msg and "target_scale" in msg
+    assert "fault of the energy" not in msg

@@ -342,7 +342,18 @@ class AnnealedLangevin:
         return v if self.project is None else self.project(v)
 
     def _checked(self, x, g):
-        """The energy gradient ``g`` at ``x`` checked for non-finite values, clipped and projected."""
+        """The energy gradient ``g`` at ``x`` checked for non-finite values, clipped and projected.
+        States a million prior widths out mean the reference itself diverged (its steps are too
+        large for the target's stiffness): that is said as such, not blamed on the energy."""
+        far = float(x.detach().abs().max())
+        if far > 1e6 * self.s0:
+            raise TrainingDivergedError(
+                f"NAAS's annealed Langevin reference diverged (states reach {far:.3g} with prior_std "
+                f"{self.s0:g}): its steps are too large for this target's stiffness. Give the target's "
+                "size and narrowest local width as prior_std and target_scale, or raise n_time_steps "
+                "(particle systems get no scale probe: DW-4 runs with prior_std=2, target_scale=0.5, "
+                "relaxation=3; LJ-13 with prior_std=1, target_scale=0.1, relaxation=3, n_time_steps=200; "
+                "benchmarks/naas_continuous.py)")
         check_energies(None, x, grad=g, name=f"{self.energy.name}.energy", energy_fn=self.energy.energy,
                        energy=self.energy)
         return self._proj(g if self.grad_clip is None else self.clip_norm(g, self.grad_clip))
