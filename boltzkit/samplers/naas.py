@@ -161,7 +161,7 @@ from .._registry import register
 from ..domains import Reals
 from ..energies.base import framed
 from ..domains.particles import ParticleCloud
-from ..errors import ConfigError, IncompatibleMethodError, TrainingDivergedError
+from ..errors import ConfigError, IncompatibleMethodError, NonFiniteEnergyError, TrainingDivergedError
 from ..estimators.importance import log_z_from_log_weights, power_for_ess
 from ..result import result_from_log_weights
 from ..nn.continuous_nets import make_control_net
@@ -341,11 +341,10 @@ class AnnealedLangevin:
     def _proj(self, v):
         return v if self.project is None else self.project(v)
 
-    def _checked(self, x, g):
-        """The energy gradient ``g`` at ``x`` checked for non-finite values, clipped and projected.
-        States a million prior widths out mean the reference itself diverged (its steps are too
-        large for the target's stiffness): that is said as such, not blamed on the energy."""
-        far = float(x.detach().abs().max())
+    def check_spread(self, far: float) -> None:
+        """States ``far`` (their largest coordinate) a million prior widths out mean the
+        reference itself diverged (its steps are too large for the target's stiffness): raise
+        that, rather than blame the energy that overflowed there."""
         if far > 1e6 * self.s0:
             raise TrainingDivergedError(
                 f"NAAS's annealed Langevin reference diverged (states reach {far:.3g} with prior_std "
@@ -354,8 +353,15 @@ class AnnealedLangevin:
                 "(particle systems get no scale probe: DW-4 runs with prior_std=2, target_scale=0.5, "
                 "relaxation=3; LJ-13 with prior_std=1, target_scale=0.1, relaxation=3, n_time_steps=200; "
                 "benchmarks/naas_continuous.py)")
-        check_energies(None, x, grad=g, name=f"{self.energy.name}.energy", energy_fn=self.energy.energy,
-                       energy=self.energy)
+
+    def _checked(self, x, g):
+        """The energy gradient ``g`` at ``x`` checked for non-finite values, clipped and projected."""
+        try:
+            check_energies(None, x, grad=g, name=f"{self.energy.name}.energy", energy_fn=self.energy.energy,
+                           energy=self.energy)
+        except NonFiniteEnergyError:
+            self.check_spread(float(x.detach()[torch.isfinite(x)].abs().max()))
+            raise
         return self._proj(g if self.grad_clip is None else self.clip_norm(g, self.grad_clip))
 
     def grad_energy(self, x: torch.Tensor) -> torch.Tensor:
@@ -488,8 +494,10 @@ class NAAS(TrainableSampler):
                               generator=generator, project=self.project, n_dof=self.n_dof,
                               backward=self._backward_kernel(net), record=record)
         x = path.x
-        if not bool(torch.isfinite(x).all()):
+        far = float(x.abs().max())  # NaN or inf where a state is not finite
+        if not math.isfinite(far):
             return x, None, path
+        ref.check_spread(far)
         u = self.work.energy(x)
         check_energies(u, x, name=f"{self.work.name}.energy", where="at the trajectories' end states",
                        energy=self.work)
