@@ -421,32 +421,27 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
     full = d <= full_max_dim
     lo_l, hi_l = 1.0 / max_width ** 2, 1.0 / min_width ** 2
 
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator, dtype=torch.float64,
-                           device=generator.device).to(dev, dtype)
-
     found_x, found_u, found_gamma = [], [], []
     total_starts = total_conv = 0
     reps = None
     metric_cov = None  # (d,) or (d, d) local covariance used to tell minima apart
-    reach = 0.0  # the farthest start from the origin so far
+    reach = far = 0.0  # the farthest start, and the farthest minimum, from the origin so far
     extents = []  # per round: the farthest distinct minimum from their mean
     for rnd in range(int(max_rounds)):
-        far = 0.0 if reps is None or frame is not None else float(reps.norm(dim=-1).max())
-        if rnd == 0 or far > reach:
+        if rnd == 0 or (frame is None and far > reach):
             # round 1, or a minimum beyond every start so far: the target is larger than the
             # search box, so search again out to three times that minimum's distance
             r0, r1 = (lo_r, hi_r) if rnd == 0 else (reach / math.sqrt(d), 3.0 * far / math.sqrt(d))
             r = torch.logspace(math.log10(r0), math.log10(r1), n_starts, dtype=dtype).to(dev)
             if frame is not None:  # in a hint's frame the target is near N(0, I)
                 r = torch.ones(n_starts, dtype=dtype, device=dev)
-            x0 = r[:, None] * randn(n_starts, d)
+            x0 = r[:, None] * _randn(generator, (n_starts, d), dev, dtype)
         else:
             # half from the widened covering Gaussian, half uniform in the widened box of the
             # minima found (which reaches the sparse corners of a mixture's box)
             c, sq = _covering(reps, metric_cov, full)
             n1 = n_starts // 2
-            z = randn(n1, d)
+            z = _randn(generator, (n1, d), dev, dtype)
             lo_b, hi_b = reps.min(0).values, reps.max(0).values
             loc_w = metric_cov.diagonal().sqrt() if full else metric_cov.sqrt()
             mid, half = 0.5 * (lo_b + hi_b), 0.5 * widen * (hi_b - lo_b) + 3.0 * loc_w
@@ -496,8 +491,8 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
         reps, rep_u = _distinct(allx, allu, metric_cov, full)
         extents.append(float((reps - reps.mean(0)).norm(dim=-1).max()))
         n_new = reps.shape[0] - n_before
-        grow = frame is None and float(reps.norm(dim=-1).max()) > reach
-        done = rnd > 0 and n_new < min_new * n_starts and not grow
+        far = float(reps.norm(dim=-1).max())
+        done = rnd > 0 and n_new < min_new * n_starts and not (frame is None and far > reach)
         if done or fn.n >= max_evaluations:
             break
     # a search stopped by its limits while each of its last two rounds spread the minima 1.3x
@@ -569,6 +564,12 @@ def probe_scale(target, *, n_starts: int = 64, max_rounds: int = 6, min_new: flo
                              "extents": extents, **checks})
 
 
+def _randn(gen, shape, device, dtype) -> torch.Tensor:
+    """Standard normals drawn in float64 on the generator's device (the same numbers on any
+    device), then moved to ``device`` and ``dtype``."""
+    return torch.randn(*shape, generator=gen, dtype=torch.float64, device=gen.device).to(device, dtype)
+
+
 def _cover_band(fn, reps, rep_u, local_cov, c, sq, full, gen, dtype, *, n_starts: int, radii, frame,
                 outside_limit: float = 0.1):
     """Where the mass lies that the Laplace picture misses. Descents from broad starts stop at
@@ -585,8 +586,7 @@ def _cover_band(fn, reps, rep_u, local_cov, c, sq, full, gen, dtype, *, n_starts
     r = torch.logspace(math.log10(radii[0]), math.log10(radii[1]), n_starts, dtype=dtype).to(dev)
     if frame is not None:
         r = torch.full((n_starts,), 3.0, dtype=dtype, device=dev)
-    z = torch.randn(n_starts, d, generator=gen, dtype=torch.float64, device=gen.device).to(dev, dtype)
-    x, u, *_ = minimize(fn, r[:, None] * z, newton=False, stop_below=band)
+    x, u, *_ = minimize(fn, r[:, None] * _randn(gen, (n_starts, d), dev, dtype), newton=False, stop_below=band)
     pts = x[u <= band]
     if pts.shape[0] == 0:
         return c, sq, {"band_points": 0, "band_outside_fraction": 0.0, "band_widened": False}
@@ -605,7 +605,7 @@ def _tail_growth(fn, m, sq, full, gen, dtype, *, n_dirs: int = 16, radii=(10.0, 
     energy far out counts as an infinite rise). A Gaussian rises by ``d (r_1^2 - r_0^2) / 2``
     (thousands); a power-law tail ``|x|^-(d + nu)`` only by ``(d + nu) log(r_1 / r_0)``."""
     d = m.numel()
-    e = torch.randn(n_dirs, d, generator=gen, dtype=torch.float64, device=gen.device).to(m.device, dtype)
+    e = _randn(gen, (n_dirs, d), m.device, dtype)
     e = math.sqrt(d) * e / e.norm(dim=-1, keepdim=True)  # past the typical radius sqrt(d)
     step = (e @ sq.T) if full else e * sq
     u0, _ = fn(m + radii[0] * step)
