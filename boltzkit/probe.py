@@ -104,9 +104,12 @@ from .errors import ConfigError, TargetError
 __all__ = ["ScaleProbe", "probe_scale", "probe_frame", "minimize", "hessian_fd", "hessian_diag_fd"]
 
 DEFAULT_RADII = (0.1, 100.0)
+#: what to do about a power-law tail (the probe's warning and Result.next_step)
+HEAVY_TAIL_NEXT = ("map the heavy-tailed coordinate (e.g. sample log r for a radius) or give the target a "
+                   "prior_hint() as wide as its tail")
 HEAVY_TAIL = ("heavy tails: the energy rises only logarithmically far out along some direction (a power "
-              "law), so the Gaussian reference misses the tail's mass and log Z comes out low. Map the "
-              "heavy coordinate (e.g. sample log r for a radius) or give a prior_hint as wide as the tail")
+              "law), so the Gaussian reference misses the tail's mass and log Z comes out low. "
+              + HEAVY_TAIL_NEXT[0].upper() + HEAVY_TAIL_NEXT[1:])
 
 
 # ============================================================================ evaluation

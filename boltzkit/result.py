@@ -91,6 +91,12 @@ def _open_result_file(path: Path):
             yield data
 
 
+def _heavy_tail_probe(diagnostics: dict) -> "dict | None":
+    """The scale probe's summary where it found a power-law tail (:mod:`boltzkit.probe`), else None."""
+    probe = diagnostics.get("scale_probe")
+    return probe if isinstance(probe, dict) and probe.get("heavy_tail") else None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Result:
     """Samples, weights and a free-energy estimate from one run.
@@ -319,8 +325,8 @@ class Result:
                        f"{100 * ESS_FRAC_LIMIT:g} % of n and Pareto k <= {PARETO_K_LIMIT:g})")
         elif self.log_weights is None and d.get("reliable") is False:
             why.append("flagged unreliable by the method")
-        probe = d.get("scale_probe")
-        if isinstance(probe, dict) and probe.get("heavy_tail"):
+        probe = _heavy_tail_probe(d)
+        if probe:
             why.append(f"heavy tails (the energy rises by {probe.get('tail_growth', float('nan')):.3g} kT from 10 to "
                        "100 frame widths: a power law; the reference misses tail mass)")
         if self.log_weights is None and d.get("tau_converged") is False:
@@ -351,10 +357,10 @@ class Result:
         spec = registry().get(self.method)
         cls = spec.cls if spec is not None else None
         cfg, d = dict(self.config), self.diagnostics
-        probe = d.get("scale_probe")
-        if isinstance(probe, dict) and probe.get("heavy_tail"):  # no budget fixes a missed tail
-            return ("next: map the heavy-tailed coordinate (e.g. sample log r for a radius) or give the "
-                    "target a prior_hint() as wide as its tail")
+        if _heavy_tail_probe(d):  # no budget fixes a missed tail
+            from .probe import HEAVY_TAIL_NEXT
+
+            return "next: " + HEAVY_TAIL_NEXT
         tips = []
         steps = d.get("train_steps", cfg.get("n_steps"))
         if cls is not None and hasattr(cls, "train_step"):  # a neural sampler: its training budget
