@@ -63,12 +63,10 @@ def test_ais_defaults_fab_gmm40_all_modes(scale):
 def test_ais_defaults_haario_banana():
     # a curved ridge: the minimum's Laplace frame misses the arms (before: log Z -0.70 +- 0.03,
     # marked reliable); the probe's typical-band points widen it
+    from test_probe import banana
+
     from boltzkit.domains import Reals
     from boltzkit.energies.base import Energy
-
-    def banana(x, b=0.1):
-        y = x[:, 1] + b * x[:, 0] ** 2 - 100 * b
-        return 0.5 * (x[:, 0] ** 2 / 100 + y ** 2) + math.log(2 * math.pi * 10)
 
     res = ais(Energy.from_function(banana, Reals(2)), n_samples=2000, seed=0, device="cpu")
     assert res.diagnostics["reliable"] and res.diagnostics["scale_probe"]["band_widened"]
